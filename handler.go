@@ -1,0 +1,360 @@
+package edgelimit
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+)
+
+// scratch holds one request's working slices, pooled so that the request
+// path allocates nothing for them.
+type scratch struct {
+	reqs  []storage.Request
+	res   []limiter.Result
+	which []*compiledLimit
+	parts []int
+	buf   []byte
+}
+
+func newScratch(n int) *scratch {
+	return &scratch{
+		reqs:  make([]storage.Request, 0, n),
+		res:   make([]limiter.Result, n),
+		which: make([]*compiledLimit, 0, n),
+		parts: make([]int, 0, n),
+		buf:   make([]byte, 0, 128),
+	}
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if len(h.limits) == 0 {
+		return next.ServeHTTP(w, r)
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	sc := h.scratch.Get().(*scratch)
+	reqs, which, parts := sc.reqs[:0], sc.which[:0], sc.parts[:0]
+	for _, l := range h.limits {
+		key, part := l.key(r, repl)
+		if part < 0 {
+			continue
+		}
+		reqs = append(reqs, storage.Request{
+			Counter: l.counters[part],
+			Key:     key,
+			Limit:   l.limit,
+			Cost:    l.cost,
+			DryRun:  l.dryRun || h.DryRun,
+		})
+		which = append(which, l)
+		parts = append(parts, part)
+	}
+	if len(reqs) == 0 {
+		h.scratch.Put(sc)
+		return next.ServeHTTP(w, r)
+	}
+	sc.reqs, sc.which, sc.parts = reqs, which, parts
+	now := clock.Now()
+	res := sc.res[:len(reqs)]
+	if err := h.store.Take(r.Context(), now, reqs, res); err != nil {
+		h.scratch.Put(sc)
+		return h.storageFailed(w, r, next, now, err)
+	}
+
+	denied, report := -1, -1
+	for i := range res {
+		h.metrics.count(which[i].name, &res[i], reqs[i].DryRun)
+		if !res[i].Allowed {
+			if reqs[i].DryRun {
+				h.logWouldDeny(r, which[i], &res[i])
+			} else if denied < 0 || res[i].RetryAfter > res[denied].RetryAfter {
+				denied = i
+			}
+		}
+		if report < 0 || tighter(&res[i], &res[report]) {
+			report = i
+		}
+	}
+	if denied >= 0 {
+		report = denied
+	}
+	h.setHeaders(w.Header(), now, sc, report)
+	if denied >= 0 {
+		err := h.deny(w, r, now, which[denied], &res[denied])
+		h.scratch.Put(sc)
+		return err
+	}
+	h.scratch.Put(sc)
+	return next.ServeHTTP(w, r)
+}
+
+// tighter tells whether a constrains the client more than b: fewer units
+// left, or as few for longer.
+func tighter(a, b *limiter.Result) bool {
+	if a.Remaining != b.Remaining {
+		return a.Remaining < b.Remaining
+	}
+	return a.Reset > b.Reset
+}
+
+// key returns the client's identity for this limit and the index of the key
+// part it came from, or -1 when no part is present.
+func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer) (string, int) {
+	for i := range l.keys {
+		if v := l.keys[i].value(r, repl); v != "" {
+			return v, i
+		}
+	}
+	return "", -1
+}
+
+func (k *keyPart) value(r *http.Request, repl *caddy.Replacer) string {
+	switch k.kind {
+	case keyLiteral:
+		return k.tmpl
+	case keyHeader:
+		switch vs := r.Header[k.header]; len(vs) {
+		case 0:
+			return ""
+		case 1:
+			return vs[0]
+		default:
+			return strings.Join(vs, ",")
+		}
+	case keyClientIP:
+		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+			return ip
+		}
+		return remoteHost(r)
+	case keyRemoteHost:
+		return remoteHost(r)
+	}
+	if repl == nil {
+		return ""
+	}
+	// Unknown placeholders count as empty: an anonymous request must not
+	// share the counter of a literal "{http.auth.user.id}".
+	v := repl.ReplaceAll(k.tmpl, "")
+	if v == k.skeleton {
+		return ""
+	}
+	return v
+}
+
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// setHeaders writes the rate-limit headers for the decided limits.
+func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report int) {
+	res := sc.res[:len(sc.reqs)]
+	if h.headers&headerX != 0 {
+		r := &res[report]
+		hdr["X-Ratelimit-Limit"] = []string{strconv.FormatInt(r.Limit, 10)}
+		hdr["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(r.Remaining, 10)}
+		hdr["X-Ratelimit-Reset"] = []string{strconv.FormatInt(unixCeil(now.Add(r.Reset)), 10)}
+		if h.TimeHeader {
+			hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(secondsCeil(r.Window), 10)}
+		}
+	}
+	if h.headers&headerIETF != 0 {
+		b := sc.buf[:0]
+		for i := range res {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = append(b, '"')
+			b = append(b, sc.which[i].name...)
+			b = append(b, `";q=`...)
+			b = strconv.AppendInt(b, res[i].Limit, 10)
+			if w := secondsCeil(res[i].Window); w > 0 {
+				b = append(b, ";w="...)
+				b = strconv.AppendInt(b, w, 10)
+			}
+		}
+		hdr["Ratelimit-Policy"] = []string{string(b)}
+		b = b[:0]
+		for i := range res {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = append(b, '"')
+			b = append(b, sc.which[i].name...)
+			b = append(b, `";r=`...)
+			b = strconv.AppendInt(b, res[i].Remaining, 10)
+			b = append(b, ";t="...)
+			b = strconv.AppendInt(b, secondsCeil(res[i].Reset), 10)
+		}
+		hdr["Ratelimit"] = []string{string(b)}
+		sc.buf = b[:0]
+	}
+}
+
+// deny answers a denied request.
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l *compiledLimit, res *limiter.Result) error {
+	retry := retryAfterSeconds(res.RetryAfter)
+	hdr := w.Header()
+	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	repl.Set("edge_limit.status", h.Status)
+	repl.Set("edge_limit.name", l.name)
+	repl.Set("edge_limit.retry_after", retry)
+	repl.Set("edge_limit.limit", res.Limit)
+	repl.Set("edge_limit.remaining", res.Remaining)
+	repl.Set("edge_limit.reset", unixCeil(now.Add(res.Reset)))
+	if res.FirstDenial {
+		h.logger.Info("rate limit exceeded",
+			zap.String("limit", l.name),
+			zap.String("client_ip", clientIP(r)),
+			zap.Int64("limit_value", res.Limit),
+			zap.Duration("retry_after", res.RetryAfter))
+	}
+	if h.HandleErrors {
+		return caddyhttp.Error(h.Status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
+	}
+	body := h.renderBody(repl)
+	hdr["Content-Type"] = []string{h.ContentType}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(h.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(body))
+	}
+	return nil
+}
+
+// renderBody fills the denial body's placeholders. In a JSON body, values
+// are escaped as JSON string content: a hostile header echoed in the body
+// cannot break out of its string.
+func (h *Handler) renderBody(repl *caddy.Replacer) string {
+	if !strings.Contains(h.ContentType, "json") {
+		return repl.ReplaceAll(h.body, "")
+	}
+	out, err := repl.ReplaceFunc(h.body, func(_ string, val any) (any, error) {
+		s, ok := val.(string)
+		if !ok {
+			return val, nil
+		}
+		return jsonEscape(s), nil
+	})
+	if err != nil {
+		return repl.ReplaceAll(h.body, "")
+	}
+	return out
+}
+
+func jsonEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		switch {
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(c)
+		case c < 0x20 || c == '<' || c == '>' || c == '&' || c == 0x2028 || c == 0x2029:
+			fmt.Fprintf(&b, `\u%04x`, c)
+		default:
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}
+
+// storageFailed applies the store's failure policy: ErrUnavailable denies
+// with 503; anything else lets the request through unlimited.
+func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, now time.Time, err error) error {
+	h.metrics.storageError()
+	if h.warn.allow(now, 5*time.Second) {
+		h.logger.Warn("rate-limit storage failed", zap.Error(err))
+	}
+	if errors.Is(err, storage.ErrUnavailable) {
+		w.Header()["Retry-After"] = []string{"1"}
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func (h *Handler) logWouldDeny(r *http.Request, l *compiledLimit, res *limiter.Result) {
+	lvl := zap.DebugLevel
+	if res.FirstDenial {
+		lvl = zap.InfoLevel
+	}
+	if ce := h.logger.Check(lvl, "dry run: rate limit would deny"); ce != nil {
+		ce.Write(zap.String("limit", l.name), zap.String("client_ip", clientIP(r)),
+			zap.Duration("retry_after", res.RetryAfter))
+	}
+}
+
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		return ip
+	}
+	return remoteHost(r)
+}
+
+// retryAfterSeconds rounds up: a client that waits that long gets through,
+// and a denied client is never told to retry after 0 seconds.
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(secondsCeil(d), 1)
+}
+
+func secondsCeil(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+func unixCeil(t time.Time) int64 {
+	s := t.Unix()
+	if t.Nanosecond() > 0 {
+		s++
+	}
+	return s
+}
+
+// headerStyle selects the rate-limit header sets.
+type headerStyle uint8
+
+const (
+	headerX headerStyle = 1 << iota
+	headerIETF
+)
+
+func parseHeaderStyle(s string) (headerStyle, error) {
+	switch s {
+	case "", "x-ratelimit":
+		return headerX, nil
+	case "ratelimit":
+		return headerIETF, nil
+	case "both":
+		return headerX | headerIETF, nil
+	case "none":
+		return 0, nil
+	}
+	return 0, fmt.Errorf("headers %q: want x-ratelimit, ratelimit, both or none", s)
+}
+
+// rateLimitedLog lets a message through at most once per period.
+type rateLimitedLog struct{ last atomic.Int64 }
+
+func (l *rateLimitedLog) allow(now time.Time, every time.Duration) bool {
+	t := now.UnixNano()
+	last := l.last.Load()
+	return t-last >= int64(every) && l.last.CompareAndSwap(last, t)
+}

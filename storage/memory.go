@@ -1,0 +1,300 @@
+package storage
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// MemoryOptions configures a Memory store. The zero value is usable.
+type MemoryOptions struct {
+	// MaxKeys bounds the number of keys kept (default DefaultMaxKeys).
+	// When a new key arrives and its shard is full, expired keys in the
+	// shard are dropped; if none has expired, the key among a small sample
+	// that expires soonest is evicted (it has the least left to count), so
+	// memory stays bounded and a flood of new clients cannot push the store
+	// past it. Evictions are counted.
+	MaxKeys int
+	// SweepInterval is how often expired keys are removed in the
+	// background (default DefaultSweepInterval).
+	SweepInterval time.Duration
+	// Now is the clock of the background sweeper (default time.Now).
+	Now func() time.Time
+}
+
+// Defaults for MemoryOptions.
+const (
+	DefaultMaxKeys       = 1 << 20
+	DefaultSweepInterval = 10 * time.Second
+)
+
+// memoryShards is a power of two; the top bits of a key's hash pick its
+// shard, so contention on one lock is about 1/256 of the traffic.
+const (
+	memoryShardBits = 8
+	memoryShards    = 1 << memoryShardBits
+	evictionSample  = 16
+)
+
+// Memory is an in-process Store: a sharded hash map from (counter, key)
+// hashes to limiter states, each with an expiry.
+type Memory struct {
+	seed     maphash.Seed
+	perShard int
+	shards   [memoryShards]shard
+	now      func() time.Time
+
+	evictions atomic.Uint64
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[uint64]limiter.State
+	_  [40]byte // keep neighbouring locks on separate cache lines
+}
+
+// NewMemory returns a Memory store and starts its sweeper; Close stops it.
+func NewMemory(o MemoryOptions) *Memory {
+	if o.MaxKeys <= 0 {
+		o.MaxKeys = DefaultMaxKeys
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = DefaultSweepInterval
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	m := &Memory{
+		seed:     maphash.MakeSeed(),
+		perShard: max(1, (o.MaxKeys+memoryShards-1)/memoryShards),
+		now:      o.Now,
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	for i := range m.shards {
+		m.shards[i].m = make(map[uint64]limiter.State)
+	}
+	go m.sweepLoop(o.SweepInterval)
+	return m
+}
+
+// hash identifies (counter, key). The seed is random per store, so nobody
+// can choose keys that collide; with 64 bits, a million keys collide by
+// chance about once in 3*10^7 stores.
+func (m *Memory) hash(r *Request) uint64 {
+	var h maphash.Hash
+	h.SetSeed(m.seed)
+	h.WriteString(r.Counter)
+	h.WriteByte(0)
+	h.WriteString(r.Key)
+	return h.Sum64()
+}
+
+func (m *Memory) shardOf(h uint64) *shard {
+	return &m.shards[h>>(64-memoryShardBits)]
+}
+
+// maxBatch is the number of limits per request handled without allocating.
+const maxBatch = 16
+
+// Take implements Store.
+func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(results) < len(reqs) {
+		return ErrTooFewResults
+	}
+	t := now.UnixMicro()
+	switch len(reqs) {
+	case 0:
+		return nil
+	case 1:
+		m.takeOne(&reqs[0], &results[0], t)
+		return nil
+	}
+	var (
+		hbuf  [maxBatch]uint64
+		sbuf  [maxBatch]limiter.State
+		lbuf  [maxBatch]uint8
+		hs    = hbuf[:0]
+		next  = sbuf[:0]
+		locks = lbuf[:0]
+	)
+	if len(reqs) > maxBatch {
+		hs = make([]uint64, 0, len(reqs))
+		next = make([]limiter.State, 0, len(reqs))
+		locks = make([]uint8, 0, len(reqs))
+	}
+	for i := range reqs {
+		h := m.hash(&reqs[i])
+		hs = append(hs, h)
+		locks = insertSorted(locks, uint8(h>>(64-memoryShardBits)))
+	}
+	// Lock every shard involved, in index order so that two requests never
+	// wait on each other.
+	for _, s := range locks {
+		m.shards[s].mu.Lock()
+	}
+	pass := true
+	for i := range reqs {
+		r := &reqs[i]
+		st, _ := m.get(hs[i], t)
+		// The same counter and key twice in one request: the later sees
+		// the earlier's result.
+		for j := i - 1; j >= 0; j-- {
+			if hs[j] == hs[i] {
+				st = next[j]
+				break
+			}
+		}
+		next = append(next, st)
+		r.Limit.Take(&next[i], &results[i], t, r.Cost)
+		if !results[i].Allowed && !r.DryRun {
+			pass = false
+		}
+	}
+	for i := range reqs {
+		r := &reqs[i]
+		if pass || !results[i].Allowed {
+			m.put(hs[i], &next[i], r, t)
+		} else {
+			Uncounted(&results[i], r.Cost)
+		}
+	}
+	for _, s := range locks {
+		m.shards[s].mu.Unlock()
+	}
+	return nil
+}
+
+func (m *Memory) takeOne(r *Request, res *limiter.Result, t int64) {
+	h := m.hash(r)
+	sh := m.shardOf(h)
+	sh.mu.Lock()
+	st, _ := m.get(h, t)
+	r.Limit.Take(&st, res, t, r.Cost)
+	m.put(h, &st, r, t)
+	sh.mu.Unlock()
+}
+
+// get returns the live state of h; its shard must be locked.
+func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
+	st, ok := m.shardOf(h).m[h]
+	if !ok || st.Expires <= t {
+		return limiter.State{}, false
+	}
+	return st, true
+}
+
+// put stores a state; its shard must be locked.
+func (m *Memory) put(h uint64, st *limiter.State, r *Request, t int64) {
+	sh := m.shardOf(h)
+	if len(sh.m) >= m.perShard {
+		if _, ok := sh.m[h]; !ok {
+			m.makeRoom(sh, t)
+		}
+	}
+	sh.m[h] = *st
+}
+
+// makeRoom drops expired keys from a sample of the shard, or else the one
+// that expires soonest.
+func (m *Memory) makeRoom(sh *shard, t int64) {
+	var (
+		victim  uint64
+		soonest int64 = -1
+		seen    int
+		freed   bool
+	)
+	for h, e := range sh.m {
+		if e.Expires <= t {
+			delete(sh.m, h)
+			freed = true
+		} else if soonest < 0 || e.Expires < soonest {
+			victim, soonest = h, e.Expires
+		}
+		if seen++; seen >= evictionSample {
+			break
+		}
+	}
+	if !freed && soonest >= 0 {
+		delete(sh.m, victim)
+		m.evictions.Add(1)
+	}
+}
+
+func insertSorted(s []uint8, v uint8) []uint8 {
+	i := len(s)
+	for i > 0 && s[i-1] >= v {
+		if s[i-1] == v {
+			return s
+		}
+		i--
+	}
+	s = append(s, 0)
+	copy(s[i+1:], s[i:])
+	s[i] = v
+	return s
+}
+
+func (m *Memory) sweepLoop(every time.Duration) {
+	defer close(m.done)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+			m.Sweep()
+		}
+	}
+}
+
+// Sweep removes every expired key now. The sweeper calls it periodically.
+func (m *Memory) Sweep() (removed int) {
+	t := m.now().UnixMicro()
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		for h, e := range sh.m {
+			if e.Expires <= t {
+				delete(sh.m, h)
+				removed++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return removed
+}
+
+// Len returns the number of keys held, expired or not.
+func (m *Memory) Len() int {
+	n := 0
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Evictions returns the number of live keys evicted to respect MaxKeys.
+func (m *Memory) Evictions() uint64 { return m.evictions.Load() }
+
+// Close stops the sweeper. The store still answers afterwards.
+func (m *Memory) Close() error {
+	m.closeOnce.Do(func() {
+		close(m.stop)
+		<-m.done
+	})
+	return nil
+}
+
+var _ Store = (*Memory)(nil)

@@ -1,0 +1,98 @@
+package storage_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+)
+
+func openMemory(t *testing.T) storage.Store {
+	m := storage.NewMemory(storage.MemoryOptions{})
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestMemoryConformance(t *testing.T) {
+	storetest.Run(t, openMemory)
+}
+
+func TestMemoryExactUnderConcurrency(t *testing.T) {
+	m := openMemory(t)
+	storetest.Exact(t, []storage.Store{m}, 4*runtime.GOMAXPROCS(0), 200)
+}
+
+func TestMemoryExpiryAndSweep(t *testing.T) {
+	now := storetest.Base
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	m := storage.NewMemory(storage.MemoryOptions{Now: clock, SweepInterval: time.Hour})
+	defer m.Close()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Minute}
+	res := make([]limiter.Result, 1)
+	for i := range 100 {
+		req := []storage.Request{{Counter: "c", Key: fmt.Sprint(i), Limit: l, Cost: 1}}
+		if err := m.Take(context.Background(), now, req, res); err != nil || !res[0].Allowed {
+			t.Fatal(err, res[0])
+		}
+	}
+	if m.Len() != 100 {
+		t.Fatalf("len %d", m.Len())
+	}
+	if n := m.Sweep(); n != 0 {
+		t.Fatalf("swept %d live keys", n)
+	}
+	mu.Lock()
+	now = now.Add(time.Minute)
+	mu.Unlock()
+	if n := m.Sweep(); n != 100 || m.Len() != 0 {
+		t.Fatalf("swept %d, %d left", n, m.Len())
+	}
+}
+
+func TestMemoryBoundedKeys(t *testing.T) {
+	const maxKeys = 4096
+	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys})
+	defer m.Close()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Hour}
+	res := make([]limiter.Result, 1)
+	now := storetest.Base
+	for i := range 50 * maxKeys {
+		req := []storage.Request{{Counter: "flood", Key: fmt.Sprint("client-", i), Limit: l, Cost: 1}}
+		if err := m.Take(context.Background(), now, req, res); err != nil || !res[0].Allowed {
+			t.Fatal(err, res[0])
+		}
+	}
+	// Every shard holds at most its share: the bound is kept within one
+	// shard's rounding.
+	if n := m.Len(); n > maxKeys+256 {
+		t.Fatalf("%d keys held, bound %d", n, maxKeys)
+	}
+	if m.Evictions() == 0 {
+		t.Fatal("no evictions counted")
+	}
+}
+
+// A full store prefers dropping expired keys to evicting live ones.
+func TestMemoryFullDropsExpiredFirst(t *testing.T) {
+	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 256 * 4, SweepInterval: time.Hour})
+	defer m.Close()
+	short := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Second}
+	res := make([]limiter.Result, 1)
+	now := storetest.Base
+	for i := range 20000 {
+		req := []storage.Request{{Counter: "s", Key: fmt.Sprint(i), Limit: short, Cost: 1}}
+		if err := m.Take(context.Background(), now.Add(time.Duration(i)*time.Second), req, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ev := m.Evictions(); ev > 200 {
+		t.Fatalf("%d live keys evicted while expired ones could go", ev)
+	}
+}

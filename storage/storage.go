@@ -1,0 +1,67 @@
+// Package storage keeps the state behind the limiter's algorithms: in
+// memory (the default, embedded) or in a shared server. A Store decides all
+// the limits of one request at once, so that a request denied by one limit
+// consumes nothing from the others, and a networked store can do it in one
+// round trip.
+package storage
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// Request asks for Cost units of one limit on behalf of one client.
+type Request struct {
+	// Counter names the counter: the limit's identity, stable across
+	// reloads and across instances. Requests with equal Counter and Key
+	// share one state.
+	Counter string
+	// Key identifies the client within the counter. It may be of any
+	// length and content; stores hash it and never keep it as is.
+	Key string
+	// Limit holds the numbers; they may differ between requests on one
+	// counter (tiers), and the state carries over.
+	Limit limiter.Limit
+	// Cost is the number of units to take, at least 1.
+	Cost int64
+	// DryRun requests are counted and reported, but their denial does not
+	// deny the whole.
+	DryRun bool
+}
+
+// Store decides requests against shared state.
+type Store interface {
+	// Take decides reqs together, at time now, and writes results[i] for
+	// reqs[i] (results must be at least as long as reqs).
+	//
+	// All or nothing: when every request that is not a dry run is allowed,
+	// each allowed request is counted. Otherwise nothing is counted; the
+	// denied requests mark their keys as denied (for FirstDenial), and the
+	// results of the others keep Allowed but show what remained before.
+	//
+	// A store with a clock of its own (Redis server time) may use it
+	// instead of now. Take never blocks longer than the store's timeout;
+	// errors are ErrUnavailable when the store applies its failure policy
+	// by denying, or any other error when the caller should let the request
+	// through.
+	Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error
+	// Close releases the store's resources.
+	Close() error
+}
+
+// ErrUnavailable is returned by a Store that cannot decide and whose
+// failure policy is to deny (answered with 503 and Retry-After).
+var ErrUnavailable = errors.New("rate-limit storage unavailable")
+
+// ErrTooFewResults is returned when results is shorter than reqs.
+var ErrTooFewResults = errors.New("storage: results shorter than requests")
+
+// Uncounted adjusts the result of a request that its own limit allowed but
+// that was not counted because another limit denied the whole: it reports
+// what remained before the request.
+func Uncounted(r *limiter.Result, cost int64) {
+	r.Remaining = min(r.Remaining+cost, r.Limit)
+}

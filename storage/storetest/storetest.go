@@ -1,0 +1,362 @@
+// Package storetest is the conformance suite every storage.Store passes: one
+// table of algorithm cases, window edges, all-or-nothing decisions and
+// concurrency, run against the memory store and against Redis alike.
+//
+// The stores under test must decide with the time passed to Take (a Redis
+// store is opened with its server clock off for these cases).
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+)
+
+// Base is the time the cases start at: a Monday, midnight UTC, on every
+// aligned boundary up to a week.
+var Base = time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+
+// Take is one limit of a request.
+type Take struct {
+	Limit  int // index into Case.Limits
+	Key    string
+	Cost   int64
+	DryRun bool
+	// Counter names the counter; by default each limit has its own.
+	Counter string
+}
+
+func tk(limit int, key string, cost int64) Take { return Take{Limit: limit, Key: key, Cost: cost} }
+
+func dry(limit int, key string, cost int64) Take {
+	return Take{Limit: limit, Key: key, Cost: cost, DryRun: true}
+}
+
+// Want is what one Take must answer. RetryAfter and FirstDenial are checked
+// on denials only.
+type Want struct {
+	Allowed     bool
+	Remaining   int64
+	RetryAfter  time.Duration
+	FirstDenial bool
+}
+
+// Step is one request at At after Base.
+type Step struct {
+	At    time.Duration
+	Takes []Take
+	Want  []Want
+}
+
+// Case is a sequence of requests against some limits.
+type Case struct {
+	Name   string
+	Limits []limiter.Limit
+	Steps  []Step
+}
+
+func one(at time.Duration, key string, cost int64, w Want) Step {
+	return Step{At: at, Takes: []Take{{Key: key, Cost: cost}}, Want: []Want{w}}
+}
+
+func ok(rem int64) Want { return Want{Allowed: true, Remaining: rem} }
+
+func no(rem int64, retry time.Duration, first bool) Want {
+	return Want{Remaining: rem, RetryAfter: retry, FirstDenial: first}
+}
+
+// Cases returns the conformance table.
+func Cases() []Case {
+	fixed := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute}
+	return []Case{
+		{
+			Name:   "fixed window: exactly N, denied until the aligned boundary",
+			Limits: []limiter.Limit{fixed},
+			Steps: []Step{
+				one(10*time.Second, "a", 1, ok(2)),
+				one(20*time.Second, "a", 1, ok(1)),
+				one(30*time.Second, "a", 1, ok(0)),
+				one(30*time.Second, "a", 1, no(0, 30*time.Second, true)),
+				one(59*time.Second, "a", 1, no(0, time.Second, false)),
+				one(time.Minute, "a", 1, ok(2)),
+				one(time.Minute, "a", 2, ok(0)),
+				one(time.Minute+time.Second, "a", 1, no(0, 59*time.Second, true)),
+			},
+		},
+		{
+			Name:   "fixed window: cost, and a cost above the quota never passes",
+			Limits: []limiter.Limit{{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour}},
+			Steps: []Step{
+				one(0, "a", 7, ok(3)),
+				one(time.Second, "a", 4, no(3, time.Hour-time.Second, true)),
+				one(time.Second, "a", 3, ok(0)),
+				one(time.Hour, "a", 11, no(10, time.Hour, true)),
+				one(time.Hour, "a", 10, ok(0)),
+			},
+		},
+		{
+			Name:   "keys and counters are isolated",
+			Limits: []limiter.Limit{fixed, fixed},
+			Steps: []Step{
+				one(0, "a", 3, ok(0)),
+				one(0, "b", 1, ok(2)),
+				{At: 0, Takes: []Take{tk(1, "a", 1)}, Want: []Want{ok(2)}},
+				one(0, "a", 1, no(0, time.Minute, true)),
+			},
+		},
+		{
+			Name:   "anchored window: starts at the first counted request",
+			Limits: []limiter.Limit{{Algorithm: limiter.AnchoredWindow, Quota: 2, Window: time.Minute}},
+			Steps: []Step{
+				one(17*time.Second, "a", 3, no(2, time.Minute, true)), // too big: starts no timer
+				one(25*time.Second, "a", 1, ok(1)),
+				one(50*time.Second, "a", 1, ok(0)),
+				one(70*time.Second, "a", 1, no(0, 15*time.Second, true)),
+				one(85*time.Second-time.Microsecond, "a", 1, no(0, time.Microsecond, false)),
+				one(100*time.Second, "a", 1, ok(1)),
+				one(159*time.Second, "a", 1, ok(0)),
+				one(160*time.Second-time.Microsecond, "a", 1, no(0, time.Microsecond, true)),
+				one(160*time.Second, "a", 1, ok(1)),
+			},
+		},
+		{
+			Name:   "sliding window: the previous window weighs in",
+			Limits: []limiter.Limit{{Algorithm: limiter.SlidingWindow, Quota: 10, Window: time.Minute}},
+			Steps: []Step{
+				one(59*time.Second, "a", 10, ok(0)),
+				one(59*time.Second, "a", 1, no(0, 7*time.Second, true)),
+				one(61*time.Second, "a", 1, no(0, 5*time.Second, false)),
+				one(66*time.Second, "a", 1, ok(0)),
+				one(66*time.Second, "a", 1, no(0, 6*time.Second, true)),
+				one(3*time.Minute, "a", 10, ok(0)),
+			},
+		},
+		{
+			Name:   "token bucket: burst of capacity, fractional refill",
+			Limits: []limiter.Limit{{Algorithm: limiter.TokenBucket, Quota: 3, Rate: 1, Window: time.Second}},
+			Steps: []Step{
+				one(0, "a", 1, ok(2)),
+				one(0, "a", 2, ok(0)),
+				one(0, "a", 1, no(0, time.Second, true)),
+				one(500*time.Millisecond, "a", 1, no(0, 500*time.Millisecond, false)),
+				one(time.Second, "a", 1, ok(0)),
+				one(100*time.Second, "a", 3, ok(0)),
+				one(100*time.Second, "a", 1, no(0, time.Second, true)),
+			},
+		},
+		{
+			Name:   "token bucket: 45 per second in 22222.2µs steps",
+			Limits: []limiter.Limit{{Algorithm: limiter.TokenBucket, Quota: 45, Rate: 45, Window: time.Second}},
+			Steps: []Step{
+				one(0, "a", 45, ok(0)),
+				one(time.Second-time.Microsecond, "a", 45, no(44, time.Microsecond, true)),
+				one(time.Second, "a", 45, ok(0)),
+			},
+		},
+		{
+			Name:   "gcra: evenly spaced with a burst",
+			Limits: []limiter.Limit{{Algorithm: limiter.GCRA, Quota: 2, Rate: 10, Window: time.Second}},
+			Steps: []Step{
+				one(0, "a", 1, ok(1)),
+				one(0, "a", 1, ok(0)),
+				one(0, "a", 1, no(0, 100*time.Millisecond, true)),
+				one(99*time.Millisecond, "a", 1, no(0, time.Millisecond, false)),
+				one(100*time.Millisecond, "a", 1, ok(0)),
+			},
+		},
+		{
+			Name: "calendar day: reset at midnight UTC",
+			Limits: []limiter.Limit{{Algorithm: limiter.FixedWindow, Quota: 2,
+				Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}},
+			Steps: []Step{
+				one(23*time.Hour+59*time.Minute+59*time.Second, "a", 2, ok(0)),
+				one(24*time.Hour-time.Millisecond, "a", 1, no(0, time.Millisecond, true)),
+				one(24*time.Hour, "a", 1, ok(1)),
+			},
+		},
+		{
+			Name:   "limits change (tiers): the count carries over",
+			Limits: []limiter.Limit{fixed, {Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}},
+			Steps: []Step{
+				{At: 0, Takes: []Take{{Limit: 0, Key: "a", Cost: 3, Counter: "tiered"}}, Want: []Want{ok(0)}},
+				{At: 0, Takes: []Take{{Limit: 0, Key: "a", Cost: 1, Counter: "tiered"}}, Want: []Want{no(0, time.Minute, true)}},
+				{At: 0, Takes: []Take{{Limit: 1, Key: "a", Cost: 2, Counter: "tiered"}}, Want: []Want{ok(0)}},
+			},
+		},
+		{
+			Name: "all or nothing: a denial consumes nothing from the other limits",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute},
+				{Algorithm: limiter.TokenBucket, Quota: 2, Rate: 1, Window: time.Hour},
+				{Algorithm: limiter.AnchoredWindow, Quota: 4, Window: time.Minute},
+			},
+			Steps: []Step{
+				{At: 0, Takes: []Take{tk(0, "a", 1), tk(1, "a", 1), tk(2, "a", 1)}, Want: []Want{ok(4), ok(1), ok(3)}},
+				{At: 0, Takes: []Take{tk(0, "a", 1), tk(1, "a", 1), tk(2, "a", 1)}, Want: []Want{ok(3), ok(0), ok(2)}},
+				// The bucket denies: the window and the anchored window keep
+				// their counts, and report what was left before.
+				{At: 0, Takes: []Take{tk(0, "a", 1), tk(1, "a", 1), tk(2, "a", 1)}, Want: []Want{ok(3), no(0, time.Hour, true), ok(2)}},
+				{At: 0, Takes: []Take{tk(0, "a", 3)}, Want: []Want{ok(0)}},
+				{At: 0, Takes: []Take{tk(2, "a", 2)}, Want: []Want{ok(0)}},
+			},
+		},
+		{
+			Name: "dry run: counted and reported, never denies the whole",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Minute},
+				{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute},
+			},
+			Steps: []Step{
+				{At: 0, Takes: []Take{dry(0, "a", 1), tk(1, "a", 1)}, Want: []Want{ok(0), ok(2)}},
+				{At: 0, Takes: []Take{dry(0, "a", 1), tk(1, "a", 1)}, Want: []Want{no(0, time.Minute, true), ok(1)}},
+				{At: 0, Takes: []Take{dry(0, "a", 1), tk(1, "a", 1)}, Want: []Want{no(0, time.Minute, false), ok(0)}},
+				{At: 0, Takes: []Take{dry(0, "a", 1), tk(1, "a", 1)}, Want: []Want{no(0, time.Minute, false), no(0, time.Minute, true)}},
+			},
+		},
+		{
+			Name:   "hostile keys: a megabyte of key, binary bytes",
+			Limits: []limiter.Limit{fixed},
+			Steps: []Step{
+				one(0, strings.Repeat("k", 1<<20), 3, ok(0)),
+				one(0, strings.Repeat("k", 1<<20), 1, no(0, time.Minute, true)),
+				one(0, strings.Repeat("k", 1<<20-1)+"j", 1, ok(2)),
+				one(0, "\x00{}\r\n:*", 1, ok(2)),
+			},
+		},
+	}
+}
+
+// Prefix returns a counter prefix unique to this run, so cases never see
+// each other's state in a shared store.
+func Prefix(t testing.TB) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return "storetest:" + hex.EncodeToString(b[:]) + ":"
+}
+
+// Run runs every case against a store from open.
+func Run(t *testing.T, open func(t *testing.T) storage.Store) {
+	for i, c := range Cases() {
+		t.Run(c.Name, func(t *testing.T) {
+			s := open(t)
+			prefix := fmt.Sprintf("%scase%d:", Prefix(t), i)
+			for n, step := range c.Steps {
+				reqs := make([]storage.Request, len(step.Takes))
+				for j, tk := range step.Takes {
+					counter := tk.Counter
+					if counter == "" {
+						counter = fmt.Sprintf("limit%d", tk.Limit)
+					}
+					reqs[j] = storage.Request{
+						Counter: prefix + counter,
+						Key:     tk.Key,
+						Limit:   c.Limits[tk.Limit],
+						Cost:    tk.Cost,
+						DryRun:  tk.DryRun,
+					}
+				}
+				res := make([]limiter.Result, len(reqs))
+				if err := s.Take(context.Background(), Base.Add(step.At), reqs, res); err != nil {
+					t.Fatalf("step %d: %v", n, err)
+				}
+				for j, w := range step.Want {
+					check(t, n, j, res[j], w)
+				}
+			}
+		})
+	}
+}
+
+func check(t *testing.T, step, j int, got limiter.Result, w Want) {
+	t.Helper()
+	bad := got.Allowed != w.Allowed || got.Remaining != w.Remaining
+	if !w.Allowed && (got.RetryAfter != w.RetryAfter || got.FirstDenial != w.FirstDenial) {
+		bad = true
+	}
+	if bad {
+		t.Errorf("step %d take %d: got allowed=%v remaining=%d retry=%s first=%v, want allowed=%v remaining=%d retry=%s first=%v",
+			step, j, got.Allowed, got.Remaining, got.RetryAfter, got.FirstDenial,
+			w.Allowed, w.Remaining, w.RetryAfter, w.FirstDenial)
+	}
+}
+
+// Exact hammers one key from many goroutines spread over several stores
+// (several Caddy instances sharing a backend) and checks, for every
+// algorithm, that exactly the quota is admitted, and that with two limits on
+// a request the tighter one counted exactly the requests both admitted.
+func Exact(t *testing.T, stores []storage.Store, workers, perWorker int) {
+	now := Base.Add(90 * time.Second)
+	cases := []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour},
+		{Algorithm: limiter.AnchoredWindow, Quota: 100, Window: time.Hour},
+		{Algorithm: limiter.SlidingWindow, Quota: 100, Window: time.Hour},
+		{Algorithm: limiter.TokenBucket, Quota: 100, Rate: 1, Window: time.Hour},
+		{Algorithm: limiter.GCRA, Quota: 100, Rate: 1, Window: time.Hour},
+	}
+	prefix := Prefix(t)
+	ctx := context.Background()
+	for _, l := range cases {
+		t.Run(l.Algorithm.String(), func(t *testing.T) {
+			tight := l
+			tight.Quota = 37
+			reqs := []storage.Request{
+				{Counter: prefix + "loose:" + l.Algorithm.String(), Key: "k", Limit: l, Cost: 1},
+				{Counter: prefix + "tight:" + l.Algorithm.String(), Key: "k", Limit: tight, Cost: 1},
+			}
+			var both, single, failed atomic.Int64
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Add(1)
+				go func(s storage.Store) {
+					defer wg.Done()
+					res := make([]limiter.Result, 2)
+					for range perWorker {
+						if err := s.Take(ctx, now, reqs, res); err != nil {
+							failed.Add(1)
+						} else if res[0].Allowed && res[1].Allowed {
+							both.Add(1)
+						}
+						if err := s.Take(ctx, now, reqs[:1], res); err != nil {
+							failed.Add(1)
+						} else if res[0].Allowed {
+							single.Add(1)
+						}
+					}
+				}(stores[w%len(stores)])
+			}
+			wg.Wait()
+			if failed.Load() != 0 {
+				t.Fatalf("%d takes failed", failed.Load())
+			}
+			if got := both.Load() + single.Load(); got != l.Quota {
+				t.Fatalf("the loose limit admitted %d, want exactly %d", got, l.Quota)
+			}
+			// What the tight limit has left must be exactly what the
+			// requests both limits admitted did not use.
+			res := make([]limiter.Result, 1)
+			left := int64(0)
+			for ; left <= tight.Quota; left++ {
+				if err := stores[0].Take(ctx, now, reqs[1:], res); err != nil {
+					t.Fatal(err)
+				}
+				if !res[0].Allowed {
+					break
+				}
+			}
+			if both.Load()+left != tight.Quota {
+				t.Fatalf("both admitted %d and the tight limit has %d left: a denied request was counted, or a counted one lost", both.Load(), left)
+			}
+		})
+	}
+}
