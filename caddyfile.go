@@ -434,7 +434,6 @@ func parseStorage(d *caddyfile.Dispenser) (json.RawMessage, error) {
 	if _, err := caddy.GetModule("edge_limit.storage." + name); err != nil {
 		return nil, d.Errf("unknown storage %q", name)
 	}
-	d.Prev()
 	mod, err := caddyfile.UnmarshalModule(d, "edge_limit.storage."+name)
 	if err != nil {
 		return nil, err

@@ -262,6 +262,55 @@ func (h *Handler) renderBody(repl *caddy.Replacer) string {
 	return out
 }
 
+// compileTemplate escapes every brace of s that is not part of a placeholder
+// ({name} where name starts with a letter and holds letters, digits and
+// ._-/:), so that JSON bodies can be written as they are. Braces the author
+// escaped already stay escaped.
+func compileTemplate(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s) && (s[i+1] == '{' || s[i+1] == '}'):
+			b.WriteString(s[i : i+2])
+			i++
+		case c == '{':
+			if n := placeholderLen(s[i:]); n > 0 {
+				b.WriteString(s[i : i+n])
+				i += n - 1
+			} else {
+				b.WriteString(`\{`)
+			}
+		case c == '}':
+			b.WriteString(`\}`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// placeholderLen returns the length of the placeholder at the start of s,
+// or 0.
+func placeholderLen(s string) int {
+	if len(s) < 3 || !isLetter(s[1]) {
+		return 0
+	}
+	for i := 2; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '}':
+			return i + 1
+		case isLetter(c) || c >= '0' && c <= '9' || strings.IndexByte("._-/:", c) >= 0:
+		default:
+			return 0
+		}
+	}
+	return 0
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
 func jsonEscape(s string) string {
 	var b strings.Builder
 	for _, c := range s {

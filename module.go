@@ -353,6 +353,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.body == "" {
 		h.body = DefaultBody
 	}
+	h.body = compileTemplate(h.body)
 	style, err := parseHeaderStyle(h.Headers)
 	if err != nil {
 		return err
