@@ -1,16 +1,20 @@
 package edgelimit
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -22,22 +26,30 @@ import (
 // scratch holds one request's working slices, pooled so that the request
 // path allocates nothing for them.
 type scratch struct {
+	keys  []string // per handler limit: the client's key
+	parts []int    // per handler limit: the key part used, -1 if none
 	reqs  []storage.Request
 	res   []limiter.Result
 	which []*compiledLimit
-	parts []int
+	tiers []string
 	buf   []byte
 }
 
 func newScratch(n int) *scratch {
 	return &scratch{
+		keys:  make([]string, n),
+		parts: make([]int, n),
 		reqs:  make([]storage.Request, 0, n),
 		res:   make([]limiter.Result, n),
 		which: make([]*compiledLimit, 0, n),
-		parts: make([]int, 0, n),
+		tiers: make([]string, 0, n),
 		buf:   make([]byte, 0, 128),
 	}
 }
+
+// exemptVar is the request variable that carries exemptions to the
+// edge_limit handlers a request meets later.
+const exemptVar = "edge_limit.exempt"
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -46,31 +58,40 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	sc := h.scratch.Get().(*scratch)
-	reqs, which, parts := sc.reqs[:0], sc.which[:0], sc.parts[:0]
-	for _, l := range h.limits {
-		key, part := l.key(r, repl)
-		if part < 0 {
+	defer h.scratch.Put(sc)
+	keys, parts := sc.keys, sc.parts
+	present := false
+	for i, l := range h.limits {
+		keys[i], parts[i] = l.key(r, repl)
+		present = present || parts[i] >= 0
+	}
+	if !present {
+		return next.ServeHTTP(w, r)
+	}
+	exempt := h.exemptions(r, parts)
+	reqs, which, tiers := sc.reqs[:0], sc.which[:0], sc.tiers[:0]
+	for i, l := range h.limits {
+		if parts[i] < 0 || exempt != nil && slices.Contains(exempt, l.name) {
 			continue
 		}
+		lim, tier := l.numbersFor(r, repl)
 		reqs = append(reqs, storage.Request{
-			Counter: l.counters[part],
-			Key:     key,
-			Limit:   l.limit,
+			Counter: l.counters[parts[i]],
+			Key:     keys[i],
+			Limit:   *lim,
 			Cost:    l.cost,
 			DryRun:  l.dryRun || h.DryRun,
 		})
 		which = append(which, l)
-		parts = append(parts, part)
+		tiers = append(tiers, tier)
 	}
+	sc.reqs, sc.which, sc.tiers = reqs, which, tiers
 	if len(reqs) == 0 {
-		h.scratch.Put(sc)
 		return next.ServeHTTP(w, r)
 	}
-	sc.reqs, sc.which, sc.parts = reqs, which, parts
 	now := clock.Now()
 	res := sc.res[:len(reqs)]
 	if err := h.store.Take(r.Context(), now, reqs, res); err != nil {
-		h.scratch.Put(sc)
 		return h.storageFailed(w, r, next, now, err)
 	}
 
@@ -78,6 +99,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	for i := range res {
 		h.metrics.count(which[i].name, &res[i], reqs[i].DryRun)
 		if !res[i].Allowed {
+			if res[i].FirstDenial {
+				h.notify(r, now, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)
+			}
 			if reqs[i].DryRun {
 				h.logWouldDeny(r, which[i], &res[i])
 			} else if denied < 0 || res[i].RetryAfter > res[denied].RetryAfter {
@@ -93,12 +117,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.setHeaders(w.Header(), now, sc, report)
 	if denied >= 0 {
-		err := h.deny(w, r, now, which[denied], &res[denied])
-		h.scratch.Put(sc)
-		return err
+		return h.deny(w, r, now, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
 	}
-	h.scratch.Put(sc)
 	return next.ServeHTTP(w, r)
+}
+
+// exemptions returns the names of the limits that do not apply to this
+// request: those exempted by earlier handlers, and by the limits of this
+// one whose key is present.
+func (h *Handler) exemptions(r *http.Request, parts []int) []string {
+	prior, _ := caddyhttp.GetVar(r.Context(), exemptVar).([]string)
+	if !h.exempts {
+		return prior
+	}
+	out, added := prior, false
+	for i, l := range h.limits {
+		if len(l.exempt) == 0 || parts[i] < 0 || slices.Contains(prior, l.name) {
+			continue
+		}
+		if !added {
+			out, added = slices.Clone(prior), true
+		}
+		out = append(out, l.exempt...)
+	}
+	if added {
+		caddyhttp.SetVar(r.Context(), exemptVar, out)
+	}
+	return out
 }
 
 // tighter tells whether a constrains the client more than b: fewer units
@@ -208,7 +253,11 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 }
 
 // deny answers a denied request.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l *compiledLimit, res *limiter.Result) error {
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l *compiledLimit, key, tier string, res *limiter.Result) error {
+	status := h.Status
+	if l.status != 0 {
+		status = l.status
+	}
 	retry := retryAfterSeconds(res.RetryAfter)
 	hdr := w.Header()
 	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
@@ -216,40 +265,96 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l 
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	repl.Set("edge_limit.status", h.Status)
+	repl.Set("edge_limit.status", status)
 	repl.Set("edge_limit.name", l.name)
+	repl.Set("edge_limit.key", h.displayKey(key))
+	repl.Set("edge_limit.tier", tier)
 	repl.Set("edge_limit.retry_after", retry)
+	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
 	repl.Set("edge_limit.limit", res.Limit)
 	repl.Set("edge_limit.remaining", res.Remaining)
 	repl.Set("edge_limit.reset", unixCeil(now.Add(res.Reset)))
-	if res.FirstDenial {
-		h.logger.Info("rate limit exceeded",
-			zap.String("limit", l.name),
-			zap.String("client_ip", clientIP(r)),
-			zap.Int64("limit_value", res.Limit),
-			zap.Duration("retry_after", res.RetryAfter))
-	}
+	repl.Set("edge_limit.window", secondsCeil(res.Window))
 	if h.HandleErrors {
-		return caddyhttp.Error(h.Status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
+		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
 	}
-	body := h.renderBody(repl)
+	tmpl := h.body
+	if l.body != "" {
+		tmpl = l.body
+	}
+	body := h.renderBody(repl, tmpl)
 	hdr["Content-Type"] = []string{h.ContentType}
 	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(h.Status)
+	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write([]byte(body))
 	}
 	return nil
 }
 
+// notify reports the first denial of a key in a window: one info log line
+// and an edge_limit.exceeded event.
+func (h *Handler) notify(r *http.Request, now time.Time, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
+	shown := h.displayKey(key)
+	reset := now.Add(res.Reset)
+	if !dryRun {
+		h.logger.Info("rate limit exceeded",
+			zap.String("limit", l.name),
+			zap.String("key", shown),
+			zap.String("tier", tier),
+			zap.String("client_ip", clientIP(r)),
+			zap.Int64("limit_value", res.Limit),
+			zap.Duration("retry_after", res.RetryAfter),
+			zap.Time("window_end", reset))
+	}
+	h.events.exceeded(map[string]any{
+		"limit":       l.name,
+		"key":         shown,
+		"tier":        tier,
+		"client_ip":   clientIP(r),
+		"host":        r.Host,
+		"path":        r.URL.Path,
+		"limit_value": res.Limit,
+		"retry_after": retryAfterSeconds(res.RetryAfter),
+		"window_end":  reset.UTC().Format(time.RFC3339),
+		"reset":       unixCeil(reset),
+		"dry_run":     dryRun,
+	})
+}
+
+// displayKey is the key as logs, events and bodies show it.
+func (h *Handler) displayKey(key string) string {
+	if h.rawKeys {
+		if len(key) > 256 {
+			return key[:256]
+		}
+		return key
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// humanSeconds says n seconds as a person would: "5 seconds", "1 minute",
+// "2 hours".
+func humanSeconds(n int64) string {
+	if n == 1 {
+		return "1 second"
+	}
+	if n < 60 {
+		return strconv.FormatInt(n, 10) + " seconds"
+	}
+	base := time.Unix(0, 0)
+	return strings.TrimSpace(humanize.RelTime(base, base.Add(time.Duration(n)*time.Second), "", ""))
+}
+
 // renderBody fills the denial body's placeholders. In a JSON body, values
 // are escaped as JSON string content: a hostile header echoed in the body
 // cannot break out of its string.
-func (h *Handler) renderBody(repl *caddy.Replacer) string {
+func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
 	if !strings.Contains(h.ContentType, "json") {
-		return repl.ReplaceAll(h.body, "")
+		return repl.ReplaceAll(tmpl, "")
 	}
-	out, err := repl.ReplaceFunc(h.body, func(_ string, val any) (any, error) {
+	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
 		s, ok := val.(string)
 		if !ok {
 			return val, nil
@@ -257,7 +362,7 @@ func (h *Handler) renderBody(repl *caddy.Replacer) string {
 		return jsonEscape(s), nil
 	})
 	if err != nil {
-		return repl.ReplaceAll(h.body, "")
+		return repl.ReplaceAll(tmpl, "")
 	}
 	return out
 }
