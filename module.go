@@ -280,17 +280,17 @@ type Handler struct {
 	// edge_limit app's storage (memory unless configured).
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_limit.storage inline_key=backend"`
 
-	limits   []*compiledLimit
-	exempts  bool // some limit exempts others
-	store    storage.Store
-	logger   *zap.Logger
-	metrics  *metrics
-	events   *emitter
-	headers  headerStyle
-	body     string
-	rawKeys  bool
-	scratch  *sync.Pool
-	warn     *rateLimitedLog
+	limits  []*compiledLimit
+	exempts bool // some limit exempts others
+	store   storage.Store
+	logger  *zap.Logger
+	metrics *metrics
+	events  *emitter
+	headers headerStyle
+	body    string
+	rawKeys bool
+	scratch *sync.Pool
+	warn    *rateLimitedLog
 }
 
 // CaddyModule returns the Caddy module information.
