@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -684,5 +685,40 @@ func TestRedisCaddyValidate(t *testing.T) {
 	out, err = validate("storage redis {\n\t\t\turl redis://"+srv.Addr+"/0\n\t\t\tpassword {env.EDGELIMIT_WRONG}\n\t\t}", "EDGELIMIT_WRONG=hunter2")
 	if err != nil || strings.Contains(out, "hunter2") || !strings.Contains(out, "WRONGPASS") {
 		t.Fatalf("wrong password: err %v\n%s", err, out)
+	}
+}
+
+// url gives one server; addrs a Cluster, even with one address; addrs and
+// master_name the Sentinels' failover client.
+func TestRedisClientKinds(t *testing.T) {
+	for _, c := range []struct {
+		r       RedisStorage
+		cluster bool
+		addrs   string
+	}{
+		{RedisStorage{}, false, "127.0.0.1:6379"},
+		{RedisStorage{URL: "redis://h:7000/2"}, false, "h:7000"},
+		{RedisStorage{URL: "unix:///run/redis.sock?db=1"}, false, "/run/redis.sock"},
+		{RedisStorage{Addrs: []string{"a:1", "b:2", "c:3"}}, true, "a:1,b:2,c:3"},
+		{RedisStorage{Addrs: []string{"config-endpoint:6379"}}, true, "config-endpoint:6379"},
+		{RedisStorage{Addrs: []string{"s1:26379", "s2:26379"}, MasterName: "mymaster"}, false, "mymaster@s1:26379,s2:26379"},
+	} {
+		set, err := c.r.resolve(caddy.NewReplacer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := storage.NewRedisClient(set.opts, time.Second)
+		_, isCluster := client.(*redis.ClusterClient)
+		client.Close()
+		if isCluster != c.cluster || set.target != c.addrs {
+			t.Errorf("%+v: %T for %s", c.r, client, set.target)
+		}
+	}
+	set, err := (&RedisStorage{URL: "rediss://u:p@h:1/3", DB: 4, Username: "v", Password: "q"}).resolve(caddy.NewReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := set.opts; o.DB != 4 || o.Username != "v" || o.Password != "q" || o.TLSConfig == nil {
+		t.Fatalf("overrides: %+v", o)
 	}
 }
