@@ -1,7 +1,6 @@
 package edgelimit
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -119,10 +118,9 @@ func (p pooledRedis) Destruct() error { return p.Close() }
 
 // redisSettings are the resolved settings of a RedisStorage.
 type redisSettings struct {
-	opts    *redis.UniversalOptions
-	store   storage.RedisOptions
-	target  string // where Redis is, for logs: no credentials
-	cluster bool
+	opts   *redis.UniversalOptions
+	store  storage.RedisOptions
+	target string // where Redis is, for logs: no credentials
 }
 
 // Provision resolves the placeholders and finds or creates the store. An
@@ -147,7 +145,7 @@ func (r *RedisStorage) Provision(ctx caddy.Context) error {
 		}
 		// Reports an unreachable Redis now, and makes OnError decide from
 		// the first request instead of every request waiting for it.
-		_ = s.Ping(context.Background())
+		_ = s.Ping(ctx)
 		return pooledRedis{s}, nil
 	})
 	if err != nil {
@@ -226,8 +224,7 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 		o.MasterName = repl.ReplaceKnown(r.MasterName, "")
 		// With addrs and no master, a Cluster, even from one seed address
 		// (a managed Cluster's configuration endpoint).
-		set.cluster = o.MasterName == ""
-		o.IsClusterMode = set.cluster
+		o.IsClusterMode = o.MasterName == ""
 	} else {
 		raw := repl.ReplaceKnown(r.URL, "")
 		if raw == "" {
