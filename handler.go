@@ -294,12 +294,27 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 	res := sc.res[:len(sc.reqs)]
 	keepPrior := !denied && prior != nil && len(prior.entries) > 0 && tighter(&prior.report, &res[report])
 	if h.headers&headerX != 0 && !keepPrior {
+		// One string holds the numbers and one array the values: two
+		// allocations for the whole set.
 		r := &res[report]
-		hdr["X-Ratelimit-Limit"] = []string{strconv.FormatInt(r.Limit, 10)}
-		hdr["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(r.Remaining, 10)}
-		hdr["X-Ratelimit-Reset"] = []string{strconv.FormatInt(unixCeil(now.Add(r.Reset)), 10)}
+		b := strconv.AppendInt(sc.buf[:0], r.Limit, 10)
+		n1 := len(b)
+		b = strconv.AppendInt(b, r.Remaining, 10)
+		n2 := len(b)
+		b = strconv.AppendInt(b, unixCeil(now.Add(r.Reset)), 10)
+		n3 := len(b)
 		if h.TimeHeader {
-			hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(secondsCeil(r.Window), 10)}
+			b = strconv.AppendInt(b, secondsCeil(r.Window), 10)
+		}
+		all := string(b)
+		sc.buf = b[:0]
+		vals := make([]string, 4)
+		vals[0], vals[1], vals[2], vals[3] = all[:n1], all[n1:n2], all[n2:n3], all[n3:]
+		hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+		hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+		hdr["X-Ratelimit-Reset"] = vals[2:3:3]
+		if h.TimeHeader {
+			hdr["X-Ratelimit-Time"] = vals[3:4:4]
 		}
 	}
 	if h.headers&headerIETF != 0 {
