@@ -119,7 +119,7 @@ func loadStorage(ctx caddy.Context, owner any, field string) (storage.Store, err
 type MemoryStorage struct {
 	// MaxKeys bounds the number of (limit, client) counters kept. When the
 	// bound is reached, expired counters are dropped first, then those that
-	// expire soonest (logged as evictions). Default: 1048576 (about 60 MB).
+	// expire soonest (counted as evictions). Default: 1048576 (about 140 MB).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// SweepInterval is how often expired counters are removed in the
 	// background. Default: 10s.
