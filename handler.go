@@ -121,7 +121,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	denied, report := -1, -1
 	for i := range res {
-		h.metrics.count(which[i].name, &res[i], reqs[i].DryRun)
+		which[i].outcomes.count(&res[i], reqs[i].DryRun)
 		if !res[i].Allowed {
 			if res[i].FirstDenial {
 				h.notify(r, now, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)

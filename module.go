@@ -80,6 +80,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if a.shared[l.Name] != nil {
 			return fmt.Errorf("limit %q is declared twice", l.Name)
 		}
+		cl.outcomes = a.metrics.outcomesFor(cl.name)
 		a.shared[l.Name] = cl
 	}
 	return nil
@@ -374,6 +375,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.exempts = h.exempts || len(cl.exempt) > 0
 	}
 	h.metrics = app.metrics
+	for _, cl := range h.limits {
+		if cl.outcomes == nil {
+			cl.outcomes = h.metrics.outcomesFor(cl.name)
+		}
+	}
 	h.events, err = newEmitter(ctx, h.logger)
 	if err != nil {
 		return err
