@@ -2,6 +2,7 @@ package edgelimit
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"mime"
@@ -114,7 +115,8 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 	case modeBuffer:
 		now := clock.Now()
 		e := cache.NewEntry(rec.status, rec.hdr, rec.buf.Bytes(), rec.decision, r.Header, now, c.stale)
-		if err := c.store.Set(r.Context(), key, e, now); err != nil {
+		// A client that leaves now must not cost the others the entry.
+		if err := c.store.Set(context.WithoutCancel(r.Context()), key, e, now); err != nil {
 			if !errors.Is(err, cache.ErrTooLarge) {
 				c.storeFailed(err)
 			}
