@@ -747,3 +747,65 @@ func benchHandler(b *testing.B, h func(http.ResponseWriter, *http.Request) error
 		b.Fatalf("Bloom-Status %q, status %d", got, w.status)
 	}
 }
+
+// TestCacheBehindAPermissiveLimit is the README's route: the limit in front
+// of the cache counts HITs too, the one behind it does not.
+func TestCacheBehindAPermissiveLimit(t *testing.T) {
+	fakeClock(t)
+	up := newUpstream(t, api)
+	s := startCacheSite(t, `
+%ADDR% {
+	route {
+		edge_limit {
+			limit load_balancer {
+				key {client_ip}
+				rate 3/1m
+			}
+		}
+		edge_cache {
+			ttl 60s
+		}
+		edge_limit {
+			limit api_global {
+				key {header.Authorization} {client_ip}
+				rate 1/1m
+			}
+			headers none
+		}
+		reverse_proxy %UPSTREAM%
+	}
+}`, up)
+	expect(t, s.get("/front/a"), 200, "Bloom-Status", "MISS", "X-RateLimit-Remaining", "2")
+	expect(t, s.get("/front/a"), 200, "Bloom-Status", "HIT", "X-RateLimit-Remaining", "1")
+	expect(t, s.get("/front/a"), 200, "Bloom-Status", "HIT", "X-RateLimit-Remaining", "0")
+	expect(t, s.get("/front/a"), 429, "Bloom-Status", "")
+	if n := up.count("GET /front/a"); n != 1 {
+		t.Fatalf("upstream saw %d", n)
+	}
+}
+
+func TestCacheEventStreamPassesThrough(t *testing.T) {
+	fakeClock(t)
+	c := newTestCache(t, &Cache{Zone: "sse"})
+	var flushed atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		for range 3 {
+			_, _ = io.WriteString(w, "data: x\n\n")
+			if err := http.NewResponseController(w).Flush(); err == nil {
+				flushed.Add(1)
+			}
+		}
+		return nil
+	})
+	for range 2 {
+		w := serveCache(c, next, "GET", "http://example/events")
+		if w.Header().Get("Bloom-Status") != "DIRECT" || !w.Flushed || w.Body.String() != strings.Repeat("data: x\n\n", 3) {
+			t.Fatalf("%v flushed %v %q", w.Header(), w.Flushed, w.Body)
+		}
+	}
+	if flushed.Load() != 6 {
+		t.Fatalf("%d flushes", flushed.Load())
+	}
+}
