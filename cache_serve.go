@@ -91,7 +91,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 	}
 	defer land(cache.Uncacheable, nil)
 
-	rec := newRecorder(w, r, c, true, stale != nil)
+	rec := newCacheRecorder(w, r, c, true, stale != nil)
 	defer rec.free()
 	err := next.ServeHTTP(rec, forUpstream(r))
 	if err != nil {
@@ -133,7 +133,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 // not cacheable, HEAD misses, upgrades, and every request while the store
 // fails. stale, for a HEAD, is served if the upstream is offline.
 func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, stale *cache.Entry) error {
-	rec := newRecorder(w, r, c, false, stale != nil)
+	rec := newCacheRecorder(w, r, c, false, stale != nil)
 	defer rec.free()
 	err := next.ServeHTTP(rec, r)
 	if err != nil {
@@ -158,7 +158,7 @@ func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyht
 // offline answers when the upstream could not be reached: the stale copy
 // if there is one, else a 502 through Caddy's error handling (so that
 // handle_errors can render it), both with OFFLINE.
-func (c *Cache) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *recorder, err error) error {
+func (c *Cache) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error) error {
 	if stale != nil {
 		return c.serve(w, r, stale, cache.Offline, clock.Now())
 	}
@@ -201,7 +201,7 @@ func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, st
 // serveMiss answers the request whose response was just stored: with its
 // own headers (the limiter's among them, which the entry leaves out), the
 // entry's ETag, and MISS.
-func (c *Cache) serveMiss(w http.ResponseWriter, r *http.Request, rec *recorder, e *cache.Entry) error {
+func (c *Cache) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRecorder, e *cache.Entry) error {
 	hdr := w.Header()
 	for name, vs := range rec.hdr {
 		if !cache.IsControlHeader(name) && name != "Content-Length" {
@@ -285,7 +285,7 @@ func streaming(h http.Header) bool {
 	return err == nil && mt == "text/event-stream"
 }
 
-// recMode is what a recorder does with the response it is given.
+// recMode is what a cacheRecorder does with the response it is given.
 type recMode uint8
 
 const (
@@ -299,17 +299,17 @@ const (
 	modePass
 )
 
-// recorder stands between the cache and the next handler. It decides at
+// cacheRecorder stands between the cache and the next handler. It decides at
 // WriteHeader what to do with the response: buffer it to be stored (up to
 // max_size, past which it streams it on with DIRECT), discard it (a gateway
 // failure with a stale copy to serve instead), or pass it on, control
 // headers removed and Bloom-Status set.
-type recorder struct {
+type cacheRecorder struct {
 	w        http.ResponseWriter
 	r        *http.Request
 	c        *Cache
 	hdr      http.Header
-	own      bool // hdr is the recorder's; else it is w's
+	own      bool // hdr is the cacheRecorder's; else it is w's
 	store    bool // the response may be stored
 	stale    bool // a stale copy waits to replace a gateway failure
 	status   int
@@ -318,12 +318,12 @@ type recorder struct {
 	decision cache.Decision
 }
 
-// newRecorder returns a recorder for one request. A response that may be
+// newCacheRecorder returns a cacheRecorder for one request. A response that may be
 // stored, or replaced by a stale copy, is given a header map of its own, so
 // that the entry holds only the upstream's headers and a discarded failure
 // leaves nothing behind; others write to w's headers directly.
-func newRecorder(w http.ResponseWriter, r *http.Request, c *Cache, store, stale bool) *recorder {
-	rec := &recorder{w: w, r: r, c: c, store: store, stale: stale}
+func newCacheRecorder(w http.ResponseWriter, r *http.Request, c *Cache, store, stale bool) *cacheRecorder {
+	rec := &cacheRecorder{w: w, r: r, c: c, store: store, stale: stale}
 	if store || stale {
 		rec.hdr, rec.own = make(http.Header), true
 	} else {
@@ -332,9 +332,9 @@ func newRecorder(w http.ResponseWriter, r *http.Request, c *Cache, store, stale 
 	return rec
 }
 
-func (rec *recorder) Header() http.Header { return rec.hdr }
+func (rec *cacheRecorder) Header() http.Header { return rec.hdr }
 
-func (rec *recorder) WriteHeader(code int) {
+func (rec *cacheRecorder) WriteHeader(code int) {
 	if rec.mode != modeInit {
 		return
 	}
@@ -372,7 +372,7 @@ func (rec *recorder) WriteHeader(code int) {
 // error returned before anything was written (Caddy then writes the error
 // status, or handle_errors renders it, with these headers: a limiter's
 // Retry-After, say).
-func (rec *recorder) settleHeaders(st cache.Status) {
+func (rec *cacheRecorder) settleHeaders(st cache.Status) {
 	hdr := rec.w.Header()
 	if rec.own {
 		for name, vs := range rec.hdr {
@@ -388,7 +388,7 @@ func (rec *recorder) settleHeaders(st cache.Status) {
 
 // pass starts streaming to the client: headers, status, and whatever was
 // buffered.
-func (rec *recorder) pass(st cache.Status) error {
+func (rec *cacheRecorder) pass(st cache.Status) error {
 	rec.settleHeaders(st)
 	rec.w.WriteHeader(rec.status)
 	held := rec.buf
@@ -403,7 +403,7 @@ func (rec *recorder) pass(st cache.Status) error {
 	return nil
 }
 
-func (rec *recorder) Write(p []byte) (int, error) {
+func (rec *cacheRecorder) Write(p []byte) (int, error) {
 	if rec.mode == modeInit {
 		rec.WriteHeader(http.StatusOK)
 	}
@@ -424,7 +424,7 @@ func (rec *recorder) Write(p []byte) (int, error) {
 
 // ReadFrom keeps the fast path (sendfile) of the client's writer for
 // responses that pass through.
-func (rec *recorder) ReadFrom(src io.Reader) (int64, error) {
+func (rec *cacheRecorder) ReadFrom(src io.Reader) (int64, error) {
 	if rec.mode == modeInit {
 		rec.WriteHeader(http.StatusOK)
 	}
@@ -441,7 +441,7 @@ type writerOnly struct{ io.Writer }
 
 // FlushError flushes a response that passes through; one being held is
 // complete only at the end.
-func (rec *recorder) FlushError() error {
+func (rec *cacheRecorder) FlushError() error {
 	if rec.mode != modePass {
 		return nil
 	}
@@ -450,10 +450,10 @@ func (rec *recorder) FlushError() error {
 
 // Unwrap lets http.ResponseController reach the client's connection
 // (deadlines, and hijacking for the upgrades that pass through).
-func (rec *recorder) Unwrap() http.ResponseWriter { return rec.w }
+func (rec *cacheRecorder) Unwrap() http.ResponseWriter { return rec.w }
 
-// free returns the recorder's buffer when the request is done.
-func (rec *recorder) free() {
+// free returns the cacheRecorder's buffer when the request is done.
+func (rec *cacheRecorder) free() {
 	if rec.buf != nil {
 		putBuffer(rec.buf)
 		rec.buf = nil

@@ -706,28 +706,28 @@ func BenchmarkCacheHit(b *testing.B) {
 			_, _ = io.WriteString(w, body)
 			return nil
 		})
-		benchHandler(b, func(w http.ResponseWriter, r *http.Request) error { return c.ServeHTTP(w, r, next) }, "HIT")
+		benchCacheHandler(b, func(w http.ResponseWriter, r *http.Request) error { return c.ServeHTTP(w, r, next) }, "HIT")
 	})
 	b.Run("respond", func(b *testing.B) {
 		sr := caddyhttp.StaticResponse{Body: body, Headers: http.Header{"Content-Type": {"application/json"}}}
-		benchHandler(b, func(w http.ResponseWriter, r *http.Request) error { return sr.ServeHTTP(w, r, nil) }, "")
+		benchCacheHandler(b, func(w http.ResponseWriter, r *http.Request) error { return sr.ServeHTTP(w, r, nil) }, "")
 	})
 }
 
-// benchWriter is a ResponseWriter that keeps nothing, reset per request as
+// benchCacheWriter is a ResponseWriter that keeps nothing, reset per request as
 // a server's would be.
-type benchWriter struct {
+type benchCacheWriter struct {
 	h      http.Header
 	status int
 	n      int
 }
 
-func (w *benchWriter) Header() http.Header         { return w.h }
-func (w *benchWriter) WriteHeader(code int)        { w.status = code }
-func (w *benchWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
+func (w *benchCacheWriter) Header() http.Header         { return w.h }
+func (w *benchCacheWriter) WriteHeader(code int)        { w.status = code }
+func (w *benchCacheWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
 
-func benchHandler(b *testing.B, h func(http.ResponseWriter, *http.Request) error, wantStatus string) {
-	w := &benchWriter{h: make(http.Header)}
+func benchCacheHandler(b *testing.B, h func(http.ResponseWriter, *http.Request) error, wantStatus string) {
+	w := &benchCacheWriter{h: make(http.Header)}
 	r := httptest.NewRequest("GET", "http://example/bench?page=1", nil)
 	r.Header.Set("Authorization", "Bearer benchmark-token")
 	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)

@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
 func init() {
@@ -32,19 +34,36 @@ func init() {
 //			key <placeholder|text>...
 //			rate <n>/<duration>
 //			window fixed|anchored|sliding
+//			split <duration>
 //			token_bucket <capacity> <n>/<duration>
 //			gcra [<n>/<duration>] [burst <n>]
 //			burst <n>
 //			offset <duration>
 //			quota <n> per day|week|month [at HH:MM] [in <time zone>]
+//			tier <placeholder> {
+//				<tier> <rate|token_bucket|gcra|quota ...>
+//				default <tier>
+//			}
 //			cost <n>
 //			scope route|global
+//			exempt <limit>...
+//			status <code>
+//			body <template>
 //			dry_run
 //		}
+//		quota <name> {
+//			key <placeholder|text>...
+//			limit <n> per day|week|month|<duration> [anchored|aligned]
+//			reset <HH:MM> [<time zone>]
+//			exempt <limit>...
+//			cost, scope, status, body, dry_run as for limit
+//		}
+//		use <shared limit>...
 //		status <code>
 //		headers x-ratelimit|ratelimit|both|none [time]
 //		body <template>
 //		content_type <type>
+//		show_key hashed|raw
 //		handle_errors
 //		dry_run
 //		zone <name>
@@ -87,15 +106,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		opt := d.Val()
-		if opt != "limit" {
+		if opt != "limit" && opt != "quota" && opt != "use" {
 			if seen[opt] {
 				return d.Errf("edge_limit option %q given twice", opt)
 			}
 			seen[opt] = true
 		}
 		switch opt {
-		case "limit":
-			l, err := parseLimit(d)
+		case "limit", "quota":
+			if opt == "limit" && !hasBlock(d) {
+				// limit <name> with no block uses a shared limit.
+				names := d.RemainingArgs()
+				if len(names) != 1 {
+					return d.ArgErr()
+				}
+				h.Use = append(h.Use, names[0])
+				continue
+			}
+			l, err := parseLimitBlock(d)
 			if err != nil {
 				return err
 			}
@@ -105,6 +133,23 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.Limits = append(h.Limits, l)
+		case "use":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			h.Use = append(h.Use, names...)
+		case "show_key":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ShowKey = d.Val()
+			if h.ShowKey != "hashed" && h.ShowKey != "raw" {
+				return d.Errf("show_key %q: want hashed or raw", h.ShowKey)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "status":
 			n, err := intArg(d)
 			if err != nil {
@@ -176,12 +221,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseLimit reads one `limit <name> { ... }` block; the dispenser is on
-// "limit".
-func parseLimit(d *caddyfile.Dispenser) (*Limit, error) {
+// hasBlock tells whether the rest of the current line opens a block.
+func hasBlock(d *caddyfile.Dispenser) bool {
+	n := d.CountRemainingArgs()
+	for range n {
+		d.NextArg()
+	}
+	line, file := d.Line(), d.File()
+	open := false
+	if d.Next() {
+		open = d.Val() == "{" && d.Line() == line && d.File() == file
+		d.Prev()
+	}
+	for range n {
+		d.Prev()
+	}
+	return open
+}
+
+// parseLimitBlock reads `limit <name> { ... }` or `quota <name> { ... }`;
+// the dispenser is on "limit" or "quota".
+func parseLimitBlock(d *caddyfile.Dispenser) (*Limit, error) {
 	at := d.Token()
+	quota := d.Val() == "quota"
 	if !d.NextArg() {
-		return nil, d.Errf("limit needs a name")
+		return nil, d.Errf("%s needs a name", at.Text)
 	}
 	l := &Limit{Name: d.Val()}
 	if err := checkName(l.Name); err != nil {
@@ -190,130 +254,268 @@ func parseLimit(d *caddyfile.Dispenser) (*Limit, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
-	var window string // fixed, anchored or sliding, for rate
-	var gcra bool
+	np := numbersParser{seen: map[string]bool{}}
+	var tierLines [][]caddyfile.Token
+	var qs quotaSpec
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		if seen[opt] {
-			return nil, d.Errf("limit %q: %q given twice", l.Name, opt)
+			return nil, d.Errf("%s %q: %q given twice", at.Text, l.Name, opt)
 		}
 		seen[opt] = true
-		switch opt {
-		case "key":
-			l.Key = d.RemainingArgs()
-			if len(l.Key) == 0 {
-				return nil, d.ArgErr()
-			}
-			for _, k := range l.Key {
-				if _, err := parseKeyPart(k); err != nil {
-					return nil, d.Errf("key %q: %v", k, err)
-				}
-			}
-		case "rate":
-			n, dur, err := rateArg(d)
+		if ok, err := commonOption(d, l); ok || err != nil {
 			if err != nil {
 				return nil, err
 			}
-			l.Limit, l.Window = n, caddy.Duration(dur)
-		case "window":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			switch window = d.Val(); window {
-			case "fixed", "aligned", "anchored", "sliding":
-			default:
-				return nil, d.Errf("window %q: want fixed, anchored or sliding", window)
-			}
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-		case "token_bucket":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			capacity, err := strconv.ParseInt(d.Val(), 10, 64)
-			if err != nil {
-				return nil, d.Errf("token_bucket capacity %q is not a whole number", d.Val())
-			}
-			if capacity < 1 {
-				return nil, d.Errf("token_bucket capacity must be at least 1, got %d", capacity)
-			}
-			n, dur, err := rateArg(d)
-			if err != nil {
-				return nil, err
-			}
-			l.Algorithm = "token_bucket"
-			l.Limit, l.Refill, l.Window = capacity, n, caddy.Duration(dur)
-		case "gcra":
-			gcra = true
-			if d.NextArg() {
-				d.Prev()
-				n, dur, err := rateArg(d)
-				if err != nil {
+			continue
+		}
+		if quota {
+			switch opt {
+			case "limit":
+				if err := qs.parseLimit(d); err != nil {
 					return nil, err
 				}
-				l.Refill, l.Window = n, caddy.Duration(dur)
+			case "reset":
+				if err := qs.parseReset(d); err != nil {
+					return nil, err
+				}
+			default:
+				return nil, d.Errf("unknown option %q in quota %q", opt, l.Name)
 			}
-		case "burst":
-			n, err := intArg(d)
+			continue
+		}
+		if opt == "tier" {
+			lines, err := parseTierBlock(d, l)
 			if err != nil {
 				return nil, err
 			}
-			if n < 1 {
-				return nil, d.Errf("burst must be at least 1, got %d", n)
-			}
-			l.Limit = n
-		case "offset":
-			dur, err := durationArg(d)
-			if err != nil {
-				return nil, err
-			}
-			l.Offset = caddy.Duration(dur)
-		case "quota":
-			if err := parseQuota(d, l); err != nil {
-				return nil, err
-			}
-		case "cost":
-			n, err := intArg(d)
-			if err != nil {
-				return nil, err
-			}
-			if n < 1 {
-				return nil, d.Errf("cost must be at least 1, got %d", n)
-			}
-			l.Cost = n
-		case "scope":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			l.Scope = d.Val()
-			if l.Scope != "route" && l.Scope != "global" {
-				return nil, d.Errf("scope %q: want route or global", l.Scope)
-			}
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-		case "dry_run":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			l.DryRun = true
-		default:
+			tierLines = lines
+			continue
+		}
+		ok, err := np.option(d, &l.Numbers)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
 			return nil, d.Errf("unknown option %q in limit %q", opt, l.Name)
 		}
 	}
-	if err := l.settle(window, gcra, seen); err != nil {
-		return nil, errAt(at, "limit %q: %v", l.Name, err)
+	if quota {
+		if err := qs.settle(l); err != nil {
+			return nil, errAt(at, "quota %q: %v", l.Name, err)
+		}
+	} else {
+		if len(tierLines) > 0 && !np.hasAlgorithm() {
+			// Only tiers have numbers: compileLimit checks that clients in
+			// no known tier get the default tier's.
+		} else if err := np.settle(&l.Numbers); err != nil {
+			return nil, errAt(at, "limit %q: %v", l.Name, err)
+		}
+		if err := parseTierLines(tierLines, l, np.window); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := compileLimit(l, "check"); err != nil {
-		return nil, errAt(at, "limit %q: %v", l.Name, err)
+		return nil, errAt(at, "%s %q: %v", at.Text, l.Name, err)
 	}
 	return l, nil
 }
 
+// commonOption reads the options limits and quotas share; it reports
+// whether it knew the option.
+func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
+	switch d.Val() {
+	case "key":
+		l.Key = d.RemainingArgs()
+		if len(l.Key) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, k := range l.Key {
+			if _, err := parseKeyPart(k); err != nil {
+				return true, d.Errf("key %q: %v", k, err)
+			}
+		}
+	case "cost":
+		n, err := intArg(d)
+		if err != nil {
+			return true, err
+		}
+		if n < 1 {
+			return true, d.Errf("cost must be at least 1, got %d", n)
+		}
+		l.Cost = n
+	case "scope":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		l.Scope = d.Val()
+		if l.Scope != "route" && l.Scope != "global" {
+			return true, d.Errf("scope %q: want route or global", l.Scope)
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+	case "exempt":
+		l.Exempt = d.RemainingArgs()
+		if len(l.Exempt) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, e := range l.Exempt {
+			if err := checkName(e); err != nil {
+				return true, d.Errf("exempt: %v", err)
+			}
+		}
+	case "status":
+		n, err := intArg(d)
+		if err != nil {
+			return true, err
+		}
+		if n < 400 || n > 599 {
+			return true, d.Errf("status %d: a denial needs a 4xx or 5xx status", n)
+		}
+		l.Status = int(n)
+	case "body":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		l.Body = d.Val()
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+	case "dry_run":
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		l.DryRun = true
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// numbersParser reads the options that give a limit (or a tier) its
+// algorithm and numbers.
+type numbersParser struct {
+	window string // fixed, anchored or sliding, for rate
+	gcra   bool
+	seen   map[string]bool
+}
+
+// option reads one numbers option; it reports whether it knew it.
+func (p *numbersParser) option(d *caddyfile.Dispenser, n *Numbers) (bool, error) {
+	opt := d.Val()
+	switch opt {
+	case "rate":
+		count, dur, err := rateArg(d)
+		if err != nil {
+			return true, err
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		n.Limit, n.Window = count, caddy.Duration(dur)
+	case "window":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		switch p.window = d.Val(); p.window {
+		case "fixed", "aligned", "anchored", "sliding":
+		default:
+			return true, d.Errf("window %q: want fixed, anchored or sliding", p.window)
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+	case "token_bucket":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		capacity, err := strconv.ParseInt(d.Val(), 10, 64)
+		if err != nil {
+			return true, d.Errf("token_bucket capacity %q is not a whole number", d.Val())
+		}
+		if capacity < 1 {
+			return true, d.Errf("token_bucket capacity must be at least 1, got %d", capacity)
+		}
+		count, dur, err := rateArg(d)
+		if err != nil {
+			return true, err
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		n.Algorithm = "token_bucket"
+		n.Limit, n.Refill, n.Window = capacity, count, caddy.Duration(dur)
+	case "gcra":
+		p.gcra = true
+		if d.NextArg() {
+			if d.Val() != "burst" {
+				d.Prev()
+				count, dur, err := rateArg(d)
+				if err != nil {
+					return true, err
+				}
+				n.Refill, n.Window = count, caddy.Duration(dur)
+			} else {
+				d.Prev()
+			}
+			if d.NextArg() {
+				if d.Val() != "burst" {
+					return true, d.ArgErr()
+				}
+				if err := p.burst(d, n); err != nil {
+					return true, err
+				}
+			}
+		}
+	case "burst":
+		if err := p.burst(d, n); err != nil {
+			return true, err
+		}
+	case "offset":
+		dur, err := durationArg(d)
+		if err != nil {
+			return true, err
+		}
+		n.Offset = caddy.Duration(dur)
+	case "split":
+		dur, err := durationArg(d)
+		if err != nil {
+			return true, err
+		}
+		n.Split = caddy.Duration(dur)
+	case "quota":
+		if err := parseQuotaLine(d, n); err != nil {
+			return true, err
+		}
+	default:
+		return false, nil
+	}
+	p.seen[opt] = true
+	return true, nil
+}
+
+func (p *numbersParser) hasAlgorithm() bool {
+	return p.seen["rate"] || p.seen["token_bucket"] || p.seen["gcra"] || p.seen["quota"]
+}
+
+func (p *numbersParser) burst(d *caddyfile.Dispenser, n *Numbers) error {
+	b, err := intArg(d)
+	if err != nil {
+		return err
+	}
+	if b < 1 {
+		return d.Errf("burst must be at least 1, got %d", b)
+	}
+	p.seen["burst"] = true
+	n.Limit = b
+	return nil
+}
+
 // settle resolves the algorithm from the options given together.
-func (l *Limit) settle(window string, gcra bool, seen map[string]bool) error {
+func (p *numbersParser) settle(n *Numbers) error {
+	seen := p.seen
 	algos := 0
 	for _, o := range []string{"rate", "token_bucket", "quota"} {
 		if seen[o] {
@@ -329,46 +531,121 @@ func (l *Limit) settle(window string, gcra bool, seen map[string]bool) error {
 	case algos > 1:
 		return errors.New("give only one of rate, token_bucket, gcra and quota")
 	}
-	if window != "" && !seen["rate"] {
-		return fmt.Errorf("window %s goes with rate", window)
+	if p.window != "" && !seen["rate"] {
+		return fmt.Errorf("window %s goes with rate", p.window)
 	}
-	if seen["burst"] && !gcra {
+	if seen["burst"] && !p.gcra {
 		return errors.New("burst goes with gcra (a token bucket's burst is its capacity)")
 	}
 	switch {
-	case gcra:
-		if window != "" {
+	case p.gcra:
+		if p.window != "" {
 			return errors.New("gcra takes no window")
 		}
 		if seen["rate"] {
 			// rate n/d with gcra: n per d, evenly spaced.
-			l.Refill = l.Limit
+			n.Refill = n.Limit
 		}
 		if !seen["burst"] {
-			l.Limit = l.Refill
+			n.Limit = n.Refill
 		}
-		l.Algorithm = "gcra"
-	case window == "anchored":
-		l.Algorithm = "anchored_window"
-	case window == "sliding":
-		l.Algorithm = "sliding_window"
+		n.Algorithm = "gcra"
+	case p.window == "anchored":
+		n.Algorithm = "anchored_window"
+	case p.window == "sliding":
+		n.Algorithm = "sliding_window"
 	case seen["rate"]:
-		l.Algorithm = "fixed_window"
+		n.Algorithm = "fixed_window"
 	}
 	return nil
 }
 
-// parseQuota reads `quota <n> per day|week|month [at HH:MM] [in <zone>]`.
-func parseQuota(d *caddyfile.Dispenser, l *Limit) error {
-	n, err := intArg(d, "per")
+// parseTierBlock reads `tier <placeholder> { <tier> <numbers...>; default
+// <tier> }`; it returns the tier lines, parsed once the limit's own window
+// mode is known.
+func parseTierBlock(d *caddyfile.Dispenser, l *Limit) ([][]caddyfile.Token, error) {
+	if !d.NextArg() {
+		return nil, d.Errf("tier needs the placeholder that names the client's tier")
+	}
+	l.Tier = d.Val()
+	if _, err := parseKeyPart(l.Tier); err != nil {
+		return nil, d.Errf("tier %q: %v", l.Tier, err)
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	var lines [][]caddyfile.Token
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() == "default" {
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			l.DefaultTier = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			continue
+		}
+		line := append([]caddyfile.Token{d.Token()}, d.RemainingArgsAsTokens()...)
+		if len(line) < 2 {
+			return nil, d.Errf("tier %q needs numbers: rate, token_bucket, gcra or quota", d.Val())
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) == 0 {
+		return nil, d.Err("tier block declares no tiers")
+	}
+	return lines, nil
+}
+
+// parseTierLines gives each tier its numbers, in the limit's window mode,
+// offset and split.
+func parseTierLines(lines [][]caddyfile.Token, l *Limit, window string) error {
+	for _, line := range lines {
+		name := line[0].Text
+		if err := checkName(name); err != nil {
+			return errAt(line[0], "tier: %v", err)
+		}
+		if _, dup := l.Tiers[name]; dup {
+			return errAt(line[0], "tier %q is declared twice", name)
+		}
+		nd := caddyfile.NewDispenser(line[1:])
+		nd.Next()
+		np := numbersParser{window: window, seen: map[string]bool{}}
+		n := &Numbers{Offset: l.Offset, Split: l.Split}
+		ok, err := np.option(nd, n)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errAt(line[1], "tier %q: %q is not rate, token_bucket, gcra or quota", name, line[1].Text)
+		}
+		if err := np.settle(n); err != nil {
+			return errAt(line[0], "tier %q: %v", name, err)
+		}
+		if n.Calendar != nil {
+			n.Offset, n.Split = 0, 0
+		}
+		if l.Tiers == nil {
+			l.Tiers = map[string]*Numbers{}
+		}
+		l.Tiers[name] = n
+	}
+	return nil
+}
+
+// parseQuotaLine reads `quota <n> per day|week|month [at HH:MM] [in
+// <zone>]` inside a limit.
+func parseQuotaLine(d *caddyfile.Dispenser, n *Numbers) error {
+	count, err := intArg(d, "per")
 	if err != nil {
 		return err
 	}
-	if n < 1 {
-		return d.Errf("quota must be at least 1, got %d", n)
+	if count < 1 {
+		return d.Errf("quota must be at least 1, got %d", count)
 	}
 	if !d.NextArg() || d.Val() != "per" || !d.NextArg() {
-		return d.Errf("quota %d: want quota <n> per day|week|month", n)
+		return d.Errf("quota %d: want quota <n> per day|week|month", count)
 	}
 	cal := &CalendarConfig{Period: d.Val()}
 	for d.NextArg() {
@@ -390,7 +667,107 @@ func parseQuota(d *caddyfile.Dispenser, l *Limit) error {
 	if _, err := cal.compile(); err != nil {
 		return d.Errf("quota: %v", err)
 	}
-	l.Algorithm, l.Limit, l.Calendar = "fixed_window", n, cal
+	n.Algorithm, n.Limit, n.Calendar = "fixed_window", count, cal
+	return nil
+}
+
+// quotaSpec collects a quota block's limit and reset lines.
+type quotaSpec struct {
+	count    int64
+	period   string        // day, week or month
+	every    time.Duration // or a window of any length
+	aligned  bool
+	at, zone string
+	hasReset bool
+	resetTok caddyfile.Token
+}
+
+// parseLimit reads `limit <n> per day|week|month|<duration>
+// [anchored|aligned]`.
+func (q *quotaSpec) parseLimit(d *caddyfile.Dispenser) error {
+	count, err := intArg(d, "per")
+	if err != nil {
+		return err
+	}
+	if count < 1 {
+		return d.Errf("limit must be at least 1, got %d", count)
+	}
+	if !d.NextArg() || d.Val() != "per" || !d.NextArg() {
+		return d.Errf("limit %d: want limit <n> per day|week|month|<duration>", count)
+	}
+	q.count = count
+	if _, err := limiter.ParsePeriod(d.Val()); err == nil {
+		q.period = d.Val()
+	} else {
+		dur, err := caddy.ParseDuration(d.Val())
+		if err != nil || dur <= 0 {
+			return d.Errf("limit %d per %q: want day, week, month or a duration such as 5m", count, d.Val())
+		}
+		q.every = dur
+	}
+	if d.NextArg() {
+		switch d.Val() {
+		case "anchored":
+		case "aligned":
+			q.aligned = true
+		default:
+			return d.Errf("limit: unexpected %q (want anchored or aligned)", d.Val())
+		}
+		if q.period != "" {
+			return d.Errf("a calendar quota is aligned to its reset time; %s goes with a duration", d.Val())
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// parseReset reads `reset <HH:MM> [<time zone>]`.
+func (q *quotaSpec) parseReset(d *caddyfile.Dispenser) error {
+	q.resetTok = d.Token()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	q.at, q.hasReset = d.Val(), true
+	if d.NextArg() {
+		q.zone = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	cal := CalendarConfig{Period: "day", At: q.at, TimeZone: q.zone}
+	if _, err := cal.compile(); err != nil {
+		return d.Errf("reset: %v", err)
+	}
+	return nil
+}
+
+// settle makes a quota block's numbers. A quota is account-wide: global
+// unless its scope says otherwise.
+func (q *quotaSpec) settle(l *Limit) error {
+	if q.count == 0 {
+		return errors.New("no limit line: give limit <n> per day|week|month|<duration>")
+	}
+	if l.Scope == "" {
+		l.Scope = "global"
+	}
+	l.Limit = q.count
+	switch {
+	case q.period != "":
+		zone := q.zone
+		if zone == "UTC" {
+			zone = ""
+		}
+		l.Algorithm = "fixed_window"
+		l.Calendar = &CalendarConfig{Period: q.period, At: q.at, TimeZone: zone}
+	case q.hasReset:
+		return fmt.Errorf("reset goes with a limit per day, week or month, not per %s", q.every)
+	case q.aligned:
+		l.Algorithm, l.Window = "fixed_window", caddy.Duration(q.every)
+	default:
+		l.Algorithm, l.Window = "anchored_window", caddy.Duration(q.every)
+	}
 	return nil
 }
 
@@ -399,8 +776,13 @@ func parseQuota(d *caddyfile.Dispenser, l *Limit) error {
 //	{
 //		edge_limit {
 //			storage <backend> ...
+//			limit <name> { ... }
+//			quota <name> { ... }
 //		}
 //	}
+//
+// Limits and quotas declared here are global; handlers apply them with
+// `use <name>...`.
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	var app App
 	d.Next() // the option's name
@@ -418,6 +800,21 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, err
 			}
 			app.StorageRaw = raw
+		case "limit", "quota":
+			l, err := parseLimitBlock(d)
+			if err != nil {
+				return nil, err
+			}
+			if l.Scope == "route" {
+				return nil, d.Errf("limit %q: limits of the global option are global", l.Name)
+			}
+			for _, other := range app.Limits {
+				if other.Name == l.Name {
+					return nil, d.Errf("limit %q is declared twice", l.Name)
+				}
+			}
+			l.Scope = ""
+			app.Limits = append(app.Limits, l)
 		default:
 			return nil, d.Errf("unknown edge_limit global option %q", d.Val())
 		}

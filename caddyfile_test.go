@@ -127,16 +127,19 @@ func TestCaddyfileGoodForms(t *testing.T) {
 	if !strings.Contains(string(h.StorageRaw), `"backend":"memory"`) || !strings.Contains(string(h.StorageRaw), `"max_keys":5000`) {
 		t.Fatalf("storage %s", h.StorageRaw)
 	}
+	n := func(algo string, limit int64, window time.Duration) Numbers {
+		return Numbers{Algorithm: algo, Limit: limit, Window: caddy.Duration(window)}
+	}
 	want := map[string]Limit{
-		"per_client":  {Key: []string{"{http.request.header.X-Api-Key}", "{http.vars.client_ip}"}, Algorithm: "fixed_window", Limit: 5, Window: caddy.Duration(time.Minute)},
-		"burst":       {Key: []string{"{http.vars.client_ip}"}, Algorithm: "token_bucket", Limit: 3, Refill: 1, Window: caddy.Duration(time.Second)},
-		"anchored":    {Algorithm: "anchored_window", Limit: 60, Window: caddy.Duration(time.Minute)},
-		"sliding":     {Algorithm: "sliding_window", Limit: 100, Window: caddy.Duration(time.Hour), Cost: 2, DryRun: true},
-		"spaced":      {Algorithm: "gcra", Limit: 20, Refill: 10, Window: caddy.Duration(time.Second)},
-		"spaced_rate": {Algorithm: "gcra", Limit: 5, Refill: 5, Window: caddy.Duration(time.Second)},
-		"daily": {Key: []string{"{http.request.header.X-Plugin-Id}"}, Algorithm: "fixed_window", Limit: 10000, Scope: "global",
-			Calendar: &CalendarConfig{Period: "day", At: "06:30", TimeZone: "Europe/Paris"}},
-		"aligned": {Algorithm: "fixed_window", Limit: 10, Window: caddy.Duration(24 * time.Hour), Offset: caddy.Duration(6 * time.Hour)},
+		"per_client":  {Key: []string{"{http.request.header.X-Api-Key}", "{http.vars.client_ip}"}, Numbers: n("fixed_window", 5, time.Minute)},
+		"burst":       {Key: []string{"{http.vars.client_ip}"}, Numbers: Numbers{Algorithm: "token_bucket", Limit: 3, Refill: 1, Window: caddy.Duration(time.Second)}},
+		"anchored":    {Numbers: n("anchored_window", 60, time.Minute)},
+		"sliding":     {Numbers: n("sliding_window", 100, time.Hour), Cost: 2, DryRun: true},
+		"spaced":      {Numbers: Numbers{Algorithm: "gcra", Limit: 20, Refill: 10, Window: caddy.Duration(time.Second)}},
+		"spaced_rate": {Numbers: Numbers{Algorithm: "gcra", Limit: 5, Refill: 5, Window: caddy.Duration(time.Second)}},
+		"daily": {Key: []string{"{http.request.header.X-Plugin-Id}"}, Scope: "global",
+			Numbers: Numbers{Algorithm: "fixed_window", Limit: 10000, Calendar: &CalendarConfig{Period: "day", At: "06:30", TimeZone: "Europe/Paris"}}},
+		"aligned": {Numbers: Numbers{Algorithm: "fixed_window", Limit: 10, Window: caddy.Duration(24 * time.Hour), Offset: caddy.Duration(6 * time.Hour)}},
 	}
 	if len(h.Limits) != len(want) {
 		t.Fatalf("%d limits", len(h.Limits))
@@ -297,21 +300,29 @@ func TestCompileTemplate(t *testing.T) {
 }
 
 func TestProvisionRejects(t *testing.T) {
+	sec := caddy.Duration(time.Second)
 	cases := []struct {
 		h    Handler
 		want string
 	}{
-		{Handler{Limits: []*Limit{{Name: "a", Limit: 5}}}, "shorter than the minimum"},
-		{Handler{Limits: []*Limit{{Name: "a", Algorithm: "leaky", Limit: 5, Window: caddy.Duration(time.Second)}}}, "unknown algorithm"},
-		{Handler{Limits: []*Limit{{Name: "a", Algorithm: "token_bucket", Limit: 5, Window: caddy.Duration(time.Second)}}}, "refill rate"},
-		{Handler{Limits: []*Limit{{Name: "", Limit: 5, Window: caddy.Duration(time.Second)}}}, "needs a name"},
-		{Handler{Limits: []*Limit{{Name: "a", Limit: 5, Window: caddy.Duration(time.Second), Key: []string{""}}}}, "empty key part"},
-		{Handler{Limits: []*Limit{{Name: "a", Limit: 5, Window: caddy.Duration(time.Second)}}, Headers: "loud"}, "headers"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5}}}}, "shorter than the minimum"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Algorithm: "leaky", Limit: 5, Window: sec}}}}, "unknown algorithm"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Algorithm: "token_bucket", Limit: 5, Window: sec}}}}, "refill rate"},
+		{Handler{Limits: []*Limit{{Name: "", Numbers: Numbers{Limit: 5, Window: sec}}}}, "needs a name"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Key: []string{""}}}}, "empty key part"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Headers: "loud"}, "headers"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, ShowKey: "plain"}, "show_key"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Use: []string{"nope"}}, "no such limit"},
+		{Handler{Limits: []*Limit{{Name: "a", Tier: "{http.vars.tier}", Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "no known tier need numbers"},
+		{Handler{Limits: []*Limit{{Name: "a", Tier: "{http.vars.tier}", DefaultTier: "T9", Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "not one of the tiers"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "tier placeholder"},
+		{Handler{Limits: []*Limit{{Name: "a", Tier: "{t}", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Algorithm: "token_bucket", Limit: 5, Refill: 1, Window: sec}}}}}, "one algorithm"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec, Split: caddy.Duration(7 * time.Millisecond)}}}}, "equal parts"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Exempt: []string{"a"}}}}, "cannot exempt itself"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Status: 302}}}, "status 302"},
 	}
 	for _, c := range cases {
-		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-		err := c.h.Provision(ctx)
-		cancel()
+		err := validateHandler(t, &c.h)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: error %v, want %q", c.h, err, c.want)
 		}
@@ -321,8 +332,34 @@ func TestProvisionRejects(t *testing.T) {
 	}
 }
 
+// validateHandler provisions a handler inside a whole config, as `caddy
+// validate` does.
+func validateHandler(t *testing.T, h *Handler) error {
+	t.Helper()
+	raw, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var obj map[string]any
+	_ = json.Unmarshal(raw, &obj)
+	obj["handler"] = "edge_limit"
+	cfg := map[string]any{
+		"admin": map[string]any{"disabled": true},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"s": map[string]any{
+			"listen": []string{"127.0.0.1:0"},
+			"routes": []any{map[string]any{"handle": []any{obj}}},
+		}}}},
+	}
+	b, _ := json.Marshal(cfg)
+	var c caddy.Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return caddy.Validate(&c)
+}
+
 func TestJSONConfigDefaults(t *testing.T) {
-	l := &Limit{Name: "a", Limit: 5, Window: caddy.Duration(time.Minute)}
+	l := &Limit{Name: "a", Numbers: Numbers{Limit: 5, Window: caddy.Duration(time.Minute)}}
 	cl, err := compileLimit(l, "z")
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +370,7 @@ func TestJSONConfigDefaults(t *testing.T) {
 	if cl.counters[0] != "r/z/a/fixed_window#0" {
 		t.Fatalf("counter %q", cl.counters[0])
 	}
-	g, _ := compileLimit(&Limit{Name: "a", Limit: 5, Window: caddy.Duration(time.Minute), Scope: "global"}, "z")
+	g, _ := compileLimit(&Limit{Name: "a", Numbers: Numbers{Limit: 5, Window: caddy.Duration(time.Minute)}, Scope: "global"}, "z")
 	if g.counters[0] != "g/a/fixed_window#0" {
 		t.Fatalf("global counter %q", g.counters[0])
 	}

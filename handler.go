@@ -1,10 +1,13 @@
 package edgelimit
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
@@ -22,21 +26,53 @@ import (
 // scratch holds one request's working slices, pooled so that the request
 // path allocates nothing for them.
 type scratch struct {
-	reqs  []storage.Request
-	res   []limiter.Result
-	which []*compiledLimit
-	parts []int
-	buf   []byte
+	keys    []string // per handler limit: the client's key
+	parts   []int    // per handler limit: the key part used, -1 if none
+	reqs    []storage.Request
+	counted []storage.Request
+	res     []limiter.Result
+	which   []*compiledLimit
+	tiers   []string
+	buf     []byte
+	ledger  ledger
 }
 
 func newScratch(n int) *scratch {
 	return &scratch{
-		reqs:  make([]storage.Request, 0, n),
-		res:   make([]limiter.Result, n),
-		which: make([]*compiledLimit, 0, n),
-		parts: make([]int, 0, n),
-		buf:   make([]byte, 0, 128),
+		keys:    make([]string, n),
+		parts:   make([]int, n),
+		reqs:    make([]storage.Request, 0, n),
+		counted: make([]storage.Request, 0, n),
+		res:     make([]limiter.Result, n),
+		which:   make([]*compiledLimit, 0, n),
+		tiers:   make([]string, 0, n),
+		buf:     make([]byte, 0, 128),
 	}
+}
+
+// Request variables shared by the edge_limit handlers a request meets.
+const (
+	// exemptVar carries exemptions to later handlers.
+	exemptVar = "edge_limit.exempt"
+	// ledgerVar carries what earlier handlers counted.
+	ledgerVar = "edge_limit.ledger"
+)
+
+// ledger lists what the edge_limit handlers of one request have counted, so
+// that a denial by a later handler gives it back: a denied request consumes
+// nothing, whichever handler denies it. The entries point into the scratch
+// of each handler, which lives until that handler returns, after every
+// handler nested in it.
+type ledger struct {
+	entries []ledgerEntry
+	// report is the most constraining result reported so far, so that a
+	// later handler's headers replace it only with a tighter one.
+	report limiter.Result
+}
+
+type ledgerEntry struct {
+	store storage.Store
+	reqs  []storage.Request
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -46,38 +82,50 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	sc := h.scratch.Get().(*scratch)
-	reqs, which, parts := sc.reqs[:0], sc.which[:0], sc.parts[:0]
-	for _, l := range h.limits {
-		key, part := l.key(r, repl)
-		if part < 0 {
+	defer h.scratch.Put(sc)
+	keys, parts := sc.keys, sc.parts
+	present := false
+	for i, l := range h.limits {
+		keys[i], parts[i] = l.key(r, repl)
+		present = present || parts[i] >= 0
+	}
+	if !present {
+		return next.ServeHTTP(w, r)
+	}
+	exempt := h.exemptions(r, parts)
+	reqs, which, tiers := sc.reqs[:0], sc.which[:0], sc.tiers[:0]
+	for i, l := range h.limits {
+		if parts[i] < 0 || exempt != nil && slices.Contains(exempt, l.name) {
 			continue
 		}
+		lim, tier := l.numbersFor(r, repl)
 		reqs = append(reqs, storage.Request{
-			Counter: l.counters[part],
-			Key:     key,
-			Limit:   l.limit,
+			Counter: l.counters[parts[i]],
+			Key:     keys[i],
+			Limit:   *lim,
 			Cost:    l.cost,
 			DryRun:  l.dryRun || h.DryRun,
 		})
 		which = append(which, l)
-		parts = append(parts, part)
+		tiers = append(tiers, tier)
 	}
+	sc.reqs, sc.which, sc.tiers = reqs, which, tiers
 	if len(reqs) == 0 {
-		h.scratch.Put(sc)
 		return next.ServeHTTP(w, r)
 	}
-	sc.reqs, sc.which, sc.parts = reqs, which, parts
 	now := clock.Now()
 	res := sc.res[:len(reqs)]
 	if err := h.store.Take(r.Context(), now, reqs, res); err != nil {
-		h.scratch.Put(sc)
 		return h.storageFailed(w, r, next, now, err)
 	}
 
 	denied, report := -1, -1
 	for i := range res {
-		h.metrics.count(which[i].name, &res[i], reqs[i].DryRun)
+		which[i].outcomes.count(&res[i], reqs[i].DryRun)
 		if !res[i].Allowed {
+			if res[i].FirstDenial {
+				h.notify(r, now, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)
+			}
 			if reqs[i].DryRun {
 				h.logWouldDeny(r, which[i], &res[i])
 			} else if denied < 0 || res[i].RetryAfter > res[denied].RetryAfter {
@@ -91,14 +139,90 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if denied >= 0 {
 		report = denied
 	}
-	h.setHeaders(w.Header(), now, sc, report)
+	prior, _ := caddyhttp.GetVar(r.Context(), ledgerVar).(*ledger)
+	h.setHeaders(w.Header(), now, sc, report, denied >= 0, prior)
 	if denied >= 0 {
-		err := h.deny(w, r, now, which[denied], &res[denied])
-		h.scratch.Put(sc)
-		return err
+		h.refundEarlier(r, now)
+		return h.deny(w, r, now, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
 	}
-	h.scratch.Put(sc)
+	if h.record(r, sc, prior, &res[report]) {
+		defer caddyhttp.SetVar(r.Context(), ledgerVar, nil)
+	}
 	return next.ServeHTTP(w, r)
+}
+
+// record enters what this handler counted in the request's ledger; it
+// reports whether it started the ledger (and must remove it on the way
+// out, before its scratch goes back to the pool).
+func (h *Handler) record(r *http.Request, sc *scratch, l *ledger, report *limiter.Result) bool {
+	counted := sc.reqs
+	for i := range sc.reqs {
+		if !sc.res[i].Allowed {
+			// Some dry-run limit denied: it counted nothing.
+			counted = sc.counted[:0]
+			for j := range sc.reqs {
+				if sc.res[j].Allowed {
+					counted = append(counted, sc.reqs[j])
+				}
+			}
+			sc.counted = counted
+			break
+		}
+	}
+	if len(counted) == 0 {
+		return false
+	}
+	entry := ledgerEntry{store: h.store, reqs: counted}
+	if l != nil {
+		l.entries = append(l.entries, entry)
+		if tighter(report, &l.report) {
+			l.report = *report
+		}
+		return false
+	}
+	sc.ledger.entries = append(sc.ledger.entries[:0], entry)
+	sc.ledger.report = *report
+	caddyhttp.SetVar(r.Context(), ledgerVar, &sc.ledger)
+	return true
+}
+
+// refundEarlier gives back what the edge_limit handlers before this one
+// counted for a request this one denies.
+func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
+	l, ok := caddyhttp.GetVar(r.Context(), ledgerVar).(*ledger)
+	if !ok {
+		return
+	}
+	for _, e := range l.entries {
+		if err := e.store.Refund(r.Context(), now, e.reqs); err != nil && h.warn.allow(now, 5*time.Second) {
+			h.logger.Warn("giving back the counts of a denied request", zap.Error(err))
+		}
+	}
+	l.entries = l.entries[:0]
+}
+
+// exemptions returns the names of the limits that do not apply to this
+// request: those exempted by earlier handlers, and by the limits of this
+// one whose key is present.
+func (h *Handler) exemptions(r *http.Request, parts []int) []string {
+	prior, _ := caddyhttp.GetVar(r.Context(), exemptVar).([]string)
+	if !h.exempts {
+		return prior
+	}
+	out, added := prior, false
+	for i, l := range h.limits {
+		if len(l.exempt) == 0 || parts[i] < 0 || slices.Contains(prior, l.name) {
+			continue
+		}
+		if !added {
+			out, added = slices.Clone(prior), true
+		}
+		out = append(out, l.exempt...)
+	}
+	if added {
+		caddyhttp.SetVar(r.Context(), exemptVar, out)
+	}
+	return out
 }
 
 // tighter tells whether a constrains the client more than b: fewer units
@@ -162,20 +286,39 @@ func remoteHost(r *http.Request) string {
 	return host
 }
 
-// setHeaders writes the rate-limit headers for the decided limits.
-func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report int) {
+// setHeaders writes the rate-limit headers for the decided limits. The
+// x-ratelimit headers report the most constraining limit of the request,
+// which may be an earlier handler's (prior); the IETF fields list the
+// limits of every handler.
+func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report int, denied bool, prior *ledger) {
 	res := sc.res[:len(sc.reqs)]
-	if h.headers&headerX != 0 {
+	keepPrior := !denied && prior != nil && len(prior.entries) > 0 && tighter(&prior.report, &res[report])
+	if h.headers&headerX != 0 && !keepPrior {
+		// One string holds the numbers and one array the values: two
+		// allocations for the whole set.
 		r := &res[report]
-		hdr["X-Ratelimit-Limit"] = []string{strconv.FormatInt(r.Limit, 10)}
-		hdr["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(r.Remaining, 10)}
-		hdr["X-Ratelimit-Reset"] = []string{strconv.FormatInt(unixCeil(now.Add(r.Reset)), 10)}
+		b := strconv.AppendInt(sc.buf[:0], r.Limit, 10)
+		n1 := len(b)
+		b = strconv.AppendInt(b, r.Remaining, 10)
+		n2 := len(b)
+		b = strconv.AppendInt(b, unixCeil(now.Add(r.Reset)), 10)
+		n3 := len(b)
 		if h.TimeHeader {
-			hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(secondsCeil(r.Window), 10)}
+			b = strconv.AppendInt(b, secondsCeil(r.Window), 10)
+		}
+		all := string(b)
+		sc.buf = b[:0]
+		vals := make([]string, 4)
+		vals[0], vals[1], vals[2], vals[3] = all[:n1], all[n1:n2], all[n2:n3], all[n3:]
+		hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+		hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+		hdr["X-Ratelimit-Reset"] = vals[2:3:3]
+		if h.TimeHeader {
+			hdr["X-Ratelimit-Time"] = vals[3:4:4]
 		}
 	}
 	if h.headers&headerIETF != 0 {
-		b := sc.buf[:0]
+		b := appendPrior(sc.buf[:0], hdr, "Ratelimit-Policy")
 		for i := range res {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -190,7 +333,7 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 			}
 		}
 		hdr["Ratelimit-Policy"] = []string{string(b)}
-		b = b[:0]
+		b = appendPrior(b[:0], hdr, "Ratelimit")
 		for i := range res {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -207,8 +350,22 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 	}
 }
 
+// appendPrior starts a structured field list with the items an earlier
+// handler wrote; the caller then appends its own after ", ".
+func appendPrior(b []byte, hdr http.Header, name string) []byte {
+	if v := hdr[name]; len(v) == 1 && v[0] != "" {
+		b = append(b, v[0]...)
+		b = append(b, ", "...)
+	}
+	return b
+}
+
 // deny answers a denied request.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l *compiledLimit, res *limiter.Result) error {
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l *compiledLimit, key, tier string, res *limiter.Result) error {
+	status := h.Status
+	if l.status != 0 {
+		status = l.status
+	}
 	retry := retryAfterSeconds(res.RetryAfter)
 	hdr := w.Header()
 	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
@@ -216,40 +373,96 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l 
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	repl.Set("edge_limit.status", h.Status)
+	repl.Set("edge_limit.status", status)
 	repl.Set("edge_limit.name", l.name)
+	repl.Set("edge_limit.key", h.displayKey(key))
+	repl.Set("edge_limit.tier", tier)
 	repl.Set("edge_limit.retry_after", retry)
+	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
 	repl.Set("edge_limit.limit", res.Limit)
 	repl.Set("edge_limit.remaining", res.Remaining)
 	repl.Set("edge_limit.reset", unixCeil(now.Add(res.Reset)))
-	if res.FirstDenial {
-		h.logger.Info("rate limit exceeded",
-			zap.String("limit", l.name),
-			zap.String("client_ip", clientIP(r)),
-			zap.Int64("limit_value", res.Limit),
-			zap.Duration("retry_after", res.RetryAfter))
-	}
+	repl.Set("edge_limit.window", secondsCeil(res.Window))
 	if h.HandleErrors {
-		return caddyhttp.Error(h.Status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
+		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
 	}
-	body := h.renderBody(repl)
+	tmpl := h.body
+	if l.body != "" {
+		tmpl = l.body
+	}
+	body := h.renderBody(repl, tmpl)
 	hdr["Content-Type"] = []string{h.ContentType}
 	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(h.Status)
+	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write([]byte(body))
 	}
 	return nil
 }
 
+// notify reports the first denial of a key in a window: one info log line
+// and an edge_limit.exceeded event.
+func (h *Handler) notify(r *http.Request, now time.Time, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
+	shown := h.displayKey(key)
+	reset := now.Add(res.Reset)
+	if !dryRun {
+		h.logger.Info("rate limit exceeded",
+			zap.String("limit", l.name),
+			zap.String("key", shown),
+			zap.String("tier", tier),
+			zap.String("client_ip", clientIP(r)),
+			zap.Int64("limit_value", res.Limit),
+			zap.Duration("retry_after", res.RetryAfter),
+			zap.Time("window_end", reset))
+	}
+	h.events.exceeded(map[string]any{
+		"limit":       l.name,
+		"key":         shown,
+		"tier":        tier,
+		"client_ip":   clientIP(r),
+		"host":        r.Host,
+		"path":        r.URL.Path,
+		"limit_value": res.Limit,
+		"retry_after": retryAfterSeconds(res.RetryAfter),
+		"window_end":  reset.UTC().Format(time.RFC3339),
+		"reset":       unixCeil(reset),
+		"dry_run":     dryRun,
+	})
+}
+
+// displayKey is the key as logs, events and bodies show it.
+func (h *Handler) displayKey(key string) string {
+	if h.rawKeys {
+		if len(key) > 256 {
+			return key[:256]
+		}
+		return key
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// humanSeconds says n seconds as a person would: "5 seconds", "1 minute",
+// "2 hours".
+func humanSeconds(n int64) string {
+	if n == 1 {
+		return "1 second"
+	}
+	if n < 60 {
+		return strconv.FormatInt(n, 10) + " seconds"
+	}
+	base := time.Unix(0, 0)
+	return strings.TrimSpace(humanize.RelTime(base, base.Add(time.Duration(n)*time.Second), "", ""))
+}
+
 // renderBody fills the denial body's placeholders. In a JSON body, values
 // are escaped as JSON string content: a hostile header echoed in the body
 // cannot break out of its string.
-func (h *Handler) renderBody(repl *caddy.Replacer) string {
+func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
 	if !strings.Contains(h.ContentType, "json") {
-		return repl.ReplaceAll(h.body, "")
+		return repl.ReplaceAll(tmpl, "")
 	}
-	out, err := repl.ReplaceFunc(h.body, func(_ string, val any) (any, error) {
+	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
 		s, ok := val.(string)
 		if !ok {
 			return val, nil
@@ -257,7 +470,7 @@ func (h *Handler) renderBody(repl *caddy.Replacer) string {
 		return jsonEscape(s), nil
 	})
 	if err != nil {
-		return repl.ReplaceAll(h.body, "")
+		return repl.ReplaceAll(tmpl, "")
 	}
 	return out
 }
@@ -335,6 +548,7 @@ func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next cad
 		h.logger.Warn("rate-limit storage failed", zap.Error(err))
 	}
 	if errors.Is(err, storage.ErrUnavailable) {
+		h.refundEarlier(r, now)
 		w.Header()["Retry-After"] = []string{"1"}
 		return caddyhttp.Error(http.StatusServiceUnavailable, err)
 	}

@@ -8,10 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net/textproto"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +17,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
@@ -36,7 +32,13 @@ type App struct {
 	// StorageRaw is where counters live. Default: memory.
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_limit.storage inline_key=backend"`
 
+	// Limits are declared once for every edge_limit handler to use by
+	// name (the handler's "use"). They are global: one counter per client
+	// wherever they are used.
+	Limits []*Limit `json:"limits,omitempty"`
+
 	store   storage.Store
+	shared  map[string]*compiledLimit
 	metrics *metrics
 	logger  *zap.Logger
 }
@@ -61,6 +63,26 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.store = store
 	a.metrics = newMetrics(ctx, a.logger)
+	a.shared = make(map[string]*compiledLimit, len(a.Limits))
+	for i, l := range a.Limits {
+		if l == nil {
+			return fmt.Errorf("limits[%d] is empty", i)
+		}
+		if l.Scope != "" && l.Scope != "global" {
+			return fmt.Errorf("limit %q: limits of the edge_limit app are global, not %s", l.Name, l.Scope)
+		}
+		shared := *l
+		shared.Scope = "global"
+		cl, err := compileLimit(&shared, "")
+		if err != nil {
+			return fmt.Errorf("limit %q: %w", l.Name, err)
+		}
+		if a.shared[l.Name] != nil {
+			return fmt.Errorf("limit %q is declared twice", l.Name)
+		}
+		cl.outcomes = a.metrics.outcomesFor(cl.name)
+		a.shared[l.Name] = cl
+	}
 	return nil
 }
 
@@ -98,7 +120,7 @@ func loadStorage(ctx caddy.Context, owner any, field string) (storage.Store, err
 type MemoryStorage struct {
 	// MaxKeys bounds the number of (limit, client) counters kept. When the
 	// bound is reached, expired counters are dropped first, then those that
-	// expire soonest (logged as evictions). Default: 1048576 (about 60 MB).
+	// expire soonest (counted as evictions). Default: 1048576 (about 140 MB).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// SweepInterval is how often expired counters are removed in the
 	// background. Default: 10s.
@@ -202,6 +224,10 @@ type Handler struct {
 	// nothing.
 	Limits []*Limit `json:"limits,omitempty"`
 
+	// Use names limits declared in the edge_limit app (the global option)
+	// that this handler applies too, after its own.
+	Use []string `json:"use,omitempty"`
+
 	// Zone separates the counters of route-scoped limits: two handlers with
 	// different zones never share a route counter, two with the same zone
 	// do. The Caddyfile gives every edge_limit directive its own zone,
@@ -240,6 +266,12 @@ type Handler struct {
 	// ContentType of the denial body. Default: application/json.
 	ContentType string `json:"content_type,omitempty"`
 
+	// ShowKey is how the client's key appears in {edge_limit.key}, logs and
+	// events: "hashed" (default: the first 16 hex digits of its SHA-256,
+	// enough to correlate, useless to replay a credential) or "raw" (cut to
+	// 256 bytes).
+	ShowKey string `json:"show_key,omitempty"`
+
 	// HandleErrors leaves the denial's body to the site's handle_errors
 	// routes: the handler sets the headers and the {edge_limit.*}
 	// placeholders, then returns an HTTP error with the status.
@@ -250,78 +282,16 @@ type Handler struct {
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_limit.storage inline_key=backend"`
 
 	limits  []*compiledLimit
+	exempts bool // some limit exempts others
 	store   storage.Store
 	logger  *zap.Logger
 	metrics *metrics
+	events  *emitter
 	headers headerStyle
 	body    string
+	rawKeys bool
 	scratch *sync.Pool
 	warn    *rateLimitedLog
-}
-
-// Limit is one rate limit or quota.
-type Limit struct {
-	// Name identifies the limit in headers, logs, metrics and events, and
-	// (with Scope) its counter. Letters, digits, '_', '-' and '.'.
-	Name string `json:"name"`
-
-	// Key lists the parts that identify the client, most specific first:
-	// the first that is not empty after replacing placeholders is used,
-	// e.g. ["{http.request.header.X-Api-Key}", "{http.vars.client_ip}"].
-	// Each part counts apart from the others. A part with no placeholder
-	// is a constant that every client reaching it shares. When every part
-	// is empty the limit does not apply to the request. Default: the
-	// client IP.
-	Key []string `json:"key,omitempty"`
-
-	// Algorithm is one of fixed_window (default: windows aligned to the
-	// clock), anchored_window (a window starts at the first counted
-	// request), sliding_window (the previous window weighs in, so there is
-	// no burst at a boundary), token_bucket, gcra.
-	Algorithm string `json:"algorithm,omitempty"`
-
-	// Limit is the number of requests (units of cost) per window; for
-	// token_bucket the bucket's capacity; for gcra the burst. Required.
-	Limit int64 `json:"limit,omitempty"`
-
-	// Window is the window length; for token_bucket and gcra the period in
-	// which Refill tokens are added. Required unless Calendar is set.
-	Window caddy.Duration `json:"window,omitempty"`
-
-	// Refill is the number of tokens added per Window (token_bucket,
-	// gcra). Required for token_bucket.
-	Refill int64 `json:"refill,omitempty"`
-
-	// Offset moves clock-aligned window boundaries: a 24h window with a 6h
-	// offset resets at 06:00 UTC. Default 0: windows align to the Unix
-	// epoch (a 1d window resets at midnight UTC).
-	Offset caddy.Duration `json:"offset,omitempty"`
-
-	// Calendar makes a fixed window a calendar period (a quota): per day,
-	// week or month, reset at a time of day in a time zone.
-	Calendar *CalendarConfig `json:"calendar,omitempty"`
-
-	// Cost is the number of units each request takes. Default 1.
-	Cost int64 `json:"cost,omitempty"`
-
-	// Scope is "route" (default): the handler counts this limit on its own;
-	// or "global": every handler with a global limit of this name shares
-	// one counter (an API-wide limit across routes and sites).
-	Scope string `json:"scope,omitempty"`
-
-	// DryRun counts this limit and reports it in headers, but never denies
-	// because of it.
-	DryRun bool `json:"dry_run,omitempty"`
-}
-
-// CalendarConfig is a calendar window.
-type CalendarConfig struct {
-	// Period is day, week (starting Monday) or month.
-	Period string `json:"period"`
-	// At is the reset time of day, HH:MM. Default 00:00.
-	At string `json:"at,omitempty"`
-	// TimeZone is an IANA time zone name. Default UTC.
-	TimeZone string `json:"time_zone,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -359,6 +329,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.headers = style
+	switch h.ShowKey {
+	case "", "hashed":
+	case "raw":
+		h.rawKeys = true
+	default:
+		return fmt.Errorf("show_key %q: want hashed or raw", h.ShowKey)
+	}
 	if h.Zone == "" {
 		sum, err := json.Marshal(h.Limits)
 		if err != nil {
@@ -382,7 +359,31 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading the edge_limit app: %w", err)
 	}
 	app := appIface.(*App)
+	for _, name := range h.Use {
+		cl, ok := app.shared[name]
+		if !ok {
+			return fmt.Errorf("use %q: no such limit in the edge_limit global option", name)
+		}
+		for _, own := range h.limits {
+			if own.name == name {
+				return fmt.Errorf("use %q: the handler declares a limit of that name too", name)
+			}
+		}
+		h.limits = append(h.limits, cl)
+	}
+	for _, cl := range h.limits {
+		h.exempts = h.exempts || len(cl.exempt) > 0
+	}
 	h.metrics = app.metrics
+	for _, cl := range h.limits {
+		if cl.outcomes == nil {
+			cl.outcomes = h.metrics.outcomesFor(cl.name)
+		}
+	}
+	h.events, err = newEmitter(ctx, h.logger)
+	if err != nil {
+		return err
+	}
 	if h.StorageRaw != nil {
 		h.store, err = loadStorage(ctx, h, "StorageRaw")
 		if err != nil {
@@ -408,180 +409,13 @@ func (h *Handler) Validate() error {
 		}
 		seen[l.Name] = true
 	}
-	return nil
-}
-
-// compiledLimit is a Limit ready for the request path.
-type compiledLimit struct {
-	name     string
-	keys     []keyPart
-	counters []string // one per key part: parts never share a counter
-	limit    limiter.Limit
-	cost     int64
-	dryRun   bool
-	window   time.Duration
-}
-
-// compileLimit checks a limit's configuration and prepares it.
-func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
-	if err := checkName(l.Name); err != nil {
-		return nil, err
-	}
-	lim, err := l.numbers()
-	if err != nil {
-		return nil, err
-	}
-	cost := l.Cost
-	if cost == 0 {
-		cost = 1
-	}
-	if cost < 1 || cost > limiter.MaxQuota {
-		return nil, fmt.Errorf("cost must be between 1 and %d, got %d", int64(limiter.MaxQuota), cost)
-	}
-	keys := l.Key
-	if len(keys) == 0 {
-		keys = []string{"{http.vars.client_ip}"}
-	}
-	cl := &compiledLimit{name: l.Name, limit: lim, cost: cost, dryRun: l.DryRun, window: lim.PolicyWindow()}
-	var base string
-	switch l.Scope {
-	case "", "route":
-		base = "r/" + zone + "/" + l.Name + "/" + lim.Algorithm.String()
-	case "global":
-		base = "g/" + l.Name + "/" + lim.Algorithm.String()
-	default:
-		return nil, fmt.Errorf("scope %q: want route or global", l.Scope)
-	}
-	for i, k := range keys {
-		kp, err := parseKeyPart(k)
-		if err != nil {
-			return nil, fmt.Errorf("key %q: %w", k, err)
+	for _, name := range h.Use {
+		if seen[name] {
+			return fmt.Errorf("limit %q is used twice in one handler", name)
 		}
-		cl.keys = append(cl.keys, kp)
-		cl.counters = append(cl.counters, fmt.Sprintf("%s#%d", base, i))
-	}
-	return cl, nil
-}
-
-// numbers turns the configured numbers into a limiter.Limit, validated.
-func (l *Limit) numbers() (limiter.Limit, error) {
-	algo := limiter.FixedWindow
-	if l.Algorithm != "" {
-		a, err := limiter.ParseAlgorithm(l.Algorithm)
-		if err != nil {
-			return limiter.Limit{}, err
-		}
-		algo = a
-	}
-	lim := limiter.Limit{
-		Algorithm: algo,
-		Quota:     l.Limit,
-		Window:    time.Duration(l.Window),
-		Rate:      l.Refill,
-		Offset:    time.Duration(l.Offset),
-	}
-	if algo == limiter.GCRA && lim.Rate == 0 {
-		lim.Rate = lim.Quota
-	}
-	if l.Calendar != nil {
-		cal, err := l.Calendar.compile()
-		if err != nil {
-			return limiter.Limit{}, err
-		}
-		if l.Window != 0 || l.Offset != 0 {
-			return limiter.Limit{}, errors.New("a calendar quota takes no window or offset")
-		}
-		lim.Calendar = cal
-	}
-	if err := lim.Validate(); err != nil {
-		return limiter.Limit{}, err
-	}
-	return lim, nil
-}
-
-func (c *CalendarConfig) compile() (limiter.Calendar, error) {
-	p, err := limiter.ParsePeriod(c.Period)
-	if err != nil {
-		return nil, err
-	}
-	cw := limiter.CalendarWindow{Period: p, Location: time.UTC}
-	if c.TimeZone != "" {
-		loc, err := time.LoadLocation(c.TimeZone)
-		if err != nil {
-			return nil, fmt.Errorf("time zone %q: %w", c.TimeZone, err)
-		}
-		cw.Location = loc
-	}
-	if c.At != "" {
-		t, err := time.Parse("15:04", c.At)
-		if err != nil {
-			return nil, fmt.Errorf("reset time %q: want HH:MM", c.At)
-		}
-		cw.At = time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
-	}
-	if err := cw.Validate(); err != nil {
-		return nil, err
-	}
-	return cw.Cached(), nil
-}
-
-func checkName(name string) error {
-	if name == "" {
-		return errors.New("a limit needs a name")
-	}
-	if len(name) > 64 {
-		return fmt.Errorf("name %q is longer than 64 bytes", name)
-	}
-	for _, c := range name {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return fmt.Errorf("name %q: use letters, digits, '_', '-' and '.'", name)
-		}
+		seen[name] = true
 	}
 	return nil
-}
-
-// keyPart is one element of a limit's key, with fast paths for the usual
-// placeholders so that reading them allocates nothing.
-type keyPart struct {
-	kind     keyKind
-	header   string // canonical header name (keyHeader)
-	tmpl     string // the part as written (keyTemplate, keyLiteral)
-	skeleton string // the template with every placeholder empty
-}
-
-type keyKind uint8
-
-const (
-	keyLiteral keyKind = iota
-	keyHeader
-	keyClientIP
-	keyRemoteHost
-	keyTemplate
-)
-
-func parseKeyPart(s string) (keyPart, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return keyPart{}, errors.New("empty key part")
-	}
-	if !strings.ContainsRune(s, '{') {
-		return keyPart{kind: keyLiteral, tmpl: s}, nil
-	}
-	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && strings.Count(s, "{") == 1 {
-		name := s[1 : len(s)-1]
-		for _, p := range []string{"http.request.header.", "header."} {
-			if h, ok := strings.CutPrefix(name, p); ok && h != "" {
-				return keyPart{kind: keyHeader, header: textproto.CanonicalMIMEHeaderKey(h), tmpl: s}, nil
-			}
-		}
-		switch name {
-		case "http.vars.client_ip", "client_ip":
-			return keyPart{kind: keyClientIP, tmpl: s}, nil
-		case "http.request.remote.host", "remote_host":
-			return keyPart{kind: keyRemoteHost, tmpl: s}, nil
-		}
-	}
-	return keyPart{kind: keyTemplate, tmpl: s, skeleton: caddy.NewEmptyReplacer().ReplaceAll(s, "")}, nil
 }
 
 func shortHash(s string) string {

@@ -1,0 +1,194 @@
+package edgelimit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Webhook{})
+}
+
+// EventExceeded is emitted on the first denial of a client in a window.
+// Its data: limit, key (as show_key says), tier, client_ip, host, path,
+// limit_value, retry_after (seconds), window_end (RFC 3339), reset (unix
+// seconds), dry_run.
+const EventExceeded = "edge_limit.exceeded"
+
+// maxPendingEvents bounds the events being delivered at once: a slow
+// subscriber costs dropped notifications, never slower requests.
+const maxPendingEvents = 64
+
+// emitter hands edge_limit events to Caddy's events app, off the request
+// path.
+type emitter struct {
+	ctx     caddy.Context
+	app     *caddyevents.App
+	logger  *zap.Logger
+	pending atomic.Int32
+	dropped atomic.Uint64
+}
+
+func newEmitter(ctx caddy.Context, logger *zap.Logger) (*emitter, error) {
+	app, err := ctx.App("events")
+	if err != nil {
+		return nil, fmt.Errorf("loading the events app: %w", err)
+	}
+	return &emitter{ctx: ctx, app: app.(*caddyevents.App), logger: logger}, nil
+}
+
+func (e *emitter) exceeded(data map[string]any) {
+	if e == nil || !e.app.ShouldEmit(EventExceeded) {
+		return
+	}
+	if e.pending.Add(1) > maxPendingEvents {
+		e.pending.Add(-1)
+		if e.dropped.Add(1)%100 == 1 {
+			e.logger.Warn("edge_limit events dropped: subscribers too slow", zap.Uint64("dropped", e.dropped.Load()))
+		}
+		return
+	}
+	go func() {
+		defer e.pending.Add(-1)
+		e.app.Emit(e.ctx, EventExceeded, data)
+	}()
+}
+
+// Webhook is an events handler that POSTs each event as a CloudEvent in
+// JSON to a URL: a way to notify a team chat, a mail gateway or an incident
+// tool when a client hits a limit.
+//
+//	{
+//		events {
+//			on edge_limit.exceeded edge_limit_webhook https://hooks.example.com/rate-limits
+//		}
+//	}
+type Webhook struct {
+	// URL receives the POST.
+	URL string `json:"url"`
+	// Headers are added to the POST (an Authorization for the receiver,
+	// say). Values may use placeholders such as {env.HOOK_TOKEN}.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Timeout bounds each delivery. Default: 5s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	client  *http.Client
+	headers http.Header
+	logger  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Webhook) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "events.handlers.edge_limit_webhook",
+		New: func() caddy.Module { return new(Webhook) },
+	}
+}
+
+// Provision checks the URL and prepares the client.
+func (wh *Webhook) Provision(ctx caddy.Context) error {
+	wh.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	u, err := url.Parse(repl.ReplaceAll(wh.URL, ""))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("webhook url %q: want an http or https URL", wh.URL)
+	}
+	wh.URL = u.String()
+	if wh.Timeout == 0 {
+		wh.Timeout = caddy.Duration(5 * time.Second)
+	}
+	wh.client = &http.Client{Timeout: time.Duration(wh.Timeout)}
+	wh.headers = make(http.Header, len(wh.Headers))
+	for k, v := range wh.Headers {
+		wh.headers.Set(k, repl.ReplaceAll(v, ""))
+	}
+	return nil
+}
+
+// Handle delivers the event; failures are logged, never returned, so a
+// broken receiver cannot abort anything.
+func (wh *Webhook) Handle(ctx context.Context, e caddy.Event) error {
+	body, err := json.Marshal(e.CloudEvent())
+	if err != nil {
+		wh.logger.Error("encoding event", zap.Error(err))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(wh.Timeout))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, wh.URL, bytes.NewReader(body))
+	if err != nil {
+		wh.logger.Error("building webhook request", zap.Error(err))
+		return nil
+	}
+	for k, v := range wh.headers {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/cloudevents+json")
+	resp, err := wh.client.Do(req)
+	if err != nil {
+		wh.logger.Warn("webhook delivery failed", zap.String("event", e.Name()), zap.Error(err))
+		return nil
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		wh.logger.Warn("webhook refused the event", zap.String("event", e.Name()), zap.Int("status", resp.StatusCode))
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile reads
+//
+//	edge_limit_webhook <url> {
+//		header <name> <value>
+//		timeout <duration>
+//	}
+func (wh *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the handler's name
+	if !d.NextArg() {
+		return d.Errf("edge_limit_webhook needs a URL")
+	}
+	wh.URL = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "header":
+			var name, value string
+			if !d.Args(&name, &value) {
+				return d.ArgErr()
+			}
+			if wh.Headers == nil {
+				wh.Headers = map[string]string{}
+			}
+			wh.Headers[name] = value
+		case "timeout":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			wh.Timeout = caddy.Duration(dur)
+		default:
+			return d.Errf("unknown edge_limit_webhook option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddyevents.Handler   = (*Webhook)(nil)
+	_ caddy.Provisioner     = (*Webhook)(nil)
+	_ caddyfile.Unmarshaler = (*Webhook)(nil)
+)
