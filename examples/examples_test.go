@@ -57,12 +57,18 @@ func load(t *testing.T, file string, env ...string) *example {
 	return &example{Site: s, upstreamHits: &hits}
 }
 
-// times sends n identical requests and fails unless all get status.
+// times sends n identical GETs and fails unless all get status.
 func (x *example) times(t *testing.T, n, status int, path string, headers ...string) e2e.Reply {
+	t.Helper()
+	return x.timesDo(t, http.MethodGet, n, status, path, headers...)
+}
+
+// timesDo sends n identical requests and fails unless all get status.
+func (x *example) timesDo(t *testing.T, method string, n, status int, path string, headers ...string) e2e.Reply {
 	t.Helper()
 	var r e2e.Reply
 	for i := range n {
-		r = x.Get(path, headers...)
+		r = x.Do(method, path, headers...)
 		if r.Status != status {
 			t.Fatalf("request %d of %d to %s: status %d, want %d (%v %q)", i+1, n, path, r.Status, status, r.Header, r.Body)
 		}
@@ -77,7 +83,8 @@ func basic(user, pass string) string {
 }
 
 // TestCrisp: four levels, plugin tokens exempt from API Global and API
-// Route but held to their daily quota, 420 from the route limiter.
+// Route but held to their daily quota, 420 from the route limiter, cached
+// GET and HEAD hits not counted by the API limiters.
 func TestCrisp(t *testing.T) {
 	clk := e2e.FakeClock(t)
 	day := clk.Now().Truncate(24 * time.Hour)
@@ -85,39 +92,64 @@ func TestCrisp(t *testing.T) {
 	x := load(t, "crisp.Caddyfile")
 	user := []string{"Authorization", basic("user-1", "user-secret")}
 	plugin := []string{"Authorization", basic("plugin-7", "plugin-secret"), "X-Crisp-Tier", "plugin"}
+	post := func(n, status int, path string, headers ...string) e2e.Reply {
+		t.Helper()
+		return x.timesDo(t, http.MethodPost, n, status, path, headers...)
+	}
 
 	// API Route: 20 per minute on conversations, denied with 420.
-	x.times(t, 20, 200, "/v1/website/w1/conversations", user...)
-	r := x.Get("/v1/website/w1/conversations", user...)
-	e2e.Expect(t, r, 420, "Retry-After", "60", "X-RateLimit-Limit", "20")
+	post(20, 200, "/v1/website/w1/conversations", user...)
+	r := x.Do(http.MethodPost, "/v1/website/w1/conversations", user...)
+	e2e.Expect(t, r, 420, "Retry-After", "60", "X-RateLimit-Limit", "20", "Bloom-Status", "DIRECT")
 	// Another route has its own counter...
-	x.times(t, 30, 200, "/v1/website/w1/people", user...)
+	post(30, 200, "/v1/website/w1/people", user...)
 	// ...but API Global (50 per minute for the user) counts every route;
 	// the denied request above did not count.
-	r = x.Get("/v1/website/w1/people", user...)
+	r = x.Do(http.MethodPost, "/v1/website/w1/people", user...)
 	e2e.Expect(t, r, 429, "X-RateLimit-Limit", "50", "X-RateLimit-Remaining", "0")
 
-	// A plugin token skips API Global and API Route...
-	x.times(t, 90, 200, "/v1/website/w1/conversations", plugin...)
+	// Cached GETs are served although the user is limited: one MISS, then
+	// HITs the API limiters never see.
+	e2e.Expect(t, x.Get("/v1/website/w1/conversations/c1", user...), 429)
+	clk.Add(time.Minute)
+	before := x.upstreamHits.Load()
+	e2e.Expect(t, x.Get("/v1/website/w1/operators", user...), 200, "Bloom-Status", "MISS")
+	for range 60 {
+		e2e.Expect(t, x.Get("/v1/website/w1/operators", user...), 200, "Bloom-Status", "HIT")
+	}
+	e2e.Expect(t, x.Do(http.MethodHead, "/v1/website/w1/operators", user...), 200, "Bloom-Status", "HIT")
+	if got := x.upstreamHits.Load() - before; got != 1 {
+		t.Fatalf("upstream saw %d requests for one cached URL", got)
+	}
+	// Another credential does not get the user's cached response.
+	e2e.Expect(t, x.Get("/v1/website/w1/operators", plugin...), 200, "Bloom-Status", "MISS")
+	// The API limiters counted 2 requests this minute, not 63.
+	r = x.Do(http.MethodPost, "/v1/website/w1/people", user...)
+	e2e.Expect(t, r, 200, "X-RateLimit-Limit", "40", "X-RateLimit-Remaining", "38")
+
+	// A plugin token skips API Global and API Route (in a fresh minute for
+	// the load balancer level, which counted the cached hits too)...
+	clk.Add(time.Minute)
+	post(90, 200, "/v1/website/w1/conversations", plugin...)
 	clk.Add(time.Minute)
 	// ...but its daily quota of 200 holds, until midnight UTC.
-	x.times(t, 110, 200, "/v1/website/w1/conversations", plugin...)
-	r = x.Get("/v1/website/w1/conversations", plugin...)
-	e2e.Expect(t, r, 429, "Retry-After", strconv.Itoa(9*60), "X-RateLimit-Limit", "200")
+	post(109, 200, "/v1/website/w1/conversations", plugin...)
+	r = x.Do(http.MethodPost, "/v1/website/w1/conversations", plugin...)
+	e2e.Expect(t, r, 429, "Retry-After", strconv.Itoa(7*60), "X-RateLimit-Limit", "200")
 
 	// The load balancer level: 150 per minute per IP, for plugins too.
 	clk.Set(day.Add(24 * time.Hour))
-	r = x.times(t, 150, 200, "/v1/website/w1/conversations", plugin...)
+	r = post(150, 200, "/v1/website/w1/conversations", plugin...)
 	if r.Header.Get("X-RateLimit-Limit") != "150" {
 		t.Fatalf("after midnight the quota restarted: the tightest limit is the load balancer's, got %v", r.Header)
 	}
-	r = x.Get("/v1/website/w1/conversations", plugin...)
+	r = x.Do(http.MethodPost, "/v1/website/w1/conversations", plugin...)
 	e2e.Expect(t, r, 429, "X-RateLimit-Limit", "150", "Retry-After", "60")
 
 	// Unauthenticated public routes are limited by IP.
 	clk.Add(time.Minute)
-	x.times(t, 40, 200, "/v1/public/status")
-	e2e.Expect(t, x.Get("/v1/public/status"), 420)
+	post(40, 200, "/v1/public/status")
+	e2e.Expect(t, x.Do(http.MethodPost, "/v1/public/status"), 420)
 	e2e.Expect(t, x.Get("/v1/website/w1/people"), 401)
 }
 
