@@ -338,3 +338,50 @@ func TestGlobalScopeSharesAcrossRoutes(t *testing.T) {
 	expect(t, s.get("/b"), 200, "X-RateLimit-Remaining", "0")
 	expect(t, s.get("/b"), 429) // API-wide limit, shared with /a
 }
+
+// A request denied by a later edge_limit handler consumes nothing from the
+// earlier ones, and the headers report the tightest limit of them all.
+func TestDenialByLaterHandlerRefundsEarlier(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	route /both {
+		edge_limit {
+			limit outer {
+				rate 5/1m
+				scope global
+			}
+			headers both
+		}
+		edge_limit {
+			limit inner {
+				rate 2/1m
+			}
+			headers both
+		}
+		respond "ok"
+	}
+	route /outer {
+		edge_limit {
+			limit outer {
+				rate 5/1m
+				scope global
+			}
+		}
+		respond "ok"
+	}
+}`)
+	r := s.get("/both")
+	expect(t, r, 200, "X-RateLimit-Limit", "2", "X-RateLimit-Remaining", "1",
+		"RateLimit-Policy", `"outer";q=5;w=60, "inner";q=2;w=60`,
+		"RateLimit", `"outer";r=4;t=60, "inner";r=1;t=60`)
+	expect(t, s.get("/both"), 200, "X-RateLimit-Limit", "2", "X-RateLimit-Remaining", "0")
+	for range 3 {
+		expect(t, s.get("/both"), 429, "X-RateLimit-Limit", "2")
+	}
+	// outer counted the two admitted requests only.
+	expect(t, s.get("/outer"), 200, "X-RateLimit-Remaining", "2")
+	expect(t, s.get("/outer"), 200)
+	expect(t, s.get("/outer"), 200, "X-RateLimit-Remaining", "0")
+	expect(t, s.get("/outer"), 429)
+}

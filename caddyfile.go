@@ -23,6 +23,7 @@ func init() {
 	// everything that answers or proxies. Plugins may only be ordered
 	// against standard directives.
 	httpcaddyfile.RegisterDirectiveOrder("edge_limit", httpcaddyfile.After, "forward_auth")
+	httpcaddyfile.RegisterDirectiveOrder("edge_cache", httpcaddyfile.After, "forward_auth")
 	httpcaddyfile.RegisterGlobalOption("edge_limit", parseGlobalOption)
 }
 

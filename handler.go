@@ -26,30 +26,54 @@ import (
 // scratch holds one request's working slices, pooled so that the request
 // path allocates nothing for them.
 type scratch struct {
-	keys  []string // per handler limit: the client's key
-	parts []int    // per handler limit: the key part used, -1 if none
-	reqs  []storage.Request
-	res   []limiter.Result
-	which []*compiledLimit
-	tiers []string
-	buf   []byte
+	keys    []string // per handler limit: the client's key
+	parts   []int    // per handler limit: the key part used, -1 if none
+	reqs    []storage.Request
+	counted []storage.Request
+	res     []limiter.Result
+	which   []*compiledLimit
+	tiers   []string
+	buf     []byte
+	ledger  ledger
 }
 
 func newScratch(n int) *scratch {
 	return &scratch{
-		keys:  make([]string, n),
-		parts: make([]int, n),
-		reqs:  make([]storage.Request, 0, n),
-		res:   make([]limiter.Result, n),
-		which: make([]*compiledLimit, 0, n),
-		tiers: make([]string, 0, n),
-		buf:   make([]byte, 0, 128),
+		keys:    make([]string, n),
+		parts:   make([]int, n),
+		reqs:    make([]storage.Request, 0, n),
+		counted: make([]storage.Request, 0, n),
+		res:     make([]limiter.Result, n),
+		which:   make([]*compiledLimit, 0, n),
+		tiers:   make([]string, 0, n),
+		buf:     make([]byte, 0, 128),
 	}
 }
 
-// exemptVar is the request variable that carries exemptions to the
-// edge_limit handlers a request meets later.
-const exemptVar = "edge_limit.exempt"
+// Request variables shared by the edge_limit handlers a request meets.
+const (
+	// exemptVar carries exemptions to later handlers.
+	exemptVar = "edge_limit.exempt"
+	// ledgerVar carries what earlier handlers counted.
+	ledgerVar = "edge_limit.ledger"
+)
+
+// ledger lists what the edge_limit handlers of one request have counted, so
+// that a denial by a later handler gives it back: a denied request consumes
+// nothing, whichever handler denies it. The entries point into the scratch
+// of each handler, which lives until that handler returns, after every
+// handler nested in it.
+type ledger struct {
+	entries []ledgerEntry
+	// report is the most constraining result reported so far, so that a
+	// later handler's headers replace it only with a tighter one.
+	report limiter.Result
+}
+
+type ledgerEntry struct {
+	store storage.Store
+	reqs  []storage.Request
+}
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -97,7 +121,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	denied, report := -1, -1
 	for i := range res {
-		h.metrics.count(which[i].name, &res[i], reqs[i].DryRun)
+		which[i].outcomes.count(&res[i], reqs[i].DryRun)
 		if !res[i].Allowed {
 			if res[i].FirstDenial {
 				h.notify(r, now, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)
@@ -115,11 +139,66 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if denied >= 0 {
 		report = denied
 	}
-	h.setHeaders(w.Header(), now, sc, report)
+	prior, _ := caddyhttp.GetVar(r.Context(), ledgerVar).(*ledger)
+	h.setHeaders(w.Header(), now, sc, report, denied >= 0, prior)
 	if denied >= 0 {
+		h.refundEarlier(r, now)
 		return h.deny(w, r, now, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
 	}
+	if h.record(r, sc, prior, &res[report]) {
+		defer caddyhttp.SetVar(r.Context(), ledgerVar, nil)
+	}
 	return next.ServeHTTP(w, r)
+}
+
+// record enters what this handler counted in the request's ledger; it
+// reports whether it started the ledger (and must remove it on the way
+// out, before its scratch goes back to the pool).
+func (h *Handler) record(r *http.Request, sc *scratch, l *ledger, report *limiter.Result) bool {
+	counted := sc.reqs
+	for i := range sc.reqs {
+		if !sc.res[i].Allowed {
+			// Some dry-run limit denied: it counted nothing.
+			counted = sc.counted[:0]
+			for j := range sc.reqs {
+				if sc.res[j].Allowed {
+					counted = append(counted, sc.reqs[j])
+				}
+			}
+			sc.counted = counted
+			break
+		}
+	}
+	if len(counted) == 0 {
+		return false
+	}
+	entry := ledgerEntry{store: h.store, reqs: counted}
+	if l != nil {
+		l.entries = append(l.entries, entry)
+		if tighter(report, &l.report) {
+			l.report = *report
+		}
+		return false
+	}
+	sc.ledger.entries = append(sc.ledger.entries[:0], entry)
+	sc.ledger.report = *report
+	caddyhttp.SetVar(r.Context(), ledgerVar, &sc.ledger)
+	return true
+}
+
+// refundEarlier gives back what the edge_limit handlers before this one
+// counted for a request this one denies.
+func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
+	l, ok := caddyhttp.GetVar(r.Context(), ledgerVar).(*ledger)
+	if !ok {
+		return
+	}
+	for _, e := range l.entries {
+		if err := e.store.Refund(r.Context(), now, e.reqs); err != nil && h.warn.allow(now, 5*time.Second) {
+			h.logger.Warn("giving back the counts of a denied request", zap.Error(err))
+		}
+	}
+	l.entries = l.entries[:0]
 }
 
 // exemptions returns the names of the limits that do not apply to this
@@ -207,20 +286,39 @@ func remoteHost(r *http.Request) string {
 	return host
 }
 
-// setHeaders writes the rate-limit headers for the decided limits.
-func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report int) {
+// setHeaders writes the rate-limit headers for the decided limits. The
+// x-ratelimit headers report the most constraining limit of the request,
+// which may be an earlier handler's (prior); the IETF fields list the
+// limits of every handler.
+func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report int, denied bool, prior *ledger) {
 	res := sc.res[:len(sc.reqs)]
-	if h.headers&headerX != 0 {
+	keepPrior := !denied && prior != nil && len(prior.entries) > 0 && tighter(&prior.report, &res[report])
+	if h.headers&headerX != 0 && !keepPrior {
+		// One string holds the numbers and one array the values: two
+		// allocations for the whole set.
 		r := &res[report]
-		hdr["X-Ratelimit-Limit"] = []string{strconv.FormatInt(r.Limit, 10)}
-		hdr["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(r.Remaining, 10)}
-		hdr["X-Ratelimit-Reset"] = []string{strconv.FormatInt(unixCeil(now.Add(r.Reset)), 10)}
+		b := strconv.AppendInt(sc.buf[:0], r.Limit, 10)
+		n1 := len(b)
+		b = strconv.AppendInt(b, r.Remaining, 10)
+		n2 := len(b)
+		b = strconv.AppendInt(b, unixCeil(now.Add(r.Reset)), 10)
+		n3 := len(b)
 		if h.TimeHeader {
-			hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(secondsCeil(r.Window), 10)}
+			b = strconv.AppendInt(b, secondsCeil(r.Window), 10)
+		}
+		all := string(b)
+		sc.buf = b[:0]
+		vals := make([]string, 4)
+		vals[0], vals[1], vals[2], vals[3] = all[:n1], all[n1:n2], all[n2:n3], all[n3:]
+		hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+		hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+		hdr["X-Ratelimit-Reset"] = vals[2:3:3]
+		if h.TimeHeader {
+			hdr["X-Ratelimit-Time"] = vals[3:4:4]
 		}
 	}
 	if h.headers&headerIETF != 0 {
-		b := sc.buf[:0]
+		b := appendPrior(sc.buf[:0], hdr, "Ratelimit-Policy")
 		for i := range res {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -235,7 +333,7 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 			}
 		}
 		hdr["Ratelimit-Policy"] = []string{string(b)}
-		b = b[:0]
+		b = appendPrior(b[:0], hdr, "Ratelimit")
 		for i := range res {
 			if i > 0 {
 				b = append(b, ", "...)
@@ -250,6 +348,16 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 		hdr["Ratelimit"] = []string{string(b)}
 		sc.buf = b[:0]
 	}
+}
+
+// appendPrior starts a structured field list with the items an earlier
+// handler wrote; the caller then appends its own after ", ".
+func appendPrior(b []byte, hdr http.Header, name string) []byte {
+	if v := hdr[name]; len(v) == 1 && v[0] != "" {
+		b = append(b, v[0]...)
+		b = append(b, ", "...)
+	}
+	return b
 }
 
 // deny answers a denied request.
@@ -440,6 +548,7 @@ func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next cad
 		h.logger.Warn("rate-limit storage failed", zap.Error(err))
 	}
 	if errors.Is(err, storage.ErrUnavailable) {
+		h.refundEarlier(r, now)
 		w.Header()["Retry-After"] = []string{"1"}
 		return caddyhttp.Error(http.StatusServiceUnavailable, err)
 	}

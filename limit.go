@@ -132,6 +132,7 @@ type compiledLimit struct {
 	exempt   []string
 	status   int    // 0: the handler's
 	body     string // compiled template; "": the handler's
+	outcomes *outcomes
 }
 
 type tierNumbers struct {

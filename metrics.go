@@ -56,18 +56,33 @@ func register[C prometheus.Collector](reg *prometheus.Registry, c C, logger *zap
 	return c
 }
 
-func (m *metrics) count(limit string, r *limiter.Result, dryRun bool) {
+// outcomes are one limit's decision counters, looked up once at provision
+// so that counting costs one atomic add.
+type outcomes struct {
+	allowed, denied, wouldDeny prometheus.Counter
+}
+
+func (m *metrics) outcomesFor(limit string) *outcomes {
 	if m == nil {
-		return
+		return nil
 	}
-	outcome := "allowed"
-	if !r.Allowed {
-		outcome = "denied"
-		if dryRun {
-			outcome = "would_deny"
-		}
+	return &outcomes{
+		allowed:   m.decisions.WithLabelValues(limit, "allowed"),
+		denied:    m.decisions.WithLabelValues(limit, "denied"),
+		wouldDeny: m.decisions.WithLabelValues(limit, "would_deny"),
 	}
-	m.decisions.WithLabelValues(limit, outcome).Inc()
+}
+
+func (o *outcomes) count(r *limiter.Result, dryRun bool) {
+	switch {
+	case o == nil:
+	case r.Allowed:
+		o.allowed.Inc()
+	case dryRun:
+		o.wouldDeny.Inc()
+	default:
+		o.denied.Inc()
+	}
 }
 
 func (m *metrics) storageError() {

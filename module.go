@@ -80,6 +80,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if a.shared[l.Name] != nil {
 			return fmt.Errorf("limit %q is declared twice", l.Name)
 		}
+		cl.outcomes = a.metrics.outcomesFor(cl.name)
 		a.shared[l.Name] = cl
 	}
 	return nil
@@ -119,7 +120,7 @@ func loadStorage(ctx caddy.Context, owner any, field string) (storage.Store, err
 type MemoryStorage struct {
 	// MaxKeys bounds the number of (limit, client) counters kept. When the
 	// bound is reached, expired counters are dropped first, then those that
-	// expire soonest (logged as evictions). Default: 1048576 (about 60 MB).
+	// expire soonest (counted as evictions). Default: 1048576 (about 140 MB).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// SweepInterval is how often expired counters are removed in the
 	// background. Default: 10s.
@@ -374,6 +375,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.exempts = h.exempts || len(cl.exempt) > 0
 	}
 	h.metrics = app.metrics
+	for _, cl := range h.limits {
+		if cl.outcomes == nil {
+			cl.outcomes = h.metrics.outcomesFor(cl.name)
+		}
+	}
 	h.events, err = newEmitter(ctx, h.logger)
 	if err != nil {
 		return err

@@ -394,6 +394,37 @@ func (l *Limit) takeTAT(s *State, r *Result, now, cost int64) {
 	s.Expires = max(s.Expires, now+int64(math.Ceil(next-tau)))
 }
 
+// Refund gives back cost units that Take counted earlier, when the request
+// they were counted for was denied after all (by another limiter). Only the
+// window they were counted in is touched: once it is over there is nothing
+// to give back. Refund never makes a state fresher than no request at all.
+func (l *Limit) Refund(s *State, now, cost int64) {
+	switch l.Algorithm {
+	case TokenBucket, GCRA:
+		if s.Start == 0 {
+			return
+		}
+		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
+		debt := s.Debt - float64(max(now-s.Start, 0))
+		s.Start, s.Debt = now, max(debt-float64(cost)*interval, 0)
+	case AnchoredWindow:
+		if now < s.Start+l.Window.Microseconds() {
+			s.Count = max(s.Count-cost, 0)
+		}
+	case SlidingWindow:
+		// Counted in this window, or in the previous one that is not yet
+		// shifted into Prev.
+		start, end := l.Bounds(now)
+		if s.Start == start || s.Start == start-(end-start) {
+			s.Count = max(s.Count-cost, 0)
+		}
+	default:
+		if start, _ := l.Bounds(now); s.Start == start {
+			s.Count = max(s.Count-cost, 0)
+		}
+	}
+}
+
 func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 
 // whole rounds a count of units down, forgiving float noise just below an

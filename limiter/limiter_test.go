@@ -339,3 +339,39 @@ func TestExpiresIsWhenStateIsFresh(t *testing.T) {
 		}
 	}
 }
+
+func TestRefundUndoesTake(t *testing.T) {
+	limits := []Limit{
+		{Algorithm: FixedWindow, Quota: 3, Window: time.Minute},
+		{Algorithm: AnchoredWindow, Quota: 3, Window: time.Minute},
+		{Algorithm: SlidingWindow, Quota: 3, Window: time.Minute},
+		{Algorithm: TokenBucket, Quota: 3, Rate: 1, Window: time.Second},
+		{Algorithm: GCRA, Quota: 3, Rate: 1, Window: time.Second},
+	}
+	for _, l := range limits {
+		k := &key{l: &l}
+		mustAllow(t, k.take(t, base, 2), 1)
+		l.Refund(&k.s, base, 1)
+		// One unit back: two fit again, three do not.
+		before := k.s
+		mustAllow(t, k.take(t, base, 2), 0)
+		k.s = before
+		if k.take(t, base, 3).Allowed {
+			t.Fatalf("%s: refund gave back more than it took", l.Algorithm)
+		}
+		// Refunding more than was taken never makes credit.
+		l.Refund(&k.s, base, 10)
+		if r := k.take(t, base, 4); r.Allowed {
+			t.Fatalf("%s: refund above the count allowed %+v", l.Algorithm, r)
+		}
+	}
+	// A refund after the window ended touches nothing.
+	l := Limit{Algorithm: FixedWindow, Quota: 3, Window: time.Minute}
+	k := &key{l: &l}
+	mustAllow(t, k.take(t, base+minute+sec, 3), 0)
+	stale := State{Start: base, Count: 3}
+	l.Refund(&stale, base+minute+sec, 1)
+	if stale.Count != 3 {
+		t.Fatalf("refund reached into a past window: %+v", stale)
+	}
+}

@@ -172,6 +172,23 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 	return nil
 }
 
+// Refund implements Store.
+func (m *Memory) Refund(_ context.Context, now time.Time, reqs []Request) error {
+	t := now.UnixMicro()
+	for i := range reqs {
+		r := &reqs[i]
+		h := m.hash(r)
+		sh := m.shardOf(h)
+		sh.mu.Lock()
+		if st, ok := m.get(h, t); ok {
+			r.Limit.Refund(&st, t, r.Cost)
+			sh.m[h] = st
+		}
+		sh.mu.Unlock()
+	}
+	return nil
+}
+
 func (m *Memory) takeOne(r *Request, res *limiter.Result, t int64) {
 	h := m.hash(r)
 	sh := m.shardOf(h)

@@ -272,6 +272,96 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 	return nil
 }
 
+// Refund implements Store: it gives back what an earlier Take counted, with
+// limiter.Limit.Refund's arithmetic, in one script (one per Cluster slot,
+// pipelined). While Redis is known to be down, OnError local gives back to
+// the memory store; with the other policies nothing was counted meanwhile.
+func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []Request) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	for i := range reqs {
+		if err := checkRequest(&reqs[i]); err != nil {
+			return err
+		}
+	}
+	if until := s.downUntil.Load(); until != 0 && s.mono() < until {
+		return s.refundFallback(ctx, now, reqs, nil)
+	}
+	err := s.giveBack(ctx, now, reqs)
+	switch {
+	case err == nil:
+		s.up()
+		return nil
+	case ctx.Err() != nil:
+		return err
+	}
+	s.down(err)
+	return s.refundFallback(ctx, now, reqs, err)
+}
+
+var errRefundDown = &redisError{cause: errors.New("redis did not answer recently: the counts of a denied request stay taken")}
+
+func (s *Redis) refundFallback(ctx context.Context, now time.Time, reqs []Request, cause error) error {
+	switch {
+	case s.onError == Local:
+		return s.local.Refund(ctx, now, reqs)
+	case cause == nil:
+		return errRefundDown
+	}
+	return &redisError{cause: cause}
+}
+
+// giveBack runs the refund script, within the timeout.
+func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	sc := s.scratch.Get().(*redisScratch)
+	defer s.putScratch(sc)
+	s.prepare(sc, reqs)
+	var runs []slotRun
+	if s.cluster && !oneSlot(sc.slots) {
+		runs = s.groupBySlot(sc, len(reqs))
+	} else {
+		runs = []slotRun{{idx: nil}}
+	}
+	at := now.UnixMicro()
+	pending := runs
+	for range 3 {
+		for g := range pending {
+			r := &pending[g]
+			r.keys = sc.keys
+			if r.idx != nil {
+				r.keys = make([]string, len(r.idx))
+				for j, i := range r.idx {
+					r.keys[j] = sc.keys[i]
+				}
+			}
+			r.argv = []string{s.spec(sc, reqs, r.idx, now, at)}
+		}
+		s.pipeline(ctx, pending, refundScript)
+		var again []slotRun
+		for _, r := range pending {
+			if r.err != nil {
+				return r.err
+			}
+			if t, ok := boundsReply(r.reply); ok {
+				// Asked again with the window of the server's time (the
+				// slots that answered gave back already).
+				at = t
+				again = append(again, slotRun{idx: r.idx})
+			} else if r.reply != "R" {
+				return errBadReply
+			}
+		}
+		if len(again) == 0 {
+			return nil
+		}
+		pending = again
+	}
+	return errors.New("redis storage: calendar windows keep moving under the server's clock")
+}
+
 // checkRequest refuses what the script cannot compute (the memory store
 // would divide by zero); the handler validates limits before they get here.
 func checkRequest(r *Request) error {
@@ -481,7 +571,7 @@ func oneSlot(slots []uint16) bool {
 
 // decideOne runs the script once for every request.
 func (s *Redis) decideOne(ctx context.Context, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
-	argv := s.spec(sc, reqs, nil, now, at, false)
+	argv := s.spec(sc, reqs, nil, now, at, 0)
 	reply, err := s.eval(ctx, s.client, takeScript, sc.keys, argv)
 	if err != nil {
 		return 0, err
@@ -508,15 +598,14 @@ func (s *Redis) decideOne(ctx context.Context, now time.Time, at int64, reqs []R
 	return 0, nil
 }
 
-// spec writes the script's ARGV[1] for the requests at idx (all when idx is
-// nil), and records the calendar bounds it passes.
-func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, keep bool) string {
+// spec writes a script's ARGV[1] for the requests at idx (all when idx is
+// nil): the time, the head numbers, nine numbers per request; and records
+// the calendar bounds it passes.
+func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, head ...int64) string {
 	b := appendInt(sc.buf[:0], s.scriptNow(now))
-	flags := int64(0)
-	if keep {
-		flags = 1
+	for _, v := range head {
+		b = appendInt(b, v)
 	}
-	b = appendInt(b, flags)
 	n := len(reqs)
 	if idx != nil {
 		n = len(idx)

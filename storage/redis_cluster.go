@@ -18,10 +18,10 @@ import (
 // slot, all scripts pipelined in one round trip. Each script is all or
 // nothing for its slot. When every slot allows, the request is counted
 // everywhere, exactly. When one denies (or fails), the slots that allowed
-// have counted the request, and a second round trip gives those units back:
-// a key nobody touched meanwhile is restored as it was; otherwise its
-// count (or token bucket backlog) is reduced by what the request added, if
-// still in the same window. Until the refund lands, other requests see the
+// have counted the request, and a second round trip takes those units back
+// (undo): a key nobody touched meanwhile is restored as it was; otherwise
+// its count (or token bucket backlog) is reduced by what the request added,
+// if still in the same window. Until the undo lands, other requests see the
 // units taken: the limit may deny a little early, never admit too much.
 
 // slotRun is one slot's script in a pipeline.
@@ -32,7 +32,7 @@ type slotRun struct {
 	cmd    onceCmd
 	reply  string
 	err    error
-	states string // the states before and after each request, for refunds
+	states string // the states before and after each request, for undo
 }
 
 // decideSlots runs one script per hash slot; it returns the server's time
@@ -45,7 +45,7 @@ func (s *Redis) decideSlots(ctx context.Context, now time.Time, at int64, reqs [
 		for j, i := range r.idx {
 			r.keys[j] = sc.keys[i]
 		}
-		r.argv = []string{s.spec(sc, reqs, r.idx, now, at, true)}
+		r.argv = []string{s.spec(sc, reqs, r.idx, now, at, 1)}
 	}
 	s.pipeline(ctx, runs, takeScript)
 
@@ -86,7 +86,7 @@ func (s *Redis) decideSlots(ctx context.Context, now time.Time, at int64, reqs [
 	if failure == nil && serverNow == 0 && pass {
 		return 0, nil
 	}
-	s.refund(ctx, now, reqs, results, sc, runs, committed)
+	s.undo(ctx, now, reqs, results, sc, runs, committed)
 	if failure != nil {
 		return 0, failure
 	}
@@ -128,19 +128,19 @@ func (s *Redis) groupBySlot(sc *redisScratch, n int) []slotRun {
 	return runs
 }
 
-// refund gives back what the committed slots counted. It has a timeout of
-// its own: the decision's may be spent, and a refund that does not land
+// undo takes back what the committed slots counted. It has a timeout of
+// its own: the decision's may be spent, and an undo that does not land
 // leaves units taken until the window ends.
-func (s *Redis) refund(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, sc *redisScratch, runs []slotRun, committed []int) {
+func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, sc *redisScratch, runs []slotRun, committed []int) {
 	if len(committed) == 0 {
 		return
 	}
-	var refunds []slotRun
+	var undos []slotRun
 	for _, g := range committed {
 		r := &runs[g]
 		lines := strings.Split(r.states, "\n")
 		if len(lines) != 1+2*len(r.idx) {
-			s.refundFailed(errBadReply)
+			s.undoFailed(errBadReply)
 			continue
 		}
 		var out slotRun
@@ -174,36 +174,41 @@ func (s *Redis) refund(ctx context.Context, now time.Time, reqs []Request, resul
 		}
 		if len(out.keys) > 0 {
 			out.argv = append([]string{string(head)}, out.argv...)
-			refunds = append(refunds, out)
+			undos = append(undos, out)
 		}
 	}
-	if len(refunds) == 0 {
+	if len(undos) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	s.pipeline(ctx, refunds, refundScript)
-	for i := range refunds {
-		if refunds[i].err != nil {
-			s.refundFailed(refunds[i].err)
+	s.pipeline(ctx, undos, undoScript)
+	for i := range undos {
+		if undos[i].err != nil {
+			s.undoFailed(undos[i].err)
 			return
 		}
 	}
 }
 
-func (s *Redis) refundFailed(err error) {
+func (s *Redis) undoFailed(err error) {
 	now := s.mono()
 	last := s.lastWarn.Load()
 	if last != 0 && now-last < int64(WarnInterval) || !s.lastWarn.CompareAndSwap(last, now) {
 		return
 	}
-	s.logger.Load().Warn("redis rate-limit storage could not give back the units of a request denied in another Cluster slot; they count until their window ends",
+	s.logger.Load().Warn("redis rate-limit storage could not take back the units of a request denied in another Cluster slot; they count until their window ends",
 		zap.Error(err))
 }
 
 // pipeline runs the scripts of runs in one round trip (go-redis sends each
 // node its share concurrently), then with EVAL those a node did not have.
 func (s *Redis) pipeline(ctx context.Context, runs []slotRun, sc *script) {
+	if len(runs) == 1 {
+		r := &runs[0]
+		r.reply, r.err = s.eval(ctx, s.client, sc, r.keys, r.argv...)
+		return
+	}
 	pipe := s.client.Pipeline()
 	for i := range runs {
 		runs[i].cmd = scriptCmd(ctx, sc, false, runs[i].keys, runs[i].argv...)

@@ -13,10 +13,10 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
-// A refund whose key others changed since the take: the units come out of
-// the current state when it is still the same window, and never more than
-// the take added.
-func TestRefundOfATouchedKey(t *testing.T) {
+// Undoing a take on a key others changed since: the units come out of the
+// current state when it is still the same window, and never more than the
+// take added.
+func TestUndoOfATouchedKey(t *testing.T) {
 	srv := redistest.Shared(t)
 	opt, err := redis.ParseURL(srv.URL)
 	if err != nil {
@@ -105,14 +105,14 @@ func TestRefundOfATouchedKey(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			key := fmt.Sprintf("refund-test:{%d}", i)
+			key := fmt.Sprintf("undo-test:{%d}", i)
 			if err := c.Set(ctx, key, tc.current, time.Hour).Err(); err != nil {
 				t.Fatal(err)
 			}
 			now := t0 + tc.nowOffset
 			head := appendLimit(appendInt(nil, now), &tc.limit, tc.cost, false, 0, 0)
 			runs := []slotRun{{keys: []string{key}, argv: []string{string(head), "", tc.after}}}
-			s.pipeline(ctx, runs, refundScript)
+			s.pipeline(ctx, runs, undoScript)
 			if runs[0].err != nil {
 				t.Fatal(runs[0].err)
 			}

@@ -62,6 +62,30 @@ local function args(head, n)
   return a
 end
 
+local function floormod(a, b)
+  local m = math.fmod(a, b)
+  if m < 0 then m = m + b end
+  return m
+end
+
+-- bounds is limiter.Limit.Bounds for the key at b in a: the calendar
+-- window Go computed, or the aligned window that holds now.
+local function bounds(a, b, now)
+  if a[b + 9] > 0 then return a[b + 8], a[b + 9] end
+  local start = now - floormod(now - a[b + 5], a[b + 3])
+  return start, start + a[b + 3]
+end
+
+-- offCalendar tells whether now is outside a calendar window Go computed
+-- (its clock and Redis's disagree across a boundary).
+local function offCalendar(a, head, n, now)
+  for i = 1, n do
+    local b = head + (i - 1) * 9
+    if a[b + 9] > 0 and (now < a[b + 8] or now >= a[b + 9]) then return true end
+  end
+  return false
+end
+
 local function clock(now)
   if now == 0 then
     local t = redis.call('TIME')
@@ -74,10 +98,10 @@ end
 // luaTake decides the limits of one request: KEYS[i] holds the state of
 // request i; ARGV[1] holds, as 8-byte little-endian integers, now (in
 // microseconds, 0 for the server's clock), flags (1 to return each state
-// before and after, for refunds), then nine numbers per request: algorithm
-// quota window rate offset cost dry_run calendar_start calendar_end (window
-// and offset in microseconds; the calendar bounds 0 unless the limit has a
-// calendar).
+// before and after, to undo the take), then nine numbers per request:
+// algorithm quota window rate offset cost dry_run calendar_start
+// calendar_end (window and offset in microseconds; the calendar bounds 0
+// unless the limit has a calendar).
 //
 // The reply is "R" and five integers per request (the same encoding),
 // allowed first_denial remaining reset retry_after (durations in
@@ -95,12 +119,6 @@ local function count(s, q, cost, now, stop)
   local first = s.denied and 0 or 1
   s.denied = true
   return 0, first, math.max(q - s.count, 0), stop - now, stop - now
-end
-
-local function floormod(a, b)
-  local m = math.fmod(a, b)
-  if m < 0 then m = m + b end
-  return m
 end
 
 local function whole(x)
@@ -194,11 +212,8 @@ local n = #KEYS
 local a = args(2, n)
 local now = clock(a[1])
 local keep = a[2] == 1
-for i = 1, n do
-  local b = 2 + (i - 1) * 9
-  if a[b + 9] > 0 and (now < a[b + 8] or now >= a[b + 9]) then
-    return 'B' .. struct.pack('<i8', now)
-  end
+if offCalendar(a, 2, n, now) then
+  return 'B' .. struct.pack('<i8', now)
 end
 
 local cur, raw, after, before, allowed, out = {}, {}, {}, {}, {}, {}
@@ -227,13 +242,7 @@ for i = 1, n do
   elseif alg == 4 or alg == 5 then
     ok, first, rem, reset, retry = tat(s, q, w, a[b + 4], cost, now)
   else
-    local start, stop
-    if a[b + 9] > 0 then
-      start, stop = a[b + 8], a[b + 9]
-    else
-      start = now - floormod(now - a[b + 5], w)
-      stop = start + w
-    end
+    local start, stop = bounds(a, b, now)
     if alg == 3 then
       ok, first, rem, reset, retry = sliding(s, q, cost, now, start, stop)
     else
@@ -273,14 +282,14 @@ end
 return reply
 `
 
-// luaRefund gives back what luaTake counted for a request whose other
-// limits, in other Cluster slots, denied it. KEYS[i] is a key to refund;
+// luaUndo takes back what luaTake counted for a request whose other
+// limits, in other Cluster slots, denied it. KEYS[i] is a key to undo;
 // ARGV[1] holds now then nine numbers per key as for luaTake (the cost
 // being the total to give back); ARGV[2i] and ARGV[2i+1] are the key's state
 // before and after the take. A key nobody touched since is put back as it
 // was; otherwise the units are taken out of the current state, if it is
 // still the same window.
-const luaRefund = luaCommon + `
+const luaUndo = luaCommon + `
 local function giveBack(c, w, alg, win, rate, cost, now)
   if alg == 1 or alg == 2 then
     if c.start == w.start then c.count = math.max(c.count - cost, 0) end
@@ -339,7 +348,51 @@ func newScript(src string) *script {
 	return &script{src: src, sha: hex.EncodeToString(sum[:])}
 }
 
+// luaRefund is limiter.Limit.Refund, as storage.Memory applies it: it gives
+// back what a Take counted for a request that a later handler denied, to
+// the live state of each key, in the window that is still current. KEYS and
+// ARGV[1] are as for luaUndo (now, then nine numbers per key, the cost
+// being what to give back); the reply is "R", or "B" and the server's time
+// as from luaTake.
+const luaRefund = luaCommon + `
+local n = #KEYS
+local a = args(1, n)
+local now = clock(a[1])
+if offCalendar(a, 1, n, now) then
+  return 'B' .. struct.pack('<i8', now)
+end
+for i = 1, n do
+  local k = KEYS[i]
+  local v = redis.pcall('GET', k)
+  local s = parse(v)
+  if s and s.expires > now then
+    local b = 1 + (i - 1) * 9
+    local alg, w, cost = a[b + 1], a[b + 3], a[b + 6]
+    if alg == 4 or alg == 5 then
+      if s.start ~= 0 then
+        local interval = w / a[b + 4]
+        local debt = s.debt - math.max(now - s.start, 0)
+        s.start, s.debt = now, math.max(debt - cost * interval, 0)
+      end
+    elseif alg == 2 then
+      if now < s.start + w then s.count = math.max(s.count - cost, 0) end
+    else
+      local start, stop = bounds(a, b, now)
+      if s.start == start or alg == 3 and s.start == start - (stop - start) then
+        s.count = math.max(s.count - cost, 0)
+      end
+    end
+    local e = enc(s)
+    if e ~= v then
+      redis.call('SET', k, e, 'PX', ttl(s, now))
+    end
+  end
+end
+return 'R'
+`
+
 var (
 	takeScript   = newScript(luaTake)
+	undoScript   = newScript(luaUndo)
 	refundScript = newScript(luaRefund)
 )

@@ -48,6 +48,11 @@ type Store interface {
 	// by denying, or any other error when the caller should let the request
 	// through.
 	Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error
+	// Refund gives back what an earlier Take of reqs counted, when the
+	// request was denied after all by a limiter that decided later (another
+	// edge_limit handler on the request's way). Only windows still current
+	// are touched. Like Take, it is bounded by the store's timeout.
+	Refund(ctx context.Context, now time.Time, reqs []Request) error
 	// Close releases the store's resources.
 	Close() error
 }

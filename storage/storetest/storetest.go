@@ -50,11 +50,13 @@ type Want struct {
 	FirstDenial bool
 }
 
-// Step is one request at At after Base.
+// Step is one request at At after Base; with Refund, it gives back what
+// its takes counted instead (and wants nothing).
 type Step struct {
-	At    time.Duration
-	Takes []Take
-	Want  []Want
+	At     time.Duration
+	Takes  []Take
+	Want   []Want
+	Refund bool
 }
 
 // Case is a sequence of requests against some limits.
@@ -223,6 +225,27 @@ func Cases() []Case {
 			},
 		},
 		{
+			Name: "refund: a request denied later gives back what it took",
+			Limits: []limiter.Limit{
+				fixed,
+				{Algorithm: limiter.TokenBucket, Quota: 2, Rate: 1, Window: time.Hour},
+				{Algorithm: limiter.AnchoredWindow, Quota: 2, Window: time.Minute},
+				{Algorithm: limiter.SlidingWindow, Quota: 3, Window: time.Minute},
+			},
+			Steps: []Step{
+				{At: 0, Takes: []Take{tk(0, "a", 1), tk(1, "a", 1), tk(2, "a", 1), tk(3, "a", 1)}, Want: []Want{ok(2), ok(1), ok(1), ok(2)}},
+				{At: time.Second, Refund: true, Takes: []Take{tk(0, "a", 1), tk(1, "a", 1), tk(2, "a", 1), tk(3, "a", 1)}},
+				{At: time.Second, Takes: []Take{tk(0, "a", 1), tk(1, "a", 1), tk(2, "a", 1), tk(3, "a", 1)}, Want: []Want{ok(2), ok(1), ok(1), ok(2)}},
+				// A refund for a window that is over changes nothing.
+				{At: 2 * time.Minute, Refund: true, Takes: []Take{tk(0, "a", 3)}},
+				{At: 2 * time.Minute, Takes: []Take{tk(0, "a", 3)}, Want: []Want{ok(0)}},
+				{At: 2 * time.Minute, Takes: []Take{tk(0, "a", 1)}, Want: []Want{no(0, time.Minute, true)}},
+				// A refund of a key never seen creates nothing.
+				{At: 2 * time.Minute, Refund: true, Takes: []Take{tk(0, "nobody", 1)}},
+				{At: 2 * time.Minute, Takes: []Take{tk(0, "nobody", 3)}, Want: []Want{ok(0)}},
+			},
+		},
+		{
 			Name:   "hostile keys: a megabyte of key, binary bytes",
 			Limits: []limiter.Limit{fixed},
 			Steps: []Step{
@@ -265,6 +288,12 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 						Cost:    tk.Cost,
 						DryRun:  tk.DryRun,
 					}
+				}
+				if step.Refund {
+					if err := s.Refund(context.Background(), Base.Add(step.At), reqs); err != nil {
+						t.Fatalf("step %d: refund: %v", n, err)
+					}
+					continue
 				}
 				res := make([]limiter.Result, len(reqs))
 				if err := s.Take(context.Background(), Base.Add(step.At), reqs, res); err != nil {

@@ -1,0 +1,179 @@
+package edgelimit
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// cachesOf returns the edge_cache handlers of an adapted config, and the
+// handler names of its routes in order.
+func cachesOf(t *testing.T, cfg []byte) (found []Cache, order []string) {
+	t.Helper()
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if name, ok := x["handler"].(string); ok {
+				order = append(order, name)
+			}
+			if x["handler"] == "edge_cache" {
+				b, _ := json.Marshal(x)
+				var c Cache
+				if err := json.Unmarshal(b, &c); err != nil {
+					t.Fatal(err)
+				}
+				found = append(found, c)
+				return
+			}
+			for _, k := range []string{"apps", "http", "servers", "srv0", "routes", "handle"} {
+				if c, ok := x[k]; ok {
+					walk(c)
+				}
+			}
+		case []any:
+			for _, c := range x {
+				walk(c)
+			}
+		}
+	}
+	var v any
+	if err := json.Unmarshal(cfg, &v); err != nil {
+		t.Fatal(err)
+	}
+	walk(v)
+	return found, order
+}
+
+func TestCacheCaddyfile(t *testing.T) {
+	cfg, err := adapt(t, `:8080 {
+	reverse_proxy 127.0.0.1:9000
+	edge_limit {
+		limit l {
+			rate 1/1s
+		}
+	}
+	edge_cache {
+		ttl 60s
+		ttl_max 1h
+		max_size 256KB
+		max_memory 256MB
+		stale_if_error 5m
+		identity {header.X-Tenant} {http.request.cookie.session}
+		storage memory
+	}
+}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, order := cachesOf(t, cfg)
+	if len(cs) != 1 {
+		t.Fatalf("%d caches in %s", len(cs), cfg)
+	}
+	c := cs[0]
+	want := Cache{
+		TTL: caddy.Duration(time.Minute), TTLMax: caddy.Duration(time.Hour),
+		MaxSize: 256_000, MaxMemory: 256_000_000, StaleIfError: caddy.Duration(5 * time.Minute),
+		Identity: []string{"{http.request.header.X-Tenant}", "{http.request.cookie.session}"},
+		Storage:  "memory", Zone: c.Zone,
+	}
+	if c.Zone == "" || !jsonEqual(t, c, want) {
+		t.Fatalf("got %+v\nwant %+v", c, want)
+	}
+	// Without an order line: edge_cache, then edge_limit, then the proxy.
+	if strings.Join(order, " ") != "edge_cache edge_limit reverse_proxy" {
+		t.Fatalf("handler order %v", order)
+	}
+
+	cfg, err = adapt(t, `:8080 {
+	edge_cache
+	edge_cache /other {
+		max_size 1MiB
+		storage redis {
+			prefix api_cache:
+		}
+		zone shared
+	}
+}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ = cachesOf(t, cfg)
+	if len(cs) != 2 {
+		t.Fatalf("caches %+v", cs)
+	}
+	// The directive with a path matcher sorts first.
+	if r, plain := cs[0], cs[1]; r.MaxSize != 1<<20 || r.Storage != "redis" || r.RedisPrefix != "api_cache:" || r.Zone != "shared" || plain.Zone == "" || plain.Storage != "" {
+		t.Fatalf("caches %+v", cs)
+	}
+}
+
+func jsonEqual(t *testing.T, a, b any) bool {
+	t.Helper()
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+func TestCacheCaddyfileZones(t *testing.T) {
+	body := ":8080 {\n\thandle /a {\n\t\tedge_cache\n\t}\n\thandle /b {\n\t\tedge_cache\n\t}\n}\n"
+	cfg, err := adapt(t, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := cachesOf(t, cfg)
+	if len(cs) != 2 || cs[0].Zone == cs[1].Zone {
+		t.Fatalf("equal directives share a zone: %+v", cs)
+	}
+	again, _ := adapt(t, body)
+	cs2, _ := cachesOf(t, again)
+	if cs2[0].Zone != cs[0].Zone || cs2[1].Zone != cs[1].Zone {
+		t.Fatal("zones change from one adaptation to the next")
+	}
+}
+
+func TestCacheCaddyfileErrors(t *testing.T) {
+	for body, want := range map[string]string{
+		"edge_cache foo":                                         `takes a block, not the argument "foo"`,
+		"edge_cache {\n\tttl\n}":                                 "wrong argument count",
+		"edge_cache {\n\tttl soon\n}":                            `bad duration "soon"`,
+		"edge_cache {\n\tttl 0s\n}":                              "ttl must be positive",
+		"edge_cache {\n\tttl 1m 2m\n}":                           "wrong argument count",
+		"edge_cache {\n\tttl 2h\n\tttl_max 1h\n}":                "ttl 2h0m0s is longer than ttl_max 1h0m0s",
+		"edge_cache {\n\tstale_if_error -1s\n}":                  "stale_if_error must be positive",
+		"edge_cache {\n\tmax_size lots\n}":                       `size "lots": want bytes or a size`,
+		"edge_cache {\n\tmax_size 0\n}":                          "out of range",
+		"edge_cache {\n\tmax_size 2MB\n\tmax_memory 1MB\n}":      "max_size 2000000 is larger than max_memory 1000000",
+		"edge_cache {\n\tidentity\n}":                            "wrong argument count",
+		"edge_cache {\n\tstorage disk\n}":                        `storage "disk": want memory or redis`,
+		"edge_cache {\n\tstorage memory {\n\t\tprefix x\n\t}\n}": "prefix goes with storage redis",
+		"edge_cache {\n\tstorage redis {\n\t\tdb 1\n\t}\n}":      `unknown redis storage option "db"`,
+		"edge_cache {\n\tttl 1m\n\tttl 2m\n}":                    `option "ttl" given twice`,
+		"edge_cache {\n\tcolor blue\n}":                          `unknown edge_cache option "color"`,
+	} {
+		_, err := adapt(t, ":8080 {\n"+body+"\n}\n")
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "Caddyfile:") {
+			t.Errorf("%q: error %v, want %q with its line", body, err, want)
+		}
+	}
+}
+
+func TestCacheJSONValidation(t *testing.T) {
+	for _, c := range []struct {
+		c    Cache
+		want string
+	}{
+		{Cache{TTL: -1}, "ttl must be positive"},
+		{Cache{MaxSize: 10, MaxMemory: 5}, "max_size 10 is larger than max_memory 5"},
+		{Cache{Storage: "disk"}, `storage "disk"`},
+		{Cache{RedisPrefix: "x"}, "redis_prefix goes with storage redis"},
+		{Cache{Identity: []string{""}}, "identity: empty value"},
+	} {
+		if err := c.c.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.c, err, c.want)
+		}
+	}
+}

@@ -1,0 +1,476 @@
+package edgelimit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/cache"
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+)
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+//
+// A cacheable request (GET, HEAD, OPTIONS) with a fresh entry is a HIT,
+// answered here. A GET or OPTIONS without one joins the flight for its
+// key: the first goes upstream (MISS when stored, DIRECT when not), the
+// others wait and are served its entry. Anything else goes straight
+// upstream with DIRECT. When the upstream cannot be reached, a stale copy
+// within stale_if_error is served, else a 502; both say OFFLINE.
+func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 {
+		return c.passThrough(w, r, next, nil)
+	}
+	now := clock.Now()
+	key := cache.KeyOf(r, c.Zone, c.identity(r))
+	e, err := c.store.Get(r.Context(), key, now)
+	if err != nil {
+		c.storeFailed(err)
+		return c.passThrough(w, r, next, nil)
+	}
+	var stale *cache.Entry
+	if e != nil && e.Matches(r.Header) {
+		if e.Fresh(now) {
+			return c.serve(w, r, e, cache.Hit, now)
+		}
+		if e.Usable(now) {
+			stale = e
+		}
+	}
+	if r.Method == http.MethodHead {
+		// A HEAD has no body to fill the GET entry with.
+		return c.passThrough(w, r, next, stale)
+	}
+	f, leader := c.flights.Join(key.ID)
+	if !leader {
+		outcome, fe, err := f.Wait(r.Context())
+		switch {
+		case err != nil:
+			setBloomStatus(w.Header(), cache.Direct)
+			return caddyhttp.Error(499, err)
+		case outcome == cache.Stored && fe.Matches(r.Header):
+			return c.serve(w, r, fe, cache.Hit, clock.Now())
+		case outcome == cache.Unreachable:
+			return c.offline(w, r, stale, nil, errUpstreamUnreachable)
+		}
+		// Not stored, or another variant: the leader's response may have
+		// been for the leader only.
+		return c.fetch(w, r, next, key, stale, nil)
+	}
+	// A flight that landed between Get and Join has stored its entry.
+	if e, err := c.store.Get(r.Context(), key, now); err == nil && e != nil && e.Matches(r.Header) && e.Fresh(now) {
+		c.flights.Land(key.ID, f, cache.Stored, e)
+		return c.serve(w, r, e, cache.Hit, now)
+	}
+	return c.fetch(w, r, next, key, stale, f)
+}
+
+var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
+
+// fetch asks the upstream for a GET or OPTIONS, stores what may be stored,
+// and answers. f is the flight this request leads, if any: it lands before
+// the client is answered, and whatever happens (a panic included).
+func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight) error {
+	landed := f == nil
+	land := func(o cache.Outcome, e *cache.Entry) {
+		if !landed {
+			landed = true
+			c.flights.Land(key.ID, f, o, e)
+		}
+	}
+	defer land(cache.Uncacheable, nil)
+
+	rec := newCacheRecorder(w, r, c, true, stale != nil)
+	defer rec.free()
+	err := next.ServeHTTP(rec, forUpstream(r))
+	if err != nil {
+		if rec.mode == modePass {
+			return err
+		}
+		if upstreamUnreachable(err) {
+			land(cache.Unreachable, nil)
+			return c.offline(w, r, stale, rec, err)
+		}
+		rec.settleHeaders(cache.Direct)
+		return err
+	}
+	if rec.mode == modeInit {
+		rec.WriteHeader(http.StatusOK)
+	}
+	switch rec.mode {
+	case modeDiscard:
+		land(cache.Unreachable, nil)
+		return c.serve(w, r, stale, cache.Offline, clock.Now())
+	case modeBuffer:
+		now := clock.Now()
+		e := cache.NewEntry(rec.status, rec.hdr, rec.buf.Bytes(), rec.decision, r.Header, now, c.stale)
+		// A client that leaves now must not cost the others the entry.
+		if err := c.store.Set(context.WithoutCancel(r.Context()), key, e, now); err != nil {
+			if !errors.Is(err, cache.ErrTooLarge) {
+				c.storeFailed(err)
+			}
+			land(cache.Uncacheable, nil)
+			return rec.pass(cache.Direct)
+		}
+		land(cache.Stored, e)
+		return c.serveMiss(w, r, rec, e)
+	}
+	return nil
+}
+
+// passThrough sends a request upstream without storing: methods that are
+// not cacheable, HEAD misses, upgrades, and every request while the store
+// fails. stale, for a HEAD, is served if the upstream is offline.
+func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, stale *cache.Entry) error {
+	rec := newCacheRecorder(w, r, c, false, stale != nil)
+	defer rec.free()
+	err := next.ServeHTTP(rec, r)
+	if err != nil {
+		if rec.mode == modePass {
+			return err
+		}
+		if upstreamUnreachable(err) {
+			return c.offline(w, r, stale, rec, err)
+		}
+		rec.settleHeaders(cache.Direct)
+		return err
+	}
+	switch rec.mode {
+	case modeInit:
+		rec.WriteHeader(http.StatusOK)
+	case modeDiscard:
+		return c.serve(w, r, stale, cache.Offline, clock.Now())
+	}
+	return nil
+}
+
+// offline answers when the upstream could not be reached: the stale copy
+// if there is one, else a 502 through Caddy's error handling (so that
+// handle_errors can render it), both with OFFLINE.
+func (c *Cache) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error) error {
+	if stale != nil {
+		return c.serve(w, r, stale, cache.Offline, clock.Now())
+	}
+	if rec != nil {
+		rec.settleHeaders(cache.Offline)
+	} else {
+		setBloomStatus(w.Header(), cache.Offline)
+	}
+	return caddyhttp.Error(http.StatusBadGateway, err)
+}
+
+// serve answers from an entry: HIT, a waiter's HIT, or a stale OFFLINE.
+// The entry is shared, so its header values are copied (in one
+// allocation) before handlers outside this one may change them in place.
+func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, st cache.Status, now time.Time) error {
+	hdr := w.Header()
+	vals := make([]string, e.HeaderValues()+3)
+	for name, vs := range e.Header {
+		n := copy(vals, vs)
+		hdr[name] = vals[:n:n]
+		vals = vals[n:]
+	}
+	vals[0] = st.String()
+	hdr[cache.HeaderStatus] = vals[0:1:1]
+	vals[1] = strconv.FormatInt(e.Age(now), 10)
+	hdr["Age"] = vals[1:2:2]
+	if e.NotModified(r.Header["If-None-Match"]) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	vals[2] = e.ContentLength()
+	hdr["Content-Length"] = vals[2:3:3]
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(e.Body)
+	}
+	return nil
+}
+
+// serveMiss answers the request whose response was just stored: with its
+// own headers (the limiter's among them, which the entry leaves out), the
+// entry's ETag, and MISS.
+func (c *Cache) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRecorder, e *cache.Entry) error {
+	hdr := w.Header()
+	for name, vs := range rec.hdr {
+		if !cache.IsControlHeader(name) && name != "Content-Length" {
+			hdr[name] = vs
+		}
+	}
+	hdr["Etag"] = []string{e.ETag}
+	setBloomStatus(hdr, cache.Miss)
+	if e.NotModified(r.Header["If-None-Match"]) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	hdr["Content-Length"] = []string{e.ContentLength()}
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(e.Body)
+	}
+	return nil
+}
+
+// forUpstream returns r without the conditional headers that would let the
+// upstream answer 304: the cache needs the whole response to store, and
+// answers the condition itself.
+func forUpstream(r *http.Request) *http.Request {
+	_, inm := r.Header["If-None-Match"]
+	_, ims := r.Header["If-Modified-Since"]
+	if !inm && !ims {
+		return r
+	}
+	r2 := r.WithContext(r.Context())
+	r2.Header = r.Header.Clone()
+	delete(r2.Header, "If-None-Match")
+	delete(r2.Header, "If-Modified-Since")
+	return r2
+}
+
+// upstreamUnreachable tells whether the next handler's error means the
+// upstream could not be reached: reverse_proxy's 502, 503 (no upstream
+// available) or 504 (timeout), or a network error returned as it is.
+func upstreamUnreachable(err error) bool {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) {
+		return gatewayStatus(he.StatusCode)
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
+func gatewayStatus(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
+}
+
+// fromUpstream tells whether a response status is the upstream's own, as
+// reverse_proxy reports it, rather than one a handler wrote because the
+// upstream failed.
+func fromUpstream(r *http.Request, code int) bool {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return false
+	}
+	v, ok := repl.Get("http.reverse_proxy.status_code")
+	return ok && v == code
+}
+
+func setBloomStatus(h http.Header, st cache.Status) {
+	h[cache.HeaderStatus] = []string{st.String()}
+}
+
+// streaming tells whether a response is meant to reach the client as it is
+// produced (server-sent events, RFC 10036 incremental), so it must not be
+// held back to be stored.
+func streaming(h http.Header) bool {
+	if caddyhttp.IsIncremental(h) {
+		return true
+	}
+	ct := h.Get("Content-Type")
+	if ct == "" {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "text/event-stream"
+}
+
+// recMode is what a cacheRecorder does with the response it is given.
+type recMode uint8
+
+const (
+	// modeInit: nothing written yet.
+	modeInit recMode = iota
+	// modeBuffer: a storable response, held until complete.
+	modeBuffer
+	// modeDiscard: the upstream failed and a stale copy will be served.
+	modeDiscard
+	// modePass: streaming to the client as it comes.
+	modePass
+)
+
+// cacheRecorder stands between the cache and the next handler. It decides at
+// WriteHeader what to do with the response: buffer it to be stored (up to
+// max_size, past which it streams it on with DIRECT), discard it (a gateway
+// failure with a stale copy to serve instead), or pass it on, control
+// headers removed and Bloom-Status set.
+type cacheRecorder struct {
+	w        http.ResponseWriter
+	r        *http.Request
+	c        *Cache
+	hdr      http.Header
+	own      bool // hdr is the cacheRecorder's; else it is w's
+	store    bool // the response may be stored
+	stale    bool // a stale copy waits to replace a gateway failure
+	status   int
+	mode     recMode
+	buf      *bytes.Buffer
+	decision cache.Decision
+}
+
+// newCacheRecorder returns a cacheRecorder for one request. A response that may be
+// stored, or replaced by a stale copy, is given a header map of its own, so
+// that the entry holds only the upstream's headers and a discarded failure
+// leaves nothing behind; others write to w's headers directly.
+func newCacheRecorder(w http.ResponseWriter, r *http.Request, c *Cache, store, stale bool) *cacheRecorder {
+	rec := &cacheRecorder{w: w, r: r, c: c, store: store, stale: stale}
+	if store || stale {
+		rec.hdr, rec.own = make(http.Header), true
+	} else {
+		rec.hdr = w.Header()
+	}
+	return rec
+}
+
+func (rec *cacheRecorder) Header() http.Header { return rec.hdr }
+
+func (rec *cacheRecorder) WriteHeader(code int) {
+	if rec.mode != modeInit {
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// Informational answers go on only when nothing is held back.
+		if !rec.own {
+			cache.StripControl(rec.hdr)
+			rec.w.WriteHeader(code)
+		}
+		return
+	}
+	rec.status = code
+	switch {
+	case rec.stale && gatewayStatus(code):
+		rec.mode = modeDiscard
+		return
+	case rec.store && !streaming(rec.hdr):
+		if d := rec.c.policy.Decide(code, rec.hdr); d.Store {
+			rec.decision = d
+			rec.mode = modeBuffer
+			rec.buf = getBuffer()
+			return
+		} else if ce := rec.c.logger.Check(zap.DebugLevel, "response not stored"); ce != nil {
+			ce.Write(zap.String("uri", rec.r.RequestURI), zap.String("reason", d.Reason))
+		}
+	}
+	st := cache.Direct
+	if gatewayStatus(code) && !fromUpstream(rec.r, code) {
+		st = cache.Offline
+	}
+	_ = rec.pass(st)
+}
+
+// settleHeaders puts the recorded headers on w with Bloom-Status, for an
+// error returned before anything was written (Caddy then writes the error
+// status, or handle_errors renders it, with these headers: a limiter's
+// Retry-After, say).
+func (rec *cacheRecorder) settleHeaders(st cache.Status) {
+	hdr := rec.w.Header()
+	if rec.own {
+		for name, vs := range rec.hdr {
+			if !cache.IsControlHeader(name) {
+				hdr[name] = vs
+			}
+		}
+	} else {
+		cache.StripControl(hdr)
+	}
+	setBloomStatus(hdr, st)
+}
+
+// pass starts streaming to the client: headers, status, and whatever was
+// buffered.
+func (rec *cacheRecorder) pass(st cache.Status) error {
+	rec.settleHeaders(st)
+	rec.w.WriteHeader(rec.status)
+	held := rec.buf
+	rec.mode, rec.buf = modePass, nil
+	if held != nil {
+		defer putBuffer(held)
+		if held.Len() > 0 {
+			_, err := rec.w.Write(held.Bytes())
+			return err
+		}
+	}
+	return nil
+}
+
+func (rec *cacheRecorder) Write(p []byte) (int, error) {
+	if rec.mode == modeInit {
+		rec.WriteHeader(http.StatusOK)
+	}
+	switch rec.mode {
+	case modeBuffer:
+		if int64(rec.buf.Len()+len(p)) > rec.c.MaxSize {
+			if err := rec.pass(cache.Direct); err != nil {
+				return 0, err
+			}
+			return rec.w.Write(p)
+		}
+		return rec.buf.Write(p)
+	case modeDiscard:
+		return len(p), nil
+	}
+	return rec.w.Write(p)
+}
+
+// ReadFrom keeps the fast path (sendfile) of the client's writer for
+// responses that pass through.
+func (rec *cacheRecorder) ReadFrom(src io.Reader) (int64, error) {
+	if rec.mode == modeInit {
+		rec.WriteHeader(http.StatusOK)
+	}
+	if rec.mode == modePass {
+		if rf, ok := rec.w.(io.ReaderFrom); ok {
+			return rf.ReadFrom(src)
+		}
+	}
+	return io.Copy(writerOnly{rec}, src)
+}
+
+// writerOnly hides ReadFrom from io.Copy.
+type writerOnly struct{ io.Writer }
+
+// FlushError flushes a response that passes through; one being held is
+// complete only at the end.
+func (rec *cacheRecorder) FlushError() error {
+	if rec.mode != modePass {
+		return nil
+	}
+	return http.NewResponseController(rec.w).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the client's connection
+// (deadlines, and hijacking for the upgrades that pass through).
+func (rec *cacheRecorder) Unwrap() http.ResponseWriter { return rec.w }
+
+// free returns the cacheRecorder's buffer when the request is done.
+func (rec *cacheRecorder) free() {
+	if rec.buf != nil {
+		putBuffer(rec.buf)
+		rec.buf = nil
+	}
+}
+
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func getBuffer() *bytes.Buffer {
+	b := buffers.Get().(*bytes.Buffer)
+	b.Reset()
+	return b
+}
+
+func putBuffer(b *bytes.Buffer) {
+	// Responses larger than usual must not pin their memory in the pool.
+	if b.Cap() <= 1<<20 {
+		buffers.Put(b)
+	}
+}

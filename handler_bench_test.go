@@ -1,0 +1,109 @@
+package edgelimit
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/storage"
+)
+
+// benchHandler builds a handler around a memory store without a running
+// Caddy: the request path only.
+func benchHandler(b *testing.B, limits ...*Limit) *Handler {
+	b.Helper()
+	mem := storage.NewMemory(storage.MemoryOptions{})
+	b.Cleanup(func() { mem.Close() })
+	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
+		logger: zap.NewNop(), warn: new(rateLimitedLog), headers: headerX, body: compileTemplate(DefaultBody)}
+	for _, l := range limits {
+		cl, err := compileLimit(l, "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		h.limits = append(h.limits, cl)
+	}
+	n := len(h.limits)
+	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
+	return h
+}
+
+// benchRequest is a request as Caddy's server prepares it.
+func benchRequest(ip string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "http://example.com/v1/items", nil)
+	r.RemoteAddr = ip + ":40000"
+	r.Header.Set("X-Api-Key", "key-"+ip)
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
+	return r.WithContext(ctx)
+}
+
+type nopWriter struct{ h http.Header }
+
+func (w *nopWriter) Header() http.Header         { return w.h }
+func (w *nopWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *nopWriter) WriteHeader(int)             {}
+
+var okHandler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+
+func runHandlerBench(b *testing.B, h *Handler, clients int) {
+	var seq atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		// Requests of its own for each goroutine: their vars are written.
+		reqs := make([]*http.Request, clients)
+		for i := range reqs {
+			reqs[i] = benchRequest("10.0." + strconv.Itoa(i/256%256) + "." + strconv.Itoa(i%256))
+		}
+		w := &nopWriter{h: make(http.Header, 8)}
+		i := int(seq.Add(7919))
+		for pb.Next() {
+			clear(w.h)
+			if err := h.ServeHTTP(w, reqs[i%len(reqs)], okHandler); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}
+
+// BenchmarkHandler measures the edge_limit request path: keys, the memory
+// decision and the headers, in parallel, against a handler that does
+// nothing.
+func BenchmarkHandler(b *testing.B) {
+	never := func(name string) *Limit {
+		return &Limit{Name: name, Numbers: Numbers{Limit: 1 << 40, Window: caddy.Duration(time.Hour)}}
+	}
+	b.Run("none", func(b *testing.B) {
+		r := benchRequest("10.0.0.1")
+		w := &nopWriter{h: make(http.Header)}
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = okHandler.ServeHTTP(w, r)
+		}
+	})
+	b.Run("one_limit", func(b *testing.B) {
+		runHandlerBench(b, benchHandler(b, never("per_ip")), 1)
+	})
+	b.Run("three_limits_10k_clients", func(b *testing.B) {
+		global := never("global")
+		global.Scope = "global"
+		route := never("route")
+		route.Key = []string{"{http.request.header.X-Api-Key}", "{http.vars.client_ip}"}
+		quota := &Limit{Name: "quota", Numbers: Numbers{Limit: 1 << 40, Calendar: &CalendarConfig{Period: "day"}}}
+		runHandlerBench(b, benchHandler(b, global, route, quota), 10000)
+	})
+	b.Run("denied", func(b *testing.B) {
+		runHandlerBench(b, benchHandler(b, &Limit{Name: "tight", Numbers: Numbers{Limit: 1, Window: caddy.Duration(time.Hour)}}), 100)
+	})
+}

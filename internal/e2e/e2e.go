@@ -1,0 +1,186 @@
+// Package e2e runs Caddyfiles in the in-process Caddy of caddytest for
+// end-to-end tests: free ports, the fake clock, requests and checks. It is
+// shared by the root package's tests and the examples' tests.
+package e2e
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+)
+
+// AdminPort is the admin port of the in-process Caddy: one per test
+// binary, chosen free once; every config loaded keeps it.
+var AdminPort = sync.OnceValue(func() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+})
+
+// FreePort returns a loopback port nobody listens on.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// GlobalOptions are the global options every test config starts with: the
+// shared admin port, and no waiting for old connections on reload.
+func GlobalOptions(extra string) string {
+	return "{\n\tadmin localhost:" + strconv.Itoa(AdminPort()) + "\n\tgrace_period 1ms\n\tskip_install_trust\n" + extra + "}\n"
+}
+
+// Site is a Caddy serving a test config.
+type Site struct {
+	T      testing.TB
+	Tester *caddytest.Tester
+	Base   string // http://127.0.0.1:<port>
+	Port   int
+}
+
+// Start loads a Caddyfile. In body, %PORT% is replaced by a free port and
+// %ADDR% by http://127.0.0.1:<port>. A body that starts with "{" has the
+// test's global options merged in front of its own.
+func Start(t testing.TB, body string) *Site {
+	t.Helper()
+	port := FreePort(t)
+	body = strings.ReplaceAll(body, "%ADDR%", "http://127.0.0.1:%PORT%")
+	body = strings.ReplaceAll(body, "%PORT%", strconv.Itoa(port))
+	var cfg string
+	if trimmed := strings.TrimSpace(body); strings.HasPrefix(trimmed, "{") {
+		end := matchingBrace(trimmed)
+		cfg = GlobalOptions(trimmed[1:end]) + trimmed[end+1:]
+	} else {
+		cfg = GlobalOptions("") + body
+	}
+	s := Load(t, cfg)
+	s.Base, s.Port = "http://127.0.0.1:"+strconv.Itoa(port), port
+	return s
+}
+
+// Load loads a Caddyfile as it is; it must set the admin endpoint to
+// localhost:AdminPort() itself.
+func Load(t testing.TB, caddyfile string) *Site {
+	t.Helper()
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
+		AdminPort:          AdminPort(),
+		LoadRequestTimeout: 10 * time.Second,
+	})
+	tester.InitServer(caddyfile, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return &Site{T: t, Tester: tester}
+}
+
+// matchingBrace returns the index of the brace closing s[0].
+func matchingBrace(s string) int {
+	depth := 0
+	for i, c := range s {
+		switch c {
+		case '{':
+			depth++
+		case '}':
+			depth--
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return len(s) - 1
+}
+
+// Reply is a response read in full.
+type Reply struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// Do sends a request with headers given in name, value pairs and reads the
+// whole answer.
+func (s *Site) Do(method, path string, headers ...string) Reply {
+	s.T.Helper()
+	req, err := http.NewRequest(method, s.Base+path, nil)
+	if err != nil {
+		s.T.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if strings.EqualFold(headers[i], "Host") {
+			req.Host = headers[i+1]
+			continue
+		}
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := s.Tester.Client.Do(req)
+	if err != nil {
+		s.T.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.T.Fatal(err)
+	}
+	return Reply{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
+}
+
+// Get is Do with GET.
+func (s *Site) Get(path string, headers ...string) Reply {
+	s.T.Helper()
+	return s.Do(http.MethodGet, path, headers...)
+}
+
+// Expect checks a reply's status and, in pairs, header values ("body"
+// names the body).
+func Expect(t testing.TB, r Reply, status int, pairs ...string) {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("status %d, want %d (headers %v, body %q)", r.Status, status, r.Header, r.Body)
+	}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		got := r.Header.Get(pairs[i])
+		if pairs[i] == "body" {
+			got = r.Body
+		}
+		if got != pairs[i+1] {
+			t.Fatalf("%s = %q, want %q (status %d, headers %v, body %q)", pairs[i], got, pairs[i+1], r.Status, r.Header, r.Body)
+		}
+	}
+}
+
+// testDay gives each test its own day on the fake clock: memory stores
+// outlive configs (as they do across reloads), so counters from an earlier
+// test with the same directive must have expired.
+var (
+	dayMu   sync.Mutex
+	testDay int
+)
+
+// FakeClock installs a fake clock for the handlers, at 10:00 UTC on a day
+// no other test of this binary uses, until the test ends.
+func FakeClock(t testing.TB) *clock.Fake {
+	t.Helper()
+	dayMu.Lock()
+	testDay++
+	day := testDay
+	dayMu.Unlock()
+	f, restore := clock.Install(time.Date(2026, 11, 23+day, 10, 0, 0, 0, time.UTC))
+	t.Cleanup(restore)
+	return f
+}
