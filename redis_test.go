@@ -377,6 +377,56 @@ func TestRedisThroughCaddy(t *testing.T) {
 	}
 }
 
+// A request denied by a later edge_limit handler gives back, in Redis,
+// what the earlier handler counted.
+func TestRedisDenialByLaterHandlerRefunds(t *testing.T) {
+	srv := redistest.Shared(t)
+	fakeClock(t)
+	s := startSite(t, `{
+	edge_limit {
+		storage redis `+srv.URL+` {
+			clock local
+			key_prefix `+fmt.Sprintf("refund%d:", time.Now().UnixNano())+`
+		}
+	}
+}
+%ADDR% {
+	route /both {
+		edge_limit {
+			limit outer {
+				rate 5/1m
+				scope global
+			}
+		}
+		edge_limit {
+			limit inner {
+				rate 2/1m
+			}
+		}
+		respond "ok"
+	}
+	route /outer {
+		edge_limit {
+			limit outer {
+				rate 5/1m
+				scope global
+			}
+		}
+		respond "ok"
+	}
+}`)
+	expect(t, s.get("/both"), 200)
+	expect(t, s.get("/both"), 200)
+	for range 3 {
+		expect(t, s.get("/both"), 429, "X-RateLimit-Limit", "2")
+	}
+	// outer kept the two admitted requests only.
+	expect(t, s.get("/outer"), 200, "X-RateLimit-Remaining", "2")
+	expect(t, s.get("/outer"), 200)
+	expect(t, s.get("/outer"), 200, "X-RateLimit-Remaining", "0")
+	expect(t, s.get("/outer"), 429)
+}
+
 // Each on_error policy through Caddy, with Redis unreachable from the
 // start: Caddy starts, and requests get the policy.
 func TestRedisOnErrorThroughCaddy(t *testing.T) {

@@ -397,9 +397,9 @@ func TestRedisOptions(t *testing.T) {
 	}
 }
 
-// The memory store and the Lua script decide alike: random sequences of
-// requests, several limits each, dry runs, the same key twice, get the same
-// answers, field by field. Times and windows are whole seconds, so that no
+// The memory store and the Lua scripts decide alike: random sequences of
+// requests, several limits each, dry runs, the same key twice, refunds, get
+// the same answers, field by field. Times and windows are whole seconds, so that no
 // key's TTL in Redis (counted in real time) is shorter than the gap between
 // two steps (in fake time, far faster).
 func TestRedisMatchesMemory(t *testing.T) {
@@ -426,6 +426,16 @@ func TestRedisMatchesMemory(t *testing.T) {
 					Cost:    1 + int64(rng.IntN(3))*int64(rng.IntN(2)),
 					DryRun:  rng.IntN(6) == 0,
 				}
+			}
+			if rng.IntN(5) == 0 {
+				// A later handler denied the request: give it back.
+				if err := mem.Refund(context.Background(), now, reqs); err != nil {
+					t.Fatal(err)
+				}
+				if err := red.Refund(context.Background(), now, reqs); err != nil {
+					t.Fatal(err)
+				}
+				continue
 			}
 			want := make([]limiter.Result, n)
 			got := make([]limiter.Result, n)
@@ -568,6 +578,27 @@ func TestRedisFaults(t *testing.T) {
 			for range 5 {
 				time.Sleep(60 * time.Millisecond)
 				checkPolicy(t, policy, take(), res, &local)
+			}
+			// Giving back while Redis is down: to the memory store with
+			// local (its next decision has the unit again), an error
+			// otherwise; never a wait.
+			start := time.Now()
+			err := s.Refund(ctx, storetest.Base, req)
+			if d := time.Since(start); d > answerBound {
+				t.Fatalf("Refund took %s", d)
+			}
+			if policy == storage.Local {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := take(); err != nil || !res[0].Allowed {
+					t.Fatalf("after a local refund: %v %+v", err, res[0])
+				}
+				if err := take(); err != nil || res[0].Allowed {
+					t.Fatalf("a local refund gave back more than one unit: %v %+v", err, res[0])
+				}
+			} else if err == nil {
+				t.Fatal("refund with Redis down: no error")
 			}
 			srv.Restart(t)
 			deadline := time.Now().Add(10 * time.Second)
