@@ -300,7 +300,7 @@ func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []Request) error
 	return s.refundFallback(ctx, now, reqs, err)
 }
 
-var errRefundDown = &redisError{cause: errors.New("redis did not answer recently: the counts of a denied request stay taken")}
+var errRefundDown = fmt.Errorf("redis rate-limit storage unavailable, nothing given back: %w", errRedisDown)
 
 func (s *Redis) refundFallback(ctx context.Context, now time.Time, reqs []Request, cause error) error {
 	switch {
@@ -309,7 +309,7 @@ func (s *Redis) refundFallback(ctx context.Context, now time.Time, reqs []Reques
 	case cause == nil:
 		return errRefundDown
 	}
-	return &redisError{cause: cause}
+	return fmt.Errorf("redis rate-limit storage unavailable, nothing given back: %w", cause)
 }
 
 // giveBack runs the refund script, within the timeout.
