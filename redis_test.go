@@ -257,7 +257,7 @@ func TestRedisPlaceholdersAndPool(t *testing.T) {
 	}
 	t.Setenv("EDGELIMIT_TEST_REDIS_PASSWORD", password)
 	t.Setenv("EDGELIMIT_TEST_REDIS_ADDR", srv.Addr)
-	js := `{"url": "redis://:{env.EDGELIMIT_TEST_REDIS_PASSWORD}@{env.EDGELIMIT_TEST_REDIS_ADDR}/0", "on_error": "deny", "clock": "local"}`
+	js := `{"url": "redis://:{env.EDGELIMIT_TEST_REDIS_PASSWORD}@{env.EDGELIMIT_TEST_REDIS_ADDR}/0", "on_error": "deny", "clock": "local", "timeout": "5s"}`
 	a, err := provisionRedis(t, js)
 	if err != nil {
 		t.Fatal(err)
@@ -324,6 +324,7 @@ func TestRedisThroughCaddy(t *testing.T) {
 		storage redis `+srv.URL+` {
 			clock local
 			key_prefix `+prefix+`
+			timeout 5s
 		}
 	}
 }
@@ -338,6 +339,7 @@ func TestRedisThroughCaddy(t *testing.T) {
 				clock local
 				key_prefix `+prefix+`own:
 				on_error deny
+				timeout 5s
 			}
 		}
 	}
@@ -387,6 +389,7 @@ func TestRedisDenialByLaterHandlerRefunds(t *testing.T) {
 		storage redis `+srv.URL+` {
 			clock local
 			key_prefix `+fmt.Sprintf("refund%d:", time.Now().UnixNano())+`
+			timeout 5s
 		}
 	}
 }
@@ -606,6 +609,9 @@ func TestRedisTwoCaddyInstances(t *testing.T) {
 		storage redis {
 			url redis://` + srv.Addr + `/0
 			password {env.EDGELIMIT_E2E_REDIS_PASSWORD}
+			# Generous for a loaded test machine: a slower answer would
+			# let a request through unlimited and spoil the count.
+			timeout 5s
 		}
 	}
 }

@@ -548,7 +548,7 @@ func TestRedisFaults(t *testing.T) {
 			srv := redistest.Start(t)
 			goroutines := runtime.NumGoroutine()
 			s := openRedis(t, srv, storage.RedisOptions{
-				LocalClock: true, OnError: policy, Timeout: 200 * time.Millisecond, RetryInterval: 50 * time.Millisecond,
+				LocalClock: true, OnError: policy, Timeout: 500 * time.Millisecond, RetryInterval: 50 * time.Millisecond,
 			})
 			ctx := context.Background()
 			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
