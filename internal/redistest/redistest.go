@@ -80,6 +80,7 @@ func Shared(t testing.TB) *Server {
 func StopShared() {
 	if shared != nil && !shared.external {
 		shared.Stop()
+		os.RemoveAll(shared.dir)
 	}
 }
 
@@ -92,7 +93,10 @@ func Start(t testing.TB, extraArgs ...string) *Server {
 	if err != nil {
 		unavailable(t, err.Error())
 	}
-	t.Cleanup(s.Stop)
+	t.Cleanup(func() {
+		s.Stop()
+		os.RemoveAll(s.dir)
+	})
 	return s
 }
 

@@ -32,6 +32,20 @@ func TestStartStopRestart(t *testing.T) {
 	}
 }
 
+// A server's directory goes with it when its test ends.
+func TestStartCleansUp(t *testing.T) {
+	var dir string
+	t.Run("server", func(t *testing.T) {
+		dir = Start(t).Dir()
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("%s left behind: %v", dir, err)
+	}
+}
+
 func TestShared(t *testing.T) {
 	s := Shared(t)
 	if err := s.Client(t).Ping(context.Background()).Err(); err != nil {

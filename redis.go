@@ -1,0 +1,502 @@
+package edgelimit
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/storage"
+)
+
+func init() {
+	caddy.RegisterModule(RedisStorage{})
+}
+
+// RedisStorage keeps counters in Redis, so that every Caddy instance using
+// the same Redis shares them, exactly: each request is decided by one Lua
+// script (one network round trip, however many limits apply), with Redis's
+// clock. Redis may be a single server, Sentinels watching a master, or a
+// Cluster.
+//
+// When Redis does not answer within Timeout, OnError decides; Caddy starts
+// even when Redis is unreachable, and recovers by itself when it answers.
+type RedisStorage struct {
+	// URL of a single Redis server:
+	// redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or
+	// unix:///path/to/socket?db=<n>. Placeholders such as {env.REDIS_URL}
+	// are replaced at start-up. go-redis query parameters (pool_size,
+	// protocol, client_name...) are accepted; timeouts come from Timeout.
+	// Default, when Addrs is empty too: redis://127.0.0.1:6379/0.
+	URL string `json:"url,omitempty"`
+
+	// Addrs are host:port addresses: the seed nodes of a Redis Cluster, or,
+	// with MasterName, the Sentinels. Not with URL. Placeholders are
+	// replaced at start-up.
+	Addrs []string `json:"addrs,omitempty"`
+
+	// MasterName is the name of the master that the Sentinels in Addrs
+	// watch; the connection follows it through failovers.
+	MasterName string `json:"master_name,omitempty"`
+
+	// Username for Redis ACLs; overrides the URL's. Placeholders are
+	// replaced at start-up.
+	Username string `json:"username,omitempty"`
+
+	// Password for Redis; overrides the URL's. Use a placeholder such as
+	// {env.REDIS_PASSWORD} to keep it out of the configuration. It never
+	// appears in logs.
+	Password string `json:"password,omitempty"`
+
+	// SentinelPassword is the Sentinels' own password, when they require
+	// one. Placeholders are replaced at start-up.
+	SentinelPassword string `json:"sentinel_password,omitempty"`
+
+	// DB is the database number; overrides the URL's when not 0. A Cluster
+	// has only database 0.
+	DB int `json:"db,omitempty"`
+
+	// TLS connects with TLS (TLS 1.2 or later, the server's certificate
+	// checked against the system roots). A rediss:// URL does too.
+	TLS bool `json:"tls,omitempty"`
+
+	// Timeout bounds the wait for Redis on each request: from taking a
+	// connection (or connecting) to reading the decision. Beyond it,
+	// OnError decides. Default: 100ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// OnError is what happens to requests when Redis cannot decide within
+	// Timeout: "allow" (default: they pass unlimited, and a warning is
+	// logged at most every few seconds), "deny" (503 with Retry-After: 1),
+	// or "local" (this instance counts alone, in memory, with the same
+	// limits). After a failure, OnError decides at once for a second before
+	// one request tries Redis again, so that nobody waits for a Redis that
+	// is down.
+	OnError string `json:"on_error,omitempty"`
+
+	// KeyPrefix starts every Redis key, to share a Redis with other
+	// applications or separate environments. Without '{' or '}'. Default:
+	// "edgelimit:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// Clock is "server" (default: Redis's clock, so instances whose clocks
+	// differ agree) or "local" (each instance's own clock).
+	Clock string `json:"clock,omitempty"`
+
+	poolKey string
+	store   *storage.Redis
+}
+
+// CaddyModule returns the Caddy module information.
+func (RedisStorage) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "edge_limit.storage.redis",
+		New: func() caddy.Module { return new(RedisStorage) },
+	}
+}
+
+// redisPool holds Redis stores across config reloads: a new config with the
+// same settings keeps the connections, and the last config to let go of a
+// store closes it.
+var redisPool = caddy.NewUsagePool()
+
+type pooledRedis struct{ *storage.Redis }
+
+func (p pooledRedis) Destruct() error { return p.Close() }
+
+// redisSettings are the resolved settings of a RedisStorage.
+type redisSettings struct {
+	opts   *redis.UniversalOptions
+	store  storage.RedisOptions
+	target string // where Redis is, for logs: no credentials
+}
+
+// Provision resolves the placeholders and finds or creates the store. An
+// unreachable Redis is logged, not an error.
+func (r *RedisStorage) Provision(ctx caddy.Context) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	set, err := r.resolve(caddy.NewReplacer())
+	if err != nil {
+		return err
+	}
+	logger := ctx.Logger().With(zap.String("redis", set.target))
+	set.store.Logger = logger
+	key := set.poolKey()
+	v, loaded, err := redisPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		client := storage.NewRedisClient(set.opts, set.store.Timeout)
+		s, err := storage.NewRedis(client, set.store)
+		if err != nil {
+			client.Close()
+			return nil, err
+		}
+		// Reports an unreachable Redis now, and makes OnError decide from
+		// the first request instead of every request waiting for it.
+		_ = s.Ping(ctx)
+		return pooledRedis{s}, nil
+	})
+	if err != nil {
+		return err
+	}
+	r.poolKey = key
+	r.store = v.(pooledRedis).Redis
+	if loaded {
+		r.store.SetLogger(logger)
+	}
+	return nil
+}
+
+// Validate checks what does not depend on placeholders.
+func (r *RedisStorage) Validate() error {
+	if r.URL != "" && len(r.Addrs) > 0 {
+		return errors.New("redis storage: url and addrs exclude each other (url names one server, addrs a Cluster or Sentinels)")
+	}
+	if r.MasterName != "" && len(r.Addrs) == 0 {
+		return errors.New("redis storage: master_name needs the Sentinels' addrs")
+	}
+	if r.SentinelPassword != "" && r.MasterName == "" {
+		return errors.New("redis storage: sentinel_password goes with master_name")
+	}
+	for _, a := range r.Addrs {
+		if a == "" {
+			return errors.New("redis storage: empty address in addrs")
+		}
+		if err := checkAddr(a); err != nil {
+			return fmt.Errorf("redis storage: %w", err)
+		}
+	}
+	if r.DB < 0 {
+		return fmt.Errorf("redis storage: db must not be negative, got %d", r.DB)
+	}
+	if r.DB != 0 && len(r.Addrs) > 0 && r.MasterName == "" {
+		return errors.New("redis storage: a Redis Cluster has only database 0")
+	}
+	if r.Timeout < 0 {
+		return fmt.Errorf("redis storage: timeout must not be negative, got %s", time.Duration(r.Timeout))
+	}
+	if r.OnError != "" {
+		if _, err := storage.ParseOnError(r.OnError); err != nil {
+			return fmt.Errorf("redis storage: %w", err)
+		}
+	}
+	if strings.ContainsAny(r.KeyPrefix, "{}") {
+		return fmt.Errorf("redis storage: key_prefix %q: '{' and '}' would change the keys' Cluster hash slots", r.KeyPrefix)
+	}
+	switch r.Clock {
+	case "", "server", "local":
+	default:
+		return fmt.Errorf("redis storage: clock %q: want server or local", r.Clock)
+	}
+	if r.URL != "" && !hasPlaceholder(r.URL) {
+		if _, err := parseRedisURL(r.URL); err != nil {
+			return fmt.Errorf("redis storage: %w", err)
+		}
+	}
+	return nil
+}
+
+// resolve replaces placeholders and builds the client's and the store's
+// options.
+func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
+	set := &redisSettings{opts: &redis.UniversalOptions{ClientName: "caddy-edgelimit"}}
+	o := set.opts
+	if len(r.Addrs) > 0 {
+		for _, a := range r.Addrs {
+			a = repl.ReplaceKnown(a, "")
+			if err := checkAddr(a); err != nil {
+				return nil, fmt.Errorf("redis storage: %w", err)
+			}
+			o.Addrs = append(o.Addrs, a)
+		}
+		o.MasterName = repl.ReplaceKnown(r.MasterName, "")
+		// With addrs and no master, a Cluster, even from one seed address
+		// (a managed Cluster's configuration endpoint).
+		o.IsClusterMode = o.MasterName == ""
+	} else {
+		raw := repl.ReplaceKnown(r.URL, "")
+		if raw == "" {
+			raw = "redis://127.0.0.1:6379/0"
+		}
+		u, err := parseRedisURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("redis storage: %w", err)
+		}
+		o.Addrs = []string{u.Addr}
+		o.DB, o.Username, o.Password, o.TLSConfig = u.DB, u.Username, u.Password, u.TLSConfig
+		o.Protocol, o.PoolSize, o.PoolFIFO = u.Protocol, u.PoolSize, u.PoolFIFO
+		o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = u.MinIdleConns, u.MaxIdleConns, u.MaxActiveConns
+		o.ConnMaxIdleTime, o.ConnMaxLifetime = u.ConnMaxIdleTime, u.ConnMaxLifetime
+		if u.ClientName != "" {
+			o.ClientName = u.ClientName
+		}
+	}
+	if v := repl.ReplaceKnown(r.Username, ""); v != "" {
+		o.Username = v
+	}
+	if v := repl.ReplaceKnown(r.Password, ""); v != "" {
+		o.Password = v
+	}
+	o.SentinelPassword = repl.ReplaceKnown(r.SentinelPassword, "")
+	if r.DB != 0 {
+		o.DB = r.DB
+	}
+	if r.TLS && o.TLSConfig == nil {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	set.target = strings.Join(o.Addrs, ",")
+	if o.MasterName != "" {
+		set.target = o.MasterName + "@" + set.target
+	}
+
+	set.store.Timeout = time.Duration(r.Timeout)
+	if set.store.Timeout == 0 {
+		set.store.Timeout = storage.DefaultRedisTimeout
+	}
+	if r.OnError != "" {
+		p, err := storage.ParseOnError(r.OnError)
+		if err != nil {
+			return nil, fmt.Errorf("redis storage: %w", err)
+		}
+		set.store.OnError = p
+	}
+	set.store.Prefix = r.KeyPrefix
+	set.store.LocalClock = r.Clock == "local"
+	return set, nil
+}
+
+// poolKey identifies a store by everything that makes it: two configs with
+// the same settings share one. Hashed: it holds the password.
+func (s *redisSettings) poolKey() string {
+	o := s.opts
+	parts := []any{o.Addrs, o.MasterName, o.Username, o.Password, o.SentinelPassword, o.DB, o.TLSConfig != nil, o.ClientName,
+		o.Protocol, o.PoolSize, o.PoolFIFO, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns,
+		o.ConnMaxIdleTime, o.ConnMaxLifetime, o.IsClusterMode,
+		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock}
+	text, _ := json.Marshal(parts)
+	sum := sha256.Sum256(text)
+	return "redis/" + hex.EncodeToString(sum[:])
+}
+
+// Store implements StorageBackend.
+func (r *RedisStorage) Store() storage.Store { return r.store }
+
+// Cleanup releases this config's hold on the store.
+func (r *RedisStorage) Cleanup() error {
+	if r.poolKey == "" {
+		return nil
+	}
+	_, err := redisPool.Delete(r.poolKey)
+	r.poolKey = ""
+	return err
+}
+
+// parseRedisURL parses a Redis URL; its errors never show the password.
+func parseRedisURL(raw string) (*redis.Options, error) {
+	o, err := redis.ParseURL(raw)
+	if err == nil {
+		return o, nil
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+		var ee url.EscapeError
+		if errors.As(err, &ee) {
+			err = errors.New("invalid %-escape")
+		}
+	}
+	return nil, fmt.Errorf("url %s: %v", redactURL(raw), err)
+}
+
+// redactURL shows a URL without its password, or not at all when it does
+// not parse (it may hold a password where none is expected).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(malformed, not shown: it may hold a password)"
+	}
+	return strconv.Quote(u.Redacted())
+}
+
+func checkAddr(a string) error {
+	if hasPlaceholder(a) {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" {
+		return fmt.Errorf("address %q: want host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("address %q: bad port %q", a, port)
+	}
+	return nil
+}
+
+func hasPlaceholder(s string) bool { return strings.ContainsRune(s, '{') }
+
+// UnmarshalCaddyfile reads
+//
+//	storage redis [<url>] {
+//		url <url>
+//		addrs <host:port>...
+//		master_name <name>
+//		username <name>
+//		password <password>
+//		sentinel_password <password>
+//		db <n>
+//		tls
+//		timeout <duration>
+//		on_error allow|deny|local
+//		key_prefix <prefix>
+//		clock server|local
+//	}
+func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "redis"
+	start := d.Token()
+	if d.NextArg() {
+		if err := r.setURL(d); err != nil {
+			return err
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] || opt == "url" && r.URL != "" {
+			return d.Errf("redis storage option %q given twice", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "url":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := r.setURL(d); err != nil {
+				return err
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "addrs":
+			r.Addrs = d.RemainingArgs()
+			if len(r.Addrs) == 0 {
+				return d.Err("addrs needs at least one host:port")
+			}
+			for _, a := range r.Addrs {
+				if err := checkAddr(a); err != nil {
+					return d.Err(err.Error())
+				}
+			}
+		case "master_name", "username", "password", "sentinel_password", "key_prefix":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			switch opt {
+			case "master_name":
+				r.MasterName = v
+			case "username":
+				r.Username = v
+			case "password":
+				r.Password = v
+			case "sentinel_password":
+				r.SentinelPassword = v
+			case "key_prefix":
+				if strings.ContainsAny(v, "{}") {
+					return d.Errf("key_prefix %q: '{' and '}' would change the keys' Cluster hash slots", v)
+				}
+				r.KeyPrefix = v
+			}
+		case "db":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			if n < 0 || n > 1<<16 {
+				return d.Errf("db %d: want a database number", n)
+			}
+			r.DB = int(n)
+		case "tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			r.TLS = true
+		case "timeout":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			if dur <= 0 {
+				return d.Errf("timeout must be positive, got %s", dur)
+			}
+			r.Timeout = caddy.Duration(dur)
+		case "on_error":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if _, err := storage.ParseOnError(d.Val()); err != nil {
+				return d.Err(err.Error())
+			}
+			r.OnError = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "clock":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if v := d.Val(); v != "server" && v != "local" {
+				return d.Errf("clock %q: want server or local", v)
+			}
+			r.Clock = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unknown redis storage option %q", opt)
+		}
+	}
+	if err := r.Validate(); err != nil {
+		return errAt(start, "%v", err)
+	}
+	return nil
+}
+
+// setURL takes the current argument as the URL, checked unless it holds
+// placeholders (replaced at start-up, checked then).
+func (r *RedisStorage) setURL(d *caddyfile.Dispenser) error {
+	v := d.Val()
+	if !hasPlaceholder(v) {
+		if _, err := parseRedisURL(v); err != nil {
+			return d.Err(err.Error())
+		}
+	}
+	r.URL = v
+	return nil
+}
+
+// Interface guards.
+var (
+	_ StorageBackend        = (*RedisStorage)(nil)
+	_ caddy.Provisioner     = (*RedisStorage)(nil)
+	_ caddy.Validator       = (*RedisStorage)(nil)
+	_ caddy.CleanerUpper    = (*RedisStorage)(nil)
+	_ caddyfile.Unmarshaler = (*RedisStorage)(nil)
+)

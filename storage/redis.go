@@ -1,0 +1,749 @@
+package storage
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// OnError is what a Redis store does when Redis cannot decide in time.
+type OnError uint8
+
+const (
+	// Allow lets the request through unlimited: Take returns an error that
+	// is not ErrUnavailable.
+	Allow OnError = iota
+	// Deny refuses the request: Take returns an error wrapping
+	// ErrUnavailable (503 with Retry-After).
+	Deny
+	// Local decides with an in-process memory store, with the same limits,
+	// until Redis answers again.
+	Local
+)
+
+func (o OnError) String() string {
+	switch o {
+	case Allow:
+		return "allow"
+	case Deny:
+		return "deny"
+	case Local:
+		return "local"
+	}
+	return fmt.Sprintf("on_error(%d)", o)
+}
+
+// ParseOnError reads "allow", "deny" or "local".
+func ParseOnError(s string) (OnError, error) {
+	switch s {
+	case "allow":
+		return Allow, nil
+	case "deny":
+		return Deny, nil
+	case "local":
+		return Local, nil
+	}
+	return 0, fmt.Errorf("on_error %q: want allow, deny or local", s)
+}
+
+// RedisOptions configures a Redis store. The zero value is usable.
+type RedisOptions struct {
+	// Prefix starts every key (default DefaultRedisPrefix). It may not hold
+	// '{' or '}', which would change the keys' Cluster hash slots.
+	Prefix string
+	// Timeout bounds each decision, from waiting for a pooled connection
+	// (or connecting) to reading the answer (default DefaultRedisTimeout).
+	// A request whose limits span Cluster slots and are denied in one may
+	// take one more Timeout to give back what the others counted.
+	Timeout time.Duration
+	// OnError is what to do when Redis cannot decide in time.
+	OnError OnError
+	// LocalClock decides with the time given to Take instead of Redis's
+	// clock (TIME). With the server's clock, instances whose clocks differ
+	// still agree; the local clock is for tests with a fake clock.
+	LocalClock bool
+	// RetryInterval is how long Redis is left alone after a failure before
+	// one request tries it again (default DefaultRedisRetryInterval).
+	// Meanwhile OnError decides at once, so that no request waits for a
+	// Redis that is down.
+	RetryInterval time.Duration
+	// Logger receives a warning when Redis fails (at most one per
+	// WarnInterval) and a note when it is back. Default: no logs.
+	Logger *zap.Logger
+}
+
+// Defaults for RedisOptions.
+const (
+	DefaultRedisPrefix        = "edgelimit:"
+	DefaultRedisTimeout       = 100 * time.Millisecond
+	DefaultRedisRetryInterval = time.Second
+	// WarnInterval is the least time between two warnings of a Redis
+	// store.
+	WarnInterval = 5 * time.Second
+)
+
+// Redis is a Store shared by every instance that uses the same Redis: each
+// decision is one Lua script (EVALSHA, one network round trip however many
+// limits a request has) that reads, decides and writes the states of all
+// the request's limits atomically, with the arithmetic of package limiter.
+//
+// Keys are Prefix + "{" + 32 hex digits of the SHA-256 of the client's key
+// + "}:" + the counter. The braces are a Cluster hash tag: the limits of one
+// client share a slot, so a request whose limits all key on the same client
+// is one script even in a Cluster. A request whose limits span slots is one
+// script per slot, pipelined (still one round trip); when some slots allow
+// and another denies, a second round trip gives back what the allowing slots
+// counted. Every key expires when its state would be forgotten anyway.
+type Redis struct {
+	client   redis.UniversalClient
+	cluster  bool
+	prefix   string
+	timeout  time.Duration
+	onError  OnError
+	local    *Memory
+	serverTS bool
+	retry    int64 // nanoseconds
+
+	logger    atomic.Pointer[zap.Logger]
+	epoch     time.Time
+	downUntil atomic.Int64 // monotonic nanoseconds since epoch; 0 while Redis answers
+	probing   atomic.Bool
+	lastWarn  atomic.Int64
+	warned    atomic.Bool
+
+	scratch   sync.Pool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewRedis returns a store on client, which it owns: Close closes it. The
+// client should come from NewRedisClient or have its settings (in
+// particular ContextTimeoutEnabled, without which a Redis that does not
+// answer holds requests for the client's read timeout, not Timeout).
+func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
+	if client == nil {
+		return nil, errors.New("redis storage: no client")
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultRedisPrefix
+	}
+	if strings.ContainsAny(o.Prefix, "{}") {
+		return nil, fmt.Errorf("redis storage: key prefix %q holds '{' or '}', which would move keys between Cluster slots", o.Prefix)
+	}
+	if o.Timeout < 0 || o.RetryInterval < 0 {
+		return nil, errors.New("redis storage: negative timeout or retry interval")
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultRedisTimeout
+	}
+	if o.RetryInterval == 0 {
+		o.RetryInterval = DefaultRedisRetryInterval
+	}
+	if o.OnError > Local {
+		return nil, fmt.Errorf("redis storage: unknown %s", o.OnError)
+	}
+	_, cluster := client.(*redis.ClusterClient)
+	s := &Redis{
+		client:   client,
+		cluster:  cluster,
+		prefix:   o.Prefix,
+		timeout:  o.Timeout,
+		onError:  o.OnError,
+		serverTS: !o.LocalClock,
+		retry:    int64(o.RetryInterval),
+		epoch:    time.Now(),
+	}
+	s.SetLogger(o.Logger)
+	if o.OnError == Local {
+		s.local = NewMemory(MemoryOptions{})
+	}
+	s.scratch.New = func() any { return new(redisScratch) }
+	return s, nil
+}
+
+// NewRedisClient returns a go-redis client for opts with the settings a
+// store needs: every wait bounded by timeout and by the caller's context,
+// no retries (a script whose reply was lost may have counted; running it
+// again would count twice), one dial attempt per connection.
+func NewRedisClient(opts *redis.UniversalOptions, timeout time.Duration) redis.UniversalClient {
+	o := *opts
+	if timeout <= 0 {
+		timeout = DefaultRedisTimeout
+	}
+	o.ContextTimeoutEnabled = true
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
+	o.MaxRetries = -1
+	o.DialerRetries = 1
+	// Maintenance notifications are a Redis Cloud feature that costs a
+	// command per connection and background work; a rate limiter whose
+	// requests are all short does not need them.
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	return redis.NewUniversalClient(&o)
+}
+
+// SetLogger replaces the logger (a store kept across Caddy reloads logs to
+// the newest configuration's).
+func (s *Redis) SetLogger(l *zap.Logger) {
+	if l == nil {
+		l = zap.NewNop()
+	}
+	s.logger.Store(l)
+}
+
+// Close closes the client and the local fallback store.
+func (s *Redis) Close() error {
+	s.closeOnce.Do(func() {
+		s.closeErr = s.client.Close()
+		if s.local != nil {
+			s.local.Close()
+		}
+	})
+	return s.closeErr
+}
+
+// Ping checks that Redis answers within the timeout. When it does not, the
+// store treats Redis as down (OnError decides at once, Redis is tried again
+// after the retry interval) and the error is returned for the caller to
+// report; it is not fatal.
+func (s *Redis) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	err := s.client.Ping(ctx).Err()
+	if err != nil {
+		s.down(err)
+		return err
+	}
+	s.up()
+	return nil
+}
+
+// Take implements Store.
+func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(results) < len(reqs) {
+		return ErrTooFewResults
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	for i := range reqs {
+		if err := checkRequest(&reqs[i]); err != nil {
+			return err
+		}
+	}
+	probe := false
+	if until := s.downUntil.Load(); until != 0 {
+		if s.mono() < until || !s.probing.CompareAndSwap(false, true) {
+			return s.fallback(ctx, now, reqs, results, nil)
+		}
+		probe = true
+	}
+	err := s.decide(ctx, now, reqs, results)
+	switch {
+	case err == nil:
+		s.up()
+	case ctx.Err() != nil:
+		// The caller gave up (the client went away), Redis is not to blame.
+	default:
+		s.down(err)
+	}
+	if probe {
+		s.probing.Store(false)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return s.fallback(ctx, now, reqs, results, err)
+	}
+	return nil
+}
+
+// Refund implements Store: it gives back what an earlier Take counted, with
+// limiter.Limit.Refund's arithmetic, in one script (one per Cluster slot,
+// pipelined). While Redis is known to be down, OnError local gives back to
+// the memory store; with the other policies nothing was counted meanwhile.
+func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []Request) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	for i := range reqs {
+		if err := checkRequest(&reqs[i]); err != nil {
+			return err
+		}
+	}
+	if until := s.downUntil.Load(); until != 0 && s.mono() < until {
+		return s.refundFallback(ctx, now, reqs, nil)
+	}
+	err := s.giveBack(ctx, now, reqs)
+	switch {
+	case err == nil:
+		s.up()
+		return nil
+	case ctx.Err() != nil:
+		return err
+	}
+	s.down(err)
+	return s.refundFallback(ctx, now, reqs, err)
+}
+
+var errRefundDown = fmt.Errorf("redis rate-limit storage unavailable, nothing given back: %w", errRedisDown)
+
+func (s *Redis) refundFallback(ctx context.Context, now time.Time, reqs []Request, cause error) error {
+	switch {
+	case s.onError == Local:
+		return s.local.Refund(ctx, now, reqs)
+	case cause == nil:
+		return errRefundDown
+	}
+	return fmt.Errorf("redis rate-limit storage unavailable, nothing given back: %w", cause)
+}
+
+// giveBack runs the refund script, within the timeout.
+func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	sc := s.scratch.Get().(*redisScratch)
+	defer s.putScratch(sc)
+	s.prepare(sc, reqs)
+	var runs []slotRun
+	if s.cluster && !oneSlot(sc.slots) {
+		runs = s.groupBySlot(sc, len(reqs))
+	} else {
+		runs = []slotRun{{idx: nil}}
+	}
+	at := now.UnixMicro()
+	pending := runs
+	for range 3 {
+		for g := range pending {
+			r := &pending[g]
+			r.keys = sc.keys
+			if r.idx != nil {
+				r.keys = make([]string, len(r.idx))
+				for j, i := range r.idx {
+					r.keys[j] = sc.keys[i]
+				}
+			}
+			r.argv = []string{s.spec(sc, reqs, r.idx, now, at)}
+		}
+		s.pipeline(ctx, pending, refundScript)
+		var again []slotRun
+		for _, r := range pending {
+			if r.err != nil {
+				return r.err
+			}
+			if t, ok := boundsReply(r.reply); ok {
+				// Asked again with the window of the server's time (the
+				// slots that answered gave back already).
+				at = t
+				again = append(again, slotRun{idx: r.idx})
+			} else if r.reply != "R" {
+				return errBadReply
+			}
+		}
+		if len(again) == 0 {
+			return nil
+		}
+		pending = again
+	}
+	return errors.New("redis storage: calendar windows keep moving under the server's clock")
+}
+
+// checkRequest refuses what the script cannot compute (the memory store
+// would divide by zero); the handler validates limits before they get here.
+func checkRequest(r *Request) error {
+	l := &r.Limit
+	bad := l.Quota <= 0 || r.Cost <= 0
+	switch l.Algorithm {
+	case limiter.FixedWindow:
+		bad = bad || l.Calendar == nil && l.Window < time.Microsecond
+	case limiter.AnchoredWindow, limiter.SlidingWindow:
+		bad = bad || l.Window < time.Microsecond
+	case limiter.TokenBucket, limiter.GCRA:
+		bad = bad || l.Window < time.Microsecond || l.Rate <= 0
+	default:
+		bad = true
+	}
+	if bad {
+		if err := l.Validate(); err != nil {
+			return fmt.Errorf("redis storage: counter %q: %w", r.Counter, err)
+		}
+		return fmt.Errorf("redis storage: counter %q: cost %d must be at least 1", r.Counter, r.Cost)
+	}
+	return nil
+}
+
+func (s *Redis) mono() int64 { return int64(time.Since(s.epoch)) }
+
+// down marks Redis as failing: OnError decides until the retry interval has
+// passed, then one request tries Redis again.
+func (s *Redis) down(err error) {
+	now := s.mono()
+	s.downUntil.Store(now + s.retry)
+	last := s.lastWarn.Load()
+	if last != 0 && now-last < int64(WarnInterval) || !s.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	s.warned.Store(true)
+	s.logger.Load().Warn("redis rate-limit storage unavailable; on_error applies until it answers",
+		zap.String("on_error", s.onError.String()),
+		zap.Duration("retry_interval", time.Duration(s.retry)),
+		zap.Error(err))
+}
+
+// up marks Redis as answering again.
+func (s *Redis) up() {
+	if s.downUntil.Load() == 0 {
+		return
+	}
+	s.downUntil.Store(0)
+	if s.warned.CompareAndSwap(true, false) {
+		s.logger.Load().Info("redis rate-limit storage answers again")
+	}
+}
+
+// Errors returned while Redis is known to be down, allocated once.
+var (
+	errRedisDown  = errors.New("redis did not answer recently; waiting before trying again")
+	errDownAllow  = &redisError{cause: errRedisDown}
+	errDownDenied = &redisError{cause: errRedisDown, deny: true}
+)
+
+// redisError is a decision Redis could not make. It wraps ErrUnavailable
+// when the policy is to deny.
+type redisError struct {
+	cause error
+	deny  bool
+}
+
+func (e *redisError) Error() string {
+	if e.deny {
+		return "redis rate-limit storage unavailable, denying (on_error deny): " + e.cause.Error()
+	}
+	return "redis rate-limit storage unavailable, not limiting (on_error allow): " + e.cause.Error()
+}
+
+func (e *redisError) Unwrap() []error {
+	if e.deny {
+		return []error{ErrUnavailable, e.cause}
+	}
+	return []error{e.cause}
+}
+
+// fallback applies OnError; cause is nil when Redis was not even tried.
+func (s *Redis) fallback(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, cause error) error {
+	switch s.onError {
+	case Local:
+		return s.local.Take(ctx, now, reqs, results)
+	case Deny:
+		if cause == nil {
+			return errDownDenied
+		}
+		return &redisError{cause: cause, deny: true}
+	default:
+		if cause == nil {
+			return errDownAllow
+		}
+		return &redisError{cause: cause}
+	}
+}
+
+// redisScratch holds one decision's working memory, pooled.
+type redisScratch struct {
+	keys   []string
+	slots  []uint16
+	bounds [][2]int64 // calendar bounds passed to the script, per request
+	buf    []byte
+	idx    []int // request indexes, grouped by slot
+}
+
+// maxScratch keeps the pool from holding on to the buffers of a request
+// with hostile, huge counters.
+const maxScratch = 64 << 10
+
+func (s *Redis) putScratch(sc *redisScratch) {
+	if cap(sc.buf) > maxScratch {
+		return
+	}
+	clear(sc.keys)
+	s.scratch.Put(sc)
+}
+
+// hashLen is the bytes of SHA-256 kept in keys: 128 bits, so that nobody
+// can make a key collide with another client's.
+const hashLen = 16
+
+// prepare builds the Redis keys of reqs (and their Cluster slots) in one
+// allocation.
+func (s *Redis) prepare(sc *redisScratch, reqs []Request) {
+	n := len(reqs)
+	sc.keys = grow(sc.keys, n)
+	sc.slots = grow(sc.slots, n)
+	sc.bounds = grow(sc.bounds, n)
+	size := 0
+	for i := range reqs {
+		size += len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
+	}
+	buf := sc.buf[:0]
+	if cap(buf) < size {
+		buf = make([]byte, 0, size)
+	}
+	for i := range reqs {
+		buf = append(buf, s.prefix...)
+		buf = append(buf, '{')
+		// The client's key may be a credential and of any size: only its
+		// hash goes to Redis. unsafe: hashing reads the bytes, and copying a
+		// megabyte-long hostile header first would cost more than hashing it.
+		sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(reqs[i].Key), len(reqs[i].Key)))
+		tag := len(buf)
+		buf = hex.AppendEncode(buf, sum[:hashLen])
+		sc.slots[i] = keySlot(buf[tag:])
+		buf = append(buf, '}', ':')
+		buf = append(buf, reqs[i].Counter...)
+	}
+	all := string(buf)
+	off := 0
+	for i := range reqs {
+		end := off + len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
+		sc.keys[i] = all[off:end]
+		off = end
+	}
+	sc.buf = buf[:0]
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// decide asks Redis, within the timeout.
+func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	sc := s.scratch.Get().(*redisScratch)
+	defer s.putScratch(sc)
+	s.prepare(sc, reqs)
+	at := now.UnixMicro()
+	// With the server's clock, Go computes calendar windows for its own
+	// time; a server whose clock is on the other side of a boundary says
+	// so, and is asked again with the window of its time.
+	for range 3 {
+		var (
+			serverNow int64
+			err       error
+		)
+		if s.cluster && !oneSlot(sc.slots) {
+			serverNow, err = s.decideSlots(ctx, now, at, reqs, results, sc)
+		} else {
+			serverNow, err = s.decideOne(ctx, now, at, reqs, results, sc)
+		}
+		if err != nil || serverNow == 0 {
+			return err
+		}
+		at = serverNow
+	}
+	return errors.New("redis storage: calendar windows keep moving under the server's clock")
+}
+
+func oneSlot(slots []uint16) bool {
+	for _, sl := range slots[1:] {
+		if sl != slots[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// decideOne runs the script once for every request.
+func (s *Redis) decideOne(ctx context.Context, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+	argv := s.spec(sc, reqs, nil, now, at, 0)
+	reply, err := s.eval(ctx, s.client, takeScript, sc.keys, argv)
+	if err != nil {
+		return 0, err
+	}
+	if serverNow, ok := boundsReply(reply); ok {
+		return serverNow, nil
+	}
+	if _, err := parseResults(reply, reqs, nil, results, sc.bounds); err != nil {
+		return 0, err
+	}
+	pass := true
+	for i := range reqs {
+		if !results[i].Allowed && !reqs[i].DryRun {
+			pass = false
+		}
+	}
+	if !pass {
+		for i := range reqs {
+			if results[i].Allowed {
+				Uncounted(&results[i], reqs[i].Cost)
+			}
+		}
+	}
+	return 0, nil
+}
+
+// spec writes a script's ARGV[1] for the requests at idx (all when idx is
+// nil): the time, the head numbers, nine numbers per request; and records
+// the calendar bounds it passes.
+func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, head ...int64) string {
+	b := appendInt(sc.buf[:0], s.scriptNow(now))
+	for _, v := range head {
+		b = appendInt(b, v)
+	}
+	n := len(reqs)
+	if idx != nil {
+		n = len(idx)
+	}
+	for j := range n {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		r := &reqs[i]
+		l := &r.Limit
+		var start, end int64
+		if l.Calendar != nil {
+			start, end = l.Calendar.Bounds(at)
+		}
+		sc.bounds[i] = [2]int64{start, end}
+		b = appendLimit(b, l, r.Cost, r.DryRun, start, end)
+	}
+	sc.buf = b[:0]
+	return string(b)
+}
+
+// scriptNow is the time the scripts decide at: 0 asks for the server's.
+func (s *Redis) scriptNow(now time.Time) int64 {
+	if s.serverTS {
+		return 0
+	}
+	return now.UnixMicro()
+}
+
+// appendLimit writes the nine numbers the scripts read for one limit.
+func appendLimit(b []byte, l *limiter.Limit, cost int64, dryRun bool, start, end int64) []byte {
+	dry := int64(0)
+	if dryRun {
+		dry = 1
+	}
+	for _, v := range [...]int64{int64(l.Algorithm), l.Quota, l.Window.Microseconds(), l.Rate,
+		l.Offset.Microseconds(), cost, dry, start, end} {
+		b = appendInt(b, v)
+	}
+	return b
+}
+
+// appendInt writes v as the scripts read it (struct '<i8').
+func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
+
+// onceCmd is a command go-redis must not send twice: a script whose reply
+// was lost may have counted, and running it again would count twice.
+type onceCmd struct{ *redis.Cmd }
+
+// NoRetry implements redis.Cmder.
+func (onceCmd) NoRetry() bool { return true }
+
+func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv ...string) onceCmd {
+	args := make([]any, 0, 3+len(keys)+len(argv))
+	if eval {
+		args = append(args, "eval", sc.src)
+	} else {
+		args = append(args, "evalsha", sc.sha)
+	}
+	args = append(args, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	for _, a := range argv {
+		args = append(args, a)
+	}
+	return onceCmd{redis.NewCmd(ctx, args...)}
+}
+
+// eval runs a script with EVALSHA, or EVAL when Redis does not have it yet
+// (after a restart or SCRIPT FLUSH; EVAL caches it again).
+func (s *Redis) eval(ctx context.Context, c redis.UniversalClient, sc *script, keys []string, argv ...string) (string, error) {
+	cmd := scriptCmd(ctx, sc, false, keys, argv...)
+	_ = c.Process(ctx, cmd)
+	if err := cmd.Err(); err != nil && isNoScript(err) {
+		cmd = scriptCmd(ctx, sc, true, keys, argv...)
+		_ = c.Process(ctx, cmd)
+	}
+	return cmd.Text()
+}
+
+func isNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// boundsReply recognizes "B" and the server's time: it is outside a
+// calendar window that was passed.
+func boundsReply(reply string) (int64, bool) {
+	if len(reply) != 9 || reply[0] != 'B' {
+		return 0, false
+	}
+	n := int64(binary.LittleEndian.Uint64([]byte(reply[1:])))
+	return n, n > 0
+}
+
+var errBadReply = errors.New("redis storage: malformed script reply")
+
+// parseResults reads the five numbers per request of a take reply into the
+// results of the requests at idx (all when idx is nil), and returns what
+// follows them (the states, when asked for).
+func parseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
+	n := len(reqs)
+	if idx != nil {
+		n = len(idx)
+	}
+	if len(reply) < 1+40*n || reply[0] != 'R' {
+		return "", errBadReply
+	}
+	for j := range n {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		var v [5]int64
+		for k := range v {
+			o := 1 + 40*j + 8*k
+			v[k] = int64(binary.LittleEndian.Uint64([]byte(reply[o : o+8])))
+		}
+		l := &reqs[i].Limit
+		r := &results[i]
+		*r = limiter.Result{
+			Allowed:     v[0] == 1,
+			FirstDenial: v[1] == 1,
+			Limit:       l.Quota,
+			Remaining:   v[2],
+			Reset:       time.Duration(v[3]) * time.Microsecond,
+			RetryAfter:  time.Duration(v[4]) * time.Microsecond,
+			Window:      l.Window,
+		}
+		switch {
+		case l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA:
+			r.Window = l.PolicyWindow()
+		case l.Calendar != nil:
+			r.Window = time.Duration(bounds[i][1]-bounds[i][0]) * time.Microsecond
+		}
+	}
+	return reply[1+40*n:], nil
+}
+
+var _ Store = (*Redis)(nil)

@@ -1,0 +1,749 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	redistest.StopShared()
+	os.Exit(code)
+}
+
+// testTimeout is the store timeout of tests that check decisions, not
+// failures: generous, so that a loaded machine running the race detector
+// never turns a slow answer into a failure.
+const testTimeout = 5 * time.Second
+
+// openRedis returns a store on srv, closed when the test ends.
+func openRedis(t testing.TB, srv *redistest.Server, o storage.RedisOptions) *storage.Redis {
+	t.Helper()
+	opt, err := redis.ParseURL(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Timeout == 0 {
+		o.Timeout = testTimeout
+	}
+	client := storage.NewRedisClient(&redis.UniversalOptions{
+		Addrs: []string{opt.Addr}, DB: opt.DB, Username: opt.Username, Password: opt.Password,
+	}, o.Timeout)
+	s, err := storage.NewRedis(client, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// localClock opens a store on the shared server that decides with the time
+// given to Take, as the conformance table needs.
+func localClock(t *testing.T) storage.Store {
+	return openRedis(t, redistest.Shared(t), storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+}
+
+func TestRedisConformance(t *testing.T) {
+	storetest.Run(t, localClock)
+}
+
+// Two clients, as two Caddy instances would have, and many goroutines on
+// one key: exactly the quota is admitted, for every algorithm.
+func TestRedisExactUnderConcurrency(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := storetest.Prefix(t)
+	a := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+	b := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+	storetest.Exact(t, []storage.Store{a, b}, 16, 40)
+}
+
+// The same, with Redis's clock: instances agree whatever their own clocks
+// say, so one of them passing a time an hour off changes nothing.
+func TestRedisExactWithServerClock(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := storetest.Prefix(t)
+	a := openRedis(t, srv, storage.RedisOptions{Prefix: prefix})
+	b := openRedis(t, srv, storage.RedisOptions{Prefix: prefix})
+	l := limiter.Limit{Algorithm: limiter.AnchoredWindow, Quota: 50, Window: time.Hour}
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, skew := a, time.Duration(0)
+			if w%2 == 1 {
+				s, skew = b, time.Hour
+			}
+			res := make([]limiter.Result, 1)
+			for range 20 {
+				req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+				if err := s.Take(context.Background(), time.Now().Add(skew), req, res); err != nil {
+					t.Error(err)
+					return
+				}
+				if res[0].Allowed {
+					admitted.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := admitted.Load(); got != l.Quota {
+		t.Fatalf("admitted %d, want exactly %d", got, l.Quota)
+	}
+}
+
+// With TIME as the clock, a fixed window admits exactly N, and the window
+// is the server's: the time passed to Take does not matter.
+func TestRedisServerClock(t *testing.T) {
+	srv := redistest.Shared(t)
+	s := openRedis(t, srv, storage.RedisOptions{Prefix: storetest.Prefix(t)})
+	serverNow, err := srv.Client(t).Time(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Put the server's time in the middle of an hour-long window, so that
+	// no boundary falls within the test.
+	const w = time.Hour
+	offset := time.Duration((serverNow.UnixMicro() - w.Microseconds()/2) % w.Microseconds() * int64(time.Microsecond))
+	if offset < 0 {
+		offset += w
+	}
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 7, Window: w, Offset: offset}
+	res := make([]limiter.Result, 1)
+	bogus := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	admitted := 0
+	for range 20 {
+		req := []storage.Request{{Counter: "fixed", Key: "k", Limit: l, Cost: 1}}
+		if err := s.Take(context.Background(), bogus, req, res); err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Allowed {
+			admitted++
+		}
+		// The window ends about half an hour after the server's now, not
+		// after 2001-02-03.
+		if res[0].Reset < 20*time.Minute || res[0].Reset > 31*time.Minute {
+			t.Fatalf("reset %s: not the server's window", res[0].Reset)
+		}
+	}
+	if admitted != 7 {
+		t.Fatalf("admitted %d, want 7", admitted)
+	}
+}
+
+// Calendar windows are computed in Go; with Redis's clock, an instance
+// whose clock is a day off is told the server's time and asks again.
+func TestRedisCalendarFollowsServerClock(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{})
+	c := srv.Client(t)
+	ctx := context.Background()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}
+	req := []storage.Request{{Counter: "daily", Key: "k", Limit: l, Cost: 1}}
+	res := make([]limiter.Result, 1)
+	if t0, err := c.Time(ctx).Result(); err != nil {
+		t.Fatal(err)
+	} else if d := t0.Sub(t0.Truncate(24 * time.Hour)); d < time.Minute || d > 24*time.Hour-time.Minute {
+		t.Skip("too close to midnight UTC: the takes could fall on two days")
+	}
+	for i, skew := range []time.Duration{-48 * time.Hour, 0, 72 * time.Hour} {
+		before := commandStats(t, c)
+		err := s.Take(ctx, time.Now().Add(skew), req, res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serverNow, err := c.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, end := l.Calendar.Bounds(serverNow.UnixMicro())
+		untilEnd := time.Duration(end-serverNow.UnixMicro()) * time.Microsecond
+		if res[0].Window != 24*time.Hour || res[0].Reset < untilEnd-time.Minute || res[0].Reset > untilEnd+time.Minute {
+			t.Fatalf("skew %s: %+v, want the server's day (ends in %s)", skew, res[0], untilEnd)
+		}
+		if want := i < 2; res[0].Allowed != want {
+			t.Fatalf("skew %s: allowed %v: the three takes are on one day", skew, res[0].Allowed)
+		}
+		after := commandStats(t, c)
+		calls := after["evalsha"] + after["eval"] - before["evalsha"] - before["eval"]
+		if skew != 0 && calls < 2 || skew == 0 && calls != 1 {
+			t.Fatalf("skew %s: %d scripts", skew, calls)
+		}
+	}
+}
+
+// Keys: the prefix, a hash tag from the client's key (never the key
+// itself), the counter; every key has a TTL no longer than its state needs.
+func TestRedisKeysAndTTLs(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{Prefix: "el:"})
+	c := srv.Client(t)
+	ctx := context.Background()
+	secret := "sk_live_" + strings.Repeat("S", 100)
+	limits := []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute},
+		{Algorithm: limiter.AnchoredWindow, Quota: 5, Window: 2 * time.Minute},
+		{Algorithm: limiter.SlidingWindow, Quota: 5, Window: 3 * time.Minute},
+		{Algorithm: limiter.TokenBucket, Quota: 5, Rate: 1, Window: time.Minute},
+		{Algorithm: limiter.GCRA, Quota: 5, Rate: 5, Window: time.Minute},
+		{Algorithm: limiter.FixedWindow, Quota: 5, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
+	}
+	maxTTL := []time.Duration{time.Minute, 2 * time.Minute, 6 * time.Minute, time.Minute, 12 * time.Second, 24 * time.Hour}
+	var reqs []storage.Request
+	for i, l := range limits {
+		reqs = append(reqs, storage.Request{Counter: fmt.Sprintf("g/l%d/%s#0", i, l.Algorithm), Key: secret, Limit: l, Cost: 1})
+	}
+	res := make([]limiter.Result, len(reqs))
+	if err := s.Take(ctx, time.Now(), reqs, res); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := c.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != len(limits) {
+		t.Fatalf("keys %q", keys)
+	}
+	shape := regexp.MustCompile(`^el:\{[0-9a-f]{32}\}:g/l(\d)/[a-z_]+#0$`)
+	tag := ""
+	for _, k := range keys {
+		m := shape.FindStringSubmatch(k)
+		if m == nil {
+			t.Fatalf("key %q does not have the documented shape", k)
+		}
+		if strings.Contains(k, "sk_live") {
+			t.Fatalf("key %q holds the client's key", k)
+		}
+		if tag == "" {
+			tag = k[:strings.IndexByte(k, '}')]
+		} else if !strings.HasPrefix(k, tag) {
+			t.Fatalf("the limits of one client have different hash tags: %q", keys)
+		}
+		ttl, err := c.PTTL(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := int(m[1][0] - '0')
+		if ttl <= 0 || ttl > maxTTL[i] {
+			t.Fatalf("key %q: TTL %s, want within (0, %s]", k, ttl, maxTTL[i])
+		}
+	}
+}
+
+// One round trip: exactly one EVALSHA per decision, however many limits,
+// and inside it one GET per key and at most one SET per key.
+func TestRedisOneScriptPerRequest(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true})
+	c := srv.Client(t)
+	ctx := context.Background()
+	reqs := []storage.Request{
+		{Counter: "a", Key: "ip", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1000, Window: time.Hour}, Cost: 1},
+		{Counter: "b", Key: "user", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1, Window: time.Second}, Cost: 1},
+		{Counter: "c", Key: "org", Limit: limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: 1000, Window: time.Hour}, Cost: 1},
+	}
+	res := make([]limiter.Result, len(reqs))
+	// The first decision loads the script (NOSCRIPT, then EVAL).
+	if err := s.Take(ctx, storetest.Base, reqs, res); err != nil {
+		t.Fatal(err)
+	}
+	before := commandStats(t, c)
+	const n = 50
+	for i := range n {
+		if err := s.Take(ctx, storetest.Base.Add(time.Duration(i)*time.Millisecond), reqs, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := commandStats(t, c)
+	calls := func(cmd string) int64 { return after[cmd] - before[cmd] }
+	if got := calls("evalsha"); got != n {
+		t.Fatalf("%d EVALSHA for %d decisions", got, n)
+	}
+	if got := calls("eval"); got != 0 {
+		t.Fatalf("%d EVAL for %d decisions", got, n)
+	}
+	if got := calls("get"); got != 3*n {
+		t.Fatalf("%d GET for %d decisions of 3 limits", got, n)
+	}
+	if got := calls("set"); got > 3*n {
+		t.Fatalf("%d SET for %d decisions of 3 limits", got, n)
+	}
+	for cmd := range after {
+		switch cmd {
+		case "evalsha", "get", "set", "info", "evalsha.usec", "get.usec", "set.usec", "info.usec":
+		default:
+			if calls(cmd) != 0 {
+				t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
+			}
+		}
+	}
+}
+
+// A Redis that lost its scripts (restart, SCRIPT FLUSH) gets it again with
+// EVAL; nothing is counted twice.
+func TestRedisScriptFlush(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true})
+	c := srv.Client(t)
+	ctx := context.Background()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
+	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	res := make([]limiter.Result, 1)
+	for want := int64(2); want >= 0; want-- {
+		if err := c.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Take(ctx, storetest.Base, req, res); err != nil {
+			t.Fatal(err)
+		}
+		if !res[0].Allowed || res[0].Remaining != want {
+			t.Fatalf("after a flush: %+v, want remaining %d", res[0], want)
+		}
+	}
+}
+
+// A foreign value under the prefix is a fresh state, not an error.
+func TestRedisForeignValues(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: "p:"})
+	c := srv.Client(t)
+	ctx := context.Background()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
+	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	res := make([]limiter.Result, 1)
+	if err := s.Take(ctx, storetest.Base, req, res); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := c.Keys(ctx, "p:*").Result()
+	if len(keys) != 1 {
+		t.Fatalf("keys %q", keys)
+	}
+	for _, spoil := range []func() error{
+		func() error { return c.Set(ctx, keys[0], "garbage", 0).Err() },
+		func() error { return c.Set(ctx, keys[0], "1 2 3 nan 4 1", 0).Err() },
+		func() error { c.Del(ctx, keys[0]); return c.HSet(ctx, keys[0], "f", "v").Err() },
+	} {
+		if err := spoil(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Take(ctx, storetest.Base, req, res); err != nil {
+			t.Fatal(err)
+		}
+		if !res[0].Allowed || res[0].Remaining != 2 {
+			t.Fatalf("after a foreign value: %+v", res[0])
+		}
+	}
+}
+
+// Requests the script could not compute are refused before Redis, without
+// counting as a Redis failure.
+func TestRedisRejectsBadLimits(t *testing.T) {
+	s := openRedis(t, redistest.Shared(t), storage.RedisOptions{OnError: storage.Deny})
+	res := make([]limiter.Result, 1)
+	for _, r := range []storage.Request{
+		{Counter: "c", Key: "k", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3}, Cost: 1},
+		{Counter: "c", Key: "k", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 3, Window: time.Second}, Cost: 1},
+		{Counter: "c", Key: "k", Limit: limiter.Limit{Quota: 3, Window: time.Second}, Cost: 1},
+		{Counter: "c", Key: "k", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Second}, Cost: 0},
+	} {
+		err := s.Take(context.Background(), storetest.Base, []storage.Request{r}, res)
+		if err == nil || errors.Is(err, storage.ErrUnavailable) {
+			t.Errorf("%+v: error %v", r, err)
+		}
+	}
+	if err := s.Take(context.Background(), storetest.Base, make([]storage.Request, 2), res); !errors.Is(err, storage.ErrTooFewResults) {
+		t.Fatalf("short results: %v", err)
+	}
+}
+
+func TestRedisOptions(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	if _, err := storage.NewRedis(c, storage.RedisOptions{Prefix: "a{b}:"}); err == nil {
+		t.Fatal("prefix with a hash tag accepted")
+	}
+	if _, err := storage.NewRedis(nil, storage.RedisOptions{}); err == nil {
+		t.Fatal("nil client accepted")
+	}
+	for _, s := range []string{"allow", "deny", "local"} {
+		p, err := storage.ParseOnError(s)
+		if err != nil || p.String() != s {
+			t.Fatalf("%s: %v %v", s, p, err)
+		}
+	}
+	if _, err := storage.ParseOnError("panic"); err == nil {
+		t.Fatal("on_error panic accepted")
+	}
+}
+
+// The memory store and the Lua scripts decide alike: random sequences of
+// requests, several limits each, dry runs, the same key twice, refunds, get
+// the same answers, field by field. Times and windows are whole seconds, so that no
+// key's TTL in Redis (counted in real time) is shorter than the gap between
+// two steps (in fake time, far faster).
+func TestRedisMatchesMemory(t *testing.T) {
+	srv := redistest.Shared(t)
+	rng := rand.New(rand.NewPCG(7, 11))
+	for round := range 12 {
+		mem := storage.NewMemory(storage.MemoryOptions{})
+		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+		var limits []limiter.Limit
+		for range 4 {
+			limits = append(limits, randomLimit(rng))
+		}
+		now := storetest.Base.Add(time.Duration(rng.IntN(100000)) * time.Second)
+		for step := range 150 {
+			now = now.Add(time.Duration(rng.IntN(4)) * time.Second * time.Duration(rng.IntN(3)))
+			n := 1 + rng.IntN(3)
+			reqs := make([]storage.Request, n)
+			for j := range reqs {
+				li := rng.IntN(len(limits))
+				reqs[j] = storage.Request{
+					Counter: fmt.Sprintf("c%d", li),
+					Key:     []string{"a", "b"}[rng.IntN(2)],
+					Limit:   limits[li],
+					Cost:    1 + int64(rng.IntN(3))*int64(rng.IntN(2)),
+					DryRun:  rng.IntN(6) == 0,
+				}
+			}
+			if rng.IntN(5) == 0 {
+				// A later handler denied the request: give it back.
+				if err := mem.Refund(context.Background(), now, reqs); err != nil {
+					t.Fatal(err)
+				}
+				if err := red.Refund(context.Background(), now, reqs); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			want := make([]limiter.Result, n)
+			got := make([]limiter.Result, n)
+			if err := mem.Take(context.Background(), now, reqs, want); err != nil {
+				t.Fatal(err)
+			}
+			if err := red.Take(context.Background(), now, reqs, got); err != nil {
+				t.Fatal(err)
+			}
+			for j := range want {
+				if got[j] != want[j] {
+					t.Fatalf("round %d step %d take %d (%+v at %s):\nredis  %+v\nmemory %+v",
+						round, step, j, reqs[j].Limit, now.Sub(storetest.Base), got[j], want[j])
+				}
+			}
+		}
+		mem.Close()
+	}
+}
+
+func randomLimit(rng *rand.Rand) limiter.Limit {
+	q := int64(1 + rng.IntN(8))
+	switch rng.IntN(6) {
+	case 0:
+		return limiter.Limit{Algorithm: limiter.FixedWindow, Quota: q, Window: time.Duration(1+rng.IntN(20)) * time.Second,
+			Offset: time.Duration(rng.IntN(2)) * time.Second}
+	case 1:
+		return limiter.Limit{Algorithm: limiter.AnchoredWindow, Quota: q, Window: time.Duration(1+rng.IntN(20)) * time.Second}
+	case 2:
+		return limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: q, Window: time.Duration(1+rng.IntN(20)) * time.Second}
+	case 3, 4:
+		rate := int64(1 + rng.IntN(3))
+		a := limiter.TokenBucket
+		if rng.IntN(2) == 0 {
+			a = limiter.GCRA
+		}
+		// A whole number of seconds per unit: see TestRedisMatchesMemory.
+		return limiter.Limit{Algorithm: a, Quota: q, Rate: rate, Window: time.Duration(rate*int64(1+rng.IntN(5))) * time.Second}
+	default:
+		return limiter.Limit{Algorithm: limiter.FixedWindow, Quota: q,
+			Calendar: limiter.CalendarWindow{Period: limiter.Day, At: time.Duration(rng.IntN(24)) * time.Hour}.Cached()}
+	}
+}
+
+// commandStats returns the calls of each command from INFO commandstats,
+// the commands scripts run included; "<command>.usec" is the server's time
+// spent in it, in microseconds.
+func commandStats(t testing.TB, c *redis.Client) map[string]int64 {
+	t.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, ok2 := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !ok2 {
+			continue
+		}
+		for _, field := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(field, "=")
+			n, err := strconv.ParseInt(v, 10, 64)
+			switch {
+			case err != nil:
+			case k == "calls":
+				stats[name] = n
+			case k == "usec":
+				stats[name+".usec"] = n
+			}
+		}
+	}
+	return stats
+}
+
+// checkPolicy checks what a store with policy answers while Redis is down.
+func checkPolicy(t *testing.T, policy storage.OnError, err error, res []limiter.Result, local *int) {
+	t.Helper()
+	switch policy {
+	case storage.Allow:
+		if err == nil || errors.Is(err, storage.ErrUnavailable) {
+			t.Fatalf("on_error allow: error %v, want one that lets the request through", err)
+		}
+	case storage.Deny:
+		if !errors.Is(err, storage.ErrUnavailable) {
+			t.Fatalf("on_error deny: error %v, want ErrUnavailable", err)
+		}
+	case storage.Local:
+		if err != nil {
+			t.Fatalf("on_error local: %v", err)
+		}
+		// The local store counts on its own: quota 3.
+		*local++
+		if want := *local <= 3; res[0].Allowed != want {
+			t.Fatalf("on_error local: decision %d allowed=%v", *local, res[0].Allowed)
+		}
+	}
+}
+
+// answerBound is what "answered within the timeout" is checked against: far
+// above the store's timeout, far below a hang.
+const answerBound = 2 * time.Second
+
+// Stop Redis mid-run and start it again: each policy holds while it is
+// down, every answer comes within the bound, the store recovers by itself,
+// and nothing leaks.
+func TestRedisFaults(t *testing.T) {
+	for _, policy := range []storage.OnError{storage.Allow, storage.Deny, storage.Local} {
+		t.Run(policy.String(), func(t *testing.T) {
+			srv := redistest.Start(t)
+			goroutines := runtime.NumGoroutine()
+			s := openRedis(t, srv, storage.RedisOptions{
+				LocalClock: true, OnError: policy, Timeout: 500 * time.Millisecond, RetryInterval: 50 * time.Millisecond,
+			})
+			ctx := context.Background()
+			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
+			req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+			res := make([]limiter.Result, 1)
+			take := func() error {
+				t.Helper()
+				start := time.Now()
+				err := s.Take(ctx, storetest.Base, req, res)
+				if d := time.Since(start); d > answerBound {
+					t.Fatalf("Take took %s", d)
+				}
+				return err
+			}
+			for range 2 {
+				if err := take(); err != nil || !res[0].Allowed {
+					t.Fatalf("before the fault: %v %+v", err, res[0])
+				}
+			}
+			srv.Stop()
+			local := 0
+			for range 30 {
+				checkPolicy(t, policy, take(), res, &local)
+			}
+			// Across several retry intervals: each probe fails and the
+			// policy goes on.
+			for range 5 {
+				time.Sleep(60 * time.Millisecond)
+				checkPolicy(t, policy, take(), res, &local)
+			}
+			// Giving back while Redis is down: to the memory store with
+			// local (its next decision has the unit again), an error
+			// otherwise; never a wait.
+			start := time.Now()
+			err := s.Refund(ctx, storetest.Base, req)
+			if d := time.Since(start); d > answerBound {
+				t.Fatalf("Refund took %s", d)
+			}
+			if policy == storage.Local {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := take(); err != nil || !res[0].Allowed {
+					t.Fatalf("after a local refund: %v %+v", err, res[0])
+				}
+				if err := take(); err != nil || res[0].Allowed {
+					t.Fatalf("a local refund gave back more than one unit: %v %+v", err, res[0])
+				}
+			} else if err == nil {
+				t.Fatal("refund with Redis down: no error")
+			}
+			srv.Restart(t)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				err := take()
+				if err == nil && srv.Client(t).DBSize(ctx).Val() > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the store did not recover within 10s: %v", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			// Redis restarted empty: it counts from scratch, exactly.
+			if !res[0].Allowed || res[0].Remaining != 2 {
+				t.Fatalf("after recovery: %+v", res[0])
+			}
+			s.Close()
+			checkGoroutines(t, goroutines)
+		})
+	}
+}
+
+// checkGoroutines waits for the goroutine count to come back to about what
+// it was (with a little tolerance for the runtime's own).
+func checkGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before+2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A Redis that accepts connections and never answers (a black hole, a
+// stalled server): every answer still comes within the bound, and while
+// the store knows Redis is down it does not keep knocking.
+func TestRedisBlackHole(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	var conns sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			conns.Add(1)
+			go func() {
+				defer conns.Done()
+				<-done
+				c.Close()
+			}()
+		}
+	}()
+	defer func() {
+		ln.Close()
+		close(done)
+		conns.Wait()
+	}()
+	goroutines := runtime.NumGoroutine()
+	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{ln.Addr().String()}}, 100*time.Millisecond)
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: storage.Deny, RetryInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
+	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	res := make([]limiter.Result, 1)
+	for range 50 {
+		start := time.Now()
+		err := s.Take(context.Background(), time.Now(), req, res)
+		if d := time.Since(start); d > answerBound {
+			t.Fatalf("Take took %s", d)
+		}
+		if !errors.Is(err, storage.ErrUnavailable) {
+			t.Fatalf("error %v, want ErrUnavailable", err)
+		}
+	}
+	// The first decision timed out; the 49 others did not try Redis.
+	if n := accepted.Load(); n > 1 {
+		t.Fatalf("%d connections for 50 decisions while Redis is known down", n)
+	}
+	s.Close()
+	checkGoroutines(t, goroutines)
+}
+
+// Concurrent requests while Redis goes away and comes back: no panic, no
+// race, every answer within the bound.
+func TestRedisFlappingUnderLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{
+		LocalClock: true, OnError: storage.Local, Timeout: 200 * time.Millisecond, RetryInterval: 20 * time.Millisecond,
+	})
+	l := limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1000, Window: time.Second}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var slow atomic.Int64
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := make([]limiter.Result, 2)
+			reqs := []storage.Request{
+				{Counter: "a", Key: fmt.Sprint("k", w%3), Limit: l, Cost: 1},
+				{Counter: "b", Key: "shared", Limit: l, Cost: 1},
+			}
+			for i := 0; i < 2000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				if err := s.Take(context.Background(), storetest.Base, reqs, res); err != nil {
+					t.Error(err)
+					return
+				}
+				if time.Since(start) > answerBound {
+					slow.Add(1)
+				}
+			}
+		}()
+	}
+	for range 2 {
+		time.Sleep(100 * time.Millisecond)
+		srv.Stop()
+		time.Sleep(100 * time.Millisecond)
+		srv.Restart(t)
+	}
+	close(stop)
+	wg.Wait()
+	if n := slow.Load(); n > 0 {
+		t.Fatalf("%d answers slower than %s", n, answerBound)
+	}
+}
