@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
+	"github.com/edgelimit/caddy-edgelimit/storage"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 )
 
@@ -204,13 +205,20 @@ type pooledCache struct{ *cache.Memory }
 
 func (p pooledCache) Destruct() error { return p.Close() }
 
-// cacheRedisClient gives `storage redis` its client, and a function that
-// releases it when the handler is cleaned up. The cache shares the Redis of
-// the edge_limit storage ("the same Redis settings as the limiter"): until
-// this build has that storage, it has no Redis to give, and a configuration
-// naming storage redis is refused with this error.
-var cacheRedisClient = func(caddy.Context) (redis.UniversalClient, func(), error) {
-	return nil, nil, errors.New("this build has no edge_limit Redis storage to share")
+// cacheRedisClient gives `storage redis` its client: the Redis of the
+// edge_limit app (the `edge_limit { storage redis ... }` global option), so
+// that the cache shares the limiter's settings, connections and timeouts.
+// The client belongs to the app's storage, which the app releases.
+func cacheRedisClient(ctx caddy.Context) (redis.UniversalClient, func(), error) {
+	app, err := ctx.App("edge_limit")
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading the edge_limit app: %w", err)
+	}
+	rs, ok := app.(*App).store.(*storage.Redis)
+	if !ok {
+		return nil, nil, errors.New("it uses the Redis of the edge_limit global option: configure { edge_limit { storage redis ... } }")
+	}
+	return rs.Client(), func() {}, nil
 }
 
 // cacheStores are the stores of the running edge_cache handlers, counted

@@ -18,7 +18,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
@@ -444,17 +443,15 @@ func TestCachePurgeThroughAdminAPI(t *testing.T) {
 func TestCacheRedisStorage(t *testing.T) {
 	fakeClock(t)
 	srv := redistest.Start(t)
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: -1})
-	t.Cleanup(func() { client.Close() })
-	released := make(chan struct{}, 4)
-	saved := cacheRedisClient
-	cacheRedisClient = func(caddy.Context) (redis.UniversalClient, func(), error) {
-		return client, func() { released <- struct{}{} }, nil
-	}
-	t.Cleanup(func() { cacheRedisClient = saved })
+	client := srv.Client(t)
 
 	up := newUpstream(t, api)
 	s := startCacheSite(t, `
+{
+	edge_limit {
+		storage redis `+srv.URL+`
+	}
+}
 %ADDR% {
 	edge_cache {
 		storage redis {
@@ -485,30 +482,29 @@ func TestCacheRedisStorage(t *testing.T) {
 		t.Fatalf("purge with Redis down: %d %s", code, body)
 	}
 	srv.Restart(t)
-	expect(t, s.get("/redis/a?bloom-response-buckets=rb"), 200, "Bloom-Status", "MISS")
-	expect(t, s.get("/redis/a?bloom-response-buckets=rb"), 200, "Bloom-Status", "HIT")
-
-	// A configuration without the cache releases the client.
-	s.tester.InitServer(globalOptions("")+"http://127.0.0.1:"+strconv.Itoa(s.port)+" {\n\trespond ok\n}\n", "caddyfile")
-	select {
-	case <-released:
-	case <-time.After(10 * time.Second):
-		t.Fatal("redis client not released")
+	// The shared store's breaker lets a request probe Redis again after a
+	// second: until then the cache keeps answering DIRECT.
+	deadline := time.Now().Add(10 * time.Second)
+	for s.get("/redis/a?bloom-response-buckets=rb").header.Get("Bloom-Status") != "MISS" {
+		if time.Now().After(deadline) {
+			t.Fatal("the cache did not come back with Redis")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	expect(t, s.get("/redis/a?bloom-response-buckets=rb"), 200, "Bloom-Status", "HIT")
 }
 
 func TestCacheRedisNotWired(t *testing.T) {
-	out, err := adapt(t, ":80 {\n\tedge_cache {\n\t\tstorage redis\n\t}\n}\n")
+	// Without Redis settings for edge_limit, storage redis has no Redis.
+	out, err := adapt(t, "{\n\tadmin off\n}\n:80 {\n\tedge_cache {\n\t\tstorage redis\n\t}\n}\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c Cache
-	if err := caddyJSONHandler(t, out, &c); err != nil {
+	var cfg caddy.Config
+	if err := json.Unmarshal(out, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	if err := c.Provision(ctx); err == nil || !strings.Contains(err.Error(), "edge_limit Redis storage") {
+	if err := caddy.Validate(&cfg); err == nil || !strings.Contains(err.Error(), "edge_limit { storage redis") {
 		t.Fatalf("storage redis without Redis settings: %v", err)
 	}
 }

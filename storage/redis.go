@@ -175,6 +175,11 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 	return s, nil
 }
 
+// Client returns the store's client, for other users of the same Redis
+// and settings (the response cache). It belongs to the store: do not close
+// it.
+func (r *Redis) Client() redis.UniversalClient { return r.client }
+
 // NewRedisClient returns a go-redis client for opts with the settings a
 // store needs: every wait bounded by timeout and by the caller's context,
 // no retries (a script whose reply was lost may have counted; running it
