@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
-	"github.com/edgelimit/caddy-edgelimit/storage"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
 func init() {
