@@ -185,13 +185,18 @@ func (m *Memory) indexAdd(n *memNode) {
 		return
 	}
 	m.idxMu.Lock()
+	n.eachIndex(func(k indexKey) { m.indexPut(k, n.id) })
+	m.idxMu.Unlock()
+}
+
+// eachIndex calls f with every purge index that lists n.
+func (n *memNode) eachIndex(f func(indexKey)) {
 	for _, b := range n.buckets {
-		m.indexPut(indexKey{'b', n.shard, b}, n.id)
+		f(indexKey{'b', n.shard, b})
 	}
 	if n.hasAuth {
-		m.indexPut(indexKey{'a', n.shard, n.auth}, n.id)
+		f(indexKey{'a', n.shard, n.auth})
 	}
-	m.idxMu.Unlock()
 }
 
 func (m *Memory) indexPut(k indexKey, id Hash) {
@@ -213,12 +218,7 @@ func (m *Memory) remove(p *memPart, n *memNode) {
 		return
 	}
 	m.idxMu.Lock()
-	for _, b := range n.buckets {
-		m.indexDrop(indexKey{'b', n.shard, b}, n.id)
-	}
-	if n.hasAuth {
-		m.indexDrop(indexKey{'a', n.shard, n.auth}, n.id)
-	}
+	n.eachIndex(func(k indexKey) { m.indexDrop(k, n.id) })
 	m.idxMu.Unlock()
 }
 
