@@ -110,6 +110,7 @@ const (
 // counted. Every key expires when its state would be forgotten anyway.
 type Redis struct {
 	client   redis.UniversalClient
+	pipe     *pipe
 	cluster  bool
 	prefix   string
 	timeout  time.Duration
@@ -172,6 +173,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		s.local = NewMemory(MemoryOptions{})
 	}
 	s.scratch.New = func() any { return new(redisScratch) }
+	s.pipe = newPipe(client)
 	return s, nil
 }
 
@@ -212,7 +214,9 @@ func (s *Redis) SetLogger(l *zap.Logger) {
 // Close closes the client and the local fallback store.
 func (s *Redis) Close() error {
 	s.closeOnce.Do(func() {
+		s.pipe.stop()
 		s.closeErr = s.client.Close()
+		s.pipe.wait()
 		if s.local != nil {
 			s.local.Close()
 		}
@@ -577,7 +581,7 @@ func oneSlot(slots []uint16) bool {
 // decideOne runs the script once for every request.
 func (s *Redis) decideOne(ctx context.Context, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
 	argv := s.spec(sc, reqs, nil, now, at, 0)
-	reply, err := s.eval(ctx, s.client, takeScript, sc.keys, argv)
+	reply, err := s.eval(ctx, takeScript, sc.keys, argv)
 	if err != nil {
 		return 0, err
 	}
@@ -682,15 +686,10 @@ func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv .
 }
 
 // eval runs a script with EVALSHA, or EVAL when Redis does not have it yet
-// (after a restart or SCRIPT FLUSH; EVAL caches it again).
-func (s *Redis) eval(ctx context.Context, c redis.UniversalClient, sc *script, keys []string, argv ...string) (string, error) {
-	cmd := scriptCmd(ctx, sc, false, keys, argv...)
-	_ = c.Process(ctx, cmd)
-	if err := cmd.Err(); err != nil && isNoScript(err) {
-		cmd = scriptCmd(ctx, sc, true, keys, argv...)
-		_ = c.Process(ctx, cmd)
-	}
-	return cmd.Text()
+// (after a restart or SCRIPT FLUSH; EVAL caches it again), in the next
+// batch of the store's pipe.
+func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...string) (string, error) {
+	return s.pipe.eval(ctx, sc, keys, argv)
 }
 
 func isNoScript(err error) bool {

@@ -39,7 +39,7 @@ func benchRedis(b *testing.B, mk func() []storage.Request) {
 			b.Fatalf("%d decisions failed", failed.Load())
 		}
 		n := float64(b.N)
-		for _, cmd := range []string{"evalsha", "eval", "get", "set", "time"} {
+		for _, cmd := range []string{"evalsha", "eval", "mget", "set", "time"} {
 			b.ReportMetric(float64(after[cmd]-before[cmd])/n, cmd+"/op")
 		}
 		// The server's time in the script: what each decision costs the

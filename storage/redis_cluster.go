@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"slices"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -138,11 +137,11 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results
 	var undos []slotRun
 	for _, g := range committed {
 		r := &runs[g]
-		lines := strings.Split(r.states, "\n")
-		if len(lines) != 1+2*len(r.idx) {
+		if len(r.states) != 2*stateLen*len(r.idx) {
 			s.undoFailed(errBadReply)
 			continue
 		}
+		state := func(j int) string { return r.states[j*stateLen : (j+1)*stateLen] }
 		var out slotRun
 		head := appendInt(nil, s.scriptNow(now))
 		for j, i := range r.idx {
@@ -170,7 +169,7 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results
 			li := r.idx[last]
 			head = appendLimit(head, &reqs[li].Limit, cost, false, sc.bounds[li][0], sc.bounds[li][1])
 			out.keys = append(out.keys, key)
-			out.argv = append(out.argv, lines[1+2*first], lines[2+2*last])
+			out.argv = append(out.argv, state(2*first), state(2*last+1))
 		}
 		if len(out.keys) > 0 {
 			out.argv = append([]string{string(head)}, out.argv...)
@@ -206,7 +205,7 @@ func (s *Redis) undoFailed(err error) {
 func (s *Redis) pipeline(ctx context.Context, runs []slotRun, sc *script) {
 	if len(runs) == 1 {
 		r := &runs[0]
-		r.reply, r.err = s.eval(ctx, s.client, sc, r.keys, r.argv...)
+		r.reply, r.err = s.eval(ctx, sc, r.keys, r.argv...)
 		return
 	}
 	pipe := s.client.Pipeline()
@@ -233,6 +232,9 @@ func (s *Redis) pipeline(ctx context.Context, runs []slotRun, sc *script) {
 		runs[i].reply, runs[i].err = runs[i].cmd.Text()
 	}
 }
+
+// stateLen is the size of a key's state in Redis (see luaCommon).
+const stateLen = 41
 
 // keySlot is the Cluster hash slot of a key whose hash tag is tag: CRC-16
 // (XMODEM) modulo 16384, as Redis computes it.

@@ -2,8 +2,9 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
-	"strconv"
+	"math"
 	"testing"
 	"time"
 
@@ -121,13 +122,29 @@ func TestUndoOfATouchedKey(t *testing.T) {
 				t.Fatal(err)
 			}
 			if got != tc.want {
-				t.Fatalf("state %q, want %q", got, tc.want)
+				t.Fatalf("state %s, want %s", unpackState(got), unpackState(tc.want))
 			}
 		})
 	}
 }
 
-// st writes a state as the scripts do.
+// st writes a state as the scripts do (struct '<i8i8i8di8B').
 func st(start, count, prev int64, debt float64, expires, denied int64) string {
-	return fmt.Sprintf("%d %d %d %s %d %d", start, count, prev, strconv.FormatFloat(debt, 'g', 17, 64), expires, denied)
+	b := binary.LittleEndian.AppendUint64(nil, uint64(start))
+	b = binary.LittleEndian.AppendUint64(b, uint64(count))
+	b = binary.LittleEndian.AppendUint64(b, uint64(prev))
+	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(debt))
+	b = binary.LittleEndian.AppendUint64(b, uint64(expires))
+	return string(append(b, byte(denied)))
+}
+
+// unpackState shows a state for a failure message.
+func unpackState(v string) string {
+	if len(v) != stateLen {
+		return fmt.Sprintf("%q", v)
+	}
+	b := []byte(v)
+	n := func(i int) uint64 { return binary.LittleEndian.Uint64(b[8*i:]) }
+	return fmt.Sprintf("start=%d count=%d prev=%d debt=%g expires=%d denied=%d",
+		int64(n(0)), int64(n(1)), int64(n(2)), math.Float64frombits(n(3)), int64(n(4)), b[40])
 }

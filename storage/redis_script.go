@@ -8,17 +8,19 @@ import (
 // The Lua below mirrors limiter.Limit.Take line for line: the same integer
 // microseconds, the same float operations in the same order (Lua numbers are
 // IEEE doubles, as Go's float64), so that Redis decides exactly as the memory
-// store does. A key's state is one string, "start count prev debt expires
-// denied", integers except the debt, written with 17 significant digits so
-// that it reads back bit for bit. Change limiter/limiter.go and this together.
+// store does. A key's state is one 41-byte string, as struct.pack writes
+// '<i8i8i8di8B': start count prev as 8-byte little-endian integers, the
+// debt as a double (bit for bit), expires, and denied as one byte. Packing
+// costs Redis a third of what formatting and matching the same numbers as
+// text did. Change limiter/limiter.go and this together.
 const luaCommon = `
 local function parse(v)
-  if type(v) ~= 'string' then return nil end
-  local s, c, p, d, e, x = string.match(v, '^(%-?%d+) (%-?%d+) (%-?%d+) (%S+) (%-?%d+) ([01])$')
-  if not s then return nil end
-  d = tonumber(d)
-  if not d then return nil end
-  return {start = tonumber(s), count = tonumber(c), prev = tonumber(p), debt = d, expires = tonumber(e), denied = x == '1'}
+  if type(v) ~= 'string' or #v ~= 41 then return nil end
+  local st, c, p, d, e, x = struct.unpack('<i8i8i8di8B', v)
+  -- A foreign value that happens to be 41 bytes long: no NaN or infinite
+  -- debt that would never drain.
+  if d ~= d or d == math.huge or d == -math.huge then return nil end
+  return {start = st, count = c, prev = p, debt = d, expires = e, denied = x == 1}
 end
 
 local function blank(s, start)
@@ -36,7 +38,7 @@ local function live(v, now)
 end
 
 local function enc(s)
-  return string.format('%d %d %d %.17g %d %d', s.start, s.count, s.prev, s.debt, s.expires, s.denied and 1 or 0)
+  return struct.pack('<i8i8i8di8B', s.start, s.count, s.prev, s.debt, s.expires, s.denied and 1 or 0)
 end
 
 -- ttl is the key's time to live in milliseconds, relative so that it holds
@@ -105,8 +107,9 @@ end
 //
 // The reply is "R" and five integers per request (the same encoding),
 // allowed first_denial remaining reset retry_after (durations in
-// microseconds), followed with flags 1 by a line with the state before and
-// a line with the state after each request; or "B" and the server's time
+// microseconds), followed with flags 1 by the state before and the state
+// after each request (41 bytes each, all zeros for none); or "B" and the
+// server's time
 // when it falls outside a calendar window Go computed, to be asked again
 // with bounds for that time.
 const luaTake = luaCommon + `
@@ -216,6 +219,9 @@ if offCalendar(a, 2, n, now) then
   return 'B' .. struct.pack('<i8', now)
 end
 
+-- One read for every key (a foreign value of another type reads as nil,
+-- a fresh state).
+local vals = redis.call('MGET', unpack(KEYS))
 local cur, raw, after, before, allowed, out = {}, {}, {}, {}, {}, {}
 local pass = true
 for i = 1, n do
@@ -225,14 +231,13 @@ for i = 1, n do
     -- The same key twice in one request: the later sees the earlier's result.
     s = {start = s.start, count = s.count, prev = s.prev, debt = s.debt, expires = s.expires, denied = s.denied}
   else
-    -- pcall: a foreign value under our prefix (wrong type) counts as fresh.
-    local v = redis.pcall('GET', k)
+    local v = vals[i]
     if type(v) ~= 'string' then v = false end
     raw[k] = v
     s = live(v, now)
   end
   if keep then
-    before[i] = s.expires > 0 and enc(s) or ''
+    before[i] = s.expires > 0 and enc(s) or string.rep('\0', 41)
   end
   local b = 2 + (i - 1) * 9
   local alg, q, w, cost = a[b + 1], a[b + 2], a[b + 3], a[b + 6]
@@ -270,16 +275,13 @@ for i = 1, n do
   end
 end
 
-local reply = 'R' .. table.concat(out)
 if keep then
-  local lines = {reply}
   for i = 1, n do
-    lines[#lines + 1] = before[i]
-    lines[#lines + 1] = enc(after[i])
+    out[#out + 1] = before[i]
+    out[#out + 1] = enc(after[i])
   end
-  reply = table.concat(lines, '\n')
 end
-return reply
+return 'R' .. table.concat(out)
 `
 
 // luaUndo takes back what luaTake counted for a request whose other

@@ -2,8 +2,10 @@ package storage_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -252,7 +254,7 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 }
 
 // One round trip: exactly one EVALSHA per decision, however many limits,
-// and inside it one GET per key and at most one SET per key.
+// and inside it one MGET for all the keys and at most one SET per key.
 func TestRedisOneScriptPerRequest(t *testing.T) {
 	srv := redistest.Start(t)
 	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true})
@@ -283,15 +285,15 @@ func TestRedisOneScriptPerRequest(t *testing.T) {
 	if got := calls("eval"); got != 0 {
 		t.Fatalf("%d EVAL for %d decisions", got, n)
 	}
-	if got := calls("get"); got != 3*n {
-		t.Fatalf("%d GET for %d decisions of 3 limits", got, n)
+	if got := calls("mget"); got != n {
+		t.Fatalf("%d MGET for %d decisions of 3 limits", got, n)
 	}
 	if got := calls("set"); got > 3*n {
 		t.Fatalf("%d SET for %d decisions of 3 limits", got, n)
 	}
 	for cmd := range after {
 		switch cmd {
-		case "evalsha", "get", "set", "info", "evalsha.usec", "get.usec", "set.usec", "info.usec":
+		case "evalsha", "mget", "set", "info", "evalsha.usec", "mget.usec", "set.usec", "info.usec":
 		default:
 			if calls(cmd) != 0 {
 				t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
@@ -323,6 +325,133 @@ func TestRedisScriptFlush(t *testing.T) {
 	}
 }
 
+// Concurrent decisions share pipelines: each caller gets its own reply,
+// even while Redis pauses (callers give up, their scripts may still run
+// later) and loses its scripts (EVAL in the same batch machinery).
+func TestRedisPipelinedDecisions(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Timeout: 30 * time.Millisecond,
+		RetryInterval: time.Millisecond, OnError: storage.Deny})
+	c := srv.Client(t)
+	ctx := context.Background()
+	const (
+		workers = 48
+		rounds  = 300
+	)
+	quota := func(g int) int64 { return 1_000_000 + int64(g)*10_000 }
+	stop := make(chan struct{})
+	var disrupt sync.WaitGroup
+	disrupt.Add(1)
+	go func() {
+		defer disrupt.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(40 * time.Millisecond):
+			}
+			if i%2 == 0 {
+				c.Do(ctx, "CLIENT", "PAUSE", 60, "ALL")
+			} else {
+				c.ScriptFlush(ctx)
+			}
+		}
+	}()
+	deadline := time.Now().Add(time.Second)
+	var wg sync.WaitGroup
+	ok := make([]int64, workers)
+	errs := make(chan error, workers)
+	for g := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: quota(g), Window: time.Hour}
+			req := []storage.Request{{Counter: "c", Key: fmt.Sprint("client-", g), Limit: l, Cost: 1}}
+			res := make([]limiter.Result, 1)
+			last := quota(g)
+			for tries := 1; tries <= 10*rounds && ok[g] < rounds && time.Now().Before(deadline); tries++ {
+				if err := s.Take(ctx, storetest.Base, req, res); err != nil {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				r := res[0].Remaining
+				// Every decision counted at most once: what this client
+				// sent and gave up on may have counted too, never another
+				// client's decision.
+				if !res[0].Allowed || r >= last || r < quota(g)-int64(tries) {
+					errs <- fmt.Errorf("client %d: remaining %d after %d (a reply of another decision?)", g, r, last)
+					return
+				}
+				last = r
+				ok[g]++
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	disrupt.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var total int64
+	for g := range workers {
+		total += ok[g]
+	}
+	if total == 0 {
+		t.Fatal("no decision succeeded")
+	}
+	t.Logf("%d decisions answered by Redis", total)
+}
+
+// Closing the store while decisions wait for their batch ends them at
+// once, and stops the store's goroutines.
+func TestRedisCloseWhileDeciding(t *testing.T) {
+	srv := redistest.Start(t)
+	before := runtime.NumGoroutine()
+	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{fmt.Sprint("127.0.0.1:", srv.Port())}}, time.Second)
+	s, err := storage.NewRedis(client, storage.RedisOptions{LocalClock: true, Timeout: time.Second, OnError: storage.Deny})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := srv.Client(t)
+	// Hold every script in the queue for a while.
+	c.Do(context.Background(), "CLIENT", "PAUSE", 2000, "ALL")
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1000, Window: time.Hour}
+	done := make(chan error, 16)
+	for g := range 16 {
+		go func() {
+			req := []storage.Request{{Counter: "c", Key: fmt.Sprint("k", g), Limit: l, Cost: 1}}
+			done <- s.Take(context.Background(), storetest.Base, req, make([]limiter.Result, 1))
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 16 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("a decision succeeded after Close while Redis was paused")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a decision still waits after Close")
+		}
+	}
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("decisions ended %v after Close", d)
+	}
+	c.Do(context.Background(), "CLIENT", "UNPAUSE")
+	for i := 0; runtime.NumGoroutine() > before && i < 100; i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after Close, %d before the store", n, before)
+	}
+}
+
 // A foreign value under the prefix is a fresh state, not an error.
 func TestRedisForeignValues(t *testing.T) {
 	srv := redistest.Start(t)
@@ -341,7 +470,8 @@ func TestRedisForeignValues(t *testing.T) {
 	}
 	for _, spoil := range []func() error{
 		func() error { return c.Set(ctx, keys[0], "garbage", 0).Err() },
-		func() error { return c.Set(ctx, keys[0], "1 2 3 nan 4 1", 0).Err() },
+		func() error { return c.Set(ctx, keys[0], packedState(1, 2, 3, math.NaN(), 4, 1), 0).Err() },
+		func() error { return c.Set(ctx, keys[0], packedState(1, 2, 3, math.Inf(1), 1<<62, 1), 0).Err() },
 		func() error { c.Del(ctx, keys[0]); return c.HSet(ctx, keys[0], "f", "v").Err() },
 	} {
 		if err := spoil(); err != nil {
@@ -354,6 +484,17 @@ func TestRedisForeignValues(t *testing.T) {
 			t.Fatalf("after a foreign value: %+v", res[0])
 		}
 	}
+}
+
+// packedState is a key's state as the scripts store it (struct
+// '<i8i8i8di8B').
+func packedState(start, count, prev int64, debt float64, expires int64, denied byte) string {
+	b := binary.LittleEndian.AppendUint64(nil, uint64(start))
+	b = binary.LittleEndian.AppendUint64(b, uint64(count))
+	b = binary.LittleEndian.AppendUint64(b, uint64(prev))
+	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(debt))
+	b = binary.LittleEndian.AppendUint64(b, uint64(expires))
+	return string(append(b, denied))
 }
 
 // Requests the script could not compute are refused before Redis, without
