@@ -540,10 +540,13 @@ func grow[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// decide asks Redis, within the timeout.
+// decide asks Redis, within the timeout. A request decided by one script
+// needs no timer of its own: its batch has its deadline.
 func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
+	deadline := time.Now().Add(s.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	sc := s.scratch.Get().(*redisScratch)
 	defer s.putScratch(sc)
 	s.prepare(sc, reqs)
@@ -557,9 +560,9 @@ func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, resul
 			err       error
 		)
 		if s.cluster && !oneSlot(sc.slots) {
-			serverNow, err = s.decideSlots(ctx, now, at, reqs, results, sc)
+			serverNow, err = s.decideSlotsBy(ctx, deadline, now, at, reqs, results, sc)
 		} else {
-			serverNow, err = s.decideOne(ctx, now, at, reqs, results, sc)
+			serverNow, err = s.decideOne(ctx, deadline, now, at, reqs, results, sc)
 		}
 		if err != nil || serverNow == 0 {
 			return err
@@ -567,6 +570,12 @@ func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, resul
 		at = serverNow
 	}
 	return errors.New("redis storage: calendar windows keep moving under the server's clock")
+}
+
+func (s *Redis) decideSlotsBy(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	return s.decideSlots(ctx, now, at, reqs, results, sc)
 }
 
 func oneSlot(slots []uint16) bool {
@@ -579,9 +588,9 @@ func oneSlot(slots []uint16) bool {
 }
 
 // decideOne runs the script once for every request.
-func (s *Redis) decideOne(ctx context.Context, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
 	argv := s.spec(sc, reqs, nil, now, at, 0)
-	reply, err := s.eval(ctx, takeScript, sc.keys, argv)
+	reply, err := s.pipe.eval(ctx, deadline, takeScript, sc.keys, []string{argv})
 	if err != nil {
 		return 0, err
 	}
@@ -687,9 +696,13 @@ func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv .
 
 // eval runs a script with EVALSHA, or EVAL when Redis does not have it yet
 // (after a restart or SCRIPT FLUSH; EVAL caches it again), in the next
-// batch of the store's pipe.
+// batch of the store's pipe, by ctx's deadline (or within the timeout).
 func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...string) (string, error) {
-	return s.pipe.eval(ctx, sc, keys, argv)
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(s.timeout)
+	}
+	return s.pipe.eval(ctx, deadline, sc, keys, argv)
 }
 
 func isNoScript(err error) bool {

@@ -63,14 +63,16 @@ func (p *pipe) stop() { close(p.quit) }
 // wait waits for the workers to end, after stop.
 func (p *pipe) wait() { p.wg.Wait() }
 
-// eval runs a script in the next batch and waits for its reply, at most
-// until ctx ends.
-func (p *pipe) eval(ctx context.Context, sc *script, keys []string, argv []string) (string, error) {
+// eval runs a script in the next batch and waits for its reply, until the
+// batch's deadline (no later than this call's) or until ctx ends. No timer
+// is set for the call: a worker sends it by its deadline, or fails it at
+// once when the deadline passed in the queue.
+func (p *pipe) eval(ctx context.Context, deadline time.Time, sc *script, keys []string, argv []string) (string, error) {
 	c := p.calls.Get().(*pipeCall)
 	// The command holds copies of keys and argv: the caller may reuse its
 	// slices once it gives up waiting, while the command is still queued.
 	c.script, c.cmd = sc, scriptCmd(ctx, sc, false, keys, argv...)
-	c.deadline, _ = ctx.Deadline()
+	c.deadline = deadline
 	select {
 	case p.queue <- c:
 	case <-ctx.Done():
