@@ -44,6 +44,7 @@ type options struct {
 	smoke      bool
 	keep       bool
 	caddyBin   string
+	pprof      string
 	gomaxprocs int
 	gogc       int
 	caddyCPU   string
@@ -56,8 +57,8 @@ var errSkip = errors.New("skipped")
 func main() {
 	var opt options
 	var only string
-	flag.IntVar(&opt.rounds, "rounds", 5, "rounds; each round measures every configuration once")
-	flag.DurationVar(&opt.duration, "duration", 8*time.Second, "measured time per configuration and round (whole seconds)")
+	flag.IntVar(&opt.rounds, "rounds", 7, "rounds; each round measures every configuration once")
+	flag.DurationVar(&opt.duration, "duration", 6*time.Second, "measured time per configuration and round (whole seconds)")
 	flag.DurationVar(&opt.warmup, "warmup", time.Second, "wrk warm-up before each measurement (0: none)")
 	flag.IntVar(&opt.conns, "conns", 64, "wrk connections")
 	flag.StringVar(&only, "only", "", "comma-separated subset of: "+strings.Join(allNames(), ","))
@@ -66,6 +67,7 @@ func main() {
 	flag.BoolVar(&opt.smoke, "smoke", false, "one short round, results in a temporary directory unless -out is given: checks that everything starts and answers, not numbers")
 	flag.BoolVar(&opt.keep, "keep", false, "keep the temporary directory (Caddyfiles, logs)")
 	flag.StringVar(&opt.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
+	flag.StringVar(&opt.pprof, "pprof", "", "save a CPU profile of each Caddy under load into this directory (go tool pprof; profiling costs throughput)")
 	flag.IntVar(&opt.gomaxprocs, "gomaxprocs", 1, "GOMAXPROCS of every Caddy")
 	flag.IntVar(&opt.gogc, "gogc", 100, "GOGC of every Caddy")
 	flag.Parse()
@@ -164,6 +166,11 @@ func run(ctx context.Context, opt *options) (err error) {
 		fmt.Println("bench: fewer than 2 CPUs or no taskset: processes are not pinned, figures are less comparable")
 	}
 
+	if opt.pprof != "" {
+		if err := os.MkdirAll(opt.pprof, 0o755); err != nil {
+			return err
+		}
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
@@ -337,6 +344,9 @@ func warnNote(s *sample) string {
 	var b strings.Builder
 	if s.SocketErrors > 0 {
 		fmt.Fprintf(&b, "  (%d socket errors)", s.SocketErrors)
+	}
+	if s.OtherCores > 0.05 {
+		fmt.Fprintf(&b, "  (other processes took %.0f%% of Caddy's CPU: noisy)", 100*s.OtherCores)
 	}
 	if s.CaddyLogWarns > 0 {
 		fmt.Fprintf(&b, "  (%d warnings in Caddy's log)", s.CaddyLogWarns)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -191,6 +192,10 @@ type sample struct {
 	RedisRoundTrips *float64       `json:"redis_round_trips_per_request,omitempty"`
 	RedisMonitor    map[string]int `json:"redis_monitor_commands,omitempty"`
 	CaddyLogWarns   int            `json:"caddy_log_warnings"`
+	// CPU time used on Caddy's CPU by anything but Caddy during the
+	// measurement, per second (all CPUs when unpinned), and Caddy's own.
+	OtherCores    float64 `json:"other_cpu_on_caddy_cpu"`
+	CaddyCPUShare float64 `json:"caddy_cpu_share"`
 }
 
 func ptr(f float64) *float64 { return &f }
@@ -242,6 +247,7 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	if c.Upstream {
 		up0, _ = cpuSeconds(e.upstream.pid())
 	}
+	busy0, _ := busyCPU(e.opt.caddyCPU)
 	var r0 redisStats
 	if c.Redis {
 		if r0, err = e.redis.stats(ctx); err != nil {
@@ -249,16 +255,29 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 		}
 	}
 
+	profiled := make(chan error, 1)
+	if e.opt.pprof != "" {
+		go func() {
+			profiled <- e.cpuProfile(ctx, inst.ports.admin, filepath.Join(e.opt.pprof, fmt.Sprintf("%s-r%d.pprof", c.Name, round)))
+		}()
+	} else {
+		profiled <- nil
+	}
 	w, out, err := runWrk(ctx, e.opt.loadCPU, script, url, e.opt.conns, e.opt.duration)
 	if err != nil {
 		return s, fmt.Errorf("%s: %w", c.Name, err)
 	}
+	if err := <-profiled; err != nil {
+		return s, fmt.Errorf("%s: CPU profile: %w", c.Name, err)
+	}
 
 	// Snapshots after.
+	busy1, _ := busyCPU(e.opt.caddyCPU)
 	cpu1, err := cpuSeconds(inst.p.pid())
 	if err != nil {
 		return s, err
 	}
+	ours := (cpu1 - cpu0) + w.CPU
 	m1, merr2 := mallocs(ctx, inst.ports.admin)
 	if w.Requests == 0 {
 		return s, fmt.Errorf("%s: no responses:\n%s", c.Name, out)
@@ -274,6 +293,7 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	if c.Upstream {
 		up1, _ := cpuSeconds(e.upstream.pid())
 		s.UpstreamCPUus = ptr((up1 - up0) / n * 1e6)
+		ours += up1 - up0
 	}
 	if c.Redis {
 		r1, err := e.redis.stats(ctx)
@@ -284,7 +304,17 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 		s.RedisCmds = ptr(float64(all) / n)
 		s.RedisEvalsha = ptr(float64(evalsha) / n)
 		s.RedisCPUus = ptr((r1.cpu - r0.cpu) / n * 1e6)
+		ours += r1.cpu - r0.cpu
 	}
+	// What else ran on Caddy's CPU (or, unpinned, on the machine besides
+	// Caddy, wrk, the upstream and Redis): another load spoils the figures.
+	if e.opt.caddyCPU != "" {
+		ours = cpu1 - cpu0
+	}
+	if w.Seconds > 0 && busy1 > busy0 {
+		s.OtherCores = math.Max(0, (busy1-busy0-ours)/w.Seconds)
+	}
+	s.CaddyCPUShare = (cpu1 - cpu0) / w.Seconds
 
 	// Statuses under load: all 2xx, or mostly denials.
 	switch c.Expect {
@@ -328,4 +358,31 @@ func countWarnings(path string) int {
 		}
 	}
 	return n
+}
+
+// cpuProfile saves a CPU profile of Caddy (its admin's /debug/pprof) over
+// the measured time less a second, so that it ends before wrk does.
+func (e *env) cpuProfile(ctx context.Context, adminPort int, path string) error {
+	secs := int(e.opt.duration/time.Second) - 1
+	if secs < 1 {
+		secs = 1
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, secs), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: time.Duration(secs+30) * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }

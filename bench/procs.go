@@ -188,3 +188,32 @@ func cpuSeconds(pid int) (float64, error) {
 	}
 	return (ut + st) / clockTicks, nil
 }
+
+// busyCPU is the CPU time the machine spent busy so far: user, nice,
+// system, irq, softirq and steal from /proc/stat, of one CPU ("0", "1") or
+// of all of them ("").
+func busyCPU(cpu string) (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || f[0] != "cpu"+cpu {
+			continue
+		}
+		total := 0.0
+		for i, v := range f[1:9] {
+			if i == 3 || i == 4 { // idle, iowait
+				continue
+			}
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, errors.New("malformed /proc/stat")
+			}
+			total += n
+		}
+		return total / clockTicks, nil
+	}
+	return 0, errors.New("no cpu" + cpu + " in /proc/stat")
+}

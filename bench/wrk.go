@@ -21,6 +21,7 @@ type wrkResult struct {
 	Non2xx       int64 // responses other than 2xx and 3xx
 	SocketErrors int64 // connect, read, write errors and timeouts
 	Timeouts     int64
+	CPU          float64 // wrk's own CPU time, seconds
 }
 
 var (
@@ -139,5 +140,8 @@ func runWrk(ctx context.Context, cpus, script, url string, conns int, d time.Dur
 		return wrkResult{}, string(out), fmt.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, out)
 	}
 	r, err := parseWrk(string(out))
+	if st := cmd.ProcessState; st != nil { // taskset execs wrk: this is wrk
+		r.CPU = (st.UserTime() + st.SystemTime()).Seconds()
+	}
 	return r, string(out), err
 }
