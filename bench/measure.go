@@ -196,6 +196,8 @@ type sample struct {
 	// measurement, per second (all CPUs when unpinned), and Caddy's own.
 	OtherCores    float64 `json:"other_cpu_on_caddy_cpu"`
 	CaddyCPUShare float64 `json:"caddy_cpu_share"`
+	// Measurements of this round and configuration dropped as noisy.
+	Retries int `json:"retries,omitempty"`
 }
 
 func ptr(f float64) *float64 { return &f }

@@ -433,10 +433,10 @@ func (r *results) chart() []byte {
 		}
 		label := thousands(s.RPS) + "/s"
 		if s.Ratio != nil && s.Name != "plain" {
-			label += fmt.Sprintf("  %.2f x plain", *s.Ratio)
+			label += fmt.Sprintf(" · %.2f x plain", *s.Ratio)
 		}
 		if s.Name == "deny" {
-			label += fmt.Sprintf("  (%.0f%% 429)", 100*s.DeniedShare)
+			label += fmt.Sprintf(" · %.0f%% 429", 100*s.DeniedShare)
 		}
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d">%s</text>`+"\n", x(math.Max(s.RPSMax, s.RPS))+8, mid+4, xmlText(label))
 	}
