@@ -325,6 +325,7 @@ func run(ctx context.Context, opt *options) (err error) {
 	if opt.smoke {
 		fmt.Println("smoke run: figures not checked")
 	}
+	fmt.Println(res.noiseLine())
 	fmt.Print(res.targetLines())
 
 	out := opt.out

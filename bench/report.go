@@ -71,6 +71,10 @@ type summary struct {
 	RedisEvalsha    *float64 `json:"redis_evalsha_per_request,omitempty"`
 	RedisRoundTrips *float64 `json:"redis_round_trips_per_request,omitempty"`
 	DeniedShare     float64  `json:"non_2xx_share"`
+	// Measurements taken again because another process used Caddy's
+	// CPU, and those kept although it still did.
+	Retried int `json:"retried"`
+	Noisy   int `json:"noisy"`
 }
 
 func median(xs []float64) float64 {
@@ -111,6 +115,10 @@ func summarize(name, title string, samples []sample, plain []sample) *summary {
 		denied = append(denied, float64(x.Non2xx)/float64(x.Requests))
 		s.RPSMin = math.Min(s.RPSMin, x.RPS)
 		s.RPSMax = math.Max(s.RPSMax, x.RPS)
+		s.Retried += x.Retries
+		if x.OtherCores > noisy {
+			s.Noisy++
+		}
 	}
 	s.RPS, s.P50ms, s.P99ms, s.CaddyCPUus, s.DeniedShare = median(rps), median(p50), median(p99), median(cpu), median(denied)
 	s.AllocsPerReq = medianOf(samples, func(x *sample) *float64 { return x.AllocsPerReq })
@@ -287,6 +295,17 @@ func (r *results) settingsLine() string {
 		st.Rounds, st.Warmup, st.Duration, st.WrkThreads, st.Conns, st.LoadCPU, st.GOMAXPROCS, st.GOGC, st.CaddyCPU, st.LoadCPU)
 }
 
+// noiseLine tells how many measurements another process disturbed.
+func (r *results) noiseLine() string {
+	retried, noisyKept := 0, 0
+	for _, s := range r.Configs {
+		retried += s.Retried
+		noisyKept += s.Noisy
+	}
+	return fmt.Sprintf("%d measurements taken again because another process used more than %.0f%% of Caddy's CPU; %d kept although one still did",
+		retried, 100*noisy, noisyKept)
+}
+
 func (r *results) targetLines() string {
 	var b strings.Builder
 	for _, t := range r.Targets {
@@ -302,7 +321,7 @@ func (r *results) targetLines() string {
 // markdown is the README's block: machine, chart, table, targets.
 func (r *results) markdown(chartPath string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured on %s.\n%s.\n\n", r.machineLine(), r.settingsLine())
+	fmt.Fprintf(&b, "Measured on %s.\n%s; %s.\n\n", r.machineLine(), r.settingsLine(), r.noiseLine())
 	fmt.Fprintf(&b, "![requests per second of each configuration, median and range over the rounds](%s)\n\n", chartPath)
 	b.WriteString("| " + strings.Join(columns, " | ") + " |\n|")
 	for i := range columns {
