@@ -335,7 +335,11 @@ func run(ctx context.Context, opt *options) (err error) {
 	if err := writeResults(res, out); err != nil {
 		return err
 	}
-	fmt.Println("wrote", filepath.Join(out, "results.json"), filepath.Join(out, "chart.svg"), filepath.Join(out, "results.md"))
+	if opt.out == "" {
+		fmt.Println("results written to the temporary directory (removed at exit: give -out to keep them)")
+	} else {
+		fmt.Println("wrote", filepath.Join(out, "results.json"), filepath.Join(out, "chart.svg"), filepath.Join(out, "results.md"))
+	}
 	if opt.readme != "" {
 		rel, err := filepath.Rel(root, filepath.Join(out, "chart.svg"))
 		if err != nil || strings.HasPrefix(rel, "..") {
