@@ -196,6 +196,7 @@ type sample struct {
 	// measurement, per second (all CPUs when unpinned), and Caddy's own.
 	OtherCores    float64 `json:"other_cpu_on_caddy_cpu"`
 	CaddyCPUShare float64 `json:"caddy_cpu_share"`
+	OtherLoadCPU  float64 `json:"other_cpu_on_wrk_cpu"`
 	// Measurements of this round and configuration dropped as noisy.
 	Retries int `json:"retries,omitempty"`
 }
@@ -250,6 +251,7 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 		up0, _ = cpuSeconds(e.upstream.pid())
 	}
 	busy0, _ := busyCPU(e.opt.caddyCPU)
+	load0, _ := busyCPU(e.opt.loadCPU)
 	var r0 redisStats
 	if c.Redis {
 		if r0, err = e.redis.stats(ctx); err != nil {
@@ -275,6 +277,7 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 
 	// Snapshots after.
 	busy1, _ := busyCPU(e.opt.caddyCPU)
+	load1, _ := busyCPU(e.opt.loadCPU)
 	cpu1, err := cpuSeconds(inst.p.pid())
 	if err != nil {
 		return s, err
@@ -311,6 +314,9 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	// What else ran on Caddy's CPU (or, unpinned, on the machine besides
 	// Caddy, wrk, the upstream and Redis): another load spoils the figures.
 	if e.opt.caddyCPU != "" {
+		// And on the other CPU, besides wrk, Redis and the upstream
+		// (the kernel's loopback work is partly counted here too).
+		s.OtherLoadCPU = math.Max(0, (load1-load0-(ours-(cpu1-cpu0)))/w.Seconds)
 		ours = cpu1 - cpu0
 	}
 	if w.Seconds > 0 && busy1 > busy0 {
