@@ -259,7 +259,8 @@ func run(ctx context.Context, opt *options) (err error) {
 	}
 	fmt.Println(res.machineLine())
 	fmt.Println(res.settingsLine())
-	if l := loadAverage(); l > 0.5 {
+	res.Settings.LoadBefore = loadAverage()
+	if l := res.Settings.LoadBefore; l > 0.5 {
 		fmt.Printf("bench: load average %.2f before the run: something else is using the CPUs\n", l)
 	}
 
@@ -317,6 +318,7 @@ func run(ctx context.Context, opt *options) (err error) {
 			fmt.Printf("memory per key: %-16s %6.1f bytes/key\n", b.Algorithm, b.BytesPerKey)
 		}
 	}
+	res.Settings.LoadAfter = loadAverage()
 	res.checkTargets()
 
 	fmt.Println()
