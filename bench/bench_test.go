@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -79,27 +80,33 @@ func TestCaddyfiles(t *testing.T) {
 }
 
 func TestReportAndChart(t *testing.T) {
-	mk := func(round int, rps float64) sample {
-		return sample{Round: round, Requests: int64(rps * 8), Seconds: 8, RPS: rps, P50ms: 2, P99ms: 9, AllocsPerReq: ptr(70)}
+	mk := func(seq int, rps float64) sample {
+		return sample{Round: 1 + seq/2, Seq: seq, Requests: int64(rps * 8), Seconds: 8, RPS: rps, P50ms: 2, P99ms: 9, AllocsPerReq: ptr(70)}
 	}
-	plain := []sample{mk(1, 30000), mk(2, 31000), mk(3, 29000)}
+	plain := []sample{mk(0, 30000), mk(2, 31000), mk(4, 29000)}
 	r := &results{Date: "2026-01-01 00:00 UTC", Settings: settings{Rounds: 3}, Machine: machine{CPU: "Test <CPU> & co", Cores: 2}}
 	r.Configs = []*summary{
 		summarize("plain", `respond "ok"`, plain, plain),
-		summarize("memory-1", "one limit", []sample{mk(1, 28800), mk(2, 30000), mk(3, 27000)}, plain),
-		summarize("cache-hit", "hit", []sample{mk(1, 29000), mk(2, 29500), mk(3, 28000)}, plain),
-		summarize("proxy", "proxy", []sample{mk(1, 7000), mk(2, 7100), mk(3, 6900)}, plain),
+		summarize("memory-1", "one limit", []sample{mk(1, 28800), mk(3, 30000), mk(5, 27000)}, plain),
+		summarize("cache-hit", "hit", []sample{mk(1, 29000), mk(3, 29500), mk(5, 28000)}, plain),
+		summarize("proxy", "proxy", []sample{mk(1, 7000), mk(3, 7100), mk(5, 6900)}, plain),
 	}
 	r.BytesPerKey = []algoBytes{{"fixed_window", 135}, {"gcra", 210}}
 	r.checkTargets()
-	if m := r.config("memory-1"); *m.Ratio != 28800.0/30000 || *m.RatioMin != 27000.0/29000 || *m.RatioMax != 30000.0/31000 {
-		t.Errorf("ratios %v %v %v", *m.Ratio, *m.RatioMin, *m.RatioMax)
+	// Each measurement over the mean of plain's around it: 28800/30500,
+	// 30000/30000, 27000/29000 (no plain after the last).
+	if m := r.config("memory-1"); *m.Ratio != 28800.0/30500 || *m.RatioMin != 27000.0/29000 || *m.RatioMax != 1 ||
+		*m.RatioOfMedians != 28800.0/30000 || *m.Samples[0].PlainAround != 30500 {
+		t.Errorf("ratios %v %v %v %v", *m.Ratio, *m.RatioMin, *m.RatioMax, *m.RatioOfMedians)
+	}
+	if p := r.config("plain"); *p.Ratio != 1 {
+		t.Errorf("plain's ratio %v", *p.Ratio)
 	}
 	pass := map[string]bool{}
 	for _, tg := range r.Targets {
 		pass[tg.Name] = tg.Pass
 	}
-	if !pass["memory store, one limit"] || !pass["cache HIT vs reverse_proxy alone"] || !pass["cache HIT vs respond"] || pass["memory store at 1M keys"] {
+	if pass["memory store, one limit"] || !pass["cache HIT vs reverse_proxy alone"] || !pass["cache HIT vs respond"] || pass["memory store at 1M keys"] {
 		t.Errorf("targets: %+v", r.Targets)
 	}
 	dec := xml.NewDecoder(strings.NewReader(string(r.chart())))
@@ -124,5 +131,29 @@ func TestReportAndChart(t *testing.T) {
 	b, _ := os.ReadFile(readme)
 	if want := "# x\n\n" + readmeBegin + "\nnew\n" + readmeEnd + "\nafter\n"; string(b) != want {
 		t.Errorf("README:\n%s", b)
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	byName := map[string]*config{}
+	for _, c := range configs {
+		byName[c.Name] = c
+	}
+	sel := []*config{byName["plain"], byName["memory-1"], byName["memory-3"], byName["deny"]}
+	var got []string
+	for _, st := range schedule(sel, 2) {
+		got = append(got, fmt.Sprintf("%d:%s", st.round, st.c.Name))
+	}
+	want := "1:plain 1:memory-1 1:plain 1:memory-3 1:plain 1:deny 1:plain " +
+		"2:memory-3 2:plain 2:deny 2:plain 2:memory-1 2:plain"
+	if strings.Join(got, " ") != want {
+		t.Errorf("schedule:\n%s\nwant\n%s", strings.Join(got, " "), want)
+	}
+	// plain alone, and no plain: each once per round.
+	if n := len(schedule(sel[:1], 3)); n != 3 {
+		t.Errorf("plain alone: %d steps", n)
+	}
+	if n := len(schedule(sel[1:], 3)); n != 9 {
+		t.Errorf("without plain: %d steps", n)
 	}
 }

@@ -62,8 +62,8 @@ var errSkip = errors.New("skipped")
 func main() {
 	var opt options
 	var only string
-	flag.IntVar(&opt.rounds, "rounds", 7, "rounds; each round measures every configuration once")
-	flag.DurationVar(&opt.duration, "duration", 6*time.Second, "measured time per configuration and round (whole seconds)")
+	flag.IntVar(&opt.rounds, "rounds", 6, "rounds; each round measures every configuration once")
+	flag.DurationVar(&opt.duration, "duration", 4*time.Second, "measured time per configuration and round (whole seconds)")
 	flag.DurationVar(&opt.warmup, "warmup", time.Second, "wrk warm-up before each measurement (0: none)")
 	flag.IntVar(&opt.conns, "conns", 64, "wrk connections")
 	flag.StringVar(&only, "only", "", "comma-separated subset of: "+strings.Join(allNames(), ","))
@@ -264,35 +264,32 @@ func run(ctx context.Context, opt *options) (err error) {
 		fmt.Printf("bench: load average %.2f before the run: something else is using the CPUs\n", l)
 	}
 
-	// Interleaved: every round measures every configuration once, one
-	// Caddy under load at a time; each round starts one configuration
-	// later, so that no configuration always runs first or after another.
 	samples := map[string][]sample{}
-	for r := 0; r < opt.rounds && len(selected) > 0; r++ {
-		for i := range selected {
-			c := selected[(i+r)%len(selected)]
-			s, err := e.measure(ctx, c, r+1)
-			// Another process on Caddy's CPU spoils a measurement:
-			// measure again, a few times at most.
-			for try := 1; err == nil && s.OtherCores > noisy && try <= opt.retries; try++ {
-				fmt.Printf("round %d/%d  %-9s other processes took %.0f%% of Caddy's CPU: again in 5s (%d/%d)\n",
-					r+1, opt.rounds, c.Name, 100*s.OtherCores, try, opt.retries)
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(5 * time.Second):
-				}
-				s, err = e.measure(ctx, c, r+1)
-				s.Retries = try
+	steps := schedule(selected, opt.rounds)
+	for seq, st := range steps {
+		c, r := st.c, st.round
+		s, err := e.measure(ctx, c, r)
+		// Another process on Caddy's CPU spoils a measurement: measure
+		// again, a few times at most.
+		for try := 1; err == nil && s.OtherCores > noisy && try <= opt.retries; try++ {
+			fmt.Printf("%3d/%d round %d/%d  %-9s other processes took %.0f%% of Caddy's CPU: again in 5s (%d/%d)\n",
+				seq+1, len(steps), r, opt.rounds, c.Name, 100*s.OtherCores, try, opt.retries)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Second):
 			}
-			if err != nil {
-				return err
-			}
-			samples[c.Name] = append(samples[c.Name], s)
-			fmt.Printf("round %d/%d  %-9s %9s req/s  p50 %6.2fms  p99 %7.2fms  allocs/req %s  Caddy %.1fus/req%s%s\n",
-				r+1, opt.rounds, c.Name, thousands(s.RPS), s.P50ms, s.P99ms, optf(s.AllocsPerReq, "%.1f"), s.CaddyCPUus,
-				extra(&s), warnNote(&s))
+			s, err = e.measure(ctx, c, r)
+			s.Retries = try
 		}
+		if err != nil {
+			return err
+		}
+		s.Seq = seq
+		samples[c.Name] = append(samples[c.Name], s)
+		fmt.Printf("%3d/%d round %d/%d  %-9s %9s req/s  p50 %6.2fms  p99 %7.2fms  allocs/req %s  Caddy %.1fus/req%s%s\n",
+			seq+1, len(steps), r, opt.rounds, c.Name, thousands(s.RPS), s.P50ms, s.P99ms, optf(s.AllocsPerReq, "%.1f"), s.CaddyCPUus,
+			extra(&s), warnNote(&s))
 	}
 	for _, c := range selected {
 		res.Configs = append(res.Configs, summarize(c.Name, c.Title, samples[c.Name], samples["plain"]))
@@ -353,6 +350,44 @@ func run(ctx context.Context, opt *options) (err error) {
 		fmt.Println("updated the benchmark block of", opt.readme)
 	}
 	return nil
+}
+
+type step struct {
+	c     *config
+	round int
+}
+
+// schedule is the order of the measurements. Every round measures every
+// configuration once, each round starting one configuration later, so that
+// no configuration always follows the same one; and plain Caddy is
+// measured first and again after every other configuration, so that each
+// measurement has a plain one on both sides, seconds away: the machine's
+// speed drifts (on a shared virtual machine, by a quarter over minutes),
+// and the ratio to the mean of the two cancels what drifts slower than
+// that.
+func schedule(selected []*config, rounds int) []step {
+	var plain *config
+	var others []*config
+	for _, c := range selected {
+		if c.Name == "plain" && len(selected) > 1 {
+			plain = c
+		} else {
+			others = append(others, c)
+		}
+	}
+	var steps []step
+	if plain != nil {
+		steps = append(steps, step{plain, 1})
+	}
+	for r := 0; r < rounds; r++ {
+		for i := range others {
+			steps = append(steps, step{others[(i+r)%len(others)], r + 1})
+			if plain != nil {
+				steps = append(steps, step{plain, r + 1})
+			}
+		}
+	}
+	return steps
 }
 
 func extra(s *sample) string {

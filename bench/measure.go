@@ -169,7 +169,10 @@ func mallocs(ctx context.Context, adminPort int) (uint64, error) {
 
 // sample is one measurement of one configuration.
 type sample struct {
-	Round        int     `json:"round"`
+	Round int `json:"round"`
+	// The measurement's place in the run: plain's on either side are its
+	// neighbours.
+	Seq          int     `json:"seq"`
 	Requests     int64   `json:"requests"`
 	Seconds      float64 `json:"seconds"`
 	RPS          float64 `json:"rps"`
@@ -197,6 +200,8 @@ type sample struct {
 	OtherCores    float64 `json:"other_cpu_on_caddy_cpu"`
 	CaddyCPUShare float64 `json:"caddy_cpu_share"`
 	OtherLoadCPU  float64 `json:"other_cpu_on_wrk_cpu"`
+	// The mean rps of the plain measurements just before and after.
+	PlainAround *float64 `json:"plain_rps_around,omitempty"`
 	// Measurements of this round and configuration dropped as noisy.
 	Retries int `json:"retries,omitempty"`
 }
