@@ -1,0 +1,159 @@
+package main
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const wrkOutput = `Running 8s test @ http://127.0.0.1:41461/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.31ms    1.98ms  41.02ms   91.20%
+    Req/Sec    28.40k     2.11k   31.02k    80.00%
+  Latency Distribution
+     50%    2.01ms
+     75%    2.54ms
+     90%    3.80ms
+     99%  850.00us
+  226118 requests in 8.00s, 28.68MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 226000
+Requests/sec:  28264.04
+Transfer/sec:      3.58MB
+`
+
+func TestParseWrk(t *testing.T) {
+	r, err := parseWrk(wrkOutput)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wrkResult{Requests: 226118, Seconds: 8, RPS: 28264.04, P50ms: 2.01, P99ms: 0.85,
+		Non2xx: 226000, SocketErrors: 3, Timeouts: 1}
+	if r != want {
+		t.Errorf("got %+v\nwant %+v", r, want)
+	}
+	if _, err := parseWrk("unable to connect to 127.0.0.1:1 Connection refused"); err == nil {
+		t.Error("no error for wrk's failure")
+	}
+}
+
+func TestParseRedisInfo(t *testing.T) {
+	before := parseRedisInfo("# Commandstats\r\ncmdstat_evalsha:calls=10,usec=1354,usec_per_call=135.40\r\ncmdstat_get:calls=30,usec=1\r\ncmdstat_info:calls=1,usec=5\r\n# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\n")
+	after := parseRedisInfo("cmdstat_evalsha:calls=20,usec=1\r\ncmdstat_get:calls=60,usec=1\r\ncmdstat_info:calls=2,usec=5\r\ncmdstat_time:calls=10\r\nused_cpu_sys:2\r\nused_cpu_user:2.75\r\n")
+	all, evalsha := commands(before, after)
+	if all != 50 || evalsha != 10 {
+		t.Errorf("commands: %d, evalsha %d", all, evalsha)
+	}
+	if d := after.cpu - before.cpu; d != 1 {
+		t.Errorf("cpu delta %v", d)
+	}
+}
+
+func TestParseBytesPerKey(t *testing.T) {
+	out := "goos: linux\nBenchmarkMemoryBytesPerKey/fixed_window-2         \t       1\t1234567890 ns/op\t       135.2 bytes/key\nBenchmarkMemoryBytesPerKey/token_bucket         \t       1\t1 ns/op\t       141.0 bytes/key\t 12 B/op\nPASS\n"
+	got := parseBytesPerKey(out)
+	if len(got) != 2 || got[0] != (algoBytes{"fixed_window", 135.2}) || got[1] != (algoBytes{"token_bucket", 141}) {
+		t.Errorf("%+v", got)
+	}
+}
+
+func TestCaddyfiles(t *testing.T) {
+	p := ports{site: 1001, admin: 1002, redis: 1003, upstream: 1004}
+	for _, c := range append(configs, exactConfig(1000, "2s")) {
+		cf := caddyfile(c, p)
+		if strings.Count(cf, "{") != strings.Count(cf, "}") {
+			t.Errorf("%s: unbalanced braces:\n%s", c.Name, cf)
+		}
+		if !strings.Contains(cf, "admin 127.0.0.1:1002") || !strings.Contains(cf, "http://:1001") || !strings.Contains(cf, "bind 127.0.0.1") {
+			t.Errorf("%s: not on loopback:\n%s", c.Name, cf)
+		}
+		if c.Redis != strings.Contains(cf, "redis://127.0.0.1:1003/0") {
+			t.Errorf("%s: Redis:\n%s", c.Name, cf)
+		}
+	}
+}
+
+func TestReportAndChart(t *testing.T) {
+	mk := func(seq int, rps float64) sample {
+		return sample{Round: 1 + seq/2, Seq: seq, Requests: int64(rps * 8), Seconds: 8, RPS: rps, P50ms: 2, P99ms: 9, AllocsPerReq: ptr(70)}
+	}
+	plain := []sample{mk(0, 30000), mk(2, 31000), mk(4, 29000)}
+	r := &results{Date: "2026-01-01 00:00 UTC", Settings: settings{Rounds: 3}, Machine: machine{CPU: "Test <CPU> & co", Cores: 2}}
+	r.Configs = []*summary{
+		summarize("plain", `respond "ok"`, plain, plain),
+		summarize("memory-1", "one limit", []sample{mk(1, 28800), mk(3, 30000), mk(5, 27000)}, plain),
+		summarize("cache-hit", "hit", []sample{mk(1, 29000), mk(3, 29500), mk(5, 28000)}, plain),
+		summarize("proxy", "proxy", []sample{mk(1, 7000), mk(3, 7100), mk(5, 6900)}, plain),
+	}
+	r.BytesPerKey = []algoBytes{{"fixed_window", 135}, {"gcra", 210}}
+	r.checkTargets()
+	// Each measurement over the mean of plain's around it: 28800/30500,
+	// 30000/30000, 27000/29000 (no plain after the last).
+	if m := r.config("memory-1"); *m.Ratio != 28800.0/30500 || *m.RatioMin != 27000.0/29000 || *m.RatioMax != 1 ||
+		*m.RatioOfMedians != 28800.0/30000 || *m.Samples[0].PlainAround != 30500 {
+		t.Errorf("ratios %v %v %v %v", *m.Ratio, *m.RatioMin, *m.RatioMax, *m.RatioOfMedians)
+	}
+	if p := r.config("plain"); *p.Ratio != 1 {
+		t.Errorf("plain's ratio %v", *p.Ratio)
+	}
+	pass := map[string]bool{}
+	for _, tg := range r.Targets {
+		pass[tg.Name] = tg.Pass
+	}
+	if pass["memory store, one limit"] || !pass["cache HIT vs reverse_proxy alone"] || !pass["cache HIT vs respond"] || pass["memory store at 1M keys"] {
+		t.Errorf("targets: %+v", r.Targets)
+	}
+	dec := xml.NewDecoder(strings.NewReader(string(r.chart())))
+	for {
+		_, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("chart.svg is not well-formed: %v", err)
+		}
+	}
+	if !strings.Contains(r.table(), "28,800") || !strings.Contains(r.markdown("chart.svg"), "| `memory-1` |") {
+		t.Errorf("table:\n%s\nmarkdown:\n%s", r.table(), r.markdown("chart.svg"))
+	}
+
+	readme := filepath.Join(t.TempDir(), "README.md")
+	os.WriteFile(readme, []byte("# x\n\n"+readmeBegin+"\nold\n"+readmeEnd+"\nafter\n"), 0o644)
+	if err := updateReadme(readme, "new\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(readme)
+	if want := "# x\n\n" + readmeBegin + "\nnew\n" + readmeEnd + "\nafter\n"; string(b) != want {
+		t.Errorf("README:\n%s", b)
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	byName := map[string]*config{}
+	for _, c := range configs {
+		byName[c.Name] = c
+	}
+	sel := []*config{byName["plain"], byName["memory-1"], byName["memory-3"], byName["deny"]}
+	var got []string
+	for _, st := range schedule(sel, 2) {
+		got = append(got, fmt.Sprintf("%d:%s", st.round, st.c.Name))
+	}
+	want := "1:plain 1:memory-1 1:plain 1:memory-3 1:plain 1:deny 1:plain " +
+		"2:memory-3 2:plain 2:deny 2:plain 2:memory-1 2:plain"
+	if strings.Join(got, " ") != want {
+		t.Errorf("schedule:\n%s\nwant\n%s", strings.Join(got, " "), want)
+	}
+	// plain alone, and no plain: each once per round.
+	if n := len(schedule(sel[:1], 3)); n != 3 {
+		t.Errorf("plain alone: %d steps", n)
+	}
+	if n := len(schedule(sel[1:], 3)); n != 9 {
+		t.Errorf("without plain: %d steps", n)
+	}
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// ports are the loopback ports of one Caddy and of what it talks to.
+type ports struct {
+	site, admin, redis, upstream int
+}
+
+// config is one configuration measured against plain Caddy.
+type config struct {
+	Name  string // for -only, the table and the JSON
+	Title string // what it is, in a few words
+	// Keys is the number of distinct client keys wrk spreads its requests
+	// over (X-Api-Key).
+	Keys int
+	// Expect is what every response under load must be: "200" (any
+	// non-2xx fails the run) or "deny" (mostly 429).
+	Expect   string
+	Redis    bool // needs the bench's Redis
+	Upstream bool // needs the upstream
+	Cache    bool // warm the cache entry first, probe for Bloom-Status: HIT
+	// Site is the site block's body; Global the edge_limit global option's
+	// body ("" for none).
+	Site, Global func(p ports) string
+}
+
+// commonGlobals: plain HTTP/1.1 (what wrk speaks), nothing written to
+// disk, a short shutdown.
+const commonGlobals = "\tpersist_config off\n\tauto_https off\n\tgrace_period 1s\n\tservers {\n\t\tprotocols h1\n\t}\n"
+
+// The Caddyfiles share one frame: admin on a loopback port (for
+// /debug/vars), no access log, no HTTPS, no persisted config.
+func caddyfile(c *config, p ports) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n%s", p.admin, commonGlobals)
+	if c.Global != nil {
+		fmt.Fprintf(&b, "\tedge_limit {\n%s\t}\n", indent(c.Global(p), 2))
+	}
+	fmt.Fprintf(&b, "}\n\nhttp://:%d {\n\tbind 127.0.0.1\n%s}\n", p.site, indent(c.Site(p), 1))
+	return b.String()
+}
+
+func indent(s string, n int) string {
+	tabs := strings.Repeat("\t", n)
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = tabs + l
+		}
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// never is a rate no benchmark reaches.
+const never = "1000000000/1m"
+
+// threeLimitsGlobal declares the API-wide limit and the daily quota of
+// configurations 3 and 4 in the global option.
+func threeLimitsGlobal(storage string) func(p ports) string {
+	return func(p ports) string {
+		return storage + `limit api_global {
+	key {header.X-Api-Key} {client_ip}
+	rate ` + never + `
+}
+quota api_daily {
+	key {header.X-Api-Key} {client_ip}
+	limit 1000000000 per day
+}
+`
+	}
+}
+
+// threeLimitsSite uses both and adds a route limit: three limits per
+// request, decided at once.
+func threeLimitsSite(routeRate string) func(p ports) string {
+	return func(p ports) string {
+		return `edge_limit {
+	use api_global api_daily
+	limit api_route {
+		key {header.X-Api-Key} {client_ip}
+		rate ` + routeRate + `
+	}
+}
+respond "ok"
+`
+	}
+}
+
+// redisStorage is the edge_limit storage of the Redis configurations. The
+// timeout is raised from the default 100ms and on_error set to deny so
+// that a slow answer under load shows as a 503 instead of a request let
+// through without Redis (which would flatter the throughput).
+func redisStorage(p ports) string {
+	return fmt.Sprintf(`storage redis {
+	url redis://127.0.0.1:%d/0
+	timeout 2s
+	on_error deny
+}
+`, p.redis)
+}
+
+const (
+	distinctKeys = 10_000
+	denyKeys     = 16
+)
+
+var configs = []*config{
+	{
+		Name: "plain", Title: `respond "ok" only: the ceiling`,
+		Keys: distinctKeys, Expect: "200",
+		Site: func(ports) string { return "respond \"ok\"\n" },
+	},
+	{
+		Name: "memory-1", Title: "edge_limit, memory, 1 limit",
+		Keys: distinctKeys, Expect: "200",
+		Site: func(ports) string {
+			return `edge_limit {
+	limit per_client {
+		rate ` + never + `
+	}
+}
+respond "ok"
+`
+		},
+	},
+	{
+		Name: "memory-3", Title: "memory, 3 limits, 10k keys",
+		Keys: distinctKeys, Expect: "200",
+		Global: threeLimitsGlobal(""),
+		Site:   threeLimitsSite(never),
+	},
+	{
+		Name: "redis-3", Title: "Redis, 3 limits, 10k keys",
+		Keys: distinctKeys, Expect: "200", Redis: true,
+		Global: func(p ports) string { return threeLimitsGlobal(redisStorage(p))(p) },
+		Site:   threeLimitsSite(never),
+	},
+	{
+		Name: "cache-hit", Title: "edge_cache HIT + reverse_proxy",
+		Keys: distinctKeys, Expect: "200", Upstream: true, Cache: true,
+		Site: func(p ports) string {
+			return fmt.Sprintf(`edge_cache {
+	ttl 1h
+}
+reverse_proxy 127.0.0.1:%d
+`, p.upstream)
+		},
+	},
+	{
+		Name: "proxy", Title: "reverse_proxy alone",
+		Keys: distinctKeys, Expect: "200", Upstream: true,
+		Site: func(p ports) string { return fmt.Sprintf("reverse_proxy 127.0.0.1:%d\n", p.upstream) },
+	},
+	{
+		Name: "deny", Title: "memory, 1 limit, mostly 429",
+		Keys: denyKeys, Expect: "deny",
+		Site: func(ports) string {
+			return `edge_limit {
+	limit per_client {
+		key {header.X-Api-Key} {client_ip}
+		rate 1/1h
+	}
+}
+respond "ok"
+`
+		},
+	},
+}
+
+// upstreamCaddyfile is the upstream of cache-hit and proxy: another Caddy
+// answering "ok", without admin.
+func upstreamCaddyfile(port int) string {
+	return fmt.Sprintf("{\n\tadmin off\n%s}\n\nhttp://:%d {\n\tbind 127.0.0.1\n\trespond \"ok\"\n}\n", commonGlobals, port)
+}
+
+// exactConfig is the correctness check's configuration: redis-3 with a
+// route limit that does deny, limit requests per window.
+func exactConfig(limit int, window string) *config {
+	return &config{
+		Name: "exact", Redis: true,
+		Global: func(p ports) string { return threeLimitsGlobal(redisStorage(p))(p) },
+		Site:   threeLimitsSite(fmt.Sprintf("%d/%s", limit, window)),
+	}
+}

@@ -1,0 +1,490 @@
+// Command bench measures what edgelimit costs: it builds Caddy with the
+// plugin once, then, on loopback, runs plain Caddy (respond "ok", the
+// ceiling), edge_limit with the memory and the Redis stores, edge_cache
+// hits against reverse_proxy alone, and a denial-heavy run, interleaved
+// over several rounds, with wrk as the load generator. It prints a table
+// (requests/s, p50/p99 latency, allocations, CPU and Redis commands per
+// request, ratio to plain Caddy), checks the issue's targets, and writes
+// results.json, chart.svg and results.md. It also checks that two Caddy
+// instances sharing Redis admit exactly the limit per window, and runs
+// storage's bytes-per-key benchmark at 1,000,000 keys.
+//
+//	go run ./bench                  # the full run, about 8 minutes; writes bench/results and README.md
+//	go run ./bench -smoke           # a few seconds per configuration; CI runs it
+//	go run ./bench -only plain,memory-1 -rounds 3 -duration 5s
+//
+// Every process is pinned: each Caddy (GOMAXPROCS=1, GOGC=100) on CPU 0;
+// wrk, Redis and the upstream on CPU 1. See README.md, "Benchmarks".
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	rounds     int
+	duration   time.Duration
+	warmup     time.Duration
+	conns      int
+	only       map[string]bool
+	out        string
+	readme     string
+	smoke      bool
+	keep       bool
+	caddyBin   string
+	pprof      string
+	retries    int
+	gomaxprocs int
+	gogc       int
+	caddyCPU   string
+	loadCPU    string
+}
+
+// noisy is the share of Caddy's CPU that other processes may take during
+// a measurement before it is taken again.
+const noisy = 0.05
+
+// errSkip ends a run that cannot happen here (no wrk) without failing.
+var errSkip = errors.New("skipped")
+
+func main() {
+	var opt options
+	var only string
+	flag.IntVar(&opt.rounds, "rounds", 6, "rounds; each round measures every configuration once")
+	flag.DurationVar(&opt.duration, "duration", 4*time.Second, "measured time per configuration and round (whole seconds)")
+	flag.DurationVar(&opt.warmup, "warmup", time.Second, "wrk warm-up before each measurement (0: none)")
+	flag.IntVar(&opt.conns, "conns", 64, "wrk connections")
+	flag.StringVar(&only, "only", "", "comma-separated subset of: "+strings.Join(allNames(), ","))
+	flag.StringVar(&opt.out, "out", filepath.Join("bench", "results"), "directory for results.json, chart.svg and results.md")
+	flag.StringVar(&opt.readme, "readme", "README.md", "README whose benchmark block to rewrite (\"\": none; never with -smoke or -only)")
+	flag.BoolVar(&opt.smoke, "smoke", false, "one short round, results in a temporary directory unless -out is given: checks that everything starts and answers, not numbers")
+	flag.BoolVar(&opt.keep, "keep", false, "keep the temporary directory (Caddyfiles, logs)")
+	flag.StringVar(&opt.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
+	flag.StringVar(&opt.pprof, "pprof", "", "save a CPU profile of each Caddy under load into this directory (go tool pprof; profiling costs throughput)")
+	flag.IntVar(&opt.retries, "retries", 3, "measure again, at most this many times, when other processes took more than 5% of Caddy's CPU")
+	flag.IntVar(&opt.gomaxprocs, "gomaxprocs", 1, "GOMAXPROCS of every Caddy")
+	flag.IntVar(&opt.gogc, "gogc", 100, "GOGC of every Caddy")
+	flag.Parse()
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if only != "" {
+		opt.only = map[string]bool{}
+		for _, n := range strings.Split(only, ",") {
+			n = strings.TrimSpace(n)
+			if !contains(allNames(), n) {
+				fmt.Fprintf(os.Stderr, "bench: -only: unknown %q (want %s)\n", n, strings.Join(allNames(), ", "))
+				os.Exit(2)
+			}
+			opt.only[n] = true
+		}
+	}
+	if opt.smoke {
+		if !set["rounds"] {
+			opt.rounds = 1
+		}
+		if !set["duration"] {
+			opt.duration = time.Second
+		}
+		if !set["warmup"] {
+			opt.warmup = 0
+		}
+		if !set["out"] {
+			opt.out = ""
+		}
+		if !set["readme"] {
+			opt.readme = ""
+		}
+		if !set["retries"] {
+			opt.retries = 0
+		}
+	}
+	if opt.only != nil && !set["readme"] {
+		opt.readme = ""
+	}
+	if opt.rounds < 1 || opt.duration < time.Second || opt.conns < 1 {
+		fmt.Fprintln(os.Stderr, "bench: need -rounds >= 1, -duration >= 1s, -conns >= 1")
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, &opt)
+	stop()
+	switch {
+	case errors.Is(err, errSkip):
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func allNames() []string {
+	var ns []string
+	for _, c := range configs {
+		ns = append(ns, c.Name)
+	}
+	return append(ns, "exact", "bytes-per-key")
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *options) wants(name string) bool { return o.only == nil || o.only[name] }
+
+func run(ctx context.Context, opt *options) (err error) {
+	ci := os.Getenv("CI") != ""
+	if _, err := exec.LookPath("wrk"); err != nil {
+		if opt.smoke && !ci {
+			fmt.Println("bench: wrk not found (Debian: apt-get install wrk): skipping the smoke run")
+			return errSkip
+		}
+		return errors.New("wrk not found (Debian: apt-get install wrk)")
+	}
+	haveRedis := true
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if ci || !opt.smoke {
+			return errors.New("redis-server not found (Debian: apt-get install redis-server)")
+		}
+		fmt.Println("bench: redis-server not found: skipping the Redis configurations")
+		haveRedis = false
+	}
+	if runtime.NumCPU() >= 2 {
+		if _, err := exec.LookPath("taskset"); err == nil {
+			opt.caddyCPU, opt.loadCPU = "0", "1"
+		}
+	}
+	if opt.caddyCPU == "" {
+		fmt.Println("bench: fewer than 2 CPUs or no taskset: processes are not pinned, figures are less comparable")
+	}
+
+	if opt.pprof != "" {
+		if err := os.MkdirAll(opt.pprof, 0o755); err != nil {
+			return err
+		}
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "edgelimit-bench-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if opt.keep || err != nil {
+			fmt.Println("bench: Caddyfiles and logs kept in", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
+	defer children.stopAll()
+
+	e := &env{opt: opt, dir: dir, caddy: opt.caddyBin}
+	if e.caddy == "" {
+		fmt.Print("building Caddy with the plugin (go build ./cmd/caddy)... ")
+		t := time.Now()
+		e.caddy = filepath.Join(dir, "caddy")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", e.caddy, "./cmd/caddy")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+		}
+		fmt.Printf("%.1fs\n", time.Since(t).Seconds())
+	}
+
+	var selected []*config
+	for _, c := range configs {
+		if !opt.wants(c.Name) {
+			continue
+		}
+		if c.Redis && !haveRedis {
+			continue
+		}
+		selected = append(selected, c)
+	}
+	needRedis, needUpstream := haveRedis && opt.wants("exact"), false
+	for _, c := range selected {
+		needRedis = needRedis || c.Redis
+		needUpstream = needUpstream || c.Upstream
+	}
+	if needRedis {
+		if e.redis, err = startRedis(ctx, dir, opt.loadCPU); err != nil {
+			return err
+		}
+		defer e.redis.stop()
+	}
+	if needUpstream {
+		if e.upPort, err = freePort(); err != nil {
+			return err
+		}
+		path := filepath.Join(dir, "upstream.Caddyfile")
+		if err := os.WriteFile(path, []byte(upstreamCaddyfile(e.upPort)), 0o644); err != nil {
+			return err
+		}
+		e.upstream, err = start("upstream", opt.loadCPU, e.caddyEnv(), filepath.Join(dir, "upstream.log"),
+			e.caddy, "run", "--config", path, "--adapter", "caddyfile")
+		if err != nil {
+			return err
+		}
+		defer e.upstream.stop()
+		if err := waitPort(ctx, e.upstream, e.upPort, 20*time.Second); err != nil {
+			return err
+		}
+	}
+
+	res := &results{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Machine: machineInfo(ctx, e, root)}
+	res.Settings = settings{Rounds: opt.rounds, Duration: opt.duration.String(), Warmup: opt.warmup.String(),
+		Conns: opt.conns, WrkThreads: 1, GOMAXPROCS: opt.gomaxprocs, GOGC: opt.gogc,
+		CaddyCPU: opt.caddyCPU, LoadCPU: opt.loadCPU, Keys: distinctKeys, Smoke: opt.smoke}
+	if opt.caddyCPU == "" {
+		res.Settings.CaddyCPU, res.Settings.LoadCPU = "any", "any"
+	}
+	fmt.Println(res.machineLine())
+	fmt.Println(res.settingsLine())
+	res.Settings.LoadBefore = loadAverage()
+	if l := res.Settings.LoadBefore; l > 0.5 {
+		fmt.Printf("bench: load average %.2f before the run: something else is using the CPUs\n", l)
+	}
+
+	samples := map[string][]sample{}
+	steps := schedule(selected, opt.rounds)
+	for seq, st := range steps {
+		c, r := st.c, st.round
+		s, err := e.measure(ctx, c, r)
+		// Another process on Caddy's CPU spoils a measurement: measure
+		// again, a few times at most.
+		for try := 1; err == nil && s.OtherCores > noisy && try <= opt.retries; try++ {
+			fmt.Printf("%3d/%d round %d/%d  %-9s other processes took %.0f%% of Caddy's CPU: again in 5s (%d/%d)\n",
+				seq+1, len(steps), r, opt.rounds, c.Name, 100*s.OtherCores, try, opt.retries)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Second):
+			}
+			s, err = e.measure(ctx, c, r)
+			s.Retries = try
+		}
+		if err != nil {
+			return err
+		}
+		s.Seq = seq
+		samples[c.Name] = append(samples[c.Name], s)
+		fmt.Printf("%3d/%d round %d/%d  %-9s %9s req/s  p50 %6.2fms  p99 %7.2fms  allocs/req %s  Caddy %.1fus/req%s%s\n",
+			seq+1, len(steps), r, opt.rounds, c.Name, thousands(s.RPS), s.P50ms, s.P99ms, optf(s.AllocsPerReq, "%.1f"), s.CaddyCPUus,
+			extra(&s), warnNote(&s))
+	}
+	for _, c := range selected {
+		res.Configs = append(res.Configs, summarize(c.Name, c.Title, samples[c.Name], samples["plain"]))
+	}
+
+	if opt.wants("exact") && e.redis != nil {
+		limit, window := 1000, 2*time.Second
+		if opt.smoke {
+			limit, window = 200, time.Second
+		}
+		fmt.Printf("exactness: 2 Caddy instances, one Redis, limit %d per %s, 16 clients for %s...\n", limit, window, 3*window+window/4)
+		if res.Exactness, err = e.exactCheck(ctx, limit, window, 16); err != nil {
+			return err
+		}
+		fmt.Println("exactness:", res.Exactness)
+	}
+	if opt.wants("bytes-per-key") && !opt.smoke {
+		fmt.Println("memory per key: go test -run '^$' -bench BenchmarkMemoryBytesPerKey -benchtime 1x ./storage ...")
+		if res.BytesPerKey, _, err = bytesPerKey(ctx, root); err != nil {
+			return err
+		}
+		for _, b := range res.BytesPerKey {
+			fmt.Printf("memory per key: %-16s %6.1f bytes/key\n", b.Algorithm, b.BytesPerKey)
+		}
+	}
+	res.Settings.LoadAfter = loadAverage()
+	res.checkTargets()
+
+	fmt.Println()
+	fmt.Print(res.table())
+	fmt.Println()
+	if opt.smoke {
+		fmt.Println("smoke run: figures not checked")
+	}
+	fmt.Println(res.noiseLine())
+	fmt.Print(res.targetLines())
+
+	out := opt.out
+	if out == "" {
+		out = filepath.Join(dir, "results")
+	}
+	if err := writeResults(res, out); err != nil {
+		return err
+	}
+	if opt.out == "" {
+		fmt.Println("results written to the temporary directory (removed at exit: give -out to keep them)")
+	} else {
+		fmt.Println("wrote", filepath.Join(out, "results.json"), filepath.Join(out, "chart.svg"), filepath.Join(out, "results.md"))
+	}
+	if opt.readme != "" {
+		rel, err := filepath.Rel(root, filepath.Join(out, "chart.svg"))
+		if err != nil || strings.HasPrefix(rel, "..") {
+			rel = filepath.Join(out, "chart.svg")
+		}
+		if err := updateReadme(filepath.Join(root, opt.readme), res.markdown(filepath.ToSlash(rel))); err != nil {
+			return err
+		}
+		fmt.Println("updated the benchmark block of", opt.readme)
+	}
+	return nil
+}
+
+type step struct {
+	c     *config
+	round int
+}
+
+// schedule is the order of the measurements. Every round measures every
+// configuration once, each round starting one configuration later, so that
+// no configuration always follows the same one; and plain Caddy is
+// measured first and again after every other configuration, so that each
+// measurement has a plain one on both sides, seconds away: the machine's
+// speed drifts (on a shared virtual machine, by a quarter over minutes),
+// and the ratio to the mean of the two cancels what drifts slower than
+// that.
+func schedule(selected []*config, rounds int) []step {
+	var plain *config
+	var others []*config
+	for _, c := range selected {
+		if c.Name == "plain" && len(selected) > 1 {
+			plain = c
+		} else {
+			others = append(others, c)
+		}
+	}
+	var steps []step
+	if plain != nil {
+		steps = append(steps, step{plain, 1})
+	}
+	for r := 0; r < rounds; r++ {
+		for i := range others {
+			steps = append(steps, step{others[(i+r)%len(others)], r + 1})
+			if plain != nil {
+				steps = append(steps, step{plain, r + 1})
+			}
+		}
+	}
+	return steps
+}
+
+func extra(s *sample) string {
+	var b strings.Builder
+	if s.RedisCmds != nil {
+		fmt.Fprintf(&b, "  Redis %.1fus/req %.3f EVALSHA/req %.2f cmds/req, %.2f round trips/req by MONITOR", *s.RedisCPUus, *s.RedisEvalsha, *s.RedisCmds, *s.RedisRoundTrips)
+	}
+	if s.UpstreamCPUus != nil {
+		fmt.Fprintf(&b, "  upstream %.1fus/req", *s.UpstreamCPUus)
+	}
+	if s.Non2xx > 0 {
+		fmt.Fprintf(&b, "  non-2xx %.1f%%", 100*float64(s.Non2xx)/float64(s.Requests))
+	}
+	return b.String()
+}
+
+func warnNote(s *sample) string {
+	var b strings.Builder
+	if s.SocketErrors > 0 {
+		fmt.Fprintf(&b, "  (%d socket errors)", s.SocketErrors)
+	}
+	if s.OtherCores > noisy {
+		fmt.Fprintf(&b, "  (other processes took %.0f%% of Caddy's CPU: noisy)", 100*s.OtherCores)
+	}
+	if s.CaddyLogWarns > 0 {
+		fmt.Fprintf(&b, "  (%d warnings in Caddy's log)", s.CaddyLogWarns)
+	}
+	return b.String()
+}
+
+func writeResults(res *results, out string) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	j, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "results.json"), append(j, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "chart.svg"), res.chart(), 0o644); err != nil {
+		return err
+	}
+	txt := res.markdown("chart.svg") + "\n```\n" + res.table() + "```\n"
+	return os.WriteFile(filepath.Join(out, "results.md"), []byte(txt), 0o644)
+}
+
+// moduleRoot is the directory of this module's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run the bench from the edgelimit module (go run ./bench)")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+func machineInfo(ctx context.Context, e *env, root string) machine {
+	m := machine{Cores: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if out, _ := exec.Command("wrk", "-v").CombinedOutput(); len(out) > 0 {
+		line, _, _ := strings.Cut(string(out), "\n")
+		line, _, _ = strings.Cut(line, " Copyright")
+		m.Wrk = strings.TrimSpace(line)
+	}
+	if out, err := exec.Command(e.caddy, "version").Output(); err == nil {
+		m.Caddy, _, _ = strings.Cut(strings.TrimSpace(string(out)), " ")
+	}
+	if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty", "--abbrev=12").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(out))
+	}
+	if e.redis != nil {
+		m.Redis = e.redis.version(ctx)
+	}
+	return m
+}
+
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	fmt.Sscan(string(b), &l)
+	return l
+}
