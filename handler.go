@@ -80,25 +80,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(h.limits) == 0 {
 		return next.ServeHTTP(w, r)
 	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	// Each context lookup walks Caddy's context chain: the variables are
+	// looked up once, the replacer only for keys that need it.
+	ctx := r.Context()
+	var repl *caddy.Replacer
+	if h.templated {
+		repl, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	}
+	vars, _ := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any)
 	sc := h.scratch.Get().(*scratch)
 	defer h.scratch.Put(sc)
 	keys, parts := sc.keys, sc.parts
 	present := false
 	for i, l := range h.limits {
-		keys[i], parts[i] = l.key(r, repl)
+		keys[i], parts[i] = l.key(r, repl, vars)
 		present = present || parts[i] >= 0
 	}
 	if !present {
 		return next.ServeHTTP(w, r)
 	}
-	exempt := h.exemptions(r, parts)
+	exempt := h.exemptions(vars, parts)
 	reqs, which, tiers := sc.reqs[:0], sc.which[:0], sc.tiers[:0]
 	for i, l := range h.limits {
 		if parts[i] < 0 || exempt != nil && slices.Contains(exempt, l.name) {
 			continue
 		}
-		lim, tier := l.numbersFor(r, repl)
+		lim, tier := l.numbersFor(r, repl, vars)
 		reqs = append(reqs, storage.Request{
 			Counter: l.counters[parts[i]],
 			Key:     keys[i],
@@ -115,7 +122,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	now := clock.Now()
 	res := sc.res[:len(reqs)]
-	if err := h.store.Take(r.Context(), now, reqs, res); err != nil {
+	if err := h.store.Take(ctx, now, reqs, res); err != nil {
 		return h.storageFailed(w, r, next, now, err)
 	}
 
@@ -139,14 +146,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if denied >= 0 {
 		report = denied
 	}
-	prior, _ := caddyhttp.GetVar(r.Context(), ledgerVar).(*ledger)
+	prior, _ := vars[ledgerVar].(*ledger)
 	h.setHeaders(w.Header(), now, sc, report, denied >= 0, prior)
 	if denied >= 0 {
 		h.refundEarlier(r, now)
 		return h.deny(w, r, now, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
 	}
-	if h.record(r, sc, prior, &res[report]) {
-		defer caddyhttp.SetVar(r.Context(), ledgerVar, nil)
+	if h.record(vars, sc, prior, &res[report]) {
+		defer delete(vars, ledgerVar)
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -154,7 +161,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // record enters what this handler counted in the request's ledger; it
 // reports whether it started the ledger (and must remove it on the way
 // out, before its scratch goes back to the pool).
-func (h *Handler) record(r *http.Request, sc *scratch, l *ledger, report *limiter.Result) bool {
+func (h *Handler) record(vars map[string]any, sc *scratch, l *ledger, report *limiter.Result) bool {
 	counted := sc.reqs
 	for i := range sc.reqs {
 		if !sc.res[i].Allowed {
@@ -169,7 +176,7 @@ func (h *Handler) record(r *http.Request, sc *scratch, l *ledger, report *limite
 			break
 		}
 	}
-	if len(counted) == 0 {
+	if len(counted) == 0 || vars == nil {
 		return false
 	}
 	entry := ledgerEntry{store: h.store, reqs: counted}
@@ -182,7 +189,7 @@ func (h *Handler) record(r *http.Request, sc *scratch, l *ledger, report *limite
 	}
 	sc.ledger.entries = append(sc.ledger.entries[:0], entry)
 	sc.ledger.report = *report
-	caddyhttp.SetVar(r.Context(), ledgerVar, &sc.ledger)
+	vars[ledgerVar] = &sc.ledger
 	return true
 }
 
@@ -204,8 +211,8 @@ func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
 // exemptions returns the names of the limits that do not apply to this
 // request: those exempted by earlier handlers, and by the limits of this
 // one whose key is present.
-func (h *Handler) exemptions(r *http.Request, parts []int) []string {
-	prior, _ := caddyhttp.GetVar(r.Context(), exemptVar).([]string)
+func (h *Handler) exemptions(vars map[string]any, parts []int) []string {
+	prior, _ := vars[exemptVar].([]string)
 	if !h.exempts {
 		return prior
 	}
@@ -219,8 +226,8 @@ func (h *Handler) exemptions(r *http.Request, parts []int) []string {
 		}
 		out = append(out, l.exempt...)
 	}
-	if added {
-		caddyhttp.SetVar(r.Context(), exemptVar, out)
+	if added && vars != nil {
+		vars[exemptVar] = out
 	}
 	return out
 }
@@ -236,16 +243,17 @@ func tighter(a, b *limiter.Result) bool {
 
 // key returns the client's identity for this limit and the index of the key
 // part it came from, or -1 when no part is present.
-func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer) (string, int) {
+func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer, vars map[string]any) (string, int) {
 	for i := range l.keys {
-		if v := l.keys[i].value(r, repl); v != "" {
+		if v := l.keys[i].value(r, repl, vars); v != "" {
 			return v, i
 		}
 	}
 	return "", -1
 }
 
-func (k *keyPart) value(r *http.Request, repl *caddy.Replacer) string {
+// value is the part's value for r; vars are the request's variables.
+func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any) string {
 	switch k.kind {
 	case keyLiteral:
 		return k.tmpl
@@ -259,7 +267,7 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer) string {
 			return strings.Join(vs, ",")
 		}
 	case keyClientIP:
-		if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
 			return ip
 		}
 		return remoteHost(r)

@@ -31,6 +31,7 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 			b.Fatal(err)
 		}
 		h.limits = append(h.limits, cl)
+		h.templated = h.templated || cl.templated()
 	}
 	n := len(h.limits)
 	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}

@@ -340,10 +340,20 @@ func (c *CalendarConfig) compile() (limiter.Calendar, error) {
 	return cw.Cached(), nil
 }
 
+// templated tells whether the limit's key or tier needs the replacer.
+func (cl *compiledLimit) templated() bool {
+	for i := range cl.keys {
+		if cl.keys[i].kind == keyTemplate {
+			return true
+		}
+	}
+	return cl.tierKey != nil && cl.tierKey.kind == keyTemplate
+}
+
 // numbersFor returns the numbers for the request's tier, and the tier name.
-func (cl *compiledLimit) numbersFor(r *http.Request, repl *caddy.Replacer) (*limiter.Limit, string) {
+func (cl *compiledLimit) numbersFor(r *http.Request, repl *caddy.Replacer, vars map[string]any) (*limiter.Limit, string) {
 	if cl.tierKey != nil {
-		if t, ok := cl.tiers[cl.tierKey.value(r, repl)]; ok {
+		if t, ok := cl.tiers[cl.tierKey.value(r, repl, vars)]; ok {
 			return &t.limit, t.name
 		}
 	}

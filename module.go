@@ -283,15 +283,18 @@ type Handler struct {
 
 	limits  []*compiledLimit
 	exempts bool // some limit exempts others
-	store   storage.Store
-	logger  *zap.Logger
-	metrics *metrics
-	events  *emitter
-	headers headerStyle
-	body    string
-	rawKeys bool
-	scratch *sync.Pool
-	warn    *rateLimitedLog
+	// templated: some key or tier placeholder needs the replacer (the
+	// others are read from the request without it).
+	templated bool
+	store     storage.Store
+	logger    *zap.Logger
+	metrics   *metrics
+	events    *emitter
+	headers   headerStyle
+	body      string
+	rawKeys   bool
+	scratch   *sync.Pool
+	warn      *rateLimitedLog
 }
 
 // CaddyModule returns the Caddy module information.
@@ -373,6 +376,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	for _, cl := range h.limits {
 		h.exempts = h.exempts || len(cl.exempt) > 0
+		h.templated = h.templated || cl.templated()
 	}
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
