@@ -73,7 +73,7 @@ func main() {
 	flag.BoolVar(&opt.keep, "keep", false, "keep the temporary directory (Caddyfiles, logs)")
 	flag.StringVar(&opt.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
 	flag.StringVar(&opt.pprof, "pprof", "", "save a CPU profile of each Caddy under load into this directory (go tool pprof; profiling costs throughput)")
-	flag.IntVar(&opt.retries, "retries", 3, "measure again, at most this many times, when other processes took more than 5% of Caddy's CPU")
+	flag.IntVar(&opt.retries, "retries", 3, "measure again, at most this many times (and a third of the measurements in all), when other processes took more than 5% of Caddy's CPU")
 	flag.IntVar(&opt.gomaxprocs, "gomaxprocs", 1, "GOMAXPROCS of every Caddy")
 	flag.IntVar(&opt.gogc, "gogc", 100, "GOGC of every Caddy")
 	flag.Parse()
@@ -266,12 +266,17 @@ func run(ctx context.Context, opt *options) (err error) {
 
 	samples := map[string][]sample{}
 	steps := schedule(selected, opt.rounds)
+	// Retries are bounded per measurement and, so that a machine busy
+	// for long does not make the run last an hour, per run: a third of
+	// the measurements.
+	budget := len(steps) / 3
 	for seq, st := range steps {
 		c, r := st.c, st.round
 		s, err := e.measure(ctx, c, r)
 		// Another process on Caddy's CPU spoils a measurement: measure
 		// again, a few times at most.
-		for try := 1; err == nil && s.OtherCores > noisy && try <= opt.retries; try++ {
+		for try := 1; err == nil && s.OtherCores > noisy && try <= opt.retries && budget > 0; try++ {
+			budget--
 			fmt.Printf("%3d/%d round %d/%d  %-9s other processes took %.0f%% of Caddy's CPU: again in 5s (%d/%d)\n",
 				seq+1, len(steps), r, opt.rounds, c.Name, 100*s.OtherCores, try, opt.retries)
 			select {
