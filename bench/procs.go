@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 )
 
 // proc is a child process the bench started: Caddy, the upstream, Redis.
@@ -119,14 +121,7 @@ func (r *registry) stopAll() {
 }
 
 // freePort asks the kernel for a free loopback TCP port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+var freePort = redistest.FreePort
 
 // waitPort waits until 127.0.0.1:port accepts connections, the process
 // exits, or the timeout passes.

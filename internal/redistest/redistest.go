@@ -109,7 +109,7 @@ func start(extraArgs []string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +212,8 @@ func (s *Server) Port() int { return s.port }
 // Dir returns the server's working directory (empty for an external one).
 func (s *Server) Dir() string { return s.dir }
 
-func freePort() (int, error) {
+// FreePort asks the kernel for a free loopback TCP port.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
