@@ -81,7 +81,7 @@ func TestCaddyfiles(t *testing.T) {
 
 func TestReportAndChart(t *testing.T) {
 	mk := func(seq int, rps float64) sample {
-		return sample{Round: 1 + seq/2, Seq: seq, Requests: int64(rps * 8), Seconds: 8, RPS: rps, P50ms: 2, P99ms: 9, AllocsPerReq: ptr(70)}
+		return sample{Round: 1 + seq/2, Seq: seq, Requests: int64(rps * 8), Seconds: 8, RPS: rps, P50ms: 2, P99ms: 9, perRequest: perRequest{AllocsPerReq: ptr(70)}}
 	}
 	plain := []sample{mk(0, 30000), mk(2, 31000), mk(4, 29000)}
 	r := &results{Date: "2026-01-01 00:00 UTC", Settings: settings{Rounds: 3}, Machine: machine{CPU: "Test <CPU> & co", Cores: 2}}

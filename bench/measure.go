@@ -180,21 +180,12 @@ type sample struct {
 	P99ms        float64 `json:"p99_ms"`
 	Non2xx       int64   `json:"non_2xx"`
 	SocketErrors int64   `json:"socket_errors"`
-	// Allocations per request, from Caddy's runtime.MemStats.Mallocs.
-	AllocsPerReq *float64 `json:"allocs_per_request,omitempty"`
 	// CPU time Caddy used per request, user + system, microseconds.
 	CaddyCPUus float64 `json:"caddy_cpu_us_per_request"`
-	// The upstream's, for cache-hit and proxy.
-	UpstreamCPUus *float64 `json:"upstream_cpu_us_per_request,omitempty"`
-	// Redis's CPU time and commands per request, for redis-3.
-	RedisCPUus   *float64 `json:"redis_cpu_us_per_request,omitempty"`
-	RedisCmds    *float64 `json:"redis_commands_per_request,omitempty"`
-	RedisEvalsha *float64 `json:"redis_evalsha_per_request,omitempty"`
-	// Top-level commands per request (script internals left out), counted
-	// with MONITOR over 100 requests before the load, and which they were.
-	RedisRoundTrips *float64       `json:"redis_round_trips_per_request,omitempty"`
-	RedisMonitor    map[string]int `json:"redis_monitor_commands,omitempty"`
-	CaddyLogWarns   int            `json:"caddy_log_warnings"`
+	perRequest
+	// The commands MONITOR saw (RedisRoundTrips counts them per request).
+	RedisMonitor  map[string]int `json:"redis_monitor_commands,omitempty"`
+	CaddyLogWarns int            `json:"caddy_log_warnings"`
 	// CPU time used on Caddy's CPU by anything but Caddy during the
 	// measurement, per second (all CPUs when unpinned), and Caddy's own.
 	OtherCores    float64 `json:"other_cpu_on_caddy_cpu"`
@@ -204,6 +195,27 @@ type sample struct {
 	PlainAround *float64 `json:"plain_rps_around,omitempty"`
 	// Measurements of this round and configuration dropped as noisy.
 	Retries int `json:"retries,omitempty"`
+}
+
+// perRequest holds the figures per request that only some configurations
+// have (nil elsewhere), in a sample and, as medians, in a summary.
+type perRequest struct {
+	// Allocations per request, from Caddy's runtime.MemStats.Mallocs.
+	AllocsPerReq *float64 `json:"allocs_per_request,omitempty"`
+	// The upstream's CPU time per request, for cache-hit and proxy.
+	UpstreamCPUus *float64 `json:"upstream_cpu_us_per_request,omitempty"`
+	// Redis's CPU time and commands per request, for redis-3.
+	RedisCPUus   *float64 `json:"redis_cpu_us_per_request,omitempty"`
+	RedisCmds    *float64 `json:"redis_commands_per_request,omitempty"`
+	RedisEvalsha *float64 `json:"redis_evalsha_per_request,omitempty"`
+	// Top-level commands per request (script internals left out), counted
+	// with MONITOR over 100 requests before the load.
+	RedisRoundTrips *float64 `json:"redis_round_trips_per_request,omitempty"`
+}
+
+// fields lists p's figures, in a fixed order.
+func (p *perRequest) fields() [6]**float64 {
+	return [...]**float64{&p.AllocsPerReq, &p.UpstreamCPUus, &p.RedisCPUus, &p.RedisCmds, &p.RedisEvalsha, &p.RedisRoundTrips}
 }
 
 func ptr(f float64) *float64 { return &f }

@@ -62,20 +62,15 @@ type summary struct {
 	// The median, min and max of the ratios of each measurement to the
 	// mean of the plain ones just before and after it; and, for
 	// reference, the median rps over plain's median rps.
-	Ratio           *float64 `json:"ratio,omitempty"`
-	RatioMin        *float64 `json:"ratio_min,omitempty"`
-	RatioMax        *float64 `json:"ratio_max,omitempty"`
-	RatioOfMedians  *float64 `json:"ratio_of_medians,omitempty"`
-	P50ms           float64  `json:"p50_ms"`
-	P99ms           float64  `json:"p99_ms"`
-	AllocsPerReq    *float64 `json:"allocs_per_request,omitempty"`
-	CaddyCPUus      float64  `json:"caddy_cpu_us_per_request"`
-	UpstreamCPUus   *float64 `json:"upstream_cpu_us_per_request,omitempty"`
-	RedisCPUus      *float64 `json:"redis_cpu_us_per_request,omitempty"`
-	RedisCmds       *float64 `json:"redis_commands_per_request,omitempty"`
-	RedisEvalsha    *float64 `json:"redis_evalsha_per_request,omitempty"`
-	RedisRoundTrips *float64 `json:"redis_round_trips_per_request,omitempty"`
-	DeniedShare     float64  `json:"non_2xx_share"`
+	Ratio          *float64 `json:"ratio,omitempty"`
+	RatioMin       *float64 `json:"ratio_min,omitempty"`
+	RatioMax       *float64 `json:"ratio_max,omitempty"`
+	RatioOfMedians *float64 `json:"ratio_of_medians,omitempty"`
+	P50ms          float64  `json:"p50_ms"`
+	P99ms          float64  `json:"p99_ms"`
+	CaddyCPUus     float64  `json:"caddy_cpu_us_per_request"`
+	perRequest
+	DeniedShare float64 `json:"non_2xx_share"`
 	// Measurements taken again because another process used Caddy's
 	// CPU, and those kept although it still did.
 	Retried int `json:"retried"`
@@ -126,12 +121,9 @@ func summarize(name, title string, samples []sample, plain []sample) *summary {
 		}
 	}
 	s.RPS, s.P50ms, s.P99ms, s.CaddyCPUus, s.DeniedShare = median(rps), median(p50), median(p99), median(cpu), median(denied)
-	s.AllocsPerReq = medianOf(samples, func(x *sample) *float64 { return x.AllocsPerReq })
-	s.UpstreamCPUus = medianOf(samples, func(x *sample) *float64 { return x.UpstreamCPUus })
-	s.RedisCPUus = medianOf(samples, func(x *sample) *float64 { return x.RedisCPUus })
-	s.RedisCmds = medianOf(samples, func(x *sample) *float64 { return x.RedisCmds })
-	s.RedisEvalsha = medianOf(samples, func(x *sample) *float64 { return x.RedisEvalsha })
-	s.RedisRoundTrips = medianOf(samples, func(x *sample) *float64 { return x.RedisRoundTrips })
+	for k, f := range s.perRequest.fields() {
+		*f = medianOf(samples, func(x *sample) *float64 { return *x.perRequest.fields()[k] })
+	}
 	if len(plain) > 0 {
 		bySeq := map[int]float64{}
 		var prps []float64

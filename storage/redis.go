@@ -560,7 +560,7 @@ func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, resul
 			err       error
 		)
 		if s.cluster && !oneSlot(sc.slots) {
-			serverNow, err = s.decideSlotsBy(ctx, deadline, now, at, reqs, results, sc)
+			serverNow, err = s.decideSlots(ctx, deadline, now, at, reqs, results, sc)
 		} else {
 			serverNow, err = s.decideOne(ctx, deadline, now, at, reqs, results, sc)
 		}
@@ -570,12 +570,6 @@ func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, resul
 		at = serverNow
 	}
 	return errors.New("redis storage: calendar windows keep moving under the server's clock")
-}
-
-func (s *Redis) decideSlotsBy(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	return s.decideSlots(ctx, now, at, reqs, results, sc)
 }
 
 func oneSlot(slots []uint16) bool {

@@ -34,9 +34,11 @@ type slotRun struct {
 	states string // the states before and after each request, for undo
 }
 
-// decideSlots runs one script per hash slot; it returns the server's time
+// decideSlots runs one script per hash slot, by deadline; it returns the server's time
 // when a calendar window must be computed again.
-func (s *Redis) decideSlots(ctx context.Context, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	runs := s.groupBySlot(sc, len(reqs))
 	for g := range runs {
 		r := &runs[g]
