@@ -78,6 +78,7 @@ type Cache struct {
 	flights *cache.Group
 	logger  *zap.Logger
 	warn    *rateLimitedLog
+	clock   clock.Clock
 }
 
 // CaddyModule returns the Caddy module information.
@@ -99,6 +100,7 @@ const (
 // Provision applies defaults and finds or opens the store.
 func (c *Cache) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
+	c.clock = clock.ForProvision()
 	c.warn = new(rateLimitedLog)
 	c.flights = new(cache.Group)
 	if c.TTL == 0 {
@@ -127,7 +129,9 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	c.stale = time.Duration(c.StaleIfError)
 	switch c.Storage {
 	case "", "memory":
-		key := fmt.Sprintf("edge_cache/memory/%d/%d", c.MaxMemory, c.MaxSize)
+		// Entries are judged fresh by the clock that stored them: a store
+		// is shared only by configurations on the same clock.
+		key := fmt.Sprintf("edge_cache/memory/%d/%d/%s", c.MaxMemory, c.MaxSize, clock.ID(c.clock))
 		v, _, err := cacheMemoryPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 			return pooledCache{cache.NewMemory(cache.MemoryOptions{MaxMemory: c.MaxMemory, MaxEntry: c.MaxSize})}, nil
 		})
@@ -255,7 +259,7 @@ func liveCacheStores() []cache.Store {
 
 // storeFailed logs a store error, at most every few seconds.
 func (c *Cache) storeFailed(err error) {
-	if c.warn.allow(clock.Now(), 5*time.Second) {
+	if c.warn.allow(c.clock.Now(), 5*time.Second) {
 		c.logger.Warn("cache storage failed; answering DIRECT", zap.Error(err))
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
-	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 )
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -32,7 +31,7 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 {
 		return c.passThrough(w, r, next, nil)
 	}
-	now := clock.Now()
+	now := c.clock.Now()
 	key := cache.KeyOf(r, c.Zone, c.identity(r))
 	e, err := c.store.Get(r.Context(), key, now)
 	if err != nil {
@@ -60,7 +59,7 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 			setBloomStatus(w.Header(), cache.Direct)
 			return caddyhttp.Error(499, err)
 		case outcome == cache.Stored && fe.Matches(r.Header):
-			return c.serve(w, r, fe, cache.Hit, clock.Now())
+			return c.serve(w, r, fe, cache.Hit, c.clock.Now())
 		case outcome == cache.Unreachable:
 			return c.offline(w, r, stale, nil, errUpstreamUnreachable)
 		}
@@ -111,9 +110,9 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 	switch rec.mode {
 	case modeDiscard:
 		land(cache.Unreachable, nil)
-		return c.serve(w, r, stale, cache.Offline, clock.Now())
+		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
 	case modeBuffer:
-		now := clock.Now()
+		now := c.clock.Now()
 		e := cache.NewEntry(rec.status, rec.hdr, rec.buf.Bytes(), rec.decision, r.Header, now, c.stale)
 		// A client that leaves now must not cost the others the entry.
 		if err := c.store.Set(context.WithoutCancel(r.Context()), key, e, now); err != nil {
@@ -150,7 +149,7 @@ func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyht
 	case modeInit:
 		rec.WriteHeader(http.StatusOK)
 	case modeDiscard:
-		return c.serve(w, r, stale, cache.Offline, clock.Now())
+		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
 	}
 	return nil
 }
@@ -160,7 +159,7 @@ func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyht
 // handle_errors can render it), both with OFFLINE.
 func (c *Cache) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error) error {
 	if stale != nil {
-		return c.serve(w, r, stale, cache.Offline, clock.Now())
+		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
 	}
 	if rec != nil {
 		rec.settleHeaders(cache.Offline)

@@ -1,7 +1,6 @@
 package edgelimit
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -507,16 +506,6 @@ func TestCacheRedisNotWired(t *testing.T) {
 	if err := caddy.Validate(&cfg); err == nil || !strings.Contains(err.Error(), "edge_limit { storage redis") {
 		t.Fatalf("storage redis without Redis settings: %v", err)
 	}
-}
-
-// caddyJSONHandler finds the edge_cache handler in an adapted config.
-func caddyJSONHandler(t *testing.T, cfg []byte, c *Cache) error {
-	t.Helper()
-	i := bytes.Index(cfg, []byte(`{"handler":"edge_cache"`))
-	if i < 0 {
-		return fmt.Errorf("no edge_cache handler in %s", cfg)
-	}
-	return json.NewDecoder(bytes.NewReader(cfg[i:])).Decode(c)
 }
 
 // failingStore fails every operation, as a store whose server is down.

@@ -42,7 +42,7 @@ func TestIssueCaddyfile(t *testing.T) {
 		"X-RateLimit-Limit", "3",
 		"X-RateLimit-Remaining", "0",
 		"X-RateLimit-Reset", strconv.FormatInt(now.Add(3*time.Second).Unix(), 10),
-		"body", `{"status":429,"error":"Rate limit exceeded, try again in 1 seconds"}`)
+		"body", `{"status":429,"error":"Rate limit exceeded, try again in 1 second"}`)
 
 	// The denied request consumed nothing from per_client: after a refill
 	// of one token, per_client has 5-3 = 2 left, and reports 1 after this.

@@ -49,7 +49,7 @@ func resetRecorded() {
 // what arrived.
 func eventsFor(t *testing.T, limit string, n int) []caddy.Event {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		recordedMu.Lock()
 		var got []caddy.Event
@@ -397,7 +397,7 @@ func TestWebhookDeliversEvents(t *testing.T) {
 	expect(t, s.get("/"), 200)
 	expect(t, s.get("/"), 429)
 	expect(t, s.get("/"), 429)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
 		n := len(bodies)
@@ -418,10 +418,22 @@ func TestWebhookDeliversEvents(t *testing.T) {
 	}
 }
 
+// TestHumanSeconds: singular for one, plural otherwise, and never sooner
+// than the truth (150 s is not "2 minutes").
 func TestHumanSeconds(t *testing.T) {
-	for n, want := range map[int64]string{1: "1 second", 5: "5 seconds", 59: "59 seconds", 60: "1 minute", 150: "2 minutes", 3600: "1 hour", 7200: "2 hours"} {
+	for n, want := range map[int64]string{
+		0: "0 seconds", 1: "1 second", 5: "5 seconds", 59: "59 seconds", 60: "1 minute", 61: "1 minute 1 second",
+		90: "1 minute 30 seconds", 120: "2 minutes", 150: "2 minutes 30 seconds", 3599: "59 minutes 59 seconds",
+		3600: "1 hour", 3601: "1 hour 1 minute", 3660: "1 hour 1 minute", 7200: "2 hours", 86399: "24 hours",
+		86400: "1 day", 90000: "1 day 1 hour", 172800: "2 days",
+	} {
 		if got := humanSeconds(n); got != want {
 			t.Errorf("humanSeconds(%d) = %q, want %q", n, got, want)
+		}
+	}
+	for n, want := range map[int64]string{0: "0 seconds", 1: "1 second", 2: "2 seconds", 3600: "3600 seconds"} {
+		if got := secondsText(n); got != want {
+			t.Errorf("secondsText(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -15,10 +15,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
-	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
@@ -120,7 +118,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(reqs) == 0 {
 		return next.ServeHTTP(w, r)
 	}
-	now := clock.Now()
+	now := h.clock.Now()
 	res := sc.res[:len(reqs)]
 	if err := h.store.Take(ctx, now, reqs, res); err != nil {
 		return h.storageFailed(w, r, next, now, err)
@@ -131,7 +129,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		which[i].outcomes.count(&res[i], reqs[i].DryRun)
 		if !res[i].Allowed {
 			if res[i].FirstDenial {
-				h.notify(r, now, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)
+				h.notify(r, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)
 			}
 			if reqs[i].DryRun {
 				h.logWouldDeny(r, which[i], &res[i])
@@ -147,10 +145,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		report = denied
 	}
 	prior, _ := vars[ledgerVar].(*ledger)
-	h.setHeaders(w.Header(), now, sc, report, denied >= 0, prior)
+	h.setHeaders(w.Header(), sc, report, denied >= 0, prior)
 	if denied >= 0 {
 		h.refundEarlier(r, now)
-		return h.deny(w, r, now, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
+		return h.deny(w, r, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
 	}
 	if h.record(vars, sc, prior, &res[report]) {
 		defer delete(vars, ledgerVar)
@@ -298,7 +296,7 @@ func remoteHost(r *http.Request) string {
 // x-ratelimit headers report the most constraining limit of the request,
 // which may be an earlier handler's (prior); the IETF fields list the
 // limits of every handler.
-func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report int, denied bool, prior *ledger) {
+func (h *Handler) setHeaders(hdr http.Header, sc *scratch, report int, denied bool, prior *ledger) {
 	res := sc.res[:len(sc.reqs)]
 	keepPrior := !denied && prior != nil && len(prior.entries) > 0 && tighter(&prior.report, &res[report])
 	if h.headers&headerX != 0 && !keepPrior {
@@ -309,7 +307,7 @@ func (h *Handler) setHeaders(hdr http.Header, now time.Time, sc *scratch, report
 		n1 := len(b)
 		b = strconv.AppendInt(b, r.Remaining, 10)
 		n2 := len(b)
-		b = strconv.AppendInt(b, unixCeil(now.Add(r.Reset)), 10)
+		b = strconv.AppendInt(b, resetUnix(r), 10)
 		n3 := len(b)
 		if h.TimeHeader {
 			b = strconv.AppendInt(b, secondsCeil(r.Window), 10)
@@ -369,7 +367,7 @@ func appendPrior(b []byte, hdr http.Header, name string) []byte {
 }
 
 // deny answers a denied request.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l *compiledLimit, key, tier string, res *limiter.Result) error {
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result) error {
 	status := h.Status
 	if l.status != 0 {
 		status = l.status
@@ -386,10 +384,11 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l 
 	repl.Set("edge_limit.key", h.displayKey(key))
 	repl.Set("edge_limit.tier", tier)
 	repl.Set("edge_limit.retry_after", retry)
+	repl.Set("edge_limit.retry_after_seconds", secondsText(retry))
 	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
 	repl.Set("edge_limit.limit", res.Limit)
 	repl.Set("edge_limit.remaining", res.Remaining)
-	repl.Set("edge_limit.reset", unixCeil(now.Add(res.Reset)))
+	repl.Set("edge_limit.reset", resetUnix(res))
 	repl.Set("edge_limit.window", secondsCeil(res.Window))
 	if h.HandleErrors {
 		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
@@ -410,9 +409,9 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, now time.Time, l 
 
 // notify reports the first denial of a key in a window: one info log line
 // and an edge_limit.exceeded event.
-func (h *Handler) notify(r *http.Request, now time.Time, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
+func (h *Handler) notify(r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
 	shown := h.displayKey(key)
-	reset := now.Add(res.Reset)
+	reset := time.UnixMicro(res.ResetAt)
 	if !dryRun {
 		h.logger.Info("rate limit exceeded",
 			zap.String("limit", l.name),
@@ -433,7 +432,7 @@ func (h *Handler) notify(r *http.Request, now time.Time, l *compiledLimit, key, 
 		"limit_value": res.Limit,
 		"retry_after": retryAfterSeconds(res.RetryAfter),
 		"window_end":  reset.UTC().Format(time.RFC3339),
-		"reset":       unixCeil(reset),
+		"reset":       resetUnix(res),
 		"dry_run":     dryRun,
 	})
 }
@@ -450,17 +449,49 @@ func (h *Handler) displayKey(key string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// humanSeconds says n seconds as a person would: "5 seconds", "1 minute",
-// "2 hours".
+// secondsText is n seconds with its unit: "1 second", "56 seconds".
+func secondsText(n int64) string {
+	return plural(n, "second")
+}
+
+func plural(n int64, unit string) string {
+	s := strconv.FormatInt(n, 10) + " " + unit
+	if n != 1 {
+		s += "s"
+	}
+	return s
+}
+
+// humanUnits are the units humanSeconds speaks in, largest first.
+var humanUnits = [...]struct {
+	size int64
+	name string
+}{{86400, "day"}, {3600, "hour"}, {60, "minute"}, {1, "second"}}
+
+// humanSeconds says n seconds as a person would, in at most two units:
+// "1 second", "45 seconds", "1 minute 30 seconds", "2 hours", "1 day 3
+// hours". It is exact or rounded up, never sooner than n: a client that
+// waits as long as it says gets through.
 func humanSeconds(n int64) string {
-	if n == 1 {
-		return "1 second"
-	}
 	if n < 60 {
-		return strconv.FormatInt(n, 10) + " seconds"
+		return secondsText(n)
 	}
-	base := time.Unix(0, 0)
-	return strings.TrimSpace(humanize.RelTime(base, base.Add(time.Duration(n)*time.Second), "", ""))
+	for i, u := range humanUnits[:3] {
+		if n < u.size {
+			continue
+		}
+		big, rest := n/u.size, n%u.size
+		if rest == 0 {
+			return plural(big, u.name)
+		}
+		next := humanUnits[i+1]
+		small := (rest + next.size - 1) / next.size
+		if small*next.size == u.size {
+			return plural(big+1, u.name)
+		}
+		return plural(big, u.name) + " " + plural(small, next.name)
+	}
+	return secondsText(n)
 }
 
 // renderBody fills the denial body's placeholders. In a JSON body, values
@@ -591,9 +622,12 @@ func secondsCeil(d time.Duration) int64 {
 	return int64((d + time.Second - 1) / time.Second)
 }
 
-func unixCeil(t time.Time) int64 {
-	s := t.Unix()
-	if t.Nanosecond() > 0 {
+// resetUnix is the result's reset time in unix seconds, rounded up: the
+// first whole second at which the quota is whole again. An aligned window
+// that ends at 10:00:00 says 10:00:00.
+func resetUnix(r *limiter.Result) int64 {
+	s := r.ResetAt / 1e6
+	if r.ResetAt%1e6 > 0 {
 		s++
 	}
 	return s

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
@@ -154,11 +155,15 @@ func (m *MemoryStorage) Provision(caddy.Context) error {
 	if m.SweepInterval < 0 {
 		return fmt.Errorf("sweep_interval must not be negative, got %s", time.Duration(m.SweepInterval))
 	}
-	m.poolKey = fmt.Sprintf("memory/%d/%d", m.MaxKeys, m.SweepInterval)
+	// The store sweeps with the clock the handlers decide with: a store
+	// is shared only by configurations on the same clock.
+	clk := clock.ForProvision()
+	m.poolKey = fmt.Sprintf("memory/%d/%d/%s", m.MaxKeys, m.SweepInterval, clock.ID(clk))
 	v, _, err := memoryPool.LoadOrNew(m.poolKey, func() (caddy.Destructor, error) {
 		return pooledMemory{storage.NewMemory(storage.MemoryOptions{
 			MaxKeys:       m.MaxKeys,
 			SweepInterval: time.Duration(m.SweepInterval),
+			Now:           clk.Now,
 		})}, nil
 	})
 	if err != nil {
@@ -257,10 +262,12 @@ type Handler struct {
 
 	// Body is the template of a denial's body. Placeholders:
 	// {edge_limit.status}, {edge_limit.name}, {edge_limit.retry_after}
-	// (whole seconds), {edge_limit.limit}, {edge_limit.remaining},
+	// (whole seconds), {edge_limit.retry_after_seconds} (the same with its
+	// unit: "1 second", "56 seconds"), {edge_limit.retry_after_human}
+	// ("1 minute 30 seconds"), {edge_limit.limit}, {edge_limit.remaining},
 	// {edge_limit.reset} (unix seconds) and any request placeholder.
 	// Default: {"status":<status>,"error":"Rate limit exceeded, try again in
-	// <n> seconds"}.
+	// <n> seconds"} ("1 second" for one).
 	Body string `json:"body,omitempty"`
 
 	// ContentType of the denial body. Default: application/json.
@@ -295,6 +302,7 @@ type Handler struct {
 	rawKeys   bool
 	scratch   *sync.Pool
 	warn      *rateLimitedLog
+	clock     clock.Clock
 }
 
 // CaddyModule returns the Caddy module information.
@@ -309,12 +317,13 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 const (
 	DefaultStatus      = 429
 	DefaultContentType = "application/json"
-	DefaultBody        = `{"status":{edge_limit.status},"error":"Rate limit exceeded, try again in {edge_limit.retry_after} seconds"}`
+	DefaultBody        = `{"status":{edge_limit.status},"error":"Rate limit exceeded, try again in {edge_limit.retry_after_seconds}"}`
 )
 
 // Provision compiles the limits and finds the store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.clock = clock.ForProvision()
 	h.warn = new(rateLimitedLog)
 	if h.Status == 0 {
 		h.Status = DefaultStatus

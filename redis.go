@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
@@ -121,6 +122,7 @@ type redisSettings struct {
 	opts   *redis.UniversalOptions
 	store  storage.RedisOptions
 	target string // where Redis is, for logs: no credentials
+	clock  clock.Clock
 }
 
 // Provision resolves the placeholders and finds or creates the store. An
@@ -274,6 +276,8 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	}
 	set.store.Prefix = r.KeyPrefix
 	set.store.LocalClock = r.Clock == "local"
+	set.clock = clock.ForProvision()
+	set.store.Now = set.clock.Now
 	return set, nil
 }
 
@@ -284,7 +288,7 @@ func (s *redisSettings) poolKey() string {
 	parts := []any{o.Addrs, o.MasterName, o.Username, o.Password, o.SentinelPassword, o.DB, o.TLSConfig != nil, o.ClientName,
 		o.Protocol, o.PoolSize, o.PoolFIFO, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns,
 		o.ConnMaxIdleTime, o.ConnMaxLifetime, o.IsClusterMode,
-		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock}
+		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock, clock.ID(s.clock)}
 	text, _ := json.Marshal(parts)
 	sum := sha256.Sum256(text)
 	return "redis/" + hex.EncodeToString(sum[:])

@@ -194,7 +194,7 @@ func TestTieredTokenBucket(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.Body), &body); err != nil {
 			t.Fatalf("body %q: %v", r.Body, err)
 		}
-		if body.Status != 429 || body.Error != "Rate limit exceeded, try again in 1 seconds" ||
+		if body.Status != 429 || body.Error != "Rate limit exceeded, try again in 1 second" ||
 			body.Log.RateLimit.Tier != p.tier || body.Log.RateLimit.Type != p.typ || body.Log.Support == "" {
 			t.Fatalf("%s %s: body %q", p.tier, p.typ, r.Body)
 		}
@@ -305,7 +305,7 @@ func TestClickwrap(t *testing.T) {
 	x := load(t, "clickwrap.Caddyfile", "ALERT_WEBHOOK", hook.URL+"/alerts")
 	alertCount := func(want int) []map[string]any {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for {
 			mu.Lock()
 			got := append([]map[string]any(nil), alerts...)

@@ -197,6 +197,12 @@ type Result struct {
 	Remaining int64
 	// Reset is the time until the quota is whole again.
 	Reset time.Duration
+	// ResetAt is when the quota is whole again, in microseconds since the
+	// epoch on the clock that decided: the decision's time plus Reset, so
+	// the end of a clock-aligned window to the microsecond. Clients are
+	// told this time (X-RateLimit-Reset); adding Reset to another reading
+	// of a clock would be late by the time between the two.
+	ResetAt int64
 	// RetryAfter is, on denial, the time until the same request could pass.
 	RetryAfter time.Duration
 	// Window is the length of the current window (or PolicyWindow for
@@ -224,6 +230,7 @@ func (l *Limit) Take(s *State, r *Result, now, cost int64) {
 	default:
 		l.takeFixed(s, r, now, cost)
 	}
+	r.ResetAt = now + r.Reset.Microseconds()
 }
 
 // Bounds returns the aligned window that holds now.

@@ -22,7 +22,9 @@ type MemoryOptions struct {
 	// SweepInterval is how often expired keys are removed in the
 	// background (default DefaultSweepInterval).
 	SweepInterval time.Duration
-	// Now is the clock of the background sweeper (default time.Now).
+	// Now is the clock of the background sweeper (default time.Now). It
+	// must be the clock whose time the callers pass to Take: a sweeper on
+	// another clock would drop the counters that clock calls expired.
 	Now func() time.Time
 }
 

@@ -24,7 +24,7 @@ func benchKeys(n int) []string {
 
 // BenchmarkMemoryTake is one limit per request, 10,000 distinct clients.
 func BenchmarkMemoryTake(b *testing.B) {
-	m := storage.NewMemory(storage.MemoryOptions{})
+	m := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
 	defer m.Close()
 	keys := benchKeys(10000)
 	now := storetest.Base
@@ -59,7 +59,7 @@ func BenchmarkMemoryTake(b *testing.B) {
 // BenchmarkMemoryTakeThree is three limits per request (global, route,
 // daily quota), all-or-nothing, 10,000 distinct clients.
 func BenchmarkMemoryTakeThree(b *testing.B) {
-	m := storage.NewMemory(storage.MemoryOptions{})
+	m := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
 	defer m.Close()
 	keys := benchKeys(10000)
 	now := storetest.Base

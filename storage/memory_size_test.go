@@ -31,7 +31,7 @@ func BenchmarkMemoryBytesPerKey(b *testing.B) {
 		b.Run(l.Algorithm.String(), func(b *testing.B) {
 			for b.Loop() {
 				before := heapInUse()
-				m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 2 * keys, SweepInterval: time.Hour})
+				m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 2 * keys, SweepInterval: time.Hour, Now: storetest.AtBase})
 				req := []storage.Request{{Counter: "c", Limit: l, Cost: 1}}
 				res := make([]limiter.Result, 1)
 				for _, k := range names {

@@ -13,8 +13,8 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
 )
 
-func openMemory(t *testing.T) storage.Store {
-	m := storage.NewMemory(storage.MemoryOptions{})
+func openMemory(t *testing.T, now func() time.Time) storage.Store {
+	m := storage.NewMemory(storage.MemoryOptions{Now: now})
 	t.Cleanup(func() { m.Close() })
 	return m
 }
@@ -24,7 +24,7 @@ func TestMemoryConformance(t *testing.T) {
 }
 
 func TestMemoryExactUnderConcurrency(t *testing.T) {
-	m := openMemory(t)
+	m := openMemory(t, func() time.Time { return storetest.Base })
 	storetest.Exact(t, []storage.Store{m}, 4*runtime.GOMAXPROCS(0), 200)
 }
 
@@ -58,7 +58,7 @@ func TestMemoryExpiryAndSweep(t *testing.T) {
 
 func TestMemoryBoundedKeys(t *testing.T) {
 	const maxKeys = 4096
-	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys})
+	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys, Now: storetest.AtBase})
 	defer m.Close()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Hour}
 	res := make([]limiter.Result, 1)
@@ -81,7 +81,7 @@ func TestMemoryBoundedKeys(t *testing.T) {
 
 // A full store prefers dropping expired keys to evicting live ones.
 func TestMemoryFullDropsExpiredFirst(t *testing.T) {
-	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 256 * 4, SweepInterval: time.Hour})
+	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 256 * 4, SweepInterval: time.Hour, Now: storetest.AtBase})
 	defer m.Close()
 	short := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Second}
 	res := make([]limiter.Result, 1)

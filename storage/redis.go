@@ -76,6 +76,9 @@ type RedisOptions struct {
 	// clock (TIME). With the server's clock, instances whose clocks differ
 	// still agree; the local clock is for tests with a fake clock.
 	LocalClock bool
+	// Now is the clock of the callers of Take (default time.Now): the
+	// memory store of OnError Local sweeps with it.
+	Now func() time.Time
 	// RetryInterval is how long Redis is left alone after a failure before
 	// one request tries it again (default DefaultRedisRetryInterval).
 	// Meanwhile OnError decides at once, so that no request waits for a
@@ -170,7 +173,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 	}
 	s.SetLogger(o.Logger)
 	if o.OnError == Local {
-		s.local = NewMemory(MemoryOptions{})
+		s.local = NewMemory(MemoryOptions{Now: o.Now})
 	}
 	s.scratch.New = func() any { return new(redisScratch) }
 	s.pipe = newPipe(client)
@@ -715,17 +718,19 @@ func boundsReply(reply string) (int64, bool) {
 
 var errBadReply = errors.New("redis storage: malformed script reply")
 
-// parseResults reads the five numbers per request of a take reply into the
-// results of the requests at idx (all when idx is nil), and returns what
-// follows them (the states, when asked for).
+// parseResults reads the time decided at and the five numbers per request
+// of a take reply into the results of the requests at idx (all when idx is
+// nil), and returns what follows them (the states, when asked for).
 func parseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
 	n := len(reqs)
 	if idx != nil {
 		n = len(idx)
 	}
-	if len(reply) < 1+40*n || reply[0] != 'R' {
+	const head = 9 // "R" and the time
+	if len(reply) < head+40*n || reply[0] != 'R' {
 		return "", errBadReply
 	}
+	at := int64(binary.LittleEndian.Uint64([]byte(reply[1:head])))
 	for j := range n {
 		i := j
 		if idx != nil {
@@ -733,7 +738,7 @@ func parseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 		}
 		var v [5]int64
 		for k := range v {
-			o := 1 + 40*j + 8*k
+			o := head + 40*j + 8*k
 			v[k] = int64(binary.LittleEndian.Uint64([]byte(reply[o : o+8])))
 		}
 		l := &reqs[i].Limit
@@ -744,6 +749,7 @@ func parseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 			Limit:       l.Quota,
 			Remaining:   v[2],
 			Reset:       time.Duration(v[3]) * time.Microsecond,
+			ResetAt:     at + v[3],
 			RetryAfter:  time.Duration(v[4]) * time.Microsecond,
 			Window:      l.Window,
 		}
@@ -754,7 +760,7 @@ func parseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 			r.Window = time.Duration(bounds[i][1]-bounds[i][0]) * time.Microsecond
 		}
 	}
-	return reply[1+40*n:], nil
+	return reply[head+40*n:], nil
 }
 
 var _ Store = (*Redis)(nil)

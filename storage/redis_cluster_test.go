@@ -149,8 +149,8 @@ func TestRedisCluster(t *testing.T) {
 	})
 
 	t.Run("conformance", func(t *testing.T) {
-		storetest.Run(t, func(t *testing.T) storage.Store {
-			return c.open(t, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+		storetest.Run(t, func(t *testing.T, now func() time.Time) storage.Store {
+			return c.open(t, storage.RedisOptions{LocalClock: true, Now: now, Prefix: storetest.Prefix(t)})
 		})
 	})
 
@@ -293,7 +293,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 	keys := clientsOnDistinctMasters(t, cc, 3)
 	rng := rand.New(rand.NewPCG(3, 5))
 	for round := range 6 {
-		mem := storage.NewMemory(storage.MemoryOptions{})
+		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
 		red := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {

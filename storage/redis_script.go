@@ -105,9 +105,9 @@ end
 // calendar_end (window and offset in microseconds; the calendar bounds 0
 // unless the limit has a calendar).
 //
-// The reply is "R" and five integers per request (the same encoding),
-// allowed first_denial remaining reset retry_after (durations in
-// microseconds), followed with flags 1 by the state before and the state
+// The reply is "R", the time decided at, and five integers per request (the
+// same encoding), allowed first_denial remaining reset retry_after
+// (durations in microseconds), followed with flags 1 by the state before and the state
 // after each request (41 bytes each, all zeros for none); or "B" and the
 // server's time
 // when it falls outside a calendar window Go computed, to be asked again
@@ -281,7 +281,7 @@ if keep then
     out[#out + 1] = enc(after[i])
   end
 end
-return 'R' .. table.concat(out)
+return 'R' .. struct.pack('<i8', now) .. table.concat(out)
 `
 
 // luaUndo takes back what luaTake counted for a request whose other

@@ -60,8 +60,8 @@ func openRedis(t testing.TB, srv *redistest.Server, o storage.RedisOptions) *sto
 
 // localClock opens a store on the shared server that decides with the time
 // given to Take, as the conformance table needs.
-func localClock(t *testing.T) storage.Store {
-	return openRedis(t, redistest.Shared(t), storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+func localClock(t *testing.T, now func() time.Time) storage.Store {
+	return openRedis(t, redistest.Shared(t), storage.RedisOptions{LocalClock: true, Now: now, Prefix: storetest.Prefix(t)})
 }
 
 func TestRedisConformance(t *testing.T) {
@@ -147,6 +147,11 @@ func TestRedisServerClock(t *testing.T) {
 		// after 2001-02-03.
 		if res[0].Reset < 20*time.Minute || res[0].Reset > 31*time.Minute {
 			t.Fatalf("reset %s: not the server's window", res[0].Reset)
+		}
+		// And the reset is that window's end to the microsecond, on the
+		// server's clock.
+		if end := res[0].ResetAt; (end-offset.Microseconds())%w.Microseconds() != 0 {
+			t.Fatalf("ResetAt %s is not the end of a window", time.UnixMicro(end).UTC().Format(time.RFC3339Nano))
 		}
 	}
 	if admitted != 7 {
@@ -547,7 +552,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 	srv := redistest.Shared(t)
 	rng := rand.New(rand.NewPCG(7, 11))
 	for round := range 12 {
-		mem := storage.NewMemory(storage.MemoryOptions{})
+		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
 		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {

@@ -164,23 +164,24 @@ func Expect(t testing.TB, r Reply, status int, pairs ...string) {
 	}
 }
 
-// testDay gives each test its own day on the fake clock: memory stores
-// outlive configs (as they do across reloads), so counters from an earlier
-// test with the same directive must have expired.
+// testDay gives each test its own day on the fake clock, so that counters
+// an earlier test left in a shared Redis cannot meet a later test's.
 var (
 	dayMu   sync.Mutex
 	testDay int
 )
 
-// FakeClock installs a fake clock for the handlers, at 10:00 UTC on a day
-// no other test of this binary uses, until the test ends.
+// FakeClock installs a fake clock for the modules provisioned until the
+// test ends (install it before loading the configuration). It starts at
+// clock.TestBase (tomorrow 10:00 UTC, or EDGELIMIT_TEST_TIME) plus a day
+// no other test of this binary uses.
 func FakeClock(t testing.TB) *clock.Fake {
 	t.Helper()
 	dayMu.Lock()
 	testDay++
 	day := testDay
 	dayMu.Unlock()
-	f, restore := clock.Install(time.Date(2026, 11, 23+day, 10, 0, 0, 0, time.UTC))
-	t.Cleanup(restore)
+	f := clock.NewFake(clock.TestBase().AddDate(0, 0, day))
+	t.Cleanup(clock.Install(f))
 	return f
 }

@@ -17,13 +17,28 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
-// Base is the time the cases start at: a Monday, midnight UTC, on every
-// aligned boundary up to a week.
-var Base = time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+// Base is the time the cases start at: a Monday, midnight UTC, the first
+// after clock.TestBase (so on no fixed date: tomorrow or later on the real
+// calendar, or where EDGELIMIT_TEST_TIME moves the suite).
+var Base = mondayAfter(clock.TestBase())
+
+// AtBase is a clock that stays at Base: the sweeper of a memory store that
+// is given times from Base on never drops what they count.
+func AtBase() time.Time { return Base }
+
+func mondayAfter(t time.Time) time.Time {
+	y, m, d := t.UTC().Date()
+	day := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+	if day.Before(t) {
+		day = day.AddDate(0, 0, 1)
+	}
+	return day.AddDate(0, 0, (8-int(day.Weekday()))%7)
+}
 
 // Take is one limit of a request.
 type Take struct {
@@ -268,11 +283,14 @@ func Prefix(t testing.TB) string {
 	return "storetest:" + hex.EncodeToString(b[:]) + ":"
 }
 
-// Run runs every case against a store from open.
-func Run(t *testing.T, open func(t *testing.T) storage.Store) {
+// Run runs every case against a store from open. now is the clock of the
+// case (each step's time), for a store that reads a clock of its own: a
+// memory store's sweeper.
+func Run(t *testing.T, open func(t *testing.T, now func() time.Time) storage.Store) {
 	for i, c := range Cases() {
 		t.Run(c.Name, func(t *testing.T) {
-			s := open(t)
+			clk := clock.NewFake(Base)
+			s := open(t, clk.Now)
 			prefix := fmt.Sprintf("%scase%d:", Prefix(t), i)
 			for n, step := range c.Steps {
 				reqs := make([]storage.Request, len(step.Takes))
@@ -289,6 +307,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 						DryRun:  tk.DryRun,
 					}
 				}
+				clk.Set(Base.Add(step.At))
 				if step.Refund {
 					if err := s.Refund(context.Background(), Base.Add(step.At), reqs); err != nil {
 						t.Fatalf("step %d: refund: %v", n, err)
@@ -301,6 +320,12 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 				}
 				for j, w := range step.Want {
 					check(t, n, j, res[j], w)
+					// The reset is a time on the deciding clock, not a
+					// duration to add to another reading of it.
+					if at := Base.Add(step.At).UnixMicro(); res[j].ResetAt != at+res[j].Reset.Microseconds() {
+						t.Errorf("step %d take %d: ResetAt %d, want the decision's time %d plus Reset %s",
+							n, j, res[j].ResetAt, at, res[j].Reset)
+					}
 				}
 			}
 		})
