@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/edgelimit/caddy-edgelimit/internal/args"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"go.uber.org/zap"
 )
 
@@ -174,7 +176,7 @@ func (wh *Webhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			wh.Headers[name] = value
 		case "timeout":
-			dur, err := durationArg(d)
+			dur, err := args.Duration(d)
 			if err != nil {
 				return err
 			}
@@ -192,3 +194,33 @@ var (
 	_ caddy.Provisioner     = (*Webhook)(nil)
 	_ caddyfile.Unmarshaler = (*Webhook)(nil)
 )
+
+// notify reports the first denial of a key in a window: one info log line
+// and an edge_limit.exceeded event.
+func (h *Handler) notify(r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
+	shown := h.displayKey(key)
+	reset := time.UnixMicro(res.ResetAt)
+	if !dryRun {
+		h.logger.Info("rate limit exceeded",
+			zap.String("limit", l.name),
+			zap.String("key", shown),
+			zap.String("tier", tier),
+			zap.String("client_ip", clientIP(r)),
+			zap.Int64("limit_value", res.Limit),
+			zap.Duration("retry_after", res.RetryAfter),
+			zap.Time("window_end", reset))
+	}
+	h.events.exceeded(map[string]any{
+		"limit":       l.name,
+		"key":         shown,
+		"tier":        tier,
+		"client_ip":   clientIP(r),
+		"host":        r.Host,
+		"path":        r.URL.Path,
+		"limit_value": res.Limit,
+		"retry_after": retryAfterSeconds(res.RetryAfter),
+		"window_end":  reset.UTC().Format(time.RFC3339),
+		"reset":       resetUnix(res),
+		"dry_run":     dryRun,
+	})
+}

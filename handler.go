@@ -1,25 +1,235 @@
 package edgelimit
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
+	"github.com/edgelimit/caddy-edgelimit/internal/zone"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
+
+// Handler is the edge_limit HTTP handler: it identifies the client of each
+// request for each of its limits, asks the store for all of them at once,
+// sets the rate-limit headers, and either passes the request on or denies it.
+type Handler struct {
+	// Limits are checked together on every request: the request passes only
+	// when each limit that applies allows it, and a denied request consumes
+	// nothing.
+	Limits []*Limit `json:"limits,omitempty"`
+
+	// Use names limits declared in the edge_limit app (the global option)
+	// that this handler applies too, after its own.
+	Use []string `json:"use,omitempty"`
+
+	// Zone separates the counters of route-scoped limits: two handlers with
+	// different zones never share a route counter, two with the same zone
+	// do. The Caddyfile gives every edge_limit directive its own zone,
+	// derived from its text, so a reload keeps the counters of unchanged
+	// directives. In JSON, an empty zone is derived from the limits, so
+	// identical handlers share their counters.
+	Zone string `json:"zone,omitempty"`
+
+	// Status is the HTTP status of a denial: 429 (default), 420, 400, 503,
+	// or any 4xx/5xx.
+	Status int `json:"status,omitempty"`
+
+	// Headers chooses the rate-limit headers sent with every limited
+	// response: "x-ratelimit" (default: X-RateLimit-Limit, -Remaining and
+	// -Reset, in unix seconds, for the most constraining limit),
+	// "ratelimit" (the IETF draft RateLimit and RateLimit-Policy fields,
+	// one item per limit), "both" or "none".
+	Headers string `json:"headers,omitempty"`
+
+	// TimeHeader adds X-RateLimit-Time, the window of the reported limit in
+	// seconds, to the x-ratelimit headers.
+	TimeHeader bool `json:"time_header,omitempty"`
+
+	// DryRun counts and sends headers but never denies; would-be denials
+	// are logged. Limits may also be dry-run one by one.
+	DryRun bool `json:"dry_run,omitempty"`
+
+	// Body is the template of a denial's body. Placeholders:
+	// {edge_limit.status}, {edge_limit.name}, {edge_limit.retry_after}
+	// (whole seconds), {edge_limit.retry_after_seconds} (the same with its
+	// unit: "1 second", "56 seconds"), {edge_limit.retry_after_human}
+	// ("1 minute 30 seconds"), {edge_limit.limit}, {edge_limit.remaining},
+	// {edge_limit.reset} (unix seconds) and any request placeholder.
+	// Default: {"status":<status>,"error":"Rate limit exceeded, try again in
+	// <n> seconds"} ("1 second" for one).
+	Body string `json:"body,omitempty"`
+
+	// ContentType of the denial body. Default: application/json.
+	ContentType string `json:"content_type,omitempty"`
+
+	// ShowKey is how the client's key appears in {edge_limit.key}, logs and
+	// events: "hashed" (default: the first 16 hex digits of its SHA-256,
+	// enough to correlate, useless to replay a credential) or "raw" (cut to
+	// 256 bytes).
+	ShowKey string `json:"show_key,omitempty"`
+
+	// HandleErrors leaves the denial's body to the site's handle_errors
+	// routes: the handler sets the headers and the {edge_limit.*}
+	// placeholders, then returns an HTTP error with the status.
+	HandleErrors bool `json:"handle_errors,omitempty"`
+
+	// StorageRaw gives this handler a store of its own. Default: the
+	// edge_limit app's storage (memory unless configured).
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_limit.storage inline_key=backend"`
+
+	limits  []*compiledLimit
+	exempts bool // some limit exempts others
+	// templated: some key or tier placeholder needs the replacer (the
+	// others are read from the request without it).
+	templated bool
+	store     storage.Store
+	logger    *zap.Logger
+	metrics   *metrics
+	events    *emitter
+	headers   headerStyle
+	body      string
+	rawKeys   bool
+	scratch   *sync.Pool
+	warn      *throttle.Log
+	clock     clock.Clock
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.edge_limit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Defaults.
+const (
+	DefaultStatus      = 429
+	DefaultContentType = "application/json"
+	DefaultBody        = `{"status":{edge_limit.status},"error":"Rate limit exceeded, try again in {edge_limit.retry_after_seconds}"}`
+)
+
+// Provision compiles the limits and finds the store.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.clock = clock.ForProvision()
+	h.warn = new(throttle.Log)
+	if h.Status == 0 {
+		h.Status = DefaultStatus
+	}
+	if h.ContentType == "" {
+		h.ContentType = DefaultContentType
+	}
+	h.body = h.Body
+	if h.body == "" {
+		h.body = DefaultBody
+	}
+	h.body = compileTemplate(h.body)
+	style, err := parseHeaderStyle(h.Headers)
+	if err != nil {
+		return err
+	}
+	h.headers = style
+	switch h.ShowKey {
+	case "", "hashed":
+	case "raw":
+		h.rawKeys = true
+	default:
+		return fmt.Errorf("show_key %q: want hashed or raw", h.ShowKey)
+	}
+	if h.Zone == "" {
+		sum, err := json.Marshal(h.Limits)
+		if err != nil {
+			return err
+		}
+		h.Zone = zone.Hash(string(sum))
+	}
+	h.limits = make([]*compiledLimit, 0, len(h.Limits))
+	for i, l := range h.Limits {
+		if l == nil {
+			return fmt.Errorf("limits[%d] is empty", i)
+		}
+		cl, err := compileLimit(l, h.Zone)
+		if err != nil {
+			return fmt.Errorf("limit %q: %w", l.Name, err)
+		}
+		h.limits = append(h.limits, cl)
+	}
+	appIface, err := ctx.App("edge_limit")
+	if err != nil {
+		return fmt.Errorf("loading the edge_limit app: %w", err)
+	}
+	app := appIface.(*App)
+	for _, name := range h.Use {
+		cl, ok := app.shared[name]
+		if !ok {
+			return fmt.Errorf("use %q: no such limit in the edge_limit global option", name)
+		}
+		for _, own := range h.limits {
+			if own.name == name {
+				return fmt.Errorf("use %q: the handler declares a limit of that name too", name)
+			}
+		}
+		h.limits = append(h.limits, cl)
+	}
+	for _, cl := range h.limits {
+		h.exempts = h.exempts || len(cl.exempt) > 0
+		h.templated = h.templated || cl.templated()
+	}
+	h.metrics = app.metrics
+	for _, cl := range h.limits {
+		if cl.outcomes == nil {
+			cl.outcomes = h.metrics.outcomesFor(cl.name)
+		}
+	}
+	h.events, err = newEmitter(ctx, h.logger)
+	if err != nil {
+		return err
+	}
+	if h.StorageRaw != nil {
+		h.store, err = loadStorage(ctx, h, "StorageRaw")
+		if err != nil {
+			return err
+		}
+	} else {
+		h.store = app.store
+	}
+	n := len(h.limits)
+	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
+	return nil
+}
+
+// Validate rejects configurations that cannot work.
+func (h *Handler) Validate() error {
+	if h.Status < 400 || h.Status > 599 {
+		return fmt.Errorf("status %d: a denial needs a 4xx or 5xx status", h.Status)
+	}
+	seen := make(map[string]bool, len(h.Limits))
+	for _, l := range h.Limits {
+		if seen[l.Name] {
+			return fmt.Errorf("limit %q is declared twice in one handler", l.Name)
+		}
+		seen[l.Name] = true
+	}
+	for _, name := range h.Use {
+		if seen[name] {
+			return fmt.Errorf("limit %q is used twice in one handler", name)
+		}
+		seen[name] = true
+	}
+	return nil
+}
 
 // scratch holds one request's working slices, pooled so that the request
 // path allocates nothing for them.
@@ -199,7 +409,7 @@ func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
 		return
 	}
 	for _, e := range l.entries {
-		if err := e.store.Refund(r.Context(), now, e.reqs); err != nil && h.warn.allow(now, 5*time.Second) {
+		if err := e.store.Refund(r.Context(), now, e.reqs); err != nil && h.warn.Allow(now, 5*time.Second) {
 			h.logger.Warn("giving back the counts of a denied request", zap.Error(err))
 		}
 	}
@@ -239,351 +449,11 @@ func tighter(a, b *limiter.Result) bool {
 	return a.Reset > b.Reset
 }
 
-// key returns the client's identity for this limit and the index of the key
-// part it came from, or -1 when no part is present.
-func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer, vars map[string]any) (string, int) {
-	for i := range l.keys {
-		if v := l.keys[i].value(r, repl, vars); v != "" {
-			return v, i
-		}
-	}
-	return "", -1
-}
-
-// value is the part's value for r; vars are the request's variables.
-func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any) string {
-	switch k.kind {
-	case keyLiteral:
-		return k.tmpl
-	case keyHeader:
-		switch vs := r.Header[k.header]; len(vs) {
-		case 0:
-			return ""
-		case 1:
-			return vs[0]
-		default:
-			return strings.Join(vs, ",")
-		}
-	case keyClientIP:
-		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
-			return ip
-		}
-		return remoteHost(r)
-	case keyRemoteHost:
-		return remoteHost(r)
-	}
-	if repl == nil {
-		return ""
-	}
-	// Unknown placeholders count as empty: an anonymous request must not
-	// share the counter of a literal "{http.auth.user.id}".
-	v := repl.ReplaceAll(k.tmpl, "")
-	if v == k.skeleton {
-		return ""
-	}
-	return v
-}
-
-func remoteHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// setHeaders writes the rate-limit headers for the decided limits. The
-// x-ratelimit headers report the most constraining limit of the request,
-// which may be an earlier handler's (prior); the IETF fields list the
-// limits of every handler.
-func (h *Handler) setHeaders(hdr http.Header, sc *scratch, report int, denied bool, prior *ledger) {
-	res := sc.res[:len(sc.reqs)]
-	keepPrior := !denied && prior != nil && len(prior.entries) > 0 && tighter(&prior.report, &res[report])
-	if h.headers&headerX != 0 && !keepPrior {
-		// One string holds the numbers and one array the values: two
-		// allocations for the whole set.
-		r := &res[report]
-		b := strconv.AppendInt(sc.buf[:0], r.Limit, 10)
-		n1 := len(b)
-		b = strconv.AppendInt(b, r.Remaining, 10)
-		n2 := len(b)
-		b = strconv.AppendInt(b, resetUnix(r), 10)
-		n3 := len(b)
-		if h.TimeHeader {
-			b = strconv.AppendInt(b, secondsCeil(r.Window), 10)
-		}
-		all := string(b)
-		sc.buf = b[:0]
-		vals := make([]string, 4)
-		vals[0], vals[1], vals[2], vals[3] = all[:n1], all[n1:n2], all[n2:n3], all[n3:]
-		hdr["X-Ratelimit-Limit"] = vals[0:1:1]
-		hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
-		hdr["X-Ratelimit-Reset"] = vals[2:3:3]
-		if h.TimeHeader {
-			hdr["X-Ratelimit-Time"] = vals[3:4:4]
-		}
-	}
-	if h.headers&headerIETF != 0 {
-		b := appendPrior(sc.buf[:0], hdr, "Ratelimit-Policy")
-		for i := range res {
-			if i > 0 {
-				b = append(b, ", "...)
-			}
-			b = append(b, '"')
-			b = append(b, sc.which[i].name...)
-			b = append(b, `";q=`...)
-			b = strconv.AppendInt(b, res[i].Limit, 10)
-			if w := secondsCeil(res[i].Window); w > 0 {
-				b = append(b, ";w="...)
-				b = strconv.AppendInt(b, w, 10)
-			}
-		}
-		hdr["Ratelimit-Policy"] = []string{string(b)}
-		b = appendPrior(b[:0], hdr, "Ratelimit")
-		for i := range res {
-			if i > 0 {
-				b = append(b, ", "...)
-			}
-			b = append(b, '"')
-			b = append(b, sc.which[i].name...)
-			b = append(b, `";r=`...)
-			b = strconv.AppendInt(b, res[i].Remaining, 10)
-			b = append(b, ";t="...)
-			b = strconv.AppendInt(b, secondsCeil(res[i].Reset), 10)
-		}
-		hdr["Ratelimit"] = []string{string(b)}
-		sc.buf = b[:0]
-	}
-}
-
-// appendPrior starts a structured field list with the items an earlier
-// handler wrote; the caller then appends its own after ", ".
-func appendPrior(b []byte, hdr http.Header, name string) []byte {
-	if v := hdr[name]; len(v) == 1 && v[0] != "" {
-		b = append(b, v[0]...)
-		b = append(b, ", "...)
-	}
-	return b
-}
-
-// deny answers a denied request.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result) error {
-	status := h.Status
-	if l.status != 0 {
-		status = l.status
-	}
-	retry := retryAfterSeconds(res.RetryAfter)
-	hdr := w.Header()
-	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
-		repl = caddy.NewReplacer()
-	}
-	repl.Set("edge_limit.status", status)
-	repl.Set("edge_limit.name", l.name)
-	repl.Set("edge_limit.key", h.displayKey(key))
-	repl.Set("edge_limit.tier", tier)
-	repl.Set("edge_limit.retry_after", retry)
-	repl.Set("edge_limit.retry_after_seconds", secondsText(retry))
-	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
-	repl.Set("edge_limit.limit", res.Limit)
-	repl.Set("edge_limit.remaining", res.Remaining)
-	repl.Set("edge_limit.reset", resetUnix(res))
-	repl.Set("edge_limit.window", secondsCeil(res.Window))
-	if h.HandleErrors {
-		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
-	}
-	tmpl := h.body
-	if l.body != "" {
-		tmpl = l.body
-	}
-	body := h.renderBody(repl, tmpl)
-	hdr["Content-Type"] = []string{h.ContentType}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(status)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write([]byte(body))
-	}
-	return nil
-}
-
-// notify reports the first denial of a key in a window: one info log line
-// and an edge_limit.exceeded event.
-func (h *Handler) notify(r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
-	shown := h.displayKey(key)
-	reset := time.UnixMicro(res.ResetAt)
-	if !dryRun {
-		h.logger.Info("rate limit exceeded",
-			zap.String("limit", l.name),
-			zap.String("key", shown),
-			zap.String("tier", tier),
-			zap.String("client_ip", clientIP(r)),
-			zap.Int64("limit_value", res.Limit),
-			zap.Duration("retry_after", res.RetryAfter),
-			zap.Time("window_end", reset))
-	}
-	h.events.exceeded(map[string]any{
-		"limit":       l.name,
-		"key":         shown,
-		"tier":        tier,
-		"client_ip":   clientIP(r),
-		"host":        r.Host,
-		"path":        r.URL.Path,
-		"limit_value": res.Limit,
-		"retry_after": retryAfterSeconds(res.RetryAfter),
-		"window_end":  reset.UTC().Format(time.RFC3339),
-		"reset":       resetUnix(res),
-		"dry_run":     dryRun,
-	})
-}
-
-// displayKey is the key as logs, events and bodies show it.
-func (h *Handler) displayKey(key string) string {
-	if h.rawKeys {
-		if len(key) > 256 {
-			return key[:256]
-		}
-		return key
-	}
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:8])
-}
-
-// secondsText is n seconds with its unit: "1 second", "56 seconds".
-func secondsText(n int64) string {
-	return plural(n, "second")
-}
-
-func plural(n int64, unit string) string {
-	s := strconv.FormatInt(n, 10) + " " + unit
-	if n != 1 {
-		s += "s"
-	}
-	return s
-}
-
-// humanUnits are the units humanSeconds speaks in, largest first.
-var humanUnits = [...]struct {
-	size int64
-	name string
-}{{86400, "day"}, {3600, "hour"}, {60, "minute"}, {1, "second"}}
-
-// humanSeconds says n seconds as a person would, in at most two units:
-// "1 second", "45 seconds", "1 minute 30 seconds", "2 hours", "1 day 3
-// hours". It is exact or rounded up, never sooner than n: a client that
-// waits as long as it says gets through.
-func humanSeconds(n int64) string {
-	if n < 60 {
-		return secondsText(n)
-	}
-	for i, u := range humanUnits[:3] {
-		if n < u.size {
-			continue
-		}
-		big, rest := n/u.size, n%u.size
-		if rest == 0 {
-			return plural(big, u.name)
-		}
-		next := humanUnits[i+1]
-		small := (rest + next.size - 1) / next.size
-		if small*next.size == u.size {
-			return plural(big+1, u.name)
-		}
-		return plural(big, u.name) + " " + plural(small, next.name)
-	}
-	return secondsText(n)
-}
-
-// renderBody fills the denial body's placeholders. In a JSON body, values
-// are escaped as JSON string content: a hostile header echoed in the body
-// cannot break out of its string.
-func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
-	if !strings.Contains(h.ContentType, "json") {
-		return repl.ReplaceAll(tmpl, "")
-	}
-	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
-		s, ok := val.(string)
-		if !ok {
-			return val, nil
-		}
-		return jsonEscape(s), nil
-	})
-	if err != nil {
-		return repl.ReplaceAll(tmpl, "")
-	}
-	return out
-}
-
-// compileTemplate escapes every brace of s that is not part of a placeholder
-// ({name} where name starts with a letter and holds letters, digits and
-// ._-/:), so that JSON bodies can be written as they are. Braces the author
-// escaped already stay escaped.
-func compileTemplate(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && i+1 < len(s) && (s[i+1] == '{' || s[i+1] == '}'):
-			b.WriteString(s[i : i+2])
-			i++
-		case c == '{':
-			if n := placeholderLen(s[i:]); n > 0 {
-				b.WriteString(s[i : i+n])
-				i += n - 1
-			} else {
-				b.WriteString(`\{`)
-			}
-		case c == '}':
-			b.WriteString(`\}`)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
-
-// placeholderLen returns the length of the placeholder at the start of s,
-// or 0.
-func placeholderLen(s string) int {
-	if len(s) < 3 || !isLetter(s[1]) {
-		return 0
-	}
-	for i := 2; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '}':
-			return i + 1
-		case isLetter(c) || c >= '0' && c <= '9' || strings.IndexByte("._-/:", c) >= 0:
-		default:
-			return 0
-		}
-	}
-	return 0
-}
-
-func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-
-func jsonEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		switch {
-		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(c)
-		case c < 0x20 || c == '<' || c == '>' || c == '&' || c == 0x2028 || c == 0x2029:
-			fmt.Fprintf(&b, `\u%04x`, c)
-		default:
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
-}
-
 // storageFailed applies the store's failure policy: ErrUnavailable denies
 // with 503; anything else lets the request through unlimited.
 func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, now time.Time, err error) error {
 	h.metrics.storageError()
-	if h.warn.allow(now, 5*time.Second) {
+	if h.warn.Allow(now, 5*time.Second) {
 		h.logger.Warn("rate-limit storage failed", zap.Error(err))
 	}
 	if errors.Is(err, storage.ErrUnavailable) {
@@ -603,63 +473,4 @@ func (h *Handler) logWouldDeny(r *http.Request, l *compiledLimit, res *limiter.R
 		ce.Write(zap.String("limit", l.name), zap.String("client_ip", clientIP(r)),
 			zap.Duration("retry_after", res.RetryAfter))
 	}
-}
-
-func clientIP(r *http.Request) string {
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
-		return ip
-	}
-	return remoteHost(r)
-}
-
-// retryAfterSeconds rounds up: a client that waits that long gets through,
-// and a denied client is never told to retry after 0 seconds.
-func retryAfterSeconds(d time.Duration) int64 {
-	return max(secondsCeil(d), 1)
-}
-
-func secondsCeil(d time.Duration) int64 {
-	return int64((d + time.Second - 1) / time.Second)
-}
-
-// resetUnix is the result's reset time in unix seconds, rounded up: the
-// first whole second at which the quota is whole again. An aligned window
-// that ends at 10:00:00 says 10:00:00.
-func resetUnix(r *limiter.Result) int64 {
-	s := r.ResetAt / 1e6
-	if r.ResetAt%1e6 > 0 {
-		s++
-	}
-	return s
-}
-
-// headerStyle selects the rate-limit header sets.
-type headerStyle uint8
-
-const (
-	headerX headerStyle = 1 << iota
-	headerIETF
-)
-
-func parseHeaderStyle(s string) (headerStyle, error) {
-	switch s {
-	case "", "x-ratelimit":
-		return headerX, nil
-	case "ratelimit":
-		return headerIETF, nil
-	case "both":
-		return headerX | headerIETF, nil
-	case "none":
-		return 0, nil
-	}
-	return 0, fmt.Errorf("headers %q: want x-ratelimit, ratelimit, both or none", s)
-}
-
-// rateLimitedLog lets a message through at most once per period.
-type rateLimitedLog struct{ last atomic.Int64 }
-
-func (l *rateLimitedLog) allow(now time.Time, every time.Duration) bool {
-	t := now.UnixNano()
-	last := l.last.Load()
-	return t-last >= int64(every) && l.last.CompareAndSwap(last, t)
 }

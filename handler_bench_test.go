@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
@@ -25,7 +26,7 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	mem := storage.NewMemory(storage.MemoryOptions{})
 	b.Cleanup(func() { mem.Close() })
 	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
-		logger: zap.NewNop(), warn: new(rateLimitedLog), clock: clock.Real, headers: headerX, body: compileTemplate(DefaultBody)}
+		logger: zap.NewNop(), warn: new(throttle.Log), clock: clock.Real, headers: headerX, body: compileTemplate(DefaultBody)}
 	for _, l := range limits {
 		cl, err := compileLimit(l, "bench")
 		if err != nil {

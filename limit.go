@@ -4,9 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/textproto"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -373,49 +371,4 @@ func checkName(name string) error {
 		}
 	}
 	return nil
-}
-
-// keyPart is one element of a limit's key (or its tier placeholder), with
-// fast paths for the usual placeholders so that reading them allocates
-// nothing.
-type keyPart struct {
-	kind     keyKind
-	header   string // canonical header name (keyHeader)
-	tmpl     string // the part as written (keyTemplate, keyLiteral)
-	skeleton string // the template with every placeholder empty
-}
-
-type keyKind uint8
-
-const (
-	keyLiteral keyKind = iota
-	keyHeader
-	keyClientIP
-	keyRemoteHost
-	keyTemplate
-)
-
-func parseKeyPart(s string) (keyPart, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return keyPart{}, errors.New("empty key part")
-	}
-	if !strings.ContainsRune(s, '{') {
-		return keyPart{kind: keyLiteral, tmpl: s}, nil
-	}
-	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && strings.Count(s, "{") == 1 {
-		name := s[1 : len(s)-1]
-		for _, p := range []string{"http.request.header.", "header."} {
-			if h, ok := strings.CutPrefix(name, p); ok && h != "" {
-				return keyPart{kind: keyHeader, header: textproto.CanonicalMIMEHeaderKey(h), tmpl: s}, nil
-			}
-		}
-		switch name {
-		case "http.vars.client_ip", "client_ip":
-			return keyPart{kind: keyClientIP, tmpl: s}, nil
-		case "http.request.remote.host", "remote_host":
-			return keyPart{kind: keyRemoteHost, tmpl: s}, nil
-		}
-	}
-	return keyPart{kind: keyTemplate, tmpl: s, skeleton: caddy.NewEmptyReplacer().ReplaceAll(s, "")}, nil
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
@@ -104,6 +106,14 @@ func matchingBrace(s string) int {
 		}
 	}
 	return len(s) - 1
+}
+
+// Adapt turns a Caddyfile into JSON as `caddy adapt` does.
+func Adapt(t testing.TB, body string) ([]byte, error) {
+	t.Helper()
+	a := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
+	out, _, err := a.Adapt([]byte(body), map[string]any{"filename": "Caddyfile"})
+	return out, err
 }
 
 // Reply is a response read in full.

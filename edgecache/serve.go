@@ -1,20 +1,16 @@
-package edgelimit
+package edgecache
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"mime"
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
 )
@@ -27,7 +23,7 @@ import (
 // others wait and are served its entry. Anything else goes straight
 // upstream with DIRECT. When the upstream cannot be reached, a stale copy
 // within stale_if_error is served, else a 502; both say OFFLINE.
-func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 {
 		return c.passThrough(w, r, next, nil)
 	}
@@ -80,7 +76,7 @@ var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
 // fetch asks the upstream for a GET or OPTIONS, stores what may be stored,
 // and answers. f is the flight this request leads, if any: it lands before
 // the client is answered, and whatever happens (a panic included).
-func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight) error {
+func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight) error {
 	landed := f == nil
 	land := func(o cache.Outcome, e *cache.Entry) {
 		if !landed {
@@ -131,7 +127,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 // passThrough sends a request upstream without storing: methods that are
 // not cacheable, HEAD misses, upgrades, and every request while the store
 // fails. stale, for a HEAD, is served if the upstream is offline.
-func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, stale *cache.Entry) error {
+func (c *Handler) passThrough(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, stale *cache.Entry) error {
 	rec := newCacheRecorder(w, r, c, false, stale != nil)
 	defer rec.free()
 	err := next.ServeHTTP(rec, r)
@@ -157,7 +153,7 @@ func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, next caddyht
 // offline answers when the upstream could not be reached: the stale copy
 // if there is one, else a 502 through Caddy's error handling (so that
 // handle_errors can render it), both with OFFLINE.
-func (c *Cache) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error) error {
+func (c *Handler) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error) error {
 	if stale != nil {
 		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
 	}
@@ -172,7 +168,7 @@ func (c *Cache) offline(w http.ResponseWriter, r *http.Request, stale *cache.Ent
 // serve answers from an entry: HIT, a waiter's HIT, or a stale OFFLINE.
 // The entry is shared, so its header values are copied (in one
 // allocation) before handlers outside this one may change them in place.
-func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, st cache.Status, now time.Time) error {
+func (c *Handler) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, st cache.Status, now time.Time) error {
 	hdr := w.Header()
 	vals := make([]string, e.HeaderValues()+3)
 	for name, vs := range e.Header {
@@ -200,7 +196,7 @@ func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, st
 // serveMiss answers the request whose response was just stored: with its
 // own headers (the limiter's among them, which the entry leaves out), the
 // entry's ETag, and MISS.
-func (c *Cache) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRecorder, e *cache.Entry) error {
+func (c *Handler) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRecorder, e *cache.Entry) error {
 	hdr := w.Header()
 	for name, vs := range rec.hdr {
 		if !cache.IsControlHeader(name) && name != "Content-Length" {
@@ -282,194 +278,4 @@ func streaming(h http.Header) bool {
 	}
 	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && mt == "text/event-stream"
-}
-
-// recMode is what a cacheRecorder does with the response it is given.
-type recMode uint8
-
-const (
-	// modeInit: nothing written yet.
-	modeInit recMode = iota
-	// modeBuffer: a storable response, held until complete.
-	modeBuffer
-	// modeDiscard: the upstream failed and a stale copy will be served.
-	modeDiscard
-	// modePass: streaming to the client as it comes.
-	modePass
-)
-
-// cacheRecorder stands between the cache and the next handler. It decides at
-// WriteHeader what to do with the response: buffer it to be stored (up to
-// max_size, past which it streams it on with DIRECT), discard it (a gateway
-// failure with a stale copy to serve instead), or pass it on, control
-// headers removed and Bloom-Status set.
-type cacheRecorder struct {
-	w        http.ResponseWriter
-	r        *http.Request
-	c        *Cache
-	hdr      http.Header
-	own      bool // hdr is the cacheRecorder's; else it is w's
-	store    bool // the response may be stored
-	stale    bool // a stale copy waits to replace a gateway failure
-	status   int
-	mode     recMode
-	buf      *bytes.Buffer
-	decision cache.Decision
-}
-
-// newCacheRecorder returns a cacheRecorder for one request. A response that may be
-// stored, or replaced by a stale copy, is given a header map of its own, so
-// that the entry holds only the upstream's headers and a discarded failure
-// leaves nothing behind; others write to w's headers directly.
-func newCacheRecorder(w http.ResponseWriter, r *http.Request, c *Cache, store, stale bool) *cacheRecorder {
-	rec := &cacheRecorder{w: w, r: r, c: c, store: store, stale: stale}
-	if store || stale {
-		rec.hdr, rec.own = make(http.Header), true
-	} else {
-		rec.hdr = w.Header()
-	}
-	return rec
-}
-
-func (rec *cacheRecorder) Header() http.Header { return rec.hdr }
-
-func (rec *cacheRecorder) WriteHeader(code int) {
-	if rec.mode != modeInit {
-		return
-	}
-	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		// Informational answers go on only when nothing is held back.
-		if !rec.own {
-			cache.StripControl(rec.hdr)
-			rec.w.WriteHeader(code)
-		}
-		return
-	}
-	rec.status = code
-	switch {
-	case rec.stale && gatewayStatus(code):
-		rec.mode = modeDiscard
-		return
-	case rec.store && !streaming(rec.hdr):
-		if d := rec.c.policy.Decide(code, rec.hdr); d.Store {
-			rec.decision = d
-			rec.mode = modeBuffer
-			rec.buf = getBuffer()
-			return
-		} else if ce := rec.c.logger.Check(zap.DebugLevel, "response not stored"); ce != nil {
-			ce.Write(zap.String("uri", rec.r.RequestURI), zap.String("reason", d.Reason))
-		}
-	}
-	st := cache.Direct
-	if gatewayStatus(code) && !fromUpstream(rec.r, code) {
-		st = cache.Offline
-	}
-	_ = rec.pass(st)
-}
-
-// settleHeaders puts the recorded headers on w with Bloom-Status, for an
-// error returned before anything was written (Caddy then writes the error
-// status, or handle_errors renders it, with these headers: a limiter's
-// Retry-After, say).
-func (rec *cacheRecorder) settleHeaders(st cache.Status) {
-	hdr := rec.w.Header()
-	if rec.own {
-		for name, vs := range rec.hdr {
-			if !cache.IsControlHeader(name) {
-				hdr[name] = vs
-			}
-		}
-	} else {
-		cache.StripControl(hdr)
-	}
-	setBloomStatus(hdr, st)
-}
-
-// pass starts streaming to the client: headers, status, and whatever was
-// buffered.
-func (rec *cacheRecorder) pass(st cache.Status) error {
-	rec.settleHeaders(st)
-	rec.w.WriteHeader(rec.status)
-	held := rec.buf
-	rec.mode, rec.buf = modePass, nil
-	if held != nil {
-		defer putBuffer(held)
-		if held.Len() > 0 {
-			_, err := rec.w.Write(held.Bytes())
-			return err
-		}
-	}
-	return nil
-}
-
-func (rec *cacheRecorder) Write(p []byte) (int, error) {
-	if rec.mode == modeInit {
-		rec.WriteHeader(http.StatusOK)
-	}
-	switch rec.mode {
-	case modeBuffer:
-		if int64(rec.buf.Len()+len(p)) > rec.c.MaxSize {
-			if err := rec.pass(cache.Direct); err != nil {
-				return 0, err
-			}
-			return rec.w.Write(p)
-		}
-		return rec.buf.Write(p)
-	case modeDiscard:
-		return len(p), nil
-	}
-	return rec.w.Write(p)
-}
-
-// ReadFrom keeps the fast path (sendfile) of the client's writer for
-// responses that pass through.
-func (rec *cacheRecorder) ReadFrom(src io.Reader) (int64, error) {
-	if rec.mode == modeInit {
-		rec.WriteHeader(http.StatusOK)
-	}
-	if rec.mode == modePass {
-		if rf, ok := rec.w.(io.ReaderFrom); ok {
-			return rf.ReadFrom(src)
-		}
-	}
-	return io.Copy(writerOnly{rec}, src)
-}
-
-// writerOnly hides ReadFrom from io.Copy.
-type writerOnly struct{ io.Writer }
-
-// FlushError flushes a response that passes through; one being held is
-// complete only at the end.
-func (rec *cacheRecorder) FlushError() error {
-	if rec.mode != modePass {
-		return nil
-	}
-	return http.NewResponseController(rec.w).Flush()
-}
-
-// Unwrap lets http.ResponseController reach the client's connection
-// (deadlines, and hijacking for the upgrades that pass through).
-func (rec *cacheRecorder) Unwrap() http.ResponseWriter { return rec.w }
-
-// free returns the cacheRecorder's buffer when the request is done.
-func (rec *cacheRecorder) free() {
-	if rec.buf != nil {
-		putBuffer(rec.buf)
-		rec.buf = nil
-	}
-}
-
-var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-func getBuffer() *bytes.Buffer {
-	b := buffers.Get().(*bytes.Buffer)
-	b.Reset()
-	return b
-}
-
-func putBuffer(b *bytes.Buffer) {
-	// Responses larger than usual must not pin their memory in the pool.
-	if b.Cap() <= 1<<20 {
-		buffers.Put(b)
-	}
 }

@@ -1,4 +1,4 @@
-package edgelimit
+package edgecache
 
 import (
 	"bytes"
@@ -14,10 +14,10 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(CacheAdmin{})
+	caddy.RegisterModule(Admin{})
 }
 
-// CacheAdmin serves the edge_cache purge endpoint of Caddy's admin API, the
+// Admin serves the edge_cache purge endpoint of Caddy's admin API, the
 // equivalent of Bloom Control's FLUSHB and FLUSHA:
 //
 //	POST /edge_cache/purge
@@ -25,18 +25,18 @@ func init() {
 //
 // It purges every store of the running edge_cache handlers and answers
 // {"purged": <entries removed>}.
-type CacheAdmin struct{}
+type Admin struct{}
 
 // CaddyModule returns the Caddy module information.
-func (CacheAdmin) CaddyModule() caddy.ModuleInfo {
+func (Admin) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "admin.api.edge_cache",
-		New: func() caddy.Module { return new(CacheAdmin) },
+		New: func() caddy.Module { return new(Admin) },
 	}
 }
 
 // Routes implements caddy.AdminRouter.
-func (CacheAdmin) Routes() []caddy.AdminRoute {
+func (Admin) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: "/edge_cache/purge",
 		Handler: caddy.AdminHandlerFunc(handlePurge),
@@ -80,7 +80,7 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 	}
 	total := 0
 	var errs []error
-	for _, s := range liveCacheStores() {
+	for _, s := range liveStores() {
 		n, err := s.Purge(r.Context(), p)
 		total += n
 		if err != nil {
@@ -142,4 +142,4 @@ func decodePurge(body io.Reader) (cache.Purge, error) {
 }
 
 // Interface guard.
-var _ caddy.AdminRouter = CacheAdmin{}
+var _ caddy.AdminRouter = Admin{}

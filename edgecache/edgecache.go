@@ -1,4 +1,14 @@
-package edgelimit
+// Package edgecache is the edge_cache Caddy module: a Bloom-compatible
+// response cache in front of edge_limit, so that a cached response is
+// served without counting against a rate limit. Every response it passes
+// carries Bloom-Status: MISS, HIT, DIRECT or OFFLINE.
+//
+// The handler (this file) keys requests and serves entries (serve.go)
+// through a recorder that decides what to store (recorder.go); its stores
+// are modules of the edge_cache.storage namespace (storage.go) around the
+// engines of package cache; admin.go serves the purge endpoint. A new
+// store is a cache.Store in package cache and a module in storage.go.
+package edgecache
 
 import (
 	"encoding/json"
@@ -10,24 +20,24 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
+	"github.com/edgelimit/caddy-edgelimit/internal/zone"
 )
 
 func init() {
-	caddy.RegisterModule(Cache{})
+	caddy.RegisterModule(Handler{})
 }
 
-// Cache is the edge_cache HTTP handler: a Bloom-compatible response cache.
+// Handler is the edge_cache HTTP handler: a Bloom-compatible response cache.
 // Placed before edge_limit (the directive order does it), a HIT is served
 // without reaching the limiter, so cached responses never count against a
 // rate limit. Every response it passes carries Bloom-Status: MISS, HIT,
 // DIRECT or OFFLINE.
-type Cache struct {
+type Handler struct {
 	// TTL is how long a response stays fresh when the upstream sets no
 	// lifetime (Bloom-Response-TTL, Cache-Control s-maxage or max-age).
 	// Default: 10m (Bloom's 600 s).
@@ -56,13 +66,16 @@ type Cache struct {
 	// values are hashed into the key, never stored.
 	Identity []string `json:"identity,omitempty"`
 
-	// Storage is "memory" (default: in this process, kept across reloads
-	// while max_memory is unchanged) or "redis" (shared by every instance
-	// on the edge_limit Redis).
-	Storage string `json:"storage,omitempty"`
+	// StorageRaw is where entries live: {"backend": "memory"} (default: in
+	// this process, kept across reloads while max_memory and max_size are
+	// unchanged) or {"backend": "redis", "prefix": "edge_cache:"} (shared
+	// by every instance on the edge_limit Redis). The backend's name alone
+	// ("memory", "redis") is read too, as earlier versions wrote it.
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_cache.storage inline_key=backend"`
 
-	// RedisPrefix starts the Redis key names of the redis storage.
-	// Default: "edge_cache:".
+	// RedisPrefix is the prefix of the redis storage when StorageRaw is
+	// the name "redis" (the form of earlier versions). Default:
+	// "edge_cache:".
 	RedisPrefix string `json:"redis_prefix,omitempty"`
 
 	// Zone separates the entries of this handler from those of other
@@ -74,40 +87,39 @@ type Cache struct {
 	policy  cache.Policy
 	stale   time.Duration
 	store   cache.Store
-	release func()
 	flights *cache.Group
 	logger  *zap.Logger
-	warn    *rateLimitedLog
+	warn    *throttle.Log
 	clock   clock.Clock
 }
 
 // CaddyModule returns the Caddy module information.
-func (Cache) CaddyModule() caddy.ModuleInfo {
+func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.edge_cache",
-		New: func() caddy.Module { return new(Cache) },
+		New: func() caddy.Module { return new(Handler) },
 	}
 }
 
 // Defaults of the edge_cache handler.
 const (
-	DefaultCacheTTL    = cache.DefaultTTL
-	DefaultCacheTTLMax = cache.DefaultMaxTTL
-	DefaultMaxSize     = cache.DefaultMaxSize
-	DefaultMaxMemory   = cache.DefaultMaxMemory
+	DefaultTTL       = cache.DefaultTTL
+	DefaultTTLMax    = cache.DefaultMaxTTL
+	DefaultMaxSize   = cache.DefaultMaxSize
+	DefaultMaxMemory = cache.DefaultMaxMemory
 )
 
-// Provision applies defaults and finds or opens the store.
-func (c *Cache) Provision(ctx caddy.Context) error {
+// Provision applies defaults and opens the store.
+func (c *Handler) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
 	c.clock = clock.ForProvision()
-	c.warn = new(rateLimitedLog)
+	c.warn = new(throttle.Log)
 	c.flights = new(cache.Group)
 	if c.TTL == 0 {
-		c.TTL = caddy.Duration(DefaultCacheTTL)
+		c.TTL = caddy.Duration(DefaultTTL)
 	}
 	if c.TTLMax == 0 {
-		c.TTLMax = caddy.Duration(max(DefaultCacheTTLMax, time.Duration(c.TTL)))
+		c.TTLMax = caddy.Duration(max(DefaultTTLMax, time.Duration(c.TTL)))
 	}
 	if c.MaxSize == 0 {
 		c.MaxSize = DefaultMaxSize
@@ -119,43 +131,39 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if c.Zone == "" {
-		text, err := json.Marshal(c)
+		z, err := zone.Of(c)
 		if err != nil {
 			return err
 		}
-		c.Zone = shortHash(string(text))
+		c.Zone = z
 	}
 	c.policy = cache.Policy{TTL: time.Duration(c.TTL), MaxTTL: time.Duration(c.TTLMax)}
 	c.stale = time.Duration(c.StaleIfError)
-	switch c.Storage {
-	case "", "memory":
-		// Entries are judged fresh by the clock that stored them: a store
-		// is shared only by configurations on the same clock.
-		key := fmt.Sprintf("edge_cache/memory/%d/%d/%s", c.MaxMemory, c.MaxSize, clock.ID(c.clock))
-		v, _, err := cacheMemoryPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-			return pooledCache{cache.NewMemory(cache.MemoryOptions{MaxMemory: c.MaxMemory, MaxEntry: c.MaxSize})}, nil
-		})
-		if err != nil {
-			return err
-		}
-		c.store = v.(pooledCache).Memory
-		c.release = func() { _, _ = cacheMemoryPool.Delete(key) }
-	case "redis":
-		client, release, err := cacheRedisClient(ctx)
-		if err != nil {
-			return fmt.Errorf("edge_cache storage redis: %w", err)
-		}
-		c.store = cache.NewRedis(client, cache.RedisOptions{Prefix: c.RedisPrefix})
-		c.release = release
+	raw, err := storageJSON(c.StorageRaw, c.RedisPrefix)
+	if err != nil {
+		return err
 	}
-	registerCacheStore(c.store)
+	c.StorageRaw = raw
+	mod, err := ctx.LoadModule(c, "StorageRaw")
+	if err != nil {
+		return fmt.Errorf("loading the edge_cache storage: %w", err)
+	}
+	backend, ok := mod.(StorageBackend)
+	if !ok {
+		return fmt.Errorf("edge_cache storage module %T provides no store", mod)
+	}
+	c.store, err = backend.OpenStore(StoreOptions{MaxMemory: c.MaxMemory, MaxEntry: c.MaxSize, Clock: c.clock})
+	if err != nil {
+		return fmt.Errorf("edge_cache storage: %w", err)
+	}
+	registerStore(c.store)
 	return nil
 }
 
 // Validate rejects configurations that cannot work.
-func (c *Cache) Validate() error { return c.validate() }
+func (c *Handler) Validate() error { return c.validate() }
 
-func (c *Cache) validate() error {
+func (c *Handler) validate() error {
 	switch {
 	case c.TTL < 0:
 		return fmt.Errorf("ttl must be positive, got %s", time.Duration(c.TTL))
@@ -172,14 +180,11 @@ func (c *Cache) validate() error {
 	case c.MaxMemory > 0 && c.MaxSize > c.MaxMemory:
 		return fmt.Errorf("max_size %d is larger than max_memory %d", c.MaxSize, c.MaxMemory)
 	}
-	switch c.Storage {
-	case "", "memory":
-		if c.RedisPrefix != "" {
-			return errors.New("redis_prefix goes with storage redis")
-		}
-	case "redis":
-	default:
-		return fmt.Errorf("storage %q: want memory or redis", c.Storage)
+	if _, err := storageJSON(c.StorageRaw, c.RedisPrefix); err != nil {
+		return err
+	}
+	if c.RedisPrefix != "" && !isName(c.StorageRaw, "redis") {
+		return errors.New("redis_prefix goes with storage \"redis\"; in the storage object, write prefix")
 	}
 	for _, id := range c.Identity {
 		if id == "" {
@@ -189,83 +194,62 @@ func (c *Cache) validate() error {
 	return nil
 }
 
-// Cleanup releases this configuration's hold on the store.
-func (c *Cache) Cleanup() error {
-	if c.store == nil {
-		return nil
-	}
-	unregisterCacheStore(c.store)
-	if c.release != nil {
-		c.release()
+// isName tells whether raw is the JSON string name.
+func isName(raw json.RawMessage, name string) bool {
+	var s string
+	return json.Unmarshal(raw, &s) == nil && s == name
+}
+
+// Cleanup releases this configuration's hold on the store (the storage
+// module, which Caddy cleans up too, holds it).
+func (c *Handler) Cleanup() error {
+	if c.store != nil {
+		unregisterStore(c.store)
 	}
 	return nil
 }
 
-// cacheMemoryPool holds memory stores across config reloads: a new config
-// with the same bounds finds the old store and its entries.
-var cacheMemoryPool = caddy.NewUsagePool()
-
-type pooledCache struct{ *cache.Memory }
-
-func (p pooledCache) Destruct() error { return p.Close() }
-
-// cacheRedisClient gives `storage redis` its client: the Redis of the
-// edge_limit app (the `edge_limit { storage redis ... }` global option), so
-// that the cache shares the limiter's settings, connections and timeouts.
-// The client belongs to the app's storage, which the app releases.
-func cacheRedisClient(ctx caddy.Context) (redis.UniversalClient, func(), error) {
-	app, err := ctx.App("edge_limit")
-	if err != nil {
-		return nil, nil, fmt.Errorf("loading the edge_limit app: %w", err)
-	}
-	rs, ok := app.(*App).store.(*storage.Redis)
-	if !ok {
-		return nil, nil, errors.New("it uses the Redis of the edge_limit global option: configure { edge_limit { storage redis ... } }")
-	}
-	return rs.Client(), func() {}, nil
-}
-
-// cacheStores are the stores of the running edge_cache handlers, counted
+// stores are the stores of the running edge_cache handlers, counted
 // by handler, for purges through the admin API.
-var cacheStores = struct {
+var stores = struct {
 	sync.Mutex
 	m map[cache.Store]int
 }{m: make(map[cache.Store]int)}
 
-func registerCacheStore(s cache.Store) {
-	cacheStores.Lock()
-	cacheStores.m[s]++
-	cacheStores.Unlock()
+func registerStore(s cache.Store) {
+	stores.Lock()
+	stores.m[s]++
+	stores.Unlock()
 }
 
-func unregisterCacheStore(s cache.Store) {
-	cacheStores.Lock()
-	if cacheStores.m[s]--; cacheStores.m[s] <= 0 {
-		delete(cacheStores.m, s)
+func unregisterStore(s cache.Store) {
+	stores.Lock()
+	if stores.m[s]--; stores.m[s] <= 0 {
+		delete(stores.m, s)
 	}
-	cacheStores.Unlock()
+	stores.Unlock()
 }
 
 // liveCacheStores returns the stores to purge.
-func liveCacheStores() []cache.Store {
-	cacheStores.Lock()
-	defer cacheStores.Unlock()
-	out := make([]cache.Store, 0, len(cacheStores.m))
-	for s := range cacheStores.m {
+func liveStores() []cache.Store {
+	stores.Lock()
+	defer stores.Unlock()
+	out := make([]cache.Store, 0, len(stores.m))
+	for s := range stores.m {
 		out = append(out, s)
 	}
 	return out
 }
 
 // storeFailed logs a store error, at most every few seconds.
-func (c *Cache) storeFailed(err error) {
-	if c.warn.allow(c.clock.Now(), 5*time.Second) {
+func (c *Handler) storeFailed(err error) {
+	if c.warn.Allow(c.clock.Now(), 5*time.Second) {
 		c.logger.Warn("cache storage failed; answering DIRECT", zap.Error(err))
 	}
 }
 
 // identity returns the values of the identity placeholders for r.
-func (c *Cache) identity(r *http.Request) []string {
+func (c *Handler) identity(r *http.Request) []string {
 	if len(c.Identity) == 0 {
 		return nil
 	}
@@ -284,8 +268,8 @@ func (c *Cache) identity(r *http.Request) []string {
 
 // Interface guards.
 var (
-	_ caddy.Provisioner           = (*Cache)(nil)
-	_ caddy.Validator             = (*Cache)(nil)
-	_ caddy.CleanerUpper          = (*Cache)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Cache)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

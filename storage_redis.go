@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/args"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
@@ -370,7 +371,7 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // "redis"
 	start := d.Token()
 	if d.NextArg() {
-		if err := r.setURL(d); err != nil {
+		if err := r.setURL(d, d.Val()); err != nil {
 			return err
 		}
 		if d.NextArg() {
@@ -386,14 +387,12 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[opt] = true
 		switch opt {
 		case "url":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if err := r.setURL(d); err != nil {
+			v, err := args.One(d)
+			if err != nil {
 				return err
 			}
-			if d.NextArg() {
-				return d.ArgErr()
+			if err := r.setURL(d, v); err != nil {
+				return err
 			}
 		case "addrs":
 			r.Addrs = d.RemainingArgs()
@@ -406,12 +405,9 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		case "master_name", "username", "password", "sentinel_password", "key_prefix":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			v := d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
+			v, err := args.One(d)
+			if err != nil {
+				return err
 			}
 			switch opt {
 			case "master_name":
@@ -429,7 +425,7 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				r.KeyPrefix = v
 			}
 		case "db":
-			n, err := intArg(d)
+			n, err := args.Int(d)
 			if err != nil {
 				return err
 			}
@@ -438,12 +434,12 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			r.DB = int(n)
 		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
+			if err := args.None(d); err != nil {
+				return err
 			}
 			r.TLS = true
 		case "timeout":
-			dur, err := durationArg(d)
+			dur, err := args.Duration(d)
 			if err != nil {
 				return err
 			}
@@ -452,41 +448,36 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			r.Timeout = caddy.Duration(dur)
 		case "on_error":
-			if !d.NextArg() {
-				return d.ArgErr()
+			v, err := args.One(d)
+			if err != nil {
+				return err
 			}
-			if _, err := storage.ParseOnError(d.Val()); err != nil {
+			if _, err := storage.ParseOnError(v); err != nil {
 				return d.Err(err.Error())
 			}
-			r.OnError = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			r.OnError = v
 		case "clock":
-			if !d.NextArg() {
-				return d.ArgErr()
+			v, err := args.One(d)
+			if err != nil {
+				return err
 			}
-			if v := d.Val(); v != "server" && v != "local" {
+			if v != "server" && v != "local" {
 				return d.Errf("clock %q: want server or local", v)
 			}
-			r.Clock = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			r.Clock = v
 		default:
 			return d.Errf("unknown redis storage option %q", opt)
 		}
 	}
 	if err := r.Validate(); err != nil {
-		return errAt(start, "%v", err)
+		return args.ErrAt(start, "%v", err)
 	}
 	return nil
 }
 
-// setURL takes the current argument as the URL, checked unless it holds
-// placeholders (replaced at start-up, checked then).
-func (r *RedisStorage) setURL(d *caddyfile.Dispenser) error {
-	v := d.Val()
+// setURL takes v as the URL, checked unless it holds placeholders
+// (replaced at start-up, checked then).
+func (r *RedisStorage) setURL(d *caddyfile.Dispenser, v string) error {
 	if !hasPlaceholder(v) {
 		if _, err := parseRedisURL(v); err != nil {
 			return d.Err(err.Error())

@@ -1,21 +1,22 @@
-package edgelimit
+package edgecache
 
 import (
 	"encoding/json"
-	"fmt"
-	"math"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
+	"github.com/edgelimit/caddy-edgelimit/internal/args"
+	"github.com/edgelimit/caddy-edgelimit/internal/zone"
 )
 
 func init() {
-	// The directive's order (before edge_limit) is registered in
-	// caddyfile.go, after edge_limit's own.
 	httpcaddyfile.RegisterHandlerDirective("edge_cache", parseCacheDirective)
+	// Right after authentication and before edge_limit (which is ordered
+	// before request_header): a HIT is served without counting.
+	httpcaddyfile.RegisterDirectiveOrder("edge_cache", httpcaddyfile.After, "forward_auth")
 }
 
 // parseCacheDirective reads the edge_cache directive:
@@ -36,35 +37,25 @@ func init() {
 // Sizes are bytes, or numbers with units as go-humanize reads them
 // (256KB, 256MB, 1GiB).
 func parseCacheDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	var c Cache
+	var c Handler
 	if err := c.UnmarshalCaddyfile(h.Dispenser); err != nil {
 		return nil, err
 	}
 	if c.Zone == "" {
 		// Entries belong to this directive: derive the zone from what it
 		// says, so that it stays the same across reloads and on every
-		// instance, and number equal directives in file order.
-		text, err := json.Marshal(&c)
+		// instance.
+		z, err := zone.Derive(h.State, "edge_cache.zones", &c)
 		if err != nil {
 			return nil, err
 		}
-		sum := shortHash(string(text))
-		seen, _ := h.State["edge_cache.zones"].(map[string]int)
-		if seen == nil {
-			seen = make(map[string]int)
-			h.State["edge_cache.zones"] = seen
-		}
-		seen[sum]++
-		c.Zone = sum
-		if n := seen[sum]; n > 1 {
-			c.Zone = fmt.Sprintf("%s-%d", sum, n)
-		}
+		c.Zone = z
 	}
 	return &c, nil
 }
 
 // UnmarshalCaddyfile reads the edge_cache directive's tokens.
-func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
 	at := d.Token()
 	if d.NextArg() {
@@ -79,7 +70,7 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[opt] = true
 		switch opt {
 		case "ttl", "ttl_max", "stale_if_error":
-			dur, err := durationArg(d)
+			dur, err := args.Duration(d)
 			if err != nil {
 				return err
 			}
@@ -95,7 +86,7 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				c.StaleIfError = caddy.Duration(dur)
 			}
 		case "max_size", "max_memory":
-			n, err := sizeArg(d)
+			n, err := args.Size(d)
 			if err != nil {
 				return err
 			}
@@ -110,70 +101,43 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "storage":
-			if !d.NextArg() {
-				return d.ArgErr()
+			raw, err := parseStorage(d)
+			if err != nil {
+				return err
 			}
-			c.Storage = d.Val()
-			if c.Storage != "memory" && c.Storage != "redis" {
-				return d.Errf("storage %q: want memory or redis", c.Storage)
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				switch d.Val() {
-				case "prefix":
-					if c.Storage != "redis" {
-						return d.Errf("prefix goes with storage redis")
-					}
-					if !d.NextArg() {
-						return d.ArgErr()
-					}
-					c.RedisPrefix = d.Val()
-					if d.NextArg() {
-						return d.ArgErr()
-					}
-				default:
-					return d.Errf("unknown %s storage option %q", c.Storage, d.Val())
-				}
-			}
+			c.StorageRaw = raw
 		case "zone":
-			if !d.NextArg() {
-				return d.ArgErr()
+			v, err := args.One(d)
+			if err != nil {
+				return err
 			}
-			c.Zone = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			c.Zone = v
 		default:
 			return d.Errf("unknown edge_cache option %q", opt)
 		}
 	}
 	if err := c.validate(); err != nil {
-		return errAt(at, "edge_cache: %v", err)
+		return args.ErrAt(at, "edge_cache: %v", err)
 	}
 	return nil
 }
 
-// sizeArg reads one size argument: bytes, or a number with a unit (256KB,
-// 1MiB).
-func sizeArg(d *caddyfile.Dispenser) (int64, error) {
+// parseStorage reads `storage <backend> ...`, handing the rest to the
+// backend module; the dispenser is on "storage".
+func parseStorage(d *caddyfile.Dispenser) (json.RawMessage, error) {
 	if !d.NextArg() {
-		return 0, d.ArgErr()
+		return nil, d.ArgErr()
 	}
-	opt := d.Token()
-	n, err := humanize.ParseBytes(d.Val())
+	name := d.Val()
+	if _, err := caddy.GetModule("edge_cache.storage." + name); err != nil {
+		return nil, d.Errf("storage %q: want memory or redis", name)
+	}
+	mod, err := caddyfile.UnmarshalModule(d, "edge_cache.storage."+name)
 	if err != nil {
-		return 0, d.Errf("size %q: want bytes or a size such as 256KB or 256MB", d.Val())
+		return nil, err
 	}
-	if n == 0 || n > math.MaxInt64/2 {
-		return 0, d.Errf("size %q: out of range", opt.Text)
-	}
-	if d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	return int64(n), nil
+	return caddyconfig.JSONModuleObject(mod, "backend", name, nil), nil
 }
 
 // Interface guard.
-var _ caddyfile.Unmarshaler = (*Cache)(nil)
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,4 +1,4 @@
-package edgelimit
+package edgecache_test
 
 import (
 	"encoding/json"
@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/edgelimit/caddy-edgelimit/edgecache"
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 )
 
 // cachesOf returns the edge_cache handlers of an adapted config, and the
 // handler names of its routes in order.
-func cachesOf(t *testing.T, cfg []byte) (found []Cache, order []string) {
+func cachesOf(t *testing.T, cfg []byte) (found []edgecache.Handler, order []string) {
 	t.Helper()
 	var walk func(v any)
 	walk = func(v any) {
@@ -22,7 +24,7 @@ func cachesOf(t *testing.T, cfg []byte) (found []Cache, order []string) {
 			}
 			if x["handler"] == "edge_cache" {
 				b, _ := json.Marshal(x)
-				var c Cache
+				var c edgecache.Handler
 				if err := json.Unmarshal(b, &c); err != nil {
 					t.Fatal(err)
 				}
@@ -49,7 +51,7 @@ func cachesOf(t *testing.T, cfg []byte) (found []Cache, order []string) {
 }
 
 func TestCacheCaddyfile(t *testing.T) {
-	cfg, err := adapt(t, `:8080 {
+	cfg, err := e2e.Adapt(t, `:8080 {
 	reverse_proxy 127.0.0.1:9000
 	edge_limit {
 		limit l {
@@ -74,11 +76,11 @@ func TestCacheCaddyfile(t *testing.T) {
 		t.Fatalf("%d caches in %s", len(cs), cfg)
 	}
 	c := cs[0]
-	want := Cache{
+	want := edgecache.Handler{
 		TTL: caddy.Duration(time.Minute), TTLMax: caddy.Duration(time.Hour),
 		MaxSize: 256_000, MaxMemory: 256_000_000, StaleIfError: caddy.Duration(5 * time.Minute),
-		Identity: []string{"{http.request.header.X-Tenant}", "{http.request.cookie.session}"},
-		Storage:  "memory", Zone: c.Zone,
+		Identity:   []string{"{http.request.header.X-Tenant}", "{http.request.cookie.session}"},
+		StorageRaw: json.RawMessage(`{"backend":"memory"}`), Zone: c.Zone,
 	}
 	if c.Zone == "" || !jsonEqual(t, c, want) {
 		t.Fatalf("got %+v\nwant %+v", c, want)
@@ -88,7 +90,7 @@ func TestCacheCaddyfile(t *testing.T) {
 		t.Fatalf("handler order %v", order)
 	}
 
-	cfg, err = adapt(t, `:8080 {
+	cfg, err = e2e.Adapt(t, `:8080 {
 	edge_cache
 	edge_cache /other {
 		max_size 1MiB
@@ -106,7 +108,7 @@ func TestCacheCaddyfile(t *testing.T) {
 		t.Fatalf("caches %+v", cs)
 	}
 	// The directive with a path matcher sorts first.
-	if r, plain := cs[0], cs[1]; r.MaxSize != 1<<20 || r.Storage != "redis" || r.RedisPrefix != "api_cache:" || r.Zone != "shared" || plain.Zone == "" || plain.Storage != "" {
+	if r, plain := cs[0], cs[1]; r.MaxSize != 1<<20 || string(r.StorageRaw) != `{"backend":"redis","prefix":"api_cache:"}` || r.Zone != "shared" || plain.Zone == "" || len(plain.StorageRaw) != 0 {
 		t.Fatalf("caches %+v", cs)
 	}
 }
@@ -120,7 +122,7 @@ func jsonEqual(t *testing.T, a, b any) bool {
 
 func TestCacheCaddyfileZones(t *testing.T) {
 	body := ":8080 {\n\thandle /a {\n\t\tedge_cache\n\t}\n\thandle /b {\n\t\tedge_cache\n\t}\n}\n"
-	cfg, err := adapt(t, body)
+	cfg, err := e2e.Adapt(t, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +130,7 @@ func TestCacheCaddyfileZones(t *testing.T) {
 	if len(cs) != 2 || cs[0].Zone == cs[1].Zone {
 		t.Fatalf("equal directives share a zone: %+v", cs)
 	}
-	again, _ := adapt(t, body)
+	again, _ := e2e.Adapt(t, body)
 	cs2, _ := cachesOf(t, again)
 	if cs2[0].Zone != cs[0].Zone || cs2[1].Zone != cs[1].Zone {
 		t.Fatal("zones change from one adaptation to the next")
@@ -149,12 +151,12 @@ func TestCacheCaddyfileErrors(t *testing.T) {
 		"edge_cache {\n\tmax_size 2MB\n\tmax_memory 1MB\n}":      "max_size 2000000 is larger than max_memory 1000000",
 		"edge_cache {\n\tidentity\n}":                            "wrong argument count",
 		"edge_cache {\n\tstorage disk\n}":                        `storage "disk": want memory or redis`,
-		"edge_cache {\n\tstorage memory {\n\t\tprefix x\n\t}\n}": "prefix goes with storage redis",
+		"edge_cache {\n\tstorage memory {\n\t\tprefix x\n\t}\n}": `unknown memory storage option "prefix"`,
 		"edge_cache {\n\tstorage redis {\n\t\tdb 1\n\t}\n}":      `unknown redis storage option "db"`,
 		"edge_cache {\n\tttl 1m\n\tttl 2m\n}":                    `option "ttl" given twice`,
 		"edge_cache {\n\tcolor blue\n}":                          `unknown edge_cache option "color"`,
 	} {
-		_, err := adapt(t, ":8080 {\n"+body+"\n}\n")
+		_, err := e2e.Adapt(t, ":8080 {\n"+body+"\n}\n")
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "Caddyfile:") {
 			t.Errorf("%q: error %v, want %q with its line", body, err, want)
 		}
@@ -163,14 +165,14 @@ func TestCacheCaddyfileErrors(t *testing.T) {
 
 func TestCacheJSONValidation(t *testing.T) {
 	for _, c := range []struct {
-		c    Cache
+		c    edgecache.Handler
 		want string
 	}{
-		{Cache{TTL: -1}, "ttl must be positive"},
-		{Cache{MaxSize: 10, MaxMemory: 5}, "max_size 10 is larger than max_memory 5"},
-		{Cache{Storage: "disk"}, `storage "disk"`},
-		{Cache{RedisPrefix: "x"}, "redis_prefix goes with storage redis"},
-		{Cache{Identity: []string{""}}, "identity: empty value"},
+		{edgecache.Handler{TTL: -1}, "ttl must be positive"},
+		{edgecache.Handler{MaxSize: 10, MaxMemory: 5}, "max_size 10 is larger than max_memory 5"},
+		{edgecache.Handler{StorageRaw: json.RawMessage(`"disk"`)}, `storage "disk"`},
+		{edgecache.Handler{RedisPrefix: "x"}, `redis_prefix goes with storage "redis"`},
+		{edgecache.Handler{Identity: []string{""}}, "identity: empty value"},
 	} {
 		if err := c.c.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.c, err, c.want)

@@ -1,0 +1,204 @@
+package edgelimit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// deny answers a denied request.
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result) error {
+	status := h.Status
+	if l.status != 0 {
+		status = l.status
+	}
+	retry := retryAfterSeconds(res.RetryAfter)
+	hdr := w.Header()
+	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	repl.Set("edge_limit.status", status)
+	repl.Set("edge_limit.name", l.name)
+	repl.Set("edge_limit.key", h.displayKey(key))
+	repl.Set("edge_limit.tier", tier)
+	repl.Set("edge_limit.retry_after", retry)
+	repl.Set("edge_limit.retry_after_seconds", secondsText(retry))
+	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
+	repl.Set("edge_limit.limit", res.Limit)
+	repl.Set("edge_limit.remaining", res.Remaining)
+	repl.Set("edge_limit.reset", resetUnix(res))
+	repl.Set("edge_limit.window", secondsCeil(res.Window))
+	if h.HandleErrors {
+		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
+	}
+	tmpl := h.body
+	if l.body != "" {
+		tmpl = l.body
+	}
+	body := h.renderBody(repl, tmpl)
+	hdr["Content-Type"] = []string{h.ContentType}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(body))
+	}
+	return nil
+}
+
+// displayKey is the key as logs, events and bodies show it.
+func (h *Handler) displayKey(key string) string {
+	if h.rawKeys {
+		if len(key) > 256 {
+			return key[:256]
+		}
+		return key
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// secondsText is n seconds with its unit: "1 second", "56 seconds".
+func secondsText(n int64) string {
+	return plural(n, "second")
+}
+
+func plural(n int64, unit string) string {
+	s := strconv.FormatInt(n, 10) + " " + unit
+	if n != 1 {
+		s += "s"
+	}
+	return s
+}
+
+// humanUnits are the units humanSeconds speaks in, largest first.
+var humanUnits = [...]struct {
+	size int64
+	name string
+}{{86400, "day"}, {3600, "hour"}, {60, "minute"}, {1, "second"}}
+
+// humanSeconds says n seconds as a person would, in at most two units:
+// "1 second", "45 seconds", "1 minute 30 seconds", "2 hours", "1 day 3
+// hours". It is exact or rounded up, never sooner than n: a client that
+// waits as long as it says gets through.
+func humanSeconds(n int64) string {
+	if n < 60 {
+		return secondsText(n)
+	}
+	for i, u := range humanUnits[:3] {
+		if n < u.size {
+			continue
+		}
+		big, rest := n/u.size, n%u.size
+		if rest == 0 {
+			return plural(big, u.name)
+		}
+		next := humanUnits[i+1]
+		small := (rest + next.size - 1) / next.size
+		if small*next.size == u.size {
+			return plural(big+1, u.name)
+		}
+		return plural(big, u.name) + " " + plural(small, next.name)
+	}
+	return secondsText(n)
+}
+
+// renderBody fills the denial body's placeholders. In a JSON body, values
+// are escaped as JSON string content: a hostile header echoed in the body
+// cannot break out of its string.
+func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
+	if !strings.Contains(h.ContentType, "json") {
+		return repl.ReplaceAll(tmpl, "")
+	}
+	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
+		s, ok := val.(string)
+		if !ok {
+			return val, nil
+		}
+		return jsonEscape(s), nil
+	})
+	if err != nil {
+		return repl.ReplaceAll(tmpl, "")
+	}
+	return out
+}
+
+// compileTemplate escapes every brace of s that is not part of a placeholder
+// ({name} where name starts with a letter and holds letters, digits and
+// ._-/:), so that JSON bodies can be written as they are. Braces the author
+// escaped already stay escaped.
+func compileTemplate(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s) && (s[i+1] == '{' || s[i+1] == '}'):
+			b.WriteString(s[i : i+2])
+			i++
+		case c == '{':
+			if n := placeholderLen(s[i:]); n > 0 {
+				b.WriteString(s[i : i+n])
+				i += n - 1
+			} else {
+				b.WriteString(`\{`)
+			}
+		case c == '}':
+			b.WriteString(`\}`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// placeholderLen returns the length of the placeholder at the start of s,
+// or 0.
+func placeholderLen(s string) int {
+	if len(s) < 3 || !isLetter(s[1]) {
+		return 0
+	}
+	for i := 2; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '}':
+			return i + 1
+		case isLetter(c) || c >= '0' && c <= '9' || strings.IndexByte("._-/:", c) >= 0:
+		default:
+			return 0
+		}
+	}
+	return 0
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+func jsonEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		switch {
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(c)
+		case c < 0x20 || c == '<' || c == '>' || c == '&' || c == 0x2028 || c == 0x2029:
+			fmt.Fprintf(&b, `\u%04x`, c)
+		default:
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
+}
+
+// retryAfterSeconds rounds up: a client that waits that long gets through,
+// and a denied client is never told to retry after 0 seconds.
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(secondsCeil(d), 1)
+}

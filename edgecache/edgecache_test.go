@@ -1,0 +1,272 @@
+package edgecache
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/cache"
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
+)
+
+// failingStore fails every operation, as a store whose server is down.
+type failingStore struct{ calls atomic.Int32 }
+
+var errStoreDown = errors.New("store down")
+
+func (f *failingStore) Get(context.Context, cache.Key, time.Time) (*cache.Entry, error) {
+	f.calls.Add(1)
+	return nil, errStoreDown
+}
+
+func (f *failingStore) Set(context.Context, cache.Key, *cache.Entry, time.Time) error {
+	f.calls.Add(1)
+	return errStoreDown
+}
+
+func (f *failingStore) Purge(context.Context, cache.Purge) (int, error) { return 0, errStoreDown }
+func (f *failingStore) Close() error                                    { return nil }
+
+// newTestCache provisions a handler outside a server.
+func newTestCache(t testing.TB, c *Handler) *Handler {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := c.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Cleanup() })
+	c.logger = zap.NewNop()
+	return c
+}
+
+// serveCache runs one request through c and next.
+func serveCache(c *Handler, next caddyhttp.Handler, method, target string, headers ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, target, nil)
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Header.Set(headers[i], headers[i+1])
+	}
+	w := httptest.NewRecorder()
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+	if err := c.ServeHTTP(w, r, next); err != nil {
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) {
+			w.Code = he.StatusCode
+		} else {
+			w.Code = 500
+		}
+	}
+	return w
+}
+
+func TestCacheStoreFailureIsDirect(t *testing.T) {
+	e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "failing"})
+	fs := new(failingStore)
+	c.store = fs
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		calls.Add(1)
+		w.Header().Set("Bloom-Response-Buckets", "x")
+		_, _ = io.WriteString(w, "fresh")
+		return nil
+	})
+	for range 3 {
+		w := serveCache(c, next, "GET", "http://example/fail")
+		if w.Code != 200 || w.Header().Get("Bloom-Status") != "DIRECT" || w.Body.String() != "fresh" || w.Header().Get("Bloom-Response-Buckets") != "" {
+			t.Fatalf("%d %v %q", w.Code, w.Header(), w.Body)
+		}
+	}
+	if calls.Load() != 3 || fs.calls.Load() != 3 {
+		t.Fatalf("upstream %d, store %d calls", calls.Load(), fs.calls.Load())
+	}
+}
+
+// TestCacheCoalescesConcurrentMisses: many concurrent requests for one
+// URL make one upstream request; the others are HITs.
+func TestCacheCoalescesConcurrentMisses(t *testing.T) {
+	e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "coalesce"})
+	const n = 32
+	key := cache.KeyOf(httptest.NewRequest("GET", "http://example/hot", nil), c.Zone, nil)
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		calls.Add(1)
+		deadline := time.Now().Add(10 * time.Second)
+		for c.flights.Waiting(key.ID) < n-1 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		_, _ = io.WriteString(w, "hot")
+		return nil
+	})
+	var wg sync.WaitGroup
+	statuses := make([]string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := serveCache(c, next, "GET", "http://example/hot")
+			if w.Code != 200 || w.Body.String() != "hot" {
+				t.Errorf("%d %q", w.Code, w.Body)
+			}
+			statuses[i] = w.Header().Get("Bloom-Status")
+		}()
+	}
+	wg.Wait()
+	if calls.Load() != 1 {
+		t.Fatalf("%d upstream requests", calls.Load())
+	}
+	count := map[string]int{}
+	for _, s := range statuses {
+		count[s]++
+	}
+	if count["MISS"] != 1 || count["HIT"] != n-1 {
+		t.Fatalf("statuses %v", count)
+	}
+}
+
+// TestCacheCoalescedUncacheable: waiters on a response that is not stored
+// ask the upstream themselves, never reuse it.
+func TestCacheCoalescedUncacheable(t *testing.T) {
+	e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "private"})
+	key := cache.KeyOf(httptest.NewRequest("GET", "http://example/private", nil), c.Zone, nil)
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if calls.Add(1) == 1 {
+			deadline := time.Now().Add(10 * time.Second)
+			for c.flights.Waiting(key.ID) < 1 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		w.Header().Set("Cache-Control", "private")
+		_, _ = io.WriteString(w, r.Header.Get("Cookie"))
+		return nil
+	})
+	var wg sync.WaitGroup
+	bodies := make([]string, 2)
+	for i, cookie := range []string{"a", "b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == 1 {
+				deadline := time.Now().Add(10 * time.Second)
+				for calls.Load() == 0 && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			bodies[i] = serveCache(c, next, "GET", "http://example/private", "Cookie", cookie).Body.String()
+		}()
+	}
+	wg.Wait()
+	if bodies[0] != "a" || bodies[1] != "b" || calls.Load() != 2 {
+		t.Fatalf("bodies %q, %d calls", bodies, calls.Load())
+	}
+}
+
+func TestCacheLargeBodyStreamsThrough(t *testing.T) {
+	e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "large", MaxSize: 1000})
+	big := strings.Repeat("z", 5000)
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		for i := 0; i < len(big); i += 700 {
+			_, _ = io.WriteString(w, big[i:min(i+700, len(big))])
+		}
+		return nil
+	})
+	for range 2 {
+		w := serveCache(c, next, "GET", "http://example/large")
+		if w.Code != 200 || w.Body.String() != big || w.Header().Get("Bloom-Status") != "DIRECT" {
+			t.Fatalf("%d %v %d bytes", w.Code, w.Header(), w.Body.Len())
+		}
+	}
+}
+
+func BenchmarkCacheHit(b *testing.B) {
+	e2e.FakeClock(b)
+	body := `{"id":1,"name":"a cached answer","tags":["x","y"]}`
+	b.Run("edge_cache", func(b *testing.B) {
+		c := newTestCache(b, &Handler{Zone: "bench"})
+		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, body)
+			return nil
+		})
+		benchCacheHandler(b, func(w http.ResponseWriter, r *http.Request) error { return c.ServeHTTP(w, r, next) }, "HIT")
+	})
+	b.Run("respond", func(b *testing.B) {
+		sr := caddyhttp.StaticResponse{Body: body, Headers: http.Header{"Content-Type": {"application/json"}}}
+		benchCacheHandler(b, func(w http.ResponseWriter, r *http.Request) error { return sr.ServeHTTP(w, r, nil) }, "")
+	})
+}
+
+// benchCacheWriter is a ResponseWriter that keeps nothing, reset per request as
+// a server's would be.
+type benchCacheWriter struct {
+	h      http.Header
+	status int
+	n      int
+}
+
+func (w *benchCacheWriter) Header() http.Header         { return w.h }
+func (w *benchCacheWriter) WriteHeader(code int)        { w.status = code }
+func (w *benchCacheWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
+
+func benchCacheHandler(b *testing.B, h func(http.ResponseWriter, *http.Request) error, wantStatus string) {
+	w := &benchCacheWriter{h: make(http.Header)}
+	r := httptest.NewRequest("GET", "http://example/bench?page=1", nil)
+	r.Header.Set("Authorization", "Bearer benchmark-token")
+	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+	if err := h(w, r); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		clear(w.h)
+		if err := h(w, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if got := w.h.Get("Bloom-Status"); got != wantStatus || w.status != 200 {
+		b.Fatalf("Bloom-Status %q, status %d", got, w.status)
+	}
+}
+
+func TestCacheEventStreamPassesThrough(t *testing.T) {
+	e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "sse"})
+	var flushed atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		for range 3 {
+			_, _ = io.WriteString(w, "data: x\n\n")
+			if err := http.NewResponseController(w).Flush(); err == nil {
+				flushed.Add(1)
+			}
+		}
+		return nil
+	})
+	for range 2 {
+		w := serveCache(c, next, "GET", "http://example/events")
+		if w.Header().Get("Bloom-Status") != "DIRECT" || !w.Flushed || w.Body.String() != strings.Repeat("data: x\n\n", 3) {
+			t.Fatalf("%v flushed %v %q", w.Header(), w.Flushed, w.Body)
+		}
+	}
+	if flushed.Load() != 6 {
+		t.Fatalf("%d flushes", flushed.Load())
+	}
+}

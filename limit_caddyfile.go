@@ -1,0 +1,570 @@
+package edgelimit
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/edgelimit/caddy-edgelimit/internal/args"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// parseLimitBlock reads `limit <name> { ... }` or `quota <name> { ... }`;
+// the dispenser is on "limit" or "quota".
+func parseLimitBlock(d *caddyfile.Dispenser) (*Limit, error) {
+	at := d.Token()
+	quota := d.Val() == "quota"
+	if !d.NextArg() {
+		return nil, d.Errf("%s needs a name", at.Text)
+	}
+	l := &Limit{Name: d.Val()}
+	if err := checkName(l.Name); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	np := numbersParser{seen: map[string]bool{}}
+	var tierLines [][]caddyfile.Token
+	var qs quotaSpec
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("%s %q: %q given twice", at.Text, l.Name, opt)
+		}
+		seen[opt] = true
+		if ok, err := commonOption(d, l); ok || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if quota {
+			switch opt {
+			case "limit":
+				if err := qs.parseLimit(d); err != nil {
+					return nil, err
+				}
+			case "reset":
+				if err := qs.parseReset(d); err != nil {
+					return nil, err
+				}
+			default:
+				return nil, d.Errf("unknown option %q in quota %q", opt, l.Name)
+			}
+			continue
+		}
+		if opt == "tier" {
+			lines, err := parseTierBlock(d, l)
+			if err != nil {
+				return nil, err
+			}
+			tierLines = lines
+			continue
+		}
+		ok, err := np.option(d, &l.Numbers)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, d.Errf("unknown option %q in limit %q", opt, l.Name)
+		}
+	}
+	if quota {
+		if err := qs.settle(l); err != nil {
+			return nil, args.ErrAt(at, "quota %q: %v", l.Name, err)
+		}
+	} else {
+		if len(tierLines) > 0 && !np.hasAlgorithm() {
+			// Only tiers have numbers: compileLimit checks that clients in
+			// no known tier get the default tier's.
+		} else if err := np.settle(&l.Numbers); err != nil {
+			return nil, args.ErrAt(at, "limit %q: %v", l.Name, err)
+		}
+		if err := parseTierLines(tierLines, l, np.window); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := compileLimit(l, "check"); err != nil {
+		return nil, args.ErrAt(at, "%s %q: %v", at.Text, l.Name, err)
+	}
+	return l, nil
+}
+
+// commonOption reads the options limits and quotas share; it reports
+// whether it knew the option.
+func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
+	switch d.Val() {
+	case "key":
+		l.Key = d.RemainingArgs()
+		if len(l.Key) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, k := range l.Key {
+			if _, err := parseKeyPart(k); err != nil {
+				return true, d.Errf("key %q: %v", k, err)
+			}
+		}
+	case "cost":
+		n, err := args.Int(d)
+		if err != nil {
+			return true, err
+		}
+		if n < 1 {
+			return true, d.Errf("cost must be at least 1, got %d", n)
+		}
+		l.Cost = n
+	case "scope":
+		v, err := args.One(d)
+		if err != nil {
+			return true, err
+		}
+		if v != "route" && v != "global" {
+			return true, d.Errf("scope %q: want route or global", v)
+		}
+		l.Scope = v
+	case "exempt":
+		l.Exempt = d.RemainingArgs()
+		if len(l.Exempt) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, e := range l.Exempt {
+			if err := checkName(e); err != nil {
+				return true, d.Errf("exempt: %v", err)
+			}
+		}
+	case "status":
+		n, err := args.Int(d)
+		if err != nil {
+			return true, err
+		}
+		if n < 400 || n > 599 {
+			return true, d.Errf("status %d: a denial needs a 4xx or 5xx status", n)
+		}
+		l.Status = int(n)
+	case "body":
+		v, err := args.One(d)
+		if err != nil {
+			return true, err
+		}
+		l.Body = v
+	case "dry_run":
+		if err := args.None(d); err != nil {
+			return true, err
+		}
+		l.DryRun = true
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// numbersParser reads the options that give a limit (or a tier) its
+// algorithm and numbers.
+type numbersParser struct {
+	window string // fixed, anchored or sliding, for rate
+	gcra   bool
+	seen   map[string]bool
+}
+
+// option reads one numbers option; it reports whether it knew it.
+func (p *numbersParser) option(d *caddyfile.Dispenser, n *Numbers) (bool, error) {
+	opt := d.Val()
+	switch opt {
+	case "rate":
+		count, dur, err := rateArg(d)
+		if err != nil {
+			return true, err
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		n.Limit, n.Window = count, caddy.Duration(dur)
+	case "window":
+		v, err := args.One(d)
+		if err != nil {
+			return true, err
+		}
+		switch v {
+		case "fixed", "aligned", "anchored", "sliding":
+		default:
+			return true, d.Errf("window %q: want fixed, anchored or sliding", v)
+		}
+		p.window = v
+	case "token_bucket":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		capacity, err := strconv.ParseInt(d.Val(), 10, 64)
+		if err != nil {
+			return true, d.Errf("token_bucket capacity %q is not a whole number", d.Val())
+		}
+		if capacity < 1 {
+			return true, d.Errf("token_bucket capacity must be at least 1, got %d", capacity)
+		}
+		count, dur, err := rateArg(d)
+		if err != nil {
+			return true, err
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		n.Algorithm = "token_bucket"
+		n.Limit, n.Refill, n.Window = capacity, count, caddy.Duration(dur)
+	case "gcra":
+		p.gcra = true
+		if d.NextArg() {
+			if d.Val() != "burst" {
+				d.Prev()
+				count, dur, err := rateArg(d)
+				if err != nil {
+					return true, err
+				}
+				n.Refill, n.Window = count, caddy.Duration(dur)
+			} else {
+				d.Prev()
+			}
+			if d.NextArg() {
+				if d.Val() != "burst" {
+					return true, d.ArgErr()
+				}
+				if err := p.burst(d, n); err != nil {
+					return true, err
+				}
+			}
+		}
+	case "burst":
+		if err := p.burst(d, n); err != nil {
+			return true, err
+		}
+	case "offset":
+		dur, err := args.Duration(d)
+		if err != nil {
+			return true, err
+		}
+		n.Offset = caddy.Duration(dur)
+	case "split":
+		dur, err := args.Duration(d)
+		if err != nil {
+			return true, err
+		}
+		n.Split = caddy.Duration(dur)
+	case "quota":
+		if err := parseQuotaLine(d, n); err != nil {
+			return true, err
+		}
+	default:
+		return false, nil
+	}
+	p.seen[opt] = true
+	return true, nil
+}
+
+func (p *numbersParser) hasAlgorithm() bool {
+	return p.seen["rate"] || p.seen["token_bucket"] || p.seen["gcra"] || p.seen["quota"]
+}
+
+func (p *numbersParser) burst(d *caddyfile.Dispenser, n *Numbers) error {
+	b, err := args.Int(d)
+	if err != nil {
+		return err
+	}
+	if b < 1 {
+		return d.Errf("burst must be at least 1, got %d", b)
+	}
+	p.seen["burst"] = true
+	n.Limit = b
+	return nil
+}
+
+// settle resolves the algorithm from the options given together.
+func (p *numbersParser) settle(n *Numbers) error {
+	seen := p.seen
+	algos := 0
+	for _, o := range []string{"rate", "token_bucket", "quota"} {
+		if seen[o] {
+			algos++
+		}
+	}
+	if seen["gcra"] && !seen["rate"] {
+		algos++
+	}
+	switch {
+	case algos == 0:
+		return errors.New("no algorithm: give rate, token_bucket, gcra or quota")
+	case algos > 1:
+		return errors.New("give only one of rate, token_bucket, gcra and quota")
+	}
+	if p.window != "" && !seen["rate"] {
+		return fmt.Errorf("window %s goes with rate", p.window)
+	}
+	if seen["burst"] && !p.gcra {
+		return errors.New("burst goes with gcra (a token bucket's burst is its capacity)")
+	}
+	switch {
+	case p.gcra:
+		if p.window != "" {
+			return errors.New("gcra takes no window")
+		}
+		if seen["rate"] {
+			// rate n/d with gcra: n per d, evenly spaced.
+			n.Refill = n.Limit
+		}
+		if !seen["burst"] {
+			n.Limit = n.Refill
+		}
+		n.Algorithm = "gcra"
+	case p.window == "anchored":
+		n.Algorithm = "anchored_window"
+	case p.window == "sliding":
+		n.Algorithm = "sliding_window"
+	case seen["rate"]:
+		n.Algorithm = "fixed_window"
+	}
+	return nil
+}
+
+// parseTierBlock reads `tier <placeholder> { <tier> <numbers...>; default
+// <tier> }`; it returns the tier lines, parsed once the limit's own window
+// mode is known.
+func parseTierBlock(d *caddyfile.Dispenser, l *Limit) ([][]caddyfile.Token, error) {
+	if !d.NextArg() {
+		return nil, d.Errf("tier needs the placeholder that names the client's tier")
+	}
+	l.Tier = d.Val()
+	if _, err := parseKeyPart(l.Tier); err != nil {
+		return nil, d.Errf("tier %q: %v", l.Tier, err)
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	var lines [][]caddyfile.Token
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() == "default" {
+			v, err := args.One(d)
+			if err != nil {
+				return nil, err
+			}
+			l.DefaultTier = v
+			continue
+		}
+		line := append([]caddyfile.Token{d.Token()}, d.RemainingArgsAsTokens()...)
+		if len(line) < 2 {
+			return nil, d.Errf("tier %q needs numbers: rate, token_bucket, gcra or quota", d.Val())
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) == 0 {
+		return nil, d.Err("tier block declares no tiers")
+	}
+	return lines, nil
+}
+
+// parseTierLines gives each tier its numbers, in the limit's window mode,
+// offset and split.
+func parseTierLines(lines [][]caddyfile.Token, l *Limit, window string) error {
+	for _, line := range lines {
+		name := line[0].Text
+		if err := checkName(name); err != nil {
+			return args.ErrAt(line[0], "tier: %v", err)
+		}
+		if _, dup := l.Tiers[name]; dup {
+			return args.ErrAt(line[0], "tier %q is declared twice", name)
+		}
+		nd := caddyfile.NewDispenser(line[1:])
+		nd.Next()
+		np := numbersParser{window: window, seen: map[string]bool{}}
+		n := &Numbers{Offset: l.Offset, Split: l.Split}
+		ok, err := np.option(nd, n)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return args.ErrAt(line[1], "tier %q: %q is not rate, token_bucket, gcra or quota", name, line[1].Text)
+		}
+		if err := np.settle(n); err != nil {
+			return args.ErrAt(line[0], "tier %q: %v", name, err)
+		}
+		if n.Calendar != nil {
+			n.Offset, n.Split = 0, 0
+		}
+		if l.Tiers == nil {
+			l.Tiers = map[string]*Numbers{}
+		}
+		l.Tiers[name] = n
+	}
+	return nil
+}
+
+// parseQuotaLine reads `quota <n> per day|week|month [at HH:MM] [in
+// <zone>]` inside a limit.
+func parseQuotaLine(d *caddyfile.Dispenser, n *Numbers) error {
+	count, err := args.Int(d, "per")
+	if err != nil {
+		return err
+	}
+	if count < 1 {
+		return d.Errf("quota must be at least 1, got %d", count)
+	}
+	if !d.NextArg() || d.Val() != "per" || !d.NextArg() {
+		return d.Errf("quota %d: want quota <n> per day|week|month", count)
+	}
+	cal := &CalendarConfig{Period: d.Val()}
+	for d.NextArg() {
+		switch d.Val() {
+		case "at":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			cal.At = d.Val()
+		case "in":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			cal.TimeZone = d.Val()
+		default:
+			return d.Errf("quota: unexpected %q (want at HH:MM or in <time zone>)", d.Val())
+		}
+	}
+	if _, err := cal.compile(); err != nil {
+		return d.Errf("quota: %v", err)
+	}
+	n.Algorithm, n.Limit, n.Calendar = "fixed_window", count, cal
+	return nil
+}
+
+// quotaSpec collects a quota block's limit and reset lines.
+type quotaSpec struct {
+	count    int64
+	period   string        // day, week or month
+	every    time.Duration // or a window of any length
+	aligned  bool
+	at, zone string
+	hasReset bool
+	resetTok caddyfile.Token
+}
+
+// parseLimit reads `limit <n> per day|week|month|<duration>
+// [anchored|aligned]`.
+func (q *quotaSpec) parseLimit(d *caddyfile.Dispenser) error {
+	count, err := args.Int(d, "per")
+	if err != nil {
+		return err
+	}
+	if count < 1 {
+		return d.Errf("limit must be at least 1, got %d", count)
+	}
+	if !d.NextArg() || d.Val() != "per" || !d.NextArg() {
+		return d.Errf("limit %d: want limit <n> per day|week|month|<duration>", count)
+	}
+	q.count = count
+	if _, err := limiter.ParsePeriod(d.Val()); err == nil {
+		q.period = d.Val()
+	} else {
+		dur, err := caddy.ParseDuration(d.Val())
+		if err != nil || dur <= 0 {
+			return d.Errf("limit %d per %q: want day, week, month or a duration such as 5m", count, d.Val())
+		}
+		q.every = dur
+	}
+	if d.NextArg() {
+		switch d.Val() {
+		case "anchored":
+		case "aligned":
+			q.aligned = true
+		default:
+			return d.Errf("limit: unexpected %q (want anchored or aligned)", d.Val())
+		}
+		if q.period != "" {
+			return d.Errf("a calendar quota is aligned to its reset time; %s goes with a duration", d.Val())
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// parseReset reads `reset <HH:MM> [<time zone>]`.
+func (q *quotaSpec) parseReset(d *caddyfile.Dispenser) error {
+	q.resetTok = d.Token()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	q.at, q.hasReset = d.Val(), true
+	if d.NextArg() {
+		q.zone = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	cal := CalendarConfig{Period: "day", At: q.at, TimeZone: q.zone}
+	if _, err := cal.compile(); err != nil {
+		return d.Errf("reset: %v", err)
+	}
+	return nil
+}
+
+// settle makes a quota block's numbers. A quota is account-wide: global
+// unless its scope says otherwise.
+func (q *quotaSpec) settle(l *Limit) error {
+	if q.count == 0 {
+		return errors.New("no limit line: give limit <n> per day|week|month|<duration>")
+	}
+	if l.Scope == "" {
+		l.Scope = "global"
+	}
+	l.Limit = q.count
+	switch {
+	case q.period != "":
+		zone := q.zone
+		if zone == "UTC" {
+			zone = ""
+		}
+		l.Algorithm = "fixed_window"
+		l.Calendar = &CalendarConfig{Period: q.period, At: q.at, TimeZone: zone}
+	case q.hasReset:
+		return fmt.Errorf("reset goes with a limit per day, week or month, not per %s", q.every)
+	case q.aligned:
+		l.Algorithm, l.Window = "fixed_window", caddy.Duration(q.every)
+	default:
+		l.Algorithm, l.Window = "anchored_window", caddy.Duration(q.every)
+	}
+	return nil
+}
+
+// rateArg reads <n>/<duration> (or <n>/s, /m, /h, /d for one unit).
+func rateArg(d *caddyfile.Dispenser) (int64, time.Duration, error) {
+	if !d.NextArg() {
+		return 0, 0, d.ArgErr()
+	}
+	val := d.Val()
+	count, per, ok := strings.Cut(val, "/")
+	if !ok {
+		return 0, 0, d.Errf("rate %q: want <count>/<duration>, such as 5/1m", val)
+	}
+	n, err := strconv.ParseInt(count, 10, 64)
+	if err != nil {
+		return 0, 0, d.Errf("rate %q: count %q is not a whole number", val, count)
+	}
+	if n < 1 {
+		return 0, 0, d.Errf("rate %q: the count must be at least 1", val)
+	}
+	switch per {
+	case "s", "m", "h", "d":
+		per = "1" + per
+	}
+	dur, err := caddy.ParseDuration(per)
+	if err != nil {
+		return 0, 0, d.Errf("rate %q: bad duration %q (use forms like 10s, 1m, 1h, 1d)", val, per)
+	}
+	if dur <= 0 {
+		return 0, 0, d.Errf("rate %q: the duration must be positive", val)
+	}
+	return n, dur, nil
+}
