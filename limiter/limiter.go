@@ -162,6 +162,20 @@ func (l Limit) PolicyWindow() time.Duration {
 	return l.Window
 }
 
+// ResultWindow is the Window a Result reports for this limit: the window,
+// the length of the calendar window [start, end) (microseconds since the
+// epoch) that held the decision, or for buckets the time to refill from
+// empty. A store that decides elsewhere (a Redis script) reports it so.
+func (l Limit) ResultWindow(start, end int64) time.Duration {
+	switch {
+	case l.Algorithm == TokenBucket || l.Algorithm == GCRA:
+		return l.PolicyWindow()
+	case l.Calendar != nil:
+		return us(end - start)
+	}
+	return l.Window
+}
+
 // State is what a store keeps per key. The zero State is a fresh key.
 type State struct {
 	// Start is the start of the current window, in microseconds since the

@@ -142,7 +142,6 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 	for _, s := range locks {
 		m.shards[s].mu.Lock()
 	}
-	pass := true
 	for i := range reqs {
 		r := &reqs[i]
 		st, _ := m.get(hs[i], t)
@@ -156,16 +155,13 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 		}
 		next = append(next, st)
 		r.Limit.Take(&next[i], &results[i], t, r.Cost)
-		if !results[i].Allowed && !r.DryRun {
-			pass = false
-		}
 	}
+	pass := allOrNothing(reqs, results)
 	for i := range reqs {
-		r := &reqs[i]
+		// A denial keeps its mark (for FirstDenial), even when nothing is
+		// counted.
 		if pass || !results[i].Allowed {
-			m.put(hs[i], &next[i], r, t)
-		} else {
-			Uncounted(&results[i], r.Cost)
+			m.put(hs[i], &next[i], &reqs[i], t)
 		}
 	}
 	for _, s := range locks {

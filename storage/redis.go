@@ -2,16 +2,12 @@ package storage
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -337,9 +333,8 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 	} else {
 		runs = []slotRun{{idx: nil}}
 	}
-	at := now.UnixMicro()
 	pending := runs
-	for range 3 {
+	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
 		for g := range pending {
 			r := &pending[g]
 			r.keys = sc.keys
@@ -353,46 +348,32 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 		}
 		s.pipeline(ctx, pending, refundScript)
 		var again []slotRun
+		serverNow := int64(0)
 		for _, r := range pending {
 			if r.err != nil {
-				return r.err
+				return 0, r.err
 			}
 			if t, ok := boundsReply(r.reply); ok {
 				// Asked again with the window of the server's time (the
 				// slots that answered gave back already).
-				at = t
+				serverNow = t
 				again = append(again, slotRun{idx: r.idx})
 			} else if r.reply != "R" {
-				return errBadReply
+				return 0, errBadReply
 			}
 		}
-		if len(again) == 0 {
-			return nil
-		}
 		pending = again
-	}
-	return errors.New("redis storage: calendar windows keep moving under the server's clock")
+		return serverNow, nil
+	})
 }
 
 // checkRequest refuses what the script cannot compute (the memory store
 // would divide by zero); the handler validates limits before they get here.
 func checkRequest(r *Request) error {
-	l := &r.Limit
-	bad := l.Quota <= 0 || r.Cost <= 0
-	switch l.Algorithm {
-	case limiter.FixedWindow:
-		bad = bad || l.Calendar == nil && l.Window < time.Microsecond
-	case limiter.AnchoredWindow, limiter.SlidingWindow:
-		bad = bad || l.Window < time.Microsecond
-	case limiter.TokenBucket, limiter.GCRA:
-		bad = bad || l.Window < time.Microsecond || l.Rate <= 0
-	default:
-		bad = true
+	if err := r.Limit.Validate(); err != nil {
+		return fmt.Errorf("redis storage: counter %q: %w", r.Counter, err)
 	}
-	if bad {
-		if err := l.Validate(); err != nil {
-			return fmt.Errorf("redis storage: counter %q: %w", r.Counter, err)
-		}
+	if r.Cost < 1 {
 		return fmt.Errorf("redis storage: counter %q: cost %d must be at least 1", r.Counter, r.Cost)
 	}
 	return nil
@@ -473,76 +454,6 @@ func (s *Redis) fallback(ctx context.Context, now time.Time, reqs []Request, res
 	}
 }
 
-// redisScratch holds one decision's working memory, pooled.
-type redisScratch struct {
-	keys   []string
-	slots  []uint16
-	bounds [][2]int64 // calendar bounds passed to the script, per request
-	buf    []byte
-	idx    []int // request indexes, grouped by slot
-}
-
-// maxScratch keeps the pool from holding on to the buffers of a request
-// with hostile, huge counters.
-const maxScratch = 64 << 10
-
-func (s *Redis) putScratch(sc *redisScratch) {
-	if cap(sc.buf) > maxScratch {
-		return
-	}
-	clear(sc.keys)
-	s.scratch.Put(sc)
-}
-
-// hashLen is the bytes of SHA-256 kept in keys: 128 bits, so that nobody
-// can make a key collide with another client's.
-const hashLen = 16
-
-// prepare builds the Redis keys of reqs (and their Cluster slots) in one
-// allocation.
-func (s *Redis) prepare(sc *redisScratch, reqs []Request) {
-	n := len(reqs)
-	sc.keys = grow(sc.keys, n)
-	sc.slots = grow(sc.slots, n)
-	sc.bounds = grow(sc.bounds, n)
-	size := 0
-	for i := range reqs {
-		size += len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
-	}
-	buf := sc.buf[:0]
-	if cap(buf) < size {
-		buf = make([]byte, 0, size)
-	}
-	for i := range reqs {
-		buf = append(buf, s.prefix...)
-		buf = append(buf, '{')
-		// The client's key may be a credential and of any size: only its
-		// hash goes to Redis. unsafe: hashing reads the bytes, and copying a
-		// megabyte-long hostile header first would cost more than hashing it.
-		sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(reqs[i].Key), len(reqs[i].Key)))
-		tag := len(buf)
-		buf = hex.AppendEncode(buf, sum[:hashLen])
-		sc.slots[i] = keySlot(buf[tag:])
-		buf = append(buf, '}', ':')
-		buf = append(buf, reqs[i].Counter...)
-	}
-	all := string(buf)
-	off := 0
-	for i := range reqs {
-		end := off + len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
-		sc.keys[i] = all[off:end]
-		off = end
-	}
-	sc.buf = buf[:0]
-}
-
-func grow[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
-}
-
 // decide asks Redis, within the timeout. A request decided by one script
 // needs no timer of its own: its batch has its deadline.
 func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
@@ -553,26 +464,17 @@ func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, resul
 	sc := s.scratch.Get().(*redisScratch)
 	defer s.putScratch(sc)
 	s.prepare(sc, reqs)
-	at := now.UnixMicro()
 	// With the server's clock, Go computes calendar windows for its own
 	// time; a server whose clock is on the other side of a boundary says
 	// so, and is asked again with the window of its time.
-	for range 3 {
-		var (
-			serverNow int64
-			err       error
-		)
-		if s.cluster && !oneSlot(sc.slots) {
-			serverNow, err = s.decideSlots(ctx, deadline, now, at, reqs, results, sc)
-		} else {
-			serverNow, err = s.decideOne(ctx, deadline, now, at, reqs, results, sc)
-		}
-		if err != nil || serverNow == 0 {
-			return err
-		}
-		at = serverNow
+	if s.cluster && !oneSlot(sc.slots) {
+		return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+			return s.decideSlots(ctx, deadline, now, at, reqs, results, sc)
+		})
 	}
-	return errors.New("redis storage: calendar windows keep moving under the server's clock")
+	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+		return s.decideOne(ctx, deadline, now, at, reqs, results, sc)
+	})
 }
 
 func oneSlot(slots []uint16) bool {
@@ -597,98 +499,8 @@ func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64
 	if _, err := parseResults(reply, reqs, nil, results, sc.bounds); err != nil {
 		return 0, err
 	}
-	pass := true
-	for i := range reqs {
-		if !results[i].Allowed && !reqs[i].DryRun {
-			pass = false
-		}
-	}
-	if !pass {
-		for i := range reqs {
-			if results[i].Allowed {
-				Uncounted(&results[i], reqs[i].Cost)
-			}
-		}
-	}
+	allOrNothing(reqs, results[:len(reqs)])
 	return 0, nil
-}
-
-// spec writes a script's ARGV[1] for the requests at idx (all when idx is
-// nil): the time, the head numbers, nine numbers per request; and records
-// the calendar bounds it passes.
-func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, head ...int64) string {
-	b := appendInt(sc.buf[:0], s.scriptNow(now))
-	for _, v := range head {
-		b = appendInt(b, v)
-	}
-	n := len(reqs)
-	if idx != nil {
-		n = len(idx)
-	}
-	for j := range n {
-		i := j
-		if idx != nil {
-			i = idx[j]
-		}
-		r := &reqs[i]
-		l := &r.Limit
-		var start, end int64
-		if l.Calendar != nil {
-			start, end = l.Calendar.Bounds(at)
-		}
-		sc.bounds[i] = [2]int64{start, end}
-		b = appendLimit(b, l, r.Cost, r.DryRun, start, end)
-	}
-	sc.buf = b[:0]
-	return string(b)
-}
-
-// scriptNow is the time the scripts decide at: 0 asks for the server's.
-func (s *Redis) scriptNow(now time.Time) int64 {
-	if s.serverTS {
-		return 0
-	}
-	return now.UnixMicro()
-}
-
-// appendLimit writes the nine numbers the scripts read for one limit.
-func appendLimit(b []byte, l *limiter.Limit, cost int64, dryRun bool, start, end int64) []byte {
-	dry := int64(0)
-	if dryRun {
-		dry = 1
-	}
-	for _, v := range [...]int64{int64(l.Algorithm), l.Quota, l.Window.Microseconds(), l.Rate,
-		l.Offset.Microseconds(), cost, dry, start, end} {
-		b = appendInt(b, v)
-	}
-	return b
-}
-
-// appendInt writes v as the scripts read it (struct '<i8').
-func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-// onceCmd is a command go-redis must not send twice: a script whose reply
-// was lost may have counted, and running it again would count twice.
-type onceCmd struct{ *redis.Cmd }
-
-// NoRetry implements redis.Cmder.
-func (onceCmd) NoRetry() bool { return true }
-
-func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv ...string) onceCmd {
-	args := make([]any, 0, 3+len(keys)+len(argv))
-	if eval {
-		args = append(args, "eval", sc.src)
-	} else {
-		args = append(args, "evalsha", sc.sha)
-	}
-	args = append(args, len(keys))
-	for _, k := range keys {
-		args = append(args, k)
-	}
-	for _, a := range argv {
-		args = append(args, a)
-	}
-	return onceCmd{redis.NewCmd(ctx, args...)}
 }
 
 // eval runs a script with EVALSHA, or EVAL when Redis does not have it yet
@@ -700,67 +512,6 @@ func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...str
 		deadline = time.Now().Add(s.timeout)
 	}
 	return s.pipe.eval(ctx, deadline, sc, keys, argv)
-}
-
-func isNoScript(err error) bool {
-	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
-}
-
-// boundsReply recognizes "B" and the server's time: it is outside a
-// calendar window that was passed.
-func boundsReply(reply string) (int64, bool) {
-	if len(reply) != 9 || reply[0] != 'B' {
-		return 0, false
-	}
-	n := int64(binary.LittleEndian.Uint64([]byte(reply[1:])))
-	return n, n > 0
-}
-
-var errBadReply = errors.New("redis storage: malformed script reply")
-
-// parseResults reads the time decided at and the five numbers per request
-// of a take reply into the results of the requests at idx (all when idx is
-// nil), and returns what follows them (the states, when asked for).
-func parseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
-	n := len(reqs)
-	if idx != nil {
-		n = len(idx)
-	}
-	const head = 9 // "R" and the time
-	if len(reply) < head+40*n || reply[0] != 'R' {
-		return "", errBadReply
-	}
-	at := int64(binary.LittleEndian.Uint64([]byte(reply[1:head])))
-	for j := range n {
-		i := j
-		if idx != nil {
-			i = idx[j]
-		}
-		var v [5]int64
-		for k := range v {
-			o := head + 40*j + 8*k
-			v[k] = int64(binary.LittleEndian.Uint64([]byte(reply[o : o+8])))
-		}
-		l := &reqs[i].Limit
-		r := &results[i]
-		*r = limiter.Result{
-			Allowed:     v[0] == 1,
-			FirstDenial: v[1] == 1,
-			Limit:       l.Quota,
-			Remaining:   v[2],
-			Reset:       time.Duration(v[3]) * time.Microsecond,
-			ResetAt:     at + v[3],
-			RetryAfter:  time.Duration(v[4]) * time.Microsecond,
-			Window:      l.Window,
-		}
-		switch {
-		case l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA:
-			r.Window = l.PolicyWindow()
-		case l.Calendar != nil:
-			r.Window = time.Duration(bounds[i][1]-bounds[i][0]) * time.Microsecond
-		}
-	}
-	return reply[head+40*n:], nil
 }
 
 var _ Store = (*Redis)(nil)

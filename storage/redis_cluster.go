@@ -72,13 +72,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 			continue
 		}
 		r.states = rest
-		slotPass := true
-		for _, i := range r.idx {
-			if !results[i].Allowed && !reqs[i].DryRun {
-				slotPass = false
-			}
-		}
-		if slotPass {
+		if passes(reqs, results, r.idx) {
 			committed = append(committed, g)
 		} else {
 			pass = false
@@ -94,11 +88,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 	if serverNow != 0 {
 		return serverNow, nil
 	}
-	for i := range reqs {
-		if results[i].Allowed {
-			Uncounted(&results[i], reqs[i].Cost)
-		}
-	}
+	allOrNothing(reqs, results[:len(reqs)])
 	return 0, nil
 }
 

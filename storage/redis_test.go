@@ -606,8 +606,9 @@ func randomLimit(rng *rand.Rand) limiter.Limit {
 	q := int64(1 + rng.IntN(8))
 	switch rng.IntN(6) {
 	case 0:
-		return limiter.Limit{Algorithm: limiter.FixedWindow, Quota: q, Window: time.Duration(1+rng.IntN(20)) * time.Second,
-			Offset: time.Duration(rng.IntN(2)) * time.Second}
+		w := time.Duration(1+rng.IntN(20)) * time.Second
+		// An offset shorter than the window, as Validate wants.
+		return limiter.Limit{Algorithm: limiter.FixedWindow, Quota: q, Window: w, Offset: time.Duration(rng.IntN(2)) * time.Second % w}
 	case 1:
 		return limiter.Limit{Algorithm: limiter.AnchoredWindow, Quota: q, Window: time.Duration(1+rng.IntN(20)) * time.Second}
 	case 2:

@@ -64,6 +64,60 @@ var ErrUnavailable = errors.New("rate-limit storage unavailable")
 // ErrTooFewResults is returned when results is shorter than reqs.
 var ErrTooFewResults = errors.New("storage: results shorter than requests")
 
+// allOrNothing applies the all-or-nothing rule of Take to results decided
+// one by one: it reports whether every request that is not a dry run was
+// allowed, and when one was not, it reports the allowed ones as uncounted
+// (what remained before them). Every store decides through it.
+func allOrNothing(reqs []Request, results []limiter.Result) bool {
+	if passes(reqs, results, nil) {
+		return true
+	}
+	for i := range reqs {
+		if results[i].Allowed {
+			Uncounted(&results[i], reqs[i].Cost)
+		}
+	}
+	return false
+}
+
+// passes tells whether every request at idx (all when idx is nil) that is
+// not a dry run was allowed.
+func passes(reqs []Request, results []limiter.Result, idx []int) bool {
+	if idx == nil {
+		for i := range reqs {
+			if !results[i].Allowed && !reqs[i].DryRun {
+				return false
+			}
+		}
+		return true
+	}
+	for _, i := range idx {
+		if !results[i].Allowed && !reqs[i].DryRun {
+			return false
+		}
+	}
+	return true
+}
+
+// errCalendarMoving is returned when a store's server keeps answering from
+// another calendar window than the one computed for it.
+var errCalendarMoving = errors.New("storage: calendar windows keep moving under the server's clock")
+
+// atServerTime runs try with the time that calendar windows are computed
+// for: the caller's first, then, when a store with a clock of its own (the
+// Redis server's) answers that it is in another calendar window, the time
+// it gave (try returns it; 0 means done), a few times at most.
+func atServerTime(at int64, try func(at int64) (serverNow int64, err error)) error {
+	for range 3 {
+		serverNow, err := try(at)
+		if err != nil || serverNow == 0 {
+			return err
+		}
+		at = serverNow
+	}
+	return errCalendarMoving
+}
+
 // Uncounted adjusts the result of a request that its own limit allowed but
 // that was not counted because another limit denied the whole: it reports
 // what remained before the request.

@@ -1,0 +1,221 @@
+package storage
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"time"
+	"unsafe"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/redis/go-redis/v9"
+)
+
+// The wire form of the Redis store: key names, the scripts' arguments (the
+// numbers of each limit as 8-byte little-endian integers) and their
+// replies. The Lua side of the same encoding is in redis_script.go.
+
+// redisScratch holds one decision's working memory, pooled.
+type redisScratch struct {
+	keys   []string
+	slots  []uint16
+	bounds [][2]int64 // calendar bounds passed to the script, per request
+	buf    []byte
+	idx    []int // request indexes, grouped by slot
+}
+
+// maxScratch keeps the pool from holding on to the buffers of a request
+// with hostile, huge counters.
+const maxScratch = 64 << 10
+
+func (s *Redis) putScratch(sc *redisScratch) {
+	if cap(sc.buf) > maxScratch {
+		return
+	}
+	clear(sc.keys)
+	s.scratch.Put(sc)
+}
+
+// hashLen is the bytes of SHA-256 kept in keys: 128 bits, so that nobody
+// can make a key collide with another client's.
+const hashLen = 16
+
+// prepare builds the Redis keys of reqs (and their Cluster slots) in one
+// allocation.
+func (s *Redis) prepare(sc *redisScratch, reqs []Request) {
+	n := len(reqs)
+	sc.keys = grow(sc.keys, n)
+	sc.slots = grow(sc.slots, n)
+	sc.bounds = grow(sc.bounds, n)
+	size := 0
+	for i := range reqs {
+		size += len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
+	}
+	buf := sc.buf[:0]
+	if cap(buf) < size {
+		buf = make([]byte, 0, size)
+	}
+	for i := range reqs {
+		buf = append(buf, s.prefix...)
+		buf = append(buf, '{')
+		// The client's key may be a credential and of any size: only its
+		// hash goes to Redis. unsafe: hashing reads the bytes, and copying a
+		// megabyte-long hostile header first would cost more than hashing it.
+		sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(reqs[i].Key), len(reqs[i].Key)))
+		tag := len(buf)
+		buf = hex.AppendEncode(buf, sum[:hashLen])
+		sc.slots[i] = keySlot(buf[tag:])
+		buf = append(buf, '}', ':')
+		buf = append(buf, reqs[i].Counter...)
+	}
+	all := string(buf)
+	off := 0
+	for i := range reqs {
+		end := off + len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
+		sc.keys[i] = all[off:end]
+		off = end
+	}
+	sc.buf = buf[:0]
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// spec writes a script's ARGV[1] for the requests at idx (all when idx is
+// nil): the time, the head numbers, nine numbers per request; and records
+// the calendar bounds it passes.
+func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, head ...int64) string {
+	b := appendInt(sc.buf[:0], s.scriptNow(now))
+	for _, v := range head {
+		b = appendInt(b, v)
+	}
+	n := len(reqs)
+	if idx != nil {
+		n = len(idx)
+	}
+	for j := range n {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		r := &reqs[i]
+		l := &r.Limit
+		var start, end int64
+		if l.Calendar != nil {
+			start, end = l.Calendar.Bounds(at)
+		}
+		sc.bounds[i] = [2]int64{start, end}
+		b = appendLimit(b, l, r.Cost, r.DryRun, start, end)
+	}
+	sc.buf = b[:0]
+	return string(b)
+}
+
+// scriptNow is the time the scripts decide at: 0 asks for the server's.
+func (s *Redis) scriptNow(now time.Time) int64 {
+	if s.serverTS {
+		return 0
+	}
+	return now.UnixMicro()
+}
+
+// appendLimit writes the nine numbers the scripts read for one limit.
+func appendLimit(b []byte, l *limiter.Limit, cost int64, dryRun bool, start, end int64) []byte {
+	dry := int64(0)
+	if dryRun {
+		dry = 1
+	}
+	for _, v := range [...]int64{int64(l.Algorithm), l.Quota, l.Window.Microseconds(), l.Rate,
+		l.Offset.Microseconds(), cost, dry, start, end} {
+		b = appendInt(b, v)
+	}
+	return b
+}
+
+// appendInt writes v as the scripts read it (struct '<i8').
+func appendInt(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
+
+// onceCmd is a command go-redis must not send twice: a script whose reply
+// was lost may have counted, and running it again would count twice.
+type onceCmd struct{ *redis.Cmd }
+
+// NoRetry implements redis.Cmder.
+func (onceCmd) NoRetry() bool { return true }
+
+func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv ...string) onceCmd {
+	args := make([]any, 0, 3+len(keys)+len(argv))
+	if eval {
+		args = append(args, "eval", sc.src)
+	} else {
+		args = append(args, "evalsha", sc.sha)
+	}
+	args = append(args, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	for _, a := range argv {
+		args = append(args, a)
+	}
+	return onceCmd{redis.NewCmd(ctx, args...)}
+}
+
+func isNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// boundsReply recognizes "B" and the server's time: it is outside a
+// calendar window that was passed.
+func boundsReply(reply string) (int64, bool) {
+	if len(reply) != 9 || reply[0] != 'B' {
+		return 0, false
+	}
+	n := int64(binary.LittleEndian.Uint64([]byte(reply[1:])))
+	return n, n > 0
+}
+
+var errBadReply = errors.New("redis storage: malformed script reply")
+
+// parseResults reads the time decided at and the five numbers per request
+// of a take reply into the results of the requests at idx (all when idx is
+// nil), and returns what follows them (the states, when asked for).
+func parseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
+	n := len(reqs)
+	if idx != nil {
+		n = len(idx)
+	}
+	const head = 9 // "R" and the time
+	if len(reply) < head+40*n || reply[0] != 'R' {
+		return "", errBadReply
+	}
+	at := int64(binary.LittleEndian.Uint64([]byte(reply[1:head])))
+	for j := range n {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		var v [5]int64
+		for k := range v {
+			o := head + 40*j + 8*k
+			v[k] = int64(binary.LittleEndian.Uint64([]byte(reply[o : o+8])))
+		}
+		l := &reqs[i].Limit
+		r := &results[i]
+		*r = limiter.Result{
+			Allowed:     v[0] == 1,
+			FirstDenial: v[1] == 1,
+			Limit:       l.Quota,
+			Remaining:   v[2],
+			Reset:       time.Duration(v[3]) * time.Microsecond,
+			ResetAt:     at + v[3],
+			RetryAfter:  time.Duration(v[4]) * time.Microsecond,
+			Window:      l.ResultWindow(bounds[i][0], bounds[i][1]),
+		}
+	}
+	return reply[head+40*n:], nil
+}
