@@ -93,109 +93,130 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		opt := d.Val()
-		if opt != "limit" && opt != "quota" && opt != "use" {
-			if seen[opt] {
-				return d.Errf("edge_limit option %q given twice", opt)
-			}
-			seen[opt] = true
-		}
 		switch opt {
-		case "limit", "quota":
-			if opt == "limit" && !args.HasBlock(d) {
-				// limit <name> with no block uses a shared limit.
-				names := d.RemainingArgs()
-				if len(names) != 1 {
-					return d.ArgErr()
-				}
-				h.Use = append(h.Use, names[0])
-				continue
-			}
-			l, err := parseLimitBlock(d)
-			if err != nil {
+		case "limit", "quota", "use":
+			if err := h.limitOption(d, opt); err != nil {
 				return err
 			}
-			for _, other := range h.Limits {
-				if other.Name == l.Name {
-					return d.Errf("limit %q is declared twice", l.Name)
-				}
-			}
-			h.Limits = append(h.Limits, l)
-		case "use":
-			names := d.RemainingArgs()
-			if len(names) == 0 {
-				return d.ArgErr()
-			}
-			h.Use = append(h.Use, names...)
-		case "show_key":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			if v != "hashed" && v != "raw" {
-				return d.Errf("show_key %q: want hashed or raw", v)
-			}
-			h.ShowKey = v
-		case "status":
-			n, err := args.Int(d)
-			if err != nil {
-				return err
-			}
-			if n < 400 || n > 599 {
-				return d.Errf("status %d: a denial needs a 4xx or 5xx status", n)
-			}
-			h.Status = int(n)
-		case "headers":
-			vals := d.RemainingArgs()
-			if len(vals) == 0 || len(vals) > 2 {
-				return d.ArgErr()
-			}
-			if _, err := parseHeaderStyle(vals[0]); err != nil {
-				return d.Err(err.Error())
-			}
-			h.Headers = vals[0]
-			if len(vals) == 2 {
-				if vals[1] != "time" {
-					return d.Errf("headers: unknown modifier %q (want time)", vals[1])
-				}
-				h.TimeHeader = true
-			}
-		case "body":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			h.Body = v
-		case "content_type":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			h.ContentType = v
-		case "handle_errors":
-			if err := args.None(d); err != nil {
-				return err
-			}
-			h.HandleErrors = true
-		case "dry_run":
-			if err := args.None(d); err != nil {
-				return err
-			}
-			h.DryRun = true
-		case "zone":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			h.Zone = v
-		case "storage":
-			raw, err := parseStorage(d)
-			if err != nil {
-				return err
-			}
-			h.StorageRaw = raw
-		default:
-			return d.Errf("unknown edge_limit option %q", opt)
+			continue
 		}
+		if seen[opt] {
+			return d.Errf("edge_limit option %q given twice", opt)
+		}
+		seen[opt] = true
+		if err := h.option(d, opt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// limitOption reads a limit or quota block, or the names of shared limits
+// (use, or limit <name> without a block).
+func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
+	switch opt {
+	case "limit", "quota":
+		if opt == "limit" && !args.HasBlock(d) {
+			// limit <name> with no block uses a shared limit.
+			names := d.RemainingArgs()
+			if len(names) != 1 {
+				return d.ArgErr()
+			}
+			h.Use = append(h.Use, names[0])
+			return nil
+		}
+		l, err := parseLimitBlock(d)
+		if err != nil {
+			return err
+		}
+		for _, other := range h.Limits {
+			if other.Name == l.Name {
+				return d.Errf("limit %q is declared twice", l.Name)
+			}
+		}
+		h.Limits = append(h.Limits, l)
+	case "use":
+		names := d.RemainingArgs()
+		if len(names) == 0 {
+			return d.ArgErr()
+		}
+		h.Use = append(h.Use, names...)
+	}
+	return nil
+}
+
+// option reads one of the handler's own options.
+func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
+	switch opt {
+	case "show_key":
+		v, err := args.One(d)
+		if err != nil {
+			return err
+		}
+		if err := checkShowKey(v); err != nil {
+			return d.Err(err.Error())
+		}
+		h.ShowKey = v
+	case "status":
+		n, err := args.Int(d)
+		if err != nil {
+			return err
+		}
+		if err := checkStatus(n); err != nil {
+			return d.Err(err.Error())
+		}
+		h.Status = int(n)
+	case "headers":
+		vals := d.RemainingArgs()
+		if len(vals) == 0 || len(vals) > 2 {
+			return d.ArgErr()
+		}
+		if _, err := parseHeaderStyle(vals[0]); err != nil {
+			return d.Err(err.Error())
+		}
+		h.Headers = vals[0]
+		if len(vals) == 2 {
+			if vals[1] != "time" {
+				return d.Errf("headers: unknown modifier %q (want time)", vals[1])
+			}
+			h.TimeHeader = true
+		}
+	case "body":
+		v, err := args.One(d)
+		if err != nil {
+			return err
+		}
+		h.Body = v
+	case "content_type":
+		v, err := args.One(d)
+		if err != nil {
+			return err
+		}
+		h.ContentType = v
+	case "handle_errors":
+		if err := args.None(d); err != nil {
+			return err
+		}
+		h.HandleErrors = true
+	case "dry_run":
+		if err := args.None(d); err != nil {
+			return err
+		}
+		h.DryRun = true
+	case "zone":
+		v, err := args.One(d)
+		if err != nil {
+			return err
+		}
+		h.Zone = v
+	case "storage":
+		raw, err := parseStorage(d)
+		if err != nil {
+			return err
+		}
+		h.StorageRaw = raw
+	default:
+		return d.Errf("unknown edge_limit option %q", opt)
 	}
 	return nil
 }

@@ -202,3 +202,21 @@ func jsonEscape(s string) string {
 func retryAfterSeconds(d time.Duration) int64 {
 	return max(secondsCeil(d), 1)
 }
+
+// checkStatus checks the status of a denial (the handler's or a limit's).
+func checkStatus(n int64) error {
+	if n < 400 || n > 599 {
+		return fmt.Errorf("status %d: a denial needs a 4xx or 5xx status", n)
+	}
+	return nil
+}
+
+// checkShowKey checks how keys are shown: "hashed" (or "", the default) or
+// "raw".
+func checkShowKey(s string) error {
+	switch s {
+	case "", "hashed", "raw":
+		return nil
+	}
+	return fmt.Errorf("show_key %q: want hashed or raw", s)
+}

@@ -125,67 +125,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.clock = clock.ForProvision()
 	h.warn = new(throttle.Log)
-	if h.Status == 0 {
-		h.Status = DefaultStatus
-	}
-	if h.ContentType == "" {
-		h.ContentType = DefaultContentType
-	}
-	h.body = h.Body
-	if h.body == "" {
-		h.body = DefaultBody
-	}
-	h.body = compileTemplate(h.body)
-	style, err := parseHeaderStyle(h.Headers)
-	if err != nil {
+	if err := h.provisionResponses(); err != nil {
 		return err
-	}
-	h.headers = style
-	switch h.ShowKey {
-	case "", "hashed":
-	case "raw":
-		h.rawKeys = true
-	default:
-		return fmt.Errorf("show_key %q: want hashed or raw", h.ShowKey)
-	}
-	if h.Zone == "" {
-		sum, err := json.Marshal(h.Limits)
-		if err != nil {
-			return err
-		}
-		h.Zone = zone.Hash(string(sum))
-	}
-	h.limits = make([]*compiledLimit, 0, len(h.Limits))
-	for i, l := range h.Limits {
-		if l == nil {
-			return fmt.Errorf("limits[%d] is empty", i)
-		}
-		cl, err := compileLimit(l, h.Zone)
-		if err != nil {
-			return fmt.Errorf("limit %q: %w", l.Name, err)
-		}
-		h.limits = append(h.limits, cl)
 	}
 	appIface, err := ctx.App("edge_limit")
 	if err != nil {
 		return fmt.Errorf("loading the edge_limit app: %w", err)
 	}
 	app := appIface.(*App)
-	for _, name := range h.Use {
-		cl, ok := app.shared[name]
-		if !ok {
-			return fmt.Errorf("use %q: no such limit in the edge_limit global option", name)
-		}
-		for _, own := range h.limits {
-			if own.name == name {
-				return fmt.Errorf("use %q: the handler declares a limit of that name too", name)
-			}
-		}
-		h.limits = append(h.limits, cl)
-	}
-	for _, cl := range h.limits {
-		h.exempts = h.exempts || len(cl.exempt) > 0
-		h.templated = h.templated || cl.templated()
+	if err := h.compileLimits(app); err != nil {
+		return err
 	}
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
@@ -210,10 +159,75 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// provisionResponses applies the defaults of what a limited response says.
+func (h *Handler) provisionResponses() error {
+	if h.Status == 0 {
+		h.Status = DefaultStatus
+	}
+	if h.ContentType == "" {
+		h.ContentType = DefaultContentType
+	}
+	h.body = h.Body
+	if h.body == "" {
+		h.body = DefaultBody
+	}
+	h.body = compileTemplate(h.body)
+	style, err := parseHeaderStyle(h.Headers)
+	if err != nil {
+		return err
+	}
+	h.headers = style
+	if err := checkShowKey(h.ShowKey); err != nil {
+		return err
+	}
+	h.rawKeys = h.ShowKey == "raw"
+	return nil
+}
+
+// compileLimits compiles the handler's own limits, in its zone, and adds
+// the app's shared limits it uses.
+func (h *Handler) compileLimits(app *App) error {
+	if h.Zone == "" {
+		z, err := zone.Of(h.Limits)
+		if err != nil {
+			return err
+		}
+		h.Zone = z
+	}
+	h.limits = make([]*compiledLimit, 0, len(h.Limits)+len(h.Use))
+	for i, l := range h.Limits {
+		if l == nil {
+			return fmt.Errorf("limits[%d] is empty", i)
+		}
+		cl, err := compileLimit(l, h.Zone)
+		if err != nil {
+			return fmt.Errorf("limit %q: %w", l.Name, err)
+		}
+		h.limits = append(h.limits, cl)
+	}
+	for _, name := range h.Use {
+		cl, ok := app.shared[name]
+		if !ok {
+			return fmt.Errorf("use %q: no such limit in the edge_limit global option", name)
+		}
+		for _, own := range h.limits {
+			if own.name == name {
+				return fmt.Errorf("use %q: the handler declares a limit of that name too", name)
+			}
+		}
+		h.limits = append(h.limits, cl)
+	}
+	for _, cl := range h.limits {
+		h.exempts = h.exempts || len(cl.exempt) > 0
+		h.templated = h.templated || cl.templated()
+	}
+	return nil
+}
+
 // Validate rejects configurations that cannot work.
 func (h *Handler) Validate() error {
-	if h.Status < 400 || h.Status > 599 {
-		return fmt.Errorf("status %d: a denial needs a 4xx or 5xx status", h.Status)
+	if err := checkStatus(int64(h.Status)); err != nil {
+		return err
 	}
 	seen := make(map[string]bool, len(h.Limits))
 	for _, l := range h.Limits {
@@ -333,13 +347,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err := h.store.Take(ctx, now, reqs, res); err != nil {
 		return h.storageFailed(w, r, next, now, err)
 	}
+	denied, report := h.judge(r, sc, res)
+	prior, _ := vars[ledgerVar].(*ledger)
+	h.setHeaders(w.Header(), sc, report, denied >= 0, prior)
+	if denied >= 0 {
+		h.refundEarlier(r, now)
+		return h.deny(w, r, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
+	}
+	if h.record(vars, sc, prior, &res[report]) {
+		defer delete(vars, ledgerVar)
+	}
+	return next.ServeHTTP(w, r)
+}
 
-	denied, report := -1, -1
+// judge counts the outcomes, notifies first denials, and picks the result
+// that denies the request (the one with the longest wait; -1 if none) and
+// the one its headers report (the denial, or the most constraining).
+func (h *Handler) judge(r *http.Request, sc *scratch, res []limiter.Result) (denied, report int) {
+	reqs, which := sc.reqs, sc.which
+	denied, report = -1, -1
 	for i := range res {
 		which[i].outcomes.count(&res[i], reqs[i].DryRun)
 		if !res[i].Allowed {
 			if res[i].FirstDenial {
-				h.notify(r, which[i], reqs[i].Key, tiers[i], &res[i], reqs[i].DryRun)
+				h.notify(r, which[i], reqs[i].Key, sc.tiers[i], &res[i], reqs[i].DryRun)
 			}
 			if reqs[i].DryRun {
 				h.logWouldDeny(r, which[i], &res[i])
@@ -354,16 +385,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if denied >= 0 {
 		report = denied
 	}
-	prior, _ := vars[ledgerVar].(*ledger)
-	h.setHeaders(w.Header(), sc, report, denied >= 0, prior)
-	if denied >= 0 {
-		h.refundEarlier(r, now)
-		return h.deny(w, r, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
-	}
-	if h.record(vars, sc, prior, &res[report]) {
-		defer delete(vars, ledgerVar)
-	}
-	return next.ServeHTTP(w, r)
+	return denied, report
 }
 
 // record enters what this handler counted in the request's ledger; it

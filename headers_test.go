@@ -210,3 +210,93 @@ func checkAlignedReset(t *testing.T, r reply, w time.Duration, before, after tim
 func ceilSeconds(d time.Duration) int64 {
 	return int64((d + time.Second - 1) / time.Second)
 }
+
+func TestStatusHeadersAndDryRun(t *testing.T) {
+	clk := fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	handle /enhance {
+		edge_limit {
+			limit calm {
+				rate 1/1h
+			}
+			status 420
+		}
+	}
+	handle /bad {
+		edge_limit {
+			limit hourly {
+				rate 1/1h
+			}
+			status 400
+			headers x-ratelimit time
+		}
+	}
+	handle /ietf {
+		edge_limit {
+			limit per_client {
+				key {header.X-Api-Key} {client_ip}
+				rate 5/1m
+			}
+			limit burst {
+				token_bucket 3 1/1s
+			}
+			headers ratelimit
+		}
+	}
+	handle /both {
+		edge_limit {
+			limit b {
+				rate 2/10s
+			}
+			headers both
+		}
+	}
+	handle /none {
+		edge_limit {
+			limit n {
+				rate 1/1m
+			}
+			headers none
+		}
+	}
+	handle /dry {
+		edge_limit {
+			limit d {
+				rate 1/1m
+			}
+			dry_run
+		}
+	}
+	respond "ok"
+}`)
+	expect(t, s.get("/enhance"), 200)
+	expect(t, s.get("/enhance"), 420, "Retry-After", "3600",
+		"body", `{"status":420,"error":"Rate limit exceeded, try again in 3600 seconds"}`)
+
+	expect(t, s.get("/bad"), 200, "X-RateLimit-Time", "3600", "X-RateLimit-Remaining", "0")
+	expect(t, s.get("/bad"), 400, "X-RateLimit-Time", "3600")
+
+	r := s.get("/ietf")
+	expect(t, r, 200,
+		"RateLimit-Policy", `"per_client";q=5;w=60, "burst";q=3;w=3`,
+		"RateLimit", `"per_client";r=4;t=60, "burst";r=2;t=1`,
+		"X-RateLimit-Limit", "")
+	clk.Add(18 * time.Second)
+	r = s.get("/ietf")
+	expect(t, r, 200, "RateLimit", `"per_client";r=3;t=42, "burst";r=2;t=1`)
+
+	r = s.get("/both")
+	expect(t, r, 200, "X-RateLimit-Limit", "2", "RateLimit-Policy", `"b";q=2;w=10`)
+
+	r = s.get("/none")
+	expect(t, r, 200, "X-RateLimit-Limit", "", "RateLimit", "")
+	r = s.get("/none")
+	expect(t, r, 429, "X-RateLimit-Limit", "", "Retry-After", "42")
+
+	for i := range 3 {
+		r = s.get("/dry")
+		expect(t, r, 200, "X-RateLimit-Remaining", "0")
+		_ = i
+	}
+}

@@ -151,8 +151,10 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	if cost < 1 || cost > limiter.MaxQuota {
 		return nil, fmt.Errorf("cost must be between 1 and %d, got %d", int64(limiter.MaxQuota), cost)
 	}
-	if l.Status != 0 && (l.Status < 400 || l.Status > 599) {
-		return nil, fmt.Errorf("status %d: a denial needs a 4xx or 5xx status", l.Status)
+	if l.Status != 0 {
+		if err := checkStatus(int64(l.Status)); err != nil {
+			return nil, err
+		}
 	}
 	cl := &compiledLimit{name: l.Name, cost: cost, dryRun: l.DryRun, status: l.Status}
 	if l.Body != "" {
@@ -181,7 +183,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	case "global":
 		base = "g/" + l.Name + "/" + cl.limit.Algorithm.String()
 	default:
-		return nil, fmt.Errorf("scope %q: want route or global", l.Scope)
+		return nil, checkScope(l.Scope)
 	}
 	for i, k := range keys {
 		kp, err := parseKeyPart(k)
@@ -369,6 +371,14 @@ func checkName(name string) error {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
 			return fmt.Errorf("name %q: use letters, digits, '_', '-' and '.'", name)
 		}
+	}
+	return nil
+}
+
+// checkScope checks a limit's scope: route or global.
+func checkScope(s string) error {
+	if s != "route" && s != "global" {
+		return fmt.Errorf("scope %q: want route or global", s)
 	}
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
-	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
 // parseLimitBlock reads `limit <name> { ... }` or `quota <name> { ... }`;
@@ -124,8 +123,8 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		if v != "route" && v != "global" {
-			return true, d.Errf("scope %q: want route or global", v)
+		if err := checkScope(v); err != nil {
+			return true, d.Err(err.Error())
 		}
 		l.Scope = v
 	case "exempt":
@@ -143,8 +142,8 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		if n < 400 || n > 599 {
-			return true, d.Errf("status %d: a denial needs a 4xx or 5xx status", n)
+		if err := checkStatus(n); err != nil {
+			return true, d.Err(err.Error())
 		}
 		l.Status = int(n)
 	case "body":
@@ -197,46 +196,13 @@ func (p *numbersParser) option(d *caddyfile.Dispenser, n *Numbers) (bool, error)
 		}
 		p.window = v
 	case "token_bucket":
-		if !d.NextArg() {
-			return true, d.ArgErr()
-		}
-		capacity, err := strconv.ParseInt(d.Val(), 10, 64)
-		if err != nil {
-			return true, d.Errf("token_bucket capacity %q is not a whole number", d.Val())
-		}
-		if capacity < 1 {
-			return true, d.Errf("token_bucket capacity must be at least 1, got %d", capacity)
-		}
-		count, dur, err := rateArg(d)
-		if err != nil {
+		if err := tokenBucketLine(d, n); err != nil {
 			return true, err
 		}
-		if d.NextArg() {
-			return true, d.ArgErr()
-		}
-		n.Algorithm = "token_bucket"
-		n.Limit, n.Refill, n.Window = capacity, count, caddy.Duration(dur)
 	case "gcra":
 		p.gcra = true
-		if d.NextArg() {
-			if d.Val() != "burst" {
-				d.Prev()
-				count, dur, err := rateArg(d)
-				if err != nil {
-					return true, err
-				}
-				n.Refill, n.Window = count, caddy.Duration(dur)
-			} else {
-				d.Prev()
-			}
-			if d.NextArg() {
-				if d.Val() != "burst" {
-					return true, d.ArgErr()
-				}
-				if err := p.burst(d, n); err != nil {
-					return true, err
-				}
-			}
+		if err := p.gcraLine(d, n); err != nil {
+			return true, err
 		}
 	case "burst":
 		if err := p.burst(d, n); err != nil {
@@ -263,6 +229,54 @@ func (p *numbersParser) option(d *caddyfile.Dispenser, n *Numbers) (bool, error)
 	}
 	p.seen[opt] = true
 	return true, nil
+}
+
+// tokenBucketLine reads `token_bucket <capacity> <n>/<duration>`.
+func tokenBucketLine(d *caddyfile.Dispenser, n *Numbers) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	capacity, err := strconv.ParseInt(d.Val(), 10, 64)
+	if err != nil {
+		return d.Errf("token_bucket capacity %q is not a whole number", d.Val())
+	}
+	if capacity < 1 {
+		return d.Errf("token_bucket capacity must be at least 1, got %d", capacity)
+	}
+	count, dur, err := rateArg(d)
+	if err != nil {
+		return err
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	n.Algorithm = "token_bucket"
+	n.Limit, n.Refill, n.Window = capacity, count, caddy.Duration(dur)
+	return nil
+}
+
+// gcraLine reads `gcra [<n>/<duration>] [burst <n>]`.
+func (p *numbersParser) gcraLine(d *caddyfile.Dispenser, n *Numbers) error {
+	if !d.NextArg() {
+		return nil
+	}
+	d.Prev()
+	if d.NextArg() && d.Val() != "burst" {
+		count, dur, err := rateArgHere(d)
+		if err != nil {
+			return err
+		}
+		n.Refill, n.Window = count, caddy.Duration(dur)
+	} else {
+		d.Prev()
+	}
+	if !d.NextArg() {
+		return nil
+	}
+	if d.Val() != "burst" {
+		return d.ArgErr()
+	}
+	return p.burst(d, n)
 }
 
 func (p *numbersParser) hasAlgorithm() bool {
@@ -401,148 +415,16 @@ func parseTierLines(lines [][]caddyfile.Token, l *Limit, window string) error {
 	return nil
 }
 
-// parseQuotaLine reads `quota <n> per day|week|month [at HH:MM] [in
-// <zone>]` inside a limit.
-func parseQuotaLine(d *caddyfile.Dispenser, n *Numbers) error {
-	count, err := args.Int(d, "per")
-	if err != nil {
-		return err
-	}
-	if count < 1 {
-		return d.Errf("quota must be at least 1, got %d", count)
-	}
-	if !d.NextArg() || d.Val() != "per" || !d.NextArg() {
-		return d.Errf("quota %d: want quota <n> per day|week|month", count)
-	}
-	cal := &CalendarConfig{Period: d.Val()}
-	for d.NextArg() {
-		switch d.Val() {
-		case "at":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			cal.At = d.Val()
-		case "in":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			cal.TimeZone = d.Val()
-		default:
-			return d.Errf("quota: unexpected %q (want at HH:MM or in <time zone>)", d.Val())
-		}
-	}
-	if _, err := cal.compile(); err != nil {
-		return d.Errf("quota: %v", err)
-	}
-	n.Algorithm, n.Limit, n.Calendar = "fixed_window", count, cal
-	return nil
-}
-
-// quotaSpec collects a quota block's limit and reset lines.
-type quotaSpec struct {
-	count    int64
-	period   string        // day, week or month
-	every    time.Duration // or a window of any length
-	aligned  bool
-	at, zone string
-	hasReset bool
-	resetTok caddyfile.Token
-}
-
-// parseLimit reads `limit <n> per day|week|month|<duration>
-// [anchored|aligned]`.
-func (q *quotaSpec) parseLimit(d *caddyfile.Dispenser) error {
-	count, err := args.Int(d, "per")
-	if err != nil {
-		return err
-	}
-	if count < 1 {
-		return d.Errf("limit must be at least 1, got %d", count)
-	}
-	if !d.NextArg() || d.Val() != "per" || !d.NextArg() {
-		return d.Errf("limit %d: want limit <n> per day|week|month|<duration>", count)
-	}
-	q.count = count
-	if _, err := limiter.ParsePeriod(d.Val()); err == nil {
-		q.period = d.Val()
-	} else {
-		dur, err := caddy.ParseDuration(d.Val())
-		if err != nil || dur <= 0 {
-			return d.Errf("limit %d per %q: want day, week, month or a duration such as 5m", count, d.Val())
-		}
-		q.every = dur
-	}
-	if d.NextArg() {
-		switch d.Val() {
-		case "anchored":
-		case "aligned":
-			q.aligned = true
-		default:
-			return d.Errf("limit: unexpected %q (want anchored or aligned)", d.Val())
-		}
-		if q.period != "" {
-			return d.Errf("a calendar quota is aligned to its reset time; %s goes with a duration", d.Val())
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
-}
-
-// parseReset reads `reset <HH:MM> [<time zone>]`.
-func (q *quotaSpec) parseReset(d *caddyfile.Dispenser) error {
-	q.resetTok = d.Token()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	q.at, q.hasReset = d.Val(), true
-	if d.NextArg() {
-		q.zone = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	cal := CalendarConfig{Period: "day", At: q.at, TimeZone: q.zone}
-	if _, err := cal.compile(); err != nil {
-		return d.Errf("reset: %v", err)
-	}
-	return nil
-}
-
-// settle makes a quota block's numbers. A quota is account-wide: global
-// unless its scope says otherwise.
-func (q *quotaSpec) settle(l *Limit) error {
-	if q.count == 0 {
-		return errors.New("no limit line: give limit <n> per day|week|month|<duration>")
-	}
-	if l.Scope == "" {
-		l.Scope = "global"
-	}
-	l.Limit = q.count
-	switch {
-	case q.period != "":
-		zone := q.zone
-		if zone == "UTC" {
-			zone = ""
-		}
-		l.Algorithm = "fixed_window"
-		l.Calendar = &CalendarConfig{Period: q.period, At: q.at, TimeZone: zone}
-	case q.hasReset:
-		return fmt.Errorf("reset goes with a limit per day, week or month, not per %s", q.every)
-	case q.aligned:
-		l.Algorithm, l.Window = "fixed_window", caddy.Duration(q.every)
-	default:
-		l.Algorithm, l.Window = "anchored_window", caddy.Duration(q.every)
-	}
-	return nil
-}
-
 // rateArg reads <n>/<duration> (or <n>/s, /m, /h, /d for one unit).
 func rateArg(d *caddyfile.Dispenser) (int64, time.Duration, error) {
 	if !d.NextArg() {
 		return 0, 0, d.ArgErr()
 	}
+	return rateArgHere(d)
+}
+
+// rateArgHere reads the current argument as <n>/<duration>.
+func rateArgHere(d *caddyfile.Dispenser) (int64, time.Duration, error) {
 	val := d.Val()
 	count, per, ok := strings.Cut(val, "/")
 	if !ok {

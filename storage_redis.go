@@ -385,92 +385,92 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("redis storage option %q given twice", opt)
 		}
 		seen[opt] = true
-		switch opt {
-		case "url":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			if err := r.setURL(d, v); err != nil {
-				return err
-			}
-		case "addrs":
-			r.Addrs = d.RemainingArgs()
-			if len(r.Addrs) == 0 {
-				return d.Err("addrs needs at least one host:port")
-			}
-			for _, a := range r.Addrs {
-				if err := checkAddr(a); err != nil {
-					return d.Err(err.Error())
-				}
-			}
-		case "master_name", "username", "password", "sentinel_password", "key_prefix":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			switch opt {
-			case "master_name":
-				r.MasterName = v
-			case "username":
-				r.Username = v
-			case "password":
-				r.Password = v
-			case "sentinel_password":
-				r.SentinelPassword = v
-			case "key_prefix":
-				if strings.ContainsAny(v, "{}") {
-					return d.Errf("key_prefix %q: '{' and '}' would change the keys' Cluster hash slots", v)
-				}
-				r.KeyPrefix = v
-			}
-		case "db":
-			n, err := args.Int(d)
-			if err != nil {
-				return err
-			}
-			if n < 0 || n > 1<<16 {
-				return d.Errf("db %d: want a database number", n)
-			}
-			r.DB = int(n)
-		case "tls":
-			if err := args.None(d); err != nil {
-				return err
-			}
-			r.TLS = true
-		case "timeout":
-			dur, err := args.Duration(d)
-			if err != nil {
-				return err
-			}
-			if dur <= 0 {
-				return d.Errf("timeout must be positive, got %s", dur)
-			}
-			r.Timeout = caddy.Duration(dur)
-		case "on_error":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			if _, err := storage.ParseOnError(v); err != nil {
-				return d.Err(err.Error())
-			}
-			r.OnError = v
-		case "clock":
-			v, err := args.One(d)
-			if err != nil {
-				return err
-			}
-			if v != "server" && v != "local" {
-				return d.Errf("clock %q: want server or local", v)
-			}
-			r.Clock = v
-		default:
-			return d.Errf("unknown redis storage option %q", opt)
+		if err := r.option(d, opt); err != nil {
+			return err
 		}
 	}
 	if err := r.Validate(); err != nil {
 		return args.ErrAt(start, "%v", err)
+	}
+	return nil
+}
+
+// option reads one option of the storage block.
+func (r *RedisStorage) option(d *caddyfile.Dispenser, opt string) error {
+	switch opt {
+	case "url", "master_name", "username", "password", "sentinel_password", "key_prefix", "on_error", "clock":
+		v, err := args.One(d)
+		if err != nil {
+			return err
+		}
+		return r.setString(d, opt, v)
+	case "addrs":
+		r.Addrs = d.RemainingArgs()
+		if len(r.Addrs) == 0 {
+			return d.Err("addrs needs at least one host:port")
+		}
+		for _, a := range r.Addrs {
+			if err := checkAddr(a); err != nil {
+				return d.Err(err.Error())
+			}
+		}
+	case "db":
+		n, err := args.Int(d)
+		if err != nil {
+			return err
+		}
+		if n < 0 || n > 1<<16 {
+			return d.Errf("db %d: want a database number", n)
+		}
+		r.DB = int(n)
+	case "tls":
+		if err := args.None(d); err != nil {
+			return err
+		}
+		r.TLS = true
+	case "timeout":
+		dur, err := args.Duration(d)
+		if err != nil {
+			return err
+		}
+		if dur <= 0 {
+			return d.Errf("timeout must be positive, got %s", dur)
+		}
+		r.Timeout = caddy.Duration(dur)
+	default:
+		return d.Errf("unknown redis storage option %q", opt)
+	}
+	return nil
+}
+
+// setString sets the option opt that takes one word, v.
+func (r *RedisStorage) setString(d *caddyfile.Dispenser, opt, v string) error {
+	switch opt {
+	case "url":
+		return r.setURL(d, v)
+	case "master_name":
+		r.MasterName = v
+	case "username":
+		r.Username = v
+	case "password":
+		r.Password = v
+	case "sentinel_password":
+		r.SentinelPassword = v
+	case "key_prefix":
+		if strings.ContainsAny(v, "{}") {
+			return d.Errf("key_prefix %q: '{' and '}' would change the keys' Cluster hash slots", v)
+		}
+		r.KeyPrefix = v
+	case "on_error":
+		if _, err := storage.ParseOnError(v); err != nil {
+			return d.Err(err.Error())
+		}
+		r.OnError = v
+	case "clock":
+		if v != "server" && v != "local" {
+			return d.Errf("clock %q: want server or local", v)
+		}
+		r.Clock = v
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package edgelimit
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,18 +8,17 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
@@ -29,9 +27,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	redistest.StopShared()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	e2e.RemoveBinaries()
 	os.Exit(code)
 }
 
@@ -480,124 +476,11 @@ func TestRedisOnErrorThroughCaddy(t *testing.T) {
 	expect(t, s.get("/local"), 429)
 }
 
-// binDir holds the caddy binary the tests build; TestMain removes it.
-var binDir string
-
-// caddyBinary builds Caddy with this plugin once for the tests that run it.
-var caddyBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "edgelimit-caddy-")
-	if err != nil {
-		return "", err
-	}
-	binDir = dir
-	bin := filepath.Join(dir, "caddy")
-	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/caddy").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func buildCaddy(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs the caddy binary")
-	}
-	bin, err := caddyBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
-// caddyProcess is a `caddy run` in a process of its own.
-type caddyProcess struct {
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	base string
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// caddyEnv keeps Caddy's files in dir, not in the user's home.
-func caddyEnv(dir string, extra ...string) []string {
-	return append(os.Environ(), append([]string{"HOME=" + dir, "XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir}, extra...)...)
-}
-
-// runCaddy starts `caddy run` with a Caddyfile on free ports (%PORT% and
-// %ADMIN% in it), waits until it answers, and stops it when the test ends.
-func runCaddy(t *testing.T, bin, caddyfile string, env ...string) *caddyProcess {
-	t.Helper()
-	dir := t.TempDir()
-	port := freePort(t)
-	caddyfile = strings.ReplaceAll(caddyfile, "%PORT%", strconv.Itoa(port))
-	caddyfile = strings.ReplaceAll(caddyfile, "%ADMIN%", strconv.Itoa(freePort(t)))
-	f := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(f, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := &caddyProcess{out: new(lockedBuffer), base: "http://127.0.0.1:" + strconv.Itoa(port)}
-	p.cmd = exec.Command(bin, "run", "--config", f, "--adapter", "caddyfile")
-	p.cmd.Env = caddyEnv(dir, env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-done
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(p.base + "/health")
-		if err == nil {
-			resp.Body.Close()
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("caddy did not answer on %s within 30s:\n%s", p.base, p.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *caddyProcess) get(t *testing.T, path string) int {
-	t.Helper()
-	resp, err := http.Get(p.base + path)
-	if err != nil {
-		t.Fatalf("GET %s: %v\n%s", path, err, p.out.String())
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 // Two Caddy instances sharing one Redis: requests alternating between them,
 // then from both at once, are admitted exactly up to the limit. The
 // password comes from the environment and appears in no log.
 func TestRedisTwoCaddyInstances(t *testing.T) {
-	bin := buildCaddy(t)
+	bin := e2e.CaddyBinary(t)
 	srv := redistest.Start(t)
 	const password = "tw0-instances-s3cret"
 	if err := srv.Client(t).ConfigSet(context.Background(), "requirepass", password).Err(); err != nil {
@@ -642,18 +525,18 @@ http://127.0.0.1:%PORT% {
 }
 `
 	env := "EDGELIMIT_E2E_REDIS_PASSWORD=" + password
-	a := runCaddy(t, bin, caddyfile, env)
-	b := runCaddy(t, bin, caddyfile, env)
+	a := e2e.Run(t, bin, caddyfile, env)
+	b := e2e.Run(t, bin, caddyfile, env)
 
 	ok := 0
 	for i := range 50 {
-		p := []*caddyProcess{a, b}[i%2]
-		switch code := p.get(t, "/alternate"); code {
+		p := []*e2e.Process{a, b}[i%2]
+		switch code := p.Get(t, "/alternate"); code {
 		case 200:
 			ok++
 		case 429:
 		default:
-			t.Fatalf("request %d: status %d\n%s", i, code, p.out.String())
+			t.Fatalf("request %d: status %d\n%s", i, code, p.Output())
 		}
 	}
 	if ok != 20 {
@@ -667,9 +550,9 @@ http://127.0.0.1:%PORT% {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := []*caddyProcess{a, b}[w%2]
+			p := []*e2e.Process{a, b}[w%2]
 			for range 10 {
-				resp, err := http.Get(p.base + "/burst")
+				resp, err := http.Get(p.Base + "/burst")
 				code := -1
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
@@ -686,9 +569,9 @@ http://127.0.0.1:%PORT% {
 	if codes[200] != 30 || codes[429] != 50 {
 		t.Fatalf("80 concurrent requests on two instances for a bucket of 30: %v", codes)
 	}
-	for _, p := range []*caddyProcess{a, b} {
-		if strings.Contains(p.out.String(), password) {
-			t.Fatalf("the password is in the logs:\n%s", p.out.String())
+	for _, p := range []*e2e.Process{a, b} {
+		if strings.Contains(p.Output(), password) {
+			t.Fatalf("the password is in the logs:\n%s", p.Output())
 		}
 	}
 }
@@ -696,7 +579,7 @@ http://127.0.0.1:%PORT% {
 // `caddy validate` rejects bad Redis settings with their line, accepts good
 // ones, and does not fail when Redis is unreachable.
 func TestRedisCaddyValidate(t *testing.T) {
-	bin := buildCaddy(t)
+	bin := e2e.CaddyBinary(t)
 	dir := t.TempDir()
 	validate := func(storageBlock string, env ...string) (string, error) {
 		f := filepath.Join(dir, "Caddyfile")
@@ -704,10 +587,7 @@ func TestRedisCaddyValidate(t *testing.T) {
 		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "validate", "--config", f, "--adapter", "caddyfile")
-		cmd.Env = caddyEnv(dir, env...)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		return e2e.Command(bin, dir, env, "validate", "--config", f, "--adapter", "caddyfile")
 	}
 	for _, c := range []struct{ block, want string }{
 		{"storage redis redis://user:hunter2@127.0.0.1:notaport/0", `invalid port`},

@@ -105,7 +105,7 @@ func startCacheSite(t *testing.T, body string, up *upstream) *e2e.Site {
 	return e2e.Start(t, strings.ReplaceAll(body, "%UPSTREAM%", up.addr()))
 }
 
-func TestCacheIssueCaddyfile(t *testing.T) {
+func TestCacheServesHitsWithoutCounting(t *testing.T) {
 	clk := e2e.FakeClock(t)
 	up := newUpstream(t, api)
 	s := startCacheSite(t, cacheIssueCaddyfile, up)

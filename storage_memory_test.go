@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )

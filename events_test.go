@@ -1,0 +1,197 @@
+package edgelimit
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// recorder is an events handler for tests: it keeps every event it gets.
+type recorder struct{}
+
+var (
+	recordedMu sync.Mutex
+	recorded   []caddy.Event
+)
+
+func init() { caddy.RegisterModule(recorder{}) }
+
+func (recorder) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "events.handlers.edge_limit_test_recorder", New: func() caddy.Module { return new(recorder) }}
+}
+
+func (recorder) Handle(_ context.Context, e caddy.Event) error {
+	recordedMu.Lock()
+	recorded = append(recorded, e)
+	recordedMu.Unlock()
+	return nil
+}
+
+func (*recorder) UnmarshalCaddyfile(d *caddyfile.Dispenser) error { d.Next(); return nil }
+
+func resetRecorded() {
+	recordedMu.Lock()
+	recorded = nil
+	recordedMu.Unlock()
+}
+
+// eventsFor waits (bounded) until n events for limit arrived, and returns
+// what arrived.
+func eventsFor(t *testing.T, limit string, n int) []caddy.Event {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		recordedMu.Lock()
+		var got []caddy.Event
+		for _, e := range recorded {
+			if e.Data["limit"] == limit {
+				got = append(got, e)
+			}
+		}
+		recordedMu.Unlock()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestEventsOncePerWindowAndKeyDisplay(t *testing.T) {
+	clk := fakeClock(t)
+	resetRecorded()
+	s := startSite(t, `
+{
+	events {
+		on edge_limit.exceeded edge_limit_test_recorder
+	}
+}
+%ADDR% {
+	edge_limit /raw* {
+		limit rawkey {
+			key {header.X-Token}
+			rate 1/1m
+		}
+		show_key raw
+		body "{edge_limit.key}"
+		content_type text/plain
+	}
+	edge_limit /hashed* {
+		limit hashedkey {
+			key {header.X-Token}
+			rate 1/1m
+			window anchored
+		}
+		body "{edge_limit.key}"
+		content_type text/plain
+	}
+	edge_limit /dry* {
+		limit drykey {
+			key {header.X-Token}
+			rate 1/1m
+			dry_run
+		}
+	}
+	respond "ok"
+}`)
+	expect(t, s.get("/raw", "X-Token", "secret-1"), 200)
+	for range 3 {
+		expect(t, s.get("/raw", "X-Token", "secret-1"), 429, "body", "secret-1")
+	}
+	got := eventsFor(t, "rawkey", 1)
+	if len(got) != 1 {
+		t.Fatalf("%d events for the first window, want 1", len(got))
+	}
+	e := got[0]
+	if e.Name() != "edge_limit.exceeded" || e.Data["key"] != "secret-1" || e.Data["dry_run"] != false || e.Data["retry_after"] != int64(60) {
+		t.Fatalf("event %s %v", e.Name(), e.Data)
+	}
+	// The next window's first denial is reported again.
+	clk.Add(time.Minute)
+	expect(t, s.get("/raw", "X-Token", "secret-1"), 200)
+	expect(t, s.get("/raw", "X-Token", "secret-1"), 429)
+	if got := eventsFor(t, "rawkey", 2); len(got) != 2 {
+		t.Fatalf("%d events after two windows, want 2", len(got))
+	}
+
+	expect(t, s.get("/hashed", "X-Token", "secret-2"), 200)
+	r := s.get("/hashed", "X-Token", "secret-2")
+	if r.status != 429 || len(r.body) != 16 || strings.Contains(r.body, "secret") {
+		t.Fatalf("hashed key shown as %q", r.body)
+	}
+	if got := eventsFor(t, "hashedkey", 1); len(got) != 1 || got[0].Data["key"] != r.body {
+		t.Fatalf("hashed events %v", got)
+	}
+
+	expect(t, s.get("/dry", "X-Token", "t"), 200)
+	expect(t, s.get("/dry", "X-Token", "t"), 200)
+	expect(t, s.get("/dry", "X-Token", "t"), 200)
+	if got := eventsFor(t, "drykey", 1); len(got) != 1 || got[0].Data["dry_run"] != true {
+		t.Fatalf("dry-run events %v", got)
+	}
+}
+
+func TestWebhookDeliversEvents(t *testing.T) {
+	fakeClock(t)
+	var mu sync.Mutex
+	var bodies []map[string]any
+	var auth []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		var v map[string]any
+		_ = json.Unmarshal(b, &v)
+		mu.Lock()
+		bodies = append(bodies, v)
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	t.Setenv("EDGE_HOOK_TOKEN", "Bearer s3cret")
+	s := startSite(t, `
+{
+	events {
+		on edge_limit.exceeded edge_limit_webhook `+hook.URL+` {
+			header Authorization {env.EDGE_HOOK_TOKEN}
+			timeout 2s
+		}
+	}
+}
+%ADDR% {
+	edge_limit {
+		limit hooked {
+			rate 1/1m
+		}
+	}
+	respond "ok"
+}`)
+	expect(t, s.get("/"), 200)
+	expect(t, s.get("/"), 429)
+	expect(t, s.get("/"), 429)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		n := len(bodies)
+		mu.Unlock()
+		if n >= 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bodies) != 1 {
+		t.Fatalf("%d deliveries, want 1", len(bodies))
+	}
+	data, _ := bodies[0]["data"].(map[string]any)
+	if bodies[0]["type"] != "edge_limit.exceeded" || data["limit"] != "hooked" || auth[0] != "Bearer s3cret" {
+		t.Fatalf("delivery %v, auth %q", bodies[0], auth[0])
+	}
+}

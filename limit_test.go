@@ -1,0 +1,125 @@
+package edgelimit
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func TestTiersSelectNumbers(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	map {header.X-Api-Key} {tier} {
+		gold-key TIER_1
+		default  BASE
+	}
+	edge_limit {
+		limit DEFAULT {
+			key {header.X-Org-Id} {header.X-Api-Key} {client_ip}
+			tier {tier} {
+				BASE token_bucket 2 1/1s
+				TIER_1 token_bucket 4 2/1s
+			}
+			token_bucket 1 1/10s
+		}
+		body "{\"tier\":\"{edge_limit.tier}\",\"type\":\"{edge_limit.name}\",\"retry\":\"{edge_limit.retry_after_human}\"}"
+	}
+	respond "ok"
+}`)
+	for range 4 {
+		expect(t, s.get("/", "X-Api-Key", "gold-key"), 200, "X-RateLimit-Limit", "4")
+	}
+	expect(t, s.get("/", "X-Api-Key", "gold-key"), 429, "body", `{"tier":"TIER_1","type":"DEFAULT","retry":"1 second"}`)
+	for range 2 {
+		expect(t, s.get("/", "X-Api-Key", "plain-key"), 200, "X-RateLimit-Limit", "2")
+	}
+	expect(t, s.get("/", "X-Api-Key", "plain-key"), 429, "body", `{"tier":"BASE","type":"DEFAULT","retry":"1 second"}`)
+}
+
+func TestSplitEnforcesShortWindows(t *testing.T) {
+	clk := fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	edge_limit {
+		limit app {
+			key {header.X-App}
+			rate 60/1m
+			split 10s
+		}
+		headers x-ratelimit time
+	}
+	respond "ok"
+}`)
+	start := clk.Now()
+	for i := range 10 {
+		expect(t, s.get("/", "X-App", "a"), 200, "X-RateLimit-Limit", "10", "X-RateLimit-Time", "10")
+		_ = i
+	}
+	expect(t, s.get("/", "X-App", "a"), 429, "X-RateLimit-Reset", strconv.FormatInt(start.Add(10*time.Second).Unix(), 10))
+	clk.Add(10 * time.Second)
+	expect(t, s.get("/", "X-App", "a"), 200, "X-RateLimit-Remaining", "9")
+}
+
+func TestProvisionRejectsBadLimits(t *testing.T) {
+	sec := caddy.Duration(time.Second)
+	cases := []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5}}}}, "shorter than the minimum"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Algorithm: "leaky", Limit: 5, Window: sec}}}}, "unknown algorithm"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Algorithm: "token_bucket", Limit: 5, Window: sec}}}}, "refill rate"},
+		{Handler{Limits: []*Limit{{Name: "", Numbers: Numbers{Limit: 5, Window: sec}}}}, "needs a name"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Key: []string{""}}}}, "empty key part"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Headers: "loud"}, "headers"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, ShowKey: "plain"}, "show_key"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Use: []string{"nope"}}, "no such limit"},
+		{Handler{Limits: []*Limit{{Name: "a", Tier: "{http.vars.tier}", Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "no known tier need numbers"},
+		{Handler{Limits: []*Limit{{Name: "a", Tier: "{http.vars.tier}", DefaultTier: "T9", Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "not one of the tiers"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "tier placeholder"},
+		{Handler{Limits: []*Limit{{Name: "a", Tier: "{t}", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Algorithm: "token_bucket", Limit: 5, Refill: 1, Window: sec}}}}}, "one algorithm"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec, Split: caddy.Duration(7 * time.Millisecond)}}}}, "equal parts"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Exempt: []string{"a"}}}}, "cannot exempt itself"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Status: 302}}}, "status 302"},
+	}
+	for _, c := range cases {
+		err := validateHandler(t, &c.h)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: error %v, want %q", c.h, err, c.want)
+		}
+	}
+	if err := (&Handler{Status: 302}).Validate(); err == nil {
+		t.Error("status 302 accepted")
+	}
+}
+
+// validateHandler provisions a handler inside a whole config, as `caddy
+// validate` does.
+func validateHandler(t *testing.T, h *Handler) error {
+	t.Helper()
+	raw, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var obj map[string]any
+	_ = json.Unmarshal(raw, &obj)
+	obj["handler"] = "edge_limit"
+	cfg := map[string]any{
+		"admin": map[string]any{"disabled": true},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"s": map[string]any{
+			"listen": []string{"127.0.0.1:0"},
+			"routes": []any{map[string]any{"handle": []any{obj}}},
+		}}}},
+	}
+	b, _ := json.Marshal(cfg)
+	var c caddy.Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return caddy.Validate(&c)
+}
