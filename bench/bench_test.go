@@ -123,14 +123,45 @@ func TestReportAndChart(t *testing.T) {
 		t.Errorf("table:\n%s\nmarkdown:\n%s", r.table(), r.markdown("chart.svg"))
 	}
 
-	readme := filepath.Join(t.TempDir(), "README.md")
-	os.WriteFile(readme, []byte("# x\n\n"+readmeBegin+"\nold\n"+readmeEnd+"\nafter\n"), 0o644)
-	if err := updateReadme(readme, "new\n"); err != nil {
+	doc := filepath.Join(t.TempDir(), "benchmarks.md")
+	os.WriteFile(doc, []byte("# x\n\n"+resultsBegin+"\nold\n"+resultsEnd+"\nafter\n"), 0o644)
+	if err := updateDoc(doc, "new\n"); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(readme)
-	if want := "# x\n\n" + readmeBegin + "\nnew\n" + readmeEnd + "\nafter\n"; string(b) != want {
-		t.Errorf("README:\n%s", b)
+	b, _ := os.ReadFile(doc)
+	if want := "# x\n\n" + resultsBegin + "\nnew\n" + resultsEnd + "\nafter\n"; string(b) != want {
+		t.Errorf("docs/benchmarks.md:\n%s", b)
+	}
+}
+
+// The default page of -doc has the block the bench rewrites, and links the
+// chart from where it is.
+func TestDocBlock(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "docs", "benchmarks.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i, j := strings.Index(s, resultsBegin), strings.Index(s, resultsEnd)
+	if i < 0 || j < i {
+		t.Fatalf("docs/benchmarks.md has no %q ... %q block", resultsBegin, resultsEnd)
+	}
+	if !strings.Contains(s[i:j], "](../bench/results/chart.svg)") {
+		t.Errorf("docs/benchmarks.md does not link ../bench/results/chart.svg")
+	}
+}
+
+func TestChartLink(t *testing.T) {
+	root := t.TempDir()
+	chart := filepath.Join(root, "bench", "results", "chart.svg")
+	for _, c := range []struct{ doc, chart, want string }{
+		{filepath.Join(root, "docs", "benchmarks.md"), chart, "../bench/results/chart.svg"},
+		{filepath.Join(root, "README.md"), chart, "bench/results/chart.svg"},
+		{filepath.Join(root, "docs", "benchmarks.md"), "/elsewhere/chart.svg", "/elsewhere/chart.svg"},
+	} {
+		if got := chartLink(root, c.doc, c.chart); got != c.want {
+			t.Errorf("chartLink(%s, %s) = %q, want %q", c.doc, c.chart, got, c.want)
+		}
 	}
 }
 

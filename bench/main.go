@@ -9,12 +9,12 @@
 // instances sharing Redis admit exactly the limit per window, and runs
 // storage's bytes-per-key benchmark at 1,000,000 keys.
 //
-//	go run ./bench                  # the full run, about 8 minutes; writes bench/results and README.md
+//	go run ./bench                  # the full run, about 8 minutes; writes bench/results and docs/benchmarks.md
 //	go run ./bench -smoke           # a few seconds per configuration; CI runs it
 //	go run ./bench -only plain,memory-1 -rounds 3 -duration 5s
 //
 // Every process is pinned: each Caddy (GOMAXPROCS=1, GOGC=100) on CPU 0;
-// wrk, Redis and the upstream on CPU 1. See README.md, "Benchmarks".
+// wrk, Redis and the upstream on CPU 1. See docs/benchmarks.md.
 package main
 
 import (
@@ -40,7 +40,7 @@ type options struct {
 	conns      int
 	only       map[string]bool
 	out        string
-	readme     string
+	doc        string
 	smoke      bool
 	keep       bool
 	caddyBin   string
@@ -68,7 +68,7 @@ func main() {
 	flag.IntVar(&opt.conns, "conns", 64, "wrk connections")
 	flag.StringVar(&only, "only", "", "comma-separated subset of: "+strings.Join(allNames(), ","))
 	flag.StringVar(&opt.out, "out", filepath.Join("bench", "results"), "directory for results.json, chart.svg and results.md")
-	flag.StringVar(&opt.readme, "readme", "README.md", "README whose benchmark block to rewrite (\"\": none; never with -smoke or -only)")
+	flag.StringVar(&opt.doc, "doc", filepath.Join("docs", "benchmarks.md"), "page whose benchmark block to rewrite, relative to the module root unless absolute (\"\": none; none by default with -smoke or -only)")
 	flag.BoolVar(&opt.smoke, "smoke", false, "one short round, results in a temporary directory unless -out is given: checks that everything starts and answers, not numbers")
 	flag.BoolVar(&opt.keep, "keep", false, "keep the temporary directory (Caddyfiles, logs)")
 	flag.StringVar(&opt.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
@@ -103,15 +103,15 @@ func main() {
 		if !set["out"] {
 			opt.out = ""
 		}
-		if !set["readme"] {
-			opt.readme = ""
+		if !set["doc"] {
+			opt.doc = ""
 		}
 		if !set["retries"] {
 			opt.retries = 0
 		}
 	}
-	if opt.only != nil && !set["readme"] {
-		opt.readme = ""
+	if opt.only != nil && !set["doc"] {
+		opt.doc = ""
 	}
 	if opt.rounds < 1 || opt.duration < time.Second || opt.conns < 1 {
 		fmt.Fprintln(os.Stderr, "bench: need -rounds >= 1, -duration >= 1s, -conns >= 1")
@@ -344,15 +344,15 @@ func run(ctx context.Context, opt *options) (err error) {
 	} else {
 		fmt.Println("wrote", filepath.Join(out, "results.json"), filepath.Join(out, "chart.svg"), filepath.Join(out, "results.md"))
 	}
-	if opt.readme != "" {
-		rel, err := filepath.Rel(root, filepath.Join(out, "chart.svg"))
-		if err != nil || strings.HasPrefix(rel, "..") {
-			rel = filepath.Join(out, "chart.svg")
+	if opt.doc != "" {
+		doc := opt.doc
+		if !filepath.IsAbs(doc) {
+			doc = filepath.Join(root, doc)
 		}
-		if err := updateReadme(filepath.Join(root, opt.readme), res.markdown(filepath.ToSlash(rel))); err != nil {
+		if err := updateDoc(doc, res.markdown(chartLink(root, doc, filepath.Join(out, "chart.svg")))); err != nil {
 			return err
 		}
-		fmt.Println("updated the benchmark block of", opt.readme)
+		fmt.Println("updated the benchmark block of", opt.doc)
 	}
 	return nil
 }

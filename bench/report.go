@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -330,7 +331,8 @@ func (r *results) targetLines() string {
 	return b.String()
 }
 
-// markdown is the README's block: machine, chart, table, targets.
+// markdown is the block of docs/benchmarks.md: machine, chart, table,
+// targets. chartPath is the chart as the page links it.
 func (r *results) markdown(chartPath string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Measured on %s.\n%s; %s.\n\n", r.machineLine(), r.settingsLine(), r.noiseLine())
@@ -376,23 +378,44 @@ func (r *results) markdown(chartPath string) string {
 }
 
 const (
-	readmeBegin = "<!-- bench:results:begin (written by go run ./bench) -->"
-	readmeEnd   = "<!-- bench:results:end -->"
+	resultsBegin = "<!-- bench:results:begin (written by go run ./bench) -->"
+	resultsEnd   = "<!-- bench:results:end -->"
 )
 
-// updateReadme replaces the block between the markers.
-func updateReadme(path, block string) error {
+// updateDoc replaces the block between the markers of the page at path.
+func updateDoc(path, block string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
 	s := string(b)
-	i, j := strings.Index(s, readmeBegin), strings.Index(s, readmeEnd)
+	i, j := strings.Index(s, resultsBegin), strings.Index(s, resultsEnd)
 	if i < 0 || j < i {
-		return fmt.Errorf("%s has no %q ... %q block", path, readmeBegin, readmeEnd)
+		return fmt.Errorf("%s has no %q ... %q block", path, resultsBegin, resultsEnd)
 	}
-	s = s[:i+len(readmeBegin)] + "\n" + block + s[j:]
+	s = s[:i+len(resultsBegin)] + "\n" + block + s[j:]
 	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// chartLink is the chart's path as the page at doc links it: relative to
+// the page's directory when the chart is inside the module at root (so
+// docs/benchmarks.md links ../bench/results/chart.svg), else as given.
+func chartLink(root, doc, chart string) string {
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
+	root, doc, chart = abs(root), abs(doc), abs(chart)
+	if in, err := filepath.Rel(root, chart); err != nil || in == ".." || strings.HasPrefix(in, ".."+string(filepath.Separator)) {
+		return filepath.ToSlash(chart)
+	}
+	rel, err := filepath.Rel(filepath.Dir(doc), chart)
+	if err != nil {
+		return filepath.ToSlash(chart)
+	}
+	return filepath.ToSlash(rel)
 }
 
 func xmlText(s string) string {

@@ -11,9 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -376,31 +374,4 @@ func TestClickwrap(t *testing.T) {
 	e2e.Expect(t, x.Get("/activity/send?sid=site-1"), 429, "Retry-After", "60")
 	x.times(t, 60, 200, "/activity/send")
 	e2e.Expect(t, x.Get("/activity/send"), 429, "X-RateLimit-Limit", "60")
-}
-
-// The README shows each example as it is.
-func TestReadmeShowsExamples(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := filepath.Glob("*.Caddyfile")
-	if err != nil || len(files) != 5 {
-		t.Fatalf("examples: %v %v", files, err)
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines := strings.Split(string(b), "\n")
-		i := 0
-		for i < len(lines) && (strings.HasPrefix(lines[i], "#") || lines[i] == "") {
-			i++
-		}
-		code := strings.TrimRight(strings.Join(lines[i:], "\n"), "\n")
-		if !strings.Contains(string(readme), "```caddyfile\n"+code+"\n```") {
-			t.Errorf("README.md does not show %s as it is", f)
-		}
-	}
 }
