@@ -71,17 +71,11 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
 		return nil, err
 	}
-	if handler.Zone == "" {
-		// Counters of route limits belong to this directive: derive the
-		// zone from what the directive says, so that it stays the same
-		// across reloads.
-		z, err := zone.Derive(h.State, "edge_limit.zones", &handler)
-		if err != nil {
-			return nil, err
-		}
-		handler.Zone = z
-	}
-	return &handler, nil
+	// Counters of route limits belong to this directive: the zone comes
+	// from what the directive says, so that it stays the same across
+	// reloads.
+	err := zone.Default(h.State, "edge_limit.zones", &handler, &handler.Zone)
+	return &handler, err
 }
 
 // UnmarshalCaddyfile reads the edge_limit directive's tokens.

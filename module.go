@@ -10,7 +10,8 @@
 //
 //	module.go           registration, the edge_limit app (global option)
 //	caddyfile.go        the edge_limit directive and global option
-//	limit_caddyfile.go  the limit, quota and tier grammar
+//	limit_caddyfile.go  the limit and tier grammar
+//	quota_caddyfile.go  the quota grammar
 //	handler.go          the handler: config, provisioning, request path
 //	limit.go            limits and their numbers, checked and compiled
 //	keys.go             client keys

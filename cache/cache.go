@@ -1,8 +1,8 @@
 // Package cache is a Bloom-compatible HTTP response cache: how a request
 // maps to a key, which responses may be stored and for how long, the stored
 // entries, the stores that keep them (memory and Redis), and request
-// coalescing. It knows nothing of Caddy: the edge_cache handler in the root
-// package puts it in front of an upstream.
+// coalescing. It knows nothing of Caddy: the edge_cache handler (package
+// edgecache) puts it in front of an upstream.
 //
 // The behaviour follows Bloom (github.com/valeriansaliou/bloom), which API
 // clients already rely on: GET, HEAD and OPTIONS are cacheable; a fixed list
@@ -11,6 +11,10 @@
 // Bloom-Request-Shard request header selects one of 16 namespaces; the
 // Authorization header is part of the key, hashed; and every response says
 // what the cache did in Bloom-Status.
+//
+// A new store implements Store (memory.go and redis.go are the two here, and
+// store_test.go's table runs against both); the edge_cache module offers it
+// as a module of the edge_cache.storage namespace in edgecache/storage.go.
 package cache
 
 import (

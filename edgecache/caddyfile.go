@@ -41,17 +41,10 @@ func parseCacheDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 	if err := c.UnmarshalCaddyfile(h.Dispenser); err != nil {
 		return nil, err
 	}
-	if c.Zone == "" {
-		// Entries belong to this directive: derive the zone from what it
-		// says, so that it stays the same across reloads and on every
-		// instance.
-		z, err := zone.Derive(h.State, "edge_cache.zones", &c)
-		if err != nil {
-			return nil, err
-		}
-		c.Zone = z
-	}
-	return &c, nil
+	// Entries belong to this directive: the zone comes from what it says,
+	// so that it stays the same across reloads and on every instance.
+	err := zone.Default(h.State, "edge_cache.zones", &c, &c.Zone)
+	return &c, err
 }
 
 // UnmarshalCaddyfile reads the edge_cache directive's tokens.

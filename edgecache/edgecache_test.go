@@ -2,6 +2,7 @@ package edgecache
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -268,5 +269,32 @@ func TestCacheEventStreamPassesThrough(t *testing.T) {
 	}
 	if flushed.Load() != 6 {
 		t.Fatalf("%d flushes", flushed.Load())
+	}
+}
+
+// TestStorageJSONReadsEarlierForms: the storage field of earlier versions,
+// a backend's name with redis_prefix beside it, loads as the module form.
+func TestStorageJSONReadsEarlierForms(t *testing.T) {
+	for _, c := range []struct {
+		raw, prefix, want string
+	}{
+		{"", "", `{"backend":"memory"}`},
+		{`"memory"`, "", `{"backend":"memory"}`},
+		{`"redis"`, "", `{"backend":"redis"}`},
+		{`"redis"`, "api:", `{"backend":"redis","prefix":"api:"}`},
+		{`{"backend":"redis","prefix":"x:"}`, "", `{"backend":"redis","prefix":"x:"}`},
+	} {
+		got, err := storageJSON(json.RawMessage(c.raw), c.prefix)
+		if err != nil || string(got) != c.want {
+			t.Errorf("%s with prefix %q: %s, %v; want %s", c.raw, c.prefix, got, err, c.want)
+		}
+	}
+	if _, err := storageJSON(json.RawMessage(`"disk"`), ""); err == nil {
+		t.Error(`"disk" is accepted`)
+	}
+	// A handler configured the old way provisions with the memory module.
+	c := newTestCache(t, &Handler{Zone: "old", StorageRaw: json.RawMessage(`"memory"`)})
+	if _, ok := c.store.(*cache.Memory); !ok {
+		t.Fatalf("store %T", c.store)
 	}
 }

@@ -7,6 +7,11 @@
 // Time is counted in whole microseconds since the Unix epoch: fine enough for
 // any rate an HTTP edge sees, and small enough that a Lua double (53 bits)
 // holds it exactly, which keeps the two implementations in agreement.
+//
+// A new algorithm is an Algorithm constant with its name here, its Take and
+// Refund arithmetic (and what Validate and ResultWindow say of it), the same
+// arithmetic in the Lua of storage/redis_script.go, and its Caddyfile words
+// in the root package's limit_caddyfile.go. Nothing else knows algorithms.
 package limiter
 
 import (

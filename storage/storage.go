@@ -3,6 +3,14 @@
 // the limits of one request at once, so that a request denied by one limit
 // consumes nothing from the others, and a networked store can do it in one
 // round trip.
+//
+// A new store implements Store, decides with limiter.Limit's arithmetic
+// through allOrNothing, and passes the conformance table of package
+// storetest (see memory_test.go); the root package makes it a Caddy module
+// in a file storage_<name>.go. Memory is memory.go; Redis is redis.go (life
+// cycle, failure policy), redis_codec.go (keys, arguments and replies),
+// redis_script.go (the Lua), redis_pipe.go (batching) and redis_cluster.go
+// (requests across hash slots).
 package storage
 
 import (

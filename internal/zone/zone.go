@@ -26,6 +26,16 @@ func Of(v any) (string, error) {
 	return Hash(string(text)), nil
 }
 
+// Default sets *z, when it is empty, to the zone Derive names for v.
+func Default(state map[string]any, key string, v any, z *string) error {
+	if *z != "" {
+		return nil
+	}
+	name, err := Derive(state, key, v)
+	*z = name
+	return err
+}
+
 // Derive names the zone of a directive whose configuration is v, in the
 // Caddyfile being adapted (state is the adapter's state, shared by the
 // directives of one Caddyfile; key separates kinds of directives). The
