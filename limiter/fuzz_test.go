@@ -58,3 +58,30 @@ func FuzzTake(f *testing.F) {
 		}
 	})
 }
+
+// FuzzExtremeNumbers drives limits with numbers up to the bounds: whatever
+// Validate accepts gives times that are never negative and never in the
+// past (a bucket that takes centuries to refill once answered a reset
+// before now, the float backlog overflowing int64).
+func FuzzExtremeNumbers(f *testing.F) {
+	f.Add(uint8(3), int64(1_000_000_000_000), int64(366*24*3600*1_000_000), int64(1), int64(1), uint16(3))
+	f.Add(uint8(4), int64(MaxQuota), int64(1000), int64(1), int64(MaxQuota), uint16(1))
+	f.Add(uint8(0), int64(MaxQuota), int64(MaxWindow/time.Microsecond), int64(MaxQuota), int64(MaxQuota), uint16(500))
+	f.Add(uint8(2), int64(1), int64(MaxWindow/time.Microsecond), int64(1), int64(1), uint16(60000))
+	f.Fuzz(func(t *testing.T, alg uint8, quota, windowUS, rate, cost int64, steps uint16) {
+		l := Limit{Algorithm: Algorithm(alg%5 + 1), Quota: quota, Window: time.Duration(windowUS) * time.Microsecond, Rate: rate}
+		if windowUS <= 0 || windowUS > int64(MaxWindow/time.Microsecond) || l.Validate() != nil || cost < 1 || cost > quota {
+			return
+		}
+		var s State
+		now := base
+		for i := range int(steps%64) + 1 {
+			var r Result
+			l.Take(&s, &r, now, cost)
+			if r.Reset < 0 || r.RetryAfter < 0 || r.Window < 0 || r.ResetAt < now || r.Remaining < 0 || s.Expires < 0 {
+				t.Fatalf("%s quota %d window %s rate %d cost %d, step %d: %+v, state %+v", l.Algorithm, quota, l.Window, rate, cost, i, r, s)
+			}
+			now += int64(i) * windowUS / 7
+		}
+	})
+}

@@ -74,6 +74,10 @@ const (
 	MaxQuota  = 1 << 40 // about 10^12 requests per window
 	MaxWindow = 366 * 24 * time.Hour
 	MinWindow = time.Millisecond // below this, clock resolution and network jitter dominate
+	// MaxRefill bounds the time a token bucket or GCRA takes to fill from
+	// empty (Window x Quota / Rate), so that every time derived from it
+	// (Reset, RetryAfter, a key's expiry) fits a time.Duration with room.
+	MaxRefill = 100 * 365 * 24 * time.Hour
 )
 
 // Limit is one limit's numbers. It is a small value type: copy it freely.
@@ -149,6 +153,10 @@ func (l Limit) Validate() error {
 		}
 		if l.Rate > MaxQuota {
 			return fmt.Errorf("refill rate %d is larger than the maximum %d", l.Rate, int64(MaxQuota))
+		}
+		if float64(l.Window)*float64(l.Quota)/float64(l.Rate) > float64(MaxRefill) {
+			return fmt.Errorf("%s %d refilled at %d per %s takes longer than %s to refill from empty: use a calendar quota for such a long period",
+				what, l.Quota, l.Rate, l.Window, "100 years")
 		}
 	}
 	return nil
