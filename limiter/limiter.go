@@ -317,7 +317,7 @@ func (l *Limit) count(s *State, r *Result, cost, untilEnd int64) {
 		r.Remaining = l.Quota - s.Count
 		return
 	}
-	r.Remaining = max(l.Quota-s.Count, 0)
+	r.Remaining = max64(l.Quota-s.Count, 0)
 	r.RetryAfter = us(untilEnd)
 	r.FirstDenial = !s.Denied
 	s.Denied = true
@@ -393,7 +393,7 @@ func slidingRetry(prev, curr, cost, q, elapsed, w int64) int64 {
 	// In the next window curr becomes the previous count; wait until
 	// curr*(w-e)/w + cost <= q.
 	e := w - int64(math.Floor(float64(q-cost)*float64(w)/float64(curr)))
-	return w - elapsed + max(e, 0)
+	return w - elapsed + max64(e, 0)
 }
 
 // takeTAT is the token bucket and GCRA: both are a backlog of time. Each unit
@@ -404,7 +404,7 @@ func slidingRetry(prev, curr, cost, q, elapsed, w int64) int64 {
 func (l *Limit) takeTAT(s *State, r *Result, now, cost int64) {
 	interval := float64(l.Window.Microseconds()) / float64(l.Rate)
 	tau := interval * float64(l.Quota)
-	debt := s.Debt - float64(max(now-s.Start, 0))
+	debt := s.Debt - float64(max64(now-s.Start, 0))
 	if s.Start == 0 || debt < 0 {
 		debt = 0
 	}
@@ -425,7 +425,7 @@ func (l *Limit) takeTAT(s *State, r *Result, now, cost int64) {
 	r.FirstDenial = !s.Denied
 	s.Denied = true
 	// Keep the denial mark at least until the request could pass.
-	s.Expires = max(s.Expires, now+int64(math.Ceil(next-tau)))
+	s.Expires = max64(s.Expires, now+int64(math.Ceil(next-tau)))
 }
 
 // Refund gives back cost units that Take counted earlier, when the request
@@ -439,22 +439,22 @@ func (l *Limit) Refund(s *State, now, cost int64) {
 			return
 		}
 		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
-		debt := s.Debt - float64(max(now-s.Start, 0))
-		s.Start, s.Debt = now, max(debt-float64(cost)*interval, 0)
+		debt := s.Debt - float64(max64(now-s.Start, 0))
+		s.Start, s.Debt = now, maxFloat(debt-float64(cost)*interval, 0)
 	case AnchoredWindow:
 		if now < s.Start+l.Window.Microseconds() {
-			s.Count = max(s.Count-cost, 0)
+			s.Count = max64(s.Count-cost, 0)
 		}
 	case SlidingWindow:
 		// Counted in this window, or in the previous one that is not yet
 		// shifted into Prev.
 		start, end := l.Bounds(now)
 		if s.Start == start || s.Start == start-(end-start) {
-			s.Count = max(s.Count-cost, 0)
+			s.Count = max64(s.Count-cost, 0)
 		}
 	default:
 		if start, _ := l.Bounds(now); s.Start == start {
-			s.Count = max(s.Count-cost, 0)
+			s.Count = max64(s.Count-cost, 0)
 		}
 	}
 }
@@ -464,5 +464,27 @@ func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 // whole rounds a count of units down, forgiving float noise just below an
 // integer, and never below zero.
 func whole(x float64) int64 {
-	return max(int64(math.Floor(x+1e-6)), 0)
+	return max64(int64(math.Floor(x+1e-6)), 0)
+}
+
+// max64 and maxFloat are the max builtin, written out: Traefik loads this
+// package into the Yaegi interpreter, which has no min or max.
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func maxFloat(a, b float64) float64 {
+	if a != a || a > b {
+		return a // NaN wins, as with the builtin
+	}
+	if b != b {
+		return b
+	}
+	if a == b && a == 0 && math.Signbit(b) {
+		return a // max(+0, -0) is +0
+	}
+	return b
 }
