@@ -9,9 +9,11 @@ import (
 // Period is the length of a calendar window.
 type Period uint8
 
+// From a blank iota, not iota + 1: see Algorithm's constants.
 const (
+	_ Period = iota
 	// Day windows run from one reset time to the same time the next day.
-	Day Period = iota + 1
+	Day
 	// Week windows start on Mondays.
 	Week
 	// Month windows start on the first of the month.

@@ -24,10 +24,14 @@ import (
 // Algorithm names one way of counting.
 type Algorithm uint8
 
+// The constants count from a blank iota, not from iota + 1: under Traefik's
+// Yaegi interpreter, == and != against a typed constant defined by an
+// expression (iota + 1, 1 << iota) are false whatever the values.
 const (
+	_ Algorithm = iota
 	// FixedWindow counts requests in windows aligned to the clock
 	// (epoch + Offset + k*Window), or to a Calendar when one is set.
-	FixedWindow Algorithm = iota + 1
+	FixedWindow
 	// AnchoredWindow counts requests in a window that starts at the first
 	// counted request and lasts Window; the next window starts at the first
 	// counted request after that.
