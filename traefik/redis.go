@@ -1,0 +1,335 @@
+package edgelimit
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// redisStore is the Caddy module's Redis store (storage/redis.go there) on
+// the hand-written client: the same Lua scripts (redis_script.go, checked
+// against storage's by TestLuaMatchesStorage), the same keys and argument
+// encoding (storage/redis_codec.go), so that Traefik and Caddy instances on
+// one Redis share their counts exactly. One script per request, however
+// many limits apply; Redis's clock unless clock is local; onError when
+// Redis does not answer in time. Redis Cluster and Sentinel are not
+// supported.
+type redisStore struct {
+	pool    *respPool
+	opts    *redisOptions
+	local   *memoryStore // onError local
+	epoch   time.Time
+	down    int64 // atomic: monotonic nanoseconds since epoch until which Redis is left alone; 0 while it answers
+	probing int32 // atomic: one request is trying Redis again
+	log     *logger
+}
+
+func newRedisStore(o *redisOptions) *redisStore {
+	s := &redisStore{pool: newRespPool(o), opts: o, epoch: time.Now(), log: newLogger("redis " + o.addr)}
+	if o.onError == onErrorLocal {
+		s.local = newMemoryStore(0)
+	}
+	return s
+}
+
+// script is a Lua script and its SHA-1, for EVALSHA.
+type script struct {
+	src string
+	sha string
+}
+
+func newScript(src string) *script {
+	sum := sha1.Sum([]byte(src))
+	return &script{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+var (
+	takeScript   = newScript(luaTake)
+	refundScript = newScript(luaRefund)
+)
+
+func (s *redisStore) mono() int64 { return int64(time.Since(s.epoch)) }
+
+// Take implements store.
+func (s *redisStore) Take(ctx context.Context, now time.Time, reqs []request, results []limiter.Result) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	for i := range reqs {
+		if err := checkRequest(&reqs[i]); err != nil {
+			return err
+		}
+	}
+	probe := false
+	if until := atomic.LoadInt64(&s.down); until != 0 {
+		if s.mono() < until || !atomic.CompareAndSwapInt32(&s.probing, 0, 1) {
+			return s.fallback(ctx, now, reqs, results, nil)
+		}
+		probe = true
+	}
+	err := s.decide(ctx, now, reqs, results)
+	switch {
+	case err == nil:
+		s.up(now)
+	case ctx.Err() != nil:
+		// The client went away: Redis is not to blame.
+	default:
+		s.markDown(now, err)
+	}
+	if probe {
+		atomic.StoreInt32(&s.probing, 0)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return s.fallback(ctx, now, reqs, results, err)
+	}
+	return nil
+}
+
+// Refund implements store: limiter.Limit.Refund's arithmetic in one script.
+func (s *redisStore) Refund(ctx context.Context, now time.Time, reqs []request) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	if until := atomic.LoadInt64(&s.down); until != 0 && s.mono() < until {
+		if s.local != nil {
+			return s.local.Refund(ctx, now, reqs)
+		}
+		return errors.New("redis rate-limit storage unavailable, nothing given back")
+	}
+	deadline := s.deadline(ctx)
+	keys := s.keys(reqs)
+	err := atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+		argv, _ := s.spec(reqs, now, at)
+		reply, err := s.eval(ctx, deadline, refundScript, keys, argv)
+		if err != nil {
+			return 0, err
+		}
+		if t, ok := boundsReply(reply); ok {
+			return t, nil
+		}
+		if reply != "R" {
+			return 0, errBadReply
+		}
+		return 0, nil
+	})
+	if err != nil && ctx.Err() == nil {
+		s.markDown(now, err)
+		if s.local != nil {
+			return s.local.Refund(ctx, now, reqs)
+		}
+	}
+	return err
+}
+
+func checkRequest(r *request) error {
+	if err := r.Limit.Validate(); err != nil {
+		return fmt.Errorf("redis storage: counter %q: %w", r.Counter, err)
+	}
+	if r.Cost < 1 {
+		return fmt.Errorf("redis storage: counter %q: cost %d must be at least 1", r.Counter, r.Cost)
+	}
+	return nil
+}
+
+func (s *redisStore) deadline(ctx context.Context) time.Time {
+	deadline := time.Now().Add(s.opts.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	return deadline
+}
+
+// decide runs the take script, with the calendar windows of the server's
+// time when its clock is on the other side of a boundary.
+func (s *redisStore) decide(ctx context.Context, now time.Time, reqs []request, results []limiter.Result) error {
+	deadline := s.deadline(ctx)
+	keys := s.keys(reqs)
+	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+		argv, bounds := s.spec(reqs, now, at, 0)
+		reply, err := s.eval(ctx, deadline, takeScript, keys, argv)
+		if err != nil {
+			return 0, err
+		}
+		if t, ok := boundsReply(reply); ok {
+			return t, nil
+		}
+		if err := parseResults(reply, reqs, results, bounds); err != nil {
+			return 0, err
+		}
+		allOrNothing(reqs, results[:len(reqs)])
+		return 0, nil
+	})
+}
+
+// eval runs a script with EVALSHA, or EVAL when Redis does not have it
+// (after a restart or SCRIPT FLUSH; EVAL caches it again).
+func (s *redisStore) eval(ctx context.Context, deadline time.Time, sc *script, keys []string, argv string) (string, error) {
+	args := make([]string, 0, 4+len(keys))
+	args = append(args, "EVALSHA", sc.sha, fmt.Sprint(len(keys)))
+	args = append(args, keys...)
+	args = append(args, argv)
+	reply, err := s.pool.do(ctx, deadline, args...)
+	if e, ok := err.(respError); ok && strings.HasPrefix(string(e), "NOSCRIPT") {
+		args[0], args[1] = "EVAL", sc.src
+		reply, err = s.pool.do(ctx, deadline, args...)
+	}
+	if err != nil {
+		return "", err
+	}
+	text, ok := reply.(string)
+	if !ok {
+		return "", errBadReply
+	}
+	return text, nil
+}
+
+var errBadReply = errors.New("redis storage: malformed script reply")
+
+// keys are prefix + "{" + 32 hex digits of SHA-256(client key) + "}:" +
+// counter: the client's key, which may be a credential, never goes to
+// Redis as it is, and the braces keep a client's keys in one Cluster slot.
+func (s *redisStore) keys(reqs []request) []string {
+	out := make([]string, len(reqs))
+	for i := range reqs {
+		sum := sha256.Sum256([]byte(reqs[i].Key))
+		out[i] = s.opts.prefix + "{" + hex.EncodeToString(sum[:16]) + "}:" + reqs[i].Counter
+	}
+	return out
+}
+
+// spec writes a script's ARGV[1]: the time (0 for the server's), the head
+// numbers, then nine 8-byte little-endian integers per request; it
+// returns the calendar bounds it passed.
+func (s *redisStore) spec(reqs []request, now time.Time, at int64, head ...int64) (string, [][2]int64) {
+	b := make([]byte, 0, 8*(1+len(head)+9*len(reqs)))
+	t := now.UnixMicro()
+	if !s.opts.localTime {
+		t = 0
+	}
+	b = appendInt(b, t)
+	for _, v := range head {
+		b = appendInt(b, v)
+	}
+	bounds := make([][2]int64, len(reqs))
+	for i := range reqs {
+		l := &reqs[i].Limit
+		var start, end int64
+		if l.Calendar != nil {
+			start, end = l.Calendar.Bounds(at)
+		}
+		bounds[i] = [2]int64{start, end}
+		dry := int64(0)
+		if reqs[i].DryRun {
+			dry = 1
+		}
+		for _, v := range [9]int64{int64(l.Algorithm), l.Quota, l.Window.Microseconds(), l.Rate,
+			l.Offset.Microseconds(), reqs[i].Cost, dry, start, end} {
+			b = appendInt(b, v)
+		}
+	}
+	return string(b), bounds
+}
+
+func appendInt(b []byte, v int64) []byte {
+	var w [8]byte
+	binary.LittleEndian.PutUint64(w[:], uint64(v))
+	return append(b, w[:]...)
+}
+
+// boundsReply recognizes "B" and the server's time: it is outside a
+// calendar window that was passed.
+func boundsReply(reply string) (int64, bool) {
+	if len(reply) != 9 || reply[0] != 'B' {
+		return 0, false
+	}
+	n := int64(binary.LittleEndian.Uint64([]byte(reply[1:])))
+	return n, n > 0
+}
+
+// parseResults reads "R", the time decided at, and five numbers per
+// request: allowed first_denial remaining reset retry_after.
+func parseResults(reply string, reqs []request, results []limiter.Result, bounds [][2]int64) error {
+	const head = 9
+	n := len(reqs)
+	if len(reply) < head+40*n || reply[0] != 'R' {
+		return errBadReply
+	}
+	at := int64(binary.LittleEndian.Uint64([]byte(reply[1:head])))
+	for i := 0; i < n; i++ {
+		var v [5]int64
+		for k := 0; k < 5; k++ {
+			o := head + 40*i + 8*k
+			v[k] = int64(binary.LittleEndian.Uint64([]byte(reply[o : o+8])))
+		}
+		l := &reqs[i].Limit
+		results[i] = limiter.Result{
+			Allowed:     v[0] == 1,
+			FirstDenial: v[1] == 1,
+			Limit:       l.Quota,
+			Remaining:   v[2],
+			Reset:       time.Duration(v[3]) * time.Microsecond,
+			ResetAt:     at + v[3],
+			RetryAfter:  time.Duration(v[4]) * time.Microsecond,
+			Window:      l.ResultWindow(bounds[i][0], bounds[i][1]),
+		}
+	}
+	return nil
+}
+
+var errCalendarMoving = errors.New("redis storage: calendar windows keep moving under the server's clock")
+
+// atServerTime runs try with the time calendar windows are computed for:
+// the caller's, then the server's when it answers from another calendar
+// window, three times at most.
+func atServerTime(at int64, try func(at int64) (int64, error)) error {
+	for i := 0; i < 3; i++ {
+		serverNow, err := try(at)
+		if err != nil || serverNow == 0 {
+			return err
+		}
+		at = serverNow
+	}
+	return errCalendarMoving
+}
+
+// markDown makes onError decide until the retry interval has passed; then
+// one request tries Redis again.
+func (s *redisStore) markDown(now time.Time, err error) {
+	atomic.StoreInt64(&s.down, s.mono()+int64(defaultRetryInterval))
+	s.log.warnf(time.Now(), "redis rate-limit storage unavailable; onError %s applies until it answers: %v",
+		[3]string{"allow", "deny", "local"}[s.opts.onError], err)
+}
+
+func (s *redisStore) up(now time.Time) {
+	if atomic.LoadInt64(&s.down) != 0 {
+		atomic.StoreInt64(&s.down, 0)
+		fmt.Fprintf(os.Stdout, "edgelimit %s: redis rate-limit storage answers again\n", s.log.name)
+	}
+}
+
+// fallback applies onError; cause is nil when Redis was not even tried.
+func (s *redisStore) fallback(ctx context.Context, now time.Time, reqs []request, results []limiter.Result, cause error) error {
+	if cause == nil {
+		cause = errors.New("redis did not answer recently; waiting before trying again")
+	}
+	switch s.opts.onError {
+	case onErrorLocal:
+		return s.local.Take(ctx, now, reqs, results)
+	case onErrorDeny:
+		return fmt.Errorf("%w (onError deny): %v", errUnavailable, cause)
+	}
+	return fmt.Errorf("redis rate-limit storage unavailable, not limiting (onError allow): %w", cause)
+}

@@ -1,0 +1,300 @@
+package edgelimit
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A minimal Redis client: RESP2 over TCP or TLS, a bounded pool, a
+// deadline on every command. It is hand-written because no Redis client
+// library runs under Traefik's Yaegi interpreter (go-redis needs unsafe,
+// which Traefik does not give plugins), and this plugin needs four
+// commands: AUTH, SELECT, EVALSHA and EVAL.
+
+// respError is an error reply from Redis.
+type respError string
+
+func (e respError) Error() string { return "redis: " + string(e) }
+
+// respPool is a bounded pool of connections to one server.
+type respPool struct {
+	addr     string
+	username string
+	password string
+	db       int
+	tls      bool
+	timeout  time.Duration
+
+	slots chan struct{} // one token per connection in use or being made
+	idle  chan *respConn
+}
+
+type respConn struct {
+	c        net.Conn
+	r        *bufio.Reader
+	w        *bufio.Writer
+	lastUsed time.Time
+}
+
+func newRespPool(o *redisOptions) *respPool {
+	return &respPool{
+		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.timeout,
+		slots: make(chan struct{}, o.poolSize),
+		idle:  make(chan *respConn, o.poolSize),
+	}
+}
+
+// maxIdle is how long a pooled connection may stay unused before it is
+// closed instead of reused.
+const maxIdle = 5 * time.Minute
+
+// do sends one command and reads its reply, by the deadline. A connection
+// that saw any error is closed, never reused: its next reply could be this
+// command's. A command is sent once: a script whose reply was lost may
+// have counted, and running it again would count twice; only a pooled
+// connection that the server had closed while it was idle (nothing was
+// read, so nothing ran) is replaced and the command sent on a new one.
+func (p *respPool) do(ctx context.Context, deadline time.Time, args ...string) (interface{}, error) {
+	if err := p.acquire(ctx, deadline); err != nil {
+		return nil, err
+	}
+	defer func() { <-p.slots }()
+	c, reused := p.idleConn()
+	for {
+		if c == nil {
+			var err error
+			if c, err = p.dial(deadline); err != nil {
+				return nil, err
+			}
+		}
+		reply, read, err := c.roundTrip(deadline, args)
+		if err == nil {
+			c.lastUsed = time.Now()
+			select {
+			case p.idle <- c:
+			default:
+				c.c.Close()
+			}
+			return reply, nil
+		}
+		c.c.Close()
+		if reused && !read && isStale(err) {
+			c, reused = nil, false
+			continue
+		}
+		return nil, err
+	}
+}
+
+// acquire takes a connection slot, waiting until the deadline.
+func (p *respPool) acquire(ctx context.Context, deadline time.Time) error {
+	select {
+	case p.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return errTimeout
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case p.slots <- struct{}{}:
+		return nil
+	case <-t.C:
+		return errTimeout
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+var errTimeout = errors.New("redis: timed out waiting for a connection")
+
+// idleConn returns a pooled connection, or nil.
+func (p *respPool) idleConn() (*respConn, bool) {
+	for {
+		select {
+		case c := <-p.idle:
+			if time.Since(c.lastUsed) > maxIdle {
+				c.c.Close()
+				continue
+			}
+			return c, true
+		default:
+			return nil, false
+		}
+	}
+}
+
+// isStale tells whether err is what a connection closed by the server
+// while idle gives.
+func isStale(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	// syscall.ECONNRESET and EPIPE, by their text: Traefik does not give
+	// plugins the syscall package.
+	msg := err.Error()
+	return strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe")
+}
+
+// dial connects, authenticates and selects the database.
+func (p *respPool) dial(deadline time.Time) (*respConn, error) {
+	d := &net.Dialer{Deadline: deadline}
+	var nc net.Conn
+	var err error
+	if p.tls {
+		host, _, _ := splitHostPort(p.addr)
+		td := &tls.Dialer{NetDialer: d, Config: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}}
+		nc, err = td.Dial("tcp", p.addr)
+	} else {
+		nc, err = d.Dial("tcp", p.addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), w: bufio.NewWriterSize(nc, 4096)}
+	var setup [][]string
+	switch {
+	case p.password != "" && p.username != "":
+		setup = append(setup, []string{"AUTH", p.username, p.password})
+	case p.password != "":
+		setup = append(setup, []string{"AUTH", p.password})
+	}
+	if p.db != 0 {
+		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
+	}
+	for _, cmd := range setup {
+		if _, _, err := c.roundTrip(deadline, cmd); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("redis: %s: %w", cmd[0], err)
+		}
+	}
+	return c, nil
+}
+
+// roundTrip writes a command and reads its reply; read tells whether any
+// byte of the reply arrived.
+func (c *respConn) roundTrip(deadline time.Time, args []string) (reply interface{}, read bool, err error) {
+	if err := c.c.SetDeadline(deadline); err != nil {
+		return nil, false, err
+	}
+	c.w.WriteString("*" + strconv.Itoa(len(args)) + "\r\n")
+	for _, a := range args {
+		c.w.WriteString("$" + strconv.Itoa(len(a)) + "\r\n")
+		c.w.WriteString(a)
+		c.w.WriteString("\r\n")
+	}
+	if err := c.w.Flush(); err != nil {
+		return nil, false, err
+	}
+	first, err := c.r.ReadByte()
+	if err != nil {
+		return nil, false, err
+	}
+	reply, err = readReply(c.r, first, 0)
+	return reply, true, err
+}
+
+// maxBulk bounds a reply's strings: the scripts' replies are small.
+const maxBulk = 64 << 20
+
+// readReply reads a RESP2 reply whose type byte is first: a simple string
+// or bulk string (string, nil for a null bulk), an integer (int64), an
+// error (respError, returned as the error) or an array ([]interface{}).
+func readReply(r *bufio.Reader, first byte, depth int) (interface{}, error) {
+	line, err := readLine(r)
+	if err != nil {
+		return nil, err
+	}
+	switch first {
+	case '+':
+		return line, nil
+	case '-':
+		return nil, respError(line)
+	case ':':
+		n, err := strconv.ParseInt(line, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("redis: bad integer reply %q", line)
+		}
+		return n, nil
+	case '$':
+		n, err := strconv.Atoi(line)
+		if err != nil || n < -1 || n > maxBulk {
+			return nil, fmt.Errorf("redis: bad bulk length %q", line)
+		}
+		if n == -1 {
+			return nil, nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		if buf[n] != '\r' || buf[n+1] != '\n' {
+			return nil, errors.New("redis: bulk string without CRLF")
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(line)
+		if err != nil || n < -1 || n > 1<<20 || depth > 8 {
+			return nil, fmt.Errorf("redis: bad array length %q", line)
+		}
+		if n == -1 {
+			return nil, nil
+		}
+		out := make([]interface{}, n)
+		for i := 0; i < n; i++ {
+			b, err := r.ReadByte()
+			if err != nil {
+				return nil, err
+			}
+			v, err := readReply(r, b, depth+1)
+			if err != nil {
+				if e, ok := err.(respError); ok {
+					out[i] = e
+					continue
+				}
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("redis: unknown reply type %q", first)
+}
+
+func readLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if len(line) > 64<<10 {
+		return "", errors.New("redis: reply line too long")
+	}
+	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), nil
+}
+
+// close closes the idle connections.
+func (p *respPool) close() {
+	for {
+		select {
+		case c := <-p.idle:
+			c.c.Close()
+		default:
+			return
+		}
+	}
+}
+
+func splitHostPort(addr string) (string, string, error) {
+	return net.SplitHostPort(addr)
+}
