@@ -452,7 +452,8 @@ func (m *middleware) exemptions(st *requestState, parts []int) ([]string, bool) 
 			continue
 		}
 		if !added {
-			out, added = append([]string(nil), prior...), true
+			out = append([]string(nil), prior...)
+			added = true
 		}
 		out = append(out, l.exempt...)
 	}

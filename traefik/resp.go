@@ -87,7 +87,9 @@ func (p *respPool) do(ctx context.Context, deadline time.Time, args ...string) (
 		}
 		c.c.Close()
 		if reused && !read && isStale(err) {
-			c, reused = nil, false
+			// Two statements: Yaegi panics on a tuple assignment of nil.
+			c = nil
+			reused = false
 			continue
 		}
 		return nil, err

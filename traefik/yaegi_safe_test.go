@@ -16,7 +16,9 @@ import (
 // what Traefik's Yaegi interpreter (v0.16) cannot run, with the file and
 // line: the min, max and clear builtins, range over an integer or a
 // function, generics (any instantiation: slices.Sort, atomic.Pointer[T],
-// sync.OnceValue...), and packages Traefik does not give plugins. The
+// sync.OnceValue...), packages Traefik does not give plugins, and two
+// Yaegi bugs: == against typed constant expressions (iota + 1), and nil
+// in a tuple assignment (a, b = nil, false). The
 // harness module loads the plugin through Yaegi itself; this test says
 // why, sooner and more clearly.
 func TestYaegiSafe(t *testing.T) {
@@ -102,6 +104,8 @@ func checkDir(t *testing.T, fset *token.FileSet, dir, path string, imp types.Imp
 				if _, ok := info.Instances[n]; ok {
 					t.Errorf("%s: instantiates the generic %s, which Yaegi cannot do with the standard library", fset.Position(n.Pos()), n.Name)
 				}
+			case *ast.AssignStmt:
+				checkTuple(t, fset, n)
 			case *ast.FuncDecl:
 				if n.Type.TypeParams != nil {
 					t.Errorf("%s: generic function %s", fset.Position(n.Pos()), n.Name.Name)
@@ -157,6 +161,38 @@ func checkConsts(t *testing.T, fset *token.FileSet, f *ast.File, info *types.Inf
 				t.Errorf("%s: constant %s of type %s is an expression: Yaegi gets == and != against it wrong; use a literal or a bare iota",
 					fset.Position(name.Pos()), name.Name, named.Obj().Name())
 			}
+		}
+	}
+}
+
+// checkTuple refuses the tuple assignments Yaegi v0.16 gets wrong: with =
+// (not :=), a, b = x, f() assigns only f()'s target when any value is a
+// call or a conversion, and a, b = nil, false panics.
+func checkTuple(t *testing.T, fset *token.FileSet, n *ast.AssignStmt) {
+	t.Helper()
+	if len(n.Lhs) < 2 || len(n.Rhs) != len(n.Lhs) {
+		return
+	}
+	for _, e := range n.Rhs {
+		if id, ok := e.(*ast.Ident); ok && id.Name == "nil" {
+			t.Errorf("%s: nil in a tuple assignment, on which Yaegi panics", fset.Position(n.Pos()))
+			return
+		}
+	}
+	if n.Tok != token.ASSIGN {
+		return
+	}
+	for _, e := range n.Rhs {
+		call := false
+		ast.Inspect(e, func(x ast.Node) bool {
+			if _, ok := x.(*ast.CallExpr); ok {
+				call = true
+			}
+			return !call
+		})
+		if call {
+			t.Errorf("%s: a tuple assignment with a call among its values, which Yaegi assigns only in part: split it", fset.Position(n.Pos()))
+			return
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // fakeClock is a settable clock. Tests start it at testBase and never
@@ -197,3 +199,7 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func yamlUnmarshal(s string, v interface{}) error { return yaml.Unmarshal([]byte(s), v) }

@@ -444,7 +444,10 @@ func (l *Limit) Refund(s *State, now, cost int64) {
 		}
 		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
 		debt := s.Debt - float64(max64(now-s.Start, 0))
-		s.Start, s.Debt = now, maxFloat(debt-float64(cost)*interval, 0)
+		// Two statements: Yaegi assigns a tuple with a call in it only in
+		// part.
+		s.Start = now
+		s.Debt = maxFloat(debt-float64(cost)*interval, 0)
 	case AnchoredWindow:
 		if now < s.Start+l.Window.Microseconds() {
 			s.Count = max64(s.Count-cost, 0)

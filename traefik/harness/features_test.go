@@ -1,0 +1,455 @@
+package harness
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTiers: a tier from a header set by forwardAuth, and from the static
+// map of known credentials; unknown tiers get the default tier, and a
+// client's count carries over when its tier changes.
+func TestTiers(t *testing.T) {
+	p := loadPlugin(t)
+	for storeName, storage := range stores(t) {
+		t.Run(storeName, func(t *testing.T) {
+			clk := newClock()
+			h := p.middleware(t, `
+limits:
+  calls:
+    key: [header:X-User-Id, ip]
+    tier: header:X-Tier
+    tiers:
+      free: {limit: 2, window: 1h}
+      pro: {limit: 5, window: 1h}
+    defaultTier: free
+`+storage(t), clk.Now, &upstream{})
+			codes := func(n int, hdr ...string) string {
+				var out []string
+				for i := 0; i < n; i++ {
+					w := send(h, "GET", "/", hdr...)
+					out = append(out, http.StatusText(w.Code)[:2]+":"+w.Header().Get("X-Ratelimit-Limit"))
+				}
+				return strings.Join(out, " ")
+			}
+			if got := codes(3, "X-User-Id", "u1"); got != "OK:2 OK:2 To:2" {
+				t.Errorf("free (default) tier: %s", got)
+			}
+			// u1 upgraded: its two requests still count.
+			if got := codes(4, "X-User-Id", "u1", "X-Tier", "pro"); got != "OK:5 OK:5 OK:5 To:5" {
+				t.Errorf("pro tier after two free requests: %s", got)
+			}
+			if got := codes(3, "X-User-Id", "u2", "X-Tier", "unknown"); got != "OK:2 OK:2 To:2" {
+				t.Errorf("unknown tier: %s", got)
+			}
+		})
+	}
+
+	// Seed 001's way: the API key is looked up in a static map that gives
+	// the organization (the client) and its tier.
+	clk := newClock()
+	h := p.middleware(t, `
+credentials:
+  from: header:X-Api-Key
+  clients:
+    key-a1: {id: org-a, tier: TIER_1}
+    key-a2: {id: org-a, tier: TIER_1}
+    key-b: {id: org-b}
+limits:
+  DEFAULT:
+    key: [credential, header:X-Api-Key, ip]
+    tier: credential
+    tiers:
+      BASE: {algorithm: token_bucket, limit: 2, refill: 1, window: 1s}
+      TIER_1: {algorithm: token_bucket, limit: 3, refill: 1, window: 1s}
+    defaultTier: BASE
+`, clk.Now, &upstream{})
+	statuses := func(key string, n int) string {
+		var out []string
+		for i := 0; i < n; i++ {
+			out = append(out, http.StatusText(send(h, "GET", "/", "X-Api-Key", key).Code)[:2])
+		}
+		return strings.Join(out, " ")
+	}
+	// Two keys of one organization share its bucket of 3.
+	if got := statuses("key-a1", 2) + " " + statuses("key-a2", 2); got != "OK OK OK To" {
+		t.Errorf("org-a's keys: %s", got)
+	}
+	if got := statuses("key-b", 3); got != "OK OK To" {
+		t.Errorf("org-b, BASE tier: %s", got)
+	}
+	// An unknown key is its own client, in the default tier: it cannot
+	// claim a tier.
+	w := send(h, "GET", "/", "X-Api-Key", "made-up", "X-Tier", "TIER_1")
+	if w.Header().Get("X-Ratelimit-Limit") != "2" {
+		t.Errorf("unknown key: limit %s, want BASE's 2", w.Header().Get("X-Ratelimit-Limit"))
+	}
+}
+
+// TestExemptions: seed 000's plugin tokens hold a daily quota and are
+// exempt from the API-wide limit, which a later edgelimit middleware of
+// the chain applies.
+func TestExemptions(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	up := &upstream{}
+	inner := p.middleware(t, `
+limits:
+  api_global:
+    key: [header:X-User-Id, ip]
+    limit: 2
+    window: 1m
+`, clk.Now, up)
+	outer := p.middleware(t, `
+limits:
+  plugin_quota:
+    key: [header:X-Plugin-Id]
+    limit: 4
+    calendar: {period: day}
+    exempt: [api_global]
+`, clk.Now, inner)
+	for i := 0; i < 4; i++ {
+		if w := send(outer, "GET", "/", "X-Plugin-Id", "p1", "X-User-Id", "u1"); w.Code != 200 {
+			t.Fatalf("plugin request %d: status %d", i, w.Code)
+		}
+	}
+	if w := send(outer, "GET", "/", "X-Plugin-Id", "p1", "X-User-Id", "u1"); w.Code != 429 {
+		t.Errorf("plugin over its daily quota: status %d", w.Code)
+	}
+	// A user is held to api_global, which the plugin did not consume.
+	got := []int{send(outer, "GET", "/", "X-User-Id", "u1").Code, send(outer, "GET", "/", "X-User-Id", "u1").Code,
+		send(outer, "GET", "/", "X-User-Id", "u1").Code}
+	if got[0] != 200 || got[1] != 200 || got[2] != 429 {
+		t.Errorf("user: %v, want 200 200 429", got)
+	}
+}
+
+// TestAllOrNothing: a request denied by one limit consumes nothing from
+// the others, in one middleware and across a chain of them.
+func TestAllOrNothing(t *testing.T) {
+	p := loadPlugin(t)
+	for storeName, storage := range stores(t) {
+		t.Run(storeName, func(t *testing.T) {
+			clk := newClock()
+			st := storage(t)
+			up := &upstream{}
+			inner := p.middleware(t, "limits:\n  route:\n    key: [header:X-Route-Key]\n    limit: 1\n    window: 1m\n"+st, clk.Now, up)
+			outer := p.middleware(t, "limits:\n  wide:\n    key: [ip]\n    limit: 3\n    window: 1m\n  tight:\n    key: [header:X-Api-Key]\n    limit: 1\n    window: 1m\n"+st, clk.Now, inner)
+			if w := send(outer, "GET", "/", "X-Api-Key", "k", "X-Route-Key", "r"); w.Code != 200 {
+				t.Fatalf("first request: %d", w.Code)
+			}
+			// tight denies the second keyed request: wide is not charged.
+			if w := send(outer, "GET", "/", "X-Api-Key", "k"); w.Code != 429 {
+				t.Fatalf("second keyed request: %d", w.Code)
+			}
+			// route, in the next middleware, denies this one: what wide
+			// counted for it is given back.
+			if w := send(outer, "GET", "/", "X-Route-Key", "r"); w.Code != 429 {
+				t.Fatalf("second request through route: %d", w.Code)
+			}
+			w := send(outer, "GET", "/")
+			if got := w.Header().Get("X-Ratelimit-Remaining"); w.Code != 200 || got != "1" {
+				t.Errorf("wide after one counted request, two denied ones and this one: %d remaining %s, want 1", w.Code, got)
+			}
+			if up.count() != 2 {
+				t.Errorf("upstream saw %d requests, want 2", up.count())
+			}
+		})
+	}
+}
+
+// TestDenials: the Caddy module's default body, status, Retry-After,
+// templates with placeholders, and JSON escaping of request values.
+func TestDenials(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	h := p.middleware(t, `
+limits:
+  one:
+    key: [ip]
+    limit: 1
+    window: 90s
+  two:
+    key: [header:X-Api-Key]
+    limit: 1
+    window: 1h
+    status: 400
+    body: '{"error":"rate_limit_reached","limit":"{edge_limit.name}","tier":"{edge_limit.tier}","key":"{header.X-Api-Key}","path":"{http.request.uri.path.1}","retry":"{edge_limit.retry_after_human}","n":{edge_limit.limit}}'
+`, clk.Now, &upstream{})
+	send(h, "GET", "/")
+	w := send(h, "GET", "/")
+	if w.Code != 429 || w.Header().Get("Retry-After") != "90" || w.Header().Get("Content-Type") != "application/json" {
+		t.Errorf("default denial: %d %v", w.Code, w.Header())
+	}
+	if got := w.Body.String(); got != `{"status":429,"error":"Rate limit exceeded, try again in 90 seconds"}` {
+		t.Errorf("default body %s", got)
+	}
+	clk.Add(90 * time.Second)
+	key := `k"},"x":"<y>`
+	send(h, "GET", "/v1/things/7", "X-Api-Key", key)
+	w = send(h, "GET", "/v1/things/7", "X-Api-Key", key)
+	if w.Code != 400 || w.Header().Get("Retry-After") != "3510" {
+		t.Errorf("limit two: %d %v", w.Code, w.Header())
+	}
+	var body map[string]interface{}
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+		t.Fatalf("the body is not JSON: %v\n%s", err, w.Body.String())
+	}
+	if body["key"] != key || body["path"] != "things" || body["retry"] != "58 minutes 30 seconds" || body["n"] != 1.0 || body["limit"] != "two" {
+		t.Errorf("body %s", w.Body.String())
+	}
+	// HEAD: headers only.
+	if w := send(h, "HEAD", "/v1/things/7", "X-Api-Key", key); w.Code != 400 || w.Body.Len() != 0 {
+		t.Errorf("HEAD denial: %d, %d bytes", w.Code, w.Body.Len())
+	}
+}
+
+// TestIETFHeaders: one RateLimit and RateLimit-Policy item per limit, and
+// the x-ratelimit headers of the most constraining one.
+func TestIETFHeaders(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	h := p.middleware(t, `
+limits:
+  minute:
+    key: [ip]
+    limit: 10
+    window: 1m
+  burst:
+    key: [ip]
+    algorithm: token_bucket
+    limit: 3
+    refill: 1
+    window: 1s
+headers: both
+timeHeader: true
+`, clk.Now, &upstream{})
+	w := send(h, "GET", "/")
+	want := map[string]string{
+		"Ratelimit-Policy":      `"burst";q=3;w=3, "minute";q=10;w=60`,
+		"Ratelimit":             `"burst";r=2;t=1, "minute";r=9;t=60`,
+		"X-Ratelimit-Limit":     "3",
+		"X-Ratelimit-Remaining": "2",
+		"X-Ratelimit-Time":      "3",
+	}
+	for k, v := range want {
+		if got := w.Header().Get(k); got != v {
+			t.Errorf("%s: %q, want %q", k, got, v)
+		}
+	}
+	if got, want := w.Header().Get("X-Ratelimit-Reset"), unix(clk.Now().Add(time.Second)); got != want {
+		t.Errorf("X-RateLimit-Reset %s, want %s", got, want)
+	}
+}
+
+// TestKeys: what a client cannot do to escape its counter: repeat a
+// header, change the case of the auth scheme, write X-Forwarded-For
+// without a trusted proxy; and what a trusted depth reads.
+func TestKeys(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	h := p.middleware(t, `
+limits:
+  auth:
+    key: [header:Authorization]
+    limit: 2
+    window: 1h
+  ip:
+    key: [ip]
+    limit: 100
+    window: 1h
+`, clk.Now, &upstream{})
+	send(h, "GET", "/", "Authorization", "Bearer tok")
+	send(h, "GET", "/", "Authorization", "bearer  tok")
+	if w := send(h, "GET", "/", "Authorization", "BEARER tok", "Authorization", "Bearer other"); w.Code != 429 {
+		t.Errorf("a repeated header or another scheme case made a new counter: %d", w.Code)
+	}
+	// X-Forwarded-For is not trusted by default: the remote address counts.
+	plain := p.middleware(t, "limits:\n  ip:\n    key: [ip]\n    limit: 1\n    window: 1h\n", clk.Now, &upstream{})
+	send(plain, "GET", "/", "X-Forwarded-For", "203.0.113.9")
+	if w := send(plain, "GET", "/", "X-Forwarded-For", "203.0.113.10"); w.Code != 429 {
+		t.Errorf("a made-up X-Forwarded-For made a new client: %d", w.Code)
+	}
+	deep := p.middleware(t, `
+ipStrategy:
+  depth: 2
+limits:
+  ip:
+    key: [ip]
+    limit: 1
+    window: 1h
+    body: '{"ip":"{client_ip}"}'
+`, clk.Now, &upstream{})
+	// depth 2: the address the second proxy from the right saw.
+	send(deep, "GET", "/", "X-Forwarded-For", "198.51.100.1, 203.0.113.7, 10.0.0.1")
+	w := send(deep, "GET", "/", "X-Forwarded-For", "1.1.1.1, 203.0.113.7, 10.0.0.2")
+	if w.Code != 429 || !strings.Contains(w.Body.String(), "203.0.113.7") {
+		t.Errorf("depth 2: %d %s", w.Code, w.Body.String())
+	}
+	// Too short a header: the remote address, not an empty key.
+	w = send(deep, "GET", "/", "X-Forwarded-For", "203.0.113.7")
+	if w.Code != 200 {
+		t.Errorf("short X-Forwarded-For: %d", w.Code)
+	}
+	excl := p.middleware(t, `
+ipStrategy:
+  excludedIPs: [10.0.0.0/8, 192.0.2.1]
+limits:
+  ip:
+    key: [ip]
+    limit: 1
+    window: 1h
+`, clk.Now, &upstream{})
+	send(excl, "GET", "/", "X-Forwarded-For", "203.0.113.50, 10.1.2.3")
+	if w := send(excl, "GET", "/", "X-Forwarded-For", "9.9.9.9, 203.0.113.50"); w.Code != 429 {
+		t.Errorf("excludedIPs: the rightmost address not excluded is the client: %d", w.Code)
+	}
+}
+
+// TestDryRun: counted and reported, never denied.
+func TestDryRun(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	up := &upstream{}
+	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 1\n    window: 1m\ndryRun: true\n", clk.Now, up)
+	for i := 0; i < 3; i++ {
+		if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "0" {
+			t.Errorf("dry run %d: %d remaining %s", i, w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+		}
+	}
+	if up.count() != 3 {
+		t.Errorf("upstream saw %d", up.count())
+	}
+}
+
+// TestRedisDown: onError allow, deny and local, answered within the
+// timeout when nothing listens at the address.
+func TestRedisDown(t *testing.T) {
+	p := loadPlugin(t)
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + itoa(port)
+	for _, c := range []struct {
+		policy string
+		codes  []int
+	}{
+		{"allow", []int{200, 200, 200}},
+		{"deny", []int{503, 503, 503}},
+		{"local", []int{200, 200, 429}},
+	} {
+		t.Run(c.policy, func(t *testing.T) {
+			clk := newClock()
+			h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 2\n    window: 1m\nstorage:\n  redis:\n    address: "+addr+"\n    timeout: 50ms\n    onError: "+c.policy+"\n", clk.Now, &upstream{})
+			for i, want := range c.codes {
+				start := time.Now()
+				w := send(h, "GET", "/")
+				if w.Code != want {
+					t.Errorf("request %d: %d, want %d", i, w.Code, want)
+				}
+				if want == 503 && w.Header().Get("Retry-After") != "1" {
+					t.Errorf("503 without Retry-After: 1")
+				}
+				if d := time.Since(start); d > 5*time.Second {
+					t.Errorf("request %d took %s", i, d)
+				}
+			}
+		})
+	}
+}
+
+// TestRedisRestart: a Redis that lost its scripts and connections (a
+// restart) is used again without a failure: EVAL reloads the script, and
+// a pooled connection the server closed is replaced.
+func TestRedisRestart(t *testing.T) {
+	p := loadPlugin(t)
+	r := startRedis(t)
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    keyPrefix: \"restart:\"\n    onError: deny\n", clk.Now, &upstream{})
+	if w := send(h, "GET", "/"); w.Code != 200 {
+		t.Fatalf("first: %d", w.Code)
+	}
+	if _, err := r.command("SCRIPT", "FLUSH"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.command("CLIENT", "KILL", "TYPE", "normal"); err != nil {
+		t.Fatal(err)
+	}
+	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "3" {
+		t.Errorf("after SCRIPT FLUSH and CLIENT KILL: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+	}
+}
+
+// TestLabels: from Docker labels every value is a string and lists are
+// comma-separated; Traefik's decoder converts them.
+func TestLabels(t *testing.T) {
+	p := loadPlugin(t)
+	cfg := p.config(t, map[string]interface{}{
+		"status": "420",
+		"limits": map[string]interface{}{
+			"per_client": map[string]interface{}{
+				"key":    "header:X-Api-Key,ip",
+				"limit":  "1",
+				"window": "60",
+				"dryRun": "false",
+			},
+		},
+	}, newClock().Now)
+	h, err := p.newHandler(cfg, &upstream{}, "labels@docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(h, "GET", "/", "X-Api-Key", "a")
+	if w := send(h, "GET", "/", "X-Api-Key", "a"); w.Code != 420 || w.Header().Get("Retry-After") != "60" {
+		t.Errorf("%d %v", w.Code, w.Header())
+	}
+}
+
+// TestManifestTestData: the plugin catalogue starts the plugin with the
+// manifest's testData; so does this test.
+func TestManifestTestData(t *testing.T) {
+	p := loadPlugin(t)
+	cfg := p.config(t, p.manifest.TestData, nil)
+	h, err := p.newHandler(cfg, &upstream{}, "testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := send(h, "GET", "/", "X-Api-Key", "catalogue"); w.Code != 200 || w.Header().Get("Ratelimit-Policy") == "" {
+		t.Errorf("%d %v", w.Code, w.Header())
+	}
+}
+
+// TestConfigErrors: a bad configuration is refused by New with a message
+// naming what is wrong.
+func TestConfigErrors(t *testing.T) {
+	p := loadPlugin(t)
+	for conf, want := range map[string]string{
+		"limits: {}":                  "no limits",
+		"limits:\n  l:\n    limit: 5": "window",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [header]":                                         "needs a name",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [x-api]":                                          "unknown source",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nstatus: 200":                                               "4xx or 5xx",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    tier: query:t\n    tiers: {a: {limit: 1, window: 1m}}": "privilege",
+		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m":                                     "needs credentials",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    onError: maybe":                    "onError",
+		"limits:\n  l:\n    algorithm: token_bucket\n    limit: 5\n    window: 1s":                               "refill",
+		"limits:\n  l:\n    limit: 5\n    calendar: {period: fortnight}":                                         "period",
+	} {
+		var m map[string]interface{}
+		if err := yamlUnmarshal(conf, &m); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := p.decode(m)
+		if err == nil {
+			_, err = p.newHandler(cfg, &upstream{}, "bad")
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one that says %q", conf, err, want)
+		}
+	}
+}
+
+func unix(t time.Time) string { return itoa(int(t.Unix())) }
