@@ -42,6 +42,10 @@ type respConn struct {
 	r        *bufio.Reader
 	w        *bufio.Writer
 	lastUsed time.Time
+	// watch receives what the read that watches an idle connection got:
+	// the end of the stream if the server closed it, a timeout once the
+	// connection is taken again.
+	watch chan error
 }
 
 func newRespPool(o *redisOptions) *respPool {
@@ -58,41 +62,48 @@ const maxIdle = 5 * time.Minute
 
 // do sends one command and reads its reply, by the deadline. A connection
 // that saw any error is closed, never reused: its next reply could be this
-// command's. A command is sent once: a script whose reply was lost may
-// have counted, and running it again would count twice; only a pooled
-// connection that the server had closed while it was idle (nothing was
-// read, so nothing ran) is replaced and the command sent on a new one.
+// command's. A command is sent once and never again: a script whose reply
+// was lost may have counted, and running it again would count twice.
 func (p *respPool) do(ctx context.Context, deadline time.Time, args ...string) (interface{}, error) {
 	if err := p.acquire(ctx, deadline); err != nil {
 		return nil, err
 	}
 	defer func() { <-p.slots }()
-	c, reused := p.idleConn()
-	for {
-		if c == nil {
-			var err error
-			if c, err = p.dial(deadline); err != nil {
-				return nil, err
-			}
+	c := p.idleConn()
+	if c == nil {
+		var err error
+		if c, err = p.dial(deadline); err != nil {
+			return nil, err
 		}
-		reply, read, err := c.roundTrip(deadline, args)
-		if err == nil {
-			c.lastUsed = time.Now()
-			select {
-			case p.idle <- c:
-			default:
-				c.c.Close()
-			}
-			return reply, nil
-		}
+	}
+	reply, err := c.roundTrip(deadline, args)
+	if err != nil {
 		c.c.Close()
-		if reused && !read && isStale(err) {
-			// Two statements: Yaegi panics on a tuple assignment of nil.
-			c = nil
-			reused = false
-			continue
-		}
 		return nil, err
+	}
+	p.put(c)
+	return reply, nil
+}
+
+// put returns a sound connection to the pool, with a read that watches it
+// for the server closing it.
+func (p *respPool) put(c *respConn) {
+	c.lastUsed = time.Now()
+	if err := c.c.SetReadDeadline(time.Time{}); err != nil {
+		c.c.Close()
+		return
+	}
+	watch := make(chan error, 1)
+	c.watch = watch
+	go func() {
+		_, err := c.r.Peek(1)
+		watch <- err
+	}()
+	select {
+	case p.idle <- c:
+	default:
+		c.c.Close()
+		<-watch
 	}
 }
 
@@ -121,32 +132,44 @@ func (p *respPool) acquire(ctx context.Context, deadline time.Time) error {
 
 var errTimeout = errors.New("redis: timed out waiting for a connection")
 
-// idleConn returns a pooled connection, or nil.
-func (p *respPool) idleConn() (*respConn, bool) {
+// idleConn returns a pooled connection that is still open, or nil. A
+// connection the server closed while it sat in the pool (a Redis restart,
+// CLIENT KILL, a server timeout) is found before a command is sent on it,
+// by the read that watched it; sending first and retrying after could run
+// a script twice.
+func (p *respPool) idleConn() *respConn {
 	for {
 		select {
 		case c := <-p.idle:
-			if time.Since(c.lastUsed) > maxIdle {
+			if time.Since(c.lastUsed) > maxIdle || !c.alive() {
 				c.c.Close()
 				continue
 			}
-			return c, true
+			return c
 		default:
-			return nil, false
+			return nil
 		}
 	}
 }
 
-// isStale tells whether err is what a connection closed by the server
-// while idle gives.
-func isStale(err error) bool {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return true
+// alive stops the read that watched an idle connection and tells whether
+// the connection is still open and quiet.
+func (c *respConn) alive() bool {
+	var err error
+	select {
+	case err = <-c.watch:
+		// The watch ended by itself: the server closed the connection, or
+		// sent what nobody asked for.
+		return false
+	default:
 	}
-	// syscall.ECONNRESET and EPIPE, by their text: Traefik does not give
-	// plugins the syscall package.
-	msg := err.Error()
-	return strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe")
+	if c.c.SetReadDeadline(time.Now()) != nil {
+		<-c.watch
+		return false
+	}
+	err = <-c.watch
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && c.r.Buffered() == 0
 }
 
 // dial connects, authenticates and selects the database.
@@ -176,7 +199,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
 	}
 	for _, cmd := range setup {
-		if _, _, err := c.roundTrip(deadline, cmd); err != nil {
+		if _, err := c.roundTrip(deadline, cmd); err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("redis: %s: %w", cmd[0], err)
 		}
@@ -184,11 +207,10 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	return c, nil
 }
 
-// roundTrip writes a command and reads its reply; read tells whether any
-// byte of the reply arrived.
-func (c *respConn) roundTrip(deadline time.Time, args []string) (reply interface{}, read bool, err error) {
+// roundTrip writes a command and reads its reply.
+func (c *respConn) roundTrip(deadline time.Time, args []string) (interface{}, error) {
 	if err := c.c.SetDeadline(deadline); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	c.w.WriteString("*" + strconv.Itoa(len(args)) + "\r\n")
 	for _, a := range args {
@@ -197,14 +219,13 @@ func (c *respConn) roundTrip(deadline time.Time, args []string) (reply interface
 		c.w.WriteString("\r\n")
 	}
 	if err := c.w.Flush(); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	first, err := c.r.ReadByte()
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	reply, err = readReply(c.r, first, 0)
-	return reply, true, err
+	return readReply(c.r, first, 0)
 }
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
@@ -283,18 +304,6 @@ func readLine(r *bufio.Reader) (string, error) {
 		return "", errors.New("redis: reply line too long")
 	}
 	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), nil
-}
-
-// close closes the idle connections.
-func (p *respPool) close() {
-	for {
-		select {
-		case c := <-p.idle:
-			c.c.Close()
-		default:
-			return
-		}
-	}
 }
 
 func splitHostPort(addr string) (string, string, error) {
