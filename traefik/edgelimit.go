@@ -74,6 +74,10 @@ type Config struct {
 	// Storage keeps the counters: memory (default) or Redis.
 	Storage *Storage `json:"storage,omitempty"`
 
+	// Notify posts the first denial of a client in a window to a webhook,
+	// as the Caddy module's edge_limit.exceeded event.
+	Notify *Notify `json:"notify,omitempty"`
+
 	// Now replaces the clock, for tests. Traefik's configuration cannot set
 	// it.
 	Now func() time.Time `json:"-"`
@@ -224,6 +228,7 @@ type middleware struct {
 	rawKeys    bool
 	ips        *ipStrategy
 	creds      *credentials
+	notify     *notifier
 	log        *logger
 }
 
@@ -247,6 +252,10 @@ func New(ctx context.Context, next http.Handler, config *Config, name string) (h
 	m.creds, err = compileCredentials(config.Credentials)
 	if err != nil {
 		return nil, fmt.Errorf("edgelimit %s: credentials: %w", name, err)
+	}
+	m.notify, err = compileNotify(config.Notify, name)
+	if err != nil {
+		return nil, fmt.Errorf("edgelimit %s: notify: %w", name, err)
 	}
 	if err := m.compileLimits(config); err != nil {
 		return nil, fmt.Errorf("edgelimit %s: %w", name, err)
@@ -419,7 +428,7 @@ func (m *middleware) judge(r *http.Request, d *decision) (denied, report int) {
 		res := &d.res[i]
 		if !res.Allowed {
 			if res.FirstDenial {
-				m.log.firstDenial(d.which[i].name, m.displayKey(d.reqs[i].Key), d.tiers[i], res, d.reqs[i].DryRun)
+				m.firstDenial(r, d, i)
 			}
 			if !d.reqs[i].DryRun && (denied < 0 || res.RetryAfter > d.res[denied].RetryAfter) {
 				denied = i
@@ -433,6 +442,16 @@ func (m *middleware) judge(r *http.Request, d *decision) (denied, report int) {
 		report = denied
 	}
 	return denied, report
+}
+
+// firstDenial reports the first denial of a client in a window: a log
+// line, and the event of notify.
+func (m *middleware) firstDenial(r *http.Request, d *decision, i int) {
+	key := m.displayKey(d.reqs[i].Key)
+	m.log.firstDenial(d.which[i].name, key, d.tiers[i], &d.res[i], d.reqs[i].DryRun)
+	if m.notify != nil {
+		m.notify.exceeded(m.now(), r, m.ips, d.which[i].name, key, d.tiers[i], &d.res[i], d.reqs[i].DryRun)
+	}
 }
 
 // exemptions returns the names of the limits that do not apply: those

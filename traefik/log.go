@@ -2,17 +2,18 @@ package edgelimit
 
 import (
 	"fmt"
-	"os"
+	"log"
 	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
-// logger writes what an operator needs to know. Traefik gives a plugin's
-// standard output to its log at debug level and standard error at error
-// level; warnings are throttled to one per warnInterval, so that an outage
-// of Redis is a line every few seconds, not one per request.
+// logger writes what an operator needs to know. Yaegi hands what a plugin
+// prints with fmt.Print* to Traefik's log at debug level, and what it logs
+// with the log package at error level (os.Stdout and os.Stderr are the
+// process's own); warnings are throttled to one per warnInterval, so that
+// an outage of Redis is a line every few seconds, not one per request.
 type logger struct {
 	name string
 
@@ -34,7 +35,7 @@ func (l *logger) warnf(now time.Time, format string, args ...interface{}) {
 	}
 	l.lastWarn = now
 	l.mu.Unlock()
-	fmt.Fprintf(os.Stderr, "edgelimit %s: "+format+"\n", append([]interface{}{l.name}, args...)...)
+	log.Printf("edgelimit %s: "+format, append([]interface{}{l.name}, args...)...)
 }
 
 // firstDenial notes the first denial of a client in a window (the moment
@@ -44,6 +45,6 @@ func (l *logger) firstDenial(limit, key, tier string, res *limiter.Result, dryRu
 	if dryRun {
 		what = "dry run: rate limit would deny"
 	}
-	fmt.Fprintf(os.Stdout, "edgelimit %s: %s: limit=%s key=%s tier=%q remaining=%d retry_after=%s\n",
+	fmt.Printf("edgelimit %s: %s: limit=%s key=%s tier=%q remaining=%d retry_after=%s\n",
 		l.name, what, limit, key, tier, res.Remaining, res.RetryAfter)
 }

@@ -18,7 +18,7 @@ import (
 type memoryStore struct {
 	seed      maphash.Seed
 	perShard  int
-	shards    [memoryShards]memoryShard
+	shards    []memoryShard
 	evictions uint64 // atomic
 }
 
@@ -45,7 +45,7 @@ func newMemoryStore(maxKeys int) *memoryStore {
 	if per < 1 {
 		per = 1
 	}
-	m := &memoryStore{seed: maphash.MakeSeed(), perShard: per}
+	m := &memoryStore{seed: maphash.MakeSeed(), perShard: per, shards: make([]memoryShard, memoryShards)}
 	for i := 0; i < memoryShards; i++ {
 		m.shards[i].m = make(map[uint64]limiter.State)
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -316,7 +315,7 @@ func (s *redisStore) markDown(now time.Time, err error) {
 func (s *redisStore) up(now time.Time) {
 	if atomic.LoadInt64(&s.down) != 0 {
 		atomic.StoreInt64(&s.down, 0)
-		fmt.Fprintf(os.Stdout, "edgelimit %s: redis rate-limit storage answers again\n", s.log.name)
+		fmt.Printf("edgelimit %s: redis rate-limit storage answers again\n", s.log.name)
 	}
 }
 

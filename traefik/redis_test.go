@@ -18,7 +18,7 @@ import (
 // startRedis starts a private redis-server on a free loopback port for one
 // test (extra arguments go to redis-server), skipped without redis-server
 // unless CI is set.
-func startRedis(t *testing.T, extra ...string) string {
+func startRedis(t testing.TB, extra ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {

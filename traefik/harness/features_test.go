@@ -3,6 +3,7 @@ package harness
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -453,3 +454,76 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func unix(t time.Time) string { return itoa(int(t.Unix())) }
+
+// TestNotify: the first denial of a client in a window is posted as the
+// Caddy module's edge_limit.exceeded CloudEvent, once per window, and
+// noted in Traefik's debug log.
+func TestNotify(t *testing.T) {
+	p := loadPlugin(t)
+	events := make(chan map[string]interface{}, 10)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var e map[string]interface{}
+		if err := json.NewDecoder(r.Body).Decode(&e); err != nil {
+			t.Error(err)
+		}
+		if r.Header.Get("Content-Type") != "application/cloudevents+json" || r.Header.Get("Authorization") != "Bearer hook" {
+			t.Errorf("headers %v", r.Header)
+		}
+		events <- e
+	}))
+	defer recv.Close()
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  rest_api:\n    key: [header:Authorization, ip]\n    algorithm: anchored_window\n    limit: 1\n    window: 1m\nnotify:\n  url: "+recv.URL+"\n  headers: {Authorization: Bearer hook}\n", clk.Now, &upstream{})
+	send(h, "GET", "/v1.1/sites", "Authorization", "Bearer t1")
+	send(h, "GET", "/v1.1/sites", "Authorization", "Bearer t1")
+	send(h, "GET", "/v1.1/sites", "Authorization", "Bearer t1")
+	var e map[string]interface{}
+	select {
+	case e = <-events:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event within 30s")
+	}
+	data, _ := e["data"].(map[string]interface{})
+	if e["type"] != "edge_limit.exceeded" || e["specversion"] != "1.0" || data["limit"] != "rest_api" || data["path"] != "/v1.1/sites" ||
+		data["limit_value"] != 1.0 || data["retry_after"] != 60.0 || data["dry_run"] != false || data["client_ip"] != "192.0.2.1" {
+		t.Errorf("event %v", e)
+	}
+	for _, k := range []string{"key", "tier", "host", "window_end", "reset"} {
+		if _, ok := data[k]; !ok {
+			t.Errorf("event data without %s: %v", k, data)
+		}
+	}
+	// The second denial of the window is not news.
+	send(h, "GET", "/v1.1/sites", "Authorization", "Bearer t2")
+	send(h, "GET", "/v1.1/sites", "Authorization", "Bearer t2")
+	select {
+	case e = <-events:
+		if d := e["data"].(map[string]interface{}); d["key"] == data["key"] {
+			t.Errorf("a second event for the same window: %v", e)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event for the second client within 30s")
+	}
+	if got := debugLog.lines(t.Name() + "@file: rate limit exceeded: limit=rest_api"); len(got) != 2 {
+		t.Errorf("debug log lines %q, want two", got)
+	}
+}
+
+// TestRedisWarnings: a Redis that is down is a line in Traefik's error log
+// every few seconds (the store's, with the cause, and the middleware's,
+// with the decision), not one per request.
+func TestRedisWarnings(t *testing.T) {
+	p := loadPlugin(t)
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 2\n    window: 1m\nstorage:\n  redis:\n    address: 127.0.0.1:"+itoa(port)+"\n    timeout: 50ms\n    keyPrefix: warnings\n", clk.Now, &upstream{})
+	for i := 0; i < 20; i++ {
+		send(h, "GET", "/")
+	}
+	if got := errorLog.lines("127.0.0.1:" + itoa(port)); len(got) != 2 {
+		t.Errorf("error log lines about the Redis %q, want two", got)
+	}
+}

@@ -99,7 +99,9 @@ func load() (*plugin, error) {
 	if !strings.HasPrefix(m.Import, moduleName) {
 		return nil, fmt.Errorf(".traefik.yml: the import %q must be related to the module name %q", m.Import, moduleName)
 	}
-	i := interp.New(interp.Options{GoPath: gopath, Env: os.Environ()})
+	// Traefik gives the interpreter its logger at debug level as standard
+	// output and at error level as standard error.
+	i := interp.New(interp.Options{GoPath: gopath, Env: os.Environ(), Stdout: debugLog, Stderr: errorLog})
 	if err := i.Use(stdlib.Symbols); err != nil {
 		return nil, err
 	}
@@ -214,6 +216,37 @@ func (p *plugin) middleware(t testing.TB, conf string, now func() time.Time, nex
 		t.Fatal(err)
 	}
 	return h
+}
+
+// debugLog and errorLog receive what the plugin prints, as Traefik's log
+// at debug and error level would.
+var (
+	debugLog = &logBuffer{}
+	errorLog = &logBuffer{}
+)
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// lines returns the lines that hold s.
+func (l *logBuffer) lines(s string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 func TestMain(m *testing.M) {
