@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/sha1"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -177,7 +177,7 @@ func (s *redisStore) decide(ctx context.Context, now time.Time, reqs []request, 
 // (after a restart or SCRIPT FLUSH; EVAL caches it again).
 func (s *redisStore) eval(ctx context.Context, deadline time.Time, sc *script, keys []string, argv string) (string, error) {
 	args := make([]string, 0, 4+len(keys))
-	args = append(args, "EVALSHA", sc.sha, fmt.Sprint(len(keys)))
+	args = append(args, "EVALSHA", sc.sha, strconv.Itoa(len(keys)))
 	args = append(args, keys...)
 	args = append(args, argv)
 	reply, err := s.pool.do(ctx, deadline, args...)
@@ -222,6 +222,7 @@ func (s *redisStore) spec(reqs []request, now time.Time, at int64, head ...int64
 	for _, v := range head {
 		b = appendInt(b, v)
 	}
+	var nums [9]int64
 	bounds := make([][2]int64, len(reqs))
 	for i := range reqs {
 		l := &reqs[i].Limit
@@ -234,18 +235,26 @@ func (s *redisStore) spec(reqs []request, now time.Time, at int64, head ...int64
 		if reqs[i].DryRun {
 			dry = 1
 		}
-		for _, v := range [9]int64{int64(l.Algorithm), l.Quota, l.Window.Microseconds(), l.Rate,
-			l.Offset.Microseconds(), reqs[i].Cost, dry, start, end} {
-			b = appendInt(b, v)
+		nums = [9]int64{int64(l.Algorithm), l.Quota, int64(l.Window / time.Microsecond), l.Rate,
+			int64(l.Offset / time.Microsecond), reqs[i].Cost, dry, start, end}
+		for _, v := range nums {
+			// Written out rather than appendInt(b, v): under Yaegi a call
+			// costs more than the eight bytes.
+			b = append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56))
 		}
 	}
 	return string(b), bounds
 }
 
+// appendInt writes v as the scripts read it (struct '<i8').
 func appendInt(b []byte, v int64) []byte {
-	var w [8]byte
-	binary.LittleEndian.PutUint64(w[:], uint64(v))
-	return append(b, w[:]...)
+	return append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56))
+}
+
+// le64 reads the 8-byte little-endian integer at s[o:].
+func le64(s string, o int) int64 {
+	return int64(uint64(s[o]) | uint64(s[o+1])<<8 | uint64(s[o+2])<<16 | uint64(s[o+3])<<24 |
+		uint64(s[o+4])<<32 | uint64(s[o+5])<<40 | uint64(s[o+6])<<48 | uint64(s[o+7])<<56)
 }
 
 // boundsReply recognizes "B" and the server's time: it is outside a
@@ -254,7 +263,7 @@ func boundsReply(reply string) (int64, bool) {
 	if len(reply) != 9 || reply[0] != 'B' {
 		return 0, false
 	}
-	n := int64(binary.LittleEndian.Uint64([]byte(reply[1:])))
+	n := le64(reply, 1)
 	return n, n > 0
 }
 
@@ -266,13 +275,10 @@ func parseResults(reply string, reqs []request, results []limiter.Result, bounds
 	if len(reply) < head+40*n || reply[0] != 'R' {
 		return errBadReply
 	}
-	at := int64(binary.LittleEndian.Uint64([]byte(reply[1:head])))
+	at := le64(reply, 1)
 	for i := 0; i < n; i++ {
-		var v [5]int64
-		for k := 0; k < 5; k++ {
-			o := head + 40*i + 8*k
-			v[k] = int64(binary.LittleEndian.Uint64([]byte(reply[o : o+8])))
-		}
+		o := head + 40*i
+		v := [5]int64{le64(reply, o), le64(reply, o+8), le64(reply, o+16), le64(reply, o+24), le64(reply, o+32)}
 		l := &reqs[i].Limit
 		results[i] = limiter.Result{
 			Allowed:     v[0] == 1,

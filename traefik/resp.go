@@ -40,7 +40,6 @@ type respPool struct {
 type respConn struct {
 	c        net.Conn
 	r        *bufio.Reader
-	w        *bufio.Writer
 	lastUsed time.Time
 	// watch receives what the read that watches an idle connection got:
 	// the end of the stream if the server closed it, a timeout once the
@@ -187,7 +186,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), w: bufio.NewWriterSize(nc, 4096)}
+	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096)}
 	var setup [][]string
 	switch {
 	case p.password != "" && p.username != "":
@@ -212,13 +211,24 @@ func (c *respConn) roundTrip(deadline time.Time, args []string) (interface{}, er
 	if err := c.c.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
-	c.w.WriteString("*" + strconv.Itoa(len(args)) + "\r\n")
+	// One buffer, one write: under Yaegi every call into the standard
+	// library goes through reflection.
+	n := 16
 	for _, a := range args {
-		c.w.WriteString("$" + strconv.Itoa(len(a)) + "\r\n")
-		c.w.WriteString(a)
-		c.w.WriteString("\r\n")
+		n += len(a) + 16
 	}
-	if err := c.w.Flush(); err != nil {
+	b := make([]byte, 0, n)
+	b = append(b, '*')
+	b = append(b, strconv.Itoa(len(args))...)
+	b = append(b, '\r', '\n')
+	for _, a := range args {
+		b = append(b, '$')
+		b = append(b, strconv.Itoa(len(a))...)
+		b = append(b, '\r', '\n')
+		b = append(b, a...)
+		b = append(b, '\r', '\n')
+	}
+	if _, err := c.c.Write(b); err != nil {
 		return nil, err
 	}
 	first, err := c.r.ReadByte()
