@@ -51,6 +51,7 @@ func TestFleetSharesRedis(t *testing.T) {
 	traefik := httptest.NewServer(mux)
 	defer traefik.Close()
 
+	t.Run("responses", func(t *testing.T) { fleetResponses(t, caddy, traefik.URL) })
 	for _, l := range fleetLimits {
 		t.Run(l.name, func(t *testing.T) {
 			// A window boundary of Redis's clock between the first and
@@ -207,4 +208,62 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// fleetResponses: one client, alternately on Caddy and on Traefik, sees one
+// counter and the same headers and denials from both.
+func fleetResponses(t *testing.T, caddy, traefik string) {
+	key := randomKey(t)
+	get := func(base string) (*http.Response, string) {
+		req, _ := http.NewRequest("GET", base+"/aw", nil) // anchored: no clock boundary to cross
+		req.Header.Set("X-Api-Key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		return resp, b.String()
+	}
+	var resets []string
+	for i := 0; i < 20; i++ {
+		base := []string{caddy, traefik}[i%2]
+		resp, _ := get(base)
+		if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit") != "20" || resp.Header.Get("X-Ratelimit-Remaining") != strconv.Itoa(19-i) {
+			t.Fatalf("request %d to %s: %d limit %s remaining %s, want 200 20 %d", i, base, resp.StatusCode,
+				resp.Header.Get("X-Ratelimit-Limit"), resp.Header.Get("X-Ratelimit-Remaining"), 19-i)
+		}
+		resets = append(resets, resp.Header.Get("X-Ratelimit-Reset"))
+	}
+	if resets[0] != resets[1] {
+		t.Errorf("X-RateLimit-Reset: Caddy %s, Traefik %s", resets[0], resets[1])
+	}
+	c, cb := get(caddy)
+	tr, tb := get(traefik)
+	if c.StatusCode != 429 || tr.StatusCode != 429 {
+		t.Fatalf("denials: Caddy %d, Traefik %d", c.StatusCode, tr.StatusCode)
+	}
+	for _, h := range []string{"Content-Type", "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset"} {
+		if c.Header.Get(h) != tr.Header.Get(h) {
+			t.Errorf("%s: Caddy %q, Traefik %q", h, c.Header.Get(h), tr.Header.Get(h))
+		}
+	}
+	ca, _ := strconv.Atoi(c.Header.Get("Retry-After"))
+	ta, _ := strconv.Atoi(tr.Header.Get("Retry-After"))
+	if ta > ca || ca-ta > 2 {
+		t.Errorf("Retry-After: Caddy %d, Traefik %d", ca, ta)
+	}
+	// The bodies say the same thing, the seconds aside.
+	digits := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return '#'
+			}
+			return r
+		}, s)
+	}
+	if digits(cb) != digits(tb) || !strings.HasPrefix(tb, `{"status":429,"error":"Rate limit exceeded, try again in `) {
+		t.Errorf("denial bodies:\nCaddy   %s\nTraefik %s", cb, tb)
+	}
 }
