@@ -527,3 +527,54 @@ func TestRedisWarnings(t *testing.T) {
 		t.Errorf("error log lines about the Redis %q, want two", got)
 	}
 }
+
+// TestCost: each request takes cost units.
+func TestCost(t *testing.T) {
+	p := loadPlugin(t)
+	h := p.middleware(t, "limits:\n  units:\n    key: [ip]\n    limit: 10\n    window: 1m\n    cost: 4\n", newClock().Now, &upstream{})
+	var got []string
+	for i := 0; i < 3; i++ {
+		w := send(h, "GET", "/")
+		got = append(got, itoa(w.Code)+":"+w.Header().Get("X-Ratelimit-Remaining"))
+	}
+	if strings.Join(got, " ") != "200:6 200:2 429:2" {
+		t.Errorf("%v, want 200:6 200:2 429:2", got)
+	}
+}
+
+// TestQuotaReset: a daily quota resets at its time of day in its time
+// zone, and says so in X-RateLimit-Reset.
+func TestQuotaReset(t *testing.T) {
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Skip("no time zone database")
+	}
+	p := loadPlugin(t)
+	for storeName, storage := range stores(t) {
+		t.Run(storeName, func(t *testing.T) {
+			clk := newClock()
+			h := p.middleware(t, "limits:\n  daily:\n    key: [header:X-Api-Key]\n    limit: 2\n    calendar: {period: day, at: \"06:00\", timeZone: Europe/Paris}\n"+storage(t), clk.Now, &upstream{})
+			now := clk.Now().In(paris)
+			next := time.Date(now.Year(), now.Month(), now.Day(), 6, 0, 0, 0, paris)
+			if !next.After(now) {
+				next = time.Date(now.Year(), now.Month(), now.Day()+1, 6, 0, 0, 0, paris)
+			}
+			send(h, "GET", "/", "X-Api-Key", "q")
+			w := send(h, "GET", "/", "X-Api-Key", "q")
+			if w.Code != 200 || w.Header().Get("X-Ratelimit-Reset") != unix(next) {
+				t.Errorf("%d reset %s, want 200 and %s", w.Code, w.Header().Get("X-Ratelimit-Reset"), unix(next))
+			}
+			if w := send(h, "GET", "/", "X-Api-Key", "q"); w.Code != 429 || w.Header().Get("Retry-After") != itoa(int(next.Sub(clk.Now())/time.Second)) {
+				t.Errorf("over the quota: %d Retry-After %s", w.Code, w.Header().Get("Retry-After"))
+			}
+			clk.Add(next.Sub(clk.Now()) - time.Second)
+			if w := send(h, "GET", "/", "X-Api-Key", "q"); w.Code != 429 {
+				t.Errorf("a second before the reset: %d", w.Code)
+			}
+			clk.Add(time.Second)
+			if w := send(h, "GET", "/", "X-Api-Key", "q"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "1" {
+				t.Errorf("at the reset: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+			}
+		})
+	}
+}
