@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -576,5 +577,22 @@ func TestQuotaReset(t *testing.T) {
 				t.Errorf("at the reset: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
 			}
 		})
+	}
+}
+
+// TestKeyParts: the first present source is the client, and each source
+// counts apart: an API key never shares a counter with an address.
+func TestKeyParts(t *testing.T) {
+	p := loadPlugin(t)
+	h := p.middleware(t, "limits:\n  l:\n    key: [header:X-Api-Key, query:api_key, ip]\n    limit: 1\n    window: 1m\n", newClock().Now, &upstream{})
+	got := []int{
+		send(h, "GET", "/", "X-Api-Key", "192.0.2.1").Code, // a key that looks like the address
+		send(h, "GET", "/?api_key=192.0.2.1").Code,
+		send(h, "GET", "/").Code,
+		send(h, "GET", "/?api_key=192.0.2.1", "X-Api-Key", "other").Code, // the header comes first
+		send(h, "GET", "/").Code,
+	}
+	if want := []int{200, 200, 200, 200, 429}; !reflect.DeepEqual(got, want) {
+		t.Errorf("%v, want %v", got, want)
 	}
 }
