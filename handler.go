@@ -136,6 +136,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.compileLimits(app); err != nil {
 		return err
 	}
+	own := h.limits[:len(h.Limits)]
+	for _, cl := range own {
+		warnPrivileges(h.logger, cl)
+	}
+	app.declare(h.Zone, own)
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
 		if cl.outcomes == nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
@@ -373,6 +374,30 @@ func checkName(name string) error {
 		}
 	}
 	return nil
+}
+
+// warnPrivileges logs a warning when the limit grants a privilege (exempts
+// other limits, or chooses a tier) from a request header as the client
+// sent it: a client can then give itself the privilege with a made-up
+// value. A header that forward_auth sets (copy_headers removes the
+// client's own first) is safe; the warning says so.
+func warnPrivileges(logger *zap.Logger, cl *compiledLimit) {
+	const advice = "key it on authenticated input: {http.auth.user.id}, a header forward_auth sets with copy_headers, or a map of known credentials"
+	if len(cl.exempt) > 0 {
+		for i := range cl.keys {
+			if h, ok := cl.keys[i].fromRequestHeader(); ok {
+				logger.Warn("limit exempts others but is keyed on a request header a client may send itself: any client could skip those limits with a made-up value; "+advice,
+					zap.String("limit", cl.name), zap.Strings("exempts", cl.exempt), zap.String("header", h))
+				break
+			}
+		}
+	}
+	if cl.tierKey != nil {
+		if h, ok := cl.tierKey.fromRequestHeader(); ok {
+			logger.Warn("limit chooses its tier from a request header a client may send itself: any client could claim a better tier; "+advice,
+				zap.String("limit", cl.name), zap.String("header", h))
+		}
+	}
 }
 
 // checkScope checks a limit's scope: route or global.

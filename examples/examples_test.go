@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -89,14 +90,19 @@ func TestCrisp(t *testing.T) {
 	clk.Set(day.Add(23*time.Hour + 50*time.Minute))
 	x := load(t, "crisp.Caddyfile")
 	user := []string{"Authorization", basic("user-1", "user-secret")}
-	plugin := []string{"Authorization", basic("plugin-7", "plugin-secret"), "X-Crisp-Tier", "plugin"}
+	plugin := []string{"Authorization", basic("plugin-7", "plugin-secret")}
+	// A user who claims to be a plugin is still a user.
+	claims := append(slices.Clone(user), "X-Crisp-Tier", "plugin", "X-Plugin-Id", "7")
 	post := func(n, status int, path string, headers ...string) e2e.Reply {
 		t.Helper()
 		return x.timesDo(t, http.MethodPost, n, status, path, headers...)
 	}
 
-	// API Route: 20 per minute on conversations, denied with 420.
-	post(20, 200, "/v1/website/w1/conversations", user...)
+	// API Route: 20 per minute on conversations, denied with 420; a user
+	// who says it is a plugin is not exempt.
+	post(10, 200, "/v1/website/w1/conversations", user...)
+	post(10, 200, "/v1/website/w1/conversations", claims...)
+	e2e.Expect(t, x.Do(http.MethodPost, "/v1/website/w1/conversations", claims...), 420)
 	r := x.Do(http.MethodPost, "/v1/website/w1/conversations", user...)
 	e2e.Expect(t, r, 420, "Retry-After", "60", "X-RateLimit-Limit", "20", "Bloom-Status", "DIRECT")
 	// Another route has its own counter...
