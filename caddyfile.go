@@ -119,14 +119,13 @@ func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
 			h.Use = append(h.Use, names[0])
 			return nil
 		}
+		at := d.Token()
 		l, err := parseLimitBlock(d)
 		if err != nil {
 			return err
 		}
-		for _, other := range h.Limits {
-			if other.Name == l.Name {
-				return d.Errf("limit %q is declared twice", l.Name)
-			}
+		if err := declaredOnce(h.Limits, l, at); err != nil {
+			return err
 		}
 		h.Limits = append(h.Limits, l)
 	case "use":
@@ -245,17 +244,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			}
 			app.StorageRaw = raw
 		case "limit", "quota":
+			at := d.Token()
 			l, err := parseLimitBlock(d)
 			if err != nil {
 				return nil, err
 			}
 			if l.Scope == "route" {
-				return nil, d.Errf("limit %q: limits of the global option are global", l.Name)
+				return nil, args.ErrAt(at, "limit %q: limits of the global option are global", l.Name)
 			}
-			for _, other := range app.Limits {
-				if other.Name == l.Name {
-					return nil, d.Errf("limit %q is declared twice", l.Name)
-				}
+			if err := declaredOnce(app.Limits, l, at); err != nil {
+				return nil, err
 			}
 			l.Scope = ""
 			app.Limits = append(app.Limits, l)
@@ -264,6 +262,17 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		}
 	}
 	return httpcaddyfile.App{Name: "edge_limit", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// declaredOnce refuses a second limit of the same name in one block, at the
+// line of the second's "limit" (or "quota").
+func declaredOnce(limits []*Limit, l *Limit, at caddyfile.Token) error {
+	for _, other := range limits {
+		if other.Name == l.Name {
+			return args.ErrAt(at, "limit %q is declared twice", l.Name)
+		}
+	}
+	return nil
 }
 
 // parseStorage reads `storage <backend> ...`, handing the rest to the

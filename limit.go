@@ -173,6 +173,9 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	if err := cl.compileNumbers(l); err != nil {
 		return nil, err
 	}
+	if err := cl.checkCost(); err != nil {
+		return nil, err
+	}
 	keys := l.Key
 	if len(keys) == 0 {
 		keys = []string{"{http.vars.client_ip}"}
@@ -339,6 +342,21 @@ func (c *CalendarConfig) compile() (limiter.Calendar, error) {
 		return nil, err
 	}
 	return cw.Cached(), nil
+}
+
+// checkCost refuses a cost that no request could ever pay: more units than
+// the limit (or one of its tiers) holds would deny every request, with a
+// Retry-After that never comes true.
+func (cl *compiledLimit) checkCost() error {
+	if cl.cost > cl.limit.Quota {
+		return fmt.Errorf("cost %d is larger than the limit of %d: every request would be denied", cl.cost, cl.limit.Quota)
+	}
+	for _, t := range cl.tiers {
+		if cl.cost > t.limit.Quota {
+			return fmt.Errorf("cost %d is larger than the limit of %d of tier %q: its requests would all be denied", cl.cost, t.limit.Quota, t.name)
+		}
+	}
+	return nil
 }
 
 // templated tells whether the limit's key or tier needs the replacer.
