@@ -60,7 +60,7 @@ func init() {
 //		headers x-ratelimit|ratelimit|both|none [time]
 //		body <template>
 //		content_type <type>
-//		show_key hashed|raw
+//		show_key hashed [<secret>]|raw
 //		handle_errors
 //		dry_run
 //		zone <name>
@@ -142,14 +142,20 @@ func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
 func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
 	case "show_key":
-		v, err := args.One(d)
-		if err != nil {
-			return err
+		vals := d.RemainingArgs()
+		if len(vals) == 0 || len(vals) > 2 {
+			return d.ArgErr()
 		}
-		if err := checkShowKey(v); err != nil {
+		if err := checkShowKey(vals[0]); err != nil {
 			return d.Err(err.Error())
 		}
-		h.ShowKey = v
+		h.ShowKey = vals[0]
+		if len(vals) == 2 {
+			if vals[0] != "hashed" {
+				return d.Errf("show_key %s takes no secret: a secret goes with hashed", vals[0])
+			}
+			h.KeySecret = vals[1]
+		}
 	case "status":
 		n, err := args.Int(d)
 		if err != nil {

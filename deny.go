@@ -1,9 +1,11 @@
 package edgelimit
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"html"
 	"net/http"
 	"strconv"
 	"strings"
@@ -63,6 +65,11 @@ func (h *Handler) displayKey(key string) string {
 		}
 		return key
 	}
+	if h.keyMAC != nil {
+		mac := hmac.New(sha256.New, h.keyMAC)
+		mac.Write([]byte(key))
+		return hex.EncodeToString(mac.Sum(nil)[:8])
+	}
 	sum := sha256.Sum256([]byte(key))
 	return hex.EncodeToString(sum[:8])
 }
@@ -112,11 +119,13 @@ func humanSeconds(n int64) string {
 	return secondsText(n)
 }
 
-// renderBody fills the denial body's placeholders. In a JSON body, values
-// are escaped as JSON string content: a hostile header echoed in the body
-// cannot break out of its string.
+// renderBody fills the denial body's placeholders, each value escaped for
+// the body's content type: as JSON string content in a JSON body, as HTML
+// text in an HTML or XML body. A hostile header echoed in the body can
+// then neither break out of its string nor inject markup.
 func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
-	if !strings.Contains(h.ContentType, "json") {
+	escape := escaperFor(h.ContentType)
+	if escape == nil {
 		return repl.ReplaceAll(tmpl, "")
 	}
 	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
@@ -124,12 +133,25 @@ func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
 		if !ok {
 			return val, nil
 		}
-		return jsonEscape(s), nil
+		return escape(s), nil
 	})
 	if err != nil {
 		return repl.ReplaceAll(tmpl, "")
 	}
 	return out
+}
+
+// escaperFor returns how values are escaped in a body of this content
+// type, or nil for text that needs none.
+func escaperFor(contentType string) func(string) string {
+	ct := strings.ToLower(contentType)
+	switch {
+	case strings.Contains(ct, "json"):
+		return jsonEscape
+	case strings.Contains(ct, "html"), strings.Contains(ct, "xml"):
+		return html.EscapeString
+	}
+	return nil
 }
 
 // compileTemplate escapes every brace of s that is not part of a placeholder

@@ -75,9 +75,17 @@ type Handler struct {
 
 	// ShowKey is how the client's key appears in {edge_limit.key}, logs and
 	// events: "hashed" (default: the first 16 hex digits of its SHA-256,
-	// enough to correlate, useless to replay a credential) or "raw" (cut to
-	// 256 bytes).
+	// enough to correlate, useless to replay a credential, but an IP
+	// address or a short id can be found again by trying them all: give a
+	// KeySecret) or "raw" (cut to 256 bytes).
 	ShowKey string `json:"show_key,omitempty"`
+
+	// KeySecret makes the hashed keys an HMAC-SHA256 with this secret, so
+	// that nobody without it can find an IP address or an id back from a
+	// log line. The same secret on every instance gives the same hashes.
+	// Placeholders such as {env.EDGELIMIT_KEY_SECRET} are replaced when the
+	// configuration loads.
+	KeySecret string `json:"key_secret,omitempty"`
 
 	// HandleErrors leaves the denial's body to the site's handle_errors
 	// routes: the handler sets the headers and the {edge_limit.*}
@@ -100,6 +108,7 @@ type Handler struct {
 	headers   headerStyle
 	body      string
 	rawKeys   bool
+	keyMAC    []byte // the resolved KeySecret
 	scratch   *sync.Pool
 	warn      *throttle.Log
 	clock     clock.Clock
@@ -186,6 +195,16 @@ func (h *Handler) provisionResponses() error {
 		return err
 	}
 	h.rawKeys = h.ShowKey == "raw"
+	if h.KeySecret != "" {
+		if h.rawKeys {
+			return errors.New("key_secret goes with show_key hashed, not raw")
+		}
+		secret := caddy.NewReplacer().ReplaceAll(h.KeySecret, "")
+		if len(secret) < 16 {
+			return errors.New("key_secret: want at least 16 bytes (after placeholders are replaced), so that the hashes cannot be reversed by guessing the secret")
+		}
+		h.keyMAC = []byte(secret)
+	}
 	return nil
 }
 
