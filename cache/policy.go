@@ -153,14 +153,13 @@ func parseCacheControl(vals []string) cacheControl {
 				cc.private = true
 			case strings.EqualFold(name, "no-cache"):
 				cc.noCache = true
+			// An invalid age (-1, abc) makes the response stale, as RFC 9111
+			// (5.2.2.1) asks: it is not stored, rather than kept for the
+			// default TTL.
 			case strings.EqualFold(name, "max-age"):
-				if n, ok := parseAge(value); ok {
-					cc.maxAge = n
-				}
+				cc.maxAge = ageOrStale(value)
 			case strings.EqualFold(name, "s-maxage"):
-				if n, ok := parseAge(value); ok {
-					cc.sMaxAge = n
-				}
+				cc.sMaxAge = ageOrStale(value)
 			}
 		}
 	}
@@ -205,6 +204,14 @@ func parseAge(s string) (int64, bool) {
 		}
 	}
 	return min(n, maxSeconds), true
+}
+
+// ageOrStale is a delta-seconds value, or 0 (stale) when it is invalid.
+func ageOrStale(s string) int64 {
+	if n, ok := parseAge(s); ok {
+		return n
+	}
+	return 0
 }
 
 // parseSeconds reads Bloom-Response-TTL: whole seconds, zero or more.
