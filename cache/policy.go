@@ -58,6 +58,10 @@ type Decision struct {
 	TTL time.Duration
 	// Buckets are the tags from Bloom-Response-Buckets.
 	Buckets []string
+	// Shared tells that the upstream said the response may be shared
+	// between users (Cache-Control public or s-maxage): it may be stored
+	// for, and served to, a request that carries a user's credentials.
+	Shared bool
 	// Reason says why a response is not stored, for logs.
 	Reason string
 }
@@ -127,14 +131,14 @@ func (p *Policy) Decide(status int, h http.Header) Decision {
 	if ttl <= 0 {
 		return Decision{Reason: "a lifetime of zero"}
 	}
-	return Decision{Store: true, TTL: ttl, Buckets: buckets}
+	return Decision{Store: true, TTL: ttl, Buckets: buckets, Shared: cc.public || cc.sMaxAge > 0}
 }
 
 // cacheControl holds the directives of Cache-Control that matter here;
 // ages are -1 when absent.
 type cacheControl struct {
-	noStore, private, noCache bool
-	maxAge, sMaxAge           int64
+	noStore, private, noCache, public bool
+	maxAge, sMaxAge                   int64
 }
 
 func parseCacheControl(vals []string) cacheControl {
@@ -153,6 +157,8 @@ func parseCacheControl(vals []string) cacheControl {
 				cc.private = true
 			case strings.EqualFold(name, "no-cache"):
 				cc.noCache = true
+			case strings.EqualFold(name, "public"):
+				cc.public = true
 			// An invalid age (-1, abc) makes the response stale, as RFC 9111
 			// (5.2.2.1) asks: it is not stored, rather than kept for the
 			// default TTL.

@@ -192,7 +192,7 @@ func TestCacheStatusesAndControlHeaders(t *testing.T) {
 		// fresh for the default TTL.
 		"/st/badage?cache-control=max-age%3Dabc",
 		"/st/negage?cache-control=max-age%3D-1",
-		"/st/cookie?set-cookie=s%3D1",
+		"/st/cookie?set-cookie=s%3D1%3B%20Path%3D%2Fst%2Fcookie",
 		"/st/varystar?vary=*",
 		"/st/big?size=2000",
 		"/st/zero?bloom-response-ttl=0",
