@@ -14,10 +14,12 @@ import (
 type MemoryOptions struct {
 	// MaxKeys bounds the number of keys kept (default DefaultMaxKeys).
 	// When a new key arrives and its shard is full, expired keys in the
-	// shard are dropped; if none has expired, the key among a small sample
-	// that expires soonest is evicted (it has the least left to count), so
-	// memory stays bounded and a flood of new clients cannot push the store
-	// past it. Evictions are counted.
+	// shard are dropped; if none has expired, the key of a small sample
+	// that carries the least is forgotten: the one that used the least of
+	// its quota (limiter.State.Fill), then the one that expires soonest; or
+	// the new key itself, when it used less than all of them. Memory stays
+	// bounded, and a flood of made-up keys cannot make the store forget
+	// the clients it is denying. Evictions are counted.
 	MaxKeys int
 	// SweepInterval is how often expired keys are removed in the
 	// background (default DefaultSweepInterval).
@@ -206,41 +208,57 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 	return st, true
 }
 
-// put stores a state; its shard must be locked.
+// put stores a state; its shard must be locked. In a full shard, the key
+// that carries the least (see makeRoom) makes room, and that may be the
+// new key itself: it is then not kept.
 func (m *Memory) put(h uint64, st *limiter.State, r *Request, t int64) {
 	sh := m.shardOf(h)
 	if len(sh.m) >= m.perShard {
-		if _, ok := sh.m[h]; !ok {
-			m.makeRoom(sh, t)
+		if _, ok := sh.m[h]; !ok && !m.makeRoom(sh, t, st) {
+			return
 		}
 	}
 	sh.m[h] = *st
 }
 
-// makeRoom drops expired keys from a sample of the shard, or else the one
-// that expires soonest.
-func (m *Memory) makeRoom(sh *shard, t int64) {
+// makeRoom drops the expired keys of a sample of the shard; if none has
+// expired, it evicts the key that carries the least: the one that used
+// the least of its quota (a client that is denied or nearly exhausted is
+// kept, a flood of fresh made-up keys goes first), then the one that
+// expires soonest. It reports false when the newcomer carries less than
+// every key of the sample: then the newcomer is the one not kept, so that
+// a flood cannot make the store forget the clients it limits.
+func (m *Memory) makeRoom(sh *shard, t int64, newcomer *limiter.State) bool {
 	var (
-		victim  uint64
-		soonest int64 = -1
-		seen    int
-		freed   bool
+		victim uint64
+		worst  limiter.State
+		found  bool
+		seen   int
+		freed  bool
 	)
 	for h, e := range sh.m {
 		if e.Expires <= t {
 			delete(sh.m, h)
 			freed = true
-		} else if soonest < 0 || e.Expires < soonest {
-			victim, soonest = h, e.Expires
+		} else if !found || e.Fill < worst.Fill || e.Fill == worst.Fill && e.Expires < worst.Expires {
+			victim, worst, found = h, e, true
 		}
 		if seen++; seen >= evictionSample {
 			break
 		}
 	}
-	if !freed && soonest >= 0 {
-		delete(sh.m, victim)
+	switch {
+	case freed:
+		return true
+	case !found:
+		return true
+	case newcomer.Fill < worst.Fill:
 		m.evictions.Add(1)
+		return false
 	}
+	delete(sh.m, victim)
+	m.evictions.Add(1)
+	return true
 }
 
 func insertSorted(s []uint8, v uint8) []uint8 {
