@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"html"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -223,6 +224,31 @@ func jsonEscape(s string) string {
 // and a denied client is never told to retry after 0 seconds.
 func retryAfterSeconds(d time.Duration) int64 {
 	return max(secondsCeil(d), 1)
+}
+
+// unavailable answers 503 with Retry-After: 1 when the storage cannot
+// decide and its policy is to deny. The answer is written here, not
+// returned as an error: Caddy would log each such error, one line per
+// request for as long as the outage lasts (the storage failure is logged
+// once per interval already). With handle_errors, the error goes to the
+// site's error routes, which log it at debug level.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	hdr := w.Header()
+	hdr["Retry-After"] = []string{"1"}
+	if h.HandleErrors {
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	body, ct := "Service unavailable, try again in 1 second\n", "text/plain; charset=utf-8"
+	if strings.Contains(strings.ToLower(h.ContentType), "json") {
+		body, ct = `{"status":503,"error":"Service unavailable, try again in 1 second"}`, h.ContentType
+	}
+	hdr["Content-Type"] = []string{ct}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	if r.Method != http.MethodHead {
+		_, _ = io.WriteString(w, body)
+	}
+	return nil
 }
 
 // checkStatus checks the status of a denial (the handler's or a limit's).

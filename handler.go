@@ -504,8 +504,7 @@ func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next cad
 	}
 	if errors.Is(err, storage.ErrUnavailable) {
 		h.refundEarlier(r, now)
-		w.Header()["Retry-After"] = []string{"1"}
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		return h.unavailable(w, r, err)
 	}
 	return next.ServeHTTP(w, r)
 }
