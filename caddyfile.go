@@ -72,9 +72,10 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 		return nil, err
 	}
 	// Counters of route limits belong to this directive: the zone comes
-	// from what the directive says, so that it stays the same across
-	// reloads.
-	err := zone.Default(h.State, "edge_limit.zones", &handler, &handler.Zone)
+	// from the names of its limits (numbered in file order when another
+	// directive has the same names), not from their numbers, so that a
+	// reload that tunes a limit keeps its counts.
+	err := zone.Default(h.State, "edge_limit.zones", handler.zoneNames(), &handler.Zone)
 	return &handler, err
 }
 

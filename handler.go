@@ -36,9 +36,11 @@ type Handler struct {
 	// Zone separates the counters of route-scoped limits: two handlers with
 	// different zones never share a route counter, two with the same zone
 	// do. The Caddyfile gives every edge_limit directive its own zone,
-	// derived from its text, so a reload keeps the counters of unchanged
-	// directives. In JSON, an empty zone is derived from the limits, so
-	// identical handlers share their counters.
+	// derived from the names of its limits (and numbered in file order when
+	// several directives have the same names), so a reload keeps the counts
+	// when numbers, keys, statuses or bodies change. In JSON, an empty zone
+	// is derived from the names of the limits: handlers with limits of the
+	// same names share their route counters unless each has a zone.
 	Zone string `json:"zone,omitempty"`
 
 	// Status is the HTTP status of a denial: 429 (default), 420, 400, 503,
@@ -208,11 +210,25 @@ func (h *Handler) provisionResponses() error {
 	return nil
 }
 
+// zoneNames is what the zone of the handler's route counters is derived
+// from: the names of its limits, in order. Numbers, keys, statuses and
+// bodies are left out, so that changing them keeps the counts.
+func (h *Handler) zoneNames() []string {
+	names := make([]string, 0, len(h.Limits)+1)
+	names = append(names, "edge_limit/2")
+	for _, l := range h.Limits {
+		if l != nil {
+			names = append(names, l.Name)
+		}
+	}
+	return names
+}
+
 // compileLimits compiles the handler's own limits, in its zone, and adds
 // the app's shared limits it uses.
 func (h *Handler) compileLimits(app *App) error {
 	if h.Zone == "" {
-		z, err := zone.Of(h.Limits)
+		z, err := zone.Of(h.zoneNames())
 		if err != nil {
 			return err
 		}
