@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -337,14 +338,8 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
 		for g := range pending {
 			r := &pending[g]
-			r.keys = sc.keys
-			if r.idx != nil {
-				r.keys = make([]string, len(r.idx))
-				for j, i := range r.idx {
-					r.keys[j] = sc.keys[i]
-				}
-			}
-			r.argv = []string{s.spec(sc, reqs, r.idx, now, at)}
+			keys, argv := s.script(sc, reqs, r.idx, now, at)
+			r.keys, r.argv = slices.Clone(keys), slices.Clone(argv)
 		}
 		s.pipeline(ctx, pending, refundScript)
 		var again []slotRun
@@ -488,8 +483,8 @@ func oneSlot(slots []uint16) bool {
 
 // decideOne runs the script once for every request.
 func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
-	argv := s.spec(sc, reqs, nil, now, at, 0)
-	reply, err := s.pipe.eval(ctx, deadline, takeScript, sc.keys, []string{argv})
+	keys, argv := s.script(sc, reqs, nil, now, at, 0)
+	reply, err := s.pipe.eval(ctx, deadline, takeScript, keys, argv)
 	if err != nil {
 		return 0, err
 	}

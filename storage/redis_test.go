@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -216,7 +217,6 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 		{Algorithm: limiter.GCRA, Quota: 5, Rate: 5, Window: time.Minute},
 		{Algorithm: limiter.FixedWindow, Quota: 5, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
 	}
-	maxTTL := []time.Duration{time.Minute, 2 * time.Minute, 6 * time.Minute, time.Minute, 12 * time.Second, 24 * time.Hour}
 	var reqs []storage.Request
 	for i, l := range limits {
 		reqs = append(reqs, storage.Request{Counter: fmt.Sprintf("g/l%d/%s#0", i, l.Algorithm), Key: secret, Limit: l, Cost: 1})
@@ -229,32 +229,35 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != len(limits) {
-		t.Fatalf("keys %q", keys)
+	// One hash for the client: its fields are the counters, and "~".
+	if len(keys) != 1 || !regexp.MustCompile(`^el:\{[0-9a-f]{32}\}$`).MatchString(keys[0]) || strings.Contains(keys[0], "sk_live") {
+		t.Fatalf("keys %q, want one el:{32 hex digits}", keys)
 	}
-	shape := regexp.MustCompile(`^el:\{[0-9a-f]{32}\}:g/l(\d)/[a-z_]+#0$`)
-	tag := ""
-	for _, k := range keys {
-		m := shape.FindStringSubmatch(k)
-		if m == nil {
-			t.Fatalf("key %q does not have the documented shape", k)
-		}
-		if strings.Contains(k, "sk_live") {
-			t.Fatalf("key %q holds the client's key", k)
-		}
-		if tag == "" {
-			tag = k[:strings.IndexByte(k, '}')]
-		} else if !strings.HasPrefix(k, tag) {
-			t.Fatalf("the limits of one client have different hash tags: %q", keys)
-		}
-		ttl, err := c.PTTL(ctx, k).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := int(m[1][0] - '0')
-		if ttl <= 0 || ttl > maxTTL[i] {
-			t.Fatalf("key %q: TTL %s, want within (0, %s]", k, ttl, maxTTL[i])
-		}
+	fields, err := c.HKeys(ctx, keys[0]).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(fields)
+	want := []string{"~"}
+	for _, r := range reqs {
+		want = append(want, r.Counter)
+	}
+	slices.Sort(want)
+	if !slices.Equal(fields, want) {
+		t.Fatalf("fields %q, want %q", fields, want)
+	}
+	// The TTL outlives every state (the longest, the daily quota), with at
+	// most an hour to spare.
+	ttl, err := c.PTTL(ctx, keys[0]).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	longest := time.Duration(0)
+	for _, r := range res {
+		longest = max(longest, r.Reset)
+	}
+	if ttl < longest-time.Second || ttl > longest+time.Hour+time.Second {
+		t.Fatalf("TTL %s for states that last up to %s", ttl, longest)
 	}
 }
 
@@ -265,45 +268,66 @@ func TestRedisOneScriptPerRequest(t *testing.T) {
 	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true})
 	c := srv.Client(t)
 	ctx := context.Background()
-	reqs := []storage.Request{
-		{Counter: "a", Key: "ip", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1000, Window: time.Hour}, Cost: 1},
-		{Counter: "b", Key: "user", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1, Window: time.Second}, Cost: 1},
-		{Counter: "c", Key: "org", Limit: limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: 1000, Window: time.Hour}, Cost: 1},
+	limits := []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 1000, Window: time.Hour},
+		{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1000, Window: time.Second},
+		{Algorithm: limiter.SlidingWindow, Quota: 1000, Window: time.Hour},
 	}
-	res := make([]limiter.Result, len(reqs))
-	// The first decision loads the script (NOSCRIPT, then EVAL).
-	if err := s.Take(ctx, storetest.Base, reqs, res); err != nil {
-		t.Fatal(err)
-	}
-	before := commandStats(t, c)
-	const n = 50
-	for i := range n {
-		if err := s.Take(ctx, storetest.Base.Add(time.Duration(i)*time.Millisecond), reqs, res); err != nil {
-			t.Fatal(err)
-		}
-	}
-	after := commandStats(t, c)
-	calls := func(cmd string) int64 { return after[cmd] - before[cmd] }
-	if got := calls("evalsha"); got != n {
-		t.Fatalf("%d EVALSHA for %d decisions", got, n)
-	}
-	if got := calls("eval"); got != 0 {
-		t.Fatalf("%d EVAL for %d decisions", got, n)
-	}
-	if got := calls("mget"); got != n {
-		t.Fatalf("%d MGET for %d decisions of 3 limits", got, n)
-	}
-	if got := calls("set"); got > 3*n {
-		t.Fatalf("%d SET for %d decisions of 3 limits", got, n)
-	}
-	for cmd := range after {
-		switch cmd {
-		case "evalsha", "mget", "set", "info", "evalsha.usec", "mget.usec", "set.usec", "info.usec":
-		default:
-			if calls(cmd) != 0 {
-				t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
+	for _, c3 := range []struct {
+		name    string
+		clients []string
+	}{
+		{"one client", []string{"org", "org", "org"}},
+		{"three clients", []string{"ip", "user", "org"}},
+	} {
+		t.Run(c3.name, func(t *testing.T) {
+			var reqs []storage.Request
+			for i, l := range limits {
+				reqs = append(reqs, storage.Request{Counter: fmt.Sprint(c3.name, i), Key: c3.clients[i], Limit: l, Cost: 1})
 			}
-		}
+			res := make([]limiter.Result, len(reqs))
+			// The first decision loads the script (NOSCRIPT, then EVAL).
+			if err := s.Take(ctx, storetest.Base, reqs, res); err != nil {
+				t.Fatal(err)
+			}
+			before := commandStats(t, c)
+			const n = 50
+			for i := range n {
+				if err := s.Take(ctx, storetest.Base.Add(time.Duration(i)*time.Millisecond), reqs, res); err != nil {
+					t.Fatal(err)
+				}
+			}
+			after := commandStats(t, c)
+			calls := func(cmd string) int64 { return after[cmd] - before[cmd] }
+			clients := int64(len(slices.Compact(slices.Sorted(slices.Values(c3.clients)))))
+			if got := calls("evalsha"); got != n {
+				t.Fatalf("%d EVALSHA for %d decisions", got, n)
+			}
+			if got := calls("eval"); got != 0 {
+				t.Fatalf("%d EVAL for %d decisions", got, n)
+			}
+			// One read and one write per client, whatever the number of
+			// limits on it; the TTL is raised only when a state would
+			// outlive it (here, within the first second, never).
+			if got := calls("hmget"); got != clients*n {
+				t.Fatalf("%d HMGET for %d decisions on %d clients", got, n, clients)
+			}
+			if got := calls("hset"); got > clients*n {
+				t.Fatalf("%d HSET for %d decisions on %d clients", got, n, clients)
+			}
+			if got := calls("pexpire"); got != 0 {
+				t.Fatalf("%d PEXPIRE for %d decisions within a second", got, n)
+			}
+			for cmd := range after {
+				switch strings.TrimSuffix(cmd, ".usec") {
+				case "evalsha", "hmget", "hset", "pexpire", "info":
+				default:
+					if calls(cmd) != 0 {
+						t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
+					}
+				}
+			}
+		})
 	}
 }
 
