@@ -149,10 +149,18 @@ func escaperFor(contentType string) func(string) string {
 	switch {
 	case strings.Contains(ct, "json"):
 		return jsonEscape
+	case strings.Contains(ct, "javascript"), strings.Contains(ct, "ecmascript"):
+		return jsEscape
 	case strings.Contains(ct, "html"), strings.Contains(ct, "xml"):
 		return html.EscapeString
 	}
 	return nil
+}
+
+// jsEscape escapes s for a JavaScript string in either quotes: as JSON
+// string content, and the single quote too.
+func jsEscape(s string) string {
+	return strings.ReplaceAll(jsonEscape(s), "'", `\u0027`)
 }
 
 // compileTemplate escapes every brace of s that is not part of a placeholder

@@ -151,7 +151,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, cl := range own {
 		warnPrivileges(h.logger, cl)
 	}
-	app.declare(h.Zone, own)
+	app.declare(own, false)
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
 		if cl.outcomes == nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
 )
 
 // key returns the client's identity for this limit and the index of the key
@@ -71,56 +72,11 @@ func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 }
 
 // headerValue is what a key counts of a request header: its first value,
-// as the upstream reads it (Go's Header.Get, most frameworks), so that a
-// second header of the same name cannot make a new counter. The scheme of
-// an Authorization or Proxy-Authorization value is case-insensitive (RFC
-// 9110, 11.1): it is written one way ("Basic", "Bearer"), and one space
-// follows it, so that "bAsIc  dXNlcg==" counts as "Basic dXNlcg==".
+// trimmed, as the upstream reads it (httpval.First), so that a second header
+// of the same name, whitespace around the value, or the auth scheme's case
+// cannot make a new counter.
 func headerValue(h http.Header, name string) string {
-	vs := h[name]
-	if len(vs) == 0 {
-		return ""
-	}
-	if name == "Authorization" || name == "Proxy-Authorization" {
-		return canonicalCredentials(vs[0])
-	}
-	return vs[0]
-}
-
-// canonicalCredentials writes the auth scheme of v with an upper-case
-// first letter and the rest lower case, followed by one space; it
-// allocates only when v is not written so already.
-func canonicalCredentials(v string) string {
-	scheme, rest, found := strings.Cut(v, " ")
-	trimmed := strings.TrimLeft(rest, " ")
-	if isCanonicalScheme(scheme) && len(trimmed) == len(rest) {
-		return v
-	}
-	b := make([]byte, 0, len(scheme)+1+len(trimmed))
-	for i := 0; i < len(scheme); i++ {
-		c := scheme[i]
-		if i == 0 && 'a' <= c && c <= 'z' {
-			c -= 'a' - 'A'
-		} else if i > 0 && 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		b = append(b, c)
-	}
-	if found {
-		b = append(b, ' ')
-		b = append(b, trimmed...)
-	}
-	return string(b)
-}
-
-func isCanonicalScheme(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if i == 0 && 'a' <= c && c <= 'z' || i > 0 && 'A' <= c && c <= 'Z' {
-			return false
-		}
-	}
-	return true
+	return httpval.First(h, name)
 }
 
 func remoteHost(r *http.Request) string {
@@ -230,17 +186,29 @@ func splitTemplate(s string) []keySegment {
 	return segs
 }
 
-// fromRequestHeader tells whether the part's value comes from a request
-// header as the client sent it (which a client can set to anything, unless
-// forward_auth's copy_headers replaced it).
-func (k *keyPart) fromRequestHeader() (string, bool) {
+// fromClient tells whether the part's value comes from what the client
+// sends as it sent it (a header, unless forward_auth's copy_headers
+// replaced it; a cookie; the query or the path), which a client can set to
+// anything, and names it.
+func (k *keyPart) fromClient() (string, bool) {
 	if k.kind == keyHeader {
-		return k.header, true
+		return "header " + k.header, true
 	}
 	for _, seg := range k.segs {
 		if seg.header != "" {
-			return seg.header, true
+			return "header " + seg.header, true
+		}
+		for _, p := range clientPlaceholders {
+			if strings.HasPrefix(seg.placeholder, p) {
+				return seg.placeholder, true
+			}
 		}
 	}
 	return "", false
+}
+
+// clientPlaceholders are the prefixes of placeholders whose values the
+// client chooses.
+var clientPlaceholders = []string{
+	"http.request.cookie.", "cookie.", "http.request.uri", "query.", "path.", "http.request.host", "http.request.orig_uri",
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMissingKeysAndHostileKeys(t *testing.T) {
@@ -122,22 +123,68 @@ func TestAuthSchemeCaseIsOneCounter(t *testing.T) {
 	}
 }
 
-func TestCanonicalCredentials(t *testing.T) {
-	for in, want := range map[string]string{
-		"Bearer abc":     "Bearer abc",
-		"bearer abc":     "Bearer abc",
-		"BEARER  abc":    "Bearer abc",
-		"Basic dXNlcg==": "Basic dXNlcg==",
-		"DPoP xyz":       "Dpop xyz",
-		"token":          "Token",
-		"Basic":          "Basic",
-		"":               "",
-	} {
-		if got := canonicalCredentials(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
+// TestWhitespaceAroundACredentialIsOneCounter: over HTTP/2, which passes
+// header values as they are, spaces or tabs around a token made a new
+// counter each (the upstream, over HTTP/1, saw the token without them);
+// so did a tab after the scheme over HTTP/1.
+func TestWhitespaceAroundACredentialIsOneCounter(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `{
+	servers {
+		protocols h1 h2c
+	}
+}
+%ADDR% {
+	edge_limit {
+		limit per_token {
+			key {header.Authorization} {client_ip}
+			rate 2/1h
+		}
+		limit per_key {
+			key {header.X-Api-Key}
+			rate 2/1h
 		}
 	}
-	if n := testing.AllocsPerRun(100, func() { _ = canonicalCredentials("Bearer abc") }); n != 0 {
-		t.Errorf("a canonical value allocates %v times", n)
+	respond "ok"
+}`)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	send := func(header, value string) int {
+		req, _ := http.NewRequest(http.MethodGet, s.base+"/", nil)
+		req.Header[header] = []string{value}
+		resp, err := h2.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("HTTP/%d, want HTTP/2", resp.ProtoMajor)
+		}
+		return resp.StatusCode
+	}
+	var statuses []int
+	for _, v := range []string{"Bearer A1", "Bearer A1 ", " Bearer A1", "Bearer\tA1", "\tBearer  A1\t"} {
+		statuses = append(statuses, send("Authorization", v))
+	}
+	if fmt.Sprint(statuses) != "[200 200 429 429 429]" {
+		t.Fatalf("one token with whitespace around it, over HTTP/2: %v", statuses)
+	}
+	statuses = nil
+	for _, v := range []string{"K1", "K1 ", "\tK1"} {
+		statuses = append(statuses, send("X-Api-Key", v))
+	}
+	if fmt.Sprint(statuses) != "[200 200 429]" {
+		t.Fatalf("one API key with whitespace around it, over HTTP/2: %v", statuses)
+	}
+	// HTTP/1: a tab after the scheme.
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer\tB2"); code != 200 {
+		t.Fatal(code)
+	}
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer B2"); code != 200 {
+		t.Fatal(code)
+	}
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer \t B2"); code != 429 {
+		t.Fatalf("a tab after the scheme made a new counter: %d", code)
 	}
 }

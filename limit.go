@@ -403,17 +403,17 @@ func warnPrivileges(logger *zap.Logger, cl *compiledLimit) {
 	const advice = "key it on authenticated input: {http.auth.user.id}, a header forward_auth sets with copy_headers, or a map of known credentials"
 	if len(cl.exempt) > 0 {
 		for i := range cl.keys {
-			if h, ok := cl.keys[i].fromRequestHeader(); ok {
-				logger.Warn("limit exempts others but is keyed on a request header a client may send itself: any client could skip those limits with a made-up value; "+advice,
-					zap.String("limit", cl.name), zap.Strings("exempts", cl.exempt), zap.String("header", h))
+			if from, ok := cl.keys[i].fromClient(); ok {
+				logger.Warn("limit exempts others but is keyed on what a client sends (a header, a cookie, the query): any client could skip those limits with a made-up value; "+advice,
+					zap.String("limit", cl.name), zap.Strings("exempts", cl.exempt), zap.String("from", from))
 				break
 			}
 		}
 	}
 	if cl.tierKey != nil {
-		if h, ok := cl.tierKey.fromRequestHeader(); ok {
-			logger.Warn("limit chooses its tier from a request header a client may send itself: any client could claim a better tier; "+advice,
-				zap.String("limit", cl.name), zap.String("header", h))
+		if from, ok := cl.tierKey.fromClient(); ok {
+			logger.Warn("limit chooses its tier from what a client sends (a header, a cookie, the query): any client could claim a better tier; "+advice,
+				zap.String("limit", cl.name), zap.String("from", from))
 		}
 	}
 }

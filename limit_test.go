@@ -157,6 +157,11 @@ func TestPrivilegeFromARequestHeaderWarns(t *testing.T) {
 				default gold
 			}
 		}
+		limit cookie_quota {
+			key {cookie.plugin}
+			rate 5/1m
+			exempt api_global
+		}
 		limit safe_quota {
 			key {plugin_id}
 			rate 5/1m
@@ -166,11 +171,14 @@ func TestPrivilegeFromARequestHeaderWarns(t *testing.T) {
 	respond "ok"
 }`)
 	lines := logs()
-	if e2e.Count(lines, "exempts others", `"limit":"plugin_daily"`, `"header":"X-Plugin-Id"`) != 1 {
+	if e2e.Count(lines, "exempts others", `"limit":"plugin_daily"`, `"from":"header X-Plugin-Id"`) != 1 {
 		t.Errorf("no warning for an exemption keyed on X-Plugin-Id:\n%s", strings.Join(lines, "\n"))
 	}
-	if e2e.Count(lines, "chooses its tier", `"limit":"tiered"`, `"header":"X-Tier"`) != 1 {
+	if e2e.Count(lines, "chooses its tier", `"limit":"tiered"`, `"from":"header X-Tier"`) != 1 {
 		t.Errorf("no warning for a tier from X-Tier:\n%s", strings.Join(lines, "\n"))
+	}
+	if e2e.Count(lines, "exempts others", `"limit":"cookie_quota"`, `"from":"http.request.cookie.plugin"`) != 1 {
+		t.Errorf("no warning for an exemption keyed on a cookie:\n%s", strings.Join(lines, "\n"))
 	}
 	if e2e.Count(lines, `"limit":"safe_quota"`) != 0 || e2e.Count(lines, `"limit":"api_global"`) != 0 {
 		t.Errorf("a warning for a limit keyed on authenticated input:\n%s", strings.Join(lines, "\n"))

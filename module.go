@@ -31,6 +31,7 @@ package edgelimit
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -72,21 +73,29 @@ type App struct {
 	exempting []exemption
 }
 
-// exemption is one name in a limit's exempt list.
+// exemption is one name in a limit's exempt list, and where the limit is
+// (the names of its directive's limits).
 type exemption struct {
-	limit, exempts, zone string
+	limit, exempts string
+	with           []string
 }
 
-// declare records a handler's limits: their names may be exempted, and the
-// names they exempt must exist.
-func (a *App) declare(zone string, limits []*compiledLimit) {
+// declare records a handler's limits (nil: the global option's): their
+// names may be exempted, and the names they exempt must exist.
+func (a *App) declare(limits []*compiledLimit, global bool) {
 	if a.declared == nil {
 		a.declared = make(map[string]bool)
+	}
+	var with []string
+	if !global {
+		for _, cl := range limits {
+			with = append(with, cl.name)
+		}
 	}
 	for _, cl := range limits {
 		a.declared[cl.name] = true
 		for _, e := range cl.exempt {
-			a.exempting = append(a.exempting, exemption{limit: cl.name, exempts: e, zone: zone})
+			a.exempting = append(a.exempting, exemption{limit: cl.name, exempts: e, with: with})
 		}
 	}
 }
@@ -131,7 +140,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		cl.outcomes = a.metrics.outcomesFor(cl.name)
 		a.shared[l.Name] = cl
 		warnPrivileges(a.logger, cl)
-		a.declare("", []*compiledLimit{cl})
+		a.declare([]*compiledLimit{cl}, true)
 	}
 	return nil
 }
@@ -153,8 +162,8 @@ func (a *App) Start() error {
 	for _, e := range a.exempting {
 		if !a.declared[e.exempts] {
 			where := "the edge_limit global option"
-			if e.zone != "" {
-				where = "the edge_limit directive of zone " + e.zone
+			if e.with != nil {
+				where = "the edge_limit directive with limits " + strings.Join(e.with, ", ")
 			}
 			return fmt.Errorf("limit %q in %s: exempt %q: no edge_limit directive nor the global option declares a limit of that name", e.limit, where, e.exempts)
 		}

@@ -67,12 +67,15 @@ type Decision struct {
 }
 
 // CacheableStatus tells whether a response status may be stored: Bloom's
-// list, no other.
+// list, less 417 (Expectation Failed) and 431 (Request Header Fields Too
+// Large), which answer request headers that are not in the key: one
+// client's odd Expect or oversized header would otherwise serve everyone
+// the error.
 func CacheableStatus(code int) bool {
 	switch code {
 	case 200, 203, 204, 205, 206, 207, 208,
 		300, 301, 302, 303, 308,
-		401, 402, 403, 404, 405, 410, 414, 415, 416, 417, 418, 423, 424, 428, 431,
+		401, 402, 403, 404, 405, 410, 414, 415, 416, 418, 423, 424, 428,
 		501, 510:
 		return true
 	}

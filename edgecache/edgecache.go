@@ -83,17 +83,17 @@ type Handler struct {
 
 	// KeepHeaders are request headers of the default strip list that reach
 	// the upstream on cacheable requests anyway; their values become part
-	// of the key. By default the headers that make an upstream answer for
-	// another URL, method or host (X-Original-URL, X-Rewrite-URL,
-	// X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override, X-Host,
-	// X-Forwarded-Host, X-Forwarded-Server, X-Forwarded-Prefix, Forwarded)
-	// are removed from the requests whose responses may be stored, as they
-	// are not in the key.
+	// of the key. By default the headers that make common upstreams answer
+	// for another URL, method, host, scheme, port or client (X-Original-URL,
+	// X-Rewrite-URL, X-HTTP-Method-Override, X-Host, Forwarded, X-Real-IP,
+	// every X-Forwarded-* but For and Proto, and others: see the docs), and
+	// Expect, are removed from the requests whose responses may be stored,
+	// as they are not in the key.
 	KeepHeaders []string `json:"keep_headers,omitempty"`
 
 	// CoalesceWait bounds how long a request waits for another's upstream
 	// request for the same key (a MISS in flight) before it asks the
-	// upstream itself. Default: 5s.
+	// upstream itself. Default: 10s.
 	CoalesceWait caddy.Duration `json:"coalesce_wait,omitempty"`
 
 	// StorageRaw is where entries live: {"backend": "memory"} (default: in
@@ -141,16 +141,33 @@ const (
 	DefaultMaxSize   = cache.DefaultMaxSize
 	DefaultMaxMemory = cache.DefaultMaxMemory
 	// DefaultCoalesceWait bounds a wait on another request's MISS.
-	DefaultCoalesceWait = 5 * time.Second
+	DefaultCoalesceWait = 10 * time.Second
 )
 
 // stripHeaders are the request headers that make common upstreams answer
-// for another URL (Symfony, IIS rewrites), another method, or another
-// host, and that are not part of the key: a response computed from one
-// would be stored under the plain URL and served to the next visitor.
+// for another URL (Symfony, IIS rewrites), another method, host, scheme,
+// port or client, or with an error (Expect), and that are not part of the
+// key: a response computed from one would be stored under the plain URL
+// and served to the next visitor. Every X-Forwarded-* goes too, but
+// X-Forwarded-For and X-Forwarded-Proto, which reverse_proxy sets itself
+// from the connection (or takes from trusted_proxies).
 var stripHeaders = []string{
-	"X-Original-Url", "X-Rewrite-Url", "X-Http-Method-Override", "X-Http-Method", "X-Method-Override",
-	"X-Host", "X-Forwarded-Host", "X-Forwarded-Server", "X-Forwarded-Prefix", "Forwarded",
+	"X-Original-Url", "X-Original-Uri", "X-Original-Host", "X-Original-Method", "X-Rewrite-Url",
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Host", "Forwarded",
+	"X-Real-Ip", "True-Client-Ip", "Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Client-Ip", "X-Cluster-Client-Ip",
+	"X-Url-Scheme", "Front-End-Https", "X-Envoy-Original-Path", "Expect",
+}
+
+// stripped tells whether the request header name (canonical) is removed
+// from cacheable requests.
+func (c *Handler) stripped(name string) bool {
+	if slices.Contains(c.keep, name) {
+		return false
+	}
+	if rest, ok := strings.CutPrefix(name, "X-Forwarded-"); ok {
+		return rest != "For" && rest != "Proto"
+	}
+	return slices.Contains(c.strip, name)
 }
 
 // Provision applies defaults and opens the store.

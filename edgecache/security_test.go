@@ -2,6 +2,7 @@ package edgecache_test
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // sessionApp renders a page per session cookie, as many apps do: no
@@ -204,6 +207,12 @@ func TestCacheStripsRewriteHeaders(t *testing.T) {
 			host = f
 		}
 		_, _ = fmt.Fprintf(w, "%s %s on %s", method, page, host)
+		// Django, Rack and others build links from these.
+		for _, h := range []string{"X-Forwarded-Port", "X-Forwarded-Scheme", "X-Forwarded-Ssl", "X-Original-Host", "X-Real-Ip", "Cf-Connecting-Ip", "X-Url-Scheme"} {
+			if v := r.Header.Get(h); v != "" {
+				_, _ = fmt.Fprintf(w, " %s=%s", h, v)
+			}
+		}
 	}
 	up := newUpstream(t, rewriting)
 	s := startCacheSite(t, `
@@ -225,6 +234,13 @@ func TestCacheStripsRewriteHeaders(t *testing.T) {
 		{"X-HTTP-Method-Override", "DELETE"},
 		{"X-Host", "evil.example"},
 		{"Forwarded", "host=evil.example"},
+		{"X-Forwarded-Port", "1337"},
+		{"X-Forwarded-Scheme", "javascript"},
+		{"X-Forwarded-Ssl", "weird-on"},
+		{"X-Original-Host", "evil.example"},
+		{"X-Real-IP", "203.0.113.66"},
+		{"CF-Connecting-IP", "203.0.113.67"},
+		{"X-Url-Scheme", "gopher"},
 	} {
 		path := "/page-" + strings.ToLower(h[0])
 		r := s.Get(path, h[0], h[1])
@@ -243,4 +259,136 @@ func TestCacheStripsRewriteHeaders(t *testing.T) {
 	e2e.Expect(t, s.Get("/kept/a", "X-Rewrite-URL", "/kept/b"), 200, "Bloom-Status", "MISS", "body", "GET /kept/b on "+host)
 	e2e.Expect(t, s.Get("/kept/a"), 200, "Bloom-Status", "MISS", "body", "GET /kept/a on "+host)
 	e2e.Expect(t, s.Get("/kept/a", "X-Rewrite-URL", "/kept/b"), 200, "Bloom-Status", "HIT", "body", "GET /kept/b on "+host)
+}
+
+// TestCacheNeverStoresAnswersToHeadersOutsideTheKey: over HTTP/2 an odd
+// Expect reached the upstream, whose 417 was stored and served to every
+// anonymous visitor; an oversized header's 431 likewise. Expect is
+// stripped from cacheable requests, and 417 and 431 are not stored.
+func TestCacheNeverStoresAnswersToHeadersOutsideTheKey(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header.Get("X-Pad")) > 1000 {
+			w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
+			return
+		}
+		_, _ = io.WriteString(w, "page")
+	})
+	s := startCacheSite(t, `{
+	servers {
+		protocols h1 h2c
+	}
+}
+%ADDR% {
+	edge_cache
+	reverse_proxy %UPSTREAM%
+}`, up)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	req, _ := http.NewRequest(http.MethodGet, s.Base+"/expect", nil)
+	req.Header.Set("Expect", "x-weird")
+	resp, err := h2.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+		t.Fatalf("HTTP/%d %d: the Expect reached the upstream", resp.ProtoMajor, resp.StatusCode)
+	}
+	e2e.Expect(t, s.Get("/expect"), 200, "Bloom-Status", "HIT", "body", "page")
+
+	e2e.Expect(t, s.Get("/pad", "X-Pad", strings.Repeat("p", 2000)), 431, "Bloom-Status", "DIRECT")
+	e2e.Expect(t, s.Get("/pad"), 200, "Bloom-Status", "MISS", "body", "page")
+}
+
+// TestCacheKeysOnAPICredentials: a page for X-Api-Key alice was stored and
+// served to anonymous visitors and to Bob's X-Auth-Token. API credential
+// headers are in the key, hashed, as Authorization is.
+func TestCacheKeysOnAPICredentials(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		who := r.Header.Get("X-Api-Key") + r.Header.Get("X-Auth-Token")
+		if who == "" {
+			who = "anonymous"
+		}
+		_, _ = io.WriteString(w, "invoices of "+who)
+	})
+	s := startCacheSite(t, `
+%ADDR% {
+	edge_cache
+	reverse_proxy %UPSTREAM%
+}`, up)
+	e2e.Expect(t, s.Get("/tokpage", "X-Api-Key", "alice-key"), 200, "Bloom-Status", "MISS", "body", "invoices of alice-key")
+	e2e.Expect(t, s.Get("/tokpage", "X-Api-Key", "alice-key"), 200, "Bloom-Status", "HIT", "body", "invoices of alice-key")
+	e2e.Expect(t, s.Get("/tokpage"), 200, "Bloom-Status", "MISS", "body", "invoices of anonymous")
+	e2e.Expect(t, s.Get("/tokpage", "X-Auth-Token", "bob-token"), 200, "Bloom-Status", "MISS", "body", "invoices of bob-token")
+}
+
+// TestCacheHTTP2TrailerNeverLeadsAFlight: an HTTP/2 GET that says
+// "content-length: 0" but declares a trailer, and never ends its stream,
+// led the URL's flight while reverse_proxy waited for its body: every
+// other request for the URL waited behind it. It passes through.
+func TestCacheHTTP2TrailerNeverLeadsAFlight(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "page")
+	})
+	s := startCacheSite(t, `{
+	servers {
+		protocols h1 h2c
+	}
+}
+%ADDR% {
+	edge_cache {
+		coalesce_wait 2m
+	}
+	reverse_proxy %UPSTREAM%
+}`, up)
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", fmt.Sprintf("127.0.0.1:%d", s.Port)},
+		{":path", "/held"}, {"content-length", "0"}, {"trailer", "x-foo"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		// Read (and drop) the server's frames, so that it is never blocked.
+		for {
+			if _, err := fr.ReadFrame(); err != nil {
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for up.count("GET /held") == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	for range 3 {
+		resp, err := client.Get(s.Base + "/held")
+		if err != nil {
+			t.Fatalf("a plain GET waited behind the held stream: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "page" {
+			t.Fatalf("a plain GET got %q", b)
+		}
+	}
 }

@@ -28,7 +28,7 @@ import (
 // entries and leads no flight. When the upstream cannot be reached, a
 // stale copy within stale_if_error is served, else a 502; both say OFFLINE.
 func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 || r.ContentLength != 0 {
+	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 || hasBody(r) {
 		return c.passThrough(w, r, next, nil)
 	}
 	private := c.isPrivate(r)
@@ -92,6 +92,13 @@ func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	// Not stored, or another variant: the leader's response may have been
 	// for the leader only.
 	return c.fetch(w, r, next, key, stale, nil, false)
+}
+
+// hasBody tells whether the request has (or may still send) a body: a
+// length, chunks, or trailers to come (an HTTP/2 stream that declares
+// "content-length: 0" and a trailer still sends its upstream a body).
+func hasBody(r *http.Request) bool {
+	return r.ContentLength != 0 || len(r.TransferEncoding) > 0 || len(r.Trailer) > 0 || len(r.Header["Trailer"]) > 0
 }
 
 var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
@@ -255,8 +262,8 @@ func (c *Handler) forUpstream(r *http.Request) *http.Request {
 			drop++
 		}
 	}
-	for _, n := range c.strip {
-		if _, ok := r.Header[n]; ok {
+	for n := range r.Header {
+		if c.stripped(n) {
 			drop++
 		}
 	}
@@ -267,8 +274,10 @@ func (c *Handler) forUpstream(r *http.Request) *http.Request {
 	r2.Header = r.Header.Clone()
 	delete(r2.Header, "If-None-Match")
 	delete(r2.Header, "If-Modified-Since")
-	for _, n := range c.strip {
-		delete(r2.Header, n)
+	for n := range r2.Header {
+		if c.stripped(n) {
+			delete(r2.Header, n)
+		}
 	}
 	return r2
 }

@@ -209,12 +209,14 @@ type State struct {
 	// Denied records that the last decision for this key was a denial, so
 	// that the first denial of a run can be reported once.
 	Denied bool
-	// Fill is how much of the quota the key has used, from 0 (fresh) to
-	// 255 (exhausted, or denying): what a store that must forget keys to
-	// stay within its memory keeps longest. Take keeps it up to date; it
-	// is not part of a key's lasting state (the Redis store does not keep
-	// it).
-	Fill uint8
+	// Weight is the evidence the state carries, for a store that must
+	// forget keys to stay within its memory: the units counted in its
+	// window (for buckets, the units in their backlog), up to 254, and 255
+	// once the key is denied. A flood of made-up keys, one request each,
+	// weighs 1 apiece; a client that used its quota or was denied weighs
+	// more, and is forgotten last. Take keeps it up to date; it is not part
+	// of a key's lasting state (the Redis store does not keep it).
+	Weight uint8
 }
 
 // Result is the outcome of one decision.
@@ -264,33 +266,25 @@ func (l *Limit) Take(s *State, r *Result, now, cost int64) {
 		l.takeFixed(s, r, now, cost)
 	}
 	r.ResetAt = now + r.Reset.Microseconds()
-	s.Fill = l.fill(s, now)
+	s.Weight = l.weight(s, now)
 }
 
-// fill computes State.Fill: the part of the quota used, rounded up (a key
-// that counted anything is above 0), 255 for a key that is denying.
-func (l *Limit) fill(s *State, now int64) uint8 {
+// weight computes State.Weight.
+func (l *Limit) weight(s *State, now int64) uint8 {
 	if s.Denied {
 		return 255
 	}
-	var used float64
+	var units int64
 	switch l.Algorithm {
 	case TokenBucket, GCRA:
 		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
-		used = (s.Debt - float64(now-s.Start)) / (interval * float64(l.Quota))
+		units = int64(math.Ceil((s.Debt - float64(now-s.Start)) / interval))
 	case SlidingWindow:
-		start, end := l.Bounds(now)
-		used = slidingUsed(s.Prev, s.Count, now-start, end-start) / float64(l.Quota)
+		units = s.Count + s.Prev
 	default:
-		used = float64(s.Count) / float64(l.Quota)
+		units = s.Count
 	}
-	switch {
-	case used <= 0:
-		return 0
-	case used >= 1:
-		return 255
-	}
-	return uint8(math.Ceil(used * 254))
+	return uint8(min(max(units, 0), 254))
 }
 
 // Bounds returns the aligned window that holds now.

@@ -15,11 +15,11 @@ type MemoryOptions struct {
 	// MaxKeys bounds the number of keys kept (default DefaultMaxKeys).
 	// When a new key arrives and its shard is full, expired keys in the
 	// shard are dropped; if none has expired, the key of a small sample
-	// that carries the least is forgotten: the one that used the least of
-	// its quota (limiter.State.Fill), then the one that expires soonest; or
-	// the new key itself, when it used less than all of them. Memory stays
-	// bounded, and a flood of made-up keys cannot make the store forget
-	// the clients it is denying. Evictions are counted.
+	// that carries the least evidence is forgotten: the one that counted
+	// the fewest units (limiter.State.Weight; a denying key the most), then
+	// the one that expires soonest. Memory stays bounded, and a flood of
+	// made-up keys cannot make the store forget the clients it is denying.
+	// Evictions are counted.
 	MaxKeys int
 	// SweepInterval is how often expired keys are removed in the
 	// background (default DefaultSweepInterval).
@@ -163,7 +163,7 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 		// A denial keeps its mark (for FirstDenial), even when nothing is
 		// counted.
 		if pass || !results[i].Allowed {
-			m.put(hs[i], &next[i], &reqs[i], t)
+			m.put(hs[i], &next[i], t)
 		}
 	}
 	for _, s := range locks {
@@ -195,7 +195,7 @@ func (m *Memory) takeOne(r *Request, res *limiter.Result, t int64) {
 	sh.mu.Lock()
 	st, _ := m.get(h, t)
 	r.Limit.Take(&st, res, t, r.Cost)
-	m.put(h, &st, r, t)
+	m.put(h, &st, t)
 	sh.mu.Unlock()
 }
 
@@ -209,26 +209,24 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 }
 
 // put stores a state; its shard must be locked. In a full shard, the key
-// that carries the least (see makeRoom) makes room, and that may be the
-// new key itself: it is then not kept.
-func (m *Memory) put(h uint64, st *limiter.State, r *Request, t int64) {
+// that carries the least makes room (see makeRoom).
+func (m *Memory) put(h uint64, st *limiter.State, t int64) {
 	sh := m.shardOf(h)
 	if len(sh.m) >= m.perShard {
-		if _, ok := sh.m[h]; !ok && !m.makeRoom(sh, t, st) {
-			return
+		if _, ok := sh.m[h]; !ok {
+			m.makeRoom(sh, t)
 		}
 	}
 	sh.m[h] = *st
 }
 
 // makeRoom drops the expired keys of a sample of the shard; if none has
-// expired, it evicts the key that carries the least: the one that used
-// the least of its quota (a client that is denied or nearly exhausted is
-// kept, a flood of fresh made-up keys goes first), then the one that
-// expires soonest. It reports false when the newcomer carries less than
-// every key of the sample: then the newcomer is the one not kept, so that
-// a flood cannot make the store forget the clients it limits.
-func (m *Memory) makeRoom(sh *shard, t int64, newcomer *limiter.State) bool {
+// expired, it evicts the key that carries the least evidence (the fewest
+// units counted; a denying key the most, limiter.State.Weight), then the
+// one that expires soonest: a flood of made-up keys, one request each,
+// evicts its own keys, not the clients it is denying. A new key is always
+// stored: its count must hold.
+func (m *Memory) makeRoom(sh *shard, t int64) {
 	var (
 		victim uint64
 		worst  limiter.State
@@ -240,25 +238,17 @@ func (m *Memory) makeRoom(sh *shard, t int64, newcomer *limiter.State) bool {
 		if e.Expires <= t {
 			delete(sh.m, h)
 			freed = true
-		} else if !found || e.Fill < worst.Fill || e.Fill == worst.Fill && e.Expires < worst.Expires {
+		} else if !found || e.Weight < worst.Weight || e.Weight == worst.Weight && e.Expires < worst.Expires {
 			victim, worst, found = h, e, true
 		}
 		if seen++; seen >= evictionSample {
 			break
 		}
 	}
-	switch {
-	case freed:
-		return true
-	case !found:
-		return true
-	case newcomer.Fill < worst.Fill:
+	if !freed && found {
+		delete(sh.m, victim)
 		m.evictions.Add(1)
-		return false
 	}
-	delete(sh.m, victim)
-	m.evictions.Add(1)
-	return true
 }
 
 func insertSorted(s []uint8, v uint8) []uint8 {

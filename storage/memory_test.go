@@ -155,4 +155,28 @@ func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
 		t.Fatalf("%d keys held, bound %d", n, maxKeys)
 	}
 	t.Logf("%d made-up keys into %d: every exhausted client still denied; %d evictions, %d keys held", flood, maxKeys, m.Evictions(), m.Len())
+
+	// A flood on a limit of 1 (a password reset per e-mail): each made-up
+	// key is exhausted by its one request. It must neither evict the
+	// denied clients nor keep new clients from being counted.
+	once := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: 24 * time.Hour}
+	for i := range flood {
+		req := []storage.Request{{Counter: "reset", Key: fmt.Sprint("e-mail-", i), Limit: once, Cost: 1}}
+		if err := m.Take(context.Background(), now, req, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for c := range clients {
+		if take(fmt.Sprint("client-", c), now) {
+			t.Fatalf("an exhausted client passed again after a flood on a limit of 1")
+		}
+	}
+	for range 10 {
+		if !take("newcomer", now) {
+			t.Fatal("a new client was denied before its limit")
+		}
+	}
+	if take("newcomer", now) {
+		t.Fatal("a new client is not counted after a flood on a limit of 1")
+	}
 }
