@@ -42,8 +42,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 	runs := s.groupBySlot(sc, len(reqs))
 	for g := range runs {
 		r := &runs[g]
-		keys, argv := s.script(sc, reqs, r.idx, now, at, 1)
-		r.keys, r.argv = slices.Clone(keys), slices.Clone(argv)
+		r.keys, r.argv = s.takeArgs(sc, reqs, r.idx, now, at, true)
 	}
 	s.pipeline(ctx, runs, takeScript)
 

@@ -295,7 +295,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 	rng := rand.New(rand.NewPCG(3, 5))
 	for round := range 6 {
 		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
-		red := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+		red := c.open(t, storage.RedisOptions{LocalClock: true, NoLocalDenials: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {
 			limits = append(limits, randomLimit(rng))

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -106,17 +107,13 @@ func grow[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// script writes the KEYS and ARGV of a script for the requests at idx (all
-// when idx is nil): the distinct client keys; ARGV[1], the time, the head
-// numbers and five numbers per request (see luaCommon), and then each
-// request's field, its counter. It records the calendar bounds it passes.
-// The slices are the scratch's: the pipe copies them into its command.
-func (s *Redis) script(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, head ...int64) (keys, argv []string) {
-	b := appendInt(sc.buf[:0], s.scriptNow(now))
-	for _, v := range head {
-		b = appendInt(b, v)
-	}
-	keys, argv = sc.runKey[:0], append(sc.argv[:0], "")
+// requests writes the requests at idx (all when idx is nil) as the
+// scripts read them: the distinct client keys (their indexes from 1), five
+// numbers per request (see luaCommon), and each request's field, its
+// counter. It records the calendar bounds it passes. The slices are the
+// scratch's: the pipe copies them into its call.
+func (s *Redis) requests(sc *redisScratch, reqs []Request, idx []int, at int64) (keys []string, spec []byte, fields []string) {
+	keys, fields, spec = sc.runKey[:0], sc.argv[:0], sc.buf[:0]
 	n := len(reqs)
 	if idx != nil {
 		n = len(idx)
@@ -139,12 +136,35 @@ func (s *Redis) script(sc *redisScratch, reqs []Request, idx []int, now time.Tim
 			start, end = r.Limit.Calendar.Bounds(at)
 		}
 		sc.bounds[i] = [2]int64{start, end}
-		b = appendLimit(b, k+1, &r.Limit, r.Cost, r.DryRun, start, end)
-		argv = append(argv, r.Counter)
+		spec = appendLimit(spec, k+1, &r.Limit, r.Cost, r.DryRun, start, end)
+		fields = append(fields, r.Counter)
 	}
-	argv[0] = string(b)
-	sc.buf, sc.runKey, sc.argv = b[:0], keys, argv
-	return keys, argv
+	sc.buf, sc.runKey, sc.argv = spec[:0], keys, fields
+	return keys, spec, fields
+}
+
+// script is the KEYS and ARGV of a refund or an undo script for the
+// requests at idx: ARGV[1] the time and the requests' numbers, then their
+// fields. Copies, for a command of its own.
+func (s *Redis) script(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64) (keys, argv []string) {
+	k, spec, fields := s.requests(sc, reqs, idx, at)
+	head := appendInt(make([]byte, 0, 8+len(spec)), s.scriptNow(now))
+	return slices.Clone(k), append([]string{string(append(head, spec...))}, fields...)
+}
+
+// takeArgs is the KEYS and ARGV of a take script of one decision, with
+// each state before and after when keep is set (to undo the take).
+func (s *Redis) takeArgs(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, keep bool) (keys, argv []string) {
+	k, spec, fields := s.requests(sc, reqs, idx, at)
+	flags := int64(0)
+	if keep {
+		flags = 1
+	}
+	head := appendInt(make([]byte, 0, 32+len(spec)), flags)
+	head = appendInt(head, 1)
+	head = appendInt(head, s.scriptNow(now))
+	head = appendInt(head, int64(len(fields)))
+	return slices.Clone(k), append([]string{string(append(head, spec...))}, fields...)
 }
 
 // scriptNow is the time the scripts decide at: 0 asks for the server's.

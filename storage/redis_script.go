@@ -29,8 +29,9 @@ import (
 // token bucket (4) or GCRA (5), and (start, end) of the calendar window Go
 // computed for a calendar quota (6). ARGV[1 + i] is request i's field.
 const luaCommon = `
-local sunpack, spack, max, ceil, floor = struct.unpack, struct.pack, math.max, math.ceil, math.floor
+local sunpack, spack, max, min, ceil, floor, fmod, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.fmod, math.huge
 local rcall, rpcall = redis.call, redis.pcall
+local zero41 = string.rep('\0', 41)
 
 -- state decodes a stored value: start count prev debt expires denied, a
 -- fresh state for nothing, a foreign value (it may be any 41 bytes: no NaN
@@ -75,214 +76,285 @@ end
 
 `
 
-// luaTake decides the limits of one request (see luaCommon for KEYS and
-// ARGV; flags 1 asks for each state before and after, to undo the take).
+// luaTake decides the requests of a batch of decisions, one after the
+// other, as separate scripts would (each decision is all or nothing; a
+// later one sees what the earlier counted), for the cost of one script:
+// the pipe sends what queued concurrently as one batch. KEYS are the
+// clients of the whole batch; ARGV[1] holds a head (flags: 1 asks for each
+// state before and after, to undo a take; the number of decisions), then
+// per decision its time (0 for the server's) and its number of requests,
+// and five numbers per request (see luaCommon; the key index is into the
+// batch's KEYS); ARGV[2...] are the requests' fields, in order.
 //
-// The reply is "R", the time decided at, and five integers per request
-// (the same encoding), allowed first_denial remaining reset retry_after
-// (durations in microseconds), followed with flags 1 by the state before
-// and the state after each request (41 bytes each, all zeros for none); or
-// "B" and the server's time when it falls outside a calendar window Go
-// computed, to be asked again with bounds for that time.
+// The reply is, per decision, "R", the time decided at, and five integers
+// per request (the same encoding), allowed first_denial remaining reset
+// retry_after (durations in microseconds), followed with flags 1 by the
+// state before and the state after each request (41 bytes each, all zeros
+// for none); or "B" and the server's time when it falls outside a calendar
+// window Go computed for that decision: it counted nothing, and is asked
+// again with bounds for that time.
 const luaTake = luaCommon + `
-local n = #ARGV - 1
-local now, flags = sunpack('<i8i8', ARGV[1])
-now = clock(now)
+local A, K = ARGV, KEYS
+local spec = A[1]
+local flags, ndec = sunpack('<i8i8', spec)
 local keep = flags == 1
+local nk = #K
 
--- vals[1 + i] is request i's stored value; marks[k] key k's "~". One
--- HMGET per client (a decision usually has one).
-local vals, marks = nil, {}
-if #KEYS == 1 then
-  vals = rpcall('HMGET', KEYS[1], '~', unpack(ARGV, 2))
-  if type(vals) ~= 'table' or vals.err then
-    rcall('DEL', KEYS[1])
-    vals = {}
+-- cache[k][field] is the stored value (false for none), marks[k] key k's
+-- "~": one HMGET per client of the batch.
+local cache, marks = {}, {}
+if nk == 1 then
+  local got = rpcall('HMGET', K[1], '~', unpack(A, 2))
+  if type(got) ~= 'table' or got.err then
+    rcall('DEL', K[1])
+    got = {}
   end
-  marks[1] = tonumber(vals[1]) or 0
+  marks[1] = tonumber(got[1]) or 0
+  local c = {}
+  for i = 2, #A do c[A[i]] = got[i] or false end
+  cache[1] = c
 else
-  vals = {}
-  for k = 1, #KEYS do
-    local names, idx = {'~'}, {}
-    for i = 1, n do
-      if floor(sunpack('<i8', ARGV[1], 17 + 40 * (i - 1)) / 256) == k then
-        names[#names + 1] = ARGV[1 + i]
-        idx[#idx + 1] = i
+  local names, pos, f = {}, 17, 2
+  for _ = 1, ndec do
+    local _, nreq = sunpack('<i8i8', spec, pos)
+    pos = pos + 16
+    for _ = 1, nreq do
+      local k = floor(sunpack('<i8', spec, pos) / 256)
+      pos = pos + 40
+      local l = names[k]
+      if not l then
+        l = {'~'}
+        names[k] = l
       end
+      l[#l + 1] = A[f]
+      f = f + 1
     end
-    local got = rpcall('HMGET', KEYS[k], unpack(names))
+  end
+  for k = 1, nk do
+    local l = names[k]
+    local got = rpcall('HMGET', K[k], unpack(l))
     if type(got) ~= 'table' or got.err then
-      rcall('DEL', KEYS[k])
+      rcall('DEL', K[k])
       got = {}
     end
     marks[k] = tonumber(got[1]) or 0
-    for j = 1, #idx do vals[1 + idx[j]] = got[1 + j] end
+    local c = {}
+    for j = 2, #l do c[l[j]] = got[j] or false end
+    cache[k] = c
   end
 end
 
-local ks, after, expires, allowed, res, states = {}, {}, {}, {}, {}, {}
-local pass = true
-for i = 1, n do
-  local k, alg, dry, q, cost, a, b = spec(i, 2)
-  if alg == 6 and (now < a or now >= b) then
-    -- A calendar window Go computed for another time (nothing is written
-    -- before this loop ends).
-    return 'B' .. spack('<i8', now)
+local out, dirty, need, at = {}, {}, {}, {}
+local ks, fs, after, expires, allowed, res, states = {}, {}, {}, {}, {}, {}, {}
+local server
+local pos, f = 17, 2
+for _ = 1, ndec do
+  local now, n = sunpack('<i8i8', spec, pos)
+  pos = pos + 16
+  if now == 0 then
+    if not server then server = clock(0) end
+    now = server
   end
-  ks[i] = k
-  -- The same counter twice in one request: the later sees the earlier's
-  -- result.
-  local v = vals[1 + i]
-  for j = i - 1, 1, -1 do
-    if ks[j] == k and ARGV[1 + j] == ARGV[1 + i] then
-      v = after[j]
-      break
+  local pass, bad, nst = true, false, 0
+  for i = 1, n do
+    local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
+    pos = pos + 40
+    local field = A[f]
+    f = f + 1
+    local k, alg, dry = floor(code / 256), floor(code % 256 / 2), code % 2
+    ks[i], fs[i] = k, field
+    if alg == 6 and (now < a or now >= b) then
+      -- A calendar window Go computed for another time: this decision
+      -- counts nothing, and is asked again.
+      bad = true
     end
-  end
-  local st, c, p, d, e, x = state(v, now)
-  if keep then
-    states[#states + 1] = e > 0 and enc(st, c, p, d, e, x) or string.rep('\0', 41)
-  end
-  local ok, first, rem, reset, retry
-  if alg == 1 or alg == 6 then
-    -- takeFixed
-    local start, stop = bounds(alg, a, b, now)
-    if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-    e = stop
-    reset = stop - now
-    if c + cost <= q then
-      c = c + cost
-      x = false
-      ok, first, rem, retry = 1, 0, q - c, 0
-    else
-      ok, first, rem, retry = 0, x and 0 or 1, max(q - c, 0), stop - now
-      x = true
+    -- The same counter twice in one decision: the later sees the
+    -- earlier's result.
+    local v = cache[k][field]
+    for j = i - 1, 1, -1 do
+      if ks[j] == k and fs[j] == field then
+        v = after[j]
+        break
+      end
     end
-  elseif alg == 4 or alg == 5 then
-    -- takeTAT
-    local interval = a / b
-    local tau = interval * q
-    local debt = d - max(now - st, 0)
-    if st == 0 or debt < 0 then debt = 0 end
-    local nxt = debt + cost * interval
-    if nxt <= tau + 1e-3 then
-      st, d = now, nxt
-      e = now + ceil(nxt)
-      x = false
-      ok, first, rem, reset, retry = 1, 0, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt), 0
-    else
-      ok, first = 0, x and 0 or 1
-      x = true
-      e = max(e, now + ceil(nxt - tau))
-      rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau)
-    end
-  elseif alg == 2 then
-    -- takeAnchored
-    local w = a
-    if c == 0 or now >= st + w or now < st then
-      local dd = x and c == 0
-      st, c, p, d, e, x = now, 0, 0, 0, 0, dd
-    end
-    local stop = st + w
-    reset = stop - now
-    if c + cost <= q then
-      c = c + cost
-      x = false
-      ok, first, rem, retry = 1, 0, q - c, 0
-    else
-      ok, first, rem, retry = 0, x and 0 or 1, max(q - c, 0), stop - now
-      x = true
-    end
-    if c == 0 then
-      st, e = 0, now + w
-    else
-      e = stop
-    end
-  else
-    -- takeSliding
-    local start, stop = bounds(alg, a, b, now)
-    local w = stop - start
-    if st == start then
-    elseif st == start - w then
-      st, p, c, d, e = start, c, 0, 0, 0
-    else
-      st, c, p, d, e, x = start, 0, 0, 0, 0, false
-    end
-    local elapsed = now - start
-    local used = p * (w - elapsed) / w + c
-    e = stop + w
-    if used + cost <= q then
-      c = c + cost
-      x = false
-      ok, first, rem, retry = 1, 0, max(floor(q - used - cost + 1e-6), 0), 0
-    else
-      -- slidingRetry
-      if cost > q then
-        retry = w - elapsed + w
+    local st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+    if v and #v == 41 then
+      local xx
+      st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
+      if e > now and d == d and d ~= huge and d ~= -huge then
+        x = xx == 1
       else
-        local room = q - cost - c
-        if room >= 0 and p > 0 then
-          local ee = w - floor(room * w / p)
-          retry = ee > elapsed and ee - elapsed or 1
-        elseif room >= 0 then
-          retry = 1
-        else
-          retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
-        end
-      end
-      ok, first, rem = 0, x and 0 or 1, max(floor(q - used + 1e-6), 0)
-      x = true
-    end
-    -- slidingReset
-    if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
-  end
-  local nv = enc(st, c, p, d, e, x)
-  after[i], expires[i], allowed[i] = nv, e, ok
-  if ok == 0 and dry == 0 then pass = false end
-  if keep then states[#states + 1] = nv end
-  res[i] = spack('<i8i8i8i8i8', ok, first, rem, reset, retry)
-end
-
--- All or nothing: when a limit that is not a dry run denies, only the
--- denials are stored (their mark reports the first denial once). The last
--- state of each counter is written, when it changed: one HSET per client,
--- whose TTL is raised only when a state would outlive it.
-for k = 1, #KEYS do
-  local w, need = nil, 0
-  for i = n, 1, -1 do
-    if ks[i] == k and (pass or allowed[i] == 0) and after[i] ~= vals[1 + i] then
-      local later = false
-      for j = i + 1, n do
-        if ks[j] == k and ARGV[1 + j] == ARGV[1 + i] and (pass or allowed[j] == 0) then
-          later = true
-          break
-        end
-      end
-      if not later then
-        if not w then w = {} end
-        w[#w + 1] = ARGV[1 + i]
-        w[#w + 1] = after[i]
-        if expires[i] > need then need = expires[i] end
+        st, c, p, d, e = 0, 0, 0, 0, 0
       end
     end
-  end
-  if w then
-    if need > marks[k] then
-      -- A quarter of the lifetime to spare (a second to an hour): a state
-      -- that keeps growing (a busy token bucket) raises the TTL now and
-      -- then, not on every request.
-      need = need + math.min(max((need - now) / 4, 1000000), 3600000000)
-      w[#w + 1] = '~'
-      w[#w + 1] = tostring(need)
-      rcall('HSET', KEYS[k], unpack(w))
-      rcall('PEXPIRE', KEYS[k], max(ceil((need - now) / 1000), 1))
+    if keep then
+      nst = nst + 1
+      states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
+    end
+    local ok, first, rem, reset, retry
+    if alg == 1 or alg == 6 then
+      -- takeFixed (with Bounds)
+      local start, stop = a, b
+      if alg == 1 then
+        local m = fmod(now - b, a)
+        if m < 0 then m = m + a end
+        start, stop = now - m, now - m + a
+      end
+      if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+      e = stop
+      reset = stop - now
+      if c + cost <= q then
+        c = c + cost
+        x = false
+        ok, first, rem, retry = 1, 0, q - c, 0
+      else
+        ok, first, retry = 0, x and 0 or 1, stop - now
+        rem = q - c
+        if rem < 0 then rem = 0 end
+        x = true
+      end
+    elseif alg == 4 or alg == 5 then
+      -- takeTAT
+      local interval = a / b
+      local tau = interval * q
+      local debt = now - st
+      if debt < 0 then debt = 0 end
+      debt = d - debt
+      if st == 0 or debt < 0 then debt = 0 end
+      local nxt = debt + cost * interval
+      if nxt <= tau + 1e-3 then
+        st, d = now, nxt
+        e = now + ceil(nxt)
+        x = false
+        ok, first, rem, reset, retry = 1, 0, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt), 0
+      else
+        ok, first = 0, x and 0 or 1
+        x = true
+        e = max(e, now + ceil(nxt - tau))
+        rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau)
+      end
+    elseif alg == 2 then
+      -- takeAnchored
+      local w = a
+      if c == 0 or now >= st + w or now < st then
+        local dd = x and c == 0
+        st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+      end
+      local stop = st + w
+      reset = stop - now
+      if c + cost <= q then
+        c = c + cost
+        x = false
+        ok, first, rem, retry = 1, 0, q - c, 0
+      else
+        ok, first, rem, retry = 0, x and 0 or 1, max(q - c, 0), stop - now
+        x = true
+      end
+      if c == 0 then
+        st, e = 0, now + w
+      else
+        e = stop
+      end
     else
-      rcall('HSET', KEYS[k], unpack(w))
+      -- takeSliding
+      local m = fmod(now - b, a)
+      if m < 0 then m = m + a end
+      local start, stop = now - m, now - m + a
+      local w = a
+      if st == start then
+      elseif st == start - w then
+        st, p, c, d, e = start, c, 0, 0, 0
+      else
+        st, c, p, d, e, x = start, 0, 0, 0, 0, false
+      end
+      local elapsed = now - start
+      local used = p * (w - elapsed) / w + c
+      e = stop + w
+      if used + cost <= q then
+        c = c + cost
+        x = false
+        ok, first, rem, retry = 1, 0, max(floor(q - used - cost + 1e-6), 0), 0
+      else
+        -- slidingRetry
+        if cost > q then
+          retry = w - elapsed + w
+        else
+          local room = q - cost - c
+          if room >= 0 and p > 0 then
+            local ee = w - floor(room * w / p)
+            retry = ee > elapsed and ee - elapsed or 1
+          elseif room >= 0 then
+            retry = 1
+          else
+            retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+          end
+        end
+        ok, first, rem = 0, x and 0 or 1, max(floor(q - used + 1e-6), 0)
+        x = true
+      end
+      -- slidingReset
+      if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
     end
+    local nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
+    after[i], expires[i], allowed[i] = nv, e, ok
+    if ok == 0 and dry == 0 then pass = false end
+    if keep then
+      nst = nst + 1
+      states[nst] = nv
+    end
+    res[i] = spack('<i8i8i8i8i8', ok, first, rem, reset, retry)
+  end
+  if bad then
+    out[#out + 1] = 'B' .. spack('<i8', now)
+  else
+    -- All or nothing: when a limit that is not a dry run denies, only the
+    -- denials are kept (their mark reports the first denial once). In
+    -- order, so that the last state of a counter is the one kept.
+    for i = 1, n do
+      if pass or allowed[i] == 0 then
+        local k, field = ks[i], fs[i]
+        if cache[k][field] ~= after[i] then
+          cache[k][field] = after[i]
+          local dk = dirty[k]
+          if not dk then
+            dk = {}
+            dirty[k] = dk
+          end
+          dk[field] = true
+          if expires[i] > (need[k] or 0) then need[k] = expires[i] end
+          at[k] = now
+        end
+      end
+    end
+    out[#out + 1] = 'R' .. spack('<i8', now) .. table.concat(res, '', 1, n)
+    if keep then out[#out + 1] = table.concat(states, '', 1, nst) end
   end
 end
 
-return 'R' .. spack('<i8', now) .. table.concat(res) .. table.concat(states)
+-- One HSET per client, of its changed fields; its TTL is raised only when
+-- a state would outlive it, with a quarter of the lifetime to spare (a
+-- second to an hour), so that a state that keeps growing (a busy token
+-- bucket) raises it now and then, not on every request.
+for k, dk in pairs(dirty) do
+  local w = {}
+  for field in pairs(dk) do
+    w[#w + 1] = field
+    w[#w + 1] = cache[k][field]
+  end
+  local e = need[k]
+  if e > marks[k] then
+    local now = at[k]
+    e = e + min(max((e - now) / 4, 1000000), 3600000000)
+    w[#w + 1] = '~'
+    w[#w + 1] = tostring(e)
+    rcall('HSET', K[k], unpack(w))
+    rcall('PEXPIRE', K[k], max(ceil((e - now) / 1000), 1))
+  else
+    rcall('HSET', K[k], unpack(w))
+  end
+end
+
+return table.concat(out)
 `
 
 // luaUndo takes back what luaTake counted for a request whose other

@@ -577,7 +577,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	for round := range 12 {
 		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
-		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {
 			limits = append(limits, randomLimit(rng))
@@ -916,5 +916,85 @@ func TestRedisFlappingUnderLoad(t *testing.T) {
 	wg.Wait()
 	if n := slow.Load(); n > 0 {
 		t.Fatalf("%d answers slower than %s", n, answerBound)
+	}
+}
+
+// TestRedisLocalDenials: once Redis denies a key until T, this instance
+// denies it until T without a round trip, with the same answer; a cheaper
+// request, other numbers, a refund here, or T passing ask Redis again; with
+// the memory off, every decision asks Redis.
+func TestRedisLocalDenials(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute}
+	other := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour}
+	req := func(lim limiter.Limit, cost int64) []storage.Request {
+		return []storage.Request{
+			{Counter: "minute", Key: "k", Limit: lim, Cost: cost},
+			{Counter: "hour", Key: "k", Limit: other, Cost: 1},
+		}
+	}
+	evals := func() int64 { s := commandStats(t, c); return s["evalsha"] + s["eval"] }
+	for _, off := range []bool{false, true} {
+		s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: off, Prefix: storetest.Prefix(t)})
+		now := storetest.Base.Add(10 * time.Second)
+		res := make([]limiter.Result, 2)
+		take := func(reqs []storage.Request) {
+			t.Helper()
+			if err := s.Take(ctx, now, reqs, res); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 3 {
+			take(req(l, 1))
+		}
+		take(req(l, 1))
+		if res[0].Allowed || !res[0].FirstDenial || res[0].RetryAfter != 50*time.Second {
+			t.Fatalf("the denial: %+v", res[0])
+		}
+		before := evals()
+		for i := range 100 {
+			now = now.Add(100 * time.Millisecond)
+			take(req(l, 1))
+			if res[0].Allowed || res[0].FirstDenial || res[0].RetryAfter != 50*time.Second-time.Duration(i+1)*100*time.Millisecond ||
+				res[0].Remaining != 0 || !res[1].Allowed || res[1].Remaining != 97 {
+				t.Fatalf("denial %d: %+v %+v", i, res[0], res[1])
+			}
+		}
+		asked := evals() - before
+		if !off && asked != 0 || off && asked != 100 {
+			t.Fatalf("local denials off=%v: %d round trips for 100 denials", off, asked)
+		}
+		if off {
+			continue
+		}
+		// Other numbers (a tier raised): Redis decides, and lets it pass.
+		before = evals()
+		take(req(limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}, 1))
+		if !res[0].Allowed || evals()-before != 1 {
+			t.Fatalf("other numbers: %+v, %d round trips", res[0], evals()-before)
+		}
+		// A refund here forgets the key: it may pass sooner, Redis decides.
+		take(req(l, 1))
+		if res[0].Allowed {
+			t.Fatal("not denied again")
+		}
+		if err := s.Refund(ctx, now, req(l, 2)[:1]); err != nil {
+			t.Fatal(err)
+		}
+		before = evals()
+		take(req(l, 1))
+		if !res[0].Allowed || evals()-before != 1 {
+			t.Fatalf("after a refund: %+v, %d round trips", res[0], evals()-before)
+		}
+		// At the window's end, Redis decides again.
+		take(req(l, 1))
+		now = storetest.Base.Add(time.Minute)
+		before = evals()
+		take(req(l, 1))
+		if !res[0].Allowed || evals()-before != 1 {
+			t.Fatalf("next window: %+v, %d round trips", res[0], evals()-before)
+		}
 	}
 }
