@@ -1,11 +1,7 @@
 package edgelimit
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"html"
 	"io"
 	"net/http"
 	"strconv"
@@ -19,60 +15,45 @@ import (
 
 // deny answers a denied request.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result) error {
-	status := h.Status
+	d := &denial{h: h, l: l, key: key, tier: tier, status: h.Status, retry: retryAfterSeconds(res.RetryAfter), res: *res}
 	if l.status != 0 {
-		status = l.status
+		d.status = l.status
 	}
-	retry := retryAfterSeconds(res.RetryAfter)
+	// The headers' values share one array, each its own slice: a handler
+	// that rewrites a value in place (header replace) rewrites only this
+	// response's.
+	vals := make([]string, 3)
+	vals[0] = strconv.FormatInt(d.retry, 10)
 	hdr := w.Header()
-	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
+	hdr["Retry-After"] = vals[0:1:1]
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	repl.Set("edge_limit.status", status)
-	repl.Set("edge_limit.name", l.name)
-	repl.Set("edge_limit.key", h.displayKey(key))
-	repl.Set("edge_limit.tier", tier)
-	repl.Set("edge_limit.retry_after", retry)
-	repl.Set("edge_limit.retry_after_seconds", secondsText(retry))
-	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
-	repl.Set("edge_limit.limit", res.Limit)
-	repl.Set("edge_limit.remaining", res.Remaining)
-	repl.Set("edge_limit.reset", resetUnix(res))
-	repl.Set("edge_limit.window", secondsCeil(res.Window))
+	// The {edge_limit.*} placeholders, for handle_errors routes and log
+	// formats, computed when read.
+	repl.Map(d.value)
 	if h.HandleErrors {
-		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
+		return caddyhttp.Error(d.status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, d.retry))
 	}
 	tmpl := h.body
-	if l.body != "" {
+	if l.body != nil {
 		tmpl = l.body
 	}
-	body := h.renderBody(repl, tmpl)
-	hdr["Content-Type"] = []string{h.ContentType}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(status)
+	buf := bodyBuffers.Get().(*[]byte)
+	body := tmpl.render((*buf)[:0], d, repl, h.escape)
+	vals[1], vals[2] = h.ContentType, strconv.Itoa(len(body))
+	hdr["Content-Type"] = vals[1:2:2]
+	hdr["Content-Length"] = vals[2:3:3]
+	w.WriteHeader(d.status)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write([]byte(body))
+		_, _ = w.Write(body)
+	}
+	if cap(body) <= 64<<10 {
+		*buf = body
+		bodyBuffers.Put(buf)
 	}
 	return nil
-}
-
-// displayKey is the key as logs, events and bodies show it.
-func (h *Handler) displayKey(key string) string {
-	if h.rawKeys {
-		if len(key) > 256 {
-			return key[:256]
-		}
-		return key
-	}
-	if h.keyMAC != nil {
-		mac := hmac.New(sha256.New, h.keyMAC)
-		mac.Write([]byte(key))
-		return hex.EncodeToString(mac.Sum(nil)[:8])
-	}
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:8])
 }
 
 // secondsText is n seconds with its unit: "1 second", "56 seconds".
@@ -118,49 +99,6 @@ func humanSeconds(n int64) string {
 		return plural(big, u.name) + " " + plural(small, next.name)
 	}
 	return secondsText(n)
-}
-
-// renderBody fills the denial body's placeholders, each value escaped for
-// the body's content type: as JSON string content in a JSON body, as HTML
-// text in an HTML or XML body. A hostile header echoed in the body can
-// then neither break out of its string nor inject markup.
-func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
-	escape := escaperFor(h.ContentType)
-	if escape == nil {
-		return repl.ReplaceAll(tmpl, "")
-	}
-	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
-		s, ok := val.(string)
-		if !ok {
-			return val, nil
-		}
-		return escape(s), nil
-	})
-	if err != nil {
-		return repl.ReplaceAll(tmpl, "")
-	}
-	return out
-}
-
-// escaperFor returns how values are escaped in a body of this content
-// type, or nil for text that needs none.
-func escaperFor(contentType string) func(string) string {
-	ct := strings.ToLower(contentType)
-	switch {
-	case strings.Contains(ct, "json"):
-		return jsonEscape
-	case strings.Contains(ct, "javascript"), strings.Contains(ct, "ecmascript"):
-		return jsEscape
-	case strings.Contains(ct, "html"), strings.Contains(ct, "xml"):
-		return html.EscapeString
-	}
-	return nil
-}
-
-// jsEscape escapes s for a JavaScript string in either quotes: as JSON
-// string content, and the single quote too.
-func jsEscape(s string) string {
-	return strings.ReplaceAll(jsonEscape(s), "'", `\u0027`)
 }
 
 // compileTemplate escapes every brace of s that is not part of a placeholder
@@ -212,22 +150,6 @@ func placeholderLen(s string) int {
 
 func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-func jsonEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		switch {
-		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(c)
-		case c < 0x20 || c == '<' || c == '>' || c == '&' || c == 0x2028 || c == 0x2029:
-			fmt.Fprintf(&b, `\u%04x`, c)
-		default:
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
-}
-
 // retryAfterSeconds rounds up: a client that waits that long gets through,
 // and a denied client is never told to retry after 0 seconds.
 func retryAfterSeconds(d time.Duration) int64 {
@@ -247,7 +169,7 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 		return caddyhttp.Error(http.StatusServiceUnavailable, err)
 	}
 	body, ct := "Service unavailable, try again in 1 second\n", "text/plain; charset=utf-8"
-	if strings.Contains(strings.ToLower(h.ContentType), "json") {
+	if strings.Contains(strings.ToLower(h.ContentType), "json") { // the body is ours: no escaping
 		body, ct = `{"status":503,"error":"Service unavailable, try again in 1 second"}`, h.ContentType
 	}
 	hdr["Content-Type"] = []string{ct}

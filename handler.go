@@ -108,7 +108,8 @@ type Handler struct {
 	metrics   *metrics
 	events    *emitter
 	headers   headerStyle
-	body      string
+	body      *bodyTemplate
+	escape    escaper // how values are escaped in bodies of ContentType
 	rawKeys   bool
 	keyMAC    []byte // the resolved KeySecret
 	scratch   *sync.Pool
@@ -183,11 +184,12 @@ func (h *Handler) provisionResponses() error {
 	if h.ContentType == "" {
 		h.ContentType = DefaultContentType
 	}
-	h.body = h.Body
-	if h.body == "" {
-		h.body = DefaultBody
+	body := h.Body
+	if body == "" {
+		body = DefaultBody
 	}
-	h.body = compileTemplate(h.body)
+	h.body = parseBody(compileTemplate(body))
+	h.escape = escaperFor(h.ContentType)
 	style, err := parseHeaderStyle(h.Headers)
 	if err != nil {
 		return err

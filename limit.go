@@ -129,8 +129,8 @@ type compiledLimit struct {
 	cost     int64
 	dryRun   bool
 	exempt   []string
-	status   int    // 0: the handler's
-	body     string // compiled template; "": the handler's
+	status   int           // 0: the handler's
+	body     *bodyTemplate // nil: the handler's
 	outcomes *outcomes
 }
 
@@ -159,7 +159,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	}
 	cl := &compiledLimit{name: l.Name, cost: cost, dryRun: l.DryRun, status: l.Status}
 	if l.Body != "" {
-		cl.body = compileTemplate(l.Body)
+		cl.body = parseBody(compileTemplate(l.Body))
 	}
 	for _, e := range l.Exempt {
 		if err := checkName(e); err != nil {
