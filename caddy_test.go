@@ -146,9 +146,53 @@ func TestReloadKeepsUnchangedCounters(t *testing.T) {
 	expect(t, s.get("/"), 200, "X-RateLimit-Remaining", "0")
 	expect(t, s.get("/"), 429)
 
-	// Changing the limit starts it afresh.
+	// Raising the limit does not forgive the 3 requests counted: the new
+	// numbers apply to the count already made.
 	s.tester.InitServer(globalOptions("")+"http://127.0.0.1:"+port+" {"+strings.Replace(limit, "3/1h", "4/1h", 1)+"}", "caddyfile")
-	expect(t, s.get("/"), 200, "X-RateLimit-Remaining", "3")
+	expect(t, s.get("/"), 200, "X-RateLimit-Limit", "4", "X-RateLimit-Remaining", "0")
+	expect(t, s.get("/"), 429)
+
+	// Renaming the limit is another limit: it starts afresh.
+	s.tester.InitServer(globalOptions("")+"http://127.0.0.1:"+port+" {"+strings.Replace(limit, "keep", "renamed", 1)+"}", "caddyfile")
+	expect(t, s.get("/"), 200, "X-RateLimit-Remaining", "2")
+}
+
+// TestTuningAQuotaKeepsTheDaysUsage: a quota raised from 3 to 5 per day,
+// or a rate from 2/1h to 3/1h, on a reload, re-granted every client's
+// usage (the zone of the directive was derived from its numbers).
+func TestTuningAQuotaKeepsTheDaysUsage(t *testing.T) {
+	fakeClock(t)
+	cfg := func(quota, rate string) string {
+		return `
+%ADDR% {
+	edge_limit {
+		quota daily {
+			key {header.X-Key}
+			limit ` + quota + ` per day
+			scope route
+		}
+		limit hourly {
+			key {header.X-Key}
+			rate ` + rate + `
+		}
+	}
+	respond "ok"
+}`
+	}
+	s := startSite(t, cfg("3", "2/1h"))
+	expect(t, s.get("/", "X-Key", "k1"), 200)
+	expect(t, s.get("/", "X-Key", "k1"), 200)
+	expect(t, s.get("/", "X-Key", "k1"), 429, "X-RateLimit-Limit", "2")
+	expect(t, s.get("/", "X-Key", "k2"), 200)
+	expect(t, s.get("/", "X-Key", "k2"), 200)
+
+	body := strings.ReplaceAll(cfg("5", "3/1h"), "%ADDR%", s.base)
+	s.tester.InitServer(globalOptions("")+body, "caddyfile")
+	// k1 used 2 of its day and 2 of its hour: one more this hour.
+	expect(t, s.get("/", "X-Key", "k1"), 200, "X-RateLimit-Remaining", "0")
+	expect(t, s.get("/", "X-Key", "k1"), 429, "X-RateLimit-Limit", "3")
+	expect(t, s.get("/", "X-Key", "k2"), 200)
+	expect(t, s.get("/", "X-Key", "k2"), 429)
 }
 
 func TestGlobalScopeSharesAcrossRoutes(t *testing.T) {

@@ -60,7 +60,7 @@ func init() {
 //		headers x-ratelimit|ratelimit|both|none [time]
 //		body <template>
 //		content_type <type>
-//		show_key hashed|raw
+//		show_key hashed [<secret>]|raw
 //		handle_errors
 //		dry_run
 //		zone <name>
@@ -72,9 +72,10 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 		return nil, err
 	}
 	// Counters of route limits belong to this directive: the zone comes
-	// from what the directive says, so that it stays the same across
-	// reloads.
-	err := zone.Default(h.State, "edge_limit.zones", &handler, &handler.Zone)
+	// from the names of its limits (numbered in file order when another
+	// directive has the same names), not from their numbers, so that a
+	// reload that tunes a limit keeps its counts.
+	err := zone.Default(h.State, "edge_limit.zones", handler.zoneNames(), &handler.Zone)
 	return &handler, err
 }
 
@@ -119,14 +120,13 @@ func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
 			h.Use = append(h.Use, names[0])
 			return nil
 		}
+		at := d.Token()
 		l, err := parseLimitBlock(d)
 		if err != nil {
 			return err
 		}
-		for _, other := range h.Limits {
-			if other.Name == l.Name {
-				return d.Errf("limit %q is declared twice", l.Name)
-			}
+		if err := declaredOnce(h.Limits, l, at); err != nil {
+			return err
 		}
 		h.Limits = append(h.Limits, l)
 	case "use":
@@ -143,14 +143,20 @@ func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
 func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
 	case "show_key":
-		v, err := args.One(d)
-		if err != nil {
-			return err
+		vals := d.RemainingArgs()
+		if len(vals) == 0 || len(vals) > 2 {
+			return d.ArgErr()
 		}
-		if err := checkShowKey(v); err != nil {
+		if err := checkShowKey(vals[0]); err != nil {
 			return d.Err(err.Error())
 		}
-		h.ShowKey = v
+		h.ShowKey = vals[0]
+		if len(vals) == 2 {
+			if vals[0] != "hashed" {
+				return d.Errf("show_key %s takes no secret: a secret goes with hashed", vals[0])
+			}
+			h.KeySecret = vals[1]
+		}
 	case "status":
 		n, err := args.Int(d)
 		if err != nil {
@@ -245,17 +251,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			}
 			app.StorageRaw = raw
 		case "limit", "quota":
+			at := d.Token()
 			l, err := parseLimitBlock(d)
 			if err != nil {
 				return nil, err
 			}
 			if l.Scope == "route" {
-				return nil, d.Errf("limit %q: limits of the global option are global", l.Name)
+				return nil, args.ErrAt(at, "limit %q: limits of the global option are global", l.Name)
 			}
-			for _, other := range app.Limits {
-				if other.Name == l.Name {
-					return nil, d.Errf("limit %q is declared twice", l.Name)
-				}
+			if err := declaredOnce(app.Limits, l, at); err != nil {
+				return nil, err
 			}
 			l.Scope = ""
 			app.Limits = append(app.Limits, l)
@@ -264,6 +269,17 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		}
 	}
 	return httpcaddyfile.App{Name: "edge_limit", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// declaredOnce refuses a second limit of the same name in one block, at the
+// line of the second's "limit" (or "quota").
+func declaredOnce(limits []*Limit, l *Limit, at caddyfile.Token) error {
+	for _, other := range limits {
+		if other.Name == l.Name {
+			return args.ErrAt(at, "limit %q is declared twice", l.Name)
+		}
+	}
+	return nil
 }
 
 // parseStorage reads `storage <backend> ...`, handing the rest to the

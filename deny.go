@@ -1,9 +1,8 @@
 package edgelimit
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -16,55 +15,45 @@ import (
 
 // deny answers a denied request.
 func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result) error {
-	status := h.Status
+	d := &denial{h: h, l: l, key: key, tier: tier, status: h.Status, retry: retryAfterSeconds(res.RetryAfter), res: *res}
 	if l.status != 0 {
-		status = l.status
+		d.status = l.status
 	}
-	retry := retryAfterSeconds(res.RetryAfter)
+	// The headers' values share one array, each its own slice: a handler
+	// that rewrites a value in place (header replace) rewrites only this
+	// response's.
+	vals := make([]string, 3)
+	vals[0] = strconv.FormatInt(d.retry, 10)
 	hdr := w.Header()
-	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
+	hdr["Retry-After"] = vals[0:1:1]
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	repl.Set("edge_limit.status", status)
-	repl.Set("edge_limit.name", l.name)
-	repl.Set("edge_limit.key", h.displayKey(key))
-	repl.Set("edge_limit.tier", tier)
-	repl.Set("edge_limit.retry_after", retry)
-	repl.Set("edge_limit.retry_after_seconds", secondsText(retry))
-	repl.Set("edge_limit.retry_after_human", humanSeconds(retry))
-	repl.Set("edge_limit.limit", res.Limit)
-	repl.Set("edge_limit.remaining", res.Remaining)
-	repl.Set("edge_limit.reset", resetUnix(res))
-	repl.Set("edge_limit.window", secondsCeil(res.Window))
+	// The {edge_limit.*} placeholders, for handle_errors routes and log
+	// formats, computed when read.
+	repl.Map(d.value)
 	if h.HandleErrors {
-		return caddyhttp.Error(status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, retry))
+		return caddyhttp.Error(d.status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, d.retry))
 	}
 	tmpl := h.body
-	if l.body != "" {
+	if l.body != nil {
 		tmpl = l.body
 	}
-	body := h.renderBody(repl, tmpl)
-	hdr["Content-Type"] = []string{h.ContentType}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(status)
+	buf := bodyBuffers.Get().(*[]byte)
+	body := tmpl.render((*buf)[:0], d, repl, h.escape)
+	vals[1], vals[2] = h.ContentType, strconv.Itoa(len(body))
+	hdr["Content-Type"] = vals[1:2:2]
+	hdr["Content-Length"] = vals[2:3:3]
+	w.WriteHeader(d.status)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write([]byte(body))
+		_, _ = w.Write(body)
+	}
+	if cap(body) <= 64<<10 {
+		*buf = body
+		bodyBuffers.Put(buf)
 	}
 	return nil
-}
-
-// displayKey is the key as logs, events and bodies show it.
-func (h *Handler) displayKey(key string) string {
-	if h.rawKeys {
-		if len(key) > 256 {
-			return key[:256]
-		}
-		return key
-	}
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:8])
 }
 
 // secondsText is n seconds with its unit: "1 second", "56 seconds".
@@ -110,26 +99,6 @@ func humanSeconds(n int64) string {
 		return plural(big, u.name) + " " + plural(small, next.name)
 	}
 	return secondsText(n)
-}
-
-// renderBody fills the denial body's placeholders. In a JSON body, values
-// are escaped as JSON string content: a hostile header echoed in the body
-// cannot break out of its string.
-func (h *Handler) renderBody(repl *caddy.Replacer, tmpl string) string {
-	if !strings.Contains(h.ContentType, "json") {
-		return repl.ReplaceAll(tmpl, "")
-	}
-	out, err := repl.ReplaceFunc(tmpl, func(_ string, val any) (any, error) {
-		s, ok := val.(string)
-		if !ok {
-			return val, nil
-		}
-		return jsonEscape(s), nil
-	})
-	if err != nil {
-		return repl.ReplaceAll(tmpl, "")
-	}
-	return out
 }
 
 // compileTemplate escapes every brace of s that is not part of a placeholder
@@ -181,26 +150,35 @@ func placeholderLen(s string) int {
 
 func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-func jsonEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		switch {
-		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(c)
-		case c < 0x20 || c == '<' || c == '>' || c == '&' || c == 0x2028 || c == 0x2029:
-			fmt.Fprintf(&b, `\u%04x`, c)
-		default:
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
-}
-
 // retryAfterSeconds rounds up: a client that waits that long gets through,
 // and a denied client is never told to retry after 0 seconds.
 func retryAfterSeconds(d time.Duration) int64 {
 	return max(secondsCeil(d), 1)
+}
+
+// unavailable answers 503 with Retry-After: 1 when the storage cannot
+// decide and its policy is to deny. The answer is written here, not
+// returned as an error: Caddy would log each such error, one line per
+// request for as long as the outage lasts (the storage failure is logged
+// once per interval already). With handle_errors, the error goes to the
+// site's error routes, which log it at debug level.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	hdr := w.Header()
+	hdr["Retry-After"] = []string{"1"}
+	if h.HandleErrors {
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+	body, ct := "Service unavailable, try again in 1 second\n", "text/plain; charset=utf-8"
+	if strings.Contains(strings.ToLower(h.ContentType), "json") { // the body is ours: no escaping
+		body, ct = `{"status":503,"error":"Service unavailable, try again in 1 second"}`, h.ContentType
+	}
+	hdr["Content-Type"] = []string{ct}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	if r.Method != http.MethodHead {
+		_, _ = io.WriteString(w, body)
+	}
+	return nil
 }
 
 // checkStatus checks the status of a denial (the handler's or a limit's).

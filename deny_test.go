@@ -77,3 +77,24 @@ func TestHumanSeconds(t *testing.T) {
 		}
 	}
 }
+
+// TestHTMLBodyEscapesPlaceholders: a text/html denial body reflected a
+// request header as markup; values are escaped for the body's type.
+func TestHTMLBodyEscapesPlaceholders(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, "%ADDR% {\n\tedge_limit {\n\t\tlimit x {\n\t\t\trate 1/1m\n\t\t}\n\t\tcontent_type \"text/html; charset=utf-8\"\n\t\tbody \"<p>Slow down, {http.request.header.User-Agent}</p>\"\n\t}\n\trespond \"ok\"\n}")
+	expect(t, s.get("/"), 200)
+	r := s.get("/", "User-Agent", `<script>alert("x")</script>`)
+	expect(t, r, 429, "Content-Type", "text/html; charset=utf-8",
+		"body", `<p>Slow down, &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;</p>`)
+}
+
+// TestJavaScriptBodyEscapesPlaceholders: a value in a JavaScript body
+// cannot leave its string, in either quotes.
+func TestJavaScriptBodyEscapesPlaceholders(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, "%ADDR% {\n\tedge_limit {\n\t\tlimit x {\n\t\t\trate 1/1m\n\t\t}\n\t\tcontent_type application/javascript\n\t\tbody \"report('{http.request.header.User-Agent}', \\\"{http.request.header.User-Agent}\\\")\"\n\t}\n\trespond \"ok\"\n}")
+	expect(t, s.get("/"), 200)
+	expect(t, s.get("/", "User-Agent", `x');alert(1);("`), 429,
+		"body", `report('x\u0027);alert(1);(\"', "x\u0027);alert(1);(\"")`)
+}

@@ -2,6 +2,9 @@ package edgelimit
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -193,5 +196,46 @@ func TestWebhookDeliversEvents(t *testing.T) {
 	data, _ := bodies[0]["data"].(map[string]any)
 	if bodies[0]["type"] != "edge_limit.exceeded" || data["limit"] != "hooked" || auth[0] != "Bearer s3cret" {
 		t.Fatalf("delivery %v, auth %q", bodies[0], auth[0])
+	}
+}
+
+// TestKeySecretHashesKeys: show_key hashed with a secret shows an HMAC of
+// the key: an IP address cannot be found back from it by trying them all,
+// as it can from the plain SHA-256.
+func TestKeySecretHashesKeys(t *testing.T) {
+	fakeClock(t)
+	t.Setenv("EDGELIMIT_TEST_KEY_SECRET", "a-secret-of-32-bytes-or-so-12345")
+	s := startSite(t, `
+%ADDR% {
+	edge_limit {
+		limit ip {
+			key {client_ip}
+			rate 1/1m
+		}
+		show_key hashed {env.EDGELIMIT_TEST_KEY_SECRET}
+		body "{edge_limit.key}"
+	}
+	respond "ok"
+}`)
+	expect(t, s.get("/"), 200)
+	r := s.get("/")
+	mac := hmac.New(sha256.New, []byte("a-secret-of-32-bytes-or-so-12345"))
+	mac.Write([]byte("127.0.0.1"))
+	plain := sha256.Sum256([]byte("127.0.0.1"))
+	expect(t, r, 429, "body", hex.EncodeToString(mac.Sum(nil)[:8]))
+	if r.body == hex.EncodeToString(plain[:8]) {
+		t.Fatal("the key is the plain SHA-256 of the IP")
+	}
+	for body, want := range map[string]string{
+		"show_key raw s3cret-s3cret-s3cret": "takes no secret",
+		"show_key hashed a b":               "wrong argument count",
+	} {
+		_, err := adapt(t, ":8080 {\n\tedge_limit {\n\t\tlimit a {\n\t\t\trate 1/1m\n\t\t}\n\t\t"+body+"\n\t}\n}\n")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", body, err, want)
+		}
+	}
+	if err := validateHandler(t, &Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 1, Window: caddy.Duration(time.Minute)}}}, KeySecret: "short"}); err == nil || !strings.Contains(err.Error(), "at least 16 bytes") {
+		t.Errorf("a short secret: %v", err)
 	}
 }

@@ -36,9 +36,11 @@ type Handler struct {
 	// Zone separates the counters of route-scoped limits: two handlers with
 	// different zones never share a route counter, two with the same zone
 	// do. The Caddyfile gives every edge_limit directive its own zone,
-	// derived from its text, so a reload keeps the counters of unchanged
-	// directives. In JSON, an empty zone is derived from the limits, so
-	// identical handlers share their counters.
+	// derived from the names of its limits (and numbered in file order when
+	// several directives have the same names), so a reload keeps the counts
+	// when numbers, keys, statuses or bodies change. In JSON, an empty zone
+	// is derived from the names of the limits: handlers with limits of the
+	// same names share their route counters unless each has a zone.
 	Zone string `json:"zone,omitempty"`
 
 	// Status is the HTTP status of a denial: 429 (default), 420, 400, 503,
@@ -75,9 +77,17 @@ type Handler struct {
 
 	// ShowKey is how the client's key appears in {edge_limit.key}, logs and
 	// events: "hashed" (default: the first 16 hex digits of its SHA-256,
-	// enough to correlate, useless to replay a credential) or "raw" (cut to
-	// 256 bytes).
+	// enough to correlate, useless to replay a credential, but an IP
+	// address or a short id can be found again by trying them all: give a
+	// KeySecret) or "raw" (cut to 256 bytes).
 	ShowKey string `json:"show_key,omitempty"`
+
+	// KeySecret makes the hashed keys an HMAC-SHA256 with this secret, so
+	// that nobody without it can find an IP address or an id back from a
+	// log line. The same secret on every instance gives the same hashes.
+	// Placeholders such as {env.EDGELIMIT_KEY_SECRET} are replaced when the
+	// configuration loads.
+	KeySecret string `json:"key_secret,omitempty"`
 
 	// HandleErrors leaves the denial's body to the site's handle_errors
 	// routes: the handler sets the headers and the {edge_limit.*}
@@ -98,8 +108,10 @@ type Handler struct {
 	metrics   *metrics
 	events    *emitter
 	headers   headerStyle
-	body      string
+	body      *bodyTemplate
+	escape    escaper // how values are escaped in bodies of ContentType
 	rawKeys   bool
+	keyMAC    []byte // the resolved KeySecret
 	scratch   *sync.Pool
 	warn      *throttle.Log
 	clock     clock.Clock
@@ -136,6 +148,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.compileLimits(app); err != nil {
 		return err
 	}
+	own := h.limits[:len(h.Limits)]
+	for _, cl := range own {
+		warnPrivileges(h.logger, cl)
+	}
+	app.declare(own, false)
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
 		if cl.outcomes == nil {
@@ -167,11 +184,12 @@ func (h *Handler) provisionResponses() error {
 	if h.ContentType == "" {
 		h.ContentType = DefaultContentType
 	}
-	h.body = h.Body
-	if h.body == "" {
-		h.body = DefaultBody
+	body := h.Body
+	if body == "" {
+		body = DefaultBody
 	}
-	h.body = compileTemplate(h.body)
+	h.body = parseBody(compileTemplate(body))
+	h.escape = escaperFor(h.ContentType)
 	style, err := parseHeaderStyle(h.Headers)
 	if err != nil {
 		return err
@@ -181,14 +199,38 @@ func (h *Handler) provisionResponses() error {
 		return err
 	}
 	h.rawKeys = h.ShowKey == "raw"
+	if h.KeySecret != "" {
+		if h.rawKeys {
+			return errors.New("key_secret goes with show_key hashed, not raw")
+		}
+		secret := caddy.NewReplacer().ReplaceAll(h.KeySecret, "")
+		if len(secret) < 16 {
+			return errors.New("key_secret: want at least 16 bytes (after placeholders are replaced), so that the hashes cannot be reversed by guessing the secret")
+		}
+		h.keyMAC = []byte(secret)
+	}
 	return nil
+}
+
+// zoneNames is what the zone of the handler's route counters is derived
+// from: the names of its limits, in order. Numbers, keys, statuses and
+// bodies are left out, so that changing them keeps the counts.
+func (h *Handler) zoneNames() []string {
+	names := make([]string, 0, len(h.Limits)+1)
+	names = append(names, "edge_limit/2")
+	for _, l := range h.Limits {
+		if l != nil {
+			names = append(names, l.Name)
+		}
+	}
+	return names
 }
 
 // compileLimits compiles the handler's own limits, in its zone, and adds
 // the app's shared limits it uses.
 func (h *Handler) compileLimits(app *App) error {
 	if h.Zone == "" {
-		z, err := zone.Of(h.Limits)
+		z, err := zone.Of(h.zoneNames())
 		if err != nil {
 			return err
 		}
@@ -480,8 +522,7 @@ func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next cad
 	}
 	if errors.Is(err, storage.ErrUnavailable) {
 		h.refundEarlier(r, now)
-		w.Header()["Retry-After"] = []string{"1"}
-		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		return h.unavailable(w, r, err)
 	}
 	return next.ServeHTTP(w, r)
 }

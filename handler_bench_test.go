@@ -26,7 +26,10 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	mem := storage.NewMemory(storage.MemoryOptions{})
 	b.Cleanup(func() { mem.Close() })
 	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
-		logger: zap.NewNop(), warn: new(throttle.Log), clock: clock.Real, headers: headerX, body: compileTemplate(DefaultBody)}
+		logger: zap.NewNop(), warn: new(throttle.Log), clock: clock.Real}
+	if err := h.provisionResponses(); err != nil {
+		b.Fatal(err)
+	}
 	for _, l := range limits {
 		cl, err := compileLimit(l, "bench")
 		if err != nil {

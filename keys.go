@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
 )
 
 // key returns the client's identity for this limit and the index of the key
@@ -28,14 +29,7 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 	case keyLiteral:
 		return k.tmpl
 	case keyHeader:
-		switch vs := r.Header[k.header]; len(vs) {
-		case 0:
-			return ""
-		case 1:
-			return vs[0]
-		default:
-			return strings.Join(vs, ",")
-		}
+		return headerValue(r.Header, k.header)
 	case keyClientIP:
 		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
 			return ip
@@ -44,16 +38,45 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 	case keyRemoteHost:
 		return remoteHost(r)
 	}
-	if repl == nil {
+	return k.fill(r, repl)
+}
+
+// fill evaluates a template part: header placeholders as headerValue
+// reads them, the others with the replacer. Unknown or empty placeholders
+// count as empty, and a part whose placeholders are all empty is absent:
+// an anonymous request must not share the counter of a literal
+// "{http.auth.user.id}".
+func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
+	var b strings.Builder
+	present := false
+	for _, seg := range k.segs {
+		var v string
+		switch {
+		case seg.header != "":
+			v = headerValue(r.Header, seg.header)
+		case seg.placeholder != "":
+			if repl != nil {
+				v, _ = repl.GetString(seg.placeholder)
+			}
+		default:
+			b.WriteString(seg.text)
+			continue
+		}
+		present = present || v != ""
+		b.WriteString(v)
+	}
+	if !present {
 		return ""
 	}
-	// Unknown placeholders count as empty: an anonymous request must not
-	// share the counter of a literal "{http.auth.user.id}".
-	v := repl.ReplaceAll(k.tmpl, "")
-	if v == k.skeleton {
-		return ""
-	}
-	return v
+	return b.String()
+}
+
+// headerValue is what a key counts of a request header: its first value,
+// trimmed, as the upstream reads it (httpval.First), so that a second header
+// of the same name, whitespace around the value, or the auth scheme's case
+// cannot make a new counter.
+func headerValue(h http.Header, name string) string {
+	return httpval.First(h, name)
 }
 
 func remoteHost(r *http.Request) string {
@@ -75,10 +98,18 @@ func clientIP(r *http.Request) string {
 // fast paths for the usual placeholders so that reading them allocates
 // nothing.
 type keyPart struct {
-	kind     keyKind
-	header   string // canonical header name (keyHeader)
-	tmpl     string // the part as written (keyTemplate, keyLiteral)
-	skeleton string // the template with every placeholder empty
+	kind   keyKind
+	header string       // canonical header name (keyHeader)
+	tmpl   string       // the part as written (keyTemplate, keyLiteral)
+	segs   []keySegment // the template's pieces (keyTemplate)
+}
+
+// keySegment is a piece of a template part: text, a request header, or
+// another placeholder.
+type keySegment struct {
+	text        string
+	header      string // canonical header name
+	placeholder string // placeholder name, without braces
 }
 
 type keyKind uint8
@@ -91,6 +122,18 @@ const (
 	keyTemplate
 )
 
+// headerName returns the canonical header name of a header placeholder's
+// name ("http.request.header.X-Api-Key", or "header.X-Api-Key" as some
+// Caddyfile shorthands leave it).
+func headerName(placeholder string) (string, bool) {
+	for _, p := range []string{"http.request.header.", "header."} {
+		if h, ok := strings.CutPrefix(placeholder, p); ok && h != "" {
+			return textproto.CanonicalMIMEHeaderKey(h), true
+		}
+	}
+	return "", false
+}
+
 func parseKeyPart(s string) (keyPart, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -101,10 +144,8 @@ func parseKeyPart(s string) (keyPart, error) {
 	}
 	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && strings.Count(s, "{") == 1 {
 		name := s[1 : len(s)-1]
-		for _, p := range []string{"http.request.header.", "header."} {
-			if h, ok := strings.CutPrefix(name, p); ok && h != "" {
-				return keyPart{kind: keyHeader, header: textproto.CanonicalMIMEHeaderKey(h), tmpl: s}, nil
-			}
+		if h, ok := headerName(name); ok {
+			return keyPart{kind: keyHeader, header: h, tmpl: s}, nil
 		}
 		switch name {
 		case "http.vars.client_ip", "client_ip":
@@ -113,5 +154,61 @@ func parseKeyPart(s string) (keyPart, error) {
 			return keyPart{kind: keyRemoteHost, tmpl: s}, nil
 		}
 	}
-	return keyPart{kind: keyTemplate, tmpl: s, skeleton: caddy.NewEmptyReplacer().ReplaceAll(s, "")}, nil
+	return keyPart{kind: keyTemplate, tmpl: s, segs: splitTemplate(s)}, nil
+}
+
+// splitTemplate cuts a template into text and placeholders, as Caddy's
+// replacer reads it ({name}; a brace without its pair is text).
+func splitTemplate(s string) []keySegment {
+	var segs []keySegment
+	for s != "" {
+		open := strings.IndexByte(s, '{')
+		if open < 0 {
+			segs = append(segs, keySegment{text: s})
+			break
+		}
+		end := strings.IndexByte(s[open:], '}')
+		if end < 0 {
+			segs = append(segs, keySegment{text: s})
+			break
+		}
+		if open > 0 {
+			segs = append(segs, keySegment{text: s[:open]})
+		}
+		name := s[open+1 : open+end]
+		if h, ok := headerName(name); ok {
+			segs = append(segs, keySegment{header: h})
+		} else {
+			segs = append(segs, keySegment{placeholder: name})
+		}
+		s = s[open+end+1:]
+	}
+	return segs
+}
+
+// fromClient tells whether the part's value comes from what the client
+// sends as it sent it (a header, unless forward_auth's copy_headers
+// replaced it; a cookie; the query or the path), which a client can set to
+// anything, and names it.
+func (k *keyPart) fromClient() (string, bool) {
+	if k.kind == keyHeader {
+		return "header " + k.header, true
+	}
+	for _, seg := range k.segs {
+		if seg.header != "" {
+			return "header " + seg.header, true
+		}
+		for _, p := range clientPlaceholders {
+			if strings.HasPrefix(seg.placeholder, p) {
+				return seg.placeholder, true
+			}
+		}
+	}
+	return "", false
+}
+
+// clientPlaceholders are the prefixes of placeholders whose values the
+// client chooses.
+var clientPlaceholders = []string{
+	"http.request.cookie.", "cookie.", "http.request.uri", "query.", "path.", "http.request.host", "http.request.orig_uri",
 }

@@ -1,8 +1,14 @@
 package edgelimit
 
 import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMissingKeysAndHostileKeys(t *testing.T) {
@@ -28,4 +34,157 @@ func TestMissingKeysAndHostileKeys(t *testing.T) {
 	expect(t, s.get("/", "X-User", huge), 200)
 	expect(t, s.get("/", "X-User", huge), 429)
 	expect(t, s.get("/", "X-User", huge[1:]), 200)
+}
+
+// sendWith sends GET path with each header name and value pair added (a
+// name may repeat) and returns the status and the body.
+func sendWith(t *testing.T, s *site, path string, headers ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, s.base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := s.tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestRepeatedCredentialHeaderCountsTheFirst: a limit keyed on a
+// credential counts what the upstream acts on. A second Authorization
+// header with junk in it made a new counter each time (the key joined
+// every value) while the upstream, reading the first, served the same
+// token six times out of a limit of two.
+func TestRepeatedCredentialHeaderCountsTheFirst(t *testing.T) {
+	fakeClock(t)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Header.Get("Authorization"))
+	}))
+	defer upstream.Close()
+	s := startSite(t, `
+%ADDR% {
+	edge_limit {
+		limit per_token {
+			key {header.Authorization} {client_ip}
+			rate 2/1h
+		}
+	}
+	reverse_proxy `+upstream.Listener.Addr().String()+`
+}`)
+	var statuses []int
+	for i := range 6 {
+		code, body := sendWith(t, s, "/", "Authorization", "Bearer A1", "Authorization", fmt.Sprintf("junk%d", i))
+		if code == 200 && body != "Bearer A1" {
+			t.Fatalf("the upstream saw %q", body)
+		}
+		statuses = append(statuses, code)
+	}
+	if fmt.Sprint(statuses) != "[200 200 429 429 429 429]" {
+		t.Fatalf("one token with a second, changing Authorization header: %v, want 2 of 6 admitted", statuses)
+	}
+	// Another token is another client.
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer B2"); code != 200 {
+		t.Fatalf("another token: %d", code)
+	}
+}
+
+// TestAuthSchemeCaseIsOneCounter: behind basic_auth, the scheme's case
+// ("basic", "BASIC", "bAsic") made a new counter each time for the same
+// user.
+func TestAuthSchemeCaseIsOneCounter(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	basic_auth {
+		user-1 $2a$10$m7I2QCfjgwd4cnOT8yKROefDVHngy/wDlfq6tmcCVrDdpGFok1WdG
+	}
+	edge_limit {
+		limit per_credential {
+			key {header.Authorization}
+			rate 3/1h
+		}
+	}
+	respond "ok"
+}`)
+	cred := base64.StdEncoding.EncodeToString([]byte("user-1:user-secret"))
+	var statuses []int
+	for _, scheme := range []string{"Basic ", "basic ", "BASIC ", "bAsic ", "BaSiC "} {
+		code, _ := sendWith(t, s, "/", "Authorization", scheme+cred)
+		statuses = append(statuses, code)
+	}
+	if fmt.Sprint(statuses) != "[200 200 200 429 429]" {
+		t.Fatalf("one user, the scheme written five ways: %v, want 3 of 5 admitted", statuses)
+	}
+}
+
+// TestWhitespaceAroundACredentialIsOneCounter: over HTTP/2, which passes
+// header values as they are, spaces or tabs around a token made a new
+// counter each (the upstream, over HTTP/1, saw the token without them);
+// so did a tab after the scheme over HTTP/1.
+func TestWhitespaceAroundACredentialIsOneCounter(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `{
+	servers {
+		protocols h1 h2c
+	}
+}
+%ADDR% {
+	edge_limit {
+		limit per_token {
+			key {header.Authorization} {client_ip}
+			rate 2/1h
+		}
+		limit per_key {
+			key {header.X-Api-Key}
+			rate 2/1h
+		}
+	}
+	respond "ok"
+}`)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	send := func(header, value string) int {
+		req, _ := http.NewRequest(http.MethodGet, s.base+"/", nil)
+		req.Header[header] = []string{value}
+		resp, err := h2.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("HTTP/%d, want HTTP/2", resp.ProtoMajor)
+		}
+		return resp.StatusCode
+	}
+	var statuses []int
+	for _, v := range []string{"Bearer A1", "Bearer A1 ", " Bearer A1", "Bearer\tA1", "\tBearer  A1\t"} {
+		statuses = append(statuses, send("Authorization", v))
+	}
+	if fmt.Sprint(statuses) != "[200 200 429 429 429]" {
+		t.Fatalf("one token with whitespace around it, over HTTP/2: %v", statuses)
+	}
+	statuses = nil
+	for _, v := range []string{"K1", "K1 ", "\tK1"} {
+		statuses = append(statuses, send("X-Api-Key", v))
+	}
+	if fmt.Sprint(statuses) != "[200 200 429]" {
+		t.Fatalf("one API key with whitespace around it, over HTTP/2: %v", statuses)
+	}
+	// HTTP/1: a tab after the scheme.
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer\tB2"); code != 200 {
+		t.Fatal(code)
+	}
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer B2"); code != 200 {
+		t.Fatal(code)
+	}
+	if code, _ := sendWith(t, s, "/", "Authorization", "Bearer \t B2"); code != 429 {
+		t.Fatalf("a tab after the scheme made a new counter: %d", code)
+	}
 }

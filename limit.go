@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
@@ -128,8 +129,8 @@ type compiledLimit struct {
 	cost     int64
 	dryRun   bool
 	exempt   []string
-	status   int    // 0: the handler's
-	body     string // compiled template; "": the handler's
+	status   int           // 0: the handler's
+	body     *bodyTemplate // nil: the handler's
 	outcomes *outcomes
 }
 
@@ -158,7 +159,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	}
 	cl := &compiledLimit{name: l.Name, cost: cost, dryRun: l.DryRun, status: l.Status}
 	if l.Body != "" {
-		cl.body = compileTemplate(l.Body)
+		cl.body = parseBody(compileTemplate(l.Body))
 	}
 	for _, e := range l.Exempt {
 		if err := checkName(e); err != nil {
@@ -170,6 +171,9 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	}
 	cl.exempt = l.Exempt
 	if err := cl.compileNumbers(l); err != nil {
+		return nil, err
+	}
+	if err := cl.checkCost(); err != nil {
 		return nil, err
 	}
 	keys := l.Key
@@ -340,6 +344,21 @@ func (c *CalendarConfig) compile() (limiter.Calendar, error) {
 	return cw.Cached(), nil
 }
 
+// checkCost refuses a cost that no request could ever pay: more units than
+// the limit (or one of its tiers) holds would deny every request, with a
+// Retry-After that never comes true.
+func (cl *compiledLimit) checkCost() error {
+	if cl.cost > cl.limit.Quota {
+		return fmt.Errorf("cost %d is larger than the limit of %d: every request would be denied", cl.cost, cl.limit.Quota)
+	}
+	for _, t := range cl.tiers {
+		if cl.cost > t.limit.Quota {
+			return fmt.Errorf("cost %d is larger than the limit of %d of tier %q: its requests would all be denied", cl.cost, t.limit.Quota, t.name)
+		}
+	}
+	return nil
+}
+
 // templated tells whether the limit's key or tier needs the replacer.
 func (cl *compiledLimit) templated() bool {
 	for i := range cl.keys {
@@ -373,6 +392,30 @@ func checkName(name string) error {
 		}
 	}
 	return nil
+}
+
+// warnPrivileges logs a warning when the limit grants a privilege (exempts
+// other limits, or chooses a tier) from a request header as the client
+// sent it: a client can then give itself the privilege with a made-up
+// value. A header that forward_auth sets (copy_headers removes the
+// client's own first) is safe; the warning says so.
+func warnPrivileges(logger *zap.Logger, cl *compiledLimit) {
+	const advice = "key it on authenticated input: {http.auth.user.id}, a header forward_auth sets with copy_headers, or a map of known credentials"
+	if len(cl.exempt) > 0 {
+		for i := range cl.keys {
+			if from, ok := cl.keys[i].fromClient(); ok {
+				logger.Warn("limit exempts others but is keyed on what a client sends (a header, a cookie, the query): any client could skip those limits with a made-up value; "+advice,
+					zap.String("limit", cl.name), zap.Strings("exempts", cl.exempt), zap.String("from", from))
+				break
+			}
+		}
+	}
+	if cl.tierKey != nil {
+		if from, ok := cl.tierKey.fromClient(); ok {
+			logger.Warn("limit chooses its tier from what a client sends (a header, a cookie, the query): any client could claim a better tier; "+advice,
+				zap.String("limit", cl.name), zap.String("from", from))
+		}
+	}
 }
 
 // checkScope checks a limit's scope: route or global.

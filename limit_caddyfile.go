@@ -166,9 +166,10 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 // numbersParser reads the options that give a limit (or a tier) its
 // algorithm and numbers.
 type numbersParser struct {
-	window string // fixed, anchored or sliding, for rate
-	gcra   bool
-	seen   map[string]bool
+	window   string // fixed, anchored or sliding, for rate
+	gcra     bool
+	gcraRate bool // gcra gave its own rate
+	seen     map[string]bool
 }
 
 // option reads one numbers option; it reports whether it knew it.
@@ -267,6 +268,7 @@ func (p *numbersParser) gcraLine(d *caddyfile.Dispenser, n *Numbers) error {
 			return err
 		}
 		n.Refill, n.Window = count, caddy.Duration(dur)
+		p.gcraRate = true
 	} else {
 		d.Prev()
 	}
@@ -316,6 +318,9 @@ func (p *numbersParser) settle(n *Numbers) error {
 	}
 	if p.window != "" && !seen["rate"] {
 		return fmt.Errorf("window %s goes with rate", p.window)
+	}
+	if p.gcraRate && seen["rate"] {
+		return errors.New("gcra has a rate of its own: give only one of rate and gcra <n>/<duration>")
 	}
 	if seen["burst"] && !p.gcra {
 		return errors.New("burst goes with gcra (a token bucket's burst is its capacity)")

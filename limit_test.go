@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 )
 
 func TestTiersSelectNumbers(t *testing.T) {
@@ -122,4 +123,64 @@ func validateHandler(t *testing.T, h *Handler) error {
 		t.Fatal(err)
 	}
 	return caddy.Validate(&c)
+}
+
+// TestPrivilegeFromARequestHeaderWarns: a limit that exempts others, or
+// that chooses a tier, from a header the client sends logs a warning when
+// the configuration loads; from authenticated input it does not.
+func TestPrivilegeFromARequestHeaderWarns(t *testing.T) {
+	fakeClock(t)
+	logOption, logs := e2e.Logs(t)
+	startSite(t, `{
+`+logOption+`
+	edge_limit {
+		quota plugin_daily {
+			key {header.X-Plugin-Id}
+			limit 20 per day
+			exempt api_global
+		}
+		limit api_global {
+			key {http.auth.user.id} {client_ip}
+			rate 2/1h
+		}
+	}
+}
+%ADDR% {
+	map {http.auth.user.id} {plugin_id} {
+		~^plugin-(.+)$ "${1}"
+	}
+	edge_limit {
+		use plugin_daily api_global
+		limit tiered {
+			tier {header.X-Tier} {
+				gold rate 100/1m
+				default gold
+			}
+		}
+		limit cookie_quota {
+			key {cookie.plugin}
+			rate 5/1m
+			exempt api_global
+		}
+		limit safe_quota {
+			key {plugin_id}
+			rate 5/1m
+			exempt api_global
+		}
+	}
+	respond "ok"
+}`)
+	lines := logs()
+	if e2e.Count(lines, "exempts others", `"limit":"plugin_daily"`, `"from":"header X-Plugin-Id"`) != 1 {
+		t.Errorf("no warning for an exemption keyed on X-Plugin-Id:\n%s", strings.Join(lines, "\n"))
+	}
+	if e2e.Count(lines, "chooses its tier", `"limit":"tiered"`, `"from":"header X-Tier"`) != 1 {
+		t.Errorf("no warning for a tier from X-Tier:\n%s", strings.Join(lines, "\n"))
+	}
+	if e2e.Count(lines, "exempts others", `"limit":"cookie_quota"`, `"from":"http.request.cookie.plugin"`) != 1 {
+		t.Errorf("no warning for an exemption keyed on a cookie:\n%s", strings.Join(lines, "\n"))
+	}
+	if e2e.Count(lines, `"limit":"safe_quota"`) != 0 || e2e.Count(lines, `"limit":"api_global"`) != 0 {
+		t.Errorf("a warning for a limit keyed on authenticated input:\n%s", strings.Join(lines, "\n"))
+	}
 }

@@ -97,6 +97,15 @@ type RedisStorage struct {
 	// differ agree) or "local" (each instance's own clock).
 	Clock string `json:"clock,omitempty"`
 
+	// DisableLocalDenials turns off the memory of denials. By default, a
+	// client that Redis denied until T is denied by this instance without
+	// asking Redis until T: a client that keeps sending past its limit
+	// costs one round trip per instance and window, not one per request.
+	// It never admits more than Redis would; it may deny a little longer
+	// than Redis would when units are given back elsewhere (a refund, a
+	// reset on another instance), at most until T.
+	DisableLocalDenials bool `json:"disable_local_denials,omitempty"`
+
 	poolKey string
 	store   *storage.Redis
 }
@@ -277,6 +286,7 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	}
 	set.store.Prefix = r.KeyPrefix
 	set.store.LocalClock = r.Clock == "local"
+	set.store.NoLocalDenials = r.DisableLocalDenials
 	set.clock = clock.ForProvision()
 	set.store.Now = set.clock.Now
 	return set, nil
@@ -289,7 +299,7 @@ func (s *redisSettings) poolKey() string {
 	parts := []any{o.Addrs, o.MasterName, o.Username, o.Password, o.SentinelPassword, o.DB, o.TLSConfig != nil, o.ClientName,
 		o.Protocol, o.PoolSize, o.PoolFIFO, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns,
 		o.ConnMaxIdleTime, o.ConnMaxLifetime, o.IsClusterMode,
-		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock, clock.ID(s.clock)}
+		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock, s.store.NoLocalDenials, clock.ID(s.clock)}
 	text, _ := json.Marshal(parts)
 	sum := sha256.Sum256(text)
 	return "redis/" + hex.EncodeToString(sum[:])
@@ -366,6 +376,7 @@ func hasPlaceholder(s string) bool { return strings.ContainsRune(s, '{') }
 //		on_error allow|deny|local
 //		key_prefix <prefix>
 //		clock server|local
+//		local_denials on|off
 //	}
 func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // "redis"
@@ -398,7 +409,7 @@ func (r *RedisStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // option reads one option of the storage block.
 func (r *RedisStorage) option(d *caddyfile.Dispenser, opt string) error {
 	switch opt {
-	case "url", "master_name", "username", "password", "sentinel_password", "key_prefix", "on_error", "clock":
+	case "url", "master_name", "username", "password", "sentinel_password", "key_prefix", "on_error", "clock", "local_denials":
 		v, err := args.One(d)
 		if err != nil {
 			return err
@@ -471,6 +482,11 @@ func (r *RedisStorage) setString(d *caddyfile.Dispenser, opt, v string) error {
 			return d.Errf("clock %q: want server or local", v)
 		}
 		r.Clock = v
+	case "local_denials":
+		if v != "on" && v != "off" {
+			return d.Errf("local_denials %q: want on or off", v)
+		}
+		r.DisableLocalDenials = v == "off"
 	}
 	return nil
 }

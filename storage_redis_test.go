@@ -658,3 +658,49 @@ func TestRedisClientKinds(t *testing.T) {
 		t.Fatalf("overrides: %+v", o)
 	}
 }
+
+// TestRedisOutageLogsQuietly: with on_error deny, each 503 was returned as
+// a handler error, and Caddy logged one error line per request (47,700
+// lines in a 5-second outage). The 503s are answered, and the outage is
+// logged once per interval; with handle_errors, the error routes render
+// the 503 (logged at debug level).
+func TestRedisOutageLogsQuietly(t *testing.T) {
+	fakeClock(t)
+	logOption, logs := e2e.Logs(t)
+	down := "redis://127.0.0.1:" + strconv.Itoa(freePort(t)) + "/0"
+	limit := `
+		edge_limit {
+			limit d {
+				rate 100/1h
+			}
+			storage redis ` + down + ` {
+				on_error deny
+				timeout 50ms
+			}
+			%HANDLE_ERRORS%
+		}`
+	s := startSite(t, "{\n"+logOption+"}\n%ADDR% {"+strings.ReplaceAll(limit, "%HANDLE_ERRORS%", "")+"\n\trespond \"ok\"\n}")
+	for range 50 {
+		expect(t, s.get("/"), 503, "Retry-After", "1", "body", `{"status":503,"error":"Service unavailable, try again in 1 second"}`)
+	}
+	lines := logs()
+	if n := e2e.Count(lines, `"level":"error"`); n != 0 {
+		t.Fatalf("%d error lines for 50 requests during an outage:\n%s", n, strings.Join(lines, "\n"))
+	}
+	if n := e2e.Count(lines, "rate-limit storage failed"); n > 2 {
+		t.Fatalf("%d warnings for one outage", n)
+	}
+	// With handle_errors, the site's error routes render the 503.
+	s = startSite(t, "{\n"+logOption+"}\n%ADDR% {"+strings.ReplaceAll(limit, "%HANDLE_ERRORS%", "handle_errors")+`
+	respond "ok"
+	handle_errors {
+		respond "custom {err.status_code}"
+	}
+}`)
+	for range 5 {
+		expect(t, s.get("/"), 503, "Retry-After", "1", "body", "custom 503")
+	}
+	if n := e2e.Count(logs(), `"level":"error"`); n != 0 {
+		t.Fatalf("%d error lines with handle_errors", n)
+	}
+}

@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
 )
 
 // Status is what the cache did for a response, sent as Bloom-Status.
@@ -169,11 +171,12 @@ func ParseHash(s string) (Hash, error) {
 }
 
 // AuthHash is the hash under which entries of an Authorization header value
-// are kept: SHA-256 of the value, as `printf '%s' "$value" | sha256sum`
-// computes it. Raw credentials are never stored.
+// are kept: SHA-256 of the value as the upstream reads it (trimmed, its
+// scheme written one way: httpval.Credentials), as `printf '%s' "Bearer
+// abc" | sha256sum` computes it. Raw credentials are never stored.
 func AuthHash(authorization string) Hash {
 	b := getBuf()
-	*b = append((*b)[:0], authorization...)
+	*b = append((*b)[:0], httpval.Credentials(httpval.Trim(authorization))...)
 	h := Hash(sha256.Sum256(*b))
 	putBuf(b)
 	return h

@@ -35,6 +35,9 @@ type Entry struct {
 	Stale time.Duration
 	// Buckets tag the entry for purging.
 	Buckets []string
+	// Shared tells that the upstream said the response may be shared
+	// between users (Decision.Shared).
+	Shared bool
 	// Vary lists the request headers the response varies on, and
 	// VaryValues the values (comma-joined) the request that produced it
 	// had: the entry serves only requests with the same values.
@@ -60,6 +63,7 @@ func NewEntry(status int, header http.Header, body []byte, d Decision, req http.
 		TTL:     d.TTL,
 		Stale:   max(stale, 0),
 		Buckets: d.Buckets,
+		Shared:  d.Shared,
 	}
 	var drop []string
 	for _, v := range header["Connection"] {
@@ -207,8 +211,13 @@ func (e *Entry) NotModified(ifNoneMatch []string) bool {
 }
 
 // The binary form of an entry, for stores outside the process: a version
-// byte, then the fields, strings and byte slices length-prefixed.
-const entryVersion = 1
+// byte, then (from version 2) a byte of flags, then the fields, strings and
+// byte slices length-prefixed. Version 1 entries, which other instances of
+// an earlier release may still write, read as not shared.
+const entryVersion = 2
+
+// entryShared is the flag of a shared entry.
+const entryShared = 1
 
 // errCorrupt is returned when a stored entry cannot be read back.
 var errCorrupt = errors.New("cache: corrupt entry")
@@ -217,6 +226,11 @@ var errCorrupt = errors.New("cache: corrupt entry")
 func (e *Entry) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 64+len(e.Body)+int(e.size-entryOverhead))
 	b = append(b, entryVersion)
+	flags := byte(0)
+	if e.Shared {
+		flags |= entryShared
+	}
+	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(e.Status))
 	b = binary.AppendVarint(b, e.Stored.UnixNano())
 	b = binary.AppendVarint(b, int64(e.TTL))
@@ -248,7 +262,12 @@ func appendStrings(b []byte, list []string) []byte {
 // server.
 func (e *Entry) UnmarshalBinary(data []byte) error {
 	d := decoder{b: data}
-	if d.byte() != entryVersion {
+	flags := byte(0)
+	switch d.byte() {
+	case 1:
+	case entryVersion:
+		flags = d.byte()
+	default:
 		return errCorrupt
 	}
 	status := d.uvarint()
@@ -280,6 +299,7 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 		Buckets:    buckets,
 		Vary:       vary,
 		VaryValues: varyValues,
+		Shared:     flags&entryShared != 0,
 	}
 	e.finish()
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
@@ -188,5 +189,30 @@ func TestEntryHoldsNoCredential(t *testing.T) {
 	b, _ := e.MarshalBinary()
 	if strings.Contains(string(b), "s3cr3t") || bytes.Contains(k.ID[:], []byte("s3cr3t")) {
 		t.Fatal("credential stored")
+	}
+}
+
+// TestEntrySharedSurvivesEncoding: whether the upstream said an entry may
+// be shared is kept by stores outside the process; entries written by the
+// earlier version (1) read as not shared.
+func TestEntrySharedSurvivesEncoding(t *testing.T) {
+	req := httptest.NewRequest("GET", "http://example/a", nil)
+	for _, shared := range []bool{false, true} {
+		e := NewEntry(200, http.Header{"Content-Type": {"text/plain"}}, []byte("hi"), Decision{Store: true, TTL: time.Minute, Shared: shared}, req.Header, t0, 0)
+		b, err := e.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Entry
+		if err := back.UnmarshalBinary(b); err != nil || back.Shared != shared {
+			t.Fatalf("shared %v: back %v, %v", shared, back.Shared, err)
+		}
+		if shared {
+			// The same entry as version 1 wrote it: no flags byte.
+			v1 := append([]byte{1}, b[2:]...)
+			if err := back.UnmarshalBinary(v1); err != nil || back.Shared {
+				t.Fatalf("version 1: shared %v, %v", back.Shared, err)
+			}
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"net/http"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
 )
 
 // Key locates an entry. It is a value of fixed size: deriving and passing
@@ -11,8 +13,8 @@ import (
 type Key struct {
 	// ID is a SHA-256 of everything that tells responses apart: the zone,
 	// the namespace, the method class, host, path, query, the identity
-	// (Authorization and the caller's values), and the Origin and Range
-	// request headers.
+	// (Authorization, the credential headers and the caller's values), and
+	// the Origin and Range request headers.
 	ID Hash
 	// Auth is AuthHash of the Authorization header; valid when HasAuth.
 	Auth Hash
@@ -22,6 +24,12 @@ type Key struct {
 	// Shard is the namespace from Bloom-Request-Shard, 0 to 15.
 	Shard uint8
 }
+
+// CredentialHeaders are request headers that hold an API credential besides
+// Authorization: their values (as the upstream reads them) are part of
+// every key, hashed, so that a response for one key is never served to a
+// request with another, or with none.
+var CredentialHeaders = []string{"Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Auth-Token", "X-Access-Token"}
 
 // KeyOf derives the key of r. zone separates caches that share a store
 // (each edge_cache directive has its own); identity are further values that
@@ -38,8 +46,8 @@ func KeyOf(r *http.Request, zone string, identity []string) Key {
 	k.Shard = ParseShard(r.Header[HeaderShard])
 	bp := getBuf()
 	b := (*bp)[:0]
-	if auth, ok := r.Header["Authorization"]; ok && len(auth) > 0 {
-		b = appendJoined(b, auth)
+	if auth := httpval.First(r.Header, "Authorization"); auth != "" {
+		b = append(b, auth...)
 		k.Auth = sha256.Sum256(b)
 		k.HasAuth = true
 		b = b[:0]
@@ -65,6 +73,9 @@ func KeyOf(r *http.Request, zone string, identity []string) Key {
 	b = binary.AppendUvarint(b, uint64(len(identity)))
 	for _, v := range identity {
 		b = appendField(b, v)
+	}
+	for _, name := range CredentialHeaders {
+		b = appendField(b, httpval.First(r.Header, name))
 	}
 	b = appendHeader(b, r.Header["Origin"])
 	b = appendHeader(b, r.Header["Range"])
@@ -102,18 +113,6 @@ func appendHeader(b []byte, vals []string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(vals)))
 	for _, v := range vals {
 		b = appendField(b, v)
-	}
-	return b
-}
-
-// appendJoined writes vals joined by commas, as the header would be sent
-// on one line.
-func appendJoined(b []byte, vals []string) []byte {
-	for i, v := range vals {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, v...)
 	}
 	return b
 }

@@ -24,6 +24,8 @@ func TestKeyOf(t *testing.T) {
 		req("GET", "http://api.example/v1/users?page=2", HeaderShard, "0"),
 		req("GET", "http://api.example/v1/users?page=2", HeaderShard, "16"), // invalid: shard 0, as Bloom
 		req("GET", "http://api.example/v1/users?page=2", HeaderShard, "x"),
+		req("GET", "http://api.example/v1/users?page=2", "Authorization", ""), // empty: anonymous
+		req("GET", "http://api.example/v1/users?page=2", "X-Api-Key", " "),
 	}
 	for i, r := range same {
 		if k := KeyOf(r, "z", nil); k != base {
@@ -43,7 +45,9 @@ func TestKeyOf(t *testing.T) {
 		"shard 15":      KeyOf(req("GET", "http://api.example/v1/users?page=2", HeaderShard, "15"), "z", nil),
 		"auth a":        KeyOf(req("GET", "http://api.example/v1/users?page=2", "Authorization", "Bearer a"), "z", nil),
 		"auth b":        KeyOf(req("GET", "http://api.example/v1/users?page=2", "Authorization", "Bearer b"), "z", nil),
-		"empty auth":    KeyOf(req("GET", "http://api.example/v1/users?page=2", "Authorization", ""), "z", nil),
+		"api key a":     KeyOf(req("GET", "http://api.example/v1/users?page=2", "X-Api-Key", "a"), "z", nil),
+		"api key b":     KeyOf(req("GET", "http://api.example/v1/users?page=2", "X-Api-Key", "b"), "z", nil),
+		"auth token a":  KeyOf(req("GET", "http://api.example/v1/users?page=2", "X-Auth-Token", "a"), "z", nil),
 		"identity":      KeyOf(req("GET", "http://api.example/v1/users?page=2"), "z", []string{"u1"}),
 		"identity 2":    KeyOf(req("GET", "http://api.example/v1/users?page=2"), "z", []string{"u2"}),
 		"identity none": KeyOf(req("GET", "http://api.example/v1/users?page=2"), "z", []string{""}),
@@ -71,6 +75,12 @@ func TestKeyAuthorizationIsHashed(t *testing.T) {
 	k := KeyOf(req("GET", "http://api.example/me", "Authorization", cred), "z", nil)
 	if !k.HasAuth || k.Auth != Hash(sha256.Sum256([]byte(cred))) || k.Auth != AuthHash(cred) {
 		t.Fatalf("auth hash %s, has %v", k.Auth, k.HasAuth)
+	}
+	// The same credential as the upstream reads it: one entry, one purge.
+	for _, spelled := range []string{"basic dXNlcjpwYXNzd29yZA==", "BASIC\tdXNlcjpwYXNzd29yZA== ", " Basic  dXNlcjpwYXNzd29yZA=="} {
+		if k2 := KeyOf(req("GET", "http://api.example/me", "Authorization", spelled), "z", nil); k2 != k || AuthHash(spelled) != k.Auth {
+			t.Fatalf("%q is another key than %q", spelled, cred)
+		}
 	}
 	if k := KeyOf(req("GET", "http://api.example/me"), "z", nil); k.HasAuth || k.Auth != (Hash{}) {
 		t.Fatal("anonymous request has an authorization hash")

@@ -58,17 +58,24 @@ type Decision struct {
 	TTL time.Duration
 	// Buckets are the tags from Bloom-Response-Buckets.
 	Buckets []string
+	// Shared tells that the upstream said the response may be shared
+	// between users (Cache-Control public or s-maxage): it may be stored
+	// for, and served to, a request that carries a user's credentials.
+	Shared bool
 	// Reason says why a response is not stored, for logs.
 	Reason string
 }
 
 // CacheableStatus tells whether a response status may be stored: Bloom's
-// list, no other.
+// list, less 417 (Expectation Failed) and 431 (Request Header Fields Too
+// Large), which answer request headers that are not in the key: one
+// client's odd Expect or oversized header would otherwise serve everyone
+// the error.
 func CacheableStatus(code int) bool {
 	switch code {
 	case 200, 203, 204, 205, 206, 207, 208,
 		300, 301, 302, 303, 308,
-		401, 402, 403, 404, 405, 410, 414, 415, 416, 417, 418, 423, 424, 428, 431,
+		401, 402, 403, 404, 405, 410, 414, 415, 416, 418, 423, 424, 428,
 		501, 510:
 		return true
 	}
@@ -127,14 +134,14 @@ func (p *Policy) Decide(status int, h http.Header) Decision {
 	if ttl <= 0 {
 		return Decision{Reason: "a lifetime of zero"}
 	}
-	return Decision{Store: true, TTL: ttl, Buckets: buckets}
+	return Decision{Store: true, TTL: ttl, Buckets: buckets, Shared: cc.public || cc.sMaxAge > 0}
 }
 
 // cacheControl holds the directives of Cache-Control that matter here;
 // ages are -1 when absent.
 type cacheControl struct {
-	noStore, private, noCache bool
-	maxAge, sMaxAge           int64
+	noStore, private, noCache, public bool
+	maxAge, sMaxAge                   int64
 }
 
 func parseCacheControl(vals []string) cacheControl {
@@ -153,14 +160,15 @@ func parseCacheControl(vals []string) cacheControl {
 				cc.private = true
 			case strings.EqualFold(name, "no-cache"):
 				cc.noCache = true
+			case strings.EqualFold(name, "public"):
+				cc.public = true
+			// An invalid age (-1, abc) makes the response stale, as RFC 9111
+			// (5.2.2.1) asks: it is not stored, rather than kept for the
+			// default TTL.
 			case strings.EqualFold(name, "max-age"):
-				if n, ok := parseAge(value); ok {
-					cc.maxAge = n
-				}
+				cc.maxAge = ageOrStale(value)
 			case strings.EqualFold(name, "s-maxage"):
-				if n, ok := parseAge(value); ok {
-					cc.sMaxAge = n
-				}
+				cc.sMaxAge = ageOrStale(value)
 			}
 		}
 	}
@@ -205,6 +213,14 @@ func parseAge(s string) (int64, bool) {
 		}
 	}
 	return min(n, maxSeconds), true
+}
+
+// ageOrStale is a delta-seconds value, or 0 (stale) when it is invalid.
+func ageOrStale(s string) int64 {
+	if n, ok := parseAge(s); ok {
+		return n
+	}
+	return 0
 }
 
 // parseSeconds reads Bloom-Response-TTL: whole seconds, zero or more.

@@ -17,10 +17,13 @@ package docs_test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -114,13 +117,34 @@ func caddyfileBlocks(blocks []block) (load []block, errs []error) {
 	return load, errs
 }
 
-// caddyfile is the Caddyfile the block stands for.
+// caddyfile is the Caddyfile the block stands for, loaded with every Redis
+// address it names moved to a closed loopback port: provisioning tries
+// Redis (and only logs that it is unreachable), and a test reaches no
+// other host, nor the machine's own Redis.
 func (b block) caddyfile() string {
+	body := b.body
 	if b.lang == langFragment {
-		return ":8080 {\n" + b.body + "\trespond \"ok\"\n}\n"
+		body = ":8080 {\n" + body + "\trespond \"ok\"\n}\n"
 	}
-	return b.body
+	return redisLine.ReplaceAllStringFunc(body, func(line string) string {
+		return hostPort.ReplaceAllString(line, "${1}127.0.0.1:"+closedPort())
+	})
 }
+
+var (
+	redisLine = regexp.MustCompile(`(?m)^.*(rediss?://|\baddrs\b).*$`)
+	hostPort  = regexp.MustCompile(`(@|//|\s)[A-Za-z0-9.\-]+:\d+`)
+)
+
+// closedPort is a loopback port nobody listens on.
+var closedPort = sync.OnceValue(func() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+})
 
 // load adapts the block's Caddyfile and validates the JSON: every app and
 // module is provisioned, then cleaned up; nothing listens.

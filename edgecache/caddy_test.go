@@ -188,7 +188,11 @@ func TestCacheStatusesAndControlHeaders(t *testing.T) {
 		"/st/ignore?bloom-response-ignore=1",
 		"/st/nostore?cache-control=no-store",
 		"/st/private?cache-control=private,max-age=60",
-		"/st/cookie?set-cookie=s%3D1",
+		// An invalid max-age makes the response stale (RFC 9111), not
+		// fresh for the default TTL.
+		"/st/badage?cache-control=max-age%3Dabc",
+		"/st/negage?cache-control=max-age%3D-1",
+		"/st/cookie?set-cookie=s%3D1%3B%20Path%3D%2Fst%2Fcookie",
 		"/st/varystar?vary=*",
 		"/st/big?size=2000",
 		"/st/zero?bloom-response-ttl=0",

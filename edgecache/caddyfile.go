@@ -28,6 +28,9 @@ func init() {
 //		max_memory <size>
 //		stale_if_error <duration>
 //		identity <placeholder>...
+//		private_headers <header>...|off
+//		keep_headers <header>...
+//		coalesce_wait <duration>
 //		storage memory|redis {
 //			prefix <text>
 //		}
@@ -93,6 +96,28 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(c.Identity) == 0 {
 				return d.ArgErr()
 			}
+		case "private_headers", "keep_headers":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			switch {
+			case opt == "keep_headers":
+				c.KeepHeaders = names
+			case len(names) == 1 && names[0] == "off":
+				c.SharePrivate = true
+			default:
+				c.PrivateHeaders = names
+			}
+		case "coalesce_wait":
+			dur, err := args.Duration(d)
+			if err != nil {
+				return err
+			}
+			if dur <= 0 {
+				return d.Errf("coalesce_wait must be positive, got %s", dur)
+			}
+			c.CoalesceWait = caddy.Duration(dur)
 		case "storage":
 			raw, err := parseStorage(d)
 			if err != nil {

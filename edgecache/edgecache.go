@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,6 +68,34 @@ type Handler struct {
 	// values are hashed into the key, never stored.
 	Identity []string `json:"identity,omitempty"`
 
+	// PrivateHeaders are request headers that make a request one user's
+	// (a session cookie): such a request is served only entries the
+	// upstream marked shareable (Cache-Control public or s-maxage), and its
+	// response is stored only when so marked, unless Identity tells users
+	// apart by that header (a cookie placeholder covers Cookie).
+	// Authorization is always part of the key. Default: Cookie.
+	PrivateHeaders []string `json:"private_headers,omitempty"`
+
+	// SharePrivate turns the PrivateHeaders rule off: as in Bloom, only
+	// Authorization (and Identity) tell users apart, and a page rendered
+	// for one session cookie may be served to anyone.
+	SharePrivate bool `json:"share_private,omitempty"`
+
+	// KeepHeaders are request headers of the default strip list that reach
+	// the upstream on cacheable requests anyway; their values become part
+	// of the key. By default the headers that make common upstreams answer
+	// for another URL, method, host, scheme, port or client (X-Original-URL,
+	// X-Rewrite-URL, X-HTTP-Method-Override, X-Host, Forwarded, X-Real-IP,
+	// every X-Forwarded-* but For and Proto, and others: see the docs), and
+	// Expect, are removed from the requests whose responses may be stored,
+	// as they are not in the key.
+	KeepHeaders []string `json:"keep_headers,omitempty"`
+
+	// CoalesceWait bounds how long a request waits for another's upstream
+	// request for the same key (a MISS in flight) before it asks the
+	// upstream itself. Default: 10s.
+	CoalesceWait caddy.Duration `json:"coalesce_wait,omitempty"`
+
 	// StorageRaw is where entries live: {"backend": "memory"} (default: in
 	// this process, kept across reloads while max_memory and max_size are
 	// unchanged) or {"backend": "redis", "prefix": "edge_cache:"} (shared
@@ -86,6 +116,9 @@ type Handler struct {
 
 	policy  cache.Policy
 	stale   time.Duration
+	private []string // canonical names of the private headers, less those identity covers
+	strip   []string // canonical names of the headers removed upstream
+	keep    []string // canonical names of KeepHeaders
 	store   cache.Store
 	flights *cache.Group
 	logger  *zap.Logger
@@ -107,7 +140,35 @@ const (
 	DefaultTTLMax    = cache.DefaultMaxTTL
 	DefaultMaxSize   = cache.DefaultMaxSize
 	DefaultMaxMemory = cache.DefaultMaxMemory
+	// DefaultCoalesceWait bounds a wait on another request's MISS.
+	DefaultCoalesceWait = 10 * time.Second
 )
+
+// stripHeaders are the request headers that make common upstreams answer
+// for another URL (Symfony, IIS rewrites), another method, host, scheme,
+// port or client, or with an error (Expect), and that are not part of the
+// key: a response computed from one would be stored under the plain URL
+// and served to the next visitor. Every X-Forwarded-* goes too, but
+// X-Forwarded-For and X-Forwarded-Proto, which reverse_proxy sets itself
+// from the connection (or takes from trusted_proxies).
+var stripHeaders = []string{
+	"X-Original-Url", "X-Original-Uri", "X-Original-Host", "X-Original-Method", "X-Rewrite-Url",
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Host", "Forwarded",
+	"X-Real-Ip", "True-Client-Ip", "Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Client-Ip", "X-Cluster-Client-Ip",
+	"X-Url-Scheme", "Front-End-Https", "X-Envoy-Original-Path", "Expect",
+}
+
+// stripped tells whether the request header name (canonical) is removed
+// from cacheable requests.
+func (c *Handler) stripped(name string) bool {
+	if slices.Contains(c.keep, name) {
+		return false
+	}
+	if rest, ok := strings.CutPrefix(name, "X-Forwarded-"); ok {
+		return rest != "For" && rest != "Proto"
+	}
+	return slices.Contains(c.strip, name)
+}
 
 // Provision applies defaults and opens the store.
 func (c *Handler) Provision(ctx caddy.Context) error {
@@ -137,8 +198,12 @@ func (c *Handler) Provision(ctx caddy.Context) error {
 		}
 		c.Zone = z
 	}
+	if c.CoalesceWait == 0 {
+		c.CoalesceWait = caddy.Duration(DefaultCoalesceWait)
+	}
 	c.policy = cache.Policy{TTL: time.Duration(c.TTL), MaxTTL: time.Duration(c.TTLMax)}
 	c.stale = time.Duration(c.StaleIfError)
+	c.provisionHeaders()
 	raw, err := storageJSON(c.StorageRaw, c.RedisPrefix)
 	if err != nil {
 		return err
@@ -191,7 +256,67 @@ func (c *Handler) validate() error {
 			return errors.New("identity: empty value")
 		}
 	}
+	for _, n := range append(append([]string(nil), c.PrivateHeaders...), c.KeepHeaders...) {
+		if n == "" || strings.ContainsAny(n, " :{}") {
+			return fmt.Errorf("header name %q: want a request header's name", n)
+		}
+	}
+	if c.SharePrivate && len(c.PrivateHeaders) > 0 {
+		return errors.New("private_headers and share_private: give one")
+	}
+	if c.CoalesceWait < 0 {
+		return fmt.Errorf("coalesce_wait must not be negative, got %s", time.Duration(c.CoalesceWait))
+	}
 	return nil
+}
+
+// provisionHeaders resolves the private, stripped and kept headers.
+func (c *Handler) provisionHeaders() {
+	c.private, c.strip, c.keep = nil, nil, nil
+	if !c.SharePrivate {
+		names := c.PrivateHeaders
+		if len(names) == 0 {
+			names = []string{"Cookie"}
+		}
+		for _, n := range names {
+			n = http.CanonicalHeaderKey(n)
+			if !c.identityCovers(n) {
+				c.private = append(c.private, n)
+			}
+		}
+	}
+	for _, n := range c.KeepHeaders {
+		c.keep = append(c.keep, http.CanonicalHeaderKey(n))
+	}
+	for _, n := range stripHeaders {
+		if !slices.Contains(c.keep, n) {
+			c.strip = append(c.strip, n)
+		}
+	}
+}
+
+// identityCovers tells whether an identity placeholder reads the request
+// header name (a cookie placeholder reads Cookie), so that entries are kept
+// apart by it.
+func (c *Handler) identityCovers(name string) bool {
+	for _, id := range c.Identity {
+		lower := strings.ToLower(id)
+		if strings.Contains(lower, "http.request.header."+strings.ToLower(name)+"}") ||
+			name == "Cookie" && strings.Contains(lower, "http.request.cookie.") {
+			return true
+		}
+	}
+	return false
+}
+
+// isPrivate tells whether r carries one of the private headers.
+func (c *Handler) isPrivate(r *http.Request) bool {
+	for _, n := range c.private {
+		if vs := r.Header[n]; len(vs) > 0 && (len(vs) > 1 || vs[0] != "") {
+			return true
+		}
+	}
+	return false
 }
 
 // isName tells whether raw is the JSON string name.
@@ -249,19 +374,22 @@ func (c *Handler) storeFailed(err error) {
 }
 
 // identity returns the values of the identity placeholders for r.
+// The values of the kept headers follow those of the identity
+// placeholders.
 func (c *Handler) identity(r *http.Request) []string {
-	if len(c.Identity) == 0 {
+	if len(c.Identity) == 0 && len(c.keep) == 0 {
 		return nil
 	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	vals := make([]string, len(c.Identity))
-	if repl == nil {
-		return vals
+	vals := make([]string, len(c.Identity), len(c.Identity)+len(c.keep))
+	if repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); repl != nil {
+		for i, tmpl := range c.Identity {
+			// Unknown placeholders are empty: an anonymous request must
+			// not share the identity of a literal "{http.auth.user.id}".
+			vals[i] = repl.ReplaceAll(tmpl, "")
+		}
 	}
-	for i, tmpl := range c.Identity {
-		// Unknown placeholders are empty: an anonymous request must not
-		// share the identity of a literal "{http.auth.user.id}".
-		vals[i] = repl.ReplaceAll(tmpl, "")
+	for _, n := range c.keep {
+		vals = append(vals, strings.Join(r.Header[n], "\n"))
 	}
 	return vals
 }

@@ -152,7 +152,7 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 			}
 		}
 		w.Header().Set("Cache-Control", "private")
-		_, _ = io.WriteString(w, r.Header.Get("Cookie"))
+		_, _ = io.WriteString(w, r.Header.Get("X-User"))
 		return nil
 	})
 	var wg sync.WaitGroup
@@ -167,7 +167,7 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			bodies[i] = serveCache(c, next, "GET", "http://example/private", "Cookie", cookie).Body.String()
+			bodies[i] = serveCache(c, next, "GET", "http://example/private", "X-User", cookie).Body.String()
 		}()
 	}
 	wg.Wait()
@@ -296,5 +296,42 @@ func TestStorageJSONReadsEarlierForms(t *testing.T) {
 	c := newTestCache(t, &Handler{Zone: "old", StorageRaw: json.RawMessage(`"memory"`)})
 	if _, ok := c.store.(*cache.Memory); !ok {
 		t.Fatalf("store %T", c.store)
+	}
+}
+
+// TestCacheWaiterFetchesAfterCoalesceWait: a request that waits on a
+// flight whose leader never finishes asks the upstream itself after
+// coalesce_wait, instead of waiting as long as the leader likes.
+func TestCacheWaiterFetchesAfterCoalesceWait(t *testing.T) {
+	e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "stuck", CoalesceWait: caddy.Duration(50 * time.Millisecond)})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if calls.Add(1) == 1 {
+			<-release // the leader's upstream never answers
+		}
+		_, _ = io.WriteString(w, "answer")
+		return nil
+	})
+	leader := make(chan string, 1)
+	go func() { leader <- serveCache(c, next, "GET", "http://example/stuck").Body.String() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	waiter := make(chan *httptest.ResponseRecorder, 1)
+	go func() { waiter <- serveCache(c, next, "GET", "http://example/stuck") }()
+	select {
+	case w := <-waiter:
+		if w.Code != 200 || w.Body.String() != "answer" || calls.Load() != 2 {
+			t.Fatalf("waiter: %d %q after %d upstream calls", w.Code, w.Body, calls.Load())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiter still waits for a leader that never finishes")
+	}
+	close(release)
+	if got := <-leader; got != "answer" {
+		t.Fatalf("leader: %q", got)
 	}
 }

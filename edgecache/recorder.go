@@ -30,17 +30,20 @@ const (
 // failure with a stale copy to serve instead), or pass it on, control
 // headers removed and Bloom-Status set.
 type cacheRecorder struct {
-	w        http.ResponseWriter
-	r        *http.Request
-	c        *Handler
-	hdr      http.Header
-	own      bool // hdr is the cacheRecorder's; else it is w's
-	store    bool // the response may be stored
-	stale    bool // a stale copy waits to replace a gateway failure
-	status   int
-	mode     recMode
-	buf      *bytes.Buffer
-	decision cache.Decision
+	w     http.ResponseWriter
+	r     *http.Request
+	c     *Handler
+	hdr   http.Header
+	own   bool // hdr is the cacheRecorder's; else it is w's
+	store bool // the response may be stored
+	// sharedOnly stores the response only when the upstream said it may
+	// be shared (a request with a private header).
+	sharedOnly bool
+	stale      bool // a stale copy waits to replace a gateway failure
+	status     int
+	mode       recMode
+	buf        *bytes.Buffer
+	decision   cache.Decision
 }
 
 // newCacheRecorder returns a cacheRecorder for one request. A response that may be
@@ -77,7 +80,7 @@ func (rec *cacheRecorder) WriteHeader(code int) {
 		rec.mode = modeDiscard
 		return
 	case rec.store && !streaming(rec.hdr):
-		if d := rec.c.policy.Decide(code, rec.hdr); d.Store {
+		if d := rec.c.policy.Decide(code, rec.hdr); d.Store && (d.Shared || !rec.sharedOnly) {
 			rec.decision = d
 			rec.mode = modeBuffer
 			rec.buf = getBuffer()

@@ -20,13 +20,18 @@ import (
 // A cacheable request (GET, HEAD, OPTIONS) with a fresh entry is a HIT,
 // answered here. A GET or OPTIONS without one joins the flight for its
 // key: the first goes upstream (MISS when stored, DIRECT when not), the
-// others wait and are served its entry. Anything else goes straight
-// upstream with DIRECT. When the upstream cannot be reached, a stale copy
-// within stale_if_error is served, else a 502; both say OFFLINE.
+// others wait (coalesce_wait at most) and are served its entry. Anything
+// else goes straight upstream with DIRECT: other methods, upgrades, and
+// requests with a body (the body is not in the key, and a client that
+// never sends it must not hold the others of its URL). A request that
+// carries a private header (a session cookie) is served only shared
+// entries and leads no flight. When the upstream cannot be reached, a
+// stale copy within stale_if_error is served, else a 502; both say OFFLINE.
 func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 {
+	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 || hasBody(r) {
 		return c.passThrough(w, r, next, nil)
 	}
+	private := c.isPrivate(r)
 	now := c.clock.Now()
 	key := cache.KeyOf(r, c.Zone, c.identity(r))
 	e, err := c.store.Get(r.Context(), key, now)
@@ -35,7 +40,7 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return c.passThrough(w, r, next, nil)
 	}
 	var stale *cache.Entry
-	if e != nil && e.Matches(r.Header) {
+	if e != nil && e.Matches(r.Header) && (e.Shared || !private) {
 		if e.Fresh(now) {
 			return c.serve(w, r, e, cache.Hit, now)
 		}
@@ -47,28 +52,53 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// A HEAD has no body to fill the GET entry with.
 		return c.passThrough(w, r, next, stale)
 	}
+	if private {
+		// Its response may be this user's alone: it is stored only if the
+		// upstream says it may be shared, and nobody waits for it.
+		return c.fetch(w, r, next, key, stale, nil, true)
+	}
 	f, leader := c.flights.Join(key.ID)
 	if !leader {
-		outcome, fe, err := f.Wait(r.Context())
-		switch {
-		case err != nil:
-			setBloomStatus(w.Header(), cache.Direct)
-			return caddyhttp.Error(499, err)
-		case outcome == cache.Stored && fe.Matches(r.Header):
-			return c.serve(w, r, fe, cache.Hit, c.clock.Now())
-		case outcome == cache.Unreachable:
-			return c.offline(w, r, stale, nil, errUpstreamUnreachable)
-		}
-		// Not stored, or another variant: the leader's response may have
-		// been for the leader only.
-		return c.fetch(w, r, next, key, stale, nil)
+		return c.await(w, r, next, f, key, stale)
 	}
 	// A flight that landed between Get and Join has stored its entry.
 	if e, err := c.store.Get(r.Context(), key, now); err == nil && e != nil && e.Matches(r.Header) && e.Fresh(now) {
 		c.flights.Land(key.ID, f, cache.Stored, e)
 		return c.serve(w, r, e, cache.Hit, now)
 	}
-	return c.fetch(w, r, next, key, stale, f)
+	return c.fetch(w, r, next, key, stale, f, false)
+}
+
+// await waits for the flight another request leads, coalesce_wait at
+// most, and answers from what it brought; after that, or when it brought
+// nothing this request may be served, the request asks the upstream
+// itself.
+func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, f *cache.Flight, key cache.Key, stale *cache.Entry) error {
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.CoalesceWait))
+	outcome, fe, err := f.Wait(ctx)
+	cancel()
+	switch {
+	case err != nil && r.Context().Err() != nil:
+		setBloomStatus(w.Header(), cache.Direct)
+		return caddyhttp.Error(499, err)
+	case err != nil:
+		// The leader is slow (or never sends its request's end): do not
+		// wait for it any longer.
+	case outcome == cache.Stored && fe.Matches(r.Header):
+		return c.serve(w, r, fe, cache.Hit, c.clock.Now())
+	case outcome == cache.Unreachable:
+		return c.offline(w, r, stale, nil, errUpstreamUnreachable)
+	}
+	// Not stored, or another variant: the leader's response may have been
+	// for the leader only.
+	return c.fetch(w, r, next, key, stale, nil, false)
+}
+
+// hasBody tells whether the request has (or may still send) a body: a
+// length, chunks, or trailers to come (an HTTP/2 stream that declares
+// "content-length: 0" and a trailer still sends its upstream a body).
+func hasBody(r *http.Request) bool {
+	return r.ContentLength != 0 || len(r.TransferEncoding) > 0 || len(r.Trailer) > 0 || len(r.Header["Trailer"]) > 0
 }
 
 var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
@@ -76,7 +106,9 @@ var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
 // fetch asks the upstream for a GET or OPTIONS, stores what may be stored,
 // and answers. f is the flight this request leads, if any: it lands before
 // the client is answered, and whatever happens (a panic included).
-func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight) error {
+// With sharedOnly, the response is stored only when the upstream said it
+// may be shared.
+func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight, sharedOnly bool) error {
 	landed := f == nil
 	land := func(o cache.Outcome, e *cache.Entry) {
 		if !landed {
@@ -87,8 +119,9 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	defer land(cache.Uncacheable, nil)
 
 	rec := newCacheRecorder(w, r, c, true, stale != nil)
+	rec.sharedOnly = sharedOnly
 	defer rec.free()
-	err := next.ServeHTTP(rec, forUpstream(r))
+	err := next.ServeHTTP(rec, c.forUpstream(r))
 	if err != nil {
 		if rec.mode == modePass {
 			return err
@@ -217,19 +250,35 @@ func (c *Handler) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRe
 	return nil
 }
 
-// forUpstream returns r without the conditional headers that would let the
-// upstream answer 304: the cache needs the whole response to store, and
-// answers the condition itself.
-func forUpstream(r *http.Request) *http.Request {
-	_, inm := r.Header["If-None-Match"]
-	_, ims := r.Header["If-Modified-Since"]
-	if !inm && !ims {
+// forUpstream returns r as the upstream may see it when its response may
+// be stored: without the conditional headers that would let the upstream
+// answer 304 (the cache needs the whole response, and answers the
+// condition itself), and without the headers that make an upstream answer
+// for another URL, method or host, which are not in the key.
+func (c *Handler) forUpstream(r *http.Request) *http.Request {
+	drop := 0
+	for _, n := range [...]string{"If-None-Match", "If-Modified-Since"} {
+		if _, ok := r.Header[n]; ok {
+			drop++
+		}
+	}
+	for n := range r.Header {
+		if c.stripped(n) {
+			drop++
+		}
+	}
+	if drop == 0 {
 		return r
 	}
 	r2 := r.WithContext(r.Context())
 	r2.Header = r.Header.Clone()
 	delete(r2.Header, "If-None-Match")
 	delete(r2.Header, "If-Modified-Since")
+	for n := range r2.Header {
+		if c.stripped(n) {
+			delete(r2.Header, n)
+		}
+	}
 	return r2
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -89,14 +90,19 @@ func TestCrisp(t *testing.T) {
 	clk.Set(day.Add(23*time.Hour + 50*time.Minute))
 	x := load(t, "crisp.Caddyfile")
 	user := []string{"Authorization", basic("user-1", "user-secret")}
-	plugin := []string{"Authorization", basic("plugin-7", "plugin-secret"), "X-Crisp-Tier", "plugin"}
+	plugin := []string{"Authorization", basic("plugin-7", "plugin-secret")}
+	// A user who claims to be a plugin is still a user.
+	claims := append(slices.Clone(user), "X-Crisp-Tier", "plugin", "X-Plugin-Id", "7")
 	post := func(n, status int, path string, headers ...string) e2e.Reply {
 		t.Helper()
 		return x.timesDo(t, http.MethodPost, n, status, path, headers...)
 	}
 
-	// API Route: 20 per minute on conversations, denied with 420.
-	post(20, 200, "/v1/website/w1/conversations", user...)
+	// API Route: 20 per minute on conversations, denied with 420; a user
+	// who says it is a plugin is not exempt.
+	post(10, 200, "/v1/website/w1/conversations", user...)
+	post(10, 200, "/v1/website/w1/conversations", claims...)
+	e2e.Expect(t, x.Do(http.MethodPost, "/v1/website/w1/conversations", claims...), 420)
 	r := x.Do(http.MethodPost, "/v1/website/w1/conversations", user...)
 	e2e.Expect(t, r, 420, "Retry-After", "60", "X-RateLimit-Limit", "20", "Bloom-Status", "DIRECT")
 	// Another route has its own counter...
@@ -212,14 +218,31 @@ func TestTieredTokenBucket(t *testing.T) {
 	x.times(t, 30, 200, "/v1/products", "X-Api-Key", "key-base-1")
 	x.times(t, 20, 200, "/v1/products", "X-Api-Key", "key-base-2")
 	e2e.Expect(t, x.Get("/v1/products", "X-Api-Key", "key-base-2"), 429)
-	// A key with no known org is its own client, in the BASE tier; the
-	// org beats the user id; a user id beats the IP.
-	x.times(t, 50, 200, "/v1/products", "X-Api-Key", "key-unknown", "X-User-Id", "u1")
-	e2e.Expect(t, x.Get("/v1/products", "X-Api-Key", "key-unknown"), 429)
-	x.times(t, 50, 200, "/v1/products", "X-User-Id", "u1")
-	e2e.Expect(t, x.Get("/v1/products", "X-User-Id", "u1"), 429)
-	x.times(t, 50, 200, "/v1/products")
-	e2e.Expect(t, x.Get("/v1/products"), 429, "X-RateLimit-Limit", "50")
+	// A made-up API key or user id is no client of its own: it counts
+	// against the IP (50 in BASE), whatever it says.
+	x.times(t, 20, 200, "/v1/products", "X-Api-Key", "key-unknown")
+	x.times(t, 20, 200, "/v1/products", "X-User-Id", "u1")
+	x.times(t, 10, 200, "/v1/products", "X-Api-Key", "made-up", "X-User-Id", "u2")
+	e2e.Expect(t, x.Get("/v1/products", "X-Api-Key", "another-made-up"), 429, "X-RateLimit-Limit", "50")
+	// The token endpoint: five tries per second per IP, however many
+	// made-up identities (it was unlimited).
+	clk.Add(time.Hour)
+	for i := range 5 {
+		e2e.Expect(t, x.Get("/v1/oauth/token", "X-User-Id", fmt.Sprint("u", i), "X-Api-Key", fmt.Sprint("k", i)), 200)
+	}
+	e2e.Expect(t, x.Get("/v1/oauth/token", "X-User-Id", "u9", "X-Api-Key", "k9"), 429)
+	// A key sent twice is refused, not given a second bucket.
+	req, _ := http.NewRequest(http.MethodGet, x.Base+"/v1/products", nil)
+	req.Header.Add("X-Api-Key", "key-t3")
+	req.Header.Add("X-Api-Key", "key-t3")
+	resp, err := x.Tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("a repeated X-Api-Key: %d", resp.StatusCode)
+	}
 }
 
 // TestClarabridge: 150/h per IP, 350/h per OAuth token, 20/h per console

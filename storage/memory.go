@@ -14,10 +14,12 @@ import (
 type MemoryOptions struct {
 	// MaxKeys bounds the number of keys kept (default DefaultMaxKeys).
 	// When a new key arrives and its shard is full, expired keys in the
-	// shard are dropped; if none has expired, the key among a small sample
-	// that expires soonest is evicted (it has the least left to count), so
-	// memory stays bounded and a flood of new clients cannot push the store
-	// past it. Evictions are counted.
+	// shard are dropped; if none has expired, the key of a small sample
+	// that carries the least evidence is forgotten: the one that counted
+	// the fewest units (limiter.State.Weight; a denying key the most), then
+	// the one that expires soonest. Memory stays bounded, and a flood of
+	// made-up keys cannot make the store forget the clients it is denying.
+	// Evictions are counted.
 	MaxKeys int
 	// SweepInterval is how often expired keys are removed in the
 	// background (default DefaultSweepInterval).
@@ -161,7 +163,7 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 		// A denial keeps its mark (for FirstDenial), even when nothing is
 		// counted.
 		if pass || !results[i].Allowed {
-			m.put(hs[i], &next[i], &reqs[i], t)
+			m.put(hs[i], &next[i], t)
 		}
 	}
 	for _, s := range locks {
@@ -193,7 +195,7 @@ func (m *Memory) takeOne(r *Request, res *limiter.Result, t int64) {
 	sh.mu.Lock()
 	st, _ := m.get(h, t)
 	r.Limit.Take(&st, res, t, r.Cost)
-	m.put(h, &st, r, t)
+	m.put(h, &st, t)
 	sh.mu.Unlock()
 }
 
@@ -206,8 +208,9 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 	return st, true
 }
 
-// put stores a state; its shard must be locked.
-func (m *Memory) put(h uint64, st *limiter.State, r *Request, t int64) {
+// put stores a state; its shard must be locked. In a full shard, the key
+// that carries the least makes room (see makeRoom).
+func (m *Memory) put(h uint64, st *limiter.State, t int64) {
 	sh := m.shardOf(h)
 	if len(sh.m) >= m.perShard {
 		if _, ok := sh.m[h]; !ok {
@@ -217,27 +220,32 @@ func (m *Memory) put(h uint64, st *limiter.State, r *Request, t int64) {
 	sh.m[h] = *st
 }
 
-// makeRoom drops expired keys from a sample of the shard, or else the one
-// that expires soonest.
+// makeRoom drops the expired keys of a sample of the shard; if none has
+// expired, it evicts the key that carries the least evidence (the fewest
+// units counted; a denying key the most, limiter.State.Weight), then the
+// one that expires soonest: a flood of made-up keys, one request each,
+// evicts its own keys, not the clients it is denying. A new key is always
+// stored: its count must hold.
 func (m *Memory) makeRoom(sh *shard, t int64) {
 	var (
-		victim  uint64
-		soonest int64 = -1
-		seen    int
-		freed   bool
+		victim uint64
+		worst  limiter.State
+		found  bool
+		seen   int
+		freed  bool
 	)
 	for h, e := range sh.m {
 		if e.Expires <= t {
 			delete(sh.m, h)
 			freed = true
-		} else if soonest < 0 || e.Expires < soonest {
-			victim, soonest = h, e.Expires
+		} else if !found || e.Weight < worst.Weight || e.Weight == worst.Weight && e.Expires < worst.Expires {
+			victim, worst, found = h, e, true
 		}
 		if seen++; seen >= evictionSample {
 			break
 		}
 	}
-	if !freed && soonest >= 0 {
+	if !freed && found {
 		delete(sh.m, victim)
 		m.evictions.Add(1)
 	}

@@ -96,3 +96,87 @@ func TestMemoryFullDropsExpiredFirst(t *testing.T) {
 		t.Fatalf("%d live keys evicted while expired ones could go", ev)
 	}
 }
+
+// TestMemoryFloodKeepsExhaustedClients: a flood of made-up keys past
+// MaxKeys evicted the counters of exhausted clients as readily as its own
+// one-request counters, and the clients passed again. Eviction takes what
+// carries the least first: after 1,000,000 made-up keys into a store of
+// 100,000, every exhausted client is still denied, and memory stays bounded.
+func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
+	maxKeys, flood := 100_000, 1_000_000
+	if raceEnabled {
+		maxKeys, flood = 20_000, 200_000
+	}
+	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys, SweepInterval: time.Hour, Now: storetest.AtBase})
+	defer m.Close()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour}
+	res := make([]limiter.Result, 1)
+	take := func(key string, at time.Time) bool {
+		req := []storage.Request{{Counter: "api", Key: key, Limit: l, Cost: 1}}
+		if err := m.Take(context.Background(), at, req, res); err != nil {
+			t.Fatal(err)
+		}
+		return res[0].Allowed
+	}
+	now := storetest.Base.Add(time.Minute)
+	const clients = 200
+	for c := range clients {
+		for range 10 {
+			take(fmt.Sprint("client-", c), now)
+		}
+		if take(fmt.Sprint("client-", c), now) {
+			t.Fatal("an exhausted client passed before the flood")
+		}
+	}
+	// Others stop at 9 of 10: nearly exhausted, not denied.
+	for c := range clients {
+		for range 9 {
+			take(fmt.Sprint("near-", c), now)
+		}
+	}
+	for i := range flood {
+		take(fmt.Sprint("made-up-", i), now)
+	}
+	passed := 0
+	for c := range clients {
+		if take(fmt.Sprint("client-", c), now) {
+			passed++
+		}
+	}
+	if passed != 0 {
+		t.Fatalf("%d of %d exhausted clients passed again after a flood of %d made-up keys (evictions %d)", passed, clients, flood, m.Evictions())
+	}
+	for c := range clients {
+		if !take(fmt.Sprint("near-", c), now) || take(fmt.Sprint("near-", c), now) {
+			t.Fatalf("a client at 9 of 10 lost its count in the flood")
+		}
+	}
+	if n := m.Len(); n > maxKeys+256 {
+		t.Fatalf("%d keys held, bound %d", n, maxKeys)
+	}
+	t.Logf("%d made-up keys into %d: every exhausted client still denied; %d evictions, %d keys held", flood, maxKeys, m.Evictions(), m.Len())
+
+	// A flood on a limit of 1 (a password reset per e-mail): each made-up
+	// key is exhausted by its one request. It must neither evict the
+	// denied clients nor keep new clients from being counted.
+	once := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: 24 * time.Hour}
+	for i := range flood {
+		req := []storage.Request{{Counter: "reset", Key: fmt.Sprint("e-mail-", i), Limit: once, Cost: 1}}
+		if err := m.Take(context.Background(), now, req, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for c := range clients {
+		if take(fmt.Sprint("client-", c), now) {
+			t.Fatalf("an exhausted client passed again after a flood on a limit of 1")
+		}
+	}
+	for range 10 {
+		if !take("newcomer", now) {
+			t.Fatal("a new client was denied before its limit")
+		}
+	}
+	if take("newcomer", now) {
+		t.Fatal("a new client is not counted after a flood on a limit of 1")
+	}
+}

@@ -75,6 +75,13 @@ type RedisOptions struct {
 	// Now is the clock of the callers of Take (default time.Now): the
 	// memory store of OnError Local sweeps with it.
 	Now func() time.Time
+	// NoLocalDenials turns off the memory of denials: by default, a key
+	// Redis denied until T is denied on this instance without a round trip
+	// until T (see denials).
+	NoLocalDenials bool
+	// MaxLocalDenials bounds the keys remembered (default
+	// DefaultLocalDenials).
+	MaxLocalDenials int
 	// RetryInterval is how long Redis is left alone after a failure before
 	// one request tries it again (default DefaultRedisRetryInterval).
 	// Meanwhile OnError decides at once, so that no request waits for a
@@ -115,6 +122,7 @@ type Redis struct {
 	timeout  time.Duration
 	onError  OnError
 	local    *Memory
+	denials  *denials // nil when off
 	serverTS bool
 	retry    int64 // nanoseconds
 
@@ -126,6 +134,7 @@ type Redis struct {
 	warned    atomic.Bool
 
 	scratch   sync.Pool
+	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -168,6 +177,9 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		epoch:    time.Now(),
 	}
 	s.SetLogger(o.Logger)
+	if !o.NoLocalDenials {
+		s.denials = newDenials(o.MaxLocalDenials)
+	}
 	if o.OnError == Local {
 		s.local = NewMemory(MemoryOptions{Now: o.Now})
 	}
@@ -213,6 +225,7 @@ func (s *Redis) SetLogger(l *zap.Logger) {
 // Close closes the client and the local fallback store.
 func (s *Redis) Close() error {
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		s.pipe.stop()
 		s.closeErr = s.client.Close()
 		s.pipe.wait()
@@ -252,6 +265,12 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 			return err
 		}
 	}
+	if s.closed.Load() {
+		return s.fallback(ctx, now, reqs, results, redis.ErrClosed)
+	}
+	if s.denials != nil && s.denials.check(now, reqs, results) {
+		return nil
+	}
 	probe := false
 	if until := s.downUntil.Load(); until != 0 {
 		if s.mono() < until || !s.probing.CompareAndSwap(false, true) {
@@ -263,6 +282,9 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 	switch {
 	case err == nil:
 		s.up()
+		if s.denials != nil && !passes(reqs, results, nil) {
+			s.denials.record(now, reqs, results)
+		}
 	case ctx.Err() != nil:
 		// The caller gave up (the client went away), Redis is not to blame.
 	default:
@@ -292,6 +314,9 @@ func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []Request) error
 		if err := checkRequest(&reqs[i]); err != nil {
 			return err
 		}
+	}
+	if s.denials != nil {
+		s.denials.forget(reqs)
 	}
 	if until := s.downUntil.Load(); until != 0 && s.mono() < until {
 		return s.refundFallback(ctx, now, reqs, nil)
@@ -337,14 +362,7 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
 		for g := range pending {
 			r := &pending[g]
-			r.keys = sc.keys
-			if r.idx != nil {
-				r.keys = make([]string, len(r.idx))
-				for j, i := range r.idx {
-					r.keys[j] = sc.keys[i]
-				}
-			}
-			r.argv = []string{s.spec(sc, reqs, r.idx, now, at)}
+			r.keys, r.argv = s.script(sc, reqs, r.idx, now, at)
 		}
 		s.pipeline(ctx, pending, refundScript)
 		var again []slotRun
@@ -488,8 +506,8 @@ func oneSlot(slots []uint16) bool {
 
 // decideOne runs the script once for every request.
 func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
-	argv := s.spec(sc, reqs, nil, now, at, 0)
-	reply, err := s.pipe.eval(ctx, deadline, takeScript, sc.keys, []string{argv})
+	keys, spec, fields := s.requests(sc, reqs, nil, at)
+	reply, err := s.pipe.decide(ctx, deadline, s.scriptNow(now), sc.slots[0], keys, fields, spec)
 	if err != nil {
 		return 0, err
 	}
@@ -504,14 +522,22 @@ func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64
 }
 
 // eval runs a script with EVALSHA, or EVAL when Redis does not have it yet
-// (after a restart or SCRIPT FLUSH; EVAL caches it again), in the next
-// batch of the store's pipe, by ctx's deadline (or within the timeout).
+// (after a restart or SCRIPT FLUSH; EVAL caches it again), by ctx's
+// deadline (or within the timeout). Refunds, undos and the scripts of a
+// Cluster request across slots come here: they are rare, and not batched.
 func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...string) (string, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(s.timeout)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
 	}
-	return s.pipe.eval(ctx, deadline, sc, keys, argv)
+	cmd := scriptCmd(ctx, sc, false, keys, argv...)
+	_ = s.client.Process(ctx, cmd)
+	if err := cmd.Err(); err != nil && isNoScript(err) {
+		cmd = scriptCmd(ctx, sc, true, keys, argv...)
+		_ = s.client.Process(ctx, cmd)
+	}
+	return cmd.Text()
 }
 
 var _ Store = (*Redis)(nil)

@@ -42,11 +42,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 	runs := s.groupBySlot(sc, len(reqs))
 	for g := range runs {
 		r := &runs[g]
-		r.keys = make([]string, len(r.idx))
-		for j, i := range r.idx {
-			r.keys[j] = sc.keys[i]
-		}
-		r.argv = []string{s.spec(sc, reqs, r.idx, now, at, 1)}
+		r.keys, r.argv = s.takeArgs(sc, reqs, r.idx, now, at, true)
 	}
 	s.pipeline(ctx, runs, takeScript)
 
@@ -134,23 +130,32 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results
 			continue
 		}
 		state := func(j int) string { return r.states[j*stateLen : (j+1)*stateLen] }
-		var out slotRun
+		var (
+			out    slotRun
+			fields []string // the fields undone, with their keys' index
+			keyOf  []int
+			states []string
+		)
 		head := appendInt(nil, s.scriptNow(now))
 		for j, i := range r.idx {
 			if !results[i].Allowed {
 				continue
 			}
-			key := sc.keys[i]
-			if slices.Contains(out.keys, key) {
+			key, field := sc.keys[i], reqs[i].Counter
+			done := false
+			for f := range fields {
+				done = done || fields[f] == field && out.keys[keyOf[f]] == key
+			}
+			if done {
 				continue
 			}
-			// All the requests on this key in this slot: from the state
+			// All the requests on this counter in this slot: from the state
 			// before the first to the state after the last, giving back
 			// the units of those that were allowed.
 			first, last, cost := j, j, int64(0)
 			for jj := j; jj < len(r.idx); jj++ {
 				ii := r.idx[jj]
-				if sc.keys[ii] != key {
+				if sc.keys[ii] != key || reqs[ii].Counter != field {
 					continue
 				}
 				last = jj
@@ -158,13 +163,18 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results
 					cost += reqs[ii].Cost
 				}
 			}
+			k := slices.Index(out.keys, key)
+			if k < 0 {
+				out.keys = append(out.keys, key)
+				k = len(out.keys) - 1
+			}
 			li := r.idx[last]
-			head = appendLimit(head, &reqs[li].Limit, cost, false, sc.bounds[li][0], sc.bounds[li][1])
-			out.keys = append(out.keys, key)
-			out.argv = append(out.argv, state(2*first), state(2*last+1))
+			head = appendLimit(head, k+1, &reqs[li].Limit, cost, false, sc.bounds[li][0], sc.bounds[li][1])
+			fields, keyOf = append(fields, field), append(keyOf, k)
+			states = append(states, state(2*first), state(2*last+1))
 		}
-		if len(out.keys) > 0 {
-			out.argv = append([]string{string(head)}, out.argv...)
+		if len(fields) > 0 {
+			out.argv = append(append([]string{string(head)}, fields...), states...)
 			undos = append(undos, out)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -19,11 +20,13 @@ import (
 
 // redisScratch holds one decision's working memory, pooled.
 type redisScratch struct {
-	keys   []string
-	slots  []uint16
+	keys   []string   // per request: its client's hash key
+	slots  []uint16   // per request: the key's Cluster slot
 	bounds [][2]int64 // calendar bounds passed to the script, per request
 	buf    []byte
-	idx    []int // request indexes, grouped by slot
+	idx    []int    // request indexes, grouped by slot
+	runKey []string // a script's KEYS
+	argv   []string // a script's ARGV
 }
 
 // maxScratch keeps the pool from holding on to the buffers of a request
@@ -35,6 +38,8 @@ func (s *Redis) putScratch(sc *redisScratch) {
 		return
 	}
 	clear(sc.keys)
+	clear(sc.runKey)
+	clear(sc.argv)
 	s.scratch.Put(sc)
 }
 
@@ -42,22 +47,35 @@ func (s *Redis) putScratch(sc *redisScratch) {
 // can make a key collide with another client's.
 const hashLen = 16
 
-// prepare builds the Redis keys of reqs (and their Cluster slots) in one
-// allocation.
+// prepare builds the Redis key of each request's client, prefix{32 hex
+// digits of the SHA-256 of the client's key} (a hash whose fields are the
+// client's counters), and its Cluster slot, in one allocation.
 func (s *Redis) prepare(sc *redisScratch, reqs []Request) {
 	n := len(reqs)
 	sc.keys = grow(sc.keys, n)
 	sc.slots = grow(sc.slots, n)
 	sc.bounds = grow(sc.bounds, n)
-	size := 0
-	for i := range reqs {
-		size += len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
-	}
+	keyLen := len(s.prefix) + 2*hashLen + 2
 	buf := sc.buf[:0]
-	if cap(buf) < size {
-		buf = make([]byte, 0, size)
+	if cap(buf) < n*keyLen {
+		buf = make([]byte, 0, n*keyLen)
+	}
+	// first[i] is the first request with request i's client key.
+	var firstBuf [maxBatch]int
+	first := firstBuf[:0]
+	if n > maxBatch {
+		first = make([]int, 0, n)
 	}
 	for i := range reqs {
+		j := 0
+		for j < i && reqs[j].Key != reqs[i].Key {
+			j++
+		}
+		first = append(first, j)
+		if j < i {
+			sc.slots[i] = sc.slots[j]
+			continue
+		}
 		buf = append(buf, s.prefix...)
 		buf = append(buf, '{')
 		// The client's key may be a credential and of any size: only its
@@ -67,15 +85,17 @@ func (s *Redis) prepare(sc *redisScratch, reqs []Request) {
 		tag := len(buf)
 		buf = hex.AppendEncode(buf, sum[:hashLen])
 		sc.slots[i] = keySlot(buf[tag:])
-		buf = append(buf, '}', ':')
-		buf = append(buf, reqs[i].Counter...)
+		buf = append(buf, '}')
 	}
 	all := string(buf)
 	off := 0
 	for i := range reqs {
-		end := off + len(s.prefix) + 2*hashLen + 3 + len(reqs[i].Counter)
-		sc.keys[i] = all[off:end]
-		off = end
+		if j := first[i]; j < i {
+			sc.keys[i] = sc.keys[j]
+			continue
+		}
+		sc.keys[i] = all[off : off+keyLen]
+		off += keyLen
 	}
 	sc.buf = buf[:0]
 }
@@ -87,14 +107,13 @@ func grow[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// spec writes a script's ARGV[1] for the requests at idx (all when idx is
-// nil): the time, the head numbers, nine numbers per request; and records
-// the calendar bounds it passes.
-func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, head ...int64) string {
-	b := appendInt(sc.buf[:0], s.scriptNow(now))
-	for _, v := range head {
-		b = appendInt(b, v)
-	}
+// requests writes the requests at idx (all when idx is nil) as the
+// scripts read them: the distinct client keys (their indexes from 1), five
+// numbers per request (see luaCommon), and each request's field, its
+// counter. It records the calendar bounds it passes. The slices are the
+// scratch's: the pipe copies them into its call.
+func (s *Redis) requests(sc *redisScratch, reqs []Request, idx []int, at int64) (keys []string, spec []byte, fields []string) {
+	keys, fields, spec = sc.runKey[:0], sc.argv[:0], sc.buf[:0]
 	n := len(reqs)
 	if idx != nil {
 		n = len(idx)
@@ -104,17 +123,48 @@ func (s *Redis) spec(sc *redisScratch, reqs []Request, idx []int, now time.Time,
 		if idx != nil {
 			i = idx[j]
 		}
+		k := 0
+		for k < len(keys) && keys[k] != sc.keys[i] {
+			k++
+		}
+		if k == len(keys) {
+			keys = append(keys, sc.keys[i])
+		}
 		r := &reqs[i]
-		l := &r.Limit
 		var start, end int64
-		if l.Calendar != nil {
-			start, end = l.Calendar.Bounds(at)
+		if r.Limit.Calendar != nil {
+			start, end = r.Limit.Calendar.Bounds(at)
 		}
 		sc.bounds[i] = [2]int64{start, end}
-		b = appendLimit(b, l, r.Cost, r.DryRun, start, end)
+		spec = appendLimit(spec, k+1, &r.Limit, r.Cost, r.DryRun, start, end)
+		fields = append(fields, r.Counter)
 	}
-	sc.buf = b[:0]
-	return string(b)
+	sc.buf, sc.runKey, sc.argv = spec[:0], keys, fields
+	return keys, spec, fields
+}
+
+// script is the KEYS and ARGV of a refund or an undo script for the
+// requests at idx: ARGV[1] the time and the requests' numbers, then their
+// fields. Copies, for a command of its own.
+func (s *Redis) script(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64) (keys, argv []string) {
+	k, spec, fields := s.requests(sc, reqs, idx, at)
+	head := appendInt(make([]byte, 0, 8+len(spec)), s.scriptNow(now))
+	return slices.Clone(k), append([]string{string(append(head, spec...))}, fields...)
+}
+
+// takeArgs is the KEYS and ARGV of a take script of one decision, with
+// each state before and after when keep is set (to undo the take).
+func (s *Redis) takeArgs(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, keep bool) (keys, argv []string) {
+	k, spec, fields := s.requests(sc, reqs, idx, at)
+	flags := int64(0)
+	if keep {
+		flags = 1
+	}
+	head := appendInt(make([]byte, 0, 32+len(spec)), flags)
+	head = appendInt(head, 1)
+	head = appendInt(head, s.scriptNow(now))
+	head = appendInt(head, int64(len(fields)))
+	return slices.Clone(k), append([]string{string(append(head, spec...))}, fields...)
 }
 
 // scriptNow is the time the scripts decide at: 0 asks for the server's.
@@ -125,17 +175,32 @@ func (s *Redis) scriptNow(now time.Time) int64 {
 	return now.UnixMicro()
 }
 
-// appendLimit writes the nine numbers the scripts read for one limit.
-func appendLimit(b []byte, l *limiter.Limit, cost int64, dryRun bool, start, end int64) []byte {
-	dry := int64(0)
+// calendarCode is the scripts' algorithm number of a calendar quota.
+const calendarCode = 6
+
+// appendLimit writes the five numbers the scripts read for one request on
+// the key at index key (1-based): code (key*256 + algorithm*2 + dry run),
+// quota, cost, and the algorithm's two numbers (see luaCommon).
+func appendLimit(b []byte, key int, l *limiter.Limit, cost int64, dryRun bool, start, end int64) []byte {
+	alg := int64(l.Algorithm)
+	a, c := l.Window.Microseconds(), l.Offset.Microseconds()
+	switch {
+	case l.Calendar != nil:
+		alg, a, c = calendarCode, start, end
+	case l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA:
+		c = l.Rate
+	case l.Algorithm == limiter.AnchoredWindow:
+		c = 0
+	}
+	code := int64(key)*256 + alg*2
 	if dryRun {
-		dry = 1
+		code++
 	}
-	for _, v := range [...]int64{int64(l.Algorithm), l.Quota, l.Window.Microseconds(), l.Rate,
-		l.Offset.Microseconds(), cost, dry, start, end} {
-		b = appendInt(b, v)
-	}
-	return b
+	b = appendInt(b, code)
+	b = appendInt(b, l.Quota)
+	b = appendInt(b, cost)
+	b = appendInt(b, a)
+	return appendInt(b, c)
 }
 
 // appendInt writes v as the scripts read it (struct '<i8').

@@ -107,17 +107,17 @@ func TestUndoOfATouchedKey(t *testing.T) {
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			key := fmt.Sprintf("undo-test:{%d}", i)
-			if err := c.Set(ctx, key, tc.current, time.Hour).Err(); err != nil {
+			if err := c.HSet(ctx, key, "counter", tc.current).Err(); err != nil {
 				t.Fatal(err)
 			}
 			now := t0 + tc.nowOffset
-			head := appendLimit(appendInt(nil, now), &tc.limit, tc.cost, false, 0, 0)
-			runs := []slotRun{{keys: []string{key}, argv: []string{string(head), "", tc.after}}}
+			head := appendLimit(appendInt(nil, now), 1, &tc.limit, tc.cost, false, 0, 0)
+			runs := []slotRun{{keys: []string{key}, argv: []string{string(head), "counter", "", tc.after}}}
 			s.pipeline(ctx, runs, undoScript)
 			if runs[0].err != nil {
 				t.Fatal(runs[0].err)
 			}
-			got, err := c.Get(ctx, key).Result()
+			got, err := c.HGet(ctx, key, "counter").Result()
 			if err != nil {
 				t.Fatal(err)
 			}

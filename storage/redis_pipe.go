@@ -2,51 +2,64 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// pipe sends the scripts of concurrent decisions to Redis together. Each
-// decision is still one EVALSHA and waits for one network round trip, but
-// the decisions that queue up while a batch is on the wire leave together,
-// as one pipeline: one write and one read for all of them, instead of a
-// pooled connection, a health check, a write and a read each. Under load
-// this divides the system calls of both Caddy and Redis by the batch size;
-// when requests come one at a time, a batch is one script and nothing
-// waits.
+// pipe sends the decisions that queue up concurrently to Redis together:
+// one take script decides a whole batch, one after the other, as separate
+// scripts would. The script's fixed cost (the call, the server's clock,
+// reading its arguments) and the client's per-command work (a command, a
+// write, a reply to parse) are paid once per batch instead of once per
+// decision. When requests come one at a time, a batch is one decision and
+// nothing waits.
 //
 // A few workers each send one batch at a time, so that Redis has the next
-// batch to run while the previous one's replies travel back.
+// batch to run while the previous one's replies travel back. In a Cluster,
+// a batch is one script per hash slot, pipelined.
 type pipe struct {
-	client redis.UniversalClient
-	queue  chan *pipeCall
-	quit   chan struct{}
-	wg     sync.WaitGroup
-	calls  sync.Pool
+	client  redis.UniversalClient
+	cluster bool
+	queue   chan *pipeCall
+	quit    chan struct{}
+	wg      sync.WaitGroup
+	calls   sync.Pool
 }
 
-// pipeCall is one script waiting for its batch.
+// pipeCall is one decision waiting for its batch.
 type pipeCall struct {
-	script   *script
-	cmd      onceCmd
+	keys     []string // the decision's clients
+	spec     []byte   // five numbers per request, key indexes into keys
+	fields   []string // per request: its counter
+	now      int64    // the decision's time, 0 for the server's
+	slot     uint16   // the decision's Cluster slot (all its keys share it)
 	deadline time.Time
-	done     chan struct{} // receives once the reply (or error) is in cmd
+	reply    string // the decision's part of the batch's reply
+	err      error
+	done     chan struct{} // receives once reply (or err) is set
 }
 
 const (
 	// pipeWorkers is how many batches may be on the wire at once.
 	pipeWorkers = 4
-	// pipeBatch bounds one batch (and the buffers of one pipeline).
+	// pipeBatch bounds what one worker takes from the queue at once.
 	pipeBatch = 256
+	// scriptBatch bounds the decisions of one script: Redis runs a script
+	// without interruption, and 64 decisions of a few limits each keep
+	// that well under a millisecond.
+	scriptBatch = 64
 )
 
 func newPipe(client redis.UniversalClient) *pipe {
+	_, cluster := client.(*redis.ClusterClient)
 	p := &pipe{
-		client: client,
-		queue:  make(chan *pipeCall, pipeWorkers*pipeBatch),
-		quit:   make(chan struct{}),
+		client:  client,
+		cluster: cluster,
+		queue:   make(chan *pipeCall, pipeWorkers*pipeBatch),
+		quit:    make(chan struct{}),
 	}
 	p.calls.New = func() any { return &pipeCall{done: make(chan struct{}, 1)} }
 	p.wg.Add(pipeWorkers)
@@ -63,16 +76,18 @@ func (p *pipe) stop() { close(p.quit) }
 // wait waits for the workers to end, after stop.
 func (p *pipe) wait() { p.wg.Wait() }
 
-// eval runs a script in the next batch and waits for its reply, until the
-// batch's deadline (no later than this call's) or until ctx ends. No timer
-// is set for the call: a worker sends it by its deadline, or fails it at
-// once when the deadline passed in the queue.
-func (p *pipe) eval(ctx context.Context, deadline time.Time, sc *script, keys []string, argv []string) (string, error) {
+// decide runs one decision in the next batch and waits for its part of the
+// reply, until the batch's deadline (no later than this call's) or until
+// ctx ends. No timer is set for the call: a worker sends it by its
+// deadline, or fails it at once when the deadline passed in the queue.
+func (p *pipe) decide(ctx context.Context, deadline time.Time, now int64, slot uint16, keys, fields []string, spec []byte) (string, error) {
 	c := p.calls.Get().(*pipeCall)
-	// The command holds copies of keys and argv: the caller may reuse its
-	// slices once it gives up waiting, while the command is still queued.
-	c.script, c.cmd = sc, scriptCmd(ctx, sc, false, keys, argv...)
-	c.deadline = deadline
+	// The call holds copies: the caller may reuse its slices once it gives
+	// up waiting, while the call is still queued.
+	c.keys = append(c.keys[:0], keys...)
+	c.fields = append(c.fields[:0], fields...)
+	c.spec = append(c.spec[:0], spec...)
+	c.now, c.slot, c.deadline = now, slot, deadline
 	select {
 	case p.queue <- c:
 	case <-ctx.Done():
@@ -84,12 +99,12 @@ func (p *pipe) eval(ctx context.Context, deadline time.Time, sc *script, keys []
 	}
 	select {
 	case <-c.done:
-		reply, err := c.cmd.Text()
-		c.cmd = onceCmd{}
+		reply, err := c.reply, c.err
+		c.reply, c.err = "", nil
 		p.calls.Put(c)
 		return reply, err
 	case <-ctx.Done():
-		// A worker may still send the script: c is left to it (and then
+		// A worker may still send the decision: c is left to it (and then
 		// to the garbage collector), never reused.
 		return "", ctx.Err()
 	case <-p.quit:
@@ -100,9 +115,9 @@ func (p *pipe) eval(ctx context.Context, deadline time.Time, sc *script, keys []
 func (p *pipe) work() {
 	defer p.wg.Done()
 	w := &pipeWorker{
-		pl:    p.client.Pipeline(),
 		batch: make([]*pipeCall, 0, pipeBatch),
 		live:  make([]*pipeCall, 0, pipeBatch),
+		index: make(map[string]int),
 	}
 	for {
 		select {
@@ -127,11 +142,20 @@ func (p *pipe) work() {
 	}
 }
 
-// pipeWorker is one worker's pipeline and buffers.
+// pipeWorker is one worker's buffers.
 type pipeWorker struct {
-	pl    redis.Pipeliner
-	batch []*pipeCall // the calls taken from the queue
-	live  []*pipeCall // those to send
+	batch   []*pipeCall // the calls taken from the queue
+	live    []*pipeCall // those to send
+	scripts []batchScript
+	index   map[string]int // key -> index in the script being built
+	spec    []byte
+}
+
+// batchScript is one take script of a batch: the calls it decides, and
+// its command.
+type batchScript struct {
+	calls []*pipeCall
+	cmd   onceCmd
 }
 
 // run sends one batch, within the earliest deadline of its callers, and
@@ -144,7 +168,7 @@ func (p *pipe) run(w *pipeWorker) {
 		if !c.deadline.IsZero() && !c.deadline.After(now) {
 			// Its caller has given up: sending it could count a request
 			// that the caller decided without Redis.
-			c.cmd.SetErr(context.DeadlineExceeded)
+			c.err = context.DeadlineExceeded
 			continue
 		}
 		if deadline.IsZero() || !c.deadline.IsZero() && c.deadline.Before(deadline) {
@@ -159,40 +183,143 @@ func (p *pipe) run(w *pipeWorker) {
 			ctx, cancel = context.WithDeadline(ctx, deadline)
 			defer cancel()
 		}
-		p.send(ctx, w.pl, w.live, false)
-		// A Redis that restarted or ran SCRIPT FLUSH lost the scripts: EVAL
-		// runs them and caches them again.
-		again := w.live[:0]
-		for _, c := range w.live {
-			if err := c.cmd.Err(); err != nil && isNoScript(err) {
-				again = append(again, c)
+		w.scripts = p.group(w, ctx)
+		p.send(ctx, w.scripts)
+		// A Redis that restarted or ran SCRIPT FLUSH lost the script: EVAL
+		// runs it and caches it again.
+		var again []batchScript
+		for i := range w.scripts {
+			if err := w.scripts[i].cmd.Err(); err != nil && isNoScript(err) {
+				w.scripts[i].cmd = evalCmd(ctx, w.scripts[i].cmd.Args())
+				again = append(again, w.scripts[i])
 			}
 		}
 		if len(again) > 0 {
-			p.send(ctx, w.pl, again, true)
+			p.send(ctx, again)
 		}
+		for _, s := range w.scripts {
+			split(s)
+		}
+		clear(w.scripts)
+		w.scripts = w.scripts[:0]
 	}
 	for _, c := range w.batch {
 		c.done <- struct{}{}
 	}
 }
 
-// send runs the scripts of batch, with EVAL instead of EVALSHA when eval is
-// set.
-func (p *pipe) send(ctx context.Context, pl redis.Pipeliner, batch []*pipeCall, eval bool) {
-	for _, c := range batch {
-		if eval {
-			args := append([]any(nil), c.cmd.Args()...)
-			args[0], args[1] = "eval", c.script.src
-			c.cmd = onceCmd{redis.NewCmd(ctx, args...)}
+// group makes the take scripts of the live calls: up to scriptBatch
+// decisions each, and in a Cluster, one slot each.
+func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
+	scripts := w.scripts[:0]
+	live := w.live
+	for len(live) > 0 {
+		var calls []*pipeCall
+		if p.cluster {
+			// The calls of the first call's slot; the others wait for a
+			// script of their own.
+			slot := live[0].slot
+			rest := live[:0]
+			for _, c := range live {
+				if c.slot == slot && len(calls) < scriptBatch {
+					calls = append(calls, c)
+				} else {
+					rest = append(rest, c)
+				}
+			}
+			live = rest
+		} else {
+			n := min(len(live), scriptBatch)
+			calls = append([]*pipeCall(nil), live[:n]...)
+			live = live[n:]
+		}
+		scripts = append(scripts, batchScript{calls: calls, cmd: w.build(ctx, calls)})
+	}
+	return scripts
+}
+
+// build writes the take script of calls (see luaTake): the batch's
+// distinct keys, the head, each decision's time and number of requests,
+// and its requests with their key indexes into the batch's keys.
+func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
+	clear(w.index)
+	var keys []string
+	nfields := 0
+	for _, c := range calls {
+		nfields += len(c.fields)
+		for _, k := range c.keys {
+			if _, ok := w.index[k]; !ok {
+				w.index[k] = len(keys) + 1
+				keys = append(keys, k)
+			}
 		}
 	}
-	if len(batch) == 1 {
-		_ = p.client.Process(ctx, batch[0].cmd)
+	b := appendInt(w.spec[:0], 0)
+	b = appendInt(b, int64(len(calls)))
+	for _, c := range calls {
+		b = appendInt(b, c.now)
+		b = appendInt(b, int64(len(c.fields)))
+		for r := 0; r+40 <= len(c.spec); r += 40 {
+			code := int64(binary.LittleEndian.Uint64(c.spec[r:]))
+			k := w.index[c.keys[code/256-1]]
+			b = appendInt(b, int64(k)*256+code%256)
+			b = append(b, c.spec[r+8:r+40]...)
+		}
+	}
+	w.spec = b
+	args := make([]any, 0, 4+len(keys)+nfields)
+	args = append(args, "evalsha", takeScript.sha, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	args = append(args, string(b))
+	for _, c := range calls {
+		for _, f := range c.fields {
+			args = append(args, f)
+		}
+	}
+	return onceCmd{redis.NewCmd(ctx, args...)}
+}
+
+// evalCmd is the command of an EVALSHA's args with EVAL of the take
+// script's source instead.
+func evalCmd(ctx context.Context, args []any) onceCmd {
+	args = append([]any(nil), args...)
+	args[0], args[1] = "eval", takeScript.src
+	return onceCmd{redis.NewCmd(ctx, args...)}
+}
+
+// send runs the scripts, pipelined when there are several.
+func (p *pipe) send(ctx context.Context, scripts []batchScript) {
+	if len(scripts) == 1 {
+		_ = p.client.Process(ctx, scripts[0].cmd)
 		return
 	}
-	for _, c := range batch {
-		_ = pl.Process(ctx, c.cmd)
+	pl := p.client.Pipeline()
+	for _, s := range scripts {
+		_ = pl.Process(ctx, s.cmd)
 	}
 	_, _ = pl.Exec(ctx)
+}
+
+// split hands each call of a script its part of the reply: "R", the time
+// and 40 bytes per request, or "B" and the time.
+func split(s batchScript) {
+	reply, err := s.cmd.Text()
+	for _, c := range s.calls {
+		if err != nil {
+			c.err = err
+			continue
+		}
+		n := 9
+		if len(reply) > 0 && reply[0] == 'R' {
+			n += 40 * len(c.fields)
+		}
+		if len(reply) < n {
+			c.err = errBadReply
+			reply = ""
+			continue
+		}
+		c.reply, reply = reply[:n], reply[n:]
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -216,7 +217,6 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 		{Algorithm: limiter.GCRA, Quota: 5, Rate: 5, Window: time.Minute},
 		{Algorithm: limiter.FixedWindow, Quota: 5, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
 	}
-	maxTTL := []time.Duration{time.Minute, 2 * time.Minute, 6 * time.Minute, time.Minute, 12 * time.Second, 24 * time.Hour}
 	var reqs []storage.Request
 	for i, l := range limits {
 		reqs = append(reqs, storage.Request{Counter: fmt.Sprintf("g/l%d/%s#0", i, l.Algorithm), Key: secret, Limit: l, Cost: 1})
@@ -229,32 +229,35 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != len(limits) {
-		t.Fatalf("keys %q", keys)
+	// One hash for the client: its fields are the counters, and "~".
+	if len(keys) != 1 || !regexp.MustCompile(`^el:\{[0-9a-f]{32}\}$`).MatchString(keys[0]) || strings.Contains(keys[0], "sk_live") {
+		t.Fatalf("keys %q, want one el:{32 hex digits}", keys)
 	}
-	shape := regexp.MustCompile(`^el:\{[0-9a-f]{32}\}:g/l(\d)/[a-z_]+#0$`)
-	tag := ""
-	for _, k := range keys {
-		m := shape.FindStringSubmatch(k)
-		if m == nil {
-			t.Fatalf("key %q does not have the documented shape", k)
-		}
-		if strings.Contains(k, "sk_live") {
-			t.Fatalf("key %q holds the client's key", k)
-		}
-		if tag == "" {
-			tag = k[:strings.IndexByte(k, '}')]
-		} else if !strings.HasPrefix(k, tag) {
-			t.Fatalf("the limits of one client have different hash tags: %q", keys)
-		}
-		ttl, err := c.PTTL(ctx, k).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := int(m[1][0] - '0')
-		if ttl <= 0 || ttl > maxTTL[i] {
-			t.Fatalf("key %q: TTL %s, want within (0, %s]", k, ttl, maxTTL[i])
-		}
+	fields, err := c.HKeys(ctx, keys[0]).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(fields)
+	want := []string{"~"}
+	for _, r := range reqs {
+		want = append(want, r.Counter)
+	}
+	slices.Sort(want)
+	if !slices.Equal(fields, want) {
+		t.Fatalf("fields %q, want %q", fields, want)
+	}
+	// The TTL outlives every state (the longest, the daily quota), with at
+	// most an hour to spare.
+	ttl, err := c.PTTL(ctx, keys[0]).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	longest := time.Duration(0)
+	for _, r := range res {
+		longest = max(longest, r.Reset)
+	}
+	if ttl < longest-time.Second || ttl > longest+time.Hour+time.Second {
+		t.Fatalf("TTL %s for states that last up to %s", ttl, longest)
 	}
 }
 
@@ -265,45 +268,66 @@ func TestRedisOneScriptPerRequest(t *testing.T) {
 	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true})
 	c := srv.Client(t)
 	ctx := context.Background()
-	reqs := []storage.Request{
-		{Counter: "a", Key: "ip", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1000, Window: time.Hour}, Cost: 1},
-		{Counter: "b", Key: "user", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1, Window: time.Second}, Cost: 1},
-		{Counter: "c", Key: "org", Limit: limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: 1000, Window: time.Hour}, Cost: 1},
+	limits := []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 1000, Window: time.Hour},
+		{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1000, Window: time.Second},
+		{Algorithm: limiter.SlidingWindow, Quota: 1000, Window: time.Hour},
 	}
-	res := make([]limiter.Result, len(reqs))
-	// The first decision loads the script (NOSCRIPT, then EVAL).
-	if err := s.Take(ctx, storetest.Base, reqs, res); err != nil {
-		t.Fatal(err)
-	}
-	before := commandStats(t, c)
-	const n = 50
-	for i := range n {
-		if err := s.Take(ctx, storetest.Base.Add(time.Duration(i)*time.Millisecond), reqs, res); err != nil {
-			t.Fatal(err)
-		}
-	}
-	after := commandStats(t, c)
-	calls := func(cmd string) int64 { return after[cmd] - before[cmd] }
-	if got := calls("evalsha"); got != n {
-		t.Fatalf("%d EVALSHA for %d decisions", got, n)
-	}
-	if got := calls("eval"); got != 0 {
-		t.Fatalf("%d EVAL for %d decisions", got, n)
-	}
-	if got := calls("mget"); got != n {
-		t.Fatalf("%d MGET for %d decisions of 3 limits", got, n)
-	}
-	if got := calls("set"); got > 3*n {
-		t.Fatalf("%d SET for %d decisions of 3 limits", got, n)
-	}
-	for cmd := range after {
-		switch cmd {
-		case "evalsha", "mget", "set", "info", "evalsha.usec", "mget.usec", "set.usec", "info.usec":
-		default:
-			if calls(cmd) != 0 {
-				t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
+	for _, c3 := range []struct {
+		name    string
+		clients []string
+	}{
+		{"one client", []string{"org", "org", "org"}},
+		{"three clients", []string{"ip", "user", "org"}},
+	} {
+		t.Run(c3.name, func(t *testing.T) {
+			var reqs []storage.Request
+			for i, l := range limits {
+				reqs = append(reqs, storage.Request{Counter: fmt.Sprint(c3.name, i), Key: c3.clients[i], Limit: l, Cost: 1})
 			}
-		}
+			res := make([]limiter.Result, len(reqs))
+			// The first decision loads the script (NOSCRIPT, then EVAL).
+			if err := s.Take(ctx, storetest.Base, reqs, res); err != nil {
+				t.Fatal(err)
+			}
+			before := commandStats(t, c)
+			const n = 50
+			for i := range n {
+				if err := s.Take(ctx, storetest.Base.Add(time.Duration(i)*time.Millisecond), reqs, res); err != nil {
+					t.Fatal(err)
+				}
+			}
+			after := commandStats(t, c)
+			calls := func(cmd string) int64 { return after[cmd] - before[cmd] }
+			clients := int64(len(slices.Compact(slices.Sorted(slices.Values(c3.clients)))))
+			if got := calls("evalsha"); got != n {
+				t.Fatalf("%d EVALSHA for %d decisions", got, n)
+			}
+			if got := calls("eval"); got != 0 {
+				t.Fatalf("%d EVAL for %d decisions", got, n)
+			}
+			// One read and one write per client, whatever the number of
+			// limits on it; the TTL is raised only when a state would
+			// outlive it (here, within the first second, never).
+			if got := calls("hmget"); got != clients*n {
+				t.Fatalf("%d HMGET for %d decisions on %d clients", got, n, clients)
+			}
+			if got := calls("hset"); got > clients*n {
+				t.Fatalf("%d HSET for %d decisions on %d clients", got, n, clients)
+			}
+			if got := calls("pexpire"); got != 0 {
+				t.Fatalf("%d PEXPIRE for %d decisions within a second", got, n)
+			}
+			for cmd := range after {
+				switch strings.TrimSuffix(cmd, ".usec") {
+				case "evalsha", "hmget", "hset", "pexpire", "info":
+				default:
+					if calls(cmd) != 0 {
+						t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
+					}
+				}
+			}
+		})
 	}
 }
 
@@ -553,7 +577,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	for round := range 12 {
 		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
-		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {
 			limits = append(limits, randomLimit(rng))
@@ -892,5 +916,85 @@ func TestRedisFlappingUnderLoad(t *testing.T) {
 	wg.Wait()
 	if n := slow.Load(); n > 0 {
 		t.Fatalf("%d answers slower than %s", n, answerBound)
+	}
+}
+
+// TestRedisLocalDenials: once Redis denies a key until T, this instance
+// denies it until T without a round trip, with the same answer; a cheaper
+// request, other numbers, a refund here, or T passing ask Redis again; with
+// the memory off, every decision asks Redis.
+func TestRedisLocalDenials(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute}
+	other := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour}
+	req := func(lim limiter.Limit, cost int64) []storage.Request {
+		return []storage.Request{
+			{Counter: "minute", Key: "k", Limit: lim, Cost: cost},
+			{Counter: "hour", Key: "k", Limit: other, Cost: 1},
+		}
+	}
+	evals := func() int64 { s := commandStats(t, c); return s["evalsha"] + s["eval"] }
+	for _, off := range []bool{false, true} {
+		s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: off, Prefix: storetest.Prefix(t)})
+		now := storetest.Base.Add(10 * time.Second)
+		res := make([]limiter.Result, 2)
+		take := func(reqs []storage.Request) {
+			t.Helper()
+			if err := s.Take(ctx, now, reqs, res); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 3 {
+			take(req(l, 1))
+		}
+		take(req(l, 1))
+		if res[0].Allowed || !res[0].FirstDenial || res[0].RetryAfter != 50*time.Second {
+			t.Fatalf("the denial: %+v", res[0])
+		}
+		before := evals()
+		for i := range 100 {
+			now = now.Add(100 * time.Millisecond)
+			take(req(l, 1))
+			if res[0].Allowed || res[0].FirstDenial || res[0].RetryAfter != 50*time.Second-time.Duration(i+1)*100*time.Millisecond ||
+				res[0].Remaining != 0 || !res[1].Allowed || res[1].Remaining != 97 {
+				t.Fatalf("denial %d: %+v %+v", i, res[0], res[1])
+			}
+		}
+		asked := evals() - before
+		if !off && asked != 0 || off && asked != 100 {
+			t.Fatalf("local denials off=%v: %d round trips for 100 denials", off, asked)
+		}
+		if off {
+			continue
+		}
+		// Other numbers (a tier raised): Redis decides, and lets it pass.
+		before = evals()
+		take(req(limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}, 1))
+		if !res[0].Allowed || evals()-before != 1 {
+			t.Fatalf("other numbers: %+v, %d round trips", res[0], evals()-before)
+		}
+		// A refund here forgets the key: it may pass sooner, Redis decides.
+		take(req(l, 1))
+		if res[0].Allowed {
+			t.Fatal("not denied again")
+		}
+		if err := s.Refund(ctx, now, req(l, 2)[:1]); err != nil {
+			t.Fatal(err)
+		}
+		before = evals()
+		take(req(l, 1))
+		if !res[0].Allowed || evals()-before != 1 {
+			t.Fatalf("after a refund: %+v, %d round trips", res[0], evals()-before)
+		}
+		// At the window's end, Redis decides again.
+		take(req(l, 1))
+		now = storetest.Base.Add(time.Minute)
+		before = evals()
+		take(req(l, 1))
+		if !res[0].Allowed || evals()-before != 1 {
+			t.Fatalf("next window: %+v, %d round trips", res[0], evals()-before)
+		}
 	}
 }

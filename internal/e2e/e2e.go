@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,19 +63,23 @@ type Site struct {
 // test's global options merged in front of its own.
 func Start(t testing.TB, body string) *Site {
 	t.Helper()
-	port := FreePort(t)
-	body = strings.ReplaceAll(body, "%ADDR%", "http://127.0.0.1:%PORT%")
-	body = strings.ReplaceAll(body, "%PORT%", strconv.Itoa(port))
-	var cfg string
-	if trimmed := strings.TrimSpace(body); strings.HasPrefix(trimmed, "{") {
-		end := matchingBrace(trimmed)
-		cfg = GlobalOptions(trimmed[1:end]) + trimmed[end+1:]
-	} else {
-		cfg = GlobalOptions("") + body
-	}
+	cfg, port := Caddyfile(t, body)
 	s := Load(t, cfg)
 	s.Base, s.Port = "http://127.0.0.1:"+strconv.Itoa(port), port
 	return s
+}
+
+// Caddyfile is the Caddyfile Start loads for body, and the port of %PORT%.
+func Caddyfile(t testing.TB, body string) (string, int) {
+	t.Helper()
+	port := FreePort(t)
+	body = strings.ReplaceAll(body, "%ADDR%", "http://127.0.0.1:%PORT%")
+	body = strings.ReplaceAll(body, "%PORT%", strconv.Itoa(port))
+	if trimmed := strings.TrimSpace(body); strings.HasPrefix(trimmed, "{") {
+		end := matchingBrace(trimmed)
+		return GlobalOptions(trimmed[1:end]) + trimmed[end+1:], port
+	}
+	return GlobalOptions("") + body, port
 }
 
 // Load loads a Caddyfile as it is; it must set the admin endpoint to
@@ -194,4 +200,35 @@ func FakeClock(t testing.TB) *clock.Fake {
 	f := clock.NewFake(clock.TestBase().AddDate(0, 0, day))
 	t.Cleanup(clock.Install(f))
 	return f
+}
+
+// Logs sends Caddy's default log to a file of the test: it returns the
+// global option that does it (to put in a Caddyfile's global options) and
+// a function that reads the JSON lines written so far.
+func Logs(t testing.TB) (option string, lines func() []string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "caddy.log")
+	option = "\tlog {\n\t\toutput file " + path + "\n\t\tformat json\n\t\tlevel DEBUG\n\t}\n"
+	return option, func() []string {
+		b, err := os.ReadFile(path)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+}
+
+// Count is the number of lines that hold every one of subs.
+func Count(lines []string, subs ...string) int {
+	n := 0
+next:
+	for _, l := range lines {
+		for _, s := range subs {
+			if !strings.Contains(l, s) {
+				continue next
+			}
+		}
+		n++
+	}
+	return n
 }

@@ -1,0 +1,261 @@
+// Command rediscost counts what one rate-limit decision costs Redis, in
+// instructions: it runs a private redis-server under valgrind's callgrind
+// (which counts instructions, whatever else the machine is doing), makes
+// decisions through the Redis store as Caddy would, and divides the
+// instructions Redis executed by the decisions. Wall-clock timings on a
+// shared machine move by half from run to run; these counts do not.
+//
+//	go run ./bench/rediscost             # 1 and 3 limits, 2,000 decisions each
+//	go run ./bench/rediscost -n 5000 -clients 10000
+//
+// Needs valgrind and redis-server. Loopback only.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+)
+
+var keep string
+
+func main() {
+	n := flag.Int("n", 2000, "decisions measured per shape")
+	clients := flag.Int("clients", 1000, "distinct client keys")
+	parallel := flag.Int("parallel", 16, "concurrent decisions (they share pipelines, as under load)")
+	flag.StringVar(&keep, "keep", "", "copy each shape's callgrind dump into this directory (for callgrind_annotate)")
+	flag.Parse()
+	if err := run(*n, *clients, *parallel); err != nil {
+		fmt.Fprintln(os.Stderr, "rediscost:", err)
+		os.Exit(1)
+	}
+}
+
+// shapes are the decisions measured: the limits of one request.
+var shapes = []struct {
+	name   string
+	limits []limiter.Limit
+}{
+	{"1 limit (fixed window)", []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
+	}},
+	{"3 limits (fixed window, token bucket, daily quota)", []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
+		{Algorithm: limiter.TokenBucket, Quota: 1 << 30, Rate: 1000, Window: time.Second},
+		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
+	}},
+	{"3 limits, as the bench's redis-3 (2 fixed windows, daily quota)", []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
+		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
+		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
+	}},
+}
+
+func run(n, clients, parallel int) error {
+	dir, err := os.MkdirTemp("", "rediscost-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	out := filepath.Join(dir, "callgrind.out")
+	cmd := exec.Command("valgrind", "--tool=callgrind", "--callgrind-out-file="+out,
+		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	cmd.Stdout, cmd.Stderr = nil, nil
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("valgrind: %w", err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ctx := context.Background()
+	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{addr}}, 30*time.Second)
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 30 * time.Second, OnError: storage.Deny})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for s.Ping(ctx) != nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redis-server under valgrind did not answer on %s", addr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ver, _ := rdb.Info(ctx, "server").Result()
+	fmt.Printf("redis-server %s under callgrind; %d decisions per shape, %d clients, %d at once\n\n",
+		field(ver, "redis_version"), n, clients, parallel)
+	for _, sh := range shapes {
+		reqs := func(key string) []storage.Request {
+			var rs []storage.Request
+			for i, l := range sh.limits {
+				rs = append(rs, storage.Request{Counter: fmt.Sprintf("rediscost:%d", i), Key: key, Limit: l, Cost: 1})
+			}
+			return rs
+		}
+		// Warm every key (and the script), outside the count.
+		if err := decide(ctx, s, clients, clients, parallel, reqs); err != nil {
+			return err
+		}
+		before := commandCalls(ctx, rdb)
+		if err := control("--zero", cmd.Process.Pid); err != nil {
+			return err
+		}
+		if err := decide(ctx, s, n, clients, parallel, reqs); err != nil {
+			return err
+		}
+		ir, err := dump(cmd.Process.Pid, out)
+		if err != nil {
+			return err
+		}
+		after := commandCalls(ctx, rdb)
+		fmt.Printf("%-62s %9.0f instructions/decision  (evalsha/decision %.3f, fcall/decision %.3f)\n",
+			sh.name, float64(ir)/float64(n),
+			float64(after["evalsha"]-before["evalsha"])/float64(n), float64(after["fcall"]-before["fcall"])/float64(n))
+	}
+	return nil
+}
+
+// decide makes n decisions, parallel at once, over clients keys.
+func decide(ctx context.Context, s *storage.Redis, n, clients, parallel int, reqs func(string) []storage.Request) error {
+	errs := make(chan error, parallel)
+	for w := range parallel {
+		go func() {
+			var err error
+			for i := w; i < n && err == nil; i += parallel {
+				rs := reqs("client-" + strconv.Itoa(i%clients))
+				err = s.Take(ctx, time.Now(), rs, make([]limiter.Result, len(rs)))
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range parallel {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func control(arg string, pid int) error {
+	if out, err := exec.Command("callgrind_control", arg, strconv.Itoa(pid)).CombinedOutput(); err != nil {
+		return fmt.Errorf("callgrind_control %s: %v\n%s", arg, err, out)
+	}
+	return nil
+}
+
+// dump writes callgrind's counts since the last zero and returns the
+// instructions executed.
+func dump(pid int, out string) (int64, error) {
+	before, _ := filepath.Glob(out + "*")
+	if err := control("--dump", pid); err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		files, _ := filepath.Glob(out + "*")
+		for _, f := range files {
+			if contains(before, f) {
+				continue
+			}
+			if ir, ok := totals(f); ok {
+				if keep != "" {
+					if b, err := os.ReadFile(f); err == nil {
+						_ = os.WriteFile(filepath.Join(keep, filepath.Base(f)), b, 0o644)
+					}
+				}
+				return ir, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("no callgrind dump appeared")
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// totals reads the "totals:" (or "summary:") line of a callgrind dump.
+func totals(file string) (int64, bool) {
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, p := range []string{"totals:", "summary:"} {
+			if rest, ok := strings.CutPrefix(line, p); ok {
+				fields := strings.Fields(rest)
+				if len(fields) > 0 {
+					if v, err := strconv.ParseInt(fields[0], 10, 64); err == nil {
+						return v, true
+					}
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+func commandCalls(ctx context.Context, rdb *redis.Client) map[string]int64 {
+	info, _ := rdb.Info(ctx, "commandstats").Result()
+	out := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		cmd, found := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !found {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				out[cmd], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	return out
+}
+
+func field(info, name string) string {
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), name+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

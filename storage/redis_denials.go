@@ -1,0 +1,173 @@
+package storage
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// denials remembers, on this instance, the keys Redis denied and until
+// when, so that a client over its limit costs no round trip until its
+// Retry-After has passed: a flood from one client is answered here.
+//
+// It errs on the side of denying: a denial is remembered only for the same
+// numbers and at least the same cost (a cheaper request may fit sooner), a
+// refund on this instance forgets the keys it gives back to, and what
+// could let a key pass sooner elsewhere (a refund on another instance, an
+// admin reset there) leaves this instance denying it until the Retry-After
+// it was told, at most one window, never admitting more than Redis would.
+type denials struct {
+	seed   maphash.Seed
+	shards [denialShards]denialShard
+	max    int // per shard
+}
+
+const (
+	denialShards = 64
+	// DefaultLocalDenials bounds the keys remembered (about 200 bytes
+	// each).
+	DefaultLocalDenials = 1 << 16
+)
+
+type denialShard struct {
+	mu sync.Mutex
+	m  map[uint64]denial
+}
+
+// denial is what Redis said of one (counter, key) in a decision that it
+// denied: until is when the key may pass again (0 for a key that did not
+// deny: its result is kept to report the decision's other limits).
+type denial struct {
+	until int64 // unix microseconds, the caller's clock
+	at    int64 // when Redis decided, the caller's clock
+	limit limiter.Limit
+	cost  int64
+	res   limiter.Result
+}
+
+func newDenials(max int) *denials {
+	if max <= 0 {
+		max = DefaultLocalDenials
+	}
+	d := &denials{seed: maphash.MakeSeed(), max: max/denialShards + 1}
+	for i := range d.shards {
+		d.shards[i].m = make(map[uint64]denial)
+	}
+	return d
+}
+
+func (d *denials) hash(r *Request) uint64 {
+	var h maphash.Hash
+	h.SetSeed(d.seed)
+	h.WriteString(r.Counter)
+	h.WriteByte(0)
+	h.WriteString(r.Key)
+	return h.Sum64()
+}
+
+func (d *denials) shard(h uint64) *denialShard { return &d.shards[h%denialShards] }
+
+// check decides reqs here when one of them is remembered as denying, with
+// the same numbers and no smaller cost, until after now: it fills results
+// as Redis would have (nothing counted; the denial's Retry-After and reset
+// counted down; the other limits as last reported) and reports true.
+func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result) bool {
+	t := now.UnixMicro()
+	var hbuf [maxBatch]uint64
+	hs := hbuf[:0]
+	if len(reqs) > maxBatch {
+		return false
+	}
+	denied := false
+	for i := range reqs {
+		h := d.hash(&reqs[i])
+		hs = append(hs, h)
+		if denied || reqs[i].DryRun {
+			continue
+		}
+		sh := d.shard(h)
+		sh.mu.Lock()
+		e, ok := sh.m[h]
+		sh.mu.Unlock()
+		denied = ok && e.until > t && e.limit == reqs[i].Limit && reqs[i].Cost >= e.cost
+	}
+	if !denied {
+		return false
+	}
+	for i := range reqs {
+		sh := d.shard(hs[i])
+		sh.mu.Lock()
+		e, ok := sh.m[hs[i]]
+		sh.mu.Unlock()
+		r := &results[i]
+		if !ok || e.limit != reqs[i].Limit {
+			// Not known here: report the limit whole, uncounted.
+			*r = limiter.Result{Allowed: true, Limit: reqs[i].Limit.Quota, Remaining: reqs[i].Limit.Quota,
+				Window: reqs[i].Limit.ResultWindow(0, 0), ResetAt: t}
+			continue
+		}
+		elapsed := time.Duration(t-e.at) * time.Microsecond
+		*r = e.res
+		r.FirstDenial = false
+		r.Reset = max(r.Reset-elapsed, 0)
+		if e.until > t && !reqs[i].DryRun && reqs[i].Cost >= e.cost {
+			r.Allowed = false
+			r.RetryAfter = time.Duration(e.until-t) * time.Microsecond
+		} else if !r.Allowed {
+			r.Allowed, r.RetryAfter = true, 0
+		}
+	}
+	return true
+}
+
+// record remembers the requests of a decision Redis denied: the denying
+// ones until their Retry-After, the others to report with them.
+func (d *denials) record(now time.Time, reqs []Request, results []limiter.Result) {
+	t := now.UnixMicro()
+	for i := range reqs {
+		r := &reqs[i]
+		e := denial{at: t, limit: r.Limit, cost: r.Cost, res: results[i]}
+		if !results[i].Allowed && !r.DryRun {
+			e.until = t + results[i].RetryAfter.Microseconds()
+		}
+		h := d.hash(r)
+		sh := d.shard(h)
+		sh.mu.Lock()
+		if _, ok := sh.m[h]; !ok && len(sh.m) >= d.max {
+			d.makeRoom(sh, t)
+		}
+		sh.m[h] = e
+		sh.mu.Unlock()
+	}
+}
+
+// forget drops what is remembered of reqs' keys (a refund gave units back:
+// they may pass sooner).
+func (d *denials) forget(reqs []Request) {
+	for i := range reqs {
+		h := d.hash(&reqs[i])
+		sh := d.shard(h)
+		sh.mu.Lock()
+		delete(sh.m, h)
+		sh.mu.Unlock()
+	}
+}
+
+// makeRoom drops the entries of a shard that are over, or else one.
+func (d *denials) makeRoom(sh *denialShard, t int64) {
+	dropped := false
+	for h, e := range sh.m {
+		if e.until <= t {
+			delete(sh.m, h)
+			dropped = true
+		}
+	}
+	if !dropped {
+		for h := range sh.m {
+			delete(sh.m, h)
+			break
+		}
+	}
+}
