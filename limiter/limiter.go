@@ -288,7 +288,7 @@ func (l *Limit) weight(s *State, now int64) uint8 {
 	default:
 		units = s.Count
 	}
-	return uint8(min(max(units, 0), 254))
+	return uint8(min64(max64(units, 0), 254))
 }
 
 // Bounds returns the aligned window that holds now.
@@ -501,10 +501,18 @@ func whole(x float64) int64 {
 	return max64(int64(math.Floor(x+1e-6)), 0)
 }
 
-// max64 and maxFloat are the max builtin, written out: Traefik loads this
-// package into the Yaegi interpreter, which has no min or max.
+// max64, min64 and maxFloat are the max and min builtins, written out:
+// Traefik loads this package into the Yaegi interpreter, which has no min
+// or max.
 func max64(a, b int64) int64 {
 	if a > b {
+		return a
+	}
+	return b
+}
+
+func min64(a, b int64) int64 {
+	if a < b {
 		return a
 	}
 	return b

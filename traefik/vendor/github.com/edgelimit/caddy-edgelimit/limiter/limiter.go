@@ -213,6 +213,14 @@ type State struct {
 	// Denied records that the last decision for this key was a denial, so
 	// that the first denial of a run can be reported once.
 	Denied bool
+	// Weight is the evidence the state carries, for a store that must
+	// forget keys to stay within its memory: the units counted in its
+	// window (for buckets, the units in their backlog), up to 254, and 255
+	// once the key is denied. A flood of made-up keys, one request each,
+	// weighs 1 apiece; a client that used its quota or was denied weighs
+	// more, and is forgotten last. Take keeps it up to date; it is not part
+	// of a key's lasting state (the Redis store does not keep it).
+	Weight uint8
 }
 
 // Result is the outcome of one decision.
@@ -262,6 +270,25 @@ func (l *Limit) Take(s *State, r *Result, now, cost int64) {
 		l.takeFixed(s, r, now, cost)
 	}
 	r.ResetAt = now + r.Reset.Microseconds()
+	s.Weight = l.weight(s, now)
+}
+
+// weight computes State.Weight.
+func (l *Limit) weight(s *State, now int64) uint8 {
+	if s.Denied {
+		return 255
+	}
+	var units int64
+	switch l.Algorithm {
+	case TokenBucket, GCRA:
+		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
+		units = int64(math.Ceil((s.Debt - float64(now-s.Start)) / interval))
+	case SlidingWindow:
+		units = s.Count + s.Prev
+	default:
+		units = s.Count
+	}
+	return uint8(min64(max64(units, 0), 254))
 }
 
 // Bounds returns the aligned window that holds now.
@@ -474,10 +501,18 @@ func whole(x float64) int64 {
 	return max64(int64(math.Floor(x+1e-6)), 0)
 }
 
-// max64 and maxFloat are the max builtin, written out: Traefik loads this
-// package into the Yaegi interpreter, which has no min or max.
+// max64, min64 and maxFloat are the max and min builtins, written out:
+// Traefik loads this package into the Yaegi interpreter, which has no min
+// or max.
 func max64(a, b int64) int64 {
 	if a > b {
+		return a
+	}
+	return b
+}
+
+func min64(a, b int64) int64 {
+	if a < b {
 		return a
 	}
 	return b
