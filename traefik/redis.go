@@ -52,6 +52,9 @@ func newScript(src string) *script {
 	return &script{src: src, sha: hex.EncodeToString(sum[:])}
 }
 
+// The plugin runs storage's take script one decision at a time, and its
+// refund script; storage's undo script serves Cluster requests across
+// slots, which the plugin does not support.
 var (
 	takeScript   = newScript(luaTake)
 	refundScript = newScript(luaRefund)
@@ -107,9 +110,9 @@ func (s *redisStore) Refund(ctx context.Context, now time.Time, reqs []request) 
 		return errors.New("redis rate-limit storage unavailable, nothing given back")
 	}
 	deadline := s.deadline(ctx)
-	keys := s.keys(reqs)
+	keys, idx := s.keys(reqs)
 	err := atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
-		argv, _ := s.spec(reqs, now, at)
+		argv, _ := s.args(reqs, idx, now, at, false)
 		reply, err := s.eval(ctx, deadline, refundScript, keys, argv)
 		if err != nil {
 			return 0, err
@@ -143,9 +146,9 @@ func (s *redisStore) deadline(ctx context.Context) time.Time {
 // time when its clock is on the other side of a boundary.
 func (s *redisStore) decide(ctx context.Context, now time.Time, reqs []request, results []limiter.Result) error {
 	deadline := s.deadline(ctx)
-	keys := s.keys(reqs)
+	keys, idx := s.keys(reqs)
 	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
-		argv, bounds := s.spec(reqs, now, at, 0)
+		argv, bounds := s.args(reqs, idx, now, at, true)
 		reply, err := s.eval(ctx, deadline, takeScript, keys, argv)
 		if err != nil {
 			return 0, err
@@ -163,11 +166,11 @@ func (s *redisStore) decide(ctx context.Context, now time.Time, reqs []request, 
 
 // eval runs a script with EVALSHA, or EVAL when Redis does not have it
 // (after a restart or SCRIPT FLUSH; EVAL caches it again).
-func (s *redisStore) eval(ctx context.Context, deadline time.Time, sc *script, keys []string, argv string) (string, error) {
-	args := make([]string, 0, 4+len(keys))
+func (s *redisStore) eval(ctx context.Context, deadline time.Time, sc *script, keys, argv []string) (string, error) {
+	args := make([]string, 0, 3+len(keys)+len(argv))
 	args = append(args, "EVALSHA", sc.sha, strconv.Itoa(len(keys)))
 	args = append(args, keys...)
-	args = append(args, argv)
+	args = append(args, argv...)
 	reply, err := s.pool.do(ctx, deadline, args...)
 	if e, ok := err.(respError); ok && strings.HasPrefix(string(e), "NOSCRIPT") {
 		args[0], args[1] = "EVAL", sc.src
@@ -185,53 +188,87 @@ func (s *redisStore) eval(ctx context.Context, deadline time.Time, sc *script, k
 
 var errBadReply = errors.New("redis storage: malformed script reply")
 
-// keys are prefix + "{" + 32 hex digits of SHA-256(client key) + "}:" +
-// counter: the client's key, which may be a credential, never goes to
-// Redis as it is, and the braces keep a client's keys in one Cluster slot.
-func (s *redisStore) keys(reqs []request) []string {
-	out := make([]string, len(reqs))
+// keys returns the scripts' KEYS, one Redis hash per client (its fields
+// are the client's counters): prefix + "{" + 32 hex digits of
+// SHA-256(client key) + "}", as storage/redis_codec.go names them. The
+// client's key, which may be a credential, never goes to Redis as it is;
+// the braces are a Cluster hash tag. idx[i] is the index (from 1) of
+// request i's client in KEYS.
+func (s *redisStore) keys(reqs []request) (keys []string, idx []int) {
+	keys = make([]string, 0, len(reqs))
+	idx = make([]int, len(reqs))
 	for i := range reqs {
+		j := 0
+		for j < i && reqs[j].Key != reqs[i].Key {
+			j++
+		}
+		if j < i {
+			idx[i] = idx[j]
+			continue
+		}
 		sum := sha256.Sum256([]byte(reqs[i].Key))
-		out[i] = s.opts.prefix + "{" + hex.EncodeToString(sum[:16]) + "}:" + reqs[i].Counter
+		keys = append(keys, s.opts.prefix+"{"+hex.EncodeToString(sum[:16])+"}")
+		idx[i] = len(keys)
 	}
-	return out
+	return keys, idx
 }
 
-// spec writes a script's ARGV[1]: the time (0 for the server's), the head
-// numbers, then nine 8-byte little-endian integers per request; it
-// returns the calendar bounds it passed.
-func (s *redisStore) spec(reqs []request, now time.Time, at int64, head ...int64) (string, [][2]int64) {
-	b := make([]byte, 0, 8*(1+len(head)+9*len(reqs)))
+// calendarCode is the scripts' algorithm number of a calendar quota.
+const calendarCode = 6
+
+// args writes a script's ARGV as storage's requests and takeArgs do:
+// ARGV[1] holds 8-byte little-endian integers, a head, then five per
+// request: code (client index * 256 + algorithm * 2 + dry run), quota,
+// cost, and the algorithm's two numbers: (window, offset) for aligned and
+// sliding windows, (window, 0) for an anchored one, (window, rate) for
+// buckets, the (start, end) computed here for a calendar quota. The take
+// script's head is flags 0 (no states back), one decision, its time (0 for
+// the server's clock) and its number of requests; the refund script's is
+// the time. ARGV[2...] are the requests' counters, their fields in the
+// clients' hashes. It returns the calendar bounds it passed.
+func (s *redisStore) args(reqs []request, idx []int, now time.Time, at int64, take bool) ([]string, [][2]int64) {
+	b := make([]byte, 0, 8*(4+5*len(reqs)))
 	t := now.UnixMicro()
 	if !s.opts.localTime {
 		t = 0
 	}
-	b = appendInt(b, t)
-	for _, v := range head {
-		b = appendInt(b, v)
+	if take {
+		b = appendInt(b, 0)
+		b = appendInt(b, 1)
+		b = appendInt(b, t)
+		b = appendInt(b, int64(len(reqs)))
+	} else {
+		b = appendInt(b, t)
 	}
-	var nums [9]int64
+	argv := make([]string, 1, 1+len(reqs))
 	bounds := make([][2]int64, len(reqs))
+	var nums [5]int64
 	for i := range reqs {
 		l := &reqs[i].Limit
-		var start, end int64
+		alg, a, c := int64(l.Algorithm), int64(l.Window/time.Microsecond), int64(l.Offset/time.Microsecond)
 		if l.Calendar != nil {
-			start, end = l.Calendar.Bounds(at)
+			start, end := l.Calendar.Bounds(at)
+			bounds[i] = [2]int64{start, end}
+			alg, a, c = calendarCode, start, end
+		} else if l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA {
+			c = l.Rate
+		} else if l.Algorithm == limiter.AnchoredWindow {
+			c = 0
 		}
-		bounds[i] = [2]int64{start, end}
-		dry := int64(0)
+		code := int64(idx[i])*256 + alg*2
 		if reqs[i].DryRun {
-			dry = 1
+			code++
 		}
-		nums = [9]int64{int64(l.Algorithm), l.Quota, int64(l.Window / time.Microsecond), l.Rate,
-			int64(l.Offset / time.Microsecond), reqs[i].Cost, dry, start, end}
+		nums = [5]int64{code, l.Quota, reqs[i].Cost, a, c}
 		for _, v := range nums {
 			// Written out rather than appendInt(b, v): under Yaegi a call
 			// costs more than the eight bytes.
 			b = append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56))
 		}
+		argv = append(argv, reqs[i].Counter)
 	}
-	return string(b), bounds
+	argv[0] = string(b)
+	return argv, bounds
 }
 
 // appendInt writes v as the scripts read it (struct '<i8').

@@ -7,78 +7,26 @@ package edgelimit
 // limiter.Limit.Take line for line (see storage/redis_script.go).
 
 const luaCommon = `
-local function parse(v)
-  if type(v) ~= 'string' or #v ~= 41 then return nil end
-  local st, c, p, d, e, x = struct.unpack('<i8i8i8di8B', v)
-  -- A foreign value that happens to be 41 bytes long: no NaN or infinite
-  -- debt that would never drain.
-  if d ~= d or d == math.huge or d == -math.huge then return nil end
-  return {start = st, count = c, prev = p, debt = d, expires = e, denied = x == 1}
-end
+local sunpack, spack, max, min, ceil, floor, fmod, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.fmod, math.huge
+local rcall, rpcall = redis.call, redis.pcall
+local zero41 = string.rep('\0', 41)
 
-local function blank(s, start)
-  s.start, s.count, s.prev, s.debt, s.expires, s.denied = start, 0, 0, 0, 0, false
-end
-
--- live returns the state stored as v, or a fresh one once it has expired
--- (as storage.Memory forgets a key at its Expires, not at Redis's TTL).
-local function live(v, now)
-  local s = parse(v)
-  if s and s.expires > now then return s end
-  s = {}
-  blank(s, 0)
-  return s
-end
-
-local function enc(s)
-  return struct.pack('<i8i8i8di8B', s.start, s.count, s.prev, s.debt, s.expires, s.denied and 1 or 0)
-end
-
--- ttl is the key's time to live in milliseconds, relative so that it holds
--- whichever clock decided.
-local function ttl(s, now)
-  return math.max(math.ceil((s.expires - now) / 1000), 1)
-end
-
--- args reads ARGV[1]: little-endian 8-byte integers (struct.unpack is
--- twenty times faster than matching the same numbers as text): head
--- numbers, then nine per key: algorithm quota window rate offset cost
--- dry_run calendar_start calendar_end.
-local function args(head, n)
-  local a, pos = {}, 1
-  for i = 1, head do
-    a[i], pos = struct.unpack('<i8', ARGV[1], pos)
+-- state decodes a stored value: start count prev debt expires denied, a
+-- fresh state for nothing, a foreign value (it may be any 41 bytes: no NaN
+-- or infinite debt that would never drain) or an expired state (as
+-- storage.Memory forgets a key at its Expires, not at Redis's TTL).
+local function state(v, now)
+  if type(v) == 'string' and #v == 41 then
+    local st, c, p, d, e, x = sunpack('<i8i8i8di8B', v)
+    if e > now and d == d and d ~= math.huge and d ~= -math.huge then
+      return st, c, p, d, e, x == 1
+    end
   end
-  for i = 1, n do
-    local b = head + (i - 1) * 9
-    a[b + 1], a[b + 2], a[b + 3], a[b + 4], a[b + 5], a[b + 6], a[b + 7], a[b + 8], a[b + 9], pos =
-      struct.unpack('<i8i8i8i8i8i8i8i8i8', ARGV[1], pos)
-  end
-  return a
+  return 0, 0, 0, 0, 0, false
 end
 
-local function floormod(a, b)
-  local m = math.fmod(a, b)
-  if m < 0 then m = m + b end
-  return m
-end
-
--- bounds is limiter.Limit.Bounds for the key at b in a: the calendar
--- window Go computed, or the aligned window that holds now.
-local function bounds(a, b, now)
-  if a[b + 9] > 0 then return a[b + 8], a[b + 9] end
-  local start = now - floormod(now - a[b + 5], a[b + 3])
-  return start, start + a[b + 3]
-end
-
--- offCalendar tells whether now is outside a calendar window Go computed
--- (its clock and Redis's disagree across a boundary).
-local function offCalendar(a, head, n, now)
-  for i = 1, n do
-    local b = head + (i - 1) * 9
-    if a[b + 9] > 0 and (now < a[b + 8] or now >= a[b + 9]) then return true end
-  end
-  return false
+local function enc(st, c, p, d, e, x)
+  return spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
 end
 
 local function clock(now)
@@ -88,211 +36,319 @@ local function clock(now)
   end
   return now
 end
+
+-- spec reads request i's five numbers from ARGV[1], after head numbers.
+local function spec(i, head)
+  local code, q, cost, a, b = sunpack('<i8i8i8i8i8', ARGV[1], 1 + 8 * head + 40 * (i - 1))
+  return floor(code / 256), floor(code % 256 / 2), code % 2, q, cost, a, b
+end
+
+-- bounds is limiter.Limit.Bounds: the calendar window Go computed, or the
+-- aligned window that holds now.
+local function bounds(alg, a, b, now)
+  if alg == 6 then return a, b end
+  local m = math.fmod(now - b, a)
+  if m < 0 then m = m + a end
+  return now - m, now - m + a
+end
+
 `
 
 const luaTake = luaCommon + `
-local function count(s, q, cost, now, stop)
-  if s.count + cost <= q then
-    s.count = s.count + cost
-    s.denied = false
-    return 1, 0, q - s.count, stop - now, 0
-  end
-  local first = s.denied and 0 or 1
-  s.denied = true
-  return 0, first, math.max(q - s.count, 0), stop - now, stop - now
-end
+local A, K = ARGV, KEYS
+local spec = A[1]
+local flags, ndec = sunpack('<i8i8', spec)
+local keep = flags == 1
+local nk = #K
 
-local function whole(x)
-  return math.max(math.floor(x + 1e-6), 0)
-end
-
-local function fixed(s, q, cost, now, start, stop)
-  if s.start ~= start then blank(s, start) end
-  s.expires = stop
-  return count(s, q, cost, now, stop)
-end
-
-local function anchored(s, q, w, cost, now)
-  if s.count == 0 or now >= s.start + w or now < s.start then
-    local d = s.denied and s.count == 0
-    blank(s, now)
-    s.denied = d
+-- cache[k][field] is the stored value (false for none), marks[k] key k's
+-- "~": one HMGET per client of the batch.
+local cache, marks = {}, {}
+if nk == 1 then
+  local got = rpcall('HMGET', K[1], '~', unpack(A, 2))
+  if type(got) ~= 'table' or got.err then
+    rcall('DEL', K[1])
+    got = {}
   end
-  local stop = s.start + w
-  local ok, first, rem, reset, retry = count(s, q, cost, now, stop)
-  if s.count == 0 then
-    s.start, s.expires = 0, now + w
-  else
-    s.expires = stop
-  end
-  return ok, first, rem, reset, retry
-end
-
-local function slidingReset(s, stop, now, w)
-  if s.count > 0 then return stop + w - now end
-  if s.prev > 0 then return stop - now end
-  return 0
-end
-
-local function slidingRetry(prev, curr, cost, q, elapsed, w)
-  if cost > q then return w - elapsed + w end
-  local room = q - cost - curr
-  if room >= 0 and prev > 0 then
-    local e = w - math.floor(room * w / prev)
-    if e > elapsed then return e - elapsed end
-    return 1
-  end
-  if room >= 0 then return 1 end
-  local e = w - math.floor((q - cost) * w / curr)
-  return w - elapsed + math.max(e, 0)
-end
-
-local function sliding(s, q, cost, now, start, stop)
-  local w = stop - start
-  if s.start == start then
-  elseif s.start == start - w then
-    local c, d = s.count, s.denied
-    blank(s, start)
-    s.prev, s.denied = c, d
-  else
-    blank(s, start)
-  end
-  local elapsed = now - start
-  local used = s.prev * (w - elapsed) / w + s.count
-  s.expires = stop + w
-  if used + cost <= q then
-    s.count = s.count + cost
-    s.denied = false
-    return 1, 0, whole(q - used - cost), slidingReset(s, stop, now, w), 0
-  end
-  local retry = slidingRetry(s.prev, s.count, cost, q, elapsed, w)
-  local first = s.denied and 0 or 1
-  s.denied = true
-  return 0, first, whole(q - used), slidingReset(s, stop, now, w), retry
-end
-
-local function tat(s, q, w, rate, cost, now)
-  local interval = w / rate
-  local tau = interval * q
-  local debt = s.debt - math.max(now - s.start, 0)
-  if s.start == 0 or debt < 0 then debt = 0 end
-  local nxt = debt + cost * interval
-  if nxt <= tau + 1e-3 then
-    s.start, s.debt = now, nxt
-    s.expires = now + math.ceil(nxt)
-    s.denied = false
-    return 1, 0, whole((tau - nxt) / interval), math.ceil(nxt), 0
-  end
-  local first = s.denied and 0 or 1
-  s.denied = true
-  s.expires = math.max(s.expires, now + math.ceil(nxt - tau))
-  return 0, first, whole((tau - debt) / interval), math.ceil(debt), math.ceil(nxt - tau)
-end
-
-local n = #KEYS
-local a = args(2, n)
-local now = clock(a[1])
-local keep = a[2] == 1
-if offCalendar(a, 2, n, now) then
-  return 'B' .. struct.pack('<i8', now)
-end
-
--- One read for every key (a foreign value of another type reads as nil,
--- a fresh state).
-local vals = redis.call('MGET', unpack(KEYS))
-local cur, raw, after, before, allowed, out = {}, {}, {}, {}, {}, {}
-local pass = true
-for i = 1, n do
-  local k = KEYS[i]
-  local s = cur[k]
-  if s then
-    -- The same key twice in one request: the later sees the earlier's result.
-    s = {start = s.start, count = s.count, prev = s.prev, debt = s.debt, expires = s.expires, denied = s.denied}
-  else
-    local v = vals[i]
-    if type(v) ~= 'string' then v = false end
-    raw[k] = v
-    s = live(v, now)
-  end
-  if keep then
-    before[i] = s.expires > 0 and enc(s) or string.rep('\0', 41)
-  end
-  local b = 2 + (i - 1) * 9
-  local alg, q, w, cost = a[b + 1], a[b + 2], a[b + 3], a[b + 6]
-  local ok, first, rem, reset, retry
-  if alg == 2 then
-    ok, first, rem, reset, retry = anchored(s, q, w, cost, now)
-  elseif alg == 4 or alg == 5 then
-    ok, first, rem, reset, retry = tat(s, q, w, a[b + 4], cost, now)
-  else
-    local start, stop = bounds(a, b, now)
-    if alg == 3 then
-      ok, first, rem, reset, retry = sliding(s, q, cost, now, start, stop)
-    else
-      ok, first, rem, reset, retry = fixed(s, q, cost, now, start, stop)
+  marks[1] = tonumber(got[1]) or 0
+  local c = {}
+  for i = 2, #A do c[A[i]] = got[i] or false end
+  cache[1] = c
+else
+  local names, pos, f = {}, 17, 2
+  for _ = 1, ndec do
+    local _, nreq = sunpack('<i8i8', spec, pos)
+    pos = pos + 16
+    for _ = 1, nreq do
+      local k = floor(sunpack('<i8', spec, pos) / 256)
+      pos = pos + 40
+      local l = names[k]
+      if not l then
+        l = {'~'}
+        names[k] = l
+      end
+      l[#l + 1] = A[f]
+      f = f + 1
     end
   end
-  cur[k], after[i], allowed[i] = s, s, ok
-  if ok == 0 and a[b + 7] == 0 then pass = false end
-  out[i] = struct.pack('<i8i8i8i8i8', ok, first, rem, reset, retry)
-end
-
--- All or nothing: when a limit that is not a dry run denies, only the
--- denials are stored (their mark reports the first denial once).
-local last = {}
-for i = 1, n do
-  if pass or allowed[i] == 0 then last[KEYS[i]] = i end
-end
-for i = 1, n do
-  local k = KEYS[i]
-  if last[k] == i then
-    local v = enc(after[i])
-    if v ~= raw[k] then
-      redis.call('SET', k, v, 'PX', ttl(after[i], now))
+  for k = 1, nk do
+    local l = names[k]
+    local got = rpcall('HMGET', K[k], unpack(l))
+    if type(got) ~= 'table' or got.err then
+      rcall('DEL', K[k])
+      got = {}
     end
+    marks[k] = tonumber(got[1]) or 0
+    local c = {}
+    for j = 2, #l do c[l[j]] = got[j] or false end
+    cache[k] = c
   end
 end
 
-if keep then
+local out, dirty, need, at = {}, {}, {}, {}
+local ks, fs, after, expires, allowed, res, states = {}, {}, {}, {}, {}, {}, {}
+local server
+local pos, f = 17, 2
+for _ = 1, ndec do
+  local now, n = sunpack('<i8i8', spec, pos)
+  pos = pos + 16
+  if now == 0 then
+    if not server then server = clock(0) end
+    now = server
+  end
+  local pass, bad, nst = true, false, 0
   for i = 1, n do
-    out[#out + 1] = before[i]
-    out[#out + 1] = enc(after[i])
+    local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
+    pos = pos + 40
+    local field = A[f]
+    f = f + 1
+    local k, alg, dry = floor(code / 256), floor(code % 256 / 2), code % 2
+    ks[i], fs[i] = k, field
+    if alg == 6 and (now < a or now >= b) then
+      -- A calendar window Go computed for another time: this decision
+      -- counts nothing, and is asked again.
+      bad = true
+    end
+    -- The same counter twice in one decision: the later sees the
+    -- earlier's result.
+    local v = cache[k][field]
+    for j = i - 1, 1, -1 do
+      if ks[j] == k and fs[j] == field then
+        v = after[j]
+        break
+      end
+    end
+    local st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+    if v and #v == 41 then
+      local xx
+      st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
+      if e > now and d == d and d ~= huge and d ~= -huge then
+        x = xx == 1
+      else
+        st, c, p, d, e = 0, 0, 0, 0, 0
+      end
+    end
+    if keep then
+      nst = nst + 1
+      states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
+    end
+    local ok, first, rem, reset, retry
+    if alg == 1 or alg == 6 then
+      -- takeFixed (with Bounds)
+      local start, stop = a, b
+      if alg == 1 then
+        local m = fmod(now - b, a)
+        if m < 0 then m = m + a end
+        start, stop = now - m, now - m + a
+      end
+      if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+      e = stop
+      reset = stop - now
+      if c + cost <= q then
+        c = c + cost
+        x = false
+        ok, first, rem, retry = 1, 0, q - c, 0
+      else
+        ok, first, retry = 0, x and 0 or 1, stop - now
+        rem = q - c
+        if rem < 0 then rem = 0 end
+        x = true
+      end
+    elseif alg == 4 or alg == 5 then
+      -- takeTAT
+      local interval = a / b
+      local tau = interval * q
+      local debt = now - st
+      if debt < 0 then debt = 0 end
+      debt = d - debt
+      if st == 0 or debt < 0 then debt = 0 end
+      local nxt = debt + cost * interval
+      if nxt <= tau + 1e-3 then
+        st, d = now, nxt
+        e = now + ceil(nxt)
+        x = false
+        ok, first, rem, reset, retry = 1, 0, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt), 0
+      else
+        ok, first = 0, x and 0 or 1
+        x = true
+        e = max(e, now + ceil(nxt - tau))
+        rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau)
+      end
+    elseif alg == 2 then
+      -- takeAnchored
+      local w = a
+      if c == 0 or now >= st + w or now < st then
+        local dd = x and c == 0
+        st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+      end
+      local stop = st + w
+      reset = stop - now
+      if c + cost <= q then
+        c = c + cost
+        x = false
+        ok, first, rem, retry = 1, 0, q - c, 0
+      else
+        ok, first, rem, retry = 0, x and 0 or 1, max(q - c, 0), stop - now
+        x = true
+      end
+      if c == 0 then
+        st, e = 0, now + w
+      else
+        e = stop
+      end
+    else
+      -- takeSliding
+      local m = fmod(now - b, a)
+      if m < 0 then m = m + a end
+      local start, stop = now - m, now - m + a
+      local w = a
+      if st == start then
+      elseif st == start - w then
+        st, p, c, d, e = start, c, 0, 0, 0
+      else
+        st, c, p, d, e, x = start, 0, 0, 0, 0, false
+      end
+      local elapsed = now - start
+      local used = p * (w - elapsed) / w + c
+      e = stop + w
+      if used + cost <= q then
+        c = c + cost
+        x = false
+        ok, first, rem, retry = 1, 0, max(floor(q - used - cost + 1e-6), 0), 0
+      else
+        -- slidingRetry
+        if cost > q then
+          retry = w - elapsed + w
+        else
+          local room = q - cost - c
+          if room >= 0 and p > 0 then
+            local ee = w - floor(room * w / p)
+            retry = ee > elapsed and ee - elapsed or 1
+          elseif room >= 0 then
+            retry = 1
+          else
+            retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+          end
+        end
+        ok, first, rem = 0, x and 0 or 1, max(floor(q - used + 1e-6), 0)
+        x = true
+      end
+      -- slidingReset
+      if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
+    end
+    local nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
+    after[i], expires[i], allowed[i] = nv, e, ok
+    if ok == 0 and dry == 0 then pass = false end
+    if keep then
+      nst = nst + 1
+      states[nst] = nv
+    end
+    res[i] = spack('<i8i8i8i8i8', ok, first, rem, reset, retry)
+  end
+  if bad then
+    out[#out + 1] = 'B' .. spack('<i8', now)
+  else
+    -- All or nothing: when a limit that is not a dry run denies, only the
+    -- denials are kept (their mark reports the first denial once). In
+    -- order, so that the last state of a counter is the one kept.
+    for i = 1, n do
+      if pass or allowed[i] == 0 then
+        local k, field = ks[i], fs[i]
+        if cache[k][field] ~= after[i] then
+          cache[k][field] = after[i]
+          local dk = dirty[k]
+          if not dk then
+            dk = {}
+            dirty[k] = dk
+          end
+          dk[field] = true
+          if expires[i] > (need[k] or 0) then need[k] = expires[i] end
+          at[k] = now
+        end
+      end
+    end
+    out[#out + 1] = 'R' .. spack('<i8', now) .. table.concat(res, '', 1, n)
+    if keep then out[#out + 1] = table.concat(states, '', 1, nst) end
   end
 end
-return 'R' .. struct.pack('<i8', now) .. table.concat(out)
+
+-- One HSET per client, of its changed fields; its TTL is raised only when
+-- a state would outlive it, with a quarter of the lifetime to spare (a
+-- second to an hour), so that a state that keeps growing (a busy token
+-- bucket) raises it now and then, not on every request.
+for k, dk in pairs(dirty) do
+  local w = {}
+  for field in pairs(dk) do
+    w[#w + 1] = field
+    w[#w + 1] = cache[k][field]
+  end
+  local e = need[k]
+  if e > marks[k] then
+    local now = at[k]
+    e = e + min(max((e - now) / 4, 1000000), 3600000000)
+    w[#w + 1] = '~'
+    w[#w + 1] = tostring(e)
+    rcall('HSET', K[k], unpack(w))
+    rcall('PEXPIRE', K[k], max(ceil((e - now) / 1000), 1))
+  else
+    rcall('HSET', K[k], unpack(w))
+  end
+end
+
+return table.concat(out)
 `
 
 const luaRefund = luaCommon + `
-local n = #KEYS
-local a = args(1, n)
-local now = clock(a[1])
-if offCalendar(a, 1, n, now) then
-  return 'B' .. struct.pack('<i8', now)
+local n = #ARGV - 1
+local now = clock(sunpack('<i8', ARGV[1]))
+for i = 1, n do
+  local k, alg, dry, q, cost, a, b = spec(i, 1)
+  if alg == 6 and (now < a or now >= b) then
+    return 'B' .. spack('<i8', now)
+  end
 end
 for i = 1, n do
-  local k = KEYS[i]
-  local v = redis.pcall('GET', k)
-  local s = parse(v)
-  if s and s.expires > now then
-    local b = 1 + (i - 1) * 9
-    local alg, w, cost = a[b + 1], a[b + 3], a[b + 6]
+  local k, alg, dry, q, cost, a, b = spec(i, 1)
+  local key, field = KEYS[k], ARGV[1 + i]
+  local v = redis.pcall('HGET', key, field)
+  local st, c, p, d, e, x = state(v, now)
+  if e > 0 then
     if alg == 4 or alg == 5 then
-      if s.start ~= 0 then
-        local interval = w / a[b + 4]
-        local debt = s.debt - math.max(now - s.start, 0)
-        s.start, s.debt = now, math.max(debt - cost * interval, 0)
+      if st ~= 0 then
+        local debt = d - max(now - st, 0)
+        st, d = now, max(debt - cost * (a / b), 0)
       end
     elseif alg == 2 then
-      if now < s.start + w then s.count = math.max(s.count - cost, 0) end
+      if now < st + a then c = max(c - cost, 0) end
     else
-      local start, stop = bounds(a, b, now)
-      if s.start == start or alg == 3 and s.start == start - (stop - start) then
-        s.count = math.max(s.count - cost, 0)
+      local start, stop = bounds(alg, a, b, now)
+      if st == start or alg == 3 and st == start - (stop - start) then
+        c = max(c - cost, 0)
       end
     end
-    local e = enc(s)
-    if e ~= v then
-      redis.call('SET', k, e, 'PX', ttl(s, now))
+    local nv = enc(st, c, p, d, e, x)
+    if nv ~= v then
+      redis.call('HSET', key, field, nv)
     end
   end
 end

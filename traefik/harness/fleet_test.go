@@ -3,6 +3,7 @@ package harness
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +31,7 @@ var fleetLimits = []struct {
 	{"sw", "rate 20/1h\n\t\t\twindow sliding", "algorithm: sliding_window\n    limit: 20\n    window: 1h"},
 	{"tb", "token_bucket 20 1/24h", "algorithm: token_bucket\n    limit: 20\n    refill: 1\n    window: 24h"},
 	{"gc", "gcra 20/24h", "algorithm: gcra\n    limit: 20\n    window: 24h"},
+	{"qd", "quota 20 per day", "limit: 20\n    calendar:\n      period: day"},
 }
 
 // TestFleetSharesRedis runs a real Caddy with the edgelimit module and the
@@ -59,13 +62,15 @@ func TestFleetSharesRedis(t *testing.T) {
 			// run is done again, with another client.
 			for attempt := 0; attempt < 3; attempt++ {
 				before := redisHour(t, r)
-				allowed, denied := fleetRun(t, caddy, traefik.URL, l.name)
+				key := randomKey(t)
+				allowed, denied := fleetRun(t, caddy, traefik.URL, l.name, key)
 				if redisHour(t, r) != before {
 					continue
 				}
 				if allowed != 20 || denied != 40 {
 					t.Fatalf("Caddy and Traefik together admitted %d and denied %d of 60 requests; want exactly the limit, 20", allowed, denied)
 				}
+				fleetLayout(t, r, key, l.name)
 				return
 			}
 			t.Fatal("three runs crossed an hour of Redis's clock")
@@ -75,9 +80,8 @@ func TestFleetSharesRedis(t *testing.T) {
 
 // fleetRun sends 60 requests of one new client, 30 to each edge, six at a
 // time, and counts the answers.
-func fleetRun(t *testing.T, caddy, traefik, path string) (allowed, denied int) {
+func fleetRun(t *testing.T, caddy, traefik, path, key string) (allowed, denied int) {
 	t.Helper()
-	key := randomKey(t)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
@@ -113,6 +117,42 @@ func fleetRun(t *testing.T, caddy, traefik, path string) (allowed, denied int) {
 	}
 	wg.Wait()
 	return allowed, denied
+}
+
+// fleetLayout checks the Redis layout both edges wrote for one client and
+// limit: one hash, edgelimit:{32 hex digits of the key's SHA-256}, whose
+// fields are the counter and "~" (the TTL watermark), with a TTL.
+func fleetLayout(t *testing.T, r *redisServer, key, name string) {
+	t.Helper()
+	sum := sha256.Sum256([]byte(key))
+	hash := "edgelimit:{" + hex.EncodeToString(sum[:16]) + "}"
+	if typ, err := r.command("TYPE", hash); err != nil || typ != "+hash" {
+		t.Fatalf("TYPE %s: %q %v, want a hash", hash, typ, err)
+	}
+	fields, err := r.command("HKEYS", hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter := "g/" + name + "/" + fleetAlgorithms[name] + "#0"
+	var got []string
+	for _, line := range strings.Split(fields, "\r\n") {
+		if line != "" && line[0] != '*' && line[0] != '$' {
+			got = append(got, line)
+		}
+	}
+	sort.Strings(got)
+	if strings.Join(got, " ") != counter+" ~" {
+		t.Errorf("HKEYS %s: %q, want the fields %s and ~", hash, got, counter)
+	}
+	if ttl, err := r.command("PTTL", hash); err != nil || !strings.HasPrefix(ttl, ":") || strings.HasPrefix(ttl, ":-") {
+		t.Errorf("PTTL %s: %q %v, want a TTL", hash, ttl, err)
+	}
+}
+
+// fleetAlgorithms names each fleet limit's algorithm, as counters carry it.
+var fleetAlgorithms = map[string]string{
+	"fw": "fixed_window", "aw": "anchored_window", "sw": "sliding_window",
+	"tb": "token_bucket", "gc": "gcra", "qd": "fixed_window",
 }
 
 func randomKey(t *testing.T) string {
