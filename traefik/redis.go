@@ -27,6 +27,7 @@ type redisStore struct {
 	pool    *respPool
 	opts    *redisOptions
 	local   *memoryStore // onError local
+	denials *denials     // nil with disableLocalDenials
 	epoch   time.Time
 	down    int64 // atomic: monotonic nanoseconds since epoch until which Redis is left alone; 0 while it answers
 	probing int32 // atomic: one request is trying Redis again
@@ -37,6 +38,9 @@ func newRedisStore(o *redisOptions) *redisStore {
 	s := &redisStore{pool: newRespPool(o), opts: o, epoch: time.Now(), log: newLogger("redis " + o.addr)}
 	if o.onError == onErrorLocal {
 		s.local = newMemoryStore(0)
+	}
+	if !o.noLocalDenials {
+		s.denials = newDenials()
 	}
 	return s
 }
@@ -70,6 +74,9 @@ func (s *redisStore) Take(ctx context.Context, now time.Time, reqs []request, re
 	// The limits were validated when the middleware was built: validating
 	// them again here, as the Caddy module's store does, would cost each
 	// request some 13 µs per limit under Yaegi.
+	if s.denials != nil && s.denials.check(now, reqs, results) {
+		return nil
+	}
 	probe := false
 	if until := atomic.LoadInt64(&s.down); until != 0 {
 		if s.mono() < until || !atomic.CompareAndSwapInt32(&s.probing, 0, 1) {
@@ -81,6 +88,9 @@ func (s *redisStore) Take(ctx context.Context, now time.Time, reqs []request, re
 	switch {
 	case err == nil:
 		s.up(now)
+		if s.denials != nil && denies(reqs, results) {
+			s.denials.record(now, reqs, results)
+		}
 	case ctx.Err() != nil:
 		// The client went away: Redis is not to blame.
 	default:
@@ -102,6 +112,9 @@ func (s *redisStore) Take(ctx context.Context, now time.Time, reqs []request, re
 func (s *redisStore) Refund(ctx context.Context, now time.Time, reqs []request) error {
 	if len(reqs) == 0 {
 		return nil
+	}
+	if s.denials != nil {
+		s.denials.forget(reqs)
 	}
 	if until := atomic.LoadInt64(&s.down); until != 0 && s.mono() < until {
 		if s.local != nil {

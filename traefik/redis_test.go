@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
 // startRedis starts a private redis-server on a free loopback port for one
@@ -271,5 +273,128 @@ func TestRespStale(t *testing.T) {
 	}
 	if n := f.connections(); n != 3 {
 		t.Errorf("%d connections, want 3", n)
+	}
+}
+
+// scriptCalls is how many scripts Redis has run (EVALSHA and EVAL).
+func scriptCalls(t *testing.T, addr string) int {
+	t.Helper()
+	p := testPool(addr, time.Second)
+	reply, err := p.do(context.Background(), time.Now().Add(time.Second), "INFO", "commandstats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := reply.(string)
+	n := 0
+	for _, line := range strings.Split(text, "\r\n") {
+		for _, cmd := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
+			if rest, ok := strings.CutPrefix(line, cmd); ok {
+				calls, _, _ := strings.Cut(rest, ",")
+				v, err := strconv.Atoi(calls)
+				if err != nil {
+					t.Fatalf("INFO commandstats: %q", line)
+				}
+				n += v
+			}
+		}
+	}
+	return n
+}
+
+// TestLocalDenials: a client Redis denied until T is denied here until T
+// without a script, with the headers Redis's denial had (the wait counted
+// down); other clients and the end of the window go to Redis again. With
+// disableLocalDenials every request is a script.
+func TestLocalDenials(t *testing.T) {
+	addr := startRedis(t)
+	for _, off := range []bool{false, true} {
+		t.Run(map[bool]string{false: "on", true: "off"}[off], func(t *testing.T) {
+			clk := newClock()
+			h := mustNew(t, &Config{Now: clk.Now, Storage: &Storage{Redis: &RedisConfig{Address: addr, Clock: "local",
+				OnError: "deny", KeyPrefix: "denials-" + strconv.FormatBool(off) + ":", DisableLocalDenials: off}},
+				Limits: map[string]*Limit{
+					"l":     {Key: []string{"header:X-Api-Key"}, Limit: 2, Window: "1m"},
+					"quota": {Key: []string{"header:X-Api-Key"}, Limit: 100, Calendar: &Calendar{Period: "day"}},
+				}}, okHandler())
+			for i := 0; i < 2; i++ {
+				if w := serve(h, "X-Api-Key", "k"); w.Code != 200 {
+					t.Fatalf("request %d: %d", i, w.Code)
+				}
+			}
+			first := serve(h, "X-Api-Key", "k")
+			if first.Code != 429 || first.Header().Get("Retry-After") != "60" {
+				t.Fatalf("third: %d Retry-After %s, want 429 and 60", first.Code, first.Header().Get("Retry-After"))
+			}
+			calls := scriptCalls(t, addr)
+			perRequest := 0
+			if off {
+				perRequest = 1
+			}
+			for i := 0; i < 5; i++ {
+				w := serve(h, "X-Api-Key", "k")
+				if w.Code != 429 {
+					t.Fatalf("denied client, request %d: %d", i, w.Code)
+				}
+				for _, name := range []string{"Retry-After", "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset"} {
+					if w.Header().Get(name) != first.Header().Get(name) {
+						t.Errorf("%s: %q, Redis's denial said %q", name, w.Header().Get(name), first.Header().Get(name))
+					}
+				}
+				if w.Body.String() != first.Body.String() {
+					t.Errorf("body %q, Redis's denial's %q", w.Body.String(), first.Body.String())
+				}
+			}
+			if got := scriptCalls(t, addr) - calls; got != 5*perRequest {
+				t.Errorf("five requests of a denied client ran %d scripts, want %d", got, 5*perRequest)
+			}
+			clk.Add(30 * time.Second)
+			if w := serve(h, "X-Api-Key", "k"); w.Code != 429 || w.Header().Get("Retry-After") != "30" {
+				t.Errorf("30s later: %d Retry-After %s, want 429 and 30", w.Code, w.Header().Get("Retry-After"))
+			}
+			calls = scriptCalls(t, addr)
+			if w := serve(h, "X-Api-Key", "other"); w.Code != 200 {
+				t.Errorf("another client: %d", w.Code)
+			}
+			clk.Add(30 * time.Second)
+			if w := serve(h, "X-Api-Key", "k"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "1" {
+				t.Errorf("next window: %d remaining %s, want 200 and 1", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+			}
+			if got := scriptCalls(t, addr) - calls; got != 2 {
+				t.Errorf("another client and the next window ran %d scripts, want 2", got)
+			}
+		})
+	}
+}
+
+// TestDenialsForget: a refund forgets what it gives back to, a dry run is
+// never denied here, and other numbers or a smaller cost ask Redis.
+func TestDenialsForget(t *testing.T) {
+	d := newDenials()
+	now := newClock().Now()
+	lim := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Window: time.Minute}
+	reqs := []request{{Counter: "g/l/fixed_window#0", Key: "k", Limit: lim, Cost: 2}}
+	res := []limiter.Result{{Allowed: false, Limit: 2, RetryAfter: time.Minute, Reset: time.Minute}}
+	d.record(now, reqs, res)
+	out := make([]limiter.Result, 1)
+	if !d.check(now, reqs, out) || out[0].Allowed || out[0].RetryAfter != time.Minute || out[0].FirstDenial {
+		t.Fatalf("remembered denial: %+v", out[0])
+	}
+	cheaper := []request{reqs[0]}
+	cheaper[0].Cost = 1
+	other := []request{reqs[0]}
+	other[0].Limit.Quota = 3
+	dry := []request{reqs[0]}
+	dry[0].DryRun = true
+	for name, r := range map[string][]request{"a smaller cost": cheaper, "other numbers": other, "a dry run": dry} {
+		if d.check(now, r, out) {
+			t.Errorf("%s was decided here", name)
+		}
+	}
+	if d.check(now.Add(time.Minute), reqs, out) {
+		t.Error("decided here after the Retry-After")
+	}
+	d.forget(reqs)
+	if d.check(now, reqs, out) {
+		t.Error("decided here after a refund")
 	}
 }

@@ -55,6 +55,11 @@ type RedisConfig struct {
 	Clock string `json:"clock,omitempty"`
 	// PoolSize bounds the connections to Redis (default 32).
 	PoolSize int `json:"poolSize,omitempty"`
+	// DisableLocalDenials asks Redis on every request. By default, a
+	// client that Redis denied until T is denied by this instance until T
+	// without a round trip, with the same headers, as the Caddy module's
+	// local_denials on.
+	DisableLocalDenials bool `json:"disableLocalDenials,omitempty"`
 }
 
 // request asks for Cost units of one limit for one client (the Caddy
@@ -160,6 +165,8 @@ type redisOptions struct {
 	prefix    string
 	localTime bool
 	poolSize  int
+	// noLocalDenials turns off the memory of denials (denials.go).
+	noLocalDenials bool
 }
 
 type onError uint8
@@ -242,6 +249,7 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	if c.PoolSize > 0 {
 		o.poolSize = c.PoolSize
 	}
+	o.noLocalDenials = c.DisableLocalDenials
 	return o, nil
 }
 
@@ -298,8 +306,8 @@ func redactURL(raw string) string {
 // id identifies a store by everything that makes it; hashed, since it
 // holds the password.
 func (o *redisOptions) id() string {
-	text := fmt.Sprintf("%q %q %q %d %t %d %d %q %t %d", o.addr, o.username, o.password, o.db, o.tls,
-		o.timeout, o.onError, o.prefix, o.localTime, o.poolSize)
+	text := fmt.Sprintf("%q %q %q %d %t %d %d %q %t %d %t", o.addr, o.username, o.password, o.db, o.tls,
+		o.timeout, o.onError, o.prefix, o.localTime, o.poolSize, o.noLocalDenials)
 	sum := sha256.Sum256([]byte(text))
 	return hex.EncodeToString(sum[:])
 }

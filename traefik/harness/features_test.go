@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -383,6 +384,73 @@ func TestRedisRestart(t *testing.T) {
 	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "3" {
 		t.Errorf("after SCRIPT FLUSH and CLIENT KILL: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
 	}
+}
+
+// TestLocalDenials: under Yaegi, a client Redis denied (here by a daily
+// quota, whose limit holds a calendar) is denied until its Retry-After
+// without a script, with the headers Redis's denial had; another client
+// still asks Redis.
+func TestLocalDenials(t *testing.T) {
+	p := loadPlugin(t)
+	r := startRedis(t)
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  daily:\n    key: [header:X-Api-Key]\n    limit: 2\n    calendar: {period: day}\n  minute:\n    key: [ip]\n    limit: 100\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    keyPrefix: \"denials:\"\n    onError: deny\n", clk.Now, &upstream{})
+	for i := 0; i < 2; i++ {
+		if w := send(h, "GET", "/", "X-Api-Key", "d"); w.Code != 200 {
+			t.Fatalf("request %d: %d", i, w.Code)
+		}
+	}
+	now := clk.Now()
+	wait := int(time.Date(now.Year(), now.Month(), now.Day()+1, 0, 0, 0, 0, time.UTC).Sub(now) / time.Second)
+	first := send(h, "GET", "/", "X-Api-Key", "d")
+	if first.Code != 429 || first.Header().Get("Retry-After") != strconv.Itoa(wait) {
+		t.Fatalf("over the quota: %d Retry-After %s, want 429 and %d (until midnight)", first.Code, first.Header().Get("Retry-After"), wait)
+	}
+	calls := scriptCalls(t, r)
+	for i := 0; i < 3; i++ {
+		w := send(h, "GET", "/", "X-Api-Key", "d")
+		for _, name := range []string{"Retry-After", "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset"} {
+			if w.Code != 429 || w.Header().Get(name) != first.Header().Get(name) {
+				t.Errorf("request %d: %d %s %q, Redis's denial said %q", i, w.Code, name, w.Header().Get(name), first.Header().Get(name))
+			}
+		}
+	}
+	clk.Add(time.Hour)
+	if w := send(h, "GET", "/", "X-Api-Key", "d"); w.Code != 429 || w.Header().Get("Retry-After") != strconv.Itoa(wait-3600) {
+		t.Errorf("an hour later: %d Retry-After %s, want 429 and %d", w.Code, w.Header().Get("Retry-After"), wait-3600)
+	}
+	if n := scriptCalls(t, r) - calls; n != 0 {
+		t.Errorf("a denied client's requests ran %d scripts, want none", n)
+	}
+	if w := send(h, "GET", "/", "X-Api-Key", "e"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "1" {
+		t.Errorf("another client: %d remaining %s, want 200 and 1", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+	}
+	if n := scriptCalls(t, r) - calls; n != 1 {
+		t.Errorf("another client ran %d scripts, want 1", n)
+	}
+}
+
+// scriptCalls is how many scripts Redis has run (EVALSHA and EVAL).
+func scriptCalls(t *testing.T, r *redisServer) int {
+	t.Helper()
+	out, err := r.command("INFO", "commandstats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\r\n") {
+		for _, cmd := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
+			if rest, ok := strings.CutPrefix(line, cmd); ok {
+				calls, _, _ := strings.Cut(rest, ",")
+				v, err := strconv.Atoi(calls)
+				if err != nil {
+					t.Fatalf("INFO commandstats: %q", line)
+				}
+				n += v
+			}
+		}
+	}
+	return n
 }
 
 // TestLabels: from Docker labels every value is a string and lists are
