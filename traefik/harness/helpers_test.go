@@ -99,6 +99,8 @@ type redisServer struct {
 	Addr string
 	cmd  *exec.Cmd
 	dir  string
+	bin  string
+	port int
 }
 
 var (
@@ -140,22 +142,41 @@ func launchRedis() (*redisServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &redisServer{Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir}
-	s.cmd = exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "",
-		"--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
-	if err := s.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
+	s := &redisServer{Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, bin: bin, port: port}
+	if err := s.start(); err != nil {
+		s.stop()
 		return nil, err
+	}
+	return s, nil
+}
+
+// start runs redis-server and waits until it answers.
+func (s *redisServer) start() error {
+	s.cmd = exec.Command(s.bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--save", "",
+		"--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
+	if err := s.cmd.Start(); err != nil {
+		s.cmd = nil
+		return err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := s.command("PING"); err == nil {
-			return s, nil
+			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.stop()
-	return nil, fmt.Errorf("redis-server on %s did not answer within 10s", s.Addr)
+	return fmt.Errorf("redis-server on %s did not answer within 10s", s.Addr)
+}
+
+// restart kills redis-server and starts it again on the same port, empty
+// (no persistence): its scripts and connections are gone.
+func (s *redisServer) restart() error {
+	if s.cmd != nil {
+		_ = s.cmd.Process.Kill()
+		_, _ = s.cmd.Process.Wait()
+		s.cmd = nil
+	}
+	return s.start()
 }
 
 func (s *redisServer) stop() {
