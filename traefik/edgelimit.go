@@ -4,7 +4,8 @@
 // memory or in a Redis shared with Caddy instances.
 //
 // Traefik runs plugins from source in the Yaegi interpreter. This package
-// imports the standard library and limiter only, and avoids what Yaegi
+// imports the standard library, limiter and internal/httpval only (both
+// vendored, both standard library only), and avoids what Yaegi
 // cannot run: the min, max and clear builtins, range over an integer or a
 // function, generics (slices, maps, atomic.Pointer, sync.OnceValue). The
 // test yaegi_safe_test.go checks the sources for them; the harness module

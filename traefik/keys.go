@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"net/textproto"
 	"strings"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
 )
 
 // source is where a key, a tier or a credential is read from.
@@ -73,15 +75,14 @@ func parseSource(s string, tier bool) (source, error) {
 
 // value is the source's value for r: the first value of a repeated header
 // or parameter (what the upstream reads with Header.Get or Query().Get), so
-// that repeating it makes no new counter.
+// that repeating it makes no new counter; a header's without the spaces
+// around it, and Authorization's scheme written one way.
 func (s *source) value(r *http.Request, ips *ipStrategy, cred *Client) string {
 	switch s.kind {
 	case srcHeader:
-		v := r.Header.Get(s.name)
-		if s.name == "Authorization" || s.name == "Proxy-Authorization" {
-			return normalizeAuth(v)
-		}
-		return v
+		// As the Caddy module reads a header key (internal/httpval): the
+		// same key makes the same counter in a fleet of both.
+		return httpval.First(r.Header, s.name)
 	case srcQuery:
 		return r.URL.Query().Get(s.name)
 	case srcCookie:
@@ -127,31 +128,6 @@ func (cl *compiledLimit) key(r *http.Request, ips *ipStrategy, cred *Client) (st
 		}
 	}
 	return "", -1
-}
-
-// authSchemes are the usual schemes in the case they are registered with;
-// any other scheme is lowercased.
-var authSchemes = map[string]string{
-	"basic": "Basic", "bearer": "Bearer", "digest": "Digest", "dpop": "DPoP",
-	"negotiate": "Negotiate", "ntlm": "NTLM", "token": "Token",
-}
-
-// normalizeAuth writes an Authorization value as one canonical string: the
-// scheme is case-insensitive (RFC 9110), so "bearer  t" and "Bearer t" are
-// one credential and one counter.
-func normalizeAuth(v string) string {
-	v = strings.TrimSpace(v)
-	scheme, rest, ok := cutSpace(v)
-	if !ok {
-		return v
-	}
-	lower := strings.ToLower(scheme)
-	if canon, known := authSchemes[lower]; known {
-		scheme = canon
-	} else {
-		scheme = lower
-	}
-	return scheme + " " + rest
 }
 
 // bearer returns the token of an Authorization: Bearer value, or "".
@@ -317,7 +293,7 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 			k.ID = cred
 		}
 		if from.kind == srcHeader && (from.name == "Authorization" || from.name == "Proxy-Authorization") {
-			cred = normalizeAuth(cred)
+			cred = httpval.Credentials(httpval.Trim(cred))
 		}
 		out.clients[cred] = &k
 	}

@@ -88,9 +88,20 @@ func TestSources(t *testing.T) {
 			t.Errorf("%s = %q, want %q", src, got, want)
 		}
 	}
-	for in, want := range map[string]string{"Basic abc": "Basic abc", "basic abc": "Basic abc", "DPOP x": "DPoP x", "Custom  X": "custom X", "token": "token"} {
-		if got := normalizeAuth(in); got != want {
-			t.Errorf("normalizeAuth(%q) = %q, want %q", in, got, want)
+	// Header keys as the Caddy module reads them (internal/httpval): the
+	// first value, trimmed; the auth scheme in one case, one space after it.
+	auth, _ := parseSource("header:Authorization", false)
+	key, _ := parseSource("header:X-Api-Key", false)
+	for in, want := range map[string]string{"Basic abc": "Basic abc", "basic abc": "Basic abc", "DPOP x": "Dpop x",
+		"custom \t X": "Custom X", " token ": "Token", "bearer  tok": "Bearer tok"} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("Authorization", in)
+		r.Header.Set("X-Api-Key", " \t"+in+"\t")
+		if got := auth.value(r, &ipStrategy{}, nil); got != want {
+			t.Errorf("Authorization %q: key %q, want %q", in, got, want)
+		}
+		if got := key.value(r, &ipStrategy{}, nil); got != strings.Trim(in, " ") {
+			t.Errorf("X-Api-Key %q: key %q, want %q", " \t"+in+"\t", got, strings.Trim(in, " "))
 		}
 	}
 	if _, err := parseSource("query:tier", true); err == nil {

@@ -9,26 +9,34 @@ import (
 	"testing"
 )
 
-// TestVendorMatchesLimiter checks that the vendored limiter (the copy that
-// Traefik loads: plugins carry their dependencies) is the repository's
-// ../limiter. When it is not, run `go mod vendor` in traefik/.
-func TestVendorMatchesLimiter(t *testing.T) {
-	src := sourceFiles(t, filepath.Join("..", "limiter"))
-	vendored := sourceFiles(t, filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", "limiter"))
-	if strings.Join(src, " ") != strings.Join(vendored, " ") {
-		t.Fatalf("vendored limiter files %v, ../limiter has %v: run go mod vendor in traefik/", vendored, src)
-	}
-	for _, name := range src {
-		a, err := os.ReadFile(filepath.Join("..", "limiter", name))
-		if err != nil {
-			t.Fatal(err)
+// vendoredPackages are the packages of this repository the plugin imports
+// (standard library only, each Yaegi-safe), vendored: Traefik loads a
+// plugin with its dependencies.
+var vendoredPackages = []string{"limiter", "internal/httpval"}
+
+// TestVendorMatchesRepository checks that the vendored packages (the copies
+// that Traefik loads) are the repository's ../limiter and
+// ../internal/httpval. When they are not, run `go mod vendor` in traefik/.
+func TestVendorMatchesRepository(t *testing.T) {
+	for _, pkg := range vendoredPackages {
+		dir := filepath.FromSlash(pkg)
+		src := sourceFiles(t, filepath.Join("..", dir))
+		vendored := sourceFiles(t, filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", dir))
+		if strings.Join(src, " ") != strings.Join(vendored, " ") {
+			t.Fatalf("vendored %s files %v, ../%s has %v: run go mod vendor in traefik/", pkg, vendored, pkg, src)
 		}
-		b, err := os.ReadFile(filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", "limiter", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(a, b) {
-			t.Errorf("vendor/.../limiter/%s differs from ../limiter/%s: run go mod vendor in traefik/", name, name)
+		for _, name := range src {
+			a, err := os.ReadFile(filepath.Join("..", dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(a, b) {
+				t.Errorf("vendor/.../%s/%s differs from ../%s/%s: run go mod vendor in traefik/", pkg, name, pkg, name)
+			}
 		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 )
 
-// TestYaegiSafe type-checks the plugin and its vendored limiter and refuses
+// TestYaegiSafe type-checks the plugin and its vendored packages and refuses
 // what Traefik's Yaegi interpreter (v0.16) cannot run, with the file and
 // line: the min, max and clear builtins, range over an integer or a
 // function, generics (any instantiation: slices.Sort, atomic.Pointer[T],
@@ -23,12 +23,15 @@ import (
 // why, sooner and more clearly.
 func TestYaegiSafe(t *testing.T) {
 	fset := token.NewFileSet()
-	limiterDir := filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", "limiter")
-	std := importer.Default() // one instance: one time package for both
-	lim := checkDir(t, fset, limiterDir, "github.com/edgelimit/caddy-edgelimit/limiter", std)
+	std := importer.Default() // one instance: one time package for all
+	vendored := map[string]*types.Package{}
+	for _, pkg := range vendoredPackages {
+		path := "github.com/edgelimit/caddy-edgelimit/" + pkg
+		vendored[path] = checkDir(t, fset, filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", filepath.FromSlash(pkg)), path, std)
+	}
 	imp := importerFunc(func(path string) (*types.Package, error) {
-		if path == "github.com/edgelimit/caddy-edgelimit/limiter" {
-			return lim, nil
+		if p, ok := vendored[path]; ok {
+			return p, nil
 		}
 		return std.Import(path)
 	})
