@@ -172,28 +172,33 @@ func (m *memoryStore) put(h uint64, st *limiter.State, t int64) {
 	sh.m[h] = *st
 }
 
-// makeRoom drops expired keys from a sample of the shard, or else the one
-// that expires soonest (it has the least left to count).
+// makeRoom drops the expired keys of a sample of the shard; if none has
+// expired, it evicts the key that carries the least evidence (the fewest
+// units counted; a denying key the most, limiter.State.Weight), then the
+// one that expires soonest, as the Caddy module's memory store: a flood of
+// made-up keys, one request each, evicts its own keys, not the clients it
+// is denying.
 func (m *memoryStore) makeRoom(sh *memoryShard, t int64) {
 	var (
-		victim  uint64
-		soonest int64 = -1
-		seen    int
-		freed   bool
+		victim uint64
+		worst  limiter.State
+		found  bool
+		seen   int
+		freed  bool
 	)
 	for h, e := range sh.m {
 		if e.Expires <= t {
 			delete(sh.m, h)
 			freed = true
-		} else if soonest < 0 || e.Expires < soonest {
-			victim, soonest = h, e.Expires
+		} else if !found || e.Weight < worst.Weight || e.Weight == worst.Weight && e.Expires < worst.Expires {
+			victim, worst, found = h, e, true
 		}
 		seen++
 		if seen >= evictionSample {
 			break
 		}
 	}
-	if !freed && soonest >= 0 {
+	if !freed && found {
 		delete(sh.m, victim)
 		atomic.AddUint64(&m.evictions, 1)
 	}

@@ -190,3 +190,46 @@ func TestMemoryBounded(t *testing.T) {
 		t.Errorf("after the window: %d keys held, bound %d", n, memoryShards*4)
 	}
 }
+
+// TestMemoryFloodKeepsExhaustedClients: a flood of made-up keys ten times
+// the store's bound evicts its own one-request keys, not the counters of
+// exhausted or nearly exhausted clients (the Caddy module's memory store
+// test, smaller).
+func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
+	const maxKeys, flood, clients = memoryShards * 64, memoryShards * 640, 100
+	m := newMemoryStore(maxKeys)
+	now := newClock().Now()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour}
+	res := make([]limiter.Result, 1)
+	take := func(key string) bool {
+		if err := m.Take(context.Background(), now, []request{{Counter: "api", Key: key, Limit: l, Cost: 1}}, res); err != nil {
+			t.Fatal(err)
+		}
+		return res[0].Allowed
+	}
+	for c := 0; c < clients; c++ {
+		for i := 0; i < 10; i++ {
+			take("client-" + strconv.Itoa(c))
+		}
+		if take("client-" + strconv.Itoa(c)) {
+			t.Fatal("an exhausted client passed before the flood")
+		}
+		for i := 0; i < 9; i++ {
+			take("near-" + strconv.Itoa(c))
+		}
+	}
+	for i := 0; i < flood; i++ {
+		take("made-up-" + strconv.Itoa(i))
+	}
+	for c := 0; c < clients; c++ {
+		if take("client-" + strconv.Itoa(c)) {
+			t.Fatalf("exhausted client %d passed again after %d made-up keys", c, flood)
+		}
+		if !take("near-"+strconv.Itoa(c)) || take("near-"+strconv.Itoa(c)) {
+			t.Fatalf("client %d at 9 of 10 lost its count in the flood", c)
+		}
+	}
+	if n := m.len(); n > maxKeys {
+		t.Errorf("%d keys held, bound %d", n, maxKeys)
+	}
+}
