@@ -154,9 +154,8 @@ func (p *respPool) idleConn() *respConn {
 // alive stops the read that watched an idle connection and tells whether
 // the connection is still open and quiet.
 func (c *respConn) alive() bool {
-	var err error
 	select {
-	case err = <-c.watch:
+	case <-c.watch:
 		// The watch ended by itself: the server closed the connection, or
 		// sent what nobody asked for.
 		return false
@@ -166,7 +165,7 @@ func (c *respConn) alive() bool {
 		<-c.watch
 		return false
 	}
-	err = <-c.watch
+	err := <-c.watch
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout() && c.r.Buffered() == 0
 }
