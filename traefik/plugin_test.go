@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -16,9 +17,32 @@ type fakeClock struct {
 	t  time.Time
 }
 
-func newClock() *fakeClock {
+func newClock() *fakeClock { return &fakeClock{t: testBase()} }
+
+// testBase is where fake clocks start, as in the Caddy module's tests
+// (internal/clock.TestBase): tomorrow at 10:00 UTC, or what
+// EDGELIMIT_TEST_TIME says (an RFC 3339 time or an offset such as -8760h,
+// rounded up to the hour).
+func testBase() time.Time {
 	y, m, d := time.Now().UTC().Date()
-	return &fakeClock{t: time.Date(y, m, d+1, 10, 0, 0, 0, time.UTC)}
+	base := time.Date(y, m, d+1, 10, 0, 0, 0, time.UTC)
+	v := os.Getenv("EDGELIMIT_TEST_TIME")
+	if v == "" {
+		return base
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		off, perr := time.ParseDuration(v)
+		if perr != nil {
+			panic("EDGELIMIT_TEST_TIME: " + v)
+		}
+		t = base.Add(off)
+	}
+	t = t.UTC()
+	if h := t.Truncate(time.Hour); !h.Equal(t) {
+		t = h.Add(time.Hour)
+	}
+	return t
 }
 
 func (c *fakeClock) Now() time.Time {

@@ -41,7 +41,7 @@ func (c *fakeClock) Add(d time.Duration) {
 
 // testBase is where fake clocks start, as in the Caddy module's tests:
 // tomorrow at 10:00 UTC, or what EDGELIMIT_TEST_TIME says (an RFC 3339
-// time rounded up to the hour, or an offset such as -8760h).
+// time or an offset such as -8760h, rounded up to the hour).
 func testBase() time.Time {
 	y, m, d := time.Now().UTC().Date()
 	base := time.Date(y, m, d+1, 10, 0, 0, 0, time.UTC)
@@ -49,18 +49,19 @@ func testBase() time.Time {
 	if v == "" {
 		return base
 	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		t = t.UTC()
-		if h := t.Truncate(time.Hour); !h.Equal(t) {
-			t = h.Add(time.Hour)
-		}
-		return t
-	}
-	off, err := time.ParseDuration(v)
+	t, err := time.Parse(time.RFC3339Nano, v)
 	if err != nil {
-		panic("EDGELIMIT_TEST_TIME: " + v)
+		off, perr := time.ParseDuration(v)
+		if perr != nil {
+			panic("EDGELIMIT_TEST_TIME: " + v)
+		}
+		t = base.Add(off)
 	}
-	return base.Add(off)
+	t = t.UTC()
+	if h := t.Truncate(time.Hour); !h.Equal(t) {
+		t = h.Add(time.Hour)
+	}
+	return t
 }
 
 // upstream answers "ok" and counts what reaches it.
