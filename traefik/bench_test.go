@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -31,6 +32,14 @@ func benchConfigs(redisAddr string) map[string]*Config {
 	if redisAddr != "" {
 		out["redis-1-limit"] = &Config{Limits: one(), Storage: &Storage{Redis: &RedisConfig{Address: redisAddr, Timeout: "1s"}}}
 		out["redis-3-limits"] = &Config{Limits: three(), Headers: "both", Storage: &Storage{Redis: &RedisConfig{Address: redisAddr, Timeout: "1s"}}}
+		// Clients over their limit (one request an hour): denied here, or
+		// by Redis on every request.
+		denied := func() map[string]*Limit {
+			return map[string]*Limit{"per_client": {Key: []string{"header:X-Api-Key", "ip"}, Limit: 1, Window: "1h"}}
+		}
+		out["redis-denied"] = &Config{Limits: denied(), Storage: &Storage{Redis: &RedisConfig{Address: redisAddr, Timeout: "1s", KeyPrefix: "bench-denied:"}}}
+		out["redis-denied-no-local"] = &Config{Limits: denied(), Storage: &Storage{Redis: &RedisConfig{Address: redisAddr, Timeout: "1s",
+			KeyPrefix: "bench-denied:", DisableLocalDenials: true}}}
 	}
 	return out
 }
@@ -54,6 +63,15 @@ func benchRequests() []*http.Request {
 	return reqs
 }
 
+// warm sends each client's request once: over a limit of one, each is
+// denied from then on.
+func warm(h http.Handler) {
+	w := &benchWriter{h: http.Header{}}
+	for _, r := range benchRequests() {
+		h.ServeHTTP(w, r)
+	}
+}
+
 func runBench(b *testing.B, h http.Handler) {
 	reqs := benchRequests()
 	w := &benchWriter{h: http.Header{}}
@@ -74,17 +92,18 @@ func BenchmarkMiddleware(b *testing.B) {
 	if !testing.Short() {
 		addr = startRedis(b)
 	}
-	for _, name := range []string{"memory-1-limit", "memory-3-limits", "redis-1-limit", "redis-3-limits"} {
+	for _, name := range []string{"memory-1-limit", "memory-3-limits", "redis-1-limit", "redis-3-limits", "redis-denied", "redis-denied-no-local"} {
 		c := benchConfigs(addr)[name]
 		if c == nil {
 			continue
 		}
-		b.Run(name, func(b *testing.B) {
-			h, err := New(context.Background(), noop, c, name)
-			if err != nil {
-				b.Fatal(err)
-			}
-			runBench(b, h)
-		})
+		h, err := New(context.Background(), noop, c, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if strings.HasPrefix(name, "redis-denied") {
+			warm(h)
+		}
+		b.Run(name, func(b *testing.B) { runBench(b, h) })
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -30,7 +31,8 @@ func (w *benchWriter) Header() http.Header         { return w.h }
 func (w *benchWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (w *benchWriter) WriteHeader(int)             {}
 
-func runBench(b *testing.B, h http.Handler) {
+// benchRequests are 1000 clients' requests.
+func benchRequests() []*http.Request {
 	reqs := make([]*http.Request, 1000)
 	for i := range reqs {
 		r := httptest.NewRequest("GET", "/v1/items", nil)
@@ -38,6 +40,20 @@ func runBench(b *testing.B, h http.Handler) {
 		r.Header.Set("X-Api-Key", "key-"+strconv.Itoa(i))
 		reqs[i] = r
 	}
+	return reqs
+}
+
+// warm sends each client's request once: over a limit of one, each is
+// denied from then on.
+func warm(h http.Handler) {
+	w := &benchWriter{h: http.Header{}}
+	for _, r := range benchRequests() {
+		h.ServeHTTP(w, r)
+	}
+}
+
+func runBench(b *testing.B, h http.Handler) {
+	reqs := benchRequests()
 	w := &benchWriter{h: http.Header{}}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -59,11 +75,18 @@ func BenchmarkYaegiMiddleware(b *testing.B) {
 		redis := "storage:\n  redis: {address: " + r.Addr + ", timeout: 1s}\n"
 		benchYAML["redis-1-limit"] = benchYAML["memory-1-limit"] + redis
 		benchYAML["redis-3-limits"] = benchYAML["memory-3-limits"] + redis
-		confs = append(confs, "redis-1-limit", "redis-3-limits")
+		// Clients over their limit (one request an hour): denied here, or
+		// by Redis on every request.
+		denied := "limits:\n  per_client: {key: [header:X-Api-Key, ip], limit: 1, window: 1h}\nstorage:\n  redis: {address: " + r.Addr + ", timeout: 1s, keyPrefix: \"bench-denied:\""
+		benchYAML["redis-denied"] = denied + "}\n"
+		benchYAML["redis-denied-no-local"] = denied + ", disableLocalDenials: true}\n"
+		confs = append(confs, "redis-1-limit", "redis-3-limits", "redis-denied", "redis-denied-no-local")
 	}
 	for _, name := range confs {
-		b.Run(name, func(b *testing.B) {
-			runBench(b, p.middleware(b, benchYAML[name], nil, noop))
-		})
+		h := p.middleware(b, benchYAML[name], nil, noop)
+		if strings.HasPrefix(name, "redis-denied") {
+			warm(h)
+		}
+		b.Run(name, func(b *testing.B) { runBench(b, h) })
 	}
 }
