@@ -224,7 +224,7 @@ type middleware struct {
 	timeHeader bool
 	dryRun     bool
 	body       template
-	jsonBody   bool
+	escape     escaping // of the values in the body
 	contentTyp string
 	rawKeys    bool
 	ips        *ipStrategy
@@ -280,7 +280,7 @@ func (m *middleware) compileResponses(c *Config) error {
 	if m.contentTyp == "" {
 		m.contentTyp = DefaultContentType
 	}
-	m.jsonBody = containsFold(m.contentTyp, "json")
+	m.escape = escaperFor(m.contentTyp)
 	body := c.Body
 	if body == "" {
 		body = DefaultBody

@@ -120,7 +120,7 @@ func (m *middleware) deny(w http.ResponseWriter, r *http.Request, l *compiledLim
 		tmpl = l.body
 	}
 	v := &denial{status: status, name: l.name, key: m.displayKey(key), tier: tier, retry: retry, res: res}
-	body := tmpl.render(r, v, m.ips, m.jsonBody)
+	body := tmpl.render(r, v, m.ips, m.escape)
 	hdr := w.Header()
 	hdr["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
 	hdr["Content-Type"] = []string{m.contentTyp}
@@ -216,10 +216,10 @@ func placeholderLen(s string) int {
 
 func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-// render fills the template. In a JSON body, string values are escaped as
-// JSON string content: a hostile header echoed in the body cannot break out
-// of its string. Unknown placeholders are empty.
-func (t template) render(r *http.Request, d *denial, ips *ipStrategy, jsonBody bool) string {
+// render fills the template, its string values escaped for the body's
+// content type (escaperFor): a hostile header echoed in the body cannot
+// break out of its string or element. Unknown placeholders are empty.
+func (t template) render(r *http.Request, d *denial, ips *ipStrategy, escape escaping) string {
 	var b strings.Builder
 	for _, s := range t {
 		if !s.placeholder {
@@ -227,8 +227,8 @@ func (t template) render(r *http.Request, d *denial, ips *ipStrategy, jsonBody b
 			continue
 		}
 		v, isString := placeholder(s.text, r, d, ips)
-		if isString && jsonBody {
-			v = jsonEscape(v)
+		if isString {
+			v = escape.apply(v)
 		}
 		b.WriteString(v)
 	}
@@ -395,6 +395,44 @@ func jsonEscape(s string) string {
 	return b.String()
 }
 
-func containsFold(s, sub string) bool {
-	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+// escaping is how a body escapes the values of its placeholders, as the
+// Caddy module's bodies (body.go there) do for their content type: JSON
+// string content, a JavaScript string in either quotes, HTML or XML text
+// and attribute values; other types as they are. A kind, not a function
+// value: Yaegi panics on an interpreted function returned as one.
+type escaping uint8
+
+const (
+	escapeNone escaping = iota
+	escapeJSON
+	escapeJS
+	escapeHTML
+)
+
+// escaperFor returns the escaping of a body of this content type.
+func escaperFor(contentType string) escaping {
+	ct := strings.ToLower(contentType)
+	switch {
+	case strings.Contains(ct, "json"):
+		return escapeJSON
+	case strings.Contains(ct, "javascript"), strings.Contains(ct, "ecmascript"):
+		return escapeJS
+	case strings.Contains(ct, "html"), strings.Contains(ct, "xml"):
+		return escapeHTML
+	}
+	return escapeNone
+}
+
+var htmlEscaper = strings.NewReplacer("<", "&lt;", ">", "&gt;", "&", "&amp;", `"`, "&#34;", "'", "&#39;")
+
+func (e escaping) apply(s string) string {
+	switch e {
+	case escapeJSON:
+		return jsonEscape(s)
+	case escapeJS:
+		return strings.ReplaceAll(jsonEscape(s), "'", `\u0027`)
+	case escapeHTML:
+		return htmlEscaper.Replace(s)
+	}
+	return s
 }

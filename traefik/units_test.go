@@ -59,13 +59,23 @@ func TestTemplate(t *testing.T) {
 	r.Header.Set("X-Name", `a"b<c>`)
 	d := &denial{status: 429, name: "calls", key: "k", tier: "BASE", retry: 75, res: &limiter.Result{Limit: 10, Remaining: 0, ResetAt: 5e6, Window: time.Minute}}
 	tmpl := parseTemplate(`{"a":{edge_limit.status},"n":"{edge_limit.name}","h":"{header.X-Name}","p":"{http.request.uri.path.1}","q":"{query.sid}","host":"{host}","ip":"{remote_host}","r":"{edge_limit.retry_after_human}","w":{edge_limit.window},"x":"{unknown.thing}","lit":"\{not}","brace":{}}`)
-	got := tmpl.render(r, d, &ipStrategy{}, true)
+	got := tmpl.render(r, d, &ipStrategy{}, escaperFor("application/json"))
 	want := `{"a":429,"n":"calls","h":"a\"b\u003cc\u003e","p":"items","q":"s1","host":"api.example","ip":"2001:db8::1","r":"1 minute 15 seconds","w":60,"x":"","lit":"{not}","brace":{}}`
 	if got != want {
 		t.Errorf("render:\n got %s\nwant %s", got, want)
 	}
-	if got := parseTemplate("{header.X-Name}").render(r, d, nil, false); got != `a"b<c>` {
-		t.Errorf("not JSON: no escaping, got %s", got)
+	// Other content types, as the Caddy module escapes them (body.go).
+	r.Header.Set("X-Name", `a"b<c>&'d`)
+	for ct, want := range map[string]string{
+		"text/plain":               `a"b<c>&'d`,
+		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d`,
+		"application/xml":          `a&#34;b&lt;c&gt;&amp;&#39;d`,
+		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d`,
+		"application/problem+json": `a\"b\u003cc\u003e\u0026'd`,
+	} {
+		if got := parseTemplate("{header.X-Name}").render(r, d, nil, escaperFor(ct)); got != want {
+			t.Errorf("%s: got %s, want %s", ct, got, want)
+		}
 	}
 }
 

@@ -16,9 +16,11 @@ import (
 // what Traefik's Yaegi interpreter (v0.16) cannot run, with the file and
 // line: the min, max and clear builtins, range over an integer or a
 // function, generics (any instantiation: slices.Sort, atomic.Pointer[T],
-// sync.OnceValue...), packages Traefik does not give plugins, and two
-// Yaegi bugs: == against typed constant expressions (iota + 1), and nil
-// in a tuple assignment (a, b = nil, false). The
+// sync.OnceValue...), packages Traefik does not give plugins, and three
+// Yaegi bugs: == against typed constant expressions (iota + 1), nil in a
+// tuple assignment (a, b = nil, false), and a function of the package used
+// as a value (returned as a func(string) string, it reached reflect.Set as
+// an interpreter node and panicked). The
 // harness module loads the plugin through Yaegi itself; this test says
 // why, sooner and more clearly.
 func TestYaegiSafe(t *testing.T) {
@@ -86,6 +88,18 @@ func checkDir(t *testing.T, fset *token.FileSet, dir, path string, imp types.Imp
 			}
 		}
 		checkConsts(t, fset, f, info, pkg)
+		callees := map[*ast.Ident]bool{}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if call, ok := n.(*ast.CallExpr); ok {
+				switch fn := call.Fun.(type) {
+				case *ast.Ident:
+					callees[fn] = true
+				case *ast.SelectorExpr:
+					callees[fn.Sel] = true
+				}
+			}
+			return true
+		})
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.RangeStmt:
@@ -98,6 +112,9 @@ func checkDir(t *testing.T, fset *token.FileSet, dir, path string, imp types.Imp
 					t.Errorf("%s: range over a function, which Yaegi cannot run", fset.Position(n.Pos()))
 				}
 			case *ast.Ident:
+				if fn, ok := info.Uses[n].(*types.Func); ok && fn.Pkg() == pkg && !callees[n] {
+					t.Errorf("%s: the function %s used as a value, which Yaegi may hand over as an interpreter node (a panic): call it, or switch on a kind", fset.Position(n.Pos()), n.Name)
+				}
 				if b, ok := info.Uses[n].(*types.Builtin); ok {
 					switch b.Name() {
 					case "min", "max", "clear":

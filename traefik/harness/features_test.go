@@ -207,6 +207,13 @@ limits:
 	if w := send(h, "HEAD", "/v1/things/7", "X-Api-Key", key); w.Code != 400 || w.Body.Len() != 0 {
 		t.Errorf("HEAD denial: %d, %d bytes", w.Code, w.Body.Len())
 	}
+	// An HTML body escapes what it echoes, as the Caddy module's does.
+	html := p.middleware(t, "limits:\n  one:\n    key: [header:X-Api-Key]\n    limit: 1\n    window: 1m\ncontentType: text/html; charset=utf-8\nbody: '<p title=\"{header.X-Api-Key}\">{header.X-Api-Key}</p>'\n", clk.Now, &upstream{})
+	send(html, "GET", "/", "X-Api-Key", `<script>"x"</script>`)
+	w = send(html, "GET", "/", "X-Api-Key", `<script>"x"</script>`)
+	if want := `<p title="&lt;script&gt;&#34;x&#34;&lt;/script&gt;">&lt;script&gt;&#34;x&#34;&lt;/script&gt;</p>`; w.Code != 429 || w.Body.String() != want {
+		t.Errorf("HTML denial: %d %s, want 429 %s", w.Code, w.Body.String(), want)
+	}
 }
 
 // TestIETFHeaders: one RateLimit and RateLimit-Policy item per limit, and
