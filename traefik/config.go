@@ -70,6 +70,9 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 	if err := cl.compileNumbers(l); err != nil {
 		return nil, err
 	}
+	if err := cl.checkCost(); err != nil {
+		return nil, err
+	}
 	keys := l.Key
 	if len(keys) == 0 {
 		keys = []string{"ip"}
@@ -98,6 +101,30 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 func (l *Limit) numbers() *Numbers {
 	return &Numbers{Algorithm: l.Algorithm, Limit: l.Limit, Window: l.Window, Refill: l.Refill,
 		Offset: l.Offset, Split: l.Split, Calendar: l.Calendar}
+}
+
+// checkCost refuses a cost that no request could ever pay, as the Caddy
+// module does: more units than the limit (or one of its tiers) holds would
+// deny every request, with a Retry-After that never comes true.
+func (cl *compiledLimit) checkCost() error {
+	if cl.cost > cl.limit.Quota {
+		return fmt.Errorf("cost %d is larger than the limit of %d: every request would be denied", cl.cost, cl.limit.Quota)
+	}
+	for _, name := range sortedTiers(cl.tiers) {
+		if t := cl.tiers[name]; cl.cost > t.limit.Quota {
+			return fmt.Errorf("cost %d is larger than the limit of %d of tier %q: its requests would all be denied", cl.cost, t.limit.Quota, name)
+		}
+	}
+	return nil
+}
+
+func sortedTiers(tiers map[string]*tierNumbers) []string {
+	names := make([]string, 0, len(tiers))
+	for name := range tiers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // compileNumbers resolves the limit's own numbers and its tiers, as the

@@ -513,14 +513,16 @@ func TestConfigErrors(t *testing.T) {
 	for conf, want := range map[string]string{
 		"limits: {}":                  "no limits",
 		"limits:\n  l:\n    limit: 5": "window",
-		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [header]":                                         "needs a name",
-		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [x-api]":                                          "unknown source",
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nstatus: 200":                                               "4xx or 5xx",
-		"limits:\n  l:\n    limit: 5\n    window: 1m\n    tier: query:t\n    tiers: {a: {limit: 1, window: 1m}}": "privilege",
-		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m":                                     "needs credentials",
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    onError: maybe":                    "onError",
-		"limits:\n  l:\n    algorithm: token_bucket\n    limit: 5\n    window: 1s":                               "refill",
-		"limits:\n  l:\n    limit: 5\n    calendar: {period: fortnight}":                                         "period",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [header]":                                                                                             "needs a name",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [x-api]":                                                                                              "unknown source",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nstatus: 200":                                                                                                   "4xx or 5xx",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    tier: query:t\n    tiers: {a: {limit: 1, window: 1m}}":                                                     "privilege",
+		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m":                                                                                         "needs credentials",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    onError: maybe":                                                                        "onError",
+		"limits:\n  l:\n    algorithm: token_bucket\n    limit: 5\n    window: 1s":                                                                                   "refill",
+		"limits:\n  l:\n    limit: 5\n    calendar: {period: fortnight}":                                                                                             "period",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    cost: 6":                                                                                                   "cost 6 is larger than the limit of 5",
+		"limits:\n  l:\n    key: [header:K]\n    tier: header:T\n    defaultTier: a\n    cost: 3\n    tiers: {a: {limit: 5, window: 1m}, b: {limit: 2, window: 1m}}": `tier "b"`,
 	} {
 		var m map[string]interface{}
 		if err := yamlUnmarshal(conf, &m); err != nil {
