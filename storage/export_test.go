@@ -39,4 +39,3 @@ func randomLimit(rng *rand.Rand) limiter.Limit {
 			Calendar: limiter.CalendarWindow{Period: limiter.Day, At: time.Duration(rng.IntN(24)) * time.Hour}.Cached()}
 	}
 }
-
