@@ -112,6 +112,7 @@ type denial struct {
 	status int
 	retry  int64
 	res    limiter.Result
+	hdr    [3]string // the values of the denial's headers
 }
 
 // value provides the {edge_limit.*} placeholders to a replacer.

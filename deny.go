@@ -19,13 +19,6 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit,
 	if l.status != 0 {
 		d.status = l.status
 	}
-	// The headers' values share one array, each its own slice: a handler
-	// that rewrites a value in place (header replace) rewrites only this
-	// response's.
-	vals := make([]string, 3)
-	vals[0] = strconv.FormatInt(d.retry, 10)
-	hdr := w.Header()
-	hdr["Retry-After"] = vals[0:1:1]
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		repl = caddy.NewReplacer()
@@ -34,6 +27,7 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit,
 	// formats, computed when read.
 	repl.Map(d.value)
 	if h.HandleErrors {
+		w.Header()["Retry-After"] = []string{strconv.FormatInt(d.retry, 10)}
 		return caddyhttp.Error(d.status, fmt.Errorf("rate limit %q exceeded, retry after %d seconds", l.name, d.retry))
 	}
 	tmpl := h.body
@@ -42,9 +36,18 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, l *compiledLimit,
 	}
 	buf := bodyBuffers.Get().(*[]byte)
 	body := tmpl.render((*buf)[:0], d, repl, h.escape)
-	vals[1], vals[2] = h.ContentType, strconv.Itoa(len(body))
-	hdr["Content-Type"] = vals[1:2:2]
-	hdr["Content-Length"] = vals[2:3:3]
+	// The header values: the numbers in one string, the values in the
+	// denial's array, each its own slice (a handler that rewrites a value
+	// in place, as header replace does, rewrites only this response's).
+	var nums [40]byte
+	b := strconv.AppendInt(nums[:0], d.retry, 10)
+	n := len(b)
+	all := string(strconv.AppendInt(b, int64(len(body)), 10))
+	d.hdr = [3]string{all[:n], h.ContentType, all[n:]}
+	hdr := w.Header()
+	hdr["Retry-After"] = d.hdr[0:1:1]
+	hdr["Content-Type"] = d.hdr[1:2:2]
+	hdr["Content-Length"] = d.hdr[2:3:3]
 	w.WriteHeader(d.status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)

@@ -18,11 +18,16 @@ type config struct {
 	// over (X-Api-Key).
 	Keys int
 	// Expect is what every response under load must be: "200" (any
-	// non-2xx fails the run) or "deny" (mostly 429).
+	// non-2xx fails the run), "deny" (mostly 429) or "429" (every
+	// response, from the first).
 	Expect   string
 	Redis    bool // needs the bench's Redis
 	Upstream bool // needs the upstream
 	Cache    bool // warm the cache entry first, probe for Bloom-Status: HIT
+	// Instances is the number of Caddy instances (default 1), all on
+	// Caddy's CPU, each loaded by its own wrk with its share of the
+	// connections.
+	Instances int
 	// Site is the site block's body; Global the edge_limit global option's
 	// body ("" for none).
 	Site, Global func(p ports) string
@@ -140,6 +145,42 @@ respond "ok"
 		Site:   threeLimitsSite(never),
 	},
 	{
+		Name: "redis-deny", Title: "Redis, 1 limit, mostly 429",
+		Keys: denyKeys, Expect: "deny", Redis: true,
+		Global: redisStorage,
+		Site:   denySite,
+	},
+	{
+		Name: "redis-hot", Title: "Redis, 1 key for all, 2 Caddys",
+		Keys: distinctKeys, Expect: "200", Redis: true, Instances: 2,
+		Global: redisStorage,
+		Site: func(ports) string {
+			return `edge_limit {
+	limit api_wide {
+		key api
+		rate ` + never + `
+	}
+}
+respond "ok"
+`
+		},
+	},
+	{
+		Name: "static-hdrs", Title: `respond "ok" + 3 fixed X-RateLimit headers`,
+		Keys: distinctKeys, Expect: "200",
+		Site: func(ports) string {
+			return "header {\n\tX-RateLimit-Limit 1000000000\n\tX-RateLimit-Remaining 999999999\n\tX-RateLimit-Reset 1800000000\n}\nrespond \"ok\"\n"
+		},
+	},
+	{
+		Name: "static-429", Title: "respond: deny's answer, fixed",
+		Keys: denyKeys, Expect: "429",
+		Site: func(ports) string {
+			return "header {\n\tX-RateLimit-Limit 1\n\tX-RateLimit-Remaining 0\n\tX-RateLimit-Reset 1800000000\n\tRetry-After 3599\n\tContent-Type application/json\n}\n" +
+				"respond `{\"status\":429,\"error\":\"Rate limit exceeded, try again in 3599 seconds\"}` 429\n"
+		},
+	},
+	{
 		Name: "cache-hit", Title: "edge_cache HIT + reverse_proxy",
 		Keys: distinctKeys, Expect: "200", Upstream: true, Cache: true,
 		Site: func(p ports) string {
@@ -158,8 +199,13 @@ reverse_proxy 127.0.0.1:%d
 	{
 		Name: "deny", Title: "memory, 1 limit, mostly 429",
 		Keys: denyKeys, Expect: "deny",
-		Site: func(ports) string {
-			return `edge_limit {
+		Site: denySite,
+	},
+}
+
+// denySite denies every client but its first request an hour.
+func denySite(ports) string {
+	return `edge_limit {
 	limit per_client {
 		key {header.X-Api-Key} {client_ip}
 		rate 1/1h
@@ -167,9 +213,10 @@ reverse_proxy 127.0.0.1:%d
 }
 respond "ok"
 `
-		},
-	},
 }
+
+// instances is the number of Caddy instances c runs.
+func (c *config) instances() int { return max(c.Instances, 1) }
 
 // upstreamCaddyfile is the upstream of cache-hit and proxy: another Caddy
 // answering "ok", without admin.

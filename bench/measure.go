@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -117,6 +118,12 @@ func probe(ctx context.Context, c *config, port int) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.Name, err)
 	}
+	if c.Expect == "429" {
+		if r.status != 429 || r.header.Get("Retry-After") == "" || r.header.Get("X-RateLimit-Limit") == "" {
+			return fail("want 429 with Retry-After and X-RateLimit-Limit", r)
+		}
+		return nil
+	}
 	if r.status != 200 || r.body != "ok" {
 		return fail(`want 200 "ok"`, r)
 	}
@@ -223,19 +230,29 @@ func ptr(f float64) *float64 { return &f }
 // measure starts c, checks it, warms it up, measures it once and stops it.
 func (e *env) measure(ctx context.Context, c *config, round int) (sample, error) {
 	s := sample{Round: round}
-	inst, err := e.startCaddy(ctx, c)
-	if err != nil {
-		return s, err
-	}
-	defer inst.p.stop()
-	if err := probe(ctx, c, inst.ports.site); err != nil {
-		return s, fmt.Errorf("%w\n%s", err, inst.p.tail())
+	var insts []*caddyInstance
+	defer func() {
+		for _, inst := range insts {
+			inst.p.stop()
+		}
+	}()
+	var urls []string
+	for i := 0; i < c.instances(); i++ {
+		inst, err := e.startCaddy(ctx, c)
+		if err != nil {
+			return s, err
+		}
+		insts = append(insts, inst)
+		if err := probe(ctx, c, inst.ports.site); err != nil {
+			return s, fmt.Errorf("%w\n%s", err, inst.p.tail())
+		}
+		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d/", inst.ports.site))
 	}
 	if c.Redis {
 		// Round trips per request, counted with MONITOR over 100
 		// requests of new clients (before the load: MONITOR is slow).
 		rt, cmds, err := e.redis.roundTrips(ctx, 100, func(i int) error {
-			r, err := get(ctx, fmt.Sprintf("http://127.0.0.1:%d/", inst.ports.site), fmt.Sprintf("rt-%d-%d", round, i))
+			r, err := get(ctx, urls[i%len(urls)], fmt.Sprintf("rt-%d-%d", round, i))
 			if err == nil && r.status != 200 {
 				err = fmt.Errorf("%s: status %d", c.Name, r.status)
 			}
@@ -250,16 +267,15 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	if err != nil {
 		return s, err
 	}
-	url := fmt.Sprintf("http://127.0.0.1:%d/", inst.ports.site)
 	if e.opt.warmup > 0 {
-		if _, _, err := runWrk(ctx, e.opt.loadCPU, script, url, e.opt.conns, e.opt.warmup); err != nil {
+		if _, _, err := e.load(ctx, script, urls, e.opt.warmup); err != nil {
 			return s, fmt.Errorf("%s warm-up: %w", c.Name, err)
 		}
 	}
 
 	// Snapshots before.
-	m0, merr := mallocs(ctx, inst.ports.admin)
-	cpu0, err := cpuSeconds(inst.p.pid())
+	m0, merr := sumMallocs(ctx, insts)
+	cpu0, err := sumCPU(insts)
 	if err != nil {
 		return s, err
 	}
@@ -279,12 +295,12 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	profiled := make(chan error, 1)
 	if e.opt.pprof != "" {
 		go func() {
-			profiled <- e.cpuProfile(ctx, inst.ports.admin, filepath.Join(e.opt.pprof, fmt.Sprintf("%s-r%d.pprof", c.Name, round)))
+			profiled <- e.cpuProfile(ctx, insts[0].ports.admin, filepath.Join(e.opt.pprof, fmt.Sprintf("%s-r%d.pprof", c.Name, round)))
 		}()
 	} else {
 		profiled <- nil
 	}
-	w, out, err := runWrk(ctx, e.opt.loadCPU, script, url, e.opt.conns, e.opt.duration)
+	w, out, err := e.load(ctx, script, urls, e.opt.duration)
 	if err != nil {
 		return s, fmt.Errorf("%s: %w", c.Name, err)
 	}
@@ -295,12 +311,12 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	// Snapshots after.
 	busy1, _ := busyCPU(e.opt.caddyCPU)
 	load1, _ := busyCPU(e.opt.loadCPU)
-	cpu1, err := cpuSeconds(inst.p.pid())
+	cpu1, err := sumCPU(insts)
 	if err != nil {
 		return s, err
 	}
 	ours := (cpu1 - cpu0) + w.CPU
-	m1, merr2 := mallocs(ctx, inst.ports.admin)
+	m1, merr2 := sumMallocs(ctx, insts)
 	if w.Requests == 0 {
 		return s, fmt.Errorf("%s: no responses:\n%s", c.Name, out)
 	}
@@ -345,24 +361,100 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	switch c.Expect {
 	case "200":
 		if w.Non2xx > 0 {
-			return s, fmt.Errorf("%s: %d of %d responses under load were not 2xx\n%s", c.Name, w.Non2xx, w.Requests, inst.p.tail())
+			return s, fmt.Errorf("%s: %d of %d responses under load were not 2xx\n%s", c.Name, w.Non2xx, w.Requests, insts[0].p.tail())
+		}
+	case "429":
+		if w.Non2xx < w.Requests {
+			return s, fmt.Errorf("%s: %d of %d responses were not 429", c.Name, w.Requests-w.Non2xx, w.Requests)
 		}
 	case "deny":
 		if w.Non2xx*2 < w.Requests {
 			return s, fmt.Errorf("%s: only %d of %d responses were denials", c.Name, w.Non2xx, w.Requests)
 		}
 		// Still answering 429 after the load.
-		r, err := get(ctx, url, "client-00001")
+		r, err := get(ctx, urls[0], "client-00001")
 		if err != nil || r.status != 429 {
 			return s, fmt.Errorf("%s: after load: %d %v", c.Name, r.status, err)
 		}
 	}
-	if inst.p.exited() {
-		return s, fmt.Errorf("%s: Caddy exited during the run: %v\n%s", c.Name, inst.p.err, inst.p.tail())
+	for _, inst := range insts {
+		if inst.p.exited() {
+			return s, fmt.Errorf("%s: Caddy exited during the run: %v\n%s", c.Name, inst.p.err, inst.p.tail())
+		}
+		inst.p.stop()
+		s.CaddyLogWarns += countWarnings(inst.p.log)
 	}
-	inst.p.stop()
-	s.CaddyLogWarns = countWarnings(inst.p.log)
 	return s, nil
+}
+
+// load runs one wrk per URL at once for d, the connections shared out,
+// and adds up what they report: requests, rates, statuses and CPU are
+// sums, latencies the slowest wrk's.
+func (e *env) load(ctx context.Context, script string, urls []string, d time.Duration) (wrkResult, string, error) {
+	type run struct {
+		w   wrkResult
+		out string
+		err error
+	}
+	runs := make([]run, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		conns := e.opt.conns / len(urls)
+		if i < e.opt.conns%len(urls) {
+			conns++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &runs[i]
+			r.w, r.out, r.err = runWrk(ctx, e.opt.loadCPU, script, u, max(conns, 1), d)
+		}()
+	}
+	wg.Wait()
+	var sum wrkResult
+	var outs []string
+	for _, r := range runs {
+		if r.err != nil {
+			return sum, r.out, r.err
+		}
+		outs = append(outs, r.out)
+		sum.Requests += r.w.Requests
+		sum.Seconds = math.Max(sum.Seconds, r.w.Seconds)
+		sum.RPS += r.w.RPS
+		sum.P50ms = math.Max(sum.P50ms, r.w.P50ms)
+		sum.P99ms = math.Max(sum.P99ms, r.w.P99ms)
+		sum.Non2xx += r.w.Non2xx
+		sum.SocketErrors += r.w.SocketErrors
+		sum.Timeouts += r.w.Timeouts
+		sum.CPU += r.w.CPU
+	}
+	return sum, strings.Join(outs, "\n"), nil
+}
+
+// sumMallocs adds up the allocations of every instance.
+func sumMallocs(ctx context.Context, insts []*caddyInstance) (uint64, error) {
+	var n uint64
+	for _, inst := range insts {
+		m, err := mallocs(ctx, inst.ports.admin)
+		if err != nil {
+			return 0, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// sumCPU adds up the CPU time of every instance, in seconds.
+func sumCPU(insts []*caddyInstance) (float64, error) {
+	var t float64
+	for _, inst := range insts {
+		c, err := cpuSeconds(inst.p.pid())
+		if err != nil {
+			return 0, err
+		}
+		t += c
+	}
+	return t, nil
 }
 
 // countWarnings counts the lines of a Caddy log at level warn or worse.

@@ -298,7 +298,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 		red := c.open(t, storage.RedisOptions{LocalClock: true, NoLocalDenials: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {
-			limits = append(limits, randomLimit(rng))
+			limits = append(limits, storage.RandomLimit(rng))
 		}
 		now := storetest.Base.Add(time.Duration(rng.IntN(100000)) * time.Second)
 		for step := range 120 {

@@ -99,55 +99,57 @@ local spec = A[1]
 local flags, ndec = sunpack('<i8i8', spec)
 local keep = flags == 1
 local nk = #K
+local byte = string.byte
 
--- cache[k][field] is the stored value (false for none), marks[k] key k's
--- "~": one HMGET per client of the batch.
-local cache, marks = {}, {}
-if nk == 1 then
-  local got = rpcall('HMGET', K[1], '~', unpack(A, 2))
-  if type(got) ~= 'table' or got.err then
-    rcall('DEL', K[1])
-    got = {}
-  end
-  marks[1] = tonumber(got[1]) or 0
-  local c = {}
-  for i = 2, #A do c[A[i]] = got[i] or false end
-  cache[1] = c
-else
-  local names, pos, f = {}, 17, 2
-  for _ = 1, ndec do
-    local _, nreq = sunpack('<i8i8', spec, pos)
-    pos = pos + 16
-    for _ = 1, nreq do
-      local k = floor(sunpack('<i8', spec, pos) / 256)
-      pos = pos + 40
-      local l = names[k]
-      if not l then
-        l = {'~'}
-        names[k] = l
-      end
-      l[#l + 1] = A[f]
-      f = f + 1
+-- arr is a table with room for eight values: Lua grows a table by
+-- rehashing it, and tables that grow one value at a time cost more than
+-- the decisions.
+local function arr() return {false, false, false, false, false, false, false, false} end
+
+-- The plan: each client's fields ("~" first, then each field once) and
+-- each request's slot among them, so that a client is one HMGET and one
+-- HSET however many decisions of the batch it is in. The numbers read here
+-- are small and positive: their low bytes are enough.
+local fl, nf, got, chg, need, at, slot, rk = arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr()
+for k = 1, nk do
+  fl[k], nf[k], chg[k], need[k] = {'~', false, false, false, false, false, false, false}, 1, false, 0
+end
+local pos, r = 17, 0
+for _ = 1, ndec do
+  local n1, n2 = byte(spec, pos + 8, pos + 9)
+  pos = pos + 16
+  for _ = 1, n1 + 256 * n2 do
+    local k1, k2, k3 = byte(spec, pos + 1, pos + 3)
+    local k = k1 + 256 * (k2 + 256 * k3)
+    pos = pos + 40
+    r = r + 1
+    local field, l, j = A[1 + r], fl[k], nf[k]
+    while j > 1 and l[j] ~= field do j = j - 1 end
+    if j == 1 then
+      j = nf[k] + 1
+      nf[k], l[j] = j, field
     end
-  end
-  for k = 1, nk do
-    local l = names[k]
-    local got = rpcall('HMGET', K[k], unpack(l))
-    if type(got) ~= 'table' or got.err then
-      rcall('DEL', K[k])
-      got = {}
-    end
-    marks[k] = tonumber(got[1]) or 0
-    local c = {}
-    for j = 2, #l do c[l[j]] = got[j] or false end
-    cache[k] = c
+    slot[r], rk[r] = j, k
   end
 end
+for k = 1, nk do
+  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, nf[k]))
+  if type(g) ~= 'table' or g.err then
+    rcall('DEL', K[k])
+    g = {}
+  end
+  got[k] = g
+end
 
-local out, dirty, need, at = {}, {}, {}, {}
-local ks, fs, after, expires, allowed, res, states = {}, {}, {}, {}, {}, {}, {}
+-- FMT[n] packs a decision's reply of n requests: its time and five
+-- numbers per request.
+local FMT = {'<i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8',
+  '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8'}
+local out, nout = arr(), 0
+local ks, ss, after, expires, allowed, states = arr(), arr(), arr(), arr(), arr(), {}
+local nums = {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false}
 local server
-local pos, f = 17, 2
+pos, r = 17, 0
 for _ = 1, ndec do
   local now, n = sunpack('<i8i8', spec, pos)
   pos = pos + 16
@@ -159,10 +161,10 @@ for _ = 1, ndec do
   for i = 1, n do
     local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
     pos = pos + 40
-    local field = A[f]
-    f = f + 1
-    local k, alg, dry = floor(code / 256), floor(code % 256 / 2), code % 2
-    ks[i], fs[i] = k, field
+    r = r + 1
+    local dry = code % 2
+    local k, alg, s = rk[r], (code % 256 - dry) / 2, slot[r]
+    ks[i], ss[i] = k, s
     if alg == 6 and (now < a or now >= b) then
       -- A calendar window Go computed for another time: this decision
       -- counts nothing, and is asked again.
@@ -170,9 +172,9 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
-    local v = cache[k][field]
+    local v = got[k][s]
     for j = i - 1, 1, -1 do
-      if ks[j] == k and fs[j] == field then
+      if ks[j] == k and ss[j] == s then
         v = after[j]
         break
       end
@@ -302,59 +304,64 @@ for _ = 1, ndec do
       nst = nst + 1
       states[nst] = nv
     end
-    res[i] = spack('<i8i8i8i8i8', ok, first, rem, reset, retry)
+    local o = 5 * i
+    nums[o - 3], nums[o - 2], nums[o - 1], nums[o], nums[o + 1] = ok, first, rem, reset, retry
   end
+  nout = nout + 1
   if bad then
-    out[#out + 1] = 'B' .. spack('<i8', now)
+    out[nout] = 'B' .. spack('<i8', now)
   else
     -- All or nothing: when a limit that is not a dry run denies, only the
     -- denials are kept (their mark reports the first denial once). In
     -- order, so that the last state of a counter is the one kept.
     for i = 1, n do
       if pass or allowed[i] == 0 then
-        local k, field = ks[i], fs[i]
-        if cache[k][field] ~= after[i] then
-          cache[k][field] = after[i]
-          local dk = dirty[k]
-          if not dk then
-            dk = {}
-            dirty[k] = dk
-          end
-          dk[field] = true
-          if expires[i] > (need[k] or 0) then need[k] = expires[i] end
-          at[k] = now
+        local k, g = ks[i], got[ks[i]]
+        if g[ss[i]] ~= after[i] then
+          g[ss[i]] = after[i]
+          chg[k], at[k] = true, now
+          if expires[i] > need[k] then need[k] = expires[i] end
         end
       end
     end
-    out[#out + 1] = 'R' .. spack('<i8', now) .. table.concat(res, '', 1, n)
-    if keep then out[#out + 1] = table.concat(states, '', 1, nst) end
+    nums[1] = now
+    out[nout] = 'R' .. spack(FMT[n] or '<' .. string.rep('i8', 1 + 5 * n), unpack(nums, 1, 1 + 5 * n))
+    if keep then
+      nout = nout + 1
+      out[nout] = table.concat(states, '', 1, nst)
+    end
   end
 end
 
--- One HSET per client, of its changed fields; its TTL is raised only when
--- a state would outlive it, with a quarter of the lifetime to spare (a
--- second to an hour), so that a state that keeps growing (a busy token
--- bucket) raises it now and then, not on every request.
-for k, dk in pairs(dirty) do
-  local w = {}
-  for field in pairs(dk) do
-    w[#w + 1] = field
-    w[#w + 1] = cache[k][field]
-  end
-  local e = need[k]
-  if e > marks[k] then
-    local now = at[k]
-    e = e + min(max((e - now) / 4, 1000000), 3600000000)
-    w[#w + 1] = '~'
-    w[#w + 1] = tostring(e)
-    rcall('HSET', K[k], unpack(w))
-    rcall('PEXPIRE', K[k], max(ceil((e - now) / 1000), 1))
-  else
-    rcall('HSET', K[k], unpack(w))
+-- One HSET per changed client, of its fields (those unchanged are written
+-- as they were); its TTL is raised only when a state would outlive it,
+-- with a quarter of the lifetime to spare (a second to an hour), so that a
+-- state that keeps growing (a busy token bucket) raises it now and then,
+-- not on every request.
+for k = 1, nk do
+  if chg[k] then
+    local l, g = fl[k], got[k]
+    local w, nw = arr(), 0
+    for j = 2, nf[k] do
+      if g[j] then
+        w[nw + 1], w[nw + 2] = l[j], g[j]
+        nw = nw + 2
+      end
+    end
+    local e = need[k]
+    if e > (tonumber(g[1]) or 0) then
+      local now = at[k]
+      e = e + min(max((e - now) / 4, 1000000), 3600000000)
+      w[nw + 1], w[nw + 2] = '~', tostring(e)
+      rcall('HSET', K[k], unpack(w, 1, nw + 2))
+      rcall('PEXPIRE', K[k], max(ceil((e - now) / 1000), 1))
+    else
+      rcall('HSET', K[k], unpack(w, 1, nw))
+    end
   end
 end
 
-return table.concat(out)
+return table.concat(out, '', 1, nout)
 `
 
 // luaUndo takes back what luaTake counted for a request whose other

@@ -44,24 +44,39 @@ func main() {
 	}
 }
 
-// shapes are the decisions measured: the limits of one request.
+// shapes are the decisions measured: the limits of one request, on one
+// client key per request, or on two (other: the limits from that index on
+// are keyed on a second client, as an API key and an IP), over the -clients
+// keys or over as many as the shape says (1: every decision on one key).
 var shapes = []struct {
-	name   string
-	limits []limiter.Limit
+	name    string
+	limits  []limiter.Limit
+	other   int
+	clients int
 }{
-	{"1 limit (fixed window)", []limiter.Limit{
-		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
-	}},
-	{"3 limits (fixed window, token bucket, daily quota)", []limiter.Limit{
+	{name: "1 limit (fixed window)", limits: fixed(1)},
+	{name: "3 limits (fixed window, token bucket, daily quota)", limits: []limiter.Limit{
 		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
 		{Algorithm: limiter.TokenBucket, Quota: 1 << 30, Rate: 1000, Window: time.Second},
 		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
 	}},
-	{"3 limits, as the bench's redis-3 (2 fixed windows, daily quota)", []limiter.Limit{
+	{name: "3 limits, as the bench's redis-3 (2 fixed windows, daily quota)", limits: []limiter.Limit{
 		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
 		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
 		{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute},
 	}},
+	{name: "5 limits (fixed windows)", limits: fixed(5)},
+	{name: "3 limits on 2 client keys (2 + 1)", limits: fixed(3), other: 2},
+	{name: "1 limit, one key for every decision (hot key)", limits: fixed(1), clients: 1},
+}
+
+// fixed is n fixed-window limits that never deny.
+func fixed(n int) []limiter.Limit {
+	ls := make([]limiter.Limit, n)
+	for i := range ls {
+		ls[i] = limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Minute}
+	}
+	return ls
 }
 
 func run(n, clients, parallel int) error {
@@ -102,23 +117,33 @@ func run(n, clients, parallel int) error {
 	ver, _ := rdb.Info(ctx, "server").Result()
 	fmt.Printf("redis-server %s under callgrind; %d decisions per shape, %d clients, %d at once\n\n",
 		field(ver, "redis_version"), n, clients, parallel)
-	for _, sh := range shapes {
+	seen := map[string]bool{}
+	for si, sh := range shapes {
 		reqs := func(key string) []storage.Request {
 			var rs []storage.Request
 			for i, l := range sh.limits {
-				rs = append(rs, storage.Request{Counter: fmt.Sprintf("rediscost:%d", i), Key: key, Limit: l, Cost: 1})
+				k := key
+				if sh.other > 0 && i >= sh.other {
+					k = "ip-" + key
+				}
+				rs = append(rs, storage.Request{Counter: fmt.Sprintf("rediscost:%d", i), Key: fmt.Sprintf("s%d-%s", si, k), Limit: l, Cost: 1})
 			}
 			return rs
 		}
+		nclients := clients
+		if sh.clients > 0 {
+			nclients = sh.clients
+		}
 		// Warm every key (and the script), outside the count.
-		if err := decide(ctx, s, clients, clients, parallel, reqs); err != nil {
+		if err := decide(ctx, s, nclients, nclients, parallel, reqs); err != nil {
 			return err
 		}
+		perClient := keyBytes(ctx, rdb, seen)
 		before := commandCalls(ctx, rdb)
 		if err := control("--zero", cmd.Process.Pid); err != nil {
 			return err
 		}
-		if err := decide(ctx, s, n, clients, parallel, reqs); err != nil {
+		if err := decide(ctx, s, n, nclients, parallel, reqs); err != nil {
 			return err
 		}
 		ir, err := dump(cmd.Process.Pid, out)
@@ -126,9 +151,9 @@ func run(n, clients, parallel int) error {
 			return err
 		}
 		after := commandCalls(ctx, rdb)
-		fmt.Printf("%-62s %9.0f instructions/decision  (evalsha/decision %.3f, fcall/decision %.3f)\n",
+		fmt.Printf("%-62s %9.0f instructions/decision  (evalsha/decision %.3f, fcall/decision %.3f; %.0f bytes per Redis key)\n",
 			sh.name, float64(ir)/float64(n),
-			float64(after["evalsha"]-before["evalsha"])/float64(n), float64(after["fcall"]-before["fcall"])/float64(n))
+			float64(after["evalsha"]-before["evalsha"])/float64(n), float64(after["fcall"]-before["fcall"])/float64(n), perClient)
 	}
 	return nil
 }
@@ -240,6 +265,31 @@ func commandCalls(ctx context.Context, rdb *redis.Client) map[string]int64 {
 		}
 	}
 	return out
+}
+
+// keyBytes is the mean MEMORY USAGE of the keys not in seen (at most 200
+// of them, all samples of their values), and adds them to seen: Redis's
+// memory per client of the shape just warmed.
+func keyBytes(ctx context.Context, rdb *redis.Client, seen map[string]bool) float64 {
+	var sum, n int64
+	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		if n < 200 {
+			if v, err := rdb.MemoryUsage(ctx, k, 0).Result(); err == nil {
+				sum += v
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return float64(sum) / float64(n)
 }
 
 func field(info, name string) string {
