@@ -9,9 +9,11 @@ import (
 // Period is the length of a calendar window.
 type Period uint8
 
+// From a blank iota, not iota + 1: see Algorithm's constants.
 const (
+	_ Period = iota
 	// Day windows run from one reset time to the same time the next day.
-	Day Period = iota + 1
+	Day
 	// Week windows start on Mondays.
 	Week
 	// Month windows start on the first of the month.
@@ -103,13 +105,16 @@ func (c CalendarWindow) startOf(t time.Time, n int) time.Time {
 // so that all the requests of a day cost one time zone conversion.
 func (c CalendarWindow) Cached() Calendar { return &cachedCalendar{c: c} }
 
+// cachedCalendar keeps its window in an atomic.Value, not an
+// atomic.Pointer: Traefik loads this package into the Yaegi interpreter,
+// which cannot instantiate generic types of the standard library.
 type cachedCalendar struct {
 	c   CalendarWindow
-	cur atomic.Pointer[[2]int64]
+	cur atomic.Value // *[2]int64
 }
 
 func (k *cachedCalendar) Bounds(now int64) (start, end int64) {
-	if b := k.cur.Load(); b != nil && now >= b[0] && now < b[1] {
+	if b, _ := k.cur.Load().(*[2]int64); b != nil && now >= b[0] && now < b[1] {
 		return b[0], b[1]
 	}
 	start, end = k.c.Bounds(now)

@@ -24,10 +24,14 @@ import (
 // Algorithm names one way of counting.
 type Algorithm uint8
 
+// The constants count from a blank iota, not from iota + 1: under Traefik's
+// Yaegi interpreter, == and != against a typed constant defined by an
+// expression (iota + 1, 1 << iota) are false whatever the values.
 const (
+	_ Algorithm = iota
 	// FixedWindow counts requests in windows aligned to the clock
 	// (epoch + Offset + k*Window), or to a Calendar when one is set.
-	FixedWindow Algorithm = iota + 1
+	FixedWindow
 	// AnchoredWindow counts requests in a window that starts at the first
 	// counted request and lasts Window; the next window starts at the first
 	// counted request after that.
@@ -284,7 +288,7 @@ func (l *Limit) weight(s *State, now int64) uint8 {
 	default:
 		units = s.Count
 	}
-	return uint8(min(max(units, 0), 254))
+	return uint8(min64(max64(units, 0), 254))
 }
 
 // Bounds returns the aligned window that holds now.
@@ -344,7 +348,7 @@ func (l *Limit) count(s *State, r *Result, cost, untilEnd int64) {
 		r.Remaining = l.Quota - s.Count
 		return
 	}
-	r.Remaining = max(l.Quota-s.Count, 0)
+	r.Remaining = max64(l.Quota-s.Count, 0)
 	r.RetryAfter = us(untilEnd)
 	r.FirstDenial = !s.Denied
 	s.Denied = true
@@ -420,7 +424,7 @@ func slidingRetry(prev, curr, cost, q, elapsed, w int64) int64 {
 	// In the next window curr becomes the previous count; wait until
 	// curr*(w-e)/w + cost <= q.
 	e := w - int64(math.Floor(float64(q-cost)*float64(w)/float64(curr)))
-	return w - elapsed + max(e, 0)
+	return w - elapsed + max64(e, 0)
 }
 
 // takeTAT is the token bucket and GCRA: both are a backlog of time. Each unit
@@ -431,7 +435,7 @@ func slidingRetry(prev, curr, cost, q, elapsed, w int64) int64 {
 func (l *Limit) takeTAT(s *State, r *Result, now, cost int64) {
 	interval := float64(l.Window.Microseconds()) / float64(l.Rate)
 	tau := interval * float64(l.Quota)
-	debt := s.Debt - float64(max(now-s.Start, 0))
+	debt := s.Debt - float64(max64(now-s.Start, 0))
 	if s.Start == 0 || debt < 0 {
 		debt = 0
 	}
@@ -452,7 +456,7 @@ func (l *Limit) takeTAT(s *State, r *Result, now, cost int64) {
 	r.FirstDenial = !s.Denied
 	s.Denied = true
 	// Keep the denial mark at least until the request could pass.
-	s.Expires = max(s.Expires, now+int64(math.Ceil(next-tau)))
+	s.Expires = max64(s.Expires, now+int64(math.Ceil(next-tau)))
 }
 
 // Refund gives back cost units that Take counted earlier, when the request
@@ -466,22 +470,25 @@ func (l *Limit) Refund(s *State, now, cost int64) {
 			return
 		}
 		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
-		debt := s.Debt - float64(max(now-s.Start, 0))
-		s.Start, s.Debt = now, max(debt-float64(cost)*interval, 0)
+		debt := s.Debt - float64(max64(now-s.Start, 0))
+		// Two statements: Yaegi assigns a tuple with a call in it only in
+		// part.
+		s.Start = now
+		s.Debt = maxFloat(debt-float64(cost)*interval, 0)
 	case AnchoredWindow:
 		if now < s.Start+l.Window.Microseconds() {
-			s.Count = max(s.Count-cost, 0)
+			s.Count = max64(s.Count-cost, 0)
 		}
 	case SlidingWindow:
 		// Counted in this window, or in the previous one that is not yet
 		// shifted into Prev.
 		start, end := l.Bounds(now)
 		if s.Start == start || s.Start == start-(end-start) {
-			s.Count = max(s.Count-cost, 0)
+			s.Count = max64(s.Count-cost, 0)
 		}
 	default:
 		if start, _ := l.Bounds(now); s.Start == start {
-			s.Count = max(s.Count-cost, 0)
+			s.Count = max64(s.Count-cost, 0)
 		}
 	}
 }
@@ -491,5 +498,35 @@ func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 // whole rounds a count of units down, forgiving float noise just below an
 // integer, and never below zero.
 func whole(x float64) int64 {
-	return max(int64(math.Floor(x+1e-6)), 0)
+	return max64(int64(math.Floor(x+1e-6)), 0)
+}
+
+// max64, min64 and maxFloat are the max and min builtins, written out:
+// Traefik loads this package into the Yaegi interpreter, which has no min
+// or max.
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func min64(a, b int64) int64 {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+func maxFloat(a, b float64) float64 {
+	if a != a || a > b {
+		return a // NaN wins, as with the builtin
+	}
+	if b != b {
+		return b
+	}
+	if a == b && a == 0 && math.Signbit(b) {
+		return a // max(+0, -0) is +0
+	}
+	return b
 }

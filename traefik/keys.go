@@ -1,0 +1,310 @@
+package edgelimit
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/textproto"
+	"strings"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+)
+
+// source is where a key, a tier or a credential is read from.
+type source struct {
+	kind srcKind
+	name string // header (canonical), query or cookie name; const text
+}
+
+type srcKind uint8
+
+const (
+	_ srcKind = iota // no iota + 1: see TestYaegiSafe
+	srcHeader
+	srcQuery
+	srcCookie
+	srcIP
+	srcRemote
+	srcBearer
+	srcCredential
+	srcConst
+)
+
+// parseSource reads a source: header:<Name>, query:<name>, cookie:<name>,
+// ip, remote, bearer, credential, const:<text>. A tier source is a header
+// or credential: a privilege comes from authenticated input only.
+func parseSource(s string, tier bool) (source, error) {
+	s = strings.TrimSpace(s)
+	kind, arg, hasArg := strings.Cut(s, ":")
+	kind = strings.ToLower(kind)
+	var src source
+	switch kind {
+	case "header":
+		src = source{kind: srcHeader, name: textproto.CanonicalMIMEHeaderKey(arg)}
+	case "query":
+		src = source{kind: srcQuery, name: arg}
+	case "cookie":
+		src = source{kind: srcCookie, name: arg}
+	case "const":
+		src = source{kind: srcConst, name: arg}
+	case "ip":
+		src = source{kind: srcIP}
+	case "remote":
+		src = source{kind: srcRemote}
+	case "bearer":
+		src = source{kind: srcBearer}
+	case "credential":
+		src = source{kind: srcCredential}
+	default:
+		return source{}, fmt.Errorf("unknown source %q: want header:<Name>, query:<name>, cookie:<name>, ip, remote, bearer, credential or const:<text>", s)
+	}
+	needsArg := src.kind == srcHeader || src.kind == srcQuery || src.kind == srcCookie || src.kind == srcConst
+	if needsArg && strings.TrimSpace(arg) == "" {
+		return source{}, fmt.Errorf("source %q needs a name after the colon", s)
+	}
+	if !needsArg && hasArg {
+		return source{}, fmt.Errorf("source %q takes no argument", s)
+	}
+	if tier && src.kind != srcHeader && src.kind != srcCredential {
+		return source{}, errors.New("a tier is a privilege: read it from a header set by forwardAuth (header:<Name>) or from known credentials (credential)")
+	}
+	return src, nil
+}
+
+// value is the source's value for r: the first value of a repeated header
+// or parameter (what the upstream reads with Header.Get or Query().Get), so
+// that repeating it makes no new counter; a header's without the spaces
+// around it, and Authorization's scheme written one way.
+func (s *source) value(r *http.Request, ips *ipStrategy, cred *Client) string {
+	switch s.kind {
+	case srcHeader:
+		// As the Caddy module reads a header key (internal/httpval): the
+		// same key makes the same counter in a fleet of both.
+		return httpval.First(r.Header, s.name)
+	case srcQuery:
+		return r.URL.Query().Get(s.name)
+	case srcCookie:
+		c, err := r.Cookie(s.name)
+		if err != nil {
+			return ""
+		}
+		return c.Value
+	case srcIP:
+		return ips.clientIP(r)
+	case srcRemote:
+		return remoteIP(r)
+	case srcBearer:
+		return bearer(r.Header.Get("Authorization"))
+	case srcCredential:
+		if cred == nil {
+			return ""
+		}
+		return cred.ID
+	case srcConst:
+		return s.name
+	}
+	return ""
+}
+
+// tier is a tier source's value.
+func (s *source) tier(r *http.Request, cred *Client) string {
+	if s.kind == srcCredential {
+		if cred == nil {
+			return ""
+		}
+		return cred.Tier
+	}
+	return r.Header.Get(s.name)
+}
+
+// key returns the client's identity for this limit and the index of the
+// source it came from, or -1 when no source is present.
+func (cl *compiledLimit) key(r *http.Request, ips *ipStrategy, cred *Client) (string, int) {
+	for i := range cl.keys {
+		if v := cl.keys[i].value(r, ips, cred); v != "" {
+			return v, i
+		}
+	}
+	return "", -1
+}
+
+// bearer returns the token of an Authorization: Bearer value, or "".
+func bearer(v string) string {
+	scheme, rest, ok := cutSpace(strings.TrimSpace(v))
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return ""
+	}
+	return rest
+}
+
+// cutSpace splits s at its first run of spaces or tabs.
+func cutSpace(s string) (before, after string, ok bool) {
+	i := strings.IndexAny(s, " \t")
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], strings.TrimLeft(s[i:], " \t"), true
+}
+
+// ipStrategy is a compiled IPStrategy.
+type ipStrategy struct {
+	depth    int
+	excluded []netip.Prefix
+}
+
+func compileIPStrategy(c *IPStrategy) (*ipStrategy, error) {
+	s := &ipStrategy{}
+	if c == nil {
+		return s, nil
+	}
+	if c.Depth < 0 {
+		return nil, fmt.Errorf("depth %d must not be negative", c.Depth)
+	}
+	s.depth = c.Depth
+	for _, e := range c.ExcludedIPs {
+		e = strings.TrimSpace(e)
+		if p, err := netip.ParsePrefix(e); err == nil {
+			s.excluded = append(s.excluded, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(e)
+		if err != nil {
+			return nil, fmt.Errorf("excludedIPs: %q is neither an address nor a CIDR range", e)
+		}
+		s.excluded = append(s.excluded, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return s, nil
+}
+
+// clientIP is the client's address: from X-Forwarded-For only as the
+// strategy trusts it, else the remote address. It is never empty for a
+// request with a remote address, so a client cannot escape a limit by
+// sending a short or malformed header.
+func (s *ipStrategy) clientIP(r *http.Request) string {
+	if s == nil || s.depth == 0 && len(s.excluded) == 0 {
+		return remoteIP(r)
+	}
+	xff := forwardedFor(r.Header)
+	if s.depth > 0 {
+		if s.depth <= len(xff) {
+			if ip := normalizeIP(xff[len(xff)-s.depth]); ip != "" {
+				return ip
+			}
+		}
+		return remoteIP(r)
+	}
+	for i := len(xff) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(stripZone(xff[i]))
+		if err != nil {
+			break
+		}
+		if !s.isExcluded(a) {
+			return a.String()
+		}
+	}
+	return remoteIP(r)
+}
+
+func (s *ipStrategy) isExcluded(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range s.excluded {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardedFor lists the addresses of every X-Forwarded-For line, in order.
+func forwardedFor(h http.Header) []string {
+	var out []string
+	for _, line := range h.Values("X-Forwarded-For") {
+		for _, part := range strings.Split(line, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				out = append(out, part)
+			}
+		}
+	}
+	return out
+}
+
+// remoteIP is the remote address's IP as Caddy writes its client_ip:
+// parsed, without zone or port.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if ip := normalizeIP(host); ip != "" {
+		return ip
+	}
+	return host
+}
+
+func normalizeIP(s string) string {
+	a, err := netip.ParseAddr(stripZone(s))
+	if err != nil {
+		return ""
+	}
+	return a.String()
+}
+
+func stripZone(s string) string {
+	if i := strings.IndexByte(s, '%'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// credentials is a compiled Credentials map.
+type credentials struct {
+	from    source
+	clients map[string]*Client
+}
+
+func compileCredentials(c *Credentials) (*credentials, error) {
+	if c == nil {
+		return nil, nil
+	}
+	from, err := parseSource(c.From, false)
+	if err != nil {
+		return nil, fmt.Errorf("from: %w", err)
+	}
+	switch from.kind {
+	case srcHeader, srcQuery, srcCookie, srcBearer:
+	default:
+		return nil, fmt.Errorf("from %q: want header:<Name>, query:<name>, cookie:<name> or bearer", c.From)
+	}
+	if len(c.Clients) == 0 {
+		return nil, errors.New("no clients")
+	}
+	out := &credentials{from: from, clients: make(map[string]*Client, len(c.Clients))}
+	for cred, cl := range c.Clients {
+		if cred == "" {
+			return nil, errors.New("an empty credential")
+		}
+		var k Client
+		if cl != nil {
+			k = *cl
+		}
+		if k.ID == "" {
+			k.ID = cred
+		}
+		if from.kind == srcHeader && (from.name == "Authorization" || from.name == "Proxy-Authorization") {
+			cred = httpval.Credentials(httpval.Trim(cred))
+		}
+		out.clients[cred] = &k
+	}
+	return out, nil
+}
+
+// lookup returns the known client of the request's credential, or nil.
+func (c *credentials) lookup(r *http.Request) *Client {
+	v := c.from.value(r, nil, nil)
+	if v == "" {
+		return nil
+	}
+	return c.clients[v]
+}

@@ -1,0 +1,100 @@
+package edgelimit
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock is a settable clock for the compiled tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{t: testBase()} }
+
+// testBase is where fake clocks start, as in the Caddy module's tests
+// (internal/clock.TestBase): tomorrow at 10:00 UTC, or what
+// EDGELIMIT_TEST_TIME says (an RFC 3339 time or an offset such as -8760h,
+// rounded up to the hour).
+func testBase() time.Time {
+	y, m, d := time.Now().UTC().Date()
+	base := time.Date(y, m, d+1, 10, 0, 0, 0, time.UTC)
+	v := os.Getenv("EDGELIMIT_TEST_TIME")
+	if v == "" {
+		return base
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		off, perr := time.ParseDuration(v)
+		if perr != nil {
+			panic("EDGELIMIT_TEST_TIME: " + v)
+		}
+		t = base.Add(off)
+	}
+	t = t.UTC()
+	if h := t.Truncate(time.Hour); !h.Equal(t) {
+		t = h.Add(time.Hour)
+	}
+	return t
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func okHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+}
+
+func mustNew(t *testing.T, c *Config, next http.Handler) http.Handler {
+	t.Helper()
+	h, err := New(context.Background(), next, c, t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func serve(h http.Handler, hdr ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.RemoteAddr = "192.0.2.1:1234"
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Add(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func TestExemptionCarriesOver(t *testing.T) {
+	clk := newClock()
+	inner := mustNew(t, &Config{Now: clk.Now, Limits: map[string]*Limit{
+		"api_global": {Key: []string{"header:X-User-Id", "ip"}, Limit: 2, Window: "1m"},
+	}}, okHandler())
+	outer := mustNew(t, &Config{Now: clk.Now, Limits: map[string]*Limit{
+		"plugin_quota": {Key: []string{"header:X-Plugin-Id"}, Limit: 4, Calendar: &Calendar{Period: "day"}, Exempt: []string{"api_global"}},
+	}}, inner)
+	for i := 0; i < 4; i++ {
+		if w := serve(outer, "X-Plugin-Id", "p1", "X-User-Id", "u1"); w.Code != 200 {
+			t.Fatalf("plugin request %d: %d", i, w.Code)
+		}
+	}
+	if w := serve(outer, "X-Plugin-Id", "p1"); w.Code != 429 {
+		t.Errorf("over the quota: %d", w.Code)
+	}
+}

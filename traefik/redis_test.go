@@ -1,0 +1,400 @@
+package edgelimit
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// startRedis starts a private redis-server on a free loopback port for one
+// test (extra arguments go to redis-server), skipped without redis-server
+// unless CI is set.
+func startRedis(t testing.TB, extra ...string) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("Redis is required under CI: redis-server not found")
+		}
+		t.Skip("redis-server not found")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir := t.TempDir()
+	args := append([]string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}, extra...)
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return addr
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("redis-server on %s did not start", addr)
+	return ""
+}
+
+// TestRedisCompiled: the compiled plugin on a real Redis with a password
+// and a database number: counts, denials, and the refund of a request a
+// later middleware denies.
+func TestRedisCompiled(t *testing.T) {
+	addr := startRedis(t, "--requirepass", "s3cret")
+	clk := newClock()
+	storage := &Storage{Redis: &RedisConfig{URL: "redis://:s3cret@" + addr + "/2", Clock: "local", OnError: "deny"}}
+	inner := mustNew(t, &Config{Now: clk.Now, Storage: storage, Limits: map[string]*Limit{
+		"route": {Key: []string{"header:X-Route"}, Limit: 1, Window: "1m"},
+	}}, okHandler())
+	outer := mustNew(t, &Config{Now: clk.Now, Storage: storage, Limits: map[string]*Limit{
+		"wide": {Limit: 3, Window: "1m"},
+	}}, inner)
+	codes := []int{serve(outer, "X-Route", "r").Code, serve(outer, "X-Route", "r").Code, serve(outer).Code}
+	if codes[0] != 200 || codes[1] != 429 || codes[2] != 200 {
+		t.Fatalf("codes %v, want 200 429 200", codes)
+	}
+	// wide: 1 (first) + 0 (second, given back) + 1 (third) = 2 counted.
+	if w := serve(outer); w.Header().Get("X-Ratelimit-Remaining") != "0" || w.Code != 200 {
+		t.Errorf("fourth: %d remaining %s, want 200 and 0", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+	}
+	if w := serve(outer); w.Code != 429 {
+		t.Errorf("fifth: %d", w.Code)
+	}
+	// A wrong password: onError deny answers 503.
+	bad := mustNew(t, &Config{Now: clk.Now, Storage: &Storage{Redis: &RedisConfig{Address: addr, Password: "wrong", OnError: "deny"}},
+		Limits: map[string]*Limit{"x": {Limit: 3, Window: "1m"}}}, okHandler())
+	if w := serve(bad); w.Code != 503 || w.Header().Get("Retry-After") != "1" {
+		t.Errorf("wrong password: %d %v", w.Code, w.Header())
+	}
+}
+
+// fakeRedis answers each command with what reply returns ("" closes the
+// connection without answering, "hang" never answers).
+type fakeRedis struct {
+	l     net.Listener
+	mu    sync.Mutex
+	reply func(cmd []string) string
+	conns int
+	live  map[net.Conn]bool
+}
+
+func newFakeRedis(t *testing.T, reply func(cmd []string) string) *fakeRedis {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeRedis{l: l, reply: reply, live: map[net.Conn]bool{}}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			f.mu.Lock()
+			f.conns++
+			f.live[c] = true
+			f.mu.Unlock()
+			go f.serve(c)
+		}
+	}()
+	return f
+}
+
+func (f *fakeRedis) serve(c net.Conn) {
+	defer func() {
+		c.Close()
+		f.mu.Lock()
+		delete(f.live, c)
+		f.mu.Unlock()
+	}()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+		cmd := make([]string, n)
+		for i := range cmd {
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			arg, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			cmd[i] = strings.TrimSuffix(arg, "\r\n")
+		}
+		switch out := f.reply(cmd); out {
+		case "":
+			return
+		case "hang":
+			time.Sleep(time.Second)
+			return
+		default:
+			if _, err := c.Write([]byte(out)); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (f *fakeRedis) addr() string { return f.l.Addr().String() }
+
+// closeAll closes the server side of every open connection.
+func (f *fakeRedis) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.live {
+		c.Close()
+	}
+}
+
+func (f *fakeRedis) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.live)
+}
+
+func (f *fakeRedis) connections() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conns
+}
+
+func testPool(addr string, timeout time.Duration) *respPool {
+	return newRespPool(&redisOptions{addr: addr, timeout: timeout, poolSize: 2})
+}
+
+func TestRespReplies(t *testing.T) {
+	f := newFakeRedis(t, func(cmd []string) string {
+		switch cmd[0] {
+		case "BULK":
+			return "$5\r\nR\x00\r\n1\r\n"
+		case "NIL":
+			return "$-1\r\n"
+		case "INT":
+			return ":42\r\n"
+		case "ARR":
+			return "*3\r\n+OK\r\n:1\r\n-ERR inner\r\n"
+		case "ERR":
+			return "-NOSCRIPT No matching script\r\n"
+		}
+		return "+OK\r\n"
+	})
+	p := testPool(f.addr(), time.Second)
+	ctx := context.Background()
+	deadline := time.Now().Add(time.Second)
+	for cmd, want := range map[string]string{"BULK": "R\x00\r\n1", "NIL": "<nil>", "INT": "42", "ARR": "[OK 1 redis: ERR inner]", "PING": "OK"} {
+		got, err := p.do(ctx, deadline, cmd)
+		if err != nil || fmt.Sprint(got) != want {
+			t.Errorf("%s: %q %v, want %q", cmd, fmt.Sprint(got), err, want)
+		}
+	}
+	if _, err := p.do(ctx, deadline, "ERR"); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
+		t.Errorf("error reply: %v", err)
+	}
+}
+
+// TestRespTimeout: a Redis that does not answer holds a request for the
+// timeout, not longer.
+func TestRespTimeout(t *testing.T) {
+	f := newFakeRedis(t, func([]string) string { return "hang" })
+	p := testPool(f.addr(), 50*time.Millisecond)
+	start := time.Now()
+	if _, err := p.do(context.Background(), time.Now().Add(50*time.Millisecond), "PING"); err == nil {
+		t.Fatal("no error")
+	}
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Errorf("took %s", d)
+	}
+}
+
+// TestRespStale: a pooled connection the server closed is found before a
+// command is sent on it, and replaced; a connection that closes after the
+// command was sent is an error, never a second sending.
+func TestRespStale(t *testing.T) {
+	var mu sync.Mutex
+	seen := 0
+	f := newFakeRedis(t, func(cmd []string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		seen++
+		if seen == 2 {
+			return "" // closes without answering
+		}
+		return "+OK" + strconv.Itoa(seen) + "\r\n"
+	})
+	p := testPool(f.addr(), time.Second)
+	ctx := context.Background()
+	if got, err := p.do(ctx, time.Now().Add(time.Second), "PING"); err != nil || got != "OK1" {
+		t.Fatal(got, err)
+	}
+	if _, err := p.do(ctx, time.Now().Add(time.Second), "PING"); err == nil {
+		t.Fatal("a connection closed after the command was read must fail, not send it again")
+	}
+	if got, err := p.do(ctx, time.Now().Add(time.Second), "PING"); err != nil || got != "OK3" {
+		t.Fatalf("%v %v", got, err)
+	}
+	// Close the server side of the pooled connection: the next command
+	// goes on a new one.
+	f.closeAll()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.open() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got, err := p.do(ctx, time.Now().Add(time.Second), "PING"); err != nil || got != "OK4" {
+		t.Fatalf("after the server closed the pooled connection: %v %v", got, err)
+	}
+	if n := f.connections(); n != 3 {
+		t.Errorf("%d connections, want 3", n)
+	}
+}
+
+// scriptCalls is how many scripts Redis has run (EVALSHA and EVAL).
+func scriptCalls(t *testing.T, addr string) int {
+	t.Helper()
+	p := testPool(addr, time.Second)
+	reply, err := p.do(context.Background(), time.Now().Add(time.Second), "INFO", "commandstats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := reply.(string)
+	n := 0
+	for _, line := range strings.Split(text, "\r\n") {
+		for _, cmd := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
+			if rest, ok := strings.CutPrefix(line, cmd); ok {
+				calls, _, _ := strings.Cut(rest, ",")
+				v, err := strconv.Atoi(calls)
+				if err != nil {
+					t.Fatalf("INFO commandstats: %q", line)
+				}
+				n += v
+			}
+		}
+	}
+	return n
+}
+
+// TestLocalDenials: a client Redis denied until T is denied here until T
+// without a script, with the headers Redis's denial had (the wait counted
+// down); other clients and the end of the window go to Redis again. With
+// disableLocalDenials every request is a script.
+func TestLocalDenials(t *testing.T) {
+	addr := startRedis(t)
+	for _, off := range []bool{false, true} {
+		t.Run(map[bool]string{false: "on", true: "off"}[off], func(t *testing.T) {
+			clk := newClock()
+			h := mustNew(t, &Config{Now: clk.Now, Storage: &Storage{Redis: &RedisConfig{Address: addr, Clock: "local",
+				OnError: "deny", KeyPrefix: "denials-" + strconv.FormatBool(off) + ":", DisableLocalDenials: off}},
+				Limits: map[string]*Limit{
+					"l":     {Key: []string{"header:X-Api-Key"}, Limit: 2, Window: "1m"},
+					"quota": {Key: []string{"header:X-Api-Key"}, Limit: 100, Calendar: &Calendar{Period: "day"}},
+				}}, okHandler())
+			for i := 0; i < 2; i++ {
+				if w := serve(h, "X-Api-Key", "k"); w.Code != 200 {
+					t.Fatalf("request %d: %d", i, w.Code)
+				}
+			}
+			first := serve(h, "X-Api-Key", "k")
+			if first.Code != 429 || first.Header().Get("Retry-After") != "60" {
+				t.Fatalf("third: %d Retry-After %s, want 429 and 60", first.Code, first.Header().Get("Retry-After"))
+			}
+			calls := scriptCalls(t, addr)
+			perRequest := 0
+			if off {
+				perRequest = 1
+			}
+			for i := 0; i < 5; i++ {
+				w := serve(h, "X-Api-Key", "k")
+				if w.Code != 429 {
+					t.Fatalf("denied client, request %d: %d", i, w.Code)
+				}
+				for _, name := range []string{"Retry-After", "X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset"} {
+					if w.Header().Get(name) != first.Header().Get(name) {
+						t.Errorf("%s: %q, Redis's denial said %q", name, w.Header().Get(name), first.Header().Get(name))
+					}
+				}
+				if w.Body.String() != first.Body.String() {
+					t.Errorf("body %q, Redis's denial's %q", w.Body.String(), first.Body.String())
+				}
+			}
+			if got := scriptCalls(t, addr) - calls; got != 5*perRequest {
+				t.Errorf("five requests of a denied client ran %d scripts, want %d", got, 5*perRequest)
+			}
+			clk.Add(30 * time.Second)
+			if w := serve(h, "X-Api-Key", "k"); w.Code != 429 || w.Header().Get("Retry-After") != "30" {
+				t.Errorf("30s later: %d Retry-After %s, want 429 and 30", w.Code, w.Header().Get("Retry-After"))
+			}
+			calls = scriptCalls(t, addr)
+			if w := serve(h, "X-Api-Key", "other"); w.Code != 200 {
+				t.Errorf("another client: %d", w.Code)
+			}
+			clk.Add(30 * time.Second)
+			if w := serve(h, "X-Api-Key", "k"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "1" {
+				t.Errorf("next window: %d remaining %s, want 200 and 1", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+			}
+			if got := scriptCalls(t, addr) - calls; got != 2 {
+				t.Errorf("another client and the next window ran %d scripts, want 2", got)
+			}
+		})
+	}
+}
+
+// TestDenialsForget: a refund forgets what it gives back to, a dry run is
+// never denied here, and other numbers or a smaller cost ask Redis.
+func TestDenialsForget(t *testing.T) {
+	d := newDenials()
+	now := newClock().Now()
+	lim := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Window: time.Minute}
+	reqs := []request{{Counter: "g/l/fixed_window#0", Key: "k", Limit: lim, Cost: 2}}
+	res := []limiter.Result{{Allowed: false, Limit: 2, RetryAfter: time.Minute, Reset: time.Minute}}
+	d.record(now, reqs, res)
+	out := make([]limiter.Result, 1)
+	if !d.check(now, reqs, out) || out[0].Allowed || out[0].RetryAfter != time.Minute || out[0].FirstDenial {
+		t.Fatalf("remembered denial: %+v", out[0])
+	}
+	cheaper := []request{reqs[0]}
+	cheaper[0].Cost = 1
+	other := []request{reqs[0]}
+	other[0].Limit.Quota = 3
+	dry := []request{reqs[0]}
+	dry[0].DryRun = true
+	for name, r := range map[string][]request{"a smaller cost": cheaper, "other numbers": other, "a dry run": dry} {
+		if d.check(now, r, out) {
+			t.Errorf("%s was decided here", name)
+		}
+	}
+	if d.check(now.Add(time.Minute), reqs, out) {
+		t.Error("decided here after the Retry-After")
+	}
+	d.forget(reqs)
+	if d.check(now, reqs, out) {
+		t.Error("decided here after a refund")
+	}
+}

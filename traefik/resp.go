@@ -1,0 +1,320 @@
+package edgelimit
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A minimal Redis client: RESP2 over TCP or TLS, a bounded pool, a
+// deadline on every command. It is hand-written because no Redis client
+// library runs under Traefik's Yaegi interpreter (go-redis needs unsafe,
+// which Traefik does not give plugins), and this plugin needs four
+// commands: AUTH, SELECT, EVALSHA and EVAL.
+
+// respError is an error reply from Redis.
+type respError string
+
+func (e respError) Error() string { return "redis: " + string(e) }
+
+// respPool is a bounded pool of connections to one server.
+type respPool struct {
+	addr     string
+	username string
+	password string
+	db       int
+	tls      bool
+	timeout  time.Duration
+
+	slots chan struct{} // one token per connection in use or being made
+	idle  chan *respConn
+}
+
+type respConn struct {
+	c        net.Conn
+	r        *bufio.Reader
+	lastUsed time.Time
+	// watch receives what the read that watches an idle connection got:
+	// the end of the stream if the server closed it, a timeout once the
+	// connection is taken again.
+	watch chan error
+}
+
+func newRespPool(o *redisOptions) *respPool {
+	return &respPool{
+		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.timeout,
+		slots: make(chan struct{}, o.poolSize),
+		idle:  make(chan *respConn, o.poolSize),
+	}
+}
+
+// maxIdle is how long a pooled connection may stay unused before it is
+// closed instead of reused.
+const maxIdle = 5 * time.Minute
+
+// do sends one command and reads its reply, by the deadline. A connection
+// that saw any error is closed, never reused: its next reply could be this
+// command's. A command is sent once and never again: a script whose reply
+// was lost may have counted, and running it again would count twice.
+func (p *respPool) do(ctx context.Context, deadline time.Time, args ...string) (interface{}, error) {
+	if err := p.acquire(ctx, deadline); err != nil {
+		return nil, err
+	}
+	defer func() { <-p.slots }()
+	c := p.idleConn()
+	if c == nil {
+		var err error
+		if c, err = p.dial(deadline); err != nil {
+			return nil, err
+		}
+	}
+	reply, err := c.roundTrip(deadline, args)
+	if err != nil {
+		c.c.Close()
+		return nil, err
+	}
+	p.put(c)
+	return reply, nil
+}
+
+// put returns a sound connection to the pool, with a read that watches it
+// for the server closing it.
+func (p *respPool) put(c *respConn) {
+	c.lastUsed = time.Now()
+	if err := c.c.SetReadDeadline(time.Time{}); err != nil {
+		c.c.Close()
+		return
+	}
+	watch := make(chan error, 1)
+	c.watch = watch
+	go func() {
+		_, err := c.r.Peek(1)
+		watch <- err
+	}()
+	select {
+	case p.idle <- c:
+	default:
+		c.c.Close()
+		<-watch
+	}
+}
+
+// acquire takes a connection slot, waiting until the deadline.
+func (p *respPool) acquire(ctx context.Context, deadline time.Time) error {
+	select {
+	case p.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return errTimeout
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case p.slots <- struct{}{}:
+		return nil
+	case <-t.C:
+		return errTimeout
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+var errTimeout = errors.New("redis: timed out waiting for a connection")
+
+// idleConn returns a pooled connection that is still open, or nil. A
+// connection the server closed while it sat in the pool (a Redis restart,
+// CLIENT KILL, a server timeout) is found before a command is sent on it,
+// by the read that watched it; sending first and retrying after could run
+// a script twice.
+func (p *respPool) idleConn() *respConn {
+	for {
+		select {
+		case c := <-p.idle:
+			if time.Since(c.lastUsed) > maxIdle || !c.alive() {
+				c.c.Close()
+				continue
+			}
+			return c
+		default:
+			return nil
+		}
+	}
+}
+
+// alive stops the read that watched an idle connection and tells whether
+// the connection is still open and quiet.
+func (c *respConn) alive() bool {
+	select {
+	case <-c.watch:
+		// The watch ended by itself: the server closed the connection, or
+		// sent what nobody asked for.
+		return false
+	default:
+	}
+	if c.c.SetReadDeadline(time.Now()) != nil {
+		<-c.watch
+		return false
+	}
+	err := <-c.watch
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && c.r.Buffered() == 0
+}
+
+// dial connects, authenticates and selects the database.
+func (p *respPool) dial(deadline time.Time) (*respConn, error) {
+	d := &net.Dialer{Deadline: deadline}
+	var nc net.Conn
+	var err error
+	if p.tls {
+		host, _, _ := splitHostPort(p.addr)
+		td := &tls.Dialer{NetDialer: d, Config: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}}
+		nc, err = td.Dial("tcp", p.addr)
+	} else {
+		nc, err = d.Dial("tcp", p.addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096)}
+	var setup [][]string
+	switch {
+	case p.password != "" && p.username != "":
+		setup = append(setup, []string{"AUTH", p.username, p.password})
+	case p.password != "":
+		setup = append(setup, []string{"AUTH", p.password})
+	}
+	if p.db != 0 {
+		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
+	}
+	for _, cmd := range setup {
+		if _, err := c.roundTrip(deadline, cmd); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("redis: %s: %w", cmd[0], err)
+		}
+	}
+	return c, nil
+}
+
+// roundTrip writes a command and reads its reply.
+func (c *respConn) roundTrip(deadline time.Time, args []string) (interface{}, error) {
+	if err := c.c.SetDeadline(deadline); err != nil {
+		return nil, err
+	}
+	// One buffer, one write: under Yaegi every call into the standard
+	// library goes through reflection.
+	n := 16
+	for _, a := range args {
+		n += len(a) + 16
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '*')
+	b = append(b, strconv.Itoa(len(args))...)
+	b = append(b, '\r', '\n')
+	for _, a := range args {
+		b = append(b, '$')
+		b = append(b, strconv.Itoa(len(a))...)
+		b = append(b, '\r', '\n')
+		b = append(b, a...)
+		b = append(b, '\r', '\n')
+	}
+	if _, err := c.c.Write(b); err != nil {
+		return nil, err
+	}
+	first, err := c.r.ReadByte()
+	if err != nil {
+		return nil, err
+	}
+	return readReply(c.r, first, 0)
+}
+
+// maxBulk bounds a reply's strings: the scripts' replies are small.
+const maxBulk = 64 << 20
+
+// readReply reads a RESP2 reply whose type byte is first: a simple string
+// or bulk string (string, nil for a null bulk), an integer (int64), an
+// error (respError, returned as the error) or an array ([]interface{}).
+func readReply(r *bufio.Reader, first byte, depth int) (interface{}, error) {
+	line, err := readLine(r)
+	if err != nil {
+		return nil, err
+	}
+	switch first {
+	case '+':
+		return line, nil
+	case '-':
+		return nil, respError(line)
+	case ':':
+		n, err := strconv.ParseInt(line, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("redis: bad integer reply %q", line)
+		}
+		return n, nil
+	case '$':
+		n, err := strconv.Atoi(line)
+		if err != nil || n < -1 || n > maxBulk {
+			return nil, fmt.Errorf("redis: bad bulk length %q", line)
+		}
+		if n == -1 {
+			return nil, nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		if buf[n] != '\r' || buf[n+1] != '\n' {
+			return nil, errors.New("redis: bulk string without CRLF")
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(line)
+		if err != nil || n < -1 || n > 1<<20 || depth > 8 {
+			return nil, fmt.Errorf("redis: bad array length %q", line)
+		}
+		if n == -1 {
+			return nil, nil
+		}
+		out := make([]interface{}, n)
+		for i := 0; i < n; i++ {
+			b, err := r.ReadByte()
+			if err != nil {
+				return nil, err
+			}
+			v, err := readReply(r, b, depth+1)
+			if err != nil {
+				if e, ok := err.(respError); ok {
+					out[i] = e
+					continue
+				}
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("redis: unknown reply type %q", first)
+}
+
+func readLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if len(line) > 64<<10 {
+		return "", errors.New("redis: reply line too long")
+	}
+	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), nil
+}
+
+func splitHostPort(addr string) (string, string, error) {
+	return net.SplitHostPort(addr)
+}

@@ -1,0 +1,245 @@
+package edgelimit
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"": 0, "60": time.Minute, "10s": 10 * time.Second, "1m30s": 90 * time.Second, "1d": 24 * time.Hour,
+		"7d": 7 * 24 * time.Hour, "250ms": 250 * time.Millisecond,
+	} {
+		got, err := parseDuration("window", in)
+		if err != nil || got != want {
+			t.Errorf("%q: %v %v, want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"-1m", "1w", "d", "1.5d", "999999999999"} {
+		if _, err := parseDuration("window", bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+// TestResponsesAsCaddy: the words and rounding of the Caddy module's
+// denials (deny.go there).
+func TestResponsesAsCaddy(t *testing.T) {
+	for n, want := range map[int64]string{
+		1: "1 second", 45: "45 seconds", 60: "1 minute", 90: "1 minute 30 seconds", 3599: "59 minutes 59 seconds",
+		3600: "1 hour", 3660: "1 hour 1 minute", 86400: "1 day", 90000: "1 day 1 hour", 172799: "2 days",
+	} {
+		if got := humanSeconds(n); got != want {
+			t.Errorf("humanSeconds(%d) = %q, want %q", n, got, want)
+		}
+	}
+	for d, want := range map[time.Duration]int64{0: 1, time.Microsecond: 1, time.Second: 1, 1001 * time.Millisecond: 2, time.Minute: 60} {
+		if got := retryAfterSeconds(d); got != want {
+			t.Errorf("retryAfterSeconds(%s) = %d, want %d", d, got, want)
+		}
+	}
+	if got := resetUnix(&limiter.Result{ResetAt: 1_000_000_000_000_001}); got != 1_000_000_001 {
+		t.Errorf("resetUnix rounds up: %d", got)
+	}
+	if got := resetUnix(&limiter.Result{ResetAt: 1_000_000_000_000_000}); got != 1_000_000_000 {
+		t.Errorf("resetUnix of a whole second: %d", got)
+	}
+}
+
+func TestTemplate(t *testing.T) {
+	r := httptest.NewRequest("GET", "http://api.example:8080/v1/items/9?sid=s1", nil)
+	r.RemoteAddr = "[2001:db8::1%eth0]:443"
+	r.Header.Set("X-Name", `a"b<c>`)
+	d := &denial{status: 429, name: "calls", key: "k", tier: "BASE", retry: 75, res: &limiter.Result{Limit: 10, Remaining: 0, ResetAt: 5e6, Window: time.Minute}}
+	tmpl := parseTemplate(`{"a":{edge_limit.status},"n":"{edge_limit.name}","h":"{header.X-Name}","p":"{http.request.uri.path.1}","q":"{query.sid}","host":"{host}","ip":"{remote_host}","r":"{edge_limit.retry_after_human}","w":{edge_limit.window},"x":"{unknown.thing}","lit":"\{not}","brace":{}}`)
+	got := tmpl.render(r, d, &ipStrategy{}, escaperFor("application/json"))
+	want := `{"a":429,"n":"calls","h":"a\"b\u003cc\u003e","p":"items","q":"s1","host":"api.example","ip":"2001:db8::1","r":"1 minute 15 seconds","w":60,"x":"","lit":"{not}","brace":{}}`
+	if got != want {
+		t.Errorf("render:\n got %s\nwant %s", got, want)
+	}
+	// Other content types, as the Caddy module escapes them (body.go).
+	r.Header.Set("X-Name", `a"b<c>&'d`)
+	for ct, want := range map[string]string{
+		"text/plain":               `a"b<c>&'d`,
+		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d`,
+		"application/xml":          `a&#34;b&lt;c&gt;&amp;&#39;d`,
+		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d`,
+		"application/problem+json": `a\"b\u003cc\u003e\u0026'd`,
+	} {
+		if got := parseTemplate("{header.X-Name}").render(r, d, nil, escaperFor(ct)); got != want {
+			t.Errorf("%s: got %s, want %s", ct, got, want)
+		}
+	}
+}
+
+func TestSources(t *testing.T) {
+	r := httptest.NewRequest("GET", "/?k=q1&k=q2", nil)
+	r.RemoteAddr = "198.51.100.7:5000"
+	r.Header.Add("X-Api-Key", "first")
+	r.Header.Add("X-Api-Key", "second")
+	r.Header.Set("Authorization", "bEaReR \t tok")
+	r.AddCookie(&http.Cookie{Name: "sid", Value: "c1"})
+	for src, want := range map[string]string{
+		"header:x-api-key": "first", "query:k": "q1", "cookie:sid": "c1", "ip": "198.51.100.7",
+		"remote": "198.51.100.7", "bearer": "tok", "header:Authorization": "Bearer tok", "const:all": "all",
+	} {
+		s, err := parseSource(src, false)
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		if got := s.value(r, &ipStrategy{}, nil); got != want {
+			t.Errorf("%s = %q, want %q", src, got, want)
+		}
+	}
+	// Header keys as the Caddy module reads them (internal/httpval): the
+	// first value, trimmed; the auth scheme in one case, one space after it.
+	auth, _ := parseSource("header:Authorization", false)
+	key, _ := parseSource("header:X-Api-Key", false)
+	for in, want := range map[string]string{"Basic abc": "Basic abc", "basic abc": "Basic abc", "DPOP x": "Dpop x",
+		"custom \t X": "Custom X", " token ": "Token", "bearer  tok": "Bearer tok"} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("Authorization", in)
+		r.Header.Set("X-Api-Key", " \t"+in+"\t")
+		if got := auth.value(r, &ipStrategy{}, nil); got != want {
+			t.Errorf("Authorization %q: key %q, want %q", in, got, want)
+		}
+		if got := key.value(r, &ipStrategy{}, nil); got != strings.Trim(in, " ") {
+			t.Errorf("X-Api-Key %q: key %q, want %q", " \t"+in+"\t", got, strings.Trim(in, " "))
+		}
+	}
+	if _, err := parseSource("query:tier", true); err == nil {
+		t.Error("a tier from the query string is refused")
+	}
+}
+
+func TestIPStrategy(t *testing.T) {
+	req := func(xff ...string) *http.Request {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = "10.0.0.9:1"
+		for _, v := range xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		return r
+	}
+	depth, _ := compileIPStrategy(&IPStrategy{Depth: 1})
+	excl, err := compileIPStrategy(&IPStrategy{ExcludedIPs: []string{"10.0.0.0/8", "::ffff:192.0.2.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	none, _ := compileIPStrategy(nil)
+	cases := []struct {
+		s    *ipStrategy
+		r    *http.Request
+		want string
+	}{
+		{none, req("1.2.3.4"), "10.0.0.9"},
+		{depth, req("1.2.3.4, 5.6.7.8"), "5.6.7.8"},
+		{depth, req("1.2.3.4", "5.6.7.8"), "5.6.7.8"},
+		{depth, req(), "10.0.0.9"},
+		{depth, req("garbage"), "10.0.0.9"},
+		{excl, req("1.2.3.4, 10.1.1.1, 192.0.2.1"), "1.2.3.4"},
+		{excl, req("10.1.1.1"), "10.0.0.9"},
+	}
+	for i, c := range cases {
+		if got := c.s.clientIP(c.r); got != c.want {
+			t.Errorf("case %d: %s, want %s", i, got, c.want)
+		}
+	}
+	if _, err := compileIPStrategy(&IPStrategy{ExcludedIPs: []string{"nope"}}); err == nil {
+		t.Error("a bad excluded IP is refused")
+	}
+}
+
+func TestRedisOptions(t *testing.T) {
+	o, err := (&RedisConfig{URL: "rediss://u:p%40ss@cache:6380/3", OnError: "local", Timeout: "250ms"}).options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.addr != "cache:6380" || o.username != "u" || o.password != "p%40ss" || o.db != 3 || !o.tls || o.onError != onErrorLocal || o.timeout != 250*time.Millisecond {
+		t.Errorf("%+v", o)
+	}
+	o, _ = (&RedisConfig{URL: "redis://cache"}).options()
+	if o.addr != "cache:6379" {
+		t.Errorf("default port: %s", o.addr)
+	}
+	for _, bad := range []RedisConfig{{URL: "http://x"}, {Address: "nohost"}, {KeyPrefix: "a{b"}, {Clock: "atomic"}, {Timeout: "0s"}, {URL: "redis://h/x"}} {
+		if _, err := bad.options(); err == nil {
+			t.Errorf("%+v: no error", bad)
+		}
+	}
+	if got := redactURL("redis://u:secret@h:1/0"); strings.Contains(got, "secret") {
+		t.Errorf("redactURL shows the password: %s", got)
+	}
+}
+
+// TestMemoryBounded: a flood of new keys stays within maxKeys, and expired
+// keys are swept by the requests that come later.
+func TestMemoryBounded(t *testing.T) {
+	m := newMemoryStore(memoryShards * 4)
+	clk := newClock()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}
+	res := make([]limiter.Result, 1)
+	for i := 0; i < memoryShards*20; i++ {
+		_ = m.Take(context.Background(), clk.Now(), []request{{Counter: "c", Key: "k" + strconv.Itoa(i), Limit: l, Cost: 1}}, res)
+	}
+	if n := m.len(); n > memoryShards*4 {
+		t.Errorf("%d keys held, bound %d", n, memoryShards*4)
+	}
+	clk.Add(2 * sweepInterval)
+	for i := 0; i < memoryShards*20; i++ {
+		_ = m.Take(context.Background(), clk.Now(), []request{{Counter: "d", Key: "k" + strconv.Itoa(i), Limit: l, Cost: 1}}, res)
+	}
+	if n := m.len(); n > memoryShards*4 {
+		t.Errorf("after the window: %d keys held, bound %d", n, memoryShards*4)
+	}
+}
+
+// TestMemoryFloodKeepsExhaustedClients: a flood of made-up keys ten times
+// the store's bound evicts its own one-request keys, not the counters of
+// exhausted or nearly exhausted clients (the Caddy module's memory store
+// test, smaller).
+func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
+	const maxKeys, flood, clients = memoryShards * 64, memoryShards * 640, 100
+	m := newMemoryStore(maxKeys)
+	now := newClock().Now()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour}
+	res := make([]limiter.Result, 1)
+	take := func(key string) bool {
+		if err := m.Take(context.Background(), now, []request{{Counter: "api", Key: key, Limit: l, Cost: 1}}, res); err != nil {
+			t.Fatal(err)
+		}
+		return res[0].Allowed
+	}
+	for c := 0; c < clients; c++ {
+		for i := 0; i < 10; i++ {
+			take("client-" + strconv.Itoa(c))
+		}
+		if take("client-" + strconv.Itoa(c)) {
+			t.Fatal("an exhausted client passed before the flood")
+		}
+		for i := 0; i < 9; i++ {
+			take("near-" + strconv.Itoa(c))
+		}
+	}
+	for i := 0; i < flood; i++ {
+		take("made-up-" + strconv.Itoa(i))
+	}
+	for c := 0; c < clients; c++ {
+		if take("client-" + strconv.Itoa(c)) {
+			t.Fatalf("exhausted client %d passed again after %d made-up keys", c, flood)
+		}
+		if !take("near-"+strconv.Itoa(c)) || take("near-"+strconv.Itoa(c)) {
+			t.Fatalf("client %d at 9 of 10 lost its count in the flood", c)
+		}
+	}
+	if n := m.len(); n > maxKeys {
+		t.Errorf("%d keys held, bound %d", n, maxKeys)
+	}
+}

@@ -1,0 +1,84 @@
+// Package httpval reads request header values as an upstream acts on them,
+// so that the limiter's keys and the cache's keys count one credential
+// once, however the client writes it.
+package httpval
+
+import "net/http"
+
+// First is the first value of the header name (canonical), without the
+// whitespace around it: what Go's Header.Get and most frameworks read. A
+// second header of the same name, or spaces and tabs around the value
+// (which HTTP/2 passes through as they are), make no other value. The
+// scheme of Authorization and Proxy-Authorization is written one way (see
+// Credentials).
+func First(h http.Header, name string) string {
+	vs := h[name]
+	if len(vs) == 0 {
+		return ""
+	}
+	v := Trim(vs[0])
+	if name == "Authorization" || name == "Proxy-Authorization" {
+		return Credentials(v)
+	}
+	return v
+}
+
+// Trim removes the spaces and tabs around v (HTTP's optional whitespace);
+// it allocates nothing.
+func Trim(v string) string {
+	i, j := 0, len(v)
+	for i < j && (v[i] == ' ' || v[i] == '\t') {
+		i++
+	}
+	for j > i && (v[j-1] == ' ' || v[j-1] == '\t') {
+		j--
+	}
+	return v[i:j]
+}
+
+// Credentials writes the auth scheme of a credentials value (RFC 9110,
+// 11.4: case-insensitive) with an upper-case first letter and the rest
+// lower case, followed by one space instead of any run of spaces and tabs:
+// "bAsIc \tdXNlcg==" is "Basic dXNlcg==". It allocates only when v is not
+// written so already.
+func Credentials(v string) string {
+	end := 0
+	for end < len(v) && v[end] != ' ' && v[end] != '\t' {
+		end++
+	}
+	scheme := v[:end]
+	rest := v[end:]
+	params := rest
+	for len(params) > 0 && (params[0] == ' ' || params[0] == '\t') {
+		params = params[1:]
+	}
+	oneSpace := len(rest) == 0 || len(rest)-len(params) == 1 && rest[0] == ' '
+	if canonicalScheme(scheme) && oneSpace {
+		return v
+	}
+	b := make([]byte, 0, len(scheme)+1+len(params))
+	for i := 0; i < len(scheme); i++ {
+		c := scheme[i]
+		if i == 0 && 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		} else if i > 0 && 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	if len(rest) > 0 {
+		b = append(b, ' ')
+		b = append(b, params...)
+	}
+	return string(b)
+}
+
+func canonicalScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if i == 0 && 'a' <= c && c <= 'z' || i > 0 && 'A' <= c && c <= 'Z' {
+			return false
+		}
+	}
+	return true
+}
