@@ -103,17 +103,19 @@ const (
 )
 
 // Redis is a Store shared by every instance that uses the same Redis: each
-// decision is one Lua script (EVALSHA, one network round trip however many
-// limits a request has) that reads, decides and writes the states of all
-// the request's limits atomically, with the arithmetic of package limiter.
+// decision is decided by a Lua script that reads, decides and writes the
+// states of all the request's limits atomically, with the arithmetic of
+// package limiter; decisions made at once share one script (EVALSHA, one
+// network round trip however many limits and decisions it holds).
 //
-// Keys are Prefix + "{" + 32 hex digits of the SHA-256 of the client's key
-// + "}:" + the counter. The braces are a Cluster hash tag: the limits of one
-// client share a slot, so a request whose limits all key on the same client
-// is one script even in a Cluster. A request whose limits span slots is one
-// script per slot, pipelined (still one round trip); when some slots allow
-// and another denies, a second round trip gives back what the allowing slots
-// counted. Every key expires when its state would be forgotten anyway.
+// A client is one hash, Prefix + "{" + 32 hex digits of the SHA-256 of the
+// client's key + "}", whose fields are its counters (and "~", the time its
+// TTL is set until). The braces are a Cluster hash tag: a client's limits
+// share a slot, so a request whose limits all key on the same client is one
+// script even in a Cluster. A request whose limits span slots is one script
+// per slot, pipelined (still one round trip); when some slots allow and
+// another denies, a second round trip gives back what the allowing slots
+// counted. Every hash expires when its states would be forgotten anyway.
 type Redis struct {
 	client   redis.UniversalClient
 	pipe     *pipe
