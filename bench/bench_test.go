@@ -123,6 +123,13 @@ func TestReportAndChart(t *testing.T) {
 		t.Errorf("table:\n%s\nmarkdown:\n%s", r.table(), r.markdown("chart.svg"))
 	}
 
+	// Per core: 1 s over the CPU per request, Redis's where it was measured.
+	r.config("memory-1").CaddyCPUus = 40
+	r.config("proxy").CaddyCPUus, r.config("proxy").RedisCPUus = 125, ptr(20)
+	if got, want := r.perCore(), "\nPer core at these costs (1 s / CPU per request): `memory-1` 25,000 req/s per Caddy core; `proxy` 8,000 req/s per Caddy core and 50,000 decisions/s per Redis core.\n"; got != want {
+		t.Errorf("perCore:\n%q\nwant\n%q", got, want)
+	}
+
 	doc := filepath.Join(t.TempDir(), "benchmarks.md")
 	os.WriteFile(doc, []byte("# x\n\n"+resultsBegin+"\nold\n"+resultsEnd+"\nafter\n"), 0o644)
 	if err := updateDoc(doc, "new\n"); err != nil {

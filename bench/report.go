@@ -373,6 +373,7 @@ func (r *results) markdown(chartPath string) string {
 		row[0] = "`" + row[0] + "`"
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
+	b.WriteString(r.perCore())
 	if len(r.BytesPerKey) > 0 {
 		b.WriteString("\nMemory store, 1,000,000 keys: ")
 		for i, a := range r.BytesPerKey {
@@ -395,6 +396,32 @@ func (r *results) markdown(chartPath string) string {
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.Name, t.Want, t.Got, v)
 		}
+	}
+	return b.String()
+}
+
+// perCore is what one core does at the CPU cost per request measured:
+// requests per second of a Caddy core (1 s / Caddy CPU per request) and
+// decisions per second of a Redis core (1 s / Redis CPU per request), the
+// figures of the capacity model (docs/capacity.md).
+func (r *results) perCore() string {
+	var b strings.Builder
+	for _, s := range r.Configs {
+		if s.CaddyCPUus <= 0 {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString("\nPer core at these costs (1 s / CPU per request): ")
+		} else {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "`%s` %s req/s per Caddy core", s.Name, thousands(1e6/s.CaddyCPUus))
+		if s.RedisCPUus != nil && *s.RedisCPUus > 0 {
+			fmt.Fprintf(&b, " and %s decisions/s per Redis core", thousands(1e6 / *s.RedisCPUus))
+		}
+	}
+	if b.Len() > 0 {
+		b.WriteString(".\n")
 	}
 	return b.String()
 }
