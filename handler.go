@@ -388,7 +388,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	now := h.clock.Now()
 	res := sc.res[:len(reqs)]
-	start := time.Now()
+	// The latency is measured from now when it is the real clock's (with
+	// its monotonic reading): one clock reading less per request.
+	start := now
+	if h.clock != clock.Real {
+		start = time.Now()
+	}
 	err := h.store.Take(ctx, now, reqs, res)
 	h.timer.observe(start)
 	if err != nil {
