@@ -104,6 +104,7 @@ type Handler struct {
 	// others are read from the request without it).
 	templated bool
 	store     storage.Store
+	timer     storeTimer // how long store takes to decide
 	logger    *zap.Logger
 	metrics   *metrics
 	events    *emitter
@@ -171,6 +172,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	} else {
 		h.store = app.store
 	}
+	h.timer = h.metrics.timerFor(h.store)
 	n := len(h.limits)
 	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
 	return nil
@@ -386,7 +388,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	now := h.clock.Now()
 	res := sc.res[:len(reqs)]
-	if err := h.store.Take(ctx, now, reqs, res); err != nil {
+	// The latency is measured from now when it is the real clock's (with
+	// its monotonic reading): one clock reading less per request.
+	start := now
+	if h.clock != clock.Real {
+		start = time.Now()
+	}
+	err := h.store.Take(ctx, now, reqs, res)
+	h.timer.observe(start)
+	if err != nil {
 		return h.storageFailed(w, r, next, now, err)
 	}
 	denied, report := h.judge(r, sc, res)

@@ -20,13 +20,15 @@ import (
 )
 
 // benchHandler builds a handler around a memory store without a running
-// Caddy: the request path only.
+// Caddy: the request path only, with its metrics (decision counters and
+// the storage latency histogram) as Caddy would have them.
 func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	b.Helper()
 	mem := storage.NewMemory(storage.MemoryOptions{})
 	b.Cleanup(func() { mem.Close() })
 	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
-		logger: zap.NewNop(), warn: new(throttle.Log), clock: clock.Real}
+		logger: zap.NewNop(), warn: new(throttle.Log), clock: clock.Real, metrics: buildMetrics()}
+	h.timer = h.metrics.timerFor(mem)
 	if err := h.provisionResponses(); err != nil {
 		b.Fatal(err)
 	}
@@ -35,6 +37,7 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 		if err != nil {
 			b.Fatal(err)
 		}
+		cl.outcomes = h.metrics.outcomesFor(cl.name)
 		h.limits = append(h.limits, cl)
 		h.templated = h.templated || cl.templated()
 	}

@@ -120,6 +120,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.store = store
 	a.metrics = newMetrics(ctx, a.logger)
+	a.metrics.stores.add(store)
 	a.shared = make(map[string]*compiledLimit, len(a.Limits))
 	for i, l := range a.Limits {
 		if l == nil {

@@ -134,6 +134,7 @@ type Redis struct {
 	probing   atomic.Bool
 	lastWarn  atomic.Int64
 	warned    atomic.Bool
+	stats     redisStats // see stats.go
 
 	scratch   sync.Pool
 	closed    atomic.Bool
@@ -271,6 +272,7 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 		return s.fallback(ctx, now, reqs, results, redis.ErrClosed)
 	}
 	if s.denials != nil && s.denials.check(now, reqs, results) {
+		s.stats.localDenials.Add(1)
 		return nil
 	}
 	probe := false
@@ -404,6 +406,7 @@ func (s *Redis) mono() int64 { return int64(time.Since(s.epoch)) }
 // down marks Redis as failing: OnError decides until the retry interval has
 // passed, then one request tries Redis again.
 func (s *Redis) down(err error) {
+	s.stats.countError(err)
 	now := s.mono()
 	s.downUntil.Store(now + s.retry)
 	last := s.lastWarn.Load()
@@ -458,6 +461,7 @@ func (e *redisError) Unwrap() []error {
 
 // fallback applies OnError; cause is nil when Redis was not even tried.
 func (s *Redis) fallback(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, cause error) error {
+	s.stats.onError[s.onError].Add(1)
 	switch s.onError {
 	case Local:
 		return s.local.Take(ctx, now, reqs, results)
