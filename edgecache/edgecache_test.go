@@ -53,7 +53,8 @@ func newTestCache(t testing.TB, c *Handler) *Handler {
 }
 
 // serveCache runs one request through c and next.
-func serveCache(c *Handler, next caddyhttp.Handler, method, target string, headers ...string) *httptest.ResponseRecorder {
+// The Cache-Status it answers with must be valid (CheckCacheStatus).
+func serveCache(t testing.TB, c *Handler, next caddyhttp.Handler, method, target string, headers ...string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(method, target, nil)
 	for i := 0; i+1 < len(headers); i += 2 {
 		r.Header.Set(headers[i], headers[i+1])
@@ -67,6 +68,9 @@ func serveCache(c *Handler, next caddyhttp.Handler, method, target string, heade
 		} else {
 			w.Code = 500
 		}
+	}
+	if err := CheckCacheStatus(w.Header()); err != nil {
+		t.Errorf("%s %s: %v", method, target, err)
 	}
 	return w
 }
@@ -84,7 +88,7 @@ func TestCacheStoreFailureIsDirect(t *testing.T) {
 		return nil
 	})
 	for range 3 {
-		w := serveCache(c, next, "GET", "http://example/fail")
+		w := serveCache(t, c, next, "GET", "http://example/fail")
 		if w.Code != 200 || w.Header().Get("Bloom-Status") != "DIRECT" || w.Body.String() != "fresh" || w.Header().Get("Bloom-Response-Buckets") != "" {
 			t.Fatalf("%d %v %q", w.Code, w.Header(), w.Body)
 		}
@@ -117,7 +121,7 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := serveCache(c, next, "GET", "http://example/hot")
+			w := serveCache(t, c, next, "GET", "http://example/hot")
 			if w.Code != 200 || w.Body.String() != "hot" {
 				t.Errorf("%d %q", w.Code, w.Body)
 			}
@@ -167,7 +171,7 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			bodies[i] = serveCache(c, next, "GET", "http://example/private", "X-User", cookie).Body.String()
+			bodies[i] = serveCache(t, c, next, "GET", "http://example/private", "X-User", cookie).Body.String()
 		}()
 	}
 	wg.Wait()
@@ -187,7 +191,7 @@ func TestCacheLargeBodyStreamsThrough(t *testing.T) {
 		return nil
 	})
 	for range 2 {
-		w := serveCache(c, next, "GET", "http://example/large")
+		w := serveCache(t, c, next, "GET", "http://example/large")
 		if w.Code != 200 || w.Body.String() != big || w.Header().Get("Bloom-Status") != "DIRECT" {
 			t.Fatalf("%d %v %d bytes", w.Code, w.Header(), w.Body.Len())
 		}
@@ -262,7 +266,7 @@ func TestCacheEventStreamPassesThrough(t *testing.T) {
 		return nil
 	})
 	for range 2 {
-		w := serveCache(c, next, "GET", "http://example/events")
+		w := serveCache(t, c, next, "GET", "http://example/events")
 		if w.Header().Get("Bloom-Status") != "DIRECT" || !w.Flushed || w.Body.String() != strings.Repeat("data: x\n\n", 3) {
 			t.Fatalf("%v flushed %v %q", w.Header(), w.Flushed, w.Body)
 		}
@@ -315,13 +319,13 @@ func TestCacheWaiterFetchesAfterCoalesceWait(t *testing.T) {
 		return nil
 	})
 	leader := make(chan string, 1)
-	go func() { leader <- serveCache(c, next, "GET", "http://example/stuck").Body.String() }()
+	go func() { leader <- serveCache(t, c, next, "GET", "http://example/stuck").Body.String() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for calls.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	waiter := make(chan *httptest.ResponseRecorder, 1)
-	go func() { waiter <- serveCache(c, next, "GET", "http://example/stuck") }()
+	go func() { waiter <- serveCache(t, c, next, "GET", "http://example/stuck") }()
 	select {
 	case w := <-waiter:
 		if w.Code != 200 || w.Body.String() != "answer" || calls.Load() != 2 {
