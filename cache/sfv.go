@@ -110,9 +110,8 @@ func (p *sfParser) innerList() error {
 			return p.errf("unterminated inner list")
 		}
 		if p.s[p.i] == ')' {
-			p.i++
-			_, err := p.params()
-			return err
+			p.i++ // the member's parameters follow
+			return nil
 		}
 		if err := p.bareItem(); err != nil {
 			return err

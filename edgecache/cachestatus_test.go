@@ -1,8 +1,10 @@
 package edgecache_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -201,4 +203,168 @@ func TestCacheStatusOptions(t *testing.T) {
 	expectStatus(t, s.Get("/nobloom/a"), 200, "", "edgelimit; fwd=uri-miss; stored")
 	expectStatus(t, s.Get("/nobloom/a"), 200, "", "edgelimit; hit; ttl=600")
 	expectStatus(t, s.Do("POST", "/nobloom/a"), 200, "", "edgelimit; fwd=method")
+}
+
+// scrape reads the edge_cache series from the admin API's /metrics:
+// name{labels} to value.
+func scrape(t *testing.T) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", e2e.AdminPort()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d %v", resp.StatusCode, err)
+	}
+	out := map[string]float64{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if !strings.HasPrefix(line, "caddy_edge_cache_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// TestCacheMetrics drives each outcome through a Caddy and reads the
+// edge_cache series from its /metrics: exact counts, also for the handler
+// that sends no Bloom-Status.
+func TestCacheMetrics(t *testing.T) {
+	clk := e2e.FakeClock(t)
+	var failing atomic.Int32
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if code := failing.Load(); code != 0 {
+			w.WriteHeader(int(code))
+			return
+		}
+		api(w, r)
+	})
+	s := startCacheSite(t, `
+%ADDR% {
+	handle /off/* {
+		edge_cache {
+			max_size 1000
+			max_memory 5000
+			bloom_status off
+		}
+		reverse_proxy %UPSTREAM%
+	}
+	handle {
+		edge_cache {
+			ttl 10s
+			max_size 1000
+			max_memory 5000
+			stale_if_error 1m
+		}
+		reverse_proxy %UPSTREAM%
+	}
+}`, up)
+	before := scrape(t)
+	for _, name := range []string{
+		`caddy_edge_cache_responses_total{status="MISS"}`, `caddy_edge_cache_responses_total{status="HIT"}`,
+		`caddy_edge_cache_responses_total{status="DIRECT"}`, `caddy_edge_cache_responses_total{status="OFFLINE"}`,
+		"caddy_edge_cache_entries", "caddy_edge_cache_bytes", "caddy_edge_cache_evictions_total",
+		"caddy_edge_cache_coalesced_total", "caddy_edge_cache_stale_served_total", "caddy_edge_cache_purged_total",
+	} {
+		if _, ok := before[name]; !ok {
+			t.Fatalf("no series %s in %v", name, before)
+		}
+	}
+	if before["caddy_edge_cache_entries"] != 0 || before["caddy_edge_cache_bytes"] != 0 {
+		t.Fatalf("entries before any request: %v", before)
+	}
+	delta := func(name string) float64 { return scrape(t)[name] - before[name] }
+	stored := 0
+	// Counted without the header.
+	expectStatus(t, s.Get("/off/x"), 200, "", "edgelimit; fwd=uri-miss; stored")
+	expectStatus(t, s.Get("/off/x"), 200, "", "edgelimit; hit; ttl=600")
+	stored++
+	expectStatus(t, s.Get("/m/1"), 200, "MISS", "edgelimit; fwd=uri-miss; stored")
+	stored++
+	for range 3 {
+		e2e.Expect(t, s.Get("/m/1"), 200, "Bloom-Status", "HIT")
+	}
+	for range 2 {
+		e2e.Expect(t, s.Do("POST", "/m/1"), 200, "Bloom-Status", "DIRECT")
+	}
+	e2e.Expect(t, s.Get("/m/p?bloom-response-buckets=metrics_bucket"), 200, "Bloom-Status", "MISS")
+	stored++
+	if got := scrape(t); got["caddy_edge_cache_entries"] != 3 || got["caddy_edge_cache_bytes"] <= 0 {
+		t.Fatalf("entries %v, bytes %v, want 3 and some", got["caddy_edge_cache_entries"], got["caddy_edge_cache_bytes"])
+	}
+	if code, body := postPurge(t, `{"buckets":["metrics_bucket"]}`); code != 200 || body != `{"purged":1}` {
+		t.Fatalf("purge: %d %s", code, body)
+	}
+	stored--
+	// More than max_memory holds: the least recently used go.
+	for i := range 20 {
+		e2e.Expect(t, s.Get(fmt.Sprintf("/m/e%d", i)), 200, "Bloom-Status", "MISS")
+		stored++
+	}
+	now := scrape(t)
+	evicted := now["caddy_edge_cache_evictions_total"] - before["caddy_edge_cache_evictions_total"]
+	if evicted <= 0 || now["caddy_edge_cache_entries"]+evicted != float64(stored) {
+		t.Fatalf("entries %v and evictions %v, want %d in all", now["caddy_edge_cache_entries"], evicted, stored)
+	}
+	// A stale copy served while the upstream fails.
+	e2e.Expect(t, s.Get("/m/s"), 200, "Bloom-Status", "MISS")
+	clk.Add(20 * time.Second)
+	failing.Store(502)
+	e2e.Expect(t, s.Get("/m/s"), 200, "Bloom-Status", "OFFLINE")
+	failing.Store(0)
+
+	for name, want := range map[string]float64{
+		`caddy_edge_cache_responses_total{status="MISS"}`:    24,
+		`caddy_edge_cache_responses_total{status="HIT"}`:     4,
+		`caddy_edge_cache_responses_total{status="DIRECT"}`:  2,
+		`caddy_edge_cache_responses_total{status="OFFLINE"}`: 1,
+		"caddy_edge_cache_stale_served_total":                1,
+		"caddy_edge_cache_purged_total":                      1,
+		"caddy_edge_cache_coalesced_total":                   0,
+	} {
+		if got := delta(name); got != want {
+			t.Errorf("%s grew by %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestCacheMetricsBounded: a thousand distinct URLs (and credentials) add
+// no series: no label holds a URL or a key.
+func TestCacheMetricsBounded(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, api)
+	s := startCacheSite(t, `
+%ADDR% {
+	edge_cache
+	reverse_proxy %UPSTREAM%
+}`, up)
+	s.Get("/bounded/warm-up")
+	before := scrape(t)
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; i < 1000 && time.Now().Before(deadline); i++ {
+		s.Get(fmt.Sprintf("/bounded/%d?q=%d", i, i), "Authorization", fmt.Sprintf("Bearer t%d", i))
+	}
+	after := scrape(t)
+	if len(after) != len(before) {
+		t.Fatalf("%d series after 1000 URLs, %d before:\n%v", len(after), len(before), after)
+	}
+	if d := after[`caddy_edge_cache_responses_total{status="MISS"}`] - before[`caddy_edge_cache_responses_total{status="MISS"}`]; d != 1000 {
+		t.Fatalf("%v MISSes counted, want 1000", d)
+	}
+	n := 0
+	for name := range after {
+		if strings.HasPrefix(name, "caddy_edge_cache_responses_total") {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d responses_total series, want 4 (MISS, HIT, DIRECT, OFFLINE)", n)
+	}
 }

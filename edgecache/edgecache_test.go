@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
@@ -117,6 +118,7 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 	})
 	var wg sync.WaitGroup
 	statuses := make([]string, n)
+	coalesced := counterValue(t, coalescedTotal)
 	for i := range n {
 		wg.Add(1)
 		go func() {
@@ -125,7 +127,7 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 			if w.Code != 200 || w.Body.String() != "hot" {
 				t.Errorf("%d %q", w.Code, w.Body)
 			}
-			statuses[i] = w.Header().Get("Bloom-Status")
+			statuses[i] = w.Header().Get("Bloom-Status") + " " + w.Header().Get("Cache-Status")
 		}()
 	}
 	wg.Wait()
@@ -136,9 +138,26 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 	for _, s := range statuses {
 		count[s]++
 	}
-	if count["MISS"] != 1 || count["HIT"] != n-1 {
+	// The waiters went forward with the leader, and were served what it
+	// stored (RFC 9211 collapsed).
+	if count["MISS edgelimit; fwd=uri-miss; stored"] != 1 || count["HIT edgelimit; fwd=uri-miss; collapsed; ttl=600"] != n-1 {
 		t.Fatalf("statuses %v", count)
 	}
+	if d := counterValue(t, coalescedTotal) - coalesced; d != n-1 {
+		t.Fatalf("coalesced_total grew by %v, want %d", d, n-1)
+	}
+}
+
+// counterValue reads a counter of the metrics.
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil || len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
+		t.Fatalf("gathering %v: %v", mfs, err)
+	}
+	return mfs[0].GetMetric()[0].GetCounter().GetValue()
 }
 
 // TestCacheCoalescedUncacheable: waiters on a response that is not stored
@@ -161,6 +180,7 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 	})
 	var wg sync.WaitGroup
 	bodies := make([]string, 2)
+	statuses := make([]string, 2)
 	for i, cookie := range []string{"a", "b"} {
 		wg.Add(1)
 		go func() {
@@ -171,12 +191,17 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			bodies[i] = serveCache(t, c, next, "GET", "http://example/private", "X-User", cookie).Body.String()
+			w := serveCache(t, c, next, "GET", "http://example/private", "X-User", cookie)
+			bodies[i], statuses[i] = w.Body.String(), w.Header().Get("Cache-Status")
 		}()
 	}
 	wg.Wait()
 	if bodies[0] != "a" || bodies[1] != "b" || calls.Load() != 2 {
 		t.Fatalf("bodies %q, %d calls", bodies, calls.Load())
+	}
+	// The waiter could not reuse the leader's response (collapsed=?0).
+	if statuses[0] != "edgelimit; fwd=uri-miss; detail=private" || statuses[1] != "edgelimit; fwd=uri-miss; collapsed=?0; detail=private" {
+		t.Fatalf("Cache-Status %q", statuses)
 	}
 }
 
