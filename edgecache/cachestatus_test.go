@@ -190,8 +190,14 @@ func TestCacheStatusOptions(t *testing.T) {
 			bloom_status off
 		}
 	}
+	handle /err/* {
+		edge_cache
+		error "short and stout" 418
+	}
 	reverse_proxy %UPSTREAM%
 }`, up)
+	// An error for Caddy's error handling to answer: nothing stored.
+	expectStatus(t, s.Get("/err/a"), 418, "DIRECT", "edgelimit; fwd=uri-miss; detail=error")
 	expectStatus(t, s.Get("/named/a"), 200, "MISS", "cdn-3.example.com; fwd=uri-miss; stored")
 	expectStatus(t, s.Get("/named/a"), 200, "HIT", "cdn-3.example.com; hit; ttl=600")
 	expectStatus(t, s.Get("/quoted/a"), 200, "MISS", `"Example CDN"; fwd=uri-miss; stored`)

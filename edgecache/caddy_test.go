@@ -159,7 +159,7 @@ func TestCacheServesHitsWithoutCounting(t *testing.T) {
 	e2e.Expect(t, s.Do("POST", "/issue/things"), 200, "Bloom-Status", "DIRECT")
 	e2e.Expect(t, s.Do("POST", "/issue/things"), 429, "Bloom-Status", "DIRECT")
 	e2e.Expect(t, s.Get("/issue/things"), 200, "Bloom-Status", "HIT")
-	e2e.Expect(t, s.Get("/issue/denied"), 429, "Bloom-Status", "DIRECT")
+	e2e.Expect(t, s.Get("/issue/denied"), 429, "Bloom-Status", "DIRECT", "Cache-Status", "edgelimit; fwd=uri-miss; detail=status")
 	clk.Add(time.Minute)
 	e2e.Expect(t, s.Get("/issue/denied"), 200, "Bloom-Status", "MISS")
 

@@ -147,6 +147,9 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			land(cache.Unreachable, nil)
 			return c.offline(w, r, stale, rec, err, rec.v)
 		}
+		// An error answered by Caddy's error handling (a limiter's
+		// denial, say): nothing to store.
+		rec.v.detail = "error"
 		rec.settleHeaders(cache.Direct)
 		return err
 	}
