@@ -1,10 +1,13 @@
 // Package edgecache is the edge_cache Caddy module: a Bloom-compatible
 // response cache in front of edge_limit, so that a cached response is
 // served without counting against a rate limit. Every response it passes
-// carries Bloom-Status: MISS, HIT, DIRECT or OFFLINE.
+// carries Bloom-Status (MISS, HIT, DIRECT or OFFLINE) and Cache-Status
+// (RFC 9211).
 //
 // The handler (this file) keys requests and serves entries (serve.go)
-// through a recorder that decides what to store (recorder.go); its stores
+// through a recorder that decides what to store (recorder.go); status.go
+// writes Bloom-Status and Cache-Status, and metrics.go counts them in
+// Caddy's metrics registry and keeps the list of live stores; its stores
 // are modules of the edge_cache.storage namespace (storage.go) around the
 // engines of package cache; admin.go serves the purge endpoint. A new
 // store is a cache.Store in package cache and a module in storage.go.
