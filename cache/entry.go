@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,7 +47,26 @@ type Entry struct {
 	contentLength string
 	values        int
 	size          int64
+	hit           atomic.Pointer[HitMemo]
 }
+
+// HitMemo holds header values a server derives from an entry for one
+// second of its age (Age, a Cache-Status member), so that the hits served
+// within that second share them instead of formatting them again.
+type HitMemo struct {
+	// Age is the entry's age, in seconds, the values are for.
+	Age int64
+	// Tag is whatever else the values depend on (the cache's name).
+	Tag string
+	// AgeValue and Status are the values.
+	AgeValue, Status string
+}
+
+// HitMemo returns the memo a server last stored on the entry, or nil.
+func (e *Entry) HitMemo() *HitMemo { return e.hit.Load() }
+
+// SetHitMemo stores m on the entry for the hits that follow.
+func (e *Entry) SetHitMemo(m *HitMemo) { e.hit.Store(m) }
 
 // entryOverhead approximates what an entry costs beyond its bytes: the
 // structures of the entry, its map and its place in a store.

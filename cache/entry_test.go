@@ -155,7 +155,7 @@ func TestEntryBinaryRoundTrip(t *testing.T) {
 	}
 	back.Stored = e.Stored
 	if !reflect.DeepEqual(&back, e) {
-		t.Fatalf("round trip:\n%+v\nwant\n%+v", back, *e)
+		t.Fatalf("round trip:\n%+v\nwant\n%+v", &back, e)
 	}
 	// Every truncation, and garbage, is an error, not a panic.
 	for i := range len(b) {

@@ -64,6 +64,10 @@ type Decision struct {
 	Shared bool
 	// Reason says why a response is not stored, for logs.
 	Reason string
+	// Detail is Reason as a short RFC 8941 Token, for the detail
+	// parameter of Cache-Status: status, ignore, no-store, private,
+	// no-cache, set-cookie, vary, buckets or ttl-zero.
+	Detail string
 }
 
 // CacheableStatus tells whether a response status may be stored: Bloom's
@@ -97,29 +101,29 @@ func CacheableStatus(code int) bool {
 // by MaxTTL.
 func (p *Policy) Decide(status int, h http.Header) Decision {
 	if !CacheableStatus(status) {
-		return Decision{Reason: "status " + strconv.Itoa(status) + " is not cacheable"}
+		return Decision{Reason: "status " + strconv.Itoa(status) + " is not cacheable", Detail: "status"}
 	}
 	if v, ok := h[HeaderIgnore]; ok && !(len(v) == 1 && strings.TrimSpace(v[0]) == "0") {
-		return Decision{Reason: "Bloom-Response-Ignore"}
+		return Decision{Reason: "Bloom-Response-Ignore", Detail: "ignore"}
 	}
 	cc := parseCacheControl(h["Cache-Control"])
 	switch {
 	case cc.noStore:
-		return Decision{Reason: "Cache-Control: no-store"}
+		return Decision{Reason: "Cache-Control: no-store", Detail: "no-store"}
 	case cc.private:
-		return Decision{Reason: "Cache-Control: private"}
+		return Decision{Reason: "Cache-Control: private", Detail: "private"}
 	case cc.noCache:
-		return Decision{Reason: "Cache-Control: no-cache"}
+		return Decision{Reason: "Cache-Control: no-cache", Detail: "no-cache"}
 	}
 	if _, ok := h["Set-Cookie"]; ok {
-		return Decision{Reason: "Set-Cookie"}
+		return Decision{Reason: "Set-Cookie", Detail: "set-cookie"}
 	}
 	if _, ok := VaryNames(h); !ok {
-		return Decision{Reason: "Vary: * or too many Vary headers"}
+		return Decision{Reason: "Vary: * or too many Vary headers", Detail: "vary"}
 	}
 	buckets, ok := parseBuckets(h[HeaderBuckets])
 	if !ok {
-		return Decision{Reason: "too many or too long Bloom-Response-Buckets"}
+		return Decision{Reason: "too many or too long Bloom-Response-Buckets", Detail: "buckets"}
 	}
 	ttl := p.ttl()
 	switch t, ok := parseSeconds(h[HeaderTTL]); {
@@ -132,7 +136,7 @@ func (p *Policy) Decide(status int, h http.Header) Decision {
 	}
 	ttl = min(ttl, p.maxTTL())
 	if ttl <= 0 {
-		return Decision{Reason: "a lifetime of zero"}
+		return Decision{Reason: "a lifetime of zero", Detail: "ttl-zero"}
 	}
 	return Decision{Store: true, TTL: ttl, Buckets: buckets, Shared: cc.public || cc.sMaxAge > 0}
 }

@@ -99,6 +99,9 @@ func TestDecide(t *testing.T) {
 		if d.Store != c.store || d.TTL != c.ttl || !slices.Equal(d.Buckets, c.buckets) {
 			t.Errorf("%s: store %v ttl %v buckets %q (%s), want %v %v %q", c.name, d.Store, d.TTL, d.Buckets, d.Reason, c.store, c.ttl, c.buckets)
 		}
+		if !d.Store && !IsSFToken(d.Detail) {
+			t.Errorf("%s: detail %q is not a token", c.name, d.Detail)
+		}
 		if !d.Store && d.Reason == "" {
 			t.Errorf("%s: no reason given", c.name)
 		}

@@ -83,6 +83,7 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 	for _, s := range liveStores() {
 		n, err := s.Purge(r.Context(), p)
 		total += n
+		purgedTotal.Add(float64(n))
 		if err != nil {
 			errs = append(errs, err)
 		}

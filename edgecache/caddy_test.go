@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/edgelimit/caddy-edgelimit/edgecache"
 	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 )
@@ -63,7 +64,7 @@ func api(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	q := r.URL.Query()
-	for _, name := range []string{"Bloom-Response-Ignore", "Bloom-Response-TTL", "Bloom-Response-Buckets", "Cache-Control", "Vary", "ETag", "Set-Cookie"} {
+	for _, name := range []string{"Bloom-Response-Ignore", "Bloom-Response-TTL", "Bloom-Response-Buckets", "Cache-Control", "Vary", "ETag", "Set-Cookie", "Cache-Status"} {
 		if v := q.Get(strings.ToLower(name)); v != "" {
 			h.Set(name, v)
 		}
@@ -100,9 +101,34 @@ const cacheIssueCaddyfile = `
 }
 `
 
+// startCacheSite starts a Caddy with body, %UPSTREAM% replaced by up's
+// address. Every response its client reads must carry a valid
+// Cache-Status, if any (edgecache.CheckCacheStatus).
 func startCacheSite(t *testing.T, body string, up *upstream) *e2e.Site {
 	t.Helper()
-	return e2e.Start(t, strings.ReplaceAll(body, "%UPSTREAM%", up.addr()))
+	s := e2e.Start(t, strings.ReplaceAll(body, "%UPSTREAM%", up.addr()))
+	base := s.Tester.Client.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	s.Tester.Client.Transport = checkStatus{t: t, base: base}
+	return s
+}
+
+// checkStatus checks the Cache-Status of every response it carries.
+type checkStatus struct {
+	t    testing.TB
+	base http.RoundTripper
+}
+
+func (c checkStatus) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(r)
+	if err == nil {
+		if err := edgecache.CheckCacheStatus(resp.Header); err != nil {
+			c.t.Errorf("%s %s: %v", r.Method, r.URL, err)
+		}
+	}
+	return resp, err
 }
 
 func TestCacheServesHitsWithoutCounting(t *testing.T) {
@@ -133,7 +159,7 @@ func TestCacheServesHitsWithoutCounting(t *testing.T) {
 	e2e.Expect(t, s.Do("POST", "/issue/things"), 200, "Bloom-Status", "DIRECT")
 	e2e.Expect(t, s.Do("POST", "/issue/things"), 429, "Bloom-Status", "DIRECT")
 	e2e.Expect(t, s.Get("/issue/things"), 200, "Bloom-Status", "HIT")
-	e2e.Expect(t, s.Get("/issue/denied"), 429, "Bloom-Status", "DIRECT")
+	e2e.Expect(t, s.Get("/issue/denied"), 429, "Bloom-Status", "DIRECT", "Cache-Status", "edgelimit; fwd=uri-miss; detail=status")
 	clk.Add(time.Minute)
 	e2e.Expect(t, s.Get("/issue/denied"), 200, "Bloom-Status", "MISS")
 

@@ -35,6 +35,8 @@ func init() {
 //			prefix <text>
 //		}
 //		zone <name>
+//		cache_status <name>|off
+//		bloom_status off
 //	}
 //
 // Sizes are bytes, or numbers with units as go-humanize reads them
@@ -46,7 +48,7 @@ func parseCacheDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 	}
 	// Entries belong to this directive: the zone comes from what it says,
 	// so that it stays the same across reloads and on every instance.
-	err := zone.Default(h.State, "edge_cache.zones", &c, &c.Zone)
+	err := zone.Default(h.State, "edge_cache.zones", c.zoneView(), &c.Zone)
 	return &c, err
 }
 
@@ -130,6 +132,24 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			c.Zone = v
+		case "cache_status":
+			v, err := args.One(d)
+			if err != nil {
+				return err
+			}
+			if _, err := statusItem(v); err != nil {
+				return d.Errf("cache_status %q: %v", v, err)
+			}
+			c.CacheStatus = v
+		case "bloom_status":
+			v, err := args.One(d)
+			if err != nil {
+				return err
+			}
+			if v != "off" {
+				return d.Errf("bloom_status %q: want off (Bloom-Status is sent by default)", v)
+			}
+			c.BloomStatusOff = true
 		default:
 			return d.Errf("unknown edge_cache option %q", opt)
 		}

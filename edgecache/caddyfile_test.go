@@ -137,6 +137,40 @@ func TestCacheCaddyfileZones(t *testing.T) {
 	}
 }
 
+// TestCacheStatusCaddyfile: cache_status names the cache or turns
+// Cache-Status off, bloom_status off drops Bloom-Status, and neither
+// changes the zone (the entries stay across the change).
+func TestCacheStatusCaddyfile(t *testing.T) {
+	adapt := func(opts string) edgecache.Handler {
+		t.Helper()
+		cfg, err := e2e.Adapt(t, ":8080 {\n\tedge_cache {\n\t\tttl 1m\n"+opts+"\t}\n}\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, _ := cachesOf(t, cfg)
+		if len(cs) != 1 {
+			t.Fatalf("caches %+v", cs)
+		}
+		return cs[0]
+	}
+	plain := adapt("")
+	for opts, want := range map[string]edgecache.Handler{
+		"\t\tcache_status off\n":                        {CacheStatus: "off"},
+		"\t\tcache_status cdn-3.example.com\n":          {CacheStatus: "cdn-3.example.com"},
+		"\t\tcache_status \"Example CDN\"\n":            {CacheStatus: "Example CDN"},
+		"\t\tbloom_status off\n":                        {BloomStatusOff: true},
+		"\t\tbloom_status off\n\t\tcache_status edge\n": {BloomStatusOff: true, CacheStatus: "edge"},
+	} {
+		c := adapt(opts)
+		if c.CacheStatus != want.CacheStatus || c.BloomStatusOff != want.BloomStatusOff {
+			t.Errorf("%q: cache_status %q bloom_status_off %v", opts, c.CacheStatus, c.BloomStatusOff)
+		}
+		if c.Zone != plain.Zone {
+			t.Errorf("%q: zone %s, want %s as without the option", opts, c.Zone, plain.Zone)
+		}
+	}
+}
+
 func TestCacheCaddyfileErrors(t *testing.T) {
 	for body, want := range map[string]string{
 		"edge_cache foo":                                         `takes a block, not the argument "foo"`,
@@ -155,6 +189,11 @@ func TestCacheCaddyfileErrors(t *testing.T) {
 		"edge_cache {\n\tstorage redis {\n\t\tdb 1\n\t}\n}":      `unknown redis storage option "db"`,
 		"edge_cache {\n\tttl 1m\n\tttl 2m\n}":                    `option "ttl" given twice`,
 		"edge_cache {\n\tcolor blue\n}":                          `unknown edge_cache option "color"`,
+		"edge_cache {\n\tcache_status\n}":                        "wrong argument count",
+		"edge_cache {\n\tcache_status a b\n}":                    "wrong argument count",
+		"edge_cache {\n\tcache_status café\n}":                   `cache_status "café": want printable ASCII`,
+		"edge_cache {\n\tbloom_status on\n}":                     `bloom_status "on": want off`,
+		"edge_cache {\n\tbloom_status\n}":                        "wrong argument count",
 	} {
 		_, err := e2e.Adapt(t, ":8080 {\n"+body+"\n}\n")
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "Caddyfile:") {
@@ -173,6 +212,7 @@ func TestCacheJSONValidation(t *testing.T) {
 		{edgecache.Handler{StorageRaw: json.RawMessage(`"disk"`)}, `storage "disk"`},
 		{edgecache.Handler{RedisPrefix: "x"}, `redis_prefix goes with storage "redis"`},
 		{edgecache.Handler{Identity: []string{""}}, "identity: empty value"},
+		{edgecache.Handler{CacheStatus: "tab\there"}, `cache_status "tab\there": want printable ASCII`},
 	} {
 		if err := c.c.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.c, err, c.want)

@@ -1,10 +1,13 @@
 // Package edgecache is the edge_cache Caddy module: a Bloom-compatible
 // response cache in front of edge_limit, so that a cached response is
 // served without counting against a rate limit. Every response it passes
-// carries Bloom-Status: MISS, HIT, DIRECT or OFFLINE.
+// carries Bloom-Status (MISS, HIT, DIRECT or OFFLINE) and Cache-Status
+// (RFC 9211).
 //
 // The handler (this file) keys requests and serves entries (serve.go)
-// through a recorder that decides what to store (recorder.go); its stores
+// through a recorder that decides what to store (recorder.go); status.go
+// writes Bloom-Status and Cache-Status, and metrics.go counts them in
+// Caddy's metrics registry and keeps the list of live stores; its stores
 // are modules of the edge_cache.storage namespace (storage.go) around the
 // engines of package cache; admin.go serves the purge endpoint. A new
 // store is a cache.Store in package cache and a module in storage.go.
@@ -17,7 +20,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -114,6 +116,17 @@ type Handler struct {
 	// every instance with the same configuration.
 	Zone string `json:"zone,omitempty"`
 
+	// CacheStatus names this cache in the Cache-Status response header
+	// (RFC 9211) every response it passes carries: a token such as the
+	// default "edgelimit", or other printable ASCII text, sent as a
+	// quoted string. "off" leaves Cache-Status out (and an upstream's
+	// Cache-Status as it is).
+	CacheStatus string `json:"cache_status,omitempty"`
+
+	// BloomStatusOff leaves the Bloom-Status response header out. The
+	// metrics still count its values.
+	BloomStatusOff bool `json:"bloom_status_off,omitempty"`
+
 	policy  cache.Policy
 	stale   time.Duration
 	private []string // canonical names of the private headers, less those identity covers
@@ -124,6 +137,9 @@ type Handler struct {
 	logger  *zap.Logger
 	warn    *throttle.Log
 	clock   clock.Clock
+	// statusItem is the cache's name as Cache-Status writes it, or ""
+	// when Cache-Status is off.
+	statusItem string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -192,12 +208,14 @@ func (c *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if c.Zone == "" {
-		z, err := zone.Of(c)
+		z, err := zone.Of(c.zoneView())
 		if err != nil {
 			return err
 		}
 		c.Zone = z
 	}
+	c.statusItem, _ = statusItem(c.CacheStatus)
+	registerMetrics(ctx, c.logger)
 	if c.CoalesceWait == 0 {
 		c.CoalesceWait = caddy.Duration(DefaultCoalesceWait)
 	}
@@ -267,7 +285,31 @@ func (c *Handler) validate() error {
 	if c.CoalesceWait < 0 {
 		return fmt.Errorf("coalesce_wait must not be negative, got %s", time.Duration(c.CoalesceWait))
 	}
+	if _, err := statusItem(c.CacheStatus); err != nil {
+		return fmt.Errorf("cache_status %q: %w", c.CacheStatus, err)
+	}
 	return nil
+}
+
+// statusItem returns the cache's name as Cache-Status writes it (an
+// sf-token, else an sf-string), "" for off.
+func statusItem(name string) (string, error) {
+	switch name {
+	case "off":
+		return "", nil
+	case "":
+		name = DefaultCacheStatusName
+	}
+	return cache.SFNameItem(name)
+}
+
+// zoneView is the handler as its zone is derived from: the headers it
+// sends do not change which entries it shares, so turning them on or off
+// keeps the entries.
+func (c *Handler) zoneView() *Handler {
+	v := *c
+	v.CacheStatus, v.BloomStatusOff = "", false
+	return &v
 }
 
 // provisionHeaders resolves the private, stripped and kept headers.
@@ -332,38 +374,6 @@ func (c *Handler) Cleanup() error {
 		unregisterStore(c.store)
 	}
 	return nil
-}
-
-// stores are the stores of the running edge_cache handlers, counted
-// by handler, for purges through the admin API.
-var stores = struct {
-	sync.Mutex
-	m map[cache.Store]int
-}{m: make(map[cache.Store]int)}
-
-func registerStore(s cache.Store) {
-	stores.Lock()
-	stores.m[s]++
-	stores.Unlock()
-}
-
-func unregisterStore(s cache.Store) {
-	stores.Lock()
-	if stores.m[s]--; stores.m[s] <= 0 {
-		delete(stores.m, s)
-	}
-	stores.Unlock()
-}
-
-// liveCacheStores returns the stores to purge.
-func liveStores() []cache.Store {
-	stores.Lock()
-	defer stores.Unlock()
-	out := make([]cache.Store, 0, len(stores.m))
-	for s := range stores.m {
-		out = append(out, s)
-	}
-	return out
 }
 
 // storeFailed logs a store error, at most every few seconds.

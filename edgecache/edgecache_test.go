@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
@@ -53,7 +54,8 @@ func newTestCache(t testing.TB, c *Handler) *Handler {
 }
 
 // serveCache runs one request through c and next.
-func serveCache(c *Handler, next caddyhttp.Handler, method, target string, headers ...string) *httptest.ResponseRecorder {
+// The Cache-Status it answers with must be valid (CheckCacheStatus).
+func serveCache(t testing.TB, c *Handler, next caddyhttp.Handler, method, target string, headers ...string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(method, target, nil)
 	for i := 0; i+1 < len(headers); i += 2 {
 		r.Header.Set(headers[i], headers[i+1])
@@ -67,6 +69,9 @@ func serveCache(c *Handler, next caddyhttp.Handler, method, target string, heade
 		} else {
 			w.Code = 500
 		}
+	}
+	if err := CheckCacheStatus(w.Header()); err != nil {
+		t.Errorf("%s %s: %v", method, target, err)
 	}
 	return w
 }
@@ -84,7 +89,7 @@ func TestCacheStoreFailureIsDirect(t *testing.T) {
 		return nil
 	})
 	for range 3 {
-		w := serveCache(c, next, "GET", "http://example/fail")
+		w := serveCache(t, c, next, "GET", "http://example/fail")
 		if w.Code != 200 || w.Header().Get("Bloom-Status") != "DIRECT" || w.Body.String() != "fresh" || w.Header().Get("Bloom-Response-Buckets") != "" {
 			t.Fatalf("%d %v %q", w.Code, w.Header(), w.Body)
 		}
@@ -113,15 +118,16 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 	})
 	var wg sync.WaitGroup
 	statuses := make([]string, n)
+	coalesced := counterValue(t, coalescedTotal)
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := serveCache(c, next, "GET", "http://example/hot")
+			w := serveCache(t, c, next, "GET", "http://example/hot")
 			if w.Code != 200 || w.Body.String() != "hot" {
 				t.Errorf("%d %q", w.Code, w.Body)
 			}
-			statuses[i] = w.Header().Get("Bloom-Status")
+			statuses[i] = w.Header().Get("Bloom-Status") + " " + w.Header().Get("Cache-Status")
 		}()
 	}
 	wg.Wait()
@@ -132,9 +138,26 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 	for _, s := range statuses {
 		count[s]++
 	}
-	if count["MISS"] != 1 || count["HIT"] != n-1 {
+	// The waiters went forward with the leader, and were served what it
+	// stored (RFC 9211 collapsed).
+	if count["MISS edgelimit; fwd=uri-miss; stored"] != 1 || count["HIT edgelimit; fwd=uri-miss; collapsed; ttl=600"] != n-1 {
 		t.Fatalf("statuses %v", count)
 	}
+	if d := counterValue(t, coalescedTotal) - coalesced; d != n-1 {
+		t.Fatalf("coalesced_total grew by %v, want %d", d, n-1)
+	}
+}
+
+// counterValue reads a counter of the metrics.
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil || len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
+		t.Fatalf("gathering %v: %v", mfs, err)
+	}
+	return mfs[0].GetMetric()[0].GetCounter().GetValue()
 }
 
 // TestCacheCoalescedUncacheable: waiters on a response that is not stored
@@ -157,6 +180,7 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 	})
 	var wg sync.WaitGroup
 	bodies := make([]string, 2)
+	statuses := make([]string, 2)
 	for i, cookie := range []string{"a", "b"} {
 		wg.Add(1)
 		go func() {
@@ -167,12 +191,17 @@ func TestCacheCoalescedUncacheable(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			bodies[i] = serveCache(c, next, "GET", "http://example/private", "X-User", cookie).Body.String()
+			w := serveCache(t, c, next, "GET", "http://example/private", "X-User", cookie)
+			bodies[i], statuses[i] = w.Body.String(), w.Header().Get("Cache-Status")
 		}()
 	}
 	wg.Wait()
 	if bodies[0] != "a" || bodies[1] != "b" || calls.Load() != 2 {
 		t.Fatalf("bodies %q, %d calls", bodies, calls.Load())
+	}
+	// The waiter could not reuse the leader's response (collapsed=?0).
+	if statuses[0] != "edgelimit; fwd=uri-miss; detail=private" || statuses[1] != "edgelimit; fwd=uri-miss; collapsed=?0; detail=private" {
+		t.Fatalf("Cache-Status %q", statuses)
 	}
 }
 
@@ -187,7 +216,7 @@ func TestCacheLargeBodyStreamsThrough(t *testing.T) {
 		return nil
 	})
 	for range 2 {
-		w := serveCache(c, next, "GET", "http://example/large")
+		w := serveCache(t, c, next, "GET", "http://example/large")
 		if w.Code != 200 || w.Body.String() != big || w.Header().Get("Bloom-Status") != "DIRECT" {
 			t.Fatalf("%d %v %d bytes", w.Code, w.Header(), w.Body.Len())
 		}
@@ -262,7 +291,7 @@ func TestCacheEventStreamPassesThrough(t *testing.T) {
 		return nil
 	})
 	for range 2 {
-		w := serveCache(c, next, "GET", "http://example/events")
+		w := serveCache(t, c, next, "GET", "http://example/events")
 		if w.Header().Get("Bloom-Status") != "DIRECT" || !w.Flushed || w.Body.String() != strings.Repeat("data: x\n\n", 3) {
 			t.Fatalf("%v flushed %v %q", w.Header(), w.Flushed, w.Body)
 		}
@@ -315,13 +344,13 @@ func TestCacheWaiterFetchesAfterCoalesceWait(t *testing.T) {
 		return nil
 	})
 	leader := make(chan string, 1)
-	go func() { leader <- serveCache(c, next, "GET", "http://example/stuck").Body.String() }()
+	go func() { leader <- serveCache(t, c, next, "GET", "http://example/stuck").Body.String() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for calls.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	waiter := make(chan *httptest.ResponseRecorder, 1)
-	go func() { waiter <- serveCache(c, next, "GET", "http://example/stuck") }()
+	go func() { waiter <- serveCache(t, c, next, "GET", "http://example/stuck") }()
 	select {
 	case w := <-waiter:
 		if w.Code != 200 || w.Body.String() != "answer" || calls.Load() != 2 {

@@ -44,14 +44,17 @@ type cacheRecorder struct {
 	mode       recMode
 	buf        *bytes.Buffer
 	decision   cache.Decision
+	// v is what the cache did, for the headers and metrics: why the
+	// request went forward, then why its response was not stored.
+	v verdict
 }
 
 // newCacheRecorder returns a cacheRecorder for one request. A response that may be
 // stored, or replaced by a stale copy, is given a header map of its own, so
 // that the entry holds only the upstream's headers and a discarded failure
 // leaves nothing behind; others write to w's headers directly.
-func newCacheRecorder(w http.ResponseWriter, r *http.Request, c *Handler, store, stale bool) *cacheRecorder {
-	rec := &cacheRecorder{w: w, r: r, c: c, store: store, stale: stale}
+func newCacheRecorder(w http.ResponseWriter, r *http.Request, c *Handler, store, stale bool, v verdict) *cacheRecorder {
+	rec := &cacheRecorder{w: w, r: r, c: c, store: store, stale: stale, v: v}
 	if store || stale {
 		rec.hdr, rec.own = make(http.Header), true
 	} else {
@@ -79,19 +82,28 @@ func (rec *cacheRecorder) WriteHeader(code int) {
 	case rec.stale && gatewayStatus(code):
 		rec.mode = modeDiscard
 		return
-	case rec.store && !streaming(rec.hdr):
-		if d := rec.c.policy.Decide(code, rec.hdr); d.Store && (d.Shared || !rec.sharedOnly) {
+	case rec.store && streaming(rec.hdr):
+		rec.v.detail = "streaming"
+	case rec.store:
+		d := rec.c.policy.Decide(code, rec.hdr)
+		if d.Store && (d.Shared || !rec.sharedOnly) {
 			rec.decision = d
 			rec.mode = modeBuffer
 			rec.buf = getBuffer()
 			return
-		} else if ce := rec.c.logger.Check(zap.DebugLevel, "response not stored"); ce != nil {
+		}
+		rec.v.detail = d.Detail
+		if d.Store {
+			d.Reason, rec.v.detail = "a request with a private header, and the response not marked shared", "not-shared"
+		}
+		if ce := rec.c.logger.Check(zap.DebugLevel, "response not stored"); ce != nil {
 			ce.Write(zap.String("uri", rec.r.RequestURI), zap.String("reason", d.Reason))
 		}
 	}
 	st := cache.Direct
 	if gatewayStatus(code) && !fromUpstream(rec.r, code) {
 		st = cache.Offline
+		rec.v.detail = "offline"
 	}
 	_ = rec.pass(st)
 }
@@ -111,7 +123,8 @@ func (rec *cacheRecorder) settleHeaders(st cache.Status) {
 	} else {
 		cache.StripControl(hdr)
 	}
-	setBloomStatus(hdr, st)
+	rec.v.st = st
+	rec.c.settle(hdr, rec.v)
 }
 
 // pass starts streaming to the client: headers, status, and whatever was
@@ -138,6 +151,7 @@ func (rec *cacheRecorder) Write(p []byte) (int, error) {
 	switch rec.mode {
 	case modeBuffer:
 		if int64(rec.buf.Len()+len(p)) > rec.c.MaxSize {
+			rec.v.detail = "too-large"
 			if err := rec.pass(cache.Direct); err != nil {
 				return 0, err
 			}

@@ -28,8 +28,13 @@ import (
 // entries and leads no flight. When the upstream cannot be reached, a
 // stale copy within stale_if_error is served, else a 502; both say OFFLINE.
 func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !cache.CacheableMethod(r.Method) || len(r.Header["Upgrade"]) > 0 || hasBody(r) {
-		return c.passThrough(w, r, next, nil)
+	switch {
+	case !cache.CacheableMethod(r.Method):
+		return c.passThrough(w, r, next, nil, verdict{fwd: fwdMethod})
+	case len(r.Header["Upgrade"]) > 0:
+		return c.passThrough(w, r, next, nil, verdict{fwd: fwdBypass, detail: "upgrade"})
+	case hasBody(r):
+		return c.passThrough(w, r, next, nil, verdict{fwd: fwdBypass, detail: "body"})
 	}
 	private := c.isPrivate(r)
 	now := c.clock.Now()
@@ -37,61 +42,73 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	e, err := c.store.Get(r.Context(), key, now)
 	if err != nil {
 		c.storeFailed(err)
-		return c.passThrough(w, r, next, nil)
+		return c.passThrough(w, r, next, nil, verdict{fwd: fwdMiss, detail: "store-error"})
 	}
 	var stale *cache.Entry
-	if e != nil && e.Matches(r.Header) && (e.Shared || !private) {
-		if e.Fresh(now) {
-			return c.serve(w, r, e, cache.Hit, now)
-		}
-		if e.Usable(now) {
+	fwd := fwdURIMiss
+	switch {
+	case e == nil:
+	case !e.Matches(r.Header):
+		fwd = fwdVaryMiss
+	case !e.Fresh(now):
+		fwd = fwdStale
+		if e.Usable(now) && (e.Shared || !private) {
 			stale = e
 		}
+	case e.Shared || !private:
+		return c.serveHit(w, r, e, now)
+	default:
+		// A fresh entry this request may not be served: it carries a
+		// private header and the entry is not shared.
+		fwd = fwdRequest
 	}
 	if r.Method == http.MethodHead {
 		// A HEAD has no body to fill the GET entry with.
-		return c.passThrough(w, r, next, stale)
+		return c.passThrough(w, r, next, stale, verdict{fwd: fwd, detail: "head"})
 	}
 	if private {
 		// Its response may be this user's alone: it is stored only if the
 		// upstream says it may be shared, and nobody waits for it.
-		return c.fetch(w, r, next, key, stale, nil, true)
+		return c.fetch(w, r, next, key, stale, nil, true, verdict{fwd: fwd})
 	}
 	f, leader := c.flights.Join(key.ID)
 	if !leader {
-		return c.await(w, r, next, f, key, stale)
+		return c.await(w, r, next, f, key, stale, fwd)
 	}
 	// A flight that landed between Get and Join has stored its entry.
 	if e, err := c.store.Get(r.Context(), key, now); err == nil && e != nil && e.Matches(r.Header) && e.Fresh(now) {
 		c.flights.Land(key.ID, f, cache.Stored, e)
-		return c.serve(w, r, e, cache.Hit, now)
+		return c.serveHit(w, r, e, now)
 	}
-	return c.fetch(w, r, next, key, stale, f, false)
+	return c.fetch(w, r, next, key, stale, f, false, verdict{fwd: fwd})
 }
 
 // await waits for the flight another request leads, coalesce_wait at
 // most, and answers from what it brought; after that, or when it brought
 // nothing this request may be served, the request asks the upstream
 // itself.
-func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, f *cache.Flight, key cache.Key, stale *cache.Entry) error {
+func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, f *cache.Flight, key cache.Key, stale *cache.Entry, fwd string) error {
+	coalescedTotal.Inc()
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.CoalesceWait))
 	outcome, fe, err := f.Wait(ctx)
 	cancel()
 	switch {
 	case err != nil && r.Context().Err() != nil:
-		setBloomStatus(w.Header(), cache.Direct)
+		c.settle(w.Header(), verdict{st: cache.Direct, fwd: fwd, collapsed: -1, detail: "client-gone"})
 		return caddyhttp.Error(499, err)
 	case err != nil:
 		// The leader is slow (or never sends its request's end): do not
 		// wait for it any longer.
 	case outcome == cache.Stored && fe.Matches(r.Header):
-		return c.serve(w, r, fe, cache.Hit, c.clock.Now())
+		now := c.clock.Now()
+		age := fe.Age(now)
+		return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1, hasTTL: true, ttl: ttlOf(fe, age)}, now)
 	case outcome == cache.Unreachable:
-		return c.offline(w, r, stale, nil, errUpstreamUnreachable)
+		return c.offline(w, r, stale, nil, errUpstreamUnreachable, verdict{fwd: fwd, collapsed: 1})
 	}
 	// Not stored, or another variant: the leader's response may have been
 	// for the leader only.
-	return c.fetch(w, r, next, key, stale, nil, false)
+	return c.fetch(w, r, next, key, stale, nil, false, verdict{fwd: fwd, collapsed: -1})
 }
 
 // hasBody tells whether the request has (or may still send) a body: a
@@ -107,8 +124,8 @@ var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
 // and answers. f is the flight this request leads, if any: it lands before
 // the client is answered, and whatever happens (a panic included).
 // With sharedOnly, the response is stored only when the upstream said it
-// may be shared.
-func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight, sharedOnly bool) error {
+// may be shared. v says why the request goes forward.
+func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight, sharedOnly bool, v verdict) error {
 	landed := f == nil
 	land := func(o cache.Outcome, e *cache.Entry) {
 		if !landed {
@@ -118,7 +135,7 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	defer land(cache.Uncacheable, nil)
 
-	rec := newCacheRecorder(w, r, c, true, stale != nil)
+	rec := newCacheRecorder(w, r, c, true, stale != nil, v)
 	rec.sharedOnly = sharedOnly
 	defer rec.free()
 	err := next.ServeHTTP(rec, c.forUpstream(r))
@@ -128,8 +145,11 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		}
 		if upstreamUnreachable(err) {
 			land(cache.Unreachable, nil)
-			return c.offline(w, r, stale, rec, err)
+			return c.offline(w, r, stale, rec, err, rec.v)
 		}
+		// An error answered by Caddy's error handling (a limiter's
+		// denial, say): nothing to store.
+		rec.v.detail = "error"
 		rec.settleHeaders(cache.Direct)
 		return err
 	}
@@ -139,14 +159,16 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	switch rec.mode {
 	case modeDiscard:
 		land(cache.Unreachable, nil)
-		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
+		return c.serveStale(w, r, stale, rec.v, rec.status)
 	case modeBuffer:
 		now := c.clock.Now()
 		e := cache.NewEntry(rec.status, rec.hdr, rec.buf.Bytes(), rec.decision, r.Header, now, c.stale)
 		// A client that leaves now must not cost the others the entry.
 		if err := c.store.Set(context.WithoutCancel(r.Context()), key, e, now); err != nil {
+			rec.v.detail = "too-large"
 			if !errors.Is(err, cache.ErrTooLarge) {
 				c.storeFailed(err)
+				rec.v.detail = "store-error"
 			}
 			land(cache.Uncacheable, nil)
 			return rec.pass(cache.Direct)
@@ -159,9 +181,10 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 
 // passThrough sends a request upstream without storing: methods that are
 // not cacheable, HEAD misses, upgrades, and every request while the store
-// fails. stale, for a HEAD, is served if the upstream is offline.
-func (c *Handler) passThrough(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, stale *cache.Entry) error {
-	rec := newCacheRecorder(w, r, c, false, stale != nil)
+// fails. stale, for a HEAD, is served if the upstream is offline. v says
+// why the request goes forward.
+func (c *Handler) passThrough(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, stale *cache.Entry, v verdict) error {
+	rec := newCacheRecorder(w, r, c, false, stale != nil, v)
 	defer rec.free()
 	err := next.ServeHTTP(rec, r)
 	if err != nil {
@@ -169,7 +192,7 @@ func (c *Handler) passThrough(w http.ResponseWriter, r *http.Request, next caddy
 			return err
 		}
 		if upstreamUnreachable(err) {
-			return c.offline(w, r, stale, rec, err)
+			return c.offline(w, r, stale, rec, err, rec.v)
 		}
 		rec.settleHeaders(cache.Direct)
 		return err
@@ -178,7 +201,7 @@ func (c *Handler) passThrough(w http.ResponseWriter, r *http.Request, next caddy
 	case modeInit:
 		rec.WriteHeader(http.StatusOK)
 	case modeDiscard:
-		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
+		return c.serveStale(w, r, stale, rec.v, rec.status)
 	}
 	return nil
 }
@@ -186,32 +209,82 @@ func (c *Handler) passThrough(w http.ResponseWriter, r *http.Request, next caddy
 // offline answers when the upstream could not be reached: the stale copy
 // if there is one, else a 502 through Caddy's error handling (so that
 // handle_errors can render it), both with OFFLINE.
-func (c *Handler) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error) error {
+func (c *Handler) offline(w http.ResponseWriter, r *http.Request, stale *cache.Entry, rec *cacheRecorder, err error, v verdict) error {
 	if stale != nil {
-		return c.serve(w, r, stale, cache.Offline, c.clock.Now())
+		return c.serveStale(w, r, stale, v, 0)
 	}
+	v.detail = "offline"
 	if rec != nil {
+		rec.v = v
 		rec.settleHeaders(cache.Offline)
 	} else {
-		setBloomStatus(w.Header(), cache.Offline)
+		v.st = cache.Offline
+		c.settle(w.Header(), v)
 	}
 	return caddyhttp.Error(http.StatusBadGateway, err)
 }
 
-// serve answers from an entry: HIT, a waiter's HIT, or a stale OFFLINE.
-// The entry is shared, so its header values are copied (in one
-// allocation) before handlers outside this one may change them in place.
-func (c *Handler) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, st cache.Status, now time.Time) error {
+// serveStale serves a stale copy because the upstream could not be
+// reached (status is what the next handler answered instead, 0 for none).
+func (c *Handler) serveStale(w http.ResponseWriter, r *http.Request, e *cache.Entry, v verdict, status int) error {
+	staleServedTotal.Inc()
+	now := c.clock.Now()
+	v.st, v.fwd, v.detail = cache.Offline, fwdStale, "offline"
+	v.stored = false
+	if status != 0 && status != e.Status {
+		v.fwdStatus = status
+	}
+	v.hasTTL, v.ttl = true, ttlOf(e, e.Age(now))
+	return c.serve(w, r, e, v, now)
+}
+
+// serveHit serves a fresh entry: Age and Cache-Status come from the
+// entry's memo, so that a hit allocates only the copy of its headers.
+func (c *Handler) serveHit(w http.ResponseWriter, r *http.Request, e *cache.Entry, now time.Time) error {
+	countResponse(cache.Hit)
+	m := c.hitMemo(e, now)
 	hdr := w.Header()
-	vals := make([]string, e.HeaderValues()+3)
+	vals := c.copyEntryHeader(hdr, e)
+	if !c.BloomStatusOff {
+		vals[0] = cache.Hit.String()
+		hdr[cache.HeaderStatus] = vals[0:1:1]
+	}
+	if c.statusItem != "" {
+		vals[3] = m.Status
+		hdr[HeaderCacheStatus] = vals[3:4:4]
+	}
+	return c.writeEntry(w, r, e, m.AgeValue, vals)
+}
+
+// serve answers from an entry with the headers of v: a waiter's HIT, or a
+// stale OFFLINE.
+func (c *Handler) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, v verdict, now time.Time) error {
+	hdr := w.Header()
+	vals := c.copyEntryHeader(hdr, e)
+	// The entry's own Cache-Status (from the caches behind) comes first.
+	c.settle(hdr, v)
+	return c.writeEntry(w, r, e, strconv.FormatInt(e.Age(now), 10), vals)
+}
+
+// copyEntryHeader puts the entry's headers on hdr. The entry is shared, so
+// its header values are copied (in one allocation) before handlers
+// outside this one may change them in place; the four values left over
+// are for Bloom-Status, Age, Content-Length and Cache-Status.
+func (c *Handler) copyEntryHeader(hdr http.Header, e *cache.Entry) []string {
+	vals := make([]string, e.HeaderValues()+4)
 	for name, vs := range e.Header {
 		n := copy(vals, vs)
 		hdr[name] = vals[:n:n]
 		vals = vals[n:]
 	}
-	vals[0] = st.String()
-	hdr[cache.HeaderStatus] = vals[0:1:1]
-	vals[1] = strconv.FormatInt(e.Age(now), 10)
+	return vals
+}
+
+// writeEntry writes the entry's status and body, or 304 when the request's
+// If-None-Match matches; vals are copyEntryHeader's spare values.
+func (c *Handler) writeEntry(w http.ResponseWriter, r *http.Request, e *cache.Entry, age string, vals []string) error {
+	hdr := w.Header()
+	vals[1] = age
 	hdr["Age"] = vals[1:2:2]
 	if e.NotModified(r.Header["If-None-Match"]) {
 		w.WriteHeader(http.StatusNotModified)
@@ -237,8 +310,14 @@ func (c *Handler) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRe
 		}
 	}
 	hdr["Etag"] = []string{e.ETag}
-	setBloomStatus(hdr, cache.Miss)
-	if e.NotModified(r.Header["If-None-Match"]) {
+	v := rec.v
+	v.st, v.stored = cache.Miss, true
+	notModified := e.NotModified(r.Header["If-None-Match"])
+	if notModified {
+		v.fwdStatus = e.Status
+	}
+	c.settle(hdr, v)
+	if notModified {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
@@ -308,10 +387,6 @@ func fromUpstream(r *http.Request, code int) bool {
 	}
 	v, ok := repl.Get("http.reverse_proxy.status_code")
 	return ok && v == code
-}
-
-func setBloomStatus(h http.Header, st cache.Status) {
-	h[cache.HeaderStatus] = []string{st.String()}
 }
 
 // streaming tells whether a response is meant to reach the client as it is
