@@ -171,6 +171,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	} else {
 		h.store = app.store
 	}
+	for _, cl := range h.limits {
+		app.registry.add(cl, h.store, h.clock)
+	}
 	n := len(h.limits)
 	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
 	return nil
