@@ -256,8 +256,10 @@ type ClientRequest struct {
 	Key *string `json:"key"`
 	// Part names one part of a key of several (0-based); default all.
 	Part *int `json:"part,omitempty"`
-	// Tier picks the numbers to answer with (inspect); default the
-	// numbers of clients in no known tier.
+	// Tier picks the numbers to answer and credit with (inspect, credit);
+	// default the numbers of clients in no known tier. All tiers share
+	// one counter: it matters for the remaining count and, for token
+	// buckets, for how much backlog a unit is.
 	Tier string `json:"tier,omitempty"`
 	// Units to credit: at least 1.
 	Units *int64 `json:"units,omitempty"`
@@ -310,8 +312,8 @@ func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
 	} else if req.Units != nil {
 		return nil, apiError(http.StatusBadRequest, `field "units": only credit takes units`)
 	}
-	if route != "inspect" && req.Tier != "" {
-		return nil, apiError(http.StatusBadRequest, `field "tier": only inspect takes a tier (tiers share one counter)`)
+	if route == "reset" && req.Tier != "" {
+		return nil, apiError(http.StatusBadRequest, `field "tier": reset takes no tier (the tiers of a limit share one counter)`)
 	}
 	return &req, nil
 }
@@ -440,23 +442,33 @@ type PartState struct {
 	Given *int64 `json:"given,omitempty"`
 }
 
+// numbers returns the numbers of the tier req names (default: those of
+// clients in no known tier) and the tier's name.
+func (e *adminEntry) numbers(req *ClientRequest) (limiter.Limit, string, error) {
+	cl := e.cl
+	if req.Tier == "" {
+		return cl.limit, cl.tierName, nil
+	}
+	t, ok := cl.tiers[req.Tier]
+	if !ok {
+		names := make([]string, 0, len(cl.tiers))
+		for n := range cl.tiers {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		if len(names) == 0 {
+			return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tiers`, cl.name)
+		}
+		return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tier %q (it has %s)`, cl.name, req.Tier, strings.Join(names, ", "))
+	}
+	return t.limit, t.name, nil
+}
+
 func (e *adminEntry) inspect(ctx context.Context, req *ClientRequest) (*InspectResponse, []storage.Request, error) {
 	cl := e.cl
-	lim, tier := cl.limit, cl.tierName
-	if req.Tier != "" {
-		t, ok := cl.tiers[req.Tier]
-		if !ok {
-			names := make([]string, 0, len(cl.tiers))
-			for n := range cl.tiers {
-				names = append(names, n)
-			}
-			sort.Strings(names)
-			if len(names) == 0 {
-				return nil, nil, apiError(http.StatusBadRequest, `field "tier": limit %q has no tiers`, cl.name)
-			}
-			return nil, nil, apiError(http.StatusBadRequest, `field "tier": limit %q has no tier %q (it has %s)`, cl.name, req.Tier, strings.Join(names, ", "))
-		}
-		lim, tier = t.limit, t.name
+	lim, tier, err := e.numbers(req)
+	if err != nil {
+		return nil, nil, err
 	}
 	a, err := adminStore(e)
 	if err != nil {
@@ -583,7 +595,11 @@ func handleCredit(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	reqs, _, err := e.requests(req, e.cl.limit)
+	lim, _, err := e.numbers(req)
+	if err != nil {
+		return err
+	}
+	reqs, _, err := e.requests(req, lim)
 	if err != nil {
 		return err
 	}

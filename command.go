@@ -28,7 +28,7 @@ func init() {
 	fs.String("zone", "", "Zone of a route limit, when several routes have a limit of that name")
 	fs.String("key", "", "The client's key as the limit reads it (header value, IP, user id); - reads it from stdin")
 	fs.Int("part", -1, "Key part (0-based) of a key of several parts; default every part")
-	fs.String("tier", "", "Tier whose numbers to inspect with")
+	fs.String("tier", "", "Tier whose numbers to inspect or credit with (default: clients in no known tier)")
 	fs.Int64("units", 0, "Units to credit")
 	fs.Bool("all", false, "reset: every limit of the key")
 	fs.Bool("json", false, "Print the API's JSON answer")

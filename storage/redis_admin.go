@@ -379,14 +379,14 @@ func (s *Redis) watchInvalidations() {
 			ps = subscribe()
 			continue
 		}
+		// Any message shows the connection alive.
+		pinged = false
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" && m.Channel == channel {
 				subscribed, pinged = true, false
 				s.setLive(true)
 			}
-		case *redis.Pong:
-			pinged = false
 		case *redis.Message:
 			s.denials.clearAll()
 		}
