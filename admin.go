@@ -280,7 +280,7 @@ func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
 	if err := dec.Decode(&req); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return nil, apiError(http.StatusBadRequest, "field %q: want a %s, got a JSON %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
+			return nil, apiError(http.StatusBadRequest, "field %q: want %s, got a JSON %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
 		}
 		return nil, apiError(http.StatusBadRequest, `want a JSON object such as {"limit": "api", "key": "203.0.113.7"}: %v`, err)
 	}
@@ -318,14 +318,15 @@ func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
 	return &req, nil
 }
 
+// jsonKind names what a Go kind wants in JSON.
 func jsonKind(k string) string {
 	switch {
 	case strings.HasPrefix(k, "int"):
-		return "integer"
-	case k == "ptr":
-		return "value"
+		return "an integer"
+	case k == "string":
+		return "a string"
 	}
-	return k
+	return "a " + k
 }
 
 // find returns the entries req names: the limit of that name (in that

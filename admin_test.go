@@ -192,7 +192,7 @@ func TestAdminAPI(t *testing.T) {
 		{"POST", "/edge_limit/credit", `{"limit": "plugin_daily", "key": "x"}`, 400, `field \"units\": required`},
 		{"POST", "/edge_limit/credit", `{"limit": "plugin_daily", "key": "x", "units": -3}`, 400, `field \"units\": -3`},
 		{"POST", "/edge_limit/credit", `{"limit": "plugin_daily", "key": "x", "units": 1e30}`, 400, `field \"units\"`},
-		{"POST", "/edge_limit/credit", `{"limit": "plugin_daily", "key": "x", "units": "5"}`, 400, `field \"units\": want a integer`},
+		{"POST", "/edge_limit/credit", `{"limit": "plugin_daily", "key": "x", "units": "5"}`, 400, `field \"units\": want an integer`},
 		{"POST", "/edge_limit/reset", `{"limit": "plugin_daily", "key": "x", "units": 5}`, 400, `only credit`},
 		{"POST", "/edge_limit/reset", `{"zone": "z", "key": "x"}`, 400, `field \"zone\": goes with`},
 		{"GET", "/edge_limit/inspect", ``, 405, `use POST`},

@@ -21,6 +21,8 @@
 //	metrics.go          Prometheus metrics
 //	storage_memory.go   the memory store module (edge_limit.storage.memory)
 //	storage_redis.go    the Redis store module (edge_limit.storage.redis)
+//	admin.go            admin API: inspect, reset, credit one client
+//	command.go          the caddy edge-limit command
 //
 // Where to add: an algorithm goes in limiter (with its Lua twin in
 // storage/redis_script.go) and the grammar in limit_caddyfile.go; a counter
