@@ -454,3 +454,58 @@ type statusBody struct {
 }
 
 func pair(status int, body string) statusBody { return statusBody{status, body} }
+
+// TestAdminTiers: inspect and credit with a tier use that tier's numbers
+// (a token bucket's unit is its tier's refill interval); a wrong tier is
+// named.
+func TestAdminTiers(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `%ADDR% {
+	map {header.X-Api-Key} {org_tier} {
+		key-gold GOLD
+	}
+	edge_limit {
+		limit bucket {
+			key {header.X-Api-Key}
+			tier {org_tier} {
+				BASE token_bucket 2 1/1m
+				GOLD token_bucket 4 1/1s
+				default BASE
+			}
+		}
+		zone tiers
+	}
+	respond "ok"
+}`)
+	admin := adminAddr()
+	for range 4 {
+		expect(t, s.get("/", "X-Api-Key", "key-gold"), 200)
+	}
+	expect(t, s.get("/", "X-Api-Key", "key-gold"), 429)
+	v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "bucket", "key": "key-gold", "tier": "GOLD"}`)
+	if p := v.Parts[0]; v.Tier != "GOLD" || p.Limit != 4 || p.Remaining != 0 || !p.Denying || p.RetryAfterSeconds != 1 || v.Numbers.Limit != 4 {
+		t.Fatalf("GOLD: %+v", v)
+	}
+	// In BASE's numbers (the default): the backlog is time (4 s), less
+	// than one of BASE's units (a minute), so a BASE client would pass.
+	v = inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "bucket", "key": "key-gold"}`)
+	if p := v.Parts[0]; v.Tier != "BASE" || p.Limit != 2 || p.Denying || p.Remaining != 1 {
+		t.Fatalf("BASE: %+v", v)
+	}
+	v = inspectAt(t, admin, "POST", "/edge_limit/credit", `{"limit": "bucket", "key": "key-gold", "tier": "GOLD", "units": 3}`)
+	if p := v.Parts[0]; *p.Given != 3 || p.Remaining != 3 {
+		t.Fatalf("credit in GOLD: %+v", p)
+	}
+	for range 3 {
+		expect(t, s.get("/", "X-Api-Key", "key-gold"), 200)
+	}
+	expect(t, s.get("/", "X-Api-Key", "key-gold"), 429)
+	status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "bucket", "key": "key-gold", "tier": "PLATINUM"}`)
+	if status != 400 || !strings.Contains(body, `no tier \"PLATINUM\" (it has BASE, GOLD)`) {
+		t.Fatalf("unknown tier: %d %s", status, body)
+	}
+	_, body = adminDo(t, admin, "GET", "/edge_limit/limits", "")
+	if !strings.Contains(body, `"GOLD"`) || !strings.Contains(body, `"tier": "{org_tier}"`) || !strings.Contains(body, `"default_tier": "BASE"`) {
+		t.Fatalf("limits: %s", body)
+	}
+}
