@@ -173,6 +173,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.store = app.store
 	}
 	h.timer = h.metrics.timerFor(h.store)
+	for _, cl := range h.limits {
+		app.registry.add(cl, h.store, h.clock)
+	}
 	n := len(h.limits)
 	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
 	return nil

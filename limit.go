@@ -120,6 +120,9 @@ type CalendarConfig struct {
 // compiledLimit is a Limit ready for the request path.
 type compiledLimit struct {
 	name     string
+	cfg      *Limit // as configured, for the admin API
+	zone     string // the zone of a route limit ("" for global ones)
+	scope    string // route, global, or shared (the edge_limit app's)
 	keys     []keyPart
 	counters []string // one per key part: parts never share a counter
 	limit    limiter.Limit
@@ -157,7 +160,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 			return nil, err
 		}
 	}
-	cl := &compiledLimit{name: l.Name, cost: cost, dryRun: l.DryRun, status: l.Status}
+	cl := &compiledLimit{name: l.Name, cfg: l, cost: cost, dryRun: l.DryRun, status: l.Status}
 	if l.Body != "" {
 		cl.body = parseBody(compileTemplate(l.Body))
 	}
@@ -184,8 +187,10 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	switch l.Scope {
 	case "", "route":
 		base = "r/" + zone + "/" + l.Name + "/" + cl.limit.Algorithm.String()
+		cl.zone, cl.scope = zone, "route"
 	case "global":
 		base = "g/" + l.Name + "/" + cl.limit.Algorithm.String()
+		cl.scope = "global"
 	default:
 		return nil, checkScope(l.Scope)
 	}

@@ -21,6 +21,8 @@
 //	metrics.go          Prometheus metrics
 //	storage_memory.go   the memory store module (edge_limit.storage.memory)
 //	storage_redis.go    the Redis store module (edge_limit.storage.redis)
+//	admin.go            admin API: inspect, reset, credit one client
+//	command.go          the caddy edge-limit command
 //
 // Where to add: an algorithm goes in limiter (with its Lua twin in
 // storage/redis_script.go) and the grammar in limit_caddyfile.go; a counter
@@ -39,6 +41,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 
 	// The edge_cache module, built with edge_limit.
@@ -61,10 +64,13 @@ type App struct {
 	// wherever they are used.
 	Limits []*Limit `json:"limits,omitempty"`
 
-	store   storage.Store
-	shared  map[string]*compiledLimit
-	metrics *metrics
-	logger  *zap.Logger
+	store  storage.Store
+	shared map[string]*compiledLimit
+	// registry lists the limits of this configuration for the admin API
+	// (admin.go); Start makes it the live one.
+	registry *registry
+	metrics  *metrics
+	logger   *zap.Logger
 
 	// declared and exempting are the limit names of every handler of the
 	// configuration and their exemptions, checked against each other when
@@ -121,6 +127,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.store = store
 	a.metrics = newMetrics(ctx, a.logger)
 	a.metrics.stores.add(store)
+	a.registry = new(registry)
 	a.shared = make(map[string]*compiledLimit, len(a.Limits))
 	for i, l := range a.Limits {
 		if l == nil {
@@ -139,7 +146,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("limit %q is declared twice", l.Name)
 		}
 		cl.outcomes = a.metrics.outcomesFor(cl.name)
+		cl.scope = "shared"
 		a.shared[l.Name] = cl
+		a.registry.add(cl, a.store, clock.ForProvision())
 		warnPrivileges(a.logger, cl)
 		a.declare([]*compiledLimit{cl}, true)
 	}
@@ -169,11 +178,17 @@ func (a *App) Start() error {
 			return fmt.Errorf("limit %q in %s: exempt %q: no edge_limit directive nor the global option declares a limit of that name", e.limit, where, e.exempts)
 		}
 	}
+	liveRegistry.Store(a.registry)
 	return nil
 }
 
-// Stop implements caddy.App.
-func (a *App) Stop() error { return nil }
+// Stop implements caddy.App: the registry of the admin API stays the
+// newest configuration's (a reload starts the new app before it stops the
+// old one).
+func (a *App) Stop() error {
+	liveRegistry.CompareAndSwap(a.registry, nil)
+	return nil
+}
 
 // StorageBackend is implemented by the modules of the edge_limit.storage
 // namespace: after Provision, Store returns the store to use. A backend

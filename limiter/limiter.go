@@ -8,8 +8,9 @@
 // any rate an HTTP edge sees, and small enough that a Lua double (53 bits)
 // holds it exactly, which keeps the two implementations in agreement.
 //
-// A new algorithm is an Algorithm constant with its name here, its Take and
-// Refund arithmetic (and what Validate and ResultWindow say of it), the same
+// A new algorithm is an Algorithm constant with its name here, its Take,
+// Refund and Credit (admin.go) arithmetic (and what Validate and
+// ResultWindow say of it), the same
 // arithmetic in the Lua of storage/redis_script.go, and its Caddyfile words
 // in the root package's limit_caddyfile.go. Nothing else knows algorithms.
 package limiter

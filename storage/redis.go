@@ -117,16 +117,23 @@ const (
 // another denies, a second round trip gives back what the allowing slots
 // counted. Every hash expires when its states would be forgotten anyway.
 type Redis struct {
-	client   redis.UniversalClient
-	pipe     *pipe
-	cluster  bool
-	prefix   string
-	timeout  time.Duration
-	onError  OnError
-	local    *Memory
-	denials  *denials // nil when off
-	serverTS bool
-	retry    int64 // nanoseconds
+	client  redis.UniversalClient
+	pipe    *pipe
+	cluster bool
+	prefix  string
+	timeout time.Duration
+	onError OnError
+	local   *Memory
+	denials *denials // nil when off
+	// live is set while the subscription to InvalidateChannel is
+	// confirmed: only then are local denials used (redis_admin.go).
+	live      atomic.Bool
+	watchStop chan struct{}
+	watchDone chan struct{}
+	psMu      sync.Mutex
+	ps        *redis.PubSub // the watcher's subscription; Close closes it
+	serverTS  bool
+	retry     int64 // nanoseconds
 
 	logger    atomic.Pointer[zap.Logger]
 	epoch     time.Time
@@ -188,6 +195,10 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 	}
 	s.scratch.New = func() any { return new(redisScratch) }
 	s.pipe = newPipe(client)
+	if s.denials != nil {
+		s.watchStop, s.watchDone = make(chan struct{}), make(chan struct{})
+		go s.watchInvalidations()
+	}
 	return s, nil
 }
 
@@ -229,6 +240,16 @@ func (s *Redis) SetLogger(l *zap.Logger) {
 func (s *Redis) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		if s.watchStop != nil {
+			close(s.watchStop)
+			// A blocked read returns when its connection closes.
+			s.psMu.Lock()
+			if s.ps != nil {
+				_ = s.ps.Close()
+			}
+			s.psMu.Unlock()
+			<-s.watchDone
+		}
 		s.pipe.stop()
 		s.closeErr = s.client.Close()
 		s.pipe.wait()
@@ -271,9 +292,13 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 	if s.closed.Load() {
 		return s.fallback(ctx, now, reqs, results, redis.ErrClosed)
 	}
-	if s.denials != nil && s.denials.check(now, reqs, results) {
-		s.stats.localDenials.Add(1)
-		return nil
+	var gen uint64
+	if s.denials != nil && s.live.Load() {
+		if s.denials.check(now, reqs, results) {
+			s.stats.localDenials.Add(1)
+			return nil
+		}
+		gen = s.denials.generation()
 	}
 	probe := false
 	if until := s.downUntil.Load(); until != 0 {
@@ -286,8 +311,10 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 	switch {
 	case err == nil:
 		s.up()
-		if s.denials != nil && !passes(reqs, results, nil) {
-			s.denials.record(now, reqs, results)
+		if gen != 0 && !passes(reqs, results, nil) {
+			// Not when an invalidation came meanwhile: Redis may have
+			// decided before the reset it announces.
+			s.denials.record(gen, now, reqs, results)
 		}
 	case ctx.Err() != nil:
 		// The caller gave up (the client went away), Redis is not to blame.

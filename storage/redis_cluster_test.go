@@ -162,6 +162,54 @@ func TestRedisCluster(t *testing.T) {
 		storetest.Exact(t, []storage.Store{a, b}, 16, 40)
 	})
 
+	t.Run("admin and invalidation", func(t *testing.T) {
+		// Peek, credit and reset on clients in several slots; a reset
+		// through one store ends the local denial of another.
+		ctx := context.Background()
+		prefix := storetest.Prefix(t)
+		a := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+		b := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+		waitLocalDenials(t, a, true)
+		waitLocalDenials(t, b, true)
+		l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
+		now := storetest.Base.Add(time.Second)
+		for _, key := range []string{"a", "client-7", "zz"} {
+			req := []storage.Request{{Counter: "c", Key: key, Limit: l, Cost: 1}, {Counter: "d", Key: key + "/2", Limit: l, Cost: 1}}
+			res := make([]limiter.Result, 2)
+			for range 2 {
+				if err := b.Take(ctx, now, req[:1], res); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if res[0].Allowed {
+				t.Fatal("not denied")
+			}
+			if err := a.Peek(ctx, now, req, res); err != nil || res[0].Allowed || !res[1].Allowed {
+				t.Fatalf("peek: %v %+v", err, res)
+			}
+			given := make([]int64, 2)
+			if err := a.Credit(ctx, now, req, 1, given); err != nil || given[0] != 1 || given[1] != 0 {
+				t.Fatalf("credit: %v %v", err, given)
+			}
+			if err := a.Reset(ctx, now, req); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				if err := b.Take(ctx, now, req[:1], res); err != nil {
+					t.Fatal(err)
+				}
+				if res[0].Allowed {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("B still denies 5s after a reset through A")
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	})
+
 	t.Run("cross-slot all or nothing", func(t *testing.T) {
 		testCrossSlot(t, c, cc)
 	})

@@ -3,6 +3,7 @@ package storage
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -15,10 +16,17 @@ import (
 // It errs on the side of denying: a denial is remembered only for the same
 // numbers and at least the same cost (a cheaper request may fit sooner), a
 // refund on this instance forgets the keys it gives back to, and what
-// could let a key pass sooner elsewhere (a refund on another instance, an
-// admin reset there) leaves this instance denying it until the Retry-After
-// it was told, at most one window, never admitting more than Redis would.
+// could let a key pass sooner elsewhere (a refund on another instance)
+// leaves this instance denying it until the Retry-After it was told, at
+// most one window, never admitting more than Redis would. An admin reset
+// or credit on any instance publishes an invalidation that drops every
+// local denial of every instance (clearAll), and the store uses its
+// denials only while its subscription is confirmed (redis_admin.go).
 type denials struct {
+	// gen counts the invalidations: a decision records its denials only
+	// if none came since it asked Redis. Starts at 1 (0 means "do not
+	// record").
+	gen    atomic.Uint64
 	seed   maphash.Seed
 	shards [denialShards]denialShard
 	max    int // per shard
@@ -52,6 +60,7 @@ func newDenials(max int) *denials {
 		max = DefaultLocalDenials
 	}
 	d := &denials{seed: maphash.MakeSeed(), max: max/denialShards + 1}
+	d.gen.Store(1)
 	for i := range d.shards {
 		d.shards[i].m = make(map[uint64]denial)
 	}
@@ -124,7 +133,7 @@ func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result)
 
 // record remembers the requests of a decision Redis denied: the denying
 // ones until their Retry-After, the others to report with them.
-func (d *denials) record(now time.Time, reqs []Request, results []limiter.Result) {
+func (d *denials) record(gen uint64, now time.Time, reqs []Request, results []limiter.Result) {
 	t := now.UnixMicro()
 	for i := range reqs {
 		r := &reqs[i]
@@ -135,6 +144,13 @@ func (d *denials) record(now time.Time, reqs []Request, results []limiter.Result
 		h := d.hash(r)
 		sh := d.shard(h)
 		sh.mu.Lock()
+		if d.gen.Load() != gen {
+			// An invalidation came since Redis decided: clearAll
+			// raises gen before it locks the shards, so what is not
+			// written here is either dropped by it or never written.
+			sh.mu.Unlock()
+			return
+		}
 		if _, ok := sh.m[h]; !ok && len(sh.m) >= d.max {
 			d.makeRoom(sh, t)
 		}
@@ -151,6 +167,20 @@ func (d *denials) forget(reqs []Request) {
 		sh := d.shard(h)
 		sh.mu.Lock()
 		delete(sh.m, h)
+		sh.mu.Unlock()
+	}
+}
+
+// generation is the count of invalidations so far.
+func (d *denials) generation() uint64 { return d.gen.Load() }
+
+// clearAll drops every remembered denial (an invalidation).
+func (d *denials) clearAll() {
+	d.gen.Add(1)
+	for i := range d.shards {
+		sh := &d.shards[i]
+		sh.mu.Lock()
+		clear(sh.m)
 		sh.mu.Unlock()
 	}
 }

@@ -819,7 +819,10 @@ func TestRedisBlackHole(t *testing.T) {
 	}()
 	goroutines := runtime.NumGoroutine()
 	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{ln.Addr().String()}}, 100*time.Millisecond)
-	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: storage.Deny, RetryInterval: time.Hour})
+	// Without local denials: their invalidation subscription is a
+	// connection of its own (TestRedisLocalDenialsNeedSubscription), and
+	// this test counts the decisions' connections.
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: storage.Deny, RetryInterval: time.Hour, NoLocalDenials: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -913,6 +916,9 @@ func TestRedisLocalDenials(t *testing.T) {
 	evals := func() int64 { s := commandStats(t, c); return s["evalsha"] + s["eval"] }
 	for _, off := range []bool{false, true} {
 		s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: off, Prefix: storetest.Prefix(t)})
+		if !off {
+			waitLocalDenials(t, s, true)
+		}
 		now := storetest.Base.Add(10 * time.Second)
 		res := make([]limiter.Result, 2)
 		take := func(reqs []storage.Request) {

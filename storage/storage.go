@@ -9,8 +9,10 @@
 // storetest (see memory_test.go); the root package makes it a Caddy module
 // in a file storage_<name>.go. Memory is memory.go; Redis is redis.go (life
 // cycle, failure policy), redis_codec.go (keys, arguments and replies),
-// redis_script.go (the Lua), redis_pipe.go (batching) and redis_cluster.go
-// (requests across hash slots).
+// redis_script.go (the Lua), redis_pipe.go (batching), redis_cluster.go
+// (requests across hash slots) and redis_admin.go (the operator's Peek, Reset
+// and Credit, and the invalidation of local denials). Admin, in admin.go, is
+// what the admin API asks of a store.
 package storage
 
 import (

@@ -1,0 +1,622 @@
+package edgelimit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+)
+
+func init() {
+	caddy.RegisterModule(Admin{})
+}
+
+// Admin serves the edge_limit routes of Caddy's admin API: an operator
+// looks at one client's counters, resets them or credits units, without a
+// reload, for the memory and the Redis store alike.
+//
+//	GET  /edge_limit/limits   the running configuration's limits
+//	POST /edge_limit/inspect  {"limit", "zone", "key", "part", "tier"}
+//	POST /edge_limit/reset    {"limit" (omit: every limit), "zone", "key", "part"}
+//	POST /edge_limit/credit   {"limit", "zone", "key", "part", "units"}
+//
+// "key" is the client's key as the limit reads it from a request: the raw
+// header value, the IP address, the user id. A limit whose key has several
+// parts ({header.Authorization} {client_ip}) keeps one counter per part:
+// without "part" every part's counter for that value is answered (or reset,
+// or credited); "part" (0-based) names one.
+type Admin struct{}
+
+// CaddyModule returns the Caddy module information.
+func (Admin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.edge_limit",
+		New: func() caddy.Module { return new(Admin) },
+	}
+}
+
+// Routes implements caddy.AdminRouter.
+func (Admin) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/edge_limit/limits", Handler: caddy.AdminHandlerFunc(handleLimits)},
+		{Pattern: "/edge_limit/inspect", Handler: caddy.AdminHandlerFunc(handleInspect)},
+		{Pattern: "/edge_limit/reset", Handler: caddy.AdminHandlerFunc(handleReset)},
+		{Pattern: "/edge_limit/credit", Handler: caddy.AdminHandlerFunc(handleCredit)},
+	}
+}
+
+// registry lists the compiled limits of one configuration and the store
+// that counts each; the running configuration's is liveRegistry.
+type registry struct {
+	mu      sync.Mutex
+	entries []*adminEntry
+}
+
+// adminEntry is one counted limit: the same limit counted by two stores
+// (a handler with storage of its own) is two entries.
+type adminEntry struct {
+	cl    *compiledLimit
+	store storage.Store
+	clock clock.Clock
+}
+
+var liveRegistry atomic.Pointer[registry]
+
+// add records a limit counted by store, once.
+func (r *registry) add(cl *compiledLimit, store storage.Store, c clock.Clock) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.entries {
+		if e.store == store && e.cl.counters[0] == cl.counters[0] {
+			return
+		}
+	}
+	r.entries = append(r.entries, &adminEntry{cl: cl, store: store, clock: c})
+}
+
+func (r *registry) list() []*adminEntry {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*adminEntry(nil), r.entries...)
+}
+
+// Bounds on what the admin routes read.
+const (
+	maxAdminBody = 128 << 10
+	// maxAdminKey bounds a key: far more than any header a server
+	// accepts by default, far less than would cost to hash.
+	maxAdminKey = 64 << 10
+)
+
+func apiError(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+func onlyMethod(w http.ResponseWriter, r *http.Request, method string) error {
+	if r.Method == method {
+		return nil
+	}
+	w.Header().Set("Allow", method)
+	return apiError(http.StatusMethodNotAllowed, "method %s not allowed here: use %s", r.Method, method)
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// LimitInfo describes one limit of the running configuration.
+type LimitInfo struct {
+	Name string `json:"name"`
+	// Zone separates the counters of route limits: give it to inspect,
+	// reset and credit when several routes have a limit of this name.
+	Zone string `json:"zone,omitempty"`
+	// Scope is route, global (shared by name across handlers) or shared
+	// (declared in the edge_limit global option).
+	Scope   string                 `json:"scope"`
+	Storage string                 `json:"storage"`
+	Numbers NumbersInfo            `json:"numbers"`
+	Tier    string                 `json:"tier,omitempty"`
+	Tiers   map[string]NumbersInfo `json:"tiers,omitempty"`
+	// DefaultTier is the tier of clients in no known tier.
+	DefaultTier string   `json:"default_tier,omitempty"`
+	Key         []string `json:"key"`
+	Cost        int64    `json:"cost"`
+	Exempt      []string `json:"exempt,omitempty"`
+	DryRun      bool     `json:"dry_run,omitempty"`
+}
+
+// NumbersInfo is an algorithm and its numbers as configured, and what the
+// limiter enforces (a split window enforces a share of the limit per part).
+type NumbersInfo struct {
+	Algorithm string `json:"algorithm"`
+	Limit     int64  `json:"limit"`
+	Window    string `json:"window,omitempty"`
+	Refill    int64  `json:"refill,omitempty"`
+	Offset    string `json:"offset,omitempty"`
+	Split     string `json:"split,omitempty"`
+	Calendar  string `json:"calendar,omitempty"`
+	// Enforced is the limit and window the limiter counts in, when they
+	// differ from the configured ones (split).
+	Enforced string `json:"enforced,omitempty"`
+}
+
+func numbersInfo(n *Numbers, lim limiter.Limit) NumbersInfo {
+	info := NumbersInfo{Algorithm: lim.Algorithm.String(), Limit: n.Limit, Refill: lim.Rate}
+	if lim.Algorithm != limiter.TokenBucket && lim.Algorithm != limiter.GCRA {
+		info.Refill = 0
+	}
+	if n.Window != 0 {
+		info.Window = time.Duration(n.Window).String()
+	}
+	if n.Offset != 0 {
+		info.Offset = time.Duration(n.Offset).String()
+	}
+	if n.Split != 0 {
+		info.Split = time.Duration(n.Split).String()
+		info.Enforced = fmt.Sprintf("%d per %s", lim.Quota, lim.Window)
+	}
+	if c := n.Calendar; c != nil {
+		at, tz := c.At, c.TimeZone
+		if at == "" {
+			at = "00:00"
+		}
+		if tz == "" {
+			tz = "UTC"
+		}
+		info.Calendar = c.Period + " at " + at + " " + tz
+	}
+	return info
+}
+
+func storageName(s storage.Store) string {
+	switch s.(type) {
+	case *storage.Memory:
+		return "memory"
+	case *storage.Redis:
+		return "redis"
+	}
+	return fmt.Sprintf("%T", s)
+}
+
+func (e *adminEntry) info() LimitInfo {
+	cl := e.cl
+	l := cl.cfg
+	info := LimitInfo{
+		Name: cl.name, Zone: cl.zone, Scope: cl.scope, Storage: storageName(e.store),
+		Tier: l.Tier, DefaultTier: l.DefaultTier, Cost: cl.cost, Exempt: cl.exempt, DryRun: cl.dryRun,
+	}
+	own := l.Numbers
+	if l.DefaultTier != "" {
+		own = *l.Tiers[l.DefaultTier]
+	}
+	info.Numbers = numbersInfo(&own, cl.limit)
+	for i := range cl.keys {
+		info.Key = append(info.Key, cl.keys[i].tmpl)
+	}
+	if len(cl.tiers) > 0 {
+		info.Tiers = make(map[string]NumbersInfo, len(cl.tiers))
+		for name, t := range cl.tiers {
+			info.Tiers[name] = numbersInfo(l.Tiers[name], t.limit)
+		}
+	}
+	return info
+}
+
+// keyTemplate is how a part is written in the configuration.
+func (k *keyPart) keyTemplate() string { return k.tmpl }
+
+func handleLimits(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyMethod(w, r, http.MethodGet); err != nil {
+		return err
+	}
+	out := struct {
+		Limits []LimitInfo `json:"limits"`
+	}{Limits: []LimitInfo{}}
+	for _, e := range liveRegistry.Load().list() {
+		out.Limits = append(out.Limits, e.info())
+	}
+	sort.SliceStable(out.Limits, func(i, j int) bool {
+		a, b := out.Limits[i], out.Limits[j]
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.Zone < b.Zone
+	})
+	return writeJSON(w, out)
+}
+
+// ClientRequest is the body of inspect, reset and credit.
+type ClientRequest struct {
+	// Limit names the limit; for reset, omitted means every limit.
+	Limit string `json:"limit,omitempty"`
+	// Zone picks among route limits of the same name (see limits).
+	Zone string `json:"zone,omitempty"`
+	// Key is the client's key as the limit reads it from a request.
+	Key *string `json:"key"`
+	// Part names one part of a key of several (0-based); default all.
+	Part *int `json:"part,omitempty"`
+	// Tier picks the numbers to answer and credit with (inspect, credit);
+	// default the numbers of clients in no known tier. All tiers share
+	// one counter: it matters for the remaining count and, for token
+	// buckets, for how much backlog a unit is.
+	Tier string `json:"tier,omitempty"`
+	// Units to credit: at least 1.
+	Units *int64 `json:"units,omitempty"`
+}
+
+// decodeClient reads and checks a body for the named route.
+func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
+	raw, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
+	if err != nil {
+		return nil, apiError(http.StatusBadRequest, "reading the body: %v", err)
+	}
+	if len(raw) > maxAdminBody {
+		return nil, apiError(http.StatusRequestEntityTooLarge, "body larger than %d bytes", maxAdminBody)
+	}
+	var req ClientRequest
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, apiError(http.StatusBadRequest, "field %q: want %s, got a JSON %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
+		}
+		return nil, apiError(http.StatusBadRequest, `want a JSON object such as {"limit": "api", "key": "203.0.113.7"}: %v`, err)
+	}
+	if dec.More() {
+		return nil, apiError(http.StatusBadRequest, "one JSON object, please")
+	}
+	switch {
+	case req.Key == nil:
+		return nil, apiError(http.StatusBadRequest, `field "key": required (the client's key as the limit reads it: a header value, an IP address, a user id)`)
+	case *req.Key == "":
+		return nil, apiError(http.StatusBadRequest, `field "key": empty (an empty key never counts)`)
+	case len(*req.Key) > maxAdminKey:
+		return nil, apiError(http.StatusBadRequest, `field "key": longer than %d bytes`, maxAdminKey)
+	case req.Part != nil && (*req.Part < 0 || *req.Part > 64):
+		return nil, apiError(http.StatusBadRequest, `field "part": %d is not a key part index`, *req.Part)
+	case len(req.Limit) > 64 || len(req.Zone) > 64 || len(req.Tier) > 1024:
+		return nil, apiError(http.StatusBadRequest, `field "limit", "zone" or "tier": too long`)
+	}
+	if route != "reset" && req.Limit == "" {
+		return nil, apiError(http.StatusBadRequest, `field "limit": required (GET /edge_limit/limits lists them)`)
+	}
+	if route == "credit" {
+		if req.Units == nil {
+			return nil, apiError(http.StatusBadRequest, `field "units": required (the units to give back, at least 1)`)
+		}
+		if *req.Units < 1 || *req.Units > limiter.MaxQuota {
+			return nil, apiError(http.StatusBadRequest, `field "units": %d, want 1 to %d`, *req.Units, int64(limiter.MaxQuota))
+		}
+	} else if req.Units != nil {
+		return nil, apiError(http.StatusBadRequest, `field "units": only credit takes units`)
+	}
+	if route == "reset" && req.Tier != "" {
+		return nil, apiError(http.StatusBadRequest, `field "tier": reset takes no tier (the tiers of a limit share one counter)`)
+	}
+	return &req, nil
+}
+
+// jsonKind names what a Go kind wants in JSON.
+func jsonKind(k string) string {
+	switch {
+	case strings.HasPrefix(k, "int"):
+		return "an integer"
+	case k == "string":
+		return "a string"
+	}
+	return "a " + k
+}
+
+// find returns the entries req names: the limit of that name (in that
+// zone), or with no name every limit.
+func find(req *ClientRequest) ([]*adminEntry, error) {
+	all := liveRegistry.Load().list()
+	if req.Limit == "" {
+		if req.Zone != "" {
+			return nil, apiError(http.StatusBadRequest, `field "zone": goes with "limit"`)
+		}
+		if len(all) == 0 {
+			return nil, apiError(http.StatusNotFound, "the running configuration has no edge_limit limits")
+		}
+		return all, nil
+	}
+	var named []*adminEntry
+	for _, e := range all {
+		if e.cl.name == req.Limit && (req.Zone == "" || e.cl.zone == req.Zone) {
+			named = append(named, e)
+		}
+	}
+	if len(named) == 0 {
+		if req.Zone != "" {
+			return nil, apiError(http.StatusNotFound, "no limit %q in zone %q in the running configuration (GET /edge_limit/limits lists them)", req.Limit, req.Zone)
+		}
+		return nil, apiError(http.StatusNotFound, "no limit %q in the running configuration (GET /edge_limit/limits lists them)", req.Limit)
+	}
+	if len(named) > 1 {
+		zones := make([]string, 0, len(named))
+		for _, e := range named {
+			zones = append(zones, fmt.Sprintf("%q (%s, %s)", e.cl.zone, e.cl.scope, storageName(e.store)))
+		}
+		return nil, apiError(http.StatusBadRequest, `field "zone": limit %q is in several routes or stores, name one of the zones %s`, req.Limit, strings.Join(zones, ", "))
+	}
+	return named, nil
+}
+
+// partKey is the key a part counts for the value the operator gave: a
+// header part reads its header as a request's (httpval.First: trimmed, the
+// Authorization scheme written one way).
+func (k *keyPart) partKey(v string) string {
+	if k.kind == keyHeader {
+		v = httpval.Trim(v)
+		if k.header == "Authorization" || k.header == "Proxy-Authorization" {
+			v = httpval.Credentials(v)
+		}
+	}
+	return v
+}
+
+// requests builds the storage requests of an entry for req: one per key
+// part named.
+func (e *adminEntry) requests(req *ClientRequest, lim limiter.Limit) ([]storage.Request, []int, error) {
+	cl := e.cl
+	var parts []int
+	if req.Part != nil {
+		if *req.Part >= len(cl.keys) {
+			return nil, nil, apiError(http.StatusBadRequest, `field "part": limit %q has %d key part(s), 0 to %d`, cl.name, len(cl.keys), len(cl.keys)-1)
+		}
+		parts = []int{*req.Part}
+	} else {
+		for i := range cl.keys {
+			parts = append(parts, i)
+		}
+	}
+	reqs := make([]storage.Request, 0, len(parts))
+	for _, p := range parts {
+		reqs = append(reqs, storage.Request{Counter: cl.counters[p], Key: cl.keys[p].partKey(*req.Key), Limit: lim, Cost: cl.cost})
+	}
+	return reqs, parts, nil
+}
+
+func adminStore(e *adminEntry) (storage.Admin, error) {
+	a, ok := e.store.(storage.Admin)
+	if !ok {
+		return nil, apiError(http.StatusNotImplemented, "the storage of limit %q (%s) cannot inspect clients", e.cl.name, storageName(e.store))
+	}
+	return a, nil
+}
+
+// InspectResponse answers inspect (and credit, after crediting).
+type InspectResponse struct {
+	Limit   string      `json:"limit"`
+	Zone    string      `json:"zone,omitempty"`
+	Scope   string      `json:"scope"`
+	Storage string      `json:"storage"`
+	Tier    string      `json:"tier,omitempty"`
+	Numbers NumbersInfo `json:"numbers"`
+	// Parts has one entry per key part asked about.
+	Parts []PartState `json:"parts"`
+}
+
+// PartState is one counter of a client: what a request would meet now.
+type PartState struct {
+	Part int `json:"part"`
+	// Key is the part as configured ({header.Authorization}).
+	Key   string `json:"key"`
+	Limit int64  `json:"limit"`
+	// Used is limit - remaining: units counted in the window (or the
+	// bucket's backlog).
+	Used      int64 `json:"used"`
+	Remaining int64 `json:"remaining"`
+	// Denying tells whether a request (of the limit's cost) would be
+	// denied now.
+	Denying bool `json:"denying"`
+	// RetryAfter is, when denying, the wait until such a request passes.
+	RetryAfter        string `json:"retry_after,omitempty"`
+	RetryAfterSeconds int64  `json:"retry_after_seconds,omitempty"`
+	// Reset is when the quota is whole again (RFC 3339 and unix seconds,
+	// rounded up as X-RateLimit-Reset).
+	Reset     string `json:"reset"`
+	ResetUnix int64  `json:"reset_unix"`
+	// Given is what a credit gave this counter.
+	Given *int64 `json:"given,omitempty"`
+}
+
+// numbers returns the numbers of the tier req names (default: those of
+// clients in no known tier) and the tier's name.
+func (e *adminEntry) numbers(req *ClientRequest) (limiter.Limit, string, error) {
+	cl := e.cl
+	if req.Tier == "" {
+		return cl.limit, cl.tierName, nil
+	}
+	t, ok := cl.tiers[req.Tier]
+	if !ok {
+		names := make([]string, 0, len(cl.tiers))
+		for n := range cl.tiers {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		if len(names) == 0 {
+			return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tiers`, cl.name)
+		}
+		return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tier %q (it has %s)`, cl.name, req.Tier, strings.Join(names, ", "))
+	}
+	return t.limit, t.name, nil
+}
+
+func (e *adminEntry) inspect(ctx context.Context, req *ClientRequest) (*InspectResponse, []storage.Request, error) {
+	cl := e.cl
+	lim, tier, err := e.numbers(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := adminStore(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	reqs, parts, err := e.requests(req, lim)
+	if err != nil {
+		return nil, nil, err
+	}
+	res := make([]limiter.Result, len(reqs))
+	if err := a.Peek(ctx, e.clock.Now(), reqs, res); err != nil {
+		return nil, nil, apiError(http.StatusBadGateway, "limit %q: %v", cl.name, err)
+	}
+	info := e.info()
+	numbers := info.Numbers
+	if req.Tier != "" {
+		numbers = info.Tiers[req.Tier]
+	}
+	out := &InspectResponse{Limit: cl.name, Zone: cl.zone, Scope: cl.scope, Storage: info.Storage, Tier: tier, Numbers: numbers}
+	for i, p := range parts {
+		r := &res[i]
+		ps := PartState{
+			Part: p, Key: cl.keys[p].keyTemplate(), Limit: r.Limit, Used: r.Limit - r.Remaining, Remaining: r.Remaining,
+			Denying: !r.Allowed, ResetUnix: resetUnix(r),
+		}
+		ps.Reset = time.Unix(ps.ResetUnix, 0).UTC().Format(time.RFC3339)
+		if !r.Allowed {
+			ps.RetryAfterSeconds = retryAfterSeconds(r.RetryAfter)
+			ps.RetryAfter = r.RetryAfter.Round(time.Millisecond).String()
+		}
+		out.Parts = append(out.Parts, ps)
+	}
+	return out, reqs, nil
+}
+
+func handleInspect(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyMethod(w, r, http.MethodPost); err != nil {
+		return err
+	}
+	req, err := decodeClient(r, "inspect")
+	if err != nil {
+		return err
+	}
+	entries, err := find(req)
+	if err != nil {
+		return err
+	}
+	out, _, err := entries[0].inspect(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, out)
+}
+
+// ResetResponse answers reset: the counters forgotten, per limit.
+type ResetResponse struct {
+	Reset []ResetLimit `json:"reset"`
+}
+
+// ResetLimit is one limit reset.
+type ResetLimit struct {
+	Limit   string `json:"limit"`
+	Zone    string `json:"zone,omitempty"`
+	Storage string `json:"storage"`
+	Parts   []int  `json:"parts"`
+}
+
+func handleReset(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyMethod(w, r, http.MethodPost); err != nil {
+		return err
+	}
+	req, err := decodeClient(r, "reset")
+	if err != nil {
+		return err
+	}
+	entries, err := find(req)
+	if err != nil {
+		return err
+	}
+	out := ResetResponse{Reset: []ResetLimit{}}
+	var errs []error
+	for _, e := range entries {
+		if req.Limit == "" && req.Part != nil && *req.Part >= len(e.cl.keys) {
+			continue // every limit: those with fewer parts have none to reset
+		}
+		a, err := adminStore(e)
+		if err != nil {
+			if req.Limit == "" {
+				errs = append(errs, err)
+				continue
+			}
+			return err
+		}
+		reqs, parts, err := e.requests(req, e.cl.limit)
+		if err != nil {
+			return err
+		}
+		if err := a.Reset(r.Context(), e.clock.Now(), reqs); err != nil {
+			errs = append(errs, fmt.Errorf("limit %q: %w", e.cl.name, err))
+			continue
+		}
+		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts})
+	}
+	if len(errs) > 0 {
+		return apiError(http.StatusBadGateway, "reset %d limit(s), but: %v", len(out.Reset), errors.Join(errs...))
+	}
+	return writeJSON(w, out)
+}
+
+func handleCredit(w http.ResponseWriter, r *http.Request) error {
+	if err := onlyMethod(w, r, http.MethodPost); err != nil {
+		return err
+	}
+	req, err := decodeClient(r, "credit")
+	if err != nil {
+		return err
+	}
+	entries, err := find(req)
+	if err != nil {
+		return err
+	}
+	e := entries[0]
+	a, err := adminStore(e)
+	if err != nil {
+		return err
+	}
+	lim, _, err := e.numbers(req)
+	if err != nil {
+		return err
+	}
+	reqs, _, err := e.requests(req, lim)
+	if err != nil {
+		return err
+	}
+	given := make([]int64, len(reqs))
+	if err := a.Credit(r.Context(), e.clock.Now(), reqs, *req.Units, given); err != nil {
+		return apiError(http.StatusBadGateway, "limit %q: %v", e.cl.name, err)
+	}
+	out, _, err := e.inspect(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	for i := range out.Parts {
+		out.Parts[i].Given = &given[i]
+	}
+	return writeJSON(w, out)
+}
+
+// Interface guard.
+var _ caddy.AdminRouter = Admin{}

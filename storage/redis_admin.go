@@ -1,0 +1,395 @@
+package storage
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// The admin side of the Redis store: Peek, Reset and Credit on the same
+// hash per client and field per counter as the take script (see luaCommon),
+// and the invalidation of local denials across instances.
+//
+// Peek reads the client's fields and the server's time in one small script
+// and decides in Go with limiter.Limit.Peek; Credit does the same, computes
+// the new states with limiter.Limit.Credit and writes them with a
+// compare-and-set script (only if no request changed them meanwhile; else
+// it reads again, a few times at most); Reset is HDEL. Every script touches
+// one client's hash, so a Cluster runs it in that client's slot. The stored
+// format and the take script are unchanged.
+
+// luaPeek returns the time (ARGV[1], or the server's when it is 0) and the
+// values of the fields ARGV[2...] of KEYS[1] ("" for none).
+var peekScript = newScript(`
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local out = {string.format('%.0f', now)}
+for i = 2, #ARGV do
+  local v = redis.pcall('HGET', KEYS[1], ARGV[i])
+  if type(v) ~= 'string' then v = '' end
+  out[i] = v
+end
+return out
+`)
+
+// casScript writes states ARGV[3i] to fields ARGV[3i-2] of KEYS[1] when
+// every field still holds ARGV[3i-1] ("" for none), and returns 1; else it
+// writes nothing and returns 0. The hash keeps its TTL: a credit never
+// makes a state outlive it.
+var casScript = newScript(`
+for i = 1, #ARGV, 3 do
+  local v = redis.pcall('HGET', KEYS[1], ARGV[i])
+  if type(v) ~= 'string' then v = '' end
+  if v ~= ARGV[i + 1] then return 0 end
+end
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+end
+return 1
+`)
+
+// adminTimeout bounds one admin operation: an operator waits longer than
+// a request does.
+func (s *Redis) adminTimeout() time.Duration {
+	return max(10*s.timeout, 2*time.Second)
+}
+
+// InvalidateChannel is the pub/sub channel on which Reset and Credit tell
+// every store on the same Redis and prefix to drop its local denials.
+func (s *Redis) InvalidateChannel() string { return s.prefix + "invalidate" }
+
+// clientGroups returns, per client hash key, the indexes of reqs on it.
+func (s *Redis) clientGroups(reqs []Request) (keys []string, groups [][]int) {
+	sc := new(redisScratch)
+	s.prepare(sc, reqs)
+	for i := range reqs {
+		k := 0
+		for k < len(keys) && keys[k] != sc.keys[i] {
+			k++
+		}
+		if k == len(keys) {
+			keys = append(keys, sc.keys[i])
+			groups = append(groups, nil)
+		}
+		groups[k] = append(groups[k], i)
+	}
+	return keys, groups
+}
+
+func checkAdmin(reqs []Request) error {
+	for i := range reqs {
+		r := reqs[i]
+		if r.Cost < 1 {
+			r.Cost = 1
+		}
+		if err := checkRequest(&r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// peekKey reads the time and the fields of reqs at idx on one client.
+func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []Request, idx []int) (int64, []string, error) {
+	argv := make([]string, 0, 1+len(idx))
+	argv = append(argv, strconv.FormatInt(s.scriptNow(now), 10))
+	for _, i := range idx {
+		argv = append(argv, reqs[i].Counter)
+	}
+	cmd := scriptCmd(ctx, peekScript, false, []string{key}, argv...)
+	_ = s.client.Process(ctx, cmd)
+	if err := cmd.Err(); err != nil && isNoScript(err) {
+		cmd = scriptCmd(ctx, peekScript, true, []string{key}, argv...)
+		_ = s.client.Process(ctx, cmd)
+	}
+	vals, err := cmd.StringSlice()
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(vals) != 1+len(idx) {
+		return 0, nil, errBadReply
+	}
+	at, err := strconv.ParseInt(vals[0], 10, 64)
+	if err != nil {
+		return 0, nil, errBadReply
+	}
+	return at, vals[1:], nil
+}
+
+// decodeState reads a stored state as the scripts do: a fresh state for
+// nothing, a foreign value or an expired state.
+func decodeState(v string, now int64) limiter.State {
+	if len(v) != stateLen {
+		return limiter.State{}
+	}
+	b := []byte(v)
+	n := func(i int) int64 { return int64(binary.LittleEndian.Uint64(b[8*i:])) }
+	d := math.Float64frombits(uint64(n(3)))
+	e := n(4)
+	if e <= now || math.IsNaN(d) || math.IsInf(d, 0) {
+		return limiter.State{}
+	}
+	return limiter.State{Start: n(0), Count: n(1), Prev: n(2), Debt: d, Expires: e, Denied: b[40] == 1}
+}
+
+// encodeState writes a state as the scripts do ('<i8i8i8di8B').
+func encodeState(st limiter.State) string {
+	b := make([]byte, 0, stateLen)
+	b = binary.LittleEndian.AppendUint64(b, uint64(st.Start))
+	b = binary.LittleEndian.AppendUint64(b, uint64(st.Count))
+	b = binary.LittleEndian.AppendUint64(b, uint64(st.Prev))
+	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(st.Debt))
+	b = binary.LittleEndian.AppendUint64(b, uint64(st.Expires))
+	d := byte(0)
+	if st.Denied {
+		d = 1
+	}
+	return string(append(b, d))
+}
+
+// Peek implements Admin: it reads Redis (never the local denials), with
+// the server's clock unless the store decides with the local one.
+func (s *Redis) Peek(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(results) < len(reqs) {
+		return ErrTooFewResults
+	}
+	if err := checkAdmin(reqs); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.adminTimeout())
+	defer cancel()
+	keys, groups := s.clientGroups(reqs)
+	for k, key := range keys {
+		at, vals, err := s.peekKey(ctx, now, key, reqs, groups[k])
+		if err != nil {
+			return fmt.Errorf("redis rate-limit storage: %w", err)
+		}
+		for j, i := range groups[k] {
+			st := decodeState(vals[j], at)
+			results[i] = reqs[i].Limit.Peek(st, at, max(reqs[i].Cost, 1))
+		}
+	}
+	return nil
+}
+
+// Reset implements Admin: it deletes the client's fields, drops this
+// store's local denials and tells the other stores to drop theirs.
+func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []Request) error {
+	ctx, cancel := context.WithTimeout(ctx, s.adminTimeout())
+	defer cancel()
+	keys, groups := s.clientGroups(reqs)
+	var errs []error
+	for k, key := range keys {
+		fields := make([]string, 0, len(groups[k]))
+		for _, i := range groups[k] {
+			fields = append(fields, reqs[i].Counter)
+		}
+		if err := s.client.HDel(ctx, key, fields...).Err(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.local != nil {
+		_ = s.local.Reset(ctx, now, reqs)
+	}
+	errs = append(errs, s.invalidate(ctx))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("redis rate-limit storage: %w", err)
+	}
+	return nil
+}
+
+// casAttempts bounds the reads and writes of one Credit when requests keep
+// changing the client's state in between.
+const casAttempts = 8
+
+// Credit implements Admin.
+func (s *Redis) Credit(ctx context.Context, now time.Time, reqs []Request, units int64, given []int64) error {
+	if len(given) < len(reqs) {
+		return ErrTooFewResults
+	}
+	if err := checkAdmin(reqs); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.adminTimeout())
+	defer cancel()
+	keys, groups := s.clientGroups(reqs)
+	for k, key := range keys {
+		if err := s.creditKey(ctx, now, key, reqs, groups[k], units, given); err != nil {
+			return fmt.Errorf("redis rate-limit storage: %w", err)
+		}
+	}
+	if s.local != nil {
+		scratch := make([]int64, len(reqs))
+		_ = s.local.Credit(ctx, now, reqs, units, scratch)
+	}
+	if err := s.invalidate(ctx); err != nil {
+		return fmt.Errorf("redis rate-limit storage: credited, but %w", err)
+	}
+	return nil
+}
+
+var errCreditBusy = errors.New("the client's state kept changing while it was credited; try again")
+
+func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs []Request, idx []int, units int64, given []int64) error {
+	for range casAttempts {
+		at, vals, err := s.peekKey(ctx, now, key, reqs, idx)
+		if err != nil {
+			return err
+		}
+		argv := make([]string, 0, 3*len(idx))
+		for j, i := range idx {
+			given[i] = 0
+			if vals[j] == "" {
+				continue
+			}
+			st := decodeState(vals[j], at)
+			if st == (limiter.State{}) {
+				continue
+			}
+			if g := reqs[i].Limit.Credit(&st, at, units); g > 0 {
+				given[i] = g
+				argv = append(argv, reqs[i].Counter, vals[j], encodeState(st))
+			}
+		}
+		if len(argv) == 0 {
+			return nil
+		}
+		cmd := scriptCmd(ctx, casScript, false, []string{key}, argv...)
+		_ = s.client.Process(ctx, cmd)
+		if err := cmd.Err(); err != nil && isNoScript(err) {
+			cmd = scriptCmd(ctx, casScript, true, []string{key}, argv...)
+			_ = s.client.Process(ctx, cmd)
+		}
+		ok, err := cmd.Int()
+		if err != nil {
+			return err
+		}
+		if ok == 1 {
+			return nil
+		}
+	}
+	return errCreditBusy
+}
+
+// invalidate drops this store's local denials and publishes on
+// InvalidateChannel so that every store on the same Redis drops its own.
+func (s *Redis) invalidate(ctx context.Context) error {
+	if s.denials != nil {
+		s.denials.clearAll()
+	}
+	if err := s.client.Publish(ctx, s.InvalidateChannel(), "reset").Err(); err != nil {
+		return fmt.Errorf("publishing the invalidation of local denials: %w", err)
+	}
+	return nil
+}
+
+var _ Admin = (*Redis)(nil)
+
+// LocalDenialsActive tells whether the store answers from its local
+// denials now: only while its subscription to InvalidateChannel is
+// confirmed and healthy.
+func (s *Redis) LocalDenialsActive() bool { return s.denials != nil && s.live.Load() }
+
+// invalidationPing is how often the invalidation subscription is checked
+// when no message arrives: a PING that gets no PONG within the next
+// interval marks it unhealthy (local denials off) and reconnects.
+const invalidationPing = time.Second
+
+// setLive records the subscription's health; local denials are dropped on
+// every change, so that none recorded before a gap (when an invalidation
+// may have been missed) survives it.
+func (s *Redis) setLive(v bool) {
+	if s.live.Swap(v) != v {
+		s.denials.clearAll()
+	}
+}
+
+// watchInvalidations keeps the subscription to InvalidateChannel, drops
+// the local denials on every message, and keeps s.live true only while the
+// subscription is confirmed: not yet subscribed, a connection lost, a PING
+// not answered in time, and local denials are off until it is again.
+func (s *Redis) watchInvalidations() {
+	defer close(s.watchDone)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.watchStop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	channel := s.InvalidateChannel()
+	subscribe := func() *redis.PubSub {
+		ps := s.client.Subscribe(ctx, channel)
+		s.psMu.Lock()
+		s.ps = ps
+		if s.closed.Load() {
+			_ = ps.Close() // Close came meanwhile: do not block a read
+		}
+		s.psMu.Unlock()
+		return ps
+	}
+	ps := subscribe()
+	defer func() { _ = ps.Close() }()
+	pinged, subscribed := false, false
+	pause := func() bool {
+		t := time.NewTimer(time.Duration(s.retry))
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		msg, err := ps.ReceiveTimeout(ctx, invalidationPing)
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() && subscribed && !pinged {
+				// Quiet: make sure the connection is alive.
+				if ps.Ping(ctx) == nil {
+					pinged = true
+					continue
+				}
+			}
+			// Lost, or a PING unanswered: reconnect with a new
+			// subscription after a pause.
+			s.setLive(false)
+			subscribed, pinged = false, false
+			_ = ps.Close()
+			if !pause() {
+				break
+			}
+			ps = subscribe()
+			continue
+		}
+		// Any message shows the connection alive.
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == channel {
+				subscribed, pinged = true, false
+				s.setLive(true)
+			}
+		case *redis.Message:
+			s.denials.clearAll()
+		}
+	}
+	s.setLive(false)
+}
