@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
+	"github.com/edgelimit/caddy-edgelimit/storage"
 )
 
 // scrape reads the admin endpoint's /metrics into series ("name{labels}",
@@ -170,6 +171,7 @@ func TestMetricsRedisDown(t *testing.T) {
 	}
 	respond "ok"
 }`)
+	waitLocalDenials(t)
 	for i, want := range []int{200, 200, 429, 429, 429} {
 		if r := s.get("/", "X-Client", "a"); r.status != want {
 			t.Fatalf("request %d: %d, want %d", i, r.status, want)
@@ -250,4 +252,27 @@ func TestStorageTimerAllocatesNothing(t *testing.T) {
 	}
 	var none storeTimer
 	none.observe(time.Now()) // without metrics: nothing, no panic
+}
+
+// waitLocalDenials waits (10 s at most) until every Redis store of the
+// running configuration uses local denials (its invalidation subscription
+// is confirmed).
+func waitLocalDenials(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		active := true
+		for _, e := range liveRegistry.Load().list() {
+			if r, ok := e.store.(*storage.Redis); ok && !r.LocalDenialsActive() {
+				active = false
+			}
+		}
+		if active {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("local denials not active after 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

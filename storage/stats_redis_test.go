@@ -24,6 +24,9 @@ func TestRedisStats(t *testing.T) {
 			s := openRedis(t, srv, storage.RedisOptions{
 				LocalClock: true, OnError: policy, Timeout: 500 * time.Millisecond, RetryInterval: time.Hour,
 			})
+			// Local denials are used once the store's invalidation
+			// subscription is confirmed.
+			waitLocalDenials(t, s, true)
 			ctx := context.Background()
 			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
 			req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
