@@ -77,6 +77,36 @@ type adminEntry struct {
 
 var liveRegistry atomic.Pointer[registry]
 
+// started are the registries of the apps started and not yet stopped, in
+// the order they started; the last is liveRegistry.
+var started struct {
+	mu   sync.Mutex
+	regs []*registry
+}
+
+func startRegistry(r *registry) {
+	started.mu.Lock()
+	defer started.mu.Unlock()
+	started.regs = append(started.regs, r)
+	liveRegistry.Store(r)
+}
+
+func stopRegistry(r *registry) {
+	started.mu.Lock()
+	defer started.mu.Unlock()
+	for i, s := range started.regs {
+		if s == r {
+			started.regs = append(started.regs[:i], started.regs[i+1:]...)
+			break
+		}
+	}
+	var live *registry
+	if n := len(started.regs); n > 0 {
+		live = started.regs[n-1]
+	}
+	liveRegistry.Store(live)
+}
+
 // add records a limit counted by store, once.
 func (r *registry) add(cl *compiledLimit, store storage.Store, c clock.Clock) {
 	r.mu.Lock()

@@ -3,7 +3,9 @@ package edgelimit
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -507,5 +509,74 @@ func TestAdminTiers(t *testing.T) {
 	_, body = adminDo(t, admin, "GET", "/edge_limit/limits", "")
 	if !strings.Contains(body, `"GOLD"`) || !strings.Contains(body, `"tier": "{org_tier}"`) || !strings.Contains(body, `"default_tier": "BASE"`) {
 		t.Fatalf("limits: %s", body)
+	}
+}
+
+// A reload that fails after the new edge_limit app started (here: its
+// http app cannot listen, the port is taken) stops the new app; the old
+// configuration keeps running, and the admin API answers for it. Caddy
+// starts apps in map order, so whether this one started first varies:
+// TestRegistryFollowsRunningApps fixes the order.
+func TestAdminAfterFailedReload(t *testing.T) {
+	fakeClock(t)
+	site := func(extra string) string {
+		return `%ADDR% {
+	edge_limit {
+		limit kept {
+			rate 2/1h
+		}
+		zone z
+	}
+	respond "ok"
+}
+` + extra
+	}
+	s := startSite(t, site(""))
+	expect(t, s.get("/"), 200)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	bad, _ := e2e.Caddyfile(t, strings.ReplaceAll(site(fmt.Sprintf("http://%s {\n\trespond \"never\"\n}\n", taken.Addr())), "%ADDR%", s.base))
+	cfg, err := e2e.Adapt(t, bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := adminAddr()
+	if v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "kept", "key": "127.0.0.1"}`); v.Parts[0].Used != 1 {
+		t.Fatalf("before: %+v", v.Parts)
+	}
+	want := 2 // the request before and the one after the reload; 1 after a reset
+	for range 4 { // each attempt starts the apps in another order
+		if status, body := adminDo(t, admin, "POST", "/load", string(cfg)); status == 200 {
+			t.Fatalf("the reload on a taken port succeeded: %s", body)
+		}
+		expect(t, s.get("/"), 200)
+		if v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "kept", "key": "127.0.0.1"}`); v.Parts[0].Used != int64(want) {
+			t.Fatalf("after a failed reload: %+v, want %d used", v.Parts, want)
+		}
+		if status, body := adminDo(t, admin, "POST", "/edge_limit/reset", `{"limit": "kept", "key": "127.0.0.1"}`); status != 200 {
+			t.Fatalf("reset after a failed reload: %d %s", status, body)
+		}
+		want = 1
+	}
+}
+
+// The admin API answers for the newest app still running: a reload starts
+// the new app and stops the old one; a failed reload stops the new one.
+func TestRegistryFollowsRunningApps(t *testing.T) {
+	old, failed, next := new(registry), new(registry), new(registry)
+	t.Cleanup(func() { stopRegistry(old); stopRegistry(failed); stopRegistry(next) })
+	startRegistry(old)
+	startRegistry(failed)
+	stopRegistry(failed)
+	if liveRegistry.Load() != old {
+		t.Fatal("after a failed reload, the running configuration's registry is not live")
+	}
+	startRegistry(next)
+	stopRegistry(old)
+	if liveRegistry.Load() != next {
+		t.Fatal("after a reload, the new configuration's registry is not live")
 	}
 }

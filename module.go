@@ -178,15 +178,16 @@ func (a *App) Start() error {
 			return fmt.Errorf("limit %q in %s: exempt %q: no edge_limit directive nor the global option declares a limit of that name", e.limit, where, e.exempts)
 		}
 	}
-	liveRegistry.Store(a.registry)
+	startRegistry(a.registry)
 	return nil
 }
 
-// Stop implements caddy.App: the registry of the admin API stays the
-// newest configuration's (a reload starts the new app before it stops the
-// old one).
+// Stop implements caddy.App: the registry of the admin API is the newest
+// running configuration's. A reload starts the new app before it stops the
+// old one; a reload that fails after this app started stops the new app,
+// and the old configuration, still running, answers again.
 func (a *App) Stop() error {
-	liveRegistry.CompareAndSwap(a.registry, nil)
+	stopRegistry(a.registry)
 	return nil
 }
 
