@@ -547,7 +547,7 @@ func TestAdminAfterFailedReload(t *testing.T) {
 	if v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "kept", "key": "127.0.0.1"}`); v.Parts[0].Used != 1 {
 		t.Fatalf("before: %+v", v.Parts)
 	}
-	want := 2 // the request before and the one after the reload; 1 after a reset
+	want := 2     // the request before and the one after the reload; 1 after a reset
 	for range 4 { // each attempt starts the apps in another order
 		if status, body := adminDo(t, admin, "POST", "/load", string(cfg)); status == 200 {
 			t.Fatalf("the reload on a taken port succeeded: %s", body)
