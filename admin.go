@@ -282,6 +282,10 @@ type ClientRequest struct {
 	Limit string `json:"limit,omitempty"`
 	// Zone picks among route limits of the same name (see limits).
 	Zone string `json:"zone,omitempty"`
+	// Storage picks among limits of the same name and zone counted by
+	// different stores ("memory", "redis"): a shared limit used by a
+	// directive with storage of its own.
+	Storage string `json:"storage,omitempty"`
 	// Key is the client's key as the limit reads it from a request.
 	Key *string `json:"key"`
 	// Part names one part of a key of several (0-based); default all.
@@ -328,6 +332,8 @@ func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
 		return nil, apiError(http.StatusBadRequest, `field "part": %d is not a key part index`, *req.Part)
 	case len(req.Limit) > 64 || len(req.Zone) > 64 || len(req.Tier) > 1024:
 		return nil, apiError(http.StatusBadRequest, `field "limit", "zone" or "tier": too long`)
+	case req.Storage != "" && req.Storage != "memory" && req.Storage != "redis":
+		return nil, apiError(http.StatusBadRequest, `field "storage": %q, want memory or redis`, req.Storage)
 	}
 	if route != "reset" && req.Limit == "" {
 		return nil, apiError(http.StatusBadRequest, `field "limit": required (GET /edge_limit/limits lists them)`)
@@ -363,6 +369,18 @@ func jsonKind(k string) string {
 // zone), or with no name every limit.
 func find(req *ClientRequest) ([]*adminEntry, error) {
 	all := liveRegistry.Load().list()
+	if req.Storage != "" {
+		kept := all[:0]
+		for _, e := range all {
+			if storageName(e.store) == req.Storage {
+				kept = append(kept, e)
+			}
+		}
+		if len(kept) == 0 {
+			return nil, apiError(http.StatusNotFound, `field "storage": no limit of the running configuration is counted by %q storage`, req.Storage)
+		}
+		all = kept
+	}
 	if req.Limit == "" {
 		if req.Zone != "" {
 			return nil, apiError(http.StatusBadRequest, `field "zone": goes with "limit"`)
@@ -389,7 +407,7 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 		for _, e := range named {
 			zones = append(zones, fmt.Sprintf("%q (%s, %s)", e.cl.zone, e.cl.scope, storageName(e.store)))
 		}
-		return nil, apiError(http.StatusBadRequest, `field "zone": limit %q is in several routes or stores, name one of the zones %s`, req.Limit, strings.Join(zones, ", "))
+		return nil, apiError(http.StatusBadRequest, `field "zone": limit %q is in several routes or stores, name one with "zone" and, for a shared limit in two stores, "storage": %s`, req.Limit, strings.Join(zones, ", "))
 	}
 	return named, nil
 }
@@ -447,6 +465,9 @@ type InspectResponse struct {
 	Numbers NumbersInfo `json:"numbers"`
 	// Parts has one entry per key part asked about.
 	Parts []PartState `json:"parts"`
+	// Warnings, for a credit: what went wrong after the units were given
+	// (the invalidation of other instances' local denials not published).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PartState is one counter of a client: what a request would meet now.
@@ -557,6 +578,9 @@ func handleInspect(w http.ResponseWriter, r *http.Request) error {
 // ResetResponse answers reset: the counters forgotten, per limit.
 type ResetResponse struct {
 	Reset []ResetLimit `json:"reset"`
+	// Warnings are what went wrong after the change was made (the
+	// invalidation of other instances' local denials not published).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ResetLimit is one limit reset.
@@ -598,8 +622,12 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		if err := a.Reset(r.Context(), e.clock.Now(), reqs); err != nil {
-			errs = append(errs, fmt.Errorf("limit %q: %w", e.cl.name, err))
-			continue
+			var np *storage.NotPublishedError
+			if !errors.As(err, &np) {
+				errs = append(errs, fmt.Errorf("limit %q: %w", e.cl.name, err))
+				continue
+			}
+			out.Warnings = append(out.Warnings, fmt.Sprintf("limit %q: %v", e.cl.name, err))
 		}
 		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts})
 	}
@@ -635,12 +663,20 @@ func handleCredit(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	given := make([]int64, len(reqs))
+	var warning string
 	if err := a.Credit(r.Context(), e.clock.Now(), reqs, *req.Units, given); err != nil {
-		return apiError(http.StatusBadGateway, "limit %q: %v", e.cl.name, err)
+		var np *storage.NotPublishedError
+		if !errors.As(err, &np) {
+			return apiError(http.StatusBadGateway, "limit %q: %v", e.cl.name, err)
+		}
+		warning = fmt.Sprintf("limit %q: %v", e.cl.name, err)
 	}
 	out, _, err := e.inspect(r.Context(), req)
 	if err != nil {
 		return err
+	}
+	if warning != "" {
+		out.Warnings = []string{warning}
 	}
 	for i := range out.Parts {
 		out.Parts[i].Given = &given[i]

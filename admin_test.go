@@ -580,3 +580,95 @@ func TestRegistryFollowsRunningApps(t *testing.T) {
 		t.Fatal("after a reload, the new configuration's registry is not live")
 	}
 }
+
+// A Redis user who may not publish (Redis 7's default for new ACL users,
+// acl-pubsub-default resetchannels): a credit and a reset are made and
+// answered 200 with a warning, not 502 (an operator, or a script, would
+// retry a 502 and give the units twice).
+func TestAdminChangeMadeButNotPublished(t *testing.T) {
+	srv := redistest.Start(t)
+	if err := srv.Client(t).Do(context.Background(), "ACL", "SETUSER", "limiter", "on", ">pw", "~*", "+@all", "resetchannels").Err(); err != nil {
+		t.Skipf("this Redis has no ACL channels: %v", err)
+	}
+	fakeClock(t)
+	s := startSite(t, fmt.Sprintf(`%%ADDR%% {
+	edge_limit {
+		limit c {
+			key {header.X-C}
+			rate 3/1h
+		}
+		storage redis redis://limiter:pw@127.0.0.1:%d/0 {
+			clock local
+		}
+	}
+	respond "ok"
+}`, srv.Port()))
+	for i, want := range []int{200, 200, 200, 429} {
+		if r := s.get("/", "X-C", "a"); r.status != want {
+			t.Fatalf("request %d: %d, want %d", i, r.status, want)
+		}
+	}
+	admin := adminAddr()
+	v := inspectAt(t, admin, "POST", "/edge_limit/credit", `{"limit": "c", "key": "a", "units": 2}`)
+	if *v.Parts[0].Given != 2 || v.Parts[0].Used != 1 || len(v.Warnings) != 1 || !strings.Contains(v.Warnings[0], "not published") {
+		t.Fatalf("credit: %+v %v", v.Parts, v.Warnings)
+	}
+	for i, want := range []int{200, 200, 429} { // given once
+		if r := s.get("/", "X-C", "a"); r.status != want {
+			t.Fatalf("after the credit, request %d: %d, want %d", i, r.status, want)
+		}
+	}
+	status, body := adminDo(t, admin, "POST", "/edge_limit/reset", `{"limit": "c", "key": "a"}`)
+	var rr ResetResponse
+	if err := json.Unmarshal([]byte(body), &rr); status != 200 || err != nil || len(rr.Reset) != 1 || len(rr.Warnings) != 1 {
+		t.Fatalf("reset: %d %s", status, body)
+	}
+	expect(t, s.get("/", "X-C", "a"), 200)
+}
+
+// A shared limit used by a directive with storage of its own is counted
+// by two stores under one name and no zone: "storage" picks one.
+func TestAdminSharedLimitInTwoStores(t *testing.T) {
+	srv := redistest.Start(t)
+	fakeClock(t)
+	s := startSite(t, fmt.Sprintf(`{
+	edge_limit {
+		quota daily {
+			key {header.X-C}
+			limit 10 per day
+		}
+	}
+}
+%%ADDR%% {
+	handle /redis {
+		edge_limit {
+			use daily
+			storage redis %s {
+				clock local
+			}
+		}
+	}
+	edge_limit {
+		use daily
+	}
+	respond "ok"
+}`, srv.URL))
+	expect(t, s.get("/", "X-C", "a"), 200)
+	for range 3 {
+		expect(t, s.get("/redis", "X-C", "a"), 200)
+	}
+	admin := adminAddr()
+	if status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a"}`); status != 400 || !strings.Contains(body, `storage`) {
+		t.Fatalf("ambiguous: %d %s", status, body)
+	}
+	// /redis passes both directives: the shared limit counts in each store.
+	for storage, used := range map[string]int64{"memory": 4, "redis": 3} {
+		v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a", "storage": "`+storage+`"}`)
+		if v.Storage != storage || v.Parts[0].Used != used {
+			t.Errorf("%s: %+v, want %d used", storage, v, used)
+		}
+	}
+	if status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a", "storage": "disk"}`); status != 400 || !strings.Contains(body, `field \"storage\"`) {
+		t.Fatalf("unknown storage: %d %s", status, body)
+	}
+}

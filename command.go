@@ -28,6 +28,7 @@ func init() {
 	fs.String("zone", "", "Zone of a route limit, when several routes have a limit of that name")
 	fs.String("key", "", "The client's key as the limit reads it (header value, IP, user id); - reads it from stdin")
 	fs.Int("part", -1, "Key part (0-based) of a key of several parts; default every part")
+	fs.String("storage", "", "memory or redis: picks a shared limit counted by two stores")
 	fs.String("tier", "", "Tier whose numbers to inspect or credit with (default: clients in no known tier)")
 	fs.Int64("units", 0, "Units to credit")
 	fs.Bool("all", false, "reset: every limit of the key")
@@ -97,6 +98,11 @@ func cmdEdgeLimit(fl caddycmd.Flags) (int, error) {
 	}
 	if p, _ := fl.GetInt("part"); p >= 0 {
 		req["part"] = p
+	} else if p != -1 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("--part %d: a key part is 0 or more (leave it out for every part)", p)
+	}
+	if v := fl.String("storage"); v != "" {
+		req["storage"] = v
 	}
 	key := fl.String("key")
 	if key == "-" {
@@ -245,7 +251,22 @@ func printInspect(w io.Writer, body []byte) (int, error) {
 		}
 		fmt.Fprintln(tw, line)
 	}
-	return 0, tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return 1, err
+	}
+	return 0, printWarnings(w, v.Warnings)
+}
+
+// printWarnings writes what the admin API says went wrong after a change
+// was made: the change stands (the command succeeds), so repeating it
+// would repeat the change.
+func printWarnings(w io.Writer, warnings []string) error {
+	for _, m := range warnings {
+		if _, err := fmt.Fprintln(w, "warning:", m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func printReset(w io.Writer, body []byte) (int, error) {
@@ -262,5 +283,8 @@ func printReset(w io.Writer, body []byte) (int, error) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Limit, dash(r.Zone), r.Storage, strings.Join(parts, ","))
 	}
-	return 0, tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return 1, err
+	}
+	return 0, printWarnings(w, v.Warnings)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
@@ -202,11 +203,12 @@ func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []Request) error 
 	if s.local != nil {
 		_ = s.local.Reset(ctx, now, reqs)
 	}
-	errs = append(errs, s.invalidate(ctx))
 	if err := errors.Join(errs...); err != nil {
+		// A reset is idempotent: the operator may try again.
+		_ = s.invalidate(ctx)
 		return fmt.Errorf("redis rate-limit storage: %w", err)
 	}
-	return nil
+	return s.invalidate(ctx)
 }
 
 // casAttempts bounds the reads and writes of one Credit when requests keep
@@ -226,17 +228,18 @@ func (s *Redis) Credit(ctx context.Context, now time.Time, reqs []Request, units
 	keys, groups := s.clientGroups(reqs)
 	for k, key := range keys {
 		if err := s.creditKey(ctx, now, key, reqs, groups[k], units, given); err != nil {
-			return fmt.Errorf("redis rate-limit storage: %w", err)
+			// What an earlier hash was given stays given, and so may
+			// this one's if Redis ran the write before the error: crediting
+			// again blindly could give twice.
+			_ = s.invalidate(ctx)
+			return fmt.Errorf("redis rate-limit storage: %w (units may have been given before the failure: inspect before crediting again)", err)
 		}
 	}
 	if s.local != nil {
 		scratch := make([]int64, len(reqs))
 		_ = s.local.Credit(ctx, now, reqs, units, scratch)
 	}
-	if err := s.invalidate(ctx); err != nil {
-		return fmt.Errorf("redis rate-limit storage: credited, but %w", err)
-	}
-	return nil
+	return s.invalidate(ctx)
 }
 
 var errCreditBusy = errors.New("the client's state kept changing while it was credited; try again")
@@ -282,6 +285,18 @@ func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs [
 	return errCreditBusy
 }
 
+// NotPublishedError is returned by Reset and Credit when the change was
+// made but its invalidation could not be published: other instances may
+// deny the client from their local denials until the time Redis gave them
+// (never longer). The change stands; doing it again would repeat it.
+type NotPublishedError struct{ Err error }
+
+func (e *NotPublishedError) Error() string {
+	return "done, but the invalidation of other instances' local denials was not published (they may deny this client until its Retry-After): " + e.Err.Error()
+}
+
+func (e *NotPublishedError) Unwrap() error { return e.Err }
+
 // invalidate drops this store's local denials and publishes on
 // InvalidateChannel so that every store on the same Redis drops its own.
 func (s *Redis) invalidate(ctx context.Context) error {
@@ -289,7 +304,7 @@ func (s *Redis) invalidate(ctx context.Context) error {
 		s.denials.clearAll()
 	}
 	if err := s.client.Publish(ctx, s.InvalidateChannel(), "reset").Err(); err != nil {
-		return fmt.Errorf("publishing the invalidation of local denials: %w", err)
+		return &NotPublishedError{Err: err}
 	}
 	return nil
 }
@@ -344,6 +359,7 @@ func (s *Redis) watchInvalidations() {
 	ps := subscribe()
 	defer func() { _ = ps.Close() }()
 	pinged, subscribed := false, false
+	var lastWarn int64 // s.mono() of the last warning
 	pause := func() bool {
 		t := time.NewTimer(time.Duration(s.retry))
 		defer t.Stop()
@@ -368,8 +384,14 @@ func (s *Redis) watchInvalidations() {
 					continue
 				}
 			}
-			// Lost, or a PING unanswered: reconnect with a new
-			// subscription after a pause.
+			// Lost, refused (a Redis user without the channel's
+			// permission), or a PING unanswered: reconnect with a new
+			// subscription after a pause, and say so now and then.
+			if now := s.mono(); lastWarn == 0 || now-lastWarn >= int64(WarnInterval) {
+				lastWarn = now
+				s.logger.Load().Warn("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis)",
+					zap.String("channel", channel), zap.Error(err))
+			}
 			s.setLive(false)
 			subscribed, pinged = false, false
 			_ = ps.Close()
