@@ -9,6 +9,9 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // waitLocalDenials waits (10 s at most) until the store's local denials
@@ -198,4 +201,44 @@ func TestRedisLocalDenialsNeedSubscription(t *testing.T) {
 	waitLocalDenials(t, s, false)
 	srv.Restart(t)
 	waitLocalDenials(t, s, true)
+}
+
+// The invalidation subscription warns when it is refused (a Redis user
+// without the channel's permission: local denials are off), and says
+// nothing when the store closes it.
+func TestRedisSubscriptionWarnings(t *testing.T) {
+	srv := redistest.Start(t)
+	core, logs := observer.New(zap.WarnLevel)
+
+	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+	s.SetLogger(zap.New(core))
+	waitLocalDenials(t, s, true)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.Len(); n != 0 {
+		t.Fatalf("closing the store logged %d warnings: %v", n, logs.All())
+	}
+
+	if err := srv.Client(t).Do(context.Background(), "ACL", "SETUSER", "nochan", "on", ">pw", "~*", "+@all", "resetchannels").Err(); err != nil {
+		t.Skipf("this Redis has no ACL channels: %v", err)
+	}
+	opt, _ := redis.ParseURL(srv.URL)
+	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{opt.Addr}, Username: "nochan", Password: "pw"}, testTimeout)
+	refused, err := storage.NewRedis(client, storage.RedisOptions{LocalClock: true, Timeout: testTimeout, Prefix: storetest.Prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused.SetLogger(zap.New(core))
+	defer refused.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for logs.FilterMessageSnippet("no subscription to the invalidations").Len() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning after 10s: %v", logs.All())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if refused.LocalDenialsActive() {
+		t.Fatal("local denials on without a subscription")
+	}
 }

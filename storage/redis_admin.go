@@ -372,8 +372,8 @@ func (s *Redis) watchInvalidations() {
 	}
 	for ctx.Err() == nil {
 		msg, err := ps.ReceiveTimeout(ctx, invalidationPing)
-		if ctx.Err() != nil {
-			break
+		if ctx.Err() != nil || s.closed.Load() {
+			break // Close closed the subscription: no warning
 		}
 		if err != nil {
 			var ne interface{ Timeout() bool }
