@@ -84,34 +84,32 @@ func (d *denials) shard(h uint64) *denialShard { return &d.shards[h%denialShards
 // counted down; the other limits as last reported) and reports true.
 func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result) bool {
 	t := now.UnixMicro()
-	var hbuf [maxBatch]uint64
-	hs := hbuf[:0]
 	if len(reqs) > maxBatch {
 		return false
 	}
+	// Each entry is read once: the decision and the results come from the
+	// same reads, so that an entry forgotten in between (a refund, an
+	// invalidation) cannot turn a denial into an uncounted "allowed".
+	var ents [maxBatch]denial
+	var oks [maxBatch]bool
 	denied := false
 	for i := range reqs {
 		h := d.hash(&reqs[i])
-		hs = append(hs, h)
-		if denied || reqs[i].DryRun {
-			continue
-		}
 		sh := d.shard(h)
 		sh.mu.Lock()
-		e, ok := sh.m[h]
+		ents[i], oks[i] = sh.m[h]
 		sh.mu.Unlock()
-		denied = ok && e.until > t && e.limit == reqs[i].Limit && reqs[i].Cost >= e.cost
+		e := &ents[i]
+		if oks[i] && !reqs[i].DryRun && e.until > t && e.limit == reqs[i].Limit && reqs[i].Cost >= e.cost {
+			denied = true
+		}
 	}
 	if !denied {
 		return false
 	}
 	for i := range reqs {
-		sh := d.shard(hs[i])
-		sh.mu.Lock()
-		e, ok := sh.m[hs[i]]
-		sh.mu.Unlock()
-		r := &results[i]
-		if !ok || e.limit != reqs[i].Limit {
+		e, r := &ents[i], &results[i]
+		if !oks[i] || e.limit != reqs[i].Limit {
 			// Not known here: report the limit whole, uncounted.
 			*r = limiter.Result{Allowed: true, Limit: reqs[i].Limit.Quota, Remaining: reqs[i].Limit.Quota,
 				Window: reqs[i].Limit.ResultWindow(0, 0), ResetAt: t}

@@ -88,23 +88,25 @@ func sameLimit(a, b *limiter.Limit) bool {
 // counted down; the other limits as last reported) and reports true.
 func (d *denials) check(now time.Time, reqs []request, results []limiter.Result) bool {
 	t := now.UnixMicro()
-	hs := make([]uint64, len(reqs))
+	// Each entry is read once: the decision and the results come from the
+	// same reads, so that an entry forgotten in between (a refund) cannot
+	// turn a denial into an uncounted "allowed".
+	ents := make([]deniedKey, len(reqs))
+	oks := make([]bool, len(reqs))
 	denied := false
 	for i := range reqs {
-		hs[i] = d.hash(&reqs[i])
-		if denied || reqs[i].DryRun {
-			continue
+		ents[i], oks[i] = d.lookup(d.hash(&reqs[i]))
+		e := &ents[i]
+		if oks[i] && !reqs[i].DryRun && e.until > t && sameLimit(&e.limit, &reqs[i].Limit) && reqs[i].Cost >= e.cost {
+			denied = true
 		}
-		e, ok := d.lookup(hs[i])
-		denied = ok && e.until > t && sameLimit(&e.limit, &reqs[i].Limit) && reqs[i].Cost >= e.cost
 	}
 	if !denied {
 		return false
 	}
 	for i := range reqs {
-		e, ok := d.lookup(hs[i])
-		r := &results[i]
-		if !ok || !sameLimit(&e.limit, &reqs[i].Limit) {
+		e, r := &ents[i], &results[i]
+		if !oks[i] || !sameLimit(&e.limit, &reqs[i].Limit) {
 			// Not known here: report the limit whole, uncounted.
 			*r = limiter.Result{Allowed: true, Limit: reqs[i].Limit.Quota, Remaining: reqs[i].Limit.Quota,
 				Window: reqs[i].Limit.ResultWindow(0, 0), ResetAt: t}
