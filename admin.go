@@ -589,6 +589,9 @@ type ResetLimit struct {
 	Zone    string `json:"zone,omitempty"`
 	Storage string `json:"storage"`
 	Parts   []int  `json:"parts"`
+	// UsedBefore is what each part had counted before the reset (as
+	// inspect says), when it could be read.
+	UsedBefore []int64 `json:"used_before,omitempty"`
 }
 
 func handleReset(w http.ResponseWriter, r *http.Request) error {
@@ -605,6 +608,7 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := ResetResponse{Reset: []ResetLimit{}}
 	var errs []error
+	counted := false // some part had counts before the reset
 	for _, e := range entries {
 		if req.Limit == "" && req.Part != nil && *req.Part >= len(e.cl.keys) {
 			continue // every limit: those with fewer parts have none to reset
@@ -621,6 +625,15 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		var usedBefore []int64
+		if before, _, err := e.inspect(r.Context(), &ClientRequest{Key: req.Key, Part: req.Part}); err == nil {
+			for _, p := range before.Parts {
+				usedBefore = append(usedBefore, p.Used)
+				counted = counted || p.Used != 0
+			}
+		} else {
+			counted = true // unknown: no warning
+		}
 		if err := a.Reset(r.Context(), e.clock.Now(), reqs); err != nil {
 			var np *storage.NotPublishedError
 			if !errors.As(err, &np) {
@@ -629,7 +642,10 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 			}
 			out.Warnings = append(out.Warnings, fmt.Sprintf("limit %q: %v", e.cl.name, err))
 		}
-		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts})
+		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts, UsedBefore: usedBefore})
+	}
+	if !counted && len(out.Reset) > 0 {
+		out.Warnings = append(out.Warnings, "nothing was counted for this key: is it the key as the limit reads it from a request? (inspect shows the counts)")
 	}
 	if len(errs) > 0 {
 		return apiError(http.StatusBadGateway, "reset %d limit(s), but: %v", len(out.Reset), errors.Join(errs...))

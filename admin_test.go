@@ -672,3 +672,41 @@ func TestAdminSharedLimitInTwoStores(t *testing.T) {
 		t.Fatalf("unknown storage: %d %s", status, body)
 	}
 }
+
+// A reset says what each part had counted before it, and warns when the
+// key had no counts at all: a key mistyped (or not as the limit reads it)
+// is not reported as a client reset without a word.
+func TestAdminResetSaysWhatItFound(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `%ADDR% {
+	edge_limit {
+		limit c {
+			key {header.Authorization}
+			rate 3/1h
+		}
+	}
+	respond "ok"
+}`)
+	for range 2 {
+		expect(t, s.get("/", "Authorization", "Bearer tok1"), 200)
+	}
+	admin := adminAddr()
+	reset := func(key string) ResetResponse {
+		t.Helper()
+		status, body := adminDo(t, admin, "POST", "/edge_limit/reset", `{"limit": "c", "key": "`+key+`"}`)
+		var rr ResetResponse
+		if err := json.Unmarshal([]byte(body), &rr); status != 200 || err != nil || len(rr.Reset) != 1 {
+			t.Fatalf("reset %q: %d %s", key, status, body)
+		}
+		return rr
+	}
+	if rr := reset("bearer tok2"); len(rr.Warnings) != 1 || !strings.Contains(rr.Warnings[0], "nothing was counted") || rr.Reset[0].UsedBefore[0] != 0 {
+		t.Fatalf("a key with no counts: %+v", rr)
+	}
+	if rr := reset("  bearer tok1 "); len(rr.Warnings) != 0 || rr.Reset[0].UsedBefore[0] != 2 {
+		t.Fatalf("the client's key (scheme and spaces as a request may send them): %+v", rr)
+	}
+	if v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "c", "key": "Bearer tok1"}`); v.Parts[0].Used != 0 {
+		t.Fatalf("after the reset: %+v", v.Parts)
+	}
+}

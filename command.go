@@ -275,13 +275,17 @@ func printReset(w io.Writer, body []byte) (int, error) {
 		return 1, fmt.Errorf("reading the answer: %v", err)
 	}
 	tw := table(w)
-	fmt.Fprintln(tw, "RESET\tZONE\tSTORAGE\tPARTS")
+	fmt.Fprintln(tw, "RESET\tZONE\tSTORAGE\tPARTS\tUSED BEFORE")
 	for _, r := range v.Reset {
 		parts := make([]string, len(r.Parts))
 		for i, p := range r.Parts {
 			parts[i] = strconv.Itoa(p)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Limit, dash(r.Zone), r.Storage, strings.Join(parts, ","))
+		used := make([]string, len(r.UsedBefore))
+		for i, u := range r.UsedBefore {
+			used[i] = strconv.FormatInt(u, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Limit, dash(r.Zone), r.Storage, strings.Join(parts, ","), dash(strings.Join(used, ",")))
 	}
 	if err := tw.Flush(); err != nil {
 		return 1, err
