@@ -45,8 +45,9 @@ func TestBatchDecidesAsOneByOne(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 5))
 	w := &pipeWorker{index: map[string]int{}}
 	base := time.Date(2027, 3, 1, 10, 0, 0, 0, time.UTC).Add(time.Duration(rng.IntN(86400)) * time.Second)
+	run0 := time.Now().UnixNano() // keys of this run only (the shared Redis outlives a run: -count)
 	for round := range 150 {
-		one, batch := open(fmt.Sprintf("serial%d:", round)), open(fmt.Sprintf("batch%d:", round))
+		one, batch := open(fmt.Sprintf("%d:serial%d:", run0, round)), open(fmt.Sprintf("%d:batch%d:", run0, round))
 		var limits []limiter.Limit
 		for range 5 {
 			limits = append(limits, randomLimit(rng))
