@@ -8,7 +8,8 @@ import (
 )
 
 // base is a Monday, 2026-11-23 00:00:00 UTC, on every aligned boundary up
-// to a day.
+// to a day. The limiter is pure (it never reads the real clock), so fixed
+// instants here and in the calendar tests hold on any date.
 var base = time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC).UnixMicro()
 
 const (

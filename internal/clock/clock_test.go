@@ -6,6 +6,7 @@ import (
 )
 
 func TestParseTestBase(t *testing.T) {
+	// ParseTestBase takes "now" as an argument: a fixed one holds on any date.
 	now := time.Date(2026, 11, 29, 8, 46, 0, 0, time.UTC)
 	for v, want := range map[string]string{
 		"":                          "2026-11-30T10:00:00Z",
