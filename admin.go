@@ -1,12 +1,10 @@
 package edgelimit
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/internal/jsonbody"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 )
@@ -219,14 +218,13 @@ func numbersInfo(n *Numbers, lim limiter.Limit) NumbersInfo {
 	return info
 }
 
+// storageName is the store's backend as the admin API names it: memory or
+// redis (a Redis Cluster too).
 func storageName(s storage.Store) string {
-	switch s.(type) {
-	case *storage.Memory:
-		return "memory"
-	case *storage.Redis:
-		return "redis"
+	if b := backendOf(s); b != "redis_cluster" {
+		return b
 	}
-	return fmt.Sprintf("%T", s)
+	return "redis"
 }
 
 func (e *adminEntry) info() LimitInfo {
@@ -301,25 +299,20 @@ type ClientRequest struct {
 
 // decodeClient reads and checks a body for the named route.
 func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
-	raw, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
-	if err != nil {
-		return nil, apiError(http.StatusBadRequest, "reading the body: %v", err)
-	}
-	if len(raw) > maxAdminBody {
-		return nil, apiError(http.StatusRequestEntityTooLarge, "body larger than %d bytes", maxAdminBody)
-	}
 	var req ClientRequest
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := jsonbody.Decode(r.Body, maxAdminBody, &req); err != nil {
 		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
+		var tl *jsonbody.TooLargeError
+		var re *jsonbody.ReadError
+		switch {
+		case errors.As(err, &tl):
+			return nil, apiError(http.StatusRequestEntityTooLarge, "%v", err)
+		case errors.As(err, &re) || errors.Is(err, jsonbody.ErrTrailing):
+			return nil, apiError(http.StatusBadRequest, "%v", err)
+		case errors.As(err, &te) && te.Field != "":
 			return nil, apiError(http.StatusBadRequest, "field %q: want %s, got a JSON %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
 		}
 		return nil, apiError(http.StatusBadRequest, `want a JSON object such as {"limit": "api", "key": "203.0.113.7"}: %v`, err)
-	}
-	if dec.More() {
-		return nil, apiError(http.StatusBadRequest, "one JSON object, please")
 	}
 	switch {
 	case req.Key == nil:

@@ -1,7 +1,6 @@
 package edgecache
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
+	"github.com/edgelimit/caddy-edgelimit/internal/jsonbody"
 )
 
 func init() {
@@ -74,7 +74,7 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", http.MethodPost)
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: POST a purge", r.Method)}
 	}
-	p, err := decodePurge(io.LimitReader(r.Body, maxPurgeBody+1))
+	p, err := decodePurge(r.Body)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 	}
@@ -98,21 +98,14 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 // decodePurge reads and checks a purge request.
 func decodePurge(body io.Reader) (cache.Purge, error) {
 	var p cache.Purge
-	raw, err := io.ReadAll(body)
-	if err != nil {
-		return p, fmt.Errorf("reading the body: %w", err)
-	}
-	if len(raw) > maxPurgeBody {
-		return p, fmt.Errorf("body larger than %d bytes", maxPurgeBody)
-	}
 	var req PurgeRequest
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := jsonbody.Decode(body, maxPurgeBody, &req); err != nil {
+		var tl *jsonbody.TooLargeError
+		var re *jsonbody.ReadError
+		if errors.As(err, &tl) || errors.As(err, &re) || errors.Is(err, jsonbody.ErrTrailing) {
+			return p, err
+		}
 		return p, fmt.Errorf(`want a JSON object such as {"buckets": ["a"], "authorization": "Bearer ...", "shard": 0}: %w`, err)
-	}
-	if dec.More() {
-		return p, errors.New("one JSON object, please")
 	}
 	for _, b := range req.Buckets {
 		if b == "" || len(b) > cache.MaxBucketLen {
