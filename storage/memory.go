@@ -92,9 +92,13 @@ func NewMemory(o MemoryOptions) *Memory {
 // hash identifies (counter, key). The seed is random per store, so nobody
 // can choose keys that collide; with 64 bits, a million keys collide by
 // chance about once in 3*10^7 stores.
-func (m *Memory) hash(r *Request) uint64 {
+func (m *Memory) hash(r *Request) uint64 { return hashRequest(m.seed, r) }
+
+// hashRequest is the seeded hash of (counter, key) of the memory store and
+// of the Redis store's local denials.
+func hashRequest(seed maphash.Seed, r *Request) uint64 {
 	var h maphash.Hash
-	h.SetSeed(m.seed)
+	h.SetSeed(seed)
 	h.WriteString(r.Counter)
 	h.WriteByte(0)
 	h.WriteString(r.Key)

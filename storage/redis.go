@@ -194,7 +194,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		s.local = NewMemory(MemoryOptions{Now: o.Now})
 	}
 	s.scratch.New = func() any { return new(redisScratch) }
-	s.pipe = newPipe(client)
+	s.pipe = newPipe(client, cluster)
 	if s.denials != nil {
 		s.watchStop, s.watchDone = make(chan struct{}), make(chan struct{})
 		go s.watchInvalidations()
@@ -564,13 +564,19 @@ func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...str
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
+	return s.runScript(ctx, sc, keys, argv...).Text()
+}
+
+// runScript runs sc by its SHA, and by its source when Redis does not
+// have it (NOSCRIPT); the caller reads the reply.
+func (s *Redis) runScript(ctx context.Context, sc *script, keys []string, argv ...string) onceCmd {
 	cmd := scriptCmd(ctx, sc, false, keys, argv...)
 	_ = s.client.Process(ctx, cmd)
 	if err := cmd.Err(); err != nil && isNoScript(err) {
 		cmd = scriptCmd(ctx, sc, true, keys, argv...)
 		_ = s.client.Process(ctx, cmd)
 	}
-	return cmd.Text()
+	return cmd
 }
 
 var _ Store = (*Redis)(nil)

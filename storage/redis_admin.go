@@ -108,13 +108,7 @@ func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []R
 	for _, i := range idx {
 		argv = append(argv, reqs[i].Counter)
 	}
-	cmd := scriptCmd(ctx, peekScript, false, []string{key}, argv...)
-	_ = s.client.Process(ctx, cmd)
-	if err := cmd.Err(); err != nil && isNoScript(err) {
-		cmd = scriptCmd(ctx, peekScript, true, []string{key}, argv...)
-		_ = s.client.Process(ctx, cmd)
-	}
-	vals, err := cmd.StringSlice()
+	vals, err := s.runScript(ctx, peekScript, []string{key}, argv...).StringSlice()
 	if err != nil {
 		return 0, nil, err
 	}
@@ -178,7 +172,7 @@ func (s *Redis) Peek(ctx context.Context, now time.Time, reqs []Request, results
 		}
 		for j, i := range groups[k] {
 			st := decodeState(vals[j], at)
-			results[i] = reqs[i].Limit.Peek(st, at, max(reqs[i].Cost, 1))
+			results[i] = reqs[i].Limit.Peek(st, at, reqs[i].Cost)
 		}
 	}
 	return nil
@@ -203,12 +197,12 @@ func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []Request) error 
 	if s.local != nil {
 		_ = s.local.Reset(ctx, now, reqs)
 	}
+	published := s.invalidate(ctx)
 	if err := errors.Join(errs...); err != nil {
 		// A reset is idempotent: the operator may try again.
-		_ = s.invalidate(ctx)
 		return fmt.Errorf("redis rate-limit storage: %w", err)
 	}
-	return s.invalidate(ctx)
+	return published
 }
 
 // casAttempts bounds the reads and writes of one Credit when requests keep
@@ -253,13 +247,7 @@ func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs [
 		argv := make([]string, 0, 3*len(idx))
 		for j, i := range idx {
 			given[i] = 0
-			if vals[j] == "" {
-				continue
-			}
-			st := decodeState(vals[j], at)
-			if st == (limiter.State{}) {
-				continue
-			}
+			st := decodeState(vals[j], at) // none: the zero state, given nothing
 			if g := reqs[i].Limit.Credit(&st, at, units); g > 0 {
 				given[i] = g
 				argv = append(argv, reqs[i].Counter, vals[j], encodeState(st))
@@ -268,13 +256,7 @@ func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs [
 		if len(argv) == 0 {
 			return nil
 		}
-		cmd := scriptCmd(ctx, casScript, false, []string{key}, argv...)
-		_ = s.client.Process(ctx, cmd)
-		if err := cmd.Err(); err != nil && isNoScript(err) {
-			cmd = scriptCmd(ctx, casScript, true, []string{key}, argv...)
-			_ = s.client.Process(ctx, cmd)
-		}
-		ok, err := cmd.Int()
+		ok, err := s.runScript(ctx, casScript, []string{key}, argv...).Int()
 		if err != nil {
 			return err
 		}

@@ -42,7 +42,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 	runs := s.groupBySlot(sc, len(reqs))
 	for g := range runs {
 		r := &runs[g]
-		r.keys, r.argv = s.takeArgs(sc, reqs, r.idx, now, at, true)
+		r.keys, r.argv = s.takeArgs(sc, reqs, r.idx, now, at)
 	}
 	s.pipeline(ctx, runs, takeScript)
 

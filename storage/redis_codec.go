@@ -152,15 +152,12 @@ func (s *Redis) script(sc *redisScratch, reqs []Request, idx []int, now time.Tim
 	return slices.Clone(k), append([]string{string(append(head, spec...))}, fields...)
 }
 
-// takeArgs is the KEYS and ARGV of a take script of one decision, with
-// each state before and after when keep is set (to undo the take).
-func (s *Redis) takeArgs(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64, keep bool) (keys, argv []string) {
+// takeArgs is the KEYS and ARGV of a take script of one decision of a
+// Cluster slot: the script keeps each state before and after (flag 1), to
+// undo the take when another slot denies.
+func (s *Redis) takeArgs(sc *redisScratch, reqs []Request, idx []int, now time.Time, at int64) (keys, argv []string) {
 	k, spec, fields := s.requests(sc, reqs, idx, at)
-	flags := int64(0)
-	if keep {
-		flags = 1
-	}
-	head := appendInt(make([]byte, 0, 32+len(spec)), flags)
+	head := appendInt(make([]byte, 0, 32+len(spec)), 1)
 	head = appendInt(head, 1)
 	head = appendInt(head, s.scriptNow(now))
 	head = appendInt(head, int64(len(fields)))

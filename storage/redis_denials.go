@@ -67,14 +67,7 @@ func newDenials(max int) *denials {
 	return d
 }
 
-func (d *denials) hash(r *Request) uint64 {
-	var h maphash.Hash
-	h.SetSeed(d.seed)
-	h.WriteString(r.Counter)
-	h.WriteByte(0)
-	h.WriteString(r.Key)
-	return h.Sum64()
-}
+func (d *denials) hash(r *Request) uint64 { return hashRequest(d.seed, r) }
 
 func (d *denials) shard(h uint64) *denialShard { return &d.shards[h%denialShards] }
 
@@ -183,19 +176,24 @@ func (d *denials) clearAll() {
 	}
 }
 
-// makeRoom drops the entries of a shard that are over, or else one.
+// makeRoom drops the entries over among a sample of the shard, or else
+// one of the sample: the shard's lock is held, and Take's check waits on
+// it, so the scan is bounded as the memory store's is.
 func (d *denials) makeRoom(sh *denialShard, t int64) {
-	dropped := false
+	var victim uint64
+	dropped, seen := false, 0
 	for h, e := range sh.m {
 		if e.until <= t {
 			delete(sh.m, h)
 			dropped = true
+		} else if seen == 0 {
+			victim = h
+		}
+		if seen++; seen >= evictionSample {
+			break
 		}
 	}
 	if !dropped {
-		for h := range sh.m {
-			delete(sh.m, h)
-			break
-		}
+		delete(sh.m, victim)
 	}
 }

@@ -53,8 +53,7 @@ const (
 	scriptBatch = 64
 )
 
-func newPipe(client redis.UniversalClient) *pipe {
-	_, cluster := client.(*redis.ClusterClient)
+func newPipe(client redis.UniversalClient, cluster bool) *pipe {
 	p := &pipe{
 		client:  client,
 		cluster: cluster,
