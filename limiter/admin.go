@@ -78,14 +78,11 @@ func (l *Limit) Credit(s *State, now, units int64) int64 {
 			held++
 		}
 		given = min64(units, held)
-		s.Start = now
-		s.Debt = maxFloat(debt-float64(units)*interval, 0)
 	case AnchoredWindow:
 		if s.Count == 0 || now < s.Start || now >= s.Start+l.Window.Microseconds() {
 			return 0
 		}
 		given = min64(units, s.Count)
-		s.Count -= given
 	case SlidingWindow:
 		start, end := l.Bounds(now)
 		switch {
@@ -110,7 +107,11 @@ func (l *Limit) Credit(s *State, now, units int64) int64 {
 			return 0
 		}
 		given = min64(units, s.Count)
-		s.Count -= given
+	}
+	if l.Algorithm != SlidingWindow {
+		// What is left to give back, Refund's arithmetic: the same units
+		// off the count or the backlog, never below nothing.
+		l.Refund(s, now, units)
 	}
 	s.Weight = l.weight(s, now)
 	return given
