@@ -47,10 +47,7 @@ func KeyOf(r *http.Request, zone string, identity []string) Key {
 	bp := getBuf()
 	b := (*bp)[:0]
 	if auth := httpval.First(r.Header, "Authorization"); auth != "" {
-		b = append(b, auth...)
-		k.Auth = sha256.Sum256(b)
-		k.HasAuth = true
-		b = b[:0]
+		k.Auth, k.HasAuth = AuthHash(auth), true // as a purge by authorization hashes it
 	}
 	b = append(b, "edge_cache/1"...)
 	b = appendField(b, zone)

@@ -130,7 +130,6 @@ type Handler struct {
 	policy  cache.Policy
 	stale   time.Duration
 	private []string // canonical names of the private headers, less those identity covers
-	strip   []string // canonical names of the headers removed upstream
 	keep    []string // canonical names of KeepHeaders
 	store   cache.Store
 	flights *cache.Group
@@ -183,7 +182,7 @@ func (c *Handler) stripped(name string) bool {
 	if rest, ok := strings.CutPrefix(name, "X-Forwarded-"); ok {
 		return rest != "For" && rest != "Proto"
 	}
-	return slices.Contains(c.strip, name)
+	return slices.Contains(stripHeaders, name)
 }
 
 // Provision applies defaults and opens the store.
@@ -312,9 +311,9 @@ func (c *Handler) zoneView() *Handler {
 	return &v
 }
 
-// provisionHeaders resolves the private, stripped and kept headers.
+// provisionHeaders resolves the private and kept headers.
 func (c *Handler) provisionHeaders() {
-	c.private, c.strip, c.keep = nil, nil, nil
+	c.private, c.keep = nil, nil
 	if !c.SharePrivate {
 		names := c.PrivateHeaders
 		if len(names) == 0 {
@@ -329,11 +328,6 @@ func (c *Handler) provisionHeaders() {
 	}
 	for _, n := range c.KeepHeaders {
 		c.keep = append(c.keep, http.CanonicalHeaderKey(n))
-	}
-	for _, n := range stripHeaders {
-		if !slices.Contains(c.keep, n) {
-			c.strip = append(c.strip, n)
-		}
 	}
 }
 

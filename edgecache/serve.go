@@ -100,9 +100,7 @@ func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		// The leader is slow (or never sends its request's end): do not
 		// wait for it any longer.
 	case outcome == cache.Stored && fe.Matches(r.Header):
-		now := c.clock.Now()
-		age := fe.Age(now)
-		return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1, hasTTL: true, ttl: ttlOf(fe, age)}, now)
+		return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1}, c.clock.Now())
 	case outcome == cache.Unreachable:
 		return c.offline(w, r, stale, nil, errUpstreamUnreachable, verdict{fwd: fwd, collapsed: 1})
 	}
@@ -230,11 +228,9 @@ func (c *Handler) serveStale(w http.ResponseWriter, r *http.Request, e *cache.En
 	staleServedTotal.Inc()
 	now := c.clock.Now()
 	v.st, v.fwd, v.detail = cache.Offline, fwdStale, "offline"
-	v.stored = false
 	if status != 0 && status != e.Status {
 		v.fwdStatus = status
 	}
-	v.hasTTL, v.ttl = true, ttlOf(e, e.Age(now))
 	return c.serve(w, r, e, v, now)
 }
 
@@ -256,14 +252,16 @@ func (c *Handler) serveHit(w http.ResponseWriter, r *http.Request, e *cache.Entr
 	return c.writeEntry(w, r, e, m.AgeValue, vals)
 }
 
-// serve answers from an entry with the headers of v: a waiter's HIT, or a
-// stale OFFLINE.
+// serve answers from an entry with the headers of v and the entry's TTL:
+// a waiter's HIT, or a stale OFFLINE.
 func (c *Handler) serve(w http.ResponseWriter, r *http.Request, e *cache.Entry, v verdict, now time.Time) error {
+	age := e.Age(now)
+	v.hasTTL, v.ttl = true, ttlOf(e, age)
 	hdr := w.Header()
 	vals := c.copyEntryHeader(hdr, e)
 	// The entry's own Cache-Status (from the caches behind) comes first.
 	c.settle(hdr, v)
-	return c.writeEntry(w, r, e, strconv.FormatInt(e.Age(now), 10), vals)
+	return c.writeEntry(w, r, e, strconv.FormatInt(age, 10), vals)
 }
 
 // copyEntryHeader puts the entry's headers on hdr. The entry is shared, so
@@ -335,29 +333,20 @@ func (c *Handler) serveMiss(w http.ResponseWriter, r *http.Request, rec *cacheRe
 // condition itself), and without the headers that make an upstream answer
 // for another URL, method or host, which are not in the key.
 func (c *Handler) forUpstream(r *http.Request) *http.Request {
-	drop := 0
-	for _, n := range [...]string{"If-None-Match", "If-Modified-Since"} {
-		if _, ok := r.Header[n]; ok {
-			drop++
-		}
-	}
+	var h http.Header // a copy, made at the first header to drop
 	for n := range r.Header {
-		if c.stripped(n) {
-			drop++
+		if n == "If-None-Match" || n == "If-Modified-Since" || c.stripped(n) {
+			if h == nil {
+				h = r.Header.Clone()
+			}
+			delete(h, n)
 		}
 	}
-	if drop == 0 {
+	if h == nil {
 		return r
 	}
 	r2 := r.WithContext(r.Context())
-	r2.Header = r.Header.Clone()
-	delete(r2.Header, "If-None-Match")
-	delete(r2.Header, "If-Modified-Since")
-	for n := range r2.Header {
-		if c.stripped(n) {
-			delete(r2.Header, n)
-		}
-	}
+	r2.Header = h
 	return r2
 }
 
