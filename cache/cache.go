@@ -12,9 +12,6 @@
 // Authorization header is part of the key, hashed; and every response says
 // what the cache did in Bloom-Status.
 //
-// sfv.go reads and writes the RFC 8941 structured fields that the
-// edge_cache module's Cache-Status header (RFC 9211) is made of.
-//
 // A new store implements Store (memory.go and redis.go are the two here, and
 // store_test.go's table runs against both); the edge_cache module offers it
 // as a module of the edge_cache.storage namespace in edgecache/storage.go.

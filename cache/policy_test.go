@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dunglas/httpsfv"
 )
 
 // bloomStatuses is the list of the issue and of Bloom's README, less 417
@@ -99,7 +101,7 @@ func TestDecide(t *testing.T) {
 		if d.Store != c.store || d.TTL != c.ttl || !slices.Equal(d.Buckets, c.buckets) {
 			t.Errorf("%s: store %v ttl %v buckets %q (%s), want %v %v %q", c.name, d.Store, d.TTL, d.Buckets, d.Reason, c.store, c.ttl, c.buckets)
 		}
-		if !d.Store && !IsSFToken(d.Detail) {
+		if _, err := httpsfv.Marshal(httpsfv.NewItem(httpsfv.Token(d.Detail))); !d.Store && err != nil {
 			t.Errorf("%s: detail %q is not a token", c.name, d.Detail)
 		}
 		if !d.Store && d.Reason == "" {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dunglas/httpsfv"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
@@ -299,7 +300,14 @@ func statusItem(name string) (string, error) {
 	case "":
 		name = DefaultCacheStatusName
 	}
-	return cache.SFNameItem(name)
+	// A Token when it is one, else a String.
+	if s, err := httpsfv.Marshal(httpsfv.NewItem(httpsfv.Token(name))); err == nil {
+		return s, nil
+	}
+	if s, err := httpsfv.Marshal(httpsfv.NewItem(name)); err == nil {
+		return s, nil
+	}
+	return "", errors.New("want printable ASCII (a token such as edgelimit, or any text in quotes)")
 }
 
 // zoneView is the handler as its zone is derived from: the headers it

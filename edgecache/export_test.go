@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 
+	"github.com/dunglas/httpsfv"
 	"github.com/edgelimit/caddy-edgelimit/cache"
 )
 
@@ -33,60 +33,74 @@ func CheckCacheStatus(h http.Header) error {
 	}
 	CacheStatusesChecked.Add(1)
 	joined := strings.Join(vals, ", ")
-	list, err := cache.ParseSFList(joined)
+	list, err := httpsfv.UnmarshalList([]string{joined})
 	if err != nil {
 		return fmt.Errorf("Cache-Status %q: %v", joined, err)
 	}
 	if len(list) == 0 {
 		return fmt.Errorf("Cache-Status %q: empty", joined)
 	}
+	var ours httpsfv.Item
 	for _, m := range list {
-		if !cache.IsSFToken(m.Item) && !strings.HasPrefix(m.Item, `"`) {
-			return fmt.Errorf("Cache-Status %q: member %q names no cache (want a token or a string)", joined, m.Item)
-		}
-	}
-	ours := list[len(list)-1]
-	if !slices.Contains(ourNames, ours.Item) {
-		return nil
-	}
-	isBool := func(v string) bool { return v == "?1" || v == "?0" }
-	isInt := func(v string) bool { _, err := strconv.ParseInt(v, 10, 64); return err == nil }
-	for _, p := range ours.Params {
-		ok := false
-		switch p.Key {
-		case "hit", "stored", "collapsed":
-			ok = isBool(p.Value)
-		case "fwd":
-			ok = slices.Contains([]string{"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"}, p.Value)
-		case "fwd-status":
-			n, err := strconv.Atoi(p.Value)
-			ok = err == nil && n >= 100 && n <= 999
-		case "ttl":
-			ok = isInt(p.Value)
-		case "key":
-			ok = strings.HasPrefix(p.Value, `"`)
-		case "detail":
-			ok = cache.IsSFToken(p.Value) || strings.HasPrefix(p.Value, `"`)
+		it, ok := m.(httpsfv.Item)
+		if ok {
+			switch it.Value.(type) {
+			case httpsfv.Token, string:
+			default:
+				ok = false
+			}
 		}
 		if !ok {
-			return fmt.Errorf("Cache-Status %q: parameter %s=%s is not RFC 9211's", joined, p.Key, p.Value)
+			return fmt.Errorf("Cache-Status %q: member %v names no cache (want a token or a string)", joined, m)
+		}
+		ours = it
+	}
+	name, err := httpsfv.Marshal(httpsfv.NewItem(ours.Value))
+	if err != nil || !slices.Contains(ourNames, name) {
+		return nil
+	}
+	param := func(k string) (any, bool) { return ours.Params.Get(k) }
+	for _, k := range ours.Params.Names() {
+		v, _ := param(k)
+		ok := false
+		switch k {
+		case "hit", "stored", "collapsed":
+			_, ok = v.(bool)
+		case "fwd":
+			t, isToken := v.(httpsfv.Token)
+			ok = isToken && slices.Contains([]string{"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"}, string(t))
+		case "fwd-status":
+			n, isInt := v.(int64)
+			ok = isInt && n >= 100 && n <= 999
+		case "ttl":
+			_, ok = v.(int64)
+		case "key":
+			_, ok = v.(string)
+		case "detail":
+			switch v.(type) {
+			case httpsfv.Token, string:
+				ok = true
+			}
+		}
+		if !ok {
+			return fmt.Errorf("Cache-Status %q: parameter %s=%v is not RFC 9211's", joined, k, v)
 		}
 	}
-	hit, isHit := ours.Param("hit")
-	fwd, isFwd := ours.Param("fwd")
-	if isHit == isFwd || isHit && hit != "?1" {
+	hit, isHit := param("hit")
+	fwd, isFwd := param("fwd")
+	if isHit == isFwd || isHit && hit != true {
 		return fmt.Errorf("Cache-Status %q: want either hit or fwd", joined)
 	}
-	_, stored := ours.Param("stored")
-	collapsed, isCollapsed := ours.Param("collapsed")
+	_, stored := param("stored")
+	collapsed, isCollapsed := param("collapsed")
 	switch bloom := h.Get(cache.HeaderStatus); bloom {
 	case "":
 	case "HIT":
-		if !isHit && !(isCollapsed && collapsed == "?1") {
+		if !isHit && !(isCollapsed && collapsed == true) {
 			return fmt.Errorf("Cache-Status %q with Bloom-Status HIT", joined)
 		}
 	case "MISS":
-		if !stored || fwd == "" {
+		if !stored || fwd == nil {
 			return fmt.Errorf("Cache-Status %q with Bloom-Status MISS", joined)
 		}
 	case "DIRECT", "OFFLINE":

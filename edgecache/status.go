@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dunglas/httpsfv"
 	"github.com/edgelimit/caddy-edgelimit/cache"
 )
 
@@ -107,7 +108,7 @@ func upstreamStatus(vals []string) string {
 	if joined == "" {
 		return ""
 	}
-	if _, err := cache.ParseSFList(joined); err != nil {
+	if _, err := httpsfv.UnmarshalList([]string{joined}); err != nil {
 		return ""
 	}
 	return joined
