@@ -24,7 +24,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
@@ -175,32 +174,20 @@ func ParseHash(s string) (Hash, error) {
 // scheme written one way: httpval.Credentials), as `printf '%s' "Bearer
 // abc" | sha256sum` computes it. Raw credentials are never stored.
 func AuthHash(authorization string) Hash {
-	b := getBuf()
-	*b = append((*b)[:0], httpval.Credentials(httpval.Trim(authorization))...)
-	h := Hash(sha256.Sum256(*b))
-	putBuf(b)
-	return h
+	var buf [hashBuf]byte
+	return Hash(sha256.Sum256(append(buf[:0], httpval.Credentials(httpval.Trim(authorization))...)))
 }
 
 // bucketHash names a bucket in the stores' indexes: bucket names come from
 // upstream headers and may be long.
 func bucketHash(name string) Hash {
-	b := getBuf()
-	*b = append(append((*b)[:0], "bucket\x00"...), name...)
-	h := Hash(sha256.Sum256(*b))
-	putBuf(b)
-	return h
+	var buf [hashBuf]byte
+	return Hash(sha256.Sum256(append(append(buf[:0], "bucket\x00"...), name...)))
 }
 
-// bufs holds scratch buffers for hashing, so that deriving a key allocates
-// nothing.
-var bufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
-func getBuf() *[]byte { return bufs.Get().(*[]byte) }
-
-func putBuf(b *[]byte) {
-	// A huge header or URL must not pin a huge buffer in the pool.
-	if cap(*b) <= 64<<10 {
-		bufs.Put(b)
-	}
-}
+// hashBuf is the size of the stack buffers that what is hashed is written
+// into: a request's key fields fit in it, so deriving a key allocates
+// nothing (a longer URL or header spills to the heap). A stack buffer and
+// not a sync.Pool: the race detector drops pooled items at random, and the
+// README's test command runs under it.
+const hashBuf = 512

@@ -44,8 +44,8 @@ var CredentialHeaders = []string{"Proxy-Authorization", "X-Api-Key", "Api-Key", 
 func KeyOf(r *http.Request, zone string, identity []string) Key {
 	var k Key
 	k.Shard = ParseShard(r.Header[HeaderShard])
-	bp := getBuf()
-	b := (*bp)[:0]
+	var buf [hashBuf]byte
+	b := buf[:0]
 	if auth := httpval.First(r.Header, "Authorization"); auth != "" {
 		k.Auth, k.HasAuth = AuthHash(auth), true // as a purge by authorization hashes it
 	}
@@ -77,8 +77,6 @@ func KeyOf(r *http.Request, zone string, identity []string) Key {
 	b = appendHeader(b, r.Header["Origin"])
 	b = appendHeader(b, r.Header["Range"])
 	k.ID = sha256.Sum256(b)
-	*bp = b
-	putBuf(bp)
 	return k
 }
 
