@@ -2,6 +2,8 @@ package edgelimit
 
 import (
 	"encoding/json"
+	"slices"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -75,8 +77,38 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	// from the names of its limits (numbered in file order when another
 	// directive has the same names), not from their numbers, so that a
 	// reload that tunes a limit keeps its counts.
+	if err := checkUse(h, &handler); err != nil {
+		return nil, err
+	}
 	err := zone.Default(h.State, "edge_limit.zones", handler.zoneNames(), &handler.Zone)
 	return &handler, err
+}
+
+// checkUse refuses, at its line, a shared limit that the edge_limit global
+// option does not declare (the global options are read before any site).
+// The handler's Provision refuses it too, for JSON configurations, but
+// without a line to point to.
+func checkUse(h httpcaddyfile.Helper, handler *Handler) error {
+	var app App
+	if opt, ok := h.Option("edge_limit").(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(opt.Value, &app); err != nil {
+			return err
+		}
+	}
+	var names []string
+	for _, l := range app.Limits {
+		names = append(names, l.Name)
+	}
+	for i, name := range handler.Use {
+		if slices.Contains(names, name) {
+			continue
+		}
+		if len(names) == 0 {
+			return args.ErrAt(handler.useAt[i], "use %q: the edge_limit global option declares no limits to use", name)
+		}
+		return args.ErrAt(handler.useAt[i], "use %q: no such limit in the edge_limit global option (it declares %s)", name, strings.Join(names, ", "))
+	}
+	return nil
 }
 
 // UnmarshalCaddyfile reads the edge_limit directive's tokens.
@@ -118,6 +150,7 @@ func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
 				return d.ArgErr()
 			}
 			h.Use = append(h.Use, names[0])
+			h.useAt = append(h.useAt, d.Token())
 			return nil
 		}
 		at := d.Token()
@@ -130,11 +163,14 @@ func (h *Handler) limitOption(d *caddyfile.Dispenser, opt string) error {
 		}
 		h.Limits = append(h.Limits, l)
 	case "use":
-		names := d.RemainingArgs()
-		if len(names) == 0 {
+		before := len(h.Use)
+		for d.NextArg() {
+			h.Use = append(h.Use, d.Val())
+			h.useAt = append(h.useAt, d.Token())
+		}
+		if len(h.Use) == before {
 			return d.ArgErr()
 		}
-		h.Use = append(h.Use, names...)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -98,6 +99,7 @@ type Handler struct {
 	// edge_limit app's storage (memory unless configured).
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_limit.storage inline_key=backend"`
 
+	useAt   []caddyfile.Token // where each Use name is, when read from a Caddyfile
 	limits  []*compiledLimit
 	exempts bool // some limit exempts others
 	// templated: some key or tier placeholder needs the replacer (the
@@ -153,7 +155,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, cl := range own {
 		warnPrivileges(h.logger, cl)
 	}
-	app.declare(own, false)
+	app.declare(own)
+	if err := app.checkExempt(ctx, own); err != nil {
+		return err
+	}
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
 		if cl.outcomes == nil {

@@ -33,7 +33,6 @@ package edgelimit
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -72,37 +71,19 @@ type App struct {
 	metrics  *metrics
 	logger   *zap.Logger
 
-	// declared and exempting are the limit names of every handler of the
-	// configuration and their exemptions, checked against each other when
-	// the app starts (once every handler is provisioned).
-	declared  map[string]bool
-	exempting []exemption
+	// declared are the limit names of the global option and of the
+	// handlers provisioned so far, which exemptions may name (exempt.go).
+	declared map[string]bool
 }
 
-// exemption is one name in a limit's exempt list, and where the limit is
-// (the names of its directive's limits).
-type exemption struct {
-	limit, exempts string
-	with           []string
-}
-
-// declare records a handler's limits (nil: the global option's): their
-// names may be exempted, and the names they exempt must exist.
-func (a *App) declare(limits []*compiledLimit, global bool) {
+// declare records a handler's limits (global: the global option's): their
+// names may be exempted by any limit of the configuration.
+func (a *App) declare(limits []*compiledLimit) {
 	if a.declared == nil {
 		a.declared = make(map[string]bool)
 	}
-	var with []string
-	if !global {
-		for _, cl := range limits {
-			with = append(with, cl.name)
-		}
-	}
 	for _, cl := range limits {
 		a.declared[cl.name] = true
-		for _, e := range cl.exempt {
-			a.exempting = append(a.exempting, exemption{limit: cl.name, exempts: e, with: with})
-		}
 	}
 }
 
@@ -150,9 +131,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.shared[l.Name] = cl
 		a.registry.add(cl, a.store, clock.ForProvision())
 		warnPrivileges(a.logger, cl)
-		a.declare([]*compiledLimit{cl}, true)
+		a.declare([]*compiledLimit{cl})
 	}
-	return nil
+	return a.checkExemptions(ctx)
 }
 
 // RedisClient returns the Redis client of the app's storage, when it is
@@ -165,19 +146,8 @@ func (a *App) RedisClient() (redis.UniversalClient, bool) {
 	return nil, false
 }
 
-// Start implements caddy.App: every handler is provisioned by now, so an
-// exemption of a limit that no handler nor the global option declares (a
-// typo that would exempt nothing) is refused here.
+// Start implements caddy.App.
 func (a *App) Start() error {
-	for _, e := range a.exempting {
-		if !a.declared[e.exempts] {
-			where := "the edge_limit global option"
-			if e.with != nil {
-				where = "the edge_limit directive with limits " + strings.Join(e.with, ", ")
-			}
-			return fmt.Errorf("limit %q in %s: exempt %q: no edge_limit directive nor the global option declares a limit of that name", e.limit, where, e.exempts)
-		}
-	}
 	startRegistry(a.registry)
 	return nil
 }
