@@ -18,9 +18,11 @@ func init() {
 // MemoryStorage keeps counters in this Caddy process: no set-up, the fastest
 // option, exact for one instance. Counters survive `caddy reload`.
 type MemoryStorage struct {
-	// MaxKeys bounds the number of (limit, client) counters kept. When the
-	// bound is reached, expired counters are dropped first, then those that
-	// expire soonest (counted as evictions). Default: 1048576 (about 140 MB).
+	// MaxKeys is the number of (limit, client) counters kept at most. When
+	// a new counter would exceed it, expired counters are dropped first,
+	// then those that carry the least (the fewest units counted; a client
+	// being denied is forgotten last), counted as evictions. Default:
+	// 1048576 (about 140 MB).
 	MaxKeys int `json:"max_keys,omitempty"`
 	// SweepInterval is how often expired counters are removed in the
 	// background. Default: 10s.

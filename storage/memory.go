@@ -13,9 +13,9 @@ import (
 // MemoryOptions configures a Memory store. The zero value is usable.
 type MemoryOptions struct {
 	// MaxKeys bounds the number of keys kept (default DefaultMaxKeys).
-	// When a new key arrives and its shard is full, expired keys in the
-	// shard are dropped; if none has expired, the key of a small sample
-	// that carries the least evidence is forgotten: the one that counted
+	// When a new key arrives and the store holds MaxKeys, expired keys of
+	// a sample of the new key's shard are dropped; if none has expired,
+	// the key of the sample that carries the least evidence is forgotten: the one that counted
 	// the fewest units (limiter.State.Weight; a denying key the most), then
 	// the one that expires soonest. Memory stays bounded, and a flood of
 	// made-up keys cannot make the store forget the clients it is denying.
@@ -36,20 +36,27 @@ const (
 	DefaultSweepInterval = 10 * time.Second
 )
 
-// memoryShards is a power of two; the top bits of a key's hash pick its
-// shard, so contention on one lock is about 1/256 of the traffic.
+// A store has up to maxShardBits^2 shards, a power of two; the top bits of
+// a key's hash pick its shard, so contention on one lock is about 1/256 of
+// the traffic. A store of few keys has fewer shards, each with a share of
+// at least minShardKeys: MaxKeys is kept by a count of every key, and the
+// key that makes room is taken from the shard of the key that needs it,
+// which must have some to give.
 const (
-	memoryShardBits = 8
-	memoryShards    = 1 << memoryShardBits
-	evictionSample  = 16
+	maxShardBits   = 8
+	minShardKeys   = 64
+	evictionSample = 16
 )
 
 // Memory is an in-process Store: a sharded hash map from (counter, key)
 // hashes to limiter states, each with an expiry.
 type Memory struct {
 	seed     maphash.Seed
-	perShard int
-	shards   [memoryShards]shard
+	shift    uint8 // 64 - the shard bits: a hash's top bits pick its shard
+	maxKeys  int64
+	perShard int // a shard's bound: its share of MaxKeys, and a margin
+	keys     atomic.Int64
+	shards   []shard
 	now      func() time.Time
 
 	evictions atomic.Uint64
@@ -75,9 +82,20 @@ func NewMemory(o MemoryOptions) *Memory {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	bits := 0
+	for bits < maxShardBits && o.MaxKeys>>(bits+1) >= minShardKeys {
+		bits++
+	}
+	share := (o.MaxKeys + 1<<bits - 1) >> bits
 	m := &Memory{
-		seed:     maphash.MakeSeed(),
-		perShard: max(1, (o.MaxKeys+memoryShards-1)/memoryShards),
+		seed:    maphash.MakeSeed(),
+		shift:   uint8(64 - bits),
+		maxKeys: int64(o.MaxKeys),
+		// Shards fill unevenly: one may hold a quarter more than its share
+		// before the whole store is full (at 64 keys a shard, 3 standard
+		// deviations), so that the store evicts when it holds MaxKeys.
+		perShard: share + share/4 + 8,
+		shards:   make([]shard, 1<<bits),
 		now:      o.Now,
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -106,7 +124,7 @@ func hashRequest(seed maphash.Seed, r *Request) uint64 {
 }
 
 func (m *Memory) shardOf(h uint64) *shard {
-	return &m.shards[h>>(64-memoryShardBits)]
+	return &m.shards[h>>m.shift]
 }
 
 // maxBatch is the number of limits per request handled without allocating.
@@ -141,7 +159,7 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 	for i := range reqs {
 		h := m.hash(&reqs[i])
 		hs = append(hs, h)
-		locks = insertSorted(locks, uint8(h>>(64-memoryShardBits)))
+		locks = insertSorted(locks, uint8(h>>m.shift))
 	}
 	// Lock every shard involved, in index order so that two requests never
 	// wait on each other.
@@ -212,14 +230,16 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 	return st, true
 }
 
-// put stores a state; its shard must be locked. In a full shard, the key
-// that carries the least makes room (see makeRoom).
+// put stores a state; its shard must be locked. A new key in a full store
+// (or a full shard) takes the place of the shard's key that carries the
+// least (see makeRoom).
 func (m *Memory) put(h uint64, st *limiter.State, t int64) {
 	sh := m.shardOf(h)
-	if len(sh.m) >= m.perShard {
-		if _, ok := sh.m[h]; !ok {
+	if _, ok := sh.m[h]; !ok {
+		if m.keys.Load() >= m.maxKeys || len(sh.m) >= m.perShard {
 			m.makeRoom(sh, t)
 		}
+		m.keys.Add(1)
 	}
 	sh.m[h] = *st
 }
@@ -241,6 +261,7 @@ func (m *Memory) makeRoom(sh *shard, t int64) {
 	for h, e := range sh.m {
 		if e.Expires <= t {
 			delete(sh.m, h)
+			m.keys.Add(-1)
 			freed = true
 		} else if !found || e.Weight < worst.Weight || e.Weight == worst.Weight && e.Expires < worst.Expires {
 			victim, worst, found = h, e, true
@@ -251,6 +272,7 @@ func (m *Memory) makeRoom(sh *shard, t int64) {
 	}
 	if !freed && found {
 		delete(sh.m, victim)
+		m.keys.Add(-1)
 		m.evictions.Add(1)
 	}
 }
@@ -289,13 +311,16 @@ func (m *Memory) Sweep() (removed int) {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
+		n := 0
 		for h, e := range sh.m {
 			if e.Expires <= t {
 				delete(sh.m, h)
-				removed++
+				n++
 			}
 		}
+		m.keys.Add(-int64(n))
 		sh.mu.Unlock()
+		removed += n
 	}
 	return removed
 }

@@ -69,13 +69,42 @@ func TestMemoryBoundedKeys(t *testing.T) {
 			t.Fatal(err, res[0])
 		}
 	}
-	// Every shard holds at most its share: the bound is kept within one
-	// shard's rounding.
-	if n := m.Len(); n > maxKeys+256 {
+	if n := m.Len(); n > maxKeys {
 		t.Fatalf("%d keys held, bound %d", n, maxKeys)
 	}
 	if m.Evictions() == 0 {
 		t.Fatal("no evictions counted")
+	}
+}
+
+// TestMemoryKeepsMaxKeys: MaxKeys is the number of keys kept, whatever
+// the shards: no eviction up to 97% of it, and at most MaxKeys held after
+// a flood. (max_keys 64 once evicted at 25 keys: 256 shards of one key.)
+func TestMemoryKeepsMaxKeys(t *testing.T) {
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Hour}
+	res := make([]limiter.Result, 1)
+	for _, maxKeys := range []int{1, 64, 100, 1000, 4096, 100_000} {
+		m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys, SweepInterval: time.Hour, Now: storetest.AtBase})
+		take := func(i int) {
+			req := []storage.Request{{Counter: "c", Key: fmt.Sprint("client-", i), Limit: l, Cost: 1}}
+			if err := m.Take(context.Background(), storetest.Base, req, res); err != nil || !res[0].Allowed {
+				t.Fatal(err, res[0])
+			}
+		}
+		below := maxKeys * 97 / 100
+		for i := range below {
+			take(i)
+		}
+		if ev := m.Evictions(); ev != 0 || m.Len() != below {
+			t.Errorf("max_keys %d: %d keys held and %d evicted after %d keys", maxKeys, m.Len(), ev, below)
+		}
+		for i := below; i < 3*maxKeys; i++ {
+			take(i)
+		}
+		if n := m.Len(); n != maxKeys {
+			t.Errorf("max_keys %d: %d keys held after %d keys", maxKeys, n, 3*maxKeys)
+		}
+		m.Close()
 	}
 }
 
