@@ -224,6 +224,7 @@ func NewRedisClient(opts *redis.UniversalOptions, timeout time.Duration) redis.U
 	// command per connection and background work; a rate limiter whose
 	// requests are all short does not need them.
 	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	routeRedisLogs(nil)
 	return redis.NewUniversalClient(&o)
 }
 
@@ -234,6 +235,7 @@ func (s *Redis) SetLogger(l *zap.Logger) {
 		l = zap.NewNop()
 	}
 	s.logger.Store(l)
+	routeRedisLogs(l)
 }
 
 // Close closes the client and the local fallback store.
