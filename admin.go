@@ -14,11 +14,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
 	"github.com/edgelimit/caddy-edgelimit/internal/jsonbody"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 func init() {
@@ -70,7 +72,7 @@ type registry struct {
 // (a handler with storage of its own) is two entries.
 type adminEntry struct {
 	cl    *compiledLimit
-	store storage.Store
+	store store.Store
 	clock clock.Clock
 }
 
@@ -107,11 +109,11 @@ func stopRegistry(r *registry) {
 }
 
 // add records a limit counted by store, once.
-func (r *registry) add(cl *compiledLimit, store storage.Store, c clock.Clock) {
+func (r *registry) add(cl *compiledLimit, store store.Store, c clock.Clock) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range r.entries {
-		if e.store == store && e.cl.counters[0] == cl.counters[0] {
+		if e.store == store && e.cl.Counters[0] == cl.Counters[0] {
 			return
 		}
 	}
@@ -220,7 +222,7 @@ func numbersInfo(n *Numbers, lim limiter.Limit) NumbersInfo {
 
 // storageName is the store's backend as the admin API names it: memory or
 // redis (a Redis Cluster too).
-func storageName(s storage.Store) string {
+func storageName(s store.Store) string {
 	if b := backendOf(s); b != "redis_cluster" {
 		return b
 	}
@@ -231,21 +233,21 @@ func (e *adminEntry) info() LimitInfo {
 	cl := e.cl
 	l := cl.cfg
 	info := LimitInfo{
-		Name: cl.name, Zone: cl.zone, Scope: cl.scope, Storage: storageName(e.store),
-		Tier: l.Tier, DefaultTier: l.DefaultTier, Cost: cl.cost, Exempt: cl.exempt, DryRun: cl.dryRun,
+		Name: cl.Name, Zone: cl.zone, Scope: cl.scope, Storage: storageName(e.store),
+		Tier: l.Tier, DefaultTier: l.DefaultTier, Cost: cl.Cost, Exempt: cl.Exempt, DryRun: cl.DryRun,
 	}
 	own := l.Numbers
 	if l.DefaultTier != "" {
 		own = *l.Tiers[l.DefaultTier]
 	}
-	info.Numbers = numbersInfo(&own, cl.limit)
+	info.Numbers = numbersInfo(&own, cl.Base)
 	for i := range cl.keys {
 		info.Key = append(info.Key, cl.keys[i].tmpl)
 	}
-	if len(cl.tiers) > 0 {
-		info.Tiers = make(map[string]NumbersInfo, len(cl.tiers))
-		for name, t := range cl.tiers {
-			info.Tiers[name] = numbersInfo(l.Tiers[name], t.limit)
+	if len(cl.Tiers) > 0 {
+		info.Tiers = make(map[string]NumbersInfo, len(cl.Tiers))
+		for name, t := range cl.Tiers {
+			info.Tiers[name] = numbersInfo(l.Tiers[name], t.Limit)
 		}
 	}
 	return info
@@ -385,7 +387,7 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 	}
 	var named []*adminEntry
 	for _, e := range all {
-		if e.cl.name == req.Limit && (req.Zone == "" || e.cl.zone == req.Zone) {
+		if e.cl.Name == req.Limit && (req.Zone == "" || e.cl.zone == req.Zone) {
 			named = append(named, e)
 		}
 	}
@@ -420,12 +422,12 @@ func (k *keyPart) partKey(v string) string {
 
 // requests builds the storage requests of an entry for req: one per key
 // part named.
-func (e *adminEntry) requests(req *ClientRequest, lim limiter.Limit) ([]storage.Request, []int, error) {
+func (e *adminEntry) requests(req *ClientRequest, lim limiter.Limit) ([]store.Request, []int, error) {
 	cl := e.cl
 	var parts []int
 	if req.Part != nil {
 		if *req.Part >= len(cl.keys) {
-			return nil, nil, apiError(http.StatusBadRequest, `field "part": limit %q has %d key part(s), 0 to %d`, cl.name, len(cl.keys), len(cl.keys)-1)
+			return nil, nil, apiError(http.StatusBadRequest, `field "part": limit %q has %d key part(s), 0 to %d`, cl.Name, len(cl.keys), len(cl.keys)-1)
 		}
 		parts = []int{*req.Part}
 	} else {
@@ -433,17 +435,17 @@ func (e *adminEntry) requests(req *ClientRequest, lim limiter.Limit) ([]storage.
 			parts = append(parts, i)
 		}
 	}
-	reqs := make([]storage.Request, 0, len(parts))
+	reqs := make([]store.Request, 0, len(parts))
 	for _, p := range parts {
-		reqs = append(reqs, storage.Request{Counter: cl.counters[p], Key: cl.keys[p].partKey(*req.Key), Limit: lim, Cost: cl.cost})
+		reqs = append(reqs, store.Request{Counter: cl.Counters[p], Key: cl.keys[p].partKey(*req.Key), Limit: lim, Cost: cl.Cost})
 	}
 	return reqs, parts, nil
 }
 
-func adminStore(e *adminEntry) (storage.Admin, error) {
-	a, ok := e.store.(storage.Admin)
+func adminStore(e *adminEntry) (store.Admin, error) {
+	a, ok := e.store.(store.Admin)
 	if !ok {
-		return nil, apiError(http.StatusNotImplemented, "the storage of limit %q (%s) cannot inspect clients", e.cl.name, storageName(e.store))
+		return nil, apiError(http.StatusNotImplemented, "the storage of limit %q (%s) cannot inspect clients", e.cl.Name, storageName(e.store))
 	}
 	return a, nil
 }
@@ -492,24 +494,24 @@ type PartState struct {
 func (e *adminEntry) numbers(req *ClientRequest) (limiter.Limit, string, error) {
 	cl := e.cl
 	if req.Tier == "" {
-		return cl.limit, cl.tierName, nil
+		return cl.Base, cl.BaseTier, nil
 	}
-	t, ok := cl.tiers[req.Tier]
+	t, ok := cl.Tiers[req.Tier]
 	if !ok {
-		names := make([]string, 0, len(cl.tiers))
-		for n := range cl.tiers {
+		names := make([]string, 0, len(cl.Tiers))
+		for n := range cl.Tiers {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 		if len(names) == 0 {
-			return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tiers`, cl.name)
+			return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tiers`, cl.Name)
 		}
-		return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tier %q (it has %s)`, cl.name, req.Tier, strings.Join(names, ", "))
+		return limiter.Limit{}, "", apiError(http.StatusBadRequest, `field "tier": limit %q has no tier %q (it has %s)`, cl.Name, req.Tier, strings.Join(names, ", "))
 	}
-	return t.limit, t.name, nil
+	return t.Limit, t.Name, nil
 }
 
-func (e *adminEntry) inspect(ctx context.Context, req *ClientRequest) (*InspectResponse, []storage.Request, error) {
+func (e *adminEntry) inspect(ctx context.Context, req *ClientRequest) (*InspectResponse, []store.Request, error) {
 	cl := e.cl
 	lim, tier, err := e.numbers(req)
 	if err != nil {
@@ -525,23 +527,23 @@ func (e *adminEntry) inspect(ctx context.Context, req *ClientRequest) (*InspectR
 	}
 	res := make([]limiter.Result, len(reqs))
 	if err := a.Peek(ctx, e.clock.Now(), reqs, res); err != nil {
-		return nil, nil, apiError(http.StatusBadGateway, "limit %q: %v", cl.name, err)
+		return nil, nil, apiError(http.StatusBadGateway, "limit %q: %v", cl.Name, err)
 	}
 	info := e.info()
 	numbers := info.Numbers
 	if req.Tier != "" {
 		numbers = info.Tiers[req.Tier]
 	}
-	out := &InspectResponse{Limit: cl.name, Zone: cl.zone, Scope: cl.scope, Storage: info.Storage, Tier: tier, Numbers: numbers}
+	out := &InspectResponse{Limit: cl.Name, Zone: cl.zone, Scope: cl.scope, Storage: info.Storage, Tier: tier, Numbers: numbers}
 	for i, p := range parts {
 		r := &res[i]
 		ps := PartState{
 			Part: p, Key: cl.keys[p].keyTemplate(), Limit: r.Limit, Used: r.Limit - r.Remaining, Remaining: r.Remaining,
-			Denying: !r.Allowed, ResetUnix: resetUnix(r),
+			Denying: !r.Allowed, ResetUnix: policy.ResetUnix(r),
 		}
 		ps.Reset = time.Unix(ps.ResetUnix, 0).UTC().Format(time.RFC3339)
 		if !r.Allowed {
-			ps.RetryAfterSeconds = retryAfterSeconds(r.RetryAfter)
+			ps.RetryAfterSeconds = policy.RetryAfterSeconds(r.RetryAfter)
 			ps.RetryAfter = r.RetryAfter.Round(time.Millisecond).String()
 		}
 		out.Parts = append(out.Parts, ps)
@@ -614,7 +616,7 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 			}
 			return err
 		}
-		reqs, parts, err := e.requests(req, e.cl.limit)
+		reqs, parts, err := e.requests(req, e.cl.Base)
 		if err != nil {
 			return err
 		}
@@ -630,12 +632,12 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 		if err := a.Reset(r.Context(), e.clock.Now(), reqs); err != nil {
 			var np *storage.NotPublishedError
 			if !errors.As(err, &np) {
-				errs = append(errs, fmt.Errorf("limit %q: %w", e.cl.name, err))
+				errs = append(errs, fmt.Errorf("limit %q: %w", e.cl.Name, err))
 				continue
 			}
-			out.Warnings = append(out.Warnings, fmt.Sprintf("limit %q: %v", e.cl.name, err))
+			out.Warnings = append(out.Warnings, fmt.Sprintf("limit %q: %v", e.cl.Name, err))
 		}
-		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts, UsedBefore: usedBefore})
+		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.Name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts, UsedBefore: usedBefore})
 	}
 	if !counted && len(out.Reset) > 0 {
 		out.Warnings = append(out.Warnings, "nothing was counted for this key: is it the key as the limit reads it from a request? (inspect shows the counts)")
@@ -676,9 +678,9 @@ func handleCredit(w http.ResponseWriter, r *http.Request) error {
 	if err := a.Credit(r.Context(), e.clock.Now(), reqs, *req.Units, given); err != nil {
 		var np *storage.NotPublishedError
 		if !errors.As(err, &np) {
-			return apiError(http.StatusBadGateway, "limit %q: %v", e.cl.name, err)
+			return apiError(http.StatusBadGateway, "limit %q: %v", e.cl.Name, err)
 		}
-		warning = fmt.Sprintf("limit %q: %v", e.cl.name, err)
+		warning = fmt.Sprintf("limit %q: %v", e.cl.Name, err)
 	}
 	out, _, err := e.inspect(r.Context(), req)
 	if err != nil {

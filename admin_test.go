@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 	"io"
 	"net"
 	"net/http"
@@ -127,7 +128,7 @@ func TestAdminAPI(t *testing.T) {
 	}
 	p := v.Parts[0]
 	end := clk.Now().Truncate(time.Minute).Add(time.Minute)
-	if !p.Denying || p.Used != 3 || p.Remaining != 0 || p.RetryAfterSeconds != secondsCeil(end.Sub(clk.Now())) ||
+	if !p.Denying || p.Used != 3 || p.Remaining != 0 || p.RetryAfterSeconds != policy.SecondsCeil(end.Sub(clk.Now())) ||
 		p.ResetUnix != end.Unix() || p.Reset != end.UTC().Format(time.RFC3339) || p.Key != "{http.request.header.Authorization}" {
 		t.Fatalf("inspect of the denied client: %+v", p)
 	}

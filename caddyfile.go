@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
 	"github.com/edgelimit/caddy-edgelimit/internal/zone"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
 func init() {
@@ -207,7 +208,7 @@ func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
 		if len(vals) == 0 || len(vals) > 2 {
 			return d.ArgErr()
 		}
-		if _, err := parseHeaderStyle(vals[0]); err != nil {
+		if _, err := policy.ParseHeaderStyle(vals[0]); err != nil {
 			return d.Err(err.Error())
 		}
 		h.Headers = vals[0]

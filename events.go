@@ -14,7 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
-	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 	"go.uber.org/zap"
 )
 
@@ -195,32 +195,20 @@ var (
 	_ caddyfile.Unmarshaler = (*Webhook)(nil)
 )
 
-// notify reports the first denial of a key in a window: one info log line
-// and an edge_limit.exceeded event.
-func (h *Handler) notify(r *http.Request, l *compiledLimit, key, tier string, res *limiter.Result, dryRun bool) {
-	shown := h.displayKey(key)
-	reset := time.UnixMicro(res.ResetAt)
-	if !dryRun {
+// notify reports the first denial of a key in a window, request i of d:
+// one info log line and an edge_limit.exceeded event (the payload is the
+// Traefik plugin's too: policy.EventData).
+func (h *Handler) notify(r *http.Request, d *policy.Decision, i int) {
+	data := h.pol.EventData(d, i, policy.Request{ClientIP: clientIP(r), Host: r.Host, Path: r.URL.Path})
+	if res := &d.Res[i]; !d.Reqs[i].DryRun {
 		h.logger.Info("rate limit exceeded",
-			zap.String("limit", l.name),
-			zap.String("key", shown),
-			zap.String("tier", tier),
+			zap.String("limit", d.Which[i].Name),
+			zap.String("key", data["key"].(string)),
+			zap.String("tier", d.Tiers[i]),
 			zap.String("client_ip", clientIP(r)),
 			zap.Int64("limit_value", res.Limit),
 			zap.Duration("retry_after", res.RetryAfter),
-			zap.Time("window_end", reset))
+			zap.Time("window_end", time.UnixMicro(res.ResetAt)))
 	}
-	h.events.exceeded(map[string]any{
-		"limit":       l.name,
-		"key":         shown,
-		"tier":        tier,
-		"client_ip":   clientIP(r),
-		"host":        r.Host,
-		"path":        r.URL.Path,
-		"limit_value": res.Limit,
-		"retry_after": retryAfterSeconds(res.RetryAfter),
-		"window_end":  reset.UTC().Format(time.RFC3339),
-		"reset":       resetUnix(res),
-		"dry_run":     dryRun,
-	})
+	h.events.exceeded(data)
 }

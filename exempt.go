@@ -28,9 +28,9 @@ import (
 func (a *App) checkExemptions(ctx caddy.Context) error {
 	var unknown []string
 	for _, cl := range a.shared {
-		for _, e := range cl.exempt {
+		for _, e := range cl.Exempt {
 			if !a.declared[e] {
-				unknown = append(unknown, cl.name+"\x00"+e)
+				unknown = append(unknown, cl.Name+"\x00"+e)
 			}
 		}
 	}
@@ -60,12 +60,12 @@ func (a *App) checkExemptions(ctx caddy.Context) error {
 func (a *App) checkExempt(ctx caddy.Context, own []*compiledLimit) error {
 	var with []string
 	for _, cl := range own {
-		with = append(with, cl.name)
+		with = append(with, cl.Name)
 	}
 	where := "the edge_limit directive with limits " + strings.Join(with, ", ")
 	for _, cl := range own {
-		for _, e := range cl.exempt {
-			if err := a.known(ctx, where, cl.name, e); err != nil {
+		for _, e := range cl.Exempt {
+			if err := a.known(ctx, where, cl.Name, e); err != nil {
 				return err
 			}
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
@@ -15,10 +14,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
 	"github.com/edgelimit/caddy-edgelimit/internal/zone"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
-	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/policy"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // Handler is the edge_limit HTTP handler: it identifies the client of each
@@ -99,24 +98,21 @@ type Handler struct {
 	// edge_limit app's storage (memory unless configured).
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=edge_limit.storage inline_key=backend"`
 
-	useAt   []caddyfile.Token // where each Use name is, when read from a Caddyfile
-	limits  []*compiledLimit
-	exempts bool // some limit exempts others
+	useAt  []caddyfile.Token // where each Use name is, when read from a Caddyfile
+	limits []*compiledLimit
+	// pol decides and answers, as the Traefik plugin does (package
+	// policy); the handler reads the request for it.
+	pol *policy.Policy
 	// templated: some key or tier placeholder needs the replacer (the
 	// others are read from the request without it).
 	templated bool
-	store     storage.Store
+	store     store.Store
 	timer     storeTimer // how long store takes to decide
 	logger    *zap.Logger
 	metrics   *metrics
 	events    *emitter
-	headers   headerStyle
-	body      *bodyTemplate
-	escape    escaper // how values are escaped in bodies of ContentType
-	rawKeys   bool
-	keyMAC    []byte // the resolved KeySecret
 	scratch   *sync.Pool
-	warn      *throttle.Log
+	warn      *store.Throttle
 	clock     clock.Clock
 }
 
@@ -130,19 +126,16 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Defaults.
 const (
-	DefaultStatus      = 429
-	DefaultContentType = "application/json"
-	DefaultBody        = `{"status":{edge_limit.status},"error":"Rate limit exceeded, try again in {edge_limit.retry_after_seconds}"}`
+	DefaultStatus      = policy.DefaultStatus
+	DefaultContentType = policy.DefaultContentType
+	DefaultBody        = policy.DefaultBody
 )
 
 // Provision compiles the limits and finds the store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.clock = clock.ForProvision()
-	h.warn = new(throttle.Log)
-	if err := h.provisionResponses(); err != nil {
-		return err
-	}
+	h.warn = new(store.Throttle)
 	appIface, err := ctx.App("edge_limit")
 	if err != nil {
 		return fmt.Errorf("loading the edge_limit app: %w", err)
@@ -155,6 +148,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, cl := range own {
 		warnPrivileges(h.logger, cl)
 	}
+	if err := h.provisionResponses(); err != nil {
+		return err
+	}
 	app.declare(own)
 	if err := app.checkExempt(ctx, own); err != nil {
 		return err
@@ -162,7 +158,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.metrics = app.metrics
 	for _, cl := range h.limits {
 		if cl.outcomes == nil {
-			cl.outcomes = h.metrics.outcomesFor(cl.name)
+			cl.outcomes = h.metrics.outcomesFor(cl.Name)
 		}
 	}
 	h.events, err = newEmitter(ctx, h.logger)
@@ -181,45 +177,34 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, cl := range h.limits {
 		app.registry.add(cl, h.store, h.clock)
 	}
-	n := len(h.limits)
-	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
+	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
 	return nil
 }
 
-// provisionResponses applies the defaults of what a limited response says.
+// provisionResponses makes the policy: the limits, and what the
+// handler's limited responses say.
 func (h *Handler) provisionResponses() error {
-	if h.Status == 0 {
-		h.Status = DefaultStatus
-	}
-	if h.ContentType == "" {
-		h.ContentType = DefaultContentType
-	}
-	body := h.Body
-	if body == "" {
-		body = DefaultBody
-	}
-	h.body = parseBody(compileTemplate(body))
-	h.escape = escaperFor(h.ContentType)
-	style, err := parseHeaderStyle(h.Headers)
-	if err != nil {
-		return err
-	}
-	h.headers = style
 	if err := checkShowKey(h.ShowKey); err != nil {
 		return err
 	}
-	h.rawKeys = h.ShowKey == "raw"
+	r := &policy.Responses{Status: h.Status, Headers: h.Headers, TimeHeader: h.TimeHeader, DryRun: h.DryRun,
+		Body: h.Body, ContentType: h.ContentType, ShowKey: h.ShowKey}
 	if h.KeySecret != "" {
-		if h.rawKeys {
+		if h.ShowKey == "raw" {
 			return errors.New("key_secret goes with show_key hashed, not raw")
 		}
-		secret := caddy.NewReplacer().ReplaceAll(h.KeySecret, "")
-		if len(secret) < 16 {
+		r.KeySecret = caddy.NewReplacer().ReplaceAll(h.KeySecret, "")
+		if len(r.KeySecret) < 16 {
 			return errors.New("key_secret: want at least 16 bytes (after placeholders are replaced), so that the hashes cannot be reversed by guessing the secret")
 		}
-		h.keyMAC = []byte(secret)
 	}
-	return nil
+	limits := make([]*policy.Limit, len(h.limits))
+	for i, cl := range h.limits {
+		limits[i] = cl.Limit
+	}
+	var err error
+	h.pol, err = policy.New(limits, r)
+	return err
 }
 
 // zoneNames is what the zone of the handler's route counters is derived
@@ -263,14 +248,13 @@ func (h *Handler) compileLimits(app *App) error {
 			return fmt.Errorf("use %q: no such limit in the edge_limit global option", name)
 		}
 		for _, own := range h.limits {
-			if own.name == name {
+			if own.Name == name {
 				return fmt.Errorf("use %q: the handler declares a limit of that name too", name)
 			}
 		}
 		h.limits = append(h.limits, cl)
 	}
 	for _, cl := range h.limits {
-		h.exempts = h.exempts || len(cl.exempt) > 0
 		h.templated = h.templated || cl.templated()
 	}
 	return nil
@@ -278,8 +262,10 @@ func (h *Handler) compileLimits(app *App) error {
 
 // Validate rejects configurations that cannot work.
 func (h *Handler) Validate() error {
-	if err := checkStatus(int64(h.Status)); err != nil {
-		return err
+	if h.Status != 0 {
+		if err := checkStatus(int64(h.Status)); err != nil {
+			return err
+		}
 	}
 	seen := make(map[string]bool, len(h.Limits))
 	for _, l := range h.Limits {
@@ -297,57 +283,23 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// scratch holds one request's working slices, pooled so that the request
-// path allocates nothing for them.
+// scratch is one request's decision and what handlers share through
+// the request's variables, pooled so that the request path allocates
+// nothing for them.
 type scratch struct {
-	keys    []string // per handler limit: the client's key
-	parts   []int    // per handler limit: the key part used, -1 if none
-	reqs    []storage.Request
-	counted []storage.Request
-	res     []limiter.Result
-	which   []*compiledLimit
-	tiers   []string
-	buf     []byte
-	ledger  ledger
-}
-
-func newScratch(n int) *scratch {
-	return &scratch{
-		keys:    make([]string, n),
-		parts:   make([]int, n),
-		reqs:    make([]storage.Request, 0, n),
-		counted: make([]storage.Request, 0, n),
-		res:     make([]limiter.Result, n),
-		which:   make([]*compiledLimit, 0, n),
-		tiers:   make([]string, 0, n),
-		buf:     make([]byte, 0, 128),
-	}
+	*policy.Decision
+	ledger policy.Ledger
 }
 
 // Request variables shared by the edge_limit handlers a request meets.
 const (
 	// exemptVar carries exemptions to later handlers.
 	exemptVar = "edge_limit.exempt"
-	// ledgerVar carries what earlier handlers counted.
+	// ledgerVar carries what earlier handlers counted (a policy.Ledger:
+	// the entries point into the scratch of each handler, which lives
+	// until that handler returns, after every handler nested in it).
 	ledgerVar = "edge_limit.ledger"
 )
-
-// ledger lists what the edge_limit handlers of one request have counted, so
-// that a denial by a later handler gives it back: a denied request consumes
-// nothing, whichever handler denies it. The entries point into the scratch
-// of each handler, which lives until that handler returns, after every
-// handler nested in it.
-type ledger struct {
-	entries []ledgerEntry
-	// report is the most constraining result reported so far, so that a
-	// later handler's headers replace it only with a tighter one.
-	report limiter.Result
-}
-
-type ledgerEntry struct {
-	store storage.Store
-	reqs  []storage.Request
-}
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -364,121 +316,85 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	vars, _ := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any)
 	sc := h.scratch.Get().(*scratch)
 	defer h.scratch.Put(sc)
-	keys, parts := sc.keys, sc.parts
+	d := sc.Decision
 	present := false
 	for i, l := range h.limits {
-		keys[i], parts[i] = l.key(r, repl, vars)
-		present = present || parts[i] >= 0
+		d.Keys[i], d.Parts[i] = l.key(r, repl, vars)
+		present = present || d.Parts[i] >= 0
+		if l.tierKey != nil {
+			d.TierValues[i] = l.tierValue(r, repl, vars)
+		}
 	}
 	if !present {
 		return next.ServeHTTP(w, r)
 	}
-	exempt := h.exemptions(vars, parts)
-	reqs, which, tiers := sc.reqs[:0], sc.which[:0], sc.tiers[:0]
-	for i, l := range h.limits {
-		if parts[i] < 0 || exempt != nil && slices.Contains(exempt, l.name) {
-			continue
-		}
-		lim, tier := l.numbersFor(r, repl, vars)
-		reqs = append(reqs, storage.Request{
-			Counter: l.counters[parts[i]],
-			Key:     keys[i],
-			Limit:   *lim,
-			Cost:    l.cost,
-			DryRun:  l.dryRun || h.DryRun,
-		})
-		which = append(which, l)
-		tiers = append(tiers, tier)
+	prior, _ := vars[exemptVar].([]string)
+	exempt, added := policy.Exemptions(h.pol, d, prior)
+	if added && vars != nil {
+		vars[exemptVar] = exempt
 	}
-	sc.reqs, sc.which, sc.tiers = reqs, which, tiers
-	if len(reqs) == 0 {
+	if !policy.Plan(h.pol, d, exempt) {
 		return next.ServeHTTP(w, r)
 	}
 	now := h.clock.Now()
-	res := sc.res[:len(reqs)]
 	// The latency is measured from now when it is the real clock's (with
 	// its monotonic reading): one clock reading less per request.
 	start := now
 	if h.clock != clock.Real {
 		start = time.Now()
 	}
-	err := h.store.Take(ctx, now, reqs, res)
+	err := h.store.Take(ctx, now, d.Reqs, d.Res)
 	h.timer.observe(start)
 	if err != nil {
 		return h.storageFailed(w, r, next, now, err)
 	}
-	denied, report := h.judge(r, sc, res)
-	prior, _ := vars[ledgerVar].(*ledger)
-	h.setHeaders(w.Header(), sc, report, denied >= 0, prior)
+	denied, report := policy.Judge(d)
+	h.report(r, d)
+	ledger, _ := vars[ledgerVar].(*policy.Ledger)
+	policy.WriteHeaders(h.pol, w.Header(), d, report, denied >= 0, ledger)
 	if denied >= 0 {
 		h.refundEarlier(r, now)
-		return h.deny(w, r, which[denied], reqs[denied].Key, tiers[denied], &res[denied])
+		return h.deny(w, r, d, denied)
 	}
-	if h.record(vars, sc, prior, &res[report]) {
+	if h.record(vars, sc, ledger, &d.Res[report]) {
 		defer delete(vars, ledgerVar)
 	}
 	return next.ServeHTTP(w, r)
 }
 
-// judge counts the outcomes, notifies first denials, and picks the result
-// that denies the request (the one with the longest wait; -1 if none) and
-// the one its headers report (the denial, or the most constraining).
-func (h *Handler) judge(r *http.Request, sc *scratch, res []limiter.Result) (denied, report int) {
-	reqs, which := sc.reqs, sc.which
-	denied, report = -1, -1
-	for i := range res {
-		which[i].outcomes.count(&res[i], reqs[i].DryRun)
-		if !res[i].Allowed {
-			if res[i].FirstDenial {
-				h.notify(r, which[i], reqs[i].Key, sc.tiers[i], &res[i], reqs[i].DryRun)
-			}
-			if reqs[i].DryRun {
-				h.logWouldDeny(r, which[i], &res[i])
-			} else if denied < 0 || res[i].RetryAfter > res[denied].RetryAfter {
-				denied = i
-			}
+// report counts the outcomes, notifies first denials and logs would-be
+// denials of dry runs.
+func (h *Handler) report(r *http.Request, d *policy.Decision) {
+	for i := range d.Res {
+		res := &d.Res[i]
+		h.limits[d.Index[i]].outcomes.count(res, d.Reqs[i].DryRun)
+		if res.Allowed {
+			continue
 		}
-		if report < 0 || tighter(&res[i], &res[report]) {
-			report = i
+		if res.FirstDenial {
+			h.notify(r, d, i)
+		}
+		if d.Reqs[i].DryRun {
+			h.logWouldDeny(r, d.Which[i], res)
 		}
 	}
-	if denied >= 0 {
-		report = denied
-	}
-	return denied, report
 }
 
 // record enters what this handler counted in the request's ledger; it
 // reports whether it started the ledger (and must remove it on the way
 // out, before its scratch goes back to the pool).
-func (h *Handler) record(vars map[string]any, sc *scratch, l *ledger, report *limiter.Result) bool {
-	counted := sc.reqs
-	for i := range sc.reqs {
-		if !sc.res[i].Allowed {
-			// Some dry-run limit denied: it counted nothing.
-			counted = sc.counted[:0]
-			for j := range sc.reqs {
-				if sc.res[j].Allowed {
-					counted = append(counted, sc.reqs[j])
-				}
-			}
-			sc.counted = counted
-			break
-		}
-	}
+func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report *limiter.Result) bool {
+	counted := policy.Counted(sc.Decision)
 	if len(counted) == 0 || vars == nil {
 		return false
 	}
-	entry := ledgerEntry{store: h.store, reqs: counted}
 	if l != nil {
-		l.entries = append(l.entries, entry)
-		if tighter(report, &l.report) {
-			l.report = *report
-		}
+		policy.Record(l, h.store, counted, report)
 		return false
 	}
-	sc.ledger.entries = append(sc.ledger.entries[:0], entry)
-	sc.ledger.report = *report
+	sc.ledger.Entries = sc.ledger.Entries[:0]
+	sc.ledger.HasReport = false
+	policy.Record(&sc.ledger, h.store, counted, report)
 	vars[ledgerVar] = &sc.ledger
 	return true
 }
@@ -486,49 +402,13 @@ func (h *Handler) record(vars map[string]any, sc *scratch, l *ledger, report *li
 // refundEarlier gives back what the edge_limit handlers before this one
 // counted for a request this one denies.
 func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
-	l, ok := caddyhttp.GetVar(r.Context(), ledgerVar).(*ledger)
+	l, ok := caddyhttp.GetVar(r.Context(), ledgerVar).(*policy.Ledger)
 	if !ok {
 		return
 	}
-	for _, e := range l.entries {
-		if err := e.store.Refund(r.Context(), now, e.reqs); err != nil && h.warn.Allow(now, 5*time.Second) {
-			h.logger.Warn("giving back the counts of a denied request", zap.Error(err))
-		}
+	if err := l.Refund(r.Context(), now); err != nil && h.warn.Allow(now, 5*time.Second) {
+		h.logger.Warn("giving back the counts of a denied request", zap.Error(err))
 	}
-	l.entries = l.entries[:0]
-}
-
-// exemptions returns the names of the limits that do not apply to this
-// request: those exempted by earlier handlers, and by the limits of this
-// one whose key is present.
-func (h *Handler) exemptions(vars map[string]any, parts []int) []string {
-	prior, _ := vars[exemptVar].([]string)
-	if !h.exempts {
-		return prior
-	}
-	out, added := prior, false
-	for i, l := range h.limits {
-		if len(l.exempt) == 0 || parts[i] < 0 || slices.Contains(prior, l.name) {
-			continue
-		}
-		if !added {
-			out, added = slices.Clone(prior), true
-		}
-		out = append(out, l.exempt...)
-	}
-	if added && vars != nil {
-		vars[exemptVar] = out
-	}
-	return out
-}
-
-// tighter tells whether a constrains the client more than b: fewer units
-// left, or as few for longer.
-func tighter(a, b *limiter.Result) bool {
-	if a.Remaining != b.Remaining {
-		return a.Remaining < b.Remaining
-	}
-	return a.Reset > b.Reset
 }
 
 // storageFailed applies the store's failure policy: ErrUnavailable denies
@@ -538,20 +418,20 @@ func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next cad
 	if h.warn.Allow(now, 5*time.Second) {
 		h.logger.Warn("rate-limit storage failed", zap.Error(err))
 	}
-	if errors.Is(err, storage.ErrUnavailable) {
+	if errors.Is(err, store.ErrUnavailable) {
 		h.refundEarlier(r, now)
 		return h.unavailable(w, r, err)
 	}
 	return next.ServeHTTP(w, r)
 }
 
-func (h *Handler) logWouldDeny(r *http.Request, l *compiledLimit, res *limiter.Result) {
+func (h *Handler) logWouldDeny(r *http.Request, l *policy.Limit, res *limiter.Result) {
 	lvl := zap.DebugLevel
 	if res.FirstDenial {
 		lvl = zap.InfoLevel
 	}
 	if ce := h.logger.Check(lvl, "dry run: rate limit would deny"); ce != nil {
-		ce.Write(zap.String("limit", l.name), zap.String("client_ip", clientIP(r)),
+		ce.Write(zap.String("limit", l.Name), zap.String("client_ip", clientIP(r)),
 			zap.Duration("retry_after", res.RetryAfter))
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
-	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/policy"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // benchHandler builds a handler around a memory store without a running
@@ -24,25 +24,24 @@ import (
 // the storage latency histogram) as Caddy would have them.
 func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	b.Helper()
-	mem := storage.NewMemory(storage.MemoryOptions{})
+	mem := store.NewMemory(store.MemoryOptions{})
 	b.Cleanup(func() { mem.Close() })
 	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
-		logger: zap.NewNop(), warn: new(throttle.Log), clock: clock.Real, metrics: buildMetrics()}
+		logger: zap.NewNop(), warn: new(store.Throttle), clock: clock.Real, metrics: buildMetrics()}
 	h.timer = h.metrics.timerFor(mem)
-	if err := h.provisionResponses(); err != nil {
-		b.Fatal(err)
-	}
 	for _, l := range limits {
 		cl, err := compileLimit(l, "bench")
 		if err != nil {
 			b.Fatal(err)
 		}
-		cl.outcomes = h.metrics.outcomesFor(cl.name)
+		cl.outcomes = h.metrics.outcomesFor(cl.Name)
 		h.limits = append(h.limits, cl)
 		h.templated = h.templated || cl.templated()
 	}
-	n := len(h.limits)
-	h.scratch = &sync.Pool{New: func() any { return newScratch(n) }}
+	if err := h.provisionResponses(); err != nil {
+		b.Fatal(err)
+	}
+	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
 	return h
 }
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
 
 // key returns the client's identity for this limit and the index of the key

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
 // parseLimitBlock reads `limit <name> { ... }` or `quota <name> { ... }`;
@@ -21,7 +22,7 @@ func parseLimitBlock(d *caddyfile.Dispenser) (*Limit, error) {
 		return nil, d.Errf("%s needs a name", at.Text)
 	}
 	l := &Limit{Name: d.Val()}
-	if err := checkName(l.Name); err != nil {
+	if err := policy.CheckName(l.Name); err != nil {
 		return nil, d.Err(err.Error())
 	}
 	if d.NextArg() {
@@ -133,7 +134,7 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 			return true, d.ArgErr()
 		}
 		for _, e := range l.Exempt {
-			if err := checkName(e); err != nil {
+			if err := policy.CheckName(e); err != nil {
 				return true, d.Errf("exempt: %v", err)
 			}
 		}
@@ -389,7 +390,7 @@ func parseTierBlock(d *caddyfile.Dispenser, l *Limit) ([][]caddyfile.Token, erro
 func parseTierLines(lines [][]caddyfile.Token, l *Limit, window string) error {
 	for _, line := range lines {
 		name := line[0].Text
-		if err := checkName(name); err != nil {
+		if err := policy.CheckName(name); err != nil {
 			return args.ErrAt(line[0], "tier: %v", err)
 		}
 		if _, dup := l.Tiers[name]; dup {

@@ -93,8 +93,8 @@ func TestCaddyfileTiersQuotasExemptions(t *testing.T) {
 		t.Fatalf("paris: %+v", p)
 	}
 	cl, err := compileLimit(byName["app"], "z")
-	if err != nil || cl.limit.Quota != 166 || cl.limit.Window != 10*time.Second {
-		t.Fatalf("split compiled to %+v, %v", cl.limit, err)
+	if err != nil || cl.Base.Quota != 166 || cl.Base.Window != 10*time.Second {
+		t.Fatalf("split compiled to %+v, %v", cl.Base, err)
 	}
 
 	bad := []struct{ body, want, line string }{
@@ -105,7 +105,7 @@ func TestCaddyfileTiersQuotasExemptions(t *testing.T) {
 		{"quota q {\n\tlimit 5 per day anchored\n}", "calendar quota is aligned", "Caddyfile:4"},
 		{"quota q {\n\tlimit 5 per day\n\trate 5/1m\n}", `unknown option "rate" in quota "q"`, "Caddyfile:5"},
 		{"limit l {\n\ttier {vars.t} {\n\t\tT1 rate 5/1m\n\t}\n}", "no known tier need numbers", "Caddyfile:3"},
-		{"limit l {\n\ttier {vars.t} {\n\t\tT1 rate 5/1m\n\t\tdefault T2\n\t}\n}", `default_tier "T2"`, "Caddyfile:3"},
+		{"limit l {\n\ttier {vars.t} {\n\t\tT1 rate 5/1m\n\t\tdefault T2\n\t}\n}", `default tier "T2"`, "Caddyfile:3"},
 		{"limit l {\n\trate 5/1m\n\ttier {vars.t} {\n\t\tT1 token_bucket 5 1/1s\n\t}\n}", "one algorithm", "Caddyfile:3"},
 		{"limit l {\n\trate 5/1m\n\ttier {vars.t} {\n\t\tT1 leaky 5\n\t}\n}", `"leaky" is not rate`, "Caddyfile:6"},
 		{"limit l {\n\trate 5/1m\n\ttier {vars.t} {\n\t\tT1\n\t}\n}", "needs numbers", "Caddyfile:6"},

@@ -82,7 +82,7 @@ func TestProvisionRejectsBadLimits(t *testing.T) {
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Use: []string{"nope"}}, "no such limit"},
 		{Handler{Limits: []*Limit{{Name: "a", Tier: "{http.vars.tier}", Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "no known tier need numbers"},
 		{Handler{Limits: []*Limit{{Name: "a", Tier: "{http.vars.tier}", DefaultTier: "T9", Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "not one of the tiers"},
-		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "tier placeholder"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Limit: 5, Window: sec}}}}}, "tier source"},
 		{Handler{Limits: []*Limit{{Name: "a", Tier: "{t}", Numbers: Numbers{Limit: 5, Window: sec}, Tiers: map[string]*Numbers{"T1": {Algorithm: "token_bucket", Limit: 5, Refill: 1, Window: sec}}}}}, "one algorithm"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec, Split: caddy.Duration(7 * time.Millisecond)}}}}, "equal parts"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Exempt: []string{"a"}}}}, "cannot exempt itself"},

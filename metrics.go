@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // The names of the edge_limit series. The dashboard of docs/grafana uses
@@ -141,9 +142,9 @@ func (m *metrics) storageError() {
 
 // backendOf names the backend of a store for the storage_duration_seconds
 // label.
-func backendOf(s storage.Store) string {
+func backendOf(s store.Store) string {
 	switch s := s.(type) {
-	case *storage.Memory:
+	case *store.Memory:
 		return "memory"
 	case *storage.Redis:
 		if s.Cluster() {
@@ -160,7 +161,7 @@ type storeTimer struct{ obs prometheus.Observer }
 
 // timerFor returns the timer of store and counts the store in the
 // configuration's store metrics.
-func (m *metrics) timerFor(store storage.Store) storeTimer {
+func (m *metrics) timerFor(store store.Store) storeTimer {
 	if m == nil {
 		return storeTimer{}
 	}
@@ -181,15 +182,15 @@ func (t storeTimer) observe(start time.Time) {
 // that read their counters when scraped.
 type storeSet struct {
 	mu     sync.Mutex
-	memory []*storage.Memory
+	memory []*store.Memory
 	redis  []*storage.Redis
 }
 
-func (s *storeSet) add(store storage.Store) {
+func (s *storeSet) add(st store.Store) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch st := store.(type) {
-	case *storage.Memory:
+	switch st := st.(type) {
+	case *store.Memory:
 		for _, m := range s.memory {
 			if m == st {
 				return
@@ -244,7 +245,7 @@ func (s *storeSet) collectors() []prometheus.Collector {
 			prometheus.Labels{"kind": k.String()})),
 			func() float64 { _, _, rs := s.snapshot(); return float64(rs.Errors[k]) }))
 	}
-	for _, p := range []storage.OnError{storage.Allow, storage.Deny, storage.Local} {
+	for _, p := range []store.OnError{store.Allow, store.Deny, store.Local} {
 		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts(opts("on_error_total",
 			"Decisions made by the Redis storage's on_error policy (allow, deny or local) while Redis could not decide.",
 			prometheus.Labels{"action": p.String()})),

@@ -26,7 +26,7 @@
 //
 // Where to add: an algorithm goes in limiter (with its Lua twin in
 // storage/redis_script.go) and the grammar in limit_caddyfile.go; a counter
-// store is a storage.Store that passes storage/storetest, plus a module file
+// store is a store.Store that passes storage/storetest, plus a module file
 // storage_<name>.go; a header format is a style in headers.go.
 package edgelimit
 
@@ -42,6 +42,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 
 	// The edge_cache module, built with edge_limit.
 	_ "github.com/edgelimit/caddy-edgelimit/edgecache"
@@ -63,7 +64,7 @@ type App struct {
 	// wherever they are used.
 	Limits []*Limit `json:"limits,omitempty"`
 
-	store  storage.Store
+	store  store.Store
 	shared map[string]*compiledLimit
 	// registry lists the limits of this configuration for the admin API
 	// (admin.go); Start makes it the live one.
@@ -83,7 +84,7 @@ func (a *App) declare(limits []*compiledLimit) {
 		a.declared = make(map[string]bool)
 	}
 	for _, cl := range limits {
-		a.declared[cl.name] = true
+		a.declared[cl.Name] = true
 	}
 }
 
@@ -126,7 +127,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if a.shared[l.Name] != nil {
 			return fmt.Errorf("limit %q is declared twice", l.Name)
 		}
-		cl.outcomes = a.metrics.outcomesFor(cl.name)
+		cl.outcomes = a.metrics.outcomesFor(cl.Name)
 		cl.scope = "shared"
 		a.shared[l.Name] = cl
 		a.registry.add(cl, a.store, clock.ForProvision())
@@ -165,14 +166,14 @@ func (a *App) Stop() error {
 // namespace: after Provision, Store returns the store to use. A backend
 // that shares state across reloads releases it in Cleanup.
 type StorageBackend interface {
-	Store() storage.Store
+	Store() store.Store
 }
 
 // defaultStorage is the storage used when none is configured.
 var defaultStorage = json.RawMessage(`{"backend":"memory"}`)
 
 // loadStorage provisions the storage module in the named field of owner.
-func loadStorage(ctx caddy.Context, owner any, field string) (storage.Store, error) {
+func loadStorage(ctx caddy.Context, owner any, field string) (store.Store, error) {
 	mod, err := ctx.LoadModule(owner, field)
 	if err != nil {
 		return nil, fmt.Errorf("loading storage: %w", err)

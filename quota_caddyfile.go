@@ -41,7 +41,7 @@ func parseQuotaLine(d *caddyfile.Dispenser, n *Numbers) error {
 			return d.Errf("quota: unexpected %q (want at HH:MM or in <time zone>)", d.Val())
 		}
 	}
-	if _, err := cal.compile(); err != nil {
+	if _, err := cal.spec().Compile(); err != nil {
 		return d.Errf("quota: %v", err)
 	}
 	n.Algorithm, n.Limit, n.Calendar = "fixed_window", count, cal
@@ -114,7 +114,7 @@ func (q *quotaSpec) parseReset(d *caddyfile.Dispenser) error {
 		}
 	}
 	cal := CalendarConfig{Period: "day", At: q.at, TimeZone: q.zone}
-	if _, err := cal.compile(); err != nil {
+	if _, err := cal.spec().Compile(); err != nil {
 		return d.Errf("reset: %v", err)
 	}
 	return nil

@@ -8,7 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 func init() {
@@ -24,12 +24,13 @@ type MemoryStorage struct {
 	// being denied is forgotten last), counted as evictions. Default:
 	// 1048576 (about 140 MB).
 	MaxKeys int `json:"max_keys,omitempty"`
-	// SweepInterval is how often expired counters are removed in the
-	// background. Default: 10s.
+	// SweepInterval is how often expired counters are removed: each of the
+	// store's shards by the first request that reaches it once the
+	// interval has passed. Default: 10s.
 	SweepInterval caddy.Duration `json:"sweep_interval,omitempty"`
 
 	poolKey string
-	mem     *storage.Memory
+	mem     *store.Memory
 }
 
 // CaddyModule returns the Caddy module information.
@@ -44,7 +45,7 @@ func (MemoryStorage) CaddyModule() caddy.ModuleInfo {
 // the same memory settings finds the old store and its counters.
 var memoryPool = caddy.NewUsagePool()
 
-type pooledMemory struct{ *storage.Memory }
+type pooledMemory struct{ *store.Memory }
 
 func (p pooledMemory) Destruct() error { return p.Close() }
 
@@ -56,15 +57,14 @@ func (m *MemoryStorage) Provision(caddy.Context) error {
 	if m.SweepInterval < 0 {
 		return fmt.Errorf("sweep_interval must not be negative, got %s", time.Duration(m.SweepInterval))
 	}
-	// The store sweeps with the clock the handlers decide with: a store
-	// is shared only by configurations on the same clock.
+	// The store expires and sweeps by the times of the decisions it is
+	// given: a store is shared only by configurations on the same clock.
 	clk := clock.ForProvision()
 	m.poolKey = fmt.Sprintf("memory/%d/%d/%s", m.MaxKeys, m.SweepInterval, clock.ID(clk))
 	v, _, err := memoryPool.LoadOrNew(m.poolKey, func() (caddy.Destructor, error) {
-		return pooledMemory{storage.NewMemory(storage.MemoryOptions{
+		return pooledMemory{store.NewMemory(store.MemoryOptions{
 			MaxKeys:       m.MaxKeys,
 			SweepInterval: time.Duration(m.SweepInterval),
-			Now:           clk.Now,
 		})}, nil
 	})
 	if err != nil {
@@ -75,7 +75,7 @@ func (m *MemoryStorage) Provision(caddy.Context) error {
 }
 
 // Store implements StorageBackend.
-func (m *MemoryStorage) Store() storage.Store { return m.mem }
+func (m *MemoryStorage) Store() store.Store { return m.mem }
 
 // Cleanup releases this config's hold on the store.
 func (m *MemoryStorage) Cleanup() error {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // TestOneClockDecidesAndSweeps: the memory store's sweeper reads the clock
@@ -39,17 +39,17 @@ func TestOneClockDecidesAndSweeps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem, ok := app.(*App).store.(*storage.Memory)
+	mem, ok := app.(*App).store.(*store.Memory)
 	if !ok {
 		t.Fatalf("store %T", app.(*App).store)
 	}
-	if n := mem.Sweep(); n != 0 {
+	if n := mem.Sweep(clk.Now()); n != 0 {
 		t.Fatalf("a sweep dropped %d live counters", n)
 	}
 	expect(t, s.get("/"), 429)
 
 	clk.Add(time.Hour)
-	if n := mem.Sweep(); n != 1 {
+	if n := mem.Sweep(clk.Now()); n != 1 {
 		t.Fatalf("a sweep past the window dropped %d counters, want 1", n)
 	}
 	expect(t, s.get("/"), 200)

@@ -21,6 +21,7 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 func init() {
@@ -200,8 +201,8 @@ func (r *RedisStorage) Validate() error {
 		return fmt.Errorf("redis storage: timeout must not be negative, got %s", time.Duration(r.Timeout))
 	}
 	if r.OnError != "" {
-		if _, err := storage.ParseOnError(r.OnError); err != nil {
-			return fmt.Errorf("redis storage: %w", err)
+		if _, err := store.ParseOnError(r.OnError); err != nil {
+			return fmt.Errorf("redis storage: on_error %w", err)
 		}
 	}
 	if strings.ContainsAny(r.KeyPrefix, "{}") {
@@ -278,9 +279,9 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 		set.store.Timeout = storage.DefaultRedisTimeout
 	}
 	if r.OnError != "" {
-		p, err := storage.ParseOnError(r.OnError)
+		p, err := store.ParseOnError(r.OnError)
 		if err != nil {
-			return nil, fmt.Errorf("redis storage: %w", err)
+			return nil, fmt.Errorf("redis storage: on_error %w", err)
 		}
 		set.store.OnError = p
 	}
@@ -288,7 +289,6 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	set.store.LocalClock = r.Clock == "local"
 	set.store.NoLocalDenials = r.DisableLocalDenials
 	set.clock = clock.ForProvision()
-	set.store.Now = set.clock.Now
 	return set, nil
 }
 
@@ -306,7 +306,7 @@ func (s *redisSettings) poolKey() string {
 }
 
 // Store implements StorageBackend.
-func (r *RedisStorage) Store() storage.Store { return r.store }
+func (r *RedisStorage) Store() store.Store { return r.store }
 
 // Cleanup releases this config's hold on the store.
 func (r *RedisStorage) Cleanup() error {
@@ -473,8 +473,8 @@ func (r *RedisStorage) setString(d *caddyfile.Dispenser, opt, v string) error {
 		}
 		r.KeyPrefix = v
 	case "on_error":
-		if _, err := storage.ParseOnError(v); err != nil {
-			return d.Err(err.Error())
+		if _, err := store.ParseOnError(v); err != nil {
+			return d.Errf("on_error %v", err)
 		}
 		r.OnError = v
 	case "clock":

@@ -22,6 +22,7 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 func TestMain(m *testing.M) {
@@ -212,7 +213,7 @@ func provisionRedis(t *testing.T, js string) (*RedisStorage, error) {
 func TestRedisProvisionUnreachable(t *testing.T) {
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
-	reqs := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	reqs := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	for _, policy := range []string{"allow", "deny", "local"} {
 		r, err := provisionRedis(t, `{"url": "redis://`+addr+`/0", "on_error": "`+policy+`", "timeout": "50ms"}`)
@@ -226,11 +227,11 @@ func TestRedisProvisionUnreachable(t *testing.T) {
 		}
 		switch policy {
 		case "allow":
-			if err == nil || errors.Is(err, storage.ErrUnavailable) {
+			if err == nil || errors.Is(err, store.ErrUnavailable) {
 				t.Fatalf("allow: %v", err)
 			}
 		case "deny":
-			if !errors.Is(err, storage.ErrUnavailable) {
+			if !errors.Is(err, store.ErrUnavailable) {
 				t.Fatalf("deny: %v", err)
 			}
 		case "local":
@@ -266,7 +267,7 @@ func TestRedisPlaceholdersAndPool(t *testing.T) {
 		t.Fatal("two configs with the same settings got two stores")
 	}
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Window: time.Hour}
-	reqs := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	reqs := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	for i, want := range []bool{true, true, false} {
 		s := []*RedisStorage{a, b, a}[i]
@@ -291,7 +292,7 @@ func TestRedisPlaceholdersAndPool(t *testing.T) {
 	// Past the failed start-up ping's wait: this take tries Redis again.
 	time.Sleep(storage.DefaultRedisRetryInterval + 100*time.Millisecond)
 	err = c.Store().Take(context.Background(), time.Now(), reqs, res)
-	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), password) {
+	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), password) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	// Releasing the configs closes the store with the last.
@@ -304,7 +305,7 @@ func TestRedisPlaceholdersAndPool(t *testing.T) {
 	if err := b.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Store().Take(context.Background(), time.Now(), reqs, res); !errors.Is(err, storage.ErrUnavailable) {
+	if err := b.Store().Take(context.Background(), time.Now(), reqs, res); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("the store outlived its last config: %v", err)
 	}
 }

@@ -26,7 +26,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
 
 // Status is what the cache did for a response, sent as Bloom-Status.

@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"net/http"
 
-	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
 
 // Key locates an entry. It is a value of fixed size: deriving and passing

@@ -29,7 +29,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
+	"github.com/edgelimit/caddy-edgelimit/store"
 	"github.com/edgelimit/caddy-edgelimit/internal/zone"
 )
 
@@ -135,7 +135,7 @@ type Handler struct {
 	store   cache.Store
 	flights *cache.Group
 	logger  *zap.Logger
-	warn    *throttle.Log
+	warn    *store.Throttle
 	clock   clock.Clock
 	// statusItem is the cache's name as Cache-Status writes it, or ""
 	// when Cache-Status is off.
@@ -190,7 +190,7 @@ func (c *Handler) stripped(name string) bool {
 func (c *Handler) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
 	c.clock = clock.ForProvision()
-	c.warn = new(throttle.Log)
+	c.warn = new(store.Throttle)
 	c.flights = new(cache.Group)
 	if c.TTL == 0 {
 		c.TTL = caddy.Duration(DefaultTTL)

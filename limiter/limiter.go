@@ -259,37 +259,54 @@ const tatSlack = 1e-3
 // the state to store: on success the state after taking, on denial the state
 // as it was with Denied set. (Pointers, not values: copying these structs
 // through return values costs more than the arithmetic.)
-func (l *Limit) Take(s *State, r *Result, now, cost int64) {
+func (l *Limit) Take(s *State, r *Result, now, cost int64) { Decide(l, s, r, now, cost) }
+
+// Decide is l.Take(s, r, now, cost), as a function: the stores call it. The
+// Traefik plugin runs this package in the Yaegi interpreter, where a method
+// call costs several times a function call and every call costs more than
+// the arithmetic: the decisions below are functions, and what they share is
+// written out rather than called.
+func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 	switch l.Algorithm {
 	case AnchoredWindow:
-		l.takeAnchored(s, r, now, cost)
+		takeAnchored(l, s, r, now, cost)
 	case SlidingWindow:
-		l.takeSliding(s, r, now, cost)
+		takeSliding(l, s, r, now, cost)
 	case TokenBucket, GCRA:
-		l.takeTAT(s, r, now, cost)
+		takeTAT(l, s, r, now, cost)
 	default:
-		l.takeFixed(s, r, now, cost)
+		takeFixed(l, s, r, now, cost)
 	}
-	r.ResetAt = now + r.Reset.Microseconds()
-	s.Weight = l.weight(s, now)
+	r.ResetAt = now + int64(r.Reset/time.Microsecond)
+	s.Weight = weight(l, s, now)
 }
 
-// weight computes State.Weight.
-func (l *Limit) weight(s *State, now int64) uint8 {
-	if s.Denied {
+// weight computes State.Weight. (Under Yaegi a call costs for every value
+// its function body holds, run or not: the buckets' arithmetic is a
+// function of its own.)
+func weight(l *Limit, s *State, now int64) uint8 {
+	units := s.Count
+	switch {
+	case s.Denied:
 		return 255
+	case l.Algorithm == TokenBucket || l.Algorithm == GCRA:
+		units = backlogUnits(l, s, now)
+	case l.Algorithm == SlidingWindow:
+		units += s.Prev
 	}
-	var units int64
-	switch l.Algorithm {
-	case TokenBucket, GCRA:
-		interval := float64(l.Window.Microseconds()) / float64(l.Rate)
-		units = int64(math.Ceil((s.Debt - float64(now-s.Start)) / interval))
-	case SlidingWindow:
-		units = s.Count + s.Prev
-	default:
-		units = s.Count
+	if units > 254 {
+		return 254
 	}
-	return uint8(min64(max64(units, 0), 254))
+	if units < 0 {
+		return 0
+	}
+	return uint8(units)
+}
+
+// backlogUnits is the number of units in a bucket's backlog at now.
+func backlogUnits(l *Limit, s *State, now int64) int64 {
+	interval := float64(l.Window/time.Microsecond) / float64(l.Rate)
+	return int64(math.Ceil((s.Debt - float64(now-s.Start)) / interval))
 }
 
 // Bounds returns the aligned window that holds now.
@@ -297,9 +314,12 @@ func (l *Limit) Bounds(now int64) (start, end int64) {
 	if l.Calendar != nil {
 		return l.Calendar.Bounds(now)
 	}
-	w := l.Window.Microseconds()
-	off := l.Offset.Microseconds()
-	start = now - floorMod(now-off, w)
+	w := int64(l.Window / time.Microsecond)
+	m := (now - int64(l.Offset/time.Microsecond)) % w
+	if m < 0 {
+		m += w
+	}
+	start = now - m
 	return start, start + w
 }
 
@@ -311,18 +331,29 @@ func floorMod(a, b int64) int64 {
 	return m
 }
 
-func (l *Limit) takeFixed(s *State, r *Result, now, cost int64) {
-	start, end := l.Bounds(now)
+func takeFixed(l *Limit, s *State, r *Result, now, cost int64) {
+	var start, end int64
+	if l.Calendar != nil {
+		start, end = l.Calendar.Bounds(now)
+	} else {
+		// l.Bounds(now), written out.
+		w := int64(l.Window / time.Microsecond)
+		start = now - (now-int64(l.Offset/time.Microsecond))%w
+		if start > now {
+			start -= w // before the epoch: % rounds towards zero
+		}
+		end = start + w
+	}
 	if s.Start != start {
 		*s = State{Start: start}
 	}
-	*r = Result{Limit: l.Quota, Window: us(end - start), Reset: us(end - now)}
+	*r = Result{Limit: l.Quota, Window: time.Duration(end-start) * time.Microsecond, Reset: time.Duration(end-now) * time.Microsecond}
 	s.Expires = end
-	l.count(s, r, cost, end-now)
+	count(l, s, r, cost, end-now)
 }
 
-func (l *Limit) takeAnchored(s *State, r *Result, now, cost int64) {
-	w := l.Window.Microseconds()
+func takeAnchored(l *Limit, s *State, r *Result, now, cost int64) {
+	w := int64(l.Window / time.Microsecond)
 	if s.Count == 0 || now >= s.Start+w || now < s.Start {
 		// No window is running: this request would start one. A key that
 		// was denied without ever being counted (cost above the quota)
@@ -330,18 +361,19 @@ func (l *Limit) takeAnchored(s *State, r *Result, now, cost int64) {
 		*s = State{Start: now, Denied: s.Denied && s.Count == 0}
 	}
 	end := s.Start + w
-	*r = Result{Limit: l.Quota, Window: l.Window, Reset: us(end - now)}
-	l.count(s, r, cost, end-now)
+	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration(end-now) * time.Microsecond}
+	count(l, s, r, cost, end-now)
 	if s.Count == 0 {
 		// Denied before any window began: keep the mark a window long.
-		s.Start, s.Expires = 0, now+w
+		s.Start = 0
+		s.Expires = now + w
 	} else {
 		s.Expires = end
 	}
 }
 
 // count finishes a fixed or anchored decision.
-func (l *Limit) count(s *State, r *Result, cost, untilEnd int64) {
+func count(l *Limit, s *State, r *Result, cost, untilEnd int64) {
 	if s.Count+cost <= l.Quota {
 		s.Count += cost
 		s.Denied = false
@@ -349,13 +381,21 @@ func (l *Limit) count(s *State, r *Result, cost, untilEnd int64) {
 		r.Remaining = l.Quota - s.Count
 		return
 	}
-	r.Remaining = max64(l.Quota-s.Count, 0)
-	r.RetryAfter = us(untilEnd)
+	denyCount(l, s, r, untilEnd)
+}
+
+// denyCount finishes a fixed or anchored decision that denies.
+func denyCount(l *Limit, s *State, r *Result, untilEnd int64) {
+	r.Remaining = l.Quota - s.Count
+	if r.Remaining < 0 {
+		r.Remaining = 0
+	}
+	r.RetryAfter = time.Duration(untilEnd) * time.Microsecond
 	r.FirstDenial = !s.Denied
 	s.Denied = true
 }
 
-func (l *Limit) takeSliding(s *State, r *Result, now, cost int64) {
+func takeSliding(l *Limit, s *State, r *Result, now, cost int64) {
 	start, end := l.Bounds(now)
 	w := end - start
 	switch {
@@ -433,31 +473,41 @@ func slidingRetry(prev, curr, cost, q, elapsed, w int64) int64 {
 // real time, and a request passes when the backlog stays within Quota
 // intervals. The backlog is kept relative to the last update (Start) so the
 // float stays small and exact to far below a microsecond, whatever the date.
-func (l *Limit) takeTAT(s *State, r *Result, now, cost int64) {
-	interval := float64(l.Window.Microseconds()) / float64(l.Rate)
+func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
+	interval := float64(l.Window/time.Microsecond) / float64(l.Rate)
 	tau := interval * float64(l.Quota)
-	debt := s.Debt - float64(max64(now-s.Start, 0))
+	elapsed := now - s.Start
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	debt := s.Debt - float64(elapsed)
 	if s.Start == 0 || debt < 0 {
 		debt = 0
 	}
 	next := debt + float64(cost)*interval
-	*r = Result{Limit: l.Quota, Window: l.PolicyWindow()}
+	// l.PolicyWindow(), written out.
+	*r = Result{Limit: l.Quota, Window: time.Duration(float64(l.Window) * float64(l.Quota) / float64(l.Rate))}
 	if next <= tau+tatSlack {
-		s.Start, s.Debt = now, next
-		s.Expires = now + int64(math.Ceil(next))
+		s.Start = now
+		s.Debt = next
+		ceil := int64(math.Ceil(next))
+		s.Expires = now + ceil
 		s.Denied = false
 		r.Allowed = true
 		r.Remaining = whole((tau - next) / interval)
-		r.Reset = us(int64(math.Ceil(next)))
+		r.Reset = time.Duration(ceil) * time.Microsecond
 		return
 	}
 	r.Remaining = whole((tau - debt) / interval)
 	r.Reset = us(int64(math.Ceil(debt)))
-	r.RetryAfter = us(int64(math.Ceil(next - tau)))
+	wait := int64(math.Ceil(next - tau))
+	r.RetryAfter = time.Duration(wait) * time.Microsecond
 	r.FirstDenial = !s.Denied
 	s.Denied = true
 	// Keep the denial mark at least until the request could pass.
-	s.Expires = max64(s.Expires, now+int64(math.Ceil(next-tau)))
+	if s.Expires < now+wait {
+		s.Expires = now + wait
+	}
 }
 
 // Refund gives back cost units that Take counted earlier, when the request

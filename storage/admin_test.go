@@ -8,7 +8,8 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -33,13 +34,13 @@ func waitLocalDenials(t testing.TB, s *storage.Redis, want bool) {
 // a reset makes the client whole.
 func TestAdmin(t *testing.T) {
 	srv := redistest.Shared(t)
-	stores := map[string]func(t *testing.T) storage.Store{
-		"memory": func(t *testing.T) storage.Store {
-			m := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
+	stores := map[string]func(t *testing.T) store.Store{
+		"memory": func(t *testing.T) store.Store {
+			m := store.NewMemory(store.MemoryOptions{})
 			t.Cleanup(func() { m.Close() })
 			return m
 		},
-		"redis": func(t *testing.T) storage.Store {
+		"redis": func(t *testing.T) store.Store {
 			return openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
 		},
 	}
@@ -56,9 +57,9 @@ func TestAdmin(t *testing.T) {
 		for lname, l := range limits {
 			t.Run(sname+"/"+lname, func(t *testing.T) {
 				s := open(t)
-				a := s.(storage.Admin)
+				a := s.(store.Admin)
 				now := storetest.Base.Add(10 * time.Second)
-				req := []storage.Request{{Counter: "c/" + lname, Key: "client", Limit: l, Cost: 1}}
+				req := []store.Request{{Counter: "c/" + lname, Key: "client", Limit: l, Cost: 1}}
 				res := make([]limiter.Result, 1)
 				take := func() limiter.Result {
 					t.Helper()
@@ -142,7 +143,7 @@ func TestRedisInvalidation(t *testing.T) {
 	waitLocalDenials(t, b, true)
 	ctx := context.Background()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Window: time.Hour}
-	req := []storage.Request{{Counter: "hour", Key: "k", Limit: l, Cost: 1}}
+	req := []store.Request{{Counter: "hour", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	now := storetest.Base.Add(time.Second)
 	evals := func() int64 { s := commandStats(t, c); return s["evalsha"] + s["eval"] }

@@ -14,47 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
-
-// OnError is what a Redis store does when Redis cannot decide in time.
-type OnError uint8
-
-const (
-	// Allow lets the request through unlimited: Take returns an error that
-	// is not ErrUnavailable.
-	Allow OnError = iota
-	// Deny refuses the request: Take returns an error wrapping
-	// ErrUnavailable (503 with Retry-After).
-	Deny
-	// Local decides with an in-process memory store, with the same limits,
-	// until Redis answers again.
-	Local
-)
-
-func (o OnError) String() string {
-	switch o {
-	case Allow:
-		return "allow"
-	case Deny:
-		return "deny"
-	case Local:
-		return "local"
-	}
-	return fmt.Sprintf("on_error(%d)", o)
-}
-
-// ParseOnError reads "allow", "deny" or "local".
-func ParseOnError(s string) (OnError, error) {
-	switch s {
-	case "allow":
-		return Allow, nil
-	case "deny":
-		return Deny, nil
-	case "local":
-		return Local, nil
-	}
-	return 0, fmt.Errorf("on_error %q: want allow, deny or local", s)
-}
 
 // RedisOptions configures a Redis store. The zero value is usable.
 type RedisOptions struct {
@@ -67,14 +28,11 @@ type RedisOptions struct {
 	// take one more Timeout to give back what the others counted.
 	Timeout time.Duration
 	// OnError is what to do when Redis cannot decide in time.
-	OnError OnError
+	OnError store.OnError
 	// LocalClock decides with the time given to Take instead of Redis's
 	// clock (TIME). With the server's clock, instances whose clocks differ
 	// still agree; the local clock is for tests with a fake clock.
 	LocalClock bool
-	// Now is the clock of the callers of Take (default time.Now): the
-	// memory store of OnError Local sweeps with it.
-	Now func() time.Time
 	// NoLocalDenials turns off the memory of denials: by default, a key
 	// Redis denied until T is denied on this instance without a round trip
 	// until T (see denials).
@@ -96,10 +54,7 @@ type RedisOptions struct {
 const (
 	DefaultRedisPrefix        = "edgelimit:"
 	DefaultRedisTimeout       = 100 * time.Millisecond
-	DefaultRedisRetryInterval = time.Second
-	// WarnInterval is the least time between two warnings of a Redis
-	// store.
-	WarnInterval = 5 * time.Second
+	DefaultRedisRetryInterval = store.DefaultRetryInterval
 )
 
 // Redis is a Store shared by every instance that uses the same Redis: each
@@ -122,26 +77,19 @@ type Redis struct {
 	cluster bool
 	prefix  string
 	timeout time.Duration
-	onError OnError
-	local   *Memory
-	denials *denials // nil when off
-	// live is set while the subscription to InvalidateChannel is
-	// confirmed: only then are local denials used (redis_admin.go).
-	live      atomic.Bool
+	// policy is the failure policy and the local denials, which are used
+	// only while the subscription to InvalidateChannel is confirmed
+	// (redis_admin.go).
+	policy    *store.Remote
 	watchStop chan struct{}
 	watchDone chan struct{}
 	psMu      sync.Mutex
 	ps        *redis.PubSub // the watcher's subscription; Close closes it
 	serverTS  bool
-	retry     int64 // nanoseconds
 
-	logger    atomic.Pointer[zap.Logger]
-	epoch     time.Time
-	downUntil atomic.Int64 // monotonic nanoseconds since epoch; 0 while Redis answers
-	probing   atomic.Bool
-	lastWarn  atomic.Int64
-	warned    atomic.Bool
-	stats     redisStats // see stats.go
+	logger   atomic.Pointer[zap.Logger]
+	undoWarn store.Throttle
+	stats    redisStats // see stats.go
 
 	scratch   sync.Pool
 	closed    atomic.Bool
@@ -172,7 +120,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 	if o.RetryInterval == 0 {
 		o.RetryInterval = DefaultRedisRetryInterval
 	}
-	if o.OnError > Local {
+	if o.OnError > store.Local {
 		return nil, fmt.Errorf("redis storage: unknown %s", o.OnError)
 	}
 	_, cluster := client.(*redis.ClusterClient)
@@ -181,21 +129,13 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		cluster:  cluster,
 		prefix:   o.Prefix,
 		timeout:  o.Timeout,
-		onError:  o.OnError,
+		policy:   store.NewRemote(o.OnError, o.RetryInterval, !o.NoLocalDenials, o.MaxLocalDenials),
 		serverTS: !o.LocalClock,
-		retry:    int64(o.RetryInterval),
-		epoch:    time.Now(),
 	}
 	s.SetLogger(o.Logger)
-	if !o.NoLocalDenials {
-		s.denials = newDenials(o.MaxLocalDenials)
-	}
-	if o.OnError == Local {
-		s.local = NewMemory(MemoryOptions{Now: o.Now})
-	}
 	s.scratch.New = func() any { return new(redisScratch) }
 	s.pipe = newPipe(client, cluster)
-	if s.denials != nil {
+	if s.policy.Denials != nil {
 		s.watchStop, s.watchDone = make(chan struct{}), make(chan struct{})
 		go s.watchInvalidations()
 	}
@@ -255,9 +195,6 @@ func (s *Redis) Close() error {
 		s.pipe.stop()
 		s.closeErr = s.client.Close()
 		s.pipe.wait()
-		if s.local != nil {
-			s.local.Close()
-		}
 	})
 	return s.closeErr
 }
@@ -271,17 +208,17 @@ func (s *Redis) Ping(ctx context.Context) error {
 	defer cancel()
 	err := s.client.Ping(ctx).Err()
 	if err != nil {
-		s.down(err)
+		s.policy.Down(err, s)
 		return err
 	}
-	s.up()
 	return nil
 }
 
-// Take implements Store.
-func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+// Take implements store.Store: from the local denials, else by Redis,
+// else by OnError (store.Remote).
+func (s *Redis) Take(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
 	if len(results) < len(reqs) {
-		return ErrTooFewResults
+		return store.ErrTooFewResults
 	}
 	if len(reqs) == 0 {
 		return nil
@@ -292,54 +229,15 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []Request, results
 		}
 	}
 	if s.closed.Load() {
-		return s.fallback(ctx, now, reqs, results, redis.ErrClosed)
+		return s.policy.Fallback(ctx, now, reqs, results, redis.ErrClosed)
 	}
-	var gen uint64
-	if s.denials != nil && s.live.Load() {
-		if s.denials.check(now, reqs, results) {
-			s.stats.localDenials.Add(1)
-			return nil
-		}
-		gen = s.denials.generation()
-	}
-	probe := false
-	if until := s.downUntil.Load(); until != 0 {
-		if s.mono() < until || !s.probing.CompareAndSwap(false, true) {
-			return s.fallback(ctx, now, reqs, results, nil)
-		}
-		probe = true
-	}
-	err := s.decide(ctx, now, reqs, results)
-	switch {
-	case err == nil:
-		s.up()
-		if gen != 0 && !passes(reqs, results, nil) {
-			// Not when an invalidation came meanwhile: Redis may have
-			// decided before the reset it announces.
-			s.denials.record(gen, now, reqs, results)
-		}
-	case ctx.Err() != nil:
-		// The caller gave up (the client went away), Redis is not to blame.
-	default:
-		s.down(err)
-	}
-	if probe {
-		s.probing.Store(false)
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return s.fallback(ctx, now, reqs, results, err)
-	}
-	return nil
+	return s.policy.Take(ctx, now, reqs, results, s)
 }
 
-// Refund implements Store: it gives back what an earlier Take counted, with
-// limiter.Limit.Refund's arithmetic, in one script (one per Cluster slot,
-// pipelined). While Redis is known to be down, OnError local gives back to
-// the memory store; with the other policies nothing was counted meanwhile.
-func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []Request) error {
+// Refund implements store.Store: it gives back what an earlier Take
+// counted, with limiter.Limit.Refund's arithmetic, in one script (one per
+// Cluster slot, pipelined).
+func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []store.Request) error {
 	if len(reqs) == 0 {
 		return nil
 	}
@@ -348,38 +246,29 @@ func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []Request) error
 			return err
 		}
 	}
-	if s.denials != nil {
-		s.denials.forget(reqs)
-	}
-	if until := s.downUntil.Load(); until != 0 && s.mono() < until {
-		return s.refundFallback(ctx, now, reqs, nil)
-	}
-	err := s.giveBack(ctx, now, reqs)
-	switch {
-	case err == nil:
-		s.up()
-		return nil
-	case ctx.Err() != nil:
-		return err
-	}
-	s.down(err)
-	return s.refundFallback(ctx, now, reqs, err)
+	return s.policy.Refund(ctx, now, reqs, s)
 }
 
-var errRefundDown = fmt.Errorf("redis rate-limit storage unavailable, nothing given back: %w", errRedisDown)
-
-func (s *Redis) refundFallback(ctx context.Context, now time.Time, reqs []Request, cause error) error {
-	switch {
-	case s.onError == Local:
-		return s.local.Refund(ctx, now, reqs)
-	case cause == nil:
-		return errRefundDown
+// Failed implements store.Server: the error is counted, and logged at most
+// once per store.WarnInterval.
+func (s *Redis) Failed(err error, warn bool) {
+	s.stats.countError(err)
+	if warn {
+		s.logger.Load().Warn("redis rate-limit storage unavailable; on_error applies until it answers",
+			zap.String("on_error", s.policy.OnError.String()),
+			zap.Duration("retry_interval", s.policy.Retry),
+			zap.Error(err))
 	}
-	return fmt.Errorf("redis rate-limit storage unavailable, nothing given back: %w", cause)
 }
 
-// giveBack runs the refund script, within the timeout.
-func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) error {
+// Answered implements store.Server.
+func (s *Redis) Answered() {
+	s.logger.Load().Info("redis rate-limit storage answers again")
+}
+
+// GiveBack implements store.Server: it runs the refund script, within the
+// timeout.
+func (s *Redis) GiveBack(ctx context.Context, now time.Time, reqs []store.Request) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	sc := s.scratch.Get().(*redisScratch)
@@ -392,7 +281,7 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 		runs = []slotRun{{idx: nil}}
 	}
 	pending := runs
-	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+	return store.AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
 		for g := range pending {
 			r := &pending[g]
 			r.keys, r.argv = s.script(sc, reqs, r.idx, now, at)
@@ -404,13 +293,13 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 			if r.err != nil {
 				return 0, r.err
 			}
-			if t, ok := boundsReply(r.reply); ok {
+			if t, ok := store.BoundsReply(r.reply); ok {
 				// Asked again with the window of the server's time (the
 				// slots that answered gave back already).
 				serverNow = t
 				again = append(again, slotRun{idx: r.idx})
 			} else if r.reply != "R" {
-				return 0, errBadReply
+				return 0, store.ErrBadReply
 			}
 		}
 		pending = again
@@ -420,7 +309,7 @@ func (s *Redis) giveBack(ctx context.Context, now time.Time, reqs []Request) err
 
 // checkRequest refuses what the script cannot compute (the memory store
 // would divide by zero); the handler validates limits before they get here.
-func checkRequest(r *Request) error {
+func checkRequest(r *store.Request) error {
 	if err := r.Limit.Validate(); err != nil {
 		return fmt.Errorf("redis storage: counter %q: %w", r.Counter, err)
 	}
@@ -430,86 +319,10 @@ func checkRequest(r *Request) error {
 	return nil
 }
 
-func (s *Redis) mono() int64 { return int64(time.Since(s.epoch)) }
-
-// down marks Redis as failing: OnError decides until the retry interval has
-// passed, then one request tries Redis again.
-func (s *Redis) down(err error) {
-	s.stats.countError(err)
-	now := s.mono()
-	s.downUntil.Store(now + s.retry)
-	last := s.lastWarn.Load()
-	if last != 0 && now-last < int64(WarnInterval) || !s.lastWarn.CompareAndSwap(last, now) {
-		return
-	}
-	s.warned.Store(true)
-	s.logger.Load().Warn("redis rate-limit storage unavailable; on_error applies until it answers",
-		zap.String("on_error", s.onError.String()),
-		zap.Duration("retry_interval", time.Duration(s.retry)),
-		zap.Error(err))
-}
-
-// up marks Redis as answering again.
-func (s *Redis) up() {
-	if s.downUntil.Load() == 0 {
-		return
-	}
-	s.downUntil.Store(0)
-	if s.warned.CompareAndSwap(true, false) {
-		s.logger.Load().Info("redis rate-limit storage answers again")
-	}
-}
-
-// Errors returned while Redis is known to be down, allocated once.
-var (
-	errRedisDown  = errors.New("redis did not answer recently; waiting before trying again")
-	errDownAllow  = &redisError{cause: errRedisDown}
-	errDownDenied = &redisError{cause: errRedisDown, deny: true}
-)
-
-// redisError is a decision Redis could not make. It wraps ErrUnavailable
-// when the policy is to deny.
-type redisError struct {
-	cause error
-	deny  bool
-}
-
-func (e *redisError) Error() string {
-	if e.deny {
-		return "redis rate-limit storage unavailable, denying (on_error deny): " + e.cause.Error()
-	}
-	return "redis rate-limit storage unavailable, not limiting (on_error allow): " + e.cause.Error()
-}
-
-func (e *redisError) Unwrap() []error {
-	if e.deny {
-		return []error{ErrUnavailable, e.cause}
-	}
-	return []error{e.cause}
-}
-
-// fallback applies OnError; cause is nil when Redis was not even tried.
-func (s *Redis) fallback(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, cause error) error {
-	s.stats.onError[s.onError].Add(1)
-	switch s.onError {
-	case Local:
-		return s.local.Take(ctx, now, reqs, results)
-	case Deny:
-		if cause == nil {
-			return errDownDenied
-		}
-		return &redisError{cause: cause, deny: true}
-	default:
-		if cause == nil {
-			return errDownAllow
-		}
-		return &redisError{cause: cause}
-	}
-}
-
-// decide asks Redis, within the timeout. A request decided by one script
-// needs no timer of its own: its batch has its deadline.
-func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+// Decide implements store.Server: it asks Redis, within the timeout. A
+// request decided by one script needs no timer of its own: its batch has
+// its deadline.
+func (s *Redis) Decide(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
 	deadline := time.Now().Add(s.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -521,11 +334,11 @@ func (s *Redis) decide(ctx context.Context, now time.Time, reqs []Request, resul
 	// time; a server whose clock is on the other side of a boundary says
 	// so, and is asked again with the window of its time.
 	if s.cluster && !oneSlot(sc.slots) {
-		return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+		return store.AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
 			return s.decideSlots(ctx, deadline, now, at, reqs, results, sc)
 		})
 	}
-	return atServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+	return store.AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
 		return s.decideOne(ctx, deadline, now, at, reqs, results, sc)
 	})
 }
@@ -540,19 +353,19 @@ func oneSlot(slots []uint16) bool {
 }
 
 // decideOne runs the script once for every request.
-func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64, reqs []store.Request, results []limiter.Result, sc *redisScratch) (int64, error) {
 	keys, spec, fields := s.requests(sc, reqs, nil, at)
 	reply, err := s.pipe.decide(ctx, deadline, s.scriptNow(now), sc.slots[0], keys, fields, spec)
 	if err != nil {
 		return 0, err
 	}
-	if serverNow, ok := boundsReply(reply); ok {
+	if serverNow, ok := store.BoundsReply(reply); ok {
 		return serverNow, nil
 	}
-	if _, err := parseResults(reply, reqs, nil, results, sc.bounds); err != nil {
+	if _, err := store.ParseResults(reply, reqs, nil, results, sc.bounds); err != nil {
 		return 0, err
 	}
-	allOrNothing(reqs, results[:len(reqs)])
+	store.AllOrNothing(reqs, results[:len(reqs)])
 	return 0, nil
 }
 
@@ -581,4 +394,4 @@ func (s *Redis) runScript(ctx context.Context, sc *script, keys []string, argv .
 	return cmd
 }
 
-var _ Store = (*Redis)(nil)
+var _ store.Store = (*Redis)(nil)

@@ -2,10 +2,8 @@ package storage
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // The admin side of the Redis store: Peek, Reset and Credit on the same
@@ -71,7 +70,7 @@ func (s *Redis) adminTimeout() time.Duration {
 func (s *Redis) InvalidateChannel() string { return s.prefix + "invalidate" }
 
 // clientGroups returns, per client hash key, the indexes of reqs on it.
-func (s *Redis) clientGroups(reqs []Request) (keys []string, groups [][]int) {
+func (s *Redis) clientGroups(reqs []store.Request) (keys []string, groups [][]int) {
 	sc := new(redisScratch)
 	s.prepare(sc, reqs)
 	for i := range reqs {
@@ -88,7 +87,7 @@ func (s *Redis) clientGroups(reqs []Request) (keys []string, groups [][]int) {
 	return keys, groups
 }
 
-func checkAdmin(reqs []Request) error {
+func checkAdmin(reqs []store.Request) error {
 	for i := range reqs {
 		r := reqs[i]
 		if r.Cost < 1 {
@@ -102,7 +101,7 @@ func checkAdmin(reqs []Request) error {
 }
 
 // peekKey reads the time and the fields of reqs at idx on one client.
-func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []Request, idx []int) (int64, []string, error) {
+func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []store.Request, idx []int) (int64, []string, error) {
 	argv := make([]string, 0, 1+len(idx))
 	argv = append(argv, strconv.FormatInt(s.scriptNow(now), 10))
 	for _, i := range idx {
@@ -113,51 +112,20 @@ func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []R
 		return 0, nil, err
 	}
 	if len(vals) != 1+len(idx) {
-		return 0, nil, errBadReply
+		return 0, nil, store.ErrBadReply
 	}
 	at, err := strconv.ParseInt(vals[0], 10, 64)
 	if err != nil {
-		return 0, nil, errBadReply
+		return 0, nil, store.ErrBadReply
 	}
 	return at, vals[1:], nil
 }
 
-// decodeState reads a stored state as the scripts do: a fresh state for
-// nothing, a foreign value or an expired state.
-func decodeState(v string, now int64) limiter.State {
-	if len(v) != stateLen {
-		return limiter.State{}
-	}
-	b := []byte(v)
-	n := func(i int) int64 { return int64(binary.LittleEndian.Uint64(b[8*i:])) }
-	d := math.Float64frombits(uint64(n(3)))
-	e := n(4)
-	if e <= now || math.IsNaN(d) || math.IsInf(d, 0) {
-		return limiter.State{}
-	}
-	return limiter.State{Start: n(0), Count: n(1), Prev: n(2), Debt: d, Expires: e, Denied: b[40] == 1}
-}
-
-// encodeState writes a state as the scripts do ('<i8i8i8di8B').
-func encodeState(st limiter.State) string {
-	b := make([]byte, 0, stateLen)
-	b = binary.LittleEndian.AppendUint64(b, uint64(st.Start))
-	b = binary.LittleEndian.AppendUint64(b, uint64(st.Count))
-	b = binary.LittleEndian.AppendUint64(b, uint64(st.Prev))
-	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(st.Debt))
-	b = binary.LittleEndian.AppendUint64(b, uint64(st.Expires))
-	d := byte(0)
-	if st.Denied {
-		d = 1
-	}
-	return string(append(b, d))
-}
-
 // Peek implements Admin: it reads Redis (never the local denials), with
 // the server's clock unless the store decides with the local one.
-func (s *Redis) Peek(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+func (s *Redis) Peek(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
 	if len(results) < len(reqs) {
-		return ErrTooFewResults
+		return store.ErrTooFewResults
 	}
 	if err := checkAdmin(reqs); err != nil {
 		return err
@@ -171,7 +139,7 @@ func (s *Redis) Peek(ctx context.Context, now time.Time, reqs []Request, results
 			return fmt.Errorf("redis rate-limit storage: %w", err)
 		}
 		for j, i := range groups[k] {
-			st := decodeState(vals[j], at)
+			st := store.DecodeState(vals[j], at)
 			results[i] = reqs[i].Limit.Peek(st, at, reqs[i].Cost)
 		}
 	}
@@ -180,7 +148,7 @@ func (s *Redis) Peek(ctx context.Context, now time.Time, reqs []Request, results
 
 // Reset implements Admin: it deletes the client's fields, drops this
 // store's local denials and tells the other stores to drop theirs.
-func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []Request) error {
+func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []store.Request) error {
 	ctx, cancel := context.WithTimeout(ctx, s.adminTimeout())
 	defer cancel()
 	keys, groups := s.clientGroups(reqs)
@@ -194,8 +162,8 @@ func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []Request) error 
 			errs = append(errs, err)
 		}
 	}
-	if s.local != nil {
-		_ = s.local.Reset(ctx, now, reqs)
+	if s.policy.Local != nil {
+		_ = s.policy.Local.Reset(ctx, now, reqs)
 	}
 	published := s.invalidate(ctx)
 	if err := errors.Join(errs...); err != nil {
@@ -210,9 +178,9 @@ func (s *Redis) Reset(ctx context.Context, now time.Time, reqs []Request) error 
 const casAttempts = 8
 
 // Credit implements Admin.
-func (s *Redis) Credit(ctx context.Context, now time.Time, reqs []Request, units int64, given []int64) error {
+func (s *Redis) Credit(ctx context.Context, now time.Time, reqs []store.Request, units int64, given []int64) error {
 	if len(given) < len(reqs) {
-		return ErrTooFewResults
+		return store.ErrTooFewResults
 	}
 	if err := checkAdmin(reqs); err != nil {
 		return err
@@ -229,16 +197,16 @@ func (s *Redis) Credit(ctx context.Context, now time.Time, reqs []Request, units
 			return fmt.Errorf("redis rate-limit storage: %w (units may have been given before the failure: inspect before crediting again)", err)
 		}
 	}
-	if s.local != nil {
+	if s.policy.Local != nil {
 		scratch := make([]int64, len(reqs))
-		_ = s.local.Credit(ctx, now, reqs, units, scratch)
+		_ = s.policy.Local.Credit(ctx, now, reqs, units, scratch)
 	}
 	return s.invalidate(ctx)
 }
 
 var errCreditBusy = errors.New("the client's state kept changing while it was credited; try again")
 
-func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs []Request, idx []int, units int64, given []int64) error {
+func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs []store.Request, idx []int, units int64, given []int64) error {
 	for range casAttempts {
 		at, vals, err := s.peekKey(ctx, now, key, reqs, idx)
 		if err != nil {
@@ -247,10 +215,10 @@ func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs [
 		argv := make([]string, 0, 3*len(idx))
 		for j, i := range idx {
 			given[i] = 0
-			st := decodeState(vals[j], at) // none: the zero state, given nothing
+			st := store.DecodeState(vals[j], at) // none: the zero state, given nothing
 			if g := reqs[i].Limit.Credit(&st, at, units); g > 0 {
 				given[i] = g
-				argv = append(argv, reqs[i].Counter, vals[j], encodeState(st))
+				argv = append(argv, reqs[i].Counter, vals[j], store.EncodeState(st))
 			}
 		}
 		if len(argv) == 0 {
@@ -282,8 +250,8 @@ func (e *NotPublishedError) Unwrap() error { return e.Err }
 // invalidate drops this store's local denials and publishes on
 // InvalidateChannel so that every store on the same Redis drops its own.
 func (s *Redis) invalidate(ctx context.Context) error {
-	if s.denials != nil {
-		s.denials.clearAll()
+	if s.policy.Denials != nil {
+		s.policy.Denials.ClearAll()
 	}
 	if err := s.client.Publish(ctx, s.InvalidateChannel(), "reset").Err(); err != nil {
 		return &NotPublishedError{Err: err}
@@ -291,29 +259,20 @@ func (s *Redis) invalidate(ctx context.Context) error {
 	return nil
 }
 
-var _ Admin = (*Redis)(nil)
+var _ store.Admin = (*Redis)(nil)
 
 // LocalDenialsActive tells whether the store answers from its local
 // denials now: only while its subscription to InvalidateChannel is
 // confirmed and healthy.
-func (s *Redis) LocalDenialsActive() bool { return s.denials != nil && s.live.Load() }
+func (s *Redis) LocalDenialsActive() bool { return s.policy.Live() }
 
 // invalidationPing is how often the invalidation subscription is checked
 // when no message arrives: a PING that gets no PONG within the next
 // interval marks it unhealthy (local denials off) and reconnects.
 const invalidationPing = time.Second
 
-// setLive records the subscription's health; local denials are dropped on
-// every change, so that none recorded before a gap (when an invalidation
-// may have been missed) survives it.
-func (s *Redis) setLive(v bool) {
-	if s.live.Swap(v) != v {
-		s.denials.clearAll()
-	}
-}
-
 // watchInvalidations keeps the subscription to InvalidateChannel, drops
-// the local denials on every message, and keeps s.live true only while the
+// the local denials on every message, and keeps the local denials live only while the
 // subscription is confirmed: not yet subscribed, a connection lost, a PING
 // not answered in time, and local denials are off until it is again.
 func (s *Redis) watchInvalidations() {
@@ -341,9 +300,9 @@ func (s *Redis) watchInvalidations() {
 	ps := subscribe()
 	defer func() { _ = ps.Close() }()
 	pinged, subscribed := false, false
-	var lastWarn int64 // s.mono() of the last warning
+	var lastWarn time.Time
 	pause := func() bool {
-		t := time.NewTimer(time.Duration(s.retry))
+		t := time.NewTimer(s.policy.Retry)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
@@ -369,12 +328,12 @@ func (s *Redis) watchInvalidations() {
 			// Lost, refused (a Redis user without the channel's
 			// permission), or a PING unanswered: reconnect with a new
 			// subscription after a pause, and say so now and then.
-			if now := s.mono(); lastWarn == 0 || now-lastWarn >= int64(WarnInterval) {
+			if now := time.Now(); lastWarn.IsZero() || now.Sub(lastWarn) >= store.WarnInterval {
 				lastWarn = now
 				s.logger.Load().Warn("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis)",
 					zap.String("channel", channel), zap.Error(err))
 			}
-			s.setLive(false)
+			s.policy.SetLive(false)
 			subscribed, pinged = false, false
 			_ = ps.Close()
 			if !pause() {
@@ -389,11 +348,11 @@ func (s *Redis) watchInvalidations() {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" && m.Channel == channel {
 				subscribed, pinged = true, false
-				s.setLive(true)
+				s.policy.SetLive(true)
 			}
 		case *redis.Message:
-			s.denials.clearAll()
+			s.policy.Denials.ClearAll()
 		}
 	}
-	s.setLive(false)
+	s.policy.SetLive(false)
 }

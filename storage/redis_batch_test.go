@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // TestBatchDecidesAsOneByOne: a batch of decisions in one take script
@@ -57,10 +58,10 @@ func TestBatchDecidesAsOneByOne(t *testing.T) {
 		for range 1 + rng.IntN(20) {
 			now = now.Add(time.Duration(rng.IntN(3)) * time.Second)
 			n := 1 + rng.IntN(8)
-			reqs := make([]Request, n)
+			reqs := make([]store.Request, n)
 			for j := range reqs {
 				li := rng.IntN(len(limits))
-				reqs[j] = Request{Counter: fmt.Sprintf("c%d", li), Key: []string{"a", "b", "c"}[rng.IntN(3)],
+				reqs[j] = store.Request{Counter: fmt.Sprintf("c%d", li), Key: []string{"a", "b", "c"}[rng.IntN(3)],
 					Limit: limits[li], Cost: 1 + int64(rng.IntN(3))*int64(rng.IntN(2)), DryRun: rng.IntN(6) == 0}
 			}
 			at := now.UnixMicro()
@@ -89,7 +90,7 @@ func TestBatchDecidesAsOneByOne(t *testing.T) {
 }
 
 // call is the pipe's call of one decision of s.
-func call(s *Redis, reqs []Request, at int64, now time.Time) *pipeCall {
+func call(s *Redis, reqs []store.Request, at int64, now time.Time) *pipeCall {
 	sc := s.scratch.Get().(*redisScratch)
 	defer s.putScratch(sc)
 	s.prepare(sc, reqs)
@@ -115,7 +116,7 @@ func counters(t *testing.T, ctx context.Context, client *redis.Client, s *Redis,
 	t.Helper()
 	sc := s.scratch.Get().(*redisScratch)
 	defer s.putScratch(sc)
-	s.prepare(sc, []Request{{Key: key}})
+	s.prepare(sc, []store.Request{{Key: key}})
 	h, err := client.HGetAll(ctx, sc.keys[0]).Result()
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,13 +12,14 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // benchRedis runs reqs (their Key set per request, 10,000 distinct
 // clients) against a private Redis with the server's clock, serially and in
 // parallel, and reports the Redis commands per request from INFO
 // commandstats: evalsha/op must be 1, whatever the number of limits.
-func benchRedis(b *testing.B, mk func() []storage.Request) {
+func benchRedis(b *testing.B, mk func() []store.Request) {
 	srv := redistest.Start(b)
 	s := openRedis(b, srv, storage.RedisOptions{Timeout: time.Second})
 	c := srv.Client(b)
@@ -85,16 +87,16 @@ func benchRedis(b *testing.B, mk func() []storage.Request) {
 
 // BenchmarkRedisTake is one limit per request.
 func BenchmarkRedisTake(b *testing.B) {
-	benchRedis(b, func() []storage.Request {
-		return []storage.Request{{Counter: "route:api", Limit: benchLimit, Cost: 1}}
+	benchRedis(b, func() []store.Request {
+		return []store.Request{{Counter: "route:api", Limit: benchLimit, Cost: 1}}
 	})
 }
 
 // BenchmarkRedisTakeThree is three limits per request (global, route,
 // daily quota), all or nothing, in one script.
 func BenchmarkRedisTakeThree(b *testing.B) {
-	benchRedis(b, func() []storage.Request {
-		return []storage.Request{
+	benchRedis(b, func() []store.Request {
+		return []store.Request{
 			{Counter: "global:api", Limit: benchLimit, Cost: 1},
 			{Counter: "route:r1:per_user", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1 << 30, Rate: 1000, Window: time.Second}, Cost: 1},
 			{Counter: "global:quota", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}, Cost: 1},
@@ -106,16 +108,26 @@ func BenchmarkRedisTakeThree(b *testing.B) {
 // down (on_error deny): no network, no wait.
 func BenchmarkRedisDown(b *testing.B) {
 	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{"127.0.0.1:1"}}, 50*time.Millisecond)
-	s, err := storage.NewRedis(client, storage.RedisOptions{OnError: storage.Deny, RetryInterval: time.Hour})
+	s, err := storage.NewRedis(client, storage.RedisOptions{OnError: store.Deny, RetryInterval: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
 	_ = s.Ping(context.Background())
-	reqs := []storage.Request{{Counter: "route:api", Key: "k", Limit: benchLimit, Cost: 1}}
+	reqs := []store.Request{{Counter: "route:api", Key: "k", Limit: benchLimit, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = s.Take(context.Background(), time.Now(), reqs, res)
 	}
+}
+
+var benchLimit = limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Hour}
+
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "203.0.113." + strconv.Itoa(i%256) + "/" + strconv.Itoa(i)
+	}
+	return keys
 }

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // In a Cluster, a script may only touch the keys of one hash slot. The
@@ -36,7 +37,7 @@ type slotRun struct {
 
 // decideSlots runs one script per hash slot, by deadline; it returns the server's time
 // when a calendar window must be computed again.
-func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int64, reqs []Request, results []limiter.Result, sc *redisScratch) (int64, error) {
+func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int64, reqs []store.Request, results []limiter.Result, sc *redisScratch) (int64, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	runs := s.groupBySlot(sc, len(reqs))
@@ -58,17 +59,17 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 			failure = r.err
 			continue
 		}
-		if t, ok := boundsReply(r.reply); ok {
+		if t, ok := store.BoundsReply(r.reply); ok {
 			serverNow = t
 			continue
 		}
-		rest, err := parseResults(r.reply, reqs, r.idx, results, sc.bounds)
+		rest, err := store.ParseResults(r.reply, reqs, r.idx, results, sc.bounds)
 		if err != nil {
 			failure = err
 			continue
 		}
 		r.states = rest
-		if passes(reqs, results, r.idx) {
+		if store.Passes(reqs, results, r.idx) {
 			committed = append(committed, g)
 		} else {
 			pass = false
@@ -84,7 +85,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 	if serverNow != 0 {
 		return serverNow, nil
 	}
-	allOrNothing(reqs, results[:len(reqs)])
+	store.AllOrNothing(reqs, results[:len(reqs)])
 	return 0, nil
 }
 
@@ -118,25 +119,25 @@ func (s *Redis) groupBySlot(sc *redisScratch, n int) []slotRun {
 // undo takes back what the committed slots counted. It has a timeout of
 // its own: the decision's may be spent, and an undo that does not land
 // leaves units taken until the window ends.
-func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, sc *redisScratch, runs []slotRun, committed []int) {
+func (s *Redis) undo(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result, sc *redisScratch, runs []slotRun, committed []int) {
 	if len(committed) == 0 {
 		return
 	}
 	var undos []slotRun
 	for _, g := range committed {
 		r := &runs[g]
-		if len(r.states) != 2*stateLen*len(r.idx) {
-			s.undoFailed(errBadReply)
+		if len(r.states) != 2*store.StateLen*len(r.idx) {
+			s.undoFailed(store.ErrBadReply)
 			continue
 		}
-		state := func(j int) string { return r.states[j*stateLen : (j+1)*stateLen] }
+		state := func(j int) string { return r.states[j*store.StateLen : (j+1)*store.StateLen] }
 		var (
 			out    slotRun
 			fields []string // the fields undone, with their keys' index
 			keyOf  []int
 			states []string
 		)
-		head := appendInt(nil, s.scriptNow(now))
+		head := store.AppendInt(nil, s.scriptNow(now))
 		for j, i := range r.idx {
 			if !results[i].Allowed {
 				continue
@@ -169,7 +170,7 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results
 				k = len(out.keys) - 1
 			}
 			li := r.idx[last]
-			head = appendLimit(head, k+1, &reqs[li].Limit, cost, false, sc.bounds[li][0], sc.bounds[li][1])
+			head = store.AppendLimit(head, k+1, &reqs[li].Limit, cost, false, sc.bounds[li][0], sc.bounds[li][1])
 			fields, keyOf = append(fields, field), append(keyOf, k)
 			states = append(states, state(2*first), state(2*last+1))
 		}
@@ -193,9 +194,7 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []Request, results
 }
 
 func (s *Redis) undoFailed(err error) {
-	now := s.mono()
-	last := s.lastWarn.Load()
-	if last != 0 && now-last < int64(WarnInterval) || !s.lastWarn.CompareAndSwap(last, now) {
+	if !s.undoWarn.Allow(time.Now(), store.WarnInterval) {
 		return
 	}
 	s.logger.Load().Warn("redis rate-limit storage could not take back the units of a request denied in another Cluster slot; they count until their window ends",
@@ -234,9 +233,6 @@ func (s *Redis) pipeline(ctx context.Context, runs []slotRun, sc *script) {
 		runs[i].reply, runs[i].err = runs[i].cmd.Text()
 	}
 }
-
-// stateLen is the size of a key's state in Redis (see luaCommon).
-const stateLen = 41
 
 // keySlot is the Cluster hash slot of a key whose hash tag is tag: CRC-16
 // (XMODEM) modulo 16384, as Redis computes it.

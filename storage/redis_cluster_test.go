@@ -18,7 +18,8 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
 // cluster is a three-master Redis Cluster on loopback ports.
@@ -150,8 +151,8 @@ func TestRedisCluster(t *testing.T) {
 	})
 
 	t.Run("conformance", func(t *testing.T) {
-		storetest.Run(t, func(t *testing.T, now func() time.Time) storage.Store {
-			return c.open(t, storage.RedisOptions{LocalClock: true, Now: now, Prefix: storetest.Prefix(t)})
+		storetest.Run(t, func(t *testing.T, now func() time.Time) store.Store {
+			return c.open(t, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
 		})
 	})
 
@@ -159,7 +160,7 @@ func TestRedisCluster(t *testing.T) {
 		prefix := storetest.Prefix(t)
 		a := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix})
 		b := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix})
-		storetest.Exact(t, []storage.Store{a, b}, 16, 40)
+		storetest.Exact(t, []store.Store{a, b}, 16, 40)
 	})
 
 	t.Run("admin and invalidation", func(t *testing.T) {
@@ -174,7 +175,7 @@ func TestRedisCluster(t *testing.T) {
 		l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
 		now := storetest.Base.Add(time.Second)
 		for _, key := range []string{"a", "client-7", "zz"} {
-			req := []storage.Request{{Counter: "c", Key: key, Limit: l, Cost: 1}, {Counter: "d", Key: key + "/2", Limit: l, Cost: 1}}
+			req := []store.Request{{Counter: "c", Key: key, Limit: l, Cost: 1}, {Counter: "d", Key: key + "/2", Limit: l, Cost: 1}}
 			res := make([]limiter.Result, 2)
 			for range 2 {
 				if err := b.Take(ctx, now, req[:1], res); err != nil {
@@ -229,7 +230,7 @@ func TestRedisCluster(t *testing.T) {
 		s := c.open(t, storage.RedisOptions{Prefix: storetest.Prefix(t)})
 		keys := clientsOnDistinctMasters(t, cc, 3)
 		daily := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 4, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}
-		reqs := []storage.Request{
+		reqs := []store.Request{
 			{Counter: "anchored", Key: keys[0], Limit: limiter.Limit{Algorithm: limiter.AnchoredWindow, Quota: 100, Window: time.Hour}, Cost: 1},
 			{Counter: "daily", Key: keys[1], Limit: daily, Cost: 1},
 			{Counter: "daily", Key: keys[2], Limit: daily, Cost: 1},
@@ -279,7 +280,7 @@ func testCrossSlot(t *testing.T, c *cluster, cc *redis.ClusterClient) {
 		t.Run(name, func(t *testing.T) {
 			prefix := storetest.Prefix(t)
 			s := c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix})
-			reqs := []storage.Request{
+			reqs := []store.Request{
 				{Counter: "loose", Key: keys[0], Limit: loose, Cost: 1},
 				{Counter: "tight", Key: keys[1], Limit: tight, Cost: 1},
 				{Counter: "loose2", Key: keys[2], Limit: loose, Cost: 1},
@@ -296,7 +297,7 @@ func testCrossSlot(t *testing.T, c *cluster, cc *redis.ClusterClient) {
 			}
 			stored := func() []string {
 				var v []string
-				for _, r := range []storage.Request{reqs[0], reqs[2]} {
+				for _, r := range []store.Request{reqs[0], reqs[2]} {
 					s, err := cc.HGet(ctx, redisKey(prefix, r.Key), r.Counter).Result()
 					if err != nil {
 						t.Fatal(err)
@@ -342,7 +343,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 	keys := clientsOnDistinctMasters(t, cc, 3)
 	rng := rand.New(rand.NewPCG(3, 5))
 	for round := range 6 {
-		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
+		mem := store.NewMemory(store.MemoryOptions{})
 		red := c.open(t, storage.RedisOptions{LocalClock: true, NoLocalDenials: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {
@@ -351,7 +352,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 		now := storetest.Base.Add(time.Duration(rng.IntN(100000)) * time.Second)
 		for step := range 120 {
 			now = now.Add(time.Duration(rng.IntN(4)) * time.Second * time.Duration(rng.IntN(3)))
-			var reqs []storage.Request
+			var reqs []store.Request
 			used := map[string]bool{}
 			for range 1 + rng.IntN(4) {
 				li, k := rng.IntN(len(limits)), keys[rng.IntN(len(keys))]
@@ -362,7 +363,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 					continue
 				}
 				used[counter+k] = true
-				reqs = append(reqs, storage.Request{Counter: counter, Key: k, Limit: limits[li],
+				reqs = append(reqs, store.Request{Counter: counter, Key: k, Limit: limits[li],
 					Cost: 1 + int64(rng.IntN(2)), DryRun: rng.IntN(6) == 0})
 			}
 			if rng.IntN(5) == 0 {
@@ -398,7 +399,7 @@ func testCrossSlotMatchesMemory(t *testing.T, c *cluster, cc *redis.ClusterClien
 func testCrossSlotExact(t *testing.T, c *cluster, cc *redis.ClusterClient) {
 	keys := clientsOnDistinctMasters(t, cc, 2)
 	prefix := storetest.Prefix(t)
-	stores := []storage.Store{
+	stores := []store.Store{
 		c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix}),
 		c.open(t, storage.RedisOptions{LocalClock: true, Prefix: prefix}),
 	}
@@ -416,7 +417,7 @@ func testCrossSlotExact(t *testing.T, c *cluster, cc *redis.ClusterClient) {
 		t.Run(l.Algorithm.String(), func(t *testing.T) {
 			tight := l
 			tight.Quota = 23
-			reqs := []storage.Request{
+			reqs := []store.Request{
 				{Counter: "loose:" + l.Algorithm.String(), Key: keys[0], Limit: l, Cost: 1},
 				{Counter: "tight:" + l.Algorithm.String(), Key: keys[1], Limit: tight, Cost: 1},
 			}
@@ -424,7 +425,7 @@ func testCrossSlotExact(t *testing.T, c *cluster, cc *redis.ClusterClient) {
 			var wg sync.WaitGroup
 			for w := range 12 {
 				wg.Add(1)
-				go func(s storage.Store) {
+				go func(s store.Store) {
 					defer wg.Done()
 					res := make([]limiter.Result, 2)
 					for range 30 {
@@ -446,10 +447,10 @@ func testCrossSlotExact(t *testing.T, c *cluster, cc *redis.ClusterClient) {
 				}(stores[w%2])
 			}
 			wg.Wait()
-			left := func(r storage.Request) int64 {
+			left := func(r store.Request) int64 {
 				res := make([]limiter.Result, 1)
 				for n := int64(0); n <= r.Limit.Quota; n++ {
-					if err := counter.Take(ctx, now, []storage.Request{r}, res); err != nil {
+					if err := counter.Take(ctx, now, []store.Request{r}, res); err != nil {
 						t.Fatal(err)
 					}
 					if !res[0].Allowed {

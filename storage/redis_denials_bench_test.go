@@ -8,6 +8,7 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // BenchmarkRedisLocalDenial is a client over its limit answered from the
@@ -17,7 +18,7 @@ func BenchmarkRedisLocalDenial(b *testing.B) {
 	s := openRedis(b, srv, storage.RedisOptions{Timeout: time.Second})
 	waitLocalDenials(b, s, true)
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
-	reqs := []storage.Request{{Counter: "route:api", Key: "k", Limit: l, Cost: 1}}
+	reqs := []store.Request{{Counter: "route:api", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	ctx := context.Background()
 	for range 2 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // Undoing a take on a key others changed since: the units come out of the
@@ -111,7 +112,7 @@ func TestUndoOfATouchedKey(t *testing.T) {
 				t.Fatal(err)
 			}
 			now := t0 + tc.nowOffset
-			head := appendLimit(appendInt(nil, now), 1, &tc.limit, tc.cost, false, 0, 0)
+			head := store.AppendLimit(store.AppendInt(nil, now), 1, &tc.limit, tc.cost, false, 0, 0)
 			runs := []slotRun{{keys: []string{key}, argv: []string{string(head), "counter", "", tc.after}}}
 			s.pipeline(ctx, runs, undoScript)
 			if runs[0].err != nil {
@@ -140,7 +141,7 @@ func st(start, count, prev int64, debt float64, expires, denied int64) string {
 
 // unpackState shows a state for a failure message.
 func unpackState(v string) string {
-	if len(v) != stateLen {
+	if len(v) != store.StateLen {
 		return fmt.Sprintf("%q", v)
 	}
 	b := []byte(v)

@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/edgelimit/caddy-edgelimit/internal/throttle"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // go-redis logs its connection troubles (a failed dial, a pool that gives
@@ -22,7 +22,7 @@ import (
 // warnings during an outage.
 type redisLog struct {
 	logger  atomic.Pointer[zap.Logger]
-	limit   throttle.Log
+	limit   store.Throttle
 	dropped atomic.Int64
 }
 

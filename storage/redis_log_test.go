@@ -15,7 +15,8 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
 // TestGoRedisLogsThroughTheStore: go-redis wrote raw lines to stderr
@@ -64,7 +65,7 @@ func goRedisLogChild(t *testing.T) {
 	res := make([]limiter.Result, 1)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && logs.FilterLoggerName("go-redis").Len() == 0 {
-		_ = s.Take(context.Background(), storetest.Base, []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}, res)
+		_ = s.Take(context.Background(), storetest.Base, []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}, res)
 	}
 	for _, e := range logs.All() {
 		os.Stdout.WriteString("LOGGED " + e.LoggerName + ": " + e.Message + "\n")

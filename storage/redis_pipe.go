@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // pipe sends the decisions that queue up concurrently to Redis together:
@@ -253,15 +255,15 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
 			}
 		}
 	}
-	b := appendInt(w.spec[:0], 0)
-	b = appendInt(b, int64(len(calls)))
+	b := store.AppendInt(w.spec[:0], 0)
+	b = store.AppendInt(b, int64(len(calls)))
 	for _, c := range calls {
-		b = appendInt(b, c.now)
-		b = appendInt(b, int64(len(c.fields)))
+		b = store.AppendInt(b, c.now)
+		b = store.AppendInt(b, int64(len(c.fields)))
 		for r := 0; r+40 <= len(c.spec); r += 40 {
 			code := int64(binary.LittleEndian.Uint64(c.spec[r:]))
 			k := w.index[c.keys[code/256-1]]
-			b = appendInt(b, int64(k)*256+code%256)
+			b = store.AppendInt(b, int64(k)*256+code%256)
 			b = append(b, c.spec[r+8:r+40]...)
 		}
 	}
@@ -315,7 +317,7 @@ func split(s batchScript) {
 			n += 40 * len(c.fields)
 		}
 		if len(reply) < n {
-			c.err = errBadReply
+			c.err = store.ErrBadReply
 			reply = ""
 			continue
 		}

@@ -24,7 +24,8 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
 func TestMain(m *testing.M) {
@@ -61,8 +62,8 @@ func openRedis(t testing.TB, srv *redistest.Server, o storage.RedisOptions) *sto
 
 // localClock opens a store on the shared server that decides with the time
 // given to Take, as the conformance table needs.
-func localClock(t *testing.T, now func() time.Time) storage.Store {
-	return openRedis(t, redistest.Shared(t), storage.RedisOptions{LocalClock: true, Now: now, Prefix: storetest.Prefix(t)})
+func localClock(t *testing.T, now func() time.Time) store.Store {
+	return openRedis(t, redistest.Shared(t), storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
 }
 
 func TestRedisConformance(t *testing.T) {
@@ -76,7 +77,7 @@ func TestRedisExactUnderConcurrency(t *testing.T) {
 	prefix := storetest.Prefix(t)
 	a := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
 	b := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
-	storetest.Exact(t, []storage.Store{a, b}, 16, 40)
+	storetest.Exact(t, []store.Store{a, b}, 16, 40)
 }
 
 // The same, with Redis's clock: instances agree whatever their own clocks
@@ -99,7 +100,7 @@ func TestRedisExactWithServerClock(t *testing.T) {
 			}
 			res := make([]limiter.Result, 1)
 			for range 20 {
-				req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+				req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 				if err := s.Take(context.Background(), time.Now().Add(skew), req, res); err != nil {
 					t.Error(err)
 					return
@@ -137,7 +138,7 @@ func TestRedisServerClock(t *testing.T) {
 	bogus := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 	admitted := 0
 	for range 20 {
-		req := []storage.Request{{Counter: "fixed", Key: "k", Limit: l, Cost: 1}}
+		req := []store.Request{{Counter: "fixed", Key: "k", Limit: l, Cost: 1}}
 		if err := s.Take(context.Background(), bogus, req, res); err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +169,7 @@ func TestRedisCalendarFollowsServerClock(t *testing.T) {
 	c := srv.Client(t)
 	ctx := context.Background()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}
-	req := []storage.Request{{Counter: "daily", Key: "k", Limit: l, Cost: 1}}
+	req := []store.Request{{Counter: "daily", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	if t0, err := c.Time(ctx).Result(); err != nil {
 		t.Fatal(err)
@@ -217,9 +218,9 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 		{Algorithm: limiter.GCRA, Quota: 5, Rate: 5, Window: time.Minute},
 		{Algorithm: limiter.FixedWindow, Quota: 5, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()},
 	}
-	var reqs []storage.Request
+	var reqs []store.Request
 	for i, l := range limits {
-		reqs = append(reqs, storage.Request{Counter: fmt.Sprintf("g/l%d/%s#0", i, l.Algorithm), Key: secret, Limit: l, Cost: 1})
+		reqs = append(reqs, store.Request{Counter: fmt.Sprintf("g/l%d/%s#0", i, l.Algorithm), Key: secret, Limit: l, Cost: 1})
 	}
 	res := make([]limiter.Result, len(reqs))
 	if err := s.Take(ctx, time.Now(), reqs, res); err != nil {
@@ -281,9 +282,9 @@ func TestRedisOneScriptPerRequest(t *testing.T) {
 		{"three clients", []string{"ip", "user", "org"}},
 	} {
 		t.Run(c3.name, func(t *testing.T) {
-			var reqs []storage.Request
+			var reqs []store.Request
 			for i, l := range limits {
-				reqs = append(reqs, storage.Request{Counter: fmt.Sprint(c3.name, i), Key: c3.clients[i], Limit: l, Cost: 1})
+				reqs = append(reqs, store.Request{Counter: fmt.Sprint(c3.name, i), Key: c3.clients[i], Limit: l, Cost: 1})
 			}
 			res := make([]limiter.Result, len(reqs))
 			// The first decision loads the script (NOSCRIPT, then EVAL).
@@ -339,7 +340,7 @@ func TestRedisScriptFlush(t *testing.T) {
 	c := srv.Client(t)
 	ctx := context.Background()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
-	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	for want := int64(2); want >= 0; want-- {
 		if err := c.ScriptFlush(ctx).Err(); err != nil {
@@ -360,7 +361,7 @@ func TestRedisScriptFlush(t *testing.T) {
 func TestRedisPipelinedDecisions(t *testing.T) {
 	srv := redistest.Start(t)
 	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Timeout: 30 * time.Millisecond,
-		RetryInterval: time.Millisecond, OnError: storage.Deny})
+		RetryInterval: time.Millisecond, OnError: store.Deny})
 	c := srv.Client(t)
 	ctx := context.Background()
 	const (
@@ -395,7 +396,7 @@ func TestRedisPipelinedDecisions(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: quota(g), Window: time.Hour}
-			req := []storage.Request{{Counter: "c", Key: fmt.Sprint("client-", g), Limit: l, Cost: 1}}
+			req := []store.Request{{Counter: "c", Key: fmt.Sprint("client-", g), Limit: l, Cost: 1}}
 			res := make([]limiter.Result, 1)
 			last := quota(g)
 			for tries := 1; tries <= 10*rounds && ok[g] < rounds && time.Now().Before(deadline); tries++ {
@@ -439,7 +440,7 @@ func TestRedisCloseWhileDeciding(t *testing.T) {
 	srv := redistest.Start(t)
 	before := runtime.NumGoroutine()
 	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{fmt.Sprint("127.0.0.1:", srv.Port())}}, time.Second)
-	s, err := storage.NewRedis(client, storage.RedisOptions{LocalClock: true, Timeout: time.Second, OnError: storage.Deny})
+	s, err := storage.NewRedis(client, storage.RedisOptions{LocalClock: true, Timeout: time.Second, OnError: store.Deny})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,7 +451,7 @@ func TestRedisCloseWhileDeciding(t *testing.T) {
 	done := make(chan error, 16)
 	for g := range 16 {
 		go func() {
-			req := []storage.Request{{Counter: "c", Key: fmt.Sprint("k", g), Limit: l, Cost: 1}}
+			req := []store.Request{{Counter: "c", Key: fmt.Sprint("k", g), Limit: l, Cost: 1}}
 			done <- s.Take(context.Background(), storetest.Base, req, make([]limiter.Result, 1))
 		}()
 	}
@@ -488,7 +489,7 @@ func TestRedisForeignValues(t *testing.T) {
 	c := srv.Client(t)
 	ctx := context.Background()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
-	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	if err := s.Take(ctx, storetest.Base, req, res); err != nil {
 		t.Fatal(err)
@@ -529,20 +530,20 @@ func packedState(start, count, prev int64, debt float64, expires int64, denied b
 // Requests the script could not compute are refused before Redis, without
 // counting as a Redis failure.
 func TestRedisRejectsBadLimits(t *testing.T) {
-	s := openRedis(t, redistest.Shared(t), storage.RedisOptions{OnError: storage.Deny})
+	s := openRedis(t, redistest.Shared(t), storage.RedisOptions{OnError: store.Deny})
 	res := make([]limiter.Result, 1)
-	for _, r := range []storage.Request{
+	for _, r := range []store.Request{
 		{Counter: "c", Key: "k", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3}, Cost: 1},
 		{Counter: "c", Key: "k", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 3, Window: time.Second}, Cost: 1},
 		{Counter: "c", Key: "k", Limit: limiter.Limit{Quota: 3, Window: time.Second}, Cost: 1},
 		{Counter: "c", Key: "k", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Second}, Cost: 0},
 	} {
-		err := s.Take(context.Background(), storetest.Base, []storage.Request{r}, res)
-		if err == nil || errors.Is(err, storage.ErrUnavailable) {
+		err := s.Take(context.Background(), storetest.Base, []store.Request{r}, res)
+		if err == nil || errors.Is(err, store.ErrUnavailable) {
 			t.Errorf("%+v: error %v", r, err)
 		}
 	}
-	if err := s.Take(context.Background(), storetest.Base, make([]storage.Request, 2), res); !errors.Is(err, storage.ErrTooFewResults) {
+	if err := s.Take(context.Background(), storetest.Base, make([]store.Request, 2), res); !errors.Is(err, store.ErrTooFewResults) {
 		t.Fatalf("short results: %v", err)
 	}
 }
@@ -557,12 +558,12 @@ func TestRedisOptions(t *testing.T) {
 		t.Fatal("nil client accepted")
 	}
 	for _, s := range []string{"allow", "deny", "local"} {
-		p, err := storage.ParseOnError(s)
+		p, err := store.ParseOnError(s)
 		if err != nil || p.String() != s {
 			t.Fatalf("%s: %v %v", s, p, err)
 		}
 	}
-	if _, err := storage.ParseOnError("panic"); err == nil {
+	if _, err := store.ParseOnError("panic"); err == nil {
 		t.Fatal("on_error panic accepted")
 	}
 }
@@ -576,7 +577,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 	srv := redistest.Shared(t)
 	rng := rand.New(rand.NewPCG(7, 11))
 	for round := range 12 {
-		mem := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
+		mem := store.NewMemory(store.MemoryOptions{})
 		red := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: true, Prefix: storetest.Prefix(t)})
 		var limits []limiter.Limit
 		for range 4 {
@@ -586,10 +587,10 @@ func TestRedisMatchesMemory(t *testing.T) {
 		for step := range 150 {
 			now = now.Add(time.Duration(rng.IntN(4)) * time.Second * time.Duration(rng.IntN(3)))
 			n := 1 + rng.IntN(3)
-			reqs := make([]storage.Request, n)
+			reqs := make([]store.Request, n)
 			for j := range reqs {
 				li := rng.IntN(len(limits))
-				reqs[j] = storage.Request{
+				reqs[j] = store.Request{
 					Counter: fmt.Sprintf("c%d", li),
 					Key:     []string{"a", "b"}[rng.IntN(2)],
 					Limit:   limits[li],
@@ -658,18 +659,18 @@ func commandStats(t testing.TB, c *redis.Client) map[string]int64 {
 }
 
 // checkPolicy checks what a store with policy answers while Redis is down.
-func checkPolicy(t *testing.T, policy storage.OnError, err error, res []limiter.Result, local *int) {
+func checkPolicy(t *testing.T, policy store.OnError, err error, res []limiter.Result, local *int) {
 	t.Helper()
 	switch policy {
-	case storage.Allow:
-		if err == nil || errors.Is(err, storage.ErrUnavailable) {
+	case store.Allow:
+		if err == nil || errors.Is(err, store.ErrUnavailable) {
 			t.Fatalf("on_error allow: error %v, want one that lets the request through", err)
 		}
-	case storage.Deny:
-		if !errors.Is(err, storage.ErrUnavailable) {
+	case store.Deny:
+		if !errors.Is(err, store.ErrUnavailable) {
 			t.Fatalf("on_error deny: error %v, want ErrUnavailable", err)
 		}
-	case storage.Local:
+	case store.Local:
 		if err != nil {
 			t.Fatalf("on_error local: %v", err)
 		}
@@ -689,7 +690,7 @@ const answerBound = 2 * time.Second
 // down, every answer comes within the bound, the store recovers by itself,
 // and nothing leaks.
 func TestRedisFaults(t *testing.T) {
-	for _, policy := range []storage.OnError{storage.Allow, storage.Deny, storage.Local} {
+	for _, policy := range []store.OnError{store.Allow, store.Deny, store.Local} {
 		t.Run(policy.String(), func(t *testing.T) {
 			srv := redistest.Start(t)
 			goroutines := runtime.NumGoroutine()
@@ -698,7 +699,7 @@ func TestRedisFaults(t *testing.T) {
 			})
 			ctx := context.Background()
 			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
-			req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+			req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 			res := make([]limiter.Result, 1)
 			take := func() error {
 				t.Helper()
@@ -733,7 +734,7 @@ func TestRedisFaults(t *testing.T) {
 			if d := time.Since(start); d > answerBound {
 				t.Fatalf("Refund took %s", d)
 			}
-			if policy == storage.Local {
+			if policy == store.Local {
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -822,12 +823,12 @@ func TestRedisBlackHole(t *testing.T) {
 	// Without local denials: their invalidation subscription is a
 	// connection of its own (TestRedisLocalDenialsNeedSubscription), and
 	// this test counts the decisions' connections.
-	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: storage.Deny, RetryInterval: time.Hour, NoLocalDenials: true})
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: store.Deny, RetryInterval: time.Hour, NoLocalDenials: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
-	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	for range 50 {
 		start := time.Now()
@@ -835,7 +836,7 @@ func TestRedisBlackHole(t *testing.T) {
 		if d := time.Since(start); d > answerBound {
 			t.Fatalf("Take took %s", d)
 		}
-		if !errors.Is(err, storage.ErrUnavailable) {
+		if !errors.Is(err, store.ErrUnavailable) {
 			t.Fatalf("error %v, want ErrUnavailable", err)
 		}
 	}
@@ -852,7 +853,7 @@ func TestRedisBlackHole(t *testing.T) {
 func TestRedisFlappingUnderLoad(t *testing.T) {
 	srv := redistest.Start(t)
 	s := openRedis(t, srv, storage.RedisOptions{
-		LocalClock: true, OnError: storage.Local, Timeout: 200 * time.Millisecond, RetryInterval: 20 * time.Millisecond,
+		LocalClock: true, OnError: store.Local, Timeout: 200 * time.Millisecond, RetryInterval: 20 * time.Millisecond,
 	})
 	l := limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1000, Rate: 1000, Window: time.Second}
 	stop := make(chan struct{})
@@ -863,7 +864,7 @@ func TestRedisFlappingUnderLoad(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			res := make([]limiter.Result, 2)
-			reqs := []storage.Request{
+			reqs := []store.Request{
 				{Counter: "a", Key: fmt.Sprint("k", w%3), Limit: l, Cost: 1},
 				{Counter: "b", Key: "shared", Limit: l, Cost: 1},
 			}
@@ -907,8 +908,8 @@ func TestRedisLocalDenials(t *testing.T) {
 	ctx := context.Background()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute}
 	other := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour}
-	req := func(lim limiter.Limit, cost int64) []storage.Request {
-		return []storage.Request{
+	req := func(lim limiter.Limit, cost int64) []store.Request {
+		return []store.Request{
 			{Counter: "minute", Key: "k", Limit: lim, Cost: cost},
 			{Counter: "hour", Key: "k", Limit: other, Cost: 1},
 		}
@@ -921,7 +922,7 @@ func TestRedisLocalDenials(t *testing.T) {
 		}
 		now := storetest.Base.Add(10 * time.Second)
 		res := make([]limiter.Result, 2)
-		take := func(reqs []storage.Request) {
+		take := func(reqs []store.Request) {
 			t.Helper()
 			if err := s.Take(ctx, now, reqs, res); err != nil {
 				t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // RedisErrorKind classifies the errors of a Redis store for its metrics: a
@@ -56,7 +58,7 @@ func ClassifyRedisError(err error) (RedisErrorKind, bool) {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.Is(err, redis.ErrPoolTimeout), errors.As(err, &ne) && ne.Timeout():
 		return RedisTimeout, true
-	case errors.Is(err, errBadReply), errors.Is(err, errCalendarMoving):
+	case errors.Is(err, store.ErrBadReply), errors.Is(err, store.ErrCalendarMoving):
 		return RedisScript, true
 	case errors.Is(err, redis.ErrClosed), errors.Is(err, net.ErrClosed),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
@@ -81,7 +83,7 @@ type RedisStats struct {
 	Errors [NumRedisErrorKinds]uint64
 	// OnError counts the decisions (Takes) made by the failure policy while
 	// Redis could not decide, by OnError (Allow, Deny, Local).
-	OnError [Local + 1]uint64
+	OnError [store.Local + 1]uint64
 	// LocalDenials counts the decisions denied from the memory of denials,
 	// without a round trip.
 	LocalDenials uint64
@@ -94,9 +96,7 @@ type RedisStats struct {
 // redisStats are the atomic counters behind RedisStats: one add on the
 // paths that count, nothing on the others.
 type redisStats struct {
-	errors       [NumRedisErrorKinds]atomic.Uint64
-	onError      [Local + 1]atomic.Uint64
-	localDenials atomic.Uint64
+	errors [NumRedisErrorKinds]atomic.Uint64
 }
 
 func (st *redisStats) countError(err error) {
@@ -111,13 +111,11 @@ func (s *Redis) Stats() RedisStats {
 	for i := range out.Errors {
 		out.Errors[i] = s.stats.errors[i].Load()
 	}
-	for i := range out.OnError {
-		out.OnError[i] = s.stats.onError[i].Load()
-	}
-	out.LocalDenials = s.stats.localDenials.Load()
-	if s.local != nil {
-		out.LocalKeys = s.local.Len()
-		out.LocalEvictions = s.local.Evictions()
+	out.OnError = s.policy.OnErrors()
+	out.LocalDenials = s.policy.LocalDenials()
+	if s.policy.Local != nil {
+		out.LocalKeys = s.policy.Local.Len()
+		out.LocalEvictions = s.policy.Local.Evictions()
 	}
 	return out
 }

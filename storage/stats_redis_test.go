@@ -12,13 +12,14 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
 // The Redis store counts local denials, its errors by kind when its
 // redis-server is killed, and each decision of its on_error policy.
 func TestRedisStats(t *testing.T) {
-	for _, policy := range []storage.OnError{storage.Allow, storage.Deny, storage.Local} {
+	for _, policy := range []store.OnError{store.Allow, store.Deny, store.Local} {
 		t.Run(policy.String(), func(t *testing.T) {
 			srv := redistest.Start(t)
 			s := openRedis(t, srv, storage.RedisOptions{
@@ -29,7 +30,7 @@ func TestRedisStats(t *testing.T) {
 			waitLocalDenials(t, s, true)
 			ctx := context.Background()
 			l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
-			req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+			req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 			res := make([]limiter.Result, 1)
 			for range 4 { // allowed, denied by Redis, denied here twice
 				if err := s.Take(ctx, storetest.Base, req, res); err != nil {
@@ -41,7 +42,7 @@ func TestRedisStats(t *testing.T) {
 				t.Fatalf("before the fault: %+v", st)
 			}
 			srv.Stop()
-			other := []storage.Request{{Counter: "c", Key: "other", Limit: l, Cost: 1}}
+			other := []store.Request{{Counter: "c", Key: "other", Limit: l, Cost: 1}}
 			const down = 5
 			for range down {
 				_ = s.Take(ctx, storetest.Base, other, res)
@@ -55,14 +56,14 @@ func TestRedisStats(t *testing.T) {
 			}
 			for p := range st.OnError {
 				want := uint64(0)
-				if storage.OnError(p) == policy {
+				if store.OnError(p) == policy {
 					want = down
 				}
 				if st.OnError[p] != want {
-					t.Errorf("on_error %s: %d, want %d", storage.OnError(p), st.OnError[p], want)
+					t.Errorf("on_error %s: %d, want %d", store.OnError(p), st.OnError[p], want)
 				}
 			}
-			if policy == storage.Local && st.LocalKeys != 1 {
+			if policy == store.Local && st.LocalKeys != 1 {
 				t.Errorf("local keys: %d", st.LocalKeys)
 			}
 		})
@@ -97,19 +98,19 @@ func TestRedisStatsTimeout(t *testing.T) {
 		conns.Wait()
 	}()
 	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{ln.Addr().String()}}, 100*time.Millisecond)
-	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: storage.Allow, RetryInterval: time.Hour})
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 100 * time.Millisecond, OnError: store.Allow, RetryInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
-	req := []storage.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
 	res := make([]limiter.Result, 1)
 	for range 3 {
 		_ = s.Take(context.Background(), time.Now(), req, res)
 	}
 	st := s.Stats()
-	if st.Errors[storage.RedisTimeout] != 1 || st.Errors[storage.RedisConnection] != 0 || st.OnError[storage.Allow] != 3 {
+	if st.Errors[storage.RedisTimeout] != 1 || st.Errors[storage.RedisConnection] != 0 || st.OnError[store.Allow] != 3 {
 		t.Fatalf("%+v", st)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/edgelimit/caddy-edgelimit/store"
 	"io"
 	"net"
 	"os"
@@ -38,7 +39,7 @@ func TestClassifyRedisError(t *testing.T) {
 		{io.EOF, RedisConnection, true},
 		{redis.ErrClosed, RedisConnection, true},
 		{syscall.ECONNRESET, RedisConnection, true},
-		{errBadReply, RedisScript, true},
+		{store.ErrBadReply, RedisScript, true},
 		{redisReplyError("ERR user_script:1: Script attempted to access nonexistent global variable"), RedisScript, true},
 		{redisReplyError("ERR Error running script (call to f_x): @user_script:1: oops"), RedisScript, true},
 		{redisReplyError("WRONGPASS invalid username-password pair"), RedisOther, true},

@@ -3,286 +3,390 @@ package edgelimit
 import (
 	"errors"
 	"fmt"
-	"net/http"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
-// compiledLimit is a Limit ready for the request path.
-type compiledLimit struct {
-	name     string
-	keys     []source
-	counters []string // one per key source: sources never share a counter
-	limit    limiter.Limit
-	tierName string // the tier reported for limit ("" when untiered)
-	tierSrc  *source
-	tiers    map[string]*tierNumbers
-	cost     int64
-	dryRun   bool
-	exempt   []string
-	status   int      // 0: the middleware's
-	body     template // nil: the middleware's
+// Config is the middleware's dynamic configuration. Traefik decodes it from
+// YAML, TOML, labels or a CRD with mapstructure; names match
+// case-insensitively (limits, ipStrategy). An option this schema does not
+// have is refused, naming it: Traefik hands a plugin what it was given,
+// and a misspelled option would silently do nothing. Each struct keeps
+// what mapstructure did not place in its Unknown field for that check.
+type Config struct {
+	// Limits by name. Every limit whose key is present applies to the
+	// request: it passes only if each allows it, and a denied request
+	// consumes nothing. A limit's name identifies its counter: limits of
+	// the same name share one counter in every middleware (and in the
+	// Caddy instances sharing the Redis) that declares them alike.
+	Limits map[string]*Limit `json:"limits,omitempty"`
+
+	// Status of a denial: 429 (default), or any 4xx/5xx (420, 400, 503).
+	Status int `json:"status,omitempty"`
+
+	// Headers: "x-ratelimit" (default: X-RateLimit-Limit, -Remaining and
+	// -Reset in unix seconds, for the most constraining limit),
+	// "ratelimit" (the IETF RateLimit and RateLimit-Policy fields, one item
+	// per limit), "both" or "none".
+	Headers string `json:"headers,omitempty"`
+
+	// TimeHeader adds X-RateLimit-Time, the reported limit's window in
+	// seconds.
+	TimeHeader bool `json:"timeHeader,omitempty"`
+
+	// DryRun counts and sends headers, never denies; would-be denials are
+	// logged.
+	DryRun bool `json:"dryRun,omitempty"`
+
+	// Body is the denial's body template: {edge_limit.*} placeholders and
+	// request placeholders ({http.request.uri.path}, {header.X}...), as in
+	// the Caddy module. Default: {"status":429,"error":"Rate limit
+	// exceeded, try again in N seconds"}.
+	Body string `json:"body,omitempty"`
+
+	// ContentType of the body. Default application/json; a JSON body has
+	// its values JSON-escaped.
+	ContentType string `json:"contentType,omitempty"`
+
+	// ShowKey is how {edge_limit.key}, logs and events show a client's
+	// key: "hashed" (default: 16 hex digits of its SHA-256) or "raw".
+	ShowKey string `json:"showKey,omitempty"`
+
+	// KeySecret makes the hashed keys an HMAC-SHA256 with this secret (at
+	// least 16 bytes), as the Caddy module's key_secret: the same secret
+	// at both edges shows the same client alike.
+	KeySecret string `json:"keySecret,omitempty"`
+
+	// IPStrategy says how the "ip" key source finds the client's address,
+	// as Traefik's ipStrategy: by default the connection's remote address.
+	IPStrategy *IPStrategy `json:"ipStrategy,omitempty"`
+
+	// Credentials is a static map of known credentials, for the
+	// "credential" key and tier sources.
+	Credentials *Credentials `json:"credentials,omitempty"`
+
+	// Storage keeps the counters: memory (default) or Redis.
+	Storage *Storage `json:"storage,omitempty"`
+
+	// Notify posts the first denial of a client in a window to a webhook,
+	// as the Caddy module's edge_limit.exceeded event.
+	Notify *Notify `json:"notify,omitempty"`
+
+	// Now replaces the clock, for tests. Traefik's configuration cannot set
+	// it.
+	Now func() time.Time `json:"-" mapstructure:"-"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-type tierNumbers struct {
-	name  string
-	limit limiter.Limit
+// Limit is one rate limit or quota.
+type Limit struct {
+	// Key lists the key sources that identify the client, most specific
+	// first; the first present one is used, and each source counts apart.
+	// Sources: header:<Name>, query:<name>, cookie:<name>, ip (with
+	// ipStrategy), remote (the connection's address), bearer (the token of
+	// Authorization: Bearer), credential (the id of a known credential),
+	// const:<text> (every request shares it). When none is present the
+	// limit does not apply. Default: [ip].
+	Key []string `json:"key,omitempty"`
+
+	// The limit's numbers (see Numbers); with tiers, those of clients in
+	// no known tier.
+	Algorithm string    `json:"algorithm,omitempty"`
+	Limit     int64     `json:"limit,omitempty"`
+	Window    string    `json:"window,omitempty"`
+	Refill    int64     `json:"refill,omitempty"`
+	Offset    string    `json:"offset,omitempty"`
+	Split     string    `json:"split,omitempty"`
+	Calendar  *Calendar `json:"calendar,omitempty"`
+
+	// Tier is the source of the client's tier: header:<Name> (set by a
+	// forwardAuth middleware before this one) or credential.
+	Tier string `json:"tier,omitempty"`
+	// Tiers maps tier names to their numbers: one algorithm, one counter
+	// per client, whatever its tier.
+	Tiers map[string]*Numbers `json:"tiers,omitempty"`
+	// DefaultTier names the tier of clients in no known tier.
+	DefaultTier string `json:"defaultTier,omitempty"`
+
+	// Cost is the units each request takes. Default 1.
+	Cost int64 `json:"cost,omitempty"`
+
+	// Scope is "global" (default: the counter is the limit's name, shared
+	// with every middleware and Caddy global limit of that name) or
+	// "middleware" (this middleware counts alone).
+	Scope string `json:"scope,omitempty"`
+
+	// Exempt names limits that do not apply to a request this limit
+	// applies to, here and in the edgelimit middlewares after this one.
+	Exempt []string `json:"exempt,omitempty"`
+
+	// Status and Body override the middleware's for this limit's denials.
+	Status int    `json:"status,omitempty"`
+	Body   string `json:"body,omitempty"`
+
+	// DryRun counts and reports this limit but never denies for it.
+	DryRun bool `json:"dryRun,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-// compileLimit checks a limit and prepares it. Its counters are named as
-// the Caddy module names a global limit's ("g/<name>/<algorithm>#<source
-// index>"), so that a Caddy instance whose global limit of the same name
-// has the same algorithm and key sources in the same order shares them
-// through Redis; a middleware-scoped limit's are "m/<middleware>/...".
-func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, error) {
-	if err := checkName(name); err != nil {
-		return nil, err
-	}
-	cost := l.Cost
-	if cost == 0 {
-		cost = 1
-	}
-	if cost < 1 || cost > limiter.MaxQuota {
-		return nil, fmt.Errorf("cost must be between 1 and %d, got %d", int64(limiter.MaxQuota), cost)
-	}
-	if l.Status != 0 {
-		if err := checkStatus(l.Status); err != nil {
-			return nil, err
-		}
-	}
-	cl := &compiledLimit{name: name, cost: cost, dryRun: l.DryRun, status: l.Status}
-	if l.Body != "" {
-		cl.body = parseTemplate(l.Body)
-	}
-	for _, e := range l.Exempt {
-		if err := checkName(e); err != nil {
-			return nil, fmt.Errorf("exempt: %w", err)
-		}
-		if e == name {
-			return nil, errors.New("a limit cannot exempt itself")
-		}
-	}
-	cl.exempt = l.Exempt
-	if err := cl.compileNumbers(l); err != nil {
-		return nil, err
-	}
-	if err := cl.checkCost(); err != nil {
-		return nil, err
-	}
-	keys := l.Key
-	if len(keys) == 0 {
-		keys = []string{"ip"}
-	}
-	var base string
-	switch l.Scope {
-	case "", "global":
-		base = "g/" + name + "/" + cl.limit.Algorithm.String()
-	case "middleware":
-		base = "m/" + middleware + "/" + name + "/" + cl.limit.Algorithm.String()
-	default:
-		return nil, fmt.Errorf("scope %q: want global or middleware", l.Scope)
-	}
-	for i, k := range keys {
-		src, err := parseSource(k, false)
-		if err != nil {
-			return nil, fmt.Errorf("key %q: %w", k, err)
-		}
-		cl.keys = append(cl.keys, src)
-		cl.counters = append(cl.counters, base+"#"+strconv.Itoa(i))
-	}
-	return cl, nil
+// Numbers are an algorithm and its figures.
+type Numbers struct {
+	// Algorithm: fixed_window (default), anchored_window, sliding_window,
+	// token_bucket or gcra.
+	Algorithm string `json:"algorithm,omitempty"`
+	// Limit is the requests per window, the bucket's capacity
+	// (token_bucket) or the burst (gcra).
+	Limit int64 `json:"limit,omitempty"`
+	// Window: "10s", "1m", "1h", "1d"; a plain number is seconds. For
+	// buckets, the period in which Refill units come back.
+	Window string `json:"window,omitempty"`
+	// Refill is the units added per Window (token_bucket; gcra defaults to
+	// Limit).
+	Refill int64 `json:"refill,omitempty"`
+	// Offset moves clock-aligned windows: a 1d window with offset 6h
+	// resets at 06:00 UTC.
+	Offset string `json:"offset,omitempty"`
+	// Split enforces the window's limit in equal shorter windows.
+	Split string `json:"split,omitempty"`
+	// Calendar makes a quota: per day, week or month.
+	Calendar *Calendar `json:"calendar,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-// numbers returns the limit's own numbers.
-func (l *Limit) numbers() *Numbers {
-	return &Numbers{Algorithm: l.Algorithm, Limit: l.Limit, Window: l.Window, Refill: l.Refill,
-		Offset: l.Offset, Split: l.Split, Calendar: l.Calendar}
+// Calendar is a quota's calendar window.
+type Calendar struct {
+	// Period: day, week (from Monday) or month.
+	Period string `json:"period,omitempty"`
+	// At is the reset time of day, HH:MM (default 00:00).
+	At string `json:"at,omitempty"`
+	// TimeZone is an IANA name (default UTC).
+	TimeZone string `json:"timeZone,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-// checkCost refuses a cost that no request could ever pay, as the Caddy
-// module does: more units than the limit (or one of its tiers) holds would
-// deny every request, with a Retry-After that never comes true.
-func (cl *compiledLimit) checkCost() error {
-	if cl.cost > cl.limit.Quota {
-		return fmt.Errorf("cost %d is larger than the limit of %d: every request would be denied", cl.cost, cl.limit.Quota)
-	}
-	for _, name := range sortedTiers(cl.tiers) {
-		if t := cl.tiers[name]; cl.cost > t.limit.Quota {
-			return fmt.Errorf("cost %d is larger than the limit of %d of tier %q: its requests would all be denied", cl.cost, t.limit.Quota, name)
+// IPStrategy finds the client's address in X-Forwarded-For, as Traefik's
+// ipStrategy does. Without Depth or ExcludedIPs the remote address is the
+// client: a header the client can write is never trusted by default.
+type IPStrategy struct {
+	// Depth takes the Depth-th address from the right of X-Forwarded-For
+	// (1: the one the nearest proxy added). When the header holds fewer,
+	// the remote address is used.
+	Depth int `json:"depth,omitempty"`
+	// ExcludedIPs are addresses or CIDR ranges of proxies: the client is
+	// the rightmost address of X-Forwarded-For not in them. Ignored with
+	// Depth.
+	ExcludedIPs []string `json:"excludedIPs,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
+}
+
+// Credentials are the known credentials of a static map.
+type Credentials struct {
+	// From is the source of the credential: header:<Name>, query:<name>,
+	// cookie:<name> or bearer.
+	From string `json:"from,omitempty"`
+	// Clients maps each known credential to its client.
+	Clients map[string]*Client `json:"clients,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
+}
+
+// Client is what a known credential stands for.
+type Client struct {
+	// ID identifies the client (the "credential" key source); several
+	// credentials of one client share its counters. Default: the
+	// credential itself.
+	ID string `json:"id,omitempty"`
+	// Tier is the client's tier (the "credential" tier source).
+	Tier string `json:"tier,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
+}
+
+// CreateConfig returns the default configuration.
+func CreateConfig() *Config {
+	return &Config{}
+}
+
+// checkUnknown refuses the options that no field of the configuration
+// took, at every level, naming each with its path, and the option meant
+// when it is a near miss ("algoritm": algorithm).
+func (c *Config) checkUnknown() error {
+	var errs []string
+	add := func(path string, unknown map[string]interface{}, of interface{}) {
+		for _, k := range sortedKeys(unknown) {
+			msg := "unknown option " + path + k
+			if near := nearest(k, optionNames(of)); near != "" {
+				msg += " (did you mean " + near + "?)"
+			}
+			errs = append(errs, msg)
 		}
 	}
-	return nil
+	add("", c.Unknown, c)
+	for _, name := range sortedLimits(c.Limits) {
+		l := c.Limits[name]
+		if l == nil {
+			continue
+		}
+		p := "limits." + name + "."
+		add(p, l.Unknown, l)
+		if l.Calendar != nil {
+			add(p+"calendar.", l.Calendar.Unknown, l.Calendar)
+		}
+		for _, tier := range sortedTiers(l.Tiers) {
+			if n := l.Tiers[tier]; n != nil {
+				add(p+"tiers."+tier+".", n.Unknown, n)
+				if n.Calendar != nil {
+					add(p+"tiers."+tier+".calendar.", n.Calendar.Unknown, n.Calendar)
+				}
+			}
+		}
+	}
+	if c.IPStrategy != nil {
+		add("ipStrategy.", c.IPStrategy.Unknown, c.IPStrategy)
+	}
+	if c.Credentials != nil {
+		add("credentials.", c.Credentials.Unknown, c.Credentials)
+		for _, cl := range c.Credentials.Clients {
+			if cl != nil {
+				// The credential itself is a secret: not in the message.
+				add("credentials.clients.<credential>.", cl.Unknown, cl)
+			}
+		}
+	}
+	if c.Storage != nil {
+		add("storage.", c.Storage.Unknown, c.Storage)
+		if c.Storage.Redis != nil {
+			add("storage.redis.", c.Storage.Redis.Unknown, c.Storage.Redis)
+		}
+	}
+	if c.Notify != nil {
+		add("notify.", c.Notify.Unknown, c.Notify)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "; "))
 }
 
-func sortedTiers(tiers map[string]*tierNumbers) []string {
-	names := make([]string, 0, len(tiers))
-	for name := range tiers {
-		names = append(names, name)
+// optionNames are the names of the options of a configuration struct, as
+// documented (their json names).
+func optionNames(of interface{}) []string {
+	t := reflect.TypeOf(of)
+	if t.Kind() == reflect.Ptr {
+		t = t.Elem()
 	}
-	sort.Strings(names)
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
 	return names
 }
 
-// compileNumbers resolves the limit's own numbers and its tiers, as the
-// Caddy module does.
-func (cl *compiledLimit) compileNumbers(l *Limit) error {
-	hasOwn := l.Limit != 0 || l.Calendar != nil || l.Algorithm != ""
-	if len(l.Tiers) == 0 {
-		if l.Tier != "" || l.DefaultTier != "" {
-			return errors.New("tier and defaultTier need tiers")
-		}
-		lim, err := l.numbers().compile()
-		if err != nil {
-			return err
-		}
-		cl.limit = lim
-		return nil
-	}
-	if l.Tier == "" {
-		return errors.New("tiers need a tier source to choose between them (tier: header:<Name> or credential)")
-	}
-	src, err := parseSource(l.Tier, true)
-	if err != nil {
-		return fmt.Errorf("tier %q: %w", l.Tier, err)
-	}
-	cl.tierSrc = &src
-	cl.tiers = make(map[string]*tierNumbers, len(l.Tiers))
-	names := make([]string, 0, len(l.Tiers))
-	for name := range l.Tiers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		n := l.Tiers[name]
-		if n == nil {
-			return fmt.Errorf("tier %q has no numbers", name)
-		}
-		merged := *n
-		// Offset and split alone are what tiers inherit, not numbers.
-		if merged.Offset == "" && merged.Calendar == nil {
-			merged.Offset = l.Offset
-		}
-		if merged.Split == "" && merged.Calendar == nil {
-			merged.Split = l.Split
-		}
-		lim, err := merged.compile()
-		if err != nil {
-			return fmt.Errorf("tier %q: %w", name, err)
-		}
-		cl.tiers[name] = &tierNumbers{name: name, limit: lim}
-	}
-	switch {
-	case l.DefaultTier != "":
-		if hasOwn {
-			return errors.New("give either defaultTier or the limit's own numbers for unknown tiers, not both")
-		}
-		t, ok := cl.tiers[l.DefaultTier]
-		if !ok {
-			return fmt.Errorf("defaultTier %q is not one of the tiers", l.DefaultTier)
-		}
-		cl.limit, cl.tierName = t.limit, t.name
-	case hasOwn:
-		lim, err := l.numbers().compile()
-		if err != nil {
-			return err
-		}
-		cl.limit, cl.tierName = lim, "default"
-	default:
-		return errors.New("clients in no known tier need numbers: give defaultTier or the limit's own numbers")
-	}
-	for _, name := range names {
-		t := cl.tiers[name]
-		if t.limit.Algorithm != cl.limit.Algorithm {
-			return fmt.Errorf("tier %q uses %s but the limit uses %s: all tiers share one counter, so one algorithm",
-				t.name, t.limit.Algorithm, cl.limit.Algorithm)
+// nearest is the name of names closest to k, if it is close: at most two
+// edits away, case aside.
+func nearest(k string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		if d := editDistance(strings.ToLower(k), strings.ToLower(n)); d < bestD {
+			best, bestD = n, d
 		}
 	}
-	return nil
+	return best
 }
 
-// compile turns the numbers into a validated limiter.Limit.
-func (n *Numbers) compile() (limiter.Limit, error) {
-	algo := limiter.FixedWindow
-	if n.Algorithm != "" {
-		a, err := limiter.ParseAlgorithm(n.Algorithm)
-		if err != nil {
-			return limiter.Limit{}, err
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			v := prev[j] + 1
+			if cur[j-1]+1 < v {
+				v = cur[j-1] + 1
+			}
+			if prev[j-1]+cost < v {
+				v = prev[j-1] + cost
+			}
+			cur[j] = v
 		}
-		algo = a
+		prev, cur = cur, prev
 	}
-	window, err := parseDuration("window", n.Window)
-	if err != nil {
-		return limiter.Limit{}, err
+	return prev[len(b)]
+}
+
+func sortedKeys(m map[string]interface{}) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	offset, err := parseDuration("offset", n.Offset)
-	if err != nil {
-		return limiter.Limit{}, err
+	sort.Strings(keys)
+	return keys
+}
+
+func sortedLimits(m map[string]*Limit) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	split, err := parseDuration("split", n.Split)
-	if err != nil {
-		return limiter.Limit{}, err
+	sort.Strings(keys)
+	return keys
+}
+
+func sortedTiers(m map[string]*Numbers) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	lim := limiter.Limit{Algorithm: algo, Quota: n.Limit, Window: window, Rate: n.Refill, Offset: offset}
-	if algo == limiter.GCRA && lim.Rate == 0 {
-		lim.Rate = lim.Quota
+	sort.Strings(keys)
+	return keys
+}
+
+// numbers reads a limit's own numbers.
+func (l *Limit) numbers() (policy.Numbers, error) {
+	n := Numbers{Algorithm: l.Algorithm, Limit: l.Limit, Window: l.Window, Refill: l.Refill,
+		Offset: l.Offset, Split: l.Split, Calendar: l.Calendar}
+	return n.spec()
+}
+
+// spec reads the numbers, their durations parsed.
+func (n *Numbers) spec() (policy.Numbers, error) {
+	out := policy.Numbers{Algorithm: n.Algorithm, Limit: n.Limit, Refill: n.Refill}
+	var err error
+	if out.Window, err = parseDuration("window", n.Window); err != nil {
+		return out, err
+	}
+	if out.Offset, err = parseDuration("offset", n.Offset); err != nil {
+		return out, err
+	}
+	if out.Split, err = parseDuration("split", n.Split); err != nil {
+		return out, err
 	}
 	if n.Calendar != nil {
-		cal, err := n.Calendar.compile()
-		if err != nil {
-			return limiter.Limit{}, err
-		}
-		if window != 0 || offset != 0 || split != 0 {
-			return limiter.Limit{}, errors.New("a calendar quota takes no window, offset or split")
-		}
-		lim.Calendar = cal
+		out.Calendar = &policy.Calendar{Period: n.Calendar.Period, At: n.Calendar.At, TimeZone: n.Calendar.TimeZone}
 	}
-	if split != 0 {
-		switch {
-		case algo == limiter.TokenBucket || algo == limiter.GCRA:
-			return limiter.Limit{}, errors.New("split goes with windows, not buckets")
-		case split <= 0 || split >= lim.Window || lim.Window%split != 0:
-			return limiter.Limit{}, fmt.Errorf("split %s must divide the window %s into equal parts", split, lim.Window)
-		}
-		lim.Quota = lim.Quota * int64(split) / int64(lim.Window)
-		lim.Window = split
-		if lim.Quota < 1 {
-			return limiter.Limit{}, fmt.Errorf("split %s leaves less than one request per part of %d per %s", split, n.Limit, window)
-		}
-	}
-	if err := lim.Validate(); err != nil {
-		return limiter.Limit{}, err
-	}
-	return lim, nil
-}
-
-func (c *Calendar) compile() (limiter.Calendar, error) {
-	p, err := limiter.ParsePeriod(c.Period)
-	if err != nil {
-		return nil, err
-	}
-	cw := limiter.CalendarWindow{Period: p, Location: time.UTC}
-	if c.TimeZone != "" {
-		loc, err := time.LoadLocation(c.TimeZone)
-		if err != nil {
-			return nil, fmt.Errorf("time zone %q: %w", c.TimeZone, err)
-		}
-		cw.Location = loc
-	}
-	if c.At != "" {
-		t, err := time.Parse("15:04", c.At)
-		if err != nil {
-			return nil, fmt.Errorf("reset time %q: want HH:MM", c.At)
-		}
-		cw.At = time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
-	}
-	if err := cw.Validate(); err != nil {
-		return nil, err
-	}
-	return cw.Cached(), nil
+	return out, nil
 }
 
 // parseDuration reads a Go duration ("1m30s"), days ("1d", "7d"), or a
@@ -310,46 +414,4 @@ func parseDuration(what, s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s %q: want a duration such as 10s, 1m, 1h or 1d", what, s)
 	}
 	return d, nil
-}
-
-// numbersFor returns the numbers for the request's tier, and the tier name.
-func (cl *compiledLimit) numbersFor(r *http.Request, cred *Client) (*limiter.Limit, string) {
-	if cl.tierSrc != nil {
-		if t, ok := cl.tiers[cl.tierSrc.tier(r, cred)]; ok {
-			return &t.limit, t.name
-		}
-	}
-	return &cl.limit, cl.tierName
-}
-
-// usesCredentials tells whether a key or tier source is "credential".
-func (cl *compiledLimit) usesCredentials() bool {
-	for _, k := range cl.keys {
-		if k.kind == srcCredential {
-			return true
-		}
-	}
-	return cl.tierSrc != nil && cl.tierSrc.kind == srcCredential
-}
-
-func checkName(name string) error {
-	if name == "" {
-		return errors.New("a limit needs a name")
-	}
-	if len(name) > 64 {
-		return fmt.Errorf("name %q is longer than 64 bytes", name)
-	}
-	for _, c := range name {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return fmt.Errorf("name %q: use letters, digits, '_', '-' and '.'", name)
-		}
-	}
-	return nil
-}
-
-func checkStatus(n int) error {
-	if n < 400 || n > 599 {
-		return fmt.Errorf("status %d: a denial needs a 4xx or 5xx status", n)
-	}
-	return nil
 }

@@ -9,8 +9,87 @@ import (
 	"net/textproto"
 	"strings"
 
-	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 )
+
+// compiledLimit is a Limit ready for the request path: the shared core's
+// limit (package policy), and where the plugin reads its keys and tier.
+type compiledLimit struct {
+	*policy.Limit
+	keys    []source
+	tierSrc *source
+}
+
+// compileLimit checks a limit and prepares it. Its counters are named as
+// the Caddy module names a global limit's ("g/<name>/<algorithm>#<source
+// index>"), so that a Caddy instance whose global limit of the same name
+// has the same algorithm and key sources in the same order shares them
+// through Redis; a middleware-scoped limit's are "m/<middleware>/...".
+func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, error) {
+	keys := l.Key
+	if len(keys) == 0 {
+		keys = []string{"ip"}
+	}
+	var scope string
+	switch l.Scope {
+	case "", "global":
+		scope = "g"
+	case "middleware":
+		scope = "m/" + middleware
+	default:
+		return nil, fmt.Errorf("scope %q: want global or middleware", l.Scope)
+	}
+	numbers, err := l.numbers()
+	if err != nil {
+		return nil, err
+	}
+	spec := &policy.Spec{Name: name, Keys: len(keys), Numbers: numbers, Tiered: l.Tier != "", DefaultTier: l.DefaultTier,
+		Cost: l.Cost, Exempt: l.Exempt, Status: l.Status, Body: l.Body, DryRun: l.DryRun}
+	if len(l.Tiers) > 0 {
+		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
+		for tier, n := range l.Tiers {
+			var t *policy.Numbers
+			if n != nil {
+				v, err := n.spec()
+				if err != nil {
+					return nil, fmt.Errorf("tier %q: %w", tier, err)
+				}
+				t = &v
+			}
+			spec.Tiers[tier] = t
+		}
+	}
+	cl := &compiledLimit{}
+	if cl.Limit, err = policy.Compile(spec, scope); err != nil {
+		return nil, err
+	}
+	if l.Tier != "" {
+		src, err := parseSource(l.Tier, true)
+		if err != nil {
+			return nil, fmt.Errorf("tier %q: %w", l.Tier, err)
+		}
+		cl.tierSrc = &src
+	}
+	for _, k := range keys {
+		src, err := parseSource(k, false)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: %w", k, err)
+		}
+		cl.keys = append(cl.keys, src)
+	}
+	return cl, nil
+}
+
+// usesCredentials tells whether a key or tier source is "credential".
+func (cl *compiledLimit) usesCredentials() bool {
+	for _, k := range cl.keys {
+		if k.kind == srcCredential {
+			return true
+		}
+	}
+	return cl.tierSrc != nil && cl.tierSrc.kind == srcCredential
+}
 
 // source is where a key, a tier or a credential is read from.
 type source struct {

@@ -3,39 +3,37 @@ package edgelimit
 import (
 	"fmt"
 	"log"
-	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // logger writes what an operator needs to know. Yaegi hands what a plugin
 // prints with fmt.Print* to Traefik's log at debug level, and what it logs
 // with the log package at error level (os.Stdout and os.Stderr are the
-// process's own); warnings are throttled to one per warnInterval, so that
-// an outage of Redis is a line every few seconds, not one per request.
+// process's own). Warnings are throttled to one per store.WarnInterval of
+// the real clock, however many requests meet the same trouble at once, so
+// that an outage of Redis is a line every few seconds, not one per
+// request.
 type logger struct {
 	name string
-
-	mu       sync.Mutex
-	lastWarn time.Time
+	warn store.Throttle
 }
-
-const warnInterval = 5 * time.Second
 
 func newLogger(name string) *logger { return &logger{name: name} }
 
-// warnf writes a warning unless one was written less than warnInterval ago
-// (by the clock of now).
-func (l *logger) warnf(now time.Time, format string, args ...interface{}) {
-	l.mu.Lock()
-	if !l.lastWarn.IsZero() && now.Sub(l.lastWarn) < warnInterval && now.Sub(l.lastWarn) >= 0 {
-		l.mu.Unlock()
-		return
+// warnf writes a warning unless one was written less than
+// store.WarnInterval ago.
+func (l *logger) warnf(format string, args ...interface{}) {
+	if l.warn.Allow(time.Now(), store.WarnInterval) {
+		log.Printf("edgelimit %s: "+format, append([]interface{}{l.name}, args...)...)
 	}
-	l.lastWarn = now
-	l.mu.Unlock()
-	log.Printf("edgelimit %s: "+format, append([]interface{}{l.name}, args...)...)
+}
+
+// info writes a note, unthrottled.
+func (l *logger) info(msg string) {
+	fmt.Printf("edgelimit %s: %s\n", l.name, msg)
 }
 
 // firstDenial notes the first denial of a client in a window (the moment

@@ -12,8 +12,6 @@ import (
 	"net/url"
 	"sync/atomic"
 	"time"
-
-	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
 // Notify posts the first denial of a client in a window to a URL, as the
@@ -27,6 +25,8 @@ type Notify struct {
 	Headers map[string]string `json:"headers,omitempty"`
 	// Timeout bounds each delivery. Default 5s.
 	Timeout string `json:"timeout,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // maxPendingEvents bounds the deliveries under way: a slow receiver costs
@@ -64,27 +64,15 @@ func compileNotify(n *Notify, middleware string) (*notifier, error) {
 	return nt, nil
 }
 
-// exceeded sends one edge_limit.exceeded event, in the background.
-func (n *notifier) exceeded(now time.Time, r *http.Request, ips *ipStrategy, limit, key, tier string, res *limiter.Result, dryRun bool) {
+// exceeded sends one edge_limit.exceeded event of data (policy.EventData),
+// in the background.
+func (n *notifier) exceeded(now time.Time, data map[string]interface{}) {
 	if atomic.AddInt32(&n.pending, 1) > maxPendingEvents {
 		atomic.AddInt32(&n.pending, -1)
 		if atomic.AddUint64(&n.dropped, 1)%100 == 1 {
 			log.Printf("edgelimit %s: events dropped: the receiver is too slow (%d so far)", n.source, atomic.LoadUint64(&n.dropped))
 		}
 		return
-	}
-	data := map[string]interface{}{
-		"limit":       limit,
-		"key":         key,
-		"tier":        tier,
-		"client_ip":   ips.clientIP(r),
-		"host":        r.Host,
-		"path":        r.URL.Path,
-		"limit_value": res.Limit,
-		"retry_after": retryAfterSeconds(res.RetryAfter),
-		"window_end":  time.UnixMicro(res.ResetAt).UTC().Format(time.RFC3339),
-		"reset":       resetUnix(res),
-		"dry_run":     dryRun,
 	}
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)

@@ -11,13 +11,16 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // A minimal Redis client: RESP2 over TCP or TLS, a bounded pool, a
 // deadline on every command. It is hand-written because no Redis client
 // library runs under Traefik's Yaegi interpreter (go-redis needs unsafe,
 // which Traefik does not give plugins), and this plugin needs four
-// commands: AUTH, SELECT, EVALSHA and EVAL.
+// commands and a subscription: AUTH, SELECT, EVALSHA, EVAL, SUBSCRIBE and
+// PING.
 
 // respError is an error reply from Redis.
 type respError string
@@ -32,6 +35,7 @@ type respPool struct {
 	db       int
 	tls      bool
 	timeout  time.Duration
+	pingIdle time.Duration
 
 	slots chan struct{} // one token per connection in use or being made
 	idle  chan *respConn
@@ -49,33 +53,41 @@ type respConn struct {
 
 func newRespPool(o *redisOptions) *respPool {
 	return &respPool{
-		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.timeout,
+		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.timeout, pingIdle: pingIdle,
 		slots: make(chan struct{}, o.poolSize),
 		idle:  make(chan *respConn, o.poolSize),
 	}
 }
 
 // maxIdle is how long a pooled connection may stay unused before it is
-// closed instead of reused.
-const maxIdle = 5 * time.Minute
+// closed instead of reused; pingIdle how long before it is asked PING
+// before use (a Redis configured with an idle timeout closes connections
+// unused for a whole number of seconds, one at the least).
+const (
+	maxIdle  = 5 * time.Minute
+	pingIdle = time.Second
+)
 
-// do sends one command and reads its reply, by the deadline. A connection
-// that saw any error is closed, never reused: its next reply could be this
-// command's. A command is sent once and never again: a script whose reply
-// was lost may have counted, and running it again would count twice.
-func (p *respPool) do(ctx context.Context, deadline time.Time, args ...string) (interface{}, error) {
-	if err := p.acquire(ctx, deadline); err != nil {
+// do sends one command and reads its reply. It waits for a connection of
+// the pool at most the timeout (a full pool is this instance's load, not
+// Redis failing: store.ErrBusy), then for the reply at most the timeout,
+// counted from when the command is written. A connection that saw any
+// error is closed, never reused: its next reply could be this command's.
+// A command is sent once and never again: a script whose reply was lost
+// may have counted, and running it again would count twice.
+func (p *respPool) do(ctx context.Context, args []string) (interface{}, error) {
+	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer func() { <-p.slots }()
 	c := p.idleConn()
 	if c == nil {
 		var err error
-		if c, err = p.dial(deadline); err != nil {
+		if c, err = p.dial(time.Now().Add(p.timeout)); err != nil {
 			return nil, err
 		}
 	}
-	reply, err := c.roundTrip(deadline, args)
+	reply, err := c.roundTrip(time.Now().Add(p.timeout), args)
 	if err != nil {
 		c.c.Close()
 		return nil, err
@@ -106,43 +118,51 @@ func (p *respPool) put(c *respConn) {
 	}
 }
 
-// acquire takes a connection slot, waiting until the deadline.
-func (p *respPool) acquire(ctx context.Context, deadline time.Time) error {
+// acquire takes a connection slot, waiting at most the timeout.
+func (p *respPool) acquire(ctx context.Context) error {
 	select {
 	case p.slots <- struct{}{}:
 		return nil
 	default:
 	}
-	wait := time.Until(deadline)
-	if wait <= 0 {
-		return errTimeout
-	}
-	t := time.NewTimer(wait)
+	t := time.NewTimer(p.timeout)
 	defer t.Stop()
 	select {
 	case p.slots <- struct{}{}:
 		return nil
 	case <-t.C:
-		return errTimeout
+		return errPoolBusy
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-var errTimeout = errors.New("redis: timed out waiting for a connection")
+// errPoolBusy is every connection of the pool in use for the whole
+// timeout: this instance's load, not Redis failing.
+var errPoolBusy = fmt.Errorf("redis: every connection of the pool stayed busy: %w", store.ErrBusy)
 
 // idleConn returns a pooled connection that is still open, or nil. A
 // connection the server closed while it sat in the pool (a Redis restart,
-// CLIENT KILL, a server timeout) is found before a command is sent on it,
+// CLIENT KILL, its idle timeout) is found before a command is sent on it,
 // by the read that watched it; sending first and retrying after could run
-// a script twice.
+// a script twice. The server may close it while it is taken, too: a
+// connection unused for pingIdle or more is asked PING first, which may be
+// lost without harm, so that a script is sent only on a connection that
+// just answered.
 func (p *respPool) idleConn() *respConn {
 	for {
 		select {
 		case c := <-p.idle:
-			if time.Since(c.lastUsed) > maxIdle || !c.alive() {
+			idle := time.Since(c.lastUsed)
+			if idle > maxIdle || !c.alive() {
 				c.c.Close()
 				continue
+			}
+			if idle >= p.pingIdle {
+				if pong, err := c.roundTrip(time.Now().Add(p.timeout), []string{"PING"}); err != nil || pong != "PONG" {
+					c.c.Close()
+					continue
+				}
 			}
 			return c
 		default:
@@ -176,7 +196,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	var nc net.Conn
 	var err error
 	if p.tls {
-		host, _, _ := splitHostPort(p.addr)
+		host, _, _ := net.SplitHostPort(p.addr)
 		td := &tls.Dialer{NetDialer: d, Config: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}}
 		nc, err = td.Dial("tcp", p.addr)
 	} else {
@@ -207,8 +227,16 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 
 // roundTrip writes a command and reads its reply.
 func (c *respConn) roundTrip(deadline time.Time, args []string) (interface{}, error) {
-	if err := c.c.SetDeadline(deadline); err != nil {
+	if err := c.send(deadline, args); err != nil {
 		return nil, err
+	}
+	return c.read()
+}
+
+// send writes a command, by the deadline (which then bounds its reply).
+func (c *respConn) send(deadline time.Time, args []string) error {
+	if err := c.c.SetDeadline(deadline); err != nil {
+		return err
 	}
 	// One buffer, one write: under Yaegi every call into the standard
 	// library goes through reflection.
@@ -227,14 +255,8 @@ func (c *respConn) roundTrip(deadline time.Time, args []string) (interface{}, er
 		b = append(b, a...)
 		b = append(b, '\r', '\n')
 	}
-	if _, err := c.c.Write(b); err != nil {
-		return nil, err
-	}
-	first, err := c.r.ReadByte()
-	if err != nil {
-		return nil, err
-	}
-	return readReply(c.r, first, 0)
+	_, err := c.c.Write(b)
+	return err
 }
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
@@ -313,8 +335,4 @@ func readLine(r *bufio.Reader) (string, error) {
 		return "", errors.New("redis: reply line too long")
 	}
 	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), nil
-}
-
-func splitHostPort(addr string) (string, string, error) {
-	return net.SplitHostPort(addr)
 }

@@ -1,17 +1,18 @@
 package edgelimit
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // Storage says where counters live.
@@ -21,6 +22,8 @@ type Storage struct {
 	// by every edgelimit middleware of this Traefik and kept across
 	// configuration reloads.
 	Redis *RedisConfig `json:"redis,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // RedisConfig is a Redis server, as the Caddy module's redis storage.
@@ -28,7 +31,8 @@ type RedisConfig struct {
 	// Address is host:port. Default 127.0.0.1:6379 (unless URL is set).
 	Address string `json:"address,omitempty"`
 	// URL is redis://[user[:password]@]host[:port][/db], or rediss:// for
-	// TLS; instead of Address.
+	// TLS; instead of Address. The user and password are percent-decoded,
+	// as go-redis (the Caddy module's client) decodes them.
 	URL string `json:"url,omitempty"`
 	// Username and Password for Redis ACLs or requirepass.
 	Username string `json:"username,omitempty"`
@@ -38,8 +42,8 @@ type RedisConfig struct {
 	// TLS connects with TLS 1.2 or later, the server's certificate checked
 	// against the system roots.
 	TLS bool `json:"tls,omitempty"`
-	// Timeout bounds the wait for Redis on each request, from taking a
-	// connection to reading the decision. Default 100ms.
+	// Timeout bounds the wait for Redis on each request: for a connection
+	// of the pool, then for the decision. Default 100ms.
 	Timeout string `json:"timeout,omitempty"`
 	// OnError is what requests get when Redis cannot decide in time:
 	// "allow" (default: they pass unlimited), "deny" (503 with
@@ -58,60 +62,11 @@ type RedisConfig struct {
 	// DisableLocalDenials asks Redis on every request. By default, a
 	// client that Redis denied until T is denied by this instance until T
 	// without a round trip, with the same headers, as the Caddy module's
-	// local_denials on.
+	// local_denials on; an operator's reset or credit through the Caddy
+	// admin API reaches this instance too (a subscription to Redis).
 	DisableLocalDenials bool `json:"disableLocalDenials,omitempty"`
-}
 
-// request asks for Cost units of one limit for one client (the Caddy
-// module's storage.Request).
-type request struct {
-	Counter string
-	Key     string
-	Limit   limiter.Limit
-	Cost    int64
-	DryRun  bool
-}
-
-// store decides requests against shared state, all or nothing: when every
-// request that is not a dry run is allowed, each allowed one is counted;
-// otherwise nothing is, and the denials keep their mark (for FirstDenial).
-type store interface {
-	Take(ctx context.Context, now time.Time, reqs []request, results []limiter.Result) error
-	Refund(ctx context.Context, now time.Time, reqs []request) error
-}
-
-// errUnavailable is returned by a store that cannot decide and whose
-// failure policy is to deny.
-var errUnavailable = errors.New("rate-limit storage unavailable")
-
-// allOrNothing applies the all-or-nothing rule to results decided one by
-// one: it reports whether every request that is not a dry run was allowed,
-// and when one was not, it reports the allowed ones as uncounted.
-func allOrNothing(reqs []request, results []limiter.Result) bool {
-	pass := true
-	for i := range reqs {
-		if !results[i].Allowed && !reqs[i].DryRun {
-			pass = false
-		}
-	}
-	if pass {
-		return true
-	}
-	for i := range reqs {
-		if results[i].Allowed {
-			uncounted(&results[i], reqs[i].Cost)
-		}
-	}
-	return false
-}
-
-// uncounted reports what remained before a request that its own limit
-// allowed but that another limit denied.
-func uncounted(r *limiter.Result, cost int64) {
-	r.Remaining += cost
-	if r.Remaining > r.Limit {
-		r.Remaining = r.Limit
-	}
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // Stores are kept for the life of the process (Traefik gives plugins no
@@ -120,21 +75,21 @@ func uncounted(r *limiter.Result, cost int64) {
 // Redis store and its connections, across configuration reloads.
 var (
 	storesMu     sync.Mutex
-	sharedMemory *memoryStore
+	sharedMemory *store.Memory
 	redisStores  = map[string]*redisStore{}
 )
 
-// openStore returns the store for a configuration; now is set by tests
-// only, whose memory stores are their own.
-func openStore(c *Storage, now func() time.Time) (store, error) {
+// openStore returns the store for a configuration; own is set by tests,
+// whose memory stores are their own (they decide on a clock of their own).
+func openStore(c *Storage, own bool) (store.Store, error) {
 	if c == nil || c.Redis == nil {
-		if now != nil {
-			return newMemoryStore(0), nil
+		if own {
+			return store.NewMemory(store.MemoryOptions{}), nil
 		}
 		storesMu.Lock()
 		defer storesMu.Unlock()
 		if sharedMemory == nil {
-			sharedMemory = newMemoryStore(0)
+			sharedMemory = store.NewMemory(store.MemoryOptions{})
 		}
 		return sharedMemory, nil
 	}
@@ -161,28 +116,19 @@ type redisOptions struct {
 	db        int
 	tls       bool
 	timeout   time.Duration
-	onError   onError
+	onError   store.OnError
 	prefix    string
 	localTime bool
 	poolSize  int
-	// noLocalDenials turns off the memory of denials (denials.go).
+	// noLocalDenials turns off the memory of denials.
 	noLocalDenials bool
 }
 
-type onError uint8
-
-const (
-	onErrorAllow onError = iota
-	onErrorDeny
-	onErrorLocal
-)
-
 // Defaults of the Redis store, as the Caddy module's.
 const (
-	defaultRedisPrefix   = "edgelimit:"
-	defaultRedisTimeout  = 100 * time.Millisecond
-	defaultRetryInterval = time.Second
-	defaultPoolSize      = 32
+	defaultRedisPrefix  = "edgelimit:"
+	defaultRedisTimeout = 100 * time.Millisecond
+	defaultPoolSize     = 32
 )
 
 func (c *RedisConfig) options() (*redisOptions, error) {
@@ -198,7 +144,7 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	if c.Address != "" {
 		o.addr = c.Address
 	}
-	if _, _, err := splitHostPort(o.addr); err != nil {
+	if _, _, err := net.SplitHostPort(o.addr); err != nil {
 		return nil, fmt.Errorf("redis: address %q: want host:port", o.addr)
 	}
 	if c.Username != "" {
@@ -221,14 +167,12 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 		}
 		o.timeout = d
 	}
-	switch c.OnError {
-	case "", "allow":
-	case "deny":
-		o.onError = onErrorDeny
-	case "local":
-		o.onError = onErrorLocal
-	default:
-		return nil, fmt.Errorf("redis: onError %q: want allow, deny or local", c.OnError)
+	if c.OnError != "" {
+		p, err := store.ParseOnError(c.OnError)
+		if err != nil {
+			return nil, fmt.Errorf("redis: onError %w", err)
+		}
+		o.onError = p
 	}
 	if c.KeyPrefix != "" {
 		o.prefix = c.KeyPrefix
@@ -253,33 +197,35 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	return o, nil
 }
 
-// parseURL reads redis://[user[:password]@]host[:port][/db] and rediss://.
+// parseURL reads redis://[user[:password]@]host[:port][/db] and rediss://
+// with net/url: the user and password percent-decoded, as go-redis reads
+// them, so that one URL means the same credentials at both edges.
 func (o *redisOptions) parseURL(raw string) error {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	switch {
-	case !ok:
-		return fmt.Errorf("redis: url %q: want redis://host:port/db", redactURL(raw))
-	case scheme == "rediss":
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("redis: url %q: %v", redactURL(raw), errors.Unwrap(err))
+	}
+	switch u.Scheme {
+	case "rediss":
 		o.tls = true
-	case scheme != "redis":
+	case "redis":
+	default:
 		return fmt.Errorf("redis: url %q: want the redis:// or rediss:// scheme", redactURL(raw))
 	}
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		user, pass, hasPass := strings.Cut(rest[:at], ":")
-		o.username = user
-		if hasPass {
-			o.password = pass
+	if u.User != nil {
+		o.username = u.User.Username()
+		if p, ok := u.User.Password(); ok {
+			o.password = p
 		}
-		rest = rest[at+1:]
 	}
-	host, db, hasDB := strings.Cut(rest, "/")
-	if host != "" {
-		if _, _, err := splitHostPort(host); err != nil {
-			host += ":6379"
+	if host := u.Hostname(); host != "" {
+		port := u.Port()
+		if port == "" {
+			port = "6379"
 		}
-		o.addr = host
+		o.addr = net.JoinHostPort(host, port)
 	}
-	if hasDB && db != "" {
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
 		n, err := strconv.Atoi(db)
 		if err != nil || n < 0 {
 			return fmt.Errorf("redis: url %q: database %q is not a number", redactURL(raw), db)
@@ -291,16 +237,14 @@ func (o *redisOptions) parseURL(raw string) error {
 
 // redactURL hides a URL's password in messages.
 func redactURL(raw string) string {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return "(url)"
-	}
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		if user, _, hasPass := strings.Cut(rest[:at], ":"); hasPass {
-			return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
+	u, err := url.Parse(raw)
+	if err != nil {
+		if i := strings.LastIndexByte(raw, '@'); i >= 0 {
+			return "(url with credentials)"
 		}
+		return raw
 	}
-	return raw
+	return u.Redacted()
 }
 
 // id identifies a store by everything that makes it; hashed, since it

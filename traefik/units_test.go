@@ -1,15 +1,15 @@
 package edgelimit
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/policy"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 func TestParseDuration(t *testing.T) {
@@ -29,51 +29,37 @@ func TestParseDuration(t *testing.T) {
 	}
 }
 
-// TestResponsesAsCaddy: the words and rounding of the Caddy module's
-// denials (deny.go there).
-func TestResponsesAsCaddy(t *testing.T) {
-	for n, want := range map[int64]string{
-		1: "1 second", 45: "45 seconds", 60: "1 minute", 90: "1 minute 30 seconds", 3599: "59 minutes 59 seconds",
-		3600: "1 hour", 3660: "1 hour 1 minute", 86400: "1 day", 90000: "1 day 1 hour", 172799: "2 days",
-	} {
-		if got := humanSeconds(n); got != want {
-			t.Errorf("humanSeconds(%d) = %q, want %q", n, got, want)
-		}
-	}
-	for d, want := range map[time.Duration]int64{0: 1, time.Microsecond: 1, time.Second: 1, 1001 * time.Millisecond: 2, time.Minute: 60} {
-		if got := retryAfterSeconds(d); got != want {
-			t.Errorf("retryAfterSeconds(%s) = %d, want %d", d, got, want)
-		}
-	}
-	if got := resetUnix(&limiter.Result{ResetAt: 1_000_000_000_000_001}); got != 1_000_000_001 {
-		t.Errorf("resetUnix rounds up: %d", got)
-	}
-	if got := resetUnix(&limiter.Result{ResetAt: 1_000_000_000_000_000}); got != 1_000_000_000 {
-		t.Errorf("resetUnix of a whole second: %d", got)
-	}
-}
-
-func TestTemplate(t *testing.T) {
+// TestPlaceholders: the request placeholders of a body, as the Caddy
+// module's replacer has them, escaped by the policy for the body's type.
+func TestPlaceholders(t *testing.T) {
 	r := httptest.NewRequest("GET", "http://api.example:8080/v1/items/9?sid=s1", nil)
 	r.RemoteAddr = "[2001:db8::1%eth0]:443"
 	r.Header.Set("X-Name", `a"b<c>`)
-	d := &denial{status: 429, name: "calls", key: "k", tier: "BASE", retry: 75, res: &limiter.Result{Limit: 10, Remaining: 0, ResetAt: 5e6, Window: time.Minute}}
-	tmpl := parseTemplate(`{"a":{edge_limit.status},"n":"{edge_limit.name}","h":"{header.X-Name}","p":"{http.request.uri.path.1}","q":"{query.sid}","host":"{host}","ip":"{remote_host}","r":"{edge_limit.retry_after_human}","w":{edge_limit.window},"x":"{unknown.thing}","lit":"\{not}","brace":{}}`)
-	got := tmpl.render(r, d, &ipStrategy{}, escaperFor("application/json"))
+	ph := &placeholders{r: r, ips: &ipStrategy{}}
+	render := func(body, contentType string) string {
+		l := &policy.Limit{Name: "calls"}
+		p, err := policy.New([]*policy.Limit{l}, &policy.Responses{Body: body, ContentType: contentType})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := &policy.Decision{Reqs: []store.Request{{Key: "k"}}, Which: []*policy.Limit{l}, Tiers: []string{"BASE"},
+			Res: []limiter.Result{{Limit: 10, Remaining: 0, ResetAt: 5e6, Window: time.Minute, RetryAfter: 75 * time.Second}}}
+		w := httptest.NewRecorder()
+		p.Denial(d, 0).Write(w, "GET", ph, nil)
+		return w.Body.String()
+	}
+	got := render(`{"a":{edge_limit.status},"n":"{edge_limit.name}","h":"{header.X-Name}","p":"{http.request.uri.path.1}","q":"{query.sid}","host":"{host}","ip":"{remote_host}","r":"{edge_limit.retry_after_human}","w":{edge_limit.window},"x":"{unknown.thing}","lit":"\{not}","brace":{}}`, "application/json")
 	want := `{"a":429,"n":"calls","h":"a\"b\u003cc\u003e","p":"items","q":"s1","host":"api.example","ip":"2001:db8::1","r":"1 minute 15 seconds","w":60,"x":"","lit":"{not}","brace":{}}`
 	if got != want {
 		t.Errorf("render:\n got %s\nwant %s", got, want)
 	}
-	// Other content types, as the Caddy module escapes them (body.go).
 	r.Header.Set("X-Name", `a"b<c>&'d`)
 	for ct, want := range map[string]string{
 		"text/plain":               `a"b<c>&'d`,
 		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d`,
-		"application/xml":          `a&#34;b&lt;c&gt;&amp;&#39;d`,
 		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d`,
-		"application/problem+json": `a\"b\u003cc\u003e\u0026'd`,
 	} {
-		if got := parseTemplate("{header.X-Name}").render(r, d, nil, escaperFor(ct)); got != want {
+		if got := render("{header.X-Name}", ct); got != want {
 			t.Errorf("%s: got %s, want %s", ct, got, want)
 		}
 	}
@@ -158,12 +144,18 @@ func TestIPStrategy(t *testing.T) {
 }
 
 func TestRedisOptions(t *testing.T) {
+	// The password percent-decoded, as go-redis (the Caddy module's
+	// client) decodes it: one URL, one password at both edges.
 	o, err := (&RedisConfig{URL: "rediss://u:p%40ss@cache:6380/3", OnError: "local", Timeout: "250ms"}).options()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.addr != "cache:6380" || o.username != "u" || o.password != "p%40ss" || o.db != 3 || !o.tls || o.onError != onErrorLocal || o.timeout != 250*time.Millisecond {
+	if o.addr != "cache:6380" || o.username != "u" || o.password != "p@ss" || o.db != 3 || !o.tls || o.onError != store.Local || o.timeout != 250*time.Millisecond {
 		t.Errorf("%+v", o)
+	}
+	o, _ = (&RedisConfig{URL: "redis://[::1]:7000"}).options()
+	if o.addr != "[::1]:7000" {
+		t.Errorf("IPv6 address: %s", o.addr)
 	}
 	o, _ = (&RedisConfig{URL: "redis://cache"}).options()
 	if o.addr != "cache:6379" {
@@ -176,70 +168,5 @@ func TestRedisOptions(t *testing.T) {
 	}
 	if got := redactURL("redis://u:secret@h:1/0"); strings.Contains(got, "secret") {
 		t.Errorf("redactURL shows the password: %s", got)
-	}
-}
-
-// TestMemoryBounded: a flood of new keys stays within maxKeys, and expired
-// keys are swept by the requests that come later.
-func TestMemoryBounded(t *testing.T) {
-	m := newMemoryStore(memoryShards * 4)
-	clk := newClock()
-	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}
-	res := make([]limiter.Result, 1)
-	for i := 0; i < memoryShards*20; i++ {
-		_ = m.Take(context.Background(), clk.Now(), []request{{Counter: "c", Key: "k" + strconv.Itoa(i), Limit: l, Cost: 1}}, res)
-	}
-	if n := m.len(); n > memoryShards*4 {
-		t.Errorf("%d keys held, bound %d", n, memoryShards*4)
-	}
-	clk.Add(2 * sweepInterval)
-	for i := 0; i < memoryShards*20; i++ {
-		_ = m.Take(context.Background(), clk.Now(), []request{{Counter: "d", Key: "k" + strconv.Itoa(i), Limit: l, Cost: 1}}, res)
-	}
-	if n := m.len(); n > memoryShards*4 {
-		t.Errorf("after the window: %d keys held, bound %d", n, memoryShards*4)
-	}
-}
-
-// TestMemoryFloodKeepsExhaustedClients: a flood of made-up keys ten times
-// the store's bound evicts its own one-request keys, not the counters of
-// exhausted or nearly exhausted clients (the Caddy module's memory store
-// test, smaller).
-func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
-	const maxKeys, flood, clients = memoryShards * 64, memoryShards * 640, 100
-	m := newMemoryStore(maxKeys)
-	now := newClock().Now()
-	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour}
-	res := make([]limiter.Result, 1)
-	take := func(key string) bool {
-		if err := m.Take(context.Background(), now, []request{{Counter: "api", Key: key, Limit: l, Cost: 1}}, res); err != nil {
-			t.Fatal(err)
-		}
-		return res[0].Allowed
-	}
-	for c := 0; c < clients; c++ {
-		for i := 0; i < 10; i++ {
-			take("client-" + strconv.Itoa(c))
-		}
-		if take("client-" + strconv.Itoa(c)) {
-			t.Fatal("an exhausted client passed before the flood")
-		}
-		for i := 0; i < 9; i++ {
-			take("near-" + strconv.Itoa(c))
-		}
-	}
-	for i := 0; i < flood; i++ {
-		take("made-up-" + strconv.Itoa(i))
-	}
-	for c := 0; c < clients; c++ {
-		if take("client-" + strconv.Itoa(c)) {
-			t.Fatalf("exhausted client %d passed again after %d made-up keys", c, flood)
-		}
-		if !take("near-"+strconv.Itoa(c)) || take("near-"+strconv.Itoa(c)) {
-			t.Fatalf("client %d at 9 of 10 lost its count in the flood", c)
-		}
-	}
-	if n := m.len(); n > maxKeys {
-		t.Errorf("%d keys held, bound %d", n, maxKeys)
 	}
 }

@@ -12,7 +12,7 @@ import (
 // vendoredPackages are the packages of this repository the plugin imports
 // (standard library only, each Yaegi-safe), vendored: Traefik loads a
 // plugin with its dependencies.
-var vendoredPackages = []string{"limiter", "internal/httpval"}
+var vendoredPackages = []string{"limiter", "httpval", "store", "policy"}
 
 // TestVendorMatchesRepository checks that the vendored packages (the copies
 // that Traefik loads) are the repository's ../limiter and

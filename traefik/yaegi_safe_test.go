@@ -27,16 +27,17 @@ func TestYaegiSafe(t *testing.T) {
 	fset := token.NewFileSet()
 	std := importer.Default() // one instance: one time package for all
 	vendored := map[string]*types.Package{}
-	for _, pkg := range vendoredPackages {
-		path := "github.com/edgelimit/caddy-edgelimit/" + pkg
-		vendored[path] = checkDir(t, fset, filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", filepath.FromSlash(pkg)), path, std)
-	}
 	imp := importerFunc(func(path string) (*types.Package, error) {
 		if p, ok := vendored[path]; ok {
 			return p, nil
 		}
 		return std.Import(path)
 	})
+	// In the order of their imports: each sees those before it.
+	for _, pkg := range vendoredPackages {
+		path := "github.com/edgelimit/caddy-edgelimit/" + pkg
+		vendored[path] = checkDir(t, fset, filepath.Join("vendor", "github.com", "edgelimit", "caddy-edgelimit", filepath.FromSlash(pkg)), path, imp)
+	}
 	checkDir(t, fset, ".", "github.com/edgelimit/caddy-edgelimit/traefik", imp)
 }
 

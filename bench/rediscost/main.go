@@ -28,6 +28,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 var keep string
@@ -107,7 +108,7 @@ func run(n, clients, parallel int) error {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	ctx := context.Background()
 	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{addr}}, 30*time.Second)
-	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 30 * time.Second, OnError: storage.Deny})
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 30 * time.Second, OnError: store.Deny})
 	if err != nil {
 		return err
 	}
@@ -126,14 +127,14 @@ func run(n, clients, parallel int) error {
 		field(ver, "redis_version"), n, clients, parallel)
 	seen := map[string]bool{}
 	for si, sh := range shapes {
-		reqs := func(key string) []storage.Request {
-			var rs []storage.Request
+		reqs := func(key string) []store.Request {
+			var rs []store.Request
 			for i, l := range sh.limits {
 				k := key
 				if sh.other > 0 && i >= sh.other {
 					k = "ip-" + key
 				}
-				rs = append(rs, storage.Request{Counter: fmt.Sprintf("rediscost:%d", i), Key: fmt.Sprintf("s%d-%s", si, k), Limit: l, Cost: 1})
+				rs = append(rs, store.Request{Counter: fmt.Sprintf("rediscost:%d", i), Key: fmt.Sprintf("s%d-%s", si, k), Limit: l, Cost: 1})
 			}
 			return rs
 		}
@@ -166,7 +167,7 @@ func run(n, clients, parallel int) error {
 }
 
 // decide makes n decisions, parallel at once, over clients keys.
-func decide(ctx context.Context, s *storage.Redis, n, clients, parallel int, reqs func(string) []storage.Request) error {
+func decide(ctx context.Context, s *storage.Redis, n, clients, parallel int, reqs func(string) []store.Request) error {
 	errs := make(chan error, parallel)
 	for w := range parallel {
 		go func() {

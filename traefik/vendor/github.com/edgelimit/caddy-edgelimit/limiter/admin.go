@@ -113,6 +113,6 @@ func (l *Limit) Credit(s *State, now, units int64) int64 {
 		// off the count or the backlog, never below nothing.
 		l.Refund(s, now, units)
 	}
-	s.Weight = l.weight(s, now)
+	s.Weight = weight(l, s, now)
 	return given
 }

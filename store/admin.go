@@ -1,7 +1,8 @@
-package storage
+package store
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -32,7 +33,7 @@ func (m *Memory) Peek(_ context.Context, now time.Time, reqs []Request, results 
 	t := now.UnixMicro()
 	for i := range reqs {
 		r := &reqs[i]
-		h := m.hash(r)
+		h := HashRequest(m.seed, r)
 		sh := m.shardOf(h)
 		sh.mu.Lock()
 		st, _ := m.get(h, t)
@@ -45,10 +46,13 @@ func (m *Memory) Peek(_ context.Context, now time.Time, reqs []Request, results 
 // Reset implements Admin.
 func (m *Memory) Reset(_ context.Context, _ time.Time, reqs []Request) error {
 	for i := range reqs {
-		h := m.hash(&reqs[i])
+		h := HashRequest(m.seed, &reqs[i])
 		sh := m.shardOf(h)
 		sh.mu.Lock()
-		delete(sh.m, h)
+		if _, ok := sh.m[h]; ok {
+			delete(sh.m, h)
+			atomic.AddInt64(&m.keys, -1)
+		}
 		sh.mu.Unlock()
 	}
 	return nil
@@ -62,7 +66,7 @@ func (m *Memory) Credit(_ context.Context, now time.Time, reqs []Request, units 
 	t := now.UnixMicro()
 	for i := range reqs {
 		r := &reqs[i]
-		h := m.hash(r)
+		h := HashRequest(m.seed, r)
 		sh := m.shardOf(h)
 		sh.mu.Lock()
 		given[i] = 0

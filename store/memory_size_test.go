@@ -1,4 +1,4 @@
-package storage_test
+package store_test
 
 import (
 	"context"
@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
-	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
 // BenchmarkMemoryBytesPerKey inserts 1,000,000 keys into a memory store,
@@ -31,8 +31,8 @@ func BenchmarkMemoryBytesPerKey(b *testing.B) {
 		b.Run(l.Algorithm.String(), func(b *testing.B) {
 			for b.Loop() {
 				before := heapInUse()
-				m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 2 * keys, SweepInterval: time.Hour, Now: storetest.AtBase})
-				req := []storage.Request{{Counter: "c", Limit: l, Cost: 1}}
+				m := store.NewMemory(store.MemoryOptions{MaxKeys: 2 * keys, SweepInterval: time.Hour})
+				req := []store.Request{{Counter: "c", Limit: l, Cost: 1}}
 				res := make([]limiter.Result, 1)
 				for _, k := range names {
 					req[0].Key = k
@@ -44,7 +44,6 @@ func BenchmarkMemoryBytesPerKey(b *testing.B) {
 				}
 				b.ReportMetric(float64(after-before)/keys, "bytes/key")
 				runtime.KeepAlive(m)
-				m.Close()
 			}
 		})
 	}

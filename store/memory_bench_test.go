@@ -1,4 +1,4 @@
-package storage_test
+package store_test
 
 import (
 	"context"
@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
-	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
 var benchLimit = limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Window: time.Hour}
@@ -24,13 +24,12 @@ func benchKeys(n int) []string {
 
 // BenchmarkMemoryTake is one limit per request, 10,000 distinct clients.
 func BenchmarkMemoryTake(b *testing.B) {
-	m := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
-	defer m.Close()
+	m := store.NewMemory(store.MemoryOptions{})
 	keys := benchKeys(10000)
 	now := storetest.Base
 	ctx := context.Background()
 	b.Run("serial", func(b *testing.B) {
-		req := []storage.Request{{Counter: "route:api", Limit: benchLimit, Cost: 1}}
+		req := []store.Request{{Counter: "route:api", Limit: benchLimit, Cost: 1}}
 		res := make([]limiter.Result, 1)
 		b.ReportAllocs()
 		i := 0
@@ -44,7 +43,7 @@ func BenchmarkMemoryTake(b *testing.B) {
 		var seq atomic.Int64
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
-			req := []storage.Request{{Counter: "route:api", Limit: benchLimit, Cost: 1}}
+			req := []store.Request{{Counter: "route:api", Limit: benchLimit, Cost: 1}}
 			res := make([]limiter.Result, 1)
 			i := int(seq.Add(7919))
 			for pb.Next() {
@@ -59,13 +58,12 @@ func BenchmarkMemoryTake(b *testing.B) {
 // BenchmarkMemoryTakeThree is three limits per request (global, route,
 // daily quota), all-or-nothing, 10,000 distinct clients.
 func BenchmarkMemoryTakeThree(b *testing.B) {
-	m := storage.NewMemory(storage.MemoryOptions{Now: storetest.AtBase})
-	defer m.Close()
+	m := store.NewMemory(store.MemoryOptions{})
 	keys := benchKeys(10000)
 	now := storetest.Base
 	ctx := context.Background()
-	mk := func() []storage.Request {
-		return []storage.Request{
+	mk := func() []store.Request {
+		return []store.Request{
 			{Counter: "global:api", Limit: benchLimit, Cost: 1},
 			{Counter: "route:r1:per_user", Limit: limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 1 << 30, Rate: 1000, Window: time.Second}, Cost: 1},
 			{Counter: "global:quota", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1 << 40, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}, Cost: 1},

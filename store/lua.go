@@ -1,4 +1,4 @@
-package storage
+package store
 
 import (
 	"crypto/sha1"
@@ -36,7 +36,7 @@ local zero41 = string.rep('\0', 41)
 -- state decodes a stored value: start count prev debt expires denied, a
 -- fresh state for nothing, a foreign value (it may be any 41 bytes: no NaN
 -- or infinite debt that would never drain) or an expired state (as
--- storage.Memory forgets a key at its Expires, not at Redis's TTL).
+-- store.Memory forgets a key at its Expires, not at Redis's TTL).
 local function state(v, now)
   if type(v) == 'string' and #v == 41 then
     local st, c, p, d, e, x = sunpack('<i8i8i8di8B', v)
@@ -416,18 +416,18 @@ end
 return 'OK'
 `
 
-// script is a Lua script and its SHA-1, for EVALSHA.
-type script struct {
-	src string
-	sha any // boxed once: the hot path passes it to go-redis as is
+// Script is a Lua script and its SHA-1, for EVALSHA.
+type Script struct {
+	Src string
+	SHA string
 }
 
-func newScript(src string) *script {
+func newScript(src string) *Script {
 	sum := sha1.Sum([]byte(src))
-	return &script{src: src, sha: hex.EncodeToString(sum[:])}
+	return &Script{Src: src, SHA: hex.EncodeToString(sum[:])}
 }
 
-// luaRefund is limiter.Limit.Refund, as storage.Memory applies it: it gives
+// luaRefund is limiter.Limit.Refund, as store.Memory applies it: it gives
 // back what a Take counted for a request that a later handler denied, to
 // the live state of each field, in the window that is still current. KEYS
 // and ARGV are as for luaTake (the cost being what to give back); the reply
@@ -469,8 +469,11 @@ end
 return 'R'
 `
 
+// The scripts. TakeScript decides (luaTake), RefundScript gives back what
+// a take counted (luaRefund), UndoScript takes back a take of one Cluster
+// slot when another slot denied (luaUndo).
 var (
-	takeScript   = newScript(luaTake)
-	undoScript   = newScript(luaUndo)
-	refundScript = newScript(luaRefund)
+	TakeScript   = newScript(luaTake)
+	UndoScript   = newScript(luaUndo)
+	RefundScript = newScript(luaRefund)
 )

@@ -1,4 +1,4 @@
-package storage
+package store
 
 import (
 	"hash/maphash"
@@ -9,7 +9,7 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
-// denials remembers, on this instance, the keys Redis denied and until
+// Denials remembers, on this instance, the keys Redis denied and until
 // when, so that a client over its limit costs no round trip until its
 // Retry-After has passed: a flood from one client is answered here.
 //
@@ -20,15 +20,15 @@ import (
 // leaves this instance denying it until the Retry-After it was told, at
 // most one window, never admitting more than Redis would. An admin reset
 // or credit on any instance publishes an invalidation that drops every
-// local denial of every instance (clearAll), and the store uses its
-// denials only while its subscription is confirmed (redis_admin.go).
-type denials struct {
+// local denial of every instance (ClearAll), and a store uses its denials
+// only while its subscription to those is confirmed.
+type Denials struct {
 	// gen counts the invalidations: a decision records its denials only
 	// if none came since it asked Redis. Starts at 1 (0 means "do not
 	// record").
-	gen    atomic.Uint64
+	gen    uint64 // atomic
 	seed   maphash.Seed
-	shards [denialShards]denialShard
+	shards []denialShard
 	max    int // per shard
 }
 
@@ -55,27 +55,26 @@ type denial struct {
 	res   limiter.Result
 }
 
-func newDenials(max int) *denials {
+// NewDenials returns an empty memory of denials of at most max keys
+// (DefaultLocalDenials when max is 0).
+func NewDenials(max int) *Denials {
 	if max <= 0 {
 		max = DefaultLocalDenials
 	}
-	d := &denials{seed: maphash.MakeSeed(), max: max/denialShards + 1}
-	d.gen.Store(1)
+	d := &Denials{seed: maphash.MakeSeed(), max: max/denialShards + 1, gen: 1, shards: make([]denialShard, denialShards)}
 	for i := range d.shards {
 		d.shards[i].m = make(map[uint64]denial)
 	}
 	return d
 }
 
-func (d *denials) hash(r *Request) uint64 { return hashRequest(d.seed, r) }
+func (d *Denials) shard(h uint64) *denialShard { return &d.shards[h%denialShards] }
 
-func (d *denials) shard(h uint64) *denialShard { return &d.shards[h%denialShards] }
-
-// check decides reqs here when one of them is remembered as denying, with
+// Check decides reqs here when one of them is remembered as denying, with
 // the same numbers and no smaller cost, until after now: it fills results
 // as Redis would have (nothing counted; the denial's Retry-After and reset
 // counted down; the other limits as last reported) and reports true.
-func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result) bool {
+func (d *Denials) Check(now time.Time, reqs []Request, results []limiter.Result) bool {
 	t := now.UnixMicro()
 	if len(reqs) > maxBatch {
 		return false
@@ -87,13 +86,13 @@ func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result)
 	var oks [maxBatch]bool
 	denied := false
 	for i := range reqs {
-		h := d.hash(&reqs[i])
+		h := HashRequest(d.seed, &reqs[i])
 		sh := d.shard(h)
 		sh.mu.Lock()
 		ents[i], oks[i] = sh.m[h]
 		sh.mu.Unlock()
 		e := &ents[i]
-		if oks[i] && !reqs[i].DryRun && e.until > t && e.limit == reqs[i].Limit && reqs[i].Cost >= e.cost {
+		if oks[i] && !reqs[i].DryRun && e.until > t && sameLimit(&e.limit, &reqs[i].Limit) && reqs[i].Cost >= e.cost {
 			denied = true
 		}
 	}
@@ -102,7 +101,7 @@ func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result)
 	}
 	for i := range reqs {
 		e, r := &ents[i], &results[i]
-		if !oks[i] || e.limit != reqs[i].Limit {
+		if !oks[i] || !sameLimit(&e.limit, &reqs[i].Limit) {
 			// Not known here: report the limit whole, uncounted.
 			*r = limiter.Result{Allowed: true, Limit: reqs[i].Limit.Quota, Remaining: reqs[i].Limit.Quota,
 				Window: reqs[i].Limit.ResultWindow(0, 0), ResetAt: t}
@@ -111,7 +110,9 @@ func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result)
 		elapsed := time.Duration(t-e.at) * time.Microsecond
 		*r = e.res
 		r.FirstDenial = false
-		r.Reset = max(r.Reset-elapsed, 0)
+		if r.Reset -= elapsed; r.Reset < 0 {
+			r.Reset = 0
+		}
 		if e.until > t && !reqs[i].DryRun && reqs[i].Cost >= e.cost {
 			r.Allowed = false
 			r.RetryAfter = time.Duration(e.until-t) * time.Microsecond
@@ -122,9 +123,9 @@ func (d *denials) check(now time.Time, reqs []Request, results []limiter.Result)
 	return true
 }
 
-// record remembers the requests of a decision Redis denied: the denying
+// Record remembers the requests of a decision Redis denied: the denying
 // ones until their Retry-After, the others to report with them.
-func (d *denials) record(gen uint64, now time.Time, reqs []Request, results []limiter.Result) {
+func (d *Denials) Record(gen uint64, now time.Time, reqs []Request, results []limiter.Result) {
 	t := now.UnixMicro()
 	for i := range reqs {
 		r := &reqs[i]
@@ -132,10 +133,10 @@ func (d *denials) record(gen uint64, now time.Time, reqs []Request, results []li
 		if !results[i].Allowed && !r.DryRun {
 			e.until = t + results[i].RetryAfter.Microseconds()
 		}
-		h := d.hash(r)
+		h := HashRequest(d.seed, r)
 		sh := d.shard(h)
 		sh.mu.Lock()
-		if d.gen.Load() != gen {
+		if atomic.LoadUint64(&d.gen) != gen {
 			// An invalidation came since Redis decided: clearAll
 			// raises gen before it locks the shards, so what is not
 			// written here is either dropped by it or never written.
@@ -150,11 +151,11 @@ func (d *denials) record(gen uint64, now time.Time, reqs []Request, results []li
 	}
 }
 
-// forget drops what is remembered of reqs' keys (a refund gave units back:
+// Forget drops what is remembered of reqs' keys (a refund gave units back:
 // they may pass sooner).
-func (d *denials) forget(reqs []Request) {
+func (d *Denials) Forget(reqs []Request) {
 	for i := range reqs {
-		h := d.hash(&reqs[i])
+		h := HashRequest(d.seed, &reqs[i])
 		sh := d.shard(h)
 		sh.mu.Lock()
 		delete(sh.m, h)
@@ -162,16 +163,26 @@ func (d *denials) forget(reqs []Request) {
 	}
 }
 
-// generation is the count of invalidations so far.
-func (d *denials) generation() uint64 { return d.gen.Load() }
+// sameLimit compares two limits field by field: == on structs with an
+// interface field is not something Yaegi is known to get right.
+func sameLimit(a, b *limiter.Limit) bool {
+	return a.Algorithm == b.Algorithm && a.Quota == b.Quota && a.Window == b.Window &&
+		a.Rate == b.Rate && a.Offset == b.Offset && a.Calendar == b.Calendar
+}
 
-// clearAll drops every remembered denial (an invalidation).
-func (d *denials) clearAll() {
-	d.gen.Add(1)
+// Generation is the count of invalidations so far: a decision records its
+// denials with the generation read before it asked the server.
+func (d *Denials) Generation() uint64 { return atomic.LoadUint64(&d.gen) }
+
+// ClearAll drops every remembered denial (an invalidation).
+func (d *Denials) ClearAll() {
+	atomic.AddUint64(&d.gen, 1)
 	for i := range d.shards {
 		sh := &d.shards[i]
 		sh.mu.Lock()
-		clear(sh.m)
+		for h := range sh.m {
+			delete(sh.m, h)
+		}
 		sh.mu.Unlock()
 	}
 }
@@ -179,7 +190,7 @@ func (d *denials) clearAll() {
 // makeRoom drops the entries over among a sample of the shard, or else
 // one of the sample: the shard's lock is held, and Take's check waits on
 // it, so the scan is bounded as the memory store's is.
-func (d *denials) makeRoom(sh *denialShard, t int64) {
+func (d *Denials) makeRoom(sh *denialShard, t int64) {
 	var victim uint64
 	dropped, seen := false, 0
 	for h, e := range sh.m {

@@ -1,4 +1,4 @@
-// Package storetest is the conformance suite every storage.Store passes: one
+// Package storetest is the conformance suite every store.Store passes: one
 // table of algorithm cases, window edges, all-or-nothing decisions and
 // concurrency, run against the memory store and against Redis alike.
 //
@@ -19,7 +19,7 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
-	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // Base is the time the cases start at: a Monday, midnight UTC, the first
@@ -286,20 +286,20 @@ func Prefix(t testing.TB) string {
 // Run runs every case against a store from open. now is the clock of the
 // case (each step's time), for a store that reads a clock of its own: a
 // memory store's sweeper.
-func Run(t *testing.T, open func(t *testing.T, now func() time.Time) storage.Store) {
+func Run(t *testing.T, open func(t *testing.T, now func() time.Time) store.Store) {
 	for i, c := range Cases() {
 		t.Run(c.Name, func(t *testing.T) {
 			clk := clock.NewFake(Base)
 			s := open(t, clk.Now)
 			prefix := fmt.Sprintf("%scase%d:", Prefix(t), i)
 			for n, step := range c.Steps {
-				reqs := make([]storage.Request, len(step.Takes))
+				reqs := make([]store.Request, len(step.Takes))
 				for j, tk := range step.Takes {
 					counter := tk.Counter
 					if counter == "" {
 						counter = fmt.Sprintf("limit%d", tk.Limit)
 					}
-					reqs[j] = storage.Request{
+					reqs[j] = store.Request{
 						Counter: prefix + counter,
 						Key:     tk.Key,
 						Limit:   c.Limits[tk.Limit],
@@ -349,7 +349,7 @@ func check(t *testing.T, step, j int, got limiter.Result, w Want) {
 // (several Caddy instances sharing a backend) and checks, for every
 // algorithm, that exactly the quota is admitted, and that with two limits on
 // a request the tighter one counted exactly the requests both admitted.
-func Exact(t *testing.T, stores []storage.Store, workers, perWorker int) {
+func Exact(t *testing.T, stores []store.Store, workers, perWorker int) {
 	now := Base.Add(90 * time.Second)
 	cases := []limiter.Limit{
 		{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour},
@@ -364,7 +364,7 @@ func Exact(t *testing.T, stores []storage.Store, workers, perWorker int) {
 		t.Run(l.Algorithm.String(), func(t *testing.T) {
 			tight := l
 			tight.Quota = 37
-			reqs := []storage.Request{
+			reqs := []store.Request{
 				{Counter: prefix + "loose:" + l.Algorithm.String(), Key: "k", Limit: l, Cost: 1},
 				{Counter: prefix + "tight:" + l.Algorithm.String(), Key: "k", Limit: tight, Cost: 1},
 			}
@@ -372,7 +372,7 @@ func Exact(t *testing.T, stores []storage.Store, workers, perWorker int) {
 			var wg sync.WaitGroup
 			for w := range workers {
 				wg.Add(1)
-				go func(s storage.Store) {
+				go func(s store.Store) {
 					defer wg.Done()
 					res := make([]limiter.Result, 2)
 					for range perWorker {

@@ -1,4 +1,4 @@
-package storage
+package store
 
 import (
 	"sync"
@@ -14,7 +14,7 @@ import (
 // Redis; it is never answered "allowed" without Redis counting it. Found
 // in a Cluster test: a client admitted once over its quota.
 func TestDenialsCheckNeverAllows(t *testing.T) {
-	d := newDenials(0)
+	d := NewDenials(0)
 	now := time.Unix(1_800_000_000, 0)
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Hour}
 	reqs := []Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
@@ -25,15 +25,15 @@ func TestDenialsCheckNeverAllows(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			d.record(d.generation(), now, reqs, denied)
-			d.forget(reqs)
+			d.Record(d.Generation(), now, reqs, denied)
+			d.Forget(reqs)
 		}
 	}()
 	res := make([]limiter.Result, 1)
 	deadline := time.Now().Add(2 * time.Second)
 	for n := 0; n < 2_000_000 && time.Now().Before(deadline); n++ {
 		res[0] = limiter.Result{}
-		if d.check(now, reqs, res) && res[0].Allowed {
+		if d.Check(now, reqs, res) && res[0].Allowed {
 			stop.Store(true)
 			wg.Wait()
 			t.Fatalf("check %d answered a request allowed from local denials: %+v", n, res[0])

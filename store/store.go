@@ -1,19 +1,24 @@
-// Package storage keeps the state behind the limiter's algorithms: in
-// memory (the default, embedded) or in a shared server. A Store decides all
-// the limits of one request at once, so that a request denied by one limit
-// consumes nothing from the others, and a networked store can do it in one
-// round trip.
+// Package store keeps the state behind the limiter's algorithms, as both
+// edges of edgelimit (the Caddy module and the Traefik plugin) do it: the
+// Store interface, the memory store, and of a store on a Redis server all
+// that does not talk to Redis: the Lua scripts, the keys and the encoding
+// of their arguments and replies, the failure policy and the memory of
+// denials (Remote). A Store decides all the limits of one request at once,
+// so that a request denied by one limit consumes nothing from the others,
+// and a networked store can do it in one round trip.
 //
-// A new store implements Store, decides with limiter.Limit's arithmetic
-// through allOrNothing, and passes the conformance table of package
-// storetest (see memory_test.go); the root package makes it a Caddy module
-// in a file storage_<name>.go. Memory is memory.go; Redis is redis.go (life
-// cycle, failure policy), redis_codec.go (keys, arguments and replies),
-// redis_script.go (the Lua), redis_pipe.go (batching), redis_cluster.go
-// (requests across hash slots) and redis_admin.go (the operator's Peek, Reset
-// and Credit, and the invalidation of local denials). Admin, in admin.go, is
-// what the admin API asks of a store.
-package storage
+// The Traefik plugin runs this package in Traefik's Yaegi interpreter: it
+// imports the standard library only, and avoids what Yaegi cannot run (see
+// traefik/yaegi_safe_test.go). The Redis clients are the edges' own: the
+// Caddy module's is go-redis (package storage), the plugin's a small RESP
+// client; both send these scripts with these arguments, so that Caddy and
+// Traefik instances on one Redis share their counts exactly.
+//
+// Files: store.go (Store, Request, all or nothing), memory.go (Memory),
+// admin.go (Admin: inspect, reset, credit), denials.go (the memory of
+// denials), lua.go (the scripts), codec.go (keys, arguments, replies,
+// stored states), remote.go (the failure policy and a remote decision).
+package store
 
 import (
 	"context"
@@ -71,15 +76,28 @@ type Store interface {
 // failure policy is to deny (answered with 503 and Retry-After).
 var ErrUnavailable = errors.New("rate-limit storage unavailable")
 
-// ErrTooFewResults is returned when results is shorter than reqs.
-var ErrTooFewResults = errors.New("storage: results shorter than requests")
+// errDown is the cause when the server was not even asked.
+var errDown = errors.New("the server did not answer recently; waiting before trying again")
 
-// allOrNothing applies the all-or-nothing rule of Take to results decided
+// Errors returned while a server is known to be down (remote.go), made
+// once, here: Yaegi initializes a package's variables file by file, and
+// these need ErrUnavailable made first. (Not an error type of this
+// package: under Yaegi, errors.Is does not see the Unwrap method of an
+// interpreted type; fmt's wrapping it does see.)
+var (
+	errDownAllow = allowError(errDown)
+	errDownDeny  = denyError(errDown)
+)
+
+// ErrTooFewResults is returned when results is shorter than reqs.
+var ErrTooFewResults = errors.New("store: results shorter than requests")
+
+// AllOrNothing applies the all-or-nothing rule of Take to results decided
 // one by one: it reports whether every request that is not a dry run was
 // allowed, and when one was not, it reports the allowed ones as uncounted
 // (what remained before them). Every store decides through it.
-func allOrNothing(reqs []Request, results []limiter.Result) bool {
-	if passes(reqs, results, nil) {
+func AllOrNothing(reqs []Request, results []limiter.Result) bool {
+	if Passes(reqs, results, nil) {
 		return true
 	}
 	for i := range reqs {
@@ -90,9 +108,9 @@ func allOrNothing(reqs []Request, results []limiter.Result) bool {
 	return false
 }
 
-// passes tells whether every request at idx (all when idx is nil) that is
+// Passes tells whether every request at idx (all when idx is nil) that is
 // not a dry run was allowed.
-func passes(reqs []Request, results []limiter.Result, idx []int) bool {
+func Passes(reqs []Request, results []limiter.Result, idx []int) bool {
 	if idx == nil {
 		for i := range reqs {
 			if !results[i].Allowed && !reqs[i].DryRun {
@@ -109,28 +127,31 @@ func passes(reqs []Request, results []limiter.Result, idx []int) bool {
 	return true
 }
 
-// errCalendarMoving is returned when a store's server keeps answering from
+// ErrCalendarMoving is returned when a store's server keeps answering from
 // another calendar window than the one computed for it.
-var errCalendarMoving = errors.New("storage: calendar windows keep moving under the server's clock")
+var ErrCalendarMoving = errors.New("store: calendar windows keep moving under the server's clock")
 
-// atServerTime runs try with the time that calendar windows are computed
+// AtServerTime runs try with the time that calendar windows are computed
 // for: the caller's first, then, when a store with a clock of its own (the
 // Redis server's) answers that it is in another calendar window, the time
 // it gave (try returns it; 0 means done), a few times at most.
-func atServerTime(at int64, try func(at int64) (serverNow int64, err error)) error {
-	for range 3 {
+func AtServerTime(at int64, try func(at int64) (serverNow int64, err error)) error {
+	for i := 0; i < 3; i++ {
 		serverNow, err := try(at)
 		if err != nil || serverNow == 0 {
 			return err
 		}
 		at = serverNow
 	}
-	return errCalendarMoving
+	return ErrCalendarMoving
 }
 
 // Uncounted adjusts the result of a request that its own limit allowed but
 // that was not counted because another limit denied the whole: it reports
 // what remained before the request.
 func Uncounted(r *limiter.Result, cost int64) {
-	r.Remaining = min(r.Remaining+cost, r.Limit)
+	r.Remaining += cost
+	if r.Remaining > r.Limit {
+		r.Remaining = r.Limit
+	}
 }

@@ -1,22 +1,19 @@
-package storage_test
+package store_test
 
 import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
-	"github.com/edgelimit/caddy-edgelimit/storage"
-	"github.com/edgelimit/caddy-edgelimit/storage/storetest"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
-func openMemory(t *testing.T, now func() time.Time) storage.Store {
-	m := storage.NewMemory(storage.MemoryOptions{Now: now})
-	t.Cleanup(func() { m.Close() })
-	return m
+func openMemory(t *testing.T, _ func() time.Time) store.Store {
+	return store.NewMemory(store.MemoryOptions{})
 }
 
 func TestMemoryConformance(t *testing.T) {
@@ -25,19 +22,16 @@ func TestMemoryConformance(t *testing.T) {
 
 func TestMemoryExactUnderConcurrency(t *testing.T) {
 	m := openMemory(t, func() time.Time { return storetest.Base })
-	storetest.Exact(t, []storage.Store{m}, 4*runtime.GOMAXPROCS(0), 200)
+	storetest.Exact(t, []store.Store{m}, 4*runtime.GOMAXPROCS(0), 200)
 }
 
 func TestMemoryExpiryAndSweep(t *testing.T) {
 	now := storetest.Base
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	m := storage.NewMemory(storage.MemoryOptions{Now: clock, SweepInterval: time.Hour})
-	defer m.Close()
+	m := store.NewMemory(store.MemoryOptions{SweepInterval: time.Hour})
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Minute}
 	res := make([]limiter.Result, 1)
 	for i := range 100 {
-		req := []storage.Request{{Counter: "c", Key: fmt.Sprint(i), Limit: l, Cost: 1}}
+		req := []store.Request{{Counter: "c", Key: fmt.Sprint(i), Limit: l, Cost: 1}}
 		if err := m.Take(context.Background(), now, req, res); err != nil || !res[0].Allowed {
 			t.Fatal(err, res[0])
 		}
@@ -45,26 +39,23 @@ func TestMemoryExpiryAndSweep(t *testing.T) {
 	if m.Len() != 100 {
 		t.Fatalf("len %d", m.Len())
 	}
-	if n := m.Sweep(); n != 0 {
+	if n := m.Sweep(now); n != 0 {
 		t.Fatalf("swept %d live keys", n)
 	}
-	mu.Lock()
 	now = now.Add(time.Minute)
-	mu.Unlock()
-	if n := m.Sweep(); n != 100 || m.Len() != 0 {
+	if n := m.Sweep(now); n != 100 || m.Len() != 0 {
 		t.Fatalf("swept %d, %d left", n, m.Len())
 	}
 }
 
 func TestMemoryBoundedKeys(t *testing.T) {
 	const maxKeys = 4096
-	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys, Now: storetest.AtBase})
-	defer m.Close()
+	m := store.NewMemory(store.MemoryOptions{MaxKeys: maxKeys})
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Hour}
 	res := make([]limiter.Result, 1)
 	now := storetest.Base
 	for i := range 50 * maxKeys {
-		req := []storage.Request{{Counter: "flood", Key: fmt.Sprint("client-", i), Limit: l, Cost: 1}}
+		req := []store.Request{{Counter: "flood", Key: fmt.Sprint("client-", i), Limit: l, Cost: 1}}
 		if err := m.Take(context.Background(), now, req, res); err != nil || !res[0].Allowed {
 			t.Fatal(err, res[0])
 		}
@@ -84,9 +75,9 @@ func TestMemoryKeepsMaxKeys(t *testing.T) {
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Hour}
 	res := make([]limiter.Result, 1)
 	for _, maxKeys := range []int{1, 64, 100, 1000, 4096, 100_000} {
-		m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys, SweepInterval: time.Hour, Now: storetest.AtBase})
+		m := store.NewMemory(store.MemoryOptions{MaxKeys: maxKeys, SweepInterval: time.Hour})
 		take := func(i int) {
-			req := []storage.Request{{Counter: "c", Key: fmt.Sprint("client-", i), Limit: l, Cost: 1}}
+			req := []store.Request{{Counter: "c", Key: fmt.Sprint("client-", i), Limit: l, Cost: 1}}
 			if err := m.Take(context.Background(), storetest.Base, req, res); err != nil || !res[0].Allowed {
 				t.Fatal(err, res[0])
 			}
@@ -104,19 +95,17 @@ func TestMemoryKeepsMaxKeys(t *testing.T) {
 		if n := m.Len(); n != maxKeys {
 			t.Errorf("max_keys %d: %d keys held after %d keys", maxKeys, n, 3*maxKeys)
 		}
-		m.Close()
 	}
 }
 
 // A full store prefers dropping expired keys to evicting live ones.
 func TestMemoryFullDropsExpiredFirst(t *testing.T) {
-	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: 256 * 4, SweepInterval: time.Hour, Now: storetest.AtBase})
-	defer m.Close()
+	m := store.NewMemory(store.MemoryOptions{MaxKeys: 256 * 4, SweepInterval: time.Hour})
 	short := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Second}
 	res := make([]limiter.Result, 1)
 	now := storetest.Base
 	for i := range 20000 {
-		req := []storage.Request{{Counter: "s", Key: fmt.Sprint(i), Limit: short, Cost: 1}}
+		req := []store.Request{{Counter: "s", Key: fmt.Sprint(i), Limit: short, Cost: 1}}
 		if err := m.Take(context.Background(), now.Add(time.Duration(i)*time.Second), req, res); err != nil {
 			t.Fatal(err)
 		}
@@ -136,12 +125,11 @@ func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
 	if raceEnabled {
 		maxKeys, flood = 20_000, 200_000
 	}
-	m := storage.NewMemory(storage.MemoryOptions{MaxKeys: maxKeys, SweepInterval: time.Hour, Now: storetest.AtBase})
-	defer m.Close()
+	m := store.NewMemory(store.MemoryOptions{MaxKeys: maxKeys, SweepInterval: time.Hour})
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour}
 	res := make([]limiter.Result, 1)
 	take := func(key string, at time.Time) bool {
-		req := []storage.Request{{Counter: "api", Key: key, Limit: l, Cost: 1}}
+		req := []store.Request{{Counter: "api", Key: key, Limit: l, Cost: 1}}
 		if err := m.Take(context.Background(), at, req, res); err != nil {
 			t.Fatal(err)
 		}
@@ -190,7 +178,7 @@ func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
 	// denied clients nor keep new clients from being counted.
 	once := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: 24 * time.Hour}
 	for i := range flood {
-		req := []storage.Request{{Counter: "reset", Key: fmt.Sprint("e-mail-", i), Limit: once, Cost: 1}}
+		req := []store.Request{{Counter: "reset", Key: fmt.Sprint("e-mail-", i), Limit: once, Cost: 1}}
 		if err := m.Take(context.Background(), now, req, res); err != nil {
 			t.Fatal(err)
 		}

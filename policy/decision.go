@@ -1,0 +1,305 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
+)
+
+// Policy is one handler's (or middleware's) limits and how its limited
+// responses read.
+type Policy struct {
+	Limits []*Limit
+	// Exempts tells whether some limit exempts others.
+	Exempts bool
+
+	Status      int
+	Headers     HeaderStyle
+	TimeHeader  bool
+	DryRun      bool
+	Body        *Template
+	ContentType string
+	Escape      Escaping
+	// RawKeys shows keys as they are, else hashed (with KeyMAC when set).
+	RawKeys bool
+	KeyMAC  []byte
+}
+
+// Responses is how a policy's limited responses read, as configured.
+type Responses struct {
+	// Status of a denial: 429 (default), 420, 400, 503, any 4xx or 5xx.
+	Status int
+	// Headers: x-ratelimit (default), ratelimit, both or none.
+	Headers string
+	// TimeHeader adds X-RateLimit-Time.
+	TimeHeader bool
+	// DryRun counts and sends headers, never denies.
+	DryRun bool
+	// Body is the denial body's template (default DefaultBody), of
+	// ContentType (default DefaultContentType).
+	Body        string
+	ContentType string
+	// ShowKey is how keys are shown: hashed (default) or raw.
+	ShowKey string
+	// KeySecret makes the hashed keys an HMAC-SHA256: at least 16 bytes.
+	KeySecret string
+}
+
+// The defaults of the responses.
+const (
+	DefaultStatus      = 429
+	DefaultContentType = "application/json"
+	DefaultBody        = `{"status":{edge_limit.status},"error":"Rate limit exceeded, try again in {edge_limit.retry_after_seconds}"}`
+)
+
+// New makes the policy of limits that answers as r says.
+func New(limits []*Limit, r *Responses) (*Policy, error) {
+	p := &Policy{Limits: limits, Status: r.Status, TimeHeader: r.TimeHeader, DryRun: r.DryRun, ContentType: r.ContentType}
+	if p.Status == 0 {
+		p.Status = DefaultStatus
+	}
+	if err := CheckStatus(int64(p.Status)); err != nil {
+		return nil, err
+	}
+	if p.ContentType == "" {
+		p.ContentType = DefaultContentType
+	}
+	p.Escape = EscapingFor(p.ContentType)
+	body := r.Body
+	if body == "" {
+		body = DefaultBody
+	}
+	p.Body = ParseTemplate(body)
+	style, err := ParseHeaderStyle(r.Headers)
+	if err != nil {
+		return nil, err
+	}
+	p.Headers = style
+	switch r.ShowKey {
+	case "", "hashed":
+	case "raw":
+		p.RawKeys = true
+	default:
+		return nil, fmt.Errorf("show key %q: want hashed or raw", r.ShowKey)
+	}
+	if r.KeySecret != "" {
+		if p.RawKeys {
+			return nil, errors.New("a key secret goes with hashed keys, not raw")
+		}
+		if len(r.KeySecret) < 16 {
+			return nil, errors.New("key secret: want at least 16 bytes, so that the hashes cannot be reversed by guessing the secret")
+		}
+		p.KeyMAC = []byte(r.KeySecret)
+	}
+	for _, l := range limits {
+		p.Exempts = p.Exempts || len(l.Exempt) > 0
+	}
+	return p, nil
+}
+
+// Decision is one request's decision: what the edge read of it (Keys,
+// Parts, TierValues), the requests to the store, and their results. Make
+// one with NewDecision and reuse it (an edge may pool them).
+type Decision struct {
+	// Keys, Parts and TierValues are the edge's, per limit of the policy:
+	// the client's key, the key part it came from (-1 when no part is
+	// present: the limit does not apply) and, for a limit with tiers, the
+	// tier source's value.
+	Keys       []string
+	Parts      []int
+	TierValues []string
+
+	// Reqs are the requests to decide, Which their limits (Index their
+	// indexes in the policy), Tiers the tiers reported and Res their
+	// results.
+	Reqs  []store.Request
+	Which []*Limit
+	Index []int
+	Tiers []string
+	Res   []limiter.Result
+
+	// FirstDenials is set by Judge when some result is a first denial,
+	// for the edge to report.
+	FirstDenials bool
+
+	counted []store.Request
+	// Buf is scratch for the headers and the body.
+	Buf []byte
+}
+
+// The request path is functions, not methods: under Yaegi a method call
+// costs four times a function call.
+
+// NewDecision returns a decision with room for the policy's limits.
+func NewDecision(p *Policy) *Decision {
+	n := len(p.Limits)
+	return &Decision{
+		Keys:       make([]string, n),
+		Parts:      make([]int, n),
+		TierValues: make([]string, n),
+		Reqs:       make([]store.Request, 0, n),
+		Which:      make([]*Limit, 0, n),
+		Index:      make([]int, 0, n),
+		Tiers:      make([]string, 0, n),
+		Res:        make([]limiter.Result, n),
+		counted:    make([]store.Request, 0, n),
+		Buf:        make([]byte, 0, 128),
+	}
+}
+
+// Exemptions returns the names of the limits that do not apply to the
+// request: prior (those earlier handlers exempted), and those exempted by
+// the limits of this policy whose key is present; added tells whether this
+// policy exempted any (and the list is a new one, for later handlers).
+func Exemptions(p *Policy, d *Decision, prior []string) (exempt []string, added bool) {
+	if !p.Exempts {
+		return prior, false
+	}
+	exempt = prior
+	for i, l := range p.Limits {
+		if len(l.Exempt) == 0 || d.Parts[i] < 0 || contains(prior, l.Name) {
+			continue
+		}
+		if !added {
+			exempt = append([]string(nil), prior...)
+			added = true
+		}
+		exempt = append(exempt, l.Exempt...)
+	}
+	return exempt, added
+}
+
+// Plan makes the requests of the limits that apply to the request (their
+// key is present and they are not exempt), and reports whether there are
+// any.
+func Plan(p *Policy, d *Decision, exempt []string) bool {
+	d.Reqs, d.Which, d.Index, d.Tiers = d.Reqs[:0], d.Which[:0], d.Index[:0], d.Tiers[:0]
+	for i, l := range p.Limits {
+		if d.Parts[i] < 0 || len(exempt) > 0 && contains(exempt, l.Name) {
+			continue
+		}
+		lim, tier := &l.Base, l.BaseTier
+		if l.Tiers != nil {
+			lim, tier = l.NumbersFor(d.TierValues[i])
+		}
+		d.Reqs = append(d.Reqs, store.Request{
+			Counter: l.Counters[d.Parts[i]],
+			Key:     d.Keys[i],
+			Limit:   *lim,
+			Cost:    l.Cost,
+			DryRun:  l.DryRun || p.DryRun,
+		})
+		d.Which = append(d.Which, l)
+		d.Index = append(d.Index, i)
+		d.Tiers = append(d.Tiers, tier)
+	}
+	if cap(d.Res) < len(d.Reqs) {
+		d.Res = make([]limiter.Result, len(d.Reqs))
+	}
+	d.Res = d.Res[:len(d.Reqs)]
+	return len(d.Reqs) > 0
+}
+
+// Judge picks the result that denies the request (the one with the
+// longest wait; -1 if none) and the one its headers report (the denial, or
+// the most constraining). The edge reports the first denials
+// (Res[i].FirstDenial) as it does.
+func Judge(d *Decision) (denied, report int) {
+	denied, report = -1, -1
+	d.FirstDenials = false
+	for i := range d.Res {
+		r := &d.Res[i]
+		d.FirstDenials = d.FirstDenials || r.FirstDenial
+		if !r.Allowed && !d.Reqs[i].DryRun && (denied < 0 || r.RetryAfter > d.Res[denied].RetryAfter) {
+			denied = i
+		}
+		if report < 0 || Tighter(r, &d.Res[report]) {
+			report = i
+		}
+	}
+	if denied >= 0 {
+		report = denied
+	}
+	return denied, report
+}
+
+// Counted returns the requests that were counted: all of them, less those
+// that denied (dry-run ones, when the request passed: they counted
+// nothing).
+func Counted(d *Decision) []store.Request {
+	for i := range d.Res {
+		if !d.Res[i].Allowed {
+			d.counted = d.counted[:0]
+			for j := range d.Reqs {
+				if d.Res[j].Allowed {
+					d.counted = append(d.counted, d.Reqs[j])
+				}
+			}
+			return d.counted
+		}
+	}
+	return d.Reqs
+}
+
+// Tighter tells whether a constrains the client more than b: fewer units
+// left, or as few for longer.
+func Tighter(a, b *limiter.Result) bool {
+	if a.Remaining != b.Remaining {
+		return a.Remaining < b.Remaining
+	}
+	return a.Reset > b.Reset
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Ledger is what the handlers of one request have counted, so that a
+// denial by a later handler gives it back: a denied request consumes
+// nothing, whichever handler denies it.
+type Ledger struct {
+	Entries []Entry
+	// Report is the most constraining result reported so far, so that a
+	// later handler's X-RateLimit headers replace it only with a tighter
+	// one.
+	Report    limiter.Result
+	HasReport bool
+}
+
+// Entry is what one handler counted, and where.
+type Entry struct {
+	Store store.Store
+	Reqs  []store.Request
+}
+
+// Record enters in l what a handler counted in s, and the result its
+// headers reported.
+func Record(l *Ledger, s store.Store, reqs []store.Request, report *limiter.Result) {
+	l.Entries = append(l.Entries, Entry{Store: s, Reqs: reqs})
+	if !l.HasReport || Tighter(report, &l.Report) {
+		l.Report = *report
+		l.HasReport = true
+	}
+}
+
+// Refund gives back what the handlers recorded (a later one denies the
+// request), and forgets it; it returns the stores' errors, joined.
+func (l *Ledger) Refund(ctx context.Context, now time.Time) error {
+	var errs []error
+	for _, e := range l.Entries {
+		if err := e.Store.Refund(ctx, now, e.Reqs); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	l.Entries = l.Entries[:0]
+	return errors.Join(errs...)
+}

@@ -1,0 +1,146 @@
+package policy
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// HeaderStyle selects the rate-limit header sets.
+type HeaderStyle uint8
+
+// The header sets: literals, not 1 << iota (see TestYaegiSafe).
+const (
+	HeaderX    HeaderStyle = 1
+	HeaderIETF HeaderStyle = 2
+)
+
+// ParseHeaderStyle reads x-ratelimit (default), ratelimit, both or none.
+func ParseHeaderStyle(s string) (HeaderStyle, error) {
+	switch s {
+	case "", "x-ratelimit":
+		return HeaderX, nil
+	case "ratelimit":
+		return HeaderIETF, nil
+	case "both":
+		return HeaderX | HeaderIETF, nil
+	case "none":
+		return 0, nil
+	}
+	return 0, fmt.Errorf("headers %q: want x-ratelimit, ratelimit, both or none", s)
+}
+
+// WriteHeaders writes the rate-limit headers of the decided limits. The
+// X-RateLimit headers report the most constraining limit of the request,
+// which may be an earlier handler's (prior); the IETF fields list the
+// limits of every handler.
+func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bool, prior *Ledger) {
+	if p.Headers&HeaderX != 0 && (denied || prior == nil || !prior.HasReport || !Tighter(&prior.Report, &d.Res[report])) {
+		writeX(p, hdr, d, &d.Res[report])
+	}
+	if p.Headers&HeaderIETF != 0 {
+		writeIETF(hdr, d)
+	}
+}
+
+// writeX writes X-RateLimit-Limit, -Remaining, -Reset (and -Time): one
+// string holds the numbers and one array the values, two allocations for
+// the whole set. Each value is a slice of its own (a handler that rewrites
+// a value in place, as header replace does, rewrites only this one).
+func writeX(p *Policy, hdr http.Header, d *Decision, r *limiter.Result) {
+	b := strconv.AppendInt(d.Buf[:0], r.Limit, 10)
+	n1 := len(b)
+	b = strconv.AppendInt(b, r.Remaining, 10)
+	n2 := len(b)
+	b = strconv.AppendInt(b, ResetUnix(r), 10)
+	n3 := len(b)
+	if p.TimeHeader {
+		b = strconv.AppendInt(b, SecondsCeil(r.Window), 10)
+	}
+	all := string(b)
+	d.Buf = b[:0]
+	vals := make([]string, 4)
+	vals[0] = all[:n1]
+	vals[1] = all[n1:n2]
+	vals[2] = all[n2:n3]
+	vals[3] = all[n3:]
+	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
+	if p.TimeHeader {
+		hdr["X-Ratelimit-Time"] = vals[3:4:4]
+	}
+}
+
+// writeIETF writes the RateLimit-Policy and RateLimit fields, an item per
+// limit, after those of earlier handlers.
+func writeIETF(hdr http.Header, d *Decision) {
+	b := appendPrior(d.Buf[:0], hdr, "Ratelimit-Policy")
+	for i := range d.Res {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, d.Which[i].Name...)
+		b = append(b, `";q=`...)
+		b = strconv.AppendInt(b, d.Res[i].Limit, 10)
+		if w := SecondsCeil(d.Res[i].Window); w > 0 {
+			b = append(b, ";w="...)
+			b = strconv.AppendInt(b, w, 10)
+		}
+	}
+	hdr["Ratelimit-Policy"] = []string{string(b)}
+	b = appendPrior(b[:0], hdr, "Ratelimit")
+	for i := range d.Res {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, d.Which[i].Name...)
+		b = append(b, `";r=`...)
+		b = strconv.AppendInt(b, d.Res[i].Remaining, 10)
+		b = append(b, ";t="...)
+		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)
+	}
+	hdr["Ratelimit"] = []string{string(b)}
+	d.Buf = b[:0]
+}
+
+// appendPrior starts a structured field list with the items an earlier
+// handler wrote; the caller then appends its own after ", ".
+func appendPrior(b []byte, hdr http.Header, name string) []byte {
+	if v := hdr[name]; len(v) == 1 && v[0] != "" {
+		b = append(b, v[0]...)
+		b = append(b, ", "...)
+	}
+	return b
+}
+
+// SecondsCeil is d in whole seconds, rounded up.
+func SecondsCeil(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// ResetUnix is the result's reset time in unix seconds, rounded up: the
+// first whole second at which the quota is whole again. An aligned window
+// that ends at 10:00:00 says 10:00:00.
+func ResetUnix(r *limiter.Result) int64 {
+	s := r.ResetAt / 1e6
+	if r.ResetAt%1e6 > 0 {
+		s++
+	}
+	return s
+}
+
+// RetryAfterSeconds rounds up: a client that waits that long gets through,
+// and a denied client is never told to retry after 0 seconds.
+func RetryAfterSeconds(d time.Duration) int64 {
+	s := SecondsCeil(d)
+	if s < 1 {
+		return 1
+	}
+	return s
+}

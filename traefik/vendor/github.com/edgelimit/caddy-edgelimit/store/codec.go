@@ -1,0 +1,211 @@
+package store
+
+import (
+	"encoding/hex"
+	"errors"
+	"math"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// The wire form of a Redis store: key names, the scripts' arguments (the
+// numbers of each limit as 8-byte little-endian integers), their replies,
+// and the stored states. The Lua side of the same encoding is in lua.go.
+
+// HashLen is the bytes of the SHA-256 of a client's key kept in its Redis
+// key: 128 bits, so that nobody can make a key collide with another
+// client's.
+const HashLen = 16
+
+// ClientKeyLen is the length of a client's Redis key with prefix.
+func ClientKeyLen(prefix string) int { return len(prefix) + 2*HashLen + 2 }
+
+// AppendClientKey writes the Redis key of the client whose key has the
+// SHA-256 sum: prefix + "{" + 32 hex digits + "}", a hash whose fields are
+// the client's counters. The client's key may be a credential: only its
+// hash goes to Redis. The braces are a Cluster hash tag: a client's limits
+// share a slot.
+func AppendClientKey(b []byte, prefix string, sum *[32]byte) []byte {
+	b = append(b, prefix...)
+	b = append(b, '{')
+	b = hex.AppendEncode(b, sum[:HashLen])
+	return append(b, '}')
+}
+
+// InvalidateChannel is the channel on which an operator's reset or credit
+// is announced, so that every store drops its local denials.
+func InvalidateChannel(prefix string) string { return prefix + "invalidate" }
+
+// CalendarCode is the scripts' algorithm number of a calendar quota.
+const CalendarCode = 6
+
+// AppendInt writes v as the scripts read it (struct '<i8'). Written out,
+// not with encoding/binary: under Yaegi a call costs more than the bytes.
+func AppendInt(b []byte, v int64) []byte {
+	return append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56))
+}
+
+// readInt reads the 8-byte little-endian integer at s[o:].
+func readInt(s string, o int) int64 {
+	return int64(uint64(s[o]) | uint64(s[o+1])<<8 | uint64(s[o+2])<<16 | uint64(s[o+3])<<24 |
+		uint64(s[o+4])<<32 | uint64(s[o+5])<<40 | uint64(s[o+6])<<48 | uint64(s[o+7])<<56)
+}
+
+// AppendTakeHead starts the take script's ARGV[1]: its flags (1: keep each
+// state before and after, to undo the take) and its number of decisions.
+// Each decision follows: AppendInt of its time (0 for the server's clock)
+// and of its number of requests, then its requests (AppendLimit).
+func AppendTakeHead(b []byte, flags, decisions int64) []byte {
+	return AppendInt(AppendInt(b, flags), decisions)
+}
+
+// AppendLimit writes the five numbers the scripts read for one request on
+// the key at index key (1-based): code (key*256 + algorithm*2 + dry run),
+// quota, cost, and the algorithm's two numbers: (window, offset) for an
+// aligned or sliding window, (window, 0) for an anchored one, (window,
+// rate) for buckets, the (start, end) computed by the caller for a calendar
+// quota.
+func AppendLimit(b []byte, key int, l *limiter.Limit, cost int64, dryRun bool, start, end int64) []byte {
+	alg := int64(l.Algorithm)
+	a, c := int64(l.Window/time.Microsecond), int64(l.Offset/time.Microsecond)
+	switch {
+	case l.Calendar != nil:
+		alg = CalendarCode
+		a = start
+		c = end
+	case l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA:
+		c = l.Rate
+	case l.Algorithm == limiter.AnchoredWindow:
+		c = 0
+	}
+	code := int64(key)*256 + alg*2
+	if dryRun {
+		code++
+	}
+	b = AppendInt(b, code)
+	b = AppendInt(b, l.Quota)
+	b = AppendInt(b, cost)
+	b = AppendInt(b, a)
+	return AppendInt(b, c)
+}
+
+// AppendRequests writes the requests at idx (all when idx is nil) as the
+// scripts read them: keys gets each distinct client key once (clientKeys[i]
+// is request i's), spec the five numbers of each request (AppendLimit), and
+// fields each request's counter, its field in the client's hash. bounds[i]
+// gets the calendar window passed for request i, computed at at.
+func AppendRequests(keys []string, spec []byte, fields []string, reqs []Request, clientKeys []string, idx []int, at int64, bounds [][2]int64) ([]string, []byte, []string) {
+	n := len(reqs)
+	if idx != nil {
+		n = len(idx)
+	}
+	for j := 0; j < n; j++ {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		k := 0
+		for k < len(keys) && keys[k] != clientKeys[i] {
+			k++
+		}
+		if k == len(keys) {
+			keys = append(keys, clientKeys[i])
+		}
+		r := &reqs[i]
+		var start, end int64
+		if r.Limit.Calendar != nil {
+			start, end = r.Limit.Calendar.Bounds(at)
+		}
+		bounds[i] = [2]int64{start, end}
+		spec = AppendLimit(spec, k+1, &r.Limit, r.Cost, r.DryRun, start, end)
+		fields = append(fields, r.Counter)
+	}
+	return keys, spec, fields
+}
+
+// ErrBadReply is a script reply that is not what the scripts write.
+var ErrBadReply = errors.New("redis storage: malformed script reply")
+
+// BoundsReply recognizes "B" and the server's time: it is outside a
+// calendar window that was passed (see AtServerTime).
+func BoundsReply(reply string) (int64, bool) {
+	if len(reply) != 9 || reply[0] != 'B' {
+		return 0, false
+	}
+	n := readInt(reply, 1)
+	return n, n > 0
+}
+
+// ReplyLen is the length of one decision's reply of n requests: "R", the
+// time, and five numbers per request.
+func ReplyLen(n int) int { return 9 + 40*n }
+
+// ParseResults reads a take reply, "R", the time decided at and five
+// numbers per request (allowed, first denial, remaining, reset, retry
+// after), into the results of the requests at idx (all when idx is nil),
+// and returns what follows them (the states, when asked for). bounds are
+// those AppendRequests passed.
+func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
+	n := len(reqs)
+	if idx != nil {
+		n = len(idx)
+	}
+	if len(reply) < ReplyLen(n) || reply[0] != 'R' {
+		return "", ErrBadReply
+	}
+	at := readInt(reply, 1)
+	for j := 0; j < n; j++ {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		o := 9 + 40*j
+		l := &reqs[i].Limit
+		reset := readInt(reply, o+24)
+		results[i] = limiter.Result{
+			Allowed:     readInt(reply, o) == 1,
+			FirstDenial: readInt(reply, o+8) == 1,
+			Limit:       l.Quota,
+			Remaining:   readInt(reply, o+16),
+			Reset:       time.Duration(reset) * time.Microsecond,
+			ResetAt:     at + reset,
+			RetryAfter:  time.Duration(readInt(reply, o+32)) * time.Microsecond,
+			Window:      l.ResultWindow(bounds[i][0], bounds[i][1]),
+		}
+	}
+	return reply[ReplyLen(n):], nil
+}
+
+// StateLen is the length of a stored state: '<i8i8i8di8B' (start count
+// prev debt expires denied).
+const StateLen = 41
+
+// DecodeState reads a stored state as the scripts do: a fresh state for
+// nothing, a foreign value or an expired state.
+func DecodeState(v string, now int64) limiter.State {
+	if len(v) != StateLen {
+		return limiter.State{}
+	}
+	d := math.Float64frombits(uint64(readInt(v, 24)))
+	e := readInt(v, 32)
+	if e <= now || math.IsNaN(d) || math.IsInf(d, 0) {
+		return limiter.State{}
+	}
+	return limiter.State{Start: readInt(v, 0), Count: readInt(v, 8), Prev: readInt(v, 16), Debt: d, Expires: e, Denied: v[40] == 1}
+}
+
+// EncodeState writes a state as the scripts do.
+func EncodeState(st limiter.State) string {
+	b := make([]byte, 0, StateLen)
+	b = AppendInt(b, st.Start)
+	b = AppendInt(b, st.Count)
+	b = AppendInt(b, st.Prev)
+	b = AppendInt(b, int64(math.Float64bits(st.Debt)))
+	b = AppendInt(b, st.Expires)
+	d := byte(0)
+	if st.Denied {
+		d = 1
+	}
+	return string(append(b, d))
+}

@@ -1,0 +1,347 @@
+package store
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// MemoryOptions configures a Memory store. The zero value is usable.
+type MemoryOptions struct {
+	// MaxKeys bounds the number of keys kept (default DefaultMaxKeys).
+	// When a new key arrives and the store holds MaxKeys, expired keys of
+	// a sample of the new key's shard are dropped; if none has expired,
+	// the key of the sample that carries the least evidence is forgotten:
+	// the one that counted the fewest units (limiter.State.Weight; a
+	// denying key the most), then the one that expires soonest. Memory
+	// stays bounded, and a flood of made-up keys cannot make the store
+	// forget the clients it is denying. Evictions are counted.
+	MaxKeys int
+	// SweepInterval is how often each shard drops its expired keys
+	// (default DefaultSweepInterval). A shard is swept by the first
+	// decision that locks it once the interval has passed, by the time
+	// that decision is made at: the store has no clock and no goroutine of
+	// its own, so the clock that decides is the one that expires (and a
+	// Traefik plugin, which is never told it is unloaded, leaves nothing
+	// running).
+	SweepInterval time.Duration
+}
+
+// Defaults for MemoryOptions.
+const (
+	DefaultMaxKeys       = 1 << 20
+	DefaultSweepInterval = 10 * time.Second
+)
+
+// A store has up to 2^maxShardBits shards, a power of two; the top bits of
+// a key's hash pick its shard, so contention on one lock is about 1/256 of
+// the traffic. A store of few keys has fewer shards, each with a share of
+// at least minShardKeys: MaxKeys is kept by a count of every key, and the
+// key that makes room is taken from the shard of the key that needs it,
+// which must have some to give.
+const (
+	maxShardBits   = 8
+	minShardKeys   = 64
+	evictionSample = 16
+)
+
+// Memory is an in-process Store: a sharded hash map from (counter, key)
+// hashes to limiter states, each with an expiry.
+type Memory struct {
+	seed     maphash.Seed
+	shift    uint // 64 - the shard bits: a hash's top bits pick its shard
+	maxKeys  int64
+	perShard int   // a shard's bound: twice its share of MaxKeys
+	sweep    int64 // microseconds between two sweeps of a shard
+	shards   []shard
+
+	// Counted with sync/atomic's functions: Yaegi runs them, and not
+	// always the methods of atomic.Int64.
+	keys      int64
+	evictions int64
+}
+
+type shard struct {
+	mu        sync.Mutex
+	m         map[uint64]limiter.State
+	nextSweep int64    // microseconds since the epoch
+	_         [32]byte // keep neighbouring locks on separate cache lines
+}
+
+// NewMemory returns a Memory store.
+func NewMemory(o MemoryOptions) *Memory {
+	if o.MaxKeys <= 0 {
+		o.MaxKeys = DefaultMaxKeys
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = DefaultSweepInterval
+	}
+	bits := uint(0)
+	for bits < maxShardBits && o.MaxKeys>>(bits+1) >= minShardKeys {
+		bits++
+	}
+	share := (o.MaxKeys + 1<<bits - 1) >> bits
+	m := &Memory{
+		seed:    maphash.MakeSeed(),
+		shift:   64 - bits,
+		maxKeys: int64(o.MaxKeys),
+		// The count of every key decides when the store is full; a shard
+		// is full only at twice its share (at 64 keys a shard, 8 standard
+		// deviations above it): shards fill unevenly, and the store must
+		// evict when it holds MaxKeys, not when its fullest shard does.
+		perShard: 2*share + 16,
+		sweep:    o.SweepInterval.Microseconds(),
+		shards:   make([]shard, 1<<bits),
+	}
+	for i := range m.shards {
+		m.shards[i].m = make(map[uint64]limiter.State)
+	}
+	return m
+}
+
+// HashRequest is the seeded hash of (counter, key) of the memory store and
+// of the local denials. The seed is random per store, so nobody can choose
+// keys that collide; with 64 bits, a million keys collide by chance about
+// once in 3*10^7 stores.
+func HashRequest(seed maphash.Seed, r *Request) uint64 {
+	// Two seeded hashes, mixed: under Yaegi, two calls of the standard
+	// library where a maphash.Hash takes five.
+	a := maphash.String(seed, r.Counter)
+	b := maphash.String(seed, r.Key)
+	return (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
+}
+
+func (m *Memory) shardOf(h uint64) *shard {
+	return &m.shards[h>>m.shift]
+}
+
+// maxBatch is the number of limits per request handled without allocating.
+const maxBatch = 16
+
+// Take implements Store.
+func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(results) < len(reqs) {
+		return ErrTooFewResults
+	}
+	// Under Yaegi a call costs for every value of its function, run or
+	// not: one request, the usual case, has a small function of its own.
+	switch len(reqs) {
+	case 0:
+		return nil
+	case 1:
+		m.takeOne(&reqs[0], &results[0], now.UnixMicro())
+		return nil
+	}
+	m.takeMany(reqs, results, now.UnixMicro())
+	return nil
+}
+
+func (m *Memory) takeOne(r *Request, res *limiter.Result, t int64) {
+	h := HashRequest(m.seed, r)
+	sh := &m.shards[h>>m.shift]
+	sh.mu.Lock()
+	if t >= sh.nextSweep {
+		m.sweepShard(sh, t)
+	}
+	st, ok := sh.m[h]
+	if ok && st.Expires <= t {
+		st = limiter.State{}
+	}
+	limiter.Decide(&r.Limit, &st, res, t, r.Cost)
+	if ok {
+		sh.m[h] = st
+	} else {
+		m.add(sh, h, &st, t)
+	}
+	sh.mu.Unlock()
+}
+
+func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
+	var (
+		hbuf  [maxBatch]uint64
+		sbuf  [maxBatch]limiter.State
+		lbuf  [maxBatch]uint16
+		hs    = hbuf[:0]
+		next  = sbuf[:0]
+		locks = lbuf[:0]
+	)
+	if len(reqs) > maxBatch {
+		hs = make([]uint64, 0, len(reqs))
+		next = make([]limiter.State, 0, len(reqs))
+		locks = make([]uint16, 0, len(reqs))
+	}
+	for i := range reqs {
+		h := HashRequest(m.seed, &reqs[i])
+		hs = append(hs, h)
+		locks = insertSorted(locks, uint16(h>>m.shift))
+	}
+	// Lock every shard involved, in index order so that two requests never
+	// wait on each other.
+	for _, s := range locks {
+		sh := &m.shards[s]
+		sh.mu.Lock()
+		if t >= sh.nextSweep {
+			m.sweepShard(sh, t)
+		}
+	}
+	for i := range reqs {
+		r := &reqs[i]
+		st, _ := m.get(hs[i], t)
+		// The same counter and key twice in one request: the later sees
+		// the earlier's result.
+		for j := i - 1; j >= 0; j-- {
+			if hs[j] == hs[i] {
+				st = next[j]
+				break
+			}
+		}
+		next = append(next, st)
+		limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
+	}
+	pass := AllOrNothing(reqs, results)
+	for i := range reqs {
+		// A denial keeps its mark (for FirstDenial), even when nothing is
+		// counted.
+		if pass || !results[i].Allowed {
+			m.put(hs[i], &next[i], t)
+		}
+	}
+	for _, s := range locks {
+		m.shards[s].mu.Unlock()
+	}
+}
+
+// Refund implements Store.
+func (m *Memory) Refund(_ context.Context, now time.Time, reqs []Request) error {
+	t := now.UnixMicro()
+	for i := range reqs {
+		r := &reqs[i]
+		h := HashRequest(m.seed, r)
+		sh := m.shardOf(h)
+		sh.mu.Lock()
+		if st, ok := m.get(h, t); ok {
+			r.Limit.Refund(&st, t, r.Cost)
+			sh.m[h] = st
+		}
+		sh.mu.Unlock()
+	}
+	return nil
+}
+
+// Close implements Store; a Memory holds nothing to release.
+func (m *Memory) Close() error { return nil }
+
+// get returns the live state of h; its shard must be locked.
+func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
+	st, ok := m.shardOf(h).m[h]
+	if !ok || st.Expires <= t {
+		return limiter.State{}, false
+	}
+	return st, true
+}
+
+// put stores a state; its shard must be locked.
+func (m *Memory) put(h uint64, st *limiter.State, t int64) {
+	sh := m.shardOf(h)
+	if _, ok := sh.m[h]; ok {
+		sh.m[h] = *st
+		return
+	}
+	m.add(sh, h, st, t)
+}
+
+// add stores the state of a new key in its locked shard. In a full store
+// (or a full shard) it takes the place of the shard's key that carries the
+// least (see makeRoom).
+func (m *Memory) add(sh *shard, h uint64, st *limiter.State, t int64) {
+	if atomic.LoadInt64(&m.keys) >= m.maxKeys || len(sh.m) >= m.perShard {
+		m.makeRoom(sh, t)
+	}
+	atomic.AddInt64(&m.keys, 1)
+	sh.m[h] = *st
+}
+
+// makeRoom drops the expired keys of a sample of the shard; if none has
+// expired, it evicts the key that carries the least evidence (the fewest
+// units counted; a denying key the most, limiter.State.Weight), then the
+// one that expires soonest: a flood of made-up keys, one request each,
+// evicts its own keys, not the clients it is denying. A new key is always
+// stored: its count must hold.
+func (m *Memory) makeRoom(sh *shard, t int64) {
+	var (
+		victim uint64
+		worst  limiter.State
+		found  bool
+		seen   int
+		freed  int64
+	)
+	for h, e := range sh.m {
+		if e.Expires <= t {
+			delete(sh.m, h)
+			freed++
+		} else if !found || e.Weight < worst.Weight || e.Weight == worst.Weight && e.Expires < worst.Expires {
+			victim, worst, found = h, e, true
+		}
+		if seen++; seen >= evictionSample {
+			break
+		}
+	}
+	if freed == 0 && found {
+		delete(sh.m, victim)
+		freed = 1
+		atomic.AddInt64(&m.evictions, 1)
+	}
+	atomic.AddInt64(&m.keys, -freed)
+}
+
+// sweepShard drops a locked shard's expired keys, and sets its next sweep.
+func (m *Memory) sweepShard(sh *shard, t int64) int {
+	sh.nextSweep = t + m.sweep
+	n := 0
+	for h, e := range sh.m {
+		if e.Expires <= t {
+			delete(sh.m, h)
+			n++
+		}
+	}
+	atomic.AddInt64(&m.keys, -int64(n))
+	return n
+}
+
+func insertSorted(s []uint16, v uint16) []uint16 {
+	i := len(s)
+	for i > 0 && s[i-1] >= v {
+		if s[i-1] == v {
+			return s
+		}
+		i--
+	}
+	s = append(s, 0)
+	copy(s[i+1:], s[i:])
+	s[i] = v
+	return s
+}
+
+// Sweep removes every expired key at now, in every shard.
+func (m *Memory) Sweep(now time.Time) (removed int) {
+	t := now.UnixMicro()
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		removed += m.sweepShard(sh, t)
+		sh.mu.Unlock()
+	}
+	return removed
+}
+
+// Len returns the number of keys held, expired or not.
+func (m *Memory) Len() int { return int(atomic.LoadInt64(&m.keys)) }
+
+// Evictions returns the number of live keys evicted to respect MaxKeys.
+func (m *Memory) Evictions() uint64 { return uint64(atomic.LoadInt64(&m.evictions)) }
+
+var _ Store = (*Memory)(nil)
