@@ -29,8 +29,8 @@ import (
 
 	"github.com/edgelimit/caddy-edgelimit/cache"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
-	"github.com/edgelimit/caddy-edgelimit/store"
 	"github.com/edgelimit/caddy-edgelimit/internal/zone"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 func init() {

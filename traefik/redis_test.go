@@ -13,7 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
 )
 
 // startRedis starts a private redis-server on a free loopback port for one
@@ -105,8 +104,8 @@ type fakeRedis struct {
 	mu        sync.Mutex
 	reply     func(cmd []string) string
 	replyConn func(c net.Conn, cmd []string) string // instead of reply, when set
-	conns int
-	live  map[net.Conn]bool
+	conns     int
+	live      map[net.Conn]bool
 }
 
 func newFakeRedis(t *testing.T, reply func(cmd []string) string) *fakeRedis {
