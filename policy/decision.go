@@ -179,29 +179,31 @@ func Exemptions(p *Policy, d *Decision, prior []string) (exempt []string, added 
 func Plan(p *Policy, d *Decision, exempt []string) bool {
 	d.Reqs, d.Which, d.Index, d.Tiers = d.Reqs[:0], d.Which[:0], d.Index[:0], d.Tiers[:0]
 	for i, l := range p.Limits {
-		if d.Parts[i] < 0 || len(exempt) > 0 && contains(exempt, l.Name) {
+		part := d.Parts[i]
+		if part < 0 || exempt != nil && contains(exempt, l.Name) {
 			continue
 		}
-		lim, tier := &l.Base, l.BaseTier
-		if l.Tiers != nil {
-			lim, tier = l.NumbersFor(d.TierValues[i])
-		}
-		d.Reqs = append(d.Reqs, store.Request{
-			Counter: l.Counters[d.Parts[i]],
-			Key:     d.Keys[i],
-			Limit:   *lim,
-			Cost:    l.Cost,
-			DryRun:  l.DryRun || p.DryRun,
-		})
+		d.Reqs = append(d.Reqs, store.Request{Counter: l.Counters[part], Key: d.Keys[i], Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun})
 		d.Which = append(d.Which, l)
 		d.Index = append(d.Index, i)
-		d.Tiers = append(d.Tiers, tier)
+		d.Tiers = append(d.Tiers, l.BaseTier)
+		if l.Tiers != nil {
+			tier(d, l, i)
+		}
 	}
 	if cap(d.Res) < len(d.Reqs) {
 		d.Res = make([]limiter.Result, len(d.Reqs))
 	}
 	d.Res = d.Res[:len(d.Reqs)]
 	return len(d.Reqs) > 0
+}
+
+// tier gives the last request of d the numbers of the client's tier.
+func tier(d *Decision, l *Limit, i int) {
+	n := len(d.Reqs) - 1
+	lim, name := l.NumbersFor(d.TierValues[i])
+	d.Reqs[n].Limit = *lim
+	d.Tiers[n] = name
 }
 
 // Judge picks the result that denies the request (the one with the

@@ -133,14 +133,14 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 	case 0:
 		return nil
 	case 1:
-		m.takeOne(&reqs[0], &results[0], now.UnixMicro())
+		takeOne(m, &reqs[0], &results[0], now.UnixMicro())
 		return nil
 	}
 	m.takeMany(reqs, results, now.UnixMicro())
 	return nil
 }
 
-func (m *Memory) takeOne(r *Request, res *limiter.Result, t int64) {
+func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	h := HashRequest(m.seed, r)
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
