@@ -147,8 +147,8 @@ func TestCaddyValidateCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := run(string(example)); err != nil {
-		t.Fatalf("example.Caddyfile does not validate: %v\n%s", err, out)
+	if out, err := run(string(example)); err != nil || strings.Contains(out, "not formatted") {
+		t.Fatalf("example.Caddyfile does not validate cleanly: %v\n%s", err, out)
 	}
 	// The JSON form the README documents adapts from the example.
 	cmd := exec.Command(bin, "adapt", "--config", "example.Caddyfile")
@@ -162,6 +162,18 @@ func TestCaddyValidateCommand(t *testing.T) {
 	}
 	if err := caddyconfig.GetAdapter("caddyfile"); err == nil {
 		t.Fatal("no caddyfile adapter")
+	}
+}
+
+// TestExampleFormatted: the README's first command runs example.Caddyfile,
+// which must be as `caddy fmt` writes it.
+func TestExampleFormatted(t *testing.T) {
+	body, err := os.ReadFile("example.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e2e.Unformatted("example.Caddyfile", 1, string(body)); err != nil {
+		t.Error(err)
 	}
 }
 
