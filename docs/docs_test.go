@@ -308,3 +308,36 @@ func TestPoliciesShowExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestCaddyRateLimitPage: the caddy-ratelimit README example that
+// docs/caddy-ratelimit.md quotes, with only the directive renamed, is
+// refused with the error the page shows, which points back to the page.
+func TestCaddyRateLimitPage(t *testing.T) {
+	const file = "docs/caddy-ratelimit.md"
+	blocks, err := fences(file, readPage(t, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var theirs, shown string
+	for _, b := range blocks {
+		switch {
+		case b.lang == "" && strings.Contains(b.body, "rate_limit {") && theirs == "":
+			theirs = b.body
+		case b.lang == "" && strings.HasPrefix(b.body, "unknown edge_limit option") && shown == "":
+			shown = b.body
+		}
+	}
+	if theirs == "" || shown == "" {
+		t.Fatalf("%s: no caddy-ratelimit example, or no error after it", file)
+	}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	ported := strings.ReplaceAll(theirs, "rate_limit", "edge_limit")
+	_, _, err = adapter.Adapt([]byte(ported), map[string]any{"filename": "Caddyfile"})
+	if err == nil {
+		t.Fatalf("the ported example loads:\n%s", ported)
+	}
+	oneLine := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	if !strings.Contains(oneLine(err.Error()), oneLine(shown)) || !strings.Contains(err.Error(), file) {
+		t.Fatalf("%s shows the error\n%s\nCaddy says\n%v", file, shown, err)
+	}
+}
