@@ -2,6 +2,7 @@ package edgelimit
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -241,6 +242,9 @@ func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
 		}
 		h.DryRun = true
 	case "zone":
+		if args.HasBlock(d) {
+			return d.Errf("unknown edge_limit block \"zone <name> { ... }\"%s", ratelimitHint("zone"))
+		}
 		v, err := args.One(d)
 		if err != nil {
 			return err
@@ -253,7 +257,7 @@ func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
 		}
 		h.StorageRaw = raw
 	default:
-		return d.Errf("unknown edge_limit option %q", opt)
+		return d.Errf("unknown edge_limit option %q%s", opt, ratelimitHint(opt))
 	}
 	return nil
 }
@@ -302,7 +306,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			l.Scope = ""
 			app.Limits = append(app.Limits, l)
 		default:
-			return nil, d.Errf("unknown edge_limit global option %q", d.Val())
+			return nil, d.Errf("unknown edge_limit global option %q%s", d.Val(), ratelimitHint(d.Val()))
 		}
 	}
 	return httpcaddyfile.App{Name: "edge_limit", Value: caddyconfig.JSON(app, nil)}, nil
@@ -334,6 +338,33 @@ func parseStorage(d *caddyfile.Dispenser) (json.RawMessage, error) {
 		return nil, err
 	}
 	return caddyconfig.JSONModuleObject(mod, "backend", name, nil), nil
+}
+
+// ratelimitHints are the words of mholt/caddy-ratelimit's rate_limit
+// directive, most users' first rate limiter, with what to write here
+// instead: a Caddyfile ported from it fails at its first such word, and
+// the error says how to go on. Consulted only when an option is refused.
+var ratelimitHints = map[string]string{
+	"zone":           `edgelimit calls a zone a limit: write "limit <name> { key ...; rate <events>/<window> }"`,
+	"events":         `write the events and the window as one "rate <events>/<window>", e.g. "rate 100/1m"`,
+	"window":         `the window's length goes in "rate <events>/<window>", e.g. "rate 100/1m"; caddy-ratelimit's window slides: add "window sliding" for the same`,
+	"match":          `a limit has no matchers: give edge_limit one ("edge_limit @api { ... }") or put it in a handle block`,
+	"ipv4_prefix":    `edgelimit counts each client address apart: there is no prefix grouping`,
+	"ipv6_prefix":    `edgelimit counts each client address apart: there is no prefix grouping`,
+	"distributed":    `counts are shared exactly through Redis: write "storage redis <url>" in the edge_limit global option`,
+	"jitter":         `Retry-After is the exact wait, rounded up to the second; there is no jitter`,
+	"sweep_interval": `it belongs to the storage: write "storage memory { sweep_interval <duration> }" in the edge_limit global option`,
+	"log_key":        `denials are logged with the key as show_key says (hashed by default): write "show_key raw" to log it as sent`,
+}
+
+// ratelimitHint is the hint for a caddy-ratelimit word, to end an error's
+// message, or "" for any other word.
+func ratelimitHint(word string) string {
+	h, ok := ratelimitHints[word]
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf(": %s (caddy-ratelimit's %q; see docs/caddy-ratelimit.md)", h, word)
 }
 
 // Interface guards.

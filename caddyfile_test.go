@@ -147,8 +147,8 @@ func TestCaddyValidateCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := run(string(example)); err != nil {
-		t.Fatalf("example.Caddyfile does not validate: %v\n%s", err, out)
+	if out, err := run(string(example)); err != nil || strings.Contains(out, "not formatted") {
+		t.Fatalf("example.Caddyfile does not validate cleanly: %v\n%s", err, out)
 	}
 	// The JSON form the README documents adapts from the example.
 	cmd := exec.Command(bin, "adapt", "--config", "example.Caddyfile")
@@ -162,6 +162,67 @@ func TestCaddyValidateCommand(t *testing.T) {
 	}
 	if err := caddyconfig.GetAdapter("caddyfile"); err == nil {
 		t.Fatal("no caddyfile adapter")
+	}
+}
+
+// TestCaddyRateLimitHints: caddy-ratelimit's rate_limit options, written
+// in edge_limit, are refused at their line with what to write instead.
+func TestCaddyRateLimitHints(t *testing.T) {
+	site := func(block string) string {
+		return ":8080 {\n\tedge_limit {\n" + indent(block) + "\n\t}\n\trespond ok\n}\n"
+	}
+	cases := []struct{ name, body, want, line string }{
+		{"zone", site("zone dynamic {\n\tkey {remote_host}\n\tevents 2\n\twindow 5s\n}"), `unknown edge_limit block "zone <name> { ... }": edgelimit calls a zone a limit: write "limit <name> { key ...; rate <events>/<window> }"`, "Caddyfile:3"},
+		{"distributed", site("distributed {\n\tread_interval 5s\n}"), `unknown edge_limit option "distributed": counts are shared exactly through Redis: write "storage redis <url>"`, "Caddyfile:3"},
+		{"jitter", site("jitter 0.2"), `unknown edge_limit option "jitter": Retry-After is the exact wait`, "Caddyfile:3"},
+		{"sweep_interval", site("sweep_interval 1m"), `unknown edge_limit option "sweep_interval": it belongs to the storage: write "storage memory { sweep_interval <duration> }"`, "Caddyfile:3"},
+		{"log_key", site("log_key"), `unknown edge_limit option "log_key": denials are logged with the key as show_key says (hashed by default): write "show_key raw"`, "Caddyfile:3"},
+		{"global option", "{\n\tedge_limit {\n\t\tdistributed\n\t}\n}\n:8080 {\n\trespond ok\n}\n", `unknown edge_limit global option "distributed": counts are shared exactly through Redis`, "Caddyfile:3"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := adapt(t, c.body)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.line) ||
+				!strings.Contains(err.Error(), "see docs/caddy-ratelimit.md") {
+				t.Fatalf("error %v, want %q at %s, pointing to docs/caddy-ratelimit.md\n%s", err, c.want, c.line, c.body)
+			}
+		})
+	}
+	// edge_limit's own zone, a name without a block, is still accepted.
+	if _, err := adapt(t, site("limit a {\n\trate 5/1m\n}\nzone api")); err != nil {
+		t.Fatalf("zone <name>: %v", err)
+	}
+}
+
+// TestCaddyRateLimitReadmeExample ports the Caddyfile example of
+// caddy-ratelimit's README (github.com/mholt/caddy-ratelimit) as a user
+// would first try: the directive renamed, the rest as it is. The error
+// names the first line to change and points to the page that maps the rest.
+func TestCaddyRateLimitReadmeExample(t *testing.T) {
+	readme := "{\n\torder rate_limit before basicauth\n}\n\n:80\n\nrate_limit {\n\tdistributed\n\tzone static_example {\n\t\tkey    static\n\t\tevents 100\n\t\twindow 1m\n\t}\n\tzone dynamic_example {\n\t\tkey    {remote_host}\n\t\tevents 2\n\t\twindow 5s\n\t}\n}\n\nrespond \"I'm behind the rate limiter!\"\n"
+	ported := strings.ReplaceAll(readme, "rate_limit", "edge_limit")
+	_, err := adapt(t, ported)
+	if err == nil || !strings.Contains(err.Error(), `unknown edge_limit option "distributed"`) ||
+		!strings.Contains(err.Error(), "Caddyfile:8") || !strings.Contains(err.Error(), "see docs/caddy-ratelimit.md") {
+		t.Fatalf("ported README example: %v\n%s", err, ported)
+	}
+	// Without distributed, the zones are next.
+	_, err = adapt(t, strings.Replace(ported, "\tdistributed\n", "", 1))
+	if err == nil || !strings.Contains(err.Error(), `"zone <name> { ... }": edgelimit calls a zone a limit`) ||
+		!strings.Contains(err.Error(), "Caddyfile:8") || !strings.Contains(err.Error(), "see docs/caddy-ratelimit.md") {
+		t.Fatalf("ported README example without distributed: %v", err)
+	}
+}
+
+// TestExampleFormatted: the README's first command runs example.Caddyfile,
+// which must be as `caddy fmt` writes it.
+func TestExampleFormatted(t *testing.T) {
+	body, err := os.ReadFile("example.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e2e.Unformatted("example.Caddyfile", 1, string(body)); err != nil {
+		t.Error(err)
 	}
 }
 

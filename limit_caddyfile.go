@@ -72,7 +72,7 @@ func parseLimitBlock(d *caddyfile.Dispenser) (*Limit, error) {
 			return nil, err
 		}
 		if !ok {
-			return nil, d.Errf("unknown option %q in limit %q", opt, l.Name)
+			return nil, d.Errf("unknown option %q in limit %q%s", opt, l.Name, ratelimitHint(opt))
 		}
 	}
 	if quota {
@@ -194,7 +194,11 @@ func (p *numbersParser) option(d *caddyfile.Dispenser, n *Numbers) (bool, error)
 		switch v {
 		case "fixed", "aligned", "anchored", "sliding":
 		default:
-			return true, d.Errf("window %q: want fixed, anchored or sliding", v)
+			hint := ""
+			if _, err := caddy.ParseDuration(v); err == nil {
+				hint = ratelimitHint("window") // a length, as caddy-ratelimit's window takes
+			}
+			return true, d.Errf("window %q: want fixed, anchored or sliding%s", v, hint)
 		}
 		p.window = v
 	case "token_bucket":

@@ -284,3 +284,30 @@ func indent(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestCaddyRateLimitHintsInLimits: caddy-ratelimit's zone options, written
+// in a limit, are refused at their line with what to write instead.
+func TestCaddyRateLimitHintsInLimits(t *testing.T) {
+	cases := []struct{ name, body, want, line string }{
+		{"events", "limit a {\n\tkey {client_ip}\n\tevents 100\n\twindow 1m\n}", `unknown option "events" in limit "a": write the events and the window as one "rate <events>/<window>"`, "Caddyfile:5"},
+		{"window", "limit a {\n\tkey {client_ip}\n\twindow 1m\n\tevents 100\n}", `window "1m": want fixed, anchored or sliding: the window's length goes in "rate <events>/<window>"`, "Caddyfile:5"},
+		{"match", "limit a {\n\trate 5/1m\n\tmatch {\n\t\tmethod GET\n\t}\n}", `unknown option "match" in limit "a": a limit has no matchers: give edge_limit one`, "Caddyfile:5"},
+		{"ipv4_prefix", "limit a {\n\trate 5/1m\n\tipv4_prefix 24\n}", `unknown option "ipv4_prefix" in limit "a": edgelimit counts each client address apart`, "Caddyfile:5"},
+		{"ipv6_prefix", "limit a {\n\trate 5/1m\n\tipv6_prefix 64\n}", `unknown option "ipv6_prefix" in limit "a": edgelimit counts each client address apart`, "Caddyfile:5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			body := ":8080 {\n\tedge_limit {\n" + indent(c.body) + "\n\t}\n\trespond ok\n}\n"
+			_, err := adapt(t, body)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.line) ||
+				!strings.Contains(err.Error(), "see docs/caddy-ratelimit.md") {
+				t.Fatalf("error %v, want %q at %s, pointing to docs/caddy-ratelimit.md\n%s", err, c.want, c.line, body)
+			}
+		})
+	}
+	// A window that is not a length gets no hint: it is edgelimit's own.
+	_, err := adapt(t, ":8080 {\n\tedge_limit {\n\t\tlimit a {\n\t\t\trate 5/1m\n\t\t\twindow rolling\n\t\t}\n\t}\n}\n")
+	if err == nil || strings.Contains(err.Error(), "caddy-ratelimit") {
+		t.Fatalf("window rolling: %v", err)
+	}
+}

@@ -8,7 +8,12 @@
 //   - ```caddyfile: a whole Caddyfile, loaded as it is. A global options
 //     block alone is a whole Caddyfile.
 //   - ```caddyfile-fragment: the inside of a site block (directives,
-//     matchers, map...), loaded inside `:8080 { ... respond "ok" }`.
+//     matchers, map...), written unindented, loaded indented by one tab
+//     inside `:8080 { ... respond "ok" }`.
+//
+// Each block must also be as `caddy fmt` writes it (a fragment as a
+// top-level Caddyfile would be): a user who copies one gets no "Caddyfile
+// input is not formatted" warning.
 //
 // Any other fence whose language mentions caddyfile is an error, so that no
 // block escapes the test by its spelling.
@@ -32,6 +37,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/edgelimit/caddy-edgelimit"
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 )
 
 const (
@@ -117,16 +123,38 @@ func caddyfileBlocks(blocks []block) (load []block, errs []error) {
 	return load, errs
 }
 
-// caddyfile is the Caddyfile the block stands for, loaded with every Redis
-// address it names moved to a closed loopback port: provisioning tries
-// Redis (and only logs that it is unreachable), and a test reaches no
-// other host, nor the machine's own Redis.
-func (b block) caddyfile() string {
-	body := b.body
-	if b.lang == langFragment {
-		body = ":8080 {\n" + body + "\trespond \"ok\"\n}\n"
+// source is the Caddyfile the block stands for: a whole block as it is; a
+// fragment, written as a top-level Caddyfile would be, indented by one tab
+// inside `:8080 { ... respond "ok" }`.
+func (b block) source() string {
+	if b.lang != langFragment {
+		return b.body
 	}
-	return redisLine.ReplaceAllStringFunc(body, func(line string) string {
+	lines := strings.SplitAfter(strings.TrimSuffix(b.body, "\n"), "\n")
+	for i, l := range lines {
+		if strings.TrimSpace(l) != "" {
+			lines[i] = "\t" + l
+		}
+	}
+	return ":8080 {\n" + strings.Join(lines, "") + "\n\trespond \"ok\"\n}\n"
+}
+
+// formatted checks that `caddy fmt` would leave the block as it is, naming
+// the page's line of the first difference.
+func (b block) formatted() error {
+	first := b.line + 1 // the body starts on the line after the fence
+	if b.lang == langFragment {
+		first-- // the site's opening line is not on the page
+	}
+	return e2e.Unformatted(b.file, first, b.source())
+}
+
+// caddyfile is the block's source loaded with every Redis address it names
+// moved to a closed loopback port: provisioning tries Redis (and only logs
+// that it is unreachable), and a test reaches no other host, nor the
+// machine's own Redis.
+func (b block) caddyfile() string {
+	return redisLine.ReplaceAllStringFunc(b.source(), func(line string) string {
 		return hostPort.ReplaceAllString(line, "${1}127.0.0.1:"+closedPort())
 	})
 }
@@ -157,11 +185,10 @@ func load(b block) error {
 	if err != nil {
 		return fmt.Errorf("adapt: %w", err)
 	}
-	for _, w := range warnings {
-		if strings.Contains(w.Message, "caddy fmt") {
-			continue // layout only: alignment of comments is the page's choice
-		}
-		return fmt.Errorf("adapt: warning: %s", w)
+	if len(warnings) > 0 {
+		// "Caddyfile input is not formatted" among them: a page shows
+		// what a user copies, and Caddy would print it at every start.
+		return fmt.Errorf("adapt: warning: %s", warnings[0])
 	}
 	var cfg caddy.Config
 	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
@@ -201,6 +228,9 @@ func TestConfigBlocksLoad(t *testing.T) {
 		total += len(toLoad)
 		for _, b := range toLoad {
 			t.Run(b.name(), func(t *testing.T) {
+				if err := b.formatted(); err != nil {
+					t.Error(err)
+				}
 				if err := load(b); err != nil {
 					t.Errorf("%s (%s block):\n%s\n%v", b.name(), b.lang, b.caddyfile(), err)
 				}
@@ -225,6 +255,23 @@ func TestBrokenBlocksFail(t *testing.T) {
 		if err := load(b); err == nil {
 			t.Errorf("%s loads:\n%s", b.name(), b.caddyfile())
 		}
+	}
+	// Aligned trailing comments, as the README's example once had them:
+	// it loads, but caddy fmt would rewrite line 3 of the block.
+	aligned := block{file: "broken.md", line: 10, lang: langWhole, body: ":8080 {\n\tedge_limit {\n\t\tlimit x {   # per client\n\t\t\trate 5/1m\n\t\t}\n\t}\n}\n"}
+	if err := aligned.formatted(); err == nil || !strings.Contains(err.Error(), "broken.md:13:") {
+		t.Errorf("an unformatted block: %v", err)
+	}
+	if err := load(aligned); err == nil || !strings.Contains(err.Error(), "not formatted") {
+		t.Errorf("the adapter's formatting warning is ignored: %v", err)
+	}
+	fragment := block{file: "broken.md", line: 20, lang: langFragment, body: "@get method GET\nhandle @get {\n  respond \"hi\"\n}\n"}
+	if err := fragment.formatted(); err == nil || !strings.Contains(err.Error(), "broken.md:23:") {
+		t.Errorf("an unformatted fragment: %v", err)
+	}
+	fragment.body = strings.ReplaceAll(fragment.body, "  ", "\t")
+	if err := fragment.formatted(); err != nil {
+		t.Errorf("a formatted fragment: %v", err)
 	}
 	_, errs := caddyfileBlocks([]block{{file: "x.md", line: 7, lang: "Caddyfile-snippet"}})
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "x.md:7") {
@@ -259,5 +306,38 @@ func TestPoliciesShowExamples(t *testing.T) {
 		if !strings.Contains(page, "```"+langWhole+"\n"+code+"\n```") {
 			t.Errorf("docs/policies.md does not show examples/%s as it is", filepath.Base(f))
 		}
+	}
+}
+
+// TestCaddyRateLimitPage: the caddy-ratelimit README example that
+// docs/caddy-ratelimit.md quotes, with only the directive renamed, is
+// refused with the error the page shows, which points back to the page.
+func TestCaddyRateLimitPage(t *testing.T) {
+	const file = "docs/caddy-ratelimit.md"
+	blocks, err := fences(file, readPage(t, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var theirs, shown string
+	for _, b := range blocks {
+		switch {
+		case b.lang == "" && strings.Contains(b.body, "rate_limit {") && theirs == "":
+			theirs = b.body
+		case b.lang == "" && strings.HasPrefix(b.body, "unknown edge_limit option") && shown == "":
+			shown = b.body
+		}
+	}
+	if theirs == "" || shown == "" {
+		t.Fatalf("%s: no caddy-ratelimit example, or no error after it", file)
+	}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	ported := strings.ReplaceAll(theirs, "rate_limit", "edge_limit")
+	_, _, err = adapter.Adapt([]byte(ported), map[string]any{"filename": "Caddyfile"})
+	if err == nil {
+		t.Fatalf("the ported example loads:\n%s", ported)
+	}
+	oneLine := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	if !strings.Contains(oneLine(err.Error()), oneLine(shown)) || !strings.Contains(err.Error(), file) {
+		t.Fatalf("%s shows the error\n%s\nCaddy says\n%v", file, shown, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -73,6 +74,25 @@ func (x *example) timesDo(t *testing.T, method string, n, status int, path strin
 		}
 	}
 	return r
+}
+
+// TestExamplesFormatted: every example is as `caddy fmt` writes it, so
+// that Caddy prints no "Caddyfile input is not formatted" when a user runs
+// one.
+func TestExamplesFormatted(t *testing.T) {
+	files, err := filepath.Glob("*.Caddyfile")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	for _, f := range files {
+		body, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e2e.Unformatted("examples/"+f, 1, string(body)); err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 func unix(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
