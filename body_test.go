@@ -29,10 +29,9 @@ func TestBodyMatchesReplacer(t *testing.T) {
 	}
 	l := &policy.Limit{Name: "per-key"}
 	d := &policy.Decision{
-		Reqs:  []store.Request{{Key: "k"}},
-		Which: []*policy.Limit{l},
-		Tiers: []string{"gold"},
-		Res:   []limiter.Result{{Limit: 100, Remaining: 0, ResetAt: 1_800_000_000_500_000, Window: 90e9, RetryAfter: 60_500_000_000}},
+		Reqs: []store.Request{{Key: "k"}},
+		Meta: []policy.Planned{{Limit: l, Tier: "gold"}},
+		Res:  []limiter.Result{{Limit: 100, Remaining: 0, ResetAt: 1_800_000_000_500_000, Window: 90e9, RetryAfter: 60_500_000_000}},
 	}
 	for _, tmpl := range templates {
 		p, err := policy.New([]*policy.Limit{l}, &policy.Responses{Body: tmpl, ContentType: "text/plain"})

@@ -202,9 +202,9 @@ func (h *Handler) notify(r *http.Request, d *policy.Decision, i int) {
 	data := h.pol.EventData(d, i, policy.Request{ClientIP: clientIP(r), Host: r.Host, Path: r.URL.Path})
 	if res := &d.Res[i]; !d.Reqs[i].DryRun {
 		h.logger.Info("rate limit exceeded",
-			zap.String("limit", d.Which[i].Name),
+			zap.String("limit", d.Meta[i].Limit.Name),
 			zap.String("key", data["key"].(string)),
-			zap.String("tier", d.Tiers[i]),
+			zap.String("tier", d.Meta[i].Tier),
 			zap.String("client_ip", clientIP(r)),
 			zap.Int64("limit_value", res.Limit),
 			zap.Duration("retry_after", res.RetryAfter),

@@ -367,7 +367,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) report(r *http.Request, d *policy.Decision) {
 	for i := range d.Res {
 		res := &d.Res[i]
-		h.limits[d.Index[i]].outcomes.count(res, d.Reqs[i].DryRun)
+		h.limits[d.Meta[i].Index].outcomes.count(res, d.Reqs[i].DryRun)
 		if res.Allowed {
 			continue
 		}
@@ -375,7 +375,7 @@ func (h *Handler) report(r *http.Request, d *policy.Decision) {
 			h.notify(r, d, i)
 		}
 		if d.Reqs[i].DryRun {
-			h.logWouldDeny(r, d.Which[i], res)
+			h.logWouldDeny(r, d.Meta[i].Limit, res)
 		}
 	}
 }

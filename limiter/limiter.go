@@ -344,16 +344,15 @@ func floorMod(a, b int64) int64 {
 // values (see weight).
 func takeAligned(l *Limit, s *State, r *Result, now, cost int64) {
 	w := int64(l.Window / time.Microsecond)
-	start := now - (now-int64(l.Offset/time.Microsecond))%w
-	if start > now {
-		start -= w // before the epoch: % rounds towards zero
+	end := now - (now-int64(l.Offset/time.Microsecond))%w + w
+	if end > now+w {
+		end -= w // before the epoch: % rounds towards zero
 	}
-	end := start + w
-	if s.Start != start {
-		*s = State{Start: start}
+	if s.Start != end-w {
+		*s = State{Start: end - w}
 	}
-	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration(end-now) * time.Microsecond, ResetAt: end}
 	s.Expires = end
+	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration(end-now) * time.Microsecond, ResetAt: end}
 	if s.Count+cost > l.Quota {
 		denyCount(l, s, r, end-now)
 		s.Weight = 255

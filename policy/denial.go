@@ -27,8 +27,8 @@ type Denial struct {
 
 // Denial returns the denial of the request by limit i of d.
 func (p *Policy) Denial(d *Decision, i int) *Denial {
-	l := d.Which[i]
-	dn := &Denial{Policy: p, Limit: l, Key: d.Reqs[i].Key, Tier: d.Tiers[i], Status: p.Status,
+	l := d.Meta[i].Limit
+	dn := &Denial{Policy: p, Limit: l, Key: d.Reqs[i].Key, Tier: d.Meta[i].Tier, Status: p.Status,
 		Retry: RetryAfterSeconds(d.Res[i].RetryAfter), Res: d.Res[i]}
 	if l.Status != 0 {
 		dn.Status = l.Status
@@ -190,9 +190,9 @@ type Request struct {
 func (p *Policy) EventData(d *Decision, i int, r Request) map[string]any {
 	res := &d.Res[i]
 	return map[string]any{
-		"limit":       d.Which[i].Name,
+		"limit":       d.Meta[i].Limit.Name,
 		"key":         p.DisplayKey(d.Reqs[i].Key),
-		"tier":        d.Tiers[i],
+		"tier":        d.Meta[i].Tier,
 		"client_ip":   r.ClientIP,
 		"host":        r.Host,
 		"path":        r.Path,

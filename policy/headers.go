@@ -38,12 +38,18 @@ func ParseHeaderStyle(s string) (HeaderStyle, error) {
 // which may be an earlier handler's (prior); the IETF fields list the
 // limits of every handler.
 func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bool, prior *Ledger) {
-	if p.Headers&HeaderX != 0 && (denied || prior == nil || !prior.HasReport || !Tighter(&prior.Report, &d.Res[report])) {
+	if p.Headers&HeaderX != 0 && (prior == nil || denied || !keepPrior(prior, &d.Res[report])) {
 		writeX(p, hdr, &d.Res[report])
 	}
 	if p.Headers&HeaderIETF != 0 {
 		writeIETF(hdr, d)
 	}
+}
+
+// keepPrior tells whether an earlier handler's X-RateLimit headers report
+// a tighter limit than r.
+func keepPrior(prior *Ledger, r *limiter.Result) bool {
+	return prior.HasReport && Tighter(&prior.Report, r)
 }
 
 // writeX writes X-RateLimit-Limit, -Remaining, -Reset (and -Time): the
@@ -69,7 +75,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 			b = append(b, ", "...)
 		}
 		b = append(b, '"')
-		b = append(b, d.Which[i].Name...)
+		b = append(b, d.Meta[i].Limit.Name...)
 		b = append(b, `";q=`...)
 		b = strconv.AppendInt(b, d.Res[i].Limit, 10)
 		if w := SecondsCeil(d.Res[i].Window); w > 0 {
@@ -84,7 +90,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 			b = append(b, ", "...)
 		}
 		b = append(b, '"')
-		b = append(b, d.Which[i].Name...)
+		b = append(b, d.Meta[i].Limit.Name...)
 		b = append(b, `";r=`...)
 		b = strconv.AppendInt(b, d.Res[i].Remaining, 10)
 		b = append(b, ";t="...)

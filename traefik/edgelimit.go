@@ -35,7 +35,8 @@ type middleware struct {
 	limits []*compiledLimit // the policy's, with their key sources
 	tiered bool             // some limit has tiers
 	store  store.Store
-	now    func() time.Time
+	mem    *store.Memory // store, when it is the memory store
+	now    func() time.Time // the clock, nil for the real one
 	ips    *ipStrategy
 	creds  *credentials
 	notify *notifier
@@ -59,9 +60,6 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		return nil, err
 	}
 	m := &middleware{next: next, name: name, now: config.Now, log: newLogger(name)}
-	if m.now == nil {
-		m.now = time.Now
-	}
 	var err error
 	if m.ips, err = compileIPStrategy(config.IPStrategy); err != nil {
 		return nil, fmt.Errorf("ipStrategy: %w", err)
@@ -90,6 +88,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
+	m.mem, _ = m.store.(*store.Memory)
 	return m, nil
 }
 
@@ -117,18 +116,82 @@ func (m *middleware) compileLimits(c *Config) error {
 }
 
 // ServeHTTP reads the request's keys, and has the policy decide and
-// answer.
+// answer. Under Yaegi a call costs for every value of its function, run or
+// not, and a method call four times a function's: the request path is a
+// few plain functions, and what is rare (exemptions, tiers, a denial) is
+// in functions of its own.
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r = serve(m, w, r); r != nil {
+		m.next.ServeHTTP(w, r)
+	}
+}
+
+// serve decides the request: it returns the request to pass on (with the
+// state later middlewares share), or nil when it answered.
+func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request {
 	d := policy.NewDecision(m.pol)
+	if !readKeys(m, r, d) {
+		return r
+	}
+	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	var exempt []string
+	if st != nil || m.pol.Exempts {
+		st, r, exempt = exemptions(m, r, st, d)
+	}
+	if !policy.Plan(m.pol, d, exempt) {
+		return r
+	}
+	now := time.Now()
+	if m.now != nil {
+		now = m.now()
+	}
+	var err error
+	if m.mem != nil {
+		err = store.TakeMemory(m.mem, now, d.Reqs, d.Res)
+	} else {
+		err = m.store.Take(r.Context(), now, d.Reqs, d.Res)
+	}
+	if err != nil {
+		return m.storageFailed(w, r, st, now, err)
+	}
+	denied, report := policy.Judge(d)
+	if st == nil {
+		policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, nil)
+	} else {
+		policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, &st.ledger)
+	}
+	if d.Denied > 0 && !m.denials(w, r, st, d, denied, now) {
+		return nil
+	}
+	if st == nil {
+		st = &requestState{}
+		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	}
+	policy.Record(&st.ledger, m.store, policy.Counted(d), &d.Res[report])
+	return r
+}
+
+// readKeys reads each limit's key (and tier) into d, and tells whether any
+// key is present.
+func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	var cred *Client
 	if m.creds != nil {
 		cred = m.creds.lookup(r)
 	}
-	if !m.read(r, d, cred) {
-		m.next.ServeHTTP(w, r)
-		return
+	present := false
+	for i, l := range m.limits {
+		d.Keys[i], d.Parts[i] = key(l, r, m.ips, cred)
+		present = present || d.Parts[i] >= 0
+		if l.tierSrc != nil {
+			d.TierValues[i] = l.tierSrc.tier(r, cred)
+		}
 	}
-	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	return present
+}
+
+// exemptions returns the request's exemptions (earlier middlewares' and
+// this one's), with its state when this one adds some.
+func exemptions(m *middleware, r *http.Request, st *requestState, d *policy.Decision) (*requestState, *http.Request, []string) {
 	var prior []string
 	if st != nil {
 		prior = st.exempt
@@ -138,78 +201,41 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st, r = withState(st, r)
 		st.exempt = exempt
 	}
-	if !policy.Plan(m.pol, d, exempt) {
-		m.next.ServeHTTP(w, r)
-		return
-	}
-	now := m.now()
-	if err := m.store.Take(r.Context(), now, d.Reqs, d.Res); err != nil {
-		m.storageFailed(w, r, st, now, err)
-		return
-	}
-	denied, report := policy.Judge(d)
-	var ledger *policy.Ledger
-	if st != nil {
-		ledger = &st.ledger
-	}
-	policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, ledger)
-	if denied >= 0 || d.FirstDenials {
-		m.denials(w, r, st, d, denied, now)
-		if denied >= 0 {
-			return
-		}
-	}
-	if counted := policy.Counted(d); len(counted) > 0 {
-		st, r = withState(st, r)
-		policy.Record(&st.ledger, m.store, counted, &d.Res[report])
-	}
-	m.next.ServeHTTP(w, r)
-}
-
-// read reads each limit's key (and tier) into d, and tells whether any key
-// is present.
-func (m *middleware) read(r *http.Request, d *policy.Decision, cred *Client) bool {
-	present := false
-	for i, l := range m.limits {
-		d.Keys[i], d.Parts[i] = l.key(r, m.ips, cred)
-		present = present || d.Parts[i] >= 0
-		if l.tierSrc != nil {
-			d.TierValues[i] = l.tierSrc.tier(r, cred)
-		}
-	}
-	return present
+	return st, r, exempt
 }
 
 // denials reports the first denials of the decision, and answers the
-// request denied by request i (none when i is -1: a dry run).
-func (m *middleware) denials(w http.ResponseWriter, r *http.Request, st *requestState, d *policy.Decision, i int, now time.Time) {
+// request denied by request i (none when i is -1: a dry run); it tells
+// whether the request goes on.
+func (m *middleware) denials(w http.ResponseWriter, r *http.Request, st *requestState, d *policy.Decision, i int, now time.Time) bool {
 	for j := range d.Res {
 		if res := &d.Res[j]; res.FirstDenial {
 			key := m.pol.DisplayKey(d.Reqs[j].Key)
-			m.log.firstDenial(d.Which[j].Name, key, d.Tiers[j], res, d.Reqs[j].DryRun)
+			m.log.firstDenial(d.Meta[j].Limit.Name, key, d.Meta[j].Tier, res, d.Reqs[j].DryRun)
 			if m.notify != nil {
-				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: m.ips.clientIP(r), Host: r.Host, Path: r.URL.Path}))
+				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: clientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
 			}
 		}
 	}
 	if i < 0 {
-		return
+		return true
 	}
 	m.refundEarlier(r, st, now)
 	m.pol.Denial(d, i).Write(w, r.Method, &placeholders{r: r, ips: m.ips}, nil)
+	return false
 }
 
 // storageFailed applies the store's failure policy: store.ErrUnavailable
-// denies with 503 and Retry-After: 1; anything else lets the request
-// through.
-func (m *middleware) storageFailed(w http.ResponseWriter, r *http.Request, st *requestState, now time.Time, err error) {
+// denies with 503 and Retry-After: 1 (and returns nil); anything else lets
+// the request through.
+func (m *middleware) storageFailed(w http.ResponseWriter, r *http.Request, st *requestState, now time.Time, err error) *http.Request {
 	m.log.warnf("rate-limit storage failed: %v", err)
 	if errors.Is(err, store.ErrUnavailable) {
 		m.refundEarlier(r, st, now)
 		m.pol.WriteUnavailable(w, r.Method)
-		return
+		return nil
 	}
-	m.next.ServeHTTP(w, r)
+	return r
 }
 
 // refundEarlier gives back what the edgelimit middlewares before this one

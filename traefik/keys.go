@@ -155,13 +155,24 @@ func parseSource(s string, tier bool) (source, error) {
 // value is the source's value for r: the first value of a repeated header
 // or parameter (what the upstream reads with Header.Get or Query().Get), so
 // that repeating it makes no new counter; a header's without the spaces
-// around it, and Authorization's scheme written one way.
-func (s *source) value(r *http.Request, ips *ipStrategy, cred *Client) string {
+// around it, and Authorization's scheme written one way. The usual
+// sources, a header and the client's address, are read without a call
+// more.
+func value(s *source, r *http.Request, ips *ipStrategy, cred *Client) string {
 	switch s.kind {
 	case srcHeader:
-		// As the Caddy module reads a header key (internal/httpval): the
-		// same key makes the same counter in a fleet of both.
+		// As the Caddy module reads a header key (httpval): the same key
+		// makes the same counter in a fleet of both.
 		return httpval.First(r.Header, s.name)
+	case srcIP:
+		return clientIP(ips, r)
+	}
+	return otherValue(s, r, ips, cred)
+}
+
+// otherValue is value for the other sources.
+func otherValue(s *source, r *http.Request, ips *ipStrategy, cred *Client) string {
+	switch s.kind {
 	case srcQuery:
 		return r.URL.Query().Get(s.name)
 	case srcCookie:
@@ -170,8 +181,6 @@ func (s *source) value(r *http.Request, ips *ipStrategy, cred *Client) string {
 			return ""
 		}
 		return c.Value
-	case srcIP:
-		return ips.clientIP(r)
 	case srcRemote:
 		return remoteIP(r)
 	case srcBearer:
@@ -198,11 +207,11 @@ func (s *source) tier(r *http.Request, cred *Client) string {
 	return r.Header.Get(s.name)
 }
 
-// key returns the client's identity for this limit and the index of the
+// key returns the client's identity for limit cl and the index of the
 // source it came from, or -1 when no source is present.
-func (cl *compiledLimit) key(r *http.Request, ips *ipStrategy, cred *Client) (string, int) {
+func key(cl *compiledLimit, r *http.Request, ips *ipStrategy, cred *Client) (string, int) {
 	for i := range cl.keys {
-		if v := cl.keys[i].value(r, ips, cred); v != "" {
+		if v := value(&cl.keys[i], r, ips, cred); v != "" {
 			return v, i
 		}
 	}
@@ -261,10 +270,15 @@ func compileIPStrategy(c *IPStrategy) (*ipStrategy, error) {
 // strategy trusts it, else the remote address. It is never empty for a
 // request with a remote address, so a client cannot escape a limit by
 // sending a short or malformed header.
-func (s *ipStrategy) clientIP(r *http.Request) string {
+func clientIP(s *ipStrategy, r *http.Request) string {
 	if s == nil || s.depth == 0 && len(s.excluded) == 0 {
 		return remoteIP(r)
 	}
+	return s.forwarded(r)
+}
+
+// forwarded is clientIP from X-Forwarded-For.
+func (s *ipStrategy) forwarded(r *http.Request) string {
 	xff := forwardedFor(r.Header)
 	if s.depth > 0 {
 		if s.depth <= len(xff) {
@@ -381,7 +395,7 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 
 // lookup returns the known client of the request's credential, or nil.
 func (c *credentials) lookup(r *http.Request) *Client {
-	v := c.from.value(r, nil, nil)
+	v := value(&c.from, r, nil, nil)
 	if v == "" {
 		return nil
 	}

@@ -64,7 +64,7 @@ func (p *placeholders) GetString(name string) (string, bool) {
 	case "http.request.remote.host":
 		return remoteIP(r), true
 	case "http.vars.client_ip":
-		return p.ips.clientIP(r), true
+		return clientIP(p.ips, r), true
 	}
 	if h, ok := strings.CutPrefix(name, "http.request.header."); ok {
 		return strings.Join(r.Header[textproto.CanonicalMIMEHeaderKey(h)], ","), true

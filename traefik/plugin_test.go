@@ -70,7 +70,7 @@ func mustNew(t *testing.T, c *Config, next http.Handler) http.Handler {
 	return h
 }
 
-func serve(h http.Handler, hdr ...string) *httptest.ResponseRecorder {
+func send(h http.Handler, hdr ...string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest("GET", "/", nil)
 	r.RemoteAddr = "192.0.2.1:1234"
 	for i := 0; i+1 < len(hdr); i += 2 {
@@ -90,11 +90,11 @@ func TestExemptionCarriesOver(t *testing.T) {
 		"plugin_quota": {Key: []string{"header:X-Plugin-Id"}, Limit: 4, Calendar: &Calendar{Period: "day"}, Exempt: []string{"api_global"}},
 	}}, inner)
 	for i := 0; i < 4; i++ {
-		if w := serve(outer, "X-Plugin-Id", "p1", "X-User-Id", "u1"); w.Code != 200 {
+		if w := send(outer, "X-Plugin-Id", "p1", "X-User-Id", "u1"); w.Code != 200 {
 			t.Fatalf("plugin request %d: %d", i, w.Code)
 		}
 	}
-	if w := serve(outer, "X-Plugin-Id", "p1"); w.Code != 429 {
+	if w := send(outer, "X-Plugin-Id", "p1"); w.Code != 429 {
 		t.Errorf("over the quota: %d", w.Code)
 	}
 }

@@ -70,15 +70,15 @@ func TestRedisCompiled(t *testing.T) {
 	outer := mustNew(t, &Config{Now: clk.Now, Storage: storage, Limits: map[string]*Limit{
 		"wide": {Limit: 3, Window: "1m"},
 	}}, inner)
-	codes := []int{serve(outer, "X-Route", "r").Code, serve(outer, "X-Route", "r").Code, serve(outer).Code}
+	codes := []int{send(outer, "X-Route", "r").Code, send(outer, "X-Route", "r").Code, send(outer).Code}
 	if codes[0] != 200 || codes[1] != 429 || codes[2] != 200 {
 		t.Fatalf("codes %v, want 200 429 200", codes)
 	}
 	// wide: 1 (first) + 0 (second, given back) + 1 (third) = 2 counted.
-	if w := serve(outer); w.Header().Get("X-Ratelimit-Remaining") != "0" || w.Code != 200 {
+	if w := send(outer); w.Header().Get("X-Ratelimit-Remaining") != "0" || w.Code != 200 {
 		t.Errorf("fourth: %d remaining %s, want 200 and 0", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
 	}
-	if w := serve(outer); w.Code != 429 {
+	if w := send(outer); w.Code != 429 {
 		t.Errorf("fifth: %d", w.Code)
 	}
 	// A password with a character that a URL percent-encodes: decoded, as
@@ -86,13 +86,13 @@ func TestRedisCompiled(t *testing.T) {
 	addr2 := startRedis(t, "--requirepass", "p@ss:/?#")
 	enc := mustNew(t, &Config{Now: clk.Now, Storage: &Storage{Redis: &RedisConfig{URL: "redis://:p%40ss%3A%2F%3F%23@" + addr2, OnError: "deny"}},
 		Limits: map[string]*Limit{"x": {Limit: 3, Window: "1m"}}}, okHandler())
-	if w := serve(enc); w.Code != 200 {
+	if w := send(enc); w.Code != 200 {
 		t.Errorf("a percent-encoded password: %d", w.Code)
 	}
 	// A wrong password: onError deny answers 503.
 	bad := mustNew(t, &Config{Now: clk.Now, Storage: &Storage{Redis: &RedisConfig{Address: addr, Password: "wrong", OnError: "deny"}},
 		Limits: map[string]*Limit{"x": {Limit: 3, Window: "1m"}}}, okHandler())
-	if w := serve(bad); w.Code != 503 || w.Header().Get("Retry-After") != "1" {
+	if w := send(bad); w.Code != 503 || w.Header().Get("Retry-After") != "1" {
 		t.Errorf("wrong password: %d %v", w.Code, w.Header())
 	}
 }
@@ -126,13 +126,13 @@ func newFakeRedis(t *testing.T, reply func(cmd []string) string) *fakeRedis {
 			f.conns++
 			f.live[c] = true
 			f.mu.Unlock()
-			go f.serve(c)
+			go f.send(c)
 		}
 	}()
 	return f
 }
 
-func (f *fakeRedis) serve(c net.Conn) {
+func (f *fakeRedis) send(c net.Conn) {
 	defer func() {
 		c.Close()
 		f.mu.Lock()
@@ -393,11 +393,11 @@ func TestLocalDenials(t *testing.T) {
 					"quota": {Key: []string{"header:X-Api-Key"}, Limit: 100, Calendar: &Calendar{Period: "day"}},
 				}}, okHandler())
 			for i := 0; i < 2; i++ {
-				if w := serve(h, "X-Api-Key", "k"); w.Code != 200 {
+				if w := send(h, "X-Api-Key", "k"); w.Code != 200 {
 					t.Fatalf("request %d: %d", i, w.Code)
 				}
 			}
-			first := serve(h, "X-Api-Key", "k")
+			first := send(h, "X-Api-Key", "k")
 			if first.Code != 429 || first.Header().Get("Retry-After") != "60" {
 				t.Fatalf("third: %d Retry-After %s, want 429 and 60", first.Code, first.Header().Get("Retry-After"))
 			}
@@ -407,7 +407,7 @@ func TestLocalDenials(t *testing.T) {
 				perRequest = 1
 			}
 			for i := 0; i < 5; i++ {
-				w := serve(h, "X-Api-Key", "k")
+				w := send(h, "X-Api-Key", "k")
 				if w.Code != 429 {
 					t.Fatalf("denied client, request %d: %d", i, w.Code)
 				}
@@ -424,15 +424,15 @@ func TestLocalDenials(t *testing.T) {
 				t.Errorf("five requests of a denied client ran %d scripts, want %d", got, 5*perRequest)
 			}
 			clk.Add(30 * time.Second)
-			if w := serve(h, "X-Api-Key", "k"); w.Code != 429 || w.Header().Get("Retry-After") != "30" {
+			if w := send(h, "X-Api-Key", "k"); w.Code != 429 || w.Header().Get("Retry-After") != "30" {
 				t.Errorf("30s later: %d Retry-After %s, want 429 and 30", w.Code, w.Header().Get("Retry-After"))
 			}
 			calls = scriptCalls(t, addr)
-			if w := serve(h, "X-Api-Key", "other"); w.Code != 200 {
+			if w := send(h, "X-Api-Key", "other"); w.Code != 200 {
 				t.Errorf("another client: %d", w.Code)
 			}
 			clk.Add(30 * time.Second)
-			if w := serve(h, "X-Api-Key", "k"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "1" {
+			if w := send(h, "X-Api-Key", "k"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "1" {
 				t.Errorf("next window: %d remaining %s, want 200 and 1", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
 			}
 			if got := scriptCalls(t, addr) - calls; got != 2 {

@@ -42,7 +42,7 @@ func TestPlaceholders(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := &policy.Decision{Reqs: []store.Request{{Key: "k"}}, Which: []*policy.Limit{l}, Tiers: []string{"BASE"},
+		d := &policy.Decision{Reqs: []store.Request{{Key: "k"}}, Meta: []policy.Planned{{Limit: l, Tier: "BASE"}},
 			Res: []limiter.Result{{Limit: 10, Remaining: 0, ResetAt: 5e6, Window: time.Minute, RetryAfter: 75 * time.Second}}}
 		w := httptest.NewRecorder()
 		p.Denial(d, 0).Write(w, "GET", ph, nil)
@@ -80,7 +80,7 @@ func TestSources(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", src, err)
 		}
-		if got := s.value(r, &ipStrategy{}, nil); got != want {
+		if got := value(&s, r, &ipStrategy{}, nil); got != want {
 			t.Errorf("%s = %q, want %q", src, got, want)
 		}
 	}
@@ -93,10 +93,10 @@ func TestSources(t *testing.T) {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.Header.Set("Authorization", in)
 		r.Header.Set("X-Api-Key", " \t"+in+"\t")
-		if got := auth.value(r, &ipStrategy{}, nil); got != want {
+		if got := value(&auth, r, &ipStrategy{}, nil); got != want {
 			t.Errorf("Authorization %q: key %q, want %q", in, got, want)
 		}
-		if got := key.value(r, &ipStrategy{}, nil); got != strings.Trim(in, " ") {
+		if got := value(&key, r, &ipStrategy{}, nil); got != strings.Trim(in, " ") {
 			t.Errorf("X-Api-Key %q: key %q, want %q", " \t"+in+"\t", got, strings.Trim(in, " "))
 		}
 	}
@@ -134,7 +134,7 @@ func TestIPStrategy(t *testing.T) {
 		{excl, req("10.1.1.1"), "10.0.0.9"},
 	}
 	for i, c := range cases {
-		if got := c.s.clientIP(c.r); got != c.want {
+		if got := clientIP(c.s, c.r); got != c.want {
 			t.Errorf("case %d: %s, want %s", i, got, c.want)
 		}
 	}

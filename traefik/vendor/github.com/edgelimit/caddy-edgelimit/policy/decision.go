@@ -27,6 +27,11 @@ type Policy struct {
 	// RawKeys shows keys as they are, else hashed (with KeyMAC when set).
 	RawKeys bool
 	KeyMAC  []byte
+
+	// The requests of each limit and key part, and what they are for, as
+	// Plan makes them but for the client's key and tier.
+	requests [][]store.Request
+	planned  []Planned
 }
 
 // Responses is how a policy's limited responses read, as configured.
@@ -95,8 +100,14 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		}
 		p.KeyMAC = []byte(r.KeySecret)
 	}
-	for _, l := range limits {
+	for i, l := range limits {
 		p.Exempts = p.Exempts || len(l.Exempt) > 0
+		reqs := make([]store.Request, len(l.Counters))
+		for part, counter := range l.Counters {
+			reqs[part] = store.Request{Counter: counter, Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun}
+		}
+		p.requests = append(p.requests, reqs)
+		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 	}
 	return p, nil
 }
@@ -113,17 +124,16 @@ type Decision struct {
 	Parts      []int
 	TierValues []string
 
-	// Reqs are the requests to decide, Which their limits (Index their
-	// indexes in the policy), Tiers the tiers reported and Res their
-	// results.
-	Reqs  []store.Request
-	Which []*Limit
-	Index []int
-	Tiers []string
-	Res   []limiter.Result
+	// Reqs are the requests to decide, Meta what they are for, and Res
+	// their results.
+	Reqs []store.Request
+	Meta []Planned
+	Res  []limiter.Result
 
-	// FirstDenials is set by Judge when some result is a first denial,
-	// for the edge to report.
+	// Denied is the number of results that deny (dry runs too), and
+	// FirstDenials tells whether one is a first denial, for the edge to
+	// report: both set by Judge.
+	Denied       int
 	FirstDenials bool
 
 	counted []store.Request
@@ -134,6 +144,14 @@ type Decision struct {
 // The request path is functions, not methods: under Yaegi a method call
 // costs four times a function call.
 
+// Planned is what a request of a decision is for: the limit, its index in
+// the policy, and the tier reported.
+type Planned struct {
+	Limit *Limit
+	Index int
+	Tier  string
+}
+
 // NewDecision returns a decision with room for the policy's limits.
 func NewDecision(p *Policy) *Decision {
 	n := len(p.Limits)
@@ -142,12 +160,8 @@ func NewDecision(p *Policy) *Decision {
 		Parts:      make([]int, n),
 		TierValues: make([]string, n),
 		Reqs:       make([]store.Request, 0, n),
-		Which:      make([]*Limit, 0, n),
-		Index:      make([]int, 0, n),
-		Tiers:      make([]string, 0, n),
+		Meta:       make([]Planned, 0, n),
 		Res:        make([]limiter.Result, n),
-		counted:    make([]store.Request, 0, n),
-		Buf:        make([]byte, 0, 128),
 	}
 }
 
@@ -177,47 +191,46 @@ func Exemptions(p *Policy, d *Decision, prior []string) (exempt []string, added 
 // key is present and they are not exempt), and reports whether there are
 // any.
 func Plan(p *Policy, d *Decision, exempt []string) bool {
-	d.Reqs, d.Which, d.Index, d.Tiers = d.Reqs[:0], d.Which[:0], d.Index[:0], d.Tiers[:0]
-	for i, l := range p.Limits {
-		if d.Parts[i] < 0 || len(exempt) > 0 && contains(exempt, l.Name) {
+	reqs, meta := d.Reqs[:0], d.Meta[:0]
+	for i, part := range d.Parts {
+		if part < 0 || exempt != nil && contains(exempt, p.Limits[i].Name) {
 			continue
 		}
-		lim, tier := &l.Base, l.BaseTier
-		if l.Tiers != nil {
-			lim, tier = l.NumbersFor(d.TierValues[i])
+		reqs = append(reqs, p.requests[i][part])
+		reqs[len(reqs)-1].Key = d.Keys[i]
+		meta = append(meta, p.planned[i])
+		if p.Limits[i].Tiers != nil {
+			tier(&reqs[len(reqs)-1], &meta[len(meta)-1], d.TierValues[i])
 		}
-		d.Reqs = append(d.Reqs, store.Request{
-			Counter: l.Counters[d.Parts[i]],
-			Key:     d.Keys[i],
-			Limit:   *lim,
-			Cost:    l.Cost,
-			DryRun:  l.DryRun || p.DryRun,
-		})
-		d.Which = append(d.Which, l)
-		d.Index = append(d.Index, i)
-		d.Tiers = append(d.Tiers, tier)
 	}
-	if cap(d.Res) < len(d.Reqs) {
-		d.Res = make([]limiter.Result, len(d.Reqs))
+	d.Reqs, d.Meta = reqs, meta
+	if cap(d.Res) < len(reqs) {
+		d.Res = make([]limiter.Result, len(reqs))
 	}
-	d.Res = d.Res[:len(d.Reqs)]
-	return len(d.Reqs) > 0
+	d.Res = d.Res[:len(reqs)]
+	return len(reqs) > 0
+}
+
+// tier gives a request the numbers of the client's tier.
+func tier(r *store.Request, m *Planned, value string) {
+	lim, name := m.Limit.NumbersFor(value)
+	r.Limit = *lim
+	m.Tier = name
 }
 
 // Judge picks the result that denies the request (the one with the
 // longest wait; -1 if none) and the one its headers report (the denial, or
-// the most constraining). The edge reports the first denials
-// (Res[i].FirstDenial) as it does.
+// the most constraining), and counts the denials (Denied, FirstDenials).
+// The edge reports the first denials as it does.
 func Judge(d *Decision) (denied, report int) {
-	denied, report = -1, -1
-	d.FirstDenials = false
+	denied, report = -1, 0
+	d.Denied, d.FirstDenials = 0, false
 	for i := range d.Res {
 		r := &d.Res[i]
-		d.FirstDenials = d.FirstDenials || r.FirstDenial
-		if !r.Allowed && !d.Reqs[i].DryRun && (denied < 0 || r.RetryAfter > d.Res[denied].RetryAfter) {
-			denied = i
+		if !r.Allowed {
+			judgeDenial(d, i, &denied)
 		}
-		if report < 0 || Tighter(r, &d.Res[report]) {
+		if i > 0 && Tighter(r, &d.Res[report]) {
 			report = i
 		}
 	}
@@ -227,22 +240,36 @@ func Judge(d *Decision) (denied, report int) {
 	return denied, report
 }
 
+// judgeDenial counts the denial of request i, and makes it the request's
+// denial when it waits longest (and is not a dry run).
+func judgeDenial(d *Decision, i int, denied *int) {
+	r := &d.Res[i]
+	d.Denied++
+	d.FirstDenials = d.FirstDenials || r.FirstDenial
+	if !d.Reqs[i].DryRun && (*denied < 0 || r.RetryAfter > d.Res[*denied].RetryAfter) {
+		*denied = i
+	}
+}
+
 // Counted returns the requests that were counted: all of them, less those
 // that denied (dry-run ones, when the request passed: they counted
-// nothing).
+// nothing). Judge has counted the denials.
 func Counted(d *Decision) []store.Request {
-	for i := range d.Res {
-		if !d.Res[i].Allowed {
-			d.counted = d.counted[:0]
-			for j := range d.Reqs {
-				if d.Res[j].Allowed {
-					d.counted = append(d.counted, d.Reqs[j])
-				}
-			}
-			return d.counted
+	if d.Denied == 0 {
+		return d.Reqs
+	}
+	return allowed(d)
+}
+
+// allowed returns the requests of d that were allowed.
+func allowed(d *Decision) []store.Request {
+	d.counted = d.counted[:0]
+	for j := range d.Reqs {
+		if d.Res[j].Allowed {
+			d.counted = append(d.counted, d.Reqs[j])
 		}
 	}
-	return d.Reqs
+	return d.counted
 }
 
 // Tighter tells whether a constrains the client more than b: fewer units

@@ -38,41 +38,32 @@ func ParseHeaderStyle(s string) (HeaderStyle, error) {
 // which may be an earlier handler's (prior); the IETF fields list the
 // limits of every handler.
 func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bool, prior *Ledger) {
-	if p.Headers&HeaderX != 0 && (denied || prior == nil || !prior.HasReport || !Tighter(&prior.Report, &d.Res[report])) {
-		writeX(p, hdr, d, &d.Res[report])
+	if p.Headers&HeaderX != 0 && (prior == nil || denied || !keepPrior(prior, &d.Res[report])) {
+		writeX(p, hdr, &d.Res[report])
 	}
 	if p.Headers&HeaderIETF != 0 {
 		writeIETF(hdr, d)
 	}
 }
 
-// writeX writes X-RateLimit-Limit, -Remaining, -Reset (and -Time): one
-// string holds the numbers and one array the values, two allocations for
-// the whole set. Each value is a slice of its own (a handler that rewrites
-// a value in place, as header replace does, rewrites only this one).
-func writeX(p *Policy, hdr http.Header, d *Decision, r *limiter.Result) {
-	b := strconv.AppendInt(d.Buf[:0], r.Limit, 10)
-	n1 := len(b)
-	b = strconv.AppendInt(b, r.Remaining, 10)
-	n2 := len(b)
-	b = strconv.AppendInt(b, ResetUnix(r), 10)
-	n3 := len(b)
+// keepPrior tells whether an earlier handler's X-RateLimit headers report
+// a tighter limit than r.
+func keepPrior(prior *Ledger, r *limiter.Result) bool {
+	return prior.HasReport && Tighter(&prior.Report, r)
+}
+
+// writeX writes X-RateLimit-Limit, -Remaining, -Reset (and -Time): the
+// values in one array, each a slice of its own (a handler that rewrites a
+// value in place, as header replace does, rewrites only this one). Plain
+// calls, the fewest under Yaegi.
+func writeX(p *Policy, hdr http.Header, r *limiter.Result) {
 	if p.TimeHeader {
-		b = strconv.AppendInt(b, SecondsCeil(r.Window), 10)
+		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
 	}
-	all := string(b)
-	d.Buf = b[:0]
-	vals := make([]string, 4)
-	vals[0] = all[:n1]
-	vals[1] = all[n1:n2]
-	vals[2] = all[n2:n3]
-	vals[3] = all[n3:]
+	vals := []string{strconv.FormatInt(r.Limit, 10), strconv.FormatInt(r.Remaining, 10), strconv.FormatInt(ResetUnix(r), 10)}
 	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
 	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
 	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
-	if p.TimeHeader {
-		hdr["X-Ratelimit-Time"] = vals[3:4:4]
-	}
 }
 
 // writeIETF writes the RateLimit-Policy and RateLimit fields, an item per
@@ -84,7 +75,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 			b = append(b, ", "...)
 		}
 		b = append(b, '"')
-		b = append(b, d.Which[i].Name...)
+		b = append(b, d.Meta[i].Limit.Name...)
 		b = append(b, `";q=`...)
 		b = strconv.AppendInt(b, d.Res[i].Limit, 10)
 		if w := SecondsCeil(d.Res[i].Window); w > 0 {
@@ -99,7 +90,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 			b = append(b, ", "...)
 		}
 		b = append(b, '"')
-		b = append(b, d.Which[i].Name...)
+		b = append(b, d.Meta[i].Limit.Name...)
 		b = append(b, `";r=`...)
 		b = strconv.AppendInt(b, d.Res[i].Remaining, 10)
 		b = append(b, ";t="...)
