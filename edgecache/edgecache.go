@@ -14,6 +14,7 @@
 package edgecache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,6 +129,9 @@ type Handler struct {
 	// metrics still count its values.
 	BloomStatusOff bool `json:"bloom_status_off,omitempty"`
 
+	// ctx ends when the configuration is unloaded: background fetches
+	// end with it.
+	ctx     context.Context
 	policy  cache.Policy
 	stale   time.Duration
 	private []string // canonical names of the private headers, less those identity covers
@@ -189,6 +193,7 @@ func (c *Handler) stripped(name string) bool {
 // Provision applies defaults and opens the store.
 func (c *Handler) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
+	c.ctx = ctx
 	c.clock = clock.ForProvision()
 	c.warn = new(throttle.Log)
 	c.flights = new(cache.Group)

@@ -364,3 +364,44 @@ func TestCacheWaiterFetchesAfterCoalesceWait(t *testing.T) {
 		t.Fatalf("leader: %q", got)
 	}
 }
+
+// TestCacheReliefInTheForegroundWhenBusy: with every background slot
+// taken, the waiter that gives up on a hung leader fetches for all in the
+// foreground, as the relief's leader.
+func TestCacheReliefInTheForegroundWhenBusy(t *testing.T) {
+	e2e.FakeClock(t)
+	for range MaxBackgroundFetches {
+		if !acquireBackground() {
+			t.Fatal("a background slot is taken before the test")
+		}
+	}
+	defer func() {
+		for range MaxBackgroundFetches {
+			releaseBackground()
+		}
+	}()
+	c := newTestCache(t, &Handler{Zone: "busy", CoalesceWait: caddy.Duration(50 * time.Millisecond)})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if calls.Add(1) == 1 {
+			<-release
+		}
+		_, _ = io.WriteString(w, "answer")
+		return nil
+	})
+	leader := make(chan string, 1)
+	go func() { leader <- serveCache(t, c, next, "GET", "http://example/busy").Body.String() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	w := serveCache(t, c, next, "GET", "http://example/busy")
+	if got := w.Header().Get("Cache-Status"); w.Body.String() != "answer" || got != "edgelimit; fwd=uri-miss; stored; collapsed=?0" {
+		t.Fatalf("waiter: %q, Cache-Status %q", w.Body, got)
+	}
+	close(release)
+	if got := <-leader; got != "answer" {
+		t.Fatalf("leader: %q", got)
+	}
+}

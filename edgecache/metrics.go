@@ -38,6 +38,12 @@ var (
 		Name:      "coalesced_total",
 		Help:      "Requests that waited for another request's upstream fetch of the same key (a MISS in flight).",
 	})
+	coalesceTimeoutsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "edge_cache",
+		Name:      "coalesce_timeouts_total",
+		Help:      "Waits on another request's upstream fetch that outlasted coalesce_wait (the first of a flight's waiters to give up fetches again for all of them).",
+	})
 	staleServedTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "edge_cache",
@@ -69,7 +75,7 @@ var (
 		Help:      "Entries the memory stores evicted to stay within max_memory.",
 	}, func() float64 { return float64(evictions()) })
 
-	collectors = []prometheus.Collector{responsesVec, coalescedTotal, staleServedTotal, purgedTotal, entriesGauge, bytesGauge, evictionsCounter}
+	collectors = []prometheus.Collector{responsesVec, coalescedTotal, coalesceTimeoutsTotal, staleServedTotal, purgedTotal, entriesGauge, bytesGauge, evictionsCounter}
 )
 
 // registerMetrics adds the edge_cache collectors to the registry of the

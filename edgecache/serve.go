@@ -83,30 +83,45 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return c.fetch(w, r, next, key, stale, f, false, verdict{fwd: fwd})
 }
 
-// await waits for the flight another request leads, coalesce_wait at
-// most, and answers from what it brought; after that, or when it brought
-// nothing this request may be served, the request asks the upstream
-// itself.
+// await waits for the flight another request leads, and answers from what
+// it brought. Past coalesce_wait, the first waiter to give up has the
+// upstream asked again, in the background, for all of them, and they all
+// wait for that request or the first, whichever answers first
+// (cache.Group.Relieve); when MaxBackgroundFetches are running, that
+// waiter asks in the foreground instead. When the flight brought nothing
+// this request may be served, the request asks the upstream itself.
 func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, f *cache.Flight, key cache.Key, stale *cache.Entry, fwd string) error {
 	coalescedTotal.Inc()
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.CoalesceWait))
-	outcome, fe, err := f.Wait(ctx)
-	cancel()
-	switch {
-	case err != nil && r.Context().Err() != nil:
-		c.settle(w.Header(), verdict{st: cache.Direct, fwd: fwd, collapsed: -1, detail: "client-gone"})
-		return caddyhttp.Error(499, err)
-	case err != nil:
-		// The leader is slow (or never sends its request's end): do not
-		// wait for it any longer.
-	case outcome == cache.Stored && fe.Matches(r.Header):
-		return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1}, c.clock.Now())
-	case outcome == cache.Unreachable:
-		return c.offline(w, r, stale, nil, errUpstreamUnreachable, verdict{fwd: fwd, collapsed: 1})
+	for {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.CoalesceWait))
+		outcome, fe, err := f.Wait(ctx)
+		cancel()
+		switch {
+		case err != nil && r.Context().Err() != nil:
+			c.settle(w.Header(), verdict{st: cache.Direct, fwd: fwd, collapsed: -1, detail: "client-gone"})
+			return caddyhttp.Error(499, err)
+		case err != nil:
+			coalesceTimeoutsTotal.Inc()
+			relief, leader := c.flights.Relieve(key.ID, f)
+			switch {
+			case leader && acquireBackground():
+				// The relief goes in the background, so that this request
+				// too is served by whichever fetch answers first.
+				c.background(r, next, key, relief, fwd, false, nil)
+			case leader:
+				return c.fetch(w, r, next, key, stale, relief, false, verdict{fwd: fwd, collapsed: -1})
+			}
+			f = relief
+			continue
+		case outcome == cache.Stored && fe.Matches(r.Header):
+			return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1}, c.clock.Now())
+		case outcome == cache.Unreachable:
+			return c.offline(w, r, stale, nil, errUpstreamUnreachable, verdict{fwd: fwd, collapsed: 1})
+		}
+		// Not stored, or another variant: the leader's response may have
+		// been for the leader only.
+		return c.fetch(w, r, next, key, stale, nil, false, verdict{fwd: fwd, collapsed: -1})
 	}
-	// Not stored, or another variant: the leader's response may have been
-	// for the leader only.
-	return c.fetch(w, r, next, key, stale, nil, false, verdict{fwd: fwd, collapsed: -1})
 }
 
 // hasBody tells whether the request has (or may still send) a body: a
