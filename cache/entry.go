@@ -40,9 +40,13 @@ type Entry struct {
 	// between users (Decision.Shared).
 	Shared bool
 	// Vary lists the request headers the response varies on, and
-	// VaryValues the values (comma-joined) the request that produced it
-	// had: the entry serves only requests with the same values.
+	// VaryValues the selecting values (comma-joined, Accept-Encoding as
+	// the codings it accepts) the request that produced it had: the entry
+	// serves only requests with the same values.
 	Vary, VaryValues []string
+	// Index tells that the entry holds no response but the Vary list of
+	// its URL's responses, each stored under its VariantKey (NewIndex).
+	Index bool
 
 	contentLength string
 	values        int
@@ -110,7 +114,7 @@ func NewEntry(status int, header http.Header, body []byte, d Decision, req http.
 	if len(e.Vary) > 0 {
 		e.VaryValues = make([]string, len(e.Vary))
 		for i, name := range e.Vary {
-			e.VaryValues[i] = strings.Join(req[name], ",")
+			e.VaryValues[i] = selectingValue(name, req[name])
 		}
 	}
 	e.finish()
@@ -186,7 +190,11 @@ func (e *Entry) Age(now time.Time) int64 {
 // headers it varies on have the values they had when it was stored.
 func (e *Entry) Matches(req http.Header) bool {
 	for i, name := range e.Vary {
-		if !joinedEqual(req[name], e.VaryValues[i]) {
+		if name == "Accept-Encoding" && len(req[name]) > 0 {
+			if AcceptedCodings(req[name]) != e.VaryValues[i] {
+				return false
+			}
+		} else if !joinedEqual(req[name], e.VaryValues[i]) {
 			return false
 		}
 	}
@@ -233,11 +241,21 @@ func (e *Entry) NotModified(ifNoneMatch []string) bool {
 // The binary form of an entry, for stores outside the process: a version
 // byte, then (from version 2) a byte of flags, then the fields, strings and
 // byte slices length-prefixed. Version 1 entries, which other instances of
-// an earlier release may still write, read as not shared.
-const entryVersion = 2
+// an earlier release may still write, read as not shared. Version 3 has the
+// same layout; it is written only for what version 2 cannot say (an
+// index), so that instances of the earlier release sharing a Redis read
+// every other entry and take an index for a corrupt entry, a miss, rather
+// than for an empty response.
+const (
+	entryVersion   = 3
+	entryVersionV2 = 2
+)
 
-// entryShared is the flag of a shared entry.
-const entryShared = 1
+// The flags of an entry.
+const (
+	entryShared = 1 << iota
+	entryIndex
+)
 
 // errCorrupt is returned when a stored entry cannot be read back.
 var errCorrupt = errors.New("cache: corrupt entry")
@@ -245,12 +263,14 @@ var errCorrupt = errors.New("cache: corrupt entry")
 // MarshalBinary encodes the entry.
 func (e *Entry) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 64+len(e.Body)+int(e.size-entryOverhead))
-	b = append(b, entryVersion)
-	flags := byte(0)
+	version, flags := byte(entryVersionV2), byte(0)
 	if e.Shared {
 		flags |= entryShared
 	}
-	b = append(b, flags)
+	if e.Index {
+		version, flags = entryVersion, flags|entryIndex
+	}
+	b = append(b, version, flags)
 	b = binary.AppendUvarint(b, uint64(e.Status))
 	b = binary.AppendVarint(b, e.Stored.UnixNano())
 	b = binary.AppendVarint(b, int64(e.TTL))
@@ -285,7 +305,7 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 	flags := byte(0)
 	switch d.byte() {
 	case 1:
-	case entryVersion:
+	case entryVersionV2, entryVersion:
 		flags = d.byte()
 	default:
 		return errCorrupt
@@ -305,7 +325,9 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 		header[name] = d.strings()
 	}
 	body := d.bytes()
-	if d.err || len(d.b) != 0 || status < 100 || status > 999 || ttl < 0 || stale < 0 || len(vary) != len(varyValues) {
+	index := flags&entryIndex != 0
+	if d.err || len(d.b) != 0 || (status < 100 || status > 999) && !(index && status == 0) ||
+		ttl < 0 || stale < 0 || len(vary) != len(varyValues) || index && len(vary) == 0 {
 		return errCorrupt
 	}
 	*e = Entry{
@@ -320,6 +342,7 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 		Vary:       vary,
 		VaryValues: varyValues,
 		Shared:     flags&entryShared != 0,
+		Index:      index,
 	}
 	e.finish()
 	return nil

@@ -50,7 +50,7 @@ func TestNewEntryHeaders(t *testing.T) {
 	if len(e.ETag) != 26 || e.ETag[0] != '"' || e.Header.Get("Etag") != e.ETag {
 		t.Fatalf("etag %q", e.ETag)
 	}
-	if !reflect.DeepEqual(e.Vary, []string{"Accept-Encoding", "Accept"}) || !reflect.DeepEqual(e.VaryValues, []string{"gzip,br", ""}) {
+	if !reflect.DeepEqual(e.Vary, []string{"Accept-Encoding", "Accept"}) || !reflect.DeepEqual(e.VaryValues, []string{"br,gzip", ""}) {
 		t.Fatalf("vary %q = %q", e.Vary, e.VaryValues)
 	}
 	body[0] = 'X'
@@ -110,9 +110,14 @@ func TestEntryMatchesVary(t *testing.T) {
 	}{
 		{hdr("Accept-Encoding", "gzip", "Accept-Encoding", "br"), true},
 		{hdr("Accept-Encoding", "gzip,br"), true},
+		// Accept-Encoding is compared as the codings it accepts.
+		{hdr("Accept-Encoding", "gzip,br,"), true},
+		{hdr("Accept-Encoding", "BR;q=0.5 , x-gzip, made-up"), true},
+		{hdr("Accept-Encoding", "*;q=0, br, gzip"), true},
 		{hdr("Accept-Encoding", "gzip"), false},
+		{hdr("Accept-Encoding", "gzip, br, deflate"), false},
+		{hdr("Accept-Encoding", "gzip, br;q=0"), false},
 		{hdr("Accept-Encoding", "gzip,br", "X-Lang", "fr"), false},
-		{hdr("Accept-Encoding", "gzip,br,"), false},
 		{hdr(), false},
 	} {
 		if got := e.Matches(c.h); got != c.want {
@@ -121,6 +126,12 @@ func TestEntryMatchesVary(t *testing.T) {
 	}
 	if plain := NewEntry(200, hdr(), nil, Decision{Store: true, TTL: time.Minute}, nil, t0, 0); !plain.Matches(hdr("X", "y")) {
 		t.Error("an entry without Vary does not match")
+	}
+	// Without Accept-Encoding, any coding is acceptable (RFC 9110): that
+	// is not "identity", which accepts none.
+	none := NewEntry(200, hdr("Vary", "Accept-Encoding"), nil, Decision{Store: true, TTL: time.Minute}, hdr(), t0, 0)
+	if !none.Matches(hdr()) || none.Matches(hdr("Accept-Encoding", "identity")) || none.Matches(hdr("Accept-Encoding", "gzip")) {
+		t.Error("a response to a request without Accept-Encoding")
 	}
 }
 

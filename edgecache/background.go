@@ -50,7 +50,7 @@ func releaseBackground() { <-backgroundSlots }
 // holding a slot taken with acquireBackground, then calls done with the
 // outcome (done may be nil). private tells that r carries a private header
 // that the key does not hold: the fetch goes without it (detach).
-func (c *Handler) background(r *http.Request, next caddyhttp.Handler, key cache.Key, f *cache.Flight, fwd string, private bool, done func(cache.Outcome)) {
+func (c *Handler) background(r *http.Request, next caddyhttp.Handler, p place, f *cache.Flight, fwd string, private bool, done func(cache.Outcome)) {
 	bg, w, cancel := c.detach(r, private)
 	go func() {
 		defer releaseBackground()
@@ -62,7 +62,7 @@ func (c *Handler) background(r *http.Request, next caddyhttp.Handler, key cache.
 				c.logger.Error("edge_cache background fetch panicked", zap.Any("panic", p), zap.String("uri", bg.RequestURI))
 			}
 		}()
-		err := c.fetch(w, bg, next, key, nil, f, false, verdict{fwd: fwd, background: true})
+		err := c.fetch(w, bg, next, p, nil, f, false, verdict{fwd: fwd, background: true})
 		if err != nil {
 			if ce := c.logger.Check(zap.DebugLevel, "edge_cache background fetch failed"); ce != nil {
 				ce.Write(zap.String("uri", bg.RequestURI), zap.Error(err))
