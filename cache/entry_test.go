@@ -101,6 +101,38 @@ func TestEntryTimes(t *testing.T) {
 	}
 }
 
+// TestEntryStaleWhileRevalidate: an entry is served while refreshed
+// within its window past TTL, kept as long as the longer of its two stale
+// windows, and served offline only within stale_if_error.
+func TestEntryStaleWhileRevalidate(t *testing.T) {
+	e := NewEntry(200, hdr(), []byte("x"), Decision{Store: true, TTL: time.Minute, SWR: 5 * time.Minute}, nil, t0, time.Minute)
+	for _, c := range []struct {
+		at                 time.Duration
+		fresh, reval, used bool
+	}{
+		{0, true, false, true},
+		{time.Minute - 1, true, false, true},
+		{time.Minute, false, true, true},
+		{2*time.Minute - 1, false, true, true},
+		{2 * time.Minute, false, true, false},
+		{6*time.Minute - 1, false, true, false},
+		{6 * time.Minute, false, false, false},
+	} {
+		now := t0.Add(c.at)
+		if e.Fresh(now) != c.fresh || e.Revalidating(now) != c.reval || e.Usable(now) != c.used {
+			t.Errorf("at %v: fresh %v, revalidating %v, usable offline %v", c.at, e.Fresh(now), e.Revalidating(now), e.Usable(now))
+		}
+	}
+	if e.Expires() != t0.Add(6*time.Minute) {
+		t.Fatalf("expires %v after storing", e.Expires().Sub(t0))
+	}
+	b, _ := e.MarshalBinary()
+	var back Entry
+	if err := back.UnmarshalBinary(b); err != nil || back.SWR != e.SWR || b[0] != 3 {
+		t.Fatalf("read back: window %v, version %d, %v", back.SWR, b[0], err)
+	}
+}
+
 func TestEntryMatchesVary(t *testing.T) {
 	up := hdr("Vary", "Accept-Encoding, X-Lang")
 	e := NewEntry(200, up, nil, Decision{Store: true, TTL: time.Minute}, hdr("Accept-Encoding", "gzip", "Accept-Encoding", "br"), t0, 0)

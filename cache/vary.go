@@ -43,7 +43,7 @@ func VariantKey(key Key, vary []string, h http.Header) Key {
 // index it replaces, if any) had left, whichever is longer, so that the
 // variants stored before stay reachable.
 func NewIndex(e *Entry, prev *Entry) *Entry {
-	idx := &Entry{Index: true, Stored: e.Stored, TTL: e.TTL, Stale: e.Stale, Vary: e.Vary}
+	idx := &Entry{Index: true, Stored: e.Stored, TTL: e.TTL, Stale: max(e.Stale, e.SWR), Vary: e.Vary}
 	if prev != nil && prev.Index && prev.Expires().After(idx.Expires()) {
 		idx.Stale = prev.Expires().Sub(idx.Stored) - idx.TTL
 	}

@@ -49,7 +49,8 @@ func releaseBackground() { <-backgroundSlots }
 // background fetches for r in a goroutine that leads f and lands it,
 // holding a slot taken with acquireBackground, then calls done with the
 // outcome (done may be nil). private tells that r carries a private header
-// that the key does not hold: the fetch goes without it (detach).
+// that the key does not hold: the fetch goes without it (detach), and its
+// response is stored only if the upstream marks it shared.
 func (c *Handler) background(r *http.Request, next caddyhttp.Handler, p place, f *cache.Flight, fwd string, private bool, done func(cache.Outcome)) {
 	bg, w, cancel := c.detach(r, private)
 	go func() {
@@ -62,7 +63,9 @@ func (c *Handler) background(r *http.Request, next caddyhttp.Handler, p place, f
 				c.logger.Error("edge_cache background fetch panicked", zap.Any("panic", p), zap.String("uri", bg.RequestURI))
 			}
 		}()
-		err := c.fetch(w, bg, next, p, nil, f, false, verdict{fwd: fwd, background: true})
+		// From a private request, the response is stored only if marked
+		// shared, as that request's own MISS would be.
+		err := c.fetch(w, bg, next, p, nil, f, private, verdict{fwd: fwd, background: true})
 		if err != nil {
 			if ce := c.logger.Check(zap.DebugLevel, "edge_cache background fetch failed"); ce != nil {
 				ce.Write(zap.String("uri", bg.RequestURI), zap.Error(err))
@@ -73,6 +76,32 @@ func (c *Handler) background(r *http.Request, next caddyhttp.Handler, p place, f
 			done(o)
 		}
 	}()
+}
+
+// revalidate refreshes the entry at p in the background, after r was
+// served it stale: unless a fetch for it is in flight already (one refresh
+// per entry; requests past the window wait for it as for any MISS), or
+// MaxBackgroundFetches are running (the next request tries again).
+func (c *Handler) revalidate(r *http.Request, next caddyhttp.Handler, p place, private bool) {
+	if !acquireBackground() {
+		revalidations[revalidateBusy].Inc()
+		return
+	}
+	f, ok := c.flights.Lead(p.at.ID)
+	if !ok {
+		releaseBackground()
+		return
+	}
+	c.background(r, next, p, f, fwdStale, private, func(o cache.Outcome) {
+		switch o {
+		case cache.Stored:
+			revalidations[revalidateStored].Inc()
+		case cache.Unreachable:
+			revalidations[revalidateUnreachable].Inc()
+		default:
+			revalidations[revalidateNotStored].Inc()
+		}
+	})
 }
 
 // bodyHeaders describe a request body; a background fetch has none.
@@ -116,10 +145,12 @@ func (c *Handler) detach(r *http.Request, private bool) (*http.Request, http.Res
 		// The new request's own placeholders come first; this answers
 		// only what it does not know.
 		repl.Map(func(key string) (any, bool) {
-			if private && !c.identityKey(key) {
-				return nil, false
+			v, ok := orig.Get(key)
+			if ok && private && !c.identityKey(key) {
+				// Known, and withheld: empty, not left as its name.
+				return "", true
 			}
-			return orig.Get(key)
+			return v, ok
 		})
 	}
 	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok && !private {

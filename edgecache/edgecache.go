@@ -66,6 +66,14 @@ type Handler struct {
 	// 0, no stale copies.
 	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
 
+	// StaleWhileRevalidate serves an entry this long past its lifetime at
+	// once, as a HIT, while one request refreshes it in the background
+	// (RFC 5861), for responses whose Cache-Control says nothing of it; an
+	// upstream's stale-while-revalidate=N wins, and must-revalidate or
+	// proxy-revalidate forbid it. Capped by ttl_max. Default: 0, stale
+	// entries are fetched again before they are served.
+	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
+
 	// Identity lists further values that tell users apart, beyond the
 	// Authorization header which is always part of the key: placeholders
 	// such as {http.request.cookie.session} or {http.auth.user.id}. Their
@@ -224,7 +232,7 @@ func (c *Handler) Provision(ctx caddy.Context) error {
 	if c.CoalesceWait == 0 {
 		c.CoalesceWait = caddy.Duration(DefaultCoalesceWait)
 	}
-	c.policy = cache.Policy{TTL: time.Duration(c.TTL), MaxTTL: time.Duration(c.TTLMax)}
+	c.policy = cache.Policy{TTL: time.Duration(c.TTL), MaxTTL: time.Duration(c.TTLMax), StaleWhileRevalidate: time.Duration(c.StaleWhileRevalidate)}
 	c.stale = time.Duration(c.StaleIfError)
 	c.provisionHeaders()
 	raw, err := storageJSON(c.StorageRaw, c.RedisPrefix)
@@ -261,6 +269,8 @@ func (c *Handler) validate() error {
 		return fmt.Errorf("ttl %s is longer than ttl_max %s", time.Duration(c.TTL), time.Duration(c.TTLMax))
 	case c.StaleIfError < 0:
 		return fmt.Errorf("stale_if_error must not be negative, got %s", time.Duration(c.StaleIfError))
+	case c.StaleWhileRevalidate < 0:
+		return fmt.Errorf("stale_while_revalidate must not be negative, got %s", time.Duration(c.StaleWhileRevalidate))
 	case c.MaxSize < 0:
 		return fmt.Errorf("max_size must be positive, got %d", c.MaxSize)
 	case c.MaxMemory < 0:

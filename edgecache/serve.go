@@ -18,7 +18,8 @@ import (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 //
 // A cacheable request (GET, HEAD, OPTIONS) with a fresh entry is a HIT,
-// answered here. A GET or OPTIONS without one joins the flight for its
+// answered here; so is one with a stale entry within its
+// stale-while-revalidate window, which is refreshed in the background. A GET or OPTIONS without one joins the flight for its
 // key: the first goes upstream (MISS when stored, DIRECT when not), the
 // others wait (coalesce_wait at most) and are served its entry. Anything
 // else goes straight upstream with DIRECT: other methods, upgrades, and
@@ -52,6 +53,10 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	case e.Index || !e.Matches(r.Header):
 		fwd = fwdVaryMiss
+	case !e.Fresh(now) && e.Revalidating(now) && (e.Shared || !private):
+		// Served at once, stale, while one request refreshes it.
+		c.revalidate(r, next, p, private)
+		return c.serveHit(w, r, e, now)
 	case !e.Fresh(now):
 		fwd = fwdStale
 		if e.Usable(now) && (e.Shared || !private) {
