@@ -34,15 +34,22 @@ type Entry struct {
 	// Stale is how long past its TTL the entry is kept to answer when the
 	// upstream is offline (stale_if_error).
 	Stale time.Duration
+	// SWR is how long past its TTL the entry is served while it is
+	// refreshed in the background (stale-while-revalidate).
+	SWR time.Duration
 	// Buckets tag the entry for purging.
 	Buckets []string
 	// Shared tells that the upstream said the response may be shared
 	// between users (Decision.Shared).
 	Shared bool
 	// Vary lists the request headers the response varies on, and
-	// VaryValues the values (comma-joined) the request that produced it
-	// had: the entry serves only requests with the same values.
+	// VaryValues the selecting values (comma-joined, Accept-Encoding as
+	// the codings it accepts) the request that produced it had: the entry
+	// serves only requests with the same values.
 	Vary, VaryValues []string
+	// Index tells that the entry holds no response but the Vary list of
+	// its URL's responses, each stored under its VariantKey (NewIndex).
+	Index bool
 
 	contentLength string
 	values        int
@@ -82,6 +89,7 @@ func NewEntry(status int, header http.Header, body []byte, d Decision, req http.
 		Stored:  now,
 		TTL:     d.TTL,
 		Stale:   max(stale, 0),
+		SWR:     max(d.SWR, 0),
 		Buckets: d.Buckets,
 		Shared:  d.Shared,
 	}
@@ -110,7 +118,7 @@ func NewEntry(status int, header http.Header, body []byte, d Decision, req http.
 	if len(e.Vary) > 0 {
 		e.VaryValues = make([]string, len(e.Vary))
 		for i, name := range e.Vary {
-			e.VaryValues[i] = strings.Join(req[name], ",")
+			e.VaryValues[i] = selectingValue(name, req[name])
 		}
 	}
 	e.finish()
@@ -167,15 +175,22 @@ func (e *Entry) HeaderValues() int { return e.values }
 // Size is what the entry costs a memory store, in bytes.
 func (e *Entry) Size() int64 { return e.size }
 
-// Expires is when the entry is no longer useful: TTL and Stale past Stored.
-func (e *Entry) Expires() time.Time { return e.Stored.Add(e.TTL + e.Stale) }
+// Expires is when the entry is no longer useful: TTL past Stored, and the
+// longer of Stale and SWR.
+func (e *Entry) Expires() time.Time { return e.Stored.Add(e.TTL + max(e.Stale, e.SWR)) }
 
 // Fresh tells whether the entry may be served as a HIT at now.
 func (e *Entry) Fresh(now time.Time) bool { return now.Before(e.Stored.Add(e.TTL)) }
 
+// Revalidating tells whether the entry, stale at now, may be served while
+// it is refreshed in the background: within SWR past its TTL.
+func (e *Entry) Revalidating(now time.Time) bool {
+	return e.SWR > 0 && !e.Fresh(now) && now.Before(e.Stored.Add(e.TTL+e.SWR))
+}
+
 // Usable tells whether the entry may still be served at now when the
 // upstream is offline.
-func (e *Entry) Usable(now time.Time) bool { return now.Before(e.Expires()) }
+func (e *Entry) Usable(now time.Time) bool { return now.Before(e.Stored.Add(e.TTL + e.Stale)) }
 
 // Age is the entry's age in whole seconds at now, for the Age header.
 func (e *Entry) Age(now time.Time) int64 {
@@ -186,7 +201,11 @@ func (e *Entry) Age(now time.Time) int64 {
 // headers it varies on have the values they had when it was stored.
 func (e *Entry) Matches(req http.Header) bool {
 	for i, name := range e.Vary {
-		if !joinedEqual(req[name], e.VaryValues[i]) {
+		if name == "Accept-Encoding" && len(req[name]) > 0 {
+			if AcceptedCodings(req[name]) != e.VaryValues[i] {
+				return false
+			}
+		} else if !joinedEqual(req[name], e.VaryValues[i]) {
 			return false
 		}
 	}
@@ -233,11 +252,22 @@ func (e *Entry) NotModified(ifNoneMatch []string) bool {
 // The binary form of an entry, for stores outside the process: a version
 // byte, then (from version 2) a byte of flags, then the fields, strings and
 // byte slices length-prefixed. Version 1 entries, which other instances of
-// an earlier release may still write, read as not shared.
-const entryVersion = 2
+// an earlier release may still write, read as not shared. Version 3 adds
+// the stale-while-revalidate window after Stale; it is written only for
+// what version 2 cannot say (an index, a window), so that instances of the
+// earlier release sharing a Redis read every other entry, and take the
+// rest for corrupt entries, misses, rather than for empty responses or
+// entries kept too long.
+const (
+	entryVersion   = 3
+	entryVersionV2 = 2
+)
 
-// entryShared is the flag of a shared entry.
-const entryShared = 1
+// The flags of an entry.
+const (
+	entryShared = 1 << iota
+	entryIndex
+)
 
 // errCorrupt is returned when a stored entry cannot be read back.
 var errCorrupt = errors.New("cache: corrupt entry")
@@ -245,16 +275,24 @@ var errCorrupt = errors.New("cache: corrupt entry")
 // MarshalBinary encodes the entry.
 func (e *Entry) MarshalBinary() ([]byte, error) {
 	b := make([]byte, 0, 64+len(e.Body)+int(e.size-entryOverhead))
-	b = append(b, entryVersion)
-	flags := byte(0)
+	version, flags := byte(entryVersionV2), byte(0)
 	if e.Shared {
 		flags |= entryShared
 	}
-	b = append(b, flags)
+	if e.Index {
+		flags |= entryIndex
+	}
+	if e.Index || e.SWR > 0 {
+		version = entryVersion
+	}
+	b = append(b, version, flags)
 	b = binary.AppendUvarint(b, uint64(e.Status))
 	b = binary.AppendVarint(b, e.Stored.UnixNano())
 	b = binary.AppendVarint(b, int64(e.TTL))
 	b = binary.AppendVarint(b, int64(e.Stale))
+	if version == entryVersion {
+		b = binary.AppendVarint(b, int64(e.SWR))
+	}
 	b = appendField(b, e.ETag)
 	b = appendStrings(b, e.Buckets)
 	b = appendStrings(b, e.Vary)
@@ -283,9 +321,10 @@ func appendStrings(b []byte, list []string) []byte {
 func (e *Entry) UnmarshalBinary(data []byte) error {
 	d := decoder{b: data}
 	flags := byte(0)
-	switch d.byte() {
+	version := d.byte()
+	switch version {
 	case 1:
-	case entryVersion:
+	case entryVersionV2, entryVersion:
 		flags = d.byte()
 	default:
 		return errCorrupt
@@ -294,6 +333,10 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 	stored := d.varint()
 	ttl := d.varint()
 	stale := d.varint()
+	var swr int64
+	if version == entryVersion {
+		swr = d.varint()
+	}
 	etag := d.string()
 	buckets := d.strings()
 	vary := d.strings()
@@ -305,7 +348,9 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 		header[name] = d.strings()
 	}
 	body := d.bytes()
-	if d.err || len(d.b) != 0 || status < 100 || status > 999 || ttl < 0 || stale < 0 || len(vary) != len(varyValues) {
+	index := flags&entryIndex != 0
+	if d.err || len(d.b) != 0 || (status < 100 || status > 999) && !(index && status == 0) ||
+		ttl < 0 || stale < 0 || swr < 0 || len(vary) != len(varyValues) || index && len(vary) == 0 {
 		return errCorrupt
 	}
 	*e = Entry{
@@ -316,10 +361,12 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 		Stored:     time.Unix(0, stored),
 		TTL:        time.Duration(ttl),
 		Stale:      time.Duration(stale),
+		SWR:        time.Duration(swr),
 		Buckets:    buckets,
 		Vary:       vary,
 		VaryValues: varyValues,
 		Shared:     flags&entryShared != 0,
+		Index:      index,
 	}
 	e.finish()
 	return nil

@@ -50,7 +50,7 @@ func TestNewEntryHeaders(t *testing.T) {
 	if len(e.ETag) != 26 || e.ETag[0] != '"' || e.Header.Get("Etag") != e.ETag {
 		t.Fatalf("etag %q", e.ETag)
 	}
-	if !reflect.DeepEqual(e.Vary, []string{"Accept-Encoding", "Accept"}) || !reflect.DeepEqual(e.VaryValues, []string{"gzip,br", ""}) {
+	if !reflect.DeepEqual(e.Vary, []string{"Accept-Encoding", "Accept"}) || !reflect.DeepEqual(e.VaryValues, []string{"br,gzip", ""}) {
 		t.Fatalf("vary %q = %q", e.Vary, e.VaryValues)
 	}
 	body[0] = 'X'
@@ -101,6 +101,38 @@ func TestEntryTimes(t *testing.T) {
 	}
 }
 
+// TestEntryStaleWhileRevalidate: an entry is served while refreshed
+// within its window past TTL, kept as long as the longer of its two stale
+// windows, and served offline only within stale_if_error.
+func TestEntryStaleWhileRevalidate(t *testing.T) {
+	e := NewEntry(200, hdr(), []byte("x"), Decision{Store: true, TTL: time.Minute, SWR: 5 * time.Minute}, nil, t0, time.Minute)
+	for _, c := range []struct {
+		at                 time.Duration
+		fresh, reval, used bool
+	}{
+		{0, true, false, true},
+		{time.Minute - 1, true, false, true},
+		{time.Minute, false, true, true},
+		{2*time.Minute - 1, false, true, true},
+		{2 * time.Minute, false, true, false},
+		{6*time.Minute - 1, false, true, false},
+		{6 * time.Minute, false, false, false},
+	} {
+		now := t0.Add(c.at)
+		if e.Fresh(now) != c.fresh || e.Revalidating(now) != c.reval || e.Usable(now) != c.used {
+			t.Errorf("at %v: fresh %v, revalidating %v, usable offline %v", c.at, e.Fresh(now), e.Revalidating(now), e.Usable(now))
+		}
+	}
+	if e.Expires() != t0.Add(6*time.Minute) {
+		t.Fatalf("expires %v after storing", e.Expires().Sub(t0))
+	}
+	b, _ := e.MarshalBinary()
+	var back Entry
+	if err := back.UnmarshalBinary(b); err != nil || back.SWR != e.SWR || b[0] != 3 {
+		t.Fatalf("read back: window %v, version %d, %v", back.SWR, b[0], err)
+	}
+}
+
 func TestEntryMatchesVary(t *testing.T) {
 	up := hdr("Vary", "Accept-Encoding, X-Lang")
 	e := NewEntry(200, up, nil, Decision{Store: true, TTL: time.Minute}, hdr("Accept-Encoding", "gzip", "Accept-Encoding", "br"), t0, 0)
@@ -110,9 +142,14 @@ func TestEntryMatchesVary(t *testing.T) {
 	}{
 		{hdr("Accept-Encoding", "gzip", "Accept-Encoding", "br"), true},
 		{hdr("Accept-Encoding", "gzip,br"), true},
+		// Accept-Encoding is compared as the codings it accepts.
+		{hdr("Accept-Encoding", "gzip,br,"), true},
+		{hdr("Accept-Encoding", "BR;q=0.5 , x-gzip, made-up"), true},
+		{hdr("Accept-Encoding", "*;q=0, br, gzip"), true},
 		{hdr("Accept-Encoding", "gzip"), false},
+		{hdr("Accept-Encoding", "gzip, br, deflate"), false},
+		{hdr("Accept-Encoding", "gzip, br;q=0"), false},
 		{hdr("Accept-Encoding", "gzip,br", "X-Lang", "fr"), false},
-		{hdr("Accept-Encoding", "gzip,br,"), false},
 		{hdr(), false},
 	} {
 		if got := e.Matches(c.h); got != c.want {
@@ -121,6 +158,12 @@ func TestEntryMatchesVary(t *testing.T) {
 	}
 	if plain := NewEntry(200, hdr(), nil, Decision{Store: true, TTL: time.Minute}, nil, t0, 0); !plain.Matches(hdr("X", "y")) {
 		t.Error("an entry without Vary does not match")
+	}
+	// Without Accept-Encoding, any coding is acceptable (RFC 9110): that
+	// is not "identity", which accepts none.
+	none := NewEntry(200, hdr("Vary", "Accept-Encoding"), nil, Decision{Store: true, TTL: time.Minute}, hdr(), t0, 0)
+	if !none.Matches(hdr()) || none.Matches(hdr("Accept-Encoding", "identity")) || none.Matches(hdr("Accept-Encoding", "gzip")) {
+		t.Error("a response to a request without Accept-Encoding")
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
@@ -13,8 +15,9 @@ import (
 type Key struct {
 	// ID is a SHA-256 of everything that tells responses apart: the zone,
 	// the namespace, the method class, host, path, query, the identity
-	// (Authorization, the credential headers and the caller's values), and
-	// the Origin and Range request headers.
+	// (Authorization, the credential headers and the caller's values),
+	// the Origin and Range request headers, and a CORS preflight's
+	// Access-Control-Request-Method and -Headers.
 	ID Hash
 	// Auth is AuthHash of the Authorization header; valid when HasAuth.
 	Auth Hash
@@ -40,7 +43,10 @@ var CredentialHeaders = []string{"Proxy-Authorization", "X-Api-Key", "Api-Key", 
 // OPTIONS has entries of its own. The Origin header is part of the key as
 // in Bloom, so that CORS answers never cross origins even when the upstream
 // forgets Vary: Origin; Range is part of it so that a partial response is
-// never served for a whole one.
+// never served for a whole one. A CORS preflight's own request headers,
+// Access-Control-Request-Method and Access-Control-Request-Headers, are
+// part of it too (appendPreflight), so that one preflight's answer is
+// never served to another.
 func KeyOf(r *http.Request, zone string, identity []string) Key {
 	var k Key
 	k.Shard = ParseShard(r.Header[HeaderShard])
@@ -76,8 +82,48 @@ func KeyOf(r *http.Request, zone string, identity []string) Key {
 	}
 	b = appendHeader(b, r.Header["Origin"])
 	b = appendHeader(b, r.Header["Range"])
+	b = appendPreflight(b, r.Header)
 	k.ID = sha256.Sum256(b)
 	return k
+}
+
+// appendPreflight writes what a CORS preflight asks for: the method as it
+// is (methods are case-sensitive), and the request headers as a set, since
+// browsers and attackers may spell one list in many ways. A request without
+// them (every request but a preflight) writes two empty fields and
+// allocates nothing.
+func appendPreflight(b []byte, h http.Header) []byte {
+	methods := h["Access-Control-Request-Method"]
+	b = binary.AppendUvarint(b, uint64(len(methods)))
+	for _, m := range methods {
+		b = appendField(b, httpval.Trim(m))
+	}
+	lines := h["Access-Control-Request-Headers"]
+	if len(lines) == 0 {
+		return append(b, 0)
+	}
+	names := headerSet(lines)
+	b = binary.AppendUvarint(b, uint64(len(names)))
+	for _, n := range names {
+		b = appendField(b, n)
+	}
+	return b
+}
+
+// headerSet reads a list of header names given over one or more field
+// lines (Access-Control-Request-Headers, Vary) as a set: lower-cased,
+// trimmed, sorted, each once, blanks dropped.
+func headerSet(lines []string) []string {
+	var names []string
+	for _, line := range lines {
+		for part := range strings.SplitSeq(line, ",") {
+			if n := strings.ToLower(httpval.Trim(part)); n != "" {
+				names = append(names, n)
+			}
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // ParseShard reads Bloom-Request-Shard. As in Bloom, a missing or invalid

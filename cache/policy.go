@@ -32,8 +32,14 @@ type Policy struct {
 	// Default DefaultTTL.
 	TTL time.Duration
 	// MaxTTL caps every lifetime, whether from Bloom-Response-TTL or
-	// Cache-Control. Default DefaultMaxTTL.
+	// Cache-Control, and every stale-while-revalidate window. Default
+	// DefaultMaxTTL.
 	MaxTTL time.Duration
+	// StaleWhileRevalidate is how long past its lifetime an entry is
+	// served while it is refreshed in the background, when the upstream
+	// says nothing (RFC 5861: Cache-Control stale-while-revalidate).
+	// Default 0: none.
+	StaleWhileRevalidate time.Duration
 }
 
 func (p *Policy) ttl() time.Duration {
@@ -56,6 +62,9 @@ type Decision struct {
 	Store bool
 	// TTL is how long the entry is fresh.
 	TTL time.Duration
+	// SWR is how long past TTL the entry may be served while it is
+	// refreshed in the background (stale-while-revalidate).
+	SWR time.Duration
 	// Buckets are the tags from Bloom-Response-Buckets.
 	Buckets []string
 	// Shared tells that the upstream said the response may be shared
@@ -98,7 +107,11 @@ func CacheableStatus(code int) bool {
 //
 // The lifetime is Bloom-Response-TTL in seconds if given and valid, else
 // Cache-Control s-maxage, else max-age, else the policy's TTL; each capped
-// by MaxTTL.
+// by MaxTTL. The stale-while-revalidate window is the upstream's
+// (Cache-Control stale-while-revalidate=N, RFC 5861) if given, else the
+// policy's; capped by MaxTTL; none when the upstream says must-revalidate
+// or proxy-revalidate, which forbid serving the response stale (RFC 9111,
+// 4.2.4).
 func (p *Policy) Decide(status int, h http.Header) Decision {
 	if !CacheableStatus(status) {
 		return Decision{Reason: "status " + strconv.Itoa(status) + " is not cacheable", Detail: "status"}
@@ -138,18 +151,27 @@ func (p *Policy) Decide(status int, h http.Header) Decision {
 	if ttl <= 0 {
 		return Decision{Reason: "a lifetime of zero", Detail: "ttl-zero"}
 	}
-	return Decision{Store: true, TTL: ttl, Buckets: buckets, Shared: cc.public || cc.sMaxAge > 0}
+	swr := p.StaleWhileRevalidate
+	switch {
+	case cc.mustRevalidate:
+		swr = 0
+	case cc.swr >= 0:
+		swr = time.Duration(cc.swr) * time.Second
+	}
+	swr = max(min(swr, p.maxTTL()), 0)
+	return Decision{Store: true, TTL: ttl, SWR: swr, Buckets: buckets, Shared: cc.public || cc.sMaxAge > 0}
 }
 
 // cacheControl holds the directives of Cache-Control that matter here;
-// ages are -1 when absent.
+// ages are -1 when absent. mustRevalidate stands for must-revalidate and
+// proxy-revalidate, which mean the same to a shared cache.
 type cacheControl struct {
-	noStore, private, noCache, public bool
-	maxAge, sMaxAge                   int64
+	noStore, private, noCache, public, mustRevalidate bool
+	maxAge, sMaxAge, swr                              int64
 }
 
 func parseCacheControl(vals []string) cacheControl {
-	cc := cacheControl{maxAge: -1, sMaxAge: -1}
+	cc := cacheControl{maxAge: -1, sMaxAge: -1, swr: -1}
 	for _, line := range vals {
 		for len(line) > 0 {
 			var item string
@@ -173,6 +195,15 @@ func parseCacheControl(vals []string) cacheControl {
 				cc.maxAge = ageOrStale(value)
 			case strings.EqualFold(name, "s-maxage"):
 				cc.sMaxAge = ageOrStale(value)
+			case strings.EqualFold(name, "must-revalidate"), strings.EqualFold(name, "proxy-revalidate"):
+				cc.mustRevalidate = true
+			// An invalid window grants nothing (RFC 5861 gives no other
+			// reading), rather than the operator's default.
+			case strings.EqualFold(name, "stale-while-revalidate"):
+				cc.swr = 0
+				if n, ok := parseAge(value); ok {
+					cc.swr = n
+				}
 			}
 		}
 	}

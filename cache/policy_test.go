@@ -110,6 +110,36 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// TestDecideStaleWhileRevalidate: the upstream's window (RFC 5861) beats
+// the policy's default; must-revalidate and proxy-revalidate forbid one;
+// MaxTTL caps it.
+func TestDecideStaleWhileRevalidate(t *testing.T) {
+	p := Policy{TTL: time.Minute, MaxTTL: time.Hour, StaleWhileRevalidate: 5 * time.Minute}
+	none := Policy{TTL: time.Minute, MaxTTL: time.Hour}
+	for _, c := range []struct {
+		name string
+		p    Policy
+		h    http.Header
+		swr  time.Duration
+	}{
+		{"default", p, hdr(), 5 * time.Minute},
+		{"no default", none, hdr(), 0},
+		{"upstream", none, hdr("Cache-Control", "max-age=10, stale-while-revalidate=30"), 30 * time.Second},
+		{"upstream beats default", p, hdr("Cache-Control", "max-age=10, Stale-While-Revalidate=30"), 30 * time.Second},
+		{"upstream zero", p, hdr("Cache-Control", "max-age=10, stale-while-revalidate=0"), 0},
+		{"upstream invalid", p, hdr("Cache-Control", "max-age=10, stale-while-revalidate=soon"), 0},
+		{"upstream quoted", none, hdr("Cache-Control", `stale-while-revalidate="20"`), 20 * time.Second},
+		{"capped", none, hdr("Cache-Control", "stale-while-revalidate=86400"), time.Hour},
+		{"must-revalidate", p, hdr("Cache-Control", "max-age=10, must-revalidate"), 0},
+		{"must-revalidate beats upstream", p, hdr("Cache-Control", "must-revalidate, stale-while-revalidate=30"), 0},
+		{"proxy-revalidate", p, hdr("Cache-Control", "s-maxage=10, proxy-revalidate"), 0},
+	} {
+		if d := c.p.Decide(200, c.h); !d.Store || d.SWR != c.swr {
+			t.Errorf("%s: store %v, window %v, want %v", c.name, d.Store, d.SWR, c.swr)
+		}
+	}
+}
+
 func manyNames(n int) string {
 	var b strings.Builder
 	for i := range n {

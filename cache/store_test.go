@@ -79,6 +79,41 @@ func runStoreCases(t *testing.T, open openStore) {
 			t.Fatalf("stale entry: %+v %v", e, err)
 		}
 	})
+	t.Run("variants and their index", func(t *testing.T) {
+		s := open(t)
+		r := req("GET", "http://api.example/"+uniq(t))
+		k := KeyOf(r, "z", nil)
+		vary := hdr("Vary", "Accept-Encoding")
+		var last *Entry
+		for _, ae := range []string{"gzip", "br", ""} {
+			h := hdr("Accept-Encoding", ae)
+			if ae == "" {
+				h = hdr()
+			}
+			e := NewEntry(200, vary, []byte("body for "+ae), Decision{Store: true, TTL: time.Minute}, h, t0, 0)
+			if err := s.Set(ctx, VariantKey(k, e.Vary, h), e, t0); err != nil {
+				t.Fatal(err)
+			}
+			last = e
+		}
+		if err := s.Set(ctx, k, NewIndex(last, nil), t0); err != nil {
+			t.Fatal(err)
+		}
+		idx, err := s.Get(ctx, k, t0)
+		if err != nil || idx == nil || !idx.Index || len(idx.Vary) != 1 || idx.Vary[0] != "Accept-Encoding" {
+			t.Fatalf("index: %+v %v", idx, err)
+		}
+		for spelling, want := range map[string]string{"GZIP;q=1": "gzip", "x-gzip, made-up": "gzip", "br": "br", "": ""} {
+			h := hdr("Accept-Encoding", spelling)
+			if spelling == "" {
+				h = hdr()
+			}
+			e, err := s.Get(ctx, VariantKey(k, idx.Vary, h), t0)
+			if err != nil || e == nil || string(e.Body) != "body for "+want || !e.Matches(h) {
+				t.Fatalf("variant for %q: %+v %v", spelling, e, err)
+			}
+		}
+	})
 	t.Run("purge by bucket", func(t *testing.T) {
 		s := open(t)
 		u := uniq(t)

@@ -491,3 +491,84 @@ func TestCacheBehindAPermissiveLimit(t *testing.T) {
 		t.Fatalf("upstream saw %d", n)
 	}
 }
+
+// TestCacheWaitersPastCoalesceWaitMakeOneFetch: 30 concurrent requests
+// for a URL whose first upstream request hangs. Past coalesce_wait, each
+// waiter used to ask the upstream itself (30 upstream requests for one
+// URL) and the last answered after twice the upstream's time; now the
+// first to give up has the upstream asked once more, in the background,
+// and they all wait for that request or the first, whichever answers
+// first: the upstream sees two requests.
+func TestCacheWaitersPastCoalesceWaitMakeOneFetch(t *testing.T) {
+	e2e.FakeClock(t)
+	release := make(chan struct{})
+	var released sync.Once
+	free := func() { released.Do(func() { close(release) }) }
+	var first atomic.Bool
+	// The first request hangs until released; the upstream answers every
+	// later one at once, so only the count of requests it sees tells
+	// whether the waiters stampeded.
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if first.CompareAndSwap(false, true) {
+			<-release
+		}
+		_, _ = io.WriteString(w, "slow answer")
+	})
+	t.Cleanup(free) // before the upstream closes, which waits for it
+	s := startCacheSite(t, `
+%ADDR% {
+	edge_cache {
+		coalesce_wait 300ms
+	}
+	reverse_proxy %UPSTREAM%
+}`, up)
+	client := &http.Client{Timeout: time.Minute}
+	get := func() string {
+		resp, err := client.Get(s.Base + "/slow")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.Header.Get("Bloom-Status") + " " + string(b)
+	}
+	leader := make(chan string, 1)
+	go func() { leader <- get() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for up.count("GET /slow") == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	const waiters = 29
+	var wg sync.WaitGroup
+	got := make([]string, waiters)
+	for i := range waiters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i] = get()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(45 * time.Second):
+		t.Fatal("the waiters are still waiting")
+	}
+	if n := up.count("GET /slow"); n != 2 {
+		t.Fatalf("the upstream saw %d requests for the URL, want 2 (the hung one and one more)", n)
+	}
+	count := map[string]int{}
+	for _, g := range got {
+		count[g]++
+	}
+	// The second request went in the background: every waiter is served
+	// what it stored.
+	if count["HIT slow answer"] != waiters {
+		t.Fatalf("waiters got %v, want HITs", count)
+	}
+	free()
+	if body := <-leader; body != "MISS slow answer" {
+		t.Fatalf("the leader got %q", body)
+	}
+}

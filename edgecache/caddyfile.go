@@ -27,6 +27,7 @@ func init() {
 //		max_size <size>
 //		max_memory <size>
 //		stale_if_error <duration>
+//		stale_while_revalidate <duration>
 //		identity <placeholder>...
 //		private_headers <header>...|off
 //		keep_headers <header>...
@@ -67,12 +68,12 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		seen[opt] = true
 		switch opt {
-		case "ttl", "ttl_max", "stale_if_error":
+		case "ttl", "ttl_max", "stale_if_error", "stale_while_revalidate":
 			dur, err := args.Duration(d)
 			if err != nil {
 				return err
 			}
-			if dur <= 0 && opt != "stale_if_error" || dur < 0 {
+			if dur <= 0 && (opt == "ttl" || opt == "ttl_max") || dur < 0 {
 				return d.Errf("%s must be positive, got %s", opt, dur)
 			}
 			switch opt {
@@ -80,8 +81,10 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				c.TTL = caddy.Duration(dur)
 			case "ttl_max":
 				c.TTLMax = caddy.Duration(dur)
-			default:
+			case "stale_if_error":
 				c.StaleIfError = caddy.Duration(dur)
+			default:
+				c.StaleWhileRevalidate = caddy.Duration(dur)
 			}
 		case "max_size", "max_memory":
 			n, err := args.Size(d)

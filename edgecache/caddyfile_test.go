@@ -64,6 +64,7 @@ func TestCacheCaddyfile(t *testing.T) {
 		max_size 256KB
 		max_memory 256MB
 		stale_if_error 5m
+		stale_while_revalidate 30s
 		identity {header.X-Tenant} {http.request.cookie.session}
 		storage memory
 	}
@@ -79,8 +80,9 @@ func TestCacheCaddyfile(t *testing.T) {
 	want := edgecache.Handler{
 		TTL: caddy.Duration(time.Minute), TTLMax: caddy.Duration(time.Hour),
 		MaxSize: 256_000, MaxMemory: 256_000_000, StaleIfError: caddy.Duration(5 * time.Minute),
-		Identity:   []string{"{http.request.header.X-Tenant}", "{http.request.cookie.session}"},
-		StorageRaw: json.RawMessage(`{"backend":"memory"}`), Zone: c.Zone,
+		StaleWhileRevalidate: caddy.Duration(30 * time.Second),
+		Identity:             []string{"{http.request.header.X-Tenant}", "{http.request.cookie.session}"},
+		StorageRaw:           json.RawMessage(`{"backend":"memory"}`), Zone: c.Zone,
 	}
 	if c.Zone == "" || !jsonEqual(t, c, want) {
 		t.Fatalf("got %+v\nwant %+v", c, want)
@@ -180,6 +182,9 @@ func TestCacheCaddyfileErrors(t *testing.T) {
 		"edge_cache {\n\tttl 1m 2m\n}":                           "wrong argument count",
 		"edge_cache {\n\tttl 2h\n\tttl_max 1h\n}":                "ttl 2h0m0s is longer than ttl_max 1h0m0s",
 		"edge_cache {\n\tstale_if_error -1s\n}":                  "stale_if_error must be positive",
+		"edge_cache {\n\tstale_while_revalidate -1s\n}":          "stale_while_revalidate must be positive",
+		"edge_cache {\n\tstale_while_revalidate\n}":              "wrong argument count",
+		"edge_cache {\n\tstale_while_revalidate soon\n}":         `bad duration "soon"`,
 		"edge_cache {\n\tmax_size lots\n}":                       `size "lots": want bytes or a size`,
 		"edge_cache {\n\tmax_size 0\n}":                          "out of range",
 		"edge_cache {\n\tmax_size 2MB\n\tmax_memory 1MB\n}":      "max_size 2000000 is larger than max_memory 1000000",
@@ -208,6 +213,7 @@ func TestCacheJSONValidation(t *testing.T) {
 		want string
 	}{
 		{edgecache.Handler{TTL: -1}, "ttl must be positive"},
+		{edgecache.Handler{StaleWhileRevalidate: -1}, "stale_while_revalidate must not be negative"},
 		{edgecache.Handler{MaxSize: 10, MaxMemory: 5}, "max_size 10 is larger than max_memory 5"},
 		{edgecache.Handler{StorageRaw: json.RawMessage(`"disk"`)}, `storage "disk"`},
 		{edgecache.Handler{RedisPrefix: "x"}, `redis_prefix goes with storage "redis"`},

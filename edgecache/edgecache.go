@@ -14,6 +14,7 @@
 package edgecache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,6 +65,14 @@ type Handler struct {
 	// served (with OFFLINE) when the upstream cannot be reached. Default:
 	// 0, no stale copies.
 	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
+
+	// StaleWhileRevalidate serves an entry this long past its lifetime at
+	// once, as a HIT, while one request refreshes it in the background
+	// (RFC 5861), for responses whose Cache-Control says nothing of it; an
+	// upstream's stale-while-revalidate=N wins, and must-revalidate or
+	// proxy-revalidate forbid it. Capped by ttl_max. Default: 0, stale
+	// entries are fetched again before they are served.
+	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
 
 	// Identity lists further values that tell users apart, beyond the
 	// Authorization header which is always part of the key: placeholders
@@ -128,6 +137,9 @@ type Handler struct {
 	// metrics still count its values.
 	BloomStatusOff bool `json:"bloom_status_off,omitempty"`
 
+	// ctx ends when the configuration is unloaded: background fetches
+	// end with it.
+	ctx     context.Context
 	policy  cache.Policy
 	stale   time.Duration
 	private []string // canonical names of the private headers, less those identity covers
@@ -189,6 +201,7 @@ func (c *Handler) stripped(name string) bool {
 // Provision applies defaults and opens the store.
 func (c *Handler) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
+	c.ctx = ctx
 	c.clock = clock.ForProvision()
 	c.warn = new(store.Throttle)
 	c.flights = new(cache.Group)
@@ -219,7 +232,7 @@ func (c *Handler) Provision(ctx caddy.Context) error {
 	if c.CoalesceWait == 0 {
 		c.CoalesceWait = caddy.Duration(DefaultCoalesceWait)
 	}
-	c.policy = cache.Policy{TTL: time.Duration(c.TTL), MaxTTL: time.Duration(c.TTLMax)}
+	c.policy = cache.Policy{TTL: time.Duration(c.TTL), MaxTTL: time.Duration(c.TTLMax), StaleWhileRevalidate: time.Duration(c.StaleWhileRevalidate)}
 	c.stale = time.Duration(c.StaleIfError)
 	c.provisionHeaders()
 	raw, err := storageJSON(c.StorageRaw, c.RedisPrefix)
@@ -256,6 +269,8 @@ func (c *Handler) validate() error {
 		return fmt.Errorf("ttl %s is longer than ttl_max %s", time.Duration(c.TTL), time.Duration(c.TTLMax))
 	case c.StaleIfError < 0:
 		return fmt.Errorf("stale_if_error must not be negative, got %s", time.Duration(c.StaleIfError))
+	case c.StaleWhileRevalidate < 0:
+		return fmt.Errorf("stale_while_revalidate must not be negative, got %s", time.Duration(c.StaleWhileRevalidate))
 	case c.MaxSize < 0:
 		return fmt.Errorf("max_size must be positive, got %d", c.MaxSize)
 	case c.MaxMemory < 0:

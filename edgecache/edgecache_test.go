@@ -364,3 +364,99 @@ func TestCacheWaiterFetchesAfterCoalesceWait(t *testing.T) {
 		t.Fatalf("leader: %q", got)
 	}
 }
+
+// TestCacheReliefInTheForegroundWhenBusy: with every background slot
+// taken, the waiter that gives up on a hung leader fetches for all in the
+// foreground, as the relief's leader.
+func TestCacheReliefInTheForegroundWhenBusy(t *testing.T) {
+	e2e.FakeClock(t)
+	for range MaxBackgroundFetches {
+		if !acquireBackground() {
+			t.Fatal("a background slot is taken before the test")
+		}
+	}
+	defer func() {
+		for range MaxBackgroundFetches {
+			releaseBackground()
+		}
+	}()
+	c := newTestCache(t, &Handler{Zone: "busy", CoalesceWait: caddy.Duration(50 * time.Millisecond)})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if calls.Add(1) == 1 {
+			<-release
+		}
+		_, _ = io.WriteString(w, "answer")
+		return nil
+	})
+	leader := make(chan string, 1)
+	go func() { leader <- serveCache(t, c, next, "GET", "http://example/busy").Body.String() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	w := serveCache(t, c, next, "GET", "http://example/busy")
+	if got := w.Header().Get("Cache-Status"); w.Body.String() != "answer" || got != "edgelimit; fwd=uri-miss; stored; collapsed=?0" {
+		t.Fatalf("waiter: %q, Cache-Status %q", w.Body, got)
+	}
+	close(release)
+	if got := <-leader; got != "answer" {
+		t.Fatalf("leader: %q", got)
+	}
+}
+
+// TestCacheRevalidationBounded: with every background slot taken, a stale
+// entry within its window is still served at once, and no refresh starts
+// (busy); once a slot is free, the next request starts one, and the
+// requests meanwhile start no other.
+func TestCacheRevalidationBounded(t *testing.T) {
+	clk := e2e.FakeClock(t)
+	c := newTestCache(t, &Handler{Zone: "swr-busy", TTL: caddy.Duration(10 * time.Second), StaleWhileRevalidate: caddy.Duration(time.Minute)})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if calls.Add(1) == 2 {
+			<-release // the refresh
+		}
+		_, _ = io.WriteString(w, "answer")
+		return nil
+	})
+	serveCache(t, c, next, "GET", "http://example/swr")
+	clk.Add(15 * time.Second)
+	for range MaxBackgroundFetches {
+		if !acquireBackground() {
+			t.Fatal("a background slot is taken before the test")
+		}
+	}
+	busy := counterValue(t, revalidations[revalidateBusy])
+	w := serveCache(t, c, next, "GET", "http://example/swr")
+	for range MaxBackgroundFetches {
+		releaseBackground()
+	}
+	if w.Header().Get("Cache-Status") != "edgelimit; hit; ttl=-5" || calls.Load() != 1 {
+		t.Fatalf("busy: %v, %d upstream calls", w.Header(), calls.Load())
+	}
+	if d := counterValue(t, revalidations[revalidateBusy]) - busy; d != 1 {
+		t.Fatalf("busy revalidations grew by %v", d)
+	}
+	stored := counterValue(t, revalidations[revalidateStored])
+	serveCache(t, c, next, "GET", "http://example/swr")
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	for range 5 {
+		serveCache(t, c, next, "GET", "http://example/swr")
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d upstream calls, want 2: one refresh at a time", n)
+	}
+	close(release)
+	for counterValue(t, revalidations[revalidateStored]) == stored && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if w := serveCache(t, c, next, "GET", "http://example/swr"); w.Header().Get("Cache-Status") != "edgelimit; hit; ttl=10" {
+		t.Fatalf("after the refresh: %v", w.Header())
+	}
+}

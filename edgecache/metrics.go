@@ -38,6 +38,28 @@ var (
 		Name:      "coalesced_total",
 		Help:      "Requests that waited for another request's upstream fetch of the same key (a MISS in flight).",
 	})
+	revalidationsVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "edge_cache",
+		Name:      "revalidations_total",
+		Help:      "Background refreshes of entries served stale (stale-while-revalidate), by result: stored, not-stored (the response may not be stored), unreachable (the upstream could not be reached; the entry stays), busy (none started: too many background fetches running).",
+	}, []string{"result"})
+
+	// revalidations are revalidationsVec's counters by result, every
+	// series there from the start.
+	revalidations = func() (out [4]prometheus.Counter) {
+		for i, r := range []string{"stored", "not-stored", "unreachable", "busy"} {
+			out[i] = revalidationsVec.WithLabelValues(r)
+		}
+		return out
+	}()
+
+	coalesceTimeoutsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "edge_cache",
+		Name:      "coalesce_timeouts_total",
+		Help:      "Waits on another request's upstream fetch that outlasted coalesce_wait (the first of a flight's waiters to give up fetches again for all of them).",
+	})
 	staleServedTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "edge_cache",
@@ -69,7 +91,15 @@ var (
 		Help:      "Entries the memory stores evicted to stay within max_memory.",
 	}, func() float64 { return float64(evictions()) })
 
-	collectors = []prometheus.Collector{responsesVec, coalescedTotal, staleServedTotal, purgedTotal, entriesGauge, bytesGauge, evictionsCounter}
+	collectors = []prometheus.Collector{responsesVec, revalidationsVec, coalescedTotal, coalesceTimeoutsTotal, staleServedTotal, purgedTotal, entriesGauge, bytesGauge, evictionsCounter}
+)
+
+// The results of a revalidation, indexes of revalidations.
+const (
+	revalidateStored = iota
+	revalidateNotStored
+	revalidateUnreachable
+	revalidateBusy
 )
 
 // registerMetrics adds the edge_cache collectors to the registry of the

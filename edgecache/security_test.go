@@ -392,3 +392,75 @@ func TestCacheHTTP2TrailerNeverLeadsAFlight(t *testing.T) {
 		}
 	}
 }
+
+// corsApp answers CORS preflights as many APIs do, without Vary: 204 for
+// the methods and request headers it allows, 403 otherwise.
+func corsApp(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodOptions {
+		_, _ = io.WriteString(w, "resource")
+		return
+	}
+	method := r.Header.Get("Access-Control-Request-Method")
+	if method != "GET" && method != "PUT" && method != "POST" {
+		w.WriteHeader(http.StatusForbidden)
+		return
+	}
+	for _, line := range r.Header.Values("Access-Control-Request-Headers") {
+		for h := range strings.SplitSeq(line, ",") {
+			switch strings.ToLower(strings.TrimSpace(h)) {
+			case "", "content-type", "authorization":
+			default:
+				w.WriteHeader(http.StatusForbidden)
+				return
+			}
+		}
+	}
+	w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
+	w.Header().Set("Access-Control-Allow-Methods", "GET, PUT, POST")
+	w.Header().Set("Access-Control-Allow-Headers", "content-type, authorization")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// TestCacheNeverServesOnePreflightToAnother: an attacker's preflight
+// asking for DELETE stored the upstream's 403, and browsers' preflights
+// for PUT and GET from that origin got it for the TTL; likewise a 403 for
+// Access-Control-Request-Headers: x-nothing served to a preflight asking
+// for content-type and authorization. A preflight's request headers are
+// in the key, the header list normalized as browsers may spell it.
+func TestCacheNeverServesOnePreflightToAnother(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, corsApp)
+	s := startCacheSite(t, `
+%ADDR% {
+	edge_cache
+	reverse_proxy %UPSTREAM%
+}`, up)
+	const origin = "https://app.example"
+	preflight := func(method, headers string) e2e.Reply {
+		t.Helper()
+		h := []string{"Origin", origin, "Access-Control-Request-Method", method}
+		if headers != "" {
+			h = append(h, "Access-Control-Request-Headers", headers)
+		}
+		return s.Do(http.MethodOptions, "/cors/items", h...)
+	}
+	// The attacker's preflights come first.
+	e2e.Expect(t, preflight("DELETE", ""), 403, "Bloom-Status", "MISS")
+	e2e.Expect(t, preflight("DELETE", ""), 403, "Bloom-Status", "HIT")
+	e2e.Expect(t, preflight("PUT", "x-nothing"), 403, "Bloom-Status", "MISS")
+	// Browsers' preflights get their own answers.
+	e2e.Expect(t, preflight("PUT", ""), 204, "Bloom-Status", "MISS", "Access-Control-Allow-Methods", "GET, PUT, POST")
+	e2e.Expect(t, preflight("GET", ""), 204, "Bloom-Status", "MISS")
+	e2e.Expect(t, preflight("PUT", "content-type,authorization"), 204, "Bloom-Status", "MISS")
+	// And their own answers are cached: the header list is one entry
+	// however it is spelt (case, order, spaces, repeats).
+	e2e.Expect(t, preflight("PUT", ""), 204, "Bloom-Status", "HIT")
+	e2e.Expect(t, preflight("PUT", "Authorization, Content-Type"), 204, "Bloom-Status", "HIT")
+	e2e.Expect(t, preflight("PUT", " content-type , authorization,content-type"), 204, "Bloom-Status", "HIT")
+	// A method is case-sensitive: "put" is not PUT.
+	e2e.Expect(t, preflight("put", ""), 403, "Bloom-Status", "MISS")
+	e2e.Expect(t, preflight("PUT", "x-nothing"), 403, "Bloom-Status", "HIT")
+	if n := up.count("OPTIONS /cors/items"); n != 6 {
+		t.Fatalf("upstream saw %d preflights, want 6", n)
+	}
+}

@@ -18,7 +18,8 @@ import (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 //
 // A cacheable request (GET, HEAD, OPTIONS) with a fresh entry is a HIT,
-// answered here. A GET or OPTIONS without one joins the flight for its
+// answered here; so is one with a stale entry within its
+// stale-while-revalidate window, which is refreshed in the background. A GET or OPTIONS without one joins the flight for its
 // key: the first goes upstream (MISS when stored, DIRECT when not), the
 // others wait (coalesce_wait at most) and are served its entry. Anything
 // else goes straight upstream with DIRECT: other methods, upgrades, and
@@ -38,8 +39,7 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	private := c.isPrivate(r)
 	now := c.clock.Now()
-	key := cache.KeyOf(r, c.Zone, c.identity(r))
-	e, err := c.store.Get(r.Context(), key, now)
+	p, e, err := c.find(r, cache.KeyOf(r, c.Zone, c.identity(r)), now)
 	if err != nil {
 		c.storeFailed(err)
 		return c.passThrough(w, r, next, nil, verdict{fwd: fwdMiss, detail: "store-error"})
@@ -48,8 +48,15 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	fwd := fwdURIMiss
 	switch {
 	case e == nil:
-	case !e.Matches(r.Header):
+		if p.index != nil {
+			fwd = fwdVaryMiss // other variants are stored
+		}
+	case e.Index || !e.Matches(r.Header):
 		fwd = fwdVaryMiss
+	case !e.Fresh(now) && e.Revalidating(now) && (e.Shared || !private):
+		// Served at once, stale, while one request refreshes it.
+		c.revalidate(r, next, p, private)
+		return c.serveHit(w, r, e, now)
 	case !e.Fresh(now):
 		fwd = fwdStale
 		if e.Usable(now) && (e.Shared || !private) {
@@ -69,44 +76,101 @@ func (c *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if private {
 		// Its response may be this user's alone: it is stored only if the
 		// upstream says it may be shared, and nobody waits for it.
-		return c.fetch(w, r, next, key, stale, nil, true, verdict{fwd: fwd})
+		return c.fetch(w, r, next, p, stale, nil, true, verdict{fwd: fwd})
 	}
-	f, leader := c.flights.Join(key.ID)
+	f, leader := c.flights.Join(p.at.ID)
 	if !leader {
-		return c.await(w, r, next, f, key, stale, fwd)
+		return c.await(w, r, next, f, p, stale, fwd)
 	}
 	// A flight that landed between Get and Join has stored its entry.
-	if e, err := c.store.Get(r.Context(), key, now); err == nil && e != nil && e.Matches(r.Header) && e.Fresh(now) {
-		c.flights.Land(key.ID, f, cache.Stored, e)
+	if e, err := c.store.Get(r.Context(), p.at, now); err == nil && e != nil && !e.Index && e.Matches(r.Header) && e.Fresh(now) {
+		c.flights.Land(p.at.ID, f, cache.Stored, e)
 		return c.serveHit(w, r, e, now)
 	}
-	return c.fetch(w, r, next, key, stale, f, false, verdict{fwd: fwd})
+	return c.fetch(w, r, next, p, stale, f, false, verdict{fwd: fwd})
 }
 
-// await waits for the flight another request leads, coalesce_wait at
-// most, and answers from what it brought; after that, or when it brought
-// nothing this request may be served, the request asks the upstream
-// itself.
-func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, f *cache.Flight, key cache.Key, stale *cache.Entry, fwd string) error {
-	coalescedTotal.Inc()
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.CoalesceWait))
-	outcome, fe, err := f.Wait(ctx)
-	cancel()
-	switch {
-	case err != nil && r.Context().Err() != nil:
-		c.settle(w.Header(), verdict{st: cache.Direct, fwd: fwd, collapsed: -1, detail: "client-gone"})
-		return caddyhttp.Error(499, err)
-	case err != nil:
-		// The leader is slow (or never sends its request's end): do not
-		// wait for it any longer.
-	case outcome == cache.Stored && fe.Matches(r.Header):
-		return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1}, c.clock.Now())
-	case outcome == cache.Unreachable:
-		return c.offline(w, r, stale, nil, errUpstreamUnreachable, verdict{fwd: fwd, collapsed: 1})
+// place is where a request's response is kept: under the URL's key, or,
+// when the URL's responses vary, under the key of the variant the request
+// selects, with an index under the URL's key (cache.NewIndex).
+type place struct {
+	// key is the URL's key.
+	key cache.Key
+	// index is the URL's index, when its responses vary.
+	index *cache.Entry
+	// at is where the request's response is looked up (key, or the
+	// variant's key), and the flight it joins.
+	at cache.Key
+}
+
+// find looks up the entry that serves r, following the URL's index to the
+// variant r selects.
+func (c *Handler) find(r *http.Request, key cache.Key, now time.Time) (place, *cache.Entry, error) {
+	p := place{key: key, at: key}
+	e, err := c.store.Get(r.Context(), key, now)
+	if err != nil || e == nil || !e.Index {
+		return p, e, err
 	}
-	// Not stored, or another variant: the leader's response may have been
-	// for the leader only.
-	return c.fetch(w, r, next, key, stale, nil, false, verdict{fwd: fwd, collapsed: -1})
+	p.index, p.at = e, cache.VariantKey(key, e.Vary, r.Header)
+	e, err = c.store.Get(r.Context(), p.at, now)
+	return p, e, err
+}
+
+// put stores e, the response to r: under the URL's key when it does not
+// vary, else under its variant's key, with the URL's index beside it.
+func (c *Handler) put(ctx context.Context, p place, r *http.Request, e *cache.Entry, now time.Time) error {
+	if len(e.Vary) == 0 {
+		return c.store.Set(ctx, p.key, e, now)
+	}
+	if err := c.store.Set(ctx, cache.VariantKey(p.key, e.Vary, r.Header), e, now); err != nil {
+		return err
+	}
+	// The index is no response: a purge by authorization leaves it (and
+	// counts the variants it removes).
+	ik := p.key
+	ik.HasAuth = false
+	return c.store.Set(ctx, ik, cache.NewIndex(e, p.index), now)
+}
+
+// await waits for the flight another request leads, and answers from what
+// it brought. Past coalesce_wait, the first waiter to give up has the
+// upstream asked again, in the background, for all of them, and they all
+// wait for that request or the first, whichever answers first
+// (cache.Group.Relieve); when MaxBackgroundFetches are running, that
+// waiter asks in the foreground instead. When the flight brought nothing
+// this request may be served, the request asks the upstream itself.
+func (c *Handler) await(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, f *cache.Flight, p place, stale *cache.Entry, fwd string) error {
+	coalescedTotal.Inc()
+	for {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(c.CoalesceWait))
+		outcome, fe, err := f.Wait(ctx)
+		cancel()
+		switch {
+		case err != nil && r.Context().Err() != nil:
+			c.settle(w.Header(), verdict{st: cache.Direct, fwd: fwd, collapsed: -1, detail: "client-gone"})
+			return caddyhttp.Error(499, err)
+		case err != nil:
+			coalesceTimeoutsTotal.Inc()
+			relief, leader := c.flights.Relieve(p.at.ID, f)
+			switch {
+			case leader && acquireBackground():
+				// The relief goes in the background, so that this request
+				// too is served by whichever fetch answers first.
+				c.background(r, next, p, relief, fwd, false, nil)
+			case leader:
+				return c.fetch(w, r, next, p, stale, relief, false, verdict{fwd: fwd, collapsed: -1})
+			}
+			f = relief
+			continue
+		case outcome == cache.Stored && fe.Matches(r.Header):
+			return c.serve(w, r, fe, verdict{st: cache.Hit, fwd: fwd, collapsed: 1}, c.clock.Now())
+		case outcome == cache.Unreachable:
+			return c.offline(w, r, stale, nil, errUpstreamUnreachable, verdict{fwd: fwd, collapsed: 1})
+		}
+		// Not stored, or another variant: the leader's response may have
+		// been for the leader only.
+		return c.fetch(w, r, next, p, stale, nil, false, verdict{fwd: fwd, collapsed: -1})
+	}
 }
 
 // hasBody tells whether the request has (or may still send) a body: a
@@ -123,12 +187,12 @@ var errUpstreamUnreachable = errors.New("edge_cache: upstream unreachable")
 // the client is answered, and whatever happens (a panic included).
 // With sharedOnly, the response is stored only when the upstream said it
 // may be shared. v says why the request goes forward.
-func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, key cache.Key, stale *cache.Entry, f *cache.Flight, sharedOnly bool, v verdict) error {
+func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p place, stale *cache.Entry, f *cache.Flight, sharedOnly bool, v verdict) error {
 	landed := f == nil
 	land := func(o cache.Outcome, e *cache.Entry) {
 		if !landed {
 			landed = true
-			c.flights.Land(key.ID, f, o, e)
+			c.flights.Land(p.at.ID, f, o, e)
 		}
 	}
 	defer land(cache.Uncacheable, nil)
@@ -162,7 +226,7 @@ func (c *Handler) fetch(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		now := c.clock.Now()
 		e := cache.NewEntry(rec.status, rec.hdr, rec.buf.Bytes(), rec.decision, r.Header, now, c.stale)
 		// A client that leaves now must not cost the others the entry.
-		if err := c.store.Set(context.WithoutCancel(r.Context()), key, e, now); err != nil {
+		if err := c.put(context.WithoutCancel(r.Context()), p, r, e, now); err != nil {
 			rec.v.detail = "too-large"
 			if !errors.Is(err, cache.ErrTooLarge) {
 				c.storeFailed(err)

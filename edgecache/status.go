@@ -47,6 +47,9 @@ type verdict struct {
 	// detail is a token: why a response was not stored, or that the
 	// upstream was offline.
 	detail string
+	// background: the response goes to no client (a background fetch),
+	// so it is not counted among the responses.
+	background bool
 }
 
 // member writes the Cache-Status member of v for the cache named item (a
@@ -123,7 +126,9 @@ func (c *Handler) settle(h http.Header, v verdict) {
 	if c.statusItem != "" {
 		h[HeaderCacheStatus] = []string{withUpstream(h[HeaderCacheStatus], v.member(c.statusItem))}
 	}
-	countResponse(v.st)
+	if !v.background {
+		countResponse(v.st)
+	}
 }
 
 // ttlOf is the entry's remaining freshness lifetime in whole seconds at
