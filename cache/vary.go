@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/edgelimit/caddy-edgelimit/internal/httpval"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
 
 // Variants. A response with Vary is stored under a key of its own, the
@@ -25,16 +25,14 @@ import (
 // VariantKey is the key of the variant of key's URL that a request with
 // header h selects among responses that vary on the headers vary.
 func VariantKey(key Key, vary []string, h http.Header) Key {
-	b := getBuf()
-	buf := append((*b)[:0], "edge_cache/variant"...)
+	var b [hashBuf]byte
+	buf := append(b[:0], "edge_cache/variant"...)
 	buf = append(buf, key.ID[:]...)
 	for _, name := range vary {
 		buf = appendField(buf, name)
 		buf = appendField(buf, selectingValue(name, h[name]))
 	}
 	key.ID = sha256.Sum256(buf)
-	*b = buf
-	putBuf(b)
 	return key
 }
 
