@@ -267,11 +267,35 @@ func (l *Limit) Take(s *State, r *Result, now, cost int64) { Decide(l, s, r, now
 // the arithmetic: the decisions below are functions, and what they share is
 // written out rather than called.
 func Decide(l *Limit, s *State, r *Result, now, cost int64) {
-	if l.Algorithm == FixedWindow && l.Calendar == nil {
-		takeAligned(l, s, r, now, cost)
+	if l.Algorithm != FixedWindow || l.Calendar != nil {
+		decide(l, s, r, now, cost)
 		return
 	}
-	decide(l, s, r, now, cost)
+	// takeFixed for a window aligned to the clock, with what decide adds,
+	// here: the most common limit, in the fewest calls.
+	w := int64(l.Window / time.Microsecond)
+	end := now - (now-int64(l.Offset/time.Microsecond))%w + w
+	if end > now+w {
+		end -= w // before the epoch: % rounds towards zero
+	}
+	if s.Start != end-w {
+		*s = State{Start: end - w}
+	}
+	s.Expires = end
+	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration(end-now) * time.Microsecond, ResetAt: end}
+	if s.Count+cost > l.Quota {
+		denyCount(l, s, r, end-now)
+		s.Weight = 255
+		return
+	}
+	s.Count += cost
+	s.Denied = false
+	r.Allowed = true
+	r.Remaining = l.Quota - s.Count
+	s.Weight = 254
+	if s.Count < 254 {
+		s.Weight = uint8(s.Count)
+	}
 }
 
 func decide(l *Limit, s *State, r *Result, now, cost int64) {
@@ -337,35 +361,6 @@ func floorMod(a, b int64) int64 {
 		m += b
 	}
 	return m
-}
-
-// takeAligned is takeFixed for a window aligned to the clock, with what
-// Decide adds, in one function: the most common limit, in the fewest
-// values (see weight).
-func takeAligned(l *Limit, s *State, r *Result, now, cost int64) {
-	w := int64(l.Window / time.Microsecond)
-	end := now - (now-int64(l.Offset/time.Microsecond))%w + w
-	if end > now+w {
-		end -= w // before the epoch: % rounds towards zero
-	}
-	if s.Start != end-w {
-		*s = State{Start: end - w}
-	}
-	s.Expires = end
-	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration(end-now) * time.Microsecond, ResetAt: end}
-	if s.Count+cost > l.Quota {
-		denyCount(l, s, r, end-now)
-		s.Weight = 255
-		return
-	}
-	s.Count += cost
-	s.Denied = false
-	r.Allowed = true
-	r.Remaining = l.Quota - s.Count
-	s.Weight = 254
-	if s.Count < 254 {
-		s.Weight = uint8(s.Count)
-	}
 }
 
 func takeFixed(l *Limit, s *State, r *Result, now, cost int64) {

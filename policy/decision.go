@@ -29,9 +29,11 @@ type Policy struct {
 	KeyMAC  []byte
 
 	// The requests of each limit and key part, and what they are for, as
-	// Plan makes them but for the client's key and tier.
+	// Plan makes them but for the client's key and tier; tiered tells
+	// whether some limit has tiers.
 	requests [][]store.Request
 	planned  []Planned
+	tiered   bool
 }
 
 // Responses is how a policy's limited responses read, as configured.
@@ -108,6 +110,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		}
 		p.requests = append(p.requests, reqs)
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
+		p.tiered = p.tiered || l.Tiers != nil
 	}
 	return p, nil
 }
@@ -191,6 +194,14 @@ func Exemptions(p *Policy, d *Decision, prior []string) (exempt []string, added 
 // key is present and they are not exempt), and reports whether there are
 // any.
 func Plan(p *Policy, d *Decision, exempt []string) bool {
+	if exempt == nil && !p.tiered {
+		return planPlain(p, d)
+	}
+	return planAll(p, d, exempt)
+}
+
+// planAll is Plan with exemptions or tiers.
+func planAll(p *Policy, d *Decision, exempt []string) bool {
 	reqs, meta := d.Reqs[:0], d.Meta[:0]
 	for i, part := range d.Parts {
 		if part < 0 || exempt != nil && contains(exempt, p.Limits[i].Name) {
@@ -208,6 +219,21 @@ func Plan(p *Policy, d *Decision, exempt []string) bool {
 		d.Res = make([]limiter.Result, len(reqs))
 	}
 	d.Res = d.Res[:len(reqs)]
+	return len(reqs) > 0
+}
+
+// planPlain is Plan without exemptions and tiers, the usual case, in
+// fewer values (see the package's doc).
+func planPlain(p *Policy, d *Decision) bool {
+	reqs, meta := d.Reqs[:0], d.Meta[:0]
+	for i, part := range d.Parts {
+		if part >= 0 {
+			reqs = append(reqs, p.requests[i][part])
+			reqs[len(reqs)-1].Key = d.Keys[i]
+			meta = append(meta, p.planned[i])
+		}
+	}
+	d.Reqs, d.Meta, d.Res = reqs, meta, d.Res[:len(reqs)]
 	return len(reqs) > 0
 }
 

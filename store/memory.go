@@ -110,10 +110,11 @@ func NewMemory(o MemoryOptions) *Memory {
 func HashRequest(seed maphash.Seed, r *Request) uint64 {
 	// Two seeded hashes, mixed: under Yaegi, two calls of the standard
 	// library where a maphash.Hash takes five.
-	a := maphash.String(seed, r.Counter)
-	b := maphash.String(seed, r.Key)
-	return (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
+	return hashPair(maphash.String(seed, r.Counter), maphash.String(seed, r.Key))
 }
+
+// hashPair mixes the hashes of a counter and a key.
+func hashPair(a, b uint64) uint64 { return (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15 }
 
 func (m *Memory) shardOf(h uint64) *shard {
 	return &m.shards[h>>m.shift]
@@ -134,18 +135,15 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
-	// Under Yaegi a call costs for every value of its function, run or
-	// not: one request, the usual case, has a small function of its own.
-	if len(reqs) == 1 {
-		takeOne(m, &reqs[0], &results[0], now.UnixMicro())
-	} else if len(reqs) > 1 {
+	if len(reqs) != 1 {
 		m.takeMany(reqs, results, now.UnixMicro())
+		return nil
 	}
-	return nil
-}
-
-func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
-	h := HashRequest(m.seed, r)
+	// One request, the usual case, here: under Yaegi every call costs for
+	// every value of its function, run or not.
+	t := now.UnixMicro()
+	r := &reqs[0]
+	h := hashPair(maphash.String(m.seed, r.Counter), maphash.String(m.seed, r.Key))
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
 	if t >= sh.nextSweep {
@@ -155,16 +153,20 @@ func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	if ok && st.Expires <= t {
 		st = limiter.State{}
 	}
-	limiter.Decide(&r.Limit, &st, res, t, r.Cost)
+	limiter.Decide(&r.Limit, &st, &results[0], t, r.Cost)
 	if ok {
 		sh.m[h] = st
 	} else {
 		m.add(sh, h, &st, t)
 	}
 	sh.mu.Unlock()
+	return nil
 }
 
 func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
+	if len(reqs) == 0 {
+		return
+	}
 	var (
 		hbuf  [maxBatch]uint64
 		sbuf  [maxBatch]limiter.State

@@ -172,7 +172,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request 
 }
 
 // readKeys reads each limit's key (and tier) into d, and tells whether any
-// key is present.
+// key is present: the first present source of each limit.
 func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	var cred *Client
 	if m.creds != nil {
@@ -180,8 +180,14 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	}
 	present := false
 	for i, l := range m.limits {
-		d.Keys[i], d.Parts[i] = key(l, r, m.ips, cred)
-		present = present || d.Parts[i] >= 0
+		d.Parts[i] = -1
+		for j := range l.keys {
+			if v := value(&l.keys[j], r, m.ips, cred); v != "" {
+				d.Keys[i], d.Parts[i] = v, j
+				present = true
+				break
+			}
+		}
 		if l.tierSrc != nil {
 			d.TierValues[i] = l.tierSrc.tier(r, cred)
 		}

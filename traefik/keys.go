@@ -207,16 +207,6 @@ func (s *source) tier(r *http.Request, cred *Client) string {
 	return r.Header.Get(s.name)
 }
 
-// key returns the client's identity for limit cl and the index of the
-// source it came from, or -1 when no source is present.
-func key(cl *compiledLimit, r *http.Request, ips *ipStrategy, cred *Client) (string, int) {
-	for i := range cl.keys {
-		if v := value(&cl.keys[i], r, ips, cred); v != "" {
-			return v, i
-		}
-	}
-	return "", -1
-}
 
 // bearer returns the token of an Authorization: Bearer value, or "".
 func bearer(v string) string {

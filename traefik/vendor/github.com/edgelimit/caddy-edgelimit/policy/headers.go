@@ -38,32 +38,33 @@ func ParseHeaderStyle(s string) (HeaderStyle, error) {
 // which may be an earlier handler's (prior); the IETF fields list the
 // limits of every handler.
 func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bool, prior *Ledger) {
-	if p.Headers&HeaderX != 0 && (prior == nil || denied || !keepPrior(prior, &d.Res[report])) {
-		writeX(p, hdr, &d.Res[report])
-	}
 	if p.Headers&HeaderIETF != 0 {
 		writeIETF(hdr, d)
 	}
+	r := &d.Res[report]
+	if p.Headers&HeaderX == 0 || prior != nil && !denied && keepPrior(prior, r) {
+		return
+	}
+	if p.TimeHeader {
+		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
+	}
+	// The values in one array, each a slice of its own (a handler that
+	// rewrites a value in place, as header replace does, rewrites only
+	// this one); the reset is ResetUnix's, written out.
+	reset := r.ResetAt / 1e6
+	if r.ResetAt%1e6 > 0 {
+		reset++
+	}
+	vals := []string{strconv.FormatInt(r.Limit, 10), strconv.FormatInt(r.Remaining, 10), strconv.FormatInt(reset, 10)}
+	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
 }
 
 // keepPrior tells whether an earlier handler's X-RateLimit headers report
 // a tighter limit than r.
 func keepPrior(prior *Ledger, r *limiter.Result) bool {
 	return prior.HasReport && Tighter(&prior.Report, r)
-}
-
-// writeX writes X-RateLimit-Limit, -Remaining, -Reset (and -Time): the
-// values in one array, each a slice of its own (a handler that rewrites a
-// value in place, as header replace does, rewrites only this one). Plain
-// calls, the fewest under Yaegi.
-func writeX(p *Policy, hdr http.Header, r *limiter.Result) {
-	if p.TimeHeader {
-		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
-	}
-	vals := []string{strconv.FormatInt(r.Limit, 10), strconv.FormatInt(r.Remaining, 10), strconv.FormatInt(ResetUnix(r), 10)}
-	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
-	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
-	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
 }
 
 // writeIETF writes the RateLimit-Policy and RateLimit fields, an item per
