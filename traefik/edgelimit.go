@@ -35,7 +35,7 @@ type middleware struct {
 	limits []*compiledLimit // the policy's, with their key sources
 	tiered bool             // some limit has tiers
 	store  store.Store
-	mem    *store.Memory // store, when it is the memory store
+	mem    *store.Memory    // store, when it is the memory store
 	now    func() time.Time // the clock, nil for the real one
 	ips    *ipStrategy
 	creds  *credentials

@@ -207,7 +207,6 @@ func (s *source) tier(r *http.Request, cred *Client) string {
 	return r.Header.Get(s.name)
 }
 
-
 // bearer returns the token of an Authorization: Bearer value, or "".
 func bearer(v string) string {
 	scheme, rest, ok := cutSpace(strings.TrimSpace(v))
