@@ -401,6 +401,20 @@ func TestLocalDenials(t *testing.T) {
 			if first.Code != 429 || first.Header().Get("Retry-After") != "60" {
 				t.Fatalf("third: %d Retry-After %s, want 429 and 60", first.Code, first.Header().Get("Retry-After"))
 			}
+			if !off {
+				// Local denials are used once the store's subscription to
+				// their invalidations is confirmed, in the background.
+				deadline := time.Now().Add(10 * time.Second)
+				for n := scriptCalls(t, addr); ; n = scriptCalls(t, addr) {
+					send(h, "X-Api-Key", "k")
+					if scriptCalls(t, addr) == n {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("local denials never answered")
+					}
+				}
+			}
 			calls := scriptCalls(t, addr)
 			perRequest := 0
 			if off {

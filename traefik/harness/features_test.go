@@ -420,6 +420,7 @@ func TestLocalDenials(t *testing.T) {
 	if first.Code != 429 || first.Header().Get("Retry-After") != strconv.Itoa(wait) {
 		t.Fatalf("over the quota: %d Retry-After %s, want 429 and %d (until midnight)", first.Code, first.Header().Get("Retry-After"), wait)
 	}
+	waitLocalDenials(t, r, func() { send(h, "GET", "/", "X-Api-Key", "d") })
 	calls := scriptCalls(t, r)
 	for i := 0; i < 3; i++ {
 		w := send(h, "GET", "/", "X-Api-Key", "d")
@@ -442,6 +443,63 @@ func TestLocalDenials(t *testing.T) {
 	if n := scriptCalls(t, r) - calls; n != 1 {
 		t.Errorf("another client ran %d scripts, want 1", n)
 	}
+}
+
+// TestInvalidations: an operator's reset through the Caddy admin API
+// deletes the client's counters in Redis and publishes on the store's
+// invalidation channel. The plugin's local denials heard nothing: a reset
+// client stayed denied here until its Retry-After. Now they are dropped
+// when the message arrives, and the client passes.
+func TestInvalidations(t *testing.T) {
+	p := loadPlugin(t)
+	r := startRedis(t)
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  hourly:\n    key: [header:X-Api-Key]\n    limit: 1\n    window: 1h\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    keyPrefix: \"inval:\"\n", clk.Now, &upstream{})
+	if w := send(h, "GET", "/", "X-Api-Key", "c"); w.Code != 200 {
+		t.Fatalf("first: %d", w.Code)
+	}
+	waitLocalDenials(t, r, func() { send(h, "GET", "/", "X-Api-Key", "c") })
+	// What the admin API's reset does: the client's hash gone, then the
+	// announcement.
+	keys, err := r.command("KEYS", "inval:*")
+	if err != nil || !strings.Contains(keys, "inval:{") {
+		t.Fatalf("KEYS: %q %v", keys, err)
+	}
+	for _, k := range strings.Fields(keys) {
+		if _, err := r.command("DEL", k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.command("PUBLISH", "inval:invalidate", "reset"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w := send(h, "GET", "/", "X-Api-Key", "c")
+		if w.Code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a reset, still %d: the local denial was not invalidated", w.Code)
+		}
+	}
+}
+
+// waitLocalDenials waits until a denied client's request, sent by deny, is
+// answered without a script: local denials are used only once the store's
+// subscription to their invalidations is confirmed, which happens in the
+// background after the store is made.
+func waitLocalDenials(t *testing.T, r *redisServer, deny func()) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		n := scriptCalls(t, r)
+		deny()
+		if scriptCalls(t, r) == n {
+			return
+		}
+	}
+	t.Fatal("local denials never answered: no subscription to their invalidations")
 }
 
 // scriptCalls is how many scripts Redis has run (EVALSHA and EVAL).

@@ -233,7 +233,8 @@ func planPlain(p *Policy, d *Decision) bool {
 			meta = append(meta, p.planned[i])
 		}
 	}
-	d.Reqs, d.Meta, d.Res = reqs, meta, d.Res[:len(reqs)]
+	d.Reqs, d.Meta = reqs, meta
+	d.Res = d.Res[:len(reqs)]
 	return len(reqs) > 0
 }
 
