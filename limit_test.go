@@ -184,3 +184,25 @@ func TestPrivilegeFromARequestHeaderWarns(t *testing.T) {
 		t.Errorf("a warning for a limit keyed on authenticated input:\n%s", strings.Join(lines, "\n"))
 	}
 }
+
+// TestTiersInheritOffsetAndSplit: a tier given only a limit and a window,
+// under a limit with an offset and a split, has the limit's offset and
+// split in JSON as in the Caddyfile (and in the Traefik plugin): one
+// counter, one window. In JSON the tier had offset 0, so a fleet of both
+// edges ran one shared counter on two windows.
+func TestTiersInheritOffsetAndSplit(t *testing.T) {
+	l := &Limit{Name: "daily", Tier: "{http.vars.tier}",
+		Numbers: Numbers{Limit: 1000, Window: caddy.Duration(24 * time.Hour), Offset: caddy.Duration(6 * time.Hour), Split: caddy.Duration(12 * time.Hour)},
+		Tiers:   map[string]*Numbers{"GOLD": {Limit: 5000, Window: caddy.Duration(24 * time.Hour)}}}
+	cl, err := compileLimit(l, "z")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gold := cl.Tiers["GOLD"].Limit
+	if gold.Offset != 6*time.Hour || gold.Window != 12*time.Hour || gold.Quota != 2500 {
+		t.Errorf("tier GOLD compiled to offset %s window %s quota %d, want 6h, 12h (split) and 2500", gold.Offset, gold.Window, gold.Quota)
+	}
+	if cl.Base.Offset != gold.Offset || cl.Base.Window != gold.Window {
+		t.Errorf("the limit's window %s+%s, its tier's %s+%s", cl.Base.Window, cl.Base.Offset, gold.Window, gold.Offset)
+	}
+}

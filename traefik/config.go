@@ -223,55 +223,46 @@ func CreateConfig() *Config {
 // when it is a near miss ("algoritm": algorithm).
 func (c *Config) checkUnknown() error {
 	var errs []string
-	add := func(path string, unknown map[string]interface{}, of interface{}) {
-		for _, k := range sortedKeys(unknown) {
-			msg := "unknown option " + path + k
-			if near := nearest(k, optionNames(of)); near != "" {
-				msg += " (did you mean " + near + "?)"
-			}
-			errs = append(errs, msg)
-		}
-	}
-	add("", c.Unknown, c)
+	errs = unknownOptions(errs, "", c.Unknown, reflect.TypeOf(c))
 	for _, name := range sortedLimits(c.Limits) {
 		l := c.Limits[name]
 		if l == nil {
 			continue
 		}
 		p := "limits." + name + "."
-		add(p, l.Unknown, l)
+		errs = unknownOptions(errs, p, l.Unknown, reflect.TypeOf(l))
 		if l.Calendar != nil {
-			add(p+"calendar.", l.Calendar.Unknown, l.Calendar)
+			errs = unknownOptions(errs, p+"calendar.", l.Calendar.Unknown, reflect.TypeOf(l.Calendar))
 		}
 		for _, tier := range sortedTiers(l.Tiers) {
 			if n := l.Tiers[tier]; n != nil {
-				add(p+"tiers."+tier+".", n.Unknown, n)
+				errs = unknownOptions(errs, p+"tiers."+tier+".", n.Unknown, reflect.TypeOf(n))
 				if n.Calendar != nil {
-					add(p+"tiers."+tier+".calendar.", n.Calendar.Unknown, n.Calendar)
+					errs = unknownOptions(errs, p+"tiers."+tier+".calendar.", n.Calendar.Unknown, reflect.TypeOf(n.Calendar))
 				}
 			}
 		}
 	}
 	if c.IPStrategy != nil {
-		add("ipStrategy.", c.IPStrategy.Unknown, c.IPStrategy)
+		errs = unknownOptions(errs, "ipStrategy.", c.IPStrategy.Unknown, reflect.TypeOf(c.IPStrategy))
 	}
 	if c.Credentials != nil {
-		add("credentials.", c.Credentials.Unknown, c.Credentials)
+		errs = unknownOptions(errs, "credentials.", c.Credentials.Unknown, reflect.TypeOf(c.Credentials))
 		for _, cl := range c.Credentials.Clients {
 			if cl != nil {
 				// The credential itself is a secret: not in the message.
-				add("credentials.clients.<credential>.", cl.Unknown, cl)
+				errs = unknownOptions(errs, "credentials.clients.<credential>.", cl.Unknown, reflect.TypeOf(cl))
 			}
 		}
 	}
 	if c.Storage != nil {
-		add("storage.", c.Storage.Unknown, c.Storage)
+		errs = unknownOptions(errs, "storage.", c.Storage.Unknown, reflect.TypeOf(c.Storage))
 		if c.Storage.Redis != nil {
-			add("storage.redis.", c.Storage.Redis.Unknown, c.Storage.Redis)
+			errs = unknownOptions(errs, "storage.redis.", c.Storage.Redis.Unknown, reflect.TypeOf(c.Storage.Redis))
 		}
 	}
 	if c.Notify != nil {
-		add("notify.", c.Notify.Unknown, c.Notify)
+		errs = unknownOptions(errs, "notify.", c.Notify.Unknown, reflect.TypeOf(c.Notify))
 	}
 	if len(errs) == 0 {
 		return nil
@@ -279,10 +270,24 @@ func (c *Config) checkUnknown() error {
 	return errors.New(strings.Join(errs, "; "))
 }
 
+// unknownOptions adds to errs a message for each option of unknown, at
+// path, of a struct of type t. (The type, not the value: under Yaegi a
+// value handed on as an interface{} is reflected as the interpreter's
+// wrapper.)
+func unknownOptions(errs []string, path string, unknown map[string]interface{}, t reflect.Type) []string {
+	for _, k := range sortedKeys(unknown) {
+		msg := "unknown option " + path + k
+		if near := nearest(k, optionNames(t)); near != "" {
+			msg += " (did you mean " + near + "?)"
+		}
+		errs = append(errs, msg)
+	}
+	return errs
+}
+
 // optionNames are the names of the options of a configuration struct, as
 // documented (their json names).
-func optionNames(of interface{}) []string {
-	t := reflect.TypeOf(of)
+func optionNames(t reflect.Type) []string {
 	if t.Kind() == reflect.Ptr {
 		t = t.Elem()
 	}
@@ -331,7 +336,10 @@ func editDistance(a, b string) int {
 			}
 			cur[j] = v
 		}
-		prev, cur = cur, prev
+		// Not a tuple assignment: Yaegi swaps slices so only in part.
+		tmp := prev
+		prev = cur
+		cur = tmp
 	}
 	return prev[len(b)]
 }

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/edgelimit/caddy-edgelimit/store"
+	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -455,3 +457,59 @@ func TestLocalDenials(t *testing.T) {
 		})
 	}
 }
+
+// TestWarningsThrottledUnderConcurrency: with Redis down, concurrent
+// requests each reported the failure: a request that read the clock
+// before another had logged saw a negative interval and logged again (2
+// to 5 lines in a 3-second outage). One line per store.WarnInterval,
+// whatever the concurrency.
+func TestWarningsThrottledUnderConcurrency(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	var out lockedLog
+	log.SetOutput(&out)
+	defer log.SetOutput(os.Stderr)
+	h := mustNew(t, &Config{Storage: &Storage{Redis: &RedisConfig{Address: dead, KeyPrefix: "warn:", DisableLocalDenials: true}},
+		Limits: map[string]*Limit{"l": {Limit: 5, Window: "1m"}}}, okHandler())
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				send(h)
+			}
+		}()
+	}
+	wg.Wait()
+	allowed := 1 + int(time.Since(start)/store.WarnInterval)
+	for _, what := range []string{"rate-limit storage failed", "redis rate-limit storage unavailable"} {
+		if n := out.count(what); n < 1 || n > allowed {
+			t.Errorf("%d lines of %q in %s, want 1 to %d:\n%s", n, what, time.Since(start), allowed, out.String())
+		}
+	}
+}
+
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lockedLog) count(s string) int { return strings.Count(l.String(), s) }

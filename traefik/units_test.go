@@ -1,6 +1,7 @@
 package edgelimit
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -168,5 +169,20 @@ func TestRedisOptions(t *testing.T) {
 	}
 	if got := redactURL("redis://u:secret@h:1/0"); strings.Contains(got, "secret") {
 		t.Errorf("redactURL shows the password: %s", got)
+	}
+}
+
+// TestUnknownOptions: what mapstructure could not place is refused, with
+// its path and the option meant (the harness decodes real YAML).
+func TestUnknownOptions(t *testing.T) {
+	c := &Config{
+		Limits:  map[string]*Limit{"l": {Limit: 5, Window: "1m", Unknown: map[string]interface{}{"algoritm": "gcra"}}},
+		Storage: &Storage{Redis: &RedisConfig{Unknown: map[string]interface{}{"onEror": "deny"}}},
+		Unknown: map[string]interface{}{"stauts": 503, "zzz": 1},
+	}
+	_, err := New(context.Background(), okHandler(), c, "bad")
+	want := "unknown option stauts (did you mean status?); unknown option zzz; unknown option limits.l.algoritm (did you mean algorithm?); unknown option storage.redis.onEror (did you mean onError?)"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("%v, want %s", err, want)
 	}
 }
