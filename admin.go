@@ -409,8 +409,12 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 
 // partKey is the key a part counts for the value the operator gave: a
 // header part reads its header as a request's (httpval.First: trimmed, the
-// Authorization scheme written one way).
-func (k *keyPart) partKey(v string) string {
+// Authorization scheme written one way), an address part as the client's
+// address counts (its IPv6 prefix of v6 bits).
+func (k *keyPart) partKey(v string, v6 int) string {
+	if k.kind == keyClientIP || k.kind == keyRemoteHost {
+		return ipKey(v, v6)
+	}
 	if k.kind == keyHeader {
 		v = httpval.Trim(v)
 		if k.header == "Authorization" || k.header == "Proxy-Authorization" {
@@ -437,7 +441,7 @@ func (e *adminEntry) requests(req *ClientRequest, lim limiter.Limit) ([]store.Re
 	}
 	reqs := make([]store.Request, 0, len(parts))
 	for _, p := range parts {
-		reqs = append(reqs, store.Request{Counter: cl.Counters[p], Key: cl.keys[p].partKey(*req.Key), Limit: lim, Cost: cl.Cost})
+		reqs = append(reqs, store.Request{Counter: cl.Counters[p], Key: cl.keys[p].partKey(*req.Key, cl.v6), Limit: lim, Cost: cl.Cost})
 	}
 	return reqs, parts, nil
 }

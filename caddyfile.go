@@ -257,7 +257,7 @@ func (h *Handler) option(d *caddyfile.Dispenser, opt string) error {
 		}
 		h.StorageRaw = raw
 	default:
-		return d.Errf("unknown edge_limit option %q%s", opt, ratelimitHint(opt))
+		return d.Errf("unknown edge_limit option %q%s", opt, unknownHint(opt, handlerOptions))
 	}
 	return nil
 }
@@ -306,7 +306,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			l.Scope = ""
 			app.Limits = append(app.Limits, l)
 		default:
-			return nil, d.Errf("unknown edge_limit global option %q%s", d.Val(), ratelimitHint(d.Val()))
+			return nil, d.Errf("unknown edge_limit global option %q%s", d.Val(), unknownHint(d.Val(), globalOptionNames))
 		}
 	}
 	return httpcaddyfile.App{Name: "edge_limit", Value: caddyconfig.JSON(app, nil)}, nil
@@ -355,6 +355,27 @@ var ratelimitHints = map[string]string{
 	"jitter":         `Retry-After is the exact wait, rounded up to the second; there is no jitter`,
 	"sweep_interval": `it belongs to the storage: write "storage memory { sweep_interval <duration> }" in the edge_limit global option`,
 	"log_key":        `denials are logged with the key as show_key says (hashed by default): write "show_key raw" to log it as sent`,
+}
+
+// The options of the directive, of the global option and of a limit, for
+// the hints of unknownHint.
+var (
+	handlerOptions    = []string{"limit", "quota", "use", "status", "headers", "body", "content_type", "show_key", "handle_errors", "dry_run", "zone", "storage"}
+	globalOptionNames = []string{"storage", "limit", "quota"}
+	limitOptions      = []string{"key", "rate", "window", "split", "token_bucket", "gcra", "burst", "offset", "quota", "limit", "reset", "tier", "cost", "scope", "exempt", "status", "body", "dry_run"}
+)
+
+// unknownHint ends the error of an unknown option: caddy-ratelimit's
+// hint for its words, else the option of known meant by a near miss
+// ("stauts": status), else nothing.
+func unknownHint(word string, known []string) string {
+	if h := ratelimitHint(word); h != "" {
+		return h
+	}
+	if near := policy.Nearest(word, known); near != "" {
+		return fmt.Sprintf(" (did you mean %q?)", near)
+	}
+	return ""
 }
 
 // ratelimitHint is the hint for a caddy-ratelimit word, to end an error's

@@ -268,3 +268,19 @@ func FuzzCaddyfile(f *testing.F) {
 		}
 	})
 }
+
+// TestUnknownOptionsSuggest: a misspelled option is refused at its line
+// with the option meant, as the Traefik plugin suggests it.
+func TestUnknownOptionsSuggest(t *testing.T) {
+	for body, want := range map[string]string{
+		":0 {\n\tedge_limit {\n\t\tlimit l {\n\t\t\trate 5/1m\n\t\t}\n\t\tstauts 503\n\t}\n}\n":       `unknown edge_limit option "stauts" (did you mean "status"?), at Caddyfile:6`,
+		":0 {\n\tedge_limit {\n\t\tlimit l {\n\t\t\trate 5/1m\n\t\t\texmpt a\n\t\t}\n\t}\n}\n":        `unknown option "exmpt" in limit "l" (did you mean "exempt"?), at Caddyfile:5`,
+		"{\n\tedge_limit {\n\t\tstorag memory\n\t}\n}\n:0 {\n\trespond ok\n}\n":                       `unknown edge_limit global option "storag" (did you mean "storage"?), at Caddyfile:3`,
+		":0 {\n\tedge_limit {\n\t\tlimit l {\n\t\t\trate 5/1m\n\t\t}\n\t\tsomething_else 1\n\t}\n}\n": `unknown edge_limit option "something_else", at Caddyfile:6`,
+	} {
+		_, err := adapt(t, body)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v, want %s", err, want)
+		}
+	}
+}

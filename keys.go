@@ -16,15 +16,16 @@ import (
 // part it came from, or -1 when no part is present.
 func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer, vars map[string]any) (string, int) {
 	for i := range l.keys {
-		if v := l.keys[i].value(r, repl, vars); v != "" {
+		if v := l.keys[i].value(r, repl, vars, l.v6); v != "" {
 			return v, i
 		}
 	}
 	return "", -1
 }
 
-// value is the part's value for r; vars are the request's variables.
-func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any) string {
+// value is the part's value for r; vars are the request's variables, v6
+// the IPv6 prefix that counts as one client (httpval.IPKey).
+func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any, v6 int) string {
 	switch k.kind {
 	case keyLiteral:
 		return k.tmpl
@@ -32,13 +33,26 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 		return headerValue(r.Header, k.header)
 	case keyClientIP:
 		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
-			return ip
+			return ipKey(ip, v6)
 		}
-		return remoteHost(r)
+		return ipKey(remoteHost(r), v6)
 	case keyRemoteHost:
-		return remoteHost(r)
+		return ipKey(remoteHost(r), v6)
 	}
 	return k.fill(r, repl)
+}
+
+// ipKey is the key of a client's address (httpval.IPKey); a value that is
+// no address counts as it is.
+func ipKey(ip string, v6 int) string {
+	// An IPv4 address as Caddy writes it is its own key: no parse.
+	if strings.IndexByte(ip, ':') < 0 {
+		return ip
+	}
+	if k := httpval.IPKey(ip, v6); k != "" {
+		return k
+	}
+	return ip
 }
 
 // fill evaluates a template part: header placeholders as headerValue

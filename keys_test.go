@@ -188,3 +188,46 @@ func TestWhitespaceAroundACredentialIsOneCounter(t *testing.T) {
 		t.Fatalf("a tab after the scheme made a new counter: %d", code)
 	}
 }
+
+// TestIPv6ClientsCountByPrefix: six addresses of one /64 each got a fresh
+// counter (6 of 6 passed a 2/1h limit), and an IPv4 address mapped into
+// IPv6 counted apart from itself. A client's address counts by its /64
+// (ipv6_prefix sets another), a mapped IPv4 address as IPv4. The addresses
+// come from X-Forwarded-For through a trusted proxy (the loopback).
+func TestIPv6ClientsCountByPrefix(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `{
+	servers {
+		trusted_proxies static 127.0.0.1/32 ::1/128
+		trusted_proxies_strict
+	}
+}
+%ADDR% {
+	edge_limit {
+		limit per_ip {
+			key {client_ip}
+			rate 2/1h
+		}
+		limit per_address {
+			key {client_ip}
+			rate 2/1h
+			ipv6_prefix 128
+		}
+	}
+	respond "ok"
+}`)
+	passed := 0
+	for i := 1; i <= 6; i++ {
+		ip := fmt.Sprintf("2001:db8:1:2:%x::%x", i*4099, i)
+		if s.get("/", "X-Forwarded-For", ip).status == 200 {
+			passed++
+		}
+	}
+	if passed != 2 {
+		t.Errorf("%d of 6 addresses of one /64 passed a limit of 2", passed)
+	}
+	expect(t, s.get("/", "X-Forwarded-For", "2001:db8:1:3::1"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.77"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "::ffff:203.0.113.77"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.77"), 429)
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
@@ -46,6 +47,13 @@ type Limit struct {
 
 	// Cost is the number of units each request takes. Default 1.
 	Cost int64 `json:"cost,omitempty"`
+
+	// IPv6Prefix is the length of the IPv6 prefix that a key part of the
+	// client's address ({client_ip}, {remote_host}) counts as one client:
+	// every address of a /64 is one client by default, since anyone with
+	// an IPv6 connection has 2^64 of them. 128 counts each address apart.
+	// IPv4 addresses, mapped into IPv6 or not, count one by one.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 
 	// Scope is "route" (default): the handler counts this limit on its own;
 	// or "global": every handler with a global limit of this name shares
@@ -124,6 +132,7 @@ type compiledLimit struct {
 	scope    string // route, global, or shared (the edge_limit app's)
 	keys     []keyPart
 	tierKey  *keyPart
+	v6       int // the IPv6 prefix of the address key parts
 	outcomes *outcomes
 }
 
@@ -134,7 +143,13 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	if len(keys) == 0 {
 		keys = []string{"{http.vars.client_ip}"}
 	}
-	cl := &compiledLimit{cfg: l}
+	cl := &compiledLimit{cfg: l, v6: httpval.DefaultIPv6Prefix}
+	if l.IPv6Prefix != 0 {
+		if l.IPv6Prefix < 1 || l.IPv6Prefix > 128 {
+			return nil, fmt.Errorf("ipv6_prefix %d: want a prefix length from 1 to 128", l.IPv6Prefix)
+		}
+		cl.v6 = l.IPv6Prefix
+	}
 	var scope string
 	switch l.Scope {
 	case "", "route":
@@ -229,7 +244,7 @@ func (cl *compiledLimit) tierValue(r *http.Request, repl *caddy.Replacer, vars m
 	if cl.tierKey == nil {
 		return ""
 	}
-	return cl.tierKey.value(r, repl, vars)
+	return cl.tierKey.value(r, repl, vars, 128)
 }
 
 // warnPrivileges logs a warning when the limit grants a privilege (exempts

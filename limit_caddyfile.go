@@ -72,7 +72,7 @@ func parseLimitBlock(d *caddyfile.Dispenser) (*Limit, error) {
 			return nil, err
 		}
 		if !ok {
-			return nil, d.Errf("unknown option %q in limit %q%s", opt, l.Name, ratelimitHint(opt))
+			return nil, d.Errf("unknown option %q in limit %q%s", opt, l.Name, unknownHint(opt, limitOptions))
 		}
 	}
 	if quota {
@@ -119,6 +119,15 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 			return true, d.Errf("cost must be at least 1, got %d", n)
 		}
 		l.Cost = n
+	case "ipv6_prefix":
+		n, err := args.Int(d)
+		if err != nil {
+			return true, err
+		}
+		if n < 1 || n > 128 {
+			return true, d.Errf("ipv6_prefix %d: want a prefix length from 1 to 128", n)
+		}
+		l.IPv6Prefix = int(n)
 	case "scope":
 		v, err := args.One(d)
 		if err != nil {

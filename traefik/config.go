@@ -118,6 +118,12 @@ type Limit struct {
 	// Cost is the units each request takes. Default 1.
 	Cost int64 `json:"cost,omitempty"`
 
+	// IPv6Prefix is the length of the IPv6 prefix that the ip and remote
+	// sources count as one client (default 64: one subscriber's network);
+	// 128 counts each address apart. IPv4 addresses, mapped into IPv6 or
+	// not, count one by one.
+	IPv6Prefix int `json:"ipv6Prefix,omitempty"`
+
 	// Scope is "global" (default: the counter is the limit's name, shared
 	// with every middleware and Caddy global limit of that name) or
 	// "middleware" (this middleware counts alone).
@@ -277,7 +283,7 @@ func (c *Config) checkUnknown() error {
 func unknownOptions(errs []string, path string, unknown map[string]interface{}, t reflect.Type) []string {
 	for _, k := range sortedKeys(unknown) {
 		msg := "unknown option " + path + k
-		if near := nearest(k, optionNames(t)); near != "" {
+		if near := policy.Nearest(k, optionNames(t)); near != "" {
 			msg += " (did you mean " + near + "?)"
 		}
 		errs = append(errs, msg)
@@ -299,49 +305,6 @@ func optionNames(t reflect.Type) []string {
 		}
 	}
 	return names
-}
-
-// nearest is the name of names closest to k, if it is close: at most two
-// edits away, case aside.
-func nearest(k string, names []string) string {
-	best, bestD := "", 3
-	for _, n := range names {
-		if d := editDistance(strings.ToLower(k), strings.ToLower(n)); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance of a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			v := prev[j] + 1
-			if cur[j-1]+1 < v {
-				v = cur[j-1] + 1
-			}
-			if prev[j-1]+cost < v {
-				v = prev[j-1] + cost
-			}
-			cur[j] = v
-		}
-		// Not a tuple assignment: Yaegi swaps slices so only in part.
-		tmp := prev
-		prev = cur
-		cur = tmp
-	}
-	return prev[len(b)]
 }
 
 func sortedKeys(m map[string]interface{}) []string {

@@ -71,11 +71,19 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		}
 		cl.tierSrc = &src
 	}
+	v6 := httpval.DefaultIPv6Prefix
+	if l.IPv6Prefix != 0 {
+		if l.IPv6Prefix < 1 || l.IPv6Prefix > 128 {
+			return nil, fmt.Errorf("ipv6Prefix %d: want a prefix length from 1 to 128", l.IPv6Prefix)
+		}
+		v6 = l.IPv6Prefix
+	}
 	for _, k := range keys {
 		src, err := parseSource(k, false)
 		if err != nil {
 			return nil, fmt.Errorf("key %q: %w", k, err)
 		}
+		src.v6 = v6
 		cl.keys = append(cl.keys, src)
 	}
 	return cl, nil
@@ -95,6 +103,19 @@ func (cl *compiledLimit) usesCredentials() bool {
 type source struct {
 	kind srcKind
 	name string // header (canonical), query or cookie name; const text
+	v6   int    // ip and remote: the IPv6 prefix that is one client
+}
+
+// ipKey is the key of a client's address (httpval.IPKey): an IPv4 address
+// as it is, an IPv6 address as its prefix of v6 bits.
+func ipKey(ip string, v6 int) string {
+	if strings.IndexByte(ip, ':') < 0 {
+		return ip
+	}
+	if k := httpval.IPKey(ip, v6); k != "" {
+		return k
+	}
+	return ip
 }
 
 type srcKind uint8
@@ -165,7 +186,7 @@ func value(s *source, r *http.Request, ips *ipStrategy, cred *Client) string {
 		// makes the same counter in a fleet of both.
 		return httpval.First(r.Header, s.name)
 	case srcIP:
-		return clientIP(ips, r)
+		return ipKey(clientIP(ips, r), s.v6)
 	}
 	return otherValue(s, r, ips, cred)
 }
@@ -182,7 +203,7 @@ func otherValue(s *source, r *http.Request, ips *ipStrategy, cred *Client) strin
 		}
 		return c.Value
 	case srcRemote:
-		return remoteIP(r)
+		return ipKey(remoteIP(r), s.v6)
 	case srcBearer:
 		return bearer(r.Header.Get("Authorization"))
 	case srcCredential:
@@ -271,19 +292,19 @@ func (s *ipStrategy) forwarded(r *http.Request) string {
 	xff := forwardedFor(r.Header)
 	if s.depth > 0 {
 		if s.depth <= len(xff) {
-			if ip := normalizeIP(xff[len(xff)-s.depth]); ip != "" {
+			if ip := httpval.IP(xff[len(xff)-s.depth]); ip != "" {
 				return ip
 			}
 		}
 		return remoteIP(r)
 	}
 	for i := len(xff) - 1; i >= 0; i-- {
-		a, err := netip.ParseAddr(stripZone(xff[i]))
-		if err != nil {
+		ip := httpval.IP(xff[i])
+		if ip == "" {
 			break
 		}
-		if !s.isExcluded(a) {
-			return a.String()
+		if !s.isExcluded(netip.MustParseAddr(ip)) {
+			return ip
 		}
 	}
 	return remoteIP(r)
@@ -319,25 +340,10 @@ func remoteIP(r *http.Request) string {
 	if err != nil {
 		host = r.RemoteAddr
 	}
-	if ip := normalizeIP(host); ip != "" {
+	if ip := httpval.IP(host); ip != "" {
 		return ip
 	}
 	return host
-}
-
-func normalizeIP(s string) string {
-	a, err := netip.ParseAddr(stripZone(s))
-	if err != nil {
-		return ""
-	}
-	return a.String()
-}
-
-func stripZone(s string) string {
-	if i := strings.IndexByte(s, '%'); i >= 0 {
-		return s[:i]
-	}
-	return s
 }
 
 // credentials is a compiled Credentials map.

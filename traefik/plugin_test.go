@@ -2,6 +2,7 @@ package edgelimit
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -97,4 +98,37 @@ func TestExemptionCarriesOver(t *testing.T) {
 	if w := send(outer, "X-Plugin-Id", "p1"); w.Code != 429 {
 		t.Errorf("over the quota: %d", w.Code)
 	}
+}
+
+// TestIPv6ClientsCountByPrefix: the ip source counts an IPv6 client by its
+// /64 (ipv6Prefix sets another) and a mapped IPv4 address as IPv4, as the
+// Caddy module's {client_ip}.
+func TestIPv6ClientsCountByPrefix(t *testing.T) {
+	h := mustNew(t, &Config{Now: newClock().Now, Limits: map[string]*Limit{"per_ip": {Limit: 2, Window: "1h"}}}, okHandler())
+	passed := 0
+	for i := 1; i <= 6; i++ {
+		if sendFrom(h, fmt.Sprintf("[2001:db8:1:2:%x::%x]:443", i*4099, i)).Code == 200 {
+			passed++
+		}
+	}
+	if passed != 2 {
+		t.Errorf("%d of 6 addresses of one /64 passed a limit of 2", passed)
+	}
+	codes := []int{sendFrom(h, "[2001:db8:1:3::1]:1").Code, sendFrom(h, "203.0.113.77:1").Code,
+		sendFrom(h, "[::ffff:203.0.113.77]:1").Code, sendFrom(h, "203.0.113.77:1").Code}
+	if fmt.Sprint(codes) != "[200 200 200 429]" {
+		t.Errorf("another /64, IPv4, the same mapped, IPv4 again: %v", codes)
+	}
+	each := mustNew(t, &Config{Now: newClock().Now, Limits: map[string]*Limit{"per_address": {Limit: 1, Window: "1h", IPv6Prefix: 128}}}, okHandler())
+	if sendFrom(each, "[2001:db8::1]:1").Code != 200 || sendFrom(each, "[2001:db8::2]:1").Code != 200 {
+		t.Error("ipv6Prefix 128 counts each address apart")
+	}
+}
+
+func sendFrom(h http.Handler, remote string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.RemoteAddr = remote
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
 }

@@ -2,7 +2,6 @@ package edgelimit
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"net"
 	"strconv"
@@ -22,9 +21,10 @@ import (
 // clock is local. Redis Cluster and Sentinel are not supported.
 type redisStore struct {
 	*store.Remote
-	pool *respPool
-	opts *redisOptions
-	log  *logger
+	scripts store.Scripts
+	pool    *respPool
+	opts    *redisOptions
+	log     *logger
 }
 
 func newRedisStore(o *redisOptions) *redisStore {
@@ -34,6 +34,7 @@ func newRedisStore(o *redisOptions) *redisStore {
 		opts:   o,
 		log:    newLogger("redis " + o.addr),
 	}
+	s.scripts = store.Scripts{Runner: s, Prefix: o.prefix, LocalClock: o.localTime}
 	if s.Denials != nil {
 		go s.watchInvalidations()
 	}
@@ -74,51 +75,19 @@ func (s *redisStore) Answered() {
 	s.log.info("redis rate-limit storage answers again")
 }
 
-// Decide implements store.Server: the take script, with the calendar
-// windows of the server's time when its clock is on the other side of a
-// boundary.
+// Decide implements store.Server.
 func (s *redisStore) Decide(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
-	keys, clients := s.keys(reqs)
-	bounds := make([][2]int64, len(reqs))
-	return store.AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
-		argv := s.argv(reqs, clients, now, at, bounds, true)
-		reply, err := s.eval(ctx, store.TakeScript, keys, argv)
-		if err != nil {
-			return 0, err
-		}
-		if t, ok := store.BoundsReply(reply); ok {
-			return t, nil
-		}
-		if _, err := store.ParseResults(reply, reqs, nil, results, bounds); err != nil {
-			return 0, err
-		}
-		store.AllOrNothing(reqs, results[:len(reqs)])
-		return 0, nil
-	})
+	return s.scripts.Take(ctx, now, reqs, results)
 }
 
-// GiveBack implements store.Server: the refund script.
+// GiveBack implements store.Server.
 func (s *redisStore) GiveBack(ctx context.Context, now time.Time, reqs []store.Request) error {
-	keys, clients := s.keys(reqs)
-	bounds := make([][2]int64, len(reqs))
-	return store.AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
-		reply, err := s.eval(ctx, store.RefundScript, keys, s.argv(reqs, clients, now, at, bounds, false))
-		if err != nil {
-			return 0, err
-		}
-		if t, ok := store.BoundsReply(reply); ok {
-			return t, nil
-		}
-		if reply != "R" {
-			return 0, store.ErrBadReply
-		}
-		return 0, nil
-	})
+	return s.scripts.Refund(ctx, now, reqs)
 }
 
-// eval runs a script with EVALSHA, or EVAL when Redis does not have it
-// (after a restart or SCRIPT FLUSH; EVAL caches it again).
-func (s *redisStore) eval(ctx context.Context, sc *store.Script, keys, argv []string) (string, error) {
+// Run implements store.Runner on the pool: EVALSHA, then EVAL when Redis
+// does not have the script.
+func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []string) (string, error) {
 	args := make([]string, 0, 3+len(keys)+len(argv))
 	args = append(args, "EVALSHA", sc.SHA, strconv.Itoa(len(keys)))
 	args = append(args, keys...)
@@ -136,48 +105,6 @@ func (s *redisStore) eval(ctx context.Context, sc *store.Script, keys, argv []st
 		return "", store.ErrBadReply
 	}
 	return text, nil
-}
-
-// keys returns the scripts' KEYS, one Redis hash per client, and each
-// request's client key.
-func (s *redisStore) keys(reqs []store.Request) (keys, clients []string) {
-	clients = make([]string, len(reqs))
-	for i := range reqs {
-		j := 0
-		for j < i && reqs[j].Key != reqs[i].Key {
-			j++
-		}
-		if j < i {
-			clients[i] = clients[j]
-			continue
-		}
-		sum := sha256.Sum256([]byte(reqs[i].Key))
-		clients[i] = string(store.AppendClientKey(make([]byte, 0, store.ClientKeyLen(s.opts.prefix)), s.opts.prefix, &sum))
-		keys = append(keys, clients[i])
-	}
-	return keys, clients
-}
-
-// argv is a script's ARGV: the take script's head (no states back, one
-// decision, its time, its number of requests) or the refund script's (the
-// time), the requests' numbers, then their counters.
-func (s *redisStore) argv(reqs []store.Request, clients []string, now time.Time, at int64, bounds [][2]int64, take bool) []string {
-	t := now.UnixMicro()
-	if !s.opts.localTime {
-		t = 0
-	}
-	b := make([]byte, 0, 8*(4+5*len(reqs)))
-	if take {
-		b = store.AppendTakeHead(b, 0, 1)
-		b = store.AppendInt(b, t)
-		b = store.AppendInt(b, int64(len(reqs)))
-	} else {
-		b = store.AppendInt(b, t)
-	}
-	argv := make([]string, 1, 1+len(reqs))
-	_, b, argv = store.AppendRequests(nil, b, argv, reqs, clients, nil, at, bounds)
-	argv[0] = string(b)
-	return argv
 }
 
 // invalidationPing is how often the subscription to the invalidations is

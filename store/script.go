@@ -1,0 +1,110 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
+)
+
+// A Runner runs a script on a Redis server and returns its reply: EVALSHA,
+// and EVAL when the server does not have the script (after a restart or a
+// SCRIPT FLUSH). It must not run a script twice for one call: a script
+// whose reply was lost may have counted.
+type Runner interface {
+	Run(ctx context.Context, sc *Script, keys, argv []string) (string, error)
+}
+
+// Scripts runs the take and refund scripts of one decision at a time, for a
+// client without batching (the Traefik plugin's): the keys and arguments
+// of package store's encoding, the server's clock unless LocalClock, and
+// the calendar windows of the server's time when its clock is on the
+// other side of a boundary (AtServerTime).
+type Scripts struct {
+	Runner     Runner
+	Prefix     string
+	LocalClock bool
+}
+
+// Take decides reqs, all or nothing, with the take script.
+func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	keys, clients := s.keys(reqs)
+	bounds := make([][2]int64, len(reqs))
+	return AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+		argv := s.argv(reqs, clients, now, at, bounds, true)
+		reply, err := s.Runner.Run(ctx, TakeScript, keys, argv)
+		if err != nil {
+			return 0, err
+		}
+		if t, ok := BoundsReply(reply); ok {
+			return t, nil
+		}
+		if _, err := ParseResults(reply, reqs, nil, results, bounds); err != nil {
+			return 0, err
+		}
+		AllOrNothing(reqs, results[:len(reqs)])
+		return 0, nil
+	})
+}
+
+// Refund gives back what a take of reqs counted, with the refund script.
+func (s *Scripts) Refund(ctx context.Context, now time.Time, reqs []Request) error {
+	keys, clients := s.keys(reqs)
+	bounds := make([][2]int64, len(reqs))
+	return AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
+		reply, err := s.Runner.Run(ctx, RefundScript, keys, s.argv(reqs, clients, now, at, bounds, false))
+		if err != nil {
+			return 0, err
+		}
+		if t, ok := BoundsReply(reply); ok {
+			return t, nil
+		}
+		if reply != "R" {
+			return 0, ErrBadReply
+		}
+		return 0, nil
+	})
+}
+
+// keys returns the scripts' KEYS, one Redis hash per client, and each
+// request's client key.
+func (s *Scripts) keys(reqs []Request) (keys, clients []string) {
+	clients = make([]string, len(reqs))
+	for i := range reqs {
+		j := 0
+		for j < i && reqs[j].Key != reqs[i].Key {
+			j++
+		}
+		if j < i {
+			clients[i] = clients[j]
+			continue
+		}
+		sum := sha256.Sum256([]byte(reqs[i].Key))
+		clients[i] = string(AppendClientKey(make([]byte, 0, ClientKeyLen(s.Prefix)), s.Prefix, &sum))
+		keys = append(keys, clients[i])
+	}
+	return keys, clients
+}
+
+// argv is a script's ARGV: the take script's head (no states back, one
+// decision, its time, its number of requests) or the refund script's (the
+// time), the requests' numbers, then their counters.
+func (s *Scripts) argv(reqs []Request, clients []string, now time.Time, at int64, bounds [][2]int64, take bool) []string {
+	t := int64(0)
+	if s.LocalClock {
+		t = now.UnixMicro()
+	}
+	b := make([]byte, 0, 8*(4+5*len(reqs)))
+	if take {
+		b = AppendTakeHead(b, 0, 1)
+		b = AppendInt(b, t)
+		b = AppendInt(b, int64(len(reqs)))
+	} else {
+		b = AppendInt(b, t)
+	}
+	argv := make([]string, 1, 1+len(reqs))
+	_, b, argv = AppendRequests(nil, b, argv, reqs, clients, nil, at, bounds)
+	argv[0] = string(b)
+	return argv
+}
