@@ -349,8 +349,7 @@ var ratelimitHints = map[string]string{
 	"events":         `write the events and the window as one "rate <events>/<window>", e.g. "rate 100/1m"`,
 	"window":         `the window's length goes in "rate <events>/<window>", e.g. "rate 100/1m"; caddy-ratelimit's window slides: add "window sliding" for the same`,
 	"match":          `a limit has no matchers: give edge_limit one ("edge_limit @api { ... }") or put it in a handle block`,
-	"ipv4_prefix":    `edgelimit counts each client address apart: there is no prefix grouping`,
-	"ipv6_prefix":    `edgelimit counts each client address apart: there is no prefix grouping`,
+	"ipv4_prefix":    `IPv4 addresses count one by one; IPv6 addresses count by their prefix, "ipv6_prefix <bits>" in the limit (64 by default)`,
 	"distributed":    `counts are shared exactly through Redis: write "storage redis <url>" in the edge_limit global option`,
 	"jitter":         `Retry-After is the exact wait, rounded up to the second; there is no jitter`,
 	"sweep_interval": `it belongs to the storage: write "storage memory { sweep_interval <duration> }" in the edge_limit global option`,
@@ -362,7 +361,7 @@ var ratelimitHints = map[string]string{
 var (
 	handlerOptions    = []string{"limit", "quota", "use", "status", "headers", "body", "content_type", "show_key", "handle_errors", "dry_run", "zone", "storage"}
 	globalOptionNames = []string{"storage", "limit", "quota"}
-	limitOptions      = []string{"key", "rate", "window", "split", "token_bucket", "gcra", "burst", "offset", "quota", "limit", "reset", "tier", "cost", "scope", "exempt", "status", "body", "dry_run"}
+	limitOptions      = []string{"key", "rate", "window", "split", "token_bucket", "gcra", "burst", "offset", "quota", "limit", "reset", "tier", "cost", "ipv6_prefix", "scope", "exempt", "status", "body", "dry_run"}
 )
 
 // unknownHint ends the error of an unknown option: caddy-ratelimit's

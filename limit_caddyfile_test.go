@@ -292,8 +292,7 @@ func TestCaddyRateLimitHintsInLimits(t *testing.T) {
 		{"events", "limit a {\n\tkey {client_ip}\n\tevents 100\n\twindow 1m\n}", `unknown option "events" in limit "a": write the events and the window as one "rate <events>/<window>"`, "Caddyfile:5"},
 		{"window", "limit a {\n\tkey {client_ip}\n\twindow 1m\n\tevents 100\n}", `window "1m": want fixed, anchored or sliding: the window's length goes in "rate <events>/<window>"`, "Caddyfile:5"},
 		{"match", "limit a {\n\trate 5/1m\n\tmatch {\n\t\tmethod GET\n\t}\n}", `unknown option "match" in limit "a": a limit has no matchers: give edge_limit one`, "Caddyfile:5"},
-		{"ipv4_prefix", "limit a {\n\trate 5/1m\n\tipv4_prefix 24\n}", `unknown option "ipv4_prefix" in limit "a": edgelimit counts each client address apart`, "Caddyfile:5"},
-		{"ipv6_prefix", "limit a {\n\trate 5/1m\n\tipv6_prefix 64\n}", `unknown option "ipv6_prefix" in limit "a": edgelimit counts each client address apart`, "Caddyfile:5"},
+		{"ipv4_prefix", "limit a {\n\trate 5/1m\n\tipv4_prefix 24\n}", `unknown option "ipv4_prefix" in limit "a": IPv4 addresses count one by one; IPv6 addresses count by their prefix`, "Caddyfile:5"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
