@@ -257,7 +257,7 @@ func Judge(d *Decision) (denied, report int) {
 		if !r.Allowed {
 			judgeDenial(d, i, &denied)
 		}
-		if i > 0 && Tighter(r, &d.Res[report]) {
+		if i > 0 && reportFirst(d, i, report) {
 			report = i
 		}
 	}
@@ -273,9 +273,24 @@ func judgeDenial(d *Decision, i int, denied *int) {
 	r := &d.Res[i]
 	d.Denied++
 	d.FirstDenials = d.FirstDenials || r.FirstDenial
-	if !d.Reqs[i].DryRun && (*denied < 0 || r.RetryAfter > d.Res[*denied].RetryAfter) {
+	if d.Reqs[i].DryRun {
+		return
+	}
+	if j := *denied; j < 0 || r.RetryAfter > d.Res[j].RetryAfter || r.RetryAfter == d.Res[j].RetryAfter && d.Meta[i].Limit.Name < d.Meta[j].Limit.Name {
 		*denied = i
 	}
+}
+
+// reportFirst tells whether request i's result is to be reported before
+// request j's: tighter, or as tight and of the limit whose name comes
+// first, so that the edges report alike whatever order their limits are
+// in (a Caddyfile's, or a Traefik map's).
+func reportFirst(d *Decision, i, j int) bool {
+	a, b := &d.Res[i], &d.Res[j]
+	if Tighter(a, b) {
+		return true
+	}
+	return !Tighter(b, a) && d.Meta[i].Limit.Name < d.Meta[j].Limit.Name
 }
 
 // Counted returns the requests that were counted: all of them, less those

@@ -1,0 +1,324 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/mitchellh/mapstructure"
+	"github.com/redis/go-redis/v9"
+
+	_ "github.com/edgelimit/caddy-edgelimit"
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
+	edgelimit "github.com/edgelimit/caddy-edgelimit/traefik"
+)
+
+// The differential test: one behaviour at both edges. Each row is a
+// configuration written for the Caddy module (an edge_limit directive's
+// body, its limits global, so that their counters are named as the
+// plugin's) and for the Traefik plugin (its YAML), and a sequence of
+// requests on a fake clock. The Caddy module (in this process, on the fake
+// clock), the plugin compiled, and the plugin loaded through Yaegi answer
+// the same requests at the same times: their statuses, rate-limit headers,
+// Retry-After, content types and bodies must be equal, in memory and on a
+// real Redis, where the three leave the same state behind.
+
+type diffRow struct {
+	name    string
+	caddy   string // the edge_limit directive's body
+	traefik string // the plugin's configuration
+	steps   []diffStep
+}
+
+type diffStep struct {
+	after   time.Duration // the fake clock moves by this first
+	path    string
+	headers []string // name, value pairs
+}
+
+// dstep is a request to / from client k after d.
+func dstep(d time.Duration, k string, more ...string) diffStep {
+	return diffStep{after: d, path: "/v1/items", headers: append([]string{"X-Api-Key", k}, more...)}
+}
+
+// repeat is n requests of client k, the first after d.
+func repeat(n int, d time.Duration, k string, more ...string) []diffStep {
+	out := []diffStep{dstep(d, k, more...)}
+	for i := 1; i < n; i++ {
+		out = append(out, dstep(0, k, more...))
+	}
+	return out
+}
+
+func seq(parts ...[]diffStep) []diffStep {
+	var out []diffStep
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+var diffRows = []diffRow{
+	{
+		name:    "fixed window",
+		caddy:   "limit fw {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tscope global\n}",
+		traefik: "limits:\n  fw: {key: [header:X-Api-Key], limit: 3, window: 1m}",
+		steps:   seq(repeat(4, 0, "a"), repeat(2, 30*time.Second, "a"), repeat(2, 31*time.Second, "a"), repeat(1, 0, "b")),
+	},
+	{
+		name:    "anchored window",
+		caddy:   "limit aw {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\twindow anchored\n\tscope global\n}",
+		traefik: "limits:\n  aw: {key: [header:X-Api-Key], algorithm: anchored_window, limit: 3, window: 1m}",
+		steps:   seq(repeat(1, 13*time.Second, "a"), repeat(3, 20*time.Second, "a"), repeat(2, 41*time.Second, "a")),
+	},
+	{
+		name:    "sliding window",
+		caddy:   "limit sw {\n\tkey {header.X-Api-Key}\n\trate 4/1m\n\twindow sliding\n\tscope global\n}",
+		traefik: "limits:\n  sw: {key: [header:X-Api-Key], algorithm: sliding_window, limit: 4, window: 1m}",
+		steps:   seq(repeat(5, 50*time.Second, "a"), repeat(3, 15*time.Second, "a"), repeat(3, 30*time.Second, "a")),
+	},
+	{
+		name:    "token bucket",
+		caddy:   "limit tb {\n\tkey {header.X-Api-Key}\n\ttoken_bucket 3 1/10s\n\tscope global\n}",
+		traefik: "limits:\n  tb: {key: [header:X-Api-Key], algorithm: token_bucket, limit: 3, refill: 1, window: 10s}",
+		steps:   seq(repeat(4, 0, "a"), repeat(2, 10*time.Second, "a"), repeat(2, 25*time.Second, "a")),
+	},
+	{
+		name:    "gcra",
+		caddy:   "limit gc {\n\tkey {header.X-Api-Key}\n\tgcra 2/1s burst 3\n\tscope global\n}",
+		traefik: "limits:\n  gc: {key: [header:X-Api-Key], algorithm: gcra, limit: 3, refill: 2, window: 1s}",
+		steps:   seq(repeat(4, 0, "a"), repeat(2, 500*time.Millisecond, "a"), repeat(3, 2*time.Second, "a")),
+	},
+	{
+		name: "tiers with offset and split",
+		caddy: "limit daily {\n\tkey {header.X-Api-Key}\n\trate 4/1d\n\toffset 6h\n\tsplit 12h\n\ttier {header.X-Tier} {\n\t\tGOLD rate 8/1d\n\t}\n\tscope global\n}",
+		traefik: "limits:\n  daily:\n    key: [header:X-Api-Key]\n    limit: 4\n    window: 1d\n    offset: 6h\n    split: 12h\n" +
+			"    tier: header:X-Tier\n    tiers: {GOLD: {limit: 8, window: 1d}}",
+		steps: seq(repeat(3, 0, "a"), repeat(5, 0, "g", "X-Tier", "GOLD"), repeat(2, 12*time.Hour, "a"), repeat(1, 0, "g", "X-Tier", "GOLD")),
+	},
+	{
+		name:    "costs",
+		caddy:   "limit c {\n\tkey {header.X-Api-Key}\n\trate 5/1m\n\tcost 2\n\tscope global\n}",
+		traefik: "limits:\n  c: {key: [header:X-Api-Key], limit: 5, window: 1m, cost: 2}",
+		steps:   repeat(4, 0, "a"),
+	},
+	{
+		name: "exemptions",
+		caddy: "limit api {\n\tkey {header.X-Api-Key}\n\trate 2/1m\n\tscope global\n}\n" +
+			"quota plugin {\n\tkey {header.X-Plugin}\n\tlimit 3 per day\n\texempt api\n\tscope global\n}",
+		traefik: "limits:\n  api: {key: [header:X-Api-Key], limit: 2, window: 1m}\n  plugin: {key: [header:X-Plugin], limit: 3, calendar: {period: day}, exempt: [api]}",
+		steps:   seq(repeat(3, 0, "a"), repeat(4, 0, "a", "X-Plugin", "p1")),
+	},
+	{
+		name:    "quota in a time zone",
+		caddy:   "quota q {\n\tkey {header.X-Api-Key}\n\tlimit 3 per day\n\treset 06:00 America/New_York\n\tscope global\n}",
+		traefik: "limits:\n  q: {key: [header:X-Api-Key], limit: 3, calendar: {period: day, at: \"06:00\", timeZone: America/New_York}}",
+		steps:   seq(repeat(4, 0, "a"), repeat(2, 24*time.Hour, "a")),
+	},
+	{
+		name:    "both header styles and the time",
+		caddy:   "limit a {\n\tkey {header.X-Api-Key}\n\trate 2/1m\n\tscope global\n}\nlimit b {\n\tkey {header.X-Api-Key}\n\ttoken_bucket 5 1/1s\n\tscope global\n}\nheaders both time",
+		traefik: "limits:\n  a: {key: [header:X-Api-Key], limit: 2, window: 1m}\n  b: {key: [header:X-Api-Key], algorithm: token_bucket, limit: 5, refill: 1, window: 1s}\nheaders: both\ntimeHeader: true",
+		steps:   repeat(4, 0, "a"),
+	},
+	{
+		name:    "ietf headers only",
+		caddy:   "limit a {\n\tkey {header.X-Api-Key}\n\trate 2/1m\n\tscope global\n}\nheaders ratelimit",
+		traefik: "limits:\n  a: {key: [header:X-Api-Key], limit: 2, window: 1m}\nheaders: ratelimit",
+		steps:   repeat(3, 0, "a"),
+	},
+	{
+		name: "denial template",
+		caddy: "limit a {\n\tkey {header.X-Api-Key}\n\trate 1/1h\n\tscope global\n}\nstatus 420\ncontent_type \"application/json\"\n" +
+			"body `{\"limit\":\"{edge_limit.name}\",\"retry\":{edge_limit.retry_after},\"human\":\"{edge_limit.retry_after_human}\",\"path\":\"{http.request.uri.path}\",\"h\":\"{header.X-Evil}\",\"reset\":{edge_limit.reset}}`",
+		traefik: "limits:\n  a: {key: [header:X-Api-Key], limit: 1, window: 1h}\nstatus: 420\ncontentType: application/json\n" +
+			"body: '{\"limit\":\"{edge_limit.name}\",\"retry\":{edge_limit.retry_after},\"human\":\"{edge_limit.retry_after_human}\",\"path\":\"{http.request.uri.path}\",\"h\":\"{header.X-Evil}\",\"reset\":{edge_limit.reset}}'",
+		steps: seq(repeat(1, 17*time.Minute, "a"), repeat(2, 0, "a", "X-Evil", `"},"admin":true,"x":"<script>`)),
+	},
+	{
+		// show_key hashed <secret> was the Caddy module's alone: the same
+		// client's key differed between the edges' bodies, events and logs.
+		name:    "hashed keys with a secret",
+		caddy:   "limit a {\n\tkey {header.X-Api-Key}\n\trate 1/1h\n\tscope global\n}\nshow_key hashed s3cret-s3cret-s3cret\nbody `{\"key\":\"{edge_limit.key}\"}`",
+		traefik: "limits:\n  a: {key: [header:X-Api-Key], limit: 1, window: 1h}\nkeySecret: s3cret-s3cret-s3cret\nbody: '{\"key\":\"{edge_limit.key}\"}'",
+		steps:   repeat(2, 0, "secret-client"),
+	},
+	{
+		name:    "raw keys",
+		caddy:   "limit a {\n\tkey {header.X-Api-Key}\n\trate 1/1h\n\tscope global\n}\nshow_key raw\nbody `{\"key\":\"{edge_limit.key}\"}`",
+		traefik: "limits:\n  a: {key: [header:X-Api-Key], limit: 1, window: 1h}\nshowKey: raw\nbody: '{\"key\":\"{edge_limit.key}\"}'",
+		steps:   repeat(2, 0, "a\"<b>"),
+	},
+	{
+		name:    "dry run and a limit's own status",
+		caddy:   "limit soft {\n\tkey {header.X-Api-Key}\n\trate 1/1m\n\tdry_run\n\tscope global\n}\nlimit hard {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tstatus 503\n\tscope global\n}",
+		traefik: "limits:\n  soft: {key: [header:X-Api-Key], limit: 1, window: 1m, dryRun: true}\n  hard: {key: [header:X-Api-Key], limit: 3, window: 1m, status: 503}",
+		steps:   repeat(4, 0, "a"),
+	},
+}
+
+// diffReply is what the edges must agree on.
+type diffReply struct {
+	Status  int
+	Headers map[string]string
+	Body    string
+}
+
+var diffHeaders = []string{"X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "X-Ratelimit-Time",
+	"Ratelimit", "Ratelimit-Policy", "Retry-After", "Content-Type"}
+
+func diffOf(status int, h http.Header, body string) diffReply {
+	r := diffReply{Status: status, Headers: map[string]string{}, Body: body}
+	for _, name := range diffHeaders {
+		if v := h.Values(name); len(v) > 0 {
+			r.Headers[name] = strings.Join(v, " | ")
+		}
+	}
+	return r
+}
+
+func TestEdgesAgree(t *testing.T) {
+	p := loadPlugin(t)
+	for _, backend := range []string{"memory", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			var r *redisServer
+			if backend == "redis" {
+				r = startRedis(t)
+			}
+			for i, row := range diffRows {
+				t.Run(row.name, func(t *testing.T) {
+					diffRun(t, p, r, i, row)
+				})
+			}
+		})
+	}
+}
+
+// diffRun runs one row on the three edges, and compares.
+func diffRun(t *testing.T, p *plugin, r *redisServer, n int, row diffRow) {
+	// Each row starts at a time of its own, past midnight UTC (and 06:00
+	// in New York) by a few hours, so that windows and quotas start afresh.
+	base := clockBase().AddDate(0, 0, 3*n+7).Add(3*time.Hour + 7*time.Minute)
+	caddyConf := row.caddy
+	traefikConf := row.traefik
+	prefixes := map[string]string{}
+	if r != nil {
+		id := fmt.Sprintf("%d-%d:", n, time.Now().UnixNano())
+		prefixes = map[string]string{"caddy": "diff-c" + id, "compiled": "diff-p" + id, "yaegi": "diff-y" + id}
+		caddyConf += "\nstorage redis redis://" + r.Addr + " {\n\tkey_prefix " + prefixes["caddy"] + "\n\tclock local\n}"
+	}
+	plugin := func(edge string) string {
+		if r == nil {
+			return traefikConf
+		}
+		return traefikConf + "\nstorage:\n  redis: {address: \"" + r.Addr + "\", keyPrefix: \"" + prefixes[edge] + "\", clock: local}\n"
+	}
+	clk := clock.NewFake(base)
+	restore := clock.Install(clk)
+	site := e2e.Start(t, "%ADDR% {\n\troute {\n\t\tedge_limit {\n"+indent(caddyConf, "\t\t\t")+"\n\t\t}\n\t\trespond \"ok\"\n\t}\n}")
+	restore()
+	compiled := compiledPlugin(t, plugin("compiled"), clk.Now)
+	yaegi := p.middleware(t, plugin("yaegi"), clk.Now, &upstream{})
+
+	for i, s := range row.steps {
+		clk.Add(s.after)
+		c := site.Do("GET", s.path, s.headers...)
+		got := map[string]diffReply{"caddy": diffOf(c.Status, c.Header, c.Body)}
+		for edge, h := range map[string]http.Handler{"compiled": compiled, "yaegi": yaegi} {
+			req := httptest.NewRequest("GET", s.path, nil)
+			req.RemoteAddr = "127.0.0.1:4321"
+			for j := 0; j+1 < len(s.headers); j += 2 {
+				req.Header.Set(s.headers[j], s.headers[j+1])
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			got[edge] = diffOf(w.Code, w.Header(), w.Body.String())
+		}
+		for _, edge := range []string{"compiled", "yaegi"} {
+			if !reflect.DeepEqual(got[edge], got["caddy"]) {
+				t.Errorf("step %d (%v after %s): the plugin %s answered\n%+v\nthe Caddy module\n%+v", i, s.headers, s.after, edge, got[edge], got["caddy"])
+			}
+		}
+	}
+	if r != nil {
+		states := map[string]map[string]map[string]string{}
+		for edge, prefix := range prefixes {
+			states[edge] = redisDump(t, r, prefix)
+		}
+		if len(states["caddy"]) == 0 {
+			t.Fatal("the Caddy module left nothing in Redis")
+		}
+		for _, edge := range []string{"compiled", "yaegi"} {
+			if !reflect.DeepEqual(states[edge], states["caddy"]) {
+				t.Errorf("Redis state of the plugin %s:\n%v\nof the Caddy module:\n%v", edge, states[edge], states["caddy"])
+			}
+		}
+	}
+}
+
+// compiledPlugin is the plugin as Go compiles it, its configuration decoded
+// as Traefik decodes it.
+func compiledPlugin(t *testing.T, conf string, now func() time.Time) http.Handler {
+	t.Helper()
+	var m map[string]interface{}
+	if err := yamlUnmarshal(conf, &m); err != nil {
+		t.Fatal(err)
+	}
+	cfg := edgelimit.CreateConfig()
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.StringToSliceHookFunc(","), WeaklyTypedInput: true, Result: cfg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dec.Decode(m); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Now = now
+	h, err := edgelimit.New(context.Background(), &upstream{}, cfg, t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// redisDump is every hash under prefix, the prefix cut from its key: the
+// client's hash and its fields (counters, and "~", the TTL's time).
+func redisDump(t *testing.T, r *redisServer, prefix string) map[string]map[string]string {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer c.Close()
+	ctx := context.Background()
+	keys, err := c.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(keys)
+	out := map[string]map[string]string{}
+	for _, k := range keys {
+		if k == prefix+"invalidate" {
+			continue
+		}
+		h, err := c.HGetAll(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[strings.TrimPrefix(k, prefix)] = h
+	}
+	return out
+}
+
+func indent(s, by string) string {
+	return by + strings.ReplaceAll(s, "\n", "\n"+by)
+}
+
+// clockBase is clock.TestBase, as the harness's fake clocks start.
+func clockBase() time.Time { return clock.TestBase() }
