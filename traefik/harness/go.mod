@@ -13,6 +13,7 @@ require (
 	github.com/edgelimit/caddy-edgelimit v0.0.0-00010101000000-000000000000
 	github.com/edgelimit/caddy-edgelimit/traefik v0.0.0-00010101000000-000000000000
 	github.com/redis/go-redis/v9 v9.23.0
+	golang.org/x/mod v0.41.0
 )
 
 require (

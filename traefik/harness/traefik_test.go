@@ -77,8 +77,15 @@ func load() (*plugin, error) {
 		return nil, err
 	}
 	loadedPath = gopath
-	dst := filepath.Join(gopath, "src", filepath.FromSlash(moduleName))
-	src, err := filepath.Abs("..")
+	return loadFrom(gopath, "..", moduleName)
+}
+
+// loadFrom copies the plugin in src to gopath/src/<module>, as a local
+// plugin is laid out (plugins-local/src/<module>), and loads it as Traefik
+// does.
+func loadFrom(gopath, src, module string) (*plugin, error) {
+	dst := filepath.Join(gopath, "src", filepath.FromSlash(module))
+	src, err := filepath.Abs(src)
 	if err != nil {
 		return nil, err
 	}
@@ -96,8 +103,8 @@ func load() (*plugin, error) {
 	if m.Type != "middleware" || m.DisplayName == "" || m.Summary == "" || m.TestData == nil {
 		return nil, errors.New(".traefik.yml: Traefik wants type middleware, displayName, summary and testData")
 	}
-	if !strings.HasPrefix(m.Import, moduleName) {
-		return nil, fmt.Errorf(".traefik.yml: the import %q must be related to the module name %q", m.Import, moduleName)
+	if !strings.HasPrefix(m.Import, module) {
+		return nil, fmt.Errorf(".traefik.yml: the import %q must be related to the module name %q", m.Import, module)
 	}
 	// Traefik gives the interpreter its logger at debug level as standard
 	// output and at error level as standard error.
