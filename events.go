@@ -1,13 +1,9 @@
 package edgelimit
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -25,21 +21,16 @@ func init() {
 // EventExceeded is emitted on the first denial of a client in a window.
 // Its data: limit, key (as show_key says), tier, client_ip, host, path,
 // limit_value, retry_after (seconds), window_end (RFC 3339), reset (unix
-// seconds), dry_run.
-const EventExceeded = "edge_limit.exceeded"
-
-// maxPendingEvents bounds the events being delivered at once: a slow
-// subscriber costs dropped notifications, never slower requests.
-const maxPendingEvents = 64
+// seconds), dry_run (policy.EventData: the Traefik plugin's too).
+const EventExceeded = policy.EventExceeded
 
 // emitter hands edge_limit events to Caddy's events app, off the request
-// path.
+// path, at most policy.MaxPendingEvents at once.
 type emitter struct {
 	ctx     caddy.Context
 	app     *caddyevents.App
 	logger  *zap.Logger
-	pending atomic.Int32
-	dropped atomic.Uint64
+	pending policy.Pending
 }
 
 func newEmitter(ctx caddy.Context, logger *zap.Logger) (*emitter, error) {
@@ -54,17 +45,9 @@ func (e *emitter) exceeded(data map[string]any) {
 	if e == nil || !e.app.ShouldEmit(EventExceeded) {
 		return
 	}
-	if e.pending.Add(1) > maxPendingEvents {
-		e.pending.Add(-1)
-		if e.dropped.Add(1)%100 == 1 {
-			e.logger.Warn("edge_limit events dropped: subscribers too slow", zap.Uint64("dropped", e.dropped.Load()))
-		}
-		return
+	if dropped := e.pending.Go(func() { e.app.Emit(e.ctx, EventExceeded, data) }); dropped%100 == 1 {
+		e.logger.Warn("edge_limit events dropped: subscribers too slow", zap.Uint64("dropped", dropped))
 	}
-	go func() {
-		defer e.pending.Add(-1)
-		e.app.Emit(e.ctx, EventExceeded, data)
-	}()
 }
 
 // Webhook is an events handler that POSTs each event as a CloudEvent in
@@ -102,11 +85,11 @@ func (Webhook) CaddyModule() caddy.ModuleInfo {
 func (wh *Webhook) Provision(ctx caddy.Context) error {
 	wh.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	u, err := url.Parse(repl.ReplaceAll(wh.URL, ""))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("webhook url %q: want an http or https URL", wh.URL)
+	u, err := policy.CheckWebhookURL(repl.ReplaceAll(wh.URL, ""))
+	if err != nil {
+		return fmt.Errorf("webhook %w", err)
 	}
-	wh.URL = u.String()
+	wh.URL = u
 	if wh.Timeout == 0 {
 		wh.Timeout = caddy.Duration(5 * time.Second)
 	}
@@ -121,30 +104,10 @@ func (wh *Webhook) Provision(ctx caddy.Context) error {
 // Handle delivers the event; failures are logged, never returned, so a
 // broken receiver cannot abort anything.
 func (wh *Webhook) Handle(ctx context.Context, e caddy.Event) error {
-	body, err := json.Marshal(e.CloudEvent())
-	if err != nil {
-		wh.logger.Error("encoding event", zap.Error(err))
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(wh.Timeout))
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, wh.URL, bytes.NewReader(body))
-	if err != nil {
-		wh.logger.Error("building webhook request", zap.Error(err))
-		return nil
-	}
-	for k, v := range wh.headers {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/cloudevents+json")
-	resp, err := wh.client.Do(req)
-	if err != nil {
+	if err := policy.PostEvent(ctx, wh.client, wh.URL, wh.headers, e.CloudEvent()); err != nil {
 		wh.logger.Warn("webhook delivery failed", zap.String("event", e.Name()), zap.Error(err))
-		return nil
-	}
-	resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		wh.logger.Warn("webhook refused the event", zap.String("event", e.Name()), zap.Int("status", resp.StatusCode))
 	}
 	return nil
 }
