@@ -83,8 +83,6 @@ type Redis struct {
 	policy    *store.Remote
 	watchStop chan struct{}
 	watchDone chan struct{}
-	psMu      sync.Mutex
-	ps        *redis.PubSub // the watcher's subscription; Close closes it
 	serverTS  bool
 
 	logger   atomic.Pointer[zap.Logger]
@@ -184,12 +182,6 @@ func (s *Redis) Close() error {
 		s.closed.Store(true)
 		if s.watchStop != nil {
 			close(s.watchStop)
-			// A blocked read returns when its connection closes.
-			s.psMu.Lock()
-			if s.ps != nil {
-				_ = s.ps.Close()
-			}
-			s.psMu.Unlock()
 			<-s.watchDone
 		}
 		s.pipe.stop()

@@ -266,15 +266,8 @@ var _ store.Admin = (*Redis)(nil)
 // confirmed and healthy.
 func (s *Redis) LocalDenialsActive() bool { return s.policy.Live() }
 
-// invalidationPing is how often the invalidation subscription is checked
-// when no message arrives: a PING that gets no PONG within the next
-// interval marks it unhealthy (local denials off) and reconnects.
-const invalidationPing = time.Second
-
-// watchInvalidations keeps the subscription to InvalidateChannel, drops
-// the local denials on every message, and keeps the local denials live only while the
-// subscription is confirmed: not yet subscribed, a connection lost, a PING
-// not answered in time, and local denials are off until it is again.
+// watchInvalidations keeps the subscription to InvalidateChannel that
+// keeps the local denials honest (store.Remote.Watch), until Close.
 func (s *Redis) watchInvalidations() {
 	defer close(s.watchDone)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -287,72 +280,36 @@ func (s *Redis) watchInvalidations() {
 		}
 	}()
 	channel := s.InvalidateChannel()
-	subscribe := func() *redis.PubSub {
-		ps := s.client.Subscribe(ctx, channel)
-		s.psMu.Lock()
-		s.ps = ps
-		if s.closed.Load() {
-			_ = ps.Close() // Close came meanwhile: do not block a read
-		}
-		s.psMu.Unlock()
-		return ps
-	}
-	ps := subscribe()
-	defer func() { _ = ps.Close() }()
-	pinged, subscribed := false, false
-	var lastWarn time.Time
-	pause := func() bool {
-		t := time.NewTimer(s.policy.Retry)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
-	}
-	for ctx.Err() == nil {
-		msg, err := ps.ReceiveTimeout(ctx, invalidationPing)
-		if ctx.Err() != nil || s.closed.Load() {
-			break // Close closed the subscription: no warning
-		}
-		if err != nil {
-			var ne interface{ Timeout() bool }
-			if errors.As(err, &ne) && ne.Timeout() && subscribed && !pinged {
-				// Quiet: make sure the connection is alive.
-				if ps.Ping(ctx) == nil {
-					pinged = true
-					continue
-				}
-			}
-			// Lost, refused (a Redis user without the channel's
-			// permission), or a PING unanswered: reconnect with a new
-			// subscription after a pause, and say so now and then.
-			if now := time.Now(); lastWarn.IsZero() || now.Sub(lastWarn) >= store.WarnInterval {
-				lastWarn = now
-				s.logger.Load().Warn("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis)",
-					zap.String("channel", channel), zap.Error(err))
-			}
-			s.policy.SetLive(false)
-			subscribed, pinged = false, false
-			_ = ps.Close()
-			if !pause() {
-				break
-			}
-			ps = subscribe()
-			continue
-		}
-		// Any message shows the connection alive.
-		pinged = false
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == channel {
-				subscribed, pinged = true, false
-				s.policy.SetLive(true)
-			}
-		case *redis.Message:
-			s.policy.Denials.ClearAll()
-		}
-	}
-	s.policy.SetLive(false)
+	s.policy.Watch(func() (store.Subscription, error) {
+		return &subscription{ctx: ctx, ps: s.client.Subscribe(ctx, channel), channel: channel}, nil
+	}, s.watchStop, func(err error) {
+		s.logger.Load().Warn("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis)",
+			zap.String("channel", channel), zap.Error(err))
+	})
 }
+
+// subscription is a go-redis subscription as store.Watch reads it.
+type subscription struct {
+	ctx     context.Context
+	ps      *redis.PubSub
+	channel string
+}
+
+func (g *subscription) Receive(timeout time.Duration) (store.Received, error) {
+	msg, err := g.ps.ReceiveTimeout(g.ctx, timeout)
+	if err != nil {
+		return store.Other, err
+	}
+	switch m := msg.(type) {
+	case *redis.Subscription:
+		if m.Kind == "subscribe" && m.Channel == g.channel {
+			return store.Confirmed, nil
+		}
+	case *redis.Message:
+		return store.Message, nil
+	}
+	return store.Other, nil
+}
+
+func (g *subscription) Ping() error  { return g.ps.Ping(g.ctx) }
+func (g *subscription) Close() error { return g.ps.Close() }

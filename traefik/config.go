@@ -13,91 +13,46 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
-// Config is the middleware's dynamic configuration. Traefik decodes it from
-// YAML, TOML, labels or a CRD with mapstructure; names match
-// case-insensitively (limits, ipStrategy). An option this schema does not
-// have is refused, naming it: Traefik hands a plugin what it was given,
-// and a misspelled option would silently do nothing. Each struct keeps
-// what mapstructure did not place in its Unknown field for that check.
+// Config is the middleware's dynamic configuration (docs/traefik.md has
+// every option). Traefik decodes it from YAML, TOML, labels or a CRD with
+// mapstructure; names match case-insensitively. An option this schema does
+// not have is refused, naming it: Traefik hands a plugin what it was
+// given, and a misspelled option would silently do nothing. Each struct
+// keeps what mapstructure did not place in its Unknown field for that.
 type Config struct {
-	// Limits by name. Every limit whose key is present applies to the
-	// request: it passes only if each allows it, and a denied request
-	// consumes nothing. A limit's name identifies its counter: limits of
-	// the same name share one counter in every middleware (and in the
-	// Caddy instances sharing the Redis) that declares them alike.
-	Limits map[string]*Limit `json:"limits,omitempty"`
+	// Limits by name, decided together: a request passes only if each
+	// limit whose key is present allows it, and a denied request consumes
+	// nothing. Limits of one name share one counter (global scope), in
+	// every middleware and Caddy instance on one Redis that declares them
+	// alike.
+	Limits      map[string]*Limit `json:"limits,omitempty"`
+	Status      int               `json:"status,omitempty"`      // of a denial: 429 (default) or any 4xx/5xx
+	Headers     string            `json:"headers,omitempty"`     // x-ratelimit (default), ratelimit, both or none
+	TimeHeader  bool              `json:"timeHeader,omitempty"`  // adds X-RateLimit-Time
+	DryRun      bool              `json:"dryRun,omitempty"`      // counts and reports, never denies
+	Body        string            `json:"body,omitempty"`        // the denial body's template, as the Caddy module's
+	ContentType string            `json:"contentType,omitempty"` // of the body (application/json): its values are escaped for it
+	ShowKey     string            `json:"showKey,omitempty"`     // hashed (default) or raw, in bodies, logs and events
+	KeySecret   string            `json:"keySecret,omitempty"`   // hashed keys as an HMAC with it, as the Caddy module's key_secret
+	IPStrategy  *IPStrategy       `json:"ipStrategy,omitempty"`  // how the ip source finds the client's address
+	Credentials *Credentials      `json:"credentials,omitempty"` // known credentials, for the credential sources
+	Storage     *Storage          `json:"storage,omitempty"`     // memory (default) or Redis
+	Notify      *Notify           `json:"notify,omitempty"`      // a webhook for first denials, as the Caddy module's event
 
-	// Status of a denial: 429 (default), or any 4xx/5xx (420, 400, 503).
-	Status int `json:"status,omitempty"`
-
-	// Headers: "x-ratelimit" (default: X-RateLimit-Limit, -Remaining and
-	// -Reset in unix seconds, for the most constraining limit),
-	// "ratelimit" (the IETF RateLimit and RateLimit-Policy fields, one item
-	// per limit), "both" or "none".
-	Headers string `json:"headers,omitempty"`
-
-	// TimeHeader adds X-RateLimit-Time, the reported limit's window in
-	// seconds.
-	TimeHeader bool `json:"timeHeader,omitempty"`
-
-	// DryRun counts and sends headers, never denies; would-be denials are
-	// logged.
-	DryRun bool `json:"dryRun,omitempty"`
-
-	// Body is the denial's body template: {edge_limit.*} placeholders and
-	// request placeholders ({http.request.uri.path}, {header.X}...), as in
-	// the Caddy module. Default: {"status":429,"error":"Rate limit
-	// exceeded, try again in N seconds"}.
-	Body string `json:"body,omitempty"`
-
-	// ContentType of the body. Default application/json; a JSON body has
-	// its values JSON-escaped.
-	ContentType string `json:"contentType,omitempty"`
-
-	// ShowKey is how {edge_limit.key}, logs and events show a client's
-	// key: "hashed" (default: 16 hex digits of its SHA-256) or "raw".
-	ShowKey string `json:"showKey,omitempty"`
-
-	// KeySecret makes the hashed keys an HMAC-SHA256 with this secret (at
-	// least 16 bytes), as the Caddy module's key_secret: the same secret
-	// at both edges shows the same client alike.
-	KeySecret string `json:"keySecret,omitempty"`
-
-	// IPStrategy says how the "ip" key source finds the client's address,
-	// as Traefik's ipStrategy: by default the connection's remote address.
-	IPStrategy *IPStrategy `json:"ipStrategy,omitempty"`
-
-	// Credentials is a static map of known credentials, for the
-	// "credential" key and tier sources.
-	Credentials *Credentials `json:"credentials,omitempty"`
-
-	// Storage keeps the counters: memory (default) or Redis.
-	Storage *Storage `json:"storage,omitempty"`
-
-	// Notify posts the first denial of a client in a window to a webhook,
-	// as the Caddy module's edge_limit.exceeded event.
-	Notify *Notify `json:"notify,omitempty"`
-
-	// Now replaces the clock, for tests. Traefik's configuration cannot set
-	// it.
-	Now func() time.Time `json:"-" mapstructure:"-"`
-
+	// Now replaces the clock, for tests; Traefik cannot set it.
+	Now     func() time.Time       `json:"-" mapstructure:"-"`
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // Limit is one rate limit or quota.
 type Limit struct {
-	// Key lists the key sources that identify the client, most specific
-	// first; the first present one is used, and each source counts apart.
-	// Sources: header:<Name>, query:<name>, cookie:<name>, ip (with
-	// ipStrategy), remote (the connection's address), bearer (the token of
-	// Authorization: Bearer), credential (the id of a known credential),
-	// const:<text> (every request shares it). When none is present the
-	// limit does not apply. Default: [ip].
+	// Key lists the sources of the client's key, the first present one
+	// used, each counting apart: header:<Name>, query:<name>,
+	// cookie:<name>, ip, remote, bearer, credential, const:<text>.
+	// Default [ip]; none present, the limit does not apply.
 	Key []string `json:"key,omitempty"`
-
-	// The limit's numbers (see Numbers); with tiers, those of clients in
-	// no known tier.
+	// The limit's numbers (as Numbers'); with tiers, of clients in no
+	// known tier.
 	Algorithm string    `json:"algorithm,omitempty"`
 	Limit     int64     `json:"limit,omitempty"`
 	Window    string    `json:"window,omitempty"`
@@ -105,77 +60,41 @@ type Limit struct {
 	Offset    string    `json:"offset,omitempty"`
 	Split     string    `json:"split,omitempty"`
 	Calendar  *Calendar `json:"calendar,omitempty"`
-
-	// Tier is the source of the client's tier: header:<Name> (set by a
-	// forwardAuth middleware before this one) or credential.
-	Tier string `json:"tier,omitempty"`
-	// Tiers maps tier names to their numbers: one algorithm, one counter
-	// per client, whatever its tier.
-	Tiers map[string]*Numbers `json:"tiers,omitempty"`
-	// DefaultTier names the tier of clients in no known tier.
-	DefaultTier string `json:"defaultTier,omitempty"`
-
-	// Cost is the units each request takes. Default 1.
-	Cost int64 `json:"cost,omitempty"`
-
-	// IPv6Prefix is the length of the IPv6 prefix that the ip and remote
-	// sources count as one client (default 64: one subscriber's network);
-	// 128 counts each address apart. IPv4 addresses, mapped into IPv6 or
-	// not, count one by one.
-	IPv6Prefix int `json:"ipv6Prefix,omitempty"`
-
-	// Scope is "global" (default: the counter is the limit's name, shared
-	// with every middleware and Caddy global limit of that name) or
-	// "middleware" (this middleware counts alone).
-	Scope string `json:"scope,omitempty"`
-
-	// Exempt names limits that do not apply to a request this limit
-	// applies to, here and in the edgelimit middlewares after this one.
-	Exempt []string `json:"exempt,omitempty"`
-
-	// Status and Body override the middleware's for this limit's denials.
-	Status int    `json:"status,omitempty"`
-	Body   string `json:"body,omitempty"`
-
-	// DryRun counts and reports this limit but never denies for it.
-	DryRun bool `json:"dryRun,omitempty"`
+	// Tier is the tier's source (header:<Name> set by forwardAuth, or
+	// credential), Tiers their numbers (one algorithm: one counter per
+	// client), DefaultTier the tier of clients in none.
+	Tier        string              `json:"tier,omitempty"`
+	Tiers       map[string]*Numbers `json:"tiers,omitempty"`
+	DefaultTier string              `json:"defaultTier,omitempty"`
+	Cost        int64               `json:"cost,omitempty"`       // units per request, 1 by default
+	IPv6Prefix  int                 `json:"ipv6Prefix,omitempty"` // an IPv6 client of ip or remote counts by this prefix (64)
+	Scope       string              `json:"scope,omitempty"`      // global (default: one counter per name) or middleware
+	Exempt      []string            `json:"exempt,omitempty"`     // limits that do not apply where this one does
+	Status      int                 `json:"status,omitempty"`     // this limit's denials' status
+	Body        string              `json:"body,omitempty"`       // this limit's denials' body
+	DryRun      bool                `json:"dryRun,omitempty"`     // counts and reports, never denies
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // Numbers are an algorithm and its figures.
 type Numbers struct {
-	// Algorithm: fixed_window (default), anchored_window, sliding_window,
-	// token_bucket or gcra.
-	Algorithm string `json:"algorithm,omitempty"`
-	// Limit is the requests per window, the bucket's capacity
-	// (token_bucket) or the burst (gcra).
-	Limit int64 `json:"limit,omitempty"`
-	// Window: "10s", "1m", "1h", "1d"; a plain number is seconds. For
-	// buckets, the period in which Refill units come back.
-	Window string `json:"window,omitempty"`
-	// Refill is the units added per Window (token_bucket; gcra defaults to
-	// Limit).
-	Refill int64 `json:"refill,omitempty"`
-	// Offset moves clock-aligned windows: a 1d window with offset 6h
-	// resets at 06:00 UTC.
-	Offset string `json:"offset,omitempty"`
-	// Split enforces the window's limit in equal shorter windows.
-	Split string `json:"split,omitempty"`
-	// Calendar makes a quota: per day, week or month.
-	Calendar *Calendar `json:"calendar,omitempty"`
+	Algorithm string    `json:"algorithm,omitempty"` // fixed_window (default), anchored_window, sliding_window, token_bucket or gcra
+	Limit     int64     `json:"limit,omitempty"`     // per window; a bucket's capacity; GCRA's burst
+	Window    string    `json:"window,omitempty"`    // 10s, 1m, 1h, 1d, or seconds; for buckets, the refill's period
+	Refill    int64     `json:"refill,omitempty"`    // units per window of a bucket (GCRA: the limit)
+	Offset    string    `json:"offset,omitempty"`    // moves clock-aligned windows
+	Split     string    `json:"split,omitempty"`     // the window's limit in equal shorter windows
+	Calendar  *Calendar `json:"calendar,omitempty"`  // a quota per day, week or month
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // Calendar is a quota's calendar window.
 type Calendar struct {
-	// Period: day, week (from Monday) or month.
-	Period string `json:"period,omitempty"`
-	// At is the reset time of day, HH:MM (default 00:00).
-	At string `json:"at,omitempty"`
-	// TimeZone is an IANA name (default UTC).
-	TimeZone string `json:"timeZone,omitempty"`
+	Period   string `json:"period,omitempty"`   // day, week (from Monday) or month
+	At       string `json:"at,omitempty"`       // the reset time, HH:MM (00:00)
+	TimeZone string `json:"timeZone,omitempty"` // IANA (UTC)
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
@@ -184,13 +103,11 @@ type Calendar struct {
 // ipStrategy does. Without Depth or ExcludedIPs the remote address is the
 // client: a header the client can write is never trusted by default.
 type IPStrategy struct {
-	// Depth takes the Depth-th address from the right of X-Forwarded-For
-	// (1: the one the nearest proxy added). When the header holds fewer,
-	// the remote address is used.
+	// Depth takes the Depth-th address from the right (1: the one the
+	// nearest proxy added), the remote address when there are fewer.
 	Depth int `json:"depth,omitempty"`
-	// ExcludedIPs are addresses or CIDR ranges of proxies: the client is
-	// the rightmost address of X-Forwarded-For not in them. Ignored with
-	// Depth.
+	// ExcludedIPs are proxies (addresses or CIDR ranges): the client is the
+	// rightmost address not in them. Ignored with Depth.
 	ExcludedIPs []string `json:"excludedIPs,omitempty"`
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
@@ -198,23 +115,16 @@ type IPStrategy struct {
 
 // Credentials are the known credentials of a static map.
 type Credentials struct {
-	// From is the source of the credential: header:<Name>, query:<name>,
-	// cookie:<name> or bearer.
-	From string `json:"from,omitempty"`
-	// Clients maps each known credential to its client.
-	Clients map[string]*Client `json:"clients,omitempty"`
+	From    string             `json:"from,omitempty"`    // header:<Name>, query:<name>, cookie:<name> or bearer
+	Clients map[string]*Client `json:"clients,omitempty"` // each known credential's client
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
 // Client is what a known credential stands for.
 type Client struct {
-	// ID identifies the client (the "credential" key source); several
-	// credentials of one client share its counters. Default: the
-	// credential itself.
-	ID string `json:"id,omitempty"`
-	// Tier is the client's tier (the "credential" tier source).
-	Tier string `json:"tier,omitempty"`
+	ID   string `json:"id,omitempty"`   // the credential source's key (the credential itself by default)
+	Tier string `json:"tier,omitempty"` // the credential tier source's tier
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }

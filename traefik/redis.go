@@ -2,8 +2,6 @@ package edgelimit
 
 import (
 	"context"
-	"errors"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -107,70 +105,62 @@ func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []str
 	return text, nil
 }
 
-// invalidationPing is how often the subscription to the invalidations is
-// checked when no message arrives, as the Caddy module's.
-const invalidationPing = time.Second
-
-// watchInvalidations keeps a subscription to the channel on which an
-// operator's reset or credit (the Caddy admin API) is announced, drops the
-// local denials on every message, and keeps them in use only while the
-// subscription is confirmed: not yet subscribed, a connection lost, a
-// PING unanswered, and every denial asks Redis until it is again. It runs
-// as long as Traefik: a plugin is never told it is unloaded.
+// watchInvalidations keeps the subscription that keeps the local denials
+// honest (store.Remote.Watch) as long as Traefik runs: a plugin is never
+// told it is unloaded.
 func (s *redisStore) watchInvalidations() {
 	channel := store.InvalidateChannel(s.opts.prefix)
-	for {
-		err := s.subscription(channel)
-		s.SetLive(false)
+	s.Watch(func() (store.Subscription, error) { return s.subscribe(channel) }, nil, func(err error) {
 		s.log.warnf("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis): %v", err)
-		time.Sleep(s.Retry)
-	}
+	})
 }
 
-// subscription subscribes to channel on a connection of its own and reads
-// it until it fails.
-func (s *redisStore) subscription(channel string) error {
+// subscription is a connection of its own, subscribed to a channel.
+type subscription struct {
+	c       *respConn
+	timeout time.Duration
+	channel string
+}
+
+func (s *redisStore) subscribe(channel string) (store.Subscription, error) {
 	c, err := s.pool.dial(time.Now().Add(s.opts.timeout))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer c.c.Close()
 	if err := c.send(time.Now().Add(s.opts.timeout), []string{"SUBSCRIBE", channel}); err != nil {
-		return err
+		c.c.Close()
+		return nil, err
 	}
-	pinged := false
-	for {
-		if err := c.c.SetReadDeadline(time.Now().Add(invalidationPing)); err != nil {
-			return err
-		}
-		msg, err := c.read()
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && !pinged && s.Live() {
-			// Quiet: make sure the connection is alive.
-			if err := c.send(time.Now().Add(s.opts.timeout), []string{"PING"}); err != nil {
-				return err
-			}
-			pinged = true
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		pinged = false
-		parts, _ := msg.([]interface{})
-		if len(parts) < 2 {
-			continue
-		}
-		switch kind, _ := parts[0].(string); kind {
-		case "subscribe":
-			if ch, _ := parts[1].(string); ch == channel {
-				s.SetLive(true)
-			}
-		case "message":
-			s.Denials.ClearAll()
-		}
-	}
+	return &subscription{c: c, timeout: s.opts.timeout, channel: channel}, nil
 }
+
+func (sub *subscription) Receive(timeout time.Duration) (store.Received, error) {
+	if err := sub.c.c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return store.Other, err
+	}
+	msg, err := sub.c.read()
+	if err != nil {
+		return store.Other, err
+	}
+	parts, _ := msg.([]interface{})
+	if len(parts) >= 2 {
+		kind, _ := parts[0].(string)
+		ch, _ := parts[1].(string)
+		switch {
+		case kind == "subscribe" && ch == sub.channel:
+			return store.Confirmed, nil
+		case kind == "message":
+			return store.Message, nil
+		}
+	}
+	return store.Other, nil
+}
+
+func (sub *subscription) Ping() error {
+	return sub.c.send(time.Now().Add(sub.timeout), []string{"PING"})
+}
+
+func (sub *subscription) Close() error { return sub.c.c.Close() }
 
 // read reads one reply.
 func (c *respConn) read() (interface{}, error) {

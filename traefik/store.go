@@ -26,44 +26,26 @@ type Storage struct {
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-// RedisConfig is a Redis server, as the Caddy module's redis storage.
+// RedisConfig is a Redis server, as the Caddy module's redis storage
+// (docs/traefik.md has every option).
 type RedisConfig struct {
-	// Address is host:port. Default 127.0.0.1:6379 (unless URL is set).
-	Address string `json:"address,omitempty"`
-	// URL is redis://[user[:password]@]host[:port][/db], or rediss:// for
-	// TLS; instead of Address. The user and password are percent-decoded,
-	// as go-redis (the Caddy module's client) decodes them.
-	URL string `json:"url,omitempty"`
-	// Username and Password for Redis ACLs or requirepass.
-	Username string `json:"username,omitempty"`
+	Address  string `json:"address,omitempty"`  // host:port (127.0.0.1:6379), or:
+	URL      string `json:"url,omitempty"`      // redis[s]://[user[:password]@]host[:port][/db], percent-decoded as go-redis does
+	Username string `json:"username,omitempty"` // for Redis ACLs
 	Password string `json:"password,omitempty"`
-	// DB is the database number.
-	DB int `json:"db,omitempty"`
-	// TLS connects with TLS 1.2 or later, the server's certificate checked
-	// against the system roots.
-	TLS bool `json:"tls,omitempty"`
-	// Timeout bounds the wait for Redis on each request: for a connection
-	// of the pool, then for the decision. Default 100ms.
-	Timeout string `json:"timeout,omitempty"`
-	// OnError is what requests get when Redis cannot decide in time:
-	// "allow" (default: they pass unlimited), "deny" (503 with
-	// Retry-After: 1) or "local" (this instance counts alone, in memory,
-	// until Redis answers). After a failure, OnError decides at once for a
-	// second before one request tries Redis again.
-	OnError string `json:"onError,omitempty"`
-	// KeyPrefix starts every key (default "edgelimit:"), as the Caddy
-	// module's key_prefix: instances share counts only with the same one.
-	KeyPrefix string `json:"keyPrefix,omitempty"`
-	// Clock is "server" (default: Redis's clock, so instances whose clocks
-	// differ agree) or "local".
-	Clock string `json:"clock,omitempty"`
-	// PoolSize bounds the connections to Redis (default 32).
-	PoolSize int `json:"poolSize,omitempty"`
-	// DisableLocalDenials asks Redis on every request. By default, a
-	// client that Redis denied until T is denied by this instance until T
-	// without a round trip, with the same headers, as the Caddy module's
-	// local_denials on; an operator's reset or credit through the Caddy
-	// admin API reaches this instance too (a subscription to Redis).
+	DB       int    `json:"db,omitempty"`
+	TLS      bool   `json:"tls,omitempty"`     // TLS 1.2 or later, the system's roots
+	Timeout  string `json:"timeout,omitempty"` // the wait for a connection, then for the decision (100ms)
+	// OnError is what requests get when Redis cannot decide in time: allow
+	// (default), deny (503) or local (this instance counts alone); a
+	// second after a failure, one request tries Redis again.
+	OnError   string `json:"onError,omitempty"`
+	KeyPrefix string `json:"keyPrefix,omitempty"` // of every key (edgelimit:), as the Caddy module's key_prefix
+	Clock     string `json:"clock,omitempty"`     // server (default: Redis's) or local
+	PoolSize  int    `json:"poolSize,omitempty"`  // connections at most (32)
+	// DisableLocalDenials asks Redis on every request; by default a client
+	// Redis denied until T is denied here until T, unless an operator's
+	// reset or credit (Caddy's admin API) says otherwise.
 	DisableLocalDenials bool `json:"disableLocalDenials,omitempty"`
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`

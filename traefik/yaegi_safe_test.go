@@ -103,6 +103,8 @@ func checkDir(t *testing.T, fset *token.FileSet, dir, path string, imp types.Imp
 		})
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
+			case *ast.CallExpr:
+				checkErrorsAs(t, fset, n, info)
 			case *ast.RangeStmt:
 				switch u := info.Types[n.X].Type.Underlying().(type) {
 				case *types.Basic:
@@ -184,6 +186,33 @@ func checkConsts(t *testing.T, fset *token.FileSet, f *ast.File, info *types.Inf
 			}
 		}
 	}
+}
+
+// checkErrorsAs refuses errors.As with a target whose type is an
+// interface that is not the standard library's (a literal interface{ ...
+// } or one of the plugin's): the interpreter hands errors.As its own
+// wrapper type, and errors.As panics.
+func checkErrorsAs(t *testing.T, fset *token.FileSet, call *ast.CallExpr, info *types.Info) {
+	t.Helper()
+	sel, ok := call.Fun.(*ast.SelectorExpr)
+	if !ok || sel.Sel.Name != "As" || len(call.Args) != 2 {
+		return
+	}
+	if pkg, ok := info.Uses[sel.Sel].(*types.Func); !ok || pkg.Pkg() == nil || pkg.Pkg().Path() != "errors" {
+		return
+	}
+	ptr, ok := info.Types[call.Args[1]].Type.(*types.Pointer)
+	if !ok {
+		return
+	}
+	target := ptr.Elem()
+	if _, isIface := target.Underlying().(*types.Interface); !isIface {
+		return
+	}
+	if named, ok := target.(*types.Named); ok && named.Obj().Pkg() != nil && !strings.Contains(named.Obj().Pkg().Path(), ".") {
+		return // a standard library interface, as net.Error
+	}
+	t.Errorf("%s: errors.As with a target of interface type %s, which Yaegi hands over as its own wrapper (a panic): use an interface of the standard library (net.Error)", fset.Position(call.Pos()), target)
 }
 
 // checkTuple refuses the tuple assignments Yaegi v0.16 gets wrong: with =
