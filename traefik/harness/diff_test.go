@@ -98,7 +98,7 @@ var diffRows = []diffRow{
 		steps:   seq(repeat(4, 0, "a"), repeat(2, 500*time.Millisecond, "a"), repeat(3, 2*time.Second, "a")),
 	},
 	{
-		name: "tiers with offset and split",
+		name:  "tiers with offset and split",
 		caddy: "limit daily {\n\tkey {header.X-Api-Key}\n\trate 4/1d\n\toffset 6h\n\tsplit 12h\n\ttier {header.X-Tier} {\n\t\tGOLD rate 8/1d\n\t}\n\tscope global\n}",
 		traefik: "limits:\n  daily:\n    key: [header:X-Api-Key]\n    limit: 4\n    window: 1d\n    offset: 6h\n    split: 12h\n" +
 			"    tier: header:X-Tier\n    tiers: {GOLD: {limit: 8, window: 1d}}",
