@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -13,7 +14,7 @@ import (
 	"github.com/traefik/yaegi/stdlib"
 )
 
-// TestLimiterUnderYaegi runs internal/limitertrace (random limits of every
+// TestLimiterUnderYaegi runs limitertrace (random limits of every
 // algorithm, calendars included, thousands of takes and refunds) compiled
 // and under Yaegi, from the vendored limiter Traefik loads, and expects the
 // same decisions to the microsecond. Yaegi has had its own ideas about
@@ -21,11 +22,15 @@ import (
 // show.
 func TestLimiterUnderYaegi(t *testing.T) {
 	loadPlugin(t) // lays out the GOPATH
+	// limitertrace beside the plugin, where it finds the limiter the
+	// plugin vendors.
+	if err := copyPlugin("limitertrace", filepath.Join(loadedPath, "src", filepath.FromSlash(moduleName), "limitertrace")); err != nil {
+		t.Fatal(err)
+	}
 	const steps, start = 3000, 1800000000000000
 	for _, seed := range []int64{1, 2, 3} {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			cmd := exec.Command("go", "run", "./internal/limitertrace/run", "-seed", fmt.Sprint(seed), "-steps", fmt.Sprint(steps), "-start", fmt.Sprint(start))
-			cmd.Dir = ".."
+			cmd := exec.Command("go", "run", "./limitertrace/run", "-seed", fmt.Sprint(seed), "-steps", fmt.Sprint(steps), "-start", fmt.Sprint(start))
 			cmd.Stderr = os.Stderr
 			compiled, err := cmd.Output()
 			if err != nil {
@@ -36,7 +41,7 @@ func TestLimiterUnderYaegi(t *testing.T) {
 			if err := i.Use(stdlib.Symbols); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := i.Eval(`import "` + moduleName + `/internal/limitertrace"`); err != nil {
+			if _, err := i.Eval(`import "` + moduleName + `/limitertrace"`); err != nil {
 				t.Fatal(err)
 			}
 			trace, err := i.Eval("limitertrace.Trace")

@@ -5,7 +5,7 @@ import (
 	"flag"
 	"os"
 
-	"github.com/edgelimit/caddy-edgelimit/traefik/internal/limitertrace"
+	"github.com/edgelimit/caddy-edgelimit/traefik/harness/limitertrace"
 )
 
 func main() {
