@@ -356,7 +356,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.refundEarlier(r, now)
 		return h.deny(w, r, d, denied)
 	}
-	if h.record(vars, sc, ledger, &d.Res[report]) {
+	if h.record(vars, sc, ledger, report) {
 		defer delete(vars, ledgerVar)
 	}
 	return next.ServeHTTP(w, r)
@@ -383,18 +383,17 @@ func (h *Handler) report(r *http.Request, d *policy.Decision) {
 // record enters what this handler counted in the request's ledger; it
 // reports whether it started the ledger (and must remove it on the way
 // out, before its scratch goes back to the pool).
-func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report *limiter.Result) bool {
-	counted := policy.Counted(sc.Decision)
-	if len(counted) == 0 || vars == nil {
+func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report int) bool {
+	if vars == nil || len(policy.Counted(sc.Decision)) == 0 {
 		return false
 	}
 	if l != nil {
-		policy.Record(l, h.store, counted, report)
+		policy.Record(l, h.store, sc.Decision, report)
 		return false
 	}
 	sc.ledger.Entries = sc.ledger.Entries[:0]
 	sc.ledger.HasReport = false
-	policy.Record(&sc.ledger, h.store, counted, report)
+	policy.Record(&sc.ledger, h.store, sc.Decision, report)
 	vars[ledgerVar] = &sc.ledger
 	return true
 }

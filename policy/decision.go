@@ -250,8 +250,16 @@ func tier(r *store.Request, m *Planned, value string) {
 // the most constraining), and counts the denials (Denied, FirstDenials).
 // The edge reports the first denials as it does.
 func Judge(d *Decision) (denied, report int) {
+	d.Denied = 0
+	d.FirstDenials = false
+	if len(d.Res) == 1 && d.Res[0].Allowed {
+		return -1, 0 // the usual case, in few values
+	}
+	return judge(d)
+}
+
+func judge(d *Decision) (denied, report int) {
 	denied, report = -1, 0
-	d.Denied, d.FirstDenials = 0, false
 	for i := range d.Res {
 		r := &d.Res[i]
 		if !r.Allowed {
@@ -350,12 +358,12 @@ type Entry struct {
 	Reqs  []store.Request
 }
 
-// Record enters in l what a handler counted in s, and the result its
-// headers reported.
-func Record(l *Ledger, s store.Store, reqs []store.Request, report *limiter.Result) {
-	l.Entries = append(l.Entries, Entry{Store: s, Reqs: reqs})
-	if !l.HasReport || Tighter(report, &l.Report) {
-		l.Report = *report
+// Record enters in l what a handler counted in s for decision d (its
+// Counted requests), and the result its headers reported (d.Res[report]).
+func Record(l *Ledger, s store.Store, d *Decision, report int) {
+	l.Entries = append(l.Entries, Entry{Store: s, Reqs: Counted(d)})
+	if r := &d.Res[report]; !l.HasReport || Tighter(r, &l.Report) {
+		l.Report = *r
 		l.HasReport = true
 	}
 }

@@ -36,7 +36,7 @@ type middleware struct {
 	tiered bool             // some limit has tiers
 	store  store.Store
 	mem    *store.Memory    // store, when it is the memory store
-	now    func() time.Time // the clock, nil for the real one
+	now    func() time.Time // the clock, nil for the real one (a call less)
 	ips    *ipStrategy
 	creds  *credentials
 	notify *notifier
@@ -88,7 +88,6 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
-	m.mem, _ = m.store.(*store.Memory)
 	return m, nil
 }
 
@@ -145,21 +144,15 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request 
 	if m.now != nil {
 		now = m.now()
 	}
-	var err error
-	if m.mem != nil {
-		err = store.TakeMemory(m.mem, now, d.Reqs, d.Res)
-	} else {
-		err = m.store.Take(r.Context(), now, d.Reqs, d.Res)
-	}
-	if err != nil {
+	if err := store.Take(m.store, r.Context(), now, d.Reqs, d.Res); err != nil {
 		return m.storageFailed(w, r, st, now, err)
 	}
 	denied, report := policy.Judge(d)
-	if st == nil {
-		policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, nil)
-	} else {
-		policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, &st.ledger)
+	var ledger *policy.Ledger
+	if st != nil {
+		ledger = &st.ledger
 	}
+	policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, ledger)
 	if d.Denied > 0 && !m.denials(w, r, st, d, denied, now) {
 		return nil
 	}
@@ -167,7 +160,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request 
 		st = &requestState{}
 		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	}
-	policy.Record(&st.ledger, m.store, policy.Counted(d), &d.Res[report])
+	policy.Record(&st.ledger, m.store, d, report)
 	return r
 }
 
