@@ -413,7 +413,7 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 // address counts (its IPv6 prefix of v6 bits).
 func (k *keyPart) partKey(v string, v6 int) string {
 	if k.kind == keyClientIP || k.kind == keyRemoteHost {
-		return ipKey(v, v6)
+		return httpval.ClientKey(v, v6)
 	}
 	if k.kind == keyHeader {
 		v = httpval.Trim(v)

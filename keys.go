@@ -33,27 +33,15 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 		return headerValue(r.Header, k.header)
 	case keyClientIP:
 		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
-			return ipKey(ip, v6)
+			return httpval.ClientKey(ip, v6)
 		}
-		return ipKey(remoteHost(r), v6)
+		return httpval.ClientKey(remoteHost(r), v6)
 	case keyRemoteHost:
-		return ipKey(remoteHost(r), v6)
+		return httpval.ClientKey(remoteHost(r), v6)
 	}
 	return k.fill(r, repl)
 }
 
-// ipKey is the key of a client's address (httpval.IPKey); a value that is
-// no address counts as it is.
-func ipKey(ip string, v6 int) string {
-	// An IPv4 address as Caddy writes it is its own key: no parse.
-	if strings.IndexByte(ip, ':') < 0 {
-		return ip
-	}
-	if k := httpval.IPKey(ip, v6); k != "" {
-		return k
-	}
-	return ip
-}
 
 // fill evaluates a template part: header placeholders as headerValue
 // reads them, the others with the replacer. Unknown or empty placeholders

@@ -143,13 +143,11 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	if len(keys) == 0 {
 		keys = []string{"{http.vars.client_ip}"}
 	}
-	cl := &compiledLimit{cfg: l, v6: httpval.DefaultIPv6Prefix}
-	if l.IPv6Prefix != 0 {
-		if l.IPv6Prefix < 1 || l.IPv6Prefix > 128 {
-			return nil, fmt.Errorf("ipv6_prefix %d: want a prefix length from 1 to 128", l.IPv6Prefix)
-		}
-		cl.v6 = l.IPv6Prefix
+	v6, err := httpval.IPv6Prefix(l.IPv6Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("ipv6_prefix: %w", err)
 	}
+	cl := &compiledLimit{cfg: l, v6: v6}
 	var scope string
 	switch l.Scope {
 	case "", "route":
@@ -187,7 +185,6 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 			spec.Tiers[name] = t
 		}
 	}
-	var err error
 	if cl.Limit, err = policy.Compile(spec, scope); err != nil {
 		return nil, err
 	}

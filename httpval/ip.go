@@ -1,6 +1,7 @@
 package httpval
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 )
@@ -39,6 +40,30 @@ func IPKey(s string, v6Bits int) string {
 		return a.String()
 	}
 	return p.String()
+}
+
+// ClientKey is IPKey for a key: what is no address counts as it is, and
+// an IPv4 address as the Caddy module and the Traefik plugin write it is
+// its own key, unparsed.
+func ClientKey(ip string, v6Bits int) string {
+	if strings.IndexByte(ip, ':') < 0 {
+		return ip
+	}
+	if k := IPKey(ip, v6Bits); k != "" {
+		return k
+	}
+	return ip
+}
+
+// IPv6Prefix checks a configured IPv6 prefix length: 0 is the default.
+func IPv6Prefix(bits int) (int, error) {
+	if bits == 0 {
+		return DefaultIPv6Prefix, nil
+	}
+	if bits < 1 || bits > 128 {
+		return 0, fmt.Errorf("IPv6 prefix %d: want a length from 1 to 128", bits)
+	}
+	return bits, nil
 }
 
 func stripZone(s string) string {

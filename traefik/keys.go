@@ -71,12 +71,9 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		}
 		cl.tierSrc = &src
 	}
-	v6 := httpval.DefaultIPv6Prefix
-	if l.IPv6Prefix != 0 {
-		if l.IPv6Prefix < 1 || l.IPv6Prefix > 128 {
-			return nil, fmt.Errorf("ipv6Prefix %d: want a prefix length from 1 to 128", l.IPv6Prefix)
-		}
-		v6 = l.IPv6Prefix
+	v6, err := httpval.IPv6Prefix(l.IPv6Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("ipv6Prefix: %w", err)
 	}
 	for _, k := range keys {
 		src, err := parseSource(k, false)
@@ -106,17 +103,6 @@ type source struct {
 	v6   int    // ip and remote: the IPv6 prefix that is one client
 }
 
-// ipKey is the key of a client's address (httpval.IPKey): an IPv4 address
-// as it is, an IPv6 address as its prefix of v6 bits.
-func ipKey(ip string, v6 int) string {
-	if strings.IndexByte(ip, ':') < 0 {
-		return ip
-	}
-	if k := httpval.IPKey(ip, v6); k != "" {
-		return k
-	}
-	return ip
-}
 
 type srcKind uint8
 
@@ -186,7 +172,7 @@ func value(s *source, r *http.Request, ips *ipStrategy, cred *Client) string {
 		// makes the same counter in a fleet of both.
 		return httpval.First(r.Header, s.name)
 	case srcIP:
-		return ipKey(clientIP(ips, r), s.v6)
+		return httpval.ClientKey(clientIP(ips, r), s.v6)
 	}
 	return otherValue(s, r, ips, cred)
 }
@@ -203,9 +189,14 @@ func otherValue(s *source, r *http.Request, ips *ipStrategy, cred *Client) strin
 		}
 		return c.Value
 	case srcRemote:
-		return ipKey(remoteIP(r), s.v6)
+		return httpval.ClientKey(remoteIP(r), s.v6)
 	case srcBearer:
-		return bearer(r.Header.Get("Authorization"))
+		// Authorization as the key of a header reads it: trimmed, its
+		// scheme written one way.
+		if v, ok := strings.CutPrefix(httpval.First(r.Header, "Authorization"), "Bearer "); ok {
+			return v
+		}
+		return ""
 	case srcCredential:
 		if cred == nil {
 			return ""
@@ -226,24 +217,6 @@ func (s *source) tier(r *http.Request, cred *Client) string {
 		return cred.Tier
 	}
 	return r.Header.Get(s.name)
-}
-
-// bearer returns the token of an Authorization: Bearer value, or "".
-func bearer(v string) string {
-	scheme, rest, ok := cutSpace(strings.TrimSpace(v))
-	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return ""
-	}
-	return rest
-}
-
-// cutSpace splits s at its first run of spaces or tabs.
-func cutSpace(s string) (before, after string, ok bool) {
-	i := strings.IndexAny(s, " \t")
-	if i < 0 {
-		return s, "", false
-	}
-	return s[:i], strings.TrimLeft(s[i:], " \t"), true
 }
 
 // ipStrategy is a compiled IPStrategy.

@@ -101,6 +101,11 @@ func TestSources(t *testing.T) {
 			t.Errorf("X-Api-Key %q: key %q, want %q", " \t"+in+"\t", got, strings.Trim(in, " "))
 		}
 	}
+	basic := httptest.NewRequest("GET", "/", nil)
+	basic.Header.Set("Authorization", "Basic dXNlcjpwYXNz")
+	if s, _ := parseSource("bearer", false); value(&s, basic, &ipStrategy{}, nil) != "" {
+		t.Error("a Basic credential is no bearer token")
+	}
 	if _, err := parseSource("query:tier", true); err == nil {
 		t.Error("a tier from the query string is refused")
 	}
