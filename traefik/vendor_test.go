@@ -15,8 +15,8 @@ import (
 var vendoredPackages = []string{"limiter", "httpval", "store", "policy"}
 
 // TestVendorMatchesRepository checks that the vendored packages (the copies
-// that Traefik loads) are the repository's ../limiter and
-// ../internal/httpval. When they are not, run `go mod vendor` in traefik/.
+// that Traefik loads) are the repository's own (../limiter, ../httpval,
+// ../store, ../policy). When they are not, run `go mod vendor` in traefik/.
 func TestVendorMatchesRepository(t *testing.T) {
 	for _, pkg := range vendoredPackages {
 		dir := filepath.FromSlash(pkg)

@@ -1,0 +1,50 @@
+// The token bucket and GCRA, one arithmetic for both.
+
+package limiter
+
+import (
+	"math"
+	"time"
+)
+
+// takeTAT is the token bucket and GCRA: both are a backlog of time. Each unit
+// adds one emission interval (Window/Rate) of backlog, the backlog drains in
+// real time, and a request passes when the backlog stays within Quota
+// intervals. The backlog is kept relative to the last update (Start) so the
+// float stays small and exact to far below a microsecond, whatever the date.
+func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
+	interval := float64(l.Window/time.Microsecond) / float64(l.Rate)
+	tau := interval * float64(l.Quota)
+	elapsed := now - s.Start
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	debt := s.Debt - float64(elapsed)
+	if s.Start == 0 || debt < 0 {
+		debt = 0
+	}
+	next := debt + float64(cost)*interval
+	// l.PolicyWindow(), written out.
+	*r = Result{Limit: l.Quota, Window: time.Duration(float64(l.Window) * float64(l.Quota) / float64(l.Rate))}
+	if next <= tau+tatSlack {
+		s.Start = now
+		s.Debt = next
+		ceil := int64(math.Ceil(next))
+		s.Expires = now + ceil
+		s.Denied = false
+		r.Allowed = true
+		r.Remaining = whole((tau - next) / interval)
+		r.Reset = time.Duration(ceil) * time.Microsecond
+		return
+	}
+	r.Remaining = whole((tau - debt) / interval)
+	r.Reset = us(int64(math.Ceil(debt)))
+	wait := int64(math.Ceil(next - tau))
+	r.RetryAfter = time.Duration(wait) * time.Microsecond
+	r.FirstDenial = !s.Denied
+	s.Denied = true
+	// Keep the denial mark at least until the request could pass.
+	if s.Expires < now+wait {
+		s.Expires = now + wait
+	}
+}
