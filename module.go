@@ -4,30 +4,39 @@
 // edgecache), so one `xcaddy build --with github.com/edgelimit/caddy-edgelimit`
 // builds both.
 //
-// The algorithms are pure functions in package limiter, their state is
-// kept by the stores of package storage; this package is the Caddy glue,
-// one concern per file:
+// What both edges (this module and the Traefik plugin in traefik/) do is
+// written once, in packages of the standard library only that the plugin
+// vendors: limiter (the algorithms, pure functions of state and time), store
+// (the Store interface, the memory store, the Redis protocol: Lua scripts,
+// codec, failure policy, local denials), policy (limits compiled, the
+// decision over them, headers, denials, events) and httpval (reading
+// requests: credentials, addresses, client keys). Package storage is the
+// go-redis client of store's protocol. This package is the Caddy glue, one
+// concern per file:
 //
 //	module.go           registration, the edge_limit app (global option)
 //	caddyfile.go        the edge_limit directive and global option
 //	limit_caddyfile.go  the limit and tier grammar
 //	quota_caddyfile.go  the quota grammar
 //	handler.go          the handler: config, provisioning, request path
-//	limit.go            limits and their numbers, checked and compiled
-//	keys.go             client keys
-//	headers.go          X-RateLimit-* and RateLimit headers
-//	deny.go             denials: status, Retry-After, body templates
+//	limit.go            limits compiled for Caddy (placeholders, matchers)
+//	keys.go             client keys from placeholders
+//	exempt.go           exemptions that name other handlers' limits
+//	deny.go             denials written through Caddy (caddyhttp.Error)
 //	events.go           the edge_limit.exceeded event and its webhook
 //	metrics.go          Prometheus metrics
 //	storage_memory.go   the memory store module (edge_limit.storage.memory)
 //	storage_redis.go    the Redis store module (edge_limit.storage.redis)
-//	admin.go            admin API: inspect, reset, credit one client
+//	admin.go            admin API: routes and zones
+//	admin_limits.go     admin API: the limits
+//	admin_clients.go    admin API: inspect, reset, credit one client
 //	command.go          the caddy edge-limit command
 //
 // Where to add: an algorithm goes in limiter (with its Lua twin in
-// storage/redis_script.go) and the grammar in limit_caddyfile.go; a counter
-// store is a store.Store that passes storage/storetest, plus a module file
-// storage_<name>.go; a header format is a style in headers.go.
+// store/lua.go) and the grammar in limit_caddyfile.go (and the plugin's
+// config in traefik/config.go); a counter store is a store.Store that passes
+// store/storetest, plus a module file storage_<name>.go; a header format is
+// a style in policy/headers.go.
 package edgelimit
 
 import (
