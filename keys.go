@@ -42,7 +42,6 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 	return k.fill(r, repl)
 }
 
-
 // fill evaluates a template part: header placeholders as headerValue
 // reads them, the others with the replacer. Unknown or empty placeholders
 // count as empty, and a part whose placeholders are all empty is absent:

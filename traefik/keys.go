@@ -103,7 +103,6 @@ type source struct {
 	v6   int    // ip and remote: the IPv6 prefix that is one client
 }
 
-
 type srcKind uint8
 
 const (
