@@ -123,6 +123,50 @@ func TestAuthSchemeCaseIsOneCounter(t *testing.T) {
 	}
 }
 
+// TestBasicSpellingsAreOneCounter: behind basic_auth, the 16 spellings of
+// "carol1:secret" that differ in the bits base64 decoders ignore (the last
+// character before the padding: A to P) all authenticated as carol1, and
+// each made a new counter: 16 of 16 passed a limit of 2.
+func TestBasicSpellingsAreOneCounter(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	basic_auth {
+		carol1 $2a$04$/iZs9pNw3ZjieHDziUGv.eXxBal4S6eV3o8PNW30mJmsMb1ffPXXe
+	}
+	edge_limit {
+		limit per_credential {
+			key {header.Authorization}
+			rate 2/1h
+		}
+	}
+	respond "ok"
+}`)
+	canonical := base64.StdEncoding.EncodeToString([]byte("carol1:secret"))
+	if canonical != "Y2Fyb2wxOnNlY3JldA==" {
+		t.Fatalf("the credential's base64 is %s", canonical)
+	}
+	var statuses []int
+	for c := 'A'; c <= 'P'; c++ {
+		code, _ := sendWith(t, s, "/", "Authorization", "Basic Y2Fyb2wxOnNlY3Jld"+string(c)+"==")
+		statuses = append(statuses, code)
+	}
+	// Without its padding, as some upstreams accept it.
+	code, _ := sendWith(t, s, "/", "Authorization", "Basic Y2Fyb2wxOnNlY3JldB")
+	statuses = append(statuses, code)
+	admitted := 0
+	for _, c := range statuses {
+		if c == 200 {
+			admitted++
+		} else if c != 429 && c != 401 {
+			t.Fatalf("status %d", c)
+		}
+	}
+	if admitted != 2 || statuses[0] != 200 || statuses[1] != 200 {
+		t.Fatalf("one user, its credential spelled 17 ways: %v, want the first 2 admitted and no other", statuses)
+	}
+}
+
 // TestWhitespaceAroundACredentialIsOneCounter: over HTTP/2, which passes
 // header values as they are, spaces or tabs around a token made a new
 // counter each (the upstream, over HTTP/1, saw the token without them);

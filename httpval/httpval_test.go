@@ -1,7 +1,9 @@
 package httpval
 
 import (
+	"encoding/base64"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -18,6 +20,14 @@ func TestCredentials(t *testing.T) {
 		"Basic":           "Basic",
 		"":                "",
 		"Bearer a b":      "Bearer a b",
+		// Basic tokens: the bits after the last byte, the padding, the
+		// URL-safe alphabet; a token no decoder takes stays as it is.
+		"Basic Y2Fyb2wxOnNlY3JldP==": "Basic Y2Fyb2wxOnNlY3JldA==",
+		"basic  Y2Fyb2wxOnNlY3JldB":  "Basic Y2Fyb2wxOnNlY3JldA==",
+		"Basic Pz8-":                 "Basic Pz8+",
+		"Basic Pz8_Pw":               "Basic Pz8/Pw==",
+		"Basic not*base64":           "Basic not*base64",
+		"BASIC not*base64":           "Basic not*base64",
 	} {
 		if got := Credentials(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
@@ -25,8 +35,22 @@ func TestCredentials(t *testing.T) {
 	}
 	// Nothing here is pooled, so the count holds under the race detector
 	// too (which drops sync.Pool items at random).
-	if n := testing.AllocsPerRun(100, func() { _ = Credentials("Bearer abc") }); n != 0 {
-		t.Errorf("a canonical value allocates %v times", n)
+	for _, v := range []string{"Bearer abc", "Basic Y2Fyb2wxOnNlY3JldA=="} {
+		if n := testing.AllocsPerRun(100, func() { _ = Credentials(v) }); n != 0 {
+			t.Errorf("%q, written canonically, allocates %v times", v, n)
+		}
+	}
+	// A token longer than the stack buffers: the same spelling.
+	payload := []byte(strings.Repeat("user:", 30) + "pw")
+	std := base64.StdEncoding.EncodeToString(payload)
+	raw := base64.RawURLEncoding.EncodeToString(payload)
+	if raw == std || len(std) <= 128 {
+		t.Fatal("the long token is not what the test needs")
+	}
+	for _, v := range []string{std, raw} {
+		if got := Credentials("Basic " + v); got != "Basic "+std {
+			t.Errorf("long token %q: %q, want %q", v, got, std)
+		}
 	}
 }
 

@@ -89,7 +89,7 @@ func TestSources(t *testing.T) {
 	// first value, trimmed; the auth scheme in one case, one space after it.
 	auth, _ := parseSource("header:Authorization", false)
 	key, _ := parseSource("header:X-Api-Key", false)
-	for in, want := range map[string]string{"Basic abc": "Basic abc", "basic abc": "Basic abc", "DPOP x": "Dpop x",
+	for in, want := range map[string]string{"Basic abc=": "Basic abc=", "basic abc": "Basic abc=", "Basic a*c": "Basic a*c", "DPOP x": "Dpop x",
 		"custom \t X": "Custom X", " token ": "Token", "bearer  tok": "Bearer tok"} {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.Header.Set("Authorization", in)

@@ -278,6 +278,13 @@ limits:
 	if w := send(h, "GET", "/", "Authorization", "BEARER tok", "Authorization", "Bearer other"); w.Code != 429 {
 		t.Errorf("a repeated header or another scheme case made a new counter: %d", w.Code)
 	}
+	// A Basic credential in the spellings its decoders take alike: the
+	// ignored bits after the last byte, the padding left out.
+	send(h, "GET", "/", "Authorization", "Basic Y2Fyb2wxOnNlY3JldA==")
+	send(h, "GET", "/", "Authorization", "Basic Y2Fyb2wxOnNlY3JldP==")
+	if w := send(h, "GET", "/", "Authorization", "basic Y2Fyb2wxOnNlY3JldB"); w.Code != 429 {
+		t.Errorf("a Basic credential spelled another way made a new counter: %d", w.Code)
+	}
 	// X-Forwarded-For is not trusted by default: the remote address counts.
 	plain := p.middleware(t, "limits:\n  ip:\n    key: [ip]\n    limit: 1\n    window: 1h\n", clk.Now, &upstream{})
 	send(plain, "GET", "/", "X-Forwarded-For", "203.0.113.9")

@@ -49,8 +49,10 @@ func Trim(v string) string {
 // Credentials writes the auth scheme of a credentials value (RFC 9110,
 // 11.4: case-insensitive) with an upper-case first letter and the rest
 // lower case, followed by one space instead of any run of spaces and tabs:
-// "bAsIc \tdXNlcg==" is "Basic dXNlcg==". It allocates only when v is not
-// written so already.
+// "bAsIc \tdXNlcg==" is "Basic dXNlcg==". A Basic token is written as
+// standard base64 of what it decodes to (see basicToken): "Basic dXNlcg"
+// and "Basic dXNlch==" are "Basic dXNlcg==" too. It allocates only when v is
+// not written so already.
 func Credentials(v string) string {
 	end := 0
 	for end < len(v) && v[end] != ' ' && v[end] != '\t' {
@@ -63,6 +65,11 @@ func Credentials(v string) string {
 		params = params[1:]
 	}
 	oneSpace := len(rest) == 0 || len(rest)-len(params) == 1 && rest[0] == ' '
+	if len(scheme) == 5 && len(params) > 0 && (scheme[0]|0x20) == 'b' && (scheme[1]|0x20) == 'a' && (scheme[2]|0x20) == 's' && (scheme[3]|0x20) == 'i' && (scheme[4]|0x20) == 'c' {
+		if token := basicToken(params); len(token) != len(params) || token != params {
+			return "Basic " + token
+		}
+	}
 	if canonicalScheme(scheme) && oneSpace {
 		return v
 	}
