@@ -113,6 +113,7 @@ type Handler struct {
 	events    *emitter
 	scratch   *sync.Pool
 	warn      *store.Throttle
+	proxies   *proxyCheck
 	clock     clock.Clock
 }
 
@@ -254,8 +255,15 @@ func (h *Handler) compileLimits(app *App) error {
 		}
 		h.limits = append(h.limits, cl)
 	}
+	h.proxies = new(proxyCheck)
 	for _, cl := range h.limits {
 		h.templated = h.templated || cl.templated()
+		for _, k := range cl.keys {
+			if k.kind == keyClientIP {
+				h.proxies.limits = append(h.proxies.limits, cl.Name)
+				break
+			}
+		}
 	}
 	return nil
 }
@@ -327,6 +335,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if !present {
 		return next.ServeHTTP(w, r)
+	}
+	if h.proxies.limits != nil && !h.proxies.done.Load() {
+		h.proxies.check(ctx, vars, h.logger)
 	}
 	prior, _ := vars[exemptVar].([]string)
 	exempt, added := policy.Exemptions(h.pol, d, prior)

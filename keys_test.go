@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 )
 
 func TestMissingKeysAndHostileKeys(t *testing.T) {
@@ -274,4 +276,62 @@ func TestIPv6ClientsCountByPrefix(t *testing.T) {
 	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.77"), 200)
 	expect(t, s.get("/", "X-Forwarded-For", "::ffff:203.0.113.77"), 200)
 	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.77"), 429)
+}
+
+// TestForwardedAddressesWithoutStrictParsingWarn: behind a trusted proxy
+// that appends to X-Forwarded-For, a client that sends its own
+// X-Forwarded-For gets a new counter each time unless the server parses
+// the header strictly (5 of 5 passed a 2/1h limit). A limit keyed on the
+// client's address warns, once, when a trusted proxy's request reaches it
+// without trusted_proxies_strict; with it, the appended address counts.
+func TestForwardedAddressesWithoutStrictParsingWarn(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
+			fakeClock(t)
+			logOption, logs := e2e.Logs(t)
+			option := ""
+			if strict {
+				option = "\t\ttrusted_proxies_strict\n"
+			}
+			s := startSite(t, `{
+`+logOption+`	servers {
+		trusted_proxies static 127.0.0.1/32 ::1/128
+`+option+`	}
+}
+%ADDR% {
+	edge_limit {
+		limit per_ip {
+			key {client_ip}
+			rate 2/1h
+		}
+		limit per_token {
+			key {header.X-Token}
+			rate 100/1h
+		}
+	}
+	respond "ok"
+}`)
+			const warning = "without trusted_proxies_strict"
+			passed := 0
+			for i := 1; i <= 5; i++ {
+				// What the front proxy sends: the client's own value, then
+				// the address it saw the client come from.
+				xff := fmt.Sprintf("203.0.113.%d, 198.51.100.7", i)
+				if s.get("/", "X-Forwarded-For", xff).status == 200 {
+					passed++
+				}
+			}
+			lines := logs()
+			warned := e2e.Count(lines, warning, `"limits":["per_ip"]`)
+			if strict {
+				if passed != 2 || warned != 0 {
+					t.Fatalf("strict: %d of 5 passed, %d warnings, want 2 and none", passed, warned)
+				}
+				return
+			}
+			if warned != 1 || e2e.Count(lines, warning) != 1 {
+				t.Fatalf("%d warnings (%d of 5 requests passed), want one:\n%s", warned, passed, strings.Join(lines, "\n"))
+			}
+		})
+	}
 }
