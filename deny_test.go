@@ -41,3 +41,16 @@ func TestCustomBodyEscapesPlaceholders(t *testing.T) {
 		t.Fatalf("body %q decoded as %v", r.body, v)
 	}
 }
+
+// TestJavaScriptBodyEscapesTemplateLiterals: a JavaScript denial body with
+// a placeholder inside backticks let ` and ${ through, so that a header
+// echoed in the body ended the template literal or ran code in it. Every
+// JavaScript string context is escaped: quotes, backticks, and the $ of ${.
+func TestJavaScriptBodyEscapesTemplateLiterals(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, "%ADDR% {\n\tedge_limit {\n\t\tlimit x {\n\t\t\trate 1/1m\n\t\t}\n\t\tbody <<JS\n\t\t\tshow(`Slow down, {http.request.header.X-Name}`);\n\t\t\tJS\n\t\tcontent_type text/javascript\n\t}\n\trespond \"ok\"\n}")
+	expect(t, s.get("/"), 200)
+	r := s.get("/", "X-Name", "`+alert(1)+`${alert(2)}'\"")
+	want := "show(`Slow down, \\u0060+alert(1)+\\u0060\\u0024{alert(2)}\\u0027\\\"`);"
+	expect(t, r, 429, "body", want)
+}

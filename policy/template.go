@@ -152,8 +152,8 @@ const (
 )
 
 // EscapingFor returns the escaping of a body of this content type: JSON
-// string content, a JavaScript string in either quotes, HTML or XML text
-// and attribute values; other types as they are.
+// string content, a JavaScript string in any quotes or backticks, HTML or
+// XML text and attribute values; other types as they are.
 func EscapingFor(contentType string) Escaping {
 	ct := strings.ToLower(contentType)
 	switch {
@@ -185,14 +185,23 @@ const hexDigits = "0123456789abcdef"
 // appendJSON escapes s as JSON string content: a hostile header echoed in
 // the body cannot break out of its string (nor, for <, > and &, out of a
 // script element).
-func appendJSON(b []byte, s string) []byte {
+func appendJSON(b []byte, s string) []byte { return appendString(b, s, false) }
+
+// appendJS escapes s for a JavaScript string of any kind: in single or
+// double quotes, or in backticks (a template literal, where ` would end
+// the string and ${ would start code: both are written as \u escapes,
+// which a template literal reads as the characters, never as syntax).
+func appendJS(b []byte, s string) []byte { return appendString(b, s, true) }
+
+// appendString is appendJSON, and appendJS when js is set.
+func appendString(b []byte, s string, js bool) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {
 			case c == '"' || c == '\\':
 				b = append(b, '\\', c)
-			case c < 0x20 || c == '<' || c == '>' || c == '&':
+			case c < 0x20 || c == '<' || c == '>' || c == '&' || js && (c == '\'' || c == '`' || c == '$'):
 				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 			default:
 				b = append(b, c)
@@ -210,17 +219,6 @@ func appendJSON(b []byte, s string) []byte {
 		i += size
 	}
 	return b
-}
-
-// appendJS escapes s for a JavaScript string in either quotes.
-func appendJS(b []byte, s string) []byte {
-	start := len(b)
-	b = appendJSON(b, s)
-	if strings.IndexByte(string(b[start:]), '\'') < 0 {
-		return b
-	}
-	escaped := strings.ReplaceAll(string(b[start:]), "'", `\u0027`)
-	return append(b[:start], escaped...)
 }
 
 // appendHTML escapes s as HTML text (and attribute value).

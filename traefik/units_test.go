@@ -54,11 +54,11 @@ func TestPlaceholders(t *testing.T) {
 	if got != want {
 		t.Errorf("render:\n got %s\nwant %s", got, want)
 	}
-	r.Header.Set("X-Name", `a"b<c>&'d`)
+	r.Header.Set("X-Name", `a"b<c>&'d`+"`${x}`")
 	for ct, want := range map[string]string{
-		"text/plain":               `a"b<c>&'d`,
-		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d`,
-		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d`,
+		"text/plain":               `a"b<c>&'d` + "`${x}`",
+		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d` + "`${x}`",
+		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d\u0060\u0024{x}\u0060`,
 	} {
 		if got := render("{header.X-Name}", ct); got != want {
 			t.Errorf("%s: got %s, want %s", ct, got, want)
