@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/storage"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
@@ -64,6 +66,10 @@ type adminEntry struct {
 	cl    *compiledLimit
 	store store.Store
 	clock clock.Clock
+	// label names the store, unique in the registry: its kind (memory,
+	// redis), where a Redis store keeps its counts, and a number when two
+	// stores would read alike.
+	label string
 }
 
 var liveRegistry atomic.Pointer[registry]
@@ -107,7 +113,28 @@ func (r *registry) add(cl *compiledLimit, store store.Store, c clock.Clock) {
 			return
 		}
 	}
-	r.entries = append(r.entries, &adminEntry{cl: cl, store: store, clock: c})
+	r.entries = append(r.entries, &adminEntry{cl: cl, store: store, clock: c, label: r.label(store)})
+}
+
+// label is the label of store: the one it has, or a new one that no other
+// store of the registry has.
+func (r *registry) label(s store.Store) string {
+	base := storageName(s)
+	if rs, ok := s.(*storage.Redis); ok && rs.Name() != "" {
+		base += " " + rs.Name()
+	}
+	taken := map[string]bool{}
+	for _, e := range r.entries {
+		if e.store == s {
+			return e.label
+		}
+		taken[e.label] = true
+	}
+	label := base
+	for n := 2; taken[label]; n++ {
+		label = base + " #" + strconv.Itoa(n)
+	}
+	return label
 }
 
 func (r *registry) list() []*adminEntry {

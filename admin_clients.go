@@ -25,8 +25,10 @@ type ClientRequest struct {
 	// Zone picks among route limits of the same name (see limits).
 	Zone string `json:"zone,omitempty"`
 	// Storage picks among limits of the same name and zone counted by
-	// different stores ("memory", "redis"): a shared limit used by a
-	// directive with storage of its own.
+	// different stores: a shared limit used by a directive with storage of
+	// its own. Either the kind ("memory", "redis") or, where two stores
+	// are of one kind, the store's label as GET /edge_limit/limits shows
+	// it ("redis 10.0.0.5:6379/0").
 	Storage string `json:"storage,omitempty"`
 	// Key is the client's key as the limit reads it from a request.
 	Key *string `json:"key"`
@@ -69,8 +71,8 @@ func decodeClient(r *http.Request, route string) (*ClientRequest, error) {
 		return nil, apiError(http.StatusBadRequest, `field "part": %d is not a key part index`, *req.Part)
 	case len(req.Limit) > 64 || len(req.Zone) > 64 || len(req.Tier) > 1024:
 		return nil, apiError(http.StatusBadRequest, `field "limit", "zone" or "tier": too long`)
-	case req.Storage != "" && req.Storage != "memory" && req.Storage != "redis":
-		return nil, apiError(http.StatusBadRequest, `field "storage": %q, want memory or redis`, req.Storage)
+	case len(req.Storage) > 1024:
+		return nil, apiError(http.StatusBadRequest, `field "storage": too long`)
 	}
 	if route != "reset" && req.Limit == "" {
 		return nil, apiError(http.StatusBadRequest, `field "limit": required (GET /edge_limit/limits lists them)`)
@@ -109,12 +111,12 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 	if req.Storage != "" {
 		kept := all[:0]
 		for _, e := range all {
-			if storageName(e.store) == req.Storage {
+			if e.label == req.Storage || storageName(e.store) == req.Storage {
 				kept = append(kept, e)
 			}
 		}
 		if len(kept) == 0 {
-			return nil, apiError(http.StatusNotFound, `field "storage": no limit of the running configuration is counted by %q storage`, req.Storage)
+			return nil, apiError(http.StatusNotFound, `field "storage": no limit of the running configuration is counted by %q storage (want memory, redis, or a store's label as GET /edge_limit/limits shows it)`, req.Storage)
 		}
 		all = kept
 	}
@@ -142,9 +144,9 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 	if len(named) > 1 {
 		zones := make([]string, 0, len(named))
 		for _, e := range named {
-			zones = append(zones, fmt.Sprintf("%q (%s, %s)", e.cl.zone, e.cl.scope, storageName(e.store)))
+			zones = append(zones, fmt.Sprintf(`{"zone": %q, "storage": %q} (%s)`, e.cl.zone, e.label, e.cl.scope))
 		}
-		return nil, apiError(http.StatusBadRequest, `field "zone": limit %q is in several routes or stores, name one with "zone" and, for a shared limit in two stores, "storage": %s`, req.Limit, strings.Join(zones, ", "))
+		return nil, apiError(http.StatusBadRequest, `field "zone": limit %q is in several routes or stores, name one with "zone" and "storage": %s`, req.Limit, strings.Join(zones, ", "))
 	}
 	return named, nil
 }
@@ -383,7 +385,7 @@ func handleReset(w http.ResponseWriter, r *http.Request) error {
 			}
 			out.Warnings = append(out.Warnings, fmt.Sprintf("limit %q: %v", e.cl.Name, err))
 		}
-		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.Name, Zone: e.cl.zone, Storage: storageName(e.store), Parts: parts, UsedBefore: usedBefore})
+		out.Reset = append(out.Reset, ResetLimit{Limit: e.cl.Name, Zone: e.cl.zone, Storage: e.label, Parts: parts, UsedBefore: usedBefore})
 	}
 	if !counted && len(out.Reset) > 0 {
 		out.Warnings = append(out.Warnings, "nothing was counted for this key: is it the key as the limit reads it from a request? (inspect shows the counts)")

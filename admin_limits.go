@@ -86,7 +86,7 @@ func (e *adminEntry) info() LimitInfo {
 	cl := e.cl
 	l := cl.cfg
 	info := LimitInfo{
-		Name: cl.Name, Zone: cl.zone, Scope: cl.scope, Storage: storageName(e.store),
+		Name: cl.Name, Zone: cl.zone, Scope: cl.scope, Storage: e.label,
 		Tier: l.Tier, DefaultTier: l.DefaultTier, Cost: cl.Cost, Exempt: cl.Exempt, DryRun: cl.DryRun,
 	}
 	own := l.Numbers

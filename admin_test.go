@@ -384,7 +384,7 @@ http://127.0.0.1:%PORT% {
 	va := inspectAt(t, a.Admin, "POST", "/edge_limit/inspect", inspect)
 	vb := inspectAt(t, b.Admin, "POST", "/edge_limit/inspect", inspect)
 	pa, pb := va.Parts[0], vb.Parts[0]
-	if !pa.Denying || pa.Used != 3 || va.Storage != "redis" ||
+	if !pa.Denying || pa.Used != 3 || !strings.HasPrefix(va.Storage, "redis ") ||
 		pa.Used != pb.Used || pa.Denying != pb.Denying || pa.ResetUnix != pb.ResetUnix {
 		t.Fatalf("inspect through A %+v, through B %+v", pa, pb)
 	}
@@ -628,9 +628,13 @@ func TestAdminChangeMadeButNotPublished(t *testing.T) {
 }
 
 // A shared limit used by a directive with storage of its own is counted
-// by two stores under one name and no zone: "storage" picks one.
+// by two stores under one name and no zone: "storage" picks one. With two
+// Redis stores, "redis" named both and the error listed two identical
+// choices: each store has a label of its own (where it counts), which
+// "storage" takes.
 func TestAdminSharedLimitInTwoStores(t *testing.T) {
 	srv := redistest.Start(t)
+	other := redistest.Start(t)
 	fakeClock(t)
 	s := startSite(t, fmt.Sprintf(`{
 	edge_limit {
@@ -649,27 +653,43 @@ func TestAdminSharedLimitInTwoStores(t *testing.T) {
 			}
 		}
 	}
+	handle /other {
+		edge_limit {
+			use daily
+			storage redis %s {
+				clock local
+			}
+		}
+	}
 	edge_limit {
 		use daily
 	}
 	respond "ok"
-}`, srv.URL))
+}`, srv.URL, other.URL))
 	expect(t, s.get("/", "X-C", "a"), 200)
 	for range 3 {
 		expect(t, s.get("/redis", "X-C", "a"), 200)
 	}
+	expect(t, s.get("/other", "X-C", "a"), 200)
 	admin := adminAddr()
 	if status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a"}`); status != 400 || !strings.Contains(body, `storage`) {
 		t.Fatalf("ambiguous: %d %s", status, body)
 	}
-	// /redis passes both directives: the shared limit counts in each store.
-	for storage, used := range map[string]int64{"memory": 4, "redis": 3} {
+	status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a", "storage": "redis"}`)
+	labelA := "redis " + strings.TrimPrefix(srv.URL, "redis://")
+	labelB := "redis " + strings.TrimPrefix(other.URL, "redis://")
+	if status != 400 || !strings.Contains(body, labelA) || !strings.Contains(body, labelB) {
+		t.Fatalf("two Redis stores: %d %s, want both labels (%s, %s)", status, body, labelA, labelB)
+	}
+	// /redis and /other pass two directives: the shared limit counts in
+	// the memory store and in their Redis.
+	for storage, used := range map[string]int64{"memory": 5, labelA: 3, labelB: 1} {
 		v := inspectAt(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a", "storage": "`+storage+`"}`)
 		if v.Storage != storage || v.Parts[0].Used != used {
 			t.Errorf("%s: %+v, want %d used", storage, v, used)
 		}
 	}
-	if status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a", "storage": "disk"}`); status != 400 || !strings.Contains(body, `field \"storage\"`) {
+	if status, body := adminDo(t, admin, "POST", "/edge_limit/inspect", `{"limit": "daily", "key": "a", "storage": "disk"}`); status != 404 || !strings.Contains(body, `field \"storage\"`) {
 		t.Fatalf("unknown storage: %d %s", status, body)
 	}
 }

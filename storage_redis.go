@@ -286,6 +286,13 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 		set.store.OnError = p
 	}
 	set.store.Prefix = r.KeyPrefix
+	set.store.Name = set.target
+	if !o.IsClusterMode {
+		set.store.Name += "/" + strconv.Itoa(o.DB)
+	}
+	if r.KeyPrefix != "" && r.KeyPrefix != storage.DefaultRedisPrefix {
+		set.store.Name += " " + r.KeyPrefix
+	}
 	set.store.LocalClock = r.Clock == "local"
 	set.store.NoLocalDenials = r.DisableLocalDenials
 	set.clock = clock.ForProvision()

@@ -48,6 +48,9 @@ type RedisOptions struct {
 	// Logger receives a warning when Redis fails (at most one per
 	// WarnInterval) and a note when it is back. Default: no logs.
 	Logger *zap.Logger
+	// Name says where the store keeps its counts (its server, database
+	// and key prefix, never a credential), for the admin API.
+	Name string
 }
 
 // Defaults for RedisOptions.
@@ -76,6 +79,7 @@ type Redis struct {
 	pipe    *pipe
 	cluster bool
 	prefix  string
+	name    string
 	timeout time.Duration
 	// policy is the failure policy and the local denials, which are used
 	// only while the subscription to InvalidateChannel is confirmed
@@ -126,6 +130,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		client:   client,
 		cluster:  cluster,
 		prefix:   o.Prefix,
+		name:     o.Name,
 		timeout:  o.Timeout,
 		policy:   store.NewRemote(o.OnError, o.RetryInterval, !o.NoLocalDenials, o.MaxLocalDenials),
 		serverTS: !o.LocalClock,
@@ -144,6 +149,9 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 // and settings (the response cache). It belongs to the store: do not close
 // it.
 func (r *Redis) Client() redis.UniversalClient { return r.client }
+
+// Name says where the store keeps its counts (RedisOptions.Name).
+func (r *Redis) Name() string { return r.name }
 
 // NewRedisClient returns a go-redis client for opts with the settings a
 // store needs: every wait bounded by timeout and by the caller's context,
