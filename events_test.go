@@ -16,6 +16,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 )
 
 // recorder is an events handler for tests: it keeps every event it gets.
@@ -237,5 +239,43 @@ func TestKeySecretHashesKeys(t *testing.T) {
 	}
 	if err := validateHandler(t, &Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 1, Window: caddy.Duration(time.Minute)}}}, KeySecret: "short"}); err == nil || !strings.Contains(err.Error(), "at least 16 bytes") {
 		t.Errorf("a short secret: %v", err)
+	}
+}
+
+// TestReportsOncePerInterval: a token bucket driven hard goes from allowed
+// to denied at every unit that frees up, and each time was a first denial:
+// 180 "rate limit exceeded" lines for three clients in ten minutes. A
+// client is reported once per interval (the limit's window: here the 50s
+// the bucket takes to refill).
+func TestReportsOncePerInterval(t *testing.T) {
+	clk := fakeClock(t)
+	logOption, logs := e2e.Logs(t)
+	s := startSite(t, `{
+`+logOption+`}
+%ADDR% {
+	edge_limit {
+		limit hard {
+			key {header.X-Api-Key}
+			token_bucket 5 1/10s
+		}
+	}
+	respond "ok"
+}`)
+	clients := []string{"k1", "k2", "k3"}
+	for _, c := range clients {
+		for range 5 {
+			expect(t, s.get("/", "X-Api-Key", c), 200)
+		}
+	}
+	for range 60 {
+		clk.Add(10 * time.Second)
+		for _, c := range clients {
+			expect(t, s.get("/", "X-Api-Key", c), 200) // the unit that freed up
+			expect(t, s.get("/", "X-Api-Key", c), 429)
+		}
+	}
+	// 600s: a report at 10s, 60s... 560s for each client.
+	if n := e2e.Count(logs(), `"msg":"rate limit exceeded"`, `"limit":"hard"`); n != 3*12 {
+		t.Errorf("%d lines for 3 clients in 600s of a 50s interval, want %d", n, 3*12)
 	}
 }

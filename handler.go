@@ -360,6 +360,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.storageFailed(w, r, next, now, err)
 	}
 	denied, report := policy.Judge(d)
+	if d.FirstDenials {
+		policy.Quiet(h.pol, d, now)
+	}
 	h.report(r, d)
 	ledger, _ := vars[ledgerVar].(*policy.Ledger)
 	policy.WriteHeaders(h.pol, w.Header(), d, report, denied >= 0, ledger)

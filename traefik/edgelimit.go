@@ -148,6 +148,9 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request 
 		return m.storageFailed(w, r, st, now, err)
 	}
 	denied, report := policy.Judge(d)
+	if d.FirstDenials {
+		policy.Quiet(m.pol, d, now)
+	}
 	var ledger *policy.Ledger
 	if st != nil {
 		ledger = &st.ledger

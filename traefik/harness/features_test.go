@@ -794,3 +794,35 @@ func TestExactUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestReportsOncePerInterval: a token bucket driven hard goes from allowed
+// to denied at every unit that frees up, and each time was a first denial:
+// a log line and an event per unit and client. A client is reported once
+// per interval (the limit's window: here the 50s the bucket takes to
+// refill).
+func TestReportsOncePerInterval(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  hard: {key: [header:X-Api-Key], algorithm: token_bucket, limit: 5, refill: 1, window: 10s}\n", clk.Now, &upstream{})
+	clients := []string{"k1", "k2", "k3"}
+	for _, c := range clients {
+		for range 5 {
+			send(h, "GET", "/", "X-Api-Key", c)
+		}
+	}
+	for range 60 {
+		clk.Add(10 * time.Second)
+		for _, c := range clients {
+			if w := send(h, "GET", "/", "X-Api-Key", c); w.Code != 200 {
+				t.Fatalf("%s: %d, want the unit that freed up", c, w.Code)
+			}
+			if w := send(h, "GET", "/", "X-Api-Key", c); w.Code != 429 {
+				t.Fatalf("%s: %d, want a denial", c, w.Code)
+			}
+		}
+	}
+	// 600s: a report at 10s, 60s... 560s for each client.
+	if got := debugLog.lines(t.Name() + "@file: rate limit exceeded: limit=hard"); len(got) != 3*12 {
+		t.Errorf("%d lines for 3 clients in 600s of a 50s interval, want %d", len(got), 3*12)
+	}
+}

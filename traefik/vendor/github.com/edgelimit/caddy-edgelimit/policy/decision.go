@@ -34,6 +34,8 @@ type Policy struct {
 	requests [][]store.Request
 	planned  []Planned
 	tiered   bool
+	// reports remembers the clients reported lately (Quiet).
+	reports reports
 }
 
 // Responses is how a policy's limited responses read, as configured.
