@@ -84,9 +84,9 @@ type RedisStorage struct {
 	// Timeout: "allow" (default: they pass unlimited, and a warning is
 	// logged at most every few seconds), "deny" (503 with Retry-After: 1),
 	// or "local" (this instance counts alone, in memory, with the same
-	// limits). After a failure, OnError decides at once for a second before
-	// one request tries Redis again, so that nobody waits for a Redis that
-	// is down.
+	// limits). After a failure, OnError decides every request at once, so
+	// that nobody waits for a Redis that is down, while Redis is probed
+	// (PING) every 50ms; the first answer puts it back in use.
 	OnError string `json:"on_error,omitempty"`
 
 	// KeyPrefix starts every Redis key, to share a Redis with other

@@ -289,8 +289,8 @@ func TestRedisPlaceholdersAndPool(t *testing.T) {
 	if c.store == a.store {
 		t.Fatal("a different password shares a store")
 	}
-	// Past the failed start-up ping's wait: this take tries Redis again.
-	time.Sleep(storage.DefaultRedisRetryInterval + 100*time.Millisecond)
+	// The start-up ping failed: the take is decided without Redis, and says
+	// why.
 	err = c.Store().Take(context.Background(), time.Now(), reqs, res)
 	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), password) {
 		t.Fatalf("wrong password: %v", err)
@@ -704,4 +704,57 @@ func TestRedisOutageLogsQuietly(t *testing.T) {
 	if n := e2e.Count(logs(), `"level":"error"`); n != 0 {
 		t.Fatalf("%d error lines with handle_errors", n)
 	}
+}
+
+// TestRedisBackInUseWhenItAnswers: with on_error deny, a request made
+// after Redis was healthy again was answered 503 "did not answer
+// recently": Redis was left alone for a second after a failure. A failed
+// Redis is probed (PING) every 50ms while requests are decided at once,
+// and is back in use as soon as it answers: once the store says so, with
+// no request in between, the next request is served.
+func TestRedisBackInUseWhenItAnswers(t *testing.T) {
+	srv := redistest.Start(t)
+	fakeClock(t)
+	logOption, logs := e2e.Logs(t)
+	s := startSite(t, `{
+`+logOption+`}
+%ADDR% {
+	edge_limit {
+		limit d {
+			rate 100/1h
+		}
+		storage redis `+srv.URL+` {
+			on_error deny
+			timeout 100ms
+			clock local
+		}
+	}
+	respond "ok"
+}`)
+	expect(t, s.get("/"), 200)
+	c := srv.Client(t)
+	ctx := context.Background()
+	if err := c.Do(ctx, "CLIENT", "PAUSE", 600, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, s.get("/"), 503) // waits the timeout: Redis is paused
+	for range 5 {
+		start := time.Now()
+		expect(t, s.get("/"), 503) // at once: Redis is known down
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("a request waited %s for a Redis known down", d)
+		}
+	}
+	// Redis answers again when the pause ends; the store's probe finds it.
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for e2e.Count(logs(), "redis rate-limit storage answers again") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis answers, and the store did not say it noticed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	expect(t, s.get("/"), 200)
 }

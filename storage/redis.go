@@ -40,10 +40,10 @@ type RedisOptions struct {
 	// MaxLocalDenials bounds the keys remembered (default
 	// DefaultLocalDenials).
 	MaxLocalDenials int
-	// RetryInterval is how long Redis is left alone after a failure before
-	// one request tries it again (default DefaultRedisRetryInterval).
-	// Meanwhile OnError decides at once, so that no request waits for a
-	// Redis that is down.
+	// RetryInterval is the time between two probes (PING) of a Redis that
+	// failed (default DefaultRedisRetryInterval); the first answer puts it
+	// back in use. Meanwhile OnError decides at once, so that no request
+	// waits for a Redis that is down.
 	RetryInterval time.Duration
 	// Logger receives a warning when Redis fails (at most one per
 	// WarnInterval) and a note when it is back. Default: no logs.
@@ -188,6 +188,7 @@ func (s *Redis) SetLogger(l *zap.Logger) {
 func (s *Redis) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		s.policy.Stop()
 		if s.watchStop != nil {
 			close(s.watchStop)
 			<-s.watchDone
@@ -200,9 +201,9 @@ func (s *Redis) Close() error {
 }
 
 // Ping checks that Redis answers within the timeout. When it does not, the
-// store treats Redis as down (OnError decides at once, Redis is tried again
-// after the retry interval) and the error is returned for the caller to
-// report; it is not fatal.
+// store treats Redis as down (OnError decides at once, Redis is probed
+// every retry interval until it answers) and the error is returned for the
+// caller to report; it is not fatal.
 func (s *Redis) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -212,6 +213,13 @@ func (s *Redis) Ping(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// Probe implements store.Server: a PING within the timeout.
+func (s *Redis) Probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.client.Ping(ctx).Err()
 }
 
 // Take implements store.Store: from the local denials, else by Redis,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -65,6 +66,9 @@ type Server interface {
 	// Answered reports that the server answers again after a failure that
 	// was warned about.
 	Answered()
+	// Probe asks the server whether it answers (a PING within the store's
+	// timeout), without deciding anything.
+	Probe(ctx context.Context) error
 }
 
 // ErrBusy is a decision a store did not ask the server for because its
@@ -76,13 +80,16 @@ var ErrBusy = errors.New("the store's connections are all busy")
 // WarnInterval is the least time between two warnings of a failing server.
 const WarnInterval = 5 * time.Second
 
-// DefaultRetryInterval is how long a failing server is left alone.
-const DefaultRetryInterval = time.Second
+// DefaultRetryInterval is how often a failing server is probed.
+const DefaultRetryInterval = 50 * time.Millisecond
 
 // Remote is what a store on a server does without the server: its failure
-// policy and its memory of denials. After a failure, OnError decides at
-// once until the retry interval has passed, then one request tries the
-// server again, so that no request waits for a server that is down. A
+// policy and its memory of denials. After a failure, OnError decides every
+// request at once, so that none waits for a server that is down, while one
+// goroutine probes the server every retry interval; the first answer puts
+// it back in use. Requests do not probe: a request that came after the
+// server recovered and met the 1s it used to be left alone was denied
+// under Deny (a 503 for nothing), counted nowhere under Allow. A
 // client the server denied until T is denied from Denials, without asking,
 // until T, while the store hears the server's invalidations (SetLive).
 type Remote struct {
@@ -92,16 +99,26 @@ type Remote struct {
 	Local *Memory
 	// Denials, when set, is the memory of denials.
 	Denials *Denials
-	// Retry is how long the server is left alone after a failure (default
-	// DefaultRetryInterval).
+	// Retry is the time between two probes of a failing server (default
+	// DefaultRetryInterval), and between two subscriptions to its
+	// invalidations.
 	Retry time.Duration
 
-	epoch     time.Time
-	downUntil int64 // monotonic nanoseconds since epoch; 0 while the server answers
-	probing   int32
-	lastWarn  int64
-	warned    int32
-	live      int32 // Denials may be used
+	epoch   time.Time
+	down    int32 // 1 from a failure until a probe is answered
+	probing int32 // 1 while a goroutine probes the server
+	stop    chan struct{}
+	stopMu  sync.Mutex // orders the start of a probe and Stop
+	stopped bool
+	probes  sync.WaitGroup
+	// lastFail is the last failure, for the requests decided without the
+	// server (a mutex, not an atomic.Value: Yaegi hands a value of an
+	// interpreted type through one as an interpreter value).
+	failMu   sync.Mutex
+	lastFail *failure
+	lastWarn int64
+	warned   int32
+	live     int32 // Denials may be used
 
 	localDenials int64
 	onErrors     [3]int64
@@ -112,7 +129,7 @@ func NewRemote(onError OnError, retry time.Duration, denials bool, maxDenials in
 	if retry <= 0 {
 		retry = DefaultRetryInterval
 	}
-	p := &Remote{OnError: onError, Retry: retry, epoch: time.Now()}
+	p := &Remote{OnError: onError, Retry: retry, epoch: time.Now(), stop: make(chan struct{})}
 	if onError == Local {
 		p.Local = NewMemory(MemoryOptions{})
 	}
@@ -155,12 +172,8 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 		}
 		gen = p.Denials.Generation()
 	}
-	probe := false
-	if until := atomic.LoadInt64(&p.downUntil); until != 0 {
-		if p.mono() < until || !atomic.CompareAndSwapInt32(&p.probing, 0, 1) {
-			return p.Fallback(ctx, now, reqs, results, nil)
-		}
-		probe = true
+	if atomic.LoadInt32(&p.down) == 1 {
+		return p.Fallback(ctx, now, reqs, results, nil)
 	}
 	err := srv.Decide(ctx, now, reqs, results)
 	switch {
@@ -176,9 +189,6 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 		// busy: the server is not to blame.
 	default:
 		p.Down(err, srv)
-	}
-	if probe {
-		atomic.StoreInt32(&p.probing, 0)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -196,7 +206,7 @@ func (p *Remote) Refund(ctx context.Context, now time.Time, reqs []Request, srv 
 	if p.Denials != nil {
 		p.Denials.Forget(reqs)
 	}
-	if until := atomic.LoadInt64(&p.downUntil); until != 0 && p.mono() < until {
+	if atomic.LoadInt32(&p.down) == 1 {
 		return p.refundFallback(ctx, now, reqs, nil)
 	}
 	err := srv.GiveBack(ctx, now, reqs)
@@ -217,15 +227,42 @@ func (p *Remote) refundFallback(ctx context.Context, now time.Time, reqs []Reque
 	}
 	if cause == nil {
 		cause = errDown
+		if f := p.lastFailure(); f != nil {
+			cause = f.cause
+		}
 	}
 	return fmt.Errorf("rate-limit storage unavailable, nothing given back: %w", cause)
 }
 
-// Down marks the server as failing: OnError decides until the retry
-// interval has passed, then one request tries the server again.
+// Down marks the server as failing: OnError decides until a probe finds
+// it answering again.
 func (p *Remote) Down(err error, srv Server) {
+	p.failed(err, srv)
+	if atomic.LoadInt32(&p.probing) == 1 {
+		return
+	}
+	p.stopMu.Lock()
+	defer p.stopMu.Unlock()
+	if !p.stopped && atomic.CompareAndSwapInt32(&p.probing, 0, 1) {
+		p.probes.Add(1)
+		go p.recover(srv)
+	}
+}
+
+// failure is a failure of the server as the requests decided without it
+// report it, made once per failure.
+type failure struct{ cause, allow, deny error }
+
+// failed records a failure, warns at most once per WarnInterval, and
+// tells the server.
+func (p *Remote) failed(err error, srv Server) {
+	cause := fmt.Errorf("the server failed, and is probed until it answers: %w", err)
+	f := &failure{cause: cause, allow: allowError(cause), deny: denyError(cause)}
+	p.failMu.Lock()
+	p.lastFail = f
+	p.failMu.Unlock()
 	now := p.mono()
-	atomic.StoreInt64(&p.downUntil, now+int64(p.Retry))
+	atomic.StoreInt32(&p.down, 1)
 	last := atomic.LoadInt64(&p.lastWarn)
 	warn := (last == 0 || now-last >= int64(WarnInterval)) && atomic.CompareAndSwapInt64(&p.lastWarn, last, now)
 	if warn {
@@ -234,22 +271,73 @@ func (p *Remote) Down(err error, srv Server) {
 	srv.Failed(err, warn)
 }
 
+// recover probes the server every Retry until it answers (or the store
+// stops). A failure that comes as it gives up finds it still probing: it
+// looks again once it has said so, so that a failing server is always
+// probed.
+func (p *Remote) recover(srv Server) {
+	defer p.probes.Done()
+	for {
+		p.probe(srv)
+		atomic.StoreInt32(&p.probing, 0)
+		if atomic.LoadInt32(&p.down) == 0 || p.isStopped() || !atomic.CompareAndSwapInt32(&p.probing, 0, 1) {
+			return
+		}
+	}
+}
+
+func (p *Remote) probe(srv Server) {
+	for atomic.LoadInt32(&p.down) == 1 {
+		t := time.NewTimer(p.Retry)
+		select {
+		case <-p.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if err := srv.Probe(context.Background()); err != nil {
+			p.failed(err, srv)
+			continue
+		}
+		p.up(srv)
+	}
+}
+
+// Stop ends the probes of a failing server, and waits for them: the store
+// is closing.
+func (p *Remote) Stop() {
+	p.stopMu.Lock()
+	if !p.stopped {
+		p.stopped = true
+		close(p.stop)
+	}
+	p.stopMu.Unlock()
+	p.probes.Wait()
+}
+
+func (p *Remote) isStopped() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // Up marks the server as answering.
 func (p *Remote) up(srv Server) {
-	if atomic.LoadInt64(&p.downUntil) == 0 {
+	// A load first: the usual case writes nothing (a store on all cores).
+	if atomic.LoadInt32(&p.down) == 0 || atomic.SwapInt32(&p.down, 0) == 0 {
 		return
 	}
-	atomic.StoreInt64(&p.downUntil, 0)
 	if atomic.CompareAndSwapInt32(&p.warned, 1, 0) {
 		srv.Answered()
 	}
 }
 
-// IsDown tells whether the server failed and is left alone now.
-func (p *Remote) IsDown() bool {
-	until := atomic.LoadInt64(&p.downUntil)
-	return until != 0 && p.mono() < until
-}
+// IsDown tells whether the server failed and has not answered a probe
+// since.
+func (p *Remote) IsDown() bool { return atomic.LoadInt32(&p.down) == 1 }
 
 func allowError(cause error) error {
 	return fmt.Errorf("rate-limit storage unavailable, not limiting (on error: allow): %w", cause)
@@ -267,15 +355,27 @@ func (p *Remote) Fallback(ctx context.Context, now time.Time, reqs []Request, re
 	case Local:
 		return p.Local.Take(ctx, now, reqs, results)
 	case Deny:
-		if cause == nil {
-			return errDownDeny
+		if cause != nil {
+			return denyError(cause)
 		}
-		return denyError(cause)
+		if f := p.lastFailure(); f != nil {
+			return f.deny
+		}
+		return errDownDeny
 	}
-	if cause == nil {
-		return errDownAllow
+	if cause != nil {
+		return allowError(cause)
 	}
-	return allowError(cause)
+	if f := p.lastFailure(); f != nil {
+		return f.allow
+	}
+	return errDownAllow
+}
+
+func (p *Remote) lastFailure() *failure {
+	p.failMu.Lock()
+	defer p.failMu.Unlock()
+	return p.lastFail
 }
 
 // LocalDenials is the number of decisions made from the local denials.

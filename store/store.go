@@ -77,7 +77,7 @@ type Store interface {
 var ErrUnavailable = errors.New("rate-limit storage unavailable")
 
 // errDown is the cause when the server was not even asked.
-var errDown = errors.New("the server did not answer recently; waiting before trying again")
+var errDown = errors.New("the server failed, and is probed until it answers")
 
 // Errors returned while a server is known to be down (remote.go), made
 // once, here: Yaegi initializes a package's variables file by file, and

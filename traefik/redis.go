@@ -73,6 +73,12 @@ func (s *redisStore) Answered() {
 	s.log.info("redis rate-limit storage answers again")
 }
 
+// Probe implements store.Server: a PING within the timeout.
+func (s *redisStore) Probe(ctx context.Context) error {
+	_, err := s.pool.do(ctx, []string{"PING"})
+	return err
+}
+
 // Decide implements store.Server.
 func (s *redisStore) Decide(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
 	return s.scripts.Take(ctx, now, reqs, results)

@@ -37,8 +37,8 @@ type RedisConfig struct {
 	TLS      bool   `json:"tls,omitempty"`     // TLS 1.2 or later, the system's roots
 	Timeout  string `json:"timeout,omitempty"` // the wait for a connection, then for the decision (100ms)
 	// OnError is what requests get when Redis cannot decide in time: allow
-	// (default), deny (503) or local (this instance counts alone); a
-	// second after a failure, one request tries Redis again.
+	// (default), deny (503) or local (this instance counts alone), from a
+	// failure until a probe (PING, every 50ms) finds Redis answering.
 	OnError   string `json:"onError,omitempty"`
 	KeyPrefix string `json:"keyPrefix,omitempty"` // of every key (edgelimit:), as the Caddy module's key_prefix
 	Clock     string `json:"clock,omitempty"`     // server (default: Redis's) or local
