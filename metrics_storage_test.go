@@ -104,7 +104,7 @@ func TestMetricsStorageMemory(t *testing.T) {
 	wantSeries(t, m, `caddy_edge_limit_decisions_total{limit="per_client",outcome="denied"}`, 2*clients)
 	// A memory decision fits the smallest buckets: under 1 ms, surely.
 	wantSeries(t, m, `caddy_edge_limit_storage_duration_seconds_bucket{backend="memory",le="0.001"}`, clients*each)
-	for _, kind := range []string{"timeout", "connection", "script", "other"} {
+	for _, kind := range []string{"timeout", "connection", "script", "oom", "other"} {
 		wantSeries(t, m, `caddy_edge_limit_redis_errors_total{kind="`+kind+`"}`, 0)
 	}
 	for _, action := range []string{"allow", "deny", "local"} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,8 @@ type Redis struct {
 	watchStop chan struct{}
 	watchDone chan struct{}
 	serverTS  bool
+
+	evictionChecked atomic.Bool
 
 	logger   atomic.Pointer[zap.Logger]
 	undoWarn store.Throttle
@@ -212,14 +215,38 @@ func (s *Redis) Ping(ctx context.Context) error {
 		s.policy.Down(err, s)
 		return err
 	}
+	s.checkEviction(ctx)
 	return nil
+}
+
+// checkEviction warns, once, when Redis's memory policy can forget the
+// counts of exhausted clients (store.EvictionAdvice). Redis's settings are
+// read once it answers: at start-up, or when a probe finds it back.
+func (s *Redis) checkEviction(ctx context.Context) {
+	if s.evictionChecked.Load() {
+		return
+	}
+	info, err := s.client.InfoMap(ctx, "memory").Result()
+	if err != nil {
+		return // an INFO renamed away, or Redis gone again: not this time
+	}
+	s.evictionChecked.Store(true)
+	mem := info["Memory"]
+	maxmemory, _ := strconv.ParseInt(mem["maxmemory"], 10, 64)
+	if advice := store.EvictionAdvice(maxmemory, mem["maxmemory_policy"]); advice != "" {
+		s.logger.Load().Warn(advice)
+	}
 }
 
 // Probe implements store.Server: a PING within the timeout.
 func (s *Redis) Probe(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	return s.client.Ping(ctx).Err()
+	if err := s.client.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	s.checkEviction(ctx)
+	return nil
 }
 
 // Take implements store.Store: from the local denials, else by Redis,

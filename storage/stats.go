@@ -30,14 +30,17 @@ const (
 	// RedisScript: the script failed on the server or its reply could not
 	// be read.
 	RedisScript
-	// RedisOther: anything else (authentication, out of memory, a Redis
-	// loading its data...).
+	// RedisOOM: Redis refused a write, at its maxmemory with the
+	// noeviction policy (a key flood, or too small a maxmemory).
+	RedisOOM
+	// RedisOther: anything else (authentication, a Redis loading its
+	// data...).
 	RedisOther
 	// NumRedisErrorKinds is the number of kinds.
 	NumRedisErrorKinds
 )
 
-var redisErrorKindNames = [NumRedisErrorKinds]string{"timeout", "connection", "script", "other"}
+var redisErrorKindNames = [NumRedisErrorKinds]string{"timeout", "connection", "script", "oom", "other"}
 
 func (k RedisErrorKind) String() string {
 	if k < NumRedisErrorKinds {
@@ -65,6 +68,9 @@ func ClassifyRedisError(err error) (RedisErrorKind, bool) {
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
 		errors.Is(err, syscall.EPIPE), errors.As(err, &ne):
 		return RedisConnection, true
+	}
+	if store.IsOOM(err) {
+		return RedisOOM, true
 	}
 	var re redis.Error
 	if errors.As(err, &re) {

@@ -42,6 +42,8 @@ func TestClassifyRedisError(t *testing.T) {
 		{store.ErrBadReply, RedisScript, true},
 		{redisReplyError("ERR user_script:1: Script attempted to access nonexistent global variable"), RedisScript, true},
 		{redisReplyError("ERR Error running script (call to f_x): @user_script:1: oops"), RedisScript, true},
+		{redisReplyError("OOM command not allowed when used memory > 'maxmemory'. script: d7a6c842b273da0421049dc6dcbe8b595437a707, on @user_script:1."), RedisOOM, true},
+		{redisReplyError("OOM command not allowed when used memory > 'maxmemory'."), RedisOOM, true},
 		{redisReplyError("WRONGPASS invalid username-password pair"), RedisOther, true},
 		{redisReplyError("LOADING Redis is loading the dataset in memory"), RedisOther, true},
 		{errors.New("something else"), RedisOther, true},

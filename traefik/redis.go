@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -23,6 +24,8 @@ type redisStore struct {
 	pool    *respPool
 	opts    *redisOptions
 	log     *logger
+	// evictionChecked is 1 once Redis's memory policy was read.
+	evictionChecked int32
 }
 
 func newRedisStore(o *redisOptions) *redisStore {
@@ -36,7 +39,29 @@ func newRedisStore(o *redisOptions) *redisStore {
 	if s.Denials != nil {
 		go s.watchInvalidations()
 	}
+	go s.checkEviction(context.Background())
 	return s
+}
+
+// checkEviction warns, once, when Redis's memory policy can forget the
+// counts of exhausted clients (store.EvictionAdvice): when the store is
+// made, or when a probe finds Redis back.
+func (s *redisStore) checkEviction(ctx context.Context) {
+	if atomic.LoadInt32(&s.evictionChecked) == 1 {
+		return
+	}
+	reply, err := s.pool.do(ctx, []string{"INFO", "memory"})
+	text, ok := reply.(string)
+	if err != nil || !ok {
+		return
+	}
+	if !atomic.CompareAndSwapInt32(&s.evictionChecked, 0, 1) {
+		return
+	}
+	maxmemory, _ := strconv.ParseInt(store.InfoField(text, "maxmemory"), 10, 64)
+	if advice := store.EvictionAdvice(maxmemory, store.InfoField(text, "maxmemory_policy")); advice != "" {
+		s.log.warnf("%s", advice)
+	}
 }
 
 // Take implements store.Store.
@@ -75,8 +100,11 @@ func (s *redisStore) Answered() {
 
 // Probe implements store.Server: a PING within the timeout.
 func (s *redisStore) Probe(ctx context.Context) error {
-	_, err := s.pool.do(ctx, []string{"PING"})
-	return err
+	if _, err := s.pool.do(ctx, []string{"PING"}); err != nil {
+		return err
+	}
+	s.checkEviction(ctx)
+	return nil
 }
 
 // Decide implements store.Server.
