@@ -3,6 +3,8 @@ package policy
 import (
 	"sync"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
 // reports lets through one report (the log line and the event of a first
@@ -10,9 +12,9 @@ import (
 // marks a first denial each time a client goes from allowed to denied: once
 // a window for a window, but for a token bucket, GCRA or a sliding window
 // that a client drives hard, at every unit that frees up (hundreds of lines
-// a minute for a few abusive clients). A client reported within the
-// interval (the limit's window: its rate's period, or the bucket's time to
-// refill) is not reported again until it ends.
+// a minute for a few abusive clients). A client reported is not reported
+// again until its quota would be whole again (the window's end, the bucket
+// refilled; for a bucket, at least its rate's period).
 type reports struct {
 	mu  sync.Mutex
 	due map[uint64]int64 // hash of counter and key: when it may be reported again (µs)
@@ -47,9 +49,14 @@ func Quiet(p *Policy, d *Decision, now time.Time) {
 			continue
 		}
 		d.FirstDenials = true
-		interval := int64(d.Reqs[i].Limit.Window / time.Microsecond)
-		if w := int64(r.Window / time.Microsecond); w > interval {
-			interval = w
+		// Until the quota is whole again: a window's end, or a bucket
+		// refilled. A bucket driven hard refills as fast as it empties:
+		// at least the period of its rate, then.
+		interval := int64(r.Reset / time.Microsecond)
+		if l := &d.Reqs[i].Limit; l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA {
+			if w := int64(l.Window / time.Microsecond); w > interval {
+				interval = w
+			}
 		}
 		if len(rs.due) >= maxReports {
 			sweepReports(rs.due, at)

@@ -89,7 +89,7 @@ func (s *redisStore) Close() error { return nil }
 // Failed implements store.Server.
 func (s *redisStore) Failed(err error, warn bool) {
 	if warn {
-		s.log.warnf("redis rate-limit storage unavailable; onError %s applies until it answers: %v", s.opts.onError, err)
+		s.log.warnf("redis rate-limit storage unavailable; onError %s applies until it answers: %v", s.opts.onError.String(), err)
 	}
 }
 
