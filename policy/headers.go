@@ -86,6 +86,15 @@ func writeIETF(hdr http.Header, d *Decision) {
 	}
 	hdr["Ratelimit-Policy"] = []string{string(b)}
 	b = appendPrior(b[:0], hdr, "Ratelimit")
+	d.ietfAt = len(b)
+	b = appendRateLimit(b, d)
+	d.ietfLen = len(b) - d.ietfAt
+	hdr["Ratelimit"] = []string{string(b)}
+	d.Buf = b[:0]
+}
+
+// appendRateLimit writes the RateLimit field's items of the decision.
+func appendRateLimit(b []byte, d *Decision) []byte {
 	for i := range d.Res {
 		if i > 0 {
 			b = append(b, ", "...)
@@ -97,8 +106,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)
 	}
-	hdr["Ratelimit"] = []string{string(b)}
-	d.Buf = b[:0]
+	return b
 }
 
 // appendPrior starts a structured field list with the items an earlier
