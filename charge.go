@@ -68,7 +68,7 @@ func newCharging(limits []*compiledLimit) *charging {
 // count responses: it charges them when the response is known (armed with
 // the request's decision), and removes the cost headers.
 type chargeWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	h    *Handler
 	r    *http.Request
 	sc   *scratch // the decision, while the request is served; nil: nothing to charge
@@ -77,7 +77,7 @@ type chargeWriter struct {
 
 // serveCharging serves a request with the response writer of the charges.
 func (h *Handler) serveCharging(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	cw := &chargeWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, r: r}
+	cw := &chargeWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, r: r}
 	err := h.serve(cw, r, next)
 	if !cw.done {
 		// Neither served nor denied by this handler: its error's status

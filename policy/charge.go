@@ -209,10 +209,7 @@ func RewriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, prior *
 	if prior != nil && keepPrior(prior, &d.Res[report]) {
 		return
 	}
-	r := &d.Res[report]
-	hdr["X-Ratelimit-Limit"] = []string{strconv.FormatInt(r.Limit, 10)}
-	hdr["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(r.Remaining, 10)}
-	hdr["X-Ratelimit-Reset"] = []string{strconv.FormatInt(ResetUnix(r), 10)}
+	writeX(p, hdr, &d.Res[report])
 }
 
 // spliceRateLimit replaces this decision's items of the RateLimit field,

@@ -45,6 +45,11 @@ func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bo
 	if p.Headers&HeaderX == 0 || prior != nil && !denied && keepPrior(prior, r) {
 		return
 	}
+	writeX(p, hdr, r)
+}
+
+// writeX writes the X-RateLimit headers of r.
+func writeX(p *Policy, hdr http.Header, r *limiter.Result) {
 	if p.TimeHeader {
 		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
 	}
