@@ -27,7 +27,7 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	mem := store.NewMemory(store.MemoryOptions{})
 	b.Cleanup(func() { mem.Close() })
 	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
-		logger: zap.NewNop(), warn: new(store.Throttle), clock: clock.Real, metrics: buildMetrics()}
+		logger: zap.NewNop(), warn: new(store.Throttle), clock: clock.Real, metrics: buildMetrics(), proxies: new(proxyCheck)}
 	h.timer = h.metrics.timerFor(mem)
 	for _, l := range limits {
 		cl, err := compileLimit(l, "bench")
