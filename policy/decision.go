@@ -113,7 +113,8 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		for part, counter := range l.Counters {
 			reqs[part] = store.Request{Counter: counter, Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun}
 			if l.Charged {
-				reqs[part].Mode, reqs[part].Cost = store.ModeCheck, CheckCost(l)
+				reqs[part].Mode = store.ModeCheck
+				reqs[part].Cost = CheckCost(l)
 			}
 		}
 		p.Charges = p.Charges || l.Charged
