@@ -4,8 +4,9 @@
 // and store), in memory or in a Redis shared with Caddy instances. This
 // package is what is Traefik's: the configuration schema (config.go), the
 // request's key sources and placeholders (keys.go, placeholders.go), the
-// Redis client (resp.go, redis.go), the store registry (store.go), the
-// webhook (notify.go) and the log (log.go).
+// response path of limits that count responses (charge.go), the Redis
+// client (resp.go, redis.go), the store registry (store.go), the webhook
+// (notify.go) and the log (log.go).
 //
 // Traefik runs plugins from source in the Yaegi interpreter. This package
 // and the packages it vendors import the standard library only, and avoid
@@ -41,6 +42,9 @@ type middleware struct {
 	creds  *credentials
 	notify *notifier
 	log    *logger
+	// charges is the response path of limits that count responses
+	// (charge.go), nil when none does.
+	charges *charging
 }
 
 // New builds the middleware from its configuration.
@@ -73,6 +77,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if err := m.compileLimits(config); err != nil {
 		return nil, err
 	}
+	m.charges = newCharging(m.limits)
 	limits := make([]*policy.Limit, len(m.limits))
 	for i, l := range m.limits {
 		limits[i] = l.Limit
@@ -120,6 +125,10 @@ func (m *middleware) compileLimits(c *Config) error {
 // few plain functions, and what is rare (exemptions, tiers, a denial) is
 // in functions of its own.
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if m.charges != nil {
+		serveCharging(m, w, r)
+		return
+	}
 	if r = serve(m, w, r); r != nil {
 		m.next.ServeHTTP(w, r)
 	}
@@ -164,6 +173,9 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request 
 		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	}
 	policy.Record(&st.ledger, m.store, d, report)
+	if m.charges != nil && policy.Checked(d) {
+		st.checked = d
+	}
 	return r
 }
 
@@ -261,6 +273,9 @@ type stateKey struct{}
 type requestState struct {
 	exempt []string
 	ledger policy.Ledger
+	// checked hands a decision with limits that count responses from
+	// serve to the middleware's response writer (charge.go).
+	checked *policy.Decision
 }
 
 // withState returns the request's state, adding one (and a request that

@@ -27,6 +27,9 @@ type Policy struct {
 	// RawKeys shows keys as they are, else hashed (with KeyMAC when set).
 	RawKeys bool
 	KeyMAC  []byte
+	// Charges tells whether some limit counts what responses say
+	// (charge.go).
+	Charges bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -109,7 +112,12 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		reqs := make([]store.Request, len(l.Counters))
 		for part, counter := range l.Counters {
 			reqs[part] = store.Request{Counter: counter, Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun}
+			if l.Charged {
+				reqs[part].Mode = store.ModeCheck
+				reqs[part].Cost = CheckCost(l)
+			}
 		}
+		p.Charges = p.Charges || l.Charged
 		p.requests = append(p.requests, reqs)
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil
@@ -144,6 +152,17 @@ type Decision struct {
 	counted []store.Request
 	// Buf is scratch for the headers and the body.
 	Buf []byte
+
+	// checks: the policy has limits that count responses, whose requests
+	// are checks that count nothing. Charges, ChargeRes and charged are a
+	// served request's charges (charge.go); ietfAt and ietfLen where the
+	// RateLimit field holds this decision's items.
+	checks    bool
+	Charges   []store.Request
+	ChargeRes []limiter.Result
+	charged   []int
+	ietfAt    int
+	ietfLen   int
 }
 
 // The request path is functions, not methods: under Yaegi a method call
@@ -167,6 +186,7 @@ func NewDecision(p *Policy) *Decision {
 		Reqs:       make([]store.Request, 0, n),
 		Meta:       make([]Planned, 0, n),
 		Res:        make([]limiter.Result, n),
+		checks:     p.Charges,
 	}
 }
 
@@ -305,19 +325,20 @@ func reportFirst(d *Decision, i, j int) bool {
 
 // Counted returns the requests that were counted: all of them, less those
 // that denied (dry-run ones, when the request passed: they counted
-// nothing). Judge has counted the denials.
+// nothing) and the checks (they count nothing). Judge has counted the
+// denials.
 func Counted(d *Decision) []store.Request {
-	if d.Denied == 0 {
+	if d.Denied == 0 && !d.checks {
 		return d.Reqs
 	}
 	return allowed(d)
 }
 
-// allowed returns the requests of d that were allowed.
+// allowed returns the requests of d that were allowed and counted.
 func allowed(d *Decision) []store.Request {
 	d.counted = d.counted[:0]
 	for j := range d.Reqs {
-		if d.Res[j].Allowed {
+		if d.Res[j].Allowed && d.Reqs[j].Mode != store.ModeCheck {
 			d.counted = append(d.counted, d.Reqs[j])
 		}
 	}
@@ -352,6 +373,9 @@ type Ledger struct {
 	// one.
 	Report    limiter.Result
 	HasReport bool
+	// Denied is set by Refund: a handler denied the request, and its
+	// response (the denial) is charged to no limit that counts responses.
+	Denied bool
 }
 
 // Entry is what one handler counted, and where.
@@ -373,6 +397,7 @@ func Record(l *Ledger, s store.Store, d *Decision, report int) {
 // Refund gives back what the handlers recorded (a later one denies the
 // request), and forgets it; it returns the stores' errors, joined.
 func (l *Ledger) Refund(ctx context.Context, now time.Time) error {
+	l.Denied = true
 	var errs []error
 	for _, e := range l.Entries {
 		if err := e.Store.Refund(ctx, now, e.Reqs); err != nil {

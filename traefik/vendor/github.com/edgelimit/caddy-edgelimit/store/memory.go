@@ -143,7 +143,7 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
-	if len(reqs) != 1 {
+	if len(reqs) != 1 || reqs[0].Mode != ModeTake {
 		m.takeMany(reqs, results, now.UnixMicro())
 		return nil
 	}
@@ -179,14 +179,17 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		hbuf  [maxBatch]uint64
 		sbuf  [maxBatch]limiter.State
 		lbuf  [maxBatch]uint16
+		qbuf  [maxBatch]bool
 		hs    = hbuf[:0]
 		next  = sbuf[:0]
 		locks = lbuf[:0]
+		quiet = qbuf[:] // a check that passed and has nothing to write
 	)
 	if len(reqs) > maxBatch {
 		hs = make([]uint64, 0, len(reqs))
 		next = make([]limiter.State, 0, len(reqs))
 		locks = make([]uint16, 0, len(reqs))
+		quiet = make([]bool, len(reqs))
 	}
 	for i := range reqs {
 		h := HashRequest(m.seed, &reqs[i])
@@ -214,19 +217,36 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			}
 		}
 		next = append(next, st)
-		limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
+		quiet[i] = decideMode(r, &next[i], &results[i], t)
 	}
 	pass := AllOrNothing(reqs, results)
 	for i := range reqs {
 		// A denial keeps its mark (for FirstDenial), even when nothing is
 		// counted.
-		if pass || !results[i].Allowed {
+		if pass && !quiet[i] || !results[i].Allowed {
 			m.put(hs[i], &next[i], t)
 		}
 	}
 	for _, s := range locks {
 		m.shards[s].mu.Unlock()
 	}
+}
+
+// decideMode decides one request in its mode, on *st; it reports whether
+// there is nothing to store (a check that passed and had no denial mark to
+// clear: a key that is only checked is never stored).
+func decideMode(r *Request, st *limiter.State, res *limiter.Result, t int64) bool {
+	switch r.Mode {
+	case ModeCheck:
+		marked := st.Denied
+		limiter.Check(&r.Limit, st, res, t, r.Cost)
+		return res.Allowed && !marked
+	case ModeCharge:
+		limiter.Charge(&r.Limit, st, res, t, r.Cost)
+	default:
+		limiter.Decide(&r.Limit, st, res, t, r.Cost)
+	}
+	return false
 }
 
 // Refund implements Store.
