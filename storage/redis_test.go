@@ -80,6 +80,17 @@ func TestRedisExactUnderConcurrency(t *testing.T) {
 	storetest.Exact(t, []store.Store{a, b}, 16, 40)
 }
 
+// Charges from two clients and many goroutines on one key: each counts in
+// full, overdraws included.
+func TestRedisChargesExact(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := storetest.Prefix(t)
+	a := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+	b := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+	storetest.ExactCharges(t, []store.Store{a, b}, 16, 40)
+	storetest.ExactCharges(t, []store.Store{a, b}, 16, 400)
+}
+
 // The same, with Redis's clock: instances agree whatever their own clocks
 // say, so one of them passing a time an hour off changes nothing.
 func TestRedisExactWithServerClock(t *testing.T) {

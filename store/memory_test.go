@@ -226,3 +226,10 @@ func TestMemoryChecksStoreNothing(t *testing.T) {
 		}
 	}
 }
+
+func TestMemoryChargesExact(t *testing.T) {
+	m := openMemory(t, func() time.Time { return storetest.Base })
+	storetest.ExactCharges(t, []store.Store{m}, 4*runtime.GOMAXPROCS(0), 200)
+	// More charges than the quota holds: overdrawn.
+	storetest.ExactCharges(t, []store.Store{m}, 8, 800)
+}
