@@ -413,9 +413,10 @@ func (h *Handler) report(r *http.Request, d *policy.Decision) {
 // reports whether it started the ledger (and must remove it on the way
 // out, before its scratch goes back to the pool).
 func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report int) bool {
-	// A handler that counts responses shares the ledger even when it
-	// counted nothing yet: it learns there that a later one denied.
-	if vars == nil || len(policy.Counted(sc.Decision)) == 0 && !policy.Checked(sc.Decision) {
+	// A handler that counts responses shares the ledger too (its checks
+	// are among the requests, counting nothing): it learns there that a
+	// later one denied.
+	if vars == nil || len(policy.Counted(sc.Decision)) == 0 {
 		return false
 	}
 	if l != nil {

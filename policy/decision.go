@@ -153,11 +153,9 @@ type Decision struct {
 	// Buf is scratch for the headers and the body.
 	Buf []byte
 
-	// checks: the policy has limits that count responses, whose requests
-	// are checks that count nothing. Charges, ChargeRes and charged are a
-	// served request's charges (charge.go); ietfAt and ietfLen where the
-	// RateLimit field holds this decision's items.
-	checks    bool
+	// Charges, ChargeRes and charged are a served request's charges
+	// (charge.go); ietfAt and ietfLen where the RateLimit field holds this
+	// decision's items.
 	Charges   []store.Request
 	ChargeRes []limiter.Result
 	charged   []int
@@ -186,7 +184,6 @@ func NewDecision(p *Policy) *Decision {
 		Reqs:       make([]store.Request, 0, n),
 		Meta:       make([]Planned, 0, n),
 		Res:        make([]limiter.Result, n),
-		checks:     p.Charges,
 	}
 }
 
@@ -325,20 +322,21 @@ func reportFirst(d *Decision, i, j int) bool {
 
 // Counted returns the requests that were counted: all of them, less those
 // that denied (dry-run ones, when the request passed: they counted
-// nothing) and the checks (they count nothing). Judge has counted the
-// denials.
+// nothing). Checks among them counted nothing either: Refund gives them
+// nothing back (they are not taken out here, which the usual request, with
+// no check, would pay for). Judge has counted the denials.
 func Counted(d *Decision) []store.Request {
-	if d.Denied == 0 && !d.checks {
+	if d.Denied == 0 {
 		return d.Reqs
 	}
 	return allowed(d)
 }
 
-// allowed returns the requests of d that were allowed and counted.
+// allowed returns the requests of d that were allowed.
 func allowed(d *Decision) []store.Request {
 	d.counted = d.counted[:0]
 	for j := range d.Reqs {
-		if d.Res[j].Allowed && d.Reqs[j].Mode != store.ModeCheck {
+		if d.Res[j].Allowed {
 			d.counted = append(d.counted, d.Reqs[j])
 		}
 	}
@@ -400,10 +398,31 @@ func (l *Ledger) Refund(ctx context.Context, now time.Time) error {
 	l.Denied = true
 	var errs []error
 	for _, e := range l.Entries {
-		if err := e.Store.Refund(ctx, now, e.Reqs); err != nil {
+		if err := e.Store.Refund(ctx, now, withoutChecks(e.Reqs)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	l.Entries = l.Entries[:0]
 	return errors.Join(errs...)
+}
+
+// withoutChecks returns reqs less its checks, which counted nothing and
+// have nothing to give back (reqs itself when it has none).
+func withoutChecks(reqs []store.Request) []store.Request {
+	n := 0
+	for i := range reqs {
+		if reqs[i].Mode != store.ModeCheck {
+			n++
+		}
+	}
+	if n == len(reqs) {
+		return reqs
+	}
+	out := make([]store.Request, 0, n)
+	for i := range reqs {
+		if reqs[i].Mode != store.ModeCheck {
+			out = append(out, reqs[i])
+		}
+	}
+	return out
 }

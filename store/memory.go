@@ -143,7 +143,7 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
-	if len(reqs) != 1 || reqs[0].Mode != ModeTake {
+	if len(reqs) != 1 {
 		m.takeMany(reqs, results, now.UnixMicro())
 		return nil
 	}
@@ -151,6 +151,10 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	// every value of its function, run or not.
 	t := now.UnixMicro()
 	r := &reqs[0]
+	if r.Mode != ModeTake {
+		m.takeMany(reqs, results, t)
+		return nil
+	}
 	h := hashPair(maphash.String(m.seed, r.Counter), maphash.String(m.seed, r.Key))
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
@@ -179,17 +183,14 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		hbuf  [maxBatch]uint64
 		sbuf  [maxBatch]limiter.State
 		lbuf  [maxBatch]uint16
-		qbuf  [maxBatch]bool
 		hs    = hbuf[:0]
 		next  = sbuf[:0]
 		locks = lbuf[:0]
-		quiet = qbuf[:] // a check that passed and has nothing to write
 	)
 	if len(reqs) > maxBatch {
 		hs = make([]uint64, 0, len(reqs))
 		next = make([]limiter.State, 0, len(reqs))
 		locks = make([]uint16, 0, len(reqs))
-		quiet = make([]bool, len(reqs))
 	}
 	for i := range reqs {
 		h := HashRequest(m.seed, &reqs[i])
@@ -217,13 +218,18 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			}
 		}
 		next = append(next, st)
-		quiet[i] = decideMode(r, &next[i], &results[i], t)
+		if r.Mode == ModeTake {
+			limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
+		} else {
+			decideMode(r, &next[i], &results[i], t)
+		}
 	}
 	pass := AllOrNothing(reqs, results)
 	for i := range reqs {
 		// A denial keeps its mark (for FirstDenial), even when nothing is
-		// counted.
-		if pass && !quiet[i] || !results[i].Allowed {
+		// counted. A state that never expires is a key never seen that a
+		// check left as it was: a key only checked is never stored.
+		if (pass || !results[i].Allowed) && next[i].Expires != 0 {
 			m.put(hs[i], &next[i], t)
 		}
 	}
@@ -232,21 +238,15 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 	}
 }
 
-// decideMode decides one request in its mode, on *st; it reports whether
-// there is nothing to store (a check that passed and had no denial mark to
-// clear: a key that is only checked is never stored).
-func decideMode(r *Request, st *limiter.State, res *limiter.Result, t int64) bool {
-	switch r.Mode {
-	case ModeCheck:
-		marked := st.Denied
-		limiter.Check(&r.Limit, st, res, t, r.Cost)
-		return res.Allowed && !marked
-	case ModeCharge:
+// decideMode decides a check or a charge on *st. Every decision leaves a
+// state that expires (Expires is set), but a check that passes, which
+// leaves the state as it was: a fresh one for a key never seen.
+func decideMode(r *Request, st *limiter.State, res *limiter.Result, t int64) {
+	if r.Mode == ModeCharge {
 		limiter.Charge(&r.Limit, st, res, t, r.Cost)
-	default:
-		limiter.Decide(&r.Limit, st, res, t, r.Cost)
+		return
 	}
-	return false
+	limiter.Check(&r.Limit, st, res, t, r.Cost)
 }
 
 // Refund implements Store.

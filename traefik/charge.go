@@ -96,17 +96,17 @@ type chargeWriter struct {
 // serveCharging serves a request with the response writer of the charges.
 func serveCharging(m *middleware, w http.ResponseWriter, r *http.Request) {
 	cw := &chargeWriter{ResponseWriter: w, m: m}
-	r = serve(m, cw, r)
+	d := policy.NewDecision(m.pol)
+	r = serve(m, cw, r, d)
 	if r == nil {
 		return // denied here
 	}
 	cw.r = r
-	if st, ok := r.Context().Value(stateKey{}).(*requestState); ok && st.checked != nil {
-		// This middleware's decision, handed over by serve before any
-		// other middleware ran.
+	if policy.Checked(d) {
+		// serve records every decision it passes in the request's state.
+		st, _ := r.Context().Value(stateKey{}).(*requestState)
 		cw.st = st
-		cw.d = st.checked
-		st.checked = nil
+		cw.d = d
 	}
 	m.next.ServeHTTP(cw, r)
 	if !cw.done {

@@ -129,15 +129,17 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveCharging(m, w, r)
 		return
 	}
-	if r = serve(m, w, r); r != nil {
+	// The decision is made here and handed down, so that it stays on the
+	// stack (serveCharging keeps its own for the response).
+	if r = serve(m, w, r, policy.NewDecision(m.pol)); r != nil {
 		m.next.ServeHTTP(w, r)
 	}
 }
 
-// serve decides the request: it returns the request to pass on (with the
-// state later middlewares share), or nil when it answered.
-func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request {
-	d := policy.NewDecision(m.pol)
+// serve decides the request in d (a new decision): it returns the request
+// to pass on (with the state later middlewares share), or nil when it
+// answered.
+func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
 	if !readKeys(m, r, d) {
 		return r
 	}
@@ -173,9 +175,6 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request 
 		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	}
 	policy.Record(&st.ledger, m.store, d, report)
-	if m.charges != nil && policy.Checked(d) {
-		st.checked = d
-	}
 	return r
 }
 
@@ -273,9 +272,6 @@ type stateKey struct{}
 type requestState struct {
 	exempt []string
 	ledger policy.Ledger
-	// checked hands a decision with limits that count responses from
-	// serve to the middleware's response writer (charge.go).
-	checked *policy.Decision
 }
 
 // withState returns the request's state, adding one (and a request that

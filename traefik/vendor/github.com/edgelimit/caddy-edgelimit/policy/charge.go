@@ -149,9 +149,6 @@ func CostProblem(found int) string {
 // Checked tells whether the decision checked a limit that counts
 // responses (and the response is to be charged).
 func Checked(d *Decision) bool {
-	if !d.checks {
-		return false
-	}
 	for i := range d.Reqs {
 		if d.Reqs[i].Mode == store.ModeCheck {
 			return true
@@ -206,10 +203,19 @@ func RewriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, prior *
 	if p.Headers&HeaderX == 0 {
 		return
 	}
-	if prior != nil && keepPrior(prior, &d.Res[report]) {
+	r := &d.Res[report]
+	if prior != nil && keepPrior(prior, r) {
 		return
 	}
-	writeX(p, hdr, &d.Res[report])
+	// As WriteHeaders writes them (written out there: under Yaegi a call
+	// costs more than these lines, on every request).
+	if p.TimeHeader {
+		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
+	}
+	vals := []string{strconv.FormatInt(r.Limit, 10), strconv.FormatInt(r.Remaining, 10), strconv.FormatInt(ResetUnix(r), 10)}
+	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
 }
 
 // spliceRateLimit replaces this decision's items of the RateLimit field,
@@ -222,7 +228,18 @@ func spliceRateLimit(hdr http.Header, d *Decision) {
 	v := vs[0]
 	rest := v[d.ietfAt+d.ietfLen:]
 	b := append(d.Buf[:0], v[:d.ietfAt]...)
-	b = appendRateLimit(b, d)
+	// The items as writeIETF writes them.
+	for i := range d.Res {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, d.Meta[i].Limit.Name...)
+		b = append(b, `";r=`...)
+		b = strconv.AppendInt(b, d.Res[i].Remaining, 10)
+		b = append(b, ";t="...)
+		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)
+	}
 	d.ietfLen = len(b) - d.ietfAt
 	b = append(b, rest...)
 	hdr["Ratelimit"] = []string{string(b)}

@@ -45,11 +45,6 @@ func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bo
 	if p.Headers&HeaderX == 0 || prior != nil && !denied && keepPrior(prior, r) {
 		return
 	}
-	writeX(p, hdr, r)
-}
-
-// writeX writes the X-RateLimit headers of r.
-func writeX(p *Policy, hdr http.Header, r *limiter.Result) {
 	if p.TimeHeader {
 		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
 	}
@@ -92,14 +87,6 @@ func writeIETF(hdr http.Header, d *Decision) {
 	hdr["Ratelimit-Policy"] = []string{string(b)}
 	b = appendPrior(b[:0], hdr, "Ratelimit")
 	d.ietfAt = len(b)
-	b = appendRateLimit(b, d)
-	d.ietfLen = len(b) - d.ietfAt
-	hdr["Ratelimit"] = []string{string(b)}
-	d.Buf = b[:0]
-}
-
-// appendRateLimit writes the RateLimit field's items of the decision.
-func appendRateLimit(b []byte, d *Decision) []byte {
 	for i := range d.Res {
 		if i > 0 {
 			b = append(b, ", "...)
@@ -111,7 +98,9 @@ func appendRateLimit(b []byte, d *Decision) []byte {
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)
 	}
-	return b
+	d.ietfLen = len(b) - d.ietfAt
+	hdr["Ratelimit"] = []string{string(b)}
+	d.Buf = b[:0]
 }
 
 // appendPrior starts a structured field list with the items an earlier
