@@ -475,3 +475,45 @@ func TestChargesAndOtherHandlers(t *testing.T) {
 		t.Fatalf("the denied requests changed the counts (charged, or given back what checks never took): RateLimit %s", r.get("RateLimit"))
 	}
 }
+
+// TestCostHeaderStreams: a streamed answer (server-sent events) passes
+// through as it is written, charged when its headers are: the limits that
+// count responses do not hold a stream back.
+func TestCostHeaderStreams(t *testing.T) {
+	fakeClock(t)
+	read := make(chan struct{})
+	_, addr := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("X-Usage-Tokens", "5")
+		_, _ = io.WriteString(w, "data: one\n\n")
+		http.NewResponseController(w).Flush()
+		select {
+		case <-read:
+		case <-time.After(20 * time.Second):
+		}
+		_, _ = io.WriteString(w, "data: two\n\n")
+	})
+	s := startSite(t, recipe(t, "docs/directive.md", "cost header X-Usage-Tokens", map[string]string{"127.0.0.1:9000": addr}))
+	req, err := http.NewRequest("GET", s.base+"/v1/chat", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Api-Key", "streamer")
+	resp, err := s.tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("X-RateLimit-Remaining") != "999995" || resp.Header.Get("X-Usage-Tokens") != "" {
+		t.Fatalf("headers %v", resp.Header)
+	}
+	first := make([]byte, len("data: one\n\n"))
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "data: one\n\n" {
+		t.Fatalf("first event %q: %v", first, err)
+	}
+	close(read)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "data: two\n\n" {
+		t.Fatalf("rest %q: %v", rest, err)
+	}
+}

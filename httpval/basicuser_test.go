@@ -17,6 +17,10 @@ func TestBasicUser(t *testing.T) {
 		{"basic " + b64("alice:x"), "alice"},
 		{"BASIC  " + b64("alice:x"), "alice"},
 		{" \tBasic " + b64("alice:x") + " ", "alice"},
+		// Spellings other decoders take (no padding, URL-safe): the same
+		// user (httpval.Credentials writes them one way).
+		{"Basic " + base64.RawStdEncoding.EncodeToString([]byte("alice:x")), "alice"},
+		{"Basic " + base64.URLEncoding.EncodeToString([]byte("alice:x?>")), "alice"},
 		{"Basic " + b64(":nobody"), ""},
 		{"Basic " + b64("no-colon"), ""},
 		{"Basic not*base64", ""},
