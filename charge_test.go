@@ -3,6 +3,7 @@ package edgelimit
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -15,8 +16,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
+	"github.com/edgelimit/caddy-edgelimit/policy"
+	"github.com/edgelimit/caddy-edgelimit/storage"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // The recipes of docs/directive.md for limits that count responses, loaded
@@ -515,5 +525,52 @@ func TestCostHeaderStreams(t *testing.T) {
 	rest, err := io.ReadAll(resp.Body)
 	if err != nil || string(rest) != "data: two\n\n" {
 		t.Fatalf("rest %q: %v", rest, err)
+	}
+}
+
+// TestChargeOutlivesTheClient: a client that hangs up before its failed
+// login is answered is charged all the same, on Redis too (whose calls
+// end with the request's context).
+func TestChargeOutlivesTheClient(t *testing.T) {
+	srv := redistest.Start(t)
+	rs, err := storage.NewRedis(storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{srv.Addr}}, time.Second),
+		storage.RedisOptions{Prefix: "hangup:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: rs, logger: zap.NewNop(),
+		warn: new(store.Throttle), clock: clock.Real, metrics: buildMetrics(), proxies: new(proxyCheck)}
+	h.timer = h.metrics.timerFor(rs)
+	cl, err := compileLimit(&Limit{Name: "failed_logins", Numbers: Numbers{Limit: 1, Window: caddy.Duration(time.Hour)},
+		CountResponses: &caddyhttp.ResponseMatcher{StatusCode: []int{401}}}, "hangup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.outcomes = h.metrics.outcomesFor(cl.Name)
+	h.limits = []*compiledLimit{cl}
+	if err := h.provisionResponses(); err != nil {
+		t.Fatal(err)
+	}
+	h.charging = newCharging(h.limits)
+	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
+
+	r := benchRequest("10.1.2.3")
+	ctx, hangUp := context.WithCancel(r.Context())
+	gone := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		hangUp()
+		return caddyhttp.Error(http.StatusUnauthorized, errors.New("wrong password"))
+	})
+	if err := h.ServeHTTP(&nopWriter{h: http.Header{}}, r.WithContext(ctx), gone); err == nil {
+		t.Fatal("the failed login passed")
+	}
+	w := &nopWriter{h: http.Header{}}
+	served := false
+	_ = h.ServeHTTP(w, benchRequest("10.1.2.3"), caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		served = true
+		return nil
+	}))
+	if served || w.h.Get("Retry-After") == "" {
+		t.Fatalf("the failed login of a client that hung up was not charged: served %v, %v", served, w.h)
 	}
 }
