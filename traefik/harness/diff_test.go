@@ -339,7 +339,7 @@ func diffRun(t *testing.T, p *plugin, r *redisServer, n int, row diffRow) {
 	}
 	site := e2e.Start(t, "%ADDR% {\n\troute {\n\t\tedge_limit {\n"+indent(caddyConf, "\t\t\t")+"\n\t\t}\n\t\t"+answer+"\n\t}\n}")
 	restore()
-	compiled := compiledPluginTo(t, plugin("compiled"), clk.Now, next)
+	compiled := compiledPlugin(t, plugin("compiled"), clk.Now, next)
 	yaegi := p.middleware(t, plugin("yaegi"), clk.Now, next)
 
 	for i, s := range row.steps {
@@ -379,14 +379,8 @@ func diffRun(t *testing.T, p *plugin, r *redisServer, n int, row diffRow) {
 }
 
 // compiledPlugin is the plugin as Go compiles it, its configuration decoded
-// as Traefik decodes it.
-func compiledPlugin(t *testing.T, conf string, now func() time.Time) http.Handler {
-	t.Helper()
-	return compiledPluginTo(t, conf, now, &upstream{})
-}
-
-// compiledPluginTo is compiledPlugin in front of next.
-func compiledPluginTo(t *testing.T, conf string, now func() time.Time, next http.Handler) http.Handler {
+// as Traefik decodes it, in front of next.
+func compiledPlugin(t *testing.T, conf string, now func() time.Time, next http.Handler) http.Handler {
 	t.Helper()
 	var m map[string]interface{}
 	if err := yamlUnmarshal(conf, &m); err != nil {
