@@ -115,6 +115,9 @@ type Handler struct {
 	warn      *store.Throttle
 	proxies   *proxyCheck
 	clock     clock.Clock
+	// charging is the response path of limits that count responses
+	// (charge.go), nil when none does.
+	charging *charging
 }
 
 // CaddyModule returns the Caddy module information.
@@ -152,6 +155,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionResponses(); err != nil {
 		return err
 	}
+	h.charging = newCharging(h.limits)
 	app.declare(own)
 	if err := app.checkExempt(ctx, own); err != nil {
 		return err
@@ -311,6 +315,14 @@ const (
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.charging != nil {
+		return h.serveCharging(w, r, next)
+	}
+	return h.serve(w, r, next)
+}
+
+// serve decides the request, and serves or denies it.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if len(h.limits) == 0 {
 		return next.ServeHTTP(w, r)
 	}
@@ -373,6 +385,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.record(vars, sc, ledger, report) {
 		defer delete(vars, ledgerVar)
 	}
+	if h.charging != nil && policy.Checked(d) {
+		return h.serveCharged(w, r, next, sc)
+	}
 	return next.ServeHTTP(w, r)
 }
 
@@ -398,6 +413,9 @@ func (h *Handler) report(r *http.Request, d *policy.Decision) {
 // reports whether it started the ledger (and must remove it on the way
 // out, before its scratch goes back to the pool).
 func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report int) bool {
+	// A handler that counts responses shares the ledger too (its checks
+	// are among the requests, counting nothing): it learns there that a
+	// later one denied.
 	if vars == nil || len(policy.Counted(sc.Decision)) == 0 {
 		return false
 	}
@@ -407,6 +425,7 @@ func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, rep
 	}
 	sc.ledger.Entries = sc.ledger.Entries[:0]
 	sc.ledger.HasReport = false
+	sc.ledger.Denied = false
 	policy.Record(&sc.ledger, h.store, sc.Decision, report)
 	vars[ledgerVar] = &sc.ledger
 	return true

@@ -27,7 +27,7 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	mem := store.NewMemory(store.MemoryOptions{})
 	b.Cleanup(func() { mem.Close() })
 	h := &Handler{Status: DefaultStatus, ContentType: DefaultContentType, store: mem,
-		logger: zap.NewNop(), warn: new(store.Throttle), clock: clock.Real, metrics: buildMetrics()}
+		logger: zap.NewNop(), warn: new(store.Throttle), clock: clock.Real, metrics: buildMetrics(), proxies: new(proxyCheck)}
 	h.timer = h.metrics.timerFor(mem)
 	for _, l := range limits {
 		cl, err := compileLimit(l, "bench")
@@ -41,6 +41,7 @@ func benchHandler(b *testing.B, limits ...*Limit) *Handler {
 	if err := h.provisionResponses(); err != nil {
 		b.Fatal(err)
 	}
+	h.charging = newCharging(h.limits)
 	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
 	return h
 }
@@ -62,7 +63,10 @@ func (w *nopWriter) Header() http.Header         { return w.h }
 func (w *nopWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (w *nopWriter) WriteHeader(int)             {}
 
-var okHandler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+var okHandler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	w.WriteHeader(http.StatusOK)
+	return nil
+})
 
 func runHandlerBench(b *testing.B, h *Handler, clients int) {
 	var seq atomic.Int64
@@ -110,6 +114,13 @@ func BenchmarkHandler(b *testing.B) {
 		route.Key = []string{"{http.request.header.X-Api-Key}", "{http.vars.client_ip}"}
 		quota := &Limit{Name: "quota", Numbers: Numbers{Limit: 1 << 40, Calendar: &CalendarConfig{Period: "day"}}}
 		runHandlerBench(b, benchHandler(b, global, route, quota), 10000)
+	})
+	b.Run("count_responses", func(b *testing.B) {
+		// Checked, then charged at WriteHeader: the response path of a
+		// limit on failed logins, for a response it counts.
+		l := never("failed_logins")
+		l.CountResponses = &caddyhttp.ResponseMatcher{StatusCode: []int{2}}
+		runHandlerBench(b, benchHandler(b, l), 100)
 	})
 	b.Run("denied", func(b *testing.B) {
 		runHandlerBench(b, benchHandler(b, &Limit{Name: "tight", Numbers: Numbers{Limit: 1, Window: caddy.Duration(time.Hour)}}), 100)

@@ -38,6 +38,8 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 		return httpval.ClientKey(remoteHost(r), v6)
 	case keyRemoteHost:
 		return httpval.ClientKey(remoteHost(r), v6)
+	case keyBasicUser:
+		return httpval.BasicUser(r.Header)
 	}
 	return k.fill(r, repl)
 }
@@ -55,6 +57,8 @@ func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 		switch {
 		case seg.header != "":
 			v = headerValue(r.Header, seg.header)
+		case seg.placeholder == basicUserPlaceholder:
+			v = httpval.BasicUser(r.Header)
 		case seg.placeholder != "":
 			if repl != nil {
 				v, _ = repl.GetString(seg.placeholder)
@@ -121,7 +125,14 @@ const (
 	keyClientIP
 	keyRemoteHost
 	keyTemplate
+	keyBasicUser
 )
+
+// basicUserPlaceholder is the user that Basic credentials claim, before
+// basic_auth checks the password (httpval.BasicUser): the key of failed
+// logins per user, which {http.auth.user.id} is not (it is set only once
+// the password is right).
+const basicUserPlaceholder = "edge_limit.basic_user"
 
 // headerName returns the canonical header name of a header placeholder's
 // name ("http.request.header.X-Api-Key", or "header.X-Api-Key" as some
@@ -153,6 +164,8 @@ func parseKeyPart(s string) (keyPart, error) {
 			return keyPart{kind: keyClientIP, tmpl: s}, nil
 		case "http.request.remote.host", "remote_host":
 			return keyPart{kind: keyRemoteHost, tmpl: s}, nil
+		case basicUserPlaceholder:
+			return keyPart{kind: keyBasicUser, tmpl: s}, nil
 		}
 	}
 	return keyPart{kind: keyTemplate, tmpl: s, segs: splitTemplate(s)}, nil
@@ -195,6 +208,9 @@ func (k *keyPart) fromClient() (string, bool) {
 	if k.kind == keyHeader {
 		return "header " + k.header, true
 	}
+	if k.kind == keyBasicUser {
+		return "the user Basic credentials claim, password unchecked", true
+	}
 	for _, seg := range k.segs {
 		if seg.header != "" {
 			return "header " + seg.header, true
@@ -212,4 +228,5 @@ func (k *keyPart) fromClient() (string, bool) {
 // client chooses.
 var clientPlaceholders = []string{
 	"http.request.cookie.", "cookie.", "http.request.uri", "query.", "path.", "http.request.host", "http.request.orig_uri",
+	basicUserPlaceholder,
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/httpval"
@@ -77,6 +78,27 @@ type Limit struct {
 	// DryRun counts this limit and reports it in headers, but never denies
 	// because of it.
 	DryRun bool `json:"dry_run,omitempty"`
+
+	// CountResponses makes the limit count responses, not requests: those
+	// it matches (Caddy's response matcher: status codes or classes such
+	// as 4 for 4xx, and headers), each Cost units (or what CostHeader
+	// says), once the response is known. A request is served only while
+	// the limit has room for Cost: failed logins, {"status_code": [401]}.
+	// An empty matcher counts every response.
+	CountResponses *caddyhttp.ResponseMatcher `json:"count_responses,omitempty"`
+
+	// CostHeader names a response header that says what the request cost
+	// (tokens, rows, credits): each response is charged its number, even
+	// when that is more than remains (the next requests are denied until
+	// enough is back), and a request is served while at least one unit
+	// remains. A response without it is charged nothing; a value that is
+	// not a whole number is charged 1 unit, one larger than 2^40 that
+	// many, and logged. The header is removed from the response unless
+	// KeepCostHeader.
+	CostHeader string `json:"cost_header,omitempty"`
+
+	// KeepCostHeader passes CostHeader on to the client.
+	KeepCostHeader bool `json:"keep_cost_header,omitempty"`
 }
 
 // Numbers are an algorithm and its figures.
@@ -134,6 +156,8 @@ type compiledLimit struct {
 	tierKey  *keyPart
 	v6       int // the IPv6 prefix of the address key parts
 	outcomes *outcomes
+	// responses is CountResponses: the responses charged (nil: all).
+	responses *caddyhttp.ResponseMatcher
 }
 
 // compileLimit checks a limit's configuration and prepares it; zone
@@ -173,6 +197,9 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		Status:      l.Status,
 		Body:        l.Body,
 		DryRun:      l.DryRun,
+	}
+	if err := compileResponses(l, spec, cl); err != nil {
+		return nil, err
 	}
 	if len(l.Tiers) > 0 {
 		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))

@@ -111,14 +111,9 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 			}
 		}
 	case "cost":
-		n, err := args.Int(d)
-		if err != nil {
-			return true, err
-		}
-		if n < 1 {
-			return true, d.Errf("cost must be at least 1, got %d", n)
-		}
-		l.Cost = n
+		return true, parseCost(d, l)
+	case "count_responses":
+		return true, parseCountResponses(d, l)
 	case "ipv6_prefix":
 		n, err := args.Int(d)
 		if err != nil {

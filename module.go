@@ -19,6 +19,8 @@
 //	limit_caddyfile.go  the limit and tier grammar
 //	quota_caddyfile.go  the quota grammar
 //	handler.go          the handler: config, provisioning, request path
+//	charge.go           the response path of limits that count responses
+//	charge_caddyfile.go count_responses and cost header
 //	limit.go            limits compiled for Caddy (placeholders, matchers)
 //	keys.go             client keys from placeholders
 //	exempt.go           exemptions that name other handlers' limits

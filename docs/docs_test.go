@@ -294,7 +294,7 @@ var leadingComments = regexp.MustCompile(`\A(?:#[^\n]*\n|\n)*`)
 func TestPoliciesShowExamples(t *testing.T) {
 	page := readPage(t, "docs/policies.md")
 	files, err := filepath.Glob("../examples/*.Caddyfile")
-	if err != nil || len(files) != 5 {
+	if err != nil || len(files) != 7 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
 	for _, f := range files {

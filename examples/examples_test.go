@@ -33,11 +33,19 @@ type example struct {
 // admin endpoint given through its environment placeholders.
 func load(t *testing.T, file string, env ...string) *example {
 	t.Helper()
+	return loadWith(t, file, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+	}, env...)
+}
+
+// loadWith is load with an upstream of the test's.
+func loadWith(t *testing.T, file string, h http.HandlerFunc, env ...string) *example {
+	t.Helper()
 	var hits atomic.Int64
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+		h(w, r)
 	}))
 	t.Cleanup(upstream.Close)
 	port := e2e.FreePort(t)

@@ -9,10 +9,10 @@
 // holds it exactly, which keeps the two implementations in agreement.
 //
 // A new algorithm is an Algorithm constant with its name here, its Take
-// (windows.go, bucket.go), Refund and Credit (admin.go) arithmetic (and what
-// Validate and ResultWindow say of it), the same arithmetic in the Lua of
-// store/lua.go, and its Caddyfile words in the root package's
-// limit_caddyfile.go. Nothing else knows algorithms.
+// (windows.go, bucket.go), Charge (charge.go), Refund and Credit (admin.go)
+// arithmetic (and what Validate and ResultWindow say of it), the same
+// arithmetic in the Lua of store/lua.go, and its Caddyfile words in the
+// root package's limit_caddyfile.go. Nothing else knows algorithms.
 package limiter
 
 import (

@@ -17,7 +17,8 @@
 // Files: limit.go (limits: names, numbers, tiers, counters), decision.go
 // (a request's decision, and what handlers share), headers.go, template.go
 // (denial bodies: templates and escaping), denial.go (denials, the shown
-// key, the event payload).
+// key, the event payload), charge.go (limits that count what responses
+// say), response.go (conditions on responses).
 package policy
 
 import (
@@ -161,6 +162,16 @@ type Spec struct {
 	Body   string
 	// DryRun counts and reports this limit but never denies for it.
 	DryRun bool
+	// Charged makes the limit count what responses say (charge.go): it is
+	// checked before the request is served, counting nothing, and charged
+	// once the response is known, for the responses the edge's condition
+	// matches. A CostHeader makes a limit charged.
+	Charged bool
+	// CostHeader names the response header whose number each response is
+	// charged, instead of Cost; it is removed before the client sees it
+	// unless KeepCostHeader.
+	CostHeader     string
+	KeepCostHeader bool
 }
 
 // Limit is a limit compiled for the request path.
@@ -179,6 +190,11 @@ type Limit struct {
 	Exempt []string
 	Status int       // 0: the policy's
 	Body   *Template // nil: the policy's
+	// Charged, CostHeader (canonical) and KeepCostHeader are the Spec's:
+	// the limit counts what responses say.
+	Charged        bool
+	CostHeader     string
+	KeepCostHeader bool
 }
 
 // Tier is one tier's numbers.
@@ -222,6 +238,9 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 		}
 	}
 	l.Exempt = s.Exempt
+	if err := l.compileCharge(s); err != nil {
+		return nil, err
+	}
 	if err := l.compileNumbers(s); err != nil {
 		return nil, err
 	}

@@ -139,7 +139,8 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []store.Request, r
 		)
 		head := store.AppendInt(nil, s.scriptNow(now))
 		for j, i := range r.idx {
-			if !results[i].Allowed {
+			// A check counted nothing: there is nothing of it to take back.
+			if !results[i].Allowed || reqs[i].Mode == store.ModeCheck {
 				continue
 			}
 			key, field := sc.keys[i], reqs[i].Counter
@@ -160,7 +161,7 @@ func (s *Redis) undo(ctx context.Context, now time.Time, reqs []store.Request, r
 					continue
 				}
 				last = jj
-				if results[ii].Allowed {
+				if results[ii].Allowed && reqs[ii].Mode != store.ModeCheck {
 					cost += reqs[ii].Cost
 				}
 			}

@@ -80,6 +80,17 @@ func TestRedisExactUnderConcurrency(t *testing.T) {
 	storetest.Exact(t, []store.Store{a, b}, 16, 40)
 }
 
+// Charges from two clients and many goroutines on one key: each counts in
+// full, overdraws included.
+func TestRedisChargesExact(t *testing.T) {
+	srv := redistest.Shared(t)
+	prefix := storetest.Prefix(t)
+	a := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+	b := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+	storetest.ExactCharges(t, []store.Store{a, b}, 16, 40)
+	storetest.ExactCharges(t, []store.Store{a, b}, 16, 400)
+}
+
 // The same, with Redis's clock: instances agree whatever their own clocks
 // say, so one of them passing a time an hour off changes nothing.
 func TestRedisExactWithServerClock(t *testing.T) {
@@ -259,6 +270,48 @@ func TestRedisKeysAndTTLs(t *testing.T) {
 	}
 	if ttl < longest-time.Second || ttl > longest+time.Hour+time.Second {
 		t.Fatalf("TTL %s for states that last up to %s", ttl, longest)
+	}
+}
+
+// TestRedisChecksAndCharges: checks that pass write nothing to Redis; a
+// charge past what any limit holds gives its client's hash a TTL that
+// outlives the state and no more (a bucket overdrawn by the largest charge
+// waits limiter.MaxRefill).
+func TestRedisChecksAndCharges(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{Prefix: "el:"})
+	c := srv.Client(t)
+	ctx := context.Background()
+	fixed := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}
+	bucket := limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 5, Rate: 5, Window: time.Minute}
+	res := make([]limiter.Result, 2)
+	for i := range 50 {
+		reqs := []store.Request{
+			{Counter: "f", Key: fmt.Sprint(i), Limit: fixed, Cost: 1, Mode: store.ModeCheck},
+			{Counter: "b", Key: fmt.Sprint(i), Limit: bucket, Cost: 1, Mode: store.ModeCheck},
+		}
+		if err := s.Take(ctx, time.Now(), reqs, res); err != nil || !res[0].Allowed || res[0].Remaining != 5 || res[1].Remaining != 5 {
+			t.Fatal(err, res)
+		}
+	}
+	if n, err := c.DBSize(ctx).Result(); err != nil || n != 0 {
+		t.Fatalf("checks wrote %d keys (%v)", n, err)
+	}
+	charge := []store.Request{{Counter: "b", Key: "big", Limit: bucket, Cost: 1 << 50, Mode: store.ModeCharge}}
+	if err := s.Take(ctx, time.Now(), charge, res); err != nil || !res[0].Allowed || res[0].Remaining != 0 {
+		t.Fatal(err, res[0])
+	}
+	keys, err := c.Keys(ctx, "*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("keys %q (%v)", keys, err)
+	}
+	ttl, err := c.PTTL(ctx, keys[0]).Result()
+	if err != nil || ttl < limiter.MaxRefill || ttl > limiter.MaxRefill+time.Hour+time.Second {
+		t.Fatalf("TTL %s (%v) after the largest charge, want %s and at most an hour more", ttl, err, limiter.MaxRefill)
+	}
+	check := []store.Request{{Counter: "b", Key: "big", Limit: bucket, Cost: 1, Mode: store.ModeCheck}}
+	if err := s.Take(ctx, time.Now(), check, res); err != nil || res[0].Allowed || res[0].RetryAfter < limiter.MaxRefill-time.Hour {
+		t.Fatal(err, res[0])
 	}
 }
 
@@ -569,7 +622,8 @@ func TestRedisOptions(t *testing.T) {
 }
 
 // The memory store and the Lua scripts decide alike: random sequences of
-// requests, several limits each, dry runs, the same key twice, refunds, get
+// requests, several limits each, dry runs, the same key twice, refunds,
+// checks and charges, get
 // the same answers, field by field. Times and windows are whole seconds, so that no
 // key's TTL in Redis (counted in real time) is shorter than the gap between
 // two steps (in fake time, far faster).
@@ -596,6 +650,15 @@ func TestRedisMatchesMemory(t *testing.T) {
 					Limit:   limits[li],
 					Cost:    1 + int64(rng.IntN(3))*int64(rng.IntN(2)),
 					DryRun:  rng.IntN(6) == 0,
+				}
+				// Limits that count responses: checks, and charges of any
+				// size, overdrawing and past what a limit can hold.
+				switch rng.IntN(6) {
+				case 0:
+					reqs[j].Mode = store.ModeCheck
+				case 1:
+					reqs[j].Mode = store.ModeCharge
+					reqs[j].Cost = []int64{1, 2, 7, 40, 1 << 41}[rng.IntN(5)]
 				}
 			}
 			if rng.IntN(5) == 0 {

@@ -61,7 +61,8 @@ func AppendTakeHead(b []byte, flags, decisions int64) []byte {
 }
 
 // AppendLimit writes the five numbers the scripts read for one request on
-// the key at index key (1-based): code (key*256 + algorithm*2 + dry run),
+// the key at index key (1-based): code (key*256 + algorithm*2 + dry run;
+// AppendRequests adds the request's mode*16),
 // quota, cost, and the algorithm's two numbers: (window, offset) for an
 // aligned or sliding window, (window, 0) for an anchored one, (window,
 // rate) for buckets, the (start, end) computed by the caller for a calendar
@@ -119,6 +120,9 @@ func AppendRequests(keys []string, spec []byte, fields []string, reqs []Request,
 		}
 		bounds[i] = [2]int64{start, end}
 		spec = AppendLimit(spec, k+1, &r.Limit, r.Cost, r.DryRun, start, end)
+		// The mode in bits 4 and 5 of the code's low byte (the algorithm
+		// and the dry run take bits 0 to 3).
+		spec[len(spec)-40] |= byte(r.Mode) << 4
 		fields = append(fields, r.Counter)
 	}
 	return keys, spec, fields

@@ -23,7 +23,8 @@ import (
 //
 // ARGV[1] holds 8-byte little-endian integers: a head (now, 0 for the
 // server's clock; flags), then five per request: code, quota, cost, a, b,
-// where code = key index * 256 + algorithm * 2 + dry run, and (a, b) is
+// where code = key index * 256 + mode * 16 + algorithm * 2 + dry run (mode:
+// 0 take, 1 check, 2 charge, as store.Mode), and (a, b) is
 // (window, offset) for an aligned fixed window (algorithm 1) or a sliding
 // window (3), (window, 0) for an anchored window (2), (window, rate) for a
 // token bucket (4) or GCRA (5), and (start, end) of the calendar window Go
@@ -62,7 +63,7 @@ end
 -- spec reads request i's five numbers from ARGV[1], after head numbers.
 local function spec(i, head)
   local code, q, cost, a, b = sunpack('<i8i8i8i8i8', ARGV[1], 1 + 8 * head + 40 * (i - 1))
-  return floor(code / 256), floor(code % 256 / 2), code % 2, q, cost, a, b
+  return floor(code / 256), floor(code % 16 / 2), code % 2, q, cost, a, b
 end
 
 -- bounds is limiter.Limit.Bounds: the calendar window Go computed, or the
@@ -141,6 +142,52 @@ for k = 1, nk do
   got[k] = g
 end
 
+-- charge is limiter.Charge: cost units counted whatever is left, a window
+-- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
+-- microseconds (limiter.MaxDebt). It returns the state, what remains and
+-- the reset.
+local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
+local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
+  if cost > MAXQ then cost = MAXQ end
+  if alg == 1 or alg == 6 then
+    local start, stop = bounds(alg, a, b, now)
+    if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+    c = min(c + cost, MAXQ)
+    return st, c, p, d, stop, x, max(q - c, 0), stop - now
+  elseif alg == 2 then
+    if c == 0 or now >= st + a or now < st then
+      local dd = x and c == 0
+      st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+    end
+    local stop = st + a
+    c = min(c + cost, MAXQ)
+    return st, c, p, d, stop, x, max(q - c, 0), stop - now
+  elseif alg == 3 then
+    local start, stop = bounds(3, a, b, now)
+    local w = a
+    if st == start then
+    elseif st == start - w then
+      st, p, c, d, e = start, c, 0, 0, 0
+    else
+      st, c, p, d, e, x = start, 0, 0, 0, 0, false
+    end
+    local used = p * (w - (now - start)) / w + c
+    c = min(c + cost, MAXQ)
+    local reset = 0
+    if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
+    return st, c, p, d, stop + w, x, max(floor(q - used - cost + 1e-6), 0), reset
+  end
+  local interval = a / b
+  local tau = interval * q
+  local debt = now - st
+  if debt < 0 then debt = 0 end
+  debt = d - debt
+  if st == 0 or debt < 0 then debt = 0 end
+  local nxt = debt + cost * interval
+  if nxt > MAXDEBT then nxt = MAXDEBT end
+  return now, c, p, nxt, now + ceil(nxt), x, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt)
+end
+
 -- FMT[n] packs a decision's reply of n requests: its time and five
 -- numbers per request.
 local FMT = {'<i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8',
@@ -163,7 +210,8 @@ for _ = 1, ndec do
     pos = pos + 40
     r = r + 1
     local dry = code % 2
-    local k, alg, s = rk[r], (code % 256 - dry) / 2, slot[r]
+    local k, alg, s = rk[r], (code % 16 - dry) / 2, slot[r]
+    local mode = floor(code % 256 / 16)
     ks[i], ss[i] = k, s
     if alg == 6 and (now < a or now >= b) then
       -- A calendar window Go computed for another time: this decision
@@ -194,7 +242,11 @@ for _ = 1, ndec do
       states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
     end
     local ok, first, rem, reset, retry
-    if alg == 1 or alg == 6 then
+    local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
+    if mode == 2 then
+      st, c, p, d, e, x, rem, reset = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
+      ok, first, retry = 1, 0, 0
+    elseif alg == 1 or alg == 6 then
       -- takeFixed (with Bounds)
       local start, stop = a, b
       if alg == 1 then
@@ -297,8 +349,16 @@ for _ = 1, ndec do
       -- slidingReset
       if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
     end
+    local put = true
+    if mode == 1 and ok == 1 then
+      -- check (limiter.Check): nothing counted; the state as it was, its
+      -- denial mark cleared, and what remained before the request.
+      st, c, p, d, e, x = o1, o2, o3, o4, o5, false
+      rem = min(rem + cost, q)
+      put = ox
+    end
     local nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
-    after[i], expires[i], allowed[i] = nv, e, ok
+    after[i], expires[i], allowed[i] = put and nv or v, e, ok
     if ok == 0 and dry == 0 then pass = false end
     if keep then
       nst = nst + 1

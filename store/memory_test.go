@@ -197,3 +197,39 @@ func TestMemoryFloodKeepsExhaustedClients(t *testing.T) {
 		t.Fatal("a new client is not counted after a flood on a limit of 1")
 	}
 }
+
+// TestMemoryChecksStoreNothing: checks that pass count nothing and store
+// nothing (a client whose responses are never charged costs no memory);
+// a check that denies keeps its mark.
+func TestMemoryChecksStoreNothing(t *testing.T) {
+	m := store.NewMemory(store.MemoryOptions{})
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 2, Window: time.Minute}
+	res := make([]limiter.Result, 1)
+	now := storetest.Base
+	for i := range 1000 {
+		req := []store.Request{{Counter: "c", Key: fmt.Sprint(i), Limit: l, Cost: 1, Mode: store.ModeCheck}}
+		if err := m.Take(context.Background(), now, req, res); err != nil || !res[0].Allowed || res[0].Remaining != 2 {
+			t.Fatal(err, res[0])
+		}
+	}
+	if m.Len() != 0 {
+		t.Fatalf("checks stored %d keys", m.Len())
+	}
+	charge := []store.Request{{Counter: "c", Key: "x", Limit: l, Cost: 5, Mode: store.ModeCharge}}
+	if err := m.Take(context.Background(), now, charge, res); err != nil || !res[0].Allowed || res[0].Remaining != 0 {
+		t.Fatal(err, res[0])
+	}
+	check := []store.Request{{Counter: "c", Key: "x", Limit: l, Cost: 1, Mode: store.ModeCheck}}
+	for i, first := range []bool{true, false} {
+		if err := m.Take(context.Background(), now, check, res); err != nil || res[0].Allowed || res[0].FirstDenial != first {
+			t.Fatalf("check %d after an overdraw: %v %+v", i, err, res[0])
+		}
+	}
+}
+
+func TestMemoryChargesExact(t *testing.T) {
+	m := openMemory(t, func() time.Time { return storetest.Base })
+	storetest.ExactCharges(t, []store.Store{m}, 4*runtime.GOMAXPROCS(0), 200)
+	// More charges than the quota holds: overdrawn.
+	storetest.ExactCharges(t, []store.Store{m}, 8, 800)
+}

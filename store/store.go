@@ -45,7 +45,24 @@ type Request struct {
 	// DryRun requests are counted and reported, but their denial does not
 	// deny the whole.
 	DryRun bool
+	// Mode is what the request asks: ModeTake (the default) decides and
+	// counts; ModeCheck decides whether Cost would pass and counts nothing
+	// (limiter.Check); ModeCharge counts Cost whatever is left and never
+	// denies (limiter.Charge).
+	Mode Mode
 }
+
+// Mode is what a Request asks of its limit. The scripts read it from bits
+// 4 and 5 of the request's code (codec.go).
+type Mode uint8
+
+// The modes: a limit that counts responses is checked before the request
+// is served and charged once its response is known.
+const (
+	ModeTake Mode = iota
+	ModeCheck
+	ModeCharge
+)
 
 // Store decides requests against shared state.
 type Store interface {
@@ -101,7 +118,8 @@ func AllOrNothing(reqs []Request, results []limiter.Result) bool {
 		return true
 	}
 	for i := range reqs {
-		if results[i].Allowed {
+		// A check counted nothing, and says so already.
+		if results[i].Allowed && reqs[i].Mode != ModeCheck {
 			Uncounted(&results[i], reqs[i].Cost)
 		}
 	}

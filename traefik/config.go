@@ -48,8 +48,8 @@ type Config struct {
 type Limit struct {
 	// Key lists the sources of the client's key, the first present one
 	// used, each counting apart: header:<Name>, query:<name>,
-	// cookie:<name>, ip, remote, bearer, credential, const:<text>.
-	// Default [ip]; none present, the limit does not apply.
+	// cookie:<name>, ip, remote, bearer, credential, basic-user,
+	// const:<text>. Default [ip]; none present, the limit does not apply.
 	Key []string `json:"key,omitempty"`
 	// The limit's numbers (as Numbers'); with tiers, of clients in no
 	// known tier.
@@ -73,6 +73,28 @@ type Limit struct {
 	Status      int                 `json:"status,omitempty"`     // this limit's denials' status
 	Body        string              `json:"body,omitempty"`       // this limit's denials' body
 	DryRun      bool                `json:"dryRun,omitempty"`     // counts and reports, never denies
+	// CountResponses makes the limit count the responses it matches, not
+	// the requests (failed logins): a request is served only while the
+	// limit has room for its cost, and counted once its response is known.
+	CountResponses *ResponseRule `json:"countResponses,omitempty"`
+	// CostHeader: each response is charged the number this response
+	// header says (tokens an upstream reports), even past what remains; a
+	// request is served while one unit remains. Removed from the response
+	// unless KeepCostHeader.
+	CostHeader     string `json:"costHeader,omitempty"`
+	KeepCostHeader bool   `json:"keepCostHeader,omitempty"`
+
+	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
+}
+
+// ResponseRule is which responses a limit counts, as the Caddy module's
+// count_responses (Caddy's response matcher) says it.
+type ResponseRule struct {
+	Status []string `json:"status,omitempty"` // codes (401) or classes (4xx); none: every status
+	// Headers each response must have: name to a value pattern, exact or
+	// with * ("*" any value, "fail*", "*ed", "*ail*"); "!Name" (and no
+	// value) wants the header absent.
+	Headers map[string]string `json:"headers,omitempty"`
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
@@ -149,6 +171,9 @@ func (c *Config) checkUnknown() error {
 		errs = unknownOptions(errs, p, l.Unknown, reflect.TypeOf(l))
 		if l.Calendar != nil {
 			errs = unknownOptions(errs, p+"calendar.", l.Calendar.Unknown, reflect.TypeOf(l.Calendar))
+		}
+		if l.CountResponses != nil {
+			errs = unknownOptions(errs, p+"countResponses.", l.CountResponses.Unknown, reflect.TypeOf(l.CountResponses))
 		}
 		for _, tier := range sortedTiers(l.Tiers) {
 			if n := l.Tiers[tier]; n != nil {

@@ -4,8 +4,9 @@
 // and store), in memory or in a Redis shared with Caddy instances. This
 // package is what is Traefik's: the configuration schema (config.go), the
 // request's key sources and placeholders (keys.go, placeholders.go), the
-// Redis client (resp.go, redis.go), the store registry (store.go), the
-// webhook (notify.go) and the log (log.go).
+// response path of limits that count responses (charge.go), the Redis
+// client (resp.go, redis.go), the store registry (store.go), the webhook
+// (notify.go) and the log (log.go).
 //
 // Traefik runs plugins from source in the Yaegi interpreter. This package
 // and the packages it vendors import the standard library only, and avoid
@@ -41,6 +42,9 @@ type middleware struct {
 	creds  *credentials
 	notify *notifier
 	log    *logger
+	// charges is the response path of limits that count responses
+	// (charge.go), nil when none does.
+	charges *charging
 }
 
 // New builds the middleware from its configuration.
@@ -73,6 +77,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if err := m.compileLimits(config); err != nil {
 		return nil, err
 	}
+	m.charges = newCharging(m.limits)
 	limits := make([]*policy.Limit, len(m.limits))
 	for i, l := range m.limits {
 		limits[i] = l.Limit
@@ -120,15 +125,21 @@ func (m *middleware) compileLimits(c *Config) error {
 // few plain functions, and what is rare (exemptions, tiers, a denial) is
 // in functions of its own.
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r = serve(m, w, r); r != nil {
+	if m.charges != nil {
+		serveCharging(m, w, r)
+		return
+	}
+	// The decision is made here and handed down, so that it stays on the
+	// stack (serveCharging keeps its own for the response).
+	if r = serve(m, w, r, policy.NewDecision(m.pol)); r != nil {
 		m.next.ServeHTTP(w, r)
 	}
 }
 
-// serve decides the request: it returns the request to pass on (with the
-// state later middlewares share), or nil when it answered.
-func serve(m *middleware, w http.ResponseWriter, r *http.Request) *http.Request {
-	d := policy.NewDecision(m.pol)
+// serve decides the request in d (a new decision): it returns the request
+// to pass on (with the state later middlewares share), or nil when it
+// answered.
+func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
 	if !readKeys(m, r, d) {
 		return r
 	}

@@ -19,6 +19,9 @@ type compiledLimit struct {
 	*policy.Limit
 	keys    []source
 	tierSrc *source
+	// responses are the responses a limit that counts responses counts
+	// (nil: all).
+	responses *policy.ResponseRule
 }
 
 // compileLimit checks a limit and prepares it. Its counters are named as
@@ -45,7 +48,13 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		return nil, err
 	}
 	spec := &policy.Spec{Name: name, Keys: len(keys), Numbers: numbers, Tiered: l.Tier != "", DefaultTier: l.DefaultTier,
-		Cost: l.Cost, Exempt: l.Exempt, Status: l.Status, Body: l.Body, DryRun: l.DryRun}
+		Cost: l.Cost, Exempt: l.Exempt, Status: l.Status, Body: l.Body, DryRun: l.DryRun,
+		CostHeader: l.CostHeader, KeepCostHeader: l.KeepCostHeader}
+	responses, err := compileResponses(l.CountResponses)
+	if err != nil {
+		return nil, fmt.Errorf("countResponses: %w", err)
+	}
+	spec.Charged = responses != nil
 	if len(l.Tiers) > 0 {
 		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
 		for tier, n := range l.Tiers {
@@ -60,7 +69,7 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 			spec.Tiers[tier] = t
 		}
 	}
-	cl := &compiledLimit{}
+	cl := &compiledLimit{responses: responses}
 	if cl.Limit, err = policy.Compile(spec, scope); err != nil {
 		return nil, err
 	}
@@ -115,11 +124,13 @@ const (
 	srcBearer
 	srcCredential
 	srcConst
+	srcBasicUser
 )
 
 // parseSource reads a source: header:<Name>, query:<name>, cookie:<name>,
-// ip, remote, bearer, credential, const:<text>. A tier source is a header
-// or credential: a privilege comes from authenticated input only.
+// ip, remote, bearer, credential, basic-user, const:<text>. A tier source
+// is a header or credential: a privilege comes from authenticated input
+// only.
 func parseSource(s string, tier bool) (source, error) {
 	s = strings.TrimSpace(s)
 	kind, arg, hasArg := strings.Cut(s, ":")
@@ -142,8 +153,10 @@ func parseSource(s string, tier bool) (source, error) {
 		src = source{kind: srcBearer}
 	case "credential":
 		src = source{kind: srcCredential}
+	case "basic-user":
+		src = source{kind: srcBasicUser}
 	default:
-		return source{}, fmt.Errorf("unknown source %q: want header:<Name>, query:<name>, cookie:<name>, ip, remote, bearer, credential or const:<text>", s)
+		return source{}, fmt.Errorf("unknown source %q: want header:<Name>, query:<name>, cookie:<name>, ip, remote, bearer, credential, basic-user or const:<text>", s)
 	}
 	needsArg := src.kind == srcHeader || src.kind == srcQuery || src.kind == srcCookie || src.kind == srcConst
 	if needsArg && strings.TrimSpace(arg) == "" {
@@ -203,6 +216,10 @@ func otherValue(s *source, r *http.Request, ips *ipStrategy, cred *Client) strin
 		return cred.ID
 	case srcConst:
 		return s.name
+	case srcBasicUser:
+		// The user Basic credentials claim, before anyone checks the
+		// password: as the Caddy module's {edge_limit.basic_user}.
+		return httpval.BasicUser(r.Header)
 	}
 	return ""
 }

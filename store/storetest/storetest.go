@@ -48,9 +48,24 @@ type Take struct {
 	DryRun bool
 	// Counter names the counter; by default each limit has its own.
 	Counter string
+	// Mode is the request's: take (default), check or charge.
+	Mode store.Mode
 }
 
 func tk(limit int, key string, cost int64) Take { return Take{Limit: limit, Key: key, Cost: cost} }
+
+func chk(limit int, key string, cost int64) Take {
+	return Take{Limit: limit, Key: key, Cost: cost, Mode: store.ModeCheck}
+}
+
+func chg(limit int, key string, cost int64) Take {
+	return Take{Limit: limit, Key: key, Cost: cost, Mode: store.ModeCharge}
+}
+
+// step is one request of takes at at, answered as want.
+func step(at time.Duration, t Take, w Want) Step {
+	return Step{At: at, Takes: []Take{t}, Want: []Want{w}}
+}
 
 func dry(limit int, key string, cost int64) Take {
 	return Take{Limit: limit, Key: key, Cost: cost, DryRun: true}
@@ -261,6 +276,74 @@ func Cases() []Case {
 			},
 		},
 		{
+			Name:   "check and charge: a fixed window counts what responses cost, overdrawn until it ends",
+			Limits: []limiter.Limit{{Algorithm: limiter.FixedWindow, Quota: 5, Window: time.Minute}},
+			Steps: []Step{
+				step(10*time.Second, chk(0, "a", 1), ok(5)),
+				step(10*time.Second, chk(0, "a", 1), ok(5)),
+				step(11*time.Second, chg(0, "a", 2), ok(3)),
+				step(12*time.Second, chk(0, "a", 3), ok(3)),
+				step(12*time.Second, chk(0, "a", 4), no(3, 48*time.Second, true)),
+				step(13*time.Second, chk(0, "a", 1), ok(3)),
+				step(14*time.Second, chg(0, "a", 9), ok(0)),
+				step(15*time.Second, chk(0, "a", 1), no(0, 45*time.Second, true)),
+				step(16*time.Second, chk(0, "a", 1), no(0, 44*time.Second, false)),
+				// A charge that lands while the client is denied keeps the run
+				// of denials one.
+				step(17*time.Second, chg(0, "a", 1), ok(0)),
+				step(18*time.Second, chk(0, "a", 1), no(0, 42*time.Second, false)),
+				step(time.Minute, chk(0, "a", 1), ok(5)),
+			},
+		},
+		{
+			Name: "check and charge: buckets and windows overdrawn until enough is back",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.TokenBucket, Quota: 5, Rate: 5, Window: time.Minute},
+				{Algorithm: limiter.AnchoredWindow, Quota: 5, Window: time.Minute},
+				{Algorithm: limiter.SlidingWindow, Quota: 5, Window: time.Minute},
+				{Algorithm: limiter.GCRA, Quota: 2, Rate: 1, Window: time.Second},
+			},
+			Steps: []Step{
+				// 8 units of 12s: a backlog of 96s where the bucket holds 60.
+				step(0, chg(0, "a", 8), ok(0)),
+				step(0, chk(0, "a", 1), no(0, 48*time.Second, true)),
+				step(47*time.Second, chk(0, "a", 1), no(0, time.Second, false)),
+				step(48*time.Second, chk(0, "a", 1), ok(1)),
+				step(48*time.Second, chg(0, "a", 1), ok(0)),
+				step(48*time.Second, chk(0, "a", 1), no(0, 12*time.Second, true)),
+				// The anchored window starts at the first charge.
+				step(10*time.Second, chk(1, "a", 1), ok(5)),
+				step(20*time.Second, chg(1, "a", 7), ok(0)),
+				step(79*time.Second, chk(1, "a", 1), no(0, time.Second, true)),
+				step(80*time.Second, chk(1, "a", 1), ok(5)),
+				// 12 in the window that ends at 60s weigh on the next: 12*(60-e)/60
+				// + 1 <= 5 from e = 40s.
+				step(30*time.Second, chg(2, "a", 12), ok(0)),
+				step(99*time.Second, chk(2, "a", 1), no(0, time.Second, true)),
+				step(100*time.Second, chk(2, "a", 1), ok(1)),
+				// GCRA: a charge past the burst.
+				step(0, chg(3, "b", 5), ok(0)),
+				step(0, chk(3, "b", 1), no(0, 4*time.Second, true)),
+				step(4*time.Second, chk(3, "b", 1), ok(1)),
+			},
+		},
+		{
+			Name: "check and charge: all or nothing with takes",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.FixedWindow, Quota: 2, Window: time.Minute},
+				{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute},
+			},
+			Steps: []Step{
+				{At: 0, Takes: []Take{chk(0, "a", 1), tk(1, "a", 1)}, Want: []Want{ok(2), ok(2)}},
+				step(0, chg(0, "a", 2), ok(0)),
+				// The check denies: the take counts nothing.
+				{At: 0, Takes: []Take{chk(0, "a", 1), tk(1, "a", 1)}, Want: []Want{no(0, time.Minute, true), ok(2)}},
+				step(0, tk(1, "a", 2), ok(0)),
+				// The take denies: the check said what remained, once.
+				{At: 0, Takes: []Take{chk(0, "b", 1), tk(1, "a", 1)}, Want: []Want{ok(2), no(0, time.Minute, true)}},
+			},
+		},
+		{
 			Name:   "hostile keys: a megabyte of key, binary bytes",
 			Limits: []limiter.Limit{fixed},
 			Steps: []Step{
@@ -305,6 +388,7 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) store.Store
 						Limit:   c.Limits[tk.Limit],
 						Cost:    tk.Cost,
 						DryRun:  tk.DryRun,
+						Mode:    tk.Mode,
 					}
 				}
 				clk.Set(Base.Add(step.At))
@@ -410,6 +494,74 @@ func Exact(t *testing.T, stores []store.Store, workers, perWorker int) {
 			}
 			if both.Load()+left != tight.Quota {
 				t.Fatalf("both admitted %d and the tight limit has %d left: a denied request was counted, or a counted one lost", both.Load(), left)
+			}
+		})
+	}
+}
+
+// ExactCharges has many goroutines, spread over several stores (several
+// instances on one backend), check and charge one key, each charge of its
+// own size, for every algorithm: every charge counts in full, overdraws
+// included (what remains is exactly the quota less every charge, or
+// nothing), and once the charges overdraw it every check denies.
+func ExactCharges(t *testing.T, stores []store.Store, workers, perWorker int) {
+	now := Base.Add(90 * time.Second)
+	cases := []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 100000, Window: time.Hour},
+		{Algorithm: limiter.AnchoredWindow, Quota: 100000, Window: time.Hour},
+		{Algorithm: limiter.SlidingWindow, Quota: 100000, Window: time.Hour},
+		{Algorithm: limiter.TokenBucket, Quota: 100000, Rate: 1, Window: time.Hour},
+		{Algorithm: limiter.GCRA, Quota: 100000, Rate: 1, Window: time.Hour},
+	}
+	prefix := Prefix(t)
+	ctx := context.Background()
+	for _, l := range cases {
+		t.Run(l.Algorithm.String(), func(t *testing.T) {
+			req := store.Request{Counter: prefix + "charged:" + l.Algorithm.String(), Key: "k", Limit: l, Cost: 1}
+			var charged, failed atomic.Int64
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Add(1)
+				go func(s store.Store) {
+					defer wg.Done()
+					res := make([]limiter.Result, 1)
+					for i := range perWorker {
+						check := []store.Request{req}
+						check[0].Mode = store.ModeCheck
+						if err := s.Take(ctx, now, check, res); err != nil {
+							failed.Add(1)
+							continue
+						}
+						charge := []store.Request{req}
+						charge[0].Mode = store.ModeCharge
+						charge[0].Cost = int64(1 + (w*perWorker+i)%37)
+						if err := s.Take(ctx, now, charge, res); err != nil || !res[0].Allowed {
+							failed.Add(1)
+							continue
+						}
+						charged.Add(charge[0].Cost)
+					}
+				}(stores[w%len(stores)])
+			}
+			wg.Wait()
+			if failed.Load() != 0 {
+				t.Fatalf("%d takes failed", failed.Load())
+			}
+			check := []store.Request{req}
+			check[0].Mode = store.ModeCheck
+			res := make([]limiter.Result, 1)
+			if err := stores[0].Take(ctx, now, check, res); err != nil {
+				t.Fatal(err)
+			}
+			left := l.Quota - charged.Load()
+			if left < 1 {
+				if res[0].Allowed || res[0].Remaining != 0 {
+					t.Fatalf("charged %d of %d: a check %+v, want a denial", charged.Load(), l.Quota, res[0])
+				}
+				return
+			}
+			if !res[0].Allowed || res[0].Remaining != left {
+				t.Fatalf("charged %d of %d: a check %+v, want %d left", charged.Load(), l.Quota, res[0], left)
 			}
 		})
 	}

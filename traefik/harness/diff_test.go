@@ -2,11 +2,14 @@ package harness
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +39,11 @@ type diffRow struct {
 	caddy   string // the edge_limit directive's body
 	traefik string // the plugin's configuration
 	steps   []diffStep
+	// echo: the upstream answers with the status of the request's
+	// X-Status, and the response headers X-Usage-Tokens and X-Login of
+	// its X-Usage and X-Login (none without them): the responses that
+	// limits counting responses count.
+	echo bool
 }
 
 type diffStep struct {
@@ -158,11 +166,113 @@ var diffRows = []diffRow{
 		steps:   repeat(2, 0, "a\"<b>"),
 	},
 	{
+		// Failed logins per claimed user (else per key): checked before,
+		// charged by the 401s, not by the 200s; then denied until the
+		// window ends.
+		name:    "count responses: failed logins",
+		caddy:   "limit logins {\n\tkey {edge_limit.basic_user} {header.X-Api-Key}\n\trate 3/1m\n\twindow anchored\n\tcount_responses status 401 403\n\tscope global\n}",
+		traefik: "limits:\n  logins: {key: [basic-user, \"header:X-Api-Key\"], algorithm: anchored_window, limit: 3, window: 1m, countResponses: {status: [401, 403]}}",
+		echo:    true,
+		steps: seq(
+			repeat(2, 5*time.Second, "a", "Authorization", basic("alice", "right")),
+			repeat(2, time.Second, "a", "Authorization", basic("alice", "wrong"), "X-Status", "401"),
+			repeat(1, time.Second, "b", "Authorization", "bAsIc "+basic("alice", "other")[6:], "X-Status", "403"),
+			repeat(2, time.Second, "a", "Authorization", basic("alice", "right")),
+			repeat(1, 0, "a", "Authorization", basic("bob", "right"), "X-Status", "500"),
+			repeat(2, 0, "a", "X-Status", "401"),
+			repeat(1, 0, "a"),
+			repeat(1, 53*time.Second, "a", "Authorization", basic("alice", "right"))),
+	},
+	{
+		// A status class, a header condition, and a plain limit beside
+		// (all or nothing: a denial by either consumes nothing).
+		name: "count responses: a class and a header, with a plain limit",
+		caddy: "limit fails {\n\tkey {header.X-Api-Key}\n\ttoken_bucket 2 1/10s\n\tcount_responses {\n\t\tstatus 4xx\n\t\theader X-Login fail*\n\t}\n\tscope global\n}\n" +
+			"limit plain {\n\tkey {header.X-Api-Key}\n\trate 6/1m\n\tscope global\n}\nheaders both",
+		traefik: "limits:\n  fails: {key: [header:X-Api-Key], algorithm: token_bucket, limit: 2, refill: 1, window: 10s, countResponses: {status: [4xx], headers: {X-Login: fail*}}}\n" +
+			"  plain: {key: [header:X-Api-Key], limit: 6, window: 1m}\nheaders: both",
+		echo: true,
+		steps: seq(
+			repeat(1, 0, "a", "X-Status", "401", "X-Login", "ok"),
+			repeat(1, 0, "a", "X-Status", "200", "X-Login", "failed"),
+			repeat(2, 0, "a", "X-Status", "404", "X-Login", "failed"),
+			repeat(2, 0, "a"),
+			repeat(1, 10*time.Second, "a", "X-Status", "409", "X-Login", "failure"),
+			repeat(2, 5*time.Second, "a")),
+	},
+	{
+		// What the upstream reports: admitted while a unit remains, the
+		// answer charged in full (overdrawn), headers after the charge,
+		// the header removed; bad values as the docs say.
+		name:    "cost header: a bucket overdrawn",
+		caddy:   "limit tokens {\n\tkey {header.X-Api-Key}\n\ttoken_bucket 100 50/1m\n\tcost header X-Usage-Tokens\n\tscope global\n}",
+		traefik: "limits:\n  tokens: {key: [header:X-Api-Key], algorithm: token_bucket, limit: 100, refill: 50, window: 1m, costHeader: X-Usage-Tokens}",
+		echo:    true,
+		steps: seq(
+			repeat(1, 0, "a", "X-Usage", "40"),
+			repeat(1, 0, "a", "X-Usage", " 59 "),
+			repeat(1, 0, "a"),
+			repeat(1, 0, "a", "X-Usage", "0"),
+			repeat(1, 0, "a", "X-Usage", "30"),
+			repeat(2, 0, "a", "X-Usage", "1"),
+			repeat(1, 30*time.Second, "a", "X-Usage", "x1"),
+			repeat(1, 0, "a", "X-Usage", "-3"),
+			repeat(1, 12*time.Second, "a", "X-Usage", "2.5"),
+			repeat(1, 0, "b", "X-Usage", "99999999999999999999"),
+			repeat(1, time.Hour, "b", "X-Usage", "1"),
+			repeat(1, 0, "a", "X-Usage", "500", "X-Status", "503")),
+	},
+	{
+		name: "cost header: a daily quota, kept, counting 2xx only, IETF fields",
+		caddy: "limit burst {\n\tkey {header.X-Api-Key}\n\trate 100/1m\n\tscope global\n}\n" +
+			"quota q {\n\tkey {header.X-Api-Key}\n\tlimit 1000 per day\n\tcost header X-Usage-Tokens keep\n\tcount_responses status 2xx\n}\nheaders both time",
+		traefik: "limits:\n  q: {key: [header:X-Api-Key], limit: 1000, calendar: {period: day}, costHeader: X-Usage-Tokens, keepCostHeader: true, countResponses: {status: [2xx]}}\n" +
+			"  burst: {key: [header:X-Api-Key], limit: 100, window: 1m}\nheaders: both\ntimeHeader: true",
+		echo: true,
+		steps: seq(
+			repeat(1, 0, "a", "X-Usage", "950"),
+			repeat(1, 0, "a", "X-Usage", "900", "X-Status", "500"),
+			repeat(1, 0, "a", "X-Usage", "49"),
+			repeat(1, 0, "a", "X-Usage", "400"),
+			repeat(2, 0, "a", "X-Usage", "1"),
+			repeat(1, 24*time.Hour, "a", "X-Usage", "7")),
+	},
+	{
 		name:    "dry run and a limit's own status",
 		caddy:   "limit soft {\n\tkey {header.X-Api-Key}\n\trate 1/1m\n\tdry_run\n\tscope global\n}\nlimit hard {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tstatus 503\n\tscope global\n}",
 		traefik: "limits:\n  soft: {key: [header:X-Api-Key], limit: 1, window: 1m, dryRun: true}\n  hard: {key: [header:X-Api-Key], limit: 3, window: 1m, status: 503}",
 		steps:   repeat(4, 0, "a"),
 	},
+}
+
+// caddyEcho is echoUpstream in Caddy's directives.
+const caddyEcho = `@usage header X-Usage *
+		header @usage X-Usage-Tokens {header.X-Usage}
+		@login header X-Login *
+		header @login X-Login {header.X-Login}
+		@status header X-Status *
+		respond @status "ok" {header.X-Status}
+		respond "ok"`
+
+// echoUpstream answers as caddyEcho does.
+type echoUpstream struct{}
+
+func (echoUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	for from, to := range map[string]string{"X-Usage": "X-Usage-Tokens", "X-Login": "X-Login"} {
+		if v, ok := r.Header[from]; ok {
+			w.Header()[to] = v
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if st, err := strconv.Atoi(r.Header.Get("X-Status")); err == nil {
+		w.WriteHeader(st)
+	}
+	_, _ = io.WriteString(w, "ok")
+}
+
+// basic is Basic credentials.
+func basic(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
 }
 
 // diffReply is what the edges must agree on.
@@ -173,7 +283,7 @@ type diffReply struct {
 }
 
 var diffHeaders = []string{"X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "X-Ratelimit-Time",
-	"Ratelimit", "Ratelimit-Policy", "Retry-After", "Content-Type"}
+	"Ratelimit", "Ratelimit-Policy", "Retry-After", "Content-Type", "X-Usage-Tokens", "X-Login"}
 
 func diffOf(status int, h http.Header, body string) diffReply {
 	r := diffReply{Status: status, Headers: map[string]string{}, Body: body}
@@ -223,10 +333,14 @@ func diffRun(t *testing.T, p *plugin, r *redisServer, n int, row diffRow) {
 	}
 	clk := clock.NewFake(base)
 	restore := clock.Install(clk)
-	site := e2e.Start(t, "%ADDR% {\n\troute {\n\t\tedge_limit {\n"+indent(caddyConf, "\t\t\t")+"\n\t\t}\n\t\trespond \"ok\"\n\t}\n}")
+	answer, next := "respond \"ok\"", http.Handler(&upstream{})
+	if row.echo {
+		answer, next = caddyEcho, echoUpstream{}
+	}
+	site := e2e.Start(t, "%ADDR% {\n\troute {\n\t\tedge_limit {\n"+indent(caddyConf, "\t\t\t")+"\n\t\t}\n\t\t"+answer+"\n\t}\n}")
 	restore()
-	compiled := compiledPlugin(t, plugin("compiled"), clk.Now)
-	yaegi := p.middleware(t, plugin("yaegi"), clk.Now, &upstream{})
+	compiled := compiledPlugin(t, plugin("compiled"), clk.Now, next)
+	yaegi := p.middleware(t, plugin("yaegi"), clk.Now, next)
 
 	for i, s := range row.steps {
 		clk.Add(s.after)
@@ -265,8 +379,8 @@ func diffRun(t *testing.T, p *plugin, r *redisServer, n int, row diffRow) {
 }
 
 // compiledPlugin is the plugin as Go compiles it, its configuration decoded
-// as Traefik decodes it.
-func compiledPlugin(t *testing.T, conf string, now func() time.Time) http.Handler {
+// as Traefik decodes it, in front of next.
+func compiledPlugin(t *testing.T, conf string, now func() time.Time, next http.Handler) http.Handler {
 	t.Helper()
 	var m map[string]interface{}
 	if err := yamlUnmarshal(conf, &m); err != nil {
@@ -283,7 +397,7 @@ func compiledPlugin(t *testing.T, conf string, now func() time.Time) http.Handle
 		t.Fatal(err)
 	}
 	cfg.Now = now
-	h, err := edgelimit.New(context.Background(), &upstream{}, cfg, t.Name())
+	h, err := edgelimit.New(context.Background(), next, cfg, t.Name())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,9 @@ type Policy struct {
 	// RawKeys shows keys as they are, else hashed (with KeyMAC when set).
 	RawKeys bool
 	KeyMAC  []byte
+	// Charges tells whether some limit counts what responses say
+	// (charge.go).
+	Charges bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -109,7 +112,12 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		reqs := make([]store.Request, len(l.Counters))
 		for part, counter := range l.Counters {
 			reqs[part] = store.Request{Counter: counter, Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun}
+			if l.Charged {
+				reqs[part].Mode = store.ModeCheck
+				reqs[part].Cost = CheckCost(l)
+			}
 		}
+		p.Charges = p.Charges || l.Charged
 		p.requests = append(p.requests, reqs)
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil
@@ -144,6 +152,15 @@ type Decision struct {
 	counted []store.Request
 	// Buf is scratch for the headers and the body.
 	Buf []byte
+
+	// Charges, ChargeRes and charged are a served request's charges
+	// (charge.go); ietfAt and ietfLen where the RateLimit field holds this
+	// decision's items.
+	Charges   []store.Request
+	ChargeRes []limiter.Result
+	charged   []int
+	ietfAt    int
+	ietfLen   int
 }
 
 // The request path is functions, not methods: under Yaegi a method call
@@ -305,7 +322,9 @@ func reportFirst(d *Decision, i, j int) bool {
 
 // Counted returns the requests that were counted: all of them, less those
 // that denied (dry-run ones, when the request passed: they counted
-// nothing). Judge has counted the denials.
+// nothing). Checks among them counted nothing either: Refund gives them
+// nothing back (they are not taken out here, which the usual request, with
+// no check, would pay for). Judge has counted the denials.
 func Counted(d *Decision) []store.Request {
 	if d.Denied == 0 {
 		return d.Reqs
@@ -352,6 +371,9 @@ type Ledger struct {
 	// one.
 	Report    limiter.Result
 	HasReport bool
+	// Denied is set by Refund: a handler denied the request, and its
+	// response (the denial) is charged to no limit that counts responses.
+	Denied bool
 }
 
 // Entry is what one handler counted, and where.
@@ -373,12 +395,34 @@ func Record(l *Ledger, s store.Store, d *Decision, report int) {
 // Refund gives back what the handlers recorded (a later one denies the
 // request), and forgets it; it returns the stores' errors, joined.
 func (l *Ledger) Refund(ctx context.Context, now time.Time) error {
+	l.Denied = true
 	var errs []error
 	for _, e := range l.Entries {
-		if err := e.Store.Refund(ctx, now, e.Reqs); err != nil {
+		if err := e.Store.Refund(ctx, now, withoutChecks(e.Reqs)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	l.Entries = l.Entries[:0]
 	return errors.Join(errs...)
+}
+
+// withoutChecks returns reqs less its checks, which counted nothing and
+// have nothing to give back (reqs itself when it has none).
+func withoutChecks(reqs []store.Request) []store.Request {
+	n := 0
+	for i := range reqs {
+		if reqs[i].Mode != store.ModeCheck {
+			n++
+		}
+	}
+	if n == len(reqs) {
+		return reqs
+	}
+	out := make([]store.Request, 0, n)
+	for i := range reqs {
+		if reqs[i].Mode != store.ModeCheck {
+			out = append(out, reqs[i])
+		}
+	}
+	return out
 }

@@ -86,6 +86,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 	}
 	hdr["Ratelimit-Policy"] = []string{string(b)}
 	b = appendPrior(b[:0], hdr, "Ratelimit")
+	d.ietfAt = len(b)
 	for i := range d.Res {
 		if i > 0 {
 			b = append(b, ", "...)
@@ -97,6 +98,7 @@ func writeIETF(hdr http.Header, d *Decision) {
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)
 	}
+	d.ietfLen = len(b) - d.ietfAt
 	hdr["Ratelimit"] = []string{string(b)}
 	d.Buf = b[:0]
 }

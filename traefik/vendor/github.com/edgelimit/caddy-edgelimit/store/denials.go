@@ -92,7 +92,8 @@ func (d *Denials) Check(now time.Time, reqs []Request, results []limiter.Result)
 		ents[i], oks[i] = sh.m[h]
 		sh.mu.Unlock()
 		e := &ents[i]
-		if oks[i] && !reqs[i].DryRun && e.until > t && sameLimit(&e.limit, &reqs[i].Limit) && reqs[i].Cost >= e.cost {
+		// A charge is never denied: the units were spent.
+		if oks[i] && !reqs[i].DryRun && reqs[i].Mode != ModeCharge && e.until > t && sameLimit(&e.limit, &reqs[i].Limit) && reqs[i].Cost >= e.cost {
 			denied = true
 		}
 	}
@@ -113,7 +114,7 @@ func (d *Denials) Check(now time.Time, reqs []Request, results []limiter.Result)
 		if r.Reset -= elapsed; r.Reset < 0 {
 			r.Reset = 0
 		}
-		if e.until > t && !reqs[i].DryRun && reqs[i].Cost >= e.cost {
+		if e.until > t && !reqs[i].DryRun && reqs[i].Mode != ModeCharge && reqs[i].Cost >= e.cost {
 			r.Allowed = false
 			r.RetryAfter = time.Duration(e.until-t) * time.Microsecond
 		} else if !r.Allowed {

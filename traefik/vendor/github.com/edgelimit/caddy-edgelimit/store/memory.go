@@ -151,6 +151,10 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	// every value of its function, run or not.
 	t := now.UnixMicro()
 	r := &reqs[0]
+	if r.Mode != ModeTake {
+		m.takeMany(reqs, results, t)
+		return nil
+	}
 	h := hashPair(maphash.String(m.seed, r.Counter), maphash.String(m.seed, r.Key))
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
@@ -214,19 +218,35 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			}
 		}
 		next = append(next, st)
-		limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
+		if r.Mode == ModeTake {
+			limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
+		} else {
+			decideMode(r, &next[i], &results[i], t)
+		}
 	}
 	pass := AllOrNothing(reqs, results)
 	for i := range reqs {
 		// A denial keeps its mark (for FirstDenial), even when nothing is
-		// counted.
-		if pass || !results[i].Allowed {
+		// counted. A state that never expires is a key never seen that a
+		// check left as it was: a key only checked is never stored.
+		if (pass || !results[i].Allowed) && next[i].Expires != 0 {
 			m.put(hs[i], &next[i], t)
 		}
 	}
 	for _, s := range locks {
 		m.shards[s].mu.Unlock()
 	}
+}
+
+// decideMode decides a check or a charge on *st. Every decision leaves a
+// state that expires (Expires is set), but a check that passes, which
+// leaves the state as it was: a fresh one for a key never seen.
+func decideMode(r *Request, st *limiter.State, res *limiter.Result, t int64) {
+	if r.Mode == ModeCharge {
+		limiter.Charge(&r.Limit, st, res, t, r.Cost)
+		return
+	}
+	limiter.Check(&r.Limit, st, res, t, r.Cost)
 }
 
 // Refund implements Store.

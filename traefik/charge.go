@@ -1,0 +1,218 @@
+package edgelimit
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/policy"
+	"github.com/edgelimit/caddy-edgelimit/store"
+)
+
+// The response path of limits that count responses (countResponses,
+// costHeader; the model is package policy's charge.go), as the Caddy
+// module's: the request was checked with the others; its response is
+// charged once it is known, at WriteHeader, at the first Write or Flush,
+// or when the next handler returns having written nothing (200).
+
+// compileResponses reads a countResponses rule; nil for none.
+func compileResponses(c *ResponseRule) (*policy.ResponseRule, error) {
+	if c == nil {
+		return nil, nil
+	}
+	rule := &policy.ResponseRule{}
+	for _, s := range c.Status {
+		n, err := policy.ParseStatus(s)
+		if err != nil {
+			return nil, err
+		}
+		rule.Statuses = append(rule.Statuses, n)
+	}
+	for name, pattern := range c.Headers {
+		absent := strings.HasPrefix(name, "!")
+		name = textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(name, "!"))
+		if rule.Headers == nil {
+			rule.Headers = map[string][]string{}
+		}
+		switch {
+		case absent && pattern != "":
+			return nil, errors.New("headers: !" + name + " wants the header absent, and takes no value")
+		case absent:
+			rule.Headers[name] = nil
+		default:
+			rule.Headers[name] = []string{pattern}
+		}
+	}
+	if err := policy.CheckRule(rule); err != nil {
+		return nil, err
+	}
+	return rule, nil
+}
+
+// charging is what a middleware with limits that count responses keeps
+// for its response path.
+type charging struct {
+	// strip are the cost headers no client sees: removed from every
+	// response of the middleware, charged or not.
+	strip []string
+}
+
+// newCharging returns the response path of a middleware's limits, nil
+// when none counts responses.
+func newCharging(limits []*compiledLimit) *charging {
+	var c *charging
+	for _, cl := range limits {
+		if !cl.Charged {
+			continue
+		}
+		if c == nil {
+			c = &charging{}
+		}
+		if cl.CostHeader != "" && !cl.KeepCostHeader {
+			c.strip = append(c.strip, cl.CostHeader)
+		}
+	}
+	return c
+}
+
+// chargeWriter sees the response of a request to a middleware whose limits
+// count responses: it charges them when the response is known (given the
+// request's decision), and removes the cost headers.
+type chargeWriter struct {
+	http.ResponseWriter
+	m    *middleware
+	r    *http.Request
+	st   *requestState
+	d    *policy.Decision // nil: nothing to charge
+	done bool
+	// stream: the response has no Content-Length; each write is flushed
+	// (see Write).
+	stream bool
+}
+
+// serveCharging serves a request with the response writer of the charges.
+func serveCharging(m *middleware, w http.ResponseWriter, r *http.Request) {
+	cw := &chargeWriter{ResponseWriter: w, m: m}
+	d := policy.NewDecision(m.pol)
+	r = serve(m, cw, r, d)
+	if r == nil {
+		return // denied here
+	}
+	cw.r = r
+	if policy.Checked(d) {
+		// serve records every decision it passes in the request's state.
+		st, _ := r.Context().Value(stateKey{}).(*requestState)
+		cw.st = st
+		cw.d = d
+	}
+	m.next.ServeHTTP(cw, r)
+	if !cw.done {
+		respond(cw, http.StatusOK)
+	}
+}
+
+// WriteHeader charges a final response (not 1xx, but 101).
+func (cw *chargeWriter) WriteHeader(code int) {
+	if !cw.done && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		respond(cw, code)
+	}
+	cw.ResponseWriter.WriteHeader(code)
+}
+
+// Write charges a response written without WriteHeader (200). A response
+// of unknown length (a stream) is flushed after each write, as Go's
+// reverse proxy flushes it: under Yaegi, the handler after this one sees
+// this writer as a bare http.ResponseWriter, without its Flush
+// (traefik/traefik#10269), and could not flush a stream itself.
+func (cw *chargeWriter) Write(b []byte) (int, error) {
+	if !cw.done {
+		respond(cw, http.StatusOK)
+	}
+	n, err := cw.ResponseWriter.Write(b)
+	if cw.stream {
+		if f, ok := cw.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	return n, err
+}
+
+// Flush charges a response flushed before it is written (200), and
+// flushes.
+func (cw *chargeWriter) Flush() {
+	if !cw.done {
+		respond(cw, http.StatusOK)
+	}
+	if f, ok := cw.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap gives http.ResponseController the writer underneath.
+func (cw *chargeWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter }
+
+// respond charges the response of code, once: its headers are final.
+func respond(cw *chargeWriter, code int) {
+	cw.done = true
+	hdr := cw.ResponseWriter.Header()
+	cw.stream = len(hdr["Content-Length"]) == 0
+	if cw.d != nil {
+		charge(cw.m, cw.st, cw.d, code, hdr)
+	}
+	for _, name := range cw.m.charges.strip {
+		delete(hdr, name)
+	}
+}
+
+// charge counts the response of code with headers hdr to the limits of d
+// that count responses and match it, and writes the rate-limit headers
+// again with what remains. A response that an edgelimit middleware after
+// this one denied is charged nothing: the request was denied.
+func charge(m *middleware, st *requestState, d *policy.Decision, code int, hdr http.Header) {
+	if st.ledger.Denied {
+		return
+	}
+	policy.ResetCharges(d)
+	for i := range d.Reqs {
+		if d.Reqs[i].Mode != store.ModeCheck {
+			continue
+		}
+		cl := m.limits[d.Meta[i].Index]
+		if cl.responses != nil && !policy.MatchResponse(cl.responses, code, hdr) {
+			continue
+		}
+		cost, found := policy.ResponseCost(cl.Limit, hdr)
+		if found != policy.CostOK && found != policy.CostMissing {
+			m.log.warnf("%s (limit %s, header %s, value %q)", policy.CostProblem(found), cl.Name, cl.CostHeader, shortValue(hdr.Get(cl.CostHeader)))
+		}
+		if cost > 0 {
+			policy.AddCharge(d, i, cost)
+		}
+	}
+	if len(d.Charges) == 0 {
+		return
+	}
+	now := time.Now()
+	if m.now != nil {
+		now = m.now()
+	}
+	// The client may be gone: what its request cost is charged all the
+	// same (an attacker who hangs up does not get a free guess).
+	if err := store.Take(m.store, context.Background(), now, d.Charges, d.ChargeRes); err != nil {
+		m.log.warnf("rate-limit storage failed: a response's cost was not charged: %v", err)
+		return
+	}
+	report := policy.Charged(d)
+	policy.RewriteHeaders(m.pol, hdr, d, report, &st.ledger)
+}
+
+// shortValue cuts a header value for a log line.
+func shortValue(v string) string {
+	if len(v) > 64 {
+		return v[:64]
+	}
+	return v
+}
