@@ -61,7 +61,8 @@ type Server interface {
 	// GiveBack gives back what an earlier decision of reqs counted.
 	GiveBack(ctx context.Context, now time.Time, reqs []Request) error
 	// Failed reports that the server failed: warn is set at most once per
-	// WarnInterval, for a log line.
+	// WarnInterval, for a log line. IsOOM(err) is a server that answers but
+	// is full (FullWarning), not down.
 	Failed(err error, warn bool)
 	// Answered reports that the server answers again after a failure that
 	// was warned about.
@@ -122,6 +123,7 @@ type Remote struct {
 
 	localDenials int64
 	onErrors     [3]int64
+	fullWarn     Throttle
 }
 
 // NewRemote returns the policy of a store on a server.
@@ -184,6 +186,23 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 			// have decided before the reset it announces.
 			p.Denials.Record(gen, now, reqs, results)
 		}
+	case err == ErrFull:
+		// Redis answered, from the counts it holds, but could not count:
+		// a client it holds as exhausted is denied as exactly as ever
+		// (a flood of made-up keys that fills Redis does not free it);
+		// the others are decided by OnError.
+		p.up(srv)
+		p.full(err, srv)
+		if !Passes(reqs, results, nil) {
+			if gen != 0 {
+				p.Denials.Record(gen, now, reqs, results)
+			}
+			return nil
+		}
+		return p.Fallback(ctx, now, reqs, results, err)
+	case IsOOM(err):
+		// A write refused elsewhere (an undo): Redis is not down.
+		p.full(err, srv)
 	case ctx.Err() != nil || errors.Is(err, ErrBusy):
 		// The caller gave up (the client went away), or the store is
 		// busy: the server is not to blame.
@@ -216,6 +235,11 @@ func (p *Remote) Refund(ctx context.Context, now time.Time, reqs []Request, srv 
 		return nil
 	case ctx.Err() != nil:
 		return err
+	case IsOOM(err):
+		// Redis is full and refuses even the writes that would shrink a
+		// count: what was counted stays counted (the safe side).
+		p.full(err, srv)
+		return fmt.Errorf("rate-limit storage full, nothing given back: %w", err)
 	}
 	p.Down(err, srv)
 	return p.refundFallback(ctx, now, reqs, err)
@@ -247,6 +271,13 @@ func (p *Remote) Down(err error, srv Server) {
 		p.probes.Add(1)
 		go p.recover(srv)
 	}
+}
+
+// full reports a server that answers but refuses writes (OOM): counted
+// as its failure, warned about at most once per WarnInterval, but not
+// down: the next request asks it again, and its answers still deny.
+func (p *Remote) full(err error, srv Server) {
+	srv.Failed(err, p.fullWarn.Allow(time.Now(), WarnInterval))
 }
 
 // failure is a failure of the server as the requests decided without it
