@@ -38,7 +38,9 @@ func TestRedisKeyFloodThroughCaddy(t *testing.T) {
 		expect(t, s.get("/", "X-Key", "victim"), 200)
 	}
 	expect(t, s.get("/", "X-Key", "victim"), 429, "Retry-After", "3600")
-	oom := func() float64 { return scrape(t)[`caddy_edge_limit_redis_errors_total{kind="oom"}`] - before[`caddy_edge_limit_redis_errors_total{kind="oom"}`] }
+	oom := func() float64 {
+		return scrape(t)[`caddy_edge_limit_redis_errors_total{kind="oom"}`] - before[`caddy_edge_limit_redis_errors_total{kind="oom"}`]
+	}
 	sent := 0
 	for ; sent < 50000 && (sent%500 != 0 || oom() == 0); sent++ {
 		s.get("/", "X-Key", fmt.Sprint("made-up-", sent))

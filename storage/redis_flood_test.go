@@ -198,7 +198,7 @@ func TestRedisKeyFloodEviction(t *testing.T) {
 			if err := a.Ping(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if observed.FilterMessageSnippet("maxmemory-policy " + policy).Len() != 1 {
+			if observed.FilterMessageSnippet("maxmemory-policy "+policy).Len() != 1 {
 				t.Fatalf("no eviction warning: %v", observed.All())
 			}
 			b := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix, NoLocalDenials: true})
