@@ -124,6 +124,12 @@ type Remote struct {
 	localDenials int64
 	onErrors     [3]int64
 	fullWarn     Throttle
+	carrying     int32 // 1 while a goroutine charges Carry back
+
+	// Carry, under OnError Local, is what the local store counted, charged
+	// to the server when it answers again: before a probe puts it back in
+	// use, or after a decision it counted (a server that was full).
+	Carry *Carry
 }
 
 // NewRemote returns the policy of a store on a server.
@@ -134,6 +140,7 @@ func NewRemote(onError OnError, retry time.Duration, denials bool, maxDenials in
 	p := &Remote{OnError: onError, Retry: retry, epoch: time.Now(), stop: make(chan struct{})}
 	if onError == Local {
 		p.Local = NewMemory(MemoryOptions{})
+		p.Carry = NewCarry()
 	}
 	if denials {
 		p.Denials = NewDenials(maxDenials)
@@ -185,6 +192,9 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 			// Not when an invalidation came meanwhile: the server may
 			// have decided before the reset it announces.
 			p.Denials.Record(gen, now, reqs, results)
+		}
+		if p.Carry != nil && p.Carry.Len() > 0 {
+			p.carryBack(srv)
 		}
 	case err == ErrFull:
 		// Redis answered, from the counts it holds, but could not count:
@@ -247,6 +257,7 @@ func (p *Remote) Refund(ctx context.Context, now time.Time, reqs []Request, srv 
 
 func (p *Remote) refundFallback(ctx context.Context, now time.Time, reqs []Request, cause error) error {
 	if p.OnError == Local {
+		p.Carry.Remove(now, reqs)
 		return p.Local.Refund(ctx, now, reqs)
 	}
 	if cause == nil {
@@ -330,7 +341,41 @@ func (p *Remote) probe(srv Server) {
 			p.failed(err, srv)
 			continue
 		}
+		// What was counted here meanwhile goes to the server before it
+		// decides again (a server too full to count it gets it later).
+		if p.Carry != nil && p.Carry.Len() > 0 {
+			if err := p.Carry.chargeBack(srv); err != nil && !IsOOM(err) {
+				p.failed(err, srv)
+				continue
+			}
+		}
 		p.up(srv)
+	}
+}
+
+// carryBack charges Carry to the server in a goroutine of its own, one at
+// a time: the server counted a decision, and what was counted here while
+// it could not (it was full) is still to be charged.
+func (p *Remote) carryBack(srv Server) {
+	if !atomic.CompareAndSwapInt32(&p.carrying, 0, 1) {
+		return
+	}
+	p.stopMu.Lock()
+	defer p.stopMu.Unlock()
+	if p.stopped {
+		atomic.StoreInt32(&p.carrying, 0)
+		return
+	}
+	p.probes.Add(1)
+	go p.charge(srv)
+}
+
+func (p *Remote) charge(srv Server) {
+	defer p.probes.Done()
+	err := p.Carry.chargeBack(srv)
+	atomic.StoreInt32(&p.carrying, 0)
+	if err != nil && !IsOOM(err) {
+		p.Down(err, srv)
 	}
 }
 
@@ -384,7 +429,11 @@ func (p *Remote) Fallback(ctx context.Context, now time.Time, reqs []Request, re
 	atomic.AddInt64(&p.onErrors[p.OnError], 1)
 	switch p.OnError {
 	case Local:
-		return p.Local.Take(ctx, now, reqs, results)
+		err := p.Local.Take(ctx, now, reqs, results)
+		if err == nil && Passes(reqs, results, nil) {
+			p.Carry.Add(now, reqs, results)
+		}
+		return err
 	case Deny:
 		if cause != nil {
 			return denyError(cause)
