@@ -2,8 +2,11 @@ package edgelimit
 
 import (
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 )
 
@@ -64,5 +67,73 @@ func TestRedisKeyFloodThroughCaddy(t *testing.T) {
 	allow := `caddy_edge_limit_on_error_total{action="allow"}`
 	if got := m[allow] - before[allow]; got < 5 {
 		t.Errorf("%s: %v more, want at least 5", allow, got)
+	}
+}
+
+// TestRedisOutageTwoCaddyInstances: issue 21's soak, in small. Two Caddy
+// instances on one Redis with on_error local; a client used 3 of its 5 in
+// Redis, then Redis goes down and the client drives both instances until
+// each denies it (5 from each, on their own). Before, once Redis answered
+// again it still held 3, and the client got 2 more there. Now each
+// instance charges Redis what it counted before Redis decides again: 13 of
+// 5, denied at both. Redis keeps its data over the outage (append-only
+// file), as a paused or partitioned Redis would.
+func TestRedisOutageTwoCaddyInstances(t *testing.T) {
+	bin := e2e.CaddyBinary(t)
+	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	caddyfile := `{
+	admin 127.0.0.1:%ADMIN%
+	edge_limit {
+		storage redis {
+			url ` + srv.URL + `
+			on_error local
+			local_denials off
+			timeout 2s
+		}
+	}
+}
+http://127.0.0.1:%PORT% {
+	handle /health {
+		respond "up"
+	}
+	edge_limit {
+		limit hard {
+			key everyone
+			rate 5/1h
+			window anchored
+		}
+	}
+	respond "ok"
+}
+`
+	a := e2e.Run(t, bin, caddyfile)
+	b := e2e.Run(t, bin, caddyfile)
+	for i := range 3 {
+		if code := []*e2e.Process{a, b}[i%2].Get(t, "/"); code != 200 {
+			t.Fatalf("before the outage, request %d: %d", i, code)
+		}
+	}
+	srv.Stop()
+	for _, p := range []*e2e.Process{a, b} {
+		for i, want := range []int{200, 200, 200, 200, 200, 429} {
+			if code := p.Get(t, "/"); code != want {
+				t.Fatalf("during the outage, request %d: %d, want %d\n%s", i, code, want, p.Output())
+			}
+		}
+	}
+	srv.Restart(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for _, p := range []*e2e.Process{a, b} {
+		for !strings.Contains(p.Output(), "redis rate-limit storage answers again") {
+			if time.Now().After(deadline) {
+				t.Fatalf("Redis answers, and an instance did not notice within 30s:\n%s", p.Output())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for i, p := range []*e2e.Process{a, b, a, b} {
+		if code := p.Get(t, "/"); code != 429 {
+			t.Fatalf("after the outage, request %d: %d, want 429 (Redis holds 3 + 5 + 5)", i, code)
+		}
 	}
 }
