@@ -151,11 +151,12 @@ type pipeWorker struct {
 	batch   []*pipeCall // the calls taken from the queue
 	live    []*pipeCall // those to send
 	scripts []batchScript
-	index   map[string]int // key -> index in the script being built
-	keys    []string       // the scripts' keys, one after the other
-	specs   []*specArg     // each script's spec
-	nspecs  int            // of specs, in use
-	args    []any          // the scripts' arguments, one after the other
+	index   map[string]int    // key -> index in the script being built
+	keys    []string          // the scripts' keys, one after the other
+	specs   []*specArg        // each script's spec
+	cmds    []redis.StringCmd // each script's command
+	nspecs  int               // of specs and cmds, in use
+	args    []any             // the scripts' arguments, one after the other
 	ctx     deadlineContext
 }
 
@@ -179,8 +180,16 @@ func (c *deadlineContext) Value(any) any               { return nil }
 // its command.
 type batchScript struct {
 	calls []*pipeCall
-	cmd   onceCmd
+	cmd   onceStringCmd
 }
+
+// onceStringCmd is a script whose reply is a string, which go-redis must
+// not send twice (see onceCmd). Its reply is read as a string, not as an
+// any holding one: an allocation less.
+type onceStringCmd struct{ *redis.StringCmd }
+
+// NoRetry implements redis.Cmder.
+func (onceStringCmd) NoRetry() bool { return true }
 
 // run sends one batch, within the earliest deadline of its callers, and
 // then hands each caller its reply. After a call's done signal its caller
@@ -263,7 +272,7 @@ func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
 // build writes the take script of calls (see luaTake): the batch's
 // distinct keys, the head, each decision's time and number of requests,
 // and its requests with their key indexes into the batch's keys.
-func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
+func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceStringCmd {
 	clear(w.index)
 	first := len(w.keys)
 	for _, c := range calls {
@@ -277,6 +286,7 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
 	keys := w.keys[first:]
 	if w.nspecs == len(w.specs) {
 		w.specs = append(w.specs, new(specArg))
+		w.cmds = append(w.cmds, redis.StringCmd{})
 	}
 	spec := w.specs[w.nspecs]
 	w.nspecs++
@@ -304,7 +314,12 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
 			w.args = append(w.args, &c.fields[i])
 		}
 	}
-	return onceCmd{redis.NewCmd(ctx, w.args[start:len(w.args):len(w.args)]...)}
+	// The command is the worker's too: a new one, written over the last
+	// batch's. (An earlier batch's script whose cmds grew since points
+	// into the array before; that is done with.)
+	cmd := &w.cmds[w.nspecs-1]
+	*cmd = *redis.NewStringCmd(ctx, w.args[start:len(w.args):len(w.args)]...)
+	return onceStringCmd{cmd}
 }
 
 // specArg is a script's spec, written as an argument by go-redis as an
@@ -317,10 +332,10 @@ func (s *specArg) MarshalBinary() ([]byte, error) { return s.b, nil }
 
 // evalCmd is the command of an EVALSHA's args with EVAL of the take
 // script's source instead.
-func evalCmd(ctx context.Context, args []any) onceCmd {
+func evalCmd(ctx context.Context, args []any) onceStringCmd {
 	args = append([]any(nil), args...)
 	args[0], args[1] = "eval", takeScript.src
-	return onceCmd{redis.NewCmd(ctx, args...)}
+	return onceStringCmd{redis.NewStringCmd(ctx, args...)}
 }
 
 // send runs the scripts, pipelined when there are several.
@@ -339,7 +354,7 @@ func (p *pipe) send(ctx context.Context, scripts []batchScript) {
 // split hands each call of a script its part of the reply: "R", the time
 // and 40 bytes per request, or "B" and the time.
 func split(s batchScript) {
-	reply, err := s.cmd.Text()
+	reply, err := s.cmd.Result()
 	for _, c := range s.calls {
 		if err != nil {
 			c.err = err
