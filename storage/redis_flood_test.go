@@ -86,9 +86,9 @@ func flood(t *testing.T, s store.Store, now time.Time, max int64, done func() bo
 // decision, made from what Redis holds, stands when it denies: the
 // exhausted client is denied exactly, at every instance, whatever
 // on_error says; a client Redis has no room for is decided by on_error
-// (allow: through uncounted; deny: 503; local: counted here). The error is
-// of kind "oom", Redis is not taken for down, and counts again as soon as
-// it has room.
+// (allow: through uncounted; deny: 503; local: counted here, and charged
+// to Redis once it has room). The error is of kind "oom", Redis is not
+// taken for down, and counts again as soon as it has room.
 func TestRedisKeyFloodNoEviction(t *testing.T) {
 	srv := redistest.Start(t, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
 	c := srv.Client(t)
@@ -116,8 +116,12 @@ func TestRedisKeyFloodNoEviction(t *testing.T) {
 	dbsize, _ := c.DBSize(ctx).Result()
 	t.Logf("Redis full after %d made-up keys (%d keys held)", sent, dbsize)
 
+	var local *storage.Redis
 	for _, onError := range []store.OnError{store.Allow, store.Deny, store.Local} {
 		s := open(onError)
+		if onError == store.Local {
+			local = s
+		}
 		// The exhausted clients, again and again: denied from Redis's
 		// counts, with their retry-after, not by on_error (a denial that
 		// changes nothing writes nothing; one that would, the first of
@@ -166,15 +170,30 @@ func TestRedisKeyFloodNoEviction(t *testing.T) {
 	if n, _ := c.Exists(ctx, clientKey(prefix, "fresh")).Result(); n != 0 {
 		t.Fatal("a fresh client was written to a full Redis")
 	}
-	// Room again: Redis counts.
+	// Room again: Redis counts; and once it has counted a decision of the
+	// on_error local store, that store charges it the 3 it counted for
+	// "fresh" while Redis was full.
 	if err := c.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	s := open(store.Deny)
 	for i := range 4 {
-		if err := s.Take(ctx, now, floodReq("fresh"), res); err != nil || res[0].Allowed != (i < 3) {
+		if err := s.Take(ctx, now, floodReq("later"), res); err != nil || res[0].Allowed != (i < 3) {
 			t.Fatalf("with room, take %d: %v %+v", i+1, err, res[0])
 		}
+	}
+	if err := local.Take(ctx, now, floodReq("another"), res); err != nil || !res[0].Allowed {
+		t.Fatalf("with room, the local store: %v %+v", err, res[0])
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for local.Stats().Carried != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("carried %d, want 3", local.Stats().Carried)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Take(ctx, now, floodReq("fresh"), res); err != nil || res[0].Allowed {
+		t.Fatalf("the client counted locally while Redis was full: %v %+v", err, res[0])
 	}
 }
 

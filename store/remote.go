@@ -125,6 +125,7 @@ type Remote struct {
 	onErrors     [3]int64
 	fullWarn     Throttle
 	carrying     int32 // 1 while a goroutine charges Carry back
+	carryAfter   int64 // p.mono() before which it does not try again
 
 	// Carry, under OnError Local, is what the local store counted, charged
 	// to the server when it answers again: before a probe puts it back in
@@ -357,7 +358,7 @@ func (p *Remote) probe(srv Server) {
 // a time: the server counted a decision, and what was counted here while
 // it could not (it was full) is still to be charged.
 func (p *Remote) carryBack(srv Server) {
-	if !atomic.CompareAndSwapInt32(&p.carrying, 0, 1) {
+	if p.mono() < atomic.LoadInt64(&p.carryAfter) || !atomic.CompareAndSwapInt32(&p.carrying, 0, 1) {
 		return
 	}
 	p.stopMu.Lock()
@@ -373,6 +374,10 @@ func (p *Remote) carryBack(srv Server) {
 func (p *Remote) charge(srv Server) {
 	defer p.probes.Done()
 	err := p.Carry.chargeBack(srv)
+	if err != nil {
+		// Still full (or failing): not again before a retry interval.
+		atomic.StoreInt64(&p.carryAfter, p.mono()+int64(p.Retry))
+	}
 	atomic.StoreInt32(&p.carrying, 0)
 	if err != nil && !IsOOM(err) {
 		p.Down(err, srv)
