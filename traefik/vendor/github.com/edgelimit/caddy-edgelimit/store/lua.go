@@ -404,7 +404,8 @@ end
 -- Redis at its maxmemory with noeviction refuses a script's first write
 -- (and only the first: then it lets the script finish): the first HSET is
 -- a pcall, and when Redis refuses it, the reply is "F" and the decisions,
--- made from what Redis holds but counted nowhere.
+-- made from what Redis holds but counted nowhere. (Redis 7 writes the
+-- error as "OOM command ...", Redis 6 with the script's line before it.)
 local wrote = false
 for k = 1, nk do
   if chg[k] then
@@ -429,7 +430,7 @@ for k = 1, nk do
     else
       local res = rpcall('HSET', K[k], unpack(w, 1, nw))
       if type(res) == 'table' and res.err then
-        if string.sub(res.err, 1, 4) == 'OOM ' then
+        if string.find(res.err, 'OOM command not allowed', 1, true) then
           return 'F' .. table.concat(out, '', 1, nout)
         end
         return res
