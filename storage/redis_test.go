@@ -375,7 +375,9 @@ func TestRedisOneScriptPerRequest(t *testing.T) {
 			}
 			for cmd := range after {
 				switch strings.TrimSuffix(cmd, ".usec") {
-				case "evalsha", "hmget", "hset", "pexpire", "info":
+				// The local denials' subscription is made in the
+				// background, maybe while this loop runs.
+				case "evalsha", "hmget", "hset", "pexpire", "info", "subscribe":
 				default:
 					if calls(cmd) != 0 {
 						t.Errorf("unexpected %s: %d calls", cmd, calls(cmd))
