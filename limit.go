@@ -99,6 +99,12 @@ type Limit struct {
 
 	// KeepCostHeader passes CostHeader on to the client.
 	KeepCostHeader bool `json:"keep_cost_header,omitempty"`
+
+	// Ban denies a client every request for this long once one of its
+	// requests was denied by this limit (a penalty box), or until its
+	// quota would be whole again if that is later: whole seconds, up to
+	// 24 days. Kept with the counter (in Redis, seen by every instance).
+	Ban caddy.Duration `json:"ban,omitempty"`
 }
 
 // Numbers are an algorithm and its figures.
@@ -197,6 +203,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		Status:      l.Status,
 		Body:        l.Body,
 		DryRun:      l.DryRun,
+		Ban:         time.Duration(l.Ban),
 	}
 	if err := compileResponses(l, spec, cl); err != nil {
 		return nil, err

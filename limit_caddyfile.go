@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
@@ -162,6 +163,15 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 			return true, err
 		}
 		l.DryRun = true
+	case "ban":
+		dur, err := args.Duration(d)
+		if err != nil {
+			return true, err
+		}
+		if err := checkBan(dur); err != nil {
+			return true, d.Err(err.Error())
+		}
+		l.Ban = caddy.Duration(dur)
 	default:
 		return false, nil
 	}
@@ -463,4 +473,13 @@ func rateArgHere(d *caddyfile.Dispenser) (int64, time.Duration, error) {
 		return 0, 0, d.Errf("rate %q: the duration must be positive", val)
 	}
 	return n, dur, nil
+}
+
+// checkBan checks a ban's length as the core does (limiter.Limit.Ban),
+// for an error on the ban's own line.
+func checkBan(ban time.Duration) error {
+	if ban <= 0 {
+		return fmt.Errorf("ban must be more than 0, got %s", ban)
+	}
+	return (&limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Second, Ban: ban}).Validate()
 }

@@ -83,6 +83,9 @@ type Limit struct {
 	// unless KeepCostHeader.
 	CostHeader     string `json:"costHeader,omitempty"`
 	KeepCostHeader bool   `json:"keepCostHeader,omitempty"`
+	// Ban denies a client every request for this long (10m, 1h: whole
+	// seconds, up to 24 days) once one was denied by this limit.
+	Ban string `json:"ban,omitempty"`
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }

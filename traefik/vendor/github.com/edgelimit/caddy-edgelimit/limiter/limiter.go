@@ -103,6 +103,10 @@ type Limit struct {
 	// Calendar, when set, gives FixedWindow its boundaries instead of
 	// Window and Offset (days in a time zone with daylight saving, months).
 	Calendar Calendar
+	// Ban, when set, denies a client every request for Ban once one was
+	// denied (ban.go): whole seconds, at most MaxBan. The stores decide a
+	// limit with a Ban with DecideBan.
+	Ban time.Duration
 }
 
 // Calendar computes the calendar window that holds a time.
@@ -133,6 +137,9 @@ func (l Limit) Validate() error {
 	}
 	if l.Quota > MaxQuota {
 		return fmt.Errorf("%s %d is larger than the maximum %d", what, l.Quota, int64(MaxQuota))
+	}
+	if l.Ban != 0 && (l.Ban < time.Second || l.Ban > MaxBan || l.Ban%time.Second != 0) {
+		return fmt.Errorf("ban must be whole seconds from 1s to 24 days (576h), got %s", l.Ban)
 	}
 	if l.Calendar != nil {
 		if l.Algorithm != FixedWindow {
@@ -231,6 +238,9 @@ type Result struct {
 	// FirstDenial is set on a denial that follows an allowed request or a
 	// window boundary: the moment to notify someone, once.
 	FirstDenial bool
+	// Banned says that the key is banned (Limit.Ban): this decision
+	// started the ban (with FirstDenial) or met it.
+	Banned bool
 	// Limit is the quota in effect.
 	Limit int64
 	// Remaining is the number of units left after this decision.

@@ -172,6 +172,9 @@ type Spec struct {
 	// unless KeepCostHeader.
 	CostHeader     string
 	KeepCostHeader bool
+	// Ban denies a client every request for Ban once one was denied
+	// (limiter.Limit.Ban), in every tier.
+	Ban time.Duration
 }
 
 // Limit is a limit compiled for the request path.
@@ -243,6 +246,11 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 	}
 	if err := l.compileNumbers(s); err != nil {
 		return nil, err
+	}
+	if s.Ban != 0 {
+		if err := l.setBan(s.Ban); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.checkCost(); err != nil {
 		return nil, err
@@ -321,6 +329,18 @@ func (l *Limit) compileNumbers(s *Spec) error {
 			return fmt.Errorf("tier %q uses %s but the limit uses %s: all tiers share one counter, so one algorithm",
 				t.Name, t.Limit.Algorithm, l.Base.Algorithm)
 		}
+	}
+	return nil
+}
+
+// setBan gives the limit's numbers, and its tiers', a ban.
+func (l *Limit) setBan(ban time.Duration) error {
+	l.Base.Ban = ban
+	if err := l.Base.Validate(); err != nil {
+		return err
+	}
+	for _, t := range l.Tiers {
+		t.Limit.Ban = ban
 	}
 	return nil
 }
