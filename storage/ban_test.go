@@ -14,10 +14,10 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/store/storetest"
 )
 
-// Limits with bans decide alike in Redis (the Lua of store/lua.go) and in
-// memory (limiter.DecideBan): random limits, bans, takes, checks, charges,
-// dry runs and refunds.
-func TestRedisBansMatchMemory(t *testing.T) {
+// Limits with bans and waits decide alike in Redis (the Lua of
+// store/lua.go) and in memory (limiter.DecideBan, takeShaped): random
+// limits, bans, waits, takes, checks, charges, dry runs and refunds.
+func TestRedisBansAndWaitsMatchMemory(t *testing.T) {
 	srv := redistest.Shared(t)
 	rng := rand.New(rand.NewPCG(5, 13))
 	for round := range 12 {
@@ -29,10 +29,13 @@ func TestRedisBansMatchMemory(t *testing.T) {
 			if i < 3 {
 				l.Ban = time.Duration(1+rng.IntN(40)) * time.Second
 			}
+			if (l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA) && rng.IntN(3) > 0 {
+				l.Wait = time.Duration(1+rng.IntN(8000)) * time.Millisecond
+			}
 			limits = append(limits, l)
 		}
 		now := storetest.Base.Add(time.Duration(rng.IntN(100000)) * time.Second)
-		banned := 0
+		banned, waited := 0, 0
 		for step := range 200 {
 			now = now.Add(time.Duration(rng.IntN(4)) * time.Second * time.Duration(rng.IntN(3)))
 			n := 1 + rng.IntN(3)
@@ -79,10 +82,16 @@ func TestRedisBansMatchMemory(t *testing.T) {
 				if want[j].Banned {
 					banned++
 				}
+				if want[j].Allowed && want[j].RetryAfter > 0 {
+					waited++
+				}
 			}
 		}
 		if banned == 0 {
 			t.Fatalf("round %d: no ban met", round)
+		}
+		if waited == 0 {
+			t.Logf("round %d: no wait", round)
 		}
 		mem.Close()
 	}

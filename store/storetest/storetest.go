@@ -393,6 +393,32 @@ func Cases() []Case {
 			},
 		},
 		{
+			Name: "wait: a bucket admits what would pass within the wait, each held until its turn",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.GCRA, Quota: 2, Rate: 10, Window: time.Second, Wait: 250 * time.Millisecond},
+				{Algorithm: limiter.TokenBucket, Quota: 1, Rate: 1, Window: time.Second, Wait: 2 * time.Second, Ban: time.Minute},
+			},
+			Steps: []Step{
+				step(0, tk(0, "a", 1), ok(1)),
+				step(0, tk(0, "a", 1), ok(0)),
+				// 100ms apart: a queue, never woken at once.
+				step(0, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 100 * time.Millisecond}),
+				step(0, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 200 * time.Millisecond}),
+				// Past the wait: denied, until it would pass waiting 250ms.
+				step(0, tk(0, "a", 1), no(0, 50*time.Millisecond, true)),
+				step(50*time.Millisecond, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 250 * time.Millisecond}),
+				// A refund (the client hung up while held) gives its place back.
+				{At: 50 * time.Millisecond, Takes: []Take{tk(0, "a", 1)}, Refund: true},
+				step(50*time.Millisecond, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 250 * time.Millisecond}),
+				step(time.Second, tk(0, "a", 1), ok(1)),
+				// A wait and a ban: past the wait, the ban.
+				step(0, tk(1, "a", 1), ok(0)),
+				step(0, tk(1, "a", 1), Want{Allowed: true, RetryAfter: time.Second}),
+				step(0, tk(1, "a", 1), Want{Allowed: true, RetryAfter: 2 * time.Second}),
+				step(0, tk(1, "a", 1), banned(time.Minute, true)),
+			},
+		},
+		{
 			Name:   "hostile keys: a megabyte of key, binary bytes",
 			Limits: []limiter.Limit{fixed},
 			Steps: []Step{
@@ -468,6 +494,10 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) store.Store
 func check(t *testing.T, step, j int, got limiter.Result, w Want) {
 	t.Helper()
 	bad := got.Allowed != w.Allowed || got.Remaining != w.Remaining || got.Banned != w.Banned
+	if w.Allowed && got.RetryAfter != w.RetryAfter {
+		// An allowed request's wait (limiter.Limit.Wait).
+		bad = true
+	}
 	if !w.Allowed && (got.RetryAfter != w.RetryAfter || got.FirstDenial != w.FirstDenial) {
 		bad = true
 	}

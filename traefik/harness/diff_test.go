@@ -265,6 +265,18 @@ var diffRows = []diffRow{
 			repeat(1, time.Hour, "a")),
 	},
 	{
+		// A bucket with a wait: a request that would wait longer is
+		// denied until it would be held no longer than the wait (no step
+		// here is held: the Caddy module holds on the fake clock).
+		name:    "wait: denied past the wait",
+		caddy:   "limit hooks {\n\tkey {header.X-Api-Key}\n\tgcra 1/10s\n\tburst 2\n\twait 1s\n\tscope global\n}\nheaders both",
+		traefik: "limits:\n  hooks: {key: [header:X-Api-Key], algorithm: gcra, limit: 2, refill: 1, window: 10s, wait: 1s}\nheaders: both",
+		steps: seq(
+			repeat(3, time.Second, "a"),
+			repeat(1, 5*time.Second, "a"),
+			repeat(1, 25*time.Second, "a")),
+	},
+	{
 		name:    "dry run and a limit's own status",
 		caddy:   "limit soft {\n\tkey {header.X-Api-Key}\n\trate 1/1m\n\tdry_run\n\tscope global\n}\nlimit hard {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tstatus 503\n\tscope global\n}",
 		traefik: "limits:\n  soft: {key: [header:X-Api-Key], limit: 1, window: 1m, dryRun: true}\n  hard: {key: [header:X-Api-Key], limit: 3, window: 1m, status: 503}",

@@ -107,6 +107,10 @@ type Limit struct {
 	// denied (ban.go): whole seconds, at most MaxBan. The stores decide a
 	// limit with a Ban with DecideBan.
 	Ban time.Duration
+	// Wait, for a TokenBucket or GCRA, admits a request that would pass
+	// within Wait, and tells the caller to hold it that long (wait.go):
+	// whole milliseconds, at most MaxWait.
+	Wait time.Duration
 }
 
 // Calendar computes the calendar window that holds a time.
@@ -140,6 +144,14 @@ func (l Limit) Validate() error {
 	}
 	if l.Ban != 0 && (l.Ban < time.Second || l.Ban > MaxBan || l.Ban%time.Second != 0) {
 		return fmt.Errorf("ban must be whole seconds from 1s to 24 days (576h), got %s", l.Ban)
+	}
+	if l.Wait != 0 {
+		if l.Algorithm != TokenBucket && l.Algorithm != GCRA {
+			return fmt.Errorf("wait needs token_bucket or gcra, not %s: a window has room again only when it ends, for every waiting request at once", l.Algorithm)
+		}
+		if l.Wait < time.Millisecond || l.Wait > MaxWait || l.Wait%time.Millisecond != 0 {
+			return fmt.Errorf("wait must be whole milliseconds from 1ms to %s, got %s", MaxWait, l.Wait)
+		}
 	}
 	if l.Calendar != nil {
 		if l.Algorithm != FixedWindow {
@@ -253,7 +265,9 @@ type Result struct {
 	// told this time (X-RateLimit-Reset); adding Reset to another reading
 	// of a clock would be late by the time between the two.
 	ResetAt int64
-	// RetryAfter is, on denial, the time until the same request could pass.
+	// RetryAfter is, on denial, the time until the same request could pass;
+	// on a request allowed by a limit with a Wait, the time to hold it
+	// before it goes on (0: at once).
 	RetryAfter time.Duration
 	// Window is the length of the current window (or PolicyWindow for
 	// buckets).
@@ -315,7 +329,11 @@ func decide(l *Limit, s *State, r *Result, now, cost int64) {
 	case SlidingWindow:
 		takeSliding(l, s, r, now, cost)
 	case TokenBucket, GCRA:
-		takeTAT(l, s, r, now, cost)
+		if l.Wait != 0 {
+			takeShaped(l, s, r, now, cost)
+		} else {
+			takeTAT(l, s, r, now, cost)
+		}
 	default:
 		takeFixed(l, s, r, now, cost)
 	}

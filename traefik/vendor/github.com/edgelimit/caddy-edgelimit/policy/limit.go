@@ -175,6 +175,11 @@ type Spec struct {
 	// Ban denies a client every request for Ban once one was denied
 	// (limiter.Limit.Ban), in every tier.
 	Ban time.Duration
+	// Wait holds a request over a bucket's limit that would pass within
+	// Wait until its turn (wait.go), at most WaitMax of a client's
+	// (default DefaultWaitMax).
+	Wait    time.Duration
+	WaitMax int
 }
 
 // Limit is a limit compiled for the request path.
@@ -198,6 +203,10 @@ type Limit struct {
 	Charged        bool
 	CostHeader     string
 	KeepCostHeader bool
+	// WaitMax is the requests of a client held at once (wait.go); waiting
+	// counts the requests held now.
+	WaitMax int
+	waiting int64
 }
 
 // Tier is one tier's numbers.
@@ -251,6 +260,9 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 		if err := l.setBan(s.Ban); err != nil {
 			return nil, err
 		}
+	}
+	if err := l.compileWait(s); err != nil {
+		return nil, err
 	}
 	if err := l.checkCost(); err != nil {
 		return nil, err

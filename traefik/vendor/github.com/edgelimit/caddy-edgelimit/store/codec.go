@@ -64,7 +64,8 @@ func AppendTakeHead(b []byte, flags, decisions int64) []byte {
 // the key at index key (1-based): code (key*256 + algorithm*2 + dry run;
 // AppendRequests adds the request's mode*16),
 // quota, cost, and the algorithm's two numbers (the code carries a ban's
-// seconds above its 32nd bit): (window, offset) for an
+// seconds above its 32nd bit, a bucket's rate a wait's milliseconds above
+// its 40th): (window, offset) for an
 // aligned or sliding window, (window, 0) for an anchored one, (window,
 // rate) for buckets, the (start, end) computed by the caller for a calendar
 // quota.
@@ -77,7 +78,8 @@ func AppendLimit(b []byte, key int, l *limiter.Limit, cost int64, dryRun bool, s
 		a = start
 		c = end
 	case l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA:
-		c = l.Rate
+		// A wait's milliseconds above the rate (at most 2^40).
+		c = l.Rate + int64(l.Wait/time.Millisecond)<<40
 	case l.Algorithm == limiter.AnchoredWindow:
 		c = 0
 	}
