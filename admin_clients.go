@@ -229,6 +229,10 @@ type PartState struct {
 	// RetryAfter is, when denying, the wait until such a request passes.
 	RetryAfter        string `json:"retry_after,omitempty"`
 	RetryAfterSeconds int64  `json:"retry_after_seconds,omitempty"`
+	// Banned tells that the client is banned (the limit's ban): denied
+	// until BannedUntil (RFC 3339), whatever its count; reset lifts it.
+	Banned      bool   `json:"banned,omitempty"`
+	BannedUntil string `json:"banned_until,omitempty"`
 	// Reset is when the quota is whole again (RFC 3339 and unix seconds,
 	// rounded up as X-RateLimit-Reset).
 	Reset     string `json:"reset"`
@@ -293,6 +297,10 @@ func (e *adminEntry) inspect(ctx context.Context, req *ClientRequest) (*InspectR
 		if !r.Allowed {
 			ps.RetryAfterSeconds = policy.RetryAfterSeconds(r.RetryAfter)
 			ps.RetryAfter = r.RetryAfter.Round(time.Millisecond).String()
+		}
+		if r.Banned {
+			ps.Banned = true
+			ps.BannedUntil = ps.Reset
 		}
 		out.Parts = append(out.Parts, ps)
 	}

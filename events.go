@@ -21,7 +21,8 @@ func init() {
 // EventExceeded is emitted on the first denial of a client in a window.
 // Its data: limit, key (as show_key says), tier, client_ip, host, path,
 // limit_value, retry_after (seconds), window_end (RFC 3339), reset (unix
-// seconds), dry_run (policy.EventData: the Traefik plugin's too).
+// seconds), dry_run, and for a limit with a ban, ban and banned_until
+// (policy.EventData: the Traefik plugin's too).
 const EventExceeded = policy.EventExceeded
 
 // emitter hands edge_limit events to Caddy's events app, off the request
@@ -164,14 +165,19 @@ var (
 func (h *Handler) notify(r *http.Request, d *policy.Decision, i int) {
 	data := h.pol.EventData(d, i, policy.Request{ClientIP: clientIP(r), Host: r.Host, Path: r.URL.Path})
 	if res := &d.Res[i]; !d.Reqs[i].DryRun {
-		h.logger.Info("rate limit exceeded",
+		fields := []zap.Field{
 			zap.String("limit", d.Meta[i].Limit.Name),
 			zap.String("key", data["key"].(string)),
 			zap.String("tier", d.Meta[i].Tier),
 			zap.String("client_ip", clientIP(r)),
 			zap.Int64("limit_value", res.Limit),
 			zap.Duration("retry_after", res.RetryAfter),
-			zap.Time("window_end", time.UnixMicro(res.ResetAt)))
+			zap.Time("window_end", time.UnixMicro(res.ResetAt)),
+		}
+		if res.Banned {
+			fields = append(fields, zap.Duration("ban", d.Reqs[i].Limit.Ban), zap.Time("banned_until", time.UnixMicro(res.ResetAt)))
+		}
+		h.logger.Info("rate limit exceeded", fields...)
 	}
 	h.events.exceeded(data)
 }

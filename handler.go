@@ -366,12 +366,22 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if h.clock != clock.Real {
 		start = time.Now()
 	}
+	if h.pol.Waits {
+		policy.HoldWaits(d)
+	}
 	err := h.store.Take(ctx, now, d.Reqs, d.Res)
 	h.timer.observe(start)
 	if err != nil {
+		if h.pol.Waits {
+			policy.ReleaseWaits(d)
+		}
 		return h.storageFailed(w, r, next, now, err)
 	}
 	denied, report := policy.Judge(d)
+	var wait time.Duration
+	if h.pol.Waits {
+		wait = policy.WaitFor(d, denied)
+	}
 	if d.FirstDenials {
 		policy.Quiet(h.pol, d, now)
 	}
@@ -381,6 +391,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if denied >= 0 {
 		h.refundEarlier(r, now)
 		return h.deny(w, r, d, denied)
+	}
+	if wait > 0 {
+		if err := h.hold(r, d, wait); err != nil {
+			return err
+		}
 	}
 	if h.record(vars, sc, ledger, report) {
 		defer delete(vars, ledgerVar)

@@ -99,6 +99,20 @@ type Limit struct {
 
 	// KeepCostHeader passes CostHeader on to the client.
 	KeepCostHeader bool `json:"keep_cost_header,omitempty"`
+
+	// Ban denies a client every request for this long once one of its
+	// requests was denied by this limit (a penalty box), or until its
+	// quota would be whole again if that is later: whole seconds, up to
+	// 24 days. Kept with the counter (in Redis, seen by every instance).
+	Ban caddy.Duration `json:"ban,omitempty"`
+
+	// Wait, for a token_bucket or gcra limit, holds a request that would
+	// pass within this long until its turn, instead of denying it (shaping:
+	// nginx's limit_req delay): whole milliseconds, up to 8s. WaitMax is
+	// the requests of one client held at once (default 8); a client's
+	// requests past it are denied.
+	Wait    caddy.Duration `json:"wait,omitempty"`
+	WaitMax int            `json:"wait_max,omitempty"`
 }
 
 // Numbers are an algorithm and its figures.
@@ -197,6 +211,9 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		Status:      l.Status,
 		Body:        l.Body,
 		DryRun:      l.DryRun,
+		Ban:         time.Duration(l.Ban),
+		Wait:        time.Duration(l.Wait),
+		WaitMax:     l.WaitMax,
 	}
 	if err := compileResponses(l, spec, cl); err != nil {
 		return nil, err

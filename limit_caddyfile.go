@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
+	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
@@ -162,6 +163,17 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 			return true, err
 		}
 		l.DryRun = true
+	case "ban":
+		dur, err := args.Duration(d)
+		if err != nil {
+			return true, err
+		}
+		if err := checkBan(dur); err != nil {
+			return true, d.Err(err.Error())
+		}
+		l.Ban = caddy.Duration(dur)
+	case "wait":
+		return true, parseWait(d, l)
 	default:
 		return false, nil
 	}
@@ -463,4 +475,49 @@ func rateArgHere(d *caddyfile.Dispenser) (int64, time.Duration, error) {
 		return 0, 0, d.Errf("rate %q: the duration must be positive", val)
 	}
 	return n, dur, nil
+}
+
+// checkBan checks a ban's length as the core does (limiter.Limit.Ban),
+// for an error on the ban's own line.
+func checkBan(ban time.Duration) error {
+	if ban <= 0 {
+		return fmt.Errorf("ban must be more than 0, got %s", ban)
+	}
+	return (&limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Second, Ban: ban}).Validate()
+}
+
+// parseWait reads `wait <duration> [max <n>]`.
+func parseWait(d *caddyfile.Dispenser, l *Limit) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil {
+		return d.Errf("bad duration %q: %v", d.Val(), err)
+	}
+	if dur <= 0 {
+		return d.Errf("wait must be more than 0, got %s", dur)
+	}
+	if dur%time.Millisecond != 0 || dur > limiter.MaxWait {
+		return d.Errf("wait must be whole milliseconds from 1ms to %s, got %s", limiter.MaxWait, dur)
+	}
+	l.Wait = caddy.Duration(dur)
+	if !d.NextArg() {
+		return nil
+	}
+	if d.Val() != "max" {
+		return d.Errf("wait: unexpected %q (want max <n>)", d.Val())
+	}
+	n, err := args.Int(d)
+	if err != nil {
+		return err
+	}
+	if n < 1 || n > policy.MaxWaiting {
+		return d.Errf("wait max must be from 1 to %d, got %d", policy.MaxWaiting, n)
+	}
+	l.WaitMax = int(n)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
 }

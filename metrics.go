@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -47,6 +48,10 @@ type metrics struct {
 	decisions       *prometheus.CounterVec
 	storageErrors   prometheus.Counter
 	storageDuration *prometheus.HistogramVec
+	// waits counts the requests held by limits with a wait, served or
+	// abandoned (the client left), and waitSeconds their waits.
+	waits       *prometheus.CounterVec
+	waitSeconds *prometheus.HistogramVec
 	// stores are the stores of this configuration, read when the registry
 	// is scraped: their counters cost the request path nothing more.
 	stores *storeSet
@@ -61,6 +66,8 @@ func newMetrics(ctx caddy.Context, logger *zap.Logger) *metrics {
 	m.decisions = register(reg, m.decisions, logger)
 	m.storageErrors = register(reg, m.storageErrors, logger)
 	m.storageDuration = register(reg, m.storageDuration, logger)
+	m.waits = register(reg, m.waits, logger)
+	m.waitSeconds = register(reg, m.waitSeconds, logger)
 	for _, c := range m.stores.collectors() {
 		register(reg, c, logger)
 	}
@@ -88,7 +95,38 @@ func buildMetrics() *metrics {
 			Help:      "Time the storage took to decide one request's limits, by backend (memory, redis, redis_cluster).",
 			Buckets:   storageBuckets,
 		}, []string{"backend"}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "caddy",
+			Subsystem: "edge_limit",
+			Name:      "waits_total",
+			Help:      "Requests a limit with a wait held until their turn, per limit: served, or abandoned (the client left while held).",
+		}, []string{"limit", "outcome"}),
+		waitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "caddy",
+			Subsystem: "edge_limit",
+			Name:      "wait_seconds",
+			Help:      "How long a limit with a wait held each request it held, per limit.",
+			Buckets:   []float64{1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 8},
+		}, []string{"limit"}),
 		stores: new(storeSet),
+	}
+}
+
+// waited counts the requests of d held by limits with a wait.
+func (m *metrics) waited(d *policy.Decision, served bool) {
+	if m == nil {
+		return
+	}
+	outcome := "served"
+	if !served {
+		outcome = "abandoned"
+	}
+	for i := range d.Reqs {
+		if d.Reqs[i].Limit.Wait != 0 {
+			name := d.Meta[i].Limit.Name
+			m.waits.WithLabelValues(name, outcome).Inc()
+			m.waitSeconds.WithLabelValues(name).Observe(d.Res[i].RetryAfter.Seconds())
+		}
 	}
 }
 

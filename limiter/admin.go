@@ -10,11 +10,17 @@ package limiter
 // Allowed and RetryAfter are what Take would answer for such a request;
 // Remaining, Reset and ResetAt describe the state as it is (what is left
 // before the request, and when the quota is whole again). FirstDenial is
-// never set. A key with nothing counted reports the whole quota; an
+// never set. A banned key (Limit.Ban) reports its ban (Banned, denying
+// until its end: Reset and RetryAfter). A key with nothing counted reports the whole quota; an
 // anchored window that is not running reports Reset 0 (no window runs).
 func (l *Limit) Peek(s State, now, cost int64) Result {
 	if cost < 1 {
 		cost = 1
+	}
+	if l.Ban != 0 && isBanned(&s, now) {
+		var r Result
+		denyBanned(l, &s, &r, now)
+		return r
 	}
 	would := s
 	var r Result

@@ -297,8 +297,9 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceStringCmd
 		b = store.AppendInt(b, int64(len(c.fields)))
 		for r := 0; r+40 <= len(c.spec); r += 40 {
 			code := int64(binary.LittleEndian.Uint64(c.spec[r:]))
-			k := w.index[c.keys[code/256-1]]
-			b = store.AppendInt(b, int64(k)*256+code%256)
+			// The key index is in bits 8 to 31 (a ban's seconds above).
+			k := w.index[c.keys[code%(1<<32)/256-1]]
+			b = store.AppendInt(b, code>>32<<32+int64(k)*256+code%256)
 			b = append(b, c.spec[r+8:r+40]...)
 		}
 	}

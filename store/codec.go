@@ -63,7 +63,9 @@ func AppendTakeHead(b []byte, flags, decisions int64) []byte {
 // AppendLimit writes the five numbers the scripts read for one request on
 // the key at index key (1-based): code (key*256 + algorithm*2 + dry run;
 // AppendRequests adds the request's mode*16),
-// quota, cost, and the algorithm's two numbers: (window, offset) for an
+// quota, cost, and the algorithm's two numbers (the code carries a ban's
+// seconds above its 32nd bit, a bucket's rate a wait's milliseconds above
+// its 40th): (window, offset) for an
 // aligned or sliding window, (window, 0) for an anchored one, (window,
 // rate) for buckets, the (start, end) computed by the caller for a calendar
 // quota.
@@ -76,11 +78,14 @@ func AppendLimit(b []byte, key int, l *limiter.Limit, cost int64, dryRun bool, s
 		a = start
 		c = end
 	case l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA:
-		c = l.Rate
+		// A wait's milliseconds above the rate (at most 2^40).
+		c = l.Rate + int64(l.Wait/time.Millisecond)<<40
 	case l.Algorithm == limiter.AnchoredWindow:
 		c = 0
 	}
-	code := int64(key)*256 + alg*2
+	// A ban's length, in whole seconds, in bits 32 to 52 (a Lua double
+	// holds 53 bits exactly).
+	code := int64(l.Ban/time.Second)<<32 + int64(key)*256 + alg*2
 	if dryRun {
 		code++
 	}
@@ -146,8 +151,8 @@ func BoundsReply(reply string) (int64, bool) {
 func ReplyLen(n int) int { return 9 + 40*n }
 
 // ParseResults reads a take reply, "R", the time decided at and five
-// numbers per request (allowed, first denial, remaining, reset, retry
-// after), into the results of the requests at idx (all when idx is nil),
+// numbers per request (allowed, first denial (+2 when banned),
+// remaining, reset, retry after), into the results of the requests at idx (all when idx is nil),
 // and returns what follows them (the states, when asked for). bounds are
 // those AppendRequests passed.
 func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
@@ -167,9 +172,11 @@ func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 		o := 9 + 40*j
 		l := &reqs[i].Limit
 		reset := readInt(reply, o+24)
+		first := readInt(reply, o+8)
 		results[i] = limiter.Result{
 			Allowed:     readInt(reply, o) == 1,
-			FirstDenial: readInt(reply, o+8) == 1,
+			FirstDenial: first&1 == 1,
+			Banned:      first > 1,
 			Limit:       l.Quota,
 			Remaining:   readInt(reply, o+16),
 			Reset:       time.Duration(reset) * time.Microsecond,

@@ -168,7 +168,7 @@ func (d *Denials) Forget(reqs []Request) {
 // interface field is not something Yaegi is known to get right.
 func sameLimit(a, b *limiter.Limit) bool {
 	return a.Algorithm == b.Algorithm && a.Quota == b.Quota && a.Window == b.Window &&
-		a.Rate == b.Rate && a.Offset == b.Offset && a.Calendar == b.Calendar
+		a.Rate == b.Rate && a.Offset == b.Offset && a.Calendar == b.Calendar && a.Ban == b.Ban && a.Wait == b.Wait
 }
 
 // Generation is the count of invalidations so far: a decision records its

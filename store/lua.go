@@ -23,11 +23,13 @@ import (
 //
 // ARGV[1] holds 8-byte little-endian integers: a head (now, 0 for the
 // server's clock; flags), then five per request: code, quota, cost, a, b,
-// where code = key index * 256 + mode * 16 + algorithm * 2 + dry run (mode:
-// 0 take, 1 check, 2 charge, as store.Mode), and (a, b) is
+// where code = ban * 2^32 + key index * 256 + mode * 16 + algorithm * 2 +
+// dry run (mode: 0 take, 1 check, 2 charge, as store.Mode; ban: a ban's
+// length in whole seconds, limiter.Limit.Ban), and (a, b) is
 // (window, offset) for an aligned fixed window (algorithm 1) or a sliding
-// window (3), (window, 0) for an anchored window (2), (window, rate) for a
-// token bucket (4) or GCRA (5), and (start, end) of the calendar window Go
+// window (3), (window, 0) for an anchored window (2), (window, rate + wait *
+// 2^40) for a token bucket (4) or GCRA (5) (wait: limiter.Limit.Wait in
+// whole milliseconds), and (start, end) of the calendar window Go
 // computed for a calendar quota (6). ARGV[1 + i] is request i's field.
 const luaCommon = `
 local sunpack, spack, max, min, ceil, floor, fmod, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.fmod, math.huge
@@ -60,10 +62,13 @@ local function clock(now)
   return now
 end
 
--- spec reads request i's five numbers from ARGV[1], after head numbers.
+-- spec reads request i's five numbers from ARGV[1], after head numbers
+-- (the key index is below a ban's seconds, in bits 8 to 31 of the code).
 local function spec(i, head)
   local code, q, cost, a, b = sunpack('<i8i8i8i8i8', ARGV[1], 1 + 8 * head + 40 * (i - 1))
-  return floor(code / 256), floor(code % 16 / 2), code % 2, q, cost, a, b
+  local alg = floor(code % 16 / 2)
+  if alg == 4 or alg == 5 then b = b % 1099511627776 end
+  return floor(code % 4294967296 / 256), alg, code % 2, q, cost, a, b
 end
 
 -- bounds is limiter.Limit.Bounds: the calendar window Go computed, or the
@@ -214,6 +219,12 @@ for _ = 1, ndec do
     local dry = code % 2
     local k, alg, s = rk[r], (code % 16 - dry) / 2, slot[r]
     local mode = floor(code % 256 / 16)
+    local ban = floor(code / 4294967296) * 1000000
+    local wait = 0
+    if alg == 4 or alg == 5 then
+      wait = floor(b / 1099511627776) * 1000
+      b = b % 1099511627776
+    end
     ks[i], ss[i] = k, s
     if alg == 6 and (now < a or now >= b) then
       -- A calendar window Go computed for another time: this decision
@@ -245,7 +256,14 @@ for _ = 1, ndec do
     end
     local ok, first, rem, reset, retry
     local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
-    if mode == 2 then
+    -- limiter.DecideBan: a banned key (count -1, start 0, until its
+    -- expiry) is denied; a charge counts nothing and passes. first is 2
+    -- (+1 for a first denial) in a ban's results.
+    local banned = ban > 0 and c == -1 and st == 0
+    if banned then
+      ok, first, rem, reset, retry = 0, 2, 0, e - now, e - now
+      if mode == 2 then ok, retry = 1, 0 end
+    elseif mode == 2 then
       st, c, p, d, e, x, rem, reset = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
       ok, first, retry = 1, 0, 0
     elseif alg == 1 or alg == 6 then
@@ -278,16 +296,18 @@ for _ = 1, ndec do
       debt = d - debt
       if st == 0 or debt < 0 then debt = 0 end
       local nxt = debt + cost * interval
-      if nxt <= tau + 1e-3 then
+      -- takeShaped with a wait: allowed within it, retry the time to hold.
+      if nxt <= tau + wait + 1e-3 then
         st, d = now, nxt
         e = now + ceil(nxt)
         x = false
         ok, first, rem, reset, retry = 1, 0, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt), 0
+        if nxt > tau + 1e-3 then retry = ceil(nxt - tau) end
       else
         ok, first = 0, x and 0 or 1
         x = true
-        e = max(e, now + ceil(nxt - tau))
-        rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau)
+        e = max(e, now + ceil(nxt - tau - wait))
+        rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau - wait)
       end
     elseif alg == 2 then
       -- takeAnchored
@@ -350,6 +370,12 @@ for _ = 1, ndec do
       end
       -- slidingReset
       if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
+    end
+    if ban > 0 and ok == 0 and not banned then
+      -- A denial bans the key for ban, or until the quota is whole again.
+      local stop = now + max(ban, reset, retry)
+      st, c, p, d, e, x = 0, -1, 0, 0, stop, true
+      first, rem, reset, retry = first + 2, 0, stop - now, stop - now
     end
     local put = true
     if mode == 1 and ok == 1 then

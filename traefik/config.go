@@ -83,6 +83,14 @@ type Limit struct {
 	// unless KeepCostHeader.
 	CostHeader     string `json:"costHeader,omitempty"`
 	KeepCostHeader bool   `json:"keepCostHeader,omitempty"`
+	// Ban denies a client every request for this long (10m, 1h: whole
+	// seconds, up to 24 days) once one was denied by this limit.
+	Ban string `json:"ban,omitempty"`
+	// Wait (token_bucket, gcra): a request that would pass within this
+	// long (500ms; at most 8s) is held until its turn instead of denied;
+	// at most WaitMax (8) of a client's at once.
+	Wait    string `json:"wait,omitempty"`
+	WaitMax int    `json:"waitMax,omitempty"`
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }

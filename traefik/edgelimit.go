@@ -154,10 +154,17 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	if m.now != nil {
 		now = m.now()
 	}
+	if m.pol.Waits {
+		policy.HoldWaits(d)
+	}
 	if err := store.Take(m.store, r.Context(), now, d.Reqs, d.Res); err != nil {
+		policy.ReleaseWaits(d)
 		return m.storageFailed(w, r, st, now, err)
 	}
 	denied, report := policy.Judge(d)
+	if m.pol.Waits && !hold(m, r, d, denied) {
+		return nil
+	}
 	if d.FirstDenials {
 		policy.Quiet(m.pol, d, now)
 	}
@@ -281,4 +288,31 @@ func withState(st *requestState, r *http.Request) (*requestState, *http.Request)
 	}
 	st = &requestState{}
 	return st, r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+}
+
+// hold holds a request that a limit with a wait admitted for later until
+// its turn (policy.WaitFor), on a timer; it reports false when the client
+// left meanwhile, its units given back.
+func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
+	wait := policy.WaitFor(d, denied)
+	if wait <= 0 {
+		return true
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		policy.ReleaseWaits(d)
+		return true
+	case <-r.Context().Done():
+	}
+	policy.ReleaseWaits(d)
+	now := time.Now()
+	if m.now != nil {
+		now = m.now()
+	}
+	if err := m.store.Refund(context.Background(), now, policy.Taken(d)); err != nil {
+		m.log.warnf("giving back the counts of a request that left while held: %v", err)
+	}
+	return false
 }

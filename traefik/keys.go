@@ -55,6 +55,19 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		return nil, fmt.Errorf("countResponses: %w", err)
 	}
 	spec.Charged = responses != nil
+	if spec.Ban, err = parseDuration("ban", l.Ban); err != nil {
+		return nil, err
+	}
+	if l.Ban != "" && spec.Ban <= 0 {
+		return nil, fmt.Errorf("ban %q: must be more than 0", l.Ban)
+	}
+	if spec.Wait, err = parseDuration("wait", l.Wait); err != nil {
+		return nil, err
+	}
+	if l.Wait != "" && spec.Wait <= 0 {
+		return nil, fmt.Errorf("wait %q: must be more than 0", l.Wait)
+	}
+	spec.WaitMax = l.WaitMax
 	if len(l.Tiers) > 0 {
 		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
 		for tier, n := range l.Tiers {

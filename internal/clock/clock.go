@@ -11,6 +11,7 @@
 package clock
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -60,8 +61,9 @@ func Install(f *Fake) (restore func()) {
 
 // Fake is a settable clock for tests.
 type Fake struct {
-	mu sync.Mutex
-	t  time.Time
+	mu       sync.Mutex
+	t        time.Time
+	sleepers []*sleeper
 }
 
 // NewFake returns a fake clock at t.
@@ -78,6 +80,7 @@ func (f *Fake) Now() time.Time {
 func (f *Fake) Add(d time.Duration) {
 	f.mu.Lock()
 	f.t = f.t.Add(d)
+	f.wake()
 	f.mu.Unlock()
 }
 
@@ -85,6 +88,7 @@ func (f *Fake) Add(d time.Duration) {
 func (f *Fake) Set(t time.Time) {
 	f.mu.Lock()
 	f.t = t
+	f.wake()
 	f.mu.Unlock()
 }
 
@@ -129,4 +133,74 @@ func hourUp(t time.Time) time.Time {
 		return h.Add(time.Hour)
 	}
 	return t
+}
+
+// Sleep waits d on c, or until ctx is done (its error then). On a Fake it
+// returns once the fake time has moved d past the time it was called at
+// (Add, Set); Sleepers counts the sleeps under way.
+func Sleep(ctx context.Context, c Clock, d time.Duration) error {
+	if f, ok := c.(*Fake); ok {
+		return f.sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// sleeper is a Sleep on a Fake: done is closed when the fake time
+// reaches until.
+type sleeper struct {
+	until time.Time
+	done  chan struct{}
+}
+
+func (f *Fake) sleep(ctx context.Context, d time.Duration) error {
+	f.mu.Lock()
+	s := &sleeper{until: f.t.Add(d), done: make(chan struct{})}
+	if !f.t.Before(s.until) {
+		f.mu.Unlock()
+		return nil
+	}
+	f.sleepers = append(f.sleepers, s)
+	f.mu.Unlock()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		f.mu.Lock()
+		for i, o := range f.sleepers {
+			if o == s {
+				f.sleepers = append(f.sleepers[:i], f.sleepers[i+1:]...)
+				break
+			}
+		}
+		f.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// wake ends the sleeps that are over; f.mu is held.
+func (f *Fake) wake() {
+	kept := f.sleepers[:0]
+	for _, s := range f.sleepers {
+		if f.t.Before(s.until) {
+			kept = append(kept, s)
+		} else {
+			close(s.done)
+		}
+	}
+	f.sleepers = kept
+}
+
+// Sleepers is the number of Sleeps on f under way: a test waits for the
+// requests it holds to be held before it moves the time.
+func (f *Fake) Sleepers() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.sleepers)
 }

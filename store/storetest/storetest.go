@@ -78,6 +78,8 @@ type Want struct {
 	Remaining   int64
 	RetryAfter  time.Duration
 	FirstDenial bool
+	// Banned is checked always: only a limit with a ban says so.
+	Banned bool
 }
 
 // Step is one request at At after Base; with Refund, it gives back what
@@ -104,6 +106,11 @@ func ok(rem int64) Want { return Want{Allowed: true, Remaining: rem} }
 
 func no(rem int64, retry time.Duration, first bool) Want {
 	return Want{Remaining: rem, RetryAfter: retry, FirstDenial: first}
+}
+
+// banned is a denial by a ban that ends in retry.
+func banned(retry time.Duration, first bool) Want {
+	return Want{RetryAfter: retry, FirstDenial: first, Banned: true}
 }
 
 // Cases returns the conformance table.
@@ -344,6 +351,74 @@ func Cases() []Case {
 			},
 		},
 		{
+			Name: "ban: a denial bans the key, longer than the window; checks, charges, all or nothing",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Minute, Ban: 10 * time.Minute},
+				{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Minute},
+				{Algorithm: limiter.TokenBucket, Quota: 2, Rate: 1, Window: 10 * time.Second, Ban: time.Second},
+				{Algorithm: limiter.SlidingWindow, Quota: 2, Window: time.Minute, Ban: 5 * time.Second},
+			},
+			Steps: []Step{
+				step(0, tk(0, "a", 3), ok(0)),
+				step(10*time.Second, tk(0, "a", 1), banned(10*time.Minute, true)),
+				// The next window would have room: the ban holds.
+				step(5*time.Minute, tk(0, "a", 1), banned(5*time.Minute+10*time.Second, false)),
+				step(5*time.Minute, chk(0, "a", 1), banned(5*time.Minute+10*time.Second, false)),
+				// A charge counts nothing during a ban, and passes.
+				step(5*time.Minute, chg(0, "a", 5), Want{Allowed: true, Banned: true}),
+				step(10*time.Minute+9*time.Second, tk(0, "a", 1), banned(time.Second, false)),
+				// Over: the key starts afresh.
+				step(10*time.Minute+10*time.Second, tk(0, "a", 1), ok(2)),
+				step(10*time.Second, tk(0, "b", 1), ok(2)),
+				// Another limit denies: the ban's limit counts nothing and
+				// bans nobody.
+				{At: 11 * time.Minute, Takes: []Take{tk(0, "c", 1), tk(1, "c", 1)}, Want: []Want{ok(2), ok(0)}},
+				{At: 11 * time.Minute, Takes: []Take{tk(0, "c", 1), tk(1, "c", 1)}, Want: []Want{ok(2), no(0, time.Minute, true)}},
+				// The ban's limit denies: the other counts nothing.
+				step(11*time.Minute, tk(0, "c", 2), ok(0)),
+				{At: 11 * time.Minute, Takes: []Take{tk(0, "c", 1), tk(1, "d", 1)}, Want: []Want{banned(10*time.Minute, true), ok(1)}},
+				// A check that denies bans as a take does.
+				step(0, chg(0, "e", 4), ok(0)),
+				step(0, chk(0, "e", 1), banned(10*time.Minute, true)),
+				// A ban shorter than the bucket's refill lasts until it is
+				// full: a ban never forgives.
+				step(0, tk(2, "a", 2), ok(0)),
+				step(0, tk(2, "a", 1), banned(20*time.Second, true)),
+				step(19*time.Second, tk(2, "a", 1), banned(time.Second, false)),
+				step(20*time.Second, tk(2, "a", 1), ok(1)),
+				// Sliding: the estimate falls to zero two windows on.
+				step(0, tk(3, "a", 2), ok(0)),
+				step(30*time.Second, tk(3, "a", 1), banned(90*time.Second, true)),
+				step(2*time.Minute, tk(3, "a", 1), ok(1)),
+			},
+		},
+		{
+			Name: "wait: a bucket admits what would pass within the wait, each held until its turn",
+			Limits: []limiter.Limit{
+				{Algorithm: limiter.GCRA, Quota: 2, Rate: 10, Window: time.Second, Wait: 250 * time.Millisecond},
+				{Algorithm: limiter.TokenBucket, Quota: 1, Rate: 1, Window: time.Second, Wait: 2 * time.Second, Ban: time.Minute},
+			},
+			Steps: []Step{
+				step(0, tk(0, "a", 1), ok(1)),
+				step(0, tk(0, "a", 1), ok(0)),
+				// 100ms apart: a queue, never woken at once.
+				step(0, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 100 * time.Millisecond}),
+				step(0, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 200 * time.Millisecond}),
+				// Past the wait: denied, until it would pass waiting 250ms.
+				step(0, tk(0, "a", 1), no(0, 50*time.Millisecond, true)),
+				step(50*time.Millisecond, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 250 * time.Millisecond}),
+				// A refund (the client hung up while held) gives its place back.
+				{At: 50 * time.Millisecond, Takes: []Take{tk(0, "a", 1)}, Refund: true},
+				step(50*time.Millisecond, tk(0, "a", 1), Want{Allowed: true, RetryAfter: 250 * time.Millisecond}),
+				step(time.Second, tk(0, "a", 1), ok(1)),
+				// A wait and a ban: past the wait, the ban.
+				step(0, tk(1, "a", 1), ok(0)),
+				step(0, tk(1, "a", 1), Want{Allowed: true, RetryAfter: time.Second}),
+				step(0, tk(1, "a", 1), Want{Allowed: true, RetryAfter: 2 * time.Second}),
+				step(0, tk(1, "a", 1), banned(time.Minute, true)),
+			},
+		},
+		{
 			Name:   "hostile keys: a megabyte of key, binary bytes",
 			Limits: []limiter.Limit{fixed},
 			Steps: []Step{
@@ -418,14 +493,18 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) store.Store
 
 func check(t *testing.T, step, j int, got limiter.Result, w Want) {
 	t.Helper()
-	bad := got.Allowed != w.Allowed || got.Remaining != w.Remaining
+	bad := got.Allowed != w.Allowed || got.Remaining != w.Remaining || got.Banned != w.Banned
+	if w.Allowed && got.RetryAfter != w.RetryAfter {
+		// An allowed request's wait (limiter.Limit.Wait).
+		bad = true
+	}
 	if !w.Allowed && (got.RetryAfter != w.RetryAfter || got.FirstDenial != w.FirstDenial) {
 		bad = true
 	}
 	if bad {
-		t.Errorf("step %d take %d: got allowed=%v remaining=%d retry=%s first=%v, want allowed=%v remaining=%d retry=%s first=%v",
-			step, j, got.Allowed, got.Remaining, got.RetryAfter, got.FirstDenial,
-			w.Allowed, w.Remaining, w.RetryAfter, w.FirstDenial)
+		t.Errorf("step %d take %d: got allowed=%v remaining=%d retry=%s first=%v banned=%v, want allowed=%v remaining=%d retry=%s first=%v banned=%v",
+			step, j, got.Allowed, got.Remaining, got.RetryAfter, got.FirstDenial, got.Banned,
+			w.Allowed, w.Remaining, w.RetryAfter, w.FirstDenial, w.Banned)
 	}
 }
 

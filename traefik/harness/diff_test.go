@@ -238,6 +238,45 @@ var diffRows = []diffRow{
 			repeat(1, 24*time.Hour, "a", "X-Usage", "7")),
 	},
 	{
+		// A penalty box: the denial bans the client for 10 minutes, past
+		// the window; the headers and Retry-After say when it ends; others
+		// are not touched; then it starts afresh.
+		name:    "ban: past the window",
+		caddy:   "limit api {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tban 10m\n\tscope global\n}\nheaders both",
+		traefik: "limits:\n  api: {key: [header:X-Api-Key], limit: 3, window: 1m, ban: 10m}\nheaders: both",
+		steps: seq(
+			repeat(4, 5*time.Second, "a"),
+			repeat(1, time.Minute, "a"),
+			repeat(1, 0, "b"),
+			repeat(1, 8*time.Minute+59*time.Second, "a"),
+			repeat(2, time.Second, "a")),
+	},
+	{
+		// Failed logins that ban: checked, charged by 401s, a bucket
+		// beside; the ban is longer than the anchored window.
+		name:    "ban: failed logins, with a plain limit",
+		caddy:   "limit logins {\n\tkey {header.X-Api-Key}\n\trate 2/1m\n\twindow anchored\n\tcount_responses status 401\n\tban 1h\n\tscope global\n}\nlimit plain {\n\tkey {header.X-Api-Key}\n\ttoken_bucket 5 1/10s\n\tscope global\n}",
+		traefik: "limits:\n  logins: {key: [header:X-Api-Key], algorithm: anchored_window, limit: 2, window: 1m, countResponses: {status: [401]}, ban: 1h}\n  plain: {key: [header:X-Api-Key], algorithm: token_bucket, limit: 5, refill: 1, window: 10s}",
+		echo:    true,
+		steps: seq(
+			repeat(2, time.Second, "a", "X-Status", "401"),
+			repeat(2, time.Second, "a"),
+			repeat(1, 2*time.Minute, "a"),
+			repeat(1, time.Hour, "a")),
+	},
+	{
+		// A bucket with a wait: a request that would wait longer is
+		// denied until it would be held no longer than the wait (no step
+		// here is held: the Caddy module holds on the fake clock).
+		name:    "wait: denied past the wait",
+		caddy:   "limit hooks {\n\tkey {header.X-Api-Key}\n\tgcra 1/10s\n\tburst 2\n\twait 1s\n\tscope global\n}\nheaders both",
+		traefik: "limits:\n  hooks: {key: [header:X-Api-Key], algorithm: gcra, limit: 2, refill: 1, window: 10s, wait: 1s}\nheaders: both",
+		steps: seq(
+			repeat(3, time.Second, "a"),
+			repeat(1, 5*time.Second, "a"),
+			repeat(1, 25*time.Second, "a")),
+	},
+	{
 		name:    "dry run and a limit's own status",
 		caddy:   "limit soft {\n\tkey {header.X-Api-Key}\n\trate 1/1m\n\tdry_run\n\tscope global\n}\nlimit hard {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tstatus 503\n\tscope global\n}",
 		traefik: "limits:\n  soft: {key: [header:X-Api-Key], limit: 1, window: 1m, dryRun: true}\n  hard: {key: [header:X-Api-Key], limit: 3, window: 1m, status: 503}",

@@ -103,6 +103,14 @@ type Limit struct {
 	// Calendar, when set, gives FixedWindow its boundaries instead of
 	// Window and Offset (days in a time zone with daylight saving, months).
 	Calendar Calendar
+	// Ban, when set, denies a client every request for Ban once one was
+	// denied (ban.go): whole seconds, at most MaxBan. The stores decide a
+	// limit with a Ban with DecideBan.
+	Ban time.Duration
+	// Wait, for a TokenBucket or GCRA, admits a request that would pass
+	// within Wait, and tells the caller to hold it that long (wait.go):
+	// whole milliseconds, at most MaxWait.
+	Wait time.Duration
 }
 
 // Calendar computes the calendar window that holds a time.
@@ -133,6 +141,17 @@ func (l Limit) Validate() error {
 	}
 	if l.Quota > MaxQuota {
 		return fmt.Errorf("%s %d is larger than the maximum %d", what, l.Quota, int64(MaxQuota))
+	}
+	if l.Ban != 0 && (l.Ban < time.Second || l.Ban > MaxBan || l.Ban%time.Second != 0) {
+		return fmt.Errorf("ban must be whole seconds from 1s to 24 days (576h), got %s", l.Ban)
+	}
+	if l.Wait != 0 {
+		if l.Algorithm != TokenBucket && l.Algorithm != GCRA {
+			return fmt.Errorf("wait needs token_bucket or gcra, not %s: a window has room again only when it ends, for every waiting request at once", l.Algorithm)
+		}
+		if l.Wait < time.Millisecond || l.Wait > MaxWait || l.Wait%time.Millisecond != 0 {
+			return fmt.Errorf("wait must be whole milliseconds from 1ms to %s, got %s", MaxWait, l.Wait)
+		}
 	}
 	if l.Calendar != nil {
 		if l.Algorithm != FixedWindow {
@@ -231,6 +250,9 @@ type Result struct {
 	// FirstDenial is set on a denial that follows an allowed request or a
 	// window boundary: the moment to notify someone, once.
 	FirstDenial bool
+	// Banned says that the key is banned (Limit.Ban): this decision
+	// started the ban (with FirstDenial) or met it.
+	Banned bool
 	// Limit is the quota in effect.
 	Limit int64
 	// Remaining is the number of units left after this decision.
@@ -243,7 +265,9 @@ type Result struct {
 	// told this time (X-RateLimit-Reset); adding Reset to another reading
 	// of a clock would be late by the time between the two.
 	ResetAt int64
-	// RetryAfter is, on denial, the time until the same request could pass.
+	// RetryAfter is, on denial, the time until the same request could pass;
+	// on a request allowed by a limit with a Wait, the time to hold it
+	// before it goes on (0: at once).
 	RetryAfter time.Duration
 	// Window is the length of the current window (or PolicyWindow for
 	// buckets).
@@ -305,7 +329,11 @@ func decide(l *Limit, s *State, r *Result, now, cost int64) {
 	case SlidingWindow:
 		takeSliding(l, s, r, now, cost)
 	case TokenBucket, GCRA:
-		takeTAT(l, s, r, now, cost)
+		if l.Wait != 0 {
+			takeShaped(l, s, r, now, cost)
+		} else {
+			takeTAT(l, s, r, now, cost)
+		}
 	default:
 		takeFixed(l, s, r, now, cost)
 	}

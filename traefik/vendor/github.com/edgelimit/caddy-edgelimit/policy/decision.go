@@ -30,6 +30,8 @@ type Policy struct {
 	// Charges tells whether some limit counts what responses say
 	// (charge.go).
 	Charges bool
+	// Waits tells whether some limit holds requests (wait.go).
+	Waits bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -118,6 +120,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 			}
 		}
 		p.Charges = p.Charges || l.Charged
+		p.Waits = p.Waits || l.WaitMax != 0
 		p.requests = append(p.requests, reqs)
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil

@@ -186,10 +186,12 @@ type Request struct {
 // a client in a window (edge_limit.exceeded), the same at both edges:
 // limit, key (as shown), tier, client_ip, host, path, limit_value,
 // retry_after (seconds), window_end (RFC 3339), reset (unix seconds),
-// dry_run.
+// dry_run; and for a limit with a ban, ban (its length in seconds) and
+// banned_until (RFC 3339): the denial began the ban, which window_end,
+// reset and retry_after say the end of.
 func (p *Policy) EventData(d *Decision, i int, r Request) map[string]any {
 	res := &d.Res[i]
-	return map[string]any{
+	data := map[string]any{
 		"limit":       d.Meta[i].Limit.Name,
 		"key":         p.DisplayKey(d.Reqs[i].Key),
 		"tier":        d.Meta[i].Tier,
@@ -202,6 +204,11 @@ func (p *Policy) EventData(d *Decision, i int, r Request) map[string]any {
 		"reset":       ResetUnix(res),
 		"dry_run":     d.Reqs[i].DryRun,
 	}
+	if ban := d.Reqs[i].Limit.Ban; ban != 0 {
+		data["ban"] = int64(ban / time.Second)
+		data["banned_until"] = data["window_end"]
+	}
+	return data
 }
 
 // IsJSON tells whether a content type is JSON's.

@@ -172,6 +172,14 @@ type Spec struct {
 	// unless KeepCostHeader.
 	CostHeader     string
 	KeepCostHeader bool
+	// Ban denies a client every request for Ban once one was denied
+	// (limiter.Limit.Ban), in every tier.
+	Ban time.Duration
+	// Wait holds a request over a bucket's limit that would pass within
+	// Wait until its turn (wait.go), at most WaitMax of a client's
+	// (default DefaultWaitMax).
+	Wait    time.Duration
+	WaitMax int
 }
 
 // Limit is a limit compiled for the request path.
@@ -195,6 +203,10 @@ type Limit struct {
 	Charged        bool
 	CostHeader     string
 	KeepCostHeader bool
+	// WaitMax is the requests of a client held at once (wait.go); waiting
+	// counts the requests held now.
+	WaitMax int
+	waiting int64
 }
 
 // Tier is one tier's numbers.
@@ -242,6 +254,14 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 		return nil, err
 	}
 	if err := l.compileNumbers(s); err != nil {
+		return nil, err
+	}
+	if s.Ban != 0 {
+		if err := l.setBan(s.Ban); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.compileWait(s); err != nil {
 		return nil, err
 	}
 	if err := l.checkCost(); err != nil {
@@ -321,6 +341,18 @@ func (l *Limit) compileNumbers(s *Spec) error {
 			return fmt.Errorf("tier %q uses %s but the limit uses %s: all tiers share one counter, so one algorithm",
 				t.Name, t.Limit.Algorithm, l.Base.Algorithm)
 		}
+	}
+	return nil
+}
+
+// setBan gives the limit's numbers, and its tiers', a ban.
+func (l *Limit) setBan(ban time.Duration) error {
+	l.Base.Ban = ban
+	if err := l.Base.Validate(); err != nil {
+		return err
+	}
+	for _, t := range l.Tiers {
+		t.Limit.Ban = ban
 	}
 	return nil
 }

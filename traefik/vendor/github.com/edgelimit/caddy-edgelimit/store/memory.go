@@ -151,7 +151,7 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	// every value of its function, run or not.
 	t := now.UnixMicro()
 	r := &reqs[0]
-	if r.Mode != ModeTake {
+	if r.Mode != ModeTake || r.Limit.Ban != 0 {
 		m.takeMany(reqs, results, t)
 		return nil
 	}
@@ -218,7 +218,7 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			}
 		}
 		next = append(next, st)
-		if r.Mode == ModeTake {
+		if r.Mode == ModeTake && r.Limit.Ban == 0 {
 			limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
 		} else {
 			decideMode(r, &next[i], &results[i], t)
@@ -238,10 +238,15 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 	}
 }
 
-// decideMode decides a check or a charge on *st. Every decision leaves a
-// state that expires (Expires is set), but a check that passes, which
-// leaves the state as it was: a fresh one for a key never seen.
+// decideMode decides a check or a charge on *st, or any request of a
+// limit with a ban. Every decision leaves a state that expires (Expires is
+// set), but a check that passes, which leaves the state as it was: a fresh
+// one for a key never seen.
 func decideMode(r *Request, st *limiter.State, res *limiter.Result, t int64) {
+	if r.Limit.Ban != 0 {
+		limiter.DecideBan(&r.Limit, st, res, t, r.Cost, uint8(r.Mode))
+		return
+	}
 	if r.Mode == ModeCharge {
 		limiter.Charge(&r.Limit, st, res, t, r.Cost)
 		return
