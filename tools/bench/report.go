@@ -427,7 +427,7 @@ func (r *results) perCore() string {
 }
 
 const (
-	resultsBegin = "<!-- bench:results:begin (written by go run ./bench) -->"
+	resultsBegin = "<!-- bench:results:begin (written by tools/bench: cd tools && go run ./bench) -->"
 	resultsEnd   = "<!-- bench:results:end -->"
 )
 
@@ -447,8 +447,8 @@ func updateDoc(path, block string) error {
 }
 
 // chartLink is the chart's path as the page at doc links it: relative to
-// the page's directory when the chart is inside the module at root (so
-// docs/benchmarks.md links ../bench/results/chart.svg), else as given.
+// the page's directory when the chart is inside the repository at root (so
+// docs/benchmarks.md links ../tools/bench/results/chart.svg), else as given.
 func chartLink(root, doc, chart string) string {
 	abs := func(p string) string {
 		if a, err := filepath.Abs(p); err == nil {
@@ -547,7 +547,7 @@ func (r *results) chart() []byte {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#333" stroke-dasharray="4 3"/>`+"\n", x(p.RPS), top-6, x(p.RPS), top+n*rowH)
 	}
 	fmt.Fprintf(&b, `<text x="16" y="%d" fill="#555" font-size="11">%s</text>`+"\n", height-22, xmlText(r.settingsLine()))
-	fmt.Fprintf(&b, `<text x="16" y="%d" fill="#555" font-size="11">dashed: plain Caddy (respond "ok"), the ceiling; x plain: median ratio to the plain runs just before and after. go run ./bench; commit %s.</text>`+"\n", height-8, xmlText(r.Machine.Commit))
+	fmt.Fprintf(&b, `<text x="16" y="%d" fill="#555" font-size="11">dashed: plain Caddy (respond "ok"), the ceiling; x plain: median ratio to the plain runs just before and after. tools/bench; commit %s.</text>`+"\n", height-8, xmlText(r.Machine.Commit))
 	b.WriteString("</svg>\n")
 	return []byte(b.String())
 }
