@@ -36,7 +36,6 @@ type middleware struct {
 	limits []*compiledLimit // the policy's, with their key sources
 	tiered bool             // some limit has tiers
 	store  store.Store
-	mem    *store.Memory    // store, when it is the memory store
 	now    func() time.Time // the clock, nil for the real one (a call less)
 	ips    *ipStrategy
 	creds  *credentials

@@ -775,6 +775,9 @@ func TestExactUnderLoad(t *testing.T) {
 		t.Run(fmt.Sprintf("local denials %t", local), func(t *testing.T) {
 			conf := fmt.Sprintf("limits:\n  l:\n    key: [header:X-Api-Key]\n    limit: 50\n    window: 1h\nstorage:\n  redis:\n    address: %s\n    keyPrefix: \"load-%t:\"\n    timeout: 30s\n    disableLocalDenials: %t\n", r.Addr, local, !local)
 			h := p.middleware(t, conf, nil, &upstream{})
+			// A client of its own in each run: the package's Redis outlives
+			// a run of -count.
+			client := fmt.Sprintf("one-client-%d", time.Now().UnixNano())
 			var mu sync.Mutex
 			codes := map[int]int{}
 			var wg sync.WaitGroup
@@ -783,7 +786,7 @@ func TestExactUnderLoad(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for i := 0; i < 4; i++ {
-						w := send(h, "GET", "/", "X-Api-Key", "one-client")
+						w := send(h, "GET", "/", "X-Api-Key", client)
 						mu.Lock()
 						codes[w.Code]++
 						mu.Unlock()

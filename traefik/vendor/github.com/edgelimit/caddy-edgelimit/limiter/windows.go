@@ -8,14 +8,6 @@ import (
 	"time"
 )
 
-func floorMod(a, b int64) int64 {
-	m := a % b
-	if m < 0 {
-		m += b
-	}
-	return m
-}
-
 func takeFixed(l *Limit, s *State, r *Result, now, cost int64) {
 	var start, end int64
 	if l.Calendar != nil {
