@@ -104,7 +104,7 @@ func run(t *testing.T, ctx context.Context, client *redis.Client, w *pipeWorker,
 	t.Helper()
 	cmd := w.build(ctx, calls)
 	_ = client.Process(ctx, cmd)
-	reply, err := cmd.Text()
+	reply, err := cmd.Result()
 	if err != nil {
 		t.Fatal(err)
 	}

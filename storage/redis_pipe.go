@@ -143,21 +143,53 @@ func (p *pipe) work() {
 	}
 }
 
-// pipeWorker is one worker's buffers.
+// pipeWorker is one worker's buffers. A batch's commands point into
+// them (their arguments are pointers, which go-redis writes as it writes
+// the values, and which cost no allocation to pass as an any): they are
+// reused once the batch is done.
 type pipeWorker struct {
 	batch   []*pipeCall // the calls taken from the queue
 	live    []*pipeCall // those to send
 	scripts []batchScript
-	index   map[string]int // key -> index in the script being built
-	spec    []byte
+	index   map[string]int    // key -> index in the script being built
+	keys    []string          // the scripts' keys, one after the other
+	specs   []*specArg        // each script's spec
+	cmds    []redis.StringCmd // each script's command
+	nspecs  int               // of specs and cmds, in use
+	args    []any             // the scripts' arguments, one after the other
+	ctx     deadlineContext
 }
+
+// deadlineContext is a batch's context: its deadline, the earliest of its
+// callers', bounds writing the batch and reading its reply (go-redis sets
+// the connection's deadlines from it, as from any context's), without the
+// timer, channel and cancel function of context.WithDeadline. Nothing
+// cancels it: waiting for a pooled connection and dialling are bounded
+// by the client's own PoolTimeout and DialTimeout (the store's timeout,
+// NewRedisClient).
+type deadlineContext struct {
+	deadline time.Time
+}
+
+func (c *deadlineContext) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+func (c *deadlineContext) Done() <-chan struct{}       { return nil }
+func (c *deadlineContext) Err() error                  { return nil }
+func (c *deadlineContext) Value(any) any               { return nil }
 
 // batchScript is one take script of a batch: the calls it decides, and
 // its command.
 type batchScript struct {
 	calls []*pipeCall
-	cmd   onceCmd
+	cmd   onceStringCmd
 }
+
+// onceStringCmd is a script whose reply is a string, which go-redis must
+// not send twice (see onceCmd). Its reply is read as a string, not as an
+// any holding one: an allocation less.
+type onceStringCmd struct{ *redis.StringCmd }
+
+// NoRetry implements redis.Cmder.
+func (onceStringCmd) NoRetry() bool { return true }
 
 // run sends one batch, within the earliest deadline of its callers, and
 // then hands each caller its reply. After a call's done signal its caller
@@ -178,12 +210,8 @@ func (p *pipe) run(w *pipeWorker) {
 		w.live = append(w.live, c)
 	}
 	if len(w.live) > 0 {
-		ctx := context.Background()
-		if !deadline.IsZero() {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, deadline)
-			defer cancel()
-		}
+		w.ctx.deadline = deadline
+		ctx := context.Context(&w.ctx)
 		w.scripts = p.group(w, ctx)
 		p.send(ctx, w.scripts)
 		// A Redis that restarted or ran SCRIPT FLUSH lost the script: EVAL
@@ -202,7 +230,9 @@ func (p *pipe) run(w *pipeWorker) {
 			split(s)
 		}
 		clear(w.scripts)
-		w.scripts = w.scripts[:0]
+		clear(w.keys)
+		clear(w.args)
+		w.scripts, w.keys, w.args, w.nspecs = w.scripts[:0], w.keys[:0], w.args[:0], 0
 	}
 	for _, c := range w.batch {
 		c.done <- struct{}{}
@@ -230,9 +260,9 @@ func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
 			}
 			live = rest
 		} else {
+			// w.live stays as it is until the batch is done.
 			n := min(len(live), scriptBatch)
-			calls = append([]*pipeCall(nil), live[:n]...)
-			live = live[n:]
+			calls, live = live[:n:n], live[n:]
 		}
 		scripts = append(scripts, batchScript{calls: calls, cmd: w.build(ctx, calls)})
 	}
@@ -242,20 +272,25 @@ func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
 // build writes the take script of calls (see luaTake): the batch's
 // distinct keys, the head, each decision's time and number of requests,
 // and its requests with their key indexes into the batch's keys.
-func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
+func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceStringCmd {
 	clear(w.index)
-	var keys []string
-	nfields := 0
+	first := len(w.keys)
 	for _, c := range calls {
-		nfields += len(c.fields)
 		for _, k := range c.keys {
 			if _, ok := w.index[k]; !ok {
-				w.index[k] = len(keys) + 1
-				keys = append(keys, k)
+				w.keys = append(w.keys, k)
+				w.index[k] = len(w.keys) - first
 			}
 		}
 	}
-	b := store.AppendInt(w.spec[:0], 0)
+	keys := w.keys[first:]
+	if w.nspecs == len(w.specs) {
+		w.specs = append(w.specs, new(specArg))
+		w.cmds = append(w.cmds, redis.StringCmd{})
+	}
+	spec := w.specs[w.nspecs]
+	w.nspecs++
+	b := store.AppendInt(spec.b[:0], 0)
 	b = store.AppendInt(b, int64(len(calls)))
 	for _, c := range calls {
 		b = store.AppendInt(b, c.now)
@@ -267,27 +302,40 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceCmd {
 			b = append(b, c.spec[r+8:r+40]...)
 		}
 	}
-	w.spec = b
-	args := make([]any, 0, 4+len(keys)+nfields)
-	args = append(args, "evalsha", takeScript.sha, len(keys))
-	for _, k := range keys {
-		args = append(args, k)
+	spec.b = b
+	start := len(w.args)
+	w.args = append(w.args, "evalsha", takeScript.sha, len(keys))
+	for i := range keys {
+		w.args = append(w.args, &keys[i])
 	}
-	args = append(args, string(b))
+	w.args = append(w.args, spec)
 	for _, c := range calls {
-		for _, f := range c.fields {
-			args = append(args, f)
+		for i := range c.fields {
+			w.args = append(w.args, &c.fields[i])
 		}
 	}
-	return onceCmd{redis.NewCmd(ctx, args...)}
+	// The command is the worker's too: a new one, written over the last
+	// batch's. (An earlier batch's script whose cmds grew since points
+	// into the array before; that is done with.)
+	cmd := &w.cmds[w.nspecs-1]
+	*cmd = *redis.NewStringCmd(ctx, w.args[start:len(w.args):len(w.args)]...)
+	return onceStringCmd{cmd}
 }
+
+// specArg is a script's spec, written as an argument by go-redis as an
+// encoding.BinaryMarshaler: a pointer, which a []byte or a string made of
+// it would not be, so passing it allocates nothing.
+type specArg struct{ b []byte }
+
+// MarshalBinary implements encoding.BinaryMarshaler.
+func (s *specArg) MarshalBinary() ([]byte, error) { return s.b, nil }
 
 // evalCmd is the command of an EVALSHA's args with EVAL of the take
 // script's source instead.
-func evalCmd(ctx context.Context, args []any) onceCmd {
+func evalCmd(ctx context.Context, args []any) onceStringCmd {
 	args = append([]any(nil), args...)
 	args[0], args[1] = "eval", takeScript.src
-	return onceCmd{redis.NewCmd(ctx, args...)}
+	return onceStringCmd{redis.NewStringCmd(ctx, args...)}
 }
 
 // send runs the scripts, pipelined when there are several.
@@ -306,7 +354,7 @@ func (p *pipe) send(ctx context.Context, scripts []batchScript) {
 // split hands each call of a script its part of the reply: "R", the time
 // and 40 bytes per request, or "B" and the time.
 func split(s batchScript) {
-	reply, err := s.cmd.Text()
+	reply, err := s.cmd.Result()
 	for _, c := range s.calls {
 		if err != nil {
 			c.err = err

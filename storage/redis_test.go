@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -909,6 +910,56 @@ func TestRedisBlackHole(t *testing.T) {
 	}
 	s.Close()
 	checkGoroutines(t, goroutines)
+}
+
+// A caller whose context ends before the store's timeout is answered by
+// its own deadline: the batch it is sent in is bounded by the earliest
+// deadline of its callers (redis_pipe.go's deadlineContext), not by the
+// client's read timeout.
+func TestRedisCallerDeadlineBoundsBatch(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// A server that reads what it is sent, never answers, and says when
+	// the client hangs up: go-redis closes a connection whose read timed
+	// out.
+	hungUp := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, _ = io.Copy(io.Discard, c)
+				c.Close()
+				hungUp <- struct{}{}
+			}()
+		}
+	}()
+	// The store would wait 30 s; the caller 100 ms.
+	client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{ln.Addr().String()}}, 30*time.Second)
+	s, err := storage.NewRedis(client, storage.RedisOptions{Timeout: 30 * time.Second, OnError: store.Deny, RetryInterval: time.Hour, NoLocalDenials: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 3, Window: time.Hour}
+	req := []store.Request{{Counter: "c", Key: "k", Limit: l, Cost: 1}}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Take(ctx, time.Now(), req, make([]limiter.Result, 1)); err == nil {
+		t.Fatal("a decision without Redis")
+	}
+	// The caller gave up at its deadline; the batch's read ends then too
+	// (and go-redis drops the connection), not 30 s later.
+	select {
+	case <-hungUp:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the batch still waits for Redis 10 s after its caller's deadline")
+	}
 }
 
 // Concurrent requests while Redis goes away and comes back: no panic, no

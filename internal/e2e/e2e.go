@@ -86,9 +86,13 @@ func Caddyfile(t testing.TB, body string) (string, int) {
 // localhost:AdminPort() itself.
 func Load(t testing.TB, caddyfile string) *Site {
 	t.Helper()
+	// Generous bounds: a loaded machine under -race takes seconds for what
+	// takes milliseconds idle (a bcrypt password of basic_auth, a config
+	// load); no test here measures time by them.
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
 		AdminPort:          AdminPort(),
-		LoadRequestTimeout: 10 * time.Second,
+		LoadRequestTimeout: 30 * time.Second,
+		TestRequestTimeout: time.Minute,
 	})
 	tester.InitServer(caddyfile, "caddyfile")
 	if t.Failed() {
