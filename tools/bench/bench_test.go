@@ -1,45 +1,105 @@
 package main
 
 import (
+	"context"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
+// wrkOutput is what wrk prints with one of the bench's scripts: its own
+// text, then the done() hook's line.
 const wrkOutput = `Running 8s test @ http://127.0.0.1:41461/
   1 threads and 64 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
     Latency     2.31ms    1.98ms  41.02ms   91.20%
     Req/Sec    28.40k     2.11k   31.02k    80.00%
-  Latency Distribution
-     50%    2.01ms
-     75%    2.54ms
-     90%    3.80ms
-     99%  850.00us
   226118 requests in 8.00s, 28.68MB read
   Socket errors: connect 0, read 2, write 0, timeout 1
   Non-2xx or 3xx responses: 226000
 Requests/sec:  28264.04
 Transfer/sec:      3.58MB
+` + wrkMarker + `{"duration_us":8000000,"requests":226118,"errors":{"connect":0,"read":2,"write":0,"status":226000,"timeout":1},"p50_us":2010,"p99_us":850}
 `
 
 func TestParseWrk(t *testing.T) {
-	r, err := parseWrk(wrkOutput)
+	r, err := parseWrk([]byte(wrkOutput))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := wrkResult{Requests: 226118, Seconds: 8, RPS: 28264.04, P50ms: 2.01, P99ms: 0.85,
+	want := wrkResult{Requests: 226118, Seconds: 8, RPS: 226118.0 / 8, P50ms: 2.01, P99ms: 0.85,
 		Non2xx: 226000, SocketErrors: 3, Timeouts: 1}
 	if r != want {
 		t.Errorf("got %+v\nwant %+v", r, want)
 	}
-	if _, err := parseWrk("unable to connect to 127.0.0.1:1 Connection refused"); err == nil {
-		t.Error("no error for wrk's failure")
+	for _, bad := range []string{
+		"unable to connect to 127.0.0.1:1 Connection refused",
+		wrkMarker + `{"duration_us":0,"requests":0}`,
+		wrkMarker + `{"duration_us":"x"}`,
+	} {
+		if _, err := parseWrk([]byte(bad)); err == nil {
+			t.Errorf("no error for %q", bad)
+		}
+	}
+}
+
+// The scripts' done() hook reports wrk's figures: a real wrk, a second
+// on loopback against a server that counts what it answers, every fourth
+// request with a 429.
+func TestWrkScriptReports(t *testing.T) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("wrk is required under CI (Debian: apt-get install wrk)")
+		}
+		t.Skip("no wrk (Debian: apt-get install wrk)")
+	}
+	var served, denied atomic.Int64
+	keys := sync.Map{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys.Store(r.Header.Get("X-Api-Key"), true)
+		if served.Add(1)%4 == 0 {
+			denied.Add(1)
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	}))
+	script, err := writeScript(t.TempDir(), 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, out, err := runWrk(context.Background(), "", script, srv.URL+"/", 4, time.Second)
+	srv.Close() // waits for the handlers: the counts are final
+	if err != nil {
+		t.Fatal(err)
+	}
+	// wrk counts the responses it read; the server may have answered a
+	// few more that wrk's stop cut off.
+	if r.Requests < 100 || r.Requests > served.Load() || r.Non2xx < r.Requests/4-4 || r.Non2xx > denied.Load() {
+		t.Errorf("wrk reported %+v; the server answered %d, %d of them 429\n%s", r, served.Load(), denied.Load(), out)
+	}
+	if r.Seconds < 0.9 || r.Seconds > 5 || r.RPS <= 0 || r.P50ms <= 0 || r.P99ms < r.P50ms {
+		t.Errorf("wrk reported %+v\n%s", r, out)
+	}
+	n := 0
+	keys.Range(func(k, _ any) bool {
+		if !strings.HasPrefix(k.(string), "client-000") {
+			t.Errorf("X-Api-Key %q", k)
+		}
+		n++
+		return true
+	})
+	if n < 10 {
+		t.Errorf("%d distinct keys of 50", n)
 	}
 }
 
@@ -56,10 +116,14 @@ func TestParseRedisInfo(t *testing.T) {
 }
 
 func TestParseBytesPerKey(t *testing.T) {
-	out := "goos: linux\nBenchmarkMemoryBytesPerKey/fixed_window-2         \t       1\t1234567890 ns/op\t       135.2 bytes/key\nBenchmarkMemoryBytesPerKey/token_bucket         \t       1\t1 ns/op\t       141.0 bytes/key\t 12 B/op\nPASS\n"
-	got := parseBytesPerKey(out)
-	if len(got) != 2 || got[0] != (algoBytes{"fixed_window", 135.2}) || got[1] != (algoBytes{"token_bucket", 141}) {
-		t.Errorf("%+v", got)
+	out := "goos: linux\ngoarch: amd64\npkg: github.com/edgelimit/caddy-edgelimit/store\n" +
+		"BenchmarkMemoryBytesPerKey\n" + // go test -v's line as a benchmark starts: no result
+		"BenchmarkMemoryBytesPerKey/fixed_window-2         \t       1\t1234567890 ns/op\t       135.2 bytes/key\n" +
+		"BenchmarkOther/fixed_window-2 \t 1\t 1 ns/op\t 99 bytes/key\n" +
+		"BenchmarkMemoryBytesPerKey/token_bucket         \t       1\t1 ns/op\t       141.0 bytes/key\t 12 B/op\nPASS\n"
+	got, err := parseBytesPerKey(out)
+	if err != nil || len(got) != 2 || got[0] != (algoBytes{"fixed_window", 135.2}) || got[1] != (algoBytes{"token_bucket", 141}) {
+		t.Errorf("%+v %v", got, err)
 	}
 }
 
@@ -144,7 +208,7 @@ func TestReportAndChart(t *testing.T) {
 // The default page of -doc has the block the bench rewrites, and links the
 // chart from where it is.
 func TestDocBlock(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "docs", "benchmarks.md"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "benchmarks.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,17 +217,17 @@ func TestDocBlock(t *testing.T) {
 	if i < 0 || j < i {
 		t.Fatalf("docs/benchmarks.md has no %q ... %q block", resultsBegin, resultsEnd)
 	}
-	if !strings.Contains(s[i:j], "](../bench/results/chart.svg)") {
-		t.Errorf("docs/benchmarks.md does not link ../bench/results/chart.svg")
+	if !strings.Contains(s[i:j], "](../tools/bench/results/chart.svg)") {
+		t.Errorf("docs/benchmarks.md does not link ../tools/bench/results/chart.svg")
 	}
 }
 
 func TestChartLink(t *testing.T) {
 	root := t.TempDir()
-	chart := filepath.Join(root, "bench", "results", "chart.svg")
+	chart := filepath.Join(root, "tools", "bench", "results", "chart.svg")
 	for _, c := range []struct{ doc, chart, want string }{
-		{filepath.Join(root, "docs", "benchmarks.md"), chart, "../bench/results/chart.svg"},
-		{filepath.Join(root, "README.md"), chart, "bench/results/chart.svg"},
+		{filepath.Join(root, "docs", "benchmarks.md"), chart, "../tools/bench/results/chart.svg"},
+		{filepath.Join(root, "README.md"), chart, "tools/bench/results/chart.svg"},
 		{filepath.Join(root, "docs", "benchmarks.md"), "/elsewhere/chart.svg", "/elsewhere/chart.svg"},
 	} {
 		if got := chartLink(root, c.doc, c.chart); got != c.want {

@@ -3,16 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 )
@@ -148,67 +148,47 @@ func waitPort(ctx context.Context, p *proc, port int, timeout time.Duration) err
 	}
 }
 
-// clockTicks is the kernel's USER_HZ, the unit of /proc/<pid>/stat times.
-var clockTicks = func() float64 {
-	out, err := exec.Command("getconf", "CLK_TCK").Output()
-	if err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil && n > 0 {
-			return float64(n)
-		}
-	}
-	return 100
-}()
-
 // cpuSeconds is the user plus system CPU time a process used so far, all
-// its threads included.
+// its threads included (/proc/<pid>/stat).
 func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	p, err := procFS().Proc(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name may hold spaces: fields start after its ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("malformed /proc stat")
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
 	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, errors.New("malformed /proc stat")
-	}
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	ut, err1 := strconv.ParseFloat(f[11], 64)
-	st, err2 := strconv.ParseFloat(f[12], 64)
-	if err1 != nil || err2 != nil {
-		return 0, errors.New("malformed /proc stat")
-	}
-	return (ut + st) / clockTicks, nil
+	return st.CPUTime(), nil
 }
 
 // busyCPU is the CPU time the machine spent busy so far: user, nice,
 // system, irq, softirq and steal from /proc/stat, of one CPU ("0", "1") or
 // of all of them ("").
 func busyCPU(cpu string) (float64, error) {
-	b, err := os.ReadFile("/proc/stat")
+	st, err := procFS().Stat()
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 9 || f[0] != "cpu"+cpu {
-			continue
+	c := st.CPUTotal
+	if cpu != "" {
+		n, err := strconv.ParseInt(cpu, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("cpu %q: %w", cpu, err)
 		}
-		total := 0.0
-		for i, v := range f[1:9] {
-			if i == 3 || i == 4 { // idle, iowait
-				continue
-			}
-			n, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return 0, errors.New("malformed /proc/stat")
-			}
-			total += n
+		var ok bool
+		if c, ok = st.CPU[n]; !ok {
+			return 0, fmt.Errorf("no cpu%s in /proc/stat", cpu)
 		}
-		return total / clockTicks, nil
 	}
-	return 0, errors.New("no cpu" + cpu + " in /proc/stat")
+	return c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ + c.Steal, nil
 }
+
+// procFS is /proc.
+var procFS = sync.OnceValue(func() procfs.FS {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		panic(err) // no /proc: the bench runs on Linux only
+	}
+	return fs
+})

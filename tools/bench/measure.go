@@ -318,7 +318,7 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	ours := (cpu1 - cpu0) + w.CPU
 	m1, merr2 := sumMallocs(ctx, insts)
 	if w.Requests == 0 {
-		return s, fmt.Errorf("%s: no responses:\n%s", c.Name, out)
+		return s, fmt.Errorf("%s: %w:\n%s", c.Name, errNoResponses, out)
 	}
 	n := float64(w.Requests)
 	s.Requests, s.Seconds, s.RPS = w.Requests, w.Seconds, w.RPS

@@ -8,17 +8,18 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/prometheus/common/model"
 )
 
-// chart draws the evaluated panels as Grafana's dark theme would, roughly.
+// chart draws the dashboard's panels from Prometheus's query_range
+// answers, as Grafana's dark theme would, roughly.
 type chart struct {
-	start    time.Time
-	history  []scrape
-	outage   [2]float64 // seconds since start; zero when Redis stayed up
-	rng      string
-	subtitle string
-	panels   []drawn
-	missing  []string // panels left out: what they query is not exported
+	start, end time.Time
+	outage     [2]float64 // seconds since start; zero when Redis stayed up
+	subtitle   []string   // lines under the title
+	panels     []drawn
+	missing    []string // panels left out: Prometheus had no series for them
 }
 
 type line struct {
@@ -27,41 +28,34 @@ type line struct {
 }
 
 type drawn struct {
-	title, desc, unit string
-	log               bool
-	lines             []line
+	title, unit string
+	log         bool
+	lines       []line
 }
 
-var legendRe = regexp.MustCompile(`\{\{\s*(\w+)\s*\}\}`)
-
-// addPanel evaluates a panel's queries at every scrape; a panel whose
-// queries return nothing at all (series this build does not export) is
-// left out (and named in a note); addPanel reports whether it was drawn.
-func (c *chart) addPanel(p *panelDef) bool {
-	d := drawn{title: p.Title, desc: p.Description, unit: p.FieldConfig.Defaults.Unit,
+// addPanel adds a panel whose targets' query_range answers are ms (one
+// matrix per target); a panel without a single sample is left out, and
+// named in a note. It reports whether the panel was drawn.
+func (c *chart) addPanel(p panel, ms []model.Matrix) bool {
+	d := drawn{title: p.Title, unit: p.FieldConfig.Defaults.Unit,
 		log: p.FieldConfig.Defaults.Custom.ScaleDistribution.Type == "log"}
-	idx := map[string]int{}
-	for t, n := range p.nodes {
-		for i := range c.history {
-			x := c.history[i].at.Sub(c.start).Seconds()
-			for _, s := range n.eval(c.history, i) {
-				if math.IsNaN(s.value) || math.IsInf(s.value, 0) {
+	for t, m := range ms {
+		for _, ss := range m {
+			labels := map[string]string{}
+			for k, v := range ss.Metric {
+				labels[string(k)] = string(v)
+			}
+			l := line{name: legend(p.Targets[t].LegendFormat, labels, ss.Metric.String())}
+			for _, v := range ss.Values {
+				f := float64(v.Value)
+				if math.IsNaN(f) || math.IsInf(f, 0) {
 					continue
 				}
-				name := legendRe.ReplaceAllStringFunc(p.Targets[t].LegendFormat, func(m string) string {
-					return s.labels[legendRe.FindStringSubmatch(m)[1]]
-				})
-				if name == "" {
-					name = labelKey(s.labels)
-				}
-				k, ok := idx[name]
-				if !ok {
-					k = len(d.lines)
-					idx[name] = k
-					d.lines = append(d.lines, line{name: name})
-				}
-				d.lines[k].xs = append(d.lines[k].xs, x)
-				d.lines[k].ys = append(d.lines[k].ys, s.value)
+				l.xs = append(l.xs, v.Timestamp.Time().Sub(c.start).Seconds())
+				l.ys = append(l.ys, f)
+			}
+			if len(l.xs) > 0 {
+				d.lines = append(d.lines, l)
 			}
 		}
 	}
@@ -74,7 +68,7 @@ func (c *chart) addPanel(p *panelDef) bool {
 				}
 			}
 		}
-		c.missing = append(c.missing, fmt.Sprintf("%s: no %s series in this build", p.Title, strings.Join(names, ", ")))
+		c.missing = append(c.missing, fmt.Sprintf("%s: no %s series", p.Title, strings.Join(names, ", ")))
 		return false
 	}
 	c.panels = append(c.panels, d)
@@ -101,7 +95,7 @@ const (
 	colW     = 680
 	gap      = 13
 	panelH   = 360
-	headerH  = 70
+	headerH  = 52 // the title; and 18 a subtitle line
 	plotL    = 70 // left margin inside a panel, for the y labels
 	plotR    = 20
 	plotT    = 38
@@ -115,27 +109,30 @@ func (c *chart) svg() string {
 		cells++
 	}
 	rows := (cells + 1) / 2
-	height := headerH + rows*(panelH+gap) + gap
+	top := headerH + 18*len(c.subtitle)
+	height := top + rows*(panelH+gap) + gap
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Inter, Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="#111217"/>`+"\n", width, height)
 	fmt.Fprintf(&b, `<text x="%d" y="32" fill="#ccccdc" font-size="22" font-weight="600">edgelimit: rate limits, storage and cache</text>`+"\n", gap)
-	fmt.Fprintf(&b, `<text x="%d" y="56" fill="#8e8e8e" font-size="13">%s</text>`+"\n", gap, html.EscapeString(c.subtitle))
+	for i, l := range c.subtitle {
+		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#8e8e8e" font-size="13">%s</text>`+"\n", gap, 56+18*i, html.EscapeString(l))
+	}
 	for i, p := range c.panels {
 		x := gap + (i%2)*(colW+gap)
-		y := headerH + (i/2)*(panelH+gap)
+		y := top + (i/2)*(panelH+gap)
 		c.drawPanel(&b, p, x, y)
 	}
 	if len(c.missing) > 0 {
 		i := len(c.panels)
 		x := gap + (i%2)*(colW+gap)
-		y := headerH + (i/2)*(panelH+gap)
+		y := top + (i/2)*(panelH+gap)
 		fmt.Fprintf(&b, `<g transform="translate(%d,%d)"><rect width="%d" height="%d" rx="3" fill="#181b1f" stroke="#2c3235"/>`, x, y, colW, panelH)
 		fmt.Fprintf(&b, `<text x="10" y="22" fill="#ccccdc" font-size="15" font-weight="600">Panels not drawn</text>`)
 		for j, m := range c.missing {
 			fmt.Fprintf(&b, `<text x="10" y="%d" fill="#8e8e8e" font-size="12">%s</text>`, 50+j*18, html.EscapeString(m))
 		}
-		fmt.Fprintf(&b, `<text x="10" y="%d" fill="#8e8e8e" font-size="12">(drawn when the Caddy under test exports them)</text></g>`+"\n", 50+len(c.missing)*18)
+		fmt.Fprintf(&b, `<text x="10" y="%d" fill="#8e8e8e" font-size="12">(Prometheus answered no series for their queries)</text></g>`+"\n", 50+len(c.missing)*18)
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
@@ -147,7 +144,7 @@ func (c *chart) drawPanel(b *strings.Builder, p drawn, px, py int) {
 	fmt.Fprintf(b, `<text x="10" y="22" fill="#ccccdc" font-size="15" font-weight="600">%s</text>`+"\n", html.EscapeString(p.title))
 	w := colW - plotL - plotR
 	h := panelH - plotT - xLabelsH - legendH
-	tmax := c.history[len(c.history)-1].at.Sub(c.start).Seconds()
+	tmax := c.end.Sub(c.start).Seconds()
 	xOf := func(t float64) float64 { return plotL + t/tmax*float64(w) }
 
 	lo, hi := math.Inf(1), math.Inf(-1)

@@ -5,6 +5,8 @@
 // instructions Redis executed by the decisions. Wall-clock timings on a
 // shared machine move by half from run to run; these counts do not.
 //
+// From the tools module (cd tools):
+//
 //	go run ./bench/rediscost             # 1 and 3 limits, 2,000 decisions each
 //	go run ./bench/rediscost -n 5000 -clients 10000
 //
