@@ -167,7 +167,7 @@ func (cw *chargeWriter) respond(status int) {
 // denied is charged nothing: the request was denied.
 func (h *Handler) charge(r *http.Request, d *policy.Decision, status int, hdr http.Header) {
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	ledger, _ := vars[ledgerVar].(*policy.Ledger)
+	ledger := ledgerOf(vars)
 	if ledger != nil && ledger.Denied {
 		return
 	}

@@ -307,11 +307,33 @@ type scratch struct {
 const (
 	// exemptVar carries exemptions to later handlers.
 	exemptVar = "edge_limit.exempt"
-	// ledgerVar carries what earlier handlers counted (a policy.Ledger:
-	// the entries point into the scratch of each handler, which lives
-	// until that handler returns, after every handler nested in it).
+	// ledgerVar carries what earlier handlers counted (a *ledgerSlot).
 	ledgerVar = "edge_limit.ledger"
 )
+
+// ledgerSlot is what ledgerVar holds: the request's ledger, which is the
+// scratch of the handler that started it, while that handler runs (every
+// handler nested in it is done before it returns); nil after. The handler
+// empties the slot on its way out rather than delete the variable: a map
+// write after the next handler returned would race with what outlives it
+// and still reads the request's variables (a reverse proxy's dial for a
+// request that took another connection), and could crash the process.
+// The slot outlives the scratch, which goes back to the pool: handlers
+// that run after it (handle_errors) find it empty, never a ledger that
+// another request reuses.
+type ledgerSlot struct{ l *policy.Ledger }
+
+// ledgerOf is the request's ledger, nil when it has none.
+func ledgerOf(vars map[string]any) *policy.Ledger {
+	if s, ok := vars[ledgerVar].(*ledgerSlot); ok {
+		return s.l
+	}
+	return nil
+}
+
+// empty ends a slot's ledger, on the way out of the handler that started
+// it.
+func (s *ledgerSlot) empty() { s.l = nil }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -386,7 +408,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		policy.Quiet(h.pol, d, now)
 	}
 	h.report(r, d)
-	ledger, _ := vars[ledgerVar].(*policy.Ledger)
+	ledger := ledgerOf(vars)
 	policy.WriteHeaders(h.pol, w.Header(), d, report, denied >= 0, ledger)
 	if denied >= 0 {
 		h.refundEarlier(r, now)
@@ -397,8 +419,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			return err
 		}
 	}
-	if h.record(vars, sc, ledger, report) {
-		defer delete(vars, ledgerVar)
+	if slot := h.record(vars, sc, ledger, report); slot != nil {
+		defer slot.empty()
 	}
 	if h.charging != nil && policy.Checked(d) {
 		return h.serveCharged(w, r, next, sc)
@@ -425,32 +447,40 @@ func (h *Handler) report(r *http.Request, d *policy.Decision) {
 }
 
 // record enters what this handler counted in the request's ledger; it
-// reports whether it started the ledger (and must remove it on the way
-// out, before its scratch goes back to the pool).
-func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report int) bool {
+// returns the slot of the ledger it started, which it must empty on the
+// way out, before its scratch goes back to the pool.
+func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report int) *ledgerSlot {
 	// A handler that counts responses shares the ledger too (its checks
 	// are among the requests, counting nothing): it learns there that a
 	// later one denied.
 	if vars == nil || len(policy.Counted(sc.Decision)) == 0 {
-		return false
+		return nil
 	}
 	if l != nil {
 		policy.Record(l, h.store, sc.Decision, report)
-		return false
+		return nil
 	}
 	sc.ledger.Entries = sc.ledger.Entries[:0]
 	sc.ledger.HasReport = false
 	sc.ledger.Denied = false
 	policy.Record(&sc.ledger, h.store, sc.Decision, report)
-	vars[ledgerVar] = &sc.ledger
-	return true
+	// A slot emptied by a handler this request met before (its errors
+	// are now handled) is used again: the variable is written once.
+	slot, _ := vars[ledgerVar].(*ledgerSlot)
+	if slot == nil {
+		slot = new(ledgerSlot)
+		vars[ledgerVar] = slot
+	}
+	slot.l = &sc.ledger
+	return slot
 }
 
 // refundEarlier gives back what the edge_limit handlers before this one
 // counted for a request this one denies.
 func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
-	l, ok := caddyhttp.GetVar(r.Context(), ledgerVar).(*policy.Ledger)
-	if !ok {
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	l := ledgerOf(vars)
+	if l == nil {
 		return
 	}
 	if err := l.Refund(r.Context(), now); err != nil && h.warn.Allow(now, 5*time.Second) {
