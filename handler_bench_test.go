@@ -127,11 +127,13 @@ func BenchmarkHandler(b *testing.B) {
 	b.Run("three_limits_10k_clients", func(b *testing.B) {
 		runHandlerBench(b, benchHandler(b, three()...), 10000)
 	})
-	// The same on a private Redis: what the distributed mode adds per
-	// request on Caddy's side (the round trip's waiting aside, its
-	// allocations and instructions).
+	// The same on Redis: what the distributed mode adds per request on
+	// Caddy's side (the round trip's waiting aside, its allocations and
+	// instructions). The package's Redis, or EDGELIMIT_REDIS_URL's: under
+	// callgrind, a redis-server of the process's own would stop it with
+	// its signals.
 	b.Run("three_limits_10k_clients_redis", func(b *testing.B) {
-		srv := redistest.Start(b)
+		srv := redistest.Shared(b)
 		client := storage.NewRedisClient(&redis.UniversalOptions{Addrs: []string{srv.Addr}}, time.Second)
 		rs, err := storage.NewRedis(client, storage.RedisOptions{Timeout: time.Second})
 		if err != nil {
