@@ -25,6 +25,7 @@ const (
 	metricMemoryKeys      = "caddy_edge_limit_memory_keys"
 	metricMemoryEvictions = "caddy_edge_limit_memory_evictions_total"
 	metricLocalDenials    = "caddy_edge_limit_local_denials_total"
+	metricRedisCarried    = "caddy_edge_limit_redis_carried_units_total"
 )
 
 // storageBuckets resolve a memory decision (a few hundred nanoseconds) and
@@ -227,6 +228,7 @@ func (s *storeSet) snapshot() (keys int, evictions uint64, rs storage.RedisStats
 			rs.OnError[i] += n
 		}
 		rs.LocalDenials += st.LocalDenials
+		rs.Carried += st.Carried
 		keys += st.LocalKeys
 		evictions += st.LocalEvictions
 	}
@@ -241,7 +243,7 @@ func (s *storeSet) collectors() []prometheus.Collector {
 	var cs []prometheus.Collector
 	for k := range storage.NumRedisErrorKinds {
 		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts(opts("redis_errors_total",
-			"Failed exchanges with Redis, by kind: timeout, connection, script or other.",
+			"Failed exchanges with Redis, by kind: timeout, connection, script, oom or other.",
 			prometheus.Labels{"kind": k.String()})),
 			func() float64 { _, _, rs := s.snapshot(); return float64(rs.Errors[k]) }))
 	}
@@ -261,6 +263,9 @@ func (s *storeSet) collectors() []prometheus.Collector {
 		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("local_denials_total",
 			"Decisions the Redis storage denied from its memory of denials, without a round trip.", nil)),
 			func() float64 { _, _, rs := s.snapshot(); return float64(rs.LocalDenials) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts(opts("redis_carried_units_total",
+			"Units that on_error local counted while Redis could not decide, charged to Redis when it answered again.", nil)),
+			func() float64 { _, _, rs := s.snapshot(); return float64(rs.Carried) }),
 	)
 	return cs
 }
@@ -268,5 +273,5 @@ func (s *storeSet) collectors() []prometheus.Collector {
 // metricNames lists every series name edge_limit registers.
 var metricNames = []string{
 	metricDecisions, metricStorageErrors, metricStorageDuration, metricRedisErrors,
-	metricOnError, metricMemoryKeys, metricMemoryEvictions, metricLocalDenials,
+	metricOnError, metricMemoryKeys, metricMemoryEvictions, metricLocalDenials, metricRedisCarried,
 }

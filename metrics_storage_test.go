@@ -111,6 +111,7 @@ func TestMetricsStorageMemory(t *testing.T) {
 		wantSeries(t, m, `caddy_edge_limit_on_error_total{action="`+action+`"}`, 0)
 	}
 	wantSeries(t, m, `caddy_edge_limit_local_denials_total`, 0)
+	wantSeries(t, m, `caddy_edge_limit_redis_carried_units_total`, 0)
 }
 
 // Many distinct clients add keys to the store, not series to the metrics.
@@ -206,6 +207,21 @@ func TestMetricsRedisDown(t *testing.T) {
 	wantSeries(t, m, `caddy_edge_limit_redis_errors_total{kind="other"}`, 0)
 	// on_error local decides in memory: its keys count.
 	wantSeries(t, m, `caddy_edge_limit_memory_keys`, 1)
+	wantSeries(t, m, `caddy_edge_limit_redis_carried_units_total`, 0)
+
+	// Redis back: the 2 counted here meanwhile are charged to it.
+	srv.Restart(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for scrape(t)[`caddy_edge_limit_redis_carried_units_total`] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis answers, and nothing was carried to it within 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantSeries(t, scrape(t), `caddy_edge_limit_redis_carried_units_total`, 2)
+	if r := s.get("/", "X-Client", "a"); r.status != 429 {
+		t.Fatalf("after the outage: %d, want 429 (Redis holds the 2 counted here)", r.status)
+	}
 }
 
 // The dashboard uses the names metrics.go registers.

@@ -39,3 +39,7 @@ func randomLimit(rng *rand.Rand) limiter.Limit {
 			Calendar: limiter.CalendarWindow{Period: limiter.Day, At: time.Duration(rng.IntN(24)) * time.Hour}.Cached()}
 	}
 }
+
+// RedisDown tells whether the store takes Redis for down (on_error decides
+// without asking it).
+func (s *Redis) RedisDown() bool { return s.policy.IsDown() }

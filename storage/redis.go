@@ -288,6 +288,10 @@ func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []store.Request)
 // once per store.WarnInterval.
 func (s *Redis) Failed(err error, warn bool) {
 	s.stats.countError(err)
+	if warn && store.IsOOM(err) {
+		s.logger.Load().Warn(store.FullWarning, zap.String("on_error", s.policy.OnError.String()), zap.Error(err))
+		return
+	}
 	if warn {
 		s.logger.Load().Warn("redis rate-limit storage unavailable; on_error applies until it answers",
 			zap.String("on_error", s.policy.OnError.String()),
@@ -391,7 +395,7 @@ func oneSlot(slots []uint16) bool {
 func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64, reqs []store.Request, results []limiter.Result, sc *redisScratch) (int64, error) {
 	keys, spec, fields := s.requests(sc, reqs, nil, at)
 	reply, err := s.pipe.decide(ctx, deadline, s.scriptNow(now), sc.slots[0], keys, fields, spec)
-	if err != nil {
+	if err != nil && err != store.ErrFull {
 		return 0, err
 	}
 	if serverNow, ok := store.BoundsReply(reply); ok {
@@ -401,7 +405,10 @@ func (s *Redis) decideOne(ctx context.Context, deadline, now time.Time, at int64
 		return 0, err
 	}
 	store.AllOrNothing(reqs, results[:len(reqs)])
-	return 0, nil
+	if err != nil {
+		store.Unwritten(results[:len(reqs)])
+	}
+	return 0, err
 }
 
 // eval runs a script with EVALSHA, or EVAL when Redis does not have it yet

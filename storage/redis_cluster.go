@@ -52,6 +52,7 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 		serverNow int64
 		committed []int // slots whose script counted
 		pass      = true
+		full      bool // a slot's node refused to count (OOM)
 	)
 	for g := range runs {
 		r := &runs[g]
@@ -63,19 +64,23 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 			serverNow = t
 			continue
 		}
-		rest, err := store.ParseResults(r.reply, reqs, r.idx, results, sc.bounds)
+		reply, slotFull := store.FullReply(r.reply)
+		rest, err := store.ParseResults(reply, reqs, r.idx, results, sc.bounds)
 		if err != nil {
 			failure = err
 			continue
 		}
 		r.states = rest
-		if store.Passes(reqs, results, r.idx) {
-			committed = append(committed, g)
-		} else {
+		switch {
+		case !store.Passes(reqs, results, r.idx):
 			pass = false
+		case slotFull:
+			full = true
+		default:
+			committed = append(committed, g)
 		}
 	}
-	if failure == nil && serverNow == 0 && pass {
+	if failure == nil && serverNow == 0 && pass && !full {
 		return 0, nil
 	}
 	s.undo(ctx, now, reqs, results, sc, runs, committed)
@@ -86,6 +91,14 @@ func (s *Redis) decideSlots(ctx context.Context, deadline, now time.Time, at int
 		return serverNow, nil
 	}
 	store.AllOrNothing(reqs, results[:len(reqs)])
+	if full {
+		// Decided from what the full node holds: a denial stands, a pass
+		// counted nothing there (and the other slots were undone).
+		store.Unwritten(results[:len(reqs)])
+		if pass {
+			return 0, store.ErrFull
+		}
+	}
 	return 0, nil
 }
 

@@ -352,13 +352,18 @@ func (p *pipe) send(ctx context.Context, scripts []batchScript) {
 }
 
 // split hands each call of a script its part of the reply: "R", the time
-// and 40 bytes per request, or "B" and the time.
+// and 40 bytes per request, or "B" and the time; with store.ErrFull when
+// Redis refused the script's writes (a reply "F" and the decisions).
 func split(s batchScript) {
 	reply, err := s.cmd.Result()
+	reply, full := store.FullReply(reply)
 	for _, c := range s.calls {
 		if err != nil {
 			c.err = err
 			continue
+		}
+		if full {
+			c.err = store.ErrFull
 		}
 		n := 9
 		if len(reply) > 0 && reply[0] == 'R' {

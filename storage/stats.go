@@ -97,6 +97,11 @@ type RedisStats struct {
 	// OnError Local (0 with the other policies).
 	LocalKeys      int
 	LocalEvictions uint64
+	// Carried counts the units that OnError Local counted while Redis
+	// could not, charged to Redis when it answered again; CarryDropped the
+	// (limit, client) pairs not remembered for that, for room.
+	Carried      uint64
+	CarryDropped uint64
 }
 
 // redisStats are the atomic counters behind RedisStats: one add on the
@@ -122,6 +127,10 @@ func (s *Redis) Stats() RedisStats {
 	if s.policy.Local != nil {
 		out.LocalKeys = s.policy.Local.Len()
 		out.LocalEvictions = s.policy.Local.Evictions()
+	}
+	if s.policy.Carry != nil {
+		out.Carried = s.policy.Carry.Charged()
+		out.CarryDropped = s.policy.Carry.Dropped()
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 )
@@ -36,8 +37,29 @@ func InfoField(info, field string) string {
 }
 
 // IsOOM tells whether err is Redis refusing a write at its maxmemory
-// ("OOM command not allowed when used memory > 'maxmemory'", raised by the
-// script's first write: the script wrote nothing).
+// ("OOM command not allowed when used memory > 'maxmemory'", raised by a
+// script's first write: the script wrote nothing), or ErrFull.
 func IsOOM(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "OOM command not allowed")
+	return err != nil && (err == ErrFull || strings.Contains(err.Error(), "OOM command not allowed"))
 }
+
+// ErrFull is the answer of a Redis at its maxmemory that refuses writes
+// (maxmemory-policy noeviction): the take script decided from the counts
+// Redis holds, and counted nothing. The results hold those decisions: a
+// client Redis holds as exhausted is denied exactly; the others are
+// decided by the failure policy (Remote). Returned as is, never wrapped.
+var ErrFull = errors.New("OOM command not allowed when used memory > 'maxmemory': redis is full, decided from the counts it holds and counted nothing")
+
+// FullReply recognizes the take script's reply when Redis refused its
+// writes: "F" and the decisions. It returns the decisions.
+func FullReply(reply string) (string, bool) {
+	if len(reply) > 0 && reply[0] == 'F' {
+		return reply[1:], true
+	}
+	return reply, false
+}
+
+// FullWarning is the log line of a Redis that refuses writes (at most one
+// per WarnInterval).
+const FullWarning = "redis rate-limit storage is full (OOM at maxmemory): clients it holds as exhausted are still denied, the others are decided by on_error until it has room; " +
+	"give Redis more memory (see docs/storage.md, Memory and key floods)"

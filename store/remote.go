@@ -61,7 +61,8 @@ type Server interface {
 	// GiveBack gives back what an earlier decision of reqs counted.
 	GiveBack(ctx context.Context, now time.Time, reqs []Request) error
 	// Failed reports that the server failed: warn is set at most once per
-	// WarnInterval, for a log line.
+	// WarnInterval, for a log line. IsOOM(err) is a server that answers but
+	// is full (FullWarning), not down.
 	Failed(err error, warn bool)
 	// Answered reports that the server answers again after a failure that
 	// was warned about.
@@ -122,6 +123,14 @@ type Remote struct {
 
 	localDenials int64
 	onErrors     [3]int64
+	fullWarn     Throttle
+	carrying     int32 // 1 while a goroutine charges Carry back
+	carryAfter   int64 // p.mono() before which it does not try again
+
+	// Carry, under OnError Local, is what the local store counted, charged
+	// to the server when it answers again: before a probe puts it back in
+	// use, or after a decision it counted (a server that was full).
+	Carry *Carry
 }
 
 // NewRemote returns the policy of a store on a server.
@@ -132,6 +141,7 @@ func NewRemote(onError OnError, retry time.Duration, denials bool, maxDenials in
 	p := &Remote{OnError: onError, Retry: retry, epoch: time.Now(), stop: make(chan struct{})}
 	if onError == Local {
 		p.Local = NewMemory(MemoryOptions{})
+		p.Carry = NewCarry()
 	}
 	if denials {
 		p.Denials = NewDenials(maxDenials)
@@ -184,6 +194,26 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 			// have decided before the reset it announces.
 			p.Denials.Record(gen, now, reqs, results)
 		}
+		if p.Carry != nil && p.Carry.Len() > 0 {
+			p.carryBack(srv)
+		}
+	case err == ErrFull:
+		// Redis answered, from the counts it holds, but could not count:
+		// a client it holds as exhausted is denied as exactly as ever
+		// (a flood of made-up keys that fills Redis does not free it);
+		// the others are decided by OnError.
+		p.up(srv)
+		p.full(err, srv)
+		if !Passes(reqs, results, nil) {
+			if gen != 0 {
+				p.Denials.Record(gen, now, reqs, results)
+			}
+			return nil
+		}
+		return p.Fallback(ctx, now, reqs, results, err)
+	case IsOOM(err):
+		// A write refused elsewhere (an undo): Redis is not down.
+		p.full(err, srv)
 	case ctx.Err() != nil || errors.Is(err, ErrBusy):
 		// The caller gave up (the client went away), or the store is
 		// busy: the server is not to blame.
@@ -216,6 +246,11 @@ func (p *Remote) Refund(ctx context.Context, now time.Time, reqs []Request, srv 
 		return nil
 	case ctx.Err() != nil:
 		return err
+	case IsOOM(err):
+		// Redis is full and refuses even the writes that would shrink a
+		// count: what was counted stays counted (the safe side).
+		p.full(err, srv)
+		return fmt.Errorf("rate-limit storage full, nothing given back: %w", err)
 	}
 	p.Down(err, srv)
 	return p.refundFallback(ctx, now, reqs, err)
@@ -223,6 +258,7 @@ func (p *Remote) Refund(ctx context.Context, now time.Time, reqs []Request, srv 
 
 func (p *Remote) refundFallback(ctx context.Context, now time.Time, reqs []Request, cause error) error {
 	if p.OnError == Local {
+		p.Carry.Remove(now, reqs)
 		return p.Local.Refund(ctx, now, reqs)
 	}
 	if cause == nil {
@@ -247,6 +283,13 @@ func (p *Remote) Down(err error, srv Server) {
 		p.probes.Add(1)
 		go p.recover(srv)
 	}
+}
+
+// full reports a server that answers but refuses writes (OOM): counted
+// as its failure, warned about at most once per WarnInterval, but not
+// down: the next request asks it again, and its answers still deny.
+func (p *Remote) full(err error, srv Server) {
+	srv.Failed(err, p.fullWarn.Allow(time.Now(), WarnInterval))
 }
 
 // failure is a failure of the server as the requests decided without it
@@ -299,7 +342,45 @@ func (p *Remote) probe(srv Server) {
 			p.failed(err, srv)
 			continue
 		}
+		// What was counted here meanwhile goes to the server before it
+		// decides again (a server too full to count it gets it later).
+		if p.Carry != nil && p.Carry.Len() > 0 {
+			if err := p.Carry.chargeBack(srv); err != nil && !IsOOM(err) {
+				p.failed(err, srv)
+				continue
+			}
+		}
 		p.up(srv)
+	}
+}
+
+// carryBack charges Carry to the server in a goroutine of its own, one at
+// a time: the server counted a decision, and what was counted here while
+// it could not (it was full) is still to be charged.
+func (p *Remote) carryBack(srv Server) {
+	if p.mono() < atomic.LoadInt64(&p.carryAfter) || !atomic.CompareAndSwapInt32(&p.carrying, 0, 1) {
+		return
+	}
+	p.stopMu.Lock()
+	defer p.stopMu.Unlock()
+	if p.stopped {
+		atomic.StoreInt32(&p.carrying, 0)
+		return
+	}
+	p.probes.Add(1)
+	go p.charge(srv)
+}
+
+func (p *Remote) charge(srv Server) {
+	defer p.probes.Done()
+	err := p.Carry.chargeBack(srv)
+	if err != nil {
+		// Still full (or failing): not again before a retry interval.
+		atomic.StoreInt64(&p.carryAfter, p.mono()+int64(p.Retry))
+	}
+	atomic.StoreInt32(&p.carrying, 0)
+	if err != nil && !IsOOM(err) {
+		p.Down(err, srv)
 	}
 }
 
@@ -353,7 +434,11 @@ func (p *Remote) Fallback(ctx context.Context, now time.Time, reqs []Request, re
 	atomic.AddInt64(&p.onErrors[p.OnError], 1)
 	switch p.OnError {
 	case Local:
-		return p.Local.Take(ctx, now, reqs, results)
+		err := p.Local.Take(ctx, now, reqs, results)
+		if err == nil && Passes(reqs, results, nil) {
+			p.Carry.Add(now, reqs, results)
+		}
+		return err
 	case Deny:
 		if cause != nil {
 			return denyError(cause)

@@ -88,6 +88,10 @@ func (s *redisStore) Close() error { return nil }
 
 // Failed implements store.Server.
 func (s *redisStore) Failed(err error, warn bool) {
+	if warn && store.IsOOM(err) {
+		s.log.warnf("%s (onError %s): %v", store.FullWarning, s.opts.onError.String(), err)
+		return
+	}
 	if warn {
 		s.log.warnf("redis rate-limit storage unavailable; onError %s applies until it answers: %v", s.opts.onError.String(), err)
 	}

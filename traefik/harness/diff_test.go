@@ -323,13 +323,15 @@ func diffRun(t *testing.T, p *plugin, r *redisServer, n int, row diffRow) {
 	if r != nil {
 		id := fmt.Sprintf("%d-%d:", n, time.Now().UnixNano())
 		prefixes = map[string]string{"caddy": "diff-c" + id, "compiled": "diff-p" + id, "yaegi": "diff-y" + id}
-		caddyConf += "\nstorage redis redis://" + r.Addr + " {\n\tkey_prefix " + prefixes["caddy"] + "\n\tclock local\n}"
+		// A generous timeout at each edge: on a loaded machine a decision
+		// that took Redis over the default 100ms would pass by on_error.
+		caddyConf += "\nstorage redis redis://" + r.Addr + " {\n\tkey_prefix " + prefixes["caddy"] + "\n\tclock local\n\ttimeout 10s\n}"
 	}
 	plugin := func(edge string) string {
 		if r == nil {
 			return traefikConf
 		}
-		return traefikConf + "\nstorage:\n  redis: {address: \"" + r.Addr + "\", keyPrefix: \"" + prefixes[edge] + "\", clock: local}\n"
+		return traefikConf + "\nstorage:\n  redis: {address: \"" + r.Addr + "\", keyPrefix: \"" + prefixes[edge] + "\", clock: local, timeout: 10s}\n"
 	}
 	clk := clock.NewFake(base)
 	restore := clock.Install(clk)

@@ -93,7 +93,9 @@ end
 // state before and the state after each request (41 bytes each, all zeros
 // for none); or "B" and the server's time when it falls outside a calendar
 // window Go computed for that decision: it counted nothing, and is asked
-// again with bounds for that time.
+// again with bounds for that time. When Redis refuses the script's writes
+// (OOM: at its maxmemory, with noeviction), the whole reply is "F"
+// followed by the same decisions, none of them counted (FullReply).
 const luaTake = luaCommon + `
 local A, K = ARGV, KEYS
 local spec = A[1]
@@ -398,6 +400,13 @@ end
 -- with a quarter of the lifetime to spare (a second to an hour), so that a
 -- state that keeps growing (a busy token bucket) raises it now and then,
 -- not on every request.
+--
+-- Redis at its maxmemory with noeviction refuses a script's first write
+-- (and only the first: then it lets the script finish): the first HSET is
+-- a pcall, and when Redis refuses it, the reply is "F" and the decisions,
+-- made from what Redis holds but counted nowhere. (Redis 7 writes the
+-- error as "OOM command ...", Redis 6 with the script's line before it.)
+local wrote = false
 for k = 1, nk do
   if chg[k] then
     local l, g = fl[k], got[k]
@@ -408,16 +417,27 @@ for k = 1, nk do
         nw = nw + 2
       end
     end
-    local e = need[k]
+    local e, ttl = need[k], false
     if e > (tonumber(g[1]) or 0) then
       local now = at[k]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
       w[nw + 1], w[nw + 2] = '~', tostring(e)
-      rcall('HSET', K[k], unpack(w, 1, nw + 2))
-      rcall('PEXPIRE', K[k], max(ceil((e - now) / 1000), 1))
-    else
-      rcall('HSET', K[k], unpack(w, 1, nw))
+      nw = nw + 2
+      ttl = max(ceil((e - now) / 1000), 1)
     end
+    if wrote then
+      rcall('HSET', K[k], unpack(w, 1, nw))
+    else
+      local res = rpcall('HSET', K[k], unpack(w, 1, nw))
+      if type(res) == 'table' and res.err then
+        if string.find(res.err, 'OOM command not allowed', 1, true) then
+          return 'F' .. table.concat(out, '', 1, nout)
+        end
+        return res
+      end
+      wrote = true
+    end
+    if ttl then rcall('PEXPIRE', K[k], ttl) end
   end
 end
 

@@ -37,6 +37,7 @@ func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, resul
 		if err != nil {
 			return 0, err
 		}
+		reply, full := FullReply(reply)
 		if t, ok := BoundsReply(reply); ok {
 			return t, nil
 		}
@@ -44,6 +45,10 @@ func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, resul
 			return 0, err
 		}
 		AllOrNothing(reqs, results[:len(reqs)])
+		if full {
+			Unwritten(results[:len(reqs)])
+			return 0, ErrFull
+		}
 		return 0, nil
 	})
 }

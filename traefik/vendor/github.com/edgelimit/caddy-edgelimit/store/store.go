@@ -173,3 +173,12 @@ func Uncounted(r *limiter.Result, cost int64) {
 		r.Remaining = r.Limit
 	}
 }
+
+// Unwritten adjusts the results of a decision that Redis made but could not
+// write (ErrFull): no denial was marked, so none is reported as the first
+// (each request of an exhausted client would report it again).
+func Unwritten(results []limiter.Result) {
+	for i := range results {
+		results[i].FirstDenial = false
+	}
+}
