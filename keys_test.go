@@ -278,6 +278,47 @@ func TestIPv6ClientsCountByPrefix(t *testing.T) {
 	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.77"), 429)
 }
 
+// TestIPv4InIPv6CountsAsIPv4: behind SIIT or NAT64 every IPv4 client
+// arrives as 64:ff9b::a.b.c.d, and a /64 made all of them one client (three
+// IPv4 clients shared a 2/1h limit: the third was denied, so that one
+// client could deny every other); a 6to4 site's IPv4 address has 2^16 /64s
+// (three of them passed a 2/1h limit three times), and Teredo puts every
+// client of a server in one /64. Each counts as the IPv4 address it
+// carries.
+func TestIPv4InIPv6CountsAsIPv4(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `{
+	servers {
+		trusted_proxies static 127.0.0.1/32 ::1/128
+		trusted_proxies_strict
+	}
+}
+%ADDR% {
+	edge_limit {
+		limit per_ip {
+			key {client_ip}
+			rate 2/1h
+		}
+	}
+	respond "ok"
+}`)
+	for _, ip := range []string{"64:ff9b::cb00:7101", "64:ff9b::cb00:7102", "64:ff9b::cb00:7103"} {
+		expect(t, s.get("/", "X-Forwarded-For", ip), 200)
+	}
+	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.1"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "203.0.113.1"), 429)
+	expect(t, s.get("/", "X-Forwarded-For", "2002:c633:6401:1::1"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "2002:c633:6401:2::1"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "2002:c633:6401:3::1"), 429)
+	expect(t, s.get("/", "X-Forwarded-For", "198.51.100.1"), 429)
+	// Two Teredo clients of one server (65.54.227.120): 192.0.2.45 and
+	// 192.0.2.46.
+	expect(t, s.get("/", "X-Forwarded-For", "2001:0:4136:e378:8000:63bf:3fff:fdd2"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "2001:0:4136:e378:8000:63bf:3fff:fdd1"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "2001:0:4136:e378:8000:63bf:3fff:fdd1"), 200)
+	expect(t, s.get("/", "X-Forwarded-For", "192.0.2.46"), 429)
+}
+
 // TestForwardedAddressesWithoutStrictParsingWarn: behind a trusted proxy
 // that appends to X-Forwarded-For, a client that sends its own
 // X-Forwarded-For gets a new counter each time unless the server parses

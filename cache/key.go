@@ -4,8 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"net/http"
-	"slices"
-	"strings"
 
 	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
@@ -87,43 +85,18 @@ func KeyOf(r *http.Request, zone string, identity []string) Key {
 	return k
 }
 
-// appendPreflight writes what a CORS preflight asks for: the method as it
-// is (methods are case-sensitive), and the request headers as a set, since
-// browsers and attackers may spell one list in many ways. A request without
-// them (every request but a preflight) writes two empty fields and
-// allocates nothing.
+// appendPreflight writes what a CORS preflight asks for,
+// Access-Control-Request-Method and Access-Control-Request-Headers, as they
+// came (each field line, in order): browsers write one question one way
+// (the header names lower-cased, sorted, joined by commas), and a cache
+// that joined spellings an upstream may read apart would serve the answer
+// to an attacker's spelling to browsers (an upstream comparing the list as
+// it is answered "authorization, content-type" with 403, stored for the
+// browsers' "authorization,content-type"). A request without them (every
+// request but a preflight) writes two empty fields and allocates nothing.
 func appendPreflight(b []byte, h http.Header) []byte {
-	methods := h["Access-Control-Request-Method"]
-	b = binary.AppendUvarint(b, uint64(len(methods)))
-	for _, m := range methods {
-		b = appendField(b, httpval.Trim(m))
-	}
-	lines := h["Access-Control-Request-Headers"]
-	if len(lines) == 0 {
-		return append(b, 0)
-	}
-	names := headerSet(lines)
-	b = binary.AppendUvarint(b, uint64(len(names)))
-	for _, n := range names {
-		b = appendField(b, n)
-	}
-	return b
-}
-
-// headerSet reads a list of header names given over one or more field
-// lines (Access-Control-Request-Headers, Vary) as a set: lower-cased,
-// trimmed, sorted, each once, blanks dropped.
-func headerSet(lines []string) []string {
-	var names []string
-	for _, line := range lines {
-		for part := range strings.SplitSeq(line, ",") {
-			if n := strings.ToLower(httpval.Trim(part)); n != "" {
-				names = append(names, n)
-			}
-		}
-	}
-	slices.Sort(names)
-	return slices.Compact(names)
+	b = appendHeader(b, h["Access-Control-Request-Method"])
+	return appendHeader(b, h["Access-Control-Request-Headers"])
 }
 
 // ParseShard reads Bloom-Request-Shard. As in Bloom, a missing or invalid

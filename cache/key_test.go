@@ -70,31 +70,40 @@ func TestKeyOf(t *testing.T) {
 	}
 }
 
-// TestKeyOfPreflight: a CORS preflight is keyed on the method it asks for,
-// as it is, and on the set of headers it asks for, however spelt.
+// TestKeyOfPreflight: a CORS preflight is keyed on the method and the
+// headers it asks for, as it wrote them: an upstream may read another
+// spelling of the list otherwise (browsers write one question one way).
 func TestKeyOfPreflight(t *testing.T) {
 	pre := func(headers ...string) Key {
 		h := append([]string{"Origin", "https://app.example"}, headers...)
 		return KeyOf(req("OPTIONS", "http://api.example/items", h...), "z", nil)
 	}
-	put := pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "content-type,authorization")
+	put := pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization,content-type")
+	if again := pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization,content-type"); again != put {
+		t.Error("one preflight, two keys")
+	}
 	for i, k := range []Key{
-		pre("Access-Control-Request-Method", " PUT", "Access-Control-Request-Headers", "Authorization, Content-Type"),
-		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization", "Access-Control-Request-Headers", "content-type, ,authorization"),
+		pre("Access-Control-Request-Method", " PUT", "Access-Control-Request-Headers", "authorization,content-type"),
+		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "Authorization,Content-Type"),
+		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization, content-type"),
+		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "content-type,authorization"),
+		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization,,content-type"),
+		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization,content-type,content-type"),
+		pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization", "Access-Control-Request-Headers", "content-type"),
 	} {
-		if k != put {
-			t.Errorf("spelling %d: another key", i)
+		if k == put {
+			t.Errorf("spelling %d has the browsers' key", i)
 		}
 	}
 	seen := map[Hash]string{put.ID: "PUT with two headers"}
 	for name, k := range map[string]Key{
 		"no preflight":       pre(),
-		"DELETE":             pre("Access-Control-Request-Method", "DELETE", "Access-Control-Request-Headers", "content-type,authorization"),
-		"put":                pre("Access-Control-Request-Method", "put", "Access-Control-Request-Headers", "content-type,authorization"),
+		"DELETE":             pre("Access-Control-Request-Method", "DELETE", "Access-Control-Request-Headers", "authorization,content-type"),
+		"put":                pre("Access-Control-Request-Method", "put", "Access-Control-Request-Headers", "authorization,content-type"),
 		"PUT alone":          pre("Access-Control-Request-Method", "PUT"),
 		"PUT, x-nothing":     pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "x-nothing"),
 		"PUT, one header":    pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "content-type"),
-		"PUT, three headers": pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "content-type,authorization,x-a"),
+		"PUT, three headers": pre("Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "authorization,content-type,x-a"),
 	} {
 		if other, dup := seen[k.ID]; dup {
 			t.Errorf("%s has the key of %s", name, other)

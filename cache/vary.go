@@ -147,3 +147,53 @@ func weight(params string) float64 {
 	}
 	return q
 }
+
+// CodingAccepted tells whether a response (its headers resp) to a request
+// (its headers req) may be stored as the variant that request selects:
+// when the response varies on Accept-Encoding, each of its content codings
+// must be one the request accepts as AcceptedCodings reads it. An upstream
+// that reads Accept-Encoding otherwise (a substring "gzip" in "gzipx" or
+// "gzip;q=0", say) would else store a gzip body as the variant of clients
+// that accept none (a client asking for identity got it as a HIT). Such a
+// response is served, not stored.
+func CodingAccepted(req, resp http.Header) bool {
+	ce := resp["Content-Encoding"]
+	if len(ce) == 0 {
+		return true
+	}
+	varies := false
+	for _, name := range varyList(resp) {
+		if name == "Accept-Encoding" {
+			varies = true
+			break
+		}
+	}
+	if !varies {
+		return true
+	}
+	accepted := "," + AcceptedCodings(req["Accept-Encoding"]) + ","
+	for _, line := range ce {
+		for c := range strings.SplitSeq(line, ",") {
+			c = strings.ToLower(httpval.Trim(c))
+			switch c {
+			case "", "identity":
+				continue
+			case "x-gzip":
+				c = "gzip"
+			case "x-compress":
+				c = "compress"
+			}
+			if !strings.Contains(accepted, ","+c+",") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// varyList is the response's Vary names, canonical (none for Vary: * or
+// too many, which are not stored anyway).
+func varyList(resp http.Header) []string {
+	names, _ := VaryNames(resp)
+	return names
+}

@@ -181,3 +181,59 @@ func TestAcceptedCodingsAgreesWithEncode(t *testing.T) {
 		}
 	}
 }
+
+// TestVariantOnlyInACodingItsRequestAccepts: an upstream that compresses
+// itself and reads Accept-Encoding as a substring ("gzip" in "gzipx" or in
+// "gzip;q=0") answered an attacker's request with gzip, and the cache,
+// which reads those as accepting no coding, stored it as the identity
+// variant: a client asking for identity got the gzip body as a HIT. A
+// response that varies on Accept-Encoding is stored only in codings its
+// request accepts; the others are served and not stored.
+func TestVariantOnlyInACodingItsRequestAccepts(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Vary", "Accept-Encoding")
+		w.Header().Set("Cache-Control", "max-age=600")
+		body := strings.Repeat("x", 2000)
+		if !strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			_, _ = io.WriteString(w, body)
+			return
+		}
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		_, _ = io.WriteString(zw, body)
+		_ = zw.Close()
+	})
+	s := startCacheSite(t, `
+%ADDR% {
+	edge_cache
+	reverse_proxy %UPSTREAM%
+}`, up)
+	c := newRawClient(t, s)
+	for i, attack := range []string{"gzipx", "gzip;q=0", "x-gzip;q=0, br"} {
+		path := "/poison" + string(rune('a'+i))
+		send := func(ae string) (string, string) {
+			req, _ := http.NewRequest(http.MethodGet, s.Base+path, nil)
+			if ae != "" {
+				req.Header.Set("Accept-Encoding", ae)
+			}
+			resp, err := c.c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			return resp.Header.Get("Content-Encoding"), resp.Header.Get("Bloom-Status")
+		}
+		send(attack)
+		for _, victim := range []string{"identity", "br"} {
+			if ce, st := send(victim); ce != "" {
+				t.Errorf("after %q, a client asking for %q got Content-Encoding %q (%s)", attack, victim, ce, st)
+			}
+		}
+		// The victims' own variant is stored and hit.
+		if _, st := send("identity"); st != "HIT" {
+			t.Errorf("after %q, identity's own variant: %s", attack, st)
+		}
+	}
+}

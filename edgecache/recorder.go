@@ -86,6 +86,9 @@ func (rec *cacheRecorder) WriteHeader(code int) {
 		rec.v.detail = "streaming"
 	case rec.store:
 		d := rec.c.policy.Decide(code, rec.hdr)
+		if d.Store && !cache.CodingAccepted(rec.r.Header, rec.hdr) {
+			d = cache.Decision{Reason: "a content coding the request does not accept", Detail: "coding"}
+		}
 		if d.Store && (d.Shared || !rec.sharedOnly) {
 			rec.decision = d
 			rec.mode = modeBuffer

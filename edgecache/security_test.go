@@ -452,15 +452,54 @@ func TestCacheNeverServesOnePreflightToAnother(t *testing.T) {
 	e2e.Expect(t, preflight("PUT", ""), 204, "Bloom-Status", "MISS", "Access-Control-Allow-Methods", "GET, PUT, POST")
 	e2e.Expect(t, preflight("GET", ""), 204, "Bloom-Status", "MISS")
 	e2e.Expect(t, preflight("PUT", "content-type,authorization"), 204, "Bloom-Status", "MISS")
-	// And their own answers are cached: the header list is one entry
-	// however it is spelt (case, order, spaces, repeats).
+	// And their own answers are cached; another spelling of the header
+	// list (case, order, spaces, repeats) is another question, with an
+	// entry of its own (TestPreflightSpellingNeverServedToBrowsers).
 	e2e.Expect(t, preflight("PUT", ""), 204, "Bloom-Status", "HIT")
+	e2e.Expect(t, preflight("PUT", "content-type,authorization"), 204, "Bloom-Status", "HIT")
+	e2e.Expect(t, preflight("PUT", "Authorization, Content-Type"), 204, "Bloom-Status", "MISS")
 	e2e.Expect(t, preflight("PUT", "Authorization, Content-Type"), 204, "Bloom-Status", "HIT")
-	e2e.Expect(t, preflight("PUT", " content-type , authorization,content-type"), 204, "Bloom-Status", "HIT")
 	// A method is case-sensitive: "put" is not PUT.
 	e2e.Expect(t, preflight("put", ""), 403, "Bloom-Status", "MISS")
 	e2e.Expect(t, preflight("PUT", "x-nothing"), 403, "Bloom-Status", "HIT")
-	if n := up.count("OPTIONS /cors/items"); n != 6 {
-		t.Fatalf("upstream saw %d preflights, want 6", n)
+	if n := up.count("OPTIONS /cors/items"); n != 7 {
+		t.Fatalf("upstream saw %d preflights, want 7", n)
+	}
+}
+
+// TestPreflightSpellingNeverServedToBrowsers: the cache read a
+// preflight's header list as a set, and an upstream that compares it as
+// it came (browsers write it lower-cased, sorted, joined by commas) answered
+// an attacker's "authorization, content-type" with 403, served to browsers
+// asking "authorization,content-type" as a HIT; "Authorization,Content-Type",
+// "content-type,authorization", a blank or a repeated name alike. A
+// preflight's headers are keyed as they came.
+func TestPreflightSpellingNeverServedToBrowsers(t *testing.T) {
+	e2e.FakeClock(t)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Access-Control-Request-Headers") != "authorization,content-type" {
+			w.Header().Set("Cache-Control", "max-age=600")
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=600")
+		w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
+		w.Header().Set("Access-Control-Allow-Headers", "authorization,content-type")
+		w.WriteHeader(http.StatusNoContent)
+	})
+	s := startCacheSite(t, `
+%ADDR% {
+	edge_cache
+	reverse_proxy %UPSTREAM%
+}`, up)
+	for i, attack := range []string{"authorization, content-type", "Authorization,Content-Type", "content-type,authorization", "authorization,,content-type", "authorization,content-type,authorization"} {
+		path := "/items/" + string(rune('a'+i))
+		preflight := func(headers string) e2e.Reply {
+			t.Helper()
+			return s.Do(http.MethodOptions, path, "Origin", "https://app.example", "Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", headers)
+		}
+		e2e.Expect(t, preflight(attack), 403, "Bloom-Status", "MISS")
+		e2e.Expect(t, preflight("authorization,content-type"), 204, "Bloom-Status", "MISS")
+		e2e.Expect(t, preflight("authorization,content-type"), 204, "Bloom-Status", "HIT")
 	}
 }

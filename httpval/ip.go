@@ -22,7 +22,8 @@ func IP(s string) string {
 }
 
 // IPKey is the client a key of the address s counts ("" when s is no
-// address): an IPv4 address as it is (mapped into IPv6 or not), an IPv6
+// address): an IPv4 address as it is (mapped into IPv6 or not, or carried
+// in an IPv6 address by a translation or a tunnel: see Embedded), an IPv6
 // address as its prefix of v6Bits bits (1 to 128; 128 is the address), so
 // that a client cannot make new counters by changing the addresses its
 // network gives it.
@@ -31,7 +32,7 @@ func IPKey(s string, v6Bits int) string {
 	if err != nil {
 		return ""
 	}
-	a = a.Unmap()
+	a = Embedded(a.Unmap())
 	if a.Is4() || v6Bits >= 128 || v6Bits <= 0 {
 		return a.String()
 	}
@@ -71,4 +72,43 @@ func stripZone(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// The IPv6 prefixes that carry an IPv4 client's address.
+var (
+	nat64Prefix     = netip.MustParsePrefix("64:ff9b::/96")    // RFC 6052: SIIT and NAT64 write IPv4 clients so
+	translatedIPv4  = netip.MustParsePrefix("::ffff:0:0:0/96") // RFC 2765: IPv4-translated
+	compatibleIPv4  = netip.MustParsePrefix("::/96")           // RFC 4291: IPv4-compatible (deprecated)
+	sixToFourPrefix = netip.MustParsePrefix("2002::/16")       // RFC 3056: 6to4, the site's IPv4 in bits 16-47
+	teredoPrefix    = netip.MustParsePrefix("2001::/32")       // RFC 4380: Teredo, the client's IPv4 inverted in the last 32 bits
+)
+
+// Embedded is the IPv4 client an IPv6 address stands for, when it carries
+// one: the well-known NAT64 prefix 64:ff9b::/96 (behind SIIT or NAT64 every
+// IPv4 client arrives so, and a /64 would make all of them one client), an
+// IPv4-translated or IPv4-compatible address, 6to4 (2002:V4ADDR::/48: one
+// IPv4 address has 2^16 /64s) and Teredo (the client's public IPv4 and
+// port, obfuscated, after its server's address: a /64 would be every
+// client of a Teredo server). Other addresses are returned as they are.
+func Embedded(a netip.Addr) netip.Addr {
+	if !a.Is6() {
+		return a
+	}
+	b := a.As16()
+	switch {
+	case nat64Prefix.Contains(a), translatedIPv4.Contains(a):
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	case compatibleIPv4.Contains(a):
+		// :: and ::1 are IPv6's own, and so is any address below
+		// 0.1.0.0 (nothing on the internet writes an IPv4 client so).
+		if b[12] == 0 && b[13] == 0 {
+			return a
+		}
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	case sixToFourPrefix.Contains(a):
+		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})
+	case teredoPrefix.Contains(a):
+		return netip.AddrFrom4([4]byte{b[12] ^ 0xff, b[13] ^ 0xff, b[14] ^ 0xff, b[15] ^ 0xff})
+	}
+	return a
 }

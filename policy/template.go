@@ -190,7 +190,9 @@ func appendJSON(b []byte, s string) []byte { return appendString(b, s, false) }
 // appendJS escapes s for a JavaScript string of any kind: in single or
 // double quotes, or in backticks (a template literal, where ` would end
 // the string and ${ would start code: both are written as \u escapes,
-// which a template literal reads as the characters, never as syntax).
+// which a template literal reads as the characters, never as syntax); and
+// for a regular expression literal or a comment, where / would end it (a
+// string reads \u002f as /).
 func appendJS(b []byte, s string) []byte { return appendString(b, s, true) }
 
 // appendString is appendJSON, and appendJS when js is set.
@@ -201,7 +203,7 @@ func appendString(b []byte, s string, js bool) []byte {
 			switch {
 			case c == '"' || c == '\\':
 				b = append(b, '\\', c)
-			case c < 0x20 || c == '<' || c == '>' || c == '&' || js && (c == '\'' || c == '`' || c == '$'):
+			case c < 0x20 || c == '<' || c == '>' || c == '&' || js && (c == '\'' || c == '`' || c == '$' || c == '/'):
 				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 			default:
 				b = append(b, c)
@@ -221,7 +223,14 @@ func appendString(b []byte, s string, js bool) []byte {
 	return b
 }
 
-// appendHTML escapes s as HTML text (and attribute value).
+// appendHTML escapes s as HTML text and as an attribute value, quoted or
+// not (the characters html/template escapes in an unquoted attribute:
+// whitespace, which would end the value and start another attribute, =,
+// `, +, and the quotes), and as a string inside an HTML page's script or
+// style element, where character references are not decoded: its quotes
+// and backslash are written as references, so that the value can neither
+// end the string nor escape the template's own closing quote. A reference
+// renders as the character it stands for, in text and attributes alike.
 func appendHTML(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
@@ -231,10 +240,15 @@ func appendHTML(b []byte, s string) []byte {
 			b = append(b, "&gt;"...)
 		case '&':
 			b = append(b, "&amp;"...)
-		case '"':
-			b = append(b, "&#34;"...)
-		case '\'':
-			b = append(b, "&#39;"...)
+		case '"', '\'', '`', '=', '+', '\\', ' ', '\t', '\n', '\v', '\f', '\r':
+			b = append(b, '&', '#')
+			if c >= 100 {
+				b = append(b, '0'+c/100)
+			}
+			if c >= 10 {
+				b = append(b, '0'+c/10%10)
+			}
+			b = append(b, '0'+c%10, ';')
 		default:
 			b = append(b, c)
 		}

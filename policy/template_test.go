@@ -11,7 +11,7 @@ import (
 // FuzzEscapers: an escaped value reads back as itself and cannot close
 // its string or open markup.
 func FuzzEscapers(f *testing.F) {
-	for _, s := range []string{"", `"`, `\`, "'", "</script>", "a\u2028b\u2029", "\x00\x1f\x7f", "\xff\xfe", "é漢🙂", `&lt;`} {
+	for _, s := range []string{"", `"`, `\`, "'", "</script>", "a\u2028b\u2029", "\x00\x1f\x7f", "\xff\xfe", "é漢🙂", `&lt;`, "x onmouseover=alert(1)", `/;alert(1)//`, "*/alert(1)/*"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -32,11 +32,13 @@ func FuzzEscapers(f *testing.F) {
 			t.Fatalf("JSON %q holds a character a script element reads", j)
 		}
 		js := appendJS(nil, s)
-		if strings.ContainsRune(string(js), '\'') || unescapedQuote(string(js)) {
+		if strings.ContainsAny(string(js), "'`$/") || unescapedQuote(string(js)) {
 			t.Fatalf("JS %q can close its string", js)
 		}
 		h := appendHTML(nil, s)
-		if strings.ContainsAny(string(h), `<>"'`) || html.UnescapeString(string(h)) != s {
+		// Nor end an unquoted attribute value, nor a string of a script
+		// element (which decodes no references) by its quote or backslash.
+		if strings.ContainsAny(string(h), "<>\"'`=+\\ \t\n\v\f\r") || html.UnescapeString(string(h)) != s {
 			t.Fatalf("HTML %q", h)
 		}
 	})

@@ -125,6 +125,20 @@ func TestIPv6ClientsCountByPrefix(t *testing.T) {
 	}
 }
 
+// TestIPv4InIPv6CountsAsIPv4: an IPv4 client behind SIIT/NAT64
+// (64:ff9b::/96), 6to4 (2002::/16) or Teredo counts as its IPv4 address,
+// as the Caddy module's {client_ip}: a /64 made every NAT64 client one,
+// and gave one 6to4 address 2^16 counters.
+func TestIPv4InIPv6CountsAsIPv4(t *testing.T) {
+	h := mustNew(t, &Config{Now: newClock().Now, Limits: map[string]*Limit{"per_ip": {Limit: 2, Window: "1h"}}}, okHandler())
+	codes := []int{sendFrom(h, "[64:ff9b::cb00:7101]:1").Code, sendFrom(h, "[64:ff9b::cb00:7102]:1").Code,
+		sendFrom(h, "[64:ff9b::cb00:7103]:1").Code, sendFrom(h, "203.0.113.1:1").Code, sendFrom(h, "203.0.113.1:1").Code,
+		sendFrom(h, "[2002:c633:6401:1::1]:1").Code, sendFrom(h, "[2002:c633:6401:2::1]:1").Code, sendFrom(h, "[2002:c633:6401:3::1]:1").Code}
+	if fmt.Sprint(codes) != "[200 200 200 200 429 200 200 429]" {
+		t.Errorf("three NAT64 clients, their first again twice, one 6to4 site from three /64s: %v", codes)
+	}
+}
+
 func sendFrom(h http.Handler, remote string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest("GET", "/", nil)
 	r.RemoteAddr = remote

@@ -54,11 +54,15 @@ func TestPlaceholders(t *testing.T) {
 	if got != want {
 		t.Errorf("render:\n got %s\nwant %s", got, want)
 	}
-	r.Header.Set("X-Name", `a"b<c>&'d`+"`${x}`")
+	// HTML: an unquoted attribute's value ends at a space (and = starts
+	// another), and a script element decodes no references, so that a
+	// backslash there would escape the template's closing quote;
+	// JavaScript: / ends a regular expression literal or a comment.
+	r.Header.Set("X-Name", `a"b<c>&'d`+"`${x}` on=1\\/")
 	for ct, want := range map[string]string{
-		"text/plain":               `a"b<c>&'d` + "`${x}`",
-		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d` + "`${x}`",
-		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d\u0060\u0024{x}\u0060`,
+		"text/plain":               `a"b<c>&'d` + "`${x}` on=1\\/",
+		"text/html; charset=utf-8": `a&#34;b&lt;c&gt;&amp;&#39;d&#96;${x}&#96;&#32;on&#61;1&#92;/`,
+		"application/javascript":   `a\"b\u003cc\u003e\u0026\u0027d\u0060\u0024{x}\u0060 on=1\\\u002f`,
 	} {
 		if got := render("{header.X-Name}", ct); got != want {
 			t.Errorf("%s: got %s, want %s", ct, got, want)

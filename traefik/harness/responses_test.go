@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -278,5 +279,30 @@ func TestResponseConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want one that says %q", conf, err, want)
 		}
+	}
+}
+
+// TestIPv4InIPv6CountsAsIPv4 loads the plugin through Yaegi: an IPv4
+// client behind SIIT/NAT64 (64:ff9b::/96) or 6to4 (2002::/16) counts as
+// its IPv4 address, as the Caddy module's {client_ip} (a /64 made every
+// NAT64 client one, and gave one 6to4 address 2^16 counters).
+func TestIPv4InIPv6CountsAsIPv4(t *testing.T) {
+	p := loadPlugin(t)
+	clk := newClock()
+	var conf map[string]interface{}
+	if err := yamlUnmarshal("limits:\n  per_ip:\n    limit: 2\n    window: 1h\n", &conf); err != nil {
+		t.Fatal(err)
+	}
+	h, err := p.newHandler(p.config(t, conf, clk.Now), &upstream{}, "ip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var codes []int
+	for _, ip := range []string{"[64:ff9b::cb00:7101]", "[64:ff9b::cb00:7102]", "[64:ff9b::cb00:7103]", "203.0.113.1", "203.0.113.1",
+		"[2002:c633:6401:1::1]", "[2002:c633:6401:2::1]", "[2002:c633:6401:3::1]"} {
+		codes = append(codes, sendFrom(h, ip).Code)
+	}
+	if fmt.Sprint(codes) != "[200 200 200 200 429 200 200 429]" {
+		t.Errorf("three NAT64 clients, their first again twice, one 6to4 site from three /64s: %v", codes)
 	}
 }
