@@ -385,6 +385,11 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 		if from.kind == srcHeader && (from.name == "Authorization" || from.name == "Proxy-Authorization") {
 			cred = httpval.Credentials(httpval.Trim(cred))
 		}
+		if _, dup := out.clients[cred]; dup {
+			// Two spellings of one credential: which client it stands for
+			// would depend on the map's order.
+			return nil, errors.New("clients: two credentials are one credential spelled twice")
+		}
 		out.clients[cred] = &k
 	}
 	return out, nil
