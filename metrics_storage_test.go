@@ -102,8 +102,10 @@ func TestMetricsStorageMemory(t *testing.T) {
 	wantSeries(t, m, `caddy_edge_limit_memory_evictions_total`, 0)
 	wantSeries(t, m, `caddy_edge_limit_decisions_total{limit="per_client",outcome="allowed"}`, 3*clients)
 	wantSeries(t, m, `caddy_edge_limit_decisions_total{limit="per_client",outcome="denied"}`, 2*clients)
-	// A memory decision fits the smallest buckets: under 1 ms, surely.
-	wantSeries(t, m, `caddy_edge_limit_storage_duration_seconds_bucket{backend="memory",le="0.001"}`, clients*each)
+	// Every decision is in the histogram's buckets. (How long one took is
+	// not for a test to say: under -race on a loaded machine, a memory
+	// decision has taken over a millisecond.)
+	wantSeries(t, m, `caddy_edge_limit_storage_duration_seconds_bucket{backend="memory",le="+Inf"}`, clients*each)
 	for _, kind := range []string{"timeout", "connection", "script", "oom", "other"} {
 		wantSeries(t, m, `caddy_edge_limit_redis_errors_total{kind="`+kind+`"}`, 0)
 	}
