@@ -552,7 +552,7 @@ func TestChargeOutlivesTheClient(t *testing.T) {
 	if err := h.provisionResponses(); err != nil {
 		t.Fatal(err)
 	}
-	h.charging = newCharging(h.limits)
+	h.charging = newCharging(h.pol)
 	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
 
 	r := benchRequest("10.1.2.3")

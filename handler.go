@@ -155,7 +155,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionResponses(); err != nil {
 		return err
 	}
-	h.charging = newCharging(h.limits)
+	h.charging = newCharging(h.pol)
 	app.declare(own)
 	if err := app.checkExempt(ctx, own); err != nil {
 		return err

@@ -50,7 +50,7 @@ func benchHandlerOn(b *testing.B, st store.Store, limits ...*Limit) *Handler {
 	if err := h.provisionResponses(); err != nil {
 		b.Fatal(err)
 	}
-	h.charging = newCharging(h.limits)
+	h.charging = newCharging(h.pol)
 	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
 	return h
 }

@@ -28,8 +28,10 @@ type Policy struct {
 	RawKeys bool
 	KeyMAC  []byte
 	// Charges tells whether some limit counts what responses say
-	// (charge.go).
-	Charges bool
+	// (charge.go); StripHeaders are those limits' cost headers that no
+	// client sees, removed from every response, charged or not.
+	Charges      bool
+	StripHeaders []string
 	// Waits tells whether some limit holds requests (wait.go).
 	Waits bool
 
@@ -120,6 +122,9 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 			}
 		}
 		p.Charges = p.Charges || l.Charged
+		if l.Charged && l.CostHeader != "" && !l.KeepCostHeader {
+			p.StripHeaders = append(p.StripHeaders, l.CostHeader)
+		}
 		p.Waits = p.Waits || l.WaitMax != 0
 		p.requests = append(p.requests, reqs)
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})

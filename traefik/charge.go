@@ -62,20 +62,11 @@ type charging struct {
 
 // newCharging returns the response path of a middleware's limits, nil
 // when none counts responses.
-func newCharging(limits []*compiledLimit) *charging {
-	var c *charging
-	for _, cl := range limits {
-		if !cl.Charged {
-			continue
-		}
-		if c == nil {
-			c = &charging{}
-		}
-		if cl.CostHeader != "" && !cl.KeepCostHeader {
-			c.strip = append(c.strip, cl.CostHeader)
-		}
+func newCharging(p *policy.Policy) *charging {
+	if !p.Charges {
+		return nil
 	}
-	return c
+	return &charging{strip: p.StripHeaders}
 }
 
 // chargeWriter sees the response of a request to a middleware whose limits

@@ -76,7 +76,6 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if err := m.compileLimits(config); err != nil {
 		return nil, err
 	}
-	m.charges = newCharging(m.limits)
 	limits := make([]*policy.Limit, len(m.limits))
 	for i, l := range m.limits {
 		limits[i] = l.Limit
@@ -89,6 +88,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if err != nil {
 		return nil, err
 	}
+	m.charges = newCharging(m.pol)
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
