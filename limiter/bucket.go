@@ -13,6 +13,7 @@ import (
 // intervals. The backlog is kept relative to the last update (Start) so the
 // float stays small and exact to far below a microsecond, whatever the date.
 func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
+	// backlog(l, s, now), written out: under Yaegi a call costs.
 	interval := float64(l.Window/time.Microsecond) / float64(l.Rate)
 	tau := interval * float64(l.Quota)
 	elapsed := now - s.Start
@@ -47,4 +48,20 @@ func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
 	if s.Expires < now+wait {
 		s.Expires = now + wait
 	}
+}
+
+// backlog is a bucket's emission interval, its tolerance (Quota
+// intervals) and its backlog drained to now, in microseconds.
+func backlog(l *Limit, s *State, now int64) (interval, tau, debt float64) {
+	interval = float64(l.Window/time.Microsecond) / float64(l.Rate)
+	tau = interval * float64(l.Quota)
+	elapsed := now - s.Start
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	debt = s.Debt - float64(elapsed)
+	if s.Start == 0 || debt < 0 {
+		debt = 0
+	}
+	return interval, tau, debt
 }

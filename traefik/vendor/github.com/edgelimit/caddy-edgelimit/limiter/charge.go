@@ -111,16 +111,7 @@ func chargeSliding(l *Limit, s *State, r *Result, now, cost int64) {
 }
 
 func chargeTAT(l *Limit, s *State, r *Result, now, cost int64) {
-	interval := float64(l.Window/time.Microsecond) / float64(l.Rate)
-	tau := interval * float64(l.Quota)
-	elapsed := now - s.Start
-	if elapsed < 0 {
-		elapsed = 0
-	}
-	debt := s.Debt - float64(elapsed)
-	if s.Start == 0 || debt < 0 {
-		debt = 0
-	}
+	interval, tau, debt := backlog(l, s, now)
 	next := debt + float64(cost)*interval
 	if next > MaxDebt {
 		next = MaxDebt

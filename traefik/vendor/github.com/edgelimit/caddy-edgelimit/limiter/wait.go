@@ -23,17 +23,8 @@ const MaxWait = 8 * time.Second
 // fits the bucket). A denial's RetryAfter is the time until it would be
 // allowed, waiting then as long as Wait.
 func takeShaped(l *Limit, s *State, r *Result, now, cost int64) {
-	interval := float64(l.Window/time.Microsecond) / float64(l.Rate)
-	tau := interval * float64(l.Quota)
+	interval, tau, debt := backlog(l, s, now)
 	wait := float64(l.Wait / time.Microsecond)
-	elapsed := now - s.Start
-	if elapsed < 0 {
-		elapsed = 0
-	}
-	debt := s.Debt - float64(elapsed)
-	if s.Start == 0 || debt < 0 {
-		debt = 0
-	}
 	next := debt + float64(cost)*interval
 	*r = Result{Limit: l.Quota, Window: l.PolicyWindow()}
 	if next <= tau+wait+tatSlack {
