@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,28 +19,27 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
+	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 )
 
 // AdminPort is the admin port of the in-process Caddy: one per test
 // binary, chosen free once; every config loaded keeps it.
 var AdminPort = sync.OnceValue(func() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := redistest.FreePort()
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 })
 
-// FreePort returns a loopback port nobody listens on.
+// FreePort returns a port nobody listens on (redistest.FreePort).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := redistest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // GlobalOptions are the global options every test config starts with: the

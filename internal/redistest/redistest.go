@@ -7,6 +7,7 @@ package redistest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -212,8 +213,26 @@ func (s *Server) Port() int { return s.port }
 // Dir returns the server's working directory (empty for an external one).
 func (s *Server) Dir() string { return s.dir }
 
-// FreePort asks the kernel for a free loopback TCP port.
+// FreePort returns a TCP port free on every interface (Caddy listens on
+// all of them for a site at 127.0.0.1:<port>), outside the kernel's range
+// of ephemeral ports: a port the kernel handed out as free may be taken
+// the next moment as the local port of an outgoing connection (the
+// tests' own, to Redis or to Caddy), and the server that was to listen on
+// it fails with "address already in use". A random start keeps test
+// binaries that run at once apart.
 func FreePort() (int, error) {
+	const lo, n = 20000, 12000 // below Linux's default ephemeral range, 32768-60999
+	start := rand.IntN(n)
+	for i := 0; i < n; i++ {
+		port := lo + (start+i)%n
+		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
+	}
+	// Every one taken: the kernel's choice.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"gopkg.in/yaml.v3"
 )
 
@@ -213,14 +214,9 @@ func (s *redisServer) command(args ...string) (string, error) {
 	return strings.TrimRight(string(buf[:n]), "\r\n"), nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is a port outside the kernel's ephemeral range
+// (redistest.FreePort), which an outgoing connection cannot take.
+func freePort() (int, error) { return redistest.FreePort() }
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
