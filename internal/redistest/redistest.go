@@ -218,19 +218,17 @@ func (s *Server) Dir() string { return s.dir }
 // of ephemeral ports: a port the kernel handed out as free may be taken
 // the next moment as the local port of an outgoing connection (the
 // tests' own, to Redis or to Caddy), and the server that was to listen on
-// it fails with "address already in use". A random start keeps test
-// binaries that run at once apart.
+// it fails with "address already in use". The port 10000 above it, a
+// Redis Cluster node's bus, is free and outside that range too. A random
+// start keeps test binaries that run at once apart.
 func FreePort() (int, error) {
-	const lo, n = 20000, 12000 // below Linux's default ephemeral range, 32768-60999
+	const lo, n = 10000, 12000 // and +10000: below Linux's default ephemeral range, 32768-60999
 	start := rand.IntN(n)
 	for i := 0; i < n; i++ {
 		port := lo + (start+i)%n
-		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
-		if err != nil {
-			continue
+		if free(port) && free(port+10000) {
+			return port, nil
 		}
-		l.Close()
-		return port, nil
 	}
 	// Every one taken: the kernel's choice.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -239,4 +237,14 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// free tells whether nothing listens on port.
+func free(port int) bool {
+	l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
