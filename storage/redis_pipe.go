@@ -353,7 +353,7 @@ func (p *pipe) send(ctx context.Context, scripts []batchScript) {
 }
 
 // split hands each call of a script its part of the reply: "R", the time
-// and 40 bytes per request, or "B" and the time; with store.ErrFull when
+// and a state per request, or "B" and the time; with store.ErrFull when
 // Redis refused the script's writes (a reply "F" and the decisions).
 func split(s batchScript) {
 	reply, err := s.cmd.Result()
@@ -368,7 +368,7 @@ func split(s batchScript) {
 		}
 		n := 9
 		if len(reply) > 0 && reply[0] == 'R' {
-			n += 40 * len(c.fields)
+			n += store.StateLen * len(c.fields)
 		}
 		if len(reply) < n {
 			c.err = store.ErrBadReply

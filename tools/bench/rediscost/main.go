@@ -33,13 +33,14 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
-var keep string
+var keep, only string
 
 func main() {
 	n := flag.Int("n", 2000, "decisions measured per shape")
 	clients := flag.Int("clients", 1000, "distinct client keys")
 	parallel := flag.Int("parallel", 16, "concurrent decisions (they share pipelines, as under load)")
 	flag.StringVar(&keep, "keep", "", "copy each shape's callgrind dump into this directory (for callgrind_annotate)")
+	flag.StringVar(&only, "only", "", "measure only the shapes whose name contains this")
 	flag.Parse()
 	// go-redis logs each failed dial while redis-server starts under
 	// valgrind (seconds); the wait below is the check that matters.
@@ -100,7 +101,7 @@ func run(n, clients, parallel int) error {
 		return err
 	}
 	out := filepath.Join(dir, "callgrind.out")
-	cmd := exec.Command("valgrind", "--tool=callgrind", "--callgrind-out-file="+out,
+	cmd := exec.Command("valgrind", "--tool=callgrind", "--callgrind-out-file="+out, "--compress-strings=no",
 		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
@@ -129,6 +130,9 @@ func run(n, clients, parallel int) error {
 		field(ver, "redis_version"), n, clients, parallel)
 	seen := map[string]bool{}
 	for si, sh := range shapes {
+		if !strings.Contains(sh.name, only) {
+			continue
+		}
 		reqs := func(key string) []store.Request {
 			var rs []store.Request
 			for i, l := range sh.limits {

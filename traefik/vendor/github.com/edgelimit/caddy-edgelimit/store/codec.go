@@ -147,14 +147,18 @@ func BoundsReply(reply string) (int64, bool) {
 }
 
 // ReplyLen is the length of one decision's reply of n requests: "R", the
-// time, and five numbers per request.
-func ReplyLen(n int) int { return 9 + 40*n }
+// time, and the state each request was decided from.
+func ReplyLen(n int) int { return 9 + StateLen*n }
 
-// ParseResults reads a take reply, "R", the time decided at and five
-// numbers per request (allowed, first denial (+2 when banned),
-// remaining, reset, retry after), into the results of the requests at idx (all when idx is nil),
-// and returns what follows them (the states, when asked for). bounds are
-// those AppendRequests passed.
+// ParseResults reads a take reply, "R", the time decided at and, per
+// request, the state the script decided it from (StateLen bytes, all zeros
+// for none), into the results of the requests at idx (all when idx is nil),
+// and returns what follows them (the states, when asked for). The script
+// sends states, not results: packing five numbers per request cost Redis
+// more than deciding, and Go decides again from the same states, as
+// store.Memory does (the script mirrors package limiter), for the results.
+// bounds are those AppendRequests passed (a calendar quota's result is of
+// the window the script decided in: the script answers "B" outside it).
 func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
 	n := len(reqs)
 	if idx != nil {
@@ -169,20 +173,13 @@ func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 		if idx != nil {
 			i = idx[j]
 		}
-		o := 9 + 40*j
-		l := &reqs[i].Limit
-		reset := readInt(reply, o+24)
-		first := readInt(reply, o+8)
-		results[i] = limiter.Result{
-			Allowed:     readInt(reply, o) == 1,
-			FirstDenial: first&1 == 1,
-			Banned:      first > 1,
-			Limit:       l.Quota,
-			Remaining:   readInt(reply, o+16),
-			Reset:       time.Duration(reset) * time.Microsecond,
-			ResetAt:     at + reset,
-			RetryAfter:  time.Duration(readInt(reply, o+32)) * time.Microsecond,
-			Window:      l.ResultWindow(bounds[i][0], bounds[i][1]),
+		o := 9 + StateLen*j
+		st := DecodeState(reply[o:o+StateLen], at)
+		r := &reqs[i]
+		if r.Mode == ModeTake && r.Limit.Ban == 0 {
+			limiter.Decide(&r.Limit, &st, &results[i], at, r.Cost)
+		} else {
+			decideMode(r, &st, &results[i], at)
 		}
 	}
 	return reply[ReplyLen(n):], nil

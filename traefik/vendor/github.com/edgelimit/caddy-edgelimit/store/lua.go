@@ -104,18 +104,24 @@ local keep = flags == 1
 local nk = #K
 local byte = string.byte
 
--- arr is a table with room for eight values: Lua grows a table by
--- rehashing it, and tables that grow one value at a time cost more than
--- the decisions.
-local function arr() return {false, false, false, false, false, false, false, false} end
-
+-- Tables cost Redis more than the arithmetic (each one is an allocation
+-- the collector sweeps, and one that grows a value at a time is rehashed
+-- at every power of two): the script keeps a few, with room made by their
+-- constructors, and the per-key and per-request values in strides.
+--
 -- The plan: each client's fields ("~" first, then each field once) and
 -- each request's slot among them, so that a client is one HMGET and one
--- HSET however many decisions of the batch it is in. The numbers read here
--- are small and positive: their low bytes are enough.
-local fl, nf, got, chg, need, at, slot, rk = arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr()
+-- HSET however many decisions of the batch it is in. KS holds per key its
+-- number of fields, the latest expiry it was written with (0: unchanged)
+-- and the time of that write; PL per request its key and slot. The numbers
+-- read here are small and positive: their low bytes are enough.
+local fl, got = {false, false, false, false}, {false, false, false, false}
+local KS = {false, false, false, false, false, false, false, false, false, false, false, false}
+local PL = {false, false, false, false, false, false, false, false, false, false, false, false,
+  false, false, false, false, false, false, false, false, false, false, false, false}
 for k = 1, nk do
-  fl[k], nf[k], chg[k], need[k] = {'~', false, false, false, false, false, false, false}, 1, false, 0
+  fl[k] = {'~', false, false, false, false, false, false, false}
+  KS[3 * k - 2], KS[3 * k - 1], KS[3 * k] = 1, 0, 0
 end
 local pos, r = 17, 0
 for _ = 1, ndec do
@@ -126,17 +132,18 @@ for _ = 1, ndec do
     local k = k1 + 256 * (k2 + 256 * k3)
     pos = pos + 40
     r = r + 1
-    local field, l, j = A[1 + r], fl[k], nf[k]
+    local field, l, nfk = A[1 + r], fl[k], KS[3 * k - 2]
+    local j = nfk
     while j > 1 and l[j] ~= field do j = j - 1 end
     if j == 1 then
-      j = nf[k] + 1
-      nf[k], l[j] = j, field
+      j = nfk + 1
+      KS[3 * k - 2], l[j] = j, field
     end
-    slot[r], rk[r] = j, k
+    PL[2 * r - 1], PL[2 * r] = k, j
   end
 end
 for k = 1, nk do
-  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, nf[k]))
+  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, KS[3 * k - 2]))
   if type(g) ~= 'table' or g.err then
     rcall('DEL', K[k])
     g = {}
@@ -146,24 +153,20 @@ end
 
 -- charge is limiter.Charge: cost units counted whatever is left, a window
 -- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
--- microseconds (limiter.MaxDebt). It returns the state, what remains and
--- the reset.
+-- microseconds (limiter.MaxDebt). It returns the state.
 local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
 local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
   if cost > MAXQ then cost = MAXQ end
   if alg == 1 or alg == 6 then
     local start, stop = bounds(alg, a, b, now)
     if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-    c = min(c + cost, MAXQ)
-    return st, c, p, d, stop, x, max(q - c, 0), stop - now
+    return st, min(c + cost, MAXQ), p, d, stop, x
   elseif alg == 2 then
     if c == 0 or now >= st + a or now < st then
       local dd = x and c == 0
       st, c, p, d, e, x = now, 0, 0, 0, 0, dd
     end
-    local stop = st + a
-    c = min(c + cost, MAXQ)
-    return st, c, p, d, stop, x, max(q - c, 0), stop - now
+    return st, min(c + cost, MAXQ), p, d, st + a, x
   elseif alg == 3 then
     local start, stop = bounds(3, a, b, now)
     local w = a
@@ -173,54 +176,60 @@ local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
     else
       st, c, p, d, e, x = start, 0, 0, 0, 0, false
     end
-    local used = p * (w - (now - start)) / w + c
-    c = min(c + cost, MAXQ)
-    local reset = 0
-    if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
-    return st, c, p, d, stop + w, x, max(floor(q - used - cost + 1e-6), 0), reset
+    return st, min(c + cost, MAXQ), p, d, stop + w, x
   end
   local interval = a / b
-  local tau = interval * q
   local debt = now - st
   if debt < 0 then debt = 0 end
   debt = d - debt
   if st == 0 or debt < 0 then debt = 0 end
   local nxt = debt + cost * interval
   if nxt > MAXDEBT then nxt = MAXDEBT end
-  return now, c, p, nxt, now + ceil(nxt), x, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt)
+  return now, c, p, nxt, now + ceil(nxt), x
 end
 
--- FMT[n] packs a decision's reply of n requests: its time and five
--- numbers per request.
-local FMT = {'<i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8',
-  '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8'}
-local out, nout = arr(), 0
-local ks, ss, after, expires, allowed, states = arr(), arr(), arr(), arr(), arr(), {}
-local nums = {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false}
-local server
+-- The reply of a decision is "R", its time and, per request, the state it
+-- was decided from (41 bytes, all zeros for none): Go decides again from
+-- those, as store.Memory would, for the results (ParseResults). The script
+-- decides only what it must write: whether each request passes, and its
+-- state after. Its time is packed once per batch on the server's clock.
+local out, nout = {false, false, false, false, false, false, false, false, false, false, false, false}, 0
+-- D holds per request of a decision its state after, expiry and outcome.
+local D = {false, false, false, false, false, false, false, false, false, false, false, false}
+local states = keep and {} or nil
+local server, serverR
 pos, r = 17, 0
 for _ = 1, ndec do
   local now, n = sunpack('<i8i8', spec, pos)
   pos = pos + 16
+  local head
   if now == 0 then
-    if not server then server = clock(0) end
-    now = server
+    if not server then
+      server = clock(0)
+      serverR = 'R' .. spack('<i8', server)
+    end
+    now, head = server, serverR
+  else
+    head = 'R' .. spack('<i8', now)
   end
-  local pass, bad, nst = true, false, 0
+  local pass, bad, nst, o, r0 = true, false, 0, nout + 1, r
+  nout = o
   for i = 1, n do
     local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
     pos = pos + 40
     r = r + 1
-    local dry = code % 2
-    local k, alg, s = rk[r], (code % 16 - dry) / 2, slot[r]
-    local mode = floor(code % 256 / 16)
-    local ban = floor(code / 4294967296) * 1000000
-    local wait = 0
+    local k, s = PL[2 * r - 1], PL[2 * r]
+    local low = code % 256
+    local dry = low % 2
+    local alg = (low % 16 - dry) / 2
+    local mode = (low - low % 16) / 16
+    local ban, wait = 0, 0
+    if code >= 4294967296 then ban = (code - code % 4294967296) / 4294967296 * 1000000 end
     if alg == 4 or alg == 5 then
-      wait = floor(b / 1099511627776) * 1000
-      b = b % 1099511627776
+      -- A wait's milliseconds above the rate.
+      local rate = b % 1099511627776
+      wait, b = (b - rate) / 1099511627776 * 1000, rate
     end
-    ks[i], ss[i] = k, s
     if alg == 6 and (now < a or now >= b) then
       -- A calendar window Go computed for another time: this decision
       -- counts nothing, and is asked again.
@@ -230,8 +239,8 @@ for _ = 1, ndec do
     -- earlier's result.
     local v = got[k][s]
     for j = i - 1, 1, -1 do
-      if ks[j] == k and ss[j] == s then
-        v = after[j]
+      if PL[2 * (r0 + j) - 1] == k and PL[2 * (r0 + j)] == s then
+        v = D[3 * j - 2]
         break
       end
     end
@@ -244,46 +253,41 @@ for _ = 1, ndec do
       else
         st, c, p, d, e = 0, 0, 0, 0, 0
       end
+      out[o + i] = v
+    else
+      out[o + i] = zero41
     end
     if keep then
       nst = nst + 1
       states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
     end
-    local ok, first, rem, reset, retry
+    local ok, reset, retry = 1, 0, 0
     local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
     -- limiter.DecideBan: a banned key (count -1, start 0, until its
-    -- expiry) is denied; a charge counts nothing and passes. first is 2
-    -- (+1 for a first denial) in a ban's results.
+    -- expiry) is denied; a charge counts nothing and passes.
     local banned = ban > 0 and c == -1 and st == 0
     if banned then
-      ok, first, rem, reset, retry = 0, 2, 0, e - now, e - now
-      if mode == 2 then ok, retry = 1, 0 end
+      if mode ~= 2 then ok = 0 end
     elseif mode == 2 then
-      st, c, p, d, e, x, rem, reset = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-      ok, first, retry = 1, 0, 0
+      st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
     elseif alg == 1 or alg == 6 then
       -- takeFixed (with Bounds)
       local start, stop = a, b
       if alg == 1 then
-        local m = fmod(now - b, a)
-        if m < 0 then m = m + a end
-        start, stop = now - m, now - m + a
+        start = now - (now - b) % a
+        stop = start + a
       end
       if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
       e = stop
-      reset = stop - now
       if c + cost <= q then
         c = c + cost
         x = false
-        ok, first, rem, retry = 1, 0, q - c, 0
       else
-        ok, first, retry = 0, x and 0 or 1, stop - now
-        rem = q - c
-        if rem < 0 then rem = 0 end
-        x = true
+        ok, x = 0, true
+        reset, retry = stop - now, stop - now
       end
     elseif alg == 4 or alg == 5 then
-      -- takeTAT
+      -- takeTAT, takeShaped with a wait
       local interval = a / b
       local tau = interval * q
       local debt = now - st
@@ -291,18 +295,14 @@ for _ = 1, ndec do
       debt = d - debt
       if st == 0 or debt < 0 then debt = 0 end
       local nxt = debt + cost * interval
-      -- takeShaped with a wait: allowed within it, retry the time to hold.
       if nxt <= tau + wait + 1e-3 then
         st, d = now, nxt
         e = now + ceil(nxt)
         x = false
-        ok, first, rem, reset, retry = 1, 0, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt), 0
-        if nxt > tau + 1e-3 then retry = ceil(nxt - tau) end
       else
-        ok, first = 0, x and 0 or 1
-        x = true
+        ok, x = 0, true
         e = max(e, now + ceil(nxt - tau - wait))
-        rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau - wait)
+        reset, retry = ceil(debt), ceil(nxt - tau - wait)
       end
     elseif alg == 2 then
       -- takeAnchored
@@ -312,14 +312,12 @@ for _ = 1, ndec do
         st, c, p, d, e, x = now, 0, 0, 0, 0, dd
       end
       local stop = st + w
-      reset = stop - now
       if c + cost <= q then
         c = c + cost
         x = false
-        ok, first, rem, retry = 1, 0, q - c, 0
       else
-        ok, first, rem, retry = 0, x and 0 or 1, max(q - c, 0), stop - now
-        x = true
+        ok, x = 0, true
+        reset, retry = stop - now, stop - now
       end
       if c == 0 then
         st, e = 0, now + w
@@ -328,9 +326,8 @@ for _ = 1, ndec do
       end
     else
       -- takeSliding
-      local m = fmod(now - b, a)
-      if m < 0 then m = m + a end
-      local start, stop = now - m, now - m + a
+      local start = now - (now - b) % a
+      local stop = start + a
       local w = a
       if st == start then
       elseif st == start - w then
@@ -344,71 +341,68 @@ for _ = 1, ndec do
       if used + cost <= q then
         c = c + cost
         x = false
-        ok, first, rem, retry = 1, 0, max(floor(q - used - cost + 1e-6), 0), 0
       else
-        -- slidingRetry
-        if cost > q then
-          retry = w - elapsed + w
-        else
-          local room = q - cost - c
-          if room >= 0 and p > 0 then
-            local ee = w - floor(room * w / p)
-            retry = ee > elapsed and ee - elapsed or 1
-          elseif room >= 0 then
-            retry = 1
+        ok, x = 0, true
+        if ban > 0 then
+          -- slidingRetry
+          if cost > q then
+            retry = w - elapsed + w
           else
-            retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+            local room = q - cost - c
+            if room >= 0 and p > 0 then
+              local ee = w - floor(room * w / p)
+              retry = ee > elapsed and ee - elapsed or 1
+            elseif room >= 0 then
+              retry = 1
+            else
+              retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+            end
           end
+          -- slidingReset
+          if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
         end
-        ok, first, rem = 0, x and 0 or 1, max(floor(q - used + 1e-6), 0)
-        x = true
       end
-      -- slidingReset
-      if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
     end
     if ban > 0 and ok == 0 and not banned then
       -- A denial bans the key for ban, or until the quota is whole again.
-      local stop = now + max(ban, reset, retry)
-      st, c, p, d, e, x = 0, -1, 0, 0, stop, true
-      first, rem, reset, retry = first + 2, 0, stop - now, stop - now
+      st, c, p, d, e, x = 0, -1, 0, 0, now + max(ban, reset, retry), true
     end
-    local put = true
+    local nv = v
     if mode == 1 and ok == 1 then
       -- check (limiter.Check): nothing counted; the state as it was, its
-      -- denial mark cleared, and what remained before the request.
-      st, c, p, d, e, x = o1, o2, o3, o4, o5, false
-      rem = min(rem + cost, q)
-      put = ox
+      -- denial mark cleared.
+      if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
+    elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
+      nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
     end
-    local nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
-    after[i], expires[i], allowed[i] = put and nv or v, e, ok
+    D[3 * i - 2], D[3 * i - 1], D[3 * i] = nv, e, ok
     if ok == 0 and dry == 0 then pass = false end
     if keep then
       nst = nst + 1
-      states[nst] = nv
+      states[nst] = type(nv) == 'string' and #nv == 41 and nv or zero41
     end
-    local o = 5 * i
-    nums[o - 3], nums[o - 2], nums[o - 1], nums[o], nums[o + 1] = ok, first, rem, reset, retry
   end
-  nout = nout + 1
   if bad then
-    out[nout] = 'B' .. spack('<i8', now)
+    out[o] = 'B' .. spack('<i8', now)
+    nout = o
   else
     -- All or nothing: when a limit that is not a dry run denies, only the
     -- denials are kept (their mark reports the first denial once). In
     -- order, so that the last state of a counter is the one kept.
     for i = 1, n do
-      if pass or allowed[i] == 0 then
-        local k, g = ks[i], got[ks[i]]
-        if g[ss[i]] ~= after[i] then
-          g[ss[i]] = after[i]
-          chg[k], at[k] = true, now
-          if expires[i] > need[k] then need[k] = expires[i] end
+      if pass or D[3 * i] == 0 then
+        local k, s, nv = PL[2 * (r0 + i) - 1], PL[2 * (r0 + i)], D[3 * i - 2]
+        local g = got[k]
+        if g[s] ~= nv then
+          g[s] = nv
+          local e = D[3 * i - 1]
+          if e > KS[3 * k - 1] then KS[3 * k - 1] = e end
+          KS[3 * k] = now
         end
       end
     end
-    nums[1] = now
-    out[nout] = 'R' .. spack(FMT[n] or '<' .. string.rep('i8', 1 + 5 * n), unpack(nums, 1, 1 + 5 * n))
+    out[o] = head
+    nout = o + n
     if keep then
       nout = nout + 1
       out[nout] = table.concat(states, '', 1, nst)
@@ -427,20 +421,21 @@ end
 -- a pcall, and when Redis refuses it, the reply is "F" and the decisions,
 -- made from what Redis holds but counted nowhere. (Redis 7 writes the
 -- error as "OOM command ...", Redis 6 with the script's line before it.)
-local wrote = false
+local wrote, w = false, nil
 for k = 1, nk do
-  if chg[k] then
+  if KS[3 * k] > 0 then
     local l, g = fl[k], got[k]
-    local w, nw = arr(), 0
-    for j = 2, nf[k] do
+    local nw = 0
+    if not w then w = {false, false, false, false, false, false, false, false} end
+    for j = 2, KS[3 * k - 2] do
       if g[j] then
         w[nw + 1], w[nw + 2] = l[j], g[j]
         nw = nw + 2
       end
     end
-    local e, ttl = need[k], false
+    local e, ttl = KS[3 * k - 1], false
     if e > (tonumber(g[1]) or 0) then
-      local now = at[k]
+      local now = KS[3 * k]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
       w[nw + 1], w[nw + 2] = '~', tostring(e)
       nw = nw + 2
