@@ -87,11 +87,13 @@ end
 // and five numbers per request (see luaCommon; the key index is into the
 // batch's KEYS); ARGV[2...] are the requests' fields, in order.
 //
-// The reply is, per decision, "R", the time decided at, and five integers
-// per request (the same encoding), allowed first_denial remaining reset
-// retry_after (durations in microseconds), followed with flags 1 by the
-// state before and the state after each request (41 bytes each, all zeros
-// for none); or "B" and the server's time when it falls outside a calendar
+// The reply is, per decision, "R", the time decided at, and per request
+// the stored value it was decided from (41 bytes, as stored: expired or
+// foreign ones too, which Go reads as the script does; all zeros for none):
+// Go decides again from those for the results (ParseResults), as
+// store.Memory would, so that the script packs no results. With flags 1
+// the state before and the state after each request follow (41 bytes
+// each, all zeros for none). Or "B" and the server's time when it falls outside a calendar
 // window Go computed for that decision: it counted nothing, and is asked
 // again with bounds for that time. When Redis refuses the script's writes
 // (OOM: at its maxmemory, with noeviction), the whole reply is "F"
@@ -136,10 +138,14 @@ for _ = 1, ndec do
     local j = nfk
     while j > 1 and l[j] ~= field do j = j - 1 end
     if j == 1 then
+      -- The field's first request in the batch: its slot negative, as no
+      -- earlier request of its decision can share it.
       j = nfk + 1
       KS[3 * k - 2], l[j] = j, field
+      PL[2 * r - 1], PL[2 * r] = k, -j
+    else
+      PL[2 * r - 1], PL[2 * r] = k, j
     end
-    PL[2 * r - 1], PL[2 * r] = k, j
   end
 end
 for k = 1, nk do
@@ -219,6 +225,7 @@ for _ = 1, ndec do
     pos = pos + 40
     r = r + 1
     local k, s = PL[2 * r - 1], PL[2 * r]
+    local v
     local low = code % 256
     local dry = low % 2
     local alg = (low % 16 - dry) / 2
@@ -237,11 +244,17 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
-    local v = got[k][s]
-    for j = i - 1, 1, -1 do
-      if PL[2 * (r0 + j) - 1] == k and PL[2 * (r0 + j)] == s then
-        v = D[3 * j - 2]
-        break
+    if s < 0 then
+      s = -s
+      v = got[k][s]
+    else
+      v = got[k][s]
+      for j = i - 1, 1, -1 do
+        local t = PL[2 * (r0 + j)]
+        if PL[2 * (r0 + j) - 1] == k and (t == s or t == -s) then
+          v = D[3 * j - 2]
+          break
+        end
       end
     end
     local st, c, p, d, e, x = 0, 0, 0, 0, 0, false
@@ -392,6 +405,7 @@ for _ = 1, ndec do
     for i = 1, n do
       if pass or D[3 * i] == 0 then
         local k, s, nv = PL[2 * (r0 + i) - 1], PL[2 * (r0 + i)], D[3 * i - 2]
+        if s < 0 then s = -s end
         local g = got[k]
         if g[s] ~= nv then
           g[s] = nv
