@@ -208,10 +208,8 @@ func (r *RedisStorage) Validate() error {
 	if err := store.CheckPrefix(r.KeyPrefix); err != nil {
 		return fmt.Errorf("redis storage: key_prefix %w", err)
 	}
-	switch r.Clock {
-	case "", "server", "local":
-	default:
-		return fmt.Errorf("redis storage: clock %q: want server or local", r.Clock)
+	if _, err := store.ParseClock(r.Clock); err != nil {
+		return fmt.Errorf("redis storage: %w", err)
 	}
 	if r.URL != "" && !hasPlaceholder(r.URL) {
 		if _, err := parseRedisURL(r.URL); err != nil {

@@ -29,6 +29,18 @@ func CheckPrefix(prefix string) error {
 	return nil
 }
 
+// ParseClock reads whose clock decides: server ("" too: Redis's, so that
+// instances whose clocks differ agree) or local (each instance's own).
+func ParseClock(s string) (local bool, err error) {
+	switch s {
+	case "", "server":
+		return false, nil
+	case "local":
+		return true, nil
+	}
+	return false, fmt.Errorf("clock %q: want server or local", s)
+}
+
 // RedisURL is what a Redis URL says; "" and 0 for what it does not.
 type RedisURL struct {
 	Addr     string // host:port (the port 6379 when the URL has none)

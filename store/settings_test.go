@@ -19,3 +19,14 @@ func TestRedactURL(t *testing.T) {
 		t.Error("CheckPrefix")
 	}
 }
+
+func TestParseClock(t *testing.T) {
+	for s, want := range map[string]bool{"": false, "server": false, "local": true} {
+		if local, err := ParseClock(s); err != nil || local != want {
+			t.Errorf("%q: %t %v", s, local, err)
+		}
+	}
+	if _, err := ParseClock("atomic"); err == nil {
+		t.Error("an unknown clock is accepted")
+	}
+}

@@ -160,13 +160,11 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	if err := store.CheckPrefix(o.prefix); err != nil {
 		return nil, fmt.Errorf("redis: keyPrefix %w", err)
 	}
-	switch c.Clock {
-	case "", "server":
-	case "local":
-		o.localTime = true
-	default:
-		return nil, fmt.Errorf("redis: clock %q: want server or local", c.Clock)
+	local, err := store.ParseClock(c.Clock)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
 	}
+	o.localTime = local
 	if c.PoolSize < 0 {
 		return nil, fmt.Errorf("redis: poolSize must not be negative, got %d", c.PoolSize)
 	}
