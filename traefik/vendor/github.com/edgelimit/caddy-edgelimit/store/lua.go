@@ -114,16 +114,19 @@ local byte = string.byte
 -- The plan: each client's fields ("~" first, then each field once) and
 -- each request's slot among them, so that a client is one HMGET and one
 -- HSET however many decisions of the batch it is in. KS holds per key its
--- number of fields, the latest expiry it was written with (0: unchanged)
--- and the time of that write; PL per request its key and slot. The numbers
+-- number of fields, the latest expiry it was written with (0: unchanged),
+-- the time of that write (0: none) and the latest expiry of the states
+-- read from Redis (the hash's TTL covers them: a state no later needs no
+-- look at the mark "~"); PL per request its key and slot. The numbers
 -- read here are small and positive: their low bytes are enough.
 local fl, got = {false, false, false, false}, {false, false, false, false}
-local KS = {false, false, false, false, false, false, false, false, false, false, false, false}
+local KS = {false, false, false, false, false, false, false, false, false, false, false, false,
+  false, false, false, false}
 local PL = {false, false, false, false, false, false, false, false, false, false, false, false,
   false, false, false, false, false, false, false, false, false, false, false, false}
 for k = 1, nk do
   fl[k] = {'~', false, false, false, false, false, false, false}
-  KS[3 * k - 2], KS[3 * k - 1], KS[3 * k] = 1, 0, 0
+  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 1, 0, 0, 0
 end
 local pos, r = 17, 0
 for _ = 1, ndec do
@@ -134,14 +137,14 @@ for _ = 1, ndec do
     local k = k1 + 256 * (k2 + 256 * k3)
     pos = pos + 40
     r = r + 1
-    local field, l, nfk = A[1 + r], fl[k], KS[3 * k - 2]
+    local field, l, nfk = A[1 + r], fl[k], KS[4 * k - 3]
     local j = nfk
     while j > 1 and l[j] ~= field do j = j - 1 end
     if j == 1 then
       -- The field's first request in the batch: its slot negative, as no
       -- earlier request of its decision can share it.
       j = nfk + 1
-      KS[3 * k - 2], l[j] = j, field
+      KS[4 * k - 3], l[j] = j, field
       PL[2 * r - 1], PL[2 * r] = k, -j
     else
       PL[2 * r - 1], PL[2 * r] = k, j
@@ -149,7 +152,7 @@ for _ = 1, ndec do
   end
 end
 for k = 1, nk do
-  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, KS[3 * k - 2]))
+  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, KS[4 * k - 3]))
   if type(g) ~= 'table' or g.err then
     rcall('DEL', K[k])
     g = {}
@@ -244,6 +247,7 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
+    local read = KS[4 * k - 1] == 0
     if s < 0 then
       s = -s
       v = got[k][s]
@@ -252,7 +256,7 @@ for _ = 1, ndec do
       for j = i - 1, 1, -1 do
         local t = PL[2 * (r0 + j)]
         if PL[2 * (r0 + j) - 1] == k and (t == s or t == -s) then
-          v = D[3 * j - 2]
+          v, read = D[3 * j - 2], false
           break
         end
       end
@@ -263,6 +267,9 @@ for _ = 1, ndec do
       st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
       if e > now and d == d and d ~= huge and d ~= -huge then
         x = xx == 1
+        -- As read from Redis (no decision of the batch wrote the client
+        -- yet): under the hash's TTL.
+        if read and e > KS[4 * k] then KS[4 * k] = e end
       else
         st, c, p, d, e = 0, 0, 0, 0, 0
       end
@@ -410,8 +417,8 @@ for _ = 1, ndec do
         if g[s] ~= nv then
           g[s] = nv
           local e = D[3 * i - 1]
-          if e > KS[3 * k - 1] then KS[3 * k - 1] = e end
-          KS[3 * k] = now
+          if e > KS[4 * k - 2] then KS[4 * k - 2] = e end
+          KS[4 * k - 1] = now
         end
       end
     end
@@ -437,19 +444,19 @@ end
 -- error as "OOM command ...", Redis 6 with the script's line before it.)
 local wrote, w = false, nil
 for k = 1, nk do
-  if KS[3 * k] > 0 then
+  if KS[4 * k - 1] > 0 then
     local l, g = fl[k], got[k]
     local nw = 0
     if not w then w = {false, false, false, false, false, false, false, false} end
-    for j = 2, KS[3 * k - 2] do
+    for j = 2, KS[4 * k - 3] do
       if g[j] then
         w[nw + 1], w[nw + 2] = l[j], g[j]
         nw = nw + 2
       end
     end
-    local e, ttl = KS[3 * k - 1], false
-    if e > (tonumber(g[1]) or 0) then
-      local now = KS[3 * k]
+    local e, ttl = KS[4 * k - 2], false
+    if e > KS[4 * k] and e > (tonumber(g[1]) or 0) then
+      local now = KS[4 * k - 1]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
       w[nw + 1], w[nw + 2] = '~', tostring(e)
       nw = nw + 2
