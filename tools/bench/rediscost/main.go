@@ -9,7 +9,10 @@
 //
 //	go run ./bench/rediscost             # 1 and 3 limits, 2,000 decisions each
 //	go run ./bench/rediscost -n 5000 -clients 10000
+//	go run ./bench/rediscost -only "redis-3" -keep /tmp/cg   # one shape, its dump kept
 //
+// The dumps are written with their names uncompressed, so that each one
+// reads alone in callgrind_annotate.
 // Needs valgrind and redis-server. Loopback only.
 package main
 
