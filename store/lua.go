@@ -84,8 +84,10 @@ end
 // clients of the whole batch; ARGV[1] holds a head (flags: 1 asks for each
 // state before and after, to undo a take; the number of decisions), then
 // per decision its time (0 for the server's) and its number of requests,
-// and five numbers per request (see luaCommon; the key index is into the
-// batch's KEYS); ARGV[2...] are the requests' fields, in order.
+// and five numbers per request (see luaCommon), whose code names, instead
+// of a key, the index in ARGV of the request's field; ARGV[2...] are each
+// client's fields, in the order of KEYS: "~" and then each field once
+// (store.PlanTake).
 //
 // The reply is, per decision, "R", the time decided at, and per request
 // the stored value it was decided from (41 bytes, as stored: expired or
@@ -104,55 +106,38 @@ local spec = A[1]
 local flags, ndec = sunpack('<i8i8', spec)
 local keep = flags == 1
 local nk = #K
-local byte = string.byte
 
 -- Tables cost Redis more than the arithmetic (each one is an allocation
 -- the collector sweeps, and one that grows a value at a time is rehashed
 -- at every power of two): the script keeps a few, with room made by their
 -- constructors, and the per-key and per-request values in strides.
 --
--- The plan: each client's fields ("~" first, then each field once) and
--- each request's slot among them, so that a client is one HMGET and one
--- HSET however many decisions of the batch it is in. KS holds per key its
--- number of fields, the latest expiry it was written with (0: unchanged),
--- the time of that write (0: none) and the latest expiry of the states
--- read from Redis (the hash's TTL covers them: a state no later needs no
--- look at the mark "~"); PL per request its key and slot. The numbers
--- read here are small and positive: their low bytes are enough.
-local fl, got = {false, false, false, false}, {false, false, false, false}
-local KS = {false, false, false, false, false, false, false, false, false, false, false, false,
+-- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
+-- fields, in the order of KEYS, "~" first and then each field once, and a
+-- request's code names its field's index in ARGV, so that a client is one
+-- HMGET and one HSET however many decisions of the batch it is in. GS[k]
+-- is the index of client k's "~" (GS[nk + 1] past the last), KO[j] the
+-- client of ARGV[j]. KS holds per key the latest expiry it was written
+-- with (0: unchanged), the time of that write (0: none) and the latest
+-- expiry of the states read from Redis (the hash's TTL covers them: a
+-- state no later needs no look at the mark "~").
+local got = {false, false, false, false}
+local KS = {false, false, false, false, false, false, false, false, false, false, false, false}
+local GS = {false, false, false, false, false, false, false, false}
+local KO = {false, false, false, false, false, false, false, false, false, false, false, false,
   false, false, false, false}
-local PL = {false, false, false, false, false, false, false, false, false, false, false, false,
-  false, false, false, false, false, false, false, false, false, false, false, false}
-for k = 1, nk do
-  fl[k] = {'~', false, false, false, false, false, false, false}
-  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 1, 0, 0, 0
-end
-local pos, r = 17, 0
-for _ = 1, ndec do
-  local n1, n2 = byte(spec, pos + 8, pos + 9)
-  pos = pos + 16
-  for _ = 1, n1 + 256 * n2 do
-    local k1, k2, k3 = byte(spec, pos + 1, pos + 3)
-    local k = k1 + 256 * (k2 + 256 * k3)
-    pos = pos + 40
-    r = r + 1
-    local field, l, nfk = A[1 + r], fl[k], KS[4 * k - 3]
-    local j = nfk
-    while j > 1 and l[j] ~= field do j = j - 1 end
-    if j == 1 then
-      -- The field's first request in the batch: its slot negative, as no
-      -- earlier request of its decision can share it.
-      j = nfk + 1
-      KS[4 * k - 3], l[j] = j, field
-      PL[2 * r - 1], PL[2 * r] = k, -j
-    else
-      PL[2 * r - 1], PL[2 * r] = k, j
-    end
+local na, k = #A, 0
+for j = 2, na do
+  if A[j] == '~' then
+    k = k + 1
+    GS[k] = j
+    KS[3 * k - 2], KS[3 * k - 1], KS[3 * k] = 0, 0, 0
   end
+  KO[j] = k
 end
+GS[nk + 1] = na + 1
 for k = 1, nk do
-  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, KS[4 * k - 3]))
+  local g = rpcall('HMGET', K[k], unpack(A, GS[k], GS[k + 1] - 1))
   if type(g) ~= 'table' or g.err then
     rcall('DEL', K[k])
     g = {}
@@ -203,11 +188,13 @@ end
 -- decides only what it must write: whether each request passes, and its
 -- state after. Its time is packed once per batch on the server's clock.
 local out, nout = {false, false, false, false, false, false, false, false, false, false, false, false}, 0
--- D holds per request of a decision its state after, expiry and outcome.
-local D = {false, false, false, false, false, false, false, false, false, false, false, false}
+-- D holds per request of a decision its state after, expiry, outcome and
+-- field (its index in ARGV).
+local D = {false, false, false, false, false, false, false, false, false, false, false, false,
+  false, false, false, false}
 local states = keep and {} or nil
 local server, serverR
-pos, r = 17, 0
+local pos = 17
 for _ = 1, ndec do
   local now, n = sunpack('<i8i8', spec, pos)
   pos = pos + 16
@@ -221,15 +208,15 @@ for _ = 1, ndec do
   else
     head = 'R' .. spack('<i8', now)
   end
-  local pass, bad, nst, o, r0 = true, false, 0, nout + 1, r
+  local pass, bad, nst, o = true, false, 0, nout + 1
   nout = o
   for i = 1, n do
     local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
     pos = pos + 40
-    r = r + 1
-    local k, s = PL[2 * r - 1], PL[2 * r]
-    local v
     local low = code % 256
+    local f = (code % 4294967296 - low) / 256
+    local k = KO[f]
+    local s, v = f - GS[k] + 1, nil
     local dry = low % 2
     local alg = (low % 16 - dry) / 2
     local mode = (low - low % 16) / 16
@@ -247,18 +234,12 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
-    local read = KS[4 * k - 1] == 0
-    if s < 0 then
-      s = -s
-      v = got[k][s]
-    else
-      v = got[k][s]
-      for j = i - 1, 1, -1 do
-        local t = PL[2 * (r0 + j)]
-        if PL[2 * (r0 + j) - 1] == k and (t == s or t == -s) then
-          v, read = D[3 * j - 2], false
-          break
-        end
+    local read = KS[3 * k - 1] == 0
+    v = got[k][s]
+    for j = i - 1, 1, -1 do
+      if D[4 * j] == f then
+        v, read = D[4 * j - 3], false
+        break
       end
     end
     local st, c, p, d, e, x = 0, 0, 0, 0, 0, false
@@ -269,7 +250,7 @@ for _ = 1, ndec do
         x = xx == 1
         -- As read from Redis (no decision of the batch wrote the client
         -- yet): under the hash's TTL.
-        if read and e > KS[4 * k] then KS[4 * k] = e end
+        if read and e > KS[3 * k] then KS[3 * k] = e end
       else
         st, c, p, d, e = 0, 0, 0, 0, 0
       end
@@ -395,7 +376,7 @@ for _ = 1, ndec do
     elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
       nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
     end
-    D[3 * i - 2], D[3 * i - 1], D[3 * i] = nv, e, ok
+    D[4 * i - 3], D[4 * i - 2], D[4 * i - 1], D[4 * i] = nv, e, ok, f
     if ok == 0 and dry == 0 then pass = false end
     if keep then
       nst = nst + 1
@@ -410,15 +391,15 @@ for _ = 1, ndec do
     -- denials are kept (their mark reports the first denial once). In
     -- order, so that the last state of a counter is the one kept.
     for i = 1, n do
-      if pass or D[3 * i] == 0 then
-        local k, s, nv = PL[2 * (r0 + i) - 1], PL[2 * (r0 + i)], D[3 * i - 2]
-        if s < 0 then s = -s end
-        local g = got[k]
+      if pass or D[4 * i - 1] == 0 then
+        local f, nv = D[4 * i], D[4 * i - 3]
+        local k = KO[f]
+        local g, s = got[k], f - GS[k] + 1
         if g[s] ~= nv then
           g[s] = nv
-          local e = D[3 * i - 1]
-          if e > KS[4 * k - 2] then KS[4 * k - 2] = e end
-          KS[4 * k - 1] = now
+          local e = D[4 * i - 2]
+          if e > KS[3 * k - 2] then KS[3 * k - 2] = e end
+          KS[3 * k - 1] = now
         end
       end
     end
@@ -444,19 +425,19 @@ end
 -- error as "OOM command ...", Redis 6 with the script's line before it.)
 local wrote, w = false, nil
 for k = 1, nk do
-  if KS[4 * k - 1] > 0 then
-    local l, g = fl[k], got[k]
+  if KS[3 * k - 1] > 0 then
+    local g, g0 = got[k], GS[k] - 1
     local nw = 0
     if not w then w = {false, false, false, false, false, false, false, false} end
-    for j = 2, KS[4 * k - 3] do
+    for j = 2, GS[k + 1] - g0 - 1 do
       if g[j] then
-        w[nw + 1], w[nw + 2] = l[j], g[j]
+        w[nw + 1], w[nw + 2] = A[g0 + j], g[j]
         nw = nw + 2
       end
     end
-    local e, ttl = KS[4 * k - 2], false
-    if e > KS[4 * k] and e > (tonumber(g[1]) or 0) then
-      local now = KS[4 * k - 1]
+    local e, ttl = KS[3 * k - 2], false
+    if e > KS[3 * k] and e > (tonumber(g[1]) or 0) then
+      local now = KS[3 * k - 1]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
       w[nw + 1], w[nw + 2] = '~', tostring(e)
       nw = nw + 2
