@@ -292,7 +292,9 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 		for q := 0; q < n; q++ {
 			e := p.req[r]
 			j := p.start[p.key[e]] + 1 + p.place[e]
-			spec[pos+1], spec[pos+2], spec[pos+3] = byte(j), byte(j>>8), byte(j>>16)
+			spec[pos+1] = byte(j)
+			spec[pos+2] = byte(j >> 8)
+			spec[pos+3] = byte(j >> 16)
 			pos += 40
 			r++
 		}
