@@ -132,3 +132,82 @@ func TestRedisSyncTwoInstances(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisSyncOutage: a merge that fails (Redis stopped) keeps its
+// charges; the instance counts on from its view meanwhile, and the next
+// merge that reaches Redis charges all of it. A store without sync then
+// finds in Redis every request the two instances admitted; closing the
+// stores ends their merges.
+func TestRedisSyncOutage(t *testing.T) {
+	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	f := clock.NewFake(storetest.Base)
+	prefix := storetest.Prefix(t)
+	const every = 100 * time.Millisecond
+	open := func() *storage.Redis {
+		return openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix, NoLocalDenials: true,
+			Timeout: 2 * time.Second, RetryInterval: 20 * time.Millisecond})
+	}
+	var synced []*store.Synced
+	for range 2 {
+		r := open()
+		synced = append(synced, store.NewSynced(r, r, fakeSyncClock{f}))
+	}
+	ctx := context.Background()
+	lim := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour}
+	reqs := []store.Request{{Counter: "g/api/fixed_window#0", Key: "api", Limit: lim, Cost: 1, Sync: every}}
+	res := make([]limiter.Result, 1)
+	take := func(s *store.Synced, n int) {
+		t.Helper()
+		for range n {
+			if err := s.Take(ctx, f.Now(), reqs, res); err != nil || !res[0].Allowed {
+				t.Fatal(err, res[0])
+			}
+		}
+	}
+	// Seeded from Redis, then 4 from each view.
+	take(synced[0], 5)
+	take(synced[1], 5)
+	f.Add(every)
+	waitMerged(t, f, synced...)
+	srv.Stop()
+	take(synced[0], 10)
+	take(synced[1], 10)
+	f.Add(every)
+	waitMerged(t, f, synced...)
+	for i, s := range synced {
+		if s.Failures() == 0 {
+			t.Fatalf("instance %d: no merge failed with Redis stopped", i)
+		}
+	}
+	// Still counting, from its view: the total of its last merge (6 or
+	// 10, as the two merges landed in one order or the other) and its 11
+	// since.
+	take(synced[0], 1)
+	if res[0].Remaining != 100-6-11 && res[0].Remaining != 100-10-11 {
+		t.Fatalf("during the outage, instance 0 has %d remaining, want 83 or 79", res[0].Remaining)
+	}
+	srv.Restart(t)
+	f.Add(every)
+	waitMerged(t, f, synced...)
+	exact := open()
+	if err := exact.Take(ctx, f.Now(), reqs[:1:1], res); err != nil {
+		t.Fatal(err)
+	}
+	// The exact store asks Redis (Sync is nothing to it): 31 merged + its own.
+	if res[0].Remaining != 100-32 {
+		t.Fatalf("after the outage, Redis holds %d, want 31 merged and 1 more", 100-res[0].Remaining)
+	}
+	var charged uint64
+	for _, s := range synced {
+		charged += s.Charged()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if s.Running() != 0 {
+			t.Fatal("a merge goroutine runs after Close")
+		}
+	}
+	if charged != 29 { // 31 admitted, 2 of them by Redis (the seeds)
+		t.Fatalf("charged %d, want 29", charged)
+	}
+}
