@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -39,3 +41,5 @@ func (h *Handler) Cleanup() error {
 	}
 	return nil
 }
+
+var _ caddy.CleanerUpper = (*Handler)(nil)
