@@ -50,6 +50,7 @@ type Synced struct {
 	merges   int64
 	failures int64
 	charged  int64
+	warn     Throttle
 }
 
 // SyncClock is the time a Synced store merges by: the edge's clock (a
@@ -390,9 +391,12 @@ func (s *Synced) merge(g *syncGroup, last bool) bool {
 		v.st = st
 	}
 	if err != nil {
-		// Kept for the next merge; the views count on meanwhile.
+		// Kept for the next merge; the views count on meanwhile. The
+		// server counts the error, and logs it at most once per
+		// WarnInterval.
 		atomic.AddInt64(&s.failures, 1)
 		g.carry.putBack(at, reqs[done:])
+		s.srv.Failed(err, s.warn.Allow(time.Now(), WarnInterval))
 	} else {
 		atomic.AddInt64(&s.merges, 1)
 	}
