@@ -32,8 +32,8 @@ type counted struct {
 	// what one decision costs Redis, its share of the batch's EVALSHA
 	// included.
 	RedisInstr *float64 `json:"redis_instructions_per_request,omitempty"`
-	// EVALSHA per request: how many decisions each script call batched
-	// (fewer than under wrk's 64 connections).
+	// EVALSHA per request while Redis was counted: how many decisions
+	// each script call batched (fewer than under wrk's 64 connections).
 	RedisEvalsha *float64 `json:"redis_evalsha_per_request,omitempty"`
 	// How long the count took, start to stop.
 	Seconds float64 `json:"seconds"`
@@ -44,34 +44,43 @@ type counted struct {
 // few enough for one Caddy under valgrind.
 const countConns = 8
 
-// countAll counts every selected configuration under callgrind: Caddy
-// (GOMAXPROCS and GOGC as under wrk) and, for the Redis configurations, a
-// redis-server of its own, both under valgrind; warm-up requests first
-// (every client key once, and at least warm), then the counters zeroed and
-// n requests over countConns connections, each with one of the
-// configuration's client keys in turn.
+// countAll counts every selected configuration under callgrind: first
+// Caddy (GOMAXPROCS and GOGC as under wrk) under valgrind, with the
+// bench's own Redis; then, for the Redis configurations, a redis-server of
+// its own under valgrind, with Caddy running as usual. Each count is
+// warm-up requests first (every client key once, and at least warm), then
+// the counters zeroed and n requests over countConns connections, each
+// with one of the configuration's client keys in turn. Only one of the two
+// runs under valgrind at a time, so that neither waits on the other's
+// slowness (a Caddy waiting longer for Redis would count more of the
+// scheduler's idle loop).
 func (e *env) countAll(ctx context.Context, selected []*config, warm, n int) (map[string]*counted, error) {
 	if err := callgrind.Available(); err != nil {
 		return nil, err
 	}
-	var redis *benchRedis
-	for _, c := range selected {
-		if c.Redis && redis == nil {
-			fmt.Println("callgrind: starting redis-server under valgrind...")
-			var err error
-			redis, err = startRedisWith(ctx, e.dir, "", "redis-callgrind",
-				callgrind.Args(filepath.Join(e.dir, "redis.callgrind")), 120*time.Second)
-			if err != nil {
-				return nil, err
-			}
-			defer redis.stop()
-		}
-	}
+	var cgRedis *benchRedis
 	out := map[string]*counted{}
 	for _, c := range selected {
-		k, err := e.count(ctx, c, redis, warm, n)
+		k, err := e.count(ctx, c, e.redis, true, warm, n)
 		if err != nil {
 			return nil, fmt.Errorf("callgrind %s: %w", c.Name, err)
+		}
+		if c.Redis {
+			if cgRedis == nil {
+				fmt.Println("callgrind: starting redis-server under valgrind...")
+				cgRedis, err = startRedisWith(ctx, e.dir, "", "redis-callgrind",
+					callgrind.Args(filepath.Join(e.dir, "redis.callgrind")), 120*time.Second)
+				if err != nil {
+					return nil, err
+				}
+				defer cgRedis.stop()
+			}
+			r, err := e.count(ctx, c, cgRedis, false, warm, n)
+			if err != nil {
+				return nil, fmt.Errorf("callgrind %s, Redis: %w", c.Name, err)
+			}
+			k.RedisInstr, k.RedisEvalsha = r.RedisInstr, r.RedisEvalsha
+			k.Seconds += r.Seconds
 		}
 		out[c.Name] = k
 		line := fmt.Sprintf("callgrind  %-11s %9s instructions/request  %6.1f allocs/request", c.Name, thousands(k.CaddyInstr), k.Allocs)
@@ -84,7 +93,10 @@ func (e *env) countAll(ctx context.Context, selected []*config, warm, n int) (ma
 	return out, nil
 }
 
-func (e *env) count(ctx context.Context, c *config, redis *benchRedis, warm, n int) (*counted, error) {
+// count counts c once: Caddy under valgrind (caddy) with redis as it is, or
+// Caddy as usual with redis under valgrind (!caddy: only the Redis figures
+// are set).
+func (e *env) count(ctx context.Context, c *config, redis *benchRedis, caddy bool, warm, n int) (*counted, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 	if !c.Redis {
@@ -99,8 +111,14 @@ func (e *env) count(ctx context.Context, c *config, redis *benchRedis, warm, n i
 	}()
 	var urls []string
 	for i := 0; i < c.instances(); i++ {
-		wrap := func(base string) []string { return callgrind.Args(base + ".callgrind") }
-		inst, err := e.startCaddyWith(ctx, c, redis, "", wrap, callgrind.GoEnv, 3*time.Minute)
+		var inst *caddyInstance
+		var err error
+		if caddy {
+			wrap := func(base string) []string { return callgrind.Args(base + ".callgrind") }
+			inst, err = e.startCaddyWith(ctx, c, redis, "", wrap, callgrind.GoEnv, 3*time.Minute)
+		} else {
+			inst, err = e.startCaddyWith(ctx, c, redis, e.opt.caddyCPU, nil, nil, 20*time.Second)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -114,15 +132,19 @@ func (e *env) count(ctx context.Context, c *config, redis *benchRedis, warm, n i
 	if err != nil {
 		return nil, err
 	}
-	for _, inst := range insts {
-		if err := callgrind.Zero(inst.p.pid()); err != nil {
-			return nil, err
+	if caddy {
+		for _, inst := range insts {
+			if err := callgrind.Zero(inst.p.pid()); err != nil {
+				return nil, err
+			}
 		}
 	}
 	var r0 redisStats
 	if redis != nil {
-		if err := callgrind.Zero(redis.p.pid()); err != nil {
-			return nil, err
+		if !caddy {
+			if err := callgrind.Zero(redis.p.pid()); err != nil {
+				return nil, err
+			}
 		}
 		if r0, err = redis.stats(ctx); err != nil {
 			return nil, err
@@ -132,20 +154,25 @@ func (e *env) count(ctx context.Context, c *config, redis *benchRedis, warm, n i
 		return nil, err
 	}
 	k := &counted{Requests: n, Conns: countConns}
-	var ir int64
-	for _, inst := range insts {
-		v, err := callgrind.Dump(inst.p.pid(), inst.base+".callgrind", "")
-		if err != nil {
-			return nil, err
+	if caddy {
+		var ir int64
+		for _, inst := range insts {
+			v, err := callgrind.Dump(inst.p.pid(), inst.base+".callgrind", "")
+			if err != nil {
+				return nil, err
+			}
+			ir += v
 		}
-		ir += v
+		k.CaddyInstr = float64(ir) / float64(n)
 	}
 	if redis != nil {
-		v, err := callgrind.Dump(redis.p.pid(), filepath.Join(e.dir, "redis.callgrind"), "")
-		if err != nil {
-			return nil, err
+		if !caddy {
+			v, err := callgrind.Dump(redis.p.pid(), filepath.Join(e.dir, "redis.callgrind"), "")
+			if err != nil {
+				return nil, err
+			}
+			k.RedisInstr = ptr(float64(v) / float64(n))
 		}
-		k.RedisInstr = ptr(float64(v) / float64(n))
 		r1, err := redis.stats(ctx)
 		if err != nil {
 			return nil, err
@@ -157,7 +184,6 @@ func (e *env) count(ctx context.Context, c *config, redis *benchRedis, warm, n i
 	if err != nil {
 		return nil, err
 	}
-	k.CaddyInstr = float64(ir) / float64(n)
 	k.Allocs = float64(m1-m0) / float64(n)
 	k.Seconds = time.Since(t).Seconds()
 	return k, nil
@@ -262,7 +288,7 @@ func (r *results) countTable() string {
 			break
 		}
 	}
-	return fmt.Sprintf("\nCounted with callgrind (instructions, whatever the machine's load): each configuration's Caddy, and its Redis, under valgrind; %s requests over %d keep-alive connections after the warm-up, the whole process's instructions divided by the requests (Caddy: the runtime and the garbage collector included; Redis: its share of each batched `EVALSHA` included).\n\n",
+	return fmt.Sprintf("\nCounted with callgrind (instructions, whatever the machine's load): each configuration's Caddy under valgrind, then for the Redis configurations their Redis under valgrind (with Caddy as usual); each time %s requests over %d keep-alive connections after the warm-up, the whole process's instructions divided by the requests (Caddy: the runtime and the garbage collector included; Redis: its share of each batched `EVALSHA` included, the batching of that run in the last column).\n\n",
 		thousands(float64(k.Requests)), k.Conns) + b.String()
 }
 
