@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -37,7 +38,7 @@ type middleware struct {
 	tiered bool             // some limit has tiers
 	store  store.Store
 	now    func() time.Time // the clock, nil for the real one (a call less)
-	ips    *ipStrategy
+	ips    *httpval.Forwarded
 	creds  *credentials
 	notify *notifier
 	log    *logger
@@ -232,7 +233,7 @@ func (m *middleware) denials(w http.ResponseWriter, r *http.Request, st *request
 			key := m.pol.DisplayKey(d.Reqs[j].Key)
 			m.log.firstDenial(d.Meta[j].Limit.Name, key, d.Meta[j].Tier, res, d.Reqs[j].DryRun)
 			if m.notify != nil {
-				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: clientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
+				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: httpval.ClientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
 			}
 		}
 	}
