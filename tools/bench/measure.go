@@ -41,11 +41,21 @@ func (e *env) caddyEnv() []string {
 type caddyInstance struct {
 	p     *proc
 	ports ports
+	base  string // its files' path, less the ending
 }
 
 // startCaddy writes c's Caddyfile on fresh ports and starts Caddy with it,
 // pinned to the Caddy CPU, and waits until it listens.
 func (e *env) startCaddy(ctx context.Context, c *config) (*caddyInstance, error) {
+	return e.startCaddyWith(ctx, c, e.redis, e.opt.caddyCPU, nil, nil, 20*time.Second)
+}
+
+// startCaddyWith starts Caddy as startCaddy does, with its Redis (nil for
+// none), pinned to cpus ("" for none), wrap before its command line (as
+// callgrind.Args), env added to caddyEnv's, and as long as wait to listen.
+// Its log is <name>.log; wrap's files may use <name> (returned in the
+// instance) as their prefix.
+func (e *env) startCaddyWith(ctx context.Context, c *config, redis *benchRedis, cpus string, wrap func(base string) []string, env []string, wait time.Duration) (*caddyInstance, error) {
 	var ps ports
 	var err error
 	if ps.site, err = freePort(); err != nil {
@@ -55,10 +65,10 @@ func (e *env) startCaddy(ctx context.Context, c *config) (*caddyInstance, error)
 		return nil, err
 	}
 	if c.Redis {
-		if e.redis == nil {
+		if redis == nil {
 			return nil, fmt.Errorf("%s needs Redis", c.Name)
 		}
-		ps.redis = e.redis.port
+		ps.redis = redis.port
 	}
 	if c.Upstream {
 		ps.upstream = e.upPort
@@ -68,16 +78,19 @@ func (e *env) startCaddy(ctx context.Context, c *config) (*caddyInstance, error)
 	if err := os.WriteFile(base+".Caddyfile", []byte(caddyfile(c, ps)), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := start("caddy "+c.Name, e.opt.caddyCPU, e.caddyEnv(), base+".log",
-		e.caddy, "run", "--config", base+".Caddyfile", "--adapter", "caddyfile")
+	argv := []string{e.caddy, "run", "--config", base + ".Caddyfile", "--adapter", "caddyfile"}
+	if wrap != nil {
+		argv = append(wrap(base), argv...)
+	}
+	p, err := start("caddy "+c.Name, cpus, append(e.caddyEnv(), env...), base+".log", argv...)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitPort(ctx, p, ps.site, 20*time.Second); err != nil {
+	if err := waitPort(ctx, p, ps.site, wait); err != nil {
 		p.stop()
 		return nil, err
 	}
-	return &caddyInstance{p: p, ports: ps}, nil
+	return &caddyInstance{p: p, ports: ps, base: base}, nil
 }
 
 var client = &http.Client{Timeout: 10 * time.Second}
