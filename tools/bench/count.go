@@ -26,8 +26,12 @@ type counted struct {
 	// Caddy's instructions per request, every instance's, the whole
 	// process (net/http, the runtime and the garbage collector included).
 	CaddyInstr float64 `json:"caddy_instructions_per_request"`
-	// Caddy's allocations per request (runtime.MemStats.Mallocs).
-	Allocs float64 `json:"allocs_per_request"`
+	// Caddy's allocations per request (runtime.MemStats.Mallocs), the
+	// bytes they took (TotalAlloc), and the garbage collections of the
+	// count (NumGC): fewer bytes, or a larger live heap, mean fewer.
+	Allocs     float64 `json:"allocs_per_request"`
+	AllocBytes float64 `json:"alloc_bytes_per_request"`
+	GCs        uint64  `json:"gcs"`
 	// Redis's instructions per request, for the Redis configurations:
 	// what one decision costs Redis, its share of the batch's EVALSHA
 	// included.
@@ -83,7 +87,7 @@ func (e *env) countAll(ctx context.Context, selected []*config, warm, n int) (ma
 			k.Seconds += r.Seconds
 		}
 		out[c.Name] = k
-		line := fmt.Sprintf("callgrind  %-11s %9s instructions/request  %6.1f allocs/request", c.Name, thousands(k.CaddyInstr), k.Allocs)
+		line := fmt.Sprintf("callgrind  %-11s %9s instructions/request  %6.1f allocs/request (%.0f bytes; %d GCs)", c.Name, thousands(k.CaddyInstr), k.Allocs, k.AllocBytes, k.GCs)
 		if k.RedisInstr != nil {
 			line += fmt.Sprintf("  Redis %s instructions/request, %.3f EVALSHA/request", thousands(*k.RedisInstr), *k.RedisEvalsha)
 		}
@@ -184,7 +188,9 @@ func (e *env) count(ctx context.Context, c *config, redis *benchRedis, caddy boo
 	if err != nil {
 		return nil, err
 	}
-	k.Allocs = float64(m1-m0) / float64(n)
+	k.Allocs = float64(m1.Mallocs-m0.Mallocs) / float64(n)
+	k.AllocBytes = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
+	k.GCs = m1.NumGC - m0.NumGC
 	k.Seconds = time.Since(t).Seconds()
 	return k, nil
 }
