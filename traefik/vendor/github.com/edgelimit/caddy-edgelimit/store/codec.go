@@ -278,12 +278,15 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 		p.start = append(p.start, at)
 		at += 1 + p.count[k]
 	}
-	base := len(argv) - 2
-	for i := 2; i < at; i++ {
+	// Appended in order, each key's fields in their places (entries of a
+	// key come in the order of their places).
+	for k := 1; k <= nkeys; k++ {
 		argv = append(argv, TTLField)
-	}
-	for e := range p.key {
-		argv[base+p.start[p.key[e]]+1+p.place[e]] = p.name[e]
+		for e := range p.key {
+			if p.key[e] == k {
+				argv = append(argv, p.name[e])
+			}
+		}
 	}
 	pos, r = 16, 0
 	for d := 0; d < ndec; d++ {
