@@ -128,7 +128,10 @@ func (s *Redis) takeArgs(sc *redisScratch, reqs []store.Request, idx []int, now 
 	head := store.AppendTakeHead(make([]byte, 0, 32+len(spec)), 1, 1)
 	head = store.AppendInt(head, s.scriptNow(now))
 	head = store.AppendInt(head, int64(len(fields)))
-	return slices.Clone(k), append([]string{string(append(head, spec...))}, fields...)
+	head = append(head, spec...)
+	argv = store.PlanTake(new(store.TakePlan), make([]string, 1, 2+2*len(fields)), head, len(k), fields)
+	argv[0] = string(head)
+	return slices.Clone(k), argv
 }
 
 // scriptNow is the time the scripts decide at: 0 asks for the server's.

@@ -164,6 +164,9 @@ type pipeWorker struct {
 	cmds    []redis.StringCmd // each script's command
 	nspecs  int               // of specs and cmds, in use
 	args    []any             // the scripts' arguments, one after the other
+	fields  []string          // the scripts' fields (store.PlanTake), one after the other
+	flat    []string          // the fields of the script being built, per request
+	plan    store.TakePlan
 	ctx     deadlineContext
 }
 
@@ -239,7 +242,10 @@ func (p *pipe) run(w *pipeWorker) {
 		clear(w.scripts)
 		clear(w.keys)
 		clear(w.args)
+		clear(w.fields)
+		clear(w.flat)
 		w.scripts, w.keys, w.args, w.nspecs = w.scripts[:0], w.keys[:0], w.args[:0], 0
+		w.fields, w.flat = w.fields[:0], w.flat[:0]
 	}
 	for _, c := range w.batch {
 		c.done <- struct{}{}
@@ -310,6 +316,12 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceStringCmd
 			b = append(b, c.spec[r+8:r+40]...)
 		}
 	}
+	w.flat = w.flat[:0]
+	for _, c := range calls {
+		w.flat = append(w.flat, c.fields...)
+	}
+	firstField := len(w.fields)
+	w.fields = store.PlanTake(&w.plan, w.fields, b, len(keys), w.flat)
 	spec.b = b
 	start := len(w.args)
 	w.args = append(w.args, "evalsha", takeScript.sha, len(keys))
@@ -317,10 +329,8 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceStringCmd
 		w.args = append(w.args, &keys[i])
 	}
 	w.args = append(w.args, spec)
-	for _, c := range calls {
-		for i := range c.fields {
-			w.args = append(w.args, &c.fields[i])
-		}
+	for i := firstField; i < len(w.fields); i++ {
+		w.args = append(w.args, &w.fields[i])
 	}
 	// The command is the worker's too: a new one, written over the last
 	// batch's. (An earlier batch's script whose cmds grew since points
@@ -360,7 +370,7 @@ func (p *pipe) send(ctx context.Context, scripts []batchScript) {
 }
 
 // split hands each call of a script its part of the reply: "R", the time
-// and 40 bytes per request, or "B" and the time; with store.ErrFull when
+// and a state per request, or "B" and the time; with store.ErrFull when
 // Redis refused the script's writes (a reply "F" and the decisions).
 func split(s batchScript) {
 	reply, err := s.cmd.Result()
@@ -375,7 +385,7 @@ func split(s batchScript) {
 		}
 		n := 9
 		if len(reply) > 0 && reply[0] == 'R' {
-			n += 40 * len(c.fields)
+			n += store.StateLen * len(c.fields)
 		}
 		if len(reply) < n {
 			c.err = store.ErrBadReply

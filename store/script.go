@@ -94,7 +94,8 @@ func (s *Scripts) keys(reqs []Request) (keys, clients []string) {
 
 // argv is a script's ARGV: the take script's head (no states back, one
 // decision, its time, its number of requests) or the refund script's (the
-// time), the requests' numbers, then their counters.
+// time), the requests' numbers, then their counters (as PlanTake lays them
+// out for the take script).
 func (s *Scripts) argv(reqs []Request, clients []string, now time.Time, at int64, bounds [][2]int64, take bool) []string {
 	t := int64(0)
 	if s.LocalClock {
@@ -108,7 +109,13 @@ func (s *Scripts) argv(reqs []Request, clients []string, now time.Time, at int64
 	} else {
 		b = AppendInt(b, t)
 	}
-	argv := make([]string, 1, 1+len(reqs))
+	argv := make([]string, 1, 2+2*len(reqs))
+	if take {
+		keys, spec, fields := AppendRequests(nil, b, nil, reqs, clients, nil, at, bounds)
+		argv = PlanTake(new(TakePlan), argv, spec, len(keys), fields)
+		argv[0] = string(spec)
+		return argv
+	}
 	_, b, argv = AppendRequests(nil, b, argv, reqs, clients, nil, at, bounds)
 	argv[0] = string(b)
 	return argv

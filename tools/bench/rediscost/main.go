@@ -9,7 +9,10 @@
 //
 //	go run ./bench/rediscost             # 1 and 3 limits, 2,000 decisions each
 //	go run ./bench/rediscost -n 5000 -clients 10000
+//	go run ./bench/rediscost -only "redis-3" -keep /tmp/cg   # one shape, its dump kept
 //
+// The dumps are written with their names uncompressed, so that each one
+// reads alone in callgrind_annotate.
 // Needs valgrind and redis-server. Loopback only.
 package main
 
@@ -33,13 +36,14 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/tools/bench/callgrind"
 )
 
-var keep string
+var keep, only string
 
 func main() {
 	n := flag.Int("n", 2000, "decisions measured per shape")
 	clients := flag.Int("clients", 1000, "distinct client keys")
 	parallel := flag.Int("parallel", 16, "concurrent decisions (they share pipelines, as under load)")
 	flag.StringVar(&keep, "keep", "", "copy each shape's callgrind dump into this directory (for callgrind_annotate)")
+	flag.StringVar(&only, "only", "", "measure only the shapes whose name contains this")
 	flag.Parse()
 	// go-redis logs each failed dial while redis-server starts under
 	// valgrind (seconds); the wait below is the check that matters.
@@ -100,7 +104,12 @@ func run(n, clients, parallel int) error {
 		return err
 	}
 	out := filepath.Join(dir, "callgrind.out")
-	argv := append(callgrind.Args(out), "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	// Names uncompressed, so that each dump reads alone in callgrind_annotate.
+	argv := append(callgrind.Args(out), "--compress-strings=no",
+		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
+		// A script slower than 10ms of wall clock (callgrind runs it ~50 times
+		// slower) would be logged, which costs instructions the load decides.
+		"--slowlog-log-slower-than", "-1")
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
@@ -129,6 +138,9 @@ func run(n, clients, parallel int) error {
 		field(ver, "redis_version"), n, clients, parallel)
 	seen := map[string]bool{}
 	for si, sh := range shapes {
+		if !strings.Contains(sh.name, only) {
+			continue
+		}
 		reqs := func(key string) []store.Request {
 			var rs []store.Request
 			for i, l := range sh.limits {

@@ -147,14 +147,18 @@ func BoundsReply(reply string) (int64, bool) {
 }
 
 // ReplyLen is the length of one decision's reply of n requests: "R", the
-// time, and five numbers per request.
-func ReplyLen(n int) int { return 9 + 40*n }
+// time, and the state each request was decided from.
+func ReplyLen(n int) int { return 9 + StateLen*n }
 
-// ParseResults reads a take reply, "R", the time decided at and five
-// numbers per request (allowed, first denial (+2 when banned),
-// remaining, reset, retry after), into the results of the requests at idx (all when idx is nil),
-// and returns what follows them (the states, when asked for). bounds are
-// those AppendRequests passed.
+// ParseResults reads a take reply, "R", the time decided at and, per
+// request, the state the script decided it from (StateLen bytes, all zeros
+// for none), into the results of the requests at idx (all when idx is nil),
+// and returns what follows them (the states, when asked for). The script
+// sends states, not results: packing five numbers per request cost Redis
+// more than deciding, and Go decides again from the same states, as
+// store.Memory does (the script mirrors package limiter), for the results.
+// bounds are those AppendRequests passed (a calendar quota's result is of
+// the window the script decided in: the script answers "B" outside it).
 func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Result, bounds [][2]int64) (string, error) {
 	n := len(reqs)
 	if idx != nil {
@@ -169,20 +173,13 @@ func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 		if idx != nil {
 			i = idx[j]
 		}
-		o := 9 + 40*j
-		l := &reqs[i].Limit
-		reset := readInt(reply, o+24)
-		first := readInt(reply, o+8)
-		results[i] = limiter.Result{
-			Allowed:     readInt(reply, o) == 1,
-			FirstDenial: first&1 == 1,
-			Banned:      first > 1,
-			Limit:       l.Quota,
-			Remaining:   readInt(reply, o+16),
-			Reset:       time.Duration(reset) * time.Microsecond,
-			ResetAt:     at + reset,
-			RetryAfter:  time.Duration(readInt(reply, o+32)) * time.Microsecond,
-			Window:      l.ResultWindow(bounds[i][0], bounds[i][1]),
+		o := 9 + StateLen*j
+		st := DecodeState(reply[o:o+StateLen], at)
+		r := &reqs[i]
+		if r.Mode == ModeTake && r.Limit.Ban == 0 {
+			limiter.Decide(&r.Limit, &st, &results[i], at, r.Cost)
+		} else {
+			decideMode(r, &st, &results[i], at)
 		}
 	}
 	return reply[ReplyLen(n):], nil
@@ -219,4 +216,91 @@ func EncodeState(st limiter.State) string {
 		d = 1
 	}
 	return string(append(b, d))
+}
+
+// TTLField is the field of a client's hash that holds the time (script
+// clock, microseconds) until which its TTL is set (see luaCommon).
+const TTLField = "~"
+
+// TakePlan is the scratch of PlanTake, to reuse.
+type TakePlan struct {
+	key   []int    // per distinct field: its key (1-based)
+	name  []string // per distinct field: its counter
+	place []int    // per distinct field: its place among its key's
+	req   []int    // per request: its distinct field
+	count []int    // per key: its distinct fields
+	start []int    // per key: the ARGV index of its TTLField
+}
+
+// PlanTake plans the fields of a take script, so that the script reads
+// each client with one HMGET and writes it with one HSET without working
+// out which fields are whose. spec is the script's ARGV[1]
+// (AppendTakeHead, then per decision its time, its number of requests and
+// its requests, each code naming its client's key, 1-based, as
+// AppendRequests writes it) and fields[i] the counter of request i, in
+// order. PlanTake appends to argv the script's ARGV[2...] (per key, in
+// order, TTLField and then each of its counters once) and rewrites each
+// request's code to name its counter's index in ARGV instead of its key.
+func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []string) []string {
+	p.key, p.name, p.place, p.req = p.key[:0], p.name[:0], p.place[:0], p.req[:0]
+	p.count, p.start = p.count[:0], p.start[:0]
+	for k := 0; k <= nkeys; k++ {
+		p.count = append(p.count, 0)
+	}
+	ndec := int(spec[8]) | int(spec[9])<<8 | int(spec[10])<<16
+	pos, r := 16, 0
+	for d := 0; d < ndec; d++ {
+		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
+		pos += 16
+		for q := 0; q < n; q++ {
+			k := int(spec[pos+1]) | int(spec[pos+2])<<8 | int(spec[pos+3])<<16
+			f := fields[r]
+			e := len(p.key) - 1
+			for e >= 0 && (p.key[e] != k || p.name[e] != f) {
+				e--
+			}
+			if e < 0 {
+				e = len(p.key)
+				p.key = append(p.key, k)
+				p.name = append(p.name, f)
+				p.place = append(p.place, p.count[k])
+				p.count[k]++
+			}
+			p.req = append(p.req, e)
+			pos += 40
+			r++
+		}
+	}
+	// ARGV[1] is the spec: the first key's fields start at 2.
+	p.start = append(p.start, 0)
+	at := 2
+	for k := 1; k <= nkeys; k++ {
+		p.start = append(p.start, at)
+		at += 1 + p.count[k]
+	}
+	// Appended in order, each key's fields in their places (entries of a
+	// key come in the order of their places).
+	for k := 1; k <= nkeys; k++ {
+		argv = append(argv, TTLField)
+		for e := range p.key {
+			if p.key[e] == k {
+				argv = append(argv, p.name[e])
+			}
+		}
+	}
+	pos, r = 16, 0
+	for d := 0; d < ndec; d++ {
+		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
+		pos += 16
+		for q := 0; q < n; q++ {
+			e := p.req[r]
+			j := p.start[p.key[e]] + 1 + p.place[e]
+			spec[pos+1] = byte(j)
+			spec[pos+2] = byte(j >> 8)
+			spec[pos+3] = byte(j >> 16)
+			pos += 40
+			r++
+		}
+	}
+	return argv
 }

@@ -84,14 +84,18 @@ end
 // clients of the whole batch; ARGV[1] holds a head (flags: 1 asks for each
 // state before and after, to undo a take; the number of decisions), then
 // per decision its time (0 for the server's) and its number of requests,
-// and five numbers per request (see luaCommon; the key index is into the
-// batch's KEYS); ARGV[2...] are the requests' fields, in order.
+// and five numbers per request (see luaCommon), whose code names, instead
+// of a key, the index in ARGV of the request's field; ARGV[2...] are each
+// client's fields, in the order of KEYS: "~" and then each field once
+// (store.PlanTake).
 //
-// The reply is, per decision, "R", the time decided at, and five integers
-// per request (the same encoding), allowed first_denial remaining reset
-// retry_after (durations in microseconds), followed with flags 1 by the
-// state before and the state after each request (41 bytes each, all zeros
-// for none); or "B" and the server's time when it falls outside a calendar
+// The reply is, per decision, "R", the time decided at, and per request
+// the stored value it was decided from (41 bytes, as stored: expired or
+// foreign ones too, which Go reads as the script does; all zeros for none):
+// Go decides again from those for the results (ParseResults), as
+// store.Memory would, so that the script packs no results. With flags 1
+// the state before and the state after each request follow (41 bytes
+// each, all zeros for none). Or "B" and the server's time when it falls outside a calendar
 // window Go computed for that decision: it counted nothing, and is asked
 // again with bounds for that time. When Redis refuses the script's writes
 // (OOM: at its maxmemory, with noeviction), the whole reply is "F"
@@ -102,41 +106,38 @@ local spec = A[1]
 local flags, ndec = sunpack('<i8i8', spec)
 local keep = flags == 1
 local nk = #K
-local byte = string.byte
 
--- arr is a table with room for eight values: Lua grows a table by
--- rehashing it, and tables that grow one value at a time cost more than
--- the decisions.
-local function arr() return {false, false, false, false, false, false, false, false} end
-
--- The plan: each client's fields ("~" first, then each field once) and
--- each request's slot among them, so that a client is one HMGET and one
--- HSET however many decisions of the batch it is in. The numbers read here
--- are small and positive: their low bytes are enough.
-local fl, nf, got, chg, need, at, slot, rk = arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr()
-for k = 1, nk do
-  fl[k], nf[k], chg[k], need[k] = {'~', false, false, false, false, false, false, false}, 1, false, 0
-end
-local pos, r = 17, 0
-for _ = 1, ndec do
-  local n1, n2 = byte(spec, pos + 8, pos + 9)
-  pos = pos + 16
-  for _ = 1, n1 + 256 * n2 do
-    local k1, k2, k3 = byte(spec, pos + 1, pos + 3)
-    local k = k1 + 256 * (k2 + 256 * k3)
-    pos = pos + 40
-    r = r + 1
-    local field, l, j = A[1 + r], fl[k], nf[k]
-    while j > 1 and l[j] ~= field do j = j - 1 end
-    if j == 1 then
-      j = nf[k] + 1
-      nf[k], l[j] = j, field
-    end
-    slot[r], rk[r] = j, k
+-- Tables cost Redis more than the arithmetic (each one is an allocation
+-- the collector sweeps, and one that grows a value at a time is rehashed
+-- at every power of two): the script keeps a few, with room made by their
+-- constructors, and the per-key and per-request values in strides.
+--
+-- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
+-- fields, in the order of KEYS, "~" first and then each field once, and a
+-- request's code names its field's index in ARGV, so that a client is one
+-- HMGET and one HSET however many decisions of the batch it is in. GS[k]
+-- is the index of client k's "~" (GS[nk + 1] past the last), KO[j] the
+-- client of ARGV[j]. KS holds per key the latest expiry it was written
+-- with (0: unchanged), the time of that write (0: none) and the latest
+-- expiry of the states read from Redis (the hash's TTL covers them: a
+-- state no later needs no look at the mark "~").
+local got = {false, false, false, false}
+local KS = {false, false, false, false, false, false, false, false, false, false, false, false}
+local GS = {false, false, false, false, false, false, false, false}
+local KO = {false, false, false, false, false, false, false, false, false, false, false, false,
+  false, false, false, false}
+local na, k = #A, 0
+for j = 2, na do
+  if A[j] == '~' then
+    k = k + 1
+    GS[k] = j
+    KS[3 * k - 2], KS[3 * k - 1], KS[3 * k] = 0, 0, 0
   end
+  KO[j] = k
 end
+GS[nk + 1] = na + 1
 for k = 1, nk do
-  local g = rpcall('HMGET', K[k], unpack(fl[k], 1, nf[k]))
+  local g = rpcall('HMGET', K[k], unpack(A, GS[k], GS[k + 1] - 1))
   if type(g) ~= 'table' or g.err then
     rcall('DEL', K[k])
     g = {}
@@ -146,24 +147,20 @@ end
 
 -- charge is limiter.Charge: cost units counted whatever is left, a window
 -- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
--- microseconds (limiter.MaxDebt). It returns the state, what remains and
--- the reset.
+-- microseconds (limiter.MaxDebt). It returns the state.
 local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
 local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
   if cost > MAXQ then cost = MAXQ end
   if alg == 1 or alg == 6 then
     local start, stop = bounds(alg, a, b, now)
     if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-    c = min(c + cost, MAXQ)
-    return st, c, p, d, stop, x, max(q - c, 0), stop - now
+    return st, min(c + cost, MAXQ), p, d, stop, x
   elseif alg == 2 then
     if c == 0 or now >= st + a or now < st then
       local dd = x and c == 0
       st, c, p, d, e, x = now, 0, 0, 0, 0, dd
     end
-    local stop = st + a
-    c = min(c + cost, MAXQ)
-    return st, c, p, d, stop, x, max(q - c, 0), stop - now
+    return st, min(c + cost, MAXQ), p, d, st + a, x
   elseif alg == 3 then
     local start, stop = bounds(3, a, b, now)
     local w = a
@@ -173,54 +170,63 @@ local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
     else
       st, c, p, d, e, x = start, 0, 0, 0, 0, false
     end
-    local used = p * (w - (now - start)) / w + c
-    c = min(c + cost, MAXQ)
-    local reset = 0
-    if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
-    return st, c, p, d, stop + w, x, max(floor(q - used - cost + 1e-6), 0), reset
+    return st, min(c + cost, MAXQ), p, d, stop + w, x
   end
   local interval = a / b
-  local tau = interval * q
   local debt = now - st
   if debt < 0 then debt = 0 end
   debt = d - debt
   if st == 0 or debt < 0 then debt = 0 end
   local nxt = debt + cost * interval
   if nxt > MAXDEBT then nxt = MAXDEBT end
-  return now, c, p, nxt, now + ceil(nxt), x, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt)
+  return now, c, p, nxt, now + ceil(nxt), x
 end
 
--- FMT[n] packs a decision's reply of n requests: its time and five
--- numbers per request.
-local FMT = {'<i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8', '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8',
-  '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8'}
-local out, nout = arr(), 0
-local ks, ss, after, expires, allowed, states = arr(), arr(), arr(), arr(), arr(), {}
-local nums = {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false}
-local server
-pos, r = 17, 0
+-- The reply of a decision is "R", its time and, per request, the state it
+-- was decided from (41 bytes, all zeros for none): Go decides again from
+-- those, as store.Memory would, for the results (ParseResults). The script
+-- decides only what it must write: whether each request passes, and its
+-- state after. Its time is packed once per batch on the server's clock.
+local out, nout = {false, false, false, false, false, false, false, false, false, false, false, false}, 0
+-- D holds per request of a decision its state after, expiry, outcome and
+-- field (its index in ARGV).
+local D = {false, false, false, false, false, false, false, false, false, false, false, false,
+  false, false, false, false}
+local states = keep and {} or nil
+local server, serverR
+local pos = 17
 for _ = 1, ndec do
   local now, n = sunpack('<i8i8', spec, pos)
   pos = pos + 16
+  local head
   if now == 0 then
-    if not server then server = clock(0) end
-    now = server
+    if not server then
+      server = clock(0)
+      serverR = 'R' .. spack('<i8', server)
+    end
+    now, head = server, serverR
+  else
+    head = 'R' .. spack('<i8', now)
   end
-  local pass, bad, nst = true, false, 0
+  local pass, bad, nst, o = true, false, 0, nout + 1
+  nout = o
   for i = 1, n do
     local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
     pos = pos + 40
-    r = r + 1
-    local dry = code % 2
-    local k, alg, s = rk[r], (code % 16 - dry) / 2, slot[r]
-    local mode = floor(code % 256 / 16)
-    local ban = floor(code / 4294967296) * 1000000
-    local wait = 0
+    local low = code % 256
+    local f = (code % 4294967296 - low) / 256
+    local k = KO[f]
+    local s, v = f - GS[k] + 1, nil
+    local dry = low % 2
+    local alg = (low % 16 - dry) / 2
+    local mode = (low - low % 16) / 16
+    local ban, wait = 0, 0
+    if code >= 4294967296 then ban = (code - code % 4294967296) / 4294967296 * 1000000 end
     if alg == 4 or alg == 5 then
-      wait = floor(b / 1099511627776) * 1000
-      b = b % 1099511627776
+      -- A wait's milliseconds above the rate.
+      local rate = b % 1099511627776
+      wait, b = (b - rate) / 1099511627776 * 1000, rate
     end
-    ks[i], ss[i] = k, s
     if alg == 6 and (now < a or now >= b) then
       -- A calendar window Go computed for another time: this decision
       -- counts nothing, and is asked again.
@@ -228,10 +234,11 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
-    local v = got[k][s]
+    local read = KS[3 * k - 1] == 0
+    v = got[k][s]
     for j = i - 1, 1, -1 do
-      if ks[j] == k and ss[j] == s then
-        v = after[j]
+      if D[4 * j] == f then
+        v, read = D[4 * j - 3], false
         break
       end
     end
@@ -241,49 +248,47 @@ for _ = 1, ndec do
       st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
       if e > now and d == d and d ~= huge and d ~= -huge then
         x = xx == 1
+        -- As read from Redis (no decision of the batch wrote the client
+        -- yet): under the hash's TTL.
+        if read and e > KS[3 * k] then KS[3 * k] = e end
       else
         st, c, p, d, e = 0, 0, 0, 0, 0
       end
+      out[o + i] = v
+    else
+      out[o + i] = zero41
     end
     if keep then
       nst = nst + 1
       states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
     end
-    local ok, first, rem, reset, retry
+    local ok, reset, retry = 1, 0, 0
     local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
     -- limiter.DecideBan: a banned key (count -1, start 0, until its
-    -- expiry) is denied; a charge counts nothing and passes. first is 2
-    -- (+1 for a first denial) in a ban's results.
+    -- expiry) is denied; a charge counts nothing and passes.
     local banned = ban > 0 and c == -1 and st == 0
     if banned then
-      ok, first, rem, reset, retry = 0, 2, 0, e - now, e - now
-      if mode == 2 then ok, retry = 1, 0 end
+      if mode ~= 2 then ok = 0 end
     elseif mode == 2 then
-      st, c, p, d, e, x, rem, reset = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-      ok, first, retry = 1, 0, 0
+      st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
     elseif alg == 1 or alg == 6 then
       -- takeFixed (with Bounds)
       local start, stop = a, b
       if alg == 1 then
-        local m = fmod(now - b, a)
-        if m < 0 then m = m + a end
-        start, stop = now - m, now - m + a
+        start = now - (now - b) % a
+        stop = start + a
       end
       if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
       e = stop
-      reset = stop - now
       if c + cost <= q then
         c = c + cost
         x = false
-        ok, first, rem, retry = 1, 0, q - c, 0
       else
-        ok, first, retry = 0, x and 0 or 1, stop - now
-        rem = q - c
-        if rem < 0 then rem = 0 end
-        x = true
+        ok, x = 0, true
+        reset, retry = stop - now, stop - now
       end
     elseif alg == 4 or alg == 5 then
-      -- takeTAT
+      -- takeTAT, takeShaped with a wait
       local interval = a / b
       local tau = interval * q
       local debt = now - st
@@ -291,18 +296,14 @@ for _ = 1, ndec do
       debt = d - debt
       if st == 0 or debt < 0 then debt = 0 end
       local nxt = debt + cost * interval
-      -- takeShaped with a wait: allowed within it, retry the time to hold.
       if nxt <= tau + wait + 1e-3 then
         st, d = now, nxt
         e = now + ceil(nxt)
         x = false
-        ok, first, rem, reset, retry = 1, 0, max(floor((tau - nxt) / interval + 1e-6), 0), ceil(nxt), 0
-        if nxt > tau + 1e-3 then retry = ceil(nxt - tau) end
       else
-        ok, first = 0, x and 0 or 1
-        x = true
+        ok, x = 0, true
         e = max(e, now + ceil(nxt - tau - wait))
-        rem, reset, retry = max(floor((tau - debt) / interval + 1e-6), 0), ceil(debt), ceil(nxt - tau - wait)
+        reset, retry = ceil(debt), ceil(nxt - tau - wait)
       end
     elseif alg == 2 then
       -- takeAnchored
@@ -312,14 +313,12 @@ for _ = 1, ndec do
         st, c, p, d, e, x = now, 0, 0, 0, 0, dd
       end
       local stop = st + w
-      reset = stop - now
       if c + cost <= q then
         c = c + cost
         x = false
-        ok, first, rem, retry = 1, 0, q - c, 0
       else
-        ok, first, rem, retry = 0, x and 0 or 1, max(q - c, 0), stop - now
-        x = true
+        ok, x = 0, true
+        reset, retry = stop - now, stop - now
       end
       if c == 0 then
         st, e = 0, now + w
@@ -328,9 +327,8 @@ for _ = 1, ndec do
       end
     else
       -- takeSliding
-      local m = fmod(now - b, a)
-      if m < 0 then m = m + a end
-      local start, stop = now - m, now - m + a
+      local start = now - (now - b) % a
+      local stop = start + a
       local w = a
       if st == start then
       elseif st == start - w then
@@ -344,71 +342,69 @@ for _ = 1, ndec do
       if used + cost <= q then
         c = c + cost
         x = false
-        ok, first, rem, retry = 1, 0, max(floor(q - used - cost + 1e-6), 0), 0
       else
-        -- slidingRetry
-        if cost > q then
-          retry = w - elapsed + w
-        else
-          local room = q - cost - c
-          if room >= 0 and p > 0 then
-            local ee = w - floor(room * w / p)
-            retry = ee > elapsed and ee - elapsed or 1
-          elseif room >= 0 then
-            retry = 1
+        ok, x = 0, true
+        if ban > 0 then
+          -- slidingRetry
+          if cost > q then
+            retry = w - elapsed + w
           else
-            retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+            local room = q - cost - c
+            if room >= 0 and p > 0 then
+              local ee = w - floor(room * w / p)
+              retry = ee > elapsed and ee - elapsed or 1
+            elseif room >= 0 then
+              retry = 1
+            else
+              retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+            end
           end
+          -- slidingReset
+          if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
         end
-        ok, first, rem = 0, x and 0 or 1, max(floor(q - used + 1e-6), 0)
-        x = true
       end
-      -- slidingReset
-      if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now else reset = 0 end
     end
     if ban > 0 and ok == 0 and not banned then
       -- A denial bans the key for ban, or until the quota is whole again.
-      local stop = now + max(ban, reset, retry)
-      st, c, p, d, e, x = 0, -1, 0, 0, stop, true
-      first, rem, reset, retry = first + 2, 0, stop - now, stop - now
+      st, c, p, d, e, x = 0, -1, 0, 0, now + max(ban, reset, retry), true
     end
-    local put = true
+    local nv = v
     if mode == 1 and ok == 1 then
       -- check (limiter.Check): nothing counted; the state as it was, its
-      -- denial mark cleared, and what remained before the request.
-      st, c, p, d, e, x = o1, o2, o3, o4, o5, false
-      rem = min(rem + cost, q)
-      put = ox
+      -- denial mark cleared.
+      if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
+    elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
+      nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
     end
-    local nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
-    after[i], expires[i], allowed[i] = put and nv or v, e, ok
+    D[4 * i - 3], D[4 * i - 2], D[4 * i - 1], D[4 * i] = nv, e, ok, f
     if ok == 0 and dry == 0 then pass = false end
     if keep then
       nst = nst + 1
-      states[nst] = nv
+      states[nst] = type(nv) == 'string' and #nv == 41 and nv or zero41
     end
-    local o = 5 * i
-    nums[o - 3], nums[o - 2], nums[o - 1], nums[o], nums[o + 1] = ok, first, rem, reset, retry
   end
-  nout = nout + 1
   if bad then
-    out[nout] = 'B' .. spack('<i8', now)
+    out[o] = 'B' .. spack('<i8', now)
+    nout = o
   else
     -- All or nothing: when a limit that is not a dry run denies, only the
     -- denials are kept (their mark reports the first denial once). In
     -- order, so that the last state of a counter is the one kept.
     for i = 1, n do
-      if pass or allowed[i] == 0 then
-        local k, g = ks[i], got[ks[i]]
-        if g[ss[i]] ~= after[i] then
-          g[ss[i]] = after[i]
-          chg[k], at[k] = true, now
-          if expires[i] > need[k] then need[k] = expires[i] end
+      if pass or D[4 * i - 1] == 0 then
+        local f, nv = D[4 * i], D[4 * i - 3]
+        local k = KO[f]
+        local g, s = got[k], f - GS[k] + 1
+        if g[s] ~= nv then
+          g[s] = nv
+          local e = D[4 * i - 2]
+          if e > KS[3 * k - 2] then KS[3 * k - 2] = e end
+          KS[3 * k - 1] = now
         end
       end
     end
-    nums[1] = now
-    out[nout] = 'R' .. spack(FMT[n] or '<' .. string.rep('i8', 1 + 5 * n), unpack(nums, 1, 1 + 5 * n))
+    out[o] = head
+    nout = o + n
     if keep then
       nout = nout + 1
       out[nout] = table.concat(states, '', 1, nst)
@@ -427,20 +423,21 @@ end
 -- a pcall, and when Redis refuses it, the reply is "F" and the decisions,
 -- made from what Redis holds but counted nowhere. (Redis 7 writes the
 -- error as "OOM command ...", Redis 6 with the script's line before it.)
-local wrote = false
+local wrote, w = false, nil
 for k = 1, nk do
-  if chg[k] then
-    local l, g = fl[k], got[k]
-    local w, nw = arr(), 0
-    for j = 2, nf[k] do
+  if KS[3 * k - 1] > 0 then
+    local g, g0 = got[k], GS[k] - 1
+    local nw = 0
+    if not w then w = {false, false, false, false, false, false, false, false} end
+    for j = 2, GS[k + 1] - g0 - 1 do
       if g[j] then
-        w[nw + 1], w[nw + 2] = l[j], g[j]
+        w[nw + 1], w[nw + 2] = A[g0 + j], g[j]
         nw = nw + 2
       end
     end
-    local e, ttl = need[k], false
-    if e > (tonumber(g[1]) or 0) then
-      local now = at[k]
+    local e, ttl = KS[3 * k - 2], false
+    if e > KS[3 * k] and e > (tonumber(g[1]) or 0) then
+      local now = KS[3 * k - 1]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
       w[nw + 1], w[nw + 2] = '~', tostring(e)
       nw = nw + 2
