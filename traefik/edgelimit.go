@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -35,6 +36,9 @@ type middleware struct {
 	pol    *policy.Policy
 	limits []*compiledLimit // the policy's, with their key sources
 	tiered bool             // some limit has tiers
+	// holds: some limit exempts others or holds requests (wait), which
+	// serve leaves to serveAll.
+	holds  bool
 	store  store.Store
 	now    func() time.Time // the clock, nil for the real one (a call less)
 	ips    *ipStrategy
@@ -89,6 +93,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		return nil, err
 	}
 	m.charges = newCharging(m.pol)
+	m.holds = m.pol.Exempts || m.pol.Waits
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
@@ -137,12 +142,42 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serve decides the request in d (a new decision): it returns the request
 // to pass on (with the state later middlewares share), or nil when it
-// answered.
+// answered. This is the usual request, in few values: the first edgelimit
+// middleware of the request, without exemptions or waits, that no limit
+// denies. The rest is serveAll's and judged's.
 func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
 	if !readKeys(m, r, d) {
 		return r
 	}
-	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	ctx := r.Context()
+	st, _ := ctx.Value(stateKey{}).(*requestState)
+	if st != nil || m.holds {
+		return serveAll(m, w, r, d, st)
+	}
+	if !policy.Plan(m.pol, d, nil) {
+		return r
+	}
+	now := time.Now()
+	if m.now != nil {
+		now = m.now()
+	}
+	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
+		return m.storageFailed(w, r, nil, now, err)
+	}
+	denied, report := policy.Judge(d)
+	if d.Denied > 0 {
+		return judged(m, w, r, d, nil, denied, report, now)
+	}
+	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
+	st = &requestState{}
+	policy.Record(&st.ledger, m.store, d, report)
+	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+}
+
+// serveAll is serve for a request that an earlier edgelimit middleware
+// decided too (st, its state), or for a middleware with exemptions or
+// waits.
+func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState) *http.Request {
 	var exempt []string
 	if st != nil || m.pol.Exempts {
 		st, r, exempt = exemptions(m, r, st, d)
@@ -162,6 +197,13 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return m.storageFailed(w, r, st, now, err)
 	}
 	denied, report := policy.Judge(d)
+	return judged(m, w, r, d, st, denied, report, now)
+}
+
+// judged finishes serve and serveAll once the decision is judged: it holds
+// what waits, reports and answers denials, writes the headers and records
+// what was counted in the request's state.
+func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, denied, report int, now time.Time) *http.Request {
 	if m.pol.Waits && !hold(m, r, d, denied) {
 		return nil
 	}
@@ -185,8 +227,35 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 }
 
 // readKeys reads each limit's key (and tier) into d, and tells whether any
-// key is present: the first present source of each limit.
+// key is present: the first present source of each limit. A header, the
+// usual key, is read here, a call less.
 func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
+	if m.creds != nil || m.tiered {
+		return readAllKeys(m, r, d)
+	}
+	present := false
+	for i, l := range m.limits {
+		d.Parts[i] = -1
+		for j := range l.keys {
+			s := &l.keys[j]
+			var v string
+			if s.kind == srcHeader {
+				v = httpval.First(r.Header, s.name)
+			} else {
+				v = value(s, r, m.ips, nil)
+			}
+			if v != "" {
+				d.Keys[i], d.Parts[i] = v, j
+				present = true
+				break
+			}
+		}
+	}
+	return present
+}
+
+// readAllKeys is readKeys with credentials or tiers.
+func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	var cred *Client
 	if m.creds != nil {
 		cred = m.creds.lookup(r)
