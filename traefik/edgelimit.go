@@ -40,7 +40,7 @@ type middleware struct {
 	// serve leaves to serveAll.
 	holds  bool
 	store  store.Store
-	now    func() time.Time // the clock, nil for the real one (a call less)
+	now    func() time.Time // the clock: time.Now, or the configured one
 	ips    *ipStrategy
 	creds  *credentials
 	notify *notifier
@@ -67,6 +67,9 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		return nil, err
 	}
 	m := &middleware{next: next, name: name, now: config.Now, log: newLogger(name)}
+	if m.now == nil {
+		m.now = time.Now
+	}
 	var err error
 	if m.ips, err = compileIPStrategy(config.IPStrategy); err != nil {
 		return nil, fmt.Errorf("ipStrategy: %w", err)
@@ -157,10 +160,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	if !policy.Plan(m.pol, d, nil) {
 		return r
 	}
-	now := time.Now()
-	if m.now != nil {
-		now = m.now()
-	}
+	now := m.now()
 	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
 		return m.storageFailed(w, r, nil, now, err)
 	}
@@ -185,10 +185,7 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	if !policy.Plan(m.pol, d, exempt) {
 		return r
 	}
-	now := time.Now()
-	if m.now != nil {
-		now = m.now()
-	}
+	now := m.now()
 	if m.pol.Waits {
 		policy.HoldWaits(d)
 	}
@@ -376,10 +373,7 @@ func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
 	case <-r.Context().Done():
 	}
 	policy.ReleaseWaits(d)
-	now := time.Now()
-	if m.now != nil {
-		now = m.now()
-	}
+	now := m.now()
 	if err := m.store.Refund(context.Background(), now, policy.Taken(d)); err != nil {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)
 	}

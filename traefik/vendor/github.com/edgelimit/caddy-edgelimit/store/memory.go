@@ -134,15 +134,13 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 // request that takes (the usual case) is decided by takeOne from here, a
 // call less.
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
-	m, ok := s.(*Memory)
-	if !ok {
-		return s.Take(ctx, now, reqs, results)
-	}
-	if len(reqs) != 1 || len(results) == 0 || reqs[0].Mode != ModeTake || reqs[0].Limit.Ban != 0 {
+	if m, ok := s.(*Memory); ok {
+		if len(reqs) == 1 && len(results) != 0 && takeOne(m, &reqs[0], &results[0], now.UnixMicro()) {
+			return nil
+		}
 		return TakeMemory(m, now, reqs, results)
 	}
-	takeOne(m, &reqs[0], &results[0], now.UnixMicro())
-	return nil
+	return s.Take(ctx, now, reqs, results)
 }
 
 // TakeMemory is m.Take, as a function.
@@ -151,18 +149,20 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 		return ErrTooFewResults
 	}
 	t := now.UnixMicro()
-	if len(reqs) == 1 && reqs[0].Mode == ModeTake && reqs[0].Limit.Ban == 0 {
-		takeOne(m, &reqs[0], &results[0], t)
-	} else {
+	if len(reqs) != 1 || !takeOne(m, &reqs[0], &results[0], t) {
 		m.takeMany(reqs, results, t)
 	}
 	return nil
 }
 
-// takeOne decides one request that takes, of a limit without a ban, at t:
-// the usual case, in one function (under Yaegi every call costs for every
-// value of its function, run or not).
-func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
+// takeOne decides a request alone at t, and tells whether it could: one
+// that takes, of a limit without a ban, the usual case, in one function
+// (under Yaegi every call costs for every value of its function, run or
+// not).
+func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) bool {
+	if r.Mode != ModeTake || r.Limit.Ban != 0 {
+		return false
+	}
 	// HashRequest, written out (in two statements: Yaegi assigns a tuple
 	// with a call in it only in part).
 	a := maphash.String(m.seed, r.Counter)
@@ -184,6 +184,7 @@ func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 		m.add(sh, h, &st, t)
 	}
 	sh.mu.Unlock()
+	return true
 }
 
 func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
@@ -203,8 +204,12 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		next = make([]limiter.State, 0, len(reqs))
 		locks = make([]uint16, 0, len(reqs))
 	}
+	// HashRequest, get and put are written out below: under Yaegi a call
+	// costs more than what they do.
 	for i := range reqs {
-		h := HashRequest(m.seed, &reqs[i])
+		a := maphash.String(m.seed, reqs[i].Counter)
+		b := maphash.String(m.seed, reqs[i].Key)
+		h := (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
 		hs = append(hs, h)
 		locks = insertSorted(locks, uint16(h>>m.shift))
 	}
@@ -219,7 +224,10 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 	}
 	for i := range reqs {
 		r := &reqs[i]
-		st, _ := m.get(hs[i], t)
+		st, ok := m.shards[hs[i]>>m.shift].m[hs[i]]
+		if !ok || st.Expires <= t {
+			st = limiter.State{}
+		}
 		// The same counter and key twice in one request: the later sees
 		// the earlier's result.
 		for j := i - 1; j >= 0; j-- {
@@ -241,7 +249,12 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		// counted. A state that never expires is a key never seen that a
 		// check left as it was: a key only checked is never stored.
 		if (pass || !results[i].Allowed) && next[i].Expires != 0 {
-			m.put(hs[i], &next[i], t)
+			sh := &m.shards[hs[i]>>m.shift]
+			if _, ok := sh.m[hs[i]]; ok {
+				sh.m[hs[i]] = next[i]
+			} else {
+				m.add(sh, hs[i], &next[i], t)
+			}
 		}
 	}
 	for _, s := range locks {
