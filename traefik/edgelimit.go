@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/httpval"
@@ -38,13 +39,18 @@ type middleware struct {
 	tiered bool             // some limit has tiers
 	// holds: some limit exempts others or holds requests (wait), which
 	// serve leaves to serveAll.
-	holds  bool
-	store  store.Store
+	holds bool
+	store store.Store
+	// one is the memory store of a middleware of one limit: serve has it
+	// decide with store.TakeOne, a call less than store.Take.
+	one    *store.Memory
 	now    func() time.Time // the clock: time.Now, or the configured one
 	ips    *ipStrategy
 	creds  *credentials
 	notify *notifier
 	log    *logger
+	// decisions are the decisions of requests served, to use again.
+	decisions sync.Pool
 	// charges is the response path of limits that count responses
 	// (charge.go), nil when none does.
 	charges *charging
@@ -100,6 +106,9 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
+	if mem, ok := m.store.(*store.Memory); ok && len(m.limits) == 1 {
+		m.one = mem
+	}
 	return m, nil
 }
 
@@ -136,11 +145,17 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveCharging(m, w, r)
 		return
 	}
-	// The decision is made here and handed down, so that it stays on the
-	// stack (serveCharging keeps its own for the response).
-	if r = serve(m, w, r, policy.NewDecision(m.pol)); r != nil {
+	// A decision is made once and used again: the ledger of the
+	// request's state holds its requests until the next handler returns
+	// (serveCharging keeps its own for the response).
+	d, _ := m.decisions.Get().(*policy.Decision)
+	if d == nil {
+		d = policy.NewDecision(m.pol)
+	}
+	if r = serve(m, w, r, d); r != nil {
 		m.next.ServeHTTP(w, r)
 	}
+	m.decisions.Put(d)
 }
 
 // serve decides the request in d (a new decision): it returns the request
@@ -161,8 +176,10 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return r
 	}
 	now := m.now()
-	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
-		return m.storageFailed(w, r, nil, now, err)
+	if m.one == nil || !store.TakeOne(m.one, &d.Reqs[0], &d.Res[0], now.UnixMicro()) {
+		if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
+			return m.storageFailed(w, r, nil, now, err)
+		}
 	}
 	denied, report := policy.Judge(d)
 	if d.Denied > 0 {

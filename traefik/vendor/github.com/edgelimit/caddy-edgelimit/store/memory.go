@@ -131,11 +131,11 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 // Take is s.Take, as a function: the memory store's Take is called as a
 // function, which under Yaegi costs a quarter of a method call (the
 // Traefik plugin calls it on every request it keeps in memory). One
-// request that takes (the usual case) is decided by takeOne from here, a
+// request that takes (the usual case) is decided by TakeOne from here, a
 // call less.
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if m, ok := s.(*Memory); ok {
-		if len(reqs) == 1 && len(results) != 0 && takeOne(m, &reqs[0], &results[0], now.UnixMicro()) {
+		if len(reqs) == 1 && len(results) != 0 && TakeOne(m, &reqs[0], &results[0], now.UnixMicro()) {
 			return nil
 		}
 		return TakeMemory(m, now, reqs, results)
@@ -149,17 +149,18 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 		return ErrTooFewResults
 	}
 	t := now.UnixMicro()
-	if len(reqs) != 1 || !takeOne(m, &reqs[0], &results[0], t) {
+	if len(reqs) != 1 || !TakeOne(m, &reqs[0], &results[0], t) {
 		m.takeMany(reqs, results, t)
 	}
 	return nil
 }
 
-// takeOne decides a request alone at t, and tells whether it could: one
+// TakeOne decides a request alone at t, and tells whether it could: one
 // that takes, of a limit without a ban, the usual case, in one function
 // (under Yaegi every call costs for every value of its function, run or
-// not).
-func takeOne(m *Memory, r *Request, res *limiter.Result, t int64) bool {
+// not). An edge whose requests are one may call it instead of Take, a call
+// less, and Take when it could not.
+func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) bool {
 	if r.Mode != ModeTake || r.Limit.Ban != 0 {
 		return false
 	}
