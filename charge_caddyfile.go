@@ -1,8 +1,6 @@
 package edgelimit
 
 import (
-	"strconv"
-
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -21,10 +19,8 @@ func parseCountResponses(d *caddyfile.Dispenser, l *Limit) error {
 		return err
 	}
 	m := matchers[at.Text]
-	for _, code := range m.StatusCode {
-		if _, err := policy.ParseStatus(strconv.Itoa(code)); err != nil {
-			return args.ErrAt(at, "count_responses: %v", err)
-		}
+	if err := policy.CheckRule(&policy.ResponseRule{Statuses: m.StatusCode}); err != nil {
+		return args.ErrAt(at, "count_responses: %v", err)
 	}
 	l.CountResponses = &m
 	return nil

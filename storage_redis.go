@@ -205,13 +205,11 @@ func (r *RedisStorage) Validate() error {
 			return fmt.Errorf("redis storage: on_error %w", err)
 		}
 	}
-	if strings.ContainsAny(r.KeyPrefix, "{}") {
-		return fmt.Errorf("redis storage: key_prefix %q: '{' and '}' would change the keys' Cluster hash slots", r.KeyPrefix)
+	if err := store.CheckPrefix(r.KeyPrefix); err != nil {
+		return fmt.Errorf("redis storage: key_prefix %w", err)
 	}
-	switch r.Clock {
-	case "", "server", "local":
-	default:
-		return fmt.Errorf("redis storage: clock %q: want server or local", r.Clock)
+	if _, err := store.ParseClock(r.Clock); err != nil {
+		return fmt.Errorf("redis storage: %w", err)
 	}
 	if r.URL != "" && !hasPlaceholder(r.URL) {
 		if _, err := parseRedisURL(r.URL); err != nil {
@@ -339,17 +337,7 @@ func parseRedisURL(raw string) (*redis.Options, error) {
 			err = errors.New("invalid %-escape")
 		}
 	}
-	return nil, fmt.Errorf("url %s: %v", redactURL(raw), err)
-}
-
-// redactURL shows a URL without its password, or not at all when it does
-// not parse (it may hold a password where none is expected).
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(malformed, not shown: it may hold a password)"
-	}
-	return strconv.Quote(u.Redacted())
+	return nil, fmt.Errorf("url %s: %v", store.RedactURL(raw), err)
 }
 
 func checkAddr(a string) error {
@@ -475,8 +463,8 @@ func (r *RedisStorage) setString(d *caddyfile.Dispenser, opt, v string) error {
 	case "sentinel_password":
 		r.SentinelPassword = v
 	case "key_prefix":
-		if strings.ContainsAny(v, "{}") {
-			return d.Errf("key_prefix %q: '{' and '}' would change the keys' Cluster hash slots", v)
+		if err := store.CheckPrefix(v); err != nil {
+			return d.Errf("key_prefix %v", err)
 		}
 		r.KeyPrefix = v
 	case "on_error":

@@ -161,9 +161,6 @@ func TestRedisURLErrorsHideThePassword(t *testing.T) {
 			t.Fatalf("Caddyfile error %v", err)
 		}
 	}
-	if got := redactURL("redis://user:hunter2@h:1/0"); strings.Contains(got, "hunter2") || !strings.Contains(got, "h:1") {
-		t.Fatalf("redacted %s", got)
-	}
 }
 
 func TestRedisValidateJSON(t *testing.T) {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -194,6 +195,29 @@ func TestMatchResponse(t *testing.T) {
 	for _, s := range []string{"99", "600", "6xx", "x", "0"} {
 		if _, err := ParseStatus(s); err == nil {
 			t.Error(s, "parses")
+		}
+	}
+}
+
+func TestNewResponseRule(t *testing.T) {
+	rule, err := NewResponseRule([]string{"401", "5xx"}, map[string]string{"x-login": "fail*", "!x-skip": ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &ResponseRule{Statuses: []int{401, 5}, Headers: map[string][]string{"X-Login": {"fail*"}, "X-Skip": nil}}
+	if !reflect.DeepEqual(rule, want) {
+		t.Errorf("%+v, want %+v", rule, want)
+	}
+	for _, bad := range []struct {
+		statuses []string
+		headers  map[string]string
+	}{
+		{[]string{"6xx"}, nil},
+		{nil, map[string]string{"!X-Skip": "b"}},
+		{nil, map[string]string{"X Bad": "*"}},
+	} {
+		if _, err := NewResponseRule(bad.statuses, bad.headers); err == nil {
+			t.Errorf("%v %v: accepted", bad.statuses, bad.headers)
 		}
 	}
 }

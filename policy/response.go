@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 )
@@ -38,6 +39,40 @@ func ParseStatus(s string) (int, error) {
 		return n, nil
 	}
 	return 0, fmt.Errorf("status %q: want a code from 100 to 599, or a class from 1xx to 5xx", s)
+}
+
+// NewResponseRule reads a rule as the Traefik plugin's countResponses
+// writes it: statuses as ParseStatus reads them, and headers from their
+// names to a value pattern, "!Name" (with no pattern) for a header that
+// must be absent.
+func NewResponseRule(statuses []string, headers map[string]string) (*ResponseRule, error) {
+	rule := &ResponseRule{}
+	for _, s := range statuses {
+		n, err := ParseStatus(s)
+		if err != nil {
+			return nil, err
+		}
+		rule.Statuses = append(rule.Statuses, n)
+	}
+	for name, pattern := range headers {
+		absent := strings.HasPrefix(name, "!")
+		name = textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(name, "!"))
+		if rule.Headers == nil {
+			rule.Headers = map[string][]string{}
+		}
+		switch {
+		case absent && pattern != "":
+			return nil, errors.New("headers: !" + name + " wants the header absent, and takes no value")
+		case absent:
+			rule.Headers[name] = nil
+		default:
+			rule.Headers[name] = []string{pattern}
+		}
+	}
+	if err := CheckRule(rule); err != nil {
+		return nil, err
+	}
+	return rule, nil
 }
 
 // CheckRule checks the statuses of a rule (ParseStatus's ranges).

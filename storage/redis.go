@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +55,8 @@ type RedisOptions struct {
 
 // Defaults for RedisOptions.
 const (
-	DefaultRedisPrefix        = "edgelimit:"
-	DefaultRedisTimeout       = 100 * time.Millisecond
+	DefaultRedisPrefix        = store.DefaultRedisPrefix
+	DefaultRedisTimeout       = store.DefaultRedisTimeout
 	DefaultRedisRetryInterval = store.DefaultRetryInterval
 )
 
@@ -113,8 +112,8 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 	if o.Prefix == "" {
 		o.Prefix = DefaultRedisPrefix
 	}
-	if strings.ContainsAny(o.Prefix, "{}") {
-		return nil, fmt.Errorf("redis storage: key prefix %q holds '{' or '}', which would move keys between Cluster slots", o.Prefix)
+	if err := store.CheckPrefix(o.Prefix); err != nil {
+		return nil, fmt.Errorf("redis storage: key prefix %w", err)
 	}
 	if o.Timeout < 0 || o.RetryInterval < 0 {
 		return nil, errors.New("redis storage: negative timeout or retry interval")

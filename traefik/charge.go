@@ -2,10 +2,7 @@ package edgelimit
 
 import (
 	"context"
-	"errors"
 	"net/http"
-	"net/textproto"
-	"strings"
 
 	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/store"
@@ -22,33 +19,7 @@ func compileResponses(c *ResponseRule) (*policy.ResponseRule, error) {
 	if c == nil {
 		return nil, nil
 	}
-	rule := &policy.ResponseRule{}
-	for _, s := range c.Status {
-		n, err := policy.ParseStatus(s)
-		if err != nil {
-			return nil, err
-		}
-		rule.Statuses = append(rule.Statuses, n)
-	}
-	for name, pattern := range c.Headers {
-		absent := strings.HasPrefix(name, "!")
-		name = textproto.CanonicalMIMEHeaderKey(strings.TrimPrefix(name, "!"))
-		if rule.Headers == nil {
-			rule.Headers = map[string][]string{}
-		}
-		switch {
-		case absent && pattern != "":
-			return nil, errors.New("headers: !" + name + " wants the header absent, and takes no value")
-		case absent:
-			rule.Headers[name] = nil
-		default:
-			rule.Headers[name] = []string{pattern}
-		}
-	}
-	if err := policy.CheckRule(rule); err != nil {
-		return nil, err
-	}
-	return rule, nil
+	return policy.NewResponseRule(c.Status, c.Headers)
 }
 
 // charging is what a middleware with limits that count responses keeps

@@ -45,7 +45,7 @@ type middleware struct {
 	// decide with store.TakeOne, a call less than store.Take.
 	one    *store.Memory
 	now    func() time.Time // the clock: time.Now, or the configured one
-	ips    *ipStrategy
+	ips    *httpval.Forwarded
 	creds  *credentials
 	notify *notifier
 	log    *logger
@@ -315,7 +315,7 @@ func (m *middleware) denials(w http.ResponseWriter, r *http.Request, st *request
 			key := m.pol.DisplayKey(d.Reqs[j].Key)
 			m.log.firstDenial(d.Meta[j].Limit.Name, key, d.Meta[j].Tier, res, d.Reqs[j].DryRun)
 			if m.notify != nil {
-				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: clientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
+				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: httpval.ClientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
 			}
 		}
 	}

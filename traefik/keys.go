@@ -3,9 +3,7 @@ package edgelimit
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/textproto"
 	"strings"
 
@@ -190,20 +188,20 @@ func parseSource(s string, tier bool) (source, error) {
 // around it, and Authorization's scheme written one way. The usual
 // sources, a header and the client's address, are read without a call
 // more.
-func value(s *source, r *http.Request, ips *ipStrategy, cred *Client) string {
+func value(s *source, r *http.Request, ips *httpval.Forwarded, cred *Client) string {
 	switch s.kind {
 	case srcHeader:
 		// As the Caddy module reads a header key (httpval): the same key
 		// makes the same counter in a fleet of both.
 		return httpval.First(r.Header, s.name)
 	case srcIP:
-		return httpval.ClientKey(clientIP(ips, r), s.v6)
+		return httpval.ClientKey(httpval.ClientIP(ips, r), s.v6)
 	}
 	return otherValue(s, r, ips, cred)
 }
 
 // otherValue is value for the other sources.
-func otherValue(s *source, r *http.Request, ips *ipStrategy, cred *Client) string {
+func otherValue(s *source, r *http.Request, ips *httpval.Forwarded, cred *Client) string {
 	switch s.kind {
 	case srcQuery:
 		return r.URL.Query().Get(s.name)
@@ -214,7 +212,7 @@ func otherValue(s *source, r *http.Request, ips *ipStrategy, cred *Client) strin
 		}
 		return c.Value
 	case srcRemote:
-		return httpval.ClientKey(remoteIP(r), s.v6)
+		return httpval.ClientKey(httpval.RemoteIP(r), s.v6)
 	case srcBearer:
 		// Authorization as the key of a header reads it: trimmed, its
 		// scheme written one way.
@@ -248,104 +246,12 @@ func (s *source) tier(r *http.Request, cred *Client) string {
 	return r.Header.Get(s.name)
 }
 
-// ipStrategy is a compiled IPStrategy.
-type ipStrategy struct {
-	depth    int
-	excluded []netip.Prefix
-}
-
-func compileIPStrategy(c *IPStrategy) (*ipStrategy, error) {
-	s := &ipStrategy{}
+// compileIPStrategy reads an IPStrategy; nil trusts no X-Forwarded-For.
+func compileIPStrategy(c *IPStrategy) (*httpval.Forwarded, error) {
 	if c == nil {
-		return s, nil
+		return nil, nil
 	}
-	if c.Depth < 0 {
-		return nil, fmt.Errorf("depth %d must not be negative", c.Depth)
-	}
-	s.depth = c.Depth
-	for _, e := range c.ExcludedIPs {
-		e = strings.TrimSpace(e)
-		if p, err := netip.ParsePrefix(e); err == nil {
-			s.excluded = append(s.excluded, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(e)
-		if err != nil {
-			return nil, fmt.Errorf("excludedIPs: %q is neither an address nor a CIDR range", e)
-		}
-		s.excluded = append(s.excluded, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return s, nil
-}
-
-// clientIP is the client's address: from X-Forwarded-For only as the
-// strategy trusts it, else the remote address. It is never empty for a
-// request with a remote address, so a client cannot escape a limit by
-// sending a short or malformed header.
-func clientIP(s *ipStrategy, r *http.Request) string {
-	if s == nil || s.depth == 0 && len(s.excluded) == 0 {
-		return remoteIP(r)
-	}
-	return s.forwarded(r)
-}
-
-// forwarded is clientIP from X-Forwarded-For.
-func (s *ipStrategy) forwarded(r *http.Request) string {
-	xff := forwardedFor(r.Header)
-	if s.depth > 0 {
-		if s.depth <= len(xff) {
-			if ip := httpval.IP(xff[len(xff)-s.depth]); ip != "" {
-				return ip
-			}
-		}
-		return remoteIP(r)
-	}
-	for i := len(xff) - 1; i >= 0; i-- {
-		ip := httpval.IP(xff[i])
-		if ip == "" {
-			break
-		}
-		if !s.isExcluded(netip.MustParseAddr(ip)) {
-			return ip
-		}
-	}
-	return remoteIP(r)
-}
-
-func (s *ipStrategy) isExcluded(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, p := range s.excluded {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// forwardedFor lists the addresses of every X-Forwarded-For line, in order.
-func forwardedFor(h http.Header) []string {
-	var out []string
-	for _, line := range h.Values("X-Forwarded-For") {
-		for _, part := range strings.Split(line, ",") {
-			if part = strings.TrimSpace(part); part != "" {
-				out = append(out, part)
-			}
-		}
-	}
-	return out
-}
-
-// remoteIP is the remote address's IP as Caddy writes its client_ip:
-// parsed, without zone or port.
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if ip := httpval.IP(host); ip != "" {
-		return ip
-	}
-	return host
+	return httpval.NewForwarded(c.Depth, c.ExcludedIPs)
 }
 
 // credentials is a compiled Credentials map.

@@ -6,6 +6,8 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 )
 
 // placeholders gives a denial body the request placeholders the Caddy
@@ -14,7 +16,7 @@ import (
 // placeholders are the policy's. Unknown ones are empty.
 type placeholders struct {
 	r   *http.Request
-	ips *ipStrategy
+	ips *httpval.Forwarded
 }
 
 // shorthands are the Caddyfile's short placeholder names.
@@ -62,9 +64,9 @@ func (p *placeholders) GetString(name string) (string, bool) {
 	case "http.request.uri.query":
 		return r.URL.RawQuery, true
 	case "http.request.remote.host":
-		return remoteIP(r), true
+		return httpval.RemoteIP(r), true
 	case "http.vars.client_ip":
-		return clientIP(p.ips, r), true
+		return httpval.ClientIP(p.ips, r), true
 	}
 	if h, ok := strings.CutPrefix(name, "http.request.header."); ok {
 		return strings.Join(r.Header[textproto.CanonicalMIMEHeaderKey(h)], ","), true

@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -106,21 +103,22 @@ type redisOptions struct {
 	noLocalDenials bool
 }
 
-// Defaults of the Redis store, as the Caddy module's.
-const (
-	defaultRedisPrefix  = "edgelimit:"
-	defaultRedisTimeout = 100 * time.Millisecond
-	defaultPoolSize     = 32
-)
+// defaultPoolSize is the connections of a Redis store at most, by default.
+const defaultPoolSize = 32
 
 func (c *RedisConfig) options() (*redisOptions, error) {
-	o := &redisOptions{addr: "127.0.0.1:6379", prefix: defaultRedisPrefix, timeout: defaultRedisTimeout, poolSize: defaultPoolSize}
+	o := &redisOptions{addr: "127.0.0.1:6379", prefix: store.DefaultRedisPrefix, timeout: store.DefaultRedisTimeout, poolSize: defaultPoolSize}
 	if c.URL != "" && c.Address != "" {
 		return nil, errors.New("redis: url and address exclude each other")
 	}
 	if c.URL != "" {
-		if err := o.parseURL(c.URL); err != nil {
-			return nil, err
+		u, err := store.ParseRedisURL(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		o.username, o.password, o.db, o.tls = u.Username, u.Password, u.DB, u.TLS
+		if u.Addr != "" {
+			o.addr = u.Addr
 		}
 	}
 	if c.Address != "" {
@@ -159,16 +157,14 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	if c.KeyPrefix != "" {
 		o.prefix = c.KeyPrefix
 	}
-	if strings.ContainsAny(o.prefix, "{}") {
-		return nil, fmt.Errorf("redis: keyPrefix %q holds '{' or '}', which would change the keys' Cluster hash slots", o.prefix)
+	if err := store.CheckPrefix(o.prefix); err != nil {
+		return nil, fmt.Errorf("redis: keyPrefix %w", err)
 	}
-	switch c.Clock {
-	case "", "server":
-	case "local":
-		o.localTime = true
-	default:
-		return nil, fmt.Errorf("redis: clock %q: want server or local", c.Clock)
+	local, err := store.ParseClock(c.Clock)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
 	}
+	o.localTime = local
 	if c.PoolSize < 0 {
 		return nil, fmt.Errorf("redis: poolSize must not be negative, got %d", c.PoolSize)
 	}
@@ -177,56 +173,6 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	}
 	o.noLocalDenials = c.DisableLocalDenials
 	return o, nil
-}
-
-// parseURL reads redis://[user[:password]@]host[:port][/db] and rediss://
-// with net/url: the user and password percent-decoded, as go-redis reads
-// them, so that one URL means the same credentials at both edges.
-func (o *redisOptions) parseURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("redis: url %q: %v", redactURL(raw), errors.Unwrap(err))
-	}
-	switch u.Scheme {
-	case "rediss":
-		o.tls = true
-	case "redis":
-	default:
-		return fmt.Errorf("redis: url %q: want the redis:// or rediss:// scheme", redactURL(raw))
-	}
-	if u.User != nil {
-		o.username = u.User.Username()
-		if p, ok := u.User.Password(); ok {
-			o.password = p
-		}
-	}
-	if host := u.Hostname(); host != "" {
-		port := u.Port()
-		if port == "" {
-			port = "6379"
-		}
-		o.addr = net.JoinHostPort(host, port)
-	}
-	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
-		n, err := strconv.Atoi(db)
-		if err != nil || n < 0 {
-			return fmt.Errorf("redis: url %q: database %q is not a number", redactURL(raw), db)
-		}
-		o.db = n
-	}
-	return nil
-}
-
-// redactURL hides a URL's password in messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		if i := strings.LastIndexByte(raw, '@'); i >= 0 {
-			return "(url with credentials)"
-		}
-		return raw
-	}
-	return u.Redacted()
 }
 
 // id identifies a store by everything that makes it; hashed, since it

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Settings of a Redis store that the Caddy module (over go-redis) and the
+// Traefik plugin (over its own client) read alike, so that one
+// configuration means the same Redis and the same keys at both edges.
+
+// Defaults of a Redis store at both edges.
+const (
+	DefaultRedisPrefix  = "edgelimit:"
+	DefaultRedisTimeout = 100 * time.Millisecond
+)
+
+// CheckPrefix checks a key prefix: '{' or '}' would make it part of the
+// keys' Cluster hash tag, and move them between slots.
+func CheckPrefix(prefix string) error {
+	if strings.ContainsAny(prefix, "{}") {
+		return fmt.Errorf("%q: '{' and '}' would change the keys' Cluster hash slots", prefix)
+	}
+	return nil
+}
+
+// ParseClock reads whose clock decides: server ("" too: Redis's, so that
+// instances whose clocks differ agree) or local (each instance's own).
+func ParseClock(s string) (local bool, err error) {
+	switch s {
+	case "", "server":
+		return false, nil
+	case "local":
+		return true, nil
+	}
+	return false, fmt.Errorf("clock %q: want server or local", s)
+}
+
+// RedisURL is what a Redis URL says; "" and 0 for what it does not.
+type RedisURL struct {
+	Addr     string // host:port (the port 6379 when the URL has none)
+	Username string
+	Password string
+	DB       int
+	TLS      bool // rediss://
+}
+
+// ParseRedisURL reads redis://[user[:password]@]host[:port][/db] and
+// rediss:// with net/url: the user and password percent-decoded, as
+// go-redis's ParseURL reads them (the storage package's test holds the two
+// to it), so that one URL means the same credentials at both edges. Its
+// errors never show the password.
+func ParseRedisURL(raw string) (*RedisURL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("url %s: %v", RedactURL(raw), errors.Unwrap(err))
+	}
+	out := &RedisURL{}
+	switch u.Scheme {
+	case "rediss":
+		out.TLS = true
+	case "redis":
+	default:
+		return nil, fmt.Errorf("url %s: want the redis:// or rediss:// scheme", RedactURL(raw))
+	}
+	if u.User != nil {
+		out.Username = u.User.Username()
+		out.Password, _ = u.User.Password()
+	}
+	if host := u.Hostname(); host != "" {
+		port := u.Port()
+		if port == "" {
+			port = "6379"
+		}
+		out.Addr = net.JoinHostPort(host, port)
+	}
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("url %s: database %q is not a number", RedactURL(raw), db)
+		}
+		out.DB = n
+	}
+	return out, nil
+}
+
+// RedactURL shows a URL quoted and without its password, or not at all
+// when it does not parse (it may hold a password where none is expected).
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(malformed, not shown: it may hold a password)"
+	}
+	return strconv.Quote(u.Redacted())
+}
