@@ -308,16 +308,6 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 	return st, true
 }
 
-// put stores a state; its shard must be locked.
-func (m *Memory) put(h uint64, st *limiter.State, t int64) {
-	sh := m.shardOf(h)
-	if _, ok := sh.m[h]; ok {
-		sh.m[h] = *st
-		return
-	}
-	m.add(sh, h, st, t)
-}
-
 // add stores the state of a new key in its locked shard. In a full store
 // (or a full shard) it takes the place of the shard's key that carries the
 // least (see makeRoom).
