@@ -361,7 +361,7 @@ var ratelimitHints = map[string]string{
 var (
 	handlerOptions    = []string{"limit", "quota", "use", "status", "headers", "body", "content_type", "show_key", "handle_errors", "dry_run", "zone", "storage"}
 	globalOptionNames = []string{"storage", "limit", "quota"}
-	limitOptions      = []string{"key", "rate", "window", "split", "token_bucket", "gcra", "burst", "offset", "quota", "limit", "reset", "tier", "cost", "ipv6_prefix", "scope", "exempt", "status", "body", "dry_run", "count_responses", "ban", "wait"}
+	limitOptions      = []string{"key", "rate", "window", "split", "token_bucket", "gcra", "burst", "offset", "quota", "limit", "reset", "tier", "cost", "ipv6_prefix", "scope", "exempt", "status", "body", "dry_run", "count_responses", "ban", "wait", "sync"}
 )
 
 // unknownHint ends the error of an unknown option: caddy-ratelimit's

@@ -115,6 +115,8 @@ type Handler struct {
 	warn      *store.Throttle
 	proxies   *proxyCheck
 	clock     clock.Clock
+	// synced merges the limits with sync into Redis (nil: none).
+	synced *store.Synced
 	// charging is the response path of limits that count responses
 	// (charge.go), nil when none does.
 	charging *charging
@@ -182,6 +184,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, cl := range h.limits {
 		app.registry.add(cl, h.store, h.clock)
 	}
+	h.withSync()
 	h.scratch = &sync.Pool{New: func() any { return &scratch{Decision: policy.NewDecision(h.pol)} }}
 	return nil
 }

@@ -113,6 +113,16 @@ type Limit struct {
 	// requests past it are denied.
 	Wait    caddy.Duration `json:"wait,omitempty"`
 	WaitMax int            `json:"wait_max,omitempty"`
+
+	// Sync counts this limit in each instance's memory and merges the
+	// counts into the Redis storage this often (1ms to 1m), admitting from
+	// the shared total: the instance's last merged total plus what it
+	// counted since. For a limit whose key is the same for every request
+	// (key api), which would otherwise be one Redis core's decisions per
+	// second at most. The instances may admit, beyond the limit, what each
+	// admits in one interval. Not with ban, wait or count_responses; with
+	// the memory storage, counts are local anyway and it changes nothing.
+	Sync caddy.Duration `json:"sync,omitempty"`
 }
 
 // Numbers are an algorithm and its figures.
@@ -214,6 +224,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		Ban:         time.Duration(l.Ban),
 		Wait:        time.Duration(l.Wait),
 		WaitMax:     l.WaitMax,
+		Sync:        time.Duration(l.Sync),
 	}
 	if err := compileResponses(l, spec, cl); err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/policy"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // parseLimitBlock reads `limit <name> { ... }` or `quota <name> { ... }`;
@@ -174,6 +175,15 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 		l.Ban = caddy.Duration(dur)
 	case "wait":
 		return true, parseWait(d, l)
+	case "sync":
+		dur, err := args.Duration(d)
+		if err != nil {
+			return true, err
+		}
+		if dur < store.MinSync || dur > store.MaxSync {
+			return true, d.Errf("sync %s: want an interval from %s to %s", dur, store.MinSync, store.MaxSync)
+		}
+		l.Sync = caddy.Duration(dur)
 	default:
 		return false, nil
 	}

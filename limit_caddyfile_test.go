@@ -262,6 +262,14 @@ func TestCaddyfileErrorsNameTheLine(t *testing.T) {
 		{"bad period", "limit a {\n\tquota 5 per fortnight\n}", "fortnight", "Caddyfile:4"},
 		{"unknown storage", "limit a {\n\trate 5/1m\n}\nstorage floppy", `unknown storage "floppy"`, "Caddyfile:6"},
 		{"bad storage option", "limit a {\n\trate 5/1m\n}\nstorage memory {\n\tmax_keyz 5\n}", `unknown memory storage option "max_keyz"`, "Caddyfile:7"},
+		{"sync without interval", "limit a {\n\trate 5/1m\n\tsync\n}", "wrong argument count", "Caddyfile:5"},
+		{"sync not a duration", "limit a {\n\trate 5/1m\n\tsync often\n}", "often", "Caddyfile:5"},
+		{"sync too short", "limit a {\n\trate 5/1m\n\tsync 100us\n}", "sync 100µs: want an interval from 1ms to 1m0s", "Caddyfile:5"},
+		{"sync too long", "limit a {\n\trate 5/1m\n\tsync 2m\n}", "sync 2m0s: want an interval from 1ms to 1m0s", "Caddyfile:5"},
+		{"sync twice", "limit a {\n\trate 5/1m\n\tsync 1s\n\tsync 2s\n}", `"sync" given twice`, "Caddyfile:6"},
+		{"sync with ban", "limit a {\n\trate 5/1m\n\tban 60s\n\tsync 100ms\n}", `limit "a": sync does not go with ban`, "Caddyfile:3"},
+		{"sync with wait", "limit a {\n\ttoken_bucket 5 1/1s\n\twait 100ms\n\tsync 100ms\n}", `limit "a": sync does not go with wait`, "Caddyfile:3"},
+		{"sync with count_responses", "limit a {\n\trate 5/1m\n\tcount_responses\n\tsync 100ms\n}", `limit "a": sync does not go with a limit that counts responses`, "Caddyfile:3"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -115,7 +115,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.Exempts = p.Exempts || len(l.Exempt) > 0
 		reqs := make([]store.Request, len(l.Counters))
 		for part, counter := range l.Counters {
-			reqs[part] = store.Request{Counter: counter, Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun}
+			reqs[part] = store.Request{Counter: counter, Limit: l.Base, Cost: l.Cost, DryRun: l.DryRun || p.DryRun, Sync: l.Sync}
 			if l.Charged {
 				reqs[part].Mode = store.ModeCheck
 				reqs[part].Cost = CheckCost(l)

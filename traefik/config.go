@@ -91,6 +91,12 @@ type Limit struct {
 	// at most WaitMax (8) of a client's at once.
 	Wait    string `json:"wait,omitempty"`
 	WaitMax int    `json:"waitMax,omitempty"`
+	// Sync (100ms; 1ms to 1m), with a Redis storage, counts this limit in
+	// this instance's memory and merges the counts into Redis this often,
+	// admitting from the shared total (the Caddy module's sync): for a
+	// key every request shares (const:api). Not with ban, wait or
+	// countResponses.
+	Sync string `json:"sync,omitempty"`
 
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }

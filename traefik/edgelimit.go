@@ -106,6 +106,14 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
+	for _, l := range limits {
+		if l.Sync > 0 {
+			// Its merges end once no request meets its views: a
+			// middleware Traefik replaced leaves nothing running.
+			m.store = store.WithSync(m.store, syncClock{m.now})
+			break
+		}
+	}
 	if mem, ok := m.store.(*store.Memory); ok && len(m.limits) == 1 {
 		m.one = mem
 	}
@@ -395,4 +403,26 @@ func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)
 	}
 	return false
+}
+
+// syncClock is the clock the merges of limits with sync wait on: real
+// time, and the decisions' clock (a test's) for the views.
+type syncClock struct{ now func() time.Time }
+
+func (c syncClock) Now() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
+}
+
+func (c syncClock) Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

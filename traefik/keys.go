@@ -66,6 +66,9 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		return nil, fmt.Errorf("wait %q: must be more than 0", l.Wait)
 	}
 	spec.WaitMax = l.WaitMax
+	if spec.Sync, err = parseDuration("sync", l.Sync); err != nil {
+		return nil, err
+	}
 	if len(l.Tiers) > 0 {
 		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
 		for tier, n := range l.Tiers {

@@ -151,7 +151,26 @@ respond "ok"
 		Site:   denySite,
 	},
 	{
-		Name: "redis-hot", Title: "Redis, 1 key for all, 2 Caddys",
+		// The one key counted in each instance's memory, merged into
+		// Redis every 100ms (sync): Redis is no longer the cap.
+		Name: "redis-hot", Title: "Redis, 1 key for all, 2 Caddys, sync 100ms",
+		Keys: distinctKeys, Expect: "200", Redis: true, Instances: 2,
+		Global: redisStorage,
+		Site: func(ports) string {
+			return `edge_limit {
+	limit api_wide {
+		key api
+		rate ` + never + `
+		sync 100ms
+	}
+}
+respond "ok"
+`
+		},
+	},
+	{
+		// The same without sync: every decision on the one Redis hash.
+		Name: "redis-hot-exact", Title: "Redis, 1 key for all, 2 Caddys, exact",
 		Keys: distinctKeys, Expect: "200", Redis: true, Instances: 2,
 		Global: redisStorage,
 		Site: func(ports) string {

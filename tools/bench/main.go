@@ -33,6 +33,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/tools/bench/callgrind"
 )
 
 type options struct {
@@ -52,6 +54,10 @@ type options struct {
 	gogc       int
 	caddyCPU   string
 	loadCPU    string
+	// Requests counted per configuration under callgrind (0: none), after
+	// countWarm requests of warm-up.
+	count     int
+	countWarm int
 }
 
 // noisy is the share of Caddy's CPU that other processes may take during
@@ -81,6 +87,8 @@ func main() {
 	flag.IntVar(&opt.retries, "retries", 3, "measure again, at most this many times (and a third of the measurements in all), when other processes took more than 5% of Caddy's CPU")
 	flag.IntVar(&opt.gomaxprocs, "gomaxprocs", 1, "GOMAXPROCS of every Caddy")
 	flag.IntVar(&opt.gogc, "gogc", 100, "GOGC of every Caddy")
+	flag.IntVar(&opt.count, "callgrind", 10000, "requests counted per configuration with Caddy (and Redis) under valgrind's callgrind, after -callgrind-warm more (0: no count)")
+	flag.IntVar(&opt.countWarm, "callgrind-warm", distinctKeys, "warm-up requests before the count (at least one per client key)")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -114,12 +122,18 @@ func main() {
 		if !set["retries"] {
 			opt.retries = 0
 		}
+		if !set["callgrind"] {
+			opt.count = smokeCount
+		}
+		if !set["callgrind-warm"] {
+			opt.countWarm = smokeCount
+		}
 	}
 	if opt.only != nil && !set["doc"] {
 		opt.doc = ""
 	}
-	if opt.rounds < 1 || opt.duration < time.Second || opt.conns < 1 {
-		fmt.Fprintln(os.Stderr, "bench: need -rounds >= 1, -duration >= 1s, -conns >= 1")
+	if opt.rounds < 1 || opt.duration < time.Second || opt.conns < 1 || opt.count < 0 || opt.countWarm < 0 {
+		fmt.Fprintln(os.Stderr, "bench: need -rounds >= 1, -duration >= 1s, -conns >= 1, -callgrind >= 0, -callgrind-warm >= 0")
 		os.Exit(2)
 	}
 
@@ -317,6 +331,31 @@ func run(ctx context.Context, opt *options) (err error) {
 	for _, c := range selected {
 		res.Configs = append(res.Configs, summarize(c.Name, c.Title, samples[c.Name], samples["plain"]))
 	}
+	if opt.count > 0 && callgrind.Available() != nil && opt.smoke && !ci {
+		fmt.Println("bench:", callgrind.Available(), "- skipping the counts")
+		opt.count = 0
+	}
+	if opt.count > 0 {
+		toCount := selected
+		if opt.smoke {
+			// The smoke run counts two configurations, one of them on
+			// Redis: that the count works, in a minute.
+			toCount = nil
+			for _, c := range selected {
+				if c.Name == "memory-1" || c.Name == "redis-3" {
+					toCount = append(toCount, c)
+				}
+			}
+		}
+		fmt.Printf("callgrind: %d requests per configuration over %d connections, after %d to warm up...\n", opt.count, countConns, opt.countWarm)
+		counts, err := e.countAll(ctx, toCount, opt.countWarm, opt.count)
+		if err != nil {
+			return err
+		}
+		for _, s := range res.Configs {
+			s.Counted = counts[s.Name]
+		}
+	}
 
 	if opt.wants("exact") && e.redis != nil {
 		limit, window := 1000, 2*time.Second
@@ -343,6 +382,7 @@ func run(ctx context.Context, opt *options) (err error) {
 
 	fmt.Println()
 	fmt.Print(res.table())
+	fmt.Print(res.countTable())
 	fmt.Println()
 	if opt.smoke {
 		fmt.Println("smoke run: figures not checked")

@@ -41,11 +41,21 @@ func (e *env) caddyEnv() []string {
 type caddyInstance struct {
 	p     *proc
 	ports ports
+	base  string // its files' path, less the ending
 }
 
 // startCaddy writes c's Caddyfile on fresh ports and starts Caddy with it,
 // pinned to the Caddy CPU, and waits until it listens.
 func (e *env) startCaddy(ctx context.Context, c *config) (*caddyInstance, error) {
+	return e.startCaddyWith(ctx, c, e.redis, e.opt.caddyCPU, nil, nil, 20*time.Second)
+}
+
+// startCaddyWith starts Caddy as startCaddy does, with its Redis (nil for
+// none), pinned to cpus ("" for none), wrap before its command line (as
+// callgrind.Args), env added to caddyEnv's, and as long as wait to listen.
+// Its log is <name>.log; wrap's files may use <name> (returned in the
+// instance) as their prefix.
+func (e *env) startCaddyWith(ctx context.Context, c *config, redis *benchRedis, cpus string, wrap func(base string) []string, env []string, wait time.Duration) (*caddyInstance, error) {
 	var ps ports
 	var err error
 	if ps.site, err = freePort(); err != nil {
@@ -55,10 +65,10 @@ func (e *env) startCaddy(ctx context.Context, c *config) (*caddyInstance, error)
 		return nil, err
 	}
 	if c.Redis {
-		if e.redis == nil {
+		if redis == nil {
 			return nil, fmt.Errorf("%s needs Redis", c.Name)
 		}
-		ps.redis = e.redis.port
+		ps.redis = redis.port
 	}
 	if c.Upstream {
 		ps.upstream = e.upPort
@@ -68,16 +78,19 @@ func (e *env) startCaddy(ctx context.Context, c *config) (*caddyInstance, error)
 	if err := os.WriteFile(base+".Caddyfile", []byte(caddyfile(c, ps)), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := start("caddy "+c.Name, e.opt.caddyCPU, e.caddyEnv(), base+".log",
-		e.caddy, "run", "--config", base+".Caddyfile", "--adapter", "caddyfile")
+	argv := []string{e.caddy, "run", "--config", base + ".Caddyfile", "--adapter", "caddyfile"}
+	if wrap != nil {
+		argv = append(wrap(base), argv...)
+	}
+	p, err := start("caddy "+c.Name, cpus, append(e.caddyEnv(), env...), base+".log", argv...)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitPort(ctx, p, ps.site, 20*time.Second); err != nil {
+	if err := waitPort(ctx, p, ps.site, wait); err != nil {
 		p.stop()
 		return nil, err
 	}
-	return &caddyInstance{p: p, ports: ps}, nil
+	return &caddyInstance{p: p, ports: ps, base: base}, nil
 }
 
 var client = &http.Client{Timeout: 10 * time.Second}
@@ -153,25 +166,33 @@ func probe(ctx context.Context, c *config, port int) error {
 	return nil
 }
 
-// mallocs reads the Go allocator's count of allocations from Caddy's
-// admin endpoint (expvar's memstats at /debug/vars).
-func mallocs(ctx context.Context, adminPort int) (uint64, error) {
+// memStats are the Go runtime's counts that the bench reads from Caddy's
+// admin endpoint (expvar's memstats at /debug/vars): allocations, bytes
+// allocated, garbage collections.
+type memStats struct {
+	Mallocs    uint64
+	TotalAlloc uint64
+	NumGC      uint64
+}
+
+// mallocs reads Caddy's memStats.
+func mallocs(ctx context.Context, adminPort int) (memStats, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/debug/vars", adminPort), nil)
 	if err != nil {
-		return 0, err
+		return memStats{}, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, err
+		return memStats{}, err
 	}
 	defer resp.Body.Close()
 	var v struct {
-		Memstats struct{ Mallocs uint64 } `json:"memstats"`
+		Memstats memStats `json:"memstats"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return 0, fmt.Errorf("/debug/vars: %w", err)
+		return memStats{}, fmt.Errorf("/debug/vars: %w", err)
 	}
-	return v.Memstats.Mallocs, nil
+	return v.Memstats, nil
 }
 
 // sample is one measurement of one configuration.
@@ -325,8 +346,8 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 	s.P50ms, s.P99ms = w.P50ms, w.P99ms
 	s.Non2xx, s.SocketErrors = w.Non2xx, w.SocketErrors
 	s.CaddyCPUus = (cpu1 - cpu0) / n * 1e6
-	if merr == nil && merr2 == nil && m1 >= m0 {
-		s.AllocsPerReq = ptr(float64(m1-m0) / n)
+	if merr == nil && merr2 == nil && m1.Mallocs >= m0.Mallocs {
+		s.AllocsPerReq = ptr(float64(m1.Mallocs-m0.Mallocs) / n)
 	}
 	if c.Upstream {
 		up1, _ := cpuSeconds(e.upstream.pid())
@@ -431,15 +452,17 @@ func (e *env) load(ctx context.Context, script string, urls []string, d time.Dur
 	return sum, strings.Join(outs, "\n"), nil
 }
 
-// sumMallocs adds up the allocations of every instance.
-func sumMallocs(ctx context.Context, insts []*caddyInstance) (uint64, error) {
-	var n uint64
+// sumMallocs adds up the memStats of every instance.
+func sumMallocs(ctx context.Context, insts []*caddyInstance) (memStats, error) {
+	var n memStats
 	for _, inst := range insts {
 		m, err := mallocs(ctx, inst.ports.admin)
 		if err != nil {
-			return 0, err
+			return memStats{}, err
 		}
-		n += m
+		n.Mallocs += m.Mallocs
+		n.TotalAlloc += m.TotalAlloc
+		n.NumGC += m.NumGC
 	}
 	return n, nil
 }

@@ -22,17 +22,24 @@ type benchRedis struct {
 }
 
 func startRedis(ctx context.Context, dir, cpus string) (*benchRedis, error) {
+	return startRedisWith(ctx, dir, cpus, "redis", nil, 10*time.Second)
+}
+
+// startRedisWith starts a redis-server as startRedis does, its log
+// <name>.log in dir, wrap (as callgrind.Args) before its command line, and
+// as long as wait to listen.
+func startRedisWith(ctx context.Context, dir, cpus, name string, wrap []string, wait time.Duration) (*benchRedis, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	p, err := start("redis-server", cpus, nil, filepath.Join(dir, "redis.log"),
-		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+	argv := append(append([]string(nil), wrap...), "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no")
+	p, err := start(name, cpus, nil, filepath.Join(dir, name+".log"), argv...)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitPort(ctx, p, port, 10*time.Second); err != nil {
+	if err := waitPort(ctx, p, port, wait); err != nil {
 		p.stop()
 		return nil, err
 	}

@@ -74,6 +74,8 @@ type summary struct {
 	// CPU, and those kept although it still did.
 	Retried int `json:"retried"`
 	Noisy   int `json:"noisy"`
+	// The count under callgrind, when it ran.
+	Counted *counted `json:"callgrind,omitempty"`
 }
 
 func median(xs []float64) float64 {
@@ -238,6 +240,7 @@ func (r *results) checkTargets() {
 		}
 		add("memory store at 1M keys", "<= 200 bytes/key", strings.Join(parts, ", "), worst.BytesPerKey <= 200)
 	}
+	r.countTargets(add)
 	if x := r.Exactness; x != nil {
 		add("Redis, 2 instances: admitted == limit per window", "EXACT",
 			fmt.Sprintf("%s (%d of %d full windows at %d)", x.Verdict, x.ExactWindows, x.FullWindows, x.Limit), x.Verdict == "EXACT")
@@ -372,6 +375,7 @@ func (r *results) markdown(chartPath string) string {
 		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 	}
 	b.WriteString(r.perCore())
+	b.WriteString(r.countTable())
 	if len(r.BytesPerKey) > 0 {
 		b.WriteString("\nMemory store, 1,000,000 keys: ")
 		for i, a := range r.BytesPerKey {

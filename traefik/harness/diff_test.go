@@ -82,6 +82,16 @@ var diffRows = []diffRow{
 		steps:   seq(repeat(4, 0, "a"), repeat(2, 30*time.Second, "a"), repeat(2, 31*time.Second, "a"), repeat(1, 0, "b")),
 	},
 	{
+		// The first request of a client is decided by Redis, the next from
+		// the instance's view of it; no merge falls within the row (sync
+		// 1m, the steps at one time), so that both edges leave in Redis
+		// what the first decision counted.
+		name:    "sync",
+		caddy:   "limit sy {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\tsync 1m\n\tscope global\n}",
+		traefik: "limits:\n  sy: {key: [header:X-Api-Key], limit: 3, window: 1m, sync: 1m}",
+		steps:   seq(repeat(5, 0, "a"), repeat(2, 0, "b")),
+	},
+	{
 		name:    "anchored window",
 		caddy:   "limit aw {\n\tkey {header.X-Api-Key}\n\trate 3/1m\n\twindow anchored\n\tscope global\n}",
 		traefik: "limits:\n  aw: {key: [header:X-Api-Key], algorithm: anchored_window, limit: 3, window: 1m}",

@@ -14,11 +14,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,9 +26,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/edgelimit/caddy-edgelimit/internal/redistest"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/storage"
 	"github.com/edgelimit/caddy-edgelimit/store"
+	"github.com/edgelimit/caddy-edgelimit/tools/bench/callgrind"
 )
 
 var keep string
@@ -95,13 +95,13 @@ func run(n, clients, parallel int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	port, err := freePort()
+	port, err := redistest.FreePort()
 	if err != nil {
 		return err
 	}
 	out := filepath.Join(dir, "callgrind.out")
-	cmd := exec.Command("valgrind", "--tool=callgrind", "--callgrind-out-file="+out,
-		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	argv := append(callgrind.Args(out), "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("valgrind: %w", err)
@@ -150,13 +150,13 @@ func run(n, clients, parallel int) error {
 		}
 		perClient := keyBytes(ctx, rdb, seen)
 		before := commandCalls(ctx, rdb)
-		if err := control("--zero", cmd.Process.Pid); err != nil {
+		if err := callgrind.Zero(cmd.Process.Pid); err != nil {
 			return err
 		}
 		if err := decide(ctx, s, n, nclients, parallel, reqs); err != nil {
 			return err
 		}
-		ir, err := dump(cmd.Process.Pid, out)
+		ir, err := callgrind.Dump(cmd.Process.Pid, out, keep)
 		if err != nil {
 			return err
 		}
@@ -188,75 +188,6 @@ func decide(ctx context.Context, s *storage.Redis, n, clients, parallel int, req
 		}
 	}
 	return first
-}
-
-func control(arg string, pid int) error {
-	if out, err := exec.Command("callgrind_control", arg, strconv.Itoa(pid)).CombinedOutput(); err != nil {
-		return fmt.Errorf("callgrind_control %s: %v\n%s", arg, err, out)
-	}
-	return nil
-}
-
-// dump writes callgrind's counts since the last zero and returns the
-// instructions executed.
-func dump(pid int, out string) (int64, error) {
-	before, _ := filepath.Glob(out + "*")
-	if err := control("--dump", pid); err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		files, _ := filepath.Glob(out + "*")
-		for _, f := range files {
-			if contains(before, f) {
-				continue
-			}
-			if ir, ok := totals(f); ok {
-				if keep != "" {
-					if b, err := os.ReadFile(f); err == nil {
-						_ = os.WriteFile(filepath.Join(keep, filepath.Base(f)), b, 0o644)
-					}
-				}
-				return ir, nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return 0, fmt.Errorf("no callgrind dump appeared")
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-// totals reads the "totals:" (or "summary:") line of a callgrind dump.
-func totals(file string) (int64, bool) {
-	f, err := os.Open(file)
-	if err != nil {
-		return 0, false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		for _, p := range []string{"totals:", "summary:"} {
-			if rest, ok := strings.CutPrefix(line, p); ok {
-				fields := strings.Fields(rest)
-				if len(fields) > 0 {
-					if v, err := strconv.ParseInt(fields[0], 10, 64); err == nil {
-						return v, true
-					}
-				}
-			}
-		}
-	}
-	return 0, false
 }
 
 func commandCalls(ctx context.Context, rdb *redis.Client) map[string]int64 {
@@ -309,15 +240,6 @@ func field(info, name string) string {
 		}
 	}
 	return ""
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // quiet is a go-redis logger that drops its lines.

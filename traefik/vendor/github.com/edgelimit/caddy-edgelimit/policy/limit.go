@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // Numbers are an algorithm and its figures, as a configuration gives them.
@@ -180,6 +181,12 @@ type Spec struct {
 	// (default DefaultWaitMax).
 	Wait    time.Duration
 	WaitMax int
+	// Sync counts the limit in this instance's memory and merges the
+	// counts into a shared store (Redis) every Sync, admitting from the
+	// shared total as last merged plus what was counted here since
+	// (store.Synced): for a limit whose key is the same for every request.
+	// Zero: every decision at the store.
+	Sync time.Duration
 }
 
 // Limit is a limit compiled for the request path.
@@ -207,6 +214,9 @@ type Limit struct {
 	// counts the requests held now.
 	WaitMax int
 	waiting int64
+	// Sync is the Spec's: the interval of the merges of a limit counted in
+	// memory (store.Request.Sync).
+	Sync time.Duration
 }
 
 // Tier is one tier's numbers.
@@ -267,6 +277,10 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 	if err := l.checkCost(); err != nil {
 		return nil, err
 	}
+	if err := store.CheckSync(s.Sync, &l.Base, l.Charged); err != nil {
+		return nil, err
+	}
+	l.Sync = s.Sync
 	keys := s.Keys
 	if keys < 1 {
 		keys = 1

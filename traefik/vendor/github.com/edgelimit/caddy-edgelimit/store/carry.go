@@ -36,12 +36,17 @@ type Carry struct {
 	n       int32 // len(m), read without the lock
 	dropped int64
 	charged int64
+	// merge makes a bucket's charge every unit taken since the last
+	// charge, not the backlog a bucket of this instance's own would still
+	// hold (Synced: the shared bucket refills once, at the server).
+	merge bool
 }
 
 // carried is one (counter, key): its request and what it counted.
 type carried struct {
 	req Request
 	st  limiter.State
+	sum int64 // the units added, less those removed
 }
 
 // Bounds of a Carry.
@@ -87,6 +92,7 @@ func (c *Carry) Add(now time.Time, reqs []Request, results []limiter.Result) {
 			c.bytes += len(id)
 		}
 		e.req.Limit = r.Limit
+		e.sum += r.Cost
 		var res limiter.Result
 		limiter.Charge(&e.req.Limit, &e.st, &res, t, r.Cost)
 	}
@@ -129,6 +135,9 @@ func (c *Carry) Remove(now time.Time, reqs []Request) {
 	for i := range reqs {
 		if e := c.m[reqs[i].Counter+"\x00"+reqs[i].Key]; e != nil {
 			e.req.Limit.Refund(&e.st, t, reqs[i].Cost)
+			if e.sum -= reqs[i].Cost; e.sum < 0 {
+				e.sum = 0
+			}
 		}
 	}
 }
@@ -147,7 +156,7 @@ func (c *Carry) take() ([]Request, time.Time) {
 	c.mu.Unlock()
 	var out []Request
 	for _, e := range m {
-		if u := carriedUnits(&e.req.Limit, &e.st, t); u > 0 {
+		if u := c.unitsOf(e, t); u > 0 {
 			r := e.req
 			r.Cost = u
 			out = append(out, r)
@@ -159,6 +168,14 @@ func (c *Carry) take() ([]Request, time.Time) {
 // putBack remembers charges that could not be made, as they were.
 func (c *Carry) putBack(now time.Time, reqs []Request) {
 	c.Add(now, reqs, nil)
+}
+
+// unitsOf is what an entry charges at now.
+func (c *Carry) unitsOf(e *carried, now int64) int64 {
+	if c.merge && (e.req.Limit.Algorithm == limiter.TokenBucket || e.req.Limit.Algorithm == limiter.GCRA) {
+		return e.sum
+	}
+	return carriedUnits(&e.req.Limit, &e.st, now)
 }
 
 // carriedUnits is what a state charged with local takes still holds at

@@ -50,6 +50,10 @@ type Request struct {
 	// (limiter.Check); ModeCharge counts Cost whatever is left and never
 	// denies (limiter.Charge).
 	Mode Mode
+	// Sync, when set, decides the request from this instance's view of
+	// the counter, merged into the server every Sync (Synced), instead of
+	// at the server.
+	Sync time.Duration
 }
 
 // Mode is what a Request asks of its limit. The scripts read it from bits
