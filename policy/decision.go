@@ -219,12 +219,23 @@ func Exemptions(p *Policy, d *Decision, prior []string) (exempt []string, added 
 
 // Plan makes the requests of the limits that apply to the request (their
 // key is present and they are not exempt), and reports whether there are
-// any.
+// any. Without exemptions and tiers, the usual case, they are made here,
+// in fewer values (see the package's doc).
 func Plan(p *Policy, d *Decision, exempt []string) bool {
-	if exempt == nil && !p.tiered {
-		return planPlain(p, d)
+	if exempt != nil || p.tiered {
+		return planAll(p, d, exempt)
 	}
-	return planAll(p, d, exempt)
+	reqs, meta := d.Reqs[:0], d.Meta[:0]
+	for i, part := range d.Parts {
+		if part >= 0 {
+			reqs = append(reqs, p.requests[i][part])
+			reqs[len(reqs)-1].Key = d.Keys[i]
+			meta = append(meta, p.planned[i])
+		}
+	}
+	d.Reqs, d.Meta = reqs, meta
+	d.Res = d.Res[:len(reqs)]
+	return len(reqs) > 0
 }
 
 // planAll is Plan with exemptions or tiers.
@@ -245,22 +256,6 @@ func planAll(p *Policy, d *Decision, exempt []string) bool {
 	if cap(d.Res) < len(reqs) {
 		d.Res = make([]limiter.Result, len(reqs))
 	}
-	d.Res = d.Res[:len(reqs)]
-	return len(reqs) > 0
-}
-
-// planPlain is Plan without exemptions and tiers, the usual case, in
-// fewer values (see the package's doc).
-func planPlain(p *Policy, d *Decision) bool {
-	reqs, meta := d.Reqs[:0], d.Meta[:0]
-	for i, part := range d.Parts {
-		if part >= 0 {
-			reqs = append(reqs, p.requests[i][part])
-			reqs[len(reqs)-1].Key = d.Keys[i]
-			meta = append(meta, p.planned[i])
-		}
-	}
-	d.Reqs, d.Meta = reqs, meta
 	d.Res = d.Res[:len(reqs)]
 	return len(reqs) > 0
 }
@@ -393,7 +388,12 @@ type Entry struct {
 // Record enters in l what a handler counted in s for decision d (its
 // Counted requests), and the result its headers reported (d.Res[report]).
 func Record(l *Ledger, s store.Store, d *Decision, report int) {
-	l.Entries = append(l.Entries, Entry{Store: s, Reqs: Counted(d)})
+	// Counted(d), written out.
+	reqs := d.Reqs
+	if d.Denied > 0 {
+		reqs = allowed(d)
+	}
+	l.Entries = append(l.Entries, Entry{Store: s, Reqs: reqs})
 	if r := &d.Res[report]; !l.HasReport || Tighter(r, &l.Report) {
 		l.Report = *r
 		l.HasReport = true

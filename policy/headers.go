@@ -36,18 +36,13 @@ func ParseHeaderStyle(s string) (HeaderStyle, error) {
 // WriteHeaders writes the rate-limit headers of the decided limits. The
 // X-RateLimit headers report the most constraining limit of the request,
 // which may be an earlier handler's (prior); the IETF fields list the
-// limits of every handler.
+// limits of every handler. The X-RateLimit headers of the first handler,
+// the usual case, are written here; the rest is otherHeaders'.
 func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bool, prior *Ledger) {
-	if p.Headers&HeaderIETF != 0 {
-		writeIETF(hdr, d)
-	}
-	r := &d.Res[report]
-	if p.Headers&HeaderX == 0 || prior != nil && !denied && keepPrior(prior, r) {
+	if (p.Headers != HeaderX || p.TimeHeader || prior != nil) && !otherHeaders(p, hdr, d, report, denied, prior) {
 		return
 	}
-	if p.TimeHeader {
-		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
-	}
+	r := &d.Res[report]
 	// The values in one array, each a slice of its own (a handler that
 	// rewrites a value in place, as header replace does, rewrites only
 	// this one); the reset is ResetUnix's, written out.
@@ -59,6 +54,23 @@ func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bo
 	hdr["X-Ratelimit-Limit"] = vals[0:1:1]
 	hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
 	hdr["X-Ratelimit-Reset"] = vals[2:3:3]
+}
+
+// otherHeaders writes the IETF fields and X-RateLimit-Time, and tells
+// whether the X-RateLimit headers are to be written (not when an earlier
+// handler's report a tighter limit).
+func otherHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bool, prior *Ledger) bool {
+	if p.Headers&HeaderIETF != 0 {
+		writeIETF(hdr, d)
+	}
+	r := &d.Res[report]
+	if p.Headers&HeaderX == 0 || prior != nil && !denied && keepPrior(prior, r) {
+		return false
+	}
+	if p.TimeHeader {
+		hdr["X-Ratelimit-Time"] = []string{strconv.FormatInt(SecondsCeil(r.Window), 10)}
+	}
+	return true
 }
 
 // keepPrior tells whether an earlier handler's X-RateLimit headers report

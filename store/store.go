@@ -118,7 +118,15 @@ var ErrTooFewResults = errors.New("store: results shorter than requests")
 // allowed, and when one was not, it reports the allowed ones as uncounted
 // (what remained before them). Every store decides through it.
 func AllOrNothing(reqs []Request, results []limiter.Result) bool {
-	if Passes(reqs, results, nil) {
+	// Passes(reqs, results, nil), written out: a call less under Yaegi.
+	pass := true
+	for i := range reqs {
+		if !results[i].Allowed && !reqs[i].DryRun {
+			pass = false
+			break
+		}
+	}
+	if pass {
 		return true
 	}
 	for i := range reqs {

@@ -3,7 +3,6 @@ package edgelimit
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/store"
@@ -157,10 +156,7 @@ func charge(m *middleware, st *requestState, d *policy.Decision, code int, hdr h
 	if len(d.Charges) == 0 {
 		return
 	}
-	now := time.Now()
-	if m.now != nil {
-		now = m.now()
-	}
+	now := m.now()
 	// The client may be gone: what its request cost is charged all the
 	// same (an attacker who hangs up does not get a free guess).
 	if err := store.Take(m.store, context.Background(), now, d.Charges, d.ChargeRes); err != nil {

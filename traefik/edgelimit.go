@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/httpval"
@@ -36,12 +37,20 @@ type middleware struct {
 	pol    *policy.Policy
 	limits []*compiledLimit // the policy's, with their key sources
 	tiered bool             // some limit has tiers
-	store  store.Store
-	now    func() time.Time // the clock, nil for the real one (a call less)
+	// holds: some limit exempts others or holds requests (wait), which
+	// serve leaves to serveAll.
+	holds bool
+	store store.Store
+	// one is the memory store of a middleware of one limit: serve has it
+	// decide with store.TakeOne, a call less than store.Take.
+	one    *store.Memory
+	now    func() time.Time // the clock: time.Now, or the configured one
 	ips    *httpval.Forwarded
 	creds  *credentials
 	notify *notifier
 	log    *logger
+	// decisions are the decisions of requests served, to use again.
+	decisions sync.Pool
 	// charges is the response path of limits that count responses
 	// (charge.go), nil when none does.
 	charges *charging
@@ -64,6 +73,9 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		return nil, err
 	}
 	m := &middleware{next: next, name: name, now: config.Now, log: newLogger(name)}
+	if m.now == nil {
+		m.now = time.Now
+	}
 	var err error
 	if m.ips, err = compileIPStrategy(config.IPStrategy); err != nil {
 		return nil, fmt.Errorf("ipStrategy: %w", err)
@@ -90,6 +102,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		return nil, err
 	}
 	m.charges = newCharging(m.pol)
+	m.holds = m.pol.Exempts || m.pol.Waits
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
@@ -100,6 +113,9 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 			m.store = store.WithSync(m.store, syncClock{m.now})
 			break
 		}
+	}
+	if mem, ok := m.store.(*store.Memory); ok && len(m.limits) == 1 {
+		m.one = mem
 	}
 	return m, nil
 }
@@ -137,21 +153,56 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveCharging(m, w, r)
 		return
 	}
-	// The decision is made here and handed down, so that it stays on the
-	// stack (serveCharging keeps its own for the response).
-	if r = serve(m, w, r, policy.NewDecision(m.pol)); r != nil {
+	// A decision is made once and used again: the ledger of the
+	// request's state holds its requests until the next handler returns
+	// (serveCharging keeps its own for the response).
+	d, _ := m.decisions.Get().(*policy.Decision)
+	if d == nil {
+		d = policy.NewDecision(m.pol)
+	}
+	if r = serve(m, w, r, d); r != nil {
 		m.next.ServeHTTP(w, r)
 	}
+	m.decisions.Put(d)
 }
 
 // serve decides the request in d (a new decision): it returns the request
 // to pass on (with the state later middlewares share), or nil when it
-// answered.
+// answered. This is the usual request, in few values: the first edgelimit
+// middleware of the request, without exemptions or waits, that no limit
+// denies. The rest is serveAll's and judged's.
 func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
 	if !readKeys(m, r, d) {
 		return r
 	}
-	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	ctx := r.Context()
+	st, _ := ctx.Value(stateKey{}).(*requestState)
+	if st != nil || m.holds {
+		return serveAll(m, w, r, d, st)
+	}
+	if !policy.Plan(m.pol, d, nil) {
+		return r
+	}
+	now := m.now()
+	if m.one == nil || !store.TakeOne(m.one, &d.Reqs[0], &d.Res[0], now.UnixMicro()) {
+		if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
+			return m.storageFailed(w, r, nil, now, err)
+		}
+	}
+	denied, report := policy.Judge(d)
+	if d.Denied > 0 {
+		return judged(m, w, r, d, nil, denied, report, now)
+	}
+	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
+	st = &requestState{}
+	policy.Record(&st.ledger, m.store, d, report)
+	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+}
+
+// serveAll is serve for a request that an earlier edgelimit middleware
+// decided too (st, its state), or for a middleware with exemptions or
+// waits.
+func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState) *http.Request {
 	var exempt []string
 	if st != nil || m.pol.Exempts {
 		st, r, exempt = exemptions(m, r, st, d)
@@ -159,10 +210,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	if !policy.Plan(m.pol, d, exempt) {
 		return r
 	}
-	now := time.Now()
-	if m.now != nil {
-		now = m.now()
-	}
+	now := m.now()
 	if m.pol.Waits {
 		policy.HoldWaits(d)
 	}
@@ -171,6 +219,13 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return m.storageFailed(w, r, st, now, err)
 	}
 	denied, report := policy.Judge(d)
+	return judged(m, w, r, d, st, denied, report, now)
+}
+
+// judged finishes serve and serveAll once the decision is judged: it holds
+// what waits, reports and answers denials, writes the headers and records
+// what was counted in the request's state.
+func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, denied, report int, now time.Time) *http.Request {
 	if m.pol.Waits && !hold(m, r, d, denied) {
 		return nil
 	}
@@ -194,8 +249,35 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 }
 
 // readKeys reads each limit's key (and tier) into d, and tells whether any
-// key is present: the first present source of each limit.
+// key is present: the first present source of each limit. A header, the
+// usual key, is read here, a call less.
 func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
+	if m.creds != nil || m.tiered {
+		return readAllKeys(m, r, d)
+	}
+	present := false
+	for i, l := range m.limits {
+		d.Parts[i] = -1
+		for j := range l.keys {
+			s := &l.keys[j]
+			var v string
+			if s.kind == srcHeader {
+				v = httpval.First(r.Header, s.name)
+			} else {
+				v = value(s, r, m.ips, nil)
+			}
+			if v != "" {
+				d.Keys[i], d.Parts[i] = v, j
+				present = true
+				break
+			}
+		}
+	}
+	return present
+}
+
+// readAllKeys is readKeys with credentials or tiers.
+func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	var cred *Client
 	if m.creds != nil {
 		cred = m.creds.lookup(r)
@@ -316,10 +398,7 @@ func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
 	case <-r.Context().Done():
 	}
 	policy.ReleaseWaits(d)
-	now := time.Now()
-	if m.now != nil {
-		now = m.now()
-	}
+	now := m.now()
 	if err := m.store.Refund(context.Background(), now, policy.Taken(d)); err != nil {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)
 	}

@@ -100,6 +100,15 @@ func (d *Denials) Check(now time.Time, reqs []Request, results []limiter.Result)
 	if !denied {
 		return false
 	}
+	deniedHere(t, reqs, results, ents[:], oks[:])
+	return true
+}
+
+// deniedHere fills the results of a decision that Check denies, from the
+// entries it read (ents, and oks for those found): in a function of its
+// own, as under Yaegi a call costs for every value of its function, run
+// or not, and a denial here is the rarer case.
+func deniedHere(t int64, reqs []Request, results []limiter.Result, ents []denial, oks []bool) {
 	for i := range reqs {
 		e, r := &ents[i], &results[i]
 		if !oks[i] || !sameLimit(&e.limit, &reqs[i].Limit) {
@@ -121,7 +130,6 @@ func (d *Denials) Check(now time.Time, reqs []Request, results []limiter.Result)
 			r.Allowed, r.RetryAfter = true, 0
 		}
 	}
-	return true
 }
 
 // Record remembers the requests of a decision Redis denied: the denying

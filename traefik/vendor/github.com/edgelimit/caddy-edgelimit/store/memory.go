@@ -130,9 +130,14 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 
 // Take is s.Take, as a function: the memory store's Take is called as a
 // function, which under Yaegi costs a quarter of a method call (the
-// Traefik plugin calls it on every request it keeps in memory).
+// Traefik plugin calls it on every request it keeps in memory). One
+// request that takes (the usual case) is decided by TakeOne from here, a
+// call less.
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if m, ok := s.(*Memory); ok {
+		if len(reqs) == 1 && len(results) != 0 && TakeOne(m, &reqs[0], &results[0], now.UnixMicro()) {
+			return nil
+		}
 		return TakeMemory(m, now, reqs, results)
 	}
 	return s.Take(ctx, now, reqs, results)
@@ -143,19 +148,27 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
-	if len(reqs) != 1 {
-		m.takeMany(reqs, results, now.UnixMicro())
-		return nil
-	}
-	// One request, the usual case, here: under Yaegi every call costs for
-	// every value of its function, run or not.
 	t := now.UnixMicro()
-	r := &reqs[0]
-	if r.Mode != ModeTake || r.Limit.Ban != 0 {
+	if len(reqs) != 1 || !TakeOne(m, &reqs[0], &results[0], t) {
 		m.takeMany(reqs, results, t)
-		return nil
 	}
-	h := hashPair(maphash.String(m.seed, r.Counter), maphash.String(m.seed, r.Key))
+	return nil
+}
+
+// TakeOne decides a request alone at t, and tells whether it could: one
+// that takes, of a limit without a ban, the usual case, in one function
+// (under Yaegi every call costs for every value of its function, run or
+// not). An edge whose requests are one may call it instead of Take, a call
+// less, and Take when it could not.
+func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) bool {
+	if r.Mode != ModeTake || r.Limit.Ban != 0 {
+		return false
+	}
+	// HashRequest, written out (in two statements: Yaegi assigns a tuple
+	// with a call in it only in part).
+	a := maphash.String(m.seed, r.Counter)
+	b := maphash.String(m.seed, r.Key)
+	h := (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
 	if t >= sh.nextSweep {
@@ -165,14 +178,14 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 	if ok && st.Expires <= t {
 		st = limiter.State{}
 	}
-	limiter.Decide(&r.Limit, &st, &results[0], t, r.Cost)
+	limiter.Decide(&r.Limit, &st, res, t, r.Cost)
 	if ok {
 		sh.m[h] = st
 	} else {
 		m.add(sh, h, &st, t)
 	}
 	sh.mu.Unlock()
-	return nil
+	return true
 }
 
 func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
@@ -192,8 +205,12 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		next = make([]limiter.State, 0, len(reqs))
 		locks = make([]uint16, 0, len(reqs))
 	}
+	// HashRequest, get and put are written out below: under Yaegi a call
+	// costs more than what they do.
 	for i := range reqs {
-		h := HashRequest(m.seed, &reqs[i])
+		a := maphash.String(m.seed, reqs[i].Counter)
+		b := maphash.String(m.seed, reqs[i].Key)
+		h := (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
 		hs = append(hs, h)
 		locks = insertSorted(locks, uint16(h>>m.shift))
 	}
@@ -208,7 +225,10 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 	}
 	for i := range reqs {
 		r := &reqs[i]
-		st, _ := m.get(hs[i], t)
+		st, ok := m.shards[hs[i]>>m.shift].m[hs[i]]
+		if !ok || st.Expires <= t {
+			st = limiter.State{}
+		}
 		// The same counter and key twice in one request: the later sees
 		// the earlier's result.
 		for j := i - 1; j >= 0; j-- {
@@ -230,7 +250,12 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		// counted. A state that never expires is a key never seen that a
 		// check left as it was: a key only checked is never stored.
 		if (pass || !results[i].Allowed) && next[i].Expires != 0 {
-			m.put(hs[i], &next[i], t)
+			sh := &m.shards[hs[i]>>m.shift]
+			if _, ok := sh.m[hs[i]]; ok {
+				sh.m[hs[i]] = next[i]
+			} else {
+				m.add(sh, hs[i], &next[i], t)
+			}
 		}
 	}
 	for _, s := range locks {
@@ -281,16 +306,6 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 		return limiter.State{}, false
 	}
 	return st, true
-}
-
-// put stores a state; its shard must be locked.
-func (m *Memory) put(h uint64, st *limiter.State, t int64) {
-	sh := m.shardOf(h)
-	if _, ok := sh.m[h]; ok {
-		sh.m[h] = *st
-		return
-	}
-	m.add(sh, h, st, t)
 }
 
 // add stores the state of a new key in its locked shard. In a full store
