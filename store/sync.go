@@ -47,6 +47,14 @@ type Synced struct {
 	closed bool
 	wg     sync.WaitGroup
 
+	// nviews and viewBytes are the views of every group and the bytes of
+	// their counters and keys: at most MaxCarry and MaxCarryBytes (a flood
+	// of made-up keys, each a view until the next merge, must not grow
+	// memory without bound; a request that finds no room is decided by
+	// the server, exactly).
+	nviews    int
+	viewBytes int
+
 	merges   int64
 	failures int64
 	charged  int64
@@ -257,12 +265,15 @@ func (s *Synced) seed(now time.Time, reqs []Request, results []limiter.Result, i
 			s.groups[r.Sync] = g
 		}
 		id := syncID{r.Counter, r.Key}
-		if g.views[id] != nil || len(g.views) >= MaxCarry {
+		size := len(r.Counter) + len(r.Key)
+		if g.views[id] != nil || s.nviews >= MaxCarry || s.viewBytes+size > MaxCarryBytes {
 			continue
 		}
 		v := &syncView{limit: r.Limit}
 		v.st = viewState(&v.limit, &results[i], t)
 		g.views[id] = v
+		s.nviews++
+		s.viewBytes += size
 		if !g.running {
 			g.running = true
 			s.wg.Add(1)
@@ -344,6 +355,8 @@ func (s *Synced) merge(g *syncGroup, last bool) bool {
 	for id, v := range g.views {
 		if !v.used {
 			delete(g.views, id)
+			s.nviews--
+			s.viewBytes -= len(id.counter) + len(id.key)
 		}
 		v.used = false
 	}
