@@ -71,3 +71,52 @@ func TestSyncedViewsBounded(t *testing.T) {
 		}
 	}
 }
+
+// A request taken from a view and given back after a merge charged it to
+// the server (a later handler denied it, or the server denied the
+// request's other limit while the merge was on its way) is given back at
+// the server too: otherwise the shared count keeps what no client got (a
+// flood that another limit denies would eat a shared limit up for
+// everyone, a unit per merge it straddles).
+func TestSyncedRefundAfterMerge(t *testing.T) {
+	ctx := context.Background()
+	for _, l := range []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute},
+		{Algorithm: limiter.SlidingWindow, Quota: 10, Window: time.Minute},
+		{Algorithm: limiter.AnchoredWindow, Quota: 10, Window: time.Minute},
+		{Algorithm: limiter.TokenBucket, Quota: 10, Rate: 1, Window: time.Minute},
+		{Algorithm: limiter.GCRA, Quota: 10, Rate: 1, Window: time.Minute},
+	} {
+		t.Run(l.Algorithm.String(), func(t *testing.T) {
+			mem := NewMemory(MemoryOptions{})
+			defer mem.Close()
+			now := time.Unix(1_800_000_000, 0)
+			s := NewSynced(mem, memServer{mem}, stillClock{now})
+			defer s.Close()
+			req := []Request{{Counter: "api", Key: "k", Limit: l, Cost: 1, Sync: time.Second}}
+			res := make([]limiter.Result, 1)
+			for range 3 {
+				// The first seeds the view at the server, the others
+				// are counted in it.
+				if err := s.Take(ctx, now, req, res); err != nil || !res[0].Allowed {
+					t.Fatalf("%+v %v", res[0], err)
+				}
+			}
+			s.merge(s.groups[time.Second], false)
+			// The last two given back: after the merge that charged them.
+			for range 2 {
+				if err := s.Refund(ctx, now, req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.merge(s.groups[time.Second], false)
+			peek := make([]limiter.Result, 1)
+			if err := mem.Peek(ctx, now, req, peek); err != nil {
+				t.Fatal(err)
+			}
+			if peek[0].Remaining != 9 {
+				t.Fatalf("one unit taken of 10 and two given back: the server has %d left, want 9", peek[0].Remaining)
+			}
+		})
+	}
+}
