@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +119,93 @@ func TestSyncedRefundAfterMerge(t *testing.T) {
 				t.Fatalf("one unit taken of 10 and two given back: the server has %d left, want 9", peek[0].Remaining)
 			}
 		})
+	}
+}
+
+// blockingServer holds each merge (a charge) until released.
+type blockingServer struct {
+	memServer
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b blockingServer) Decide(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if reqs[0].Mode == ModeCharge {
+		b.entered <- struct{}{}
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return b.memServer.Decide(ctx, now, reqs, results)
+}
+
+// tickClock wakes a merge on each tick.
+type tickClock struct {
+	now  time.Time
+	tick chan struct{}
+}
+
+func (c tickClock) Now() time.Time { return c.now }
+func (c tickClock) Sleep(ctx context.Context, _ time.Duration) error {
+	select {
+	case <-c.tick:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close while a merge waits on the server: Close waits for it (what it
+// charges reaches the server), and no goroutine is left behind.
+func TestSyncedCloseWhileMerging(t *testing.T) {
+	ctx := context.Background()
+	mem := NewMemory(MemoryOptions{})
+	defer mem.Close()
+	before := runtime.NumGoroutine()
+	now := time.Unix(1_800_000_000, 0)
+	srv := blockingServer{memServer{mem}, make(chan struct{}), make(chan struct{})}
+	clk := tickClock{now, make(chan struct{})}
+	s := NewSynced(mem, srv, clk)
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute}
+	req := []Request{{Counter: "api", Key: "k", Limit: l, Cost: 1, Sync: time.Second}}
+	res := make([]limiter.Result, 1)
+	for range 2 {
+		if err := s.Take(ctx, now, req, res); err != nil || !res[0].Allowed {
+			t.Fatalf("%+v %v", res[0], err)
+		}
+	}
+	clk.tick <- struct{}{}
+	<-srv.entered
+	closed := make(chan struct{})
+	go func() {
+		_ = s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a merge was on its way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(srv.release)
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return within 20s of the merge's reply")
+	}
+	peek := make([]limiter.Result, 1)
+	if err := mem.Peek(ctx, now, req, peek); err != nil || peek[0].Remaining != 8 {
+		t.Fatalf("after Close the server has %+v (%v), want 8 left", peek[0], err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if s.Running() != 0 {
+		t.Fatalf("%d merge goroutines after Close", s.Running())
 	}
 }
