@@ -156,33 +156,14 @@ respond "ok"
 		Name: "redis-hot", Title: "Redis, 1 key for all, 2 Caddys, sync 100ms",
 		Keys: distinctKeys, Expect: "200", Redis: true, Instances: 2,
 		Global: redisStorage,
-		Site: func(ports) string {
-			return `edge_limit {
-	limit api_wide {
-		key api
-		rate ` + never + `
-		sync 100ms
-	}
-}
-respond "ok"
-`
-		},
+		Site:   hotSite("\t\tsync 100ms\n"),
 	},
 	{
 		// The same without sync: every decision on the one Redis hash.
 		Name: "redis-hot-exact", Title: "Redis, 1 key for all, 2 Caddys, exact",
 		Keys: distinctKeys, Expect: "200", Redis: true, Instances: 2,
 		Global: redisStorage,
-		Site: func(ports) string {
-			return `edge_limit {
-	limit api_wide {
-		key api
-		rate ` + never + `
-	}
-}
-respond "ok"
-`
-		},
+		Site:   hotSite(""),
 	},
 	{
 		Name: "static-hdrs", Title: `respond "ok" + 3 fixed X-RateLimit headers`,
@@ -235,6 +216,14 @@ func denySite(ports) string {
 }
 respond "ok"
 `
+}
+
+// hotSite is one limit whose key is the same for every request, with
+// more of its options (sync).
+func hotSite(more string) func(ports) string {
+	return func(ports) string {
+		return "edge_limit {\n\tlimit api_wide {\n\t\tkey api\n\t\trate " + never + "\n" + more + "\t}\n}\nrespond \"ok\"\n"
+	}
 }
 
 // instances is the number of Caddy instances c runs.
