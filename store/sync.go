@@ -167,7 +167,7 @@ func (s *Synced) Take(ctx context.Context, now time.Time, reqs []Request, result
 	for i := range reqs {
 		r := &reqs[i]
 		var v *syncView
-		if r.Sync > 0 && r.Mode == ModeTake {
+		if r.Sync > 0 && r.Mode == ModeTake && !s.closed {
 			if g := s.groups[r.Sync]; g != nil {
 				v = g.views[syncID{r.Counter, r.Key}]
 			}
@@ -540,7 +540,8 @@ func (c *Carry) units(counter, key string, now int64) int64 {
 
 // Refund implements Store: the requests decided from a view give back to
 // it (and to what the next merge charges), the others at the wrapped
-// store.
+// store. Once the store is closed (its last merge charged what the views
+// took), every request is decided and given back at the wrapped store.
 func (s *Synced) Refund(ctx context.Context, now time.Time, reqs []Request) error {
 	if len(reqs) > maxBatch {
 		return s.inner.Refund(ctx, now, reqs)
@@ -553,7 +554,7 @@ func (s *Synced) Refund(ctx context.Context, now time.Time, reqs []Request) erro
 		r := &reqs[i]
 		var v *syncView
 		var g *syncGroup
-		if r.Sync > 0 {
+		if r.Sync > 0 && !s.closed {
 			if g = s.groups[r.Sync]; g != nil {
 				v = g.views[syncID{r.Counter, r.Key}]
 			}

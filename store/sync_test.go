@@ -209,3 +209,35 @@ func TestSyncedCloseWhileMerging(t *testing.T) {
 		t.Fatalf("%d merge goroutines after Close", s.Running())
 	}
 }
+
+// A store closed (a reload: the old handler may still finish requests)
+// decides at the server: its views would count what no merge charges
+// any more.
+func TestSyncedClosedDecidesAtTheServer(t *testing.T) {
+	ctx := context.Background()
+	mem := NewMemory(MemoryOptions{})
+	defer mem.Close()
+	now := time.Unix(1_800_000_000, 0)
+	s := NewSynced(mem, memServer{mem}, stillClock{now})
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute}
+	req := []Request{{Counter: "api", Key: "k", Limit: l, Cost: 1, Sync: time.Second}}
+	res := make([]limiter.Result, 1)
+	for range 2 {
+		// The first seeds the view, the second is taken from it.
+		if err := s.Take(ctx, now, req, res); err != nil || !res[0].Allowed {
+			t.Fatalf("%+v %v", res[0], err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := s.Take(ctx, now, req, res); err != nil || !res[0].Allowed {
+			t.Fatalf("%+v %v", res[0], err)
+		}
+	}
+	peek := make([]limiter.Result, 1)
+	if err := mem.Peek(ctx, now, req, peek); err != nil || peek[0].Remaining != 5 {
+		t.Fatalf("five taken, three after Close: the server has %+v (%v), want 5 left", peek[0], err)
+	}
+}
