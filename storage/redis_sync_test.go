@@ -303,3 +303,47 @@ func TestRedisSyncFourUnevenInstances(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisSyncRefundAfterMerge: a request taken from a view, charged to
+// Redis by a merge and then given back, is given back in Redis by the
+// next merge (store.Synced owes it).
+func TestRedisSyncRefundAfterMerge(t *testing.T) {
+	srv := redistest.Shared(t)
+	const every = 100 * time.Millisecond
+	for _, l := range []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour},
+		{Algorithm: limiter.GCRA, Quota: 10, Rate: 1, Window: time.Hour},
+	} {
+		t.Run(l.Algorithm.String(), func(t *testing.T) {
+			f := clock.NewFake(storetest.Base.Add(time.Minute))
+			r := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+			s := store.NewSynced(r, r, fakeSyncClock{f})
+			t.Cleanup(func() { s.Close() })
+			ctx := context.Background()
+			req := []store.Request{{Counter: "api", Key: "k", Limit: l, Cost: 1, Sync: every}}
+			res := make([]limiter.Result, 1)
+			for range 3 {
+				if err := s.Take(ctx, f.Now(), req, res); err != nil || !res[0].Allowed {
+					t.Fatalf("%+v %v", res[0], err)
+				}
+			}
+			waitMerged(t, f, s)
+			f.Add(every)
+			waitMerged(t, f, s)
+			for range 2 {
+				if err := s.Refund(ctx, f.Now(), req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.Add(every)
+			waitMerged(t, f, s)
+			peek := make([]limiter.Result, 1)
+			if err := r.Peek(ctx, f.Now(), req, peek); err != nil {
+				t.Fatal(err)
+			}
+			if peek[0].Remaining != 9 {
+				t.Fatalf("one unit kept of three taken: Redis has %+v, want 9 left", peek[0])
+			}
+		})
+	}
+}
