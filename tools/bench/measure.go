@@ -273,7 +273,7 @@ func (e *env) measure(ctx context.Context, c *config, round int) (sample, error)
 		// Round trips per request, counted with MONITOR over 100
 		// requests of new clients (before the load: MONITOR is slow).
 		rt, cmds, err := e.redis.roundTrips(ctx, 100, func(i int) error {
-			r, err := get(ctx, urls[i%len(urls)], fmt.Sprintf("rt-%d-%d", round, i))
+			r, err := get(ctx, urls[i%len(urls)], fmt.Sprintf("rt-%d-%d", e.seq, i))
 			if err == nil && r.status != 200 {
 				err = fmt.Errorf("%s: status %d", c.Name, r.status)
 			}
