@@ -376,3 +376,30 @@ func TestRefundUndoesTake(t *testing.T) {
 		t.Fatalf("refund reached into a past window: %+v", stale)
 	}
 }
+
+// A request that costs more than a bucket can ever hold is told to retry
+// within MaxRefill, not at a time past any clock (int64 of a float beyond
+// 2^63: a negative RetryAfter, a ban or denial mark that ends before it
+// begins), and a ban it starts ends by then too.
+func TestBucketRetryOfAnImpossibleCost(t *testing.T) {
+	now := int64(1_800_000_000_000_000)
+	for _, l := range []Limit{
+		{Algorithm: GCRA, Quota: 1, Rate: 1, Window: MaxWindow},
+		{Algorithm: TokenBucket, Quota: 1, Rate: 1, Window: MaxWindow, Wait: time.Second},
+		{Algorithm: GCRA, Quota: 1, Rate: 1, Window: MaxWindow, Ban: time.Second},
+	} {
+		if err := l.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		var s State
+		var r Result
+		if l.Ban != 0 {
+			DecideBan(&l, &s, &r, now, MaxQuota, 0)
+		} else {
+			Decide(&l, &s, &r, now, MaxQuota)
+		}
+		if r.Allowed || r.RetryAfter <= 0 || r.RetryAfter > MaxRefill || s.Expires <= now || s.Expires > now+int64(MaxRefill/time.Microsecond) {
+			t.Fatalf("%+v: %+v, state %+v", l, r, s)
+		}
+	}
+}

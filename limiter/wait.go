@@ -43,7 +43,12 @@ func takeShaped(l *Limit, s *State, r *Result, now, cost int64) {
 	}
 	r.Remaining = whole((tau - debt) / interval)
 	r.Reset = us(int64(math.Ceil(debt)))
-	retry := int64(math.Ceil(next - tau - wait))
+	// At most MaxDebt, as takeTAT's.
+	late := next - tau - wait
+	if late > MaxDebt {
+		late = MaxDebt
+	}
+	retry := int64(math.Ceil(late))
 	r.RetryAfter = us(retry)
 	r.FirstDenial = !s.Denied
 	s.Denied = true

@@ -211,3 +211,139 @@ func TestRedisSyncOutage(t *testing.T) {
 		t.Fatalf("charged %d, want 29", charged)
 	}
 }
+
+// TestRedisSyncFourUnevenInstances: four instances on one Redis, one
+// API-wide key with sync 100ms, traffic split unevenly (per 10ms: 12, 3,
+// 1 and, every fifth step, a burst of 20 on the last), 30 seconds on a
+// fake clock. Together they admit at least what one exact counter admits
+// and at most that plus what each instance admits in one interval, once
+// per window (a window's count starts afresh) or once for a bucket (the
+// shared backlog holds every unit merged: an excess is paid back).
+func TestRedisSyncFourUnevenInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	const (
+		step  = 10 * time.Millisecond
+		every = 100 * time.Millisecond
+		steps = 3000
+	)
+	per := func(k, i int) int {
+		switch k {
+		case 0:
+			return 12
+		case 1:
+			return 3
+		case 2:
+			return 1
+		}
+		if i%5 == 0 {
+			return 20
+		}
+		return 0
+	}
+	// What each instance may admit in one interval, all together.
+	perInterval := (12 + 3 + 1 + 20/5) * int(every/step)
+	cases := []struct {
+		name    string
+		limit   limiter.Limit
+		windows int
+	}{
+		{"fixed_window", limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 300, Window: 5 * time.Second}, 6},
+		{"sliding_window", limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: 300, Window: 5 * time.Second}, 6},
+		{"anchored_window", limiter.Limit{Algorithm: limiter.AnchoredWindow, Quota: 300, Window: 5 * time.Second}, 7},
+		{"token_bucket", limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 50, Rate: 60, Window: time.Second}, 1},
+		{"gcra", limiter.Limit{Algorithm: limiter.GCRA, Quota: 50, Rate: 60, Window: time.Second}, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := clock.NewFake(storetest.Base)
+			prefix := storetest.Prefix(t)
+			var synced []*store.Synced
+			for range 4 {
+				r := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+				s := store.NewSynced(r, r, fakeSyncClock{f})
+				t.Cleanup(func() { s.Close() })
+				synced = append(synced, s)
+			}
+			ctx := context.Background()
+			reqs := []store.Request{{Counter: "g/api/" + tc.name + "#0", Key: "api", Limit: tc.limit, Cost: 1, Sync: every}}
+			res := make([]limiter.Result, 1)
+			mem := store.NewMemory(store.MemoryOptions{})
+			defer mem.Close()
+			var admitted [4]int
+			total, exact := 0, 0
+			for i := 0; i < steps; i++ {
+				if i > 0 {
+					f.Add(step)
+				}
+				waitMerged(t, f, synced...)
+				now := f.Now()
+				for k := range synced {
+					for range per(k, i) {
+						if err := synced[k].Take(ctx, now, reqs, res); err != nil {
+							t.Fatal(err)
+						}
+						if res[0].Allowed {
+							admitted[k]++
+							total++
+						}
+						if err := mem.Take(ctx, now, reqs, res); err != nil {
+							t.Fatal(err)
+						}
+						if res[0].Allowed {
+							exact++
+						}
+					}
+				}
+			}
+			bound := exact + tc.windows*perInterval
+			t.Logf("%s: admitted %d %v, exact %d, bound %d", tc.name, total, admitted, exact, bound)
+			if total < exact || total > bound {
+				t.Fatalf("admitted %d, want %d to %d", total, exact, bound)
+			}
+		})
+	}
+}
+
+// TestRedisSyncRefundAfterMerge: a request taken from a view, charged to
+// Redis by a merge and then given back, is given back in Redis by the
+// next merge (store.Synced owes it).
+func TestRedisSyncRefundAfterMerge(t *testing.T) {
+	srv := redistest.Shared(t)
+	const every = 100 * time.Millisecond
+	for _, l := range []limiter.Limit{
+		{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Hour},
+		{Algorithm: limiter.GCRA, Quota: 10, Rate: 1, Window: time.Hour},
+	} {
+		t.Run(l.Algorithm.String(), func(t *testing.T) {
+			f := clock.NewFake(storetest.Base.Add(time.Minute))
+			r := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: storetest.Prefix(t)})
+			s := store.NewSynced(r, r, fakeSyncClock{f})
+			t.Cleanup(func() { s.Close() })
+			ctx := context.Background()
+			req := []store.Request{{Counter: "api", Key: "k", Limit: l, Cost: 1, Sync: every}}
+			res := make([]limiter.Result, 1)
+			for range 3 {
+				if err := s.Take(ctx, f.Now(), req, res); err != nil || !res[0].Allowed {
+					t.Fatalf("%+v %v", res[0], err)
+				}
+			}
+			waitMerged(t, f, s)
+			f.Add(every)
+			waitMerged(t, f, s)
+			for range 2 {
+				if err := s.Refund(ctx, f.Now(), req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.Add(every)
+			waitMerged(t, f, s)
+			peek := make([]limiter.Result, 1)
+			if err := r.Peek(ctx, f.Now(), req, peek); err != nil {
+				t.Fatal(err)
+			}
+			if peek[0].Remaining != 9 {
+				t.Fatalf("one unit kept of three taken: Redis has %+v, want 9 left", peek[0])
+			}
+		})
+	}
+}

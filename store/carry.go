@@ -133,13 +133,29 @@ func (c *Carry) Remove(now time.Time, reqs []Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range reqs {
-		if e := c.m[reqs[i].Counter+"\x00"+reqs[i].Key]; e != nil {
-			e.req.Limit.Refund(&e.st, t, reqs[i].Cost)
-			if e.sum -= reqs[i].Cost; e.sum < 0 {
-				e.sum = 0
-			}
-		}
+		c.remove(t, &reqs[i])
 	}
+}
+
+// removeUnits is Remove of one request, and returns the units the Carry
+// holds less for it (fewer than its cost when they were charged already).
+func (c *Carry) removeUnits(now time.Time, r *Request) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.remove(now.UnixMicro(), r)
+}
+
+func (c *Carry) remove(t int64, r *Request) int64 {
+	e := c.m[r.Counter+"\x00"+r.Key]
+	if e == nil {
+		return 0
+	}
+	before := c.unitsOf(e, t)
+	e.req.Limit.Refund(&e.st, t, r.Cost)
+	if e.sum -= r.Cost; e.sum < 0 {
+		e.sum = 0
+	}
+	return before - c.unitsOf(e, t)
 }
 
 // Len is the number of entries, without the lock.

@@ -301,9 +301,12 @@ for _ = 1, ndec do
         e = now + ceil(nxt)
         x = false
       else
+        -- A cost the bucket never holds waits at most MAXDEBT (takeTAT).
+        local late = nxt - tau - wait
+        if late > MAXDEBT then late = MAXDEBT end
         ok, x = 0, true
-        e = max(e, now + ceil(nxt - tau - wait))
-        reset, retry = ceil(debt), ceil(nxt - tau - wait)
+        e = max(e, now + ceil(late))
+        reset, retry = ceil(debt), ceil(late)
       end
     elseif alg == 2 then
       -- takeAnchored

@@ -47,6 +47,14 @@ type Synced struct {
 	closed bool
 	wg     sync.WaitGroup
 
+	// nviews and viewBytes are the views of every group and the bytes of
+	// their counters and keys: at most MaxCarry and MaxCarryBytes (a flood
+	// of made-up keys, each a view until the next merge, must not grow
+	// memory without bound; a request that finds no room is decided by
+	// the server, exactly).
+	nviews    int
+	viewBytes int
+
 	merges   int64
 	failures int64
 	charged  int64
@@ -68,6 +76,18 @@ type syncGroup struct {
 	views   map[syncID]*syncView
 	carry   *Carry
 	running bool // a goroutine merges the group
+	// owed is what was given back here (a refund, a request the server
+	// denied after all) of units a merge had charged already: the next
+	// merge gives it back at the server, so that the shared count holds
+	// only what clients got. At most MaxCarry entries.
+	owed map[syncID]*owedUnits
+}
+
+// owedUnits is what a group gives back at the server for one (counter,
+// key): its request (Cost the units) and the time of the latest give-back.
+type owedUnits struct {
+	req Request
+	at  int64
 }
 
 type syncID struct{ counter, key string }
@@ -147,7 +167,7 @@ func (s *Synced) Take(ctx context.Context, now time.Time, reqs []Request, result
 	for i := range reqs {
 		r := &reqs[i]
 		var v *syncView
-		if r.Sync > 0 && r.Mode == ModeTake {
+		if r.Sync > 0 && r.Mode == ModeTake && !s.closed {
 			if g := s.groups[r.Sync]; g != nil {
 				v = g.views[syncID{r.Counter, r.Key}]
 			}
@@ -232,8 +252,68 @@ func (s *Synced) giveBack(t int64, reqs []Request, results []limiter.Result, idx
 		if v := g.views[syncID{r.Counter, r.Key}]; v != nil {
 			v.limit.Refund(&v.st, t, r.Cost)
 		}
-		g.carry.Remove(time.UnixMicro(t), reqs[i:i+1])
+		s.removeTake(g, t, r)
 	}
+}
+
+// removeTake takes a local take of r back out of g's charges, and owes
+// the server what a merge charged of it already. s.mu is held.
+func (s *Synced) removeTake(g *syncGroup, t int64, r *Request) {
+	left := r.Cost - g.carry.removeUnits(time.UnixMicro(t), r)
+	if left <= 0 {
+		return
+	}
+	id := syncID{r.Counter, r.Key}
+	o := g.owed[id]
+	if o == nil {
+		if len(g.owed) >= MaxCarry {
+			return
+		}
+		if g.owed == nil {
+			g.owed = make(map[syncID]*owedUnits)
+		}
+		o = &owedUnits{req: Request{Counter: r.Counter, Key: r.Key, Limit: r.Limit}}
+		g.owed[id] = o
+	}
+	o.req.Cost += left
+	o.at = t
+}
+
+// giveBackOwed gives back at the server what g owes it, at now: a
+// window's units only while it is still the window they were given back
+// in (the server's count of a later window holds none of them). It
+// returns what it could not give back, and the server's error.
+func (s *Synced) giveBackOwed(owed map[syncID]*owedUnits, now time.Time) (map[syncID]*owedUnits, error) {
+	t := now.UnixMicro()
+	var reqs []Request
+	for id, o := range owed {
+		l := &o.req.Limit
+		if l.Algorithm == limiter.FixedWindow || l.Algorithm == limiter.SlidingWindow {
+			then, _ := l.Bounds(o.at)
+			if start, _ := l.Bounds(t); start != then {
+				delete(owed, id)
+				continue
+			}
+		}
+		reqs = append(reqs, o.req)
+	}
+	for done := 0; done < len(reqs); {
+		n := len(reqs) - done
+		if n > carryChunk {
+			n = carryChunk
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), carryTimeout)
+		err := s.srv.GiveBack(ctx, now, reqs[done:done+n])
+		cancel()
+		if err != nil {
+			return owed, err
+		}
+		for _, r := range reqs[done : done+n] {
+			delete(owed, syncID{r.Counter, r.Key})
+		}
+		done += n
+	}
+	return nil, nil
 }
 
 // seed makes the views of the requests at idx with a Sync interval and no
@@ -257,12 +337,15 @@ func (s *Synced) seed(now time.Time, reqs []Request, results []limiter.Result, i
 			s.groups[r.Sync] = g
 		}
 		id := syncID{r.Counter, r.Key}
-		if g.views[id] != nil || len(g.views) >= MaxCarry {
+		size := len(r.Counter) + len(r.Key)
+		if g.views[id] != nil || s.nviews >= MaxCarry || s.viewBytes+size > MaxCarryBytes {
 			continue
 		}
 		v := &syncView{limit: r.Limit}
 		v.st = viewState(&v.limit, &results[i], t)
 		g.views[id] = v
+		s.nviews++
+		s.viewBytes += size
 		if !g.running {
 			g.running = true
 			s.wg.Add(1)
@@ -341,18 +424,35 @@ func (s *Synced) run(g *syncGroup) {
 func (s *Synced) merge(g *syncGroup, last bool) bool {
 	s.mu.Lock()
 	reqs, at := g.carry.take()
+	owed := g.owed
+	g.owed = nil
 	for id, v := range g.views {
 		if !v.used {
 			delete(g.views, id)
+			s.nviews--
+			s.viewBytes -= len(id.counter) + len(id.key)
 		}
 		v.used = false
 	}
-	if len(reqs) == 0 && (len(g.views) == 0 || last) {
+	if len(reqs) == 0 && len(owed) == 0 && (len(g.views) == 0 || last) {
 		g.running = false
 		s.mu.Unlock()
 		return false
 	}
 	s.mu.Unlock()
+	if len(owed) > 0 {
+		// Given back first, so that the reply of the charges below
+		// holds it.
+		var err error
+		if owed, err = s.giveBackOwed(owed, s.clock.Now()); err != nil {
+			// Kept for the next merge, as charges are.
+			s.mu.Lock()
+			s.keepOwed(g, owed)
+			s.mu.Unlock()
+			atomic.AddInt64(&s.failures, 1)
+			s.srv.Failed(err, s.warn.Allow(time.Now(), WarnInterval))
+		}
+	}
 	if len(reqs) == 0 {
 		return true
 	}
@@ -382,10 +482,14 @@ func (s *Synced) merge(g *syncGroup, last bool) bool {
 			continue
 		}
 		st := viewState(&v.limit, &results[k], t)
-		// What was taken here while the reply was on its way.
+		// What was taken here while the reply was on its way, and what
+		// was given back here of what the reply counts.
 		if u := g.carry.units(r.Counter, r.Key, t); u > 0 {
 			var res limiter.Result
 			limiter.Charge(&v.limit, &st, &res, t, u)
+		}
+		if o := g.owed[syncID{r.Counter, r.Key}]; o != nil {
+			v.limit.Refund(&st, t, o.req.Cost)
 		}
 		st.Denied = v.st.Denied
 		v.st = st
@@ -400,11 +504,27 @@ func (s *Synced) merge(g *syncGroup, last bool) bool {
 	} else {
 		atomic.AddInt64(&s.merges, 1)
 	}
-	if last || (len(g.views) == 0 && g.carry.Len() == 0) {
+	if last || (len(g.views) == 0 && g.carry.Len() == 0 && len(g.owed) == 0) {
 		g.running = false
 		return false
 	}
 	return true
+}
+
+// keepOwed puts back what a merge could not give back, with what was
+// owed since. s.mu is held.
+func (s *Synced) keepOwed(g *syncGroup, owed map[syncID]*owedUnits) {
+	if g.owed == nil {
+		g.owed = owed
+		return
+	}
+	for id, o := range owed {
+		if p := g.owed[id]; p != nil {
+			p.req.Cost += o.req.Cost
+		} else if len(g.owed) < MaxCarry {
+			g.owed[id] = o
+		}
+	}
 }
 
 // units is what the Carry holds of (counter, key) at now.
@@ -420,7 +540,8 @@ func (c *Carry) units(counter, key string, now int64) int64 {
 
 // Refund implements Store: the requests decided from a view give back to
 // it (and to what the next merge charges), the others at the wrapped
-// store.
+// store. Once the store is closed (its last merge charged what the views
+// took), every request is decided and given back at the wrapped store.
 func (s *Synced) Refund(ctx context.Context, now time.Time, reqs []Request) error {
 	if len(reqs) > maxBatch {
 		return s.inner.Refund(ctx, now, reqs)
@@ -433,7 +554,7 @@ func (s *Synced) Refund(ctx context.Context, now time.Time, reqs []Request) erro
 		r := &reqs[i]
 		var v *syncView
 		var g *syncGroup
-		if r.Sync > 0 {
+		if r.Sync > 0 && !s.closed {
 			if g = s.groups[r.Sync]; g != nil {
 				v = g.views[syncID{r.Counter, r.Key}]
 			}
@@ -443,7 +564,7 @@ func (s *Synced) Refund(ctx context.Context, now time.Time, reqs []Request) erro
 			continue
 		}
 		v.limit.Refund(&v.st, t, r.Cost)
-		g.carry.Remove(now, reqs[i:i+1])
+		s.removeTake(g, t, r)
 	}
 	s.mu.Unlock()
 	if len(rest) == 0 {

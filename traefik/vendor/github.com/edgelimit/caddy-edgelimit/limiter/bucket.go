@@ -40,7 +40,15 @@ func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
 	}
 	r.Remaining = whole((tau - debt) / interval)
 	r.Reset = us(int64(math.Ceil(debt)))
-	wait := int64(math.Ceil(next - tau))
+	// A cost the bucket can never hold (more than its quota) would wait
+	// beyond any time: at most MaxDebt, so that every time derived from it
+	// (a ban's end, the key's expiry) stays exact, in Go and in Lua's
+	// doubles alike.
+	late := next - tau
+	if late > MaxDebt {
+		late = MaxDebt
+	}
+	wait := int64(math.Ceil(late))
 	r.RetryAfter = time.Duration(wait) * time.Microsecond
 	r.FirstDenial = !s.Denied
 	s.Denied = true
