@@ -75,13 +75,7 @@ func TestRedisSyncTwoInstances(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := clock.NewFake(storetest.Base)
 			prefix := storetest.Prefix(t)
-			var synced []*store.Synced
-			for range 2 {
-				r := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
-				s := store.NewSynced(r, r, fakeSyncClock{f})
-				t.Cleanup(func() { s.Close() })
-				synced = append(synced, s)
-			}
+			synced := syncedInstances(t, srv, f, prefix, 2)
 			ctx := context.Background()
 			reqs := []store.Request{{Counter: "g/api/" + tc.name + "#0", Key: "api", Limit: tc.limit, Cost: 1, Sync: every}}
 			res := make([]limiter.Result, 1)
@@ -257,13 +251,7 @@ func TestRedisSyncFourUnevenInstances(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := clock.NewFake(storetest.Base)
 			prefix := storetest.Prefix(t)
-			var synced []*store.Synced
-			for range 4 {
-				r := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
-				s := store.NewSynced(r, r, fakeSyncClock{f})
-				t.Cleanup(func() { s.Close() })
-				synced = append(synced, s)
-			}
+			synced := syncedInstances(t, srv, f, prefix, 4)
 			ctx := context.Background()
 			reqs := []store.Request{{Counter: "g/api/" + tc.name + "#0", Key: "api", Limit: tc.limit, Cost: 1, Sync: every}}
 			res := make([]limiter.Result, 1)
@@ -346,4 +334,18 @@ func TestRedisSyncRefundAfterMerge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// syncedInstances are n instances' Redis stores on srv under prefix, each
+// wrapped in a store.Synced on the fake clock f, closed with the test.
+func syncedInstances(t *testing.T, srv *redistest.Server, f *clock.Fake, prefix string, n int) []*store.Synced {
+	t.Helper()
+	var synced []*store.Synced
+	for range n {
+		r := openRedis(t, srv, storage.RedisOptions{LocalClock: true, Prefix: prefix})
+		s := store.NewSynced(r, r, fakeSyncClock{f})
+		t.Cleanup(func() { s.Close() })
+		synced = append(synced, s)
+	}
+	return synced
 }

@@ -416,13 +416,4 @@ func (c syncClock) Now() time.Time {
 	return time.Now()
 }
 
-func (c syncClock) Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (c syncClock) Sleep(ctx context.Context, d time.Duration) error { return store.Sleep(ctx, d) }

@@ -69,6 +69,20 @@ type SyncClock interface {
 	Sleep(ctx context.Context, d time.Duration) error
 }
 
+// Sleep waits d on a timer, or until ctx is done (its error then): the
+// Sleep of a SyncClock on real time. (internal/clock's Sleep, which store's
+// tests import, keeps its own.)
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // syncGroup is the views merged on one interval, and what they took since
 // the last merge.
 type syncGroup struct {
