@@ -79,7 +79,7 @@ func (p *respPool) do(ctx context.Context, args []string) (interface{}, error) {
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
-	defer func() { <-p.slots }()
+	defer p.release()
 	c := p.idleConn()
 	if c == nil {
 		var err error
@@ -136,6 +136,12 @@ func (p *respPool) acquire(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// release gives back the slot acquire took. A method deferred rather than
+// a closure: Yaegi evaluates its receiver once, at the defer (a closure's
+// capture of p is the interpreter's to get right under concurrency, and a
+// run of TestFleetSharesRedis once hung in this release).
+func (p *respPool) release() { <-p.slots }
 
 // errPoolBusy is every connection of the pool in use for the whole
 // timeout: this instance's load, not Redis failing.

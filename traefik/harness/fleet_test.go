@@ -257,7 +257,8 @@ func fleetResponses(t *testing.T, caddy, traefik string) {
 	get := func(base string) (*http.Response, string) {
 		req, _ := http.NewRequest("GET", base+"/aw", nil) // anchored: no clock boundary to cross
 		req.Header.Set("X-Api-Key", key)
-		resp, err := http.DefaultClient.Do(req)
+		// Bounded: a request that hangs fails the test at once, naming it.
+		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
