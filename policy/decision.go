@@ -34,6 +34,9 @@ type Policy struct {
 	StripHeaders []string
 	// Waits tells whether some limit holds requests (wait.go).
 	Waits bool
+	// One tells whether the policy is one limit that One may decide: no
+	// tiers, exemptions, waits, bans or charges.
+	One bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -130,6 +133,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil
 	}
+	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && limits[0].Base.Ban == 0
 	return p, nil
 }
 

@@ -41,8 +41,8 @@ type middleware struct {
 	// serve leaves to serveAll.
 	holds bool
 	store store.Store
-	// one is the memory store of a middleware of one limit: serve has it
-	// decide with store.TakeOne, a call less than store.Take.
+	// one is the memory store of a middleware of one limit that
+	// policy.One decides (serveOne), nil otherwise.
 	one    *store.Memory
 	now    func() time.Time // the clock: time.Now, or the configured one
 	ips    *httpval.Forwarded
@@ -114,7 +114,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 			break
 		}
 	}
-	if mem, ok := m.store.(*store.Memory); ok && len(m.limits) == 1 {
+	if mem, ok := m.store.(*store.Memory); ok && m.pol.One {
 		m.one = mem
 	}
 	return m, nil
@@ -160,7 +160,12 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if d == nil {
 		d = policy.NewDecision(m.pol)
 	}
-	if r = serve(m, w, r, d); r != nil {
+	if m.one != nil {
+		r = serveOne(m, w, r, d)
+	} else {
+		r = serve(m, w, r, d)
+	}
+	if r != nil {
 		m.next.ServeHTTP(w, r)
 	}
 	m.decisions.Put(d)
@@ -184,10 +189,8 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return r
 	}
 	now := m.now()
-	if m.one == nil || !store.TakeOne(m.one, &d.Reqs[0], &d.Res[0], now.UnixMicro()) {
-		if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
-			return m.storageFailed(w, r, nil, now, err)
-		}
+	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
+		return m.storageFailed(w, r, nil, now, err)
 	}
 	denied, report := policy.Judge(d)
 	if d.Denied > 0 {
@@ -196,6 +199,25 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
 	st = &requestState{}
 	policy.Record(&st.ledger, m.store, d, report)
+	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+}
+
+// serveOne is serve for a middleware of one limit in memory that
+// policy.One decides.
+func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
+	if !readKeys(m, r, d) {
+		return r
+	}
+	ctx := r.Context()
+	if st, _ := ctx.Value(stateKey{}).(*requestState); st != nil {
+		return serveAll(m, w, r, d, st)
+	}
+	now := m.now()
+	st := &requestState{}
+	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
+		denied, report := policy.Judge(d)
+		return judged(m, w, r, d, nil, denied, report, now)
+	}
 	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
 }
 
