@@ -51,9 +51,8 @@ type middleware struct {
 	log    *logger
 	// decisions are the decisions of requests served, to use again.
 	decisions sync.Pool
-	// charges is the response path of limits that count responses
-	// (charge.go), nil when none does.
-	charges *charging
+	// charges: some limit counts responses (charge.go).
+	charges bool
 }
 
 // New builds the middleware from its configuration.
@@ -101,7 +100,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if err != nil {
 		return nil, err
 	}
-	m.charges = newCharging(m.pol)
+	m.charges = m.pol.Charges
 	m.holds = m.pol.Exempts || m.pol.Waits
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
@@ -135,6 +134,9 @@ func (m *middleware) compileLimits(c *Config) error {
 		if err != nil {
 			return fmt.Errorf("limit %q: %w", name, err)
 		}
+		if cl.responses != nil {
+			cl.Limit.Responses = cl.responses
+		}
 		if cl.usesCredentials() && m.creds == nil {
 			return fmt.Errorf("limit %q: the credential source needs credentials", name)
 		}
@@ -149,7 +151,7 @@ func (m *middleware) compileLimits(c *Config) error {
 // few plain functions, and what is rare (exemptions, tiers, a denial) is
 // in functions of its own.
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if m.charges != nil {
+	if m.charges {
 		serveCharging(m, w, r)
 		return
 	}

@@ -173,6 +173,9 @@ type Decision struct {
 	charged   []int
 	ietfAt    int
 	ietfLen   int
+	// CostIssues are the cost headers of the last response charged that
+	// could not be read as they are (Respond), for the edge to log.
+	CostIssues []CostIssue
 }
 
 // The request path is functions, not methods: under Yaegi a method call
