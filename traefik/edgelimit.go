@@ -406,27 +406,18 @@ func withState(st *requestState, r *http.Request) (*requestState, *http.Request)
 }
 
 // hold holds a request that a limit with a wait admitted for later until
-// its turn (policy.WaitFor), on a timer; it reports false when the client
-// left meanwhile, its units given back.
+// its turn (policy.WaitFor); it reports false when the client left
+// meanwhile, its units given back (policy.Held).
 func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
 	wait := policy.WaitFor(d, denied)
 	if wait <= 0 {
 		return true
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		policy.ReleaseWaits(d)
-		return true
-	case <-r.Context().Done():
-	}
-	policy.ReleaseWaits(d)
-	now := m.now()
-	if err := m.store.Refund(context.Background(), now, policy.Taken(d)); err != nil {
+	left := store.Sleep(r.Context(), wait) != nil
+	if err := policy.Held(r.Context(), m.store, m.now, d, left, nil); err != nil {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)
 	}
-	return false
+	return !left
 }
 
 // syncClock is the clock the merges of limits with sync wait on: real
