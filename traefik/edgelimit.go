@@ -113,7 +113,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 			break
 		}
 	}
-	if mem, ok := m.store.(*store.Memory); ok && m.pol.One {
+	if mem, ok := m.store.(*store.Memory); ok && m.pol.One && m.creds == nil {
 		m.one = mem
 	}
 	return m, nil
@@ -207,7 +207,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 // serveOne is serve for a middleware of one limit in memory that
 // policy.One decides.
 func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
-	if !readKeys(m, r, d) {
+	if !readKey(m, r, d) {
 		return r
 	}
 	ctx := r.Context()
@@ -298,6 +298,28 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 		}
 	}
 	return present
+}
+
+// readKey is readKeys for a middleware of one limit, without credentials
+// or tiers.
+func readKey(m *middleware, r *http.Request, d *policy.Decision) bool {
+	keys := m.limits[0].keys
+	for j := range keys {
+		s := &keys[j]
+		v := ""
+		if s.kind == srcHeader {
+			v = httpval.First(r.Header, s.name)
+		} else {
+			v = value(s, r, m.ips, nil)
+		}
+		if v != "" {
+			d.Keys[0] = v
+			d.Parts[0] = j
+			return true
+		}
+	}
+	d.Parts[0] = -1
+	return false
 }
 
 // readAllKeys is readKeys with credentials or tiers.

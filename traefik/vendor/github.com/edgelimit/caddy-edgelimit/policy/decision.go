@@ -133,7 +133,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil
 	}
-	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && limits[0].Base.Ban == 0
+	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && store.Alone(&p.requests[0][0])
 	return p, nil
 }
 
@@ -192,7 +192,7 @@ type Planned struct {
 // NewDecision returns a decision with room for the policy's limits.
 func NewDecision(p *Policy) *Decision {
 	n := len(p.Limits)
-	return &Decision{
+	d := &Decision{
 		Keys:       make([]string, n),
 		Parts:      make([]int, n),
 		TierValues: make([]string, n),
@@ -200,6 +200,10 @@ func NewDecision(p *Policy) *Decision {
 		Meta:       make([]Planned, 0, n),
 		Res:        make([]limiter.Result, n),
 	}
+	if p.One {
+		d.Meta = append(d.Meta, p.planned[0]) // One's plan, always
+	}
+	return d
 }
 
 // Exemptions returns the names of the limits that do not apply to the

@@ -13,19 +13,18 @@ import (
 // do). It returns true when the request passed: its rate-limit headers are
 // written in hdr and what it counted is recorded in l, a new ledger (no
 // handler before this one counted the request). Otherwise the limit denied
-// it (a dry run too), d holds the decision to judge (Judge), and nothing
-// is written or recorded.
+// it (a dry run too), d holds the decision to judge (Judge: Denied and
+// FirstDenials are its), and nothing is written or recorded.
 func One(p *Policy, d *Decision, m *store.Memory, t int64, hdr http.Header, l *Ledger) bool {
 	// Plan, for one limit whose key is present.
 	d.Reqs = append(d.Reqs[:0], p.requests[0][d.Parts[0]])
 	req := &d.Reqs[0]
 	req.Key = d.Keys[0]
-	d.Meta = append(d.Meta[:0], p.planned[0])
+	d.Meta = d.Meta[:1] // NewDecision's: a plan of the limit is always the same
 	d.Res = d.Res[:1]
-	d.Denied = 0
-	d.FirstDenials = false
 	res := &d.Res[0]
-	if !store.TakeOne(m, req, res, t) || !res.Allowed {
+	store.TakeOne(m, req, res, t)
+	if !res.Allowed {
 		return false
 	}
 	if p.Headers != HeaderX || p.TimeHeader {
