@@ -133,7 +133,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil
 	}
-	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && store.Alone(&p.requests[0][0])
+	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && len(limits[0].Counters) > 0 && store.Alone(&p.requests[0][0])
 	return p, nil
 }
 
