@@ -211,16 +211,22 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 		return r
 	}
 	ctx := r.Context()
-	if st, _ := ctx.Value(stateKey{}).(*requestState); st != nil {
+	st, _ := ctx.Value(stateKey{}).(*requestState)
+	if st != nil {
 		return serveAll(m, w, r, d, st)
 	}
 	now := m.now()
-	st := &requestState{}
+	st = &requestState{}
 	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
-		denied, report := policy.Judge(d)
-		return judged(m, w, r, d, nil, denied, report, now)
+		return judgedOne(m, w, r, d, now)
 	}
 	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+}
+
+// judgedOne is judged for a request that policy.One did not pass.
+func judgedOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, now time.Time) *http.Request {
+	denied, report := policy.Judge(d)
+	return judged(m, w, r, d, nil, denied, report, now)
 }
 
 // serveAll is serve for a request that an earlier edgelimit middleware
