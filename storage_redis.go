@@ -191,25 +191,11 @@ func (r *RedisStorage) Validate() error {
 			return fmt.Errorf("redis storage: %w", err)
 		}
 	}
-	if r.DB < 0 {
-		return fmt.Errorf("redis storage: db must not be negative, got %d", r.DB)
+	if _, err := r.policy(); err != nil {
+		return err
 	}
 	if r.DB != 0 && len(r.Addrs) > 0 && r.MasterName == "" {
 		return errors.New("redis storage: a Redis Cluster has only database 0")
-	}
-	if r.Timeout < 0 {
-		return fmt.Errorf("redis storage: timeout must not be negative, got %s", time.Duration(r.Timeout))
-	}
-	if r.OnError != "" {
-		if _, err := store.ParseOnError(r.OnError); err != nil {
-			return fmt.Errorf("redis storage: on_error %w", err)
-		}
-	}
-	if err := store.CheckPrefix(r.KeyPrefix); err != nil {
-		return fmt.Errorf("redis storage: key_prefix %w", err)
-	}
-	if _, err := store.ParseClock(r.Clock); err != nil {
-		return fmt.Errorf("redis storage: %w", err)
 	}
 	if r.URL != "" && !hasPlaceholder(r.URL) {
 		if _, err := parseRedisURL(r.URL); err != nil {
@@ -272,18 +258,12 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 		set.target = o.MasterName + "@" + set.target
 	}
 
-	set.store.Timeout = time.Duration(r.Timeout)
-	if set.store.Timeout == 0 {
-		set.store.Timeout = storage.DefaultRedisTimeout
+	p, err := r.policy()
+	if err != nil {
+		return nil, err
 	}
-	if r.OnError != "" {
-		p, err := store.ParseOnError(r.OnError)
-		if err != nil {
-			return nil, fmt.Errorf("redis storage: on_error %w", err)
-		}
-		set.store.OnError = p
-	}
-	set.store.Prefix = r.KeyPrefix
+	set.store.Timeout, set.store.OnError, set.store.Prefix = p.Timeout, p.OnError, p.Prefix
+	set.store.LocalClock, set.store.NoLocalDenials = p.LocalClock, p.NoLocalDenials
 	set.store.Name = set.target
 	if !o.IsClusterMode {
 		set.store.Name += "/" + strconv.Itoa(o.DB)
@@ -291,10 +271,20 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	if r.KeyPrefix != "" && r.KeyPrefix != storage.DefaultRedisPrefix {
 		set.store.Name += " " + r.KeyPrefix
 	}
-	set.store.LocalClock = r.Clock == "local"
-	set.store.NoLocalDenials = r.DisableLocalDenials
 	set.clock = clock.ForProvision()
 	return set, nil
+}
+
+// policy checks and resolves the options the plugin shares
+// (store.RedisSettings).
+func (r *RedisStorage) policy() (store.RedisPolicy, error) {
+	set := store.RedisSettings{DB: r.DB, Timeout: time.Duration(r.Timeout), OnError: r.OnError, KeyPrefix: r.KeyPrefix,
+		Clock: r.Clock, DisableLocalDenials: r.DisableLocalDenials}
+	p, err := set.Resolve()
+	if err != nil {
+		return p, fmt.Errorf("redis storage: %w", err)
+	}
+	return p, nil
 }
 
 // poolKey identifies a store by everything that makes it: two configs with

@@ -98,3 +98,69 @@ func RedactURL(raw string) string {
 	}
 	return strconv.Quote(u.Redacted())
 }
+
+// RedisSettings are the options of a Redis store that both edges take
+// alike, as configured (the Caddy module's on_error, key_prefix...; the
+// plugin's onError, keyPrefix...). Where Redis is, and how to reach it,
+// each edge's client reads by itself.
+type RedisSettings struct {
+	DB                  int
+	Timeout             time.Duration // 0: DefaultRedisTimeout
+	OnError             string        // "": allow
+	KeyPrefix           string        // "": DefaultRedisPrefix
+	Clock               string
+	DisableLocalDenials bool
+	// Camel names the options in errors as the plugin does (onError), not
+	// as the Caddy module does (on_error).
+	Camel bool
+}
+
+// RedisPolicy is what RedisSettings say, resolved.
+type RedisPolicy struct {
+	Timeout        time.Duration
+	OnError        OnError
+	Prefix         string
+	LocalClock     bool
+	NoLocalDenials bool
+}
+
+// Resolve checks the settings and applies the defaults; its errors name
+// the option at fault (the caller adds which storage).
+func (s *RedisSettings) Resolve() (RedisPolicy, error) {
+	p := RedisPolicy{Timeout: s.Timeout, Prefix: s.KeyPrefix, NoLocalDenials: s.DisableLocalDenials}
+	if s.DB < 0 {
+		return p, fmt.Errorf("db must not be negative, got %d", s.DB)
+	}
+	if p.Timeout < 0 {
+		return p, fmt.Errorf("timeout must not be negative, got %s", p.Timeout)
+	}
+	if p.Timeout == 0 {
+		p.Timeout = DefaultRedisTimeout
+	}
+	if s.OnError != "" {
+		o, err := ParseOnError(s.OnError)
+		if err != nil {
+			return p, fmt.Errorf("%s %w", s.name("on_error", "onError"), err)
+		}
+		p.OnError = o
+	}
+	if p.Prefix == "" {
+		p.Prefix = DefaultRedisPrefix
+	}
+	if err := CheckPrefix(p.Prefix); err != nil {
+		return p, fmt.Errorf("%s %w", s.name("key_prefix", "keyPrefix"), err)
+	}
+	local, err := ParseClock(s.Clock)
+	if err != nil {
+		return p, err
+	}
+	p.LocalClock = local
+	return p, nil
+}
+
+func (s *RedisSettings) name(snake, camel string) string {
+	if s.Camel {
+		return camel
+	}
+	return snake
+}

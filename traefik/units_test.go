@@ -123,7 +123,7 @@ func TestRedisOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.addr != "cache:6380" || o.username != "u" || o.password != "p@ss" || o.db != 3 || !o.tls || o.onError != store.Local || o.timeout != 250*time.Millisecond {
+	if o.addr != "cache:6380" || o.username != "u" || o.password != "p@ss" || o.db != 3 || !o.tls || o.OnError != store.Local || o.Timeout != 250*time.Millisecond {
 		t.Errorf("%+v", o)
 	}
 	o, _ = (&RedisConfig{URL: "redis://[::1]:7000"}).options()
