@@ -1,10 +1,7 @@
 package edgelimit
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -295,9 +292,7 @@ func (s *redisSettings) poolKey() string {
 		o.Protocol, o.PoolSize, o.PoolFIFO, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns,
 		o.ConnMaxIdleTime, o.ConnMaxLifetime, o.IsClusterMode,
 		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock, s.store.NoLocalDenials, clock.ID(s.clock)}
-	text, _ := json.Marshal(parts)
-	sum := sha256.Sum256(text)
-	return "redis/" + hex.EncodeToString(sum[:])
+	return "redis/" + store.SettingsID(parts...)
 }
 
 // Store implements StorageBackend.

@@ -112,3 +112,23 @@ func TestRedisSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestSettingsID(t *testing.T) {
+	a := SettingsID("127.0.0.1:6379", "user", "secret", 0, RedisPolicy{Timeout: DefaultRedisTimeout, Prefix: DefaultRedisPrefix}, []string{"a", "b"})
+	if a != SettingsID("127.0.0.1:6379", "user", "secret", 0, RedisPolicy{Timeout: DefaultRedisTimeout, Prefix: DefaultRedisPrefix}, []string{"a", "b"}) {
+		t.Error("the same settings, another store")
+	}
+	if strings.Contains(a, "secret") || len(a) != 64 {
+		t.Errorf("not a hash: %s", a)
+	}
+	for _, other := range []string{
+		SettingsID("127.0.0.1:6379", "user", "secret2", 0, RedisPolicy{Timeout: DefaultRedisTimeout, Prefix: DefaultRedisPrefix}, []string{"a", "b"}),
+		SettingsID("127.0.0.1:6379", "user", "secret", 0, RedisPolicy{Timeout: DefaultRedisTimeout, Prefix: DefaultRedisPrefix, LocalClock: true}, []string{"a", "b"}),
+		SettingsID("127.0.0.1:6379", "user", "secret", 0, RedisPolicy{Timeout: DefaultRedisTimeout, Prefix: DefaultRedisPrefix}, []string{"a,b"}),
+		SettingsID("127.0.0.1:6379", "user", "secret", "0", RedisPolicy{Timeout: DefaultRedisTimeout, Prefix: DefaultRedisPrefix}, []string{"a", "b"}),
+	} {
+		if other == a {
+			t.Error("other settings, the same store")
+		}
+	}
+}

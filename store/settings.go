@@ -1,6 +1,8 @@
 package store
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -163,4 +165,14 @@ func (s *RedisSettings) name(snake, camel string) string {
 		return camel
 	}
 	return snake
+}
+
+// SettingsID identifies a store by everything that makes it, for an
+// edge's registry of stores (two configurations with the same settings
+// share one store and its connections): hashed, since the settings hold
+// passwords. The parts are values (strings, numbers, flags, structs and
+// slices of them), never pointers.
+func SettingsID(parts ...interface{}) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%#v", parts)))
+	return hex.EncodeToString(sum[:])
 }

@@ -1,8 +1,6 @@
 package edgelimit
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -153,11 +151,7 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	return o, nil
 }
 
-// id identifies a store by everything that makes it; hashed, since it
-// holds the password.
+// id identifies a store by everything that makes it.
 func (o *redisOptions) id() string {
-	text := fmt.Sprintf("%q %q %q %d %t %d %d %q %t %d %t", o.addr, o.username, o.password, o.db, o.tls,
-		o.Timeout, o.OnError, o.Prefix, o.LocalClock, o.poolSize, o.NoLocalDenials)
-	sum := sha256.Sum256([]byte(text))
-	return hex.EncodeToString(sum[:])
+	return store.SettingsID(o.addr, o.username, o.password, o.db, o.tls, o.RedisPolicy, o.poolSize)
 }
