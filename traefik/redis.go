@@ -124,7 +124,7 @@ func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []str
 	args = append(args, keys...)
 	args = append(args, argv...)
 	reply, err := s.pool.do(ctx, args)
-	if store.IsNoScript(err) {
+	if err != nil && store.IsNoScript(err) {
 		args[0], args[1] = "EVAL", sc.Src
 		reply, err = s.pool.do(ctx, args)
 	}
