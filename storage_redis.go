@@ -458,8 +458,8 @@ func (r *RedisStorage) setString(d *caddyfile.Dispenser, opt, v string) error {
 		}
 		r.OnError = v
 	case "clock":
-		if v != "server" && v != "local" {
-			return d.Errf("clock %q: want server or local", v)
+		if _, err := store.ParseClock(v); err != nil {
+			return d.Err(err.Error())
 		}
 		r.Clock = v
 	case "local_denials":

@@ -139,6 +139,21 @@ func TestRedisOptions(t *testing.T) {
 			t.Errorf("%+v: no error", bad)
 		}
 	}
+	// The core's checks (store.RedisSettings) name the plugin's options.
+	for _, c := range []struct {
+		bad  RedisConfig
+		want string
+	}{
+		{RedisConfig{OnError: "ignore"}, `redis: onError "ignore": want allow, deny or local`},
+		{RedisConfig{KeyPrefix: "a{b"}, `redis: keyPrefix "a{b":`},
+		{RedisConfig{DB: -1}, "redis: db must not be negative, got -1"},
+		{RedisConfig{Clock: "atomic"}, `redis: clock "atomic": want server or local`},
+	} {
+		bad, want := c.bad, c.want
+		if _, err := bad.options(); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%+v: %v, want %s...", bad, err, want)
+		}
+	}
 }
 
 // TestUnknownOptions: what mapstructure could not place is refused, with
