@@ -170,3 +170,31 @@ func TestUnknownOptions(t *testing.T) {
 		t.Fatalf("%v, want %s", err, want)
 	}
 }
+
+// TestRedisStoreRegistry: middlewares with the same Redis settings share
+// one store (store.SettingsID); any setting that differs makes another.
+func TestRedisStoreRegistry(t *testing.T) {
+	open := func(c RedisConfig) store.Store {
+		s, err := openStore(&Storage{Redis: &c}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// Nothing listens there: the stores fail over to onError, unused.
+	base := RedisConfig{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true}
+	s := open(base)
+	if open(base) != s {
+		t.Error("the same settings, another store")
+	}
+	for _, other := range []RedisConfig{
+		{Address: "127.0.0.1:1", Password: "b", KeyPrefix: "registry:", DisableLocalDenials: true},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry2:", DisableLocalDenials: true},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, Clock: "local"},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, PoolSize: 3},
+	} {
+		if open(other) == s {
+			t.Errorf("%+v: the same store as %+v", other, base)
+		}
+	}
+}
