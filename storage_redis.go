@@ -222,7 +222,7 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	} else {
 		raw := repl.ReplaceKnown(r.URL, "")
 		if raw == "" {
-			raw = "redis://127.0.0.1:6379/0"
+			raw = "redis://" + store.DefaultRedisAddr + "/0"
 		}
 		u, err := parseRedisURL(raw)
 		if err != nil {

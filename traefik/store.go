@@ -99,7 +99,7 @@ type redisOptions struct {
 const defaultPoolSize = 32
 
 func (c *RedisConfig) options() (*redisOptions, error) {
-	o := &redisOptions{addr: "127.0.0.1:6379", poolSize: defaultPoolSize}
+	o := &redisOptions{addr: store.DefaultRedisAddr, poolSize: defaultPoolSize}
 	if c.URL != "" && c.Address != "" {
 		return nil, errors.New("redis: url and address exclude each other")
 	}

@@ -18,6 +18,7 @@ import (
 
 // Defaults of a Redis store at both edges.
 const (
+	DefaultRedisAddr    = "127.0.0.1:6379" // without a URL or an address
 	DefaultRedisPrefix  = "edgelimit:"
 	DefaultRedisTimeout = 100 * time.Millisecond
 )
