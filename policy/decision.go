@@ -292,6 +292,20 @@ func Judge(d *Decision) (denied, report int) {
 	return judge(d)
 }
 
+// Take has s take the requests of d at now: for a policy with waits,
+// holding the places of those that may wait (HoldWaits), given back when
+// s fails.
+func Take(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Decision) error {
+	if p.Waits {
+		HoldWaits(d)
+	}
+	err := store.Take(s, ctx, now, d.Reqs, d.Res)
+	if err != nil && p.Waits {
+		ReleaseWaits(d)
+	}
+	return err
+}
+
 // Conclude concludes a decision the store took, at now: it judges it
 // (Judge), finds how long to hold the request (WaitFor, for a policy with
 // waits), quiets the first denials reported lately (Quiet), and writes the

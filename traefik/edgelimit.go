@@ -235,11 +235,7 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 		return r
 	}
 	now := m.now()
-	if m.pol.Waits {
-		policy.HoldWaits(d)
-	}
-	if err := store.Take(m.store, r.Context(), now, d.Reqs, d.Res); err != nil {
-		policy.ReleaseWaits(d)
+	if err := policy.Take(m.pol, m.store, r.Context(), now, d); err != nil {
 		return m.storageFailed(w, r, st, now, err)
 	}
 	return judged(m, w, r, d, st, now)
