@@ -47,7 +47,7 @@ func serveCharging(m *middleware, w http.ResponseWriter, r *http.Request) {
 	cw.r = r
 	if policy.Checked(d) {
 		// serve records every decision it passes in the request's state.
-		st, _ := r.Context().Value(stateKey{}).(*requestState)
+		st, _ := r.Context().Value(stateCtxKey).(*requestState)
 		cw.st = st
 		cw.d = d
 	}

@@ -183,7 +183,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return r
 	}
 	ctx := r.Context()
-	st, _ := ctx.Value(stateKey{}).(*requestState)
+	st, _ := ctx.Value(stateCtxKey).(*requestState)
 	if st != nil || m.holds {
 		return serveAll(m, w, r, d, st)
 	}
@@ -201,7 +201,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
 	st = &requestState{}
 	policy.Record(&st.ledger, m.store, d, report)
-	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
 }
 
 // serveOne is serve for a middleware of one limit in memory that
@@ -211,7 +211,7 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 		return r
 	}
 	ctx := r.Context()
-	st, _ := ctx.Value(stateKey{}).(*requestState)
+	st, _ := ctx.Value(stateCtxKey).(*requestState)
 	if st != nil {
 		return serveAll(m, w, r, d, st)
 	}
@@ -220,7 +220,7 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
 		return judged(m, w, r, d, nil, now)
 	}
-	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
 }
 
 // serveAll is serve for a request that an earlier edgelimit middleware
@@ -260,7 +260,7 @@ func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Dec
 	}
 	if st == nil {
 		st = &requestState{}
-		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+		r = r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
 	}
 	policy.Record(&st.ledger, m.store, d, report)
 	return r
@@ -400,8 +400,12 @@ func (m *middleware) refundEarlier(r *http.Request, st *requestState, now time.T
 }
 
 // stateKey is the context key of the requestState that the edgelimit
-// middlewares of one request share.
+// middlewares of one request share; stateCtxKey is it as the context
+// functions take it (under Yaegi, a value made once rather than on every
+// request).
 type stateKey struct{}
+
+var stateCtxKey any = stateKey{}
 
 // requestState is what the edgelimit middlewares of one request share:
 // the exemptions granted so far, and what each counted (so that a denial
@@ -418,7 +422,7 @@ func withState(st *requestState, r *http.Request) (*requestState, *http.Request)
 		return st, r
 	}
 	st = &requestState{}
-	return st, r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	return st, r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
 }
 
 // hold holds a request that a limit with a wait admitted for later until
