@@ -396,10 +396,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if err != nil {
 		return h.storageFailed(w, r, next, now, err)
 	}
-	denied, report, wait := policy.Conclude(h.pol, d, now)
-	h.report(r, d)
 	ledger := ledgerOf(vars)
-	policy.WriteHeaders(h.pol, w.Header(), d, report, denied >= 0, ledger)
+	denied, report, wait := policy.Conclude(h.pol, d, w.Header(), ledger, now)
+	h.report(r, d)
 	if denied >= 0 {
 		h.refundEarlier(r, now)
 		return h.deny(w, r, d, denied)

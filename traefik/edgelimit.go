@@ -242,19 +242,18 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 }
 
 // judged finishes serve and serveAll once the store took the decision:
-// the core concludes it (policy.Conclude), and judged holds what waits,
-// writes the headers, reports and answers denials, and records what was
-// counted in the request's state.
+// the core concludes it (policy.Conclude: judged, quieted, the headers
+// written), and judged holds what waits, reports and answers denials, and
+// records what was counted in the request's state.
 func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, now time.Time) *http.Request {
-	denied, report, wait := policy.Conclude(m.pol, d, now)
-	if wait > 0 && !hold(m, r, d, wait) {
-		return nil
-	}
 	var ledger *policy.Ledger
 	if st != nil {
 		ledger = &st.ledger
 	}
-	policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, ledger)
+	denied, report, wait := policy.Conclude(m.pol, d, w.Header(), ledger, now)
+	if wait > 0 && !hold(m, r, d, wait) {
+		return nil
+	}
 	if d.Denied > 0 && !m.denials(w, r, st, d, denied, now) {
 		return nil
 	}

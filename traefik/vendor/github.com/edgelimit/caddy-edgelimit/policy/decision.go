@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -307,11 +308,12 @@ func Take(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Decis
 
 // Conclude concludes a decision the store took, at now: it judges it
 // (Judge), finds how long to hold the request (WaitFor, for a policy with
-// waits) and quiets the first denials reported lately (Quiet). The edge
-// then writes the headers (WriteHeaders), reports the first denials,
-// denies the request (d.Res[denied], when denied >= 0) or holds it for
-// wait, and records what it counted.
-func Conclude(p *Policy, d *Decision, now time.Time) (denied, report int, wait time.Duration) {
+// waits), quiets the first denials reported lately (Quiet), and writes the
+// rate-limit headers in hdr (WriteHeaders; prior is the ledger of the
+// handlers before this one, nil for none). The edge then reports the first
+// denials, denies the request (d.Res[denied], when denied >= 0) or holds
+// it for wait, and records what it counted.
+func Conclude(p *Policy, d *Decision, hdr http.Header, prior *Ledger, now time.Time) (denied, report int, wait time.Duration) {
 	denied, report = Judge(d)
 	if p.Waits {
 		wait = WaitFor(d, denied)
@@ -319,6 +321,7 @@ func Conclude(p *Policy, d *Decision, now time.Time) (denied, report int, wait t
 	if d.FirstDenials {
 		Quiet(p, d, now)
 	}
+	WriteHeaders(p, hdr, d, report, denied >= 0, prior)
 	return denied, report, wait
 }
 
