@@ -396,9 +396,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if err != nil {
 		return h.storageFailed(w, r, next, now, err)
 	}
-	ledger := ledgerOf(vars)
-	denied, report, wait := policy.Conclude(h.pol, d, w.Header(), ledger, now)
+	denied, report := policy.Judge(d)
+	var wait time.Duration
+	if h.pol.Waits {
+		wait = policy.WaitFor(d, denied)
+	}
+	if d.FirstDenials {
+		policy.Quiet(h.pol, d, now)
+	}
 	h.report(r, d)
+	ledger := ledgerOf(vars)
+	policy.WriteHeaders(h.pol, w.Header(), d, report, denied >= 0, ledger)
 	if denied >= 0 {
 		h.refundEarlier(r, now)
 		return h.deny(w, r, d, denied)

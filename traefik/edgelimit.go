@@ -194,9 +194,9 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
 		return m.storageFailed(w, r, nil, now, err)
 	}
-	_, report := policy.Judge(d)
+	denied, report := policy.Judge(d)
 	if d.Denied > 0 {
-		return judged(m, w, r, d, nil, now)
+		return judged(m, w, r, d, nil, denied, report, now)
 	}
 	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
 	st = &requestState{}
@@ -218,9 +218,15 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	now := m.now()
 	st = &requestState{}
 	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
-		return judged(m, w, r, d, nil, now)
+		return judgedOne(m, w, r, d, now)
 	}
 	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
+}
+
+// judgedOne is judged for a request that policy.One did not pass.
+func judgedOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, now time.Time) *http.Request {
+	denied, report := policy.Judge(d)
+	return judged(m, w, r, d, nil, denied, report, now)
 }
 
 // serveAll is serve for a request that an earlier edgelimit middleware
@@ -238,22 +244,25 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	if err := policy.Take(m.pol, m.store, r.Context(), now, d); err != nil {
 		return m.storageFailed(w, r, st, now, err)
 	}
-	return judged(m, w, r, d, st, now)
+	denied, report := policy.Judge(d)
+	return judged(m, w, r, d, st, denied, report, now)
 }
 
-// judged finishes serve and serveAll once the store took the decision:
-// the core concludes it (policy.Conclude: judged, quieted, the headers
-// written), and judged holds what waits, reports and answers denials, and
-// records what was counted in the request's state.
-func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, now time.Time) *http.Request {
+// judged finishes serve and serveAll once the decision is judged: it holds
+// what waits, reports and answers denials, writes the headers and records
+// what was counted in the request's state.
+func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, denied, report int, now time.Time) *http.Request {
+	if m.pol.Waits && !hold(m, r, d, denied) {
+		return nil
+	}
+	if d.FirstDenials {
+		policy.Quiet(m.pol, d, now)
+	}
 	var ledger *policy.Ledger
 	if st != nil {
 		ledger = &st.ledger
 	}
-	denied, report, wait := policy.Conclude(m.pol, d, w.Header(), ledger, now)
-	if wait > 0 && !hold(m, r, d, wait) {
-		return nil
-	}
+	policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, ledger)
 	if d.Denied > 0 && !m.denials(w, r, st, d, denied, now) {
 		return nil
 	}
@@ -425,9 +434,13 @@ func withState(st *requestState, r *http.Request) (*requestState, *http.Request)
 }
 
 // hold holds a request that a limit with a wait admitted for later until
-// its turn; it reports false when the client left meanwhile, its units
-// given back (policy.Held).
-func hold(m *middleware, r *http.Request, d *policy.Decision, wait time.Duration) bool {
+// its turn (policy.WaitFor); it reports false when the client left
+// meanwhile, its units given back (policy.Held).
+func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
+	wait := policy.WaitFor(d, denied)
+	if wait <= 0 {
+		return true
+	}
 	left := store.Sleep(r.Context(), wait) != nil
 	if err := policy.Held(r.Context(), m.store, m.now, d, left, nil); err != nil {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -304,25 +303,6 @@ func Take(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Decis
 		ReleaseWaits(d)
 	}
 	return err
-}
-
-// Conclude concludes a decision the store took, at now: it judges it
-// (Judge), finds how long to hold the request (WaitFor, for a policy with
-// waits), quiets the first denials reported lately (Quiet), and writes the
-// rate-limit headers in hdr (WriteHeaders; prior is the ledger of the
-// handlers before this one, nil for none). The edge then reports the first
-// denials, denies the request (d.Res[denied], when denied >= 0) or holds
-// it for wait, and records what it counted.
-func Conclude(p *Policy, d *Decision, hdr http.Header, prior *Ledger, now time.Time) (denied, report int, wait time.Duration) {
-	denied, report = Judge(d)
-	if p.Waits {
-		wait = WaitFor(d, denied)
-	}
-	if d.FirstDenials {
-		Quiet(p, d, now)
-	}
-	WriteHeaders(p, hdr, d, report, denied >= 0, prior)
-	return denied, report, wait
 }
 
 func judge(d *Decision) (denied, report int) {
