@@ -261,10 +261,12 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 		for j := range l.keys {
 			s := &l.keys[j]
 			var v string
-			if s.kind == srcHeader {
-				v = httpval.First(r.Header, s.name)
+			if s.Kind == httpval.KindHeader {
+				v = httpval.First(r.Header, s.Name)
+			} else if s.Kind < httpval.KindEdge {
+				v = httpval.Value(s, r, m.ips)
 			} else {
-				v = value(s, r, m.ips, nil)
+				v = value(s, r, nil)
 			}
 			if v != "" {
 				d.Keys[i], d.Parts[i] = v, j
@@ -286,14 +288,21 @@ func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	for i, l := range m.limits {
 		d.Parts[i] = -1
 		for j := range l.keys {
-			if v := value(&l.keys[j], r, m.ips, cred); v != "" {
+			s := &l.keys[j]
+			var v string
+			if s.Kind < httpval.KindEdge {
+				v = httpval.Value(s, r, m.ips)
+			} else {
+				v = value(s, r, cred)
+			}
+			if v != "" {
 				d.Keys[i], d.Parts[i] = v, j
 				present = true
 				break
 			}
 		}
 		if l.tierSrc != nil {
-			d.TierValues[i] = l.tierSrc.tier(r, cred)
+			d.TierValues[i] = tier(l.tierSrc, r, cred)
 		}
 	}
 	return present
