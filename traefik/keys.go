@@ -56,14 +56,18 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 	if spec.Ban, err = parseDuration("ban", l.Ban); err != nil {
 		return nil, err
 	}
-	if l.Ban != "" && spec.Ban <= 0 {
-		return nil, fmt.Errorf("ban %q: must be more than 0", l.Ban)
+	if l.Ban != "" {
+		if err := policy.CheckBan(spec.Ban); err != nil {
+			return nil, err
+		}
 	}
 	if spec.Wait, err = parseDuration("wait", l.Wait); err != nil {
 		return nil, err
 	}
-	if l.Wait != "" && spec.Wait <= 0 {
-		return nil, fmt.Errorf("wait %q: must be more than 0", l.Wait)
+	if l.Wait != "" {
+		if err := policy.CheckWait(spec.Wait); err != nil {
+			return nil, err
+		}
 	}
 	spec.WaitMax = l.WaitMax
 	if spec.Sync, err = parseDuration("sync", l.Sync); err != nil {
