@@ -37,8 +37,9 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 }
 
 // fill evaluates a template part: header placeholders as a header part
-// reads them (httpval.First), the others with the replacer. Unknown or empty placeholders
-// count as empty, and a part whose placeholders are all empty is absent:
+// reads them (httpval.First), the others with the replacer. Unknown or
+// empty placeholders count as empty, and a part whose placeholders are all
+// empty is absent:
 // an anonymous request must not share the counter of a literal
 // "{http.auth.user.id}".
 func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
@@ -90,7 +91,7 @@ type keyPart struct {
 
 // keyTemplate is the kind of a part with other placeholders, read with
 // Caddy's replacer.
-const keyTemplate httpval.Kind = 16 // httpval.KindEdge
+const keyTemplate = httpval.KindEdge
 
 // keySegment is a piece of a template part: text, a request header, or
 // another placeholder.

@@ -17,6 +17,9 @@ type compiledLimit struct {
 	*policy.Limit
 	keys    []httpval.Part
 	tierSrc *httpval.Part
+	// ownSources: a key source of the plugin's own kinds (query, cookie,
+	// bearer, credential), which httpval.Value does not read.
+	ownSources bool
 	// responses are the responses a limit that counts responses counts
 	// (nil: all).
 	responses *policy.ResponseRule
@@ -109,6 +112,7 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		}
 		src.V6 = v6
 		cl.keys = append(cl.keys, src)
+		cl.ownSources = cl.ownSources || src.Kind >= httpval.KindEdge
 	}
 	return cl, nil
 }
