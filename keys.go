@@ -39,9 +39,8 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 // fill evaluates a template part: header placeholders as a header part
 // reads them (httpval.First), the others with the replacer. Unknown or
 // empty placeholders count as empty, and a part whose placeholders are all
-// empty is absent:
-// an anonymous request must not share the counter of a literal
-// "{http.auth.user.id}".
+// empty is absent: an anonymous request must not share the counter of a
+// literal "{http.auth.user.id}".
 func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 	var b strings.Builder
 	present := false
