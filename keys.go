@@ -26,6 +26,9 @@ func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer, vars map[stri
 // client_ip is the client's address as Caddy found it (trusted_proxies).
 func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any) string {
 	switch k.Kind {
+	case httpval.KindHeader:
+		// The usual key, a call less.
+		return httpval.First(r.Header, k.Name)
 	case httpval.KindClient:
 		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
 			return httpval.ClientKey(ip, k.V6)

@@ -53,6 +53,10 @@ func Value(p *Part, r *http.Request, ips *Forwarded) string {
 	case KindHeader:
 		return First(r.Header, p.Name)
 	case KindClient:
+		if ips == nil {
+			// ClientIP's remote address, unparsed: the same key.
+			return ClientKey(RemoteHost(r), p.V6)
+		}
 		return ClientKey(ClientIP(ips, r), p.V6)
 	}
 	return otherValue(p, r)
