@@ -212,7 +212,9 @@ func value(s *httpval.Part, r *http.Request, cred *Client) string {
 	return ""
 }
 
-// tier is a tier source's value.
+// tier is a tier source's value: a header's as the Caddy module reads a
+// tier placeholder's (httpval.First: its first value, trimmed), so that a
+// client of a fleet of both is in one tier at either edge.
 func tier(s *httpval.Part, r *http.Request, cred *Client) string {
 	if s.Kind == srcCredential {
 		if cred == nil {
@@ -220,7 +222,7 @@ func tier(s *httpval.Part, r *http.Request, cred *Client) string {
 		}
 		return cred.Tier
 	}
-	return r.Header.Get(s.Name)
+	return httpval.First(r.Header, s.Name)
 }
 
 // compileIPStrategy reads an IPStrategy; nil trusts no X-Forwarded-For.
