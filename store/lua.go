@@ -85,9 +85,11 @@ end
 // state before and after, to undo a take; the number of decisions), then
 // per decision its time (0 for the server's) and its number of requests,
 // and five numbers per request (see luaCommon), whose code names, instead
-// of a key, the index in ARGV of the request's field; ARGV[2...] are each
-// client's fields, in the order of KEYS: "~" and then each field once
-// (store.PlanTake).
+// of a key, the request's client k and its field's place s among the
+// client's (bits 8 to 31: k * 4096 + s), and after the decisions, per
+// client, the index in ARGV of its first field, and the index past the
+// last; ARGV[2...] are each client's fields, in the order of KEYS, each
+// field once (store.PlanTake).
 //
 // The reply is, per decision, "R", the time decided at, and per request
 // the stored value it was decided from (41 bytes, as stored: expired or
@@ -100,12 +102,27 @@ end
 // again with bounds for that time. When Redis refuses the script's writes
 // (OOM: at its maxmemory, with noeviction), the whole reply is "F"
 // followed by the same decisions, none of them counted (FullReply).
-const luaTake = luaCommon + `
+//
+// The take script has a prelude of its own (luaCommon's functions cost a
+// closure each per call, and it needs none of them but bounds).
+const luaTake = `
+local sunpack, spack, max, min, ceil, floor, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.huge
+local rcall, rpcall = redis.call, redis.pcall
+local zero41 = string.rep('\0', 41)
 local A, K = ARGV, KEYS
 local spec = A[1]
 local flags, ndec = sunpack('<i8i8', spec)
 local keep = flags == 1
 local nk = #K
+
+-- bounds is limiter.Limit.Bounds: the calendar window Go computed, or the
+-- aligned window that holds now.
+local function bounds(alg, a, b, now)
+  if alg == 6 then return a, b end
+  local m = math.fmod(now - b, a)
+  if m < 0 then m = m + a end
+  return now - m, now - m + a
+end
 
 -- Tables cost Redis more than the arithmetic (each one is an allocation
 -- the collector sweeps, and one that grows a value at a time is rehashed
@@ -113,37 +130,38 @@ local nk = #K
 -- constructors, and the per-key and per-request values in strides.
 --
 -- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
--- fields, in the order of KEYS, "~" first and then each field once, and a
--- request's code names its field's index in ARGV, so that a client is one
--- HMGET and one HSET however many decisions of the batch it is in. GS[k]
--- is the index of client k's "~" (GS[nk + 1] past the last), KO[j] the
--- client of ARGV[j]. KS holds per key the latest expiry it was written
--- with (0: unchanged), the time of that write (0: none) and the latest
--- expiry of the states read from Redis (the hash's TTL covers them: a
--- state no later needs no look at the mark "~").
-local got = {false, false, false, false}
-local KS = {false, false, false, false, false, false, false, false, false, false, false, false}
-local GS = {false, false, false, false, false, false, false, false}
-local KO = {false, false, false, false, false, false, false, false, false, false, false, false,
-  false, false, false, false}
-local na, k = #A, 0
-for j = 2, na do
-  if A[j] == '~' then
-    k = k + 1
-    GS[k] = j
-    KS[3 * k - 2], KS[3 * k - 1], KS[3 * k] = 0, 0, 0
-  end
-  KO[j] = k
-end
-GS[nk + 1] = na + 1
+-- fields, in the order of KEYS, each field once, and a request's code
+-- names its client and its field's place among the client's, so that a
+-- client is one HMGET and one HSET however many decisions of the batch it
+-- is in. GS[k] is the index in ARGV of client k's first entry (GS[nk + 1]
+-- past the last), got[k] what HMGET read of them. KS holds per key the
+-- latest expiry it was written with (0: unchanged), the time of that write
+-- (0: none), the latest expiry of the states read from Redis (the hash's
+-- TTL covers them: a state no later needs no look at the mark "~") and 1
+-- when its first entry is the mark "~" (a token bucket's or GCRA's state
+-- outlives the last at every take: Go asks for the mark with the states),
+-- else 0 (the mark is read when needed, once a window).
+local got = {false, false, false, false, false, false, false, false}
+local KS = {false, false, false, false, false, false, false, false, false, false, false, false,
+  false, false, false, false, false, false, false, false, false, false, false, false}
+local GS = {false, false, false, false, false, false, false, false, false}
+local gp = #spec - 8 * nk - 7
+local w0 = sunpack('<i8', spec, gp)
 for k = 1, nk do
-  local g = rpcall('HMGET', K[k], unpack(A, GS[k], GS[k + 1] - 1))
+  local w1 = sunpack('<i8', spec, gp + 8 * k)
+  local m = w0 % 2
+  local j0, j1 = (w0 - m) / 2, (w1 - w1 % 2) / 2
+  GS[k] = j0
+  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, m
+  local g = rpcall('HMGET', K[k], unpack(A, j0, j1 - 1))
   if type(g) ~= 'table' or g.err then
     rcall('DEL', K[k])
     g = {}
   end
   got[k] = g
+  w0 = w1
 end
+GS[nk + 1] = w0 / 2
 
 -- charge is limiter.Charge: cost units counted whatever is left, a window
 -- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
@@ -201,7 +219,9 @@ for _ = 1, ndec do
   local head
   if now == 0 then
     if not server then
-      server = clock(0)
+      -- Strings in arithmetic are numbers (no tonumber calls).
+      local t = rcall('TIME')
+      server = t[1] * 1000000 + t[2]
       serverR = 'R' .. spack('<i8', server)
     end
     now, head = server, serverR
@@ -214,9 +234,10 @@ for _ = 1, ndec do
     local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
     pos = pos + 40
     local low = code % 256
+    -- f = k * 4096 + s: the client, the field's place among its.
     local f = (code % 4294967296 - low) / 256
-    local k = KO[f]
-    local s, v = f - GS[k] + 1, nil
+    local s = f % 4096
+    local k, v = (f - s) / 4096, nil
     local dry = low % 2
     local alg = (low % 16 - dry) / 2
     local mode = (low - low % 16) / 16
@@ -234,7 +255,7 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
-    local read = KS[3 * k - 1] == 0
+    local read = KS[4 * k - 2] == 0
     v = got[k][s]
     for j = i - 1, 1, -1 do
       if D[4 * j] == f then
@@ -250,7 +271,7 @@ for _ = 1, ndec do
         x = xx == 1
         -- As read from Redis (no decision of the batch wrote the client
         -- yet): under the hash's TTL.
-        if read and e > KS[3 * k] then KS[3 * k] = e end
+        if read and e > KS[4 * k - 1] then KS[4 * k - 1] = e end
       else
         st, c, p, d, e = 0, 0, 0, 0, 0
       end
@@ -396,13 +417,14 @@ for _ = 1, ndec do
     for i = 1, n do
       if pass or D[4 * i - 1] == 0 then
         local f, nv = D[4 * i], D[4 * i - 3]
-        local k = KO[f]
-        local g, s = got[k], f - GS[k] + 1
+        local s = f % 4096
+        local k = (f - s) / 4096
+        local g = got[k]
         if g[s] ~= nv then
           g[s] = nv
           local e = D[4 * i - 2]
-          if e > KS[3 * k - 2] then KS[3 * k - 2] = e end
-          KS[3 * k - 1] = now
+          if e > KS[4 * k - 3] then KS[4 * k - 3] = e end
+          KS[4 * k - 2] = now
         end
       end
     end
@@ -428,21 +450,24 @@ end
 -- error as "OOM command ...", Redis 6 with the script's line before it.)
 local wrote, w = false, nil
 for k = 1, nk do
-  if KS[3 * k - 1] > 0 then
-    local g, g0 = got[k], GS[k] - 1
+  if KS[4 * k - 2] > 0 then
+    local g, g0, m = got[k], GS[k] - 1, KS[4 * k]
     local nw = 0
     if not w then w = {false, false, false, false, false, false, false, false} end
-    for j = 2, GS[k + 1] - g0 - 1 do
-      if g[j] then
-        w[nw + 1], w[nw + 2] = A[g0 + j], g[j]
+    for s = 1 + m, GS[k + 1] - g0 - 1 do
+      if g[s] then
+        w[nw + 1], w[nw + 2] = A[g0 + s], g[s]
         nw = nw + 2
       end
     end
-    local e, ttl = KS[3 * k - 2], false
-    if e > KS[3 * k] and e > (tonumber(g[1]) or 0) then
-      local now = KS[3 * k - 1]
+    local e, ttl = KS[4 * k - 3], false
+    -- A state outlives those read: the mark says whether the TTL covers
+    -- it (read with the states, or now; written as an integer:
+    -- string.format costs less than tostring, and tonumber reads both).
+    if e > KS[4 * k - 1] and e > (tonumber(m == 1 and (g[1] or 0) or rcall('HGET', K[k], '~')) or 0) then
+      local now = KS[4 * k - 2]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
-      w[nw + 1], w[nw + 2] = '~', tostring(e)
+      w[nw + 1], w[nw + 2] = '~', string.format('%d', e)
       nw = nw + 2
       ttl = max(ceil((e - now) / 1000), 1)
     end
