@@ -144,24 +144,24 @@ end
 local got = {false, false, false, false, false, false, false, false}
 local KS = {false, false, false, false, false, false, false, false, false, false, false, false,
   false, false, false, false, false, false, false, false, false, false, false, false}
-local GS = {false, false, false, false, false, false, false, false, false}
-local gp = #spec - 8 * nk - 7
-local w0 = sunpack('<i8', spec, gp)
+-- Each key's word (Go's plan) read with one call: GS[k] is then the word,
+-- twice the index, plus 1 for the mark, made the index below.
+local GS = {sunpack('<' .. string.rep('i8', nk + 1), spec, #spec - 8 * nk - 7)}
 for k = 1, nk do
-  local w1 = sunpack('<i8', spec, gp + 8 * k)
+  local w0 = GS[k]
   local m = w0 % 2
-  local j0, j1 = (w0 - m) / 2, (w1 - w1 % 2) / 2
+  local j0 = (w0 - m) / 2
   GS[k] = j0
   KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, m
-  local g = rpcall('HMGET', K[k], unpack(A, j0, j1 - 1))
+  local w1 = GS[k + 1]
+  local g = rpcall('HMGET', K[k], unpack(A, j0, (w1 - w1 % 2) / 2 - 1))
   if type(g) ~= 'table' or g.err then
     rcall('DEL', K[k])
     g = {}
   end
   got[k] = g
-  w0 = w1
 end
-GS[nk + 1] = w0 / 2
+GS[nk + 1] = GS[nk + 1] / 2
 
 -- charge is limiter.Charge: cost units counted whatever is left, a window
 -- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
@@ -255,28 +255,29 @@ for _ = 1, ndec do
     end
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
-    local read = KS[4 * k - 2] == 0
+    local read = true
     v = got[k][s]
-    for j = i - 1, 1, -1 do
-      if D[4 * j] == f then
-        v, read = D[4 * j - 3], false
+    for j = 4 * i - 4, 4, -4 do
+      if D[j] == f then
+        v, read = D[j - 3], false
         break
       end
     end
-    local st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+    local st, c, p, d, e, x
     if v and #v == 41 then
       local xx
       st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
-      if e > now and d == d and d ~= huge and d ~= -huge then
+      if e > now and (d == 0 or d == d and d ~= huge and d ~= -huge) then
         x = xx == 1
         -- As read from Redis (no decision of the batch wrote the client
         -- yet): under the hash's TTL.
-        if read and e > KS[4 * k - 1] then KS[4 * k - 1] = e end
+        if e > KS[4 * k - 1] and read and KS[4 * k - 2] == 0 then KS[4 * k - 1] = e end
       else
-        st, c, p, d, e = 0, 0, 0, 0, 0
+        st, c, p, d, e, x = 0, 0, 0, 0, 0, false
       end
       out[o + i] = v
     else
+      st, c, p, d, e, x = 0, 0, 0, 0, 0, false
       out[o + i] = zero41
     end
     if keep then
@@ -400,7 +401,8 @@ for _ = 1, ndec do
     elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
       nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
     end
-    D[4 * i - 3], D[4 * i - 2], D[4 * i - 1], D[4 * i] = nv, e, ok, f
+    local di = 4 * i
+    D[di - 3], D[di - 2], D[di - 1], D[di] = nv, e, ok, f
     if ok == 0 and dry == 0 then pass = false end
     if keep then
       nst = nst + 1
@@ -414,15 +416,15 @@ for _ = 1, ndec do
     -- All or nothing: when a limit that is not a dry run denies, only the
     -- denials are kept (their mark reports the first denial once). In
     -- order, so that the last state of a counter is the one kept.
-    for i = 1, n do
-      if pass or D[4 * i - 1] == 0 then
-        local f, nv = D[4 * i], D[4 * i - 3]
+    for di = 4, 4 * n, 4 do
+      if pass or D[di - 1] == 0 then
+        local f, nv = D[di], D[di - 3]
         local s = f % 4096
         local k = (f - s) / 4096
         local g = got[k]
         if g[s] ~= nv then
           g[s] = nv
-          local e = D[4 * i - 2]
+          local e = D[di - 2]
           if e > KS[4 * k - 3] then KS[4 * k - 3] = e end
           KS[4 * k - 2] = now
         end
