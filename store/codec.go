@@ -322,6 +322,14 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 			spec[pos+1] = byte(j)
 			spec[pos+2] = byte(j >> 8)
 			spec[pos+3] = byte(j >> 16)
+			// Bit 6: a take (mode 0, bits 4 and 5) of an aligned or a
+			// calendar window (algorithm 1 or 6, bits 1 to 3), no dry
+			// run (bit 0), no ban (bits 32 to 52), no states kept (flags
+			// 0): the script's shorter path.
+			if low := spec[pos]; (low == 2 || low == 12) && spec[0] == 0 &&
+				spec[pos+4]|spec[pos+5]|spec[pos+6]|spec[pos+7] == 0 {
+				spec[pos] = low | 64
+			}
 			pos += 40
 			r++
 		}
