@@ -316,6 +316,7 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 	for d := 0; d < ndec; d++ {
 		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
 		pos += 16
+		r0 := r
 		for q := 0; q < n; q++ {
 			e := p.req[r]
 			j := p.key[e]<<12 | (p.mark[p.key[e]] + p.place[e] + 1)
@@ -325,10 +326,17 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 			// Bit 6: a take (mode 0, bits 4 and 5) of an aligned or a
 			// calendar window (algorithm 1 or 6, bits 1 to 3), no dry
 			// run (bit 0), no ban (bits 32 to 52), no states kept (flags
-			// 0): the script's shorter path.
+			// 0), on a counter no earlier request of the decision names:
+			// the script's shorter path.
 			if low := spec[pos]; (low == 2 || low == 12) && spec[0] == 0 &&
 				spec[pos+4]|spec[pos+5]|spec[pos+6]|spec[pos+7] == 0 {
-				spec[pos] = low | 64
+				x := r0
+				for x < r && p.req[x] != e {
+					x++
+				}
+				if x == r {
+					spec[pos] = low | 64
+				}
 			}
 			pos += 40
 			r++

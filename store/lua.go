@@ -108,7 +108,8 @@ end
 const luaTake = `
 local sunpack, spack, max, min, ceil, floor, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.huge
 local rcall, rpcall = redis.call, redis.pcall
-local zero41 = string.rep('\0', 41)
+-- Constants, not string.rep (a call at every script).
+local zero41 = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
 local A, K = ARGV, KEYS
 local spec = A[1]
 local flags, ndec = sunpack('<i8i8', spec)
@@ -146,7 +147,9 @@ local KS = {false, false, false, false, false, false, false, false, false, false
   false, false, false, false, false, false, false, false, false, false, false, false}
 -- Each key's word (Go's plan) read with one call: GS[k] is then the word,
 -- twice the index, plus 1 for the mark, made the index below.
-local GS = {sunpack('<' .. string.rep('i8', nk + 1), spec, #spec - 8 * nk - 7)}
+local gf = nk == 1 and '<i8i8' or nk == 2 and '<i8i8i8' or nk == 3 and '<i8i8i8i8' or nk == 4 and '<i8i8i8i8i8'
+  or nk == 5 and '<i8i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8i8' or '<' .. string.rep('i8', nk + 1)
+local GS = {sunpack(gf, spec, #spec - 8 * nk - 7)}
 for k = 1, nk do
   local w0 = GS[k]
   local m = w0 % 2
@@ -238,19 +241,12 @@ for _ = 1, ndec do
     local f = (code % 4294967296 - low) / 256
     local s = f % 4096
     local k = (f - s) / 4096
-    -- The same counter twice in one decision: the later sees the
-    -- earlier's result.
-    local read, v = true, got[k][s]
-    for j = 4 * i - 4, 4, -4 do
-      if D[j] == f then
-        v, read = D[j - 3], false
-        break
-      end
-    end
+    local v = got[k][s]
     if low >= 64 then
     -- A take of an aligned or calendar window, with no ban, no dry run,
-    -- and no states kept (store.PlanTake's bit 6): takeFixed (with
-    -- Bounds), as below, in fewer steps (most requests are these).
+    -- no states kept, on a counter no earlier request of the decision
+    -- named (store.PlanTake's bit 6): takeFixed (with Bounds), as below,
+    -- in fewer steps (most requests are these).
     local start, stop = a, b
     if low < 72 then
       start = now - (now - b) % a
@@ -262,7 +258,7 @@ for _ = 1, ndec do
     if v and #v == 41 then
       vst, vc, vp, vd, ve, vx = sunpack('<i8i8i8di8B', v)
       if ve > now and (vd == 0 or vd == vd and vd ~= huge and vd ~= -huge) then
-        if ve > KS[4 * k - 1] and read and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
+        if ve > KS[4 * k - 1] and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
         if vst == start then c, p, d, x = vc, vp, vd, vx end
       end
       out[o + i] = v
@@ -282,6 +278,15 @@ for _ = 1, ndec do
     local di = 4 * i
     D[di - 3], D[di - 2], D[di - 1], D[di] = nv, stop, ok, f
     else
+    -- The same counter twice in one decision: the later sees the
+    -- earlier's result.
+    local read = true
+    for j = 4 * i - 4, 4, -4 do
+      if D[j] == f then
+        v, read = D[j - 3], false
+        break
+      end
+    end
     local dry = low % 2
     local alg = (low % 16 - dry) / 2
     local mode = (low - low % 16) / 16
