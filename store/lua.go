@@ -136,7 +136,9 @@ end
 -- client is one HMGET and one HSET however many decisions of the batch it
 -- is in. GS[k] is the index in ARGV of client k's first entry (GS[nk + 1]
 -- past the last), got[k] what HMGET read of them. KS holds per key the
--- latest expiry it was written with (0: unchanged), the time of that write
+-- latest expiry of the states a decision changed (counted when the state
+-- is decided: a decision that denies may leave it later than what is
+-- written, which costs at most a look at the mark), the time of the last write
 -- (0: none), the latest expiry of the states read from Redis (the hash's
 -- TTL covers them: a state no later needs no look at the mark "~") and 1
 -- when its first entry is the mark "~" (a token bucket's or GCRA's state
@@ -158,7 +160,7 @@ for k = 1, nk do
   KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, m
   local w1 = GS[k + 1]
   local g = rpcall('HMGET', K[k], unpack(A, j0, (w1 - w1 % 2) / 2 - 1))
-  if type(g) ~= 'table' or g.err then
+  if g.err then
     rcall('DEL', K[k])
     g = {}
   end
@@ -209,8 +211,8 @@ end
 -- decides only what it must write: whether each request passes, and its
 -- state after. Its time is packed once per batch on the server's clock.
 local out, nout = {false, false, false, false, false, false, false, false, false, false, false, false}, 0
--- D holds per request of a decision its state after, expiry, outcome and
--- field (its index in ARGV).
+-- D holds per request of a decision its state after, (unused), outcome
+-- and field (k * 4096 + s).
 local D = {false, false, false, false, false, false, false, false, false, false, false, false,
   false, false, false, false}
 local states = keep and {} or nil
@@ -274,9 +276,10 @@ for _ = 1, ndec do
     local nv = v
     if c ~= vc or start ~= vst or stop ~= ve or x ~= vx or d ~= vd or p ~= vp then
       nv = spack('<i8i8i8di8B', start, c, p, d, stop, x)
+      if stop > KS[4 * k - 3] then KS[4 * k - 3] = stop end
     end
     local di = 4 * i
-    D[di - 3], D[di - 2], D[di - 1], D[di] = nv, stop, ok, f
+    D[di - 3], D[di - 1], D[di] = nv, ok, f
     else
     -- The same counter twice in one decision: the later sees the
     -- earlier's result.
@@ -441,7 +444,8 @@ for _ = 1, ndec do
       nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
     end
     local di = 4 * i
-    D[di - 3], D[di - 2], D[di - 1], D[di] = nv, e, ok, f
+    D[di - 3], D[di - 1], D[di] = nv, ok, f
+    if nv ~= v and e > KS[4 * k - 3] then KS[4 * k - 3] = e end
     if ok == 0 and dry == 0 then pass = false end
     if keep then
       nst = nst + 1
@@ -464,8 +468,6 @@ for _ = 1, ndec do
         local g = got[k]
         if g[s] ~= nv then
           g[s] = nv
-          local e = D[di - 2]
-          if e > KS[4 * k - 3] then KS[4 * k - 3] = e end
           KS[4 * k - 2] = now
         end
       end
