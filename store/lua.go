@@ -495,30 +495,45 @@ end
 local wrote, w = false, nil
 for k = 1, nk do
   if KS[4 * k - 2] > 0 then
-    local g, g0, m = got[k], GS[k] - 1, KS[4 * k]
-    local nw = 0
-    if not w then w = {false, false, false, false, false, false, false, false} end
-    for s = 1 + m, GS[k + 1] - g0 - 1 do
-      if g[s] then
-        w[nw + 1], w[nw + 2] = A[g0 + s], g[s]
-        nw = nw + 2
-      end
-    end
-    local e, ttl = KS[4 * k - 3], false
+    local g, j0, m = got[k], GS[k], KS[4 * k]
+    local nf = GS[k + 1] - j0
+    local e, mark, ttl = KS[4 * k - 3], false, false
     -- A state outlives those read: the mark says whether the TTL covers
     -- it (read with the states, or now; written as an integer:
     -- string.format costs less than tostring, and tonumber reads both).
     if e > KS[4 * k - 1] and e > (tonumber(m == 1 and (g[1] or 0) or rcall('HGET', K[k], '~')) or 0) then
       local now = KS[4 * k - 2]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
-      w[nw + 1], w[nw + 2] = '~', string.format('%d', e)
-      nw = nw + 2
+      mark = string.format('%d', e)
       ttl = max(ceil((e - now) / 1000), 1)
     end
-    if wrote then
-      rcall('HSET', K[k], unpack(w, 1, nw))
-    else
-      local res = rpcall('HSET', K[k], unpack(w, 1, nw))
+    local hset, res = wrote and rcall or rpcall, nil
+    -- Most writes are of one to three fields, all set, and no mark: named
+    -- as they are (no table to fill, no unpack).
+    if mark or m == 1 or nf > 3 then
+    elseif nf == 3 then
+      if g[1] and g[2] and g[3] then res = hset('HSET', K[k], A[j0], g[1], A[j0 + 1], g[2], A[j0 + 2], g[3]) end
+    elseif nf == 2 then
+      if g[1] and g[2] then res = hset('HSET', K[k], A[j0], g[1], A[j0 + 1], g[2]) end
+    elseif g[1] then
+      res = hset('HSET', K[k], A[j0], g[1])
+    end
+    if res == nil then
+      local nw = 0
+      if not w then w = {false, false, false, false, false, false, false, false} end
+      for s = 1 + m, nf do
+        if g[s] then
+          w[nw + 1], w[nw + 2] = A[j0 + s - 1], g[s]
+          nw = nw + 2
+        end
+      end
+      if mark then
+        w[nw + 1], w[nw + 2] = '~', mark
+        nw = nw + 2
+      end
+      res = hset('HSET', K[k], unpack(w, 1, nw))
+    end
+    if not wrote then
       if type(res) == 'table' and res.err then
         if string.find(res.err, 'OOM command not allowed', 1, true) then
           return 'F' .. table.concat(out, '', 1, nout)
