@@ -245,212 +245,212 @@ for _ = 1, ndec do
     local k = (f - s) / 4096
     local v = got[k][s]
     if low >= 64 then
-    -- A take of an aligned or calendar window, with no ban, no dry run,
-    -- no states kept, on a counter no earlier request of the decision
-    -- named (store.PlanTake's bit 6): takeFixed (with Bounds), as below,
-    -- in fewer steps (most requests are these).
-    local start, stop = a, b
-    if low < 72 then
-      start = now - (now - b) % a
-      stop = start + a
-    elseif now < a or now >= b then
-      bad = true
-    end
-    local c, p, d, x, vst, vc, vp, vd, ve, vx = 0, 0, 0, 0
-    if v and #v == 41 then
-      vst, vc, vp, vd, ve, vx = sunpack('<i8i8i8di8B', v)
-      if ve > now and (vd == 0 or vd == vd and vd ~= huge and vd ~= -huge) then
-        if ve > KS[4 * k - 1] and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
-        if vst == start then c, p, d, x = vc, vp, vd, vx end
-      end
-      out[o + i] = v
-    else
-      out[o + i] = zero41
-    end
-    local ok = 1
-    if c + cost <= q then
-      c, x = c + cost, 0
-    else
-      ok, x, pass = 0, 1, false
-    end
-    local nv = v
-    if c ~= vc or start ~= vst or stop ~= ve or x ~= vx or d ~= vd or p ~= vp then
-      nv = spack('<i8i8i8di8B', start, c, p, d, stop, x)
-      if stop > KS[4 * k - 3] then KS[4 * k - 3] = stop end
-    end
-    local di = 4 * i
-    D[di - 3], D[di - 1], D[di] = nv, ok, f
-    else
-    -- The same counter twice in one decision: the later sees the
-    -- earlier's result.
-    local read = true
-    for j = 4 * i - 4, 4, -4 do
-      if D[j] == f then
-        v, read = D[j - 3], false
-        break
-      end
-    end
-    local dry = low % 2
-    local alg = (low % 16 - dry) / 2
-    local mode = (low - low % 16) / 16
-    local ban, wait = 0, 0
-    if code >= 4294967296 then ban = (code - code % 4294967296) / 4294967296 * 1000000 end
-    if alg == 4 or alg == 5 then
-      -- A wait's milliseconds above the rate.
-      local rate = b % 1099511627776
-      wait, b = (b - rate) / 1099511627776 * 1000, rate
-    end
-    if alg == 6 and (now < a or now >= b) then
-      -- A calendar window Go computed for another time: this decision
-      -- counts nothing, and is asked again.
-      bad = true
-    end
-    local st, c, p, d, e, x
-    if v and #v == 41 then
-      local xx
-      st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
-      if e > now and (d == 0 or d == d and d ~= huge and d ~= -huge) then
-        x = xx == 1
-        -- As read from Redis (no decision of the batch wrote the client
-        -- yet): under the hash's TTL.
-        if e > KS[4 * k - 1] and read and KS[4 * k - 2] == 0 then KS[4 * k - 1] = e end
-      else
-        st, c, p, d, e, x = 0, 0, 0, 0, 0, false
-      end
-      out[o + i] = v
-    else
-      st, c, p, d, e, x = 0, 0, 0, 0, 0, false
-      out[o + i] = zero41
-    end
-    if keep then
-      nst = nst + 1
-      states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
-    end
-    local ok, reset, retry = 1, 0, 0
-    local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
-    -- limiter.DecideBan: a banned key (count -1, start 0, until its
-    -- expiry) is denied; a charge counts nothing and passes.
-    local banned = ban > 0 and c == -1 and st == 0
-    if banned then
-      if mode ~= 2 then ok = 0 end
-    elseif mode == 2 then
-      st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-    elseif alg == 1 or alg == 6 then
-      -- takeFixed (with Bounds)
+      -- A take of an aligned or calendar window, with no ban, no dry run,
+      -- no states kept, on a counter no earlier request of the decision
+      -- named (store.PlanTake's bit 6): takeFixed (with Bounds), as below,
+      -- in fewer steps (most requests are these).
       local start, stop = a, b
-      if alg == 1 then
+      if low < 72 then
         start = now - (now - b) % a
         stop = start + a
+      elseif now < a or now >= b then
+        bad = true
       end
-      if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-      e = stop
+      local c, p, d, x, vst, vc, vp, vd, ve, vx = 0, 0, 0, 0
+      if v and #v == 41 then
+        vst, vc, vp, vd, ve, vx = sunpack('<i8i8i8di8B', v)
+        if ve > now and (vd == 0 or vd == vd and vd ~= huge and vd ~= -huge) then
+          if ve > KS[4 * k - 1] and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
+          if vst == start then c, p, d, x = vc, vp, vd, vx end
+        end
+        out[o + i] = v
+      else
+        out[o + i] = zero41
+      end
+      local ok = 1
       if c + cost <= q then
-        c = c + cost
-        x = false
+        c, x = c + cost, 0
       else
-        ok, x = 0, true
-        reset, retry = stop - now, stop - now
+        ok, x, pass = 0, 1, false
       end
-    elseif alg == 4 or alg == 5 then
-      -- takeTAT, takeShaped with a wait
-      local interval = a / b
-      local tau = interval * q
-      local debt = now - st
-      if debt < 0 then debt = 0 end
-      debt = d - debt
-      if st == 0 or debt < 0 then debt = 0 end
-      local nxt = debt + cost * interval
-      if nxt <= tau + wait + 1e-3 then
-        st, d = now, nxt
-        e = now + ceil(nxt)
-        x = false
-      else
-        -- A cost the bucket never holds waits at most MAXDEBT (takeTAT).
-        local late = nxt - tau - wait
-        if late > MAXDEBT then late = MAXDEBT end
-        ok, x = 0, true
-        e = max(e, now + ceil(late))
-        reset, retry = ceil(debt), ceil(late)
+      local nv = v
+      if c ~= vc or start ~= vst or stop ~= ve or x ~= vx or d ~= vd or p ~= vp then
+        nv = spack('<i8i8i8di8B', start, c, p, d, stop, x)
+        if stop > KS[4 * k - 3] then KS[4 * k - 3] = stop end
       end
-    elseif alg == 2 then
-      -- takeAnchored
-      local w = a
-      if c == 0 or now >= st + w or now < st then
-        local dd = x and c == 0
-        st, c, p, d, e, x = now, 0, 0, 0, 0, dd
-      end
-      local stop = st + w
-      if c + cost <= q then
-        c = c + cost
-        x = false
-      else
-        ok, x = 0, true
-        reset, retry = stop - now, stop - now
-      end
-      if c == 0 then
-        st, e = 0, now + w
-      else
-        e = stop
-      end
+      local di = 4 * i
+      D[di - 3], D[di - 1], D[di] = nv, ok, f
     else
-      -- takeSliding
-      local start = now - (now - b) % a
-      local stop = start + a
-      local w = a
-      if st == start then
-      elseif st == start - w then
-        st, p, c, d, e = start, c, 0, 0, 0
-      else
-        st, c, p, d, e, x = start, 0, 0, 0, 0, false
-      end
-      local elapsed = now - start
-      local used = p * (w - elapsed) / w + c
-      e = stop + w
-      if used + cost <= q then
-        c = c + cost
-        x = false
-      else
-        ok, x = 0, true
-        if ban > 0 then
-          -- slidingRetry
-          if cost > q then
-            retry = w - elapsed + w
-          else
-            local room = q - cost - c
-            if room >= 0 and p > 0 then
-              local ee = w - floor(room * w / p)
-              retry = ee > elapsed and ee - elapsed or 1
-            elseif room >= 0 then
-              retry = 1
-            else
-              retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
-            end
-          end
-          -- slidingReset
-          if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
+      -- The same counter twice in one decision: the later sees the
+      -- earlier's result.
+      local read = true
+      for j = 4 * i - 4, 4, -4 do
+        if D[j] == f then
+          v, read = D[j - 3], false
+          break
         end
       end
-    end
-    if ban > 0 and ok == 0 and not banned then
-      -- A denial bans the key for ban, or until the quota is whole again.
-      st, c, p, d, e, x = 0, -1, 0, 0, now + max(ban, reset, retry), true
-    end
-    local nv = v
-    if mode == 1 and ok == 1 then
-      -- check (limiter.Check): nothing counted; the state as it was, its
-      -- denial mark cleared.
-      if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
-    elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
-      nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
-    end
-    local di = 4 * i
-    D[di - 3], D[di - 1], D[di] = nv, ok, f
-    if nv ~= v and e > KS[4 * k - 3] then KS[4 * k - 3] = e end
-    if ok == 0 and dry == 0 then pass = false end
-    if keep then
-      nst = nst + 1
-      states[nst] = type(nv) == 'string' and #nv == 41 and nv or zero41
-    end
+      local dry = low % 2
+      local alg = (low % 16 - dry) / 2
+      local mode = (low - low % 16) / 16
+      local ban, wait = 0, 0
+      if code >= 4294967296 then ban = (code - code % 4294967296) / 4294967296 * 1000000 end
+      if alg == 4 or alg == 5 then
+        -- A wait's milliseconds above the rate.
+        local rate = b % 1099511627776
+        wait, b = (b - rate) / 1099511627776 * 1000, rate
+      end
+      if alg == 6 and (now < a or now >= b) then
+        -- A calendar window Go computed for another time: this decision
+        -- counts nothing, and is asked again.
+        bad = true
+      end
+      local st, c, p, d, e, x
+      if v and #v == 41 then
+        local xx
+        st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
+        if e > now and (d == 0 or d == d and d ~= huge and d ~= -huge) then
+          x = xx == 1
+          -- As read from Redis (no decision of the batch wrote the client
+          -- yet): under the hash's TTL.
+          if e > KS[4 * k - 1] and read and KS[4 * k - 2] == 0 then KS[4 * k - 1] = e end
+        else
+          st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+        end
+        out[o + i] = v
+      else
+        st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+        out[o + i] = zero41
+      end
+      if keep then
+        nst = nst + 1
+        states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
+      end
+      local ok, reset, retry = 1, 0, 0
+      local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
+      -- limiter.DecideBan: a banned key (count -1, start 0, until its
+      -- expiry) is denied; a charge counts nothing and passes.
+      local banned = ban > 0 and c == -1 and st == 0
+      if banned then
+        if mode ~= 2 then ok = 0 end
+      elseif mode == 2 then
+        st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
+      elseif alg == 1 or alg == 6 then
+        -- takeFixed (with Bounds)
+        local start, stop = a, b
+        if alg == 1 then
+          start = now - (now - b) % a
+          stop = start + a
+        end
+        if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+        e = stop
+        if c + cost <= q then
+          c = c + cost
+          x = false
+        else
+          ok, x = 0, true
+          reset, retry = stop - now, stop - now
+        end
+      elseif alg == 4 or alg == 5 then
+        -- takeTAT, takeShaped with a wait
+        local interval = a / b
+        local tau = interval * q
+        local debt = now - st
+        if debt < 0 then debt = 0 end
+        debt = d - debt
+        if st == 0 or debt < 0 then debt = 0 end
+        local nxt = debt + cost * interval
+        if nxt <= tau + wait + 1e-3 then
+          st, d = now, nxt
+          e = now + ceil(nxt)
+          x = false
+        else
+          -- A cost the bucket never holds waits at most MAXDEBT (takeTAT).
+          local late = nxt - tau - wait
+          if late > MAXDEBT then late = MAXDEBT end
+          ok, x = 0, true
+          e = max(e, now + ceil(late))
+          reset, retry = ceil(debt), ceil(late)
+        end
+      elseif alg == 2 then
+        -- takeAnchored
+        local w = a
+        if c == 0 or now >= st + w or now < st then
+          local dd = x and c == 0
+          st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+        end
+        local stop = st + w
+        if c + cost <= q then
+          c = c + cost
+          x = false
+        else
+          ok, x = 0, true
+          reset, retry = stop - now, stop - now
+        end
+        if c == 0 then
+          st, e = 0, now + w
+        else
+          e = stop
+        end
+      else
+        -- takeSliding
+        local start = now - (now - b) % a
+        local stop = start + a
+        local w = a
+        if st == start then
+        elseif st == start - w then
+          st, p, c, d, e = start, c, 0, 0, 0
+        else
+          st, c, p, d, e, x = start, 0, 0, 0, 0, false
+        end
+        local elapsed = now - start
+        local used = p * (w - elapsed) / w + c
+        e = stop + w
+        if used + cost <= q then
+          c = c + cost
+          x = false
+        else
+          ok, x = 0, true
+          if ban > 0 then
+            -- slidingRetry
+            if cost > q then
+              retry = w - elapsed + w
+            else
+              local room = q - cost - c
+              if room >= 0 and p > 0 then
+                local ee = w - floor(room * w / p)
+                retry = ee > elapsed and ee - elapsed or 1
+              elseif room >= 0 then
+                retry = 1
+              else
+                retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+              end
+            end
+            -- slidingReset
+            if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
+          end
+        end
+      end
+      if ban > 0 and ok == 0 and not banned then
+        -- A denial bans the key for ban, or until the quota is whole again.
+        st, c, p, d, e, x = 0, -1, 0, 0, now + max(ban, reset, retry), true
+      end
+      local nv = v
+      if mode == 1 and ok == 1 then
+        -- check (limiter.Check): nothing counted; the state as it was, its
+        -- denial mark cleared.
+        if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
+      elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
+        nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
+      end
+      local di = 4 * i
+      D[di - 3], D[di - 1], D[di] = nv, ok, f
+      if nv ~= v and e > KS[4 * k - 3] then KS[4 * k - 3] = e end
+      if ok == 0 and dry == 0 then pass = false end
+      if keep then
+        nst = nst + 1
+        states[nst] = type(nv) == 'string' and #nv == 41 and nv or zero41
+      end
     end
   end
   if bad then
