@@ -224,6 +224,14 @@ func EncodeState(st limiter.State) string {
 // clock, microseconds) until which its TTL is set (see luaCommon).
 const TTLField = "~"
 
+// MaxTakeFields bounds the requests of one take script: a request's code
+// names its client and its field's place among the client's in 12 bits
+// each (PlanTake).
+const MaxTakeFields = 4095
+
+// ErrTooManyFields is a take of more than MaxTakeFields requests.
+var ErrTooManyFields = errors.New("redis storage: more than 4095 limits in one script")
+
 // TakePlan is the scratch of PlanTake, to reuse.
 type TakePlan struct {
 	key   []int    // per distinct field: its key (1-based)
@@ -231,7 +239,7 @@ type TakePlan struct {
 	place []int    // per distinct field: its place among its key's
 	req   []int    // per request: its distinct field
 	count []int    // per key: its distinct fields
-	start []int    // per key: the ARGV index of its TTLField
+	mark  []int    // per key: 1 when its HMGET reads TTLField first, else 0
 }
 
 // PlanTake plans the fields of a take script, so that the script reads
@@ -240,14 +248,24 @@ type TakePlan struct {
 // (AppendTakeHead, then per decision its time, its number of requests and
 // its requests, each code naming its client's key, 1-based, as
 // AppendRequests writes it) and fields[i] the counter of request i, in
-// order. PlanTake appends to argv the script's ARGV[2...] (per key, in
-// order, TTLField and then each of its counters once) and rewrites each
-// request's code to name its counter's index in ARGV instead of its key.
-func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []string) []string {
+// order, at most MaxTakeFields. PlanTake appends to argv the script's
+// ARGV[2...] (per key, in order, TTLField when a request on the key is a
+// token bucket or GCRA, and then each of its counters once), rewrites each
+// request's code to name its key k and its counter's place s among the
+// key's entries (k*4096 + s, 1-based), and appends to spec, per key, the
+// index in ARGV of its first entry, times 2, plus 1 when it is TTLField,
+// then the index past the last, times 2.
+//
+// A bucket's state outlives the last at every take (its expiry is when it
+// is full again), so that the script needs the TTL's mark each time: it
+// reads it with the states. A window's expiry is its end: the mark is
+// needed once a window, and read then alone.
+func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []string) ([]string, []byte) {
 	p.key, p.name, p.place, p.req = p.key[:0], p.name[:0], p.place[:0], p.req[:0]
-	p.count, p.start = p.count[:0], p.start[:0]
+	p.count, p.mark = p.count[:0], p.mark[:0]
 	for k := 0; k <= nkeys; k++ {
 		p.count = append(p.count, 0)
+		p.mark = append(p.mark, 0)
 	}
 	ndec := int(spec[8]) | int(spec[9])<<8 | int(spec[10])<<16
 	pos, r := 16, 0
@@ -256,6 +274,10 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 		pos += 16
 		for q := 0; q < n; q++ {
 			k := int(spec[pos+1]) | int(spec[pos+2])<<8 | int(spec[pos+3])<<16
+			// limiter.TokenBucket (4) or GCRA (5), in bits 1 to 3.
+			if alg := spec[pos] >> 1 & 7; alg == 4 || alg == 5 {
+				p.mark[k] = 1
+			}
 			f := fields[r]
 			e := len(p.key) - 1
 			for e >= 0 && (p.key[e] != k || p.name[e] != f) {
@@ -273,36 +295,52 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 			r++
 		}
 	}
-	// ARGV[1] is the spec: the first key's fields start at 2.
-	p.start = append(p.start, 0)
+	// Appended in order, each key's fields in their places (entries of a
+	// key come in the order of their places). ARGV[1] is the spec: the
+	// first key's fields start at 2.
 	at := 2
 	for k := 1; k <= nkeys; k++ {
-		p.start = append(p.start, at)
-		at += 1 + p.count[k]
-	}
-	// Appended in order, each key's fields in their places (entries of a
-	// key come in the order of their places).
-	for k := 1; k <= nkeys; k++ {
-		argv = append(argv, TTLField)
+		spec = AppendInt(spec, int64(at*2+p.mark[k]))
+		at += p.mark[k] + p.count[k]
+		if p.mark[k] == 1 {
+			argv = append(argv, TTLField)
+		}
 		for e := range p.key {
 			if p.key[e] == k {
 				argv = append(argv, p.name[e])
 			}
 		}
 	}
+	spec = AppendInt(spec, int64(at*2))
 	pos, r = 16, 0
 	for d := 0; d < ndec; d++ {
 		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
 		pos += 16
+		r0 := r
 		for q := 0; q < n; q++ {
 			e := p.req[r]
-			j := p.start[p.key[e]] + 1 + p.place[e]
+			j := p.key[e]<<12 | (p.mark[p.key[e]] + p.place[e] + 1)
 			spec[pos+1] = byte(j)
 			spec[pos+2] = byte(j >> 8)
 			spec[pos+3] = byte(j >> 16)
+			// Bit 6: a take (mode 0, bits 4 and 5) of an aligned or a
+			// calendar window (algorithm 1 or 6, bits 1 to 3), no dry
+			// run (bit 0), no ban (bits 32 to 52), no states kept (flags
+			// 0), on a counter no earlier request of the decision names:
+			// the script's shorter path.
+			if low := spec[pos]; (low == 2 || low == 12) && spec[0] == 0 &&
+				spec[pos+4]|spec[pos+5]|spec[pos+6]|spec[pos+7] == 0 {
+				x := r0
+				for x < r && p.req[x] != e {
+					x++
+				}
+				if x == r {
+					spec[pos] = low | 64
+				}
+			}
 			pos += 40
 			r++
 		}
 	}
-	return argv
+	return argv, spec
 }

@@ -29,6 +29,9 @@ type Scripts struct {
 
 // Take decides reqs, all or nothing, with the take script.
 func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(reqs) > MaxTakeFields {
+		return ErrTooManyFields
+	}
 	keys, clients := s.keys(reqs)
 	bounds := make([][2]int64, len(reqs))
 	return AtServerTime(now.UnixMicro(), func(at int64) (int64, error) {
@@ -101,7 +104,7 @@ func (s *Scripts) argv(reqs []Request, clients []string, now time.Time, at int64
 	if s.LocalClock {
 		t = now.UnixMicro()
 	}
-	b := make([]byte, 0, 8*(4+5*len(reqs)))
+	b := make([]byte, 0, 8*(5+6*len(reqs)))
 	if take {
 		b = AppendTakeHead(b, 0, 1)
 		b = AppendInt(b, t)
@@ -112,7 +115,7 @@ func (s *Scripts) argv(reqs []Request, clients []string, now time.Time, at int64
 	argv := make([]string, 1, 2+2*len(reqs))
 	if take {
 		keys, spec, fields := AppendRequests(nil, b, nil, reqs, clients, nil, at, bounds)
-		argv = PlanTake(new(TakePlan), argv, spec, len(keys), fields)
+		argv, spec = PlanTake(new(TakePlan), argv, spec, len(keys), fields)
 		argv[0] = string(spec)
 		return argv
 	}
