@@ -1,10 +1,7 @@
 package edgelimit
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -191,25 +188,11 @@ func (r *RedisStorage) Validate() error {
 			return fmt.Errorf("redis storage: %w", err)
 		}
 	}
-	if r.DB < 0 {
-		return fmt.Errorf("redis storage: db must not be negative, got %d", r.DB)
+	if _, err := r.policy(); err != nil {
+		return err
 	}
 	if r.DB != 0 && len(r.Addrs) > 0 && r.MasterName == "" {
 		return errors.New("redis storage: a Redis Cluster has only database 0")
-	}
-	if r.Timeout < 0 {
-		return fmt.Errorf("redis storage: timeout must not be negative, got %s", time.Duration(r.Timeout))
-	}
-	if r.OnError != "" {
-		if _, err := store.ParseOnError(r.OnError); err != nil {
-			return fmt.Errorf("redis storage: on_error %w", err)
-		}
-	}
-	if err := store.CheckPrefix(r.KeyPrefix); err != nil {
-		return fmt.Errorf("redis storage: key_prefix %w", err)
-	}
-	if _, err := store.ParseClock(r.Clock); err != nil {
-		return fmt.Errorf("redis storage: %w", err)
 	}
 	if r.URL != "" && !hasPlaceholder(r.URL) {
 		if _, err := parseRedisURL(r.URL); err != nil {
@@ -239,7 +222,7 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	} else {
 		raw := repl.ReplaceKnown(r.URL, "")
 		if raw == "" {
-			raw = "redis://127.0.0.1:6379/0"
+			raw = "redis://" + store.DefaultRedisAddr + "/0"
 		}
 		u, err := parseRedisURL(raw)
 		if err != nil {
@@ -272,18 +255,12 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 		set.target = o.MasterName + "@" + set.target
 	}
 
-	set.store.Timeout = time.Duration(r.Timeout)
-	if set.store.Timeout == 0 {
-		set.store.Timeout = storage.DefaultRedisTimeout
+	p, err := r.policy()
+	if err != nil {
+		return nil, err
 	}
-	if r.OnError != "" {
-		p, err := store.ParseOnError(r.OnError)
-		if err != nil {
-			return nil, fmt.Errorf("redis storage: on_error %w", err)
-		}
-		set.store.OnError = p
-	}
-	set.store.Prefix = r.KeyPrefix
+	set.store.Timeout, set.store.OnError, set.store.Prefix = p.Timeout, p.OnError, p.Prefix
+	set.store.LocalClock, set.store.NoLocalDenials = p.LocalClock, p.NoLocalDenials
 	set.store.Name = set.target
 	if !o.IsClusterMode {
 		set.store.Name += "/" + strconv.Itoa(o.DB)
@@ -291,10 +268,20 @@ func (r *RedisStorage) resolve(repl *caddy.Replacer) (*redisSettings, error) {
 	if r.KeyPrefix != "" && r.KeyPrefix != storage.DefaultRedisPrefix {
 		set.store.Name += " " + r.KeyPrefix
 	}
-	set.store.LocalClock = r.Clock == "local"
-	set.store.NoLocalDenials = r.DisableLocalDenials
 	set.clock = clock.ForProvision()
 	return set, nil
+}
+
+// policy checks and resolves the options the plugin shares
+// (store.RedisSettings).
+func (r *RedisStorage) policy() (store.RedisPolicy, error) {
+	set := store.RedisSettings{DB: r.DB, Timeout: time.Duration(r.Timeout), OnError: r.OnError, KeyPrefix: r.KeyPrefix,
+		Clock: r.Clock, DisableLocalDenials: r.DisableLocalDenials}
+	p, err := set.Resolve()
+	if err != nil {
+		return p, fmt.Errorf("redis storage: %w", err)
+	}
+	return p, nil
 }
 
 // poolKey identifies a store by everything that makes it: two configs with
@@ -305,9 +292,7 @@ func (s *redisSettings) poolKey() string {
 		o.Protocol, o.PoolSize, o.PoolFIFO, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns,
 		o.ConnMaxIdleTime, o.ConnMaxLifetime, o.IsClusterMode,
 		s.store.Timeout, s.store.OnError, s.store.Prefix, s.store.LocalClock, s.store.NoLocalDenials, clock.ID(s.clock)}
-	text, _ := json.Marshal(parts)
-	sum := sha256.Sum256(text)
-	return "redis/" + hex.EncodeToString(sum[:])
+	return "redis/" + store.SettingsID(parts...)
 }
 
 // Store implements StorageBackend.
@@ -473,8 +458,8 @@ func (r *RedisStorage) setString(d *caddyfile.Dispenser, opt, v string) error {
 		}
 		r.OnError = v
 	case "clock":
-		if v != "server" && v != "local" {
-			return d.Errf("clock %q: want server or local", v)
+		if _, err := store.ParseClock(v); err != nil {
+			return d.Err(err.Error())
 		}
 		r.Clock = v
 	case "local_denials":

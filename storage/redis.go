@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,7 +88,7 @@ type Redis struct {
 	watchDone chan struct{}
 	serverTS  bool
 
-	evictionChecked atomic.Bool
+	health store.Health
 
 	logger   atomic.Pointer[zap.Logger]
 	undoWarn store.Throttle
@@ -207,45 +206,32 @@ func (s *Redis) Close() error {
 // every retry interval until it answers) and the error is returned for the
 // caller to report; it is not fatal.
 func (s *Redis) Ping(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	err := s.client.Ping(ctx).Err()
+	err := s.Probe(ctx)
 	if err != nil {
 		s.policy.Down(err, s)
-		return err
 	}
-	s.checkEviction(ctx)
-	return nil
+	return err
 }
 
-// checkEviction warns, once, when Redis's memory policy can forget the
-// counts of exhausted clients (store.EvictionAdvice). Redis's settings are
-// read once it answers: at start-up, or when a probe finds it back.
-func (s *Redis) checkEviction(ctx context.Context) {
-	if s.evictionChecked.Load() {
-		return
-	}
-	info, err := s.client.InfoMap(ctx, "memory").Result()
-	if err != nil {
-		return // an INFO renamed away, or Redis gone again: not this time
-	}
-	s.evictionChecked.Store(true)
-	mem := info["Memory"]
-	maxmemory, _ := strconv.ParseInt(mem["maxmemory"], 10, 64)
-	if advice := store.EvictionAdvice(maxmemory, mem["maxmemory_policy"]); advice != "" {
-		s.logger.Load().Warn(advice)
-	}
-}
-
-// Probe implements store.Server: a PING within the timeout.
+// Probe implements store.Server: a PING within the timeout, then Redis's
+// memory policy once (store.Health).
 func (s *Redis) Probe(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if err := s.client.Ping(ctx).Err(); err != nil {
-		return err
+	advice, err := s.health.Probe(ctx, conn{s.client})
+	if advice != "" {
+		s.logger.Load().Warn(advice)
 	}
-	s.checkEviction(ctx)
-	return nil
+	return err
+}
+
+// conn is the store's client as store.Health asks it.
+type conn struct{ c redis.UniversalClient }
+
+func (c conn) Ping(ctx context.Context) error { return c.c.Ping(ctx).Err() }
+
+func (c conn) MemoryInfo(ctx context.Context) (string, error) {
+	return c.c.Info(ctx, "memory").Result()
 }
 
 // Take implements store.Store: from the local denials, else by Redis,
@@ -290,22 +276,18 @@ func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []store.Request)
 // once per store.WarnInterval.
 func (s *Redis) Failed(err error, warn bool) {
 	s.stats.countError(err)
-	if warn && store.IsOOM(err) {
-		s.logger.Load().Warn(store.FullWarning, zap.String("on_error", s.policy.OnError.String()), zap.Error(err))
+	if !warn {
 		return
 	}
-	if warn {
-		s.logger.Load().Warn("redis rate-limit storage unavailable; on_error applies until it answers",
-			zap.String("on_error", s.policy.OnError.String()),
-			zap.Duration("retry_interval", s.policy.Retry),
-			zap.Error(err))
+	fields := []zap.Field{zap.String("on_error", s.policy.OnError.String())}
+	if !store.IsOOM(err) {
+		fields = append(fields, zap.Duration("retry_interval", s.policy.Retry))
 	}
+	s.logger.Load().Warn(store.FailureWarning(err), append(fields, zap.Error(err))...)
 }
 
 // Answered implements store.Server.
-func (s *Redis) Answered() {
-	s.logger.Load().Info("redis rate-limit storage answers again")
-}
+func (s *Redis) Answered() { s.logger.Load().Info(store.AnsweredNote) }
 
 // GiveBack implements store.Server: it runs the refund script, within the
 // timeout.

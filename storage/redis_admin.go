@@ -67,7 +67,7 @@ func (s *Redis) adminTimeout() time.Duration {
 
 // InvalidateChannel is the pub/sub channel on which Reset and Credit tell
 // every store on the same Redis and prefix to drop its local denials.
-func (s *Redis) InvalidateChannel() string { return s.prefix + "invalidate" }
+func (s *Redis) InvalidateChannel() string { return store.InvalidateChannel(s.prefix) }
 
 // clientGroups returns, per client hash key, the indexes of reqs on it.
 func (s *Redis) clientGroups(reqs []store.Request) (keys []string, groups [][]int) {
@@ -283,8 +283,7 @@ func (s *Redis) watchInvalidations() {
 	s.policy.Watch(func() (store.Subscription, error) {
 		return &subscription{ctx: ctx, ps: s.client.Subscribe(ctx, channel), channel: channel}, nil
 	}, s.watchStop, func(err error) {
-		s.logger.Load().Warn("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis)",
-			zap.String("channel", channel), zap.Error(err))
+		s.logger.Load().Warn(store.NoSubscriptionWarning, zap.String("channel", channel), zap.Error(err))
 	})
 }
 
@@ -302,11 +301,9 @@ func (g *subscription) Receive(timeout time.Duration) (store.Received, error) {
 	}
 	switch m := msg.(type) {
 	case *redis.Subscription:
-		if m.Kind == "subscribe" && m.Channel == g.channel {
-			return store.Confirmed, nil
-		}
+		return store.ReceivedOf(m.Kind, m.Channel, g.channel), nil
 	case *redis.Message:
-		return store.Message, nil
+		return store.ReceivedOf("message", m.Channel, g.channel), nil
 	}
 	return store.Other, nil
 }

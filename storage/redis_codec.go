@@ -185,5 +185,5 @@ func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv .
 }
 
 func isNoScript(err error) bool {
-	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+	return errors.Is(err, redis.ErrNoScript) || store.IsNoScript(err)
 }

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +18,7 @@ import (
 
 // Defaults of a Redis store at both edges.
 const (
+	DefaultRedisAddr    = "127.0.0.1:6379" // without a URL or an address
 	DefaultRedisPrefix  = "edgelimit:"
 	DefaultRedisTimeout = 100 * time.Millisecond
 )
@@ -97,4 +100,80 @@ func RedactURL(raw string) string {
 		return "(malformed, not shown: it may hold a password)"
 	}
 	return strconv.Quote(u.Redacted())
+}
+
+// RedisSettings are the options of a Redis store that both edges take
+// alike, as configured (the Caddy module's on_error, key_prefix...; the
+// plugin's onError, keyPrefix...). Where Redis is, and how to reach it,
+// each edge's client reads by itself.
+type RedisSettings struct {
+	DB                  int
+	Timeout             time.Duration // 0: DefaultRedisTimeout
+	OnError             string        // "": allow
+	KeyPrefix           string        // "": DefaultRedisPrefix
+	Clock               string
+	DisableLocalDenials bool
+	// Camel names the options in errors as the plugin does (onError), not
+	// as the Caddy module does (on_error).
+	Camel bool
+}
+
+// RedisPolicy is what RedisSettings say, resolved.
+type RedisPolicy struct {
+	Timeout        time.Duration
+	OnError        OnError
+	Prefix         string
+	LocalClock     bool
+	NoLocalDenials bool
+}
+
+// Resolve checks the settings and applies the defaults; its errors name
+// the option at fault (the caller adds which storage).
+func (s *RedisSettings) Resolve() (RedisPolicy, error) {
+	p := RedisPolicy{Timeout: s.Timeout, Prefix: s.KeyPrefix, NoLocalDenials: s.DisableLocalDenials}
+	if s.DB < 0 {
+		return p, fmt.Errorf("db must not be negative, got %d", s.DB)
+	}
+	if p.Timeout < 0 {
+		return p, fmt.Errorf("timeout must not be negative, got %s", p.Timeout)
+	}
+	if p.Timeout == 0 {
+		p.Timeout = DefaultRedisTimeout
+	}
+	if s.OnError != "" {
+		o, err := ParseOnError(s.OnError)
+		if err != nil {
+			return p, fmt.Errorf("%s %w", s.name("on_error", "onError"), err)
+		}
+		p.OnError = o
+	}
+	if p.Prefix == "" {
+		p.Prefix = DefaultRedisPrefix
+	}
+	if err := CheckPrefix(p.Prefix); err != nil {
+		return p, fmt.Errorf("%s %w", s.name("key_prefix", "keyPrefix"), err)
+	}
+	local, err := ParseClock(s.Clock)
+	if err != nil {
+		return p, err
+	}
+	p.LocalClock = local
+	return p, nil
+}
+
+func (s *RedisSettings) name(snake, camel string) string {
+	if s.Camel {
+		return camel
+	}
+	return snake
+}
+
+// SettingsID identifies a store by everything that makes it, for an
+// edge's registry of stores (two configurations with the same settings
+// share one store and its connections): hashed, since the settings hold
+// passwords. The parts are values (strings, numbers, flags, structs and
+// slices of them), never pointers.
+func SettingsID(parts ...interface{}) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%#v", parts)))
+	return hex.EncodeToString(sum[:])
 }

@@ -3,8 +3,6 @@ package edgelimit
 import (
 	"context"
 	"strconv"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -24,42 +22,47 @@ type redisStore struct {
 	pool    *respPool
 	opts    *redisOptions
 	log     *logger
-	// evictionChecked is 1 once Redis's memory policy was read.
-	evictionChecked int32
+	health  store.Health
 }
 
 func newRedisStore(o *redisOptions) *redisStore {
 	s := &redisStore{
-		Remote: store.NewRemote(o.onError, 0, !o.noLocalDenials, 0),
+		Remote: store.NewRemote(o.OnError, 0, !o.NoLocalDenials, 0),
 		pool:   newRespPool(o),
 		opts:   o,
 		log:    newLogger("redis " + o.addr),
 	}
-	s.scripts = store.Scripts{Runner: s, Prefix: o.prefix, LocalClock: o.localTime}
+	s.scripts = store.Scripts{Runner: s, Prefix: o.Prefix, LocalClock: o.LocalClock}
 	if s.Denials != nil {
 		go s.watchInvalidations()
 	}
-	go s.checkEviction(context.Background())
+	go s.checkEviction()
 	return s
 }
 
-// checkEviction warns, once, when Redis's memory policy can forget the
-// counts of exhausted clients (store.EvictionAdvice): when the store is
-// made, or when a probe finds Redis back.
-func (s *redisStore) checkEviction(ctx context.Context) {
-	if atomic.LoadInt32(&s.evictionChecked) == 1 {
-		return
-	}
+// Ping implements store.Conn.
+func (s *redisStore) Ping(ctx context.Context) error {
+	_, err := s.pool.do(ctx, []string{"PING"})
+	return err
+}
+
+// MemoryInfo implements store.Conn.
+func (s *redisStore) MemoryInfo(ctx context.Context) (string, error) {
 	reply, err := s.pool.do(ctx, []string{"INFO", "memory"})
-	text, ok := reply.(string)
-	if err != nil || !ok {
-		return
+	if text, ok := reply.(string); ok || err != nil {
+		return text, err
 	}
-	if !atomic.CompareAndSwapInt32(&s.evictionChecked, 0, 1) {
-		return
-	}
-	maxmemory, _ := strconv.ParseInt(store.InfoField(text, "maxmemory"), 10, 64)
-	if advice := store.EvictionAdvice(maxmemory, store.InfoField(text, "maxmemory_policy")); advice != "" {
+	return "", store.ErrBadReply
+}
+
+// checkEviction warns, once, when Redis's memory policy can forget the
+// counts of exhausted clients (store.Health).
+func (s *redisStore) checkEviction() {
+	s.warnEviction(s.health.CheckEviction(context.Background(), s))
+}
+
+func (s *redisStore) warnEviction(advice string) {
+	if advice != "" {
 		s.log.warnf("%s", advice)
 	}
 }
@@ -88,27 +91,19 @@ func (s *redisStore) Close() error { return nil }
 
 // Failed implements store.Server.
 func (s *redisStore) Failed(err error, warn bool) {
-	if warn && store.IsOOM(err) {
-		s.log.warnf("%s (onError %s): %v", store.FullWarning, s.opts.onError.String(), err)
-		return
-	}
 	if warn {
-		s.log.warnf("redis rate-limit storage unavailable; onError %s applies until it answers: %v", s.opts.onError.String(), err)
+		s.log.warnf("%s (onError %s): %v", store.FailureWarning(err), s.OnError.String(), err)
 	}
 }
 
 // Answered implements store.Server.
-func (s *redisStore) Answered() {
-	s.log.info("redis rate-limit storage answers again")
-}
+func (s *redisStore) Answered() { s.log.info(store.AnsweredNote) }
 
 // Probe implements store.Server: a PING within the timeout.
 func (s *redisStore) Probe(ctx context.Context) error {
-	if _, err := s.pool.do(ctx, []string{"PING"}); err != nil {
-		return err
-	}
-	s.checkEviction(ctx)
-	return nil
+	advice, err := s.health.Probe(ctx, s)
+	s.warnEviction(advice)
+	return err
 }
 
 // Decide implements store.Server.
@@ -129,7 +124,7 @@ func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []str
 	args = append(args, keys...)
 	args = append(args, argv...)
 	reply, err := s.pool.do(ctx, args)
-	if e, ok := err.(respError); ok && strings.HasPrefix(string(e), "NOSCRIPT") {
+	if err != nil && store.IsNoScript(err) {
 		args[0], args[1] = "EVAL", sc.Src
 		reply, err = s.pool.do(ctx, args)
 	}
@@ -147,9 +142,9 @@ func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []str
 // honest (store.Remote.Watch) as long as Traefik runs: a plugin is never
 // told it is unloaded.
 func (s *redisStore) watchInvalidations() {
-	channel := store.InvalidateChannel(s.opts.prefix)
+	channel := store.InvalidateChannel(s.opts.Prefix)
 	s.Watch(func() (store.Subscription, error) { return s.subscribe(channel) }, nil, func(err error) {
-		s.log.warnf("redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis): %v", err)
+		s.log.warnf("%s: %v", store.NoSubscriptionWarning, err)
 	})
 }
 
@@ -161,15 +156,15 @@ type subscription struct {
 }
 
 func (s *redisStore) subscribe(channel string) (store.Subscription, error) {
-	c, err := s.pool.dial(time.Now().Add(s.opts.timeout))
+	c, err := s.pool.dial(time.Now().Add(s.opts.Timeout))
 	if err != nil {
 		return nil, err
 	}
-	if err := c.send(time.Now().Add(s.opts.timeout), []string{"SUBSCRIBE", channel}); err != nil {
+	if err := c.send(time.Now().Add(s.opts.Timeout), []string{"SUBSCRIBE", channel}); err != nil {
 		c.c.Close()
 		return nil, err
 	}
-	return &subscription{c: c, timeout: s.opts.timeout, channel: channel}, nil
+	return &subscription{c: c, timeout: s.opts.Timeout, channel: channel}, nil
 }
 
 func (sub *subscription) Receive(timeout time.Duration) (store.Received, error) {
@@ -181,17 +176,12 @@ func (sub *subscription) Receive(timeout time.Duration) (store.Received, error) 
 		return store.Other, err
 	}
 	parts, _ := msg.([]interface{})
-	if len(parts) >= 2 {
-		kind, _ := parts[0].(string)
-		ch, _ := parts[1].(string)
-		switch {
-		case kind == "subscribe" && ch == sub.channel:
-			return store.Confirmed, nil
-		case kind == "message":
-			return store.Message, nil
-		}
+	if len(parts) < 2 {
+		return store.Other, nil
 	}
-	return store.Other, nil
+	kind, _ := parts[0].(string)
+	ch, _ := parts[1].(string)
+	return store.ReceivedOf(kind, ch, sub.channel), nil
 }
 
 func (sub *subscription) Ping() error {

@@ -203,7 +203,7 @@ func (f *fakeRedis) connections() int {
 }
 
 func testPool(addr string, timeout time.Duration) *respPool {
-	return newRespPool(&redisOptions{addr: addr, timeout: timeout, poolSize: 2})
+	return newRespPool(&redisOptions{addr: addr, RedisPolicy: store.RedisPolicy{Timeout: timeout}, poolSize: 2})
 }
 
 // TestRespIdleClose: a Redis that closes idle connections (its timeout

@@ -53,7 +53,7 @@ type respConn struct {
 
 func newRespPool(o *redisOptions) *respPool {
 	return &respPool{
-		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.timeout, pingIdle: pingIdle,
+		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.Timeout, pingIdle: pingIdle,
 		slots: make(chan struct{}, o.poolSize),
 		idle:  make(chan *respConn, o.poolSize),
 	}

@@ -1,13 +1,10 @@
 package edgelimit
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -89,25 +86,20 @@ func openStore(c *Storage, own bool) (store.Store, error) {
 
 // redisOptions are resolved RedisConfig settings.
 type redisOptions struct {
-	addr      string
-	username  string
-	password  string
-	db        int
-	tls       bool
-	timeout   time.Duration
-	onError   store.OnError
-	prefix    string
-	localTime bool
-	poolSize  int
-	// noLocalDenials turns off the memory of denials.
-	noLocalDenials bool
+	store.RedisPolicy
+	addr     string
+	username string
+	password string
+	db       int
+	tls      bool
+	poolSize int
 }
 
 // defaultPoolSize is the connections of a Redis store at most, by default.
 const defaultPoolSize = 32
 
 func (c *RedisConfig) options() (*redisOptions, error) {
-	o := &redisOptions{addr: "127.0.0.1:6379", prefix: store.DefaultRedisPrefix, timeout: store.DefaultRedisTimeout, poolSize: defaultPoolSize}
+	o := &redisOptions{addr: store.DefaultRedisAddr, poolSize: defaultPoolSize}
 	if c.URL != "" && c.Address != "" {
 		return nil, errors.New("redis: url and address exclude each other")
 	}
@@ -133,53 +125,33 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	if c.Password != "" {
 		o.password = c.Password
 	}
-	if c.DB < 0 {
-		return nil, fmt.Errorf("redis: db must not be negative, got %d", c.DB)
-	}
 	if c.DB != 0 {
 		o.db = c.DB
 	}
 	o.tls = o.tls || c.TLS
+	set := store.RedisSettings{DB: c.DB, OnError: c.OnError, KeyPrefix: c.KeyPrefix, Clock: c.Clock,
+		DisableLocalDenials: c.DisableLocalDenials, Camel: true}
 	if c.Timeout != "" {
 		d, err := parseDuration("timeout", c.Timeout)
 		if err != nil || d <= 0 {
 			return nil, fmt.Errorf("redis: timeout %q: want a duration such as 100ms", c.Timeout)
 		}
-		o.timeout = d
+		set.Timeout = d
 	}
-	if c.OnError != "" {
-		p, err := store.ParseOnError(c.OnError)
-		if err != nil {
-			return nil, fmt.Errorf("redis: onError %w", err)
-		}
-		o.onError = p
-	}
-	if c.KeyPrefix != "" {
-		o.prefix = c.KeyPrefix
-	}
-	if err := store.CheckPrefix(o.prefix); err != nil {
-		return nil, fmt.Errorf("redis: keyPrefix %w", err)
-	}
-	local, err := store.ParseClock(c.Clock)
-	if err != nil {
+	var err error
+	if o.RedisPolicy, err = set.Resolve(); err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	o.localTime = local
 	if c.PoolSize < 0 {
 		return nil, fmt.Errorf("redis: poolSize must not be negative, got %d", c.PoolSize)
 	}
 	if c.PoolSize > 0 {
 		o.poolSize = c.PoolSize
 	}
-	o.noLocalDenials = c.DisableLocalDenials
 	return o, nil
 }
 
-// id identifies a store by everything that makes it; hashed, since it
-// holds the password.
+// id identifies a store by everything that makes it.
 func (o *redisOptions) id() string {
-	text := fmt.Sprintf("%q %q %q %d %t %d %d %q %t %d %t", o.addr, o.username, o.password, o.db, o.tls,
-		o.timeout, o.onError, o.prefix, o.localTime, o.poolSize, o.noLocalDenials)
-	sum := sha256.Sum256([]byte(text))
-	return hex.EncodeToString(sum[:])
+	return store.SettingsID(o.addr, o.username, o.password, o.db, o.tls, o.RedisPolicy, o.poolSize)
 }

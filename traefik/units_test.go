@@ -123,7 +123,7 @@ func TestRedisOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.addr != "cache:6380" || o.username != "u" || o.password != "p@ss" || o.db != 3 || !o.tls || o.onError != store.Local || o.timeout != 250*time.Millisecond {
+	if o.addr != "cache:6380" || o.username != "u" || o.password != "p@ss" || o.db != 3 || !o.tls || o.OnError != store.Local || o.Timeout != 250*time.Millisecond {
 		t.Errorf("%+v", o)
 	}
 	o, _ = (&RedisConfig{URL: "redis://[::1]:7000"}).options()
@@ -137,6 +137,21 @@ func TestRedisOptions(t *testing.T) {
 	for _, bad := range []RedisConfig{{URL: "http://x"}, {Address: "nohost"}, {KeyPrefix: "a{b"}, {Clock: "atomic"}, {Timeout: "0s"}, {URL: "redis://h/x"}} {
 		if _, err := bad.options(); err == nil {
 			t.Errorf("%+v: no error", bad)
+		}
+	}
+	// The core's checks (store.RedisSettings) name the plugin's options.
+	for _, c := range []struct {
+		bad  RedisConfig
+		want string
+	}{
+		{RedisConfig{OnError: "ignore"}, `redis: onError "ignore": want allow, deny or local`},
+		{RedisConfig{KeyPrefix: "a{b"}, `redis: keyPrefix "a{b":`},
+		{RedisConfig{DB: -1}, "redis: db must not be negative, got -1"},
+		{RedisConfig{Clock: "atomic"}, `redis: clock "atomic": want server or local`},
+	} {
+		bad, want := c.bad, c.want
+		if _, err := bad.options(); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%+v: %v, want %s...", bad, err, want)
 		}
 	}
 }
@@ -153,5 +168,33 @@ func TestUnknownOptions(t *testing.T) {
 	want := "unknown option stauts (did you mean status?); unknown option zzz; unknown option limits.l.algoritm (did you mean algorithm?); unknown option storage.redis.onEror (did you mean onError?)"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("%v, want %s", err, want)
+	}
+}
+
+// TestRedisStoreRegistry: middlewares with the same Redis settings share
+// one store (store.SettingsID); any setting that differs makes another.
+func TestRedisStoreRegistry(t *testing.T) {
+	open := func(c RedisConfig) store.Store {
+		s, err := openStore(&Storage{Redis: &c}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// Nothing listens there: the stores fail over to onError, unused.
+	base := RedisConfig{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true}
+	s := open(base)
+	if open(base) != s {
+		t.Error("the same settings, another store")
+	}
+	for _, other := range []RedisConfig{
+		{Address: "127.0.0.1:1", Password: "b", KeyPrefix: "registry:", DisableLocalDenials: true},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry2:", DisableLocalDenials: true},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, Clock: "local"},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, PoolSize: 3},
+	} {
+		if open(other) == s {
+			t.Errorf("%+v: the same store as %+v", other, base)
+		}
 	}
 }

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // EvictionAdvice is the warning for a Redis whose memory policy can forget
@@ -63,3 +65,75 @@ func FullReply(reply string) (string, bool) {
 // per WarnInterval).
 const FullWarning = "redis rate-limit storage is full (OOM at maxmemory): clients it holds as exhausted are still denied, the others are decided by on_error until it has room; " +
 	"give Redis more memory (see docs/storage.md, Memory and key floods)"
+
+// A Conn is an edge's Redis client as Health asks it: the Caddy module's
+// go-redis client, the Traefik plugin's RESP pool. Not the request path.
+type Conn interface {
+	// Ping sends PING within the store's timeout.
+	Ping(ctx context.Context) error
+	// MemoryInfo returns the text of INFO memory ("field:value" lines).
+	MemoryInfo(ctx context.Context) (string, error)
+}
+
+// Health is what a Redis store checks of its server at both edges: the
+// probe of the failure policy (Server.Probe) and, once per store, Redis's
+// memory policy (EvictionAdvice). The zero value is ready.
+type Health struct {
+	// evictionChecked is 1 once Redis's memory policy was read.
+	evictionChecked int32
+}
+
+// Probe implements Server.Probe on c: a PING, then the memory policy when
+// it was not read yet. advice is the warning to log, "" for none.
+func (h *Health) Probe(ctx context.Context, c Conn) (advice string, err error) {
+	if err := c.Ping(ctx); err != nil {
+		return "", err
+	}
+	return h.CheckEviction(ctx, c), nil
+}
+
+// CheckEviction reads Redis's memory policy once it answers (at start-up,
+// or when a probe finds it back) and returns EvictionAdvice, once per
+// Health: "" when it was read before, when Redis does not answer (or INFO
+// is renamed away: not this time), or when the policy is safe.
+func (h *Health) CheckEviction(ctx context.Context, c Conn) string {
+	if atomic.LoadInt32(&h.evictionChecked) == 1 {
+		return ""
+	}
+	text, err := c.MemoryInfo(ctx)
+	if err != nil || !atomic.CompareAndSwapInt32(&h.evictionChecked, 0, 1) {
+		return ""
+	}
+	maxmemory, _ := strconv.ParseInt(InfoField(text, "maxmemory"), 10, 64)
+	return EvictionAdvice(maxmemory, InfoField(text, "maxmemory_policy"))
+}
+
+// The log lines of a Redis store at both edges (with FullWarning and
+// EvictionAdvice); each edge adds the failure policy and the error in its
+// logger's way.
+const (
+	// UnavailableWarning: Redis failed (at most one per WarnInterval).
+	UnavailableWarning = "redis rate-limit storage unavailable; on_error applies until it answers"
+	// AnsweredNote: Redis answers again after a warning (Server.Answered).
+	AnsweredNote = "redis rate-limit storage answers again"
+	// NoSubscriptionWarning: the subscription to InvalidateChannel failed
+	// (Remote.Watch's warn).
+	NoSubscriptionWarning = "redis rate-limit storage: no subscription to the invalidations of local denials; local denials are off until it is back (each denial asks Redis)"
+)
+
+// FailureWarning is the warning for a failure of Redis (Server.Failed):
+// FullWarning when Redis is full, else UnavailableWarning.
+func FailureWarning(err error) string {
+	if IsOOM(err) {
+		return FullWarning
+	}
+	return UnavailableWarning
+}
+
+// IsNoScript tells whether err is Redis's NOSCRIPT reply to an EVALSHA of
+// a script it does not have (after a restart or a SCRIPT FLUSH): the script
+// did not run, and EVAL runs it (and caches it again). The edges' clients
+// show Redis's error text as is or after "redis: ".
+func IsNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(strings.TrimPrefix(err.Error(), "redis: "), "NOSCRIPT")
+}

@@ -31,6 +31,20 @@ const (
 	Message
 )
 
+// ReceivedOf classifies what a subscription to channel received, at both
+// edges: kind and ch are the first two parts of a pushed message (go-redis
+// parses them; the plugin's client reads them as a RESP array), "" when
+// absent.
+func ReceivedOf(kind, ch, channel string) Received {
+	switch {
+	case kind == "subscribe" && ch == channel:
+		return Confirmed
+	case kind == "message":
+		return Message
+	}
+	return Other
+}
+
 // WatchPing is how often a subscription is checked when no message
 // arrives: a PING that gets no answer within the next interval marks it
 // unhealthy (local denials off) and it is made again.
