@@ -112,7 +112,12 @@ local rcall, rpcall = redis.call, redis.pcall
 local zero41 = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
 local A, K = ARGV, KEYS
 local spec = A[1]
-local flags, ndec = sunpack('<i8i8', spec)
+-- struct's 'l' (a C long) reads and writes the same 8 bytes as 'i8', for
+-- less (no size to parse in the format), where a long has 8 bytes.
+local L8 = struct.size('l') == 8
+local F2, F5, FS = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B'
+if L8 then F2, F5, FS = '<ll', '<lllll', '<llldlB' end
+local flags, ndec = sunpack(F2, spec)
 local keep = flags == 1
 local nk = #K
 
@@ -219,7 +224,7 @@ local states = keep and {} or nil
 local server, serverR
 local pos = 17
 for _ = 1, ndec do
-  local now, n = sunpack('<i8i8', spec, pos)
+  local now, n = sunpack(F2, spec, pos)
   pos = pos + 16
   local head
   if now == 0 then
@@ -236,7 +241,7 @@ for _ = 1, ndec do
   local pass, bad, nst, o = true, false, 0, nout + 1
   nout = o
   for i = 1, n do
-    local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
+    local code, q, cost, a, b = sunpack(F5, spec, pos)
     pos = pos + 40
     local low = code % 256
     -- f = k * 4096 + s: the client, the field's place among its.
@@ -258,7 +263,7 @@ for _ = 1, ndec do
       end
       local c, p, d, x, vst, vc, vp, vd, ve, vx = 0, 0, 0, 0
       if v and #v == 41 then
-        vst, vc, vp, vd, ve, vx = sunpack('<i8i8i8di8B', v)
+        vst, vc, vp, vd, ve, vx = sunpack(FS, v)
         if ve > now and (vd == 0 or vd == vd and vd ~= huge and vd ~= -huge) then
           if ve > KS[4 * k - 1] and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
           if vst == start then c, p, d, x = vc, vp, vd, vx end
@@ -275,7 +280,7 @@ for _ = 1, ndec do
       end
       local nv = v
       if c ~= vc or start ~= vst or stop ~= ve or x ~= vx or d ~= vd or p ~= vp then
-        nv = spack('<i8i8i8di8B', start, c, p, d, stop, x)
+        nv = spack(FS, start, c, p, d, stop, x)
         if stop > KS[4 * k - 3] then KS[4 * k - 3] = stop end
       end
       local di = 4 * i
@@ -308,7 +313,7 @@ for _ = 1, ndec do
       local st, c, p, d, e, x
       if v and #v == 41 then
         local xx
-        st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
+        st, c, p, d, e, xx = sunpack(FS, v)
         if e > now and (d == 0 or d == d and d ~= huge and d ~= -huge) then
           x = xx == 1
           -- As read from Redis (no decision of the batch wrote the client
@@ -324,7 +329,7 @@ for _ = 1, ndec do
       end
       if keep then
         nst = nst + 1
-        states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
+        states[nst] = e > 0 and spack(FS, st, c, p, d, e, x and 1 or 0) or zero41
       end
       local ok, reset, retry = 1, 0, 0
       local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
@@ -439,9 +444,9 @@ for _ = 1, ndec do
       if mode == 1 and ok == 1 then
         -- check (limiter.Check): nothing counted; the state as it was, its
         -- denial mark cleared.
-        if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
+        if ox then nv = spack(FS, o1, o2, o3, o4, o5, 0) end
       elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
-        nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
+        nv = spack(FS, st, c, p, d, e, x and 1 or 0)
       end
       local di = 4 * i
       D[di - 3], D[di - 1], D[di] = nv, ok, f
