@@ -103,8 +103,8 @@ end
 // (OOM: at its maxmemory, with noeviction), the whole reply is "F"
 // followed by the same decisions, none of them counted (FullReply).
 //
-// The take script has a prelude of its own (luaCommon's functions cost a
-// closure each per call, and it needs none of them but bounds).
+// The take script has a prelude of its own, and no functions (each would
+// be a closure made at every call).
 const luaTake = `
 local sunpack, spack, max, min, ceil, floor, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.huge
 local rcall, rpcall = redis.call, redis.pcall
@@ -120,15 +120,6 @@ if L8 then F2, F5, FS = '<ll', '<lllll', '<llldlB' end
 local flags, ndec = sunpack(F2, spec)
 local keep = flags == 1
 local nk = #K
-
--- bounds is limiter.Limit.Bounds: the calendar window Go computed, or the
--- aligned window that holds now.
-local function bounds(alg, a, b, now)
-  if alg == 6 then return a, b end
-  local m = math.fmod(now - b, a)
-  if m < 0 then m = m + a end
-  return now - m, now - m + a
-end
 
 -- Tables cost Redis more than the arithmetic (each one is an allocation
 -- the collector sweeps, and one that grows a value at a time is rehashed
@@ -173,42 +164,10 @@ for k = 1, nk do
 end
 GS[nk + 1] = GS[nk + 1] / 2
 
--- charge is limiter.Charge: cost units counted whatever is left, a window
--- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
--- microseconds (limiter.MaxDebt). It returns the state.
+-- A charge (below) is limiter.Charge: cost units counted whatever is
+-- left, a window at most MAXQ units (limiter.MaxQuota), a backlog at most
+-- MAXDEBT microseconds (limiter.MaxDebt).
 local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
-local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-  if cost > MAXQ then cost = MAXQ end
-  if alg == 1 or alg == 6 then
-    local start, stop = bounds(alg, a, b, now)
-    if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-    return st, min(c + cost, MAXQ), p, d, stop, x
-  elseif alg == 2 then
-    if c == 0 or now >= st + a or now < st then
-      local dd = x and c == 0
-      st, c, p, d, e, x = now, 0, 0, 0, 0, dd
-    end
-    return st, min(c + cost, MAXQ), p, d, st + a, x
-  elseif alg == 3 then
-    local start, stop = bounds(3, a, b, now)
-    local w = a
-    if st == start then
-    elseif st == start - w then
-      st, p, c, d, e = start, c, 0, 0, 0
-    else
-      st, c, p, d, e, x = start, 0, 0, 0, 0, false
-    end
-    return st, min(c + cost, MAXQ), p, d, stop + w, x
-  end
-  local interval = a / b
-  local debt = now - st
-  if debt < 0 then debt = 0 end
-  debt = d - debt
-  if st == 0 or debt < 0 then debt = 0 end
-  local nxt = debt + cost * interval
-  if nxt > MAXDEBT then nxt = MAXDEBT end
-  return now, c, p, nxt, now + ceil(nxt), x
-end
 
 -- The reply of a decision is "R", its time and, per request, the state it
 -- was decided from (41 bytes, all zeros for none): Go decides again from
@@ -339,7 +298,46 @@ for _ = 1, ndec do
       if banned then
         if mode ~= 2 then ok = 0 end
       elseif mode == 2 then
-        st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
+        -- limiter.Charge, written here (a function would be a closure made
+        -- at every call of the script).
+        local cc = cost
+        if cc > MAXQ then cc = MAXQ end
+        if alg == 1 or alg == 6 or alg == 3 then
+          -- limiter.Limit.Bounds
+          local start, stop = a, b
+          if alg ~= 6 then
+            local m = math.fmod(now - b, a)
+            if m < 0 then m = m + a end
+            start, stop = now - m, now - m + a
+          end
+          if alg == 3 then
+            if st == start then
+            elseif st == start - a then
+              st, p, c, d, e = start, c, 0, 0, 0
+            else
+              st, c, p, d, e, x = start, 0, 0, 0, 0, false
+            end
+            c, e = min(c + cc, MAXQ), stop + a
+          else
+            if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+            c, e = min(c + cc, MAXQ), stop
+          end
+        elseif alg == 2 then
+          if c == 0 or now >= st + a or now < st then
+            local dd = x and c == 0
+            st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+          end
+          c, e = min(c + cc, MAXQ), st + a
+        else
+          local interval = a / b
+          local debt = now - st
+          if debt < 0 then debt = 0 end
+          debt = d - debt
+          if st == 0 or debt < 0 then debt = 0 end
+          local nxt = debt + cc * interval
+          if nxt > MAXDEBT then nxt = MAXDEBT end
+          st, d, e = now, nxt, now + ceil(nxt)
+        end
       elseif alg == 1 or alg == 6 then
         -- takeFixed (with Bounds)
         local start, stop = a, b
