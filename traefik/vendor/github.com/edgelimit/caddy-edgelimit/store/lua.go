@@ -103,8 +103,8 @@ end
 // (OOM: at its maxmemory, with noeviction), the whole reply is "F"
 // followed by the same decisions, none of them counted (FullReply).
 //
-// The take script has a prelude of its own (luaCommon's functions cost a
-// closure each per call, and it needs none of them but bounds).
+// The take script has a prelude of its own, and no functions (each would
+// be a closure made at every call).
 const luaTake = `
 local sunpack, spack, max, min, ceil, floor, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.huge
 local rcall, rpcall = redis.call, redis.pcall
@@ -112,18 +112,14 @@ local rcall, rpcall = redis.call, redis.pcall
 local zero41 = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
 local A, K = ARGV, KEYS
 local spec = A[1]
-local flags, ndec = sunpack('<i8i8', spec)
+-- struct's 'l' (a C long) reads and writes the same 8 bytes as 'i8', for
+-- less (no size to parse in the format), where a long has 8 bytes.
+local L8 = struct.size('l') == 8
+local F2, F5, FS = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B'
+if L8 then F2, F5, FS = '<ll', '<lllll', '<llldlB' end
+local flags, ndec = sunpack(F2, spec)
 local keep = flags == 1
 local nk = #K
-
--- bounds is limiter.Limit.Bounds: the calendar window Go computed, or the
--- aligned window that holds now.
-local function bounds(alg, a, b, now)
-  if alg == 6 then return a, b end
-  local m = math.fmod(now - b, a)
-  if m < 0 then m = m + a end
-  return now - m, now - m + a
-end
 
 -- Tables cost Redis more than the arithmetic (each one is an allocation
 -- the collector sweeps, and one that grows a value at a time is rehashed
@@ -168,42 +164,10 @@ for k = 1, nk do
 end
 GS[nk + 1] = GS[nk + 1] / 2
 
--- charge is limiter.Charge: cost units counted whatever is left, a window
--- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
--- microseconds (limiter.MaxDebt). It returns the state.
+-- A charge (below) is limiter.Charge: cost units counted whatever is
+-- left, a window at most MAXQ units (limiter.MaxQuota), a backlog at most
+-- MAXDEBT microseconds (limiter.MaxDebt).
 local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
-local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-  if cost > MAXQ then cost = MAXQ end
-  if alg == 1 or alg == 6 then
-    local start, stop = bounds(alg, a, b, now)
-    if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-    return st, min(c + cost, MAXQ), p, d, stop, x
-  elseif alg == 2 then
-    if c == 0 or now >= st + a or now < st then
-      local dd = x and c == 0
-      st, c, p, d, e, x = now, 0, 0, 0, 0, dd
-    end
-    return st, min(c + cost, MAXQ), p, d, st + a, x
-  elseif alg == 3 then
-    local start, stop = bounds(3, a, b, now)
-    local w = a
-    if st == start then
-    elseif st == start - w then
-      st, p, c, d, e = start, c, 0, 0, 0
-    else
-      st, c, p, d, e, x = start, 0, 0, 0, 0, false
-    end
-    return st, min(c + cost, MAXQ), p, d, stop + w, x
-  end
-  local interval = a / b
-  local debt = now - st
-  if debt < 0 then debt = 0 end
-  debt = d - debt
-  if st == 0 or debt < 0 then debt = 0 end
-  local nxt = debt + cost * interval
-  if nxt > MAXDEBT then nxt = MAXDEBT end
-  return now, c, p, nxt, now + ceil(nxt), x
-end
 
 -- The reply of a decision is "R", its time and, per request, the state it
 -- was decided from (41 bytes, all zeros for none): Go decides again from
@@ -219,7 +183,7 @@ local states = keep and {} or nil
 local server, serverR
 local pos = 17
 for _ = 1, ndec do
-  local now, n = sunpack('<i8i8', spec, pos)
+  local now, n = sunpack(F2, spec, pos)
   pos = pos + 16
   local head
   if now == 0 then
@@ -236,7 +200,7 @@ for _ = 1, ndec do
   local pass, bad, nst, o = true, false, 0, nout + 1
   nout = o
   for i = 1, n do
-    local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
+    local code, q, cost, a, b = sunpack(F5, spec, pos)
     pos = pos + 40
     local low = code % 256
     -- f = k * 4096 + s: the client, the field's place among its.
@@ -258,7 +222,7 @@ for _ = 1, ndec do
       end
       local c, p, d, x, vst, vc, vp, vd, ve, vx = 0, 0, 0, 0
       if v and #v == 41 then
-        vst, vc, vp, vd, ve, vx = sunpack('<i8i8i8di8B', v)
+        vst, vc, vp, vd, ve, vx = sunpack(FS, v)
         if ve > now and (vd == 0 or vd == vd and vd ~= huge and vd ~= -huge) then
           if ve > KS[4 * k - 1] and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
           if vst == start then c, p, d, x = vc, vp, vd, vx end
@@ -275,7 +239,7 @@ for _ = 1, ndec do
       end
       local nv = v
       if c ~= vc or start ~= vst or stop ~= ve or x ~= vx or d ~= vd or p ~= vp then
-        nv = spack('<i8i8i8di8B', start, c, p, d, stop, x)
+        nv = spack(FS, start, c, p, d, stop, x)
         if stop > KS[4 * k - 3] then KS[4 * k - 3] = stop end
       end
       local di = 4 * i
@@ -308,7 +272,7 @@ for _ = 1, ndec do
       local st, c, p, d, e, x
       if v and #v == 41 then
         local xx
-        st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
+        st, c, p, d, e, xx = sunpack(FS, v)
         if e > now and (d == 0 or d == d and d ~= huge and d ~= -huge) then
           x = xx == 1
           -- As read from Redis (no decision of the batch wrote the client
@@ -324,7 +288,7 @@ for _ = 1, ndec do
       end
       if keep then
         nst = nst + 1
-        states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
+        states[nst] = e > 0 and spack(FS, st, c, p, d, e, x and 1 or 0) or zero41
       end
       local ok, reset, retry = 1, 0, 0
       local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
@@ -334,7 +298,46 @@ for _ = 1, ndec do
       if banned then
         if mode ~= 2 then ok = 0 end
       elseif mode == 2 then
-        st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
+        -- limiter.Charge, written here (a function would be a closure made
+        -- at every call of the script).
+        local cc = cost
+        if cc > MAXQ then cc = MAXQ end
+        if alg == 1 or alg == 6 or alg == 3 then
+          -- limiter.Limit.Bounds
+          local start, stop = a, b
+          if alg ~= 6 then
+            local m = math.fmod(now - b, a)
+            if m < 0 then m = m + a end
+            start, stop = now - m, now - m + a
+          end
+          if alg == 3 then
+            if st == start then
+            elseif st == start - a then
+              st, p, c, d, e = start, c, 0, 0, 0
+            else
+              st, c, p, d, e, x = start, 0, 0, 0, 0, false
+            end
+            c, e = min(c + cc, MAXQ), stop + a
+          else
+            if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+            c, e = min(c + cc, MAXQ), stop
+          end
+        elseif alg == 2 then
+          if c == 0 or now >= st + a or now < st then
+            local dd = x and c == 0
+            st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+          end
+          c, e = min(c + cc, MAXQ), st + a
+        else
+          local interval = a / b
+          local debt = now - st
+          if debt < 0 then debt = 0 end
+          debt = d - debt
+          if st == 0 or debt < 0 then debt = 0 end
+          local nxt = debt + cc * interval
+          if nxt > MAXDEBT then nxt = MAXDEBT end
+          st, d, e = now, nxt, now + ceil(nxt)
+        end
       elseif alg == 1 or alg == 6 then
         -- takeFixed (with Bounds)
         local start, stop = a, b
@@ -439,9 +442,9 @@ for _ = 1, ndec do
       if mode == 1 and ok == 1 then
         -- check (limiter.Check): nothing counted; the state as it was, its
         -- denial mark cleared.
-        if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
+        if ox then nv = spack(FS, o1, o2, o3, o4, o5, 0) end
       elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
-        nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
+        nv = spack(FS, st, c, p, d, e, x and 1 or 0)
       end
       local di = 4 * i
       D[di - 3], D[di - 1], D[di] = nv, ok, f
