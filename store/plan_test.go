@@ -41,10 +41,9 @@ func TestPlanTake(t *testing.T) {
 	if want := []string{"spec", "a", "c", "~", "b", "a"}; !slices.Equal(argv, want) {
 		t.Fatalf("argv %q, want %q", argv, want)
 	}
-	// Twice the index of each key's first entry (plus 1: it is "~"), and
-	// twice the index past the last.
-	if len(b) != n+24 || readInt(string(b), n) != 4 || readInt(string(b), n+8) != 9 || readInt(string(b), n+16) != 14 {
-		t.Fatalf("the keys' first entries: %x, want 4, 9 and 14", b[n:])
+	// Twice the index of each key's first entry (plus 1: it is "~").
+	if len(b) != n+16 || readInt(string(b), n) != 4 || readInt(string(b), n+8) != 9 {
+		t.Fatalf("the keys' first entries: %x, want 4 and 9", b[n:])
 	}
 	// k*4096 + s: k1's a and c, k2's b and a (after its "~").
 	want := []int{1<<12 + 1, 2<<12 + 2, 1<<12 + 1, 1<<12 + 2, 2<<12 + 2, 2<<12 + 3}
@@ -64,6 +63,44 @@ func TestPlanTake(t *testing.T) {
 			}
 			pos += 40
 			r++
+		}
+	}
+}
+
+// TestPlanTakeMarksPlainTakes: bit 6 of a code marks a take of an aligned
+// or a calendar window with no ban, no dry run, no states kept, on a
+// counter no earlier request of its decision names (the take script's
+// shorter path); nothing else.
+func TestPlanTakeMarksPlainTakes(t *testing.T) {
+	fixed := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute}
+	day := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}
+	banned := fixed
+	banned.Ban = time.Second
+	reqs := []Request{
+		{Counter: "a", Key: "k", Limit: fixed, Cost: 1},                   // plain
+		{Counter: "d", Key: "k", Limit: day, Cost: 1},                     // plain (calendar)
+		{Counter: "a", Key: "k", Limit: fixed, Cost: 1},                   // a again
+		{Counter: "b", Key: "k", Limit: fixed, Cost: 1, DryRun: true},     // dry run
+		{Counter: "c", Key: "k", Limit: fixed, Cost: 1, Mode: ModeCharge}, // charge
+		{Counter: "e", Key: "k", Limit: banned, Cost: 1},                  // ban
+		{Counter: "f", Key: "k", Limit: limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: 10, Window: time.Minute}, Cost: 1},
+	}
+	want := []bool{true, true, false, false, false, false, false}
+	for _, flags := range []int64{0, 1} {
+		b := AppendTakeHead(nil, flags, 1)
+		b = AppendInt(b, 0)
+		b = AppendInt(b, int64(len(reqs)))
+		clients := make([]string, len(reqs))
+		for i := range reqs {
+			clients[i] = reqs[i].Key
+		}
+		keys, b, fields := AppendRequests(nil, b, nil, reqs, clients, nil, 0, make([][2]int64, len(reqs)))
+		_, b = PlanTake(new(TakePlan), []string{"spec"}, b, len(keys), fields)
+		for i := range reqs {
+			got := b[32+40*i]&64 != 0
+			if got != (want[i] && flags == 0) {
+				t.Errorf("flags %d, request %d: marked %v", flags, i, got)
+			}
 		}
 	}
 }

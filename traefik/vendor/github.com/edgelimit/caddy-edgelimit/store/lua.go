@@ -86,10 +86,12 @@ end
 // per decision its time (0 for the server's) and its number of requests,
 // and five numbers per request (see luaCommon), whose code names, instead
 // of a key, the request's client k and its field's place s among the
-// client's (bits 8 to 31: k * 4096 + s), and after the decisions, per
-// client, the index in ARGV of its first field, and the index past the
-// last; ARGV[2...] are each client's fields, in the order of KEYS, each
-// field once (store.PlanTake).
+// client's entries (bits 8 to 31: k * 4096 + s; bit 6 marks the takes
+// the script decides in fewer steps), and after the decisions, per
+// client, twice the index in ARGV of its first entry, plus 1 when that is
+// "~"; ARGV[2...] are each client's entries, in the order of KEYS: "~"
+// for a client with a token bucket or GCRA, then each field once
+// (store.PlanTake).
 //
 // The reply is, per decision, "R", the time decided at, and per request
 // the stored value it was decided from (41 bytes, as stored: expired or
@@ -145,9 +147,10 @@ local KS = {false, false, false, false, false, false, false, false, false, false
   false, false, false, false, false, false, false, false, false, false, false, false}
 -- Each key's word (Go's plan) read with one call: GS[k] is then the word,
 -- twice the index, plus 1 for the mark, made the index below.
-local gf = nk == 1 and '<i8i8' or nk == 2 and '<i8i8i8' or nk == 3 and '<i8i8i8i8' or nk == 4 and '<i8i8i8i8i8'
-  or nk == 5 and '<i8i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8i8' or '<' .. string.rep('i8', nk + 1)
-local GS = {sunpack(gf, spec, #spec - 8 * nk - 7)}
+local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or nk == 4 and '<i8i8i8i8'
+  or nk == 5 and '<i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8' or '<' .. string.rep('i8', nk)
+local GS = {sunpack(gf, spec, #spec - 8 * nk + 1)}
+GS[nk + 1] = 2 * #A + 2
 for k = 1, nk do
   local w0 = GS[k]
   local m = w0 % 2
