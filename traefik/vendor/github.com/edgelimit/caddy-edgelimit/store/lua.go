@@ -126,7 +126,8 @@ local nk = #K
 -- Tables cost Redis more than the arithmetic (each one is an allocation
 -- the collector sweeps, and one that grows a value at a time is rehashed
 -- at every power of two): the script keeps a few, with room made by their
--- constructors, and the per-key and per-request values in strides.
+-- constructors (of nils: one instruction, where each false is one), and
+-- the per-key and per-request values in strides.
 --
 -- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
 -- fields, in the order of KEYS, each field once, and a request's code
@@ -142,9 +143,9 @@ local nk = #K
 -- when its first entry is the mark "~" (a token bucket's or GCRA's state
 -- outlives the last at every take: Go asks for the mark with the states),
 -- else 0 (the mark is read when needed, once a window).
-local got = {false, false, false, false, false, false, false, false}
-local KS = {false, false, false, false, false, false, false, false, false, false, false, false,
-  false, false, false, false, false, false, false, false, false, false, false, false}
+local got = {nil, nil, nil, nil, nil, nil, nil, nil}
+local KS = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+  nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
 -- Each key's word (Go's plan) read with one call: GS[k] is then the word,
 -- twice the index, plus 1 for the mark, made the index below.
 local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or nk == 4 and '<i8i8i8i8'
@@ -177,11 +178,11 @@ local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
 -- those, as store.Memory would, for the results (ParseResults). The script
 -- decides only what it must write: whether each request passes, and its
 -- state after. Its time is packed once per batch on the server's clock.
-local out, nout = {false, false, false, false, false, false, false, false, false, false, false, false}, 0
+local out, nout = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}, 0
 -- D holds per request of a decision its state after, (unused), outcome
 -- and field (k * 4096 + s).
-local D = {false, false, false, false, false, false, false, false, false, false, false, false,
-  false, false, false, false}
+local D = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+  nil, nil, nil, nil}
 local states = keep and {} or nil
 local server, serverR
 local pos = 17
@@ -526,7 +527,7 @@ for k = 1, nk do
     end
     if res == nil then
       local nw = 0
-      if not w then w = {false, false, false, false, false, false, false, false} end
+      if not w then w = {nil, nil, nil, nil, nil, nil, nil, nil} end
       for s = 1 + m, nf do
         if g[s] then
           w[nw + 1], w[nw + 2] = A[j0 + s - 1], g[s]
