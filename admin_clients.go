@@ -156,12 +156,12 @@ func find(req *ClientRequest) ([]*adminEntry, error) {
 // Authorization scheme written one way), an address part as the client's
 // address counts (its IPv6 prefix of v6 bits).
 func (k *keyPart) partKey(v string, v6 int) string {
-	if k.kind == keyClientIP || k.kind == keyRemoteHost {
+	if k.Kind == httpval.KindClient || k.Kind == httpval.KindRemote {
 		return httpval.ClientKey(v, v6)
 	}
-	if k.kind == keyHeader {
+	if k.Kind == httpval.KindHeader {
 		v = httpval.Trim(v)
-		if k.header == "Authorization" || k.header == "Proxy-Authorization" {
+		if k.Name == "Authorization" || k.Name == "Proxy-Authorization" {
 			v = httpval.Credentials(v)
 		}
 	}

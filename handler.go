@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
 	"github.com/edgelimit/caddy-edgelimit/internal/zone"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -266,7 +267,7 @@ func (h *Handler) compileLimits(app *App) error {
 	for _, cl := range h.limits {
 		h.templated = h.templated || cl.templated()
 		for _, k := range cl.keys {
-			if k.kind == keyClientIP {
+			if k.Kind == httpval.KindClient {
 				h.proxies.limits = append(h.proxies.limits, cl.Name)
 				break
 			}

@@ -153,3 +153,44 @@ func BenchmarkHandler(b *testing.B) {
 		runHandlerBench(b, benchHandler(b, &Limit{Name: "tight", Numbers: Numbers{Limit: 1, Window: caddy.Duration(time.Hour)}}), 100)
 	})
 }
+
+// BenchmarkKeys measures reading a limit's key: a header, the client's
+// address (the header absent; IPv4 and IPv6), the remote host. Counted
+// under callgrind (--toggle-collect='*BenchmarkKeys.func1'), as the
+// instructions of one read.
+func BenchmarkKeys(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		key  []string
+		ip   string
+		hdr  bool
+	}{
+		{"header", []string{"{header.X-Api-Key}", "{client_ip}"}, "10.0.0.1", true},
+		{"client_ip", []string{"{header.X-Api-Key}", "{client_ip}"}, "10.0.0.1", false},
+		{"client_ip_v6", []string{"{client_ip}"}, "2001:db8::1", false},
+		{"remote_host", []string{"{remote_host}"}, "10.0.0.1", false},
+	} {
+		cl, err := compileLimit(&Limit{Name: "k", Key: c.key, Numbers: Numbers{Limit: 10, Window: caddy.Duration(60e9)}}, "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := benchRequest(c.ip)
+		if c.ip[0] == '2' {
+			r.RemoteAddr = "[" + c.ip + "]:40000"
+		}
+		if !c.hdr {
+			r.Header.Del("X-Api-Key")
+		}
+		ctx := r.Context()
+		repl, _ := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		vars, _ := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any)
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if v, _ := cl.key(r, repl, vars); v == "" {
+					b.Fatal("no key")
+				}
+			}
+		})
+	}
+}

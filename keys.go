@@ -2,7 +2,6 @@ package edgelimit
 
 import (
 	"errors"
-	"net"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -16,39 +15,35 @@ import (
 // part it came from, or -1 when no part is present.
 func (l *compiledLimit) key(r *http.Request, repl *caddy.Replacer, vars map[string]any) (string, int) {
 	for i := range l.keys {
-		if v := l.keys[i].value(r, repl, vars, l.v6); v != "" {
+		if v := l.keys[i].value(r, repl, vars); v != "" {
 			return v, i
 		}
 	}
 	return "", -1
 }
 
-// value is the part's value for r; vars are the request's variables, v6
-// the IPv6 prefix that counts as one client (httpval.IPKey).
-func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any, v6 int) string {
-	switch k.kind {
-	case keyLiteral:
-		return k.tmpl
-	case keyHeader:
-		return headerValue(r.Header, k.header)
-	case keyClientIP:
+// value is the part's value for r; vars are the request's variables, whose
+// client_ip is the client's address as Caddy found it (trusted_proxies).
+func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]any) string {
+	switch k.Kind {
+	case httpval.KindHeader:
+		// The usual key, a call less.
+		return httpval.First(r.Header, k.Name)
+	case httpval.KindClient:
 		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
-			return httpval.ClientKey(ip, v6)
+			return httpval.ClientKey(ip, k.V6)
 		}
-		return httpval.ClientKey(remoteHost(r), v6)
-	case keyRemoteHost:
-		return httpval.ClientKey(remoteHost(r), v6)
-	case keyBasicUser:
-		return httpval.BasicUser(r.Header)
+	case keyTemplate:
+		return k.fill(r, repl)
 	}
-	return k.fill(r, repl)
+	return httpval.Value(&k.Part, r, nil)
 }
 
-// fill evaluates a template part: header placeholders as headerValue
-// reads them, the others with the replacer. Unknown or empty placeholders
-// count as empty, and a part whose placeholders are all empty is absent:
-// an anonymous request must not share the counter of a literal
-// "{http.auth.user.id}".
+// fill evaluates a template part: header placeholders as a header part
+// reads them (httpval.First), the others with the replacer. Unknown or
+// empty placeholders count as empty, and a part whose placeholders are all
+// empty is absent: an anonymous request must not share the counter of a
+// literal "{http.auth.user.id}".
 func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 	var b strings.Builder
 	present := false
@@ -56,7 +51,7 @@ func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 		var v string
 		switch {
 		case seg.header != "":
-			v = headerValue(r.Header, seg.header)
+			v = httpval.First(r.Header, seg.header)
 		case seg.placeholder == basicUserPlaceholder:
 			v = httpval.BasicUser(r.Header)
 		case seg.placeholder != "":
@@ -76,38 +71,29 @@ func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 	return b.String()
 }
 
-// headerValue is what a key counts of a request header: its first value,
-// trimmed, as the upstream reads it (httpval.First), so that a second header
-// of the same name, whitespace around the value, or the auth scheme's case
-// cannot make a new counter.
-func headerValue(h http.Header, name string) string {
-	return httpval.First(h, name)
-}
-
-func remoteHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
+// clientIP is the client's address: as Caddy found it, else the remote
+// address as Caddy writes it.
 func clientIP(r *http.Request) string {
 	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
 		return ip
 	}
-	return remoteHost(r)
+	return httpval.RemoteIP(r)
 }
 
-// keyPart is one element of a limit's key (or its tier placeholder), with
-// fast paths for the usual placeholders so that reading them allocates
-// nothing.
+// keyPart is one element of a limit's key (or its tier placeholder): the
+// usual placeholders as the core's parts (httpval.Part: a header, the
+// client's address, the remote host, the Basic user, a constant), read
+// without the replacer so that reading them allocates nothing; the others
+// a template.
 type keyPart struct {
-	kind   keyKind
-	header string       // canonical header name (keyHeader)
-	tmpl   string       // the part as written (keyTemplate, keyLiteral)
-	segs   []keySegment // the template's pieces (keyTemplate)
+	httpval.Part
+	tmpl string       // the part as written
+	segs []keySegment // the template's pieces (keyTemplate)
 }
+
+// keyTemplate is the kind of a part with other placeholders, read with
+// Caddy's replacer.
+const keyTemplate = httpval.KindEdge
 
 // keySegment is a piece of a template part: text, a request header, or
 // another placeholder.
@@ -116,17 +102,6 @@ type keySegment struct {
 	header      string // canonical header name
 	placeholder string // placeholder name, without braces
 }
-
-type keyKind uint8
-
-const (
-	keyLiteral keyKind = iota
-	keyHeader
-	keyClientIP
-	keyRemoteHost
-	keyTemplate
-	keyBasicUser
-)
 
 // basicUserPlaceholder is the user that Basic credentials claim, before
 // basic_auth checks the password (httpval.BasicUser): the key of failed
@@ -152,23 +127,23 @@ func parseKeyPart(s string) (keyPart, error) {
 		return keyPart{}, errors.New("empty key part")
 	}
 	if !strings.ContainsRune(s, '{') {
-		return keyPart{kind: keyLiteral, tmpl: s}, nil
+		return keyPart{Part: httpval.Part{Kind: httpval.KindConst, Name: s}, tmpl: s}, nil
 	}
 	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && strings.Count(s, "{") == 1 {
 		name := s[1 : len(s)-1]
 		if h, ok := headerName(name); ok {
-			return keyPart{kind: keyHeader, header: h, tmpl: s}, nil
+			return keyPart{Part: httpval.Part{Kind: httpval.KindHeader, Name: h}, tmpl: s}, nil
 		}
 		switch name {
 		case "http.vars.client_ip", "client_ip":
-			return keyPart{kind: keyClientIP, tmpl: s}, nil
+			return keyPart{Part: httpval.Part{Kind: httpval.KindClient}, tmpl: s}, nil
 		case "http.request.remote.host", "remote_host":
-			return keyPart{kind: keyRemoteHost, tmpl: s}, nil
+			return keyPart{Part: httpval.Part{Kind: httpval.KindRemote}, tmpl: s}, nil
 		case basicUserPlaceholder:
-			return keyPart{kind: keyBasicUser, tmpl: s}, nil
+			return keyPart{Part: httpval.Part{Kind: httpval.KindBasicUser}, tmpl: s}, nil
 		}
 	}
-	return keyPart{kind: keyTemplate, tmpl: s, segs: splitTemplate(s)}, nil
+	return keyPart{Part: httpval.Part{Kind: keyTemplate}, tmpl: s, segs: splitTemplate(s)}, nil
 }
 
 // splitTemplate cuts a template into text and placeholders, as Caddy's
@@ -205,10 +180,10 @@ func splitTemplate(s string) []keySegment {
 // replaced it; a cookie; the query or the path), which a client can set to
 // anything, and names it.
 func (k *keyPart) fromClient() (string, bool) {
-	if k.kind == keyHeader {
-		return "header " + k.header, true
+	if k.Kind == httpval.KindHeader {
+		return "header " + k.Name, true
 	}
-	if k.kind == keyBasicUser {
+	if k.Kind == httpval.KindBasicUser {
 		return "the user Basic credentials claim, password unchecked", true
 	}
 	for _, seg := range k.segs {

@@ -246,6 +246,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tier %q: %w", l.Tier, err)
 		}
+		kp.V6 = 128 // a tier of an address is the address's
 		cl.tierKey = &kp
 	}
 	for _, k := range keys {
@@ -253,6 +254,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		if err != nil {
 			return nil, fmt.Errorf("key %q: %w", k, err)
 		}
+		kp.V6 = v6
 		cl.keys = append(cl.keys, kp)
 	}
 	return cl, nil
@@ -282,11 +284,11 @@ func (c *CalendarConfig) spec() *policy.Calendar {
 // templated tells whether the limit's key or tier needs the replacer.
 func (cl *compiledLimit) templated() bool {
 	for i := range cl.keys {
-		if cl.keys[i].kind == keyTemplate {
+		if cl.keys[i].Kind == keyTemplate {
 			return true
 		}
 	}
-	return cl.tierKey != nil && cl.tierKey.kind == keyTemplate
+	return cl.tierKey != nil && cl.tierKey.Kind == keyTemplate
 }
 
 // tierValue is the value of the limit's tier placeholder for the request.
@@ -294,7 +296,7 @@ func (cl *compiledLimit) tierValue(r *http.Request, repl *caddy.Replacer, vars m
 	if cl.tierKey == nil {
 		return ""
 	}
-	return cl.tierKey.value(r, repl, vars, 128)
+	return cl.tierKey.value(r, repl, vars)
 }
 
 // warnPrivileges logs a warning when the limit grants a privilege (exempts

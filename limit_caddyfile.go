@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/edgelimit/caddy-edgelimit/internal/args"
-	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -169,7 +168,7 @@ func commonOption(d *caddyfile.Dispenser, l *Limit) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		if err := checkBan(dur); err != nil {
+		if err := policy.CheckBan(dur); err != nil {
 			return true, d.Err(err.Error())
 		}
 		l.Ban = caddy.Duration(dur)
@@ -487,15 +486,6 @@ func rateArgHere(d *caddyfile.Dispenser) (int64, time.Duration, error) {
 	return n, dur, nil
 }
 
-// checkBan checks a ban's length as the core does (limiter.Limit.Ban),
-// for an error on the ban's own line.
-func checkBan(ban time.Duration) error {
-	if ban <= 0 {
-		return fmt.Errorf("ban must be more than 0, got %s", ban)
-	}
-	return (&limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Second, Ban: ban}).Validate()
-}
-
 // parseWait reads `wait <duration> [max <n>]`.
 func parseWait(d *caddyfile.Dispenser, l *Limit) error {
 	if !d.NextArg() {
@@ -505,11 +495,8 @@ func parseWait(d *caddyfile.Dispenser, l *Limit) error {
 	if err != nil {
 		return d.Errf("bad duration %q: %v", d.Val(), err)
 	}
-	if dur <= 0 {
-		return d.Errf("wait must be more than 0, got %s", dur)
-	}
-	if dur%time.Millisecond != 0 || dur > limiter.MaxWait {
-		return d.Errf("wait must be whole milliseconds from 1ms to %s, got %s", limiter.MaxWait, dur)
+	if err := policy.CheckWait(dur); err != nil {
+		return d.Err(err.Error())
 	}
 	l.Wait = caddy.Duration(dur)
 	if !d.NextArg() {
@@ -522,8 +509,8 @@ func parseWait(d *caddyfile.Dispenser, l *Limit) error {
 	if err != nil {
 		return err
 	}
-	if n < 1 || n > policy.MaxWaiting {
-		return d.Errf("wait max must be from 1 to %d, got %d", policy.MaxWaiting, n)
+	if err := policy.CheckWaitMax(n); err != nil {
+		return d.Err(err.Error())
 	}
 	l.WaitMax = int(n)
 	if d.NextArg() {

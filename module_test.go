@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
@@ -18,7 +19,7 @@ func TestJSONConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cl.Base.Algorithm != limiter.FixedWindow || cl.Cost != 1 || len(cl.keys) != 1 || cl.keys[0].kind != keyClientIP {
+	if cl.Base.Algorithm != limiter.FixedWindow || cl.Cost != 1 || len(cl.keys) != 1 || cl.keys[0].Kind != httpval.KindClient {
 		t.Fatalf("defaults: %+v", cl)
 	}
 	if cl.Counters[0] != "r/z/a/fixed_window#0" {

@@ -365,6 +365,16 @@ func (l *Limit) compileNumbers(s *Spec) error {
 	return nil
 }
 
+// CheckBan checks a ban as an edge reads it: more than 0 (a ban of 0 is
+// written by mistake), and no longer than a limit's ban may be
+// (limiter.Limit.Ban: whole seconds, up to limiter.MaxBan).
+func CheckBan(ban time.Duration) error {
+	if ban <= 0 {
+		return fmt.Errorf("ban must be more than 0, got %s", ban)
+	}
+	return (&limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 1, Window: time.Second, Ban: ban}).Validate()
+}
+
 // setBan gives the limit's numbers, and its tiers', a ban.
 func (l *Limit) setBan(ban time.Duration) error {
 	l.Base.Ban = ban

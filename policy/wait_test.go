@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -67,5 +68,30 @@ func TestWaitBounds(t *testing.T) {
 		if w := WaitFor(d, denied); w != 0 || Waiting(l) != 0 {
 			t.Fatalf("allowed=%v: wait %s, %d held", allowed, w, Waiting(l))
 		}
+	}
+}
+
+// TestCheckBanAndWait: the checks both edges make of a ban and a wait they
+// were given, 0 included (written by mistake: no ban is no ban at all).
+func TestCheckBanAndWait(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{CheckBan(0), "ban must be more than 0, got 0s"},
+		{CheckBan(-time.Minute), "ban must be more than 0"},
+		{CheckBan(1500 * time.Millisecond), "ban must be whole seconds"},
+		{CheckWait(0), "wait must be more than 0, got 0s"},
+		{CheckWait(1500 * time.Microsecond), "wait must be whole milliseconds from 1ms to 8s"},
+		{CheckWait(9 * time.Second), "wait must be whole milliseconds"},
+		{CheckWaitMax(0), "wait max must be from 1 to 1024, got 0"},
+		{CheckWaitMax(MaxWaiting + 1), "wait max must be from 1 to 1024"},
+	} {
+		if c.err == nil || !strings.Contains(c.err.Error(), c.want) {
+			t.Errorf("error %v, want one that says %q", c.err, c.want)
+		}
+	}
+	if CheckBan(10*time.Minute) != nil || CheckWait(time.Second) != nil || CheckWaitMax(MaxWaiting) != nil {
+		t.Error("a good ban or wait is refused")
 	}
 }

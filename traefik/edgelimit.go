@@ -36,7 +36,9 @@ type middleware struct {
 	name   string
 	pol    *policy.Policy
 	limits []*compiledLimit // the policy's, with their key sources
-	tiered bool             // some limit has tiers
+	// allKeys: credentials, tiers or a source of the plugin's own kinds,
+	// which readAllKeys reads.
+	allKeys bool
 	// holds: some limit exempts others or holds requests (wait), which
 	// serve leaves to serveAll.
 	holds bool
@@ -91,7 +93,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	limits := make([]*policy.Limit, len(m.limits))
 	for i, l := range m.limits {
 		limits[i] = l.Limit
-		m.tiered = m.tiered || l.tierSrc != nil
+		m.allKeys = m.allKeys || m.creds != nil || l.tierSrc != nil || l.ownSources
 	}
 	m.pol, err = policy.New(limits, &policy.Responses{
 		Status: config.Status, Headers: config.Headers, TimeHeader: config.TimeHeader, DryRun: config.DryRun,
@@ -113,7 +115,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 			break
 		}
 	}
-	if mem, ok := m.store.(*store.Memory); ok && m.pol.One && m.creds == nil {
+	if mem, ok := m.store.(*store.Memory); ok && m.pol.One && !m.allKeys {
 		m.one = mem
 	}
 	return m, nil
@@ -278,7 +280,7 @@ func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Dec
 // key is present: the first present source of each limit. A header, the
 // usual key, is read here, a call less.
 func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
-	if m.creds != nil || m.tiered {
+	if m.allKeys {
 		return readAllKeys(m, r, d)
 	}
 	present := false
@@ -287,10 +289,10 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 		for j := range l.keys {
 			s := &l.keys[j]
 			var v string
-			if s.kind == srcHeader {
-				v = httpval.First(r.Header, s.name)
+			if s.Kind == httpval.KindHeader {
+				v = httpval.First(r.Header, s.Name)
 			} else {
-				v = value(s, r, m.ips, nil)
+				v = httpval.Value(s, r, m.ips)
 			}
 			if v != "" {
 				d.Keys[i], d.Parts[i] = v, j
@@ -302,17 +304,18 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	return present
 }
 
-// readKey is readKeys for a middleware of one limit, without credentials
-// or tiers.
+// readKey is readKeys for a middleware of one limit whose sources are
+// all the core's (no credentials, tiers or sources of the plugin's own
+// kinds).
 func readKey(m *middleware, r *http.Request, d *policy.Decision) bool {
 	keys := m.limits[0].keys
 	for j := range keys {
 		s := &keys[j]
 		v := ""
-		if s.kind == srcHeader {
-			v = httpval.First(r.Header, s.name)
+		if s.Kind == httpval.KindHeader {
+			v = httpval.First(r.Header, s.Name)
 		} else {
-			v = value(s, r, m.ips, nil)
+			v = httpval.Value(s, r, m.ips)
 		}
 		if v != "" {
 			d.Keys[0] = v
@@ -324,7 +327,8 @@ func readKey(m *middleware, r *http.Request, d *policy.Decision) bool {
 	return false
 }
 
-// readAllKeys is readKeys with credentials or tiers.
+// readAllKeys is readKeys with credentials, tiers or sources of the
+// plugin's own kinds.
 func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	var cred *Client
 	if m.creds != nil {
@@ -334,14 +338,21 @@ func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	for i, l := range m.limits {
 		d.Parts[i] = -1
 		for j := range l.keys {
-			if v := value(&l.keys[j], r, m.ips, cred); v != "" {
+			s := &l.keys[j]
+			var v string
+			if s.Kind < httpval.KindEdge {
+				v = httpval.Value(s, r, m.ips)
+			} else {
+				v = value(s, r, cred)
+			}
+			if v != "" {
 				d.Keys[i], d.Parts[i] = v, j
 				present = true
 				break
 			}
 		}
 		if l.tierSrc != nil {
-			d.TierValues[i] = l.tierSrc.tier(r, cred)
+			d.TierValues[i] = tier(l.tierSrc, r, cred)
 		}
 	}
 	return present

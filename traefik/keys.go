@@ -15,8 +15,11 @@ import (
 // limit (package policy), and where the plugin reads its keys and tier.
 type compiledLimit struct {
 	*policy.Limit
-	keys    []source
-	tierSrc *source
+	keys    []httpval.Part
+	tierSrc *httpval.Part
+	// ownSources: a key source of the plugin's own kinds (query, cookie,
+	// bearer, credential), which httpval.Value does not read.
+	ownSources bool
 	// responses are the responses a limit that counts responses counts
 	// (nil: all).
 	responses *policy.ResponseRule
@@ -56,14 +59,18 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 	if spec.Ban, err = parseDuration("ban", l.Ban); err != nil {
 		return nil, err
 	}
-	if l.Ban != "" && spec.Ban <= 0 {
-		return nil, fmt.Errorf("ban %q: must be more than 0", l.Ban)
+	if l.Ban != "" {
+		if err := policy.CheckBan(spec.Ban); err != nil {
+			return nil, err
+		}
 	}
 	if spec.Wait, err = parseDuration("wait", l.Wait); err != nil {
 		return nil, err
 	}
-	if l.Wait != "" && spec.Wait <= 0 {
-		return nil, fmt.Errorf("wait %q: must be more than 0", l.Wait)
+	if l.Wait != "" {
+		if err := policy.CheckWait(spec.Wait); err != nil {
+			return nil, err
+		}
 	}
 	spec.WaitMax = l.WaitMax
 	if spec.Sync, err = parseDuration("sync", l.Sync); err != nil {
@@ -103,8 +110,9 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		if err != nil {
 			return nil, fmt.Errorf("key %q: %w", k, err)
 		}
-		src.v6 = v6
+		src.V6 = v6
 		cl.keys = append(cl.keys, src)
+		cl.ownSources = cl.ownSources || src.Kind >= httpval.KindEdge
 	}
 	return cl, nil
 }
@@ -112,110 +120,82 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 // usesCredentials tells whether a key or tier source is "credential".
 func (cl *compiledLimit) usesCredentials() bool {
 	for _, k := range cl.keys {
-		if k.kind == srcCredential {
+		if k.Kind == srcCredential {
 			return true
 		}
 	}
-	return cl.tierSrc != nil && cl.tierSrc.kind == srcCredential
+	return cl.tierSrc != nil && cl.tierSrc.Kind == srcCredential
 }
 
-// source is where a key, a tier or a credential is read from.
-type source struct {
-	kind srcKind
-	name string // header (canonical), query or cookie name; const text
-	v6   int    // ip and remote: the IPv6 prefix that is one client
-}
-
-type srcKind uint8
-
+// A source is where a key, a tier or a credential is read from: the
+// core's httpval.Part, read with httpval.Value, or one of the plugin's own
+// kinds (Name: the query parameter's or the cookie's name), read with
+// value.
 const (
-	_ srcKind = iota // no iota + 1: see TestYaegiSafe
-	srcHeader
-	srcQuery
-	srcCookie
-	srcIP
-	srcRemote
-	srcBearer
-	srcCredential
-	srcConst
-	srcBasicUser
+	srcQuery      httpval.Kind = 16 // httpval.KindEdge; literals: see TestYaegiSafe
+	srcCookie     httpval.Kind = 17
+	srcBearer     httpval.Kind = 18
+	srcCredential httpval.Kind = 19
 )
 
 // parseSource reads a source: header:<Name>, query:<name>, cookie:<name>,
 // ip, remote, bearer, credential, basic-user, const:<text>. A tier source
 // is a header or credential: a privilege comes from authenticated input
 // only.
-func parseSource(s string, tier bool) (source, error) {
+func parseSource(s string, tier bool) (httpval.Part, error) {
 	s = strings.TrimSpace(s)
 	kind, arg, hasArg := strings.Cut(s, ":")
 	kind = strings.ToLower(kind)
-	var src source
+	var src httpval.Part
 	switch kind {
 	case "header":
-		src = source{kind: srcHeader, name: textproto.CanonicalMIMEHeaderKey(arg)}
+		src = httpval.Part{Kind: httpval.KindHeader, Name: textproto.CanonicalMIMEHeaderKey(arg)}
 	case "query":
-		src = source{kind: srcQuery, name: arg}
+		src = httpval.Part{Kind: srcQuery, Name: arg}
 	case "cookie":
-		src = source{kind: srcCookie, name: arg}
+		src = httpval.Part{Kind: srcCookie, Name: arg}
 	case "const":
-		src = source{kind: srcConst, name: arg}
+		src = httpval.Part{Kind: httpval.KindConst, Name: arg}
 	case "ip":
-		src = source{kind: srcIP}
+		src = httpval.Part{Kind: httpval.KindClient}
 	case "remote":
-		src = source{kind: srcRemote}
+		src = httpval.Part{Kind: httpval.KindRemote}
 	case "bearer":
-		src = source{kind: srcBearer}
+		src = httpval.Part{Kind: srcBearer}
 	case "credential":
-		src = source{kind: srcCredential}
+		src = httpval.Part{Kind: srcCredential}
 	case "basic-user":
-		src = source{kind: srcBasicUser}
+		src = httpval.Part{Kind: httpval.KindBasicUser}
 	default:
-		return source{}, fmt.Errorf("unknown source %q: want header:<Name>, query:<name>, cookie:<name>, ip, remote, bearer, credential, basic-user or const:<text>", s)
+		return src, fmt.Errorf("unknown source %q: want header:<Name>, query:<name>, cookie:<name>, ip, remote, bearer, credential, basic-user or const:<text>", s)
 	}
-	needsArg := src.kind == srcHeader || src.kind == srcQuery || src.kind == srcCookie || src.kind == srcConst
+	needsArg := src.Kind == httpval.KindHeader || src.Kind == srcQuery || src.Kind == srcCookie || src.Kind == httpval.KindConst
 	if needsArg && strings.TrimSpace(arg) == "" {
-		return source{}, fmt.Errorf("source %q needs a name after the colon", s)
+		return src, fmt.Errorf("source %q needs a name after the colon", s)
 	}
 	if !needsArg && hasArg {
-		return source{}, fmt.Errorf("source %q takes no argument", s)
+		return src, fmt.Errorf("source %q takes no argument", s)
 	}
-	if tier && src.kind != srcHeader && src.kind != srcCredential {
-		return source{}, errors.New("a tier is a privilege: read it from a header set by forwardAuth (header:<Name>) or from known credentials (credential)")
+	if tier && src.Kind != httpval.KindHeader && src.Kind != srcCredential {
+		return src, errors.New("a tier is a privilege: read it from a header set by forwardAuth (header:<Name>) or from known credentials (credential)")
 	}
 	return src, nil
 }
 
-// value is the source's value for r: the first value of a repeated header
-// or parameter (what the upstream reads with Header.Get or Query().Get), so
-// that repeating it makes no new counter; a header's without the spaces
-// around it, and Authorization's scheme written one way. The usual
-// sources, a header and the client's address, are read without a call
-// more.
-func value(s *source, r *http.Request, ips *httpval.Forwarded, cred *Client) string {
-	switch s.kind {
-	case srcHeader:
-		// As the Caddy module reads a header key (httpval): the same key
-		// makes the same counter in a fleet of both.
-		return httpval.First(r.Header, s.name)
-	case srcIP:
-		return httpval.ClientKey(httpval.ClientIP(ips, r), s.v6)
-	}
-	return otherValue(s, r, ips, cred)
-}
-
-// otherValue is value for the other sources.
-func otherValue(s *source, r *http.Request, ips *httpval.Forwarded, cred *Client) string {
-	switch s.kind {
+// value is the value of a source of the plugin's own kinds for r: the
+// first value of a repeated parameter (what the upstream reads with
+// Query().Get), so that repeating it makes no new counter. The core's
+// kinds are httpval.Value's, read without this call.
+func value(s *httpval.Part, r *http.Request, cred *Client) string {
+	switch s.Kind {
 	case srcQuery:
-		return r.URL.Query().Get(s.name)
+		return r.URL.Query().Get(s.Name)
 	case srcCookie:
-		c, err := r.Cookie(s.name)
+		c, err := r.Cookie(s.Name)
 		if err != nil {
 			return ""
 		}
 		return c.Value
-	case srcRemote:
-		return httpval.ClientKey(httpval.RemoteIP(r), s.v6)
 	case srcBearer:
 		// Authorization as the key of a header reads it: trimmed, its
 		// scheme written one way.
@@ -228,25 +208,21 @@ func otherValue(s *source, r *http.Request, ips *httpval.Forwarded, cred *Client
 			return ""
 		}
 		return cred.ID
-	case srcConst:
-		return s.name
-	case srcBasicUser:
-		// The user Basic credentials claim, before anyone checks the
-		// password: as the Caddy module's {edge_limit.basic_user}.
-		return httpval.BasicUser(r.Header)
 	}
 	return ""
 }
 
-// tier is a tier source's value.
-func (s *source) tier(r *http.Request, cred *Client) string {
-	if s.kind == srcCredential {
+// tier is a tier source's value: a header's as the Caddy module reads a
+// tier placeholder's (httpval.First: its first value, trimmed), so that a
+// client of a fleet of both is in one tier at either edge.
+func tier(s *httpval.Part, r *http.Request, cred *Client) string {
+	if s.Kind == srcCredential {
 		if cred == nil {
 			return ""
 		}
 		return cred.Tier
 	}
-	return r.Header.Get(s.name)
+	return httpval.First(r.Header, s.Name)
 }
 
 // compileIPStrategy reads an IPStrategy; nil trusts no X-Forwarded-For.
@@ -259,7 +235,7 @@ func compileIPStrategy(c *IPStrategy) (*httpval.Forwarded, error) {
 
 // credentials is a compiled Credentials map.
 type credentials struct {
-	from    source
+	from    httpval.Part
 	clients map[string]*Client
 }
 
@@ -271,8 +247,8 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("from: %w", err)
 	}
-	switch from.kind {
-	case srcHeader, srcQuery, srcCookie, srcBearer:
+	switch from.Kind {
+	case httpval.KindHeader, srcQuery, srcCookie, srcBearer:
 	default:
 		return nil, fmt.Errorf("from %q: want header:<Name>, query:<name>, cookie:<name> or bearer", c.From)
 	}
@@ -291,7 +267,7 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 		if k.ID == "" {
 			k.ID = cred
 		}
-		if from.kind == srcHeader && (from.name == "Authorization" || from.name == "Proxy-Authorization") {
+		if from.Kind == httpval.KindHeader && (from.Name == "Authorization" || from.Name == "Proxy-Authorization") {
 			cred = httpval.Credentials(httpval.Trim(cred))
 		}
 		if _, dup := out.clients[cred]; dup {
@@ -306,7 +282,12 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 
 // lookup returns the known client of the request's credential, or nil.
 func (c *credentials) lookup(r *http.Request) *Client {
-	v := value(&c.from, r, nil, nil)
+	var v string
+	if c.from.Kind == httpval.KindHeader {
+		v = httpval.First(r.Header, c.from.Name)
+	} else {
+		v = value(&c.from, r, nil)
+	}
 	if v == "" {
 		return nil
 	}

@@ -146,3 +146,35 @@ func sendFrom(h http.Handler, remote string) *httptest.ResponseRecorder {
 	h.ServeHTTP(w, r)
 	return w
 }
+
+// TestOwnSourcesKey: the plugin's own sources (query, cookie, bearer),
+// which the core does not read, key a request, before a header or the
+// address (read by the core) of the same limit, with and without
+// credentials.
+func TestOwnSourcesKey(t *testing.T) {
+	for _, creds := range []*Credentials{nil, {From: "header:X-Cred", Clients: map[string]*Client{"c1": {ID: "one"}}}} {
+		h := mustNew(t, &Config{Now: newClock().Now, Credentials: creds, Limits: map[string]*Limit{
+			"l": {Key: []string{"query:k", "cookie:sid", "bearer", "header:X-Api-Key", "ip"}, Limit: 1, Window: "1h"},
+		}}, okHandler())
+		get := func(target string, hdr ...string) int {
+			r := httptest.NewRequest("GET", target, nil)
+			r.RemoteAddr = "192.0.2.1:1234"
+			for i := 0; i+1 < len(hdr); i += 2 {
+				r.Header.Add(hdr[i], hdr[i+1])
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			return w.Code
+		}
+		codes := []int{
+			get("/?k=a"), get("/?k=a"), get("/?k=b"),
+			get("/", "Cookie", "sid=s1"), get("/", "Cookie", "sid=s1"),
+			get("/", "Authorization", "Bearer t1"), get("/", "Authorization", "Bearer t1"),
+			get("/", "X-Api-Key", "k1"), get("/", "X-Api-Key", "k1"),
+			get("/"), get("/"),
+		}
+		if got := fmt.Sprint(codes); got != "[200 429 200 200 429 200 429 200 429 200 429]" {
+			t.Errorf("credentials %v: %s", creds != nil, got)
+		}
+	}
+}

@@ -71,7 +71,20 @@ func TestPlaceholders(t *testing.T) {
 	}
 }
 
+// sourceValue reads a source as readKeys does, without an ipStrategy or
+// credentials.
+func sourceValue(s *httpval.Part, r *http.Request) string {
+	if s.Kind < httpval.KindEdge {
+		return httpval.Value(s, r, nil)
+	}
+	return value(s, r, nil)
+}
+
 func TestSources(t *testing.T) {
+	// The plugin's own kinds come after the core's (httpval.KindEdge).
+	if srcQuery != httpval.KindEdge || srcCredential < srcQuery {
+		t.Fatal("the plugin's source kinds are not httpval's edge kinds")
+	}
 	r := httptest.NewRequest("GET", "/?k=q1&k=q2", nil)
 	r.RemoteAddr = "198.51.100.7:5000"
 	r.Header.Add("X-Api-Key", "first")
@@ -86,7 +99,7 @@ func TestSources(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", src, err)
 		}
-		if got := value(&s, r, (*httpval.Forwarded)(nil), nil); got != want {
+		if got := sourceValue(&s, r); got != want {
 			t.Errorf("%s = %q, want %q", src, got, want)
 		}
 	}
@@ -99,16 +112,16 @@ func TestSources(t *testing.T) {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.Header.Set("Authorization", in)
 		r.Header.Set("X-Api-Key", " \t"+in+"\t")
-		if got := value(&auth, r, (*httpval.Forwarded)(nil), nil); got != want {
+		if got := sourceValue(&auth, r); got != want {
 			t.Errorf("Authorization %q: key %q, want %q", in, got, want)
 		}
-		if got := value(&key, r, (*httpval.Forwarded)(nil), nil); got != strings.Trim(in, " ") {
+		if got := sourceValue(&key, r); got != strings.Trim(in, " ") {
 			t.Errorf("X-Api-Key %q: key %q, want %q", " \t"+in+"\t", got, strings.Trim(in, " "))
 		}
 	}
 	basic := httptest.NewRequest("GET", "/", nil)
 	basic.Header.Set("Authorization", "Basic dXNlcjpwYXNz")
-	if s, _ := parseSource("bearer", false); value(&s, basic, (*httpval.Forwarded)(nil), nil) != "" {
+	if s, _ := parseSource("bearer", false); sourceValue(&s, basic) != "" {
 		t.Error("a Basic credential is no bearer token")
 	}
 	if _, err := parseSource("query:tier", true); err == nil {

@@ -49,8 +49,8 @@ func TestBanConfigErrors(t *testing.T) {
 	p := loadPlugin(t)
 	base := "limits:\n  l:\n    limit: 5\n    window: 1m\n"
 	for conf, want := range map[string]string{
-		base + "    ban: 0":      `limit "l": ban "0": must be more than 0`,
-		base + "    ban: 0s":     `limit "l": ban "0s": must be more than 0`,
+		base + "    ban: 0":      `limit "l": ban must be more than 0, got 0s`,
+		base + "    ban: 0s":     `limit "l": ban must be more than 0, got 0s`,
 		base + "    ban: -1m":    `limit "l": ban "-1m"`,
 		base + "    ban: soon":   `limit "l": ban "soon"`,
 		base + "    ban: 1500ms": `limit "l": ban must be whole seconds`,

@@ -42,7 +42,7 @@ func TestWaitConfigErrors(t *testing.T) {
 	p := loadPlugin(t)
 	bucket := "limits:\n  l:\n    algorithm: gcra\n    limit: 5\n    window: 1s\n"
 	for conf, want := range map[string]string{
-		bucket + "    wait: 0":                                       `limit "l": wait "0": must be more than 0`,
+		bucket + "    wait: 0":                                       `limit "l": wait must be more than 0, got 0s`,
 		bucket + "    wait: soon":                                    `limit "l": wait "soon"`,
 		bucket + "    wait: 9s":                                      `limit "l": wait must be whole milliseconds from 1ms to 8s`,
 		bucket + "    wait: 1s\n    waitMax: 2000":                   `limit "l": wait max must be from 1 to 1024`,

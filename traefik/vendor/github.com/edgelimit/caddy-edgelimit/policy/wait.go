@@ -36,8 +36,8 @@ func (l *Limit) compileWait(s *Spec) error {
 		}
 		return nil
 	}
-	if s.Wait < 0 {
-		return fmt.Errorf("wait must be more than 0, got %s", s.Wait)
+	if err := CheckWait(s.Wait); err != nil {
+		return err
 	}
 	if l.Charged {
 		return errors.New("wait goes with limits that count requests, not responses: a response is charged once it is known, too late to hold the request")
@@ -46,8 +46,8 @@ func (l *Limit) compileWait(s *Spec) error {
 	if most == 0 {
 		most = DefaultWaitMax
 	}
-	if most < 1 || most > MaxWaiting {
-		return fmt.Errorf("wait max must be from 1 to %d, got %d", MaxWaiting, most)
+	if err := CheckWaitMax(int64(most)); err != nil {
+		return err
 	}
 	l.WaitMax = most
 	if err := setWait(&l.Base, s.Wait, most, l.Cost); err != nil {
@@ -61,14 +61,31 @@ func (l *Limit) compileWait(s *Spec) error {
 	return nil
 }
 
+// CheckWait checks a wait as an edge reads it: more than 0 (a wait of 0
+// is written by mistake), whole milliseconds up to limiter.MaxWait.
+func CheckWait(wait time.Duration) error {
+	if wait <= 0 {
+		return fmt.Errorf("wait must be more than 0, got %s", wait)
+	}
+	if wait%time.Millisecond != 0 || wait > limiter.MaxWait {
+		return fmt.Errorf("wait must be whole milliseconds from 1ms to %s, got %s", limiter.MaxWait, wait)
+	}
+	return nil
+}
+
+// CheckWaitMax checks the requests of one client a wait holds at once.
+func CheckWaitMax(n int64) error {
+	if n < 1 || n > MaxWaiting {
+		return fmt.Errorf("wait max must be from 1 to %d, got %d", MaxWaiting, n)
+	}
+	return nil
+}
+
 // setWait sets one set of numbers' wait: at most the backlog of most
 // requests of cost units, in whole milliseconds.
 func setWait(lim *limiter.Limit, wait time.Duration, most int, cost int64) error {
 	if lim.Algorithm != limiter.TokenBucket && lim.Algorithm != limiter.GCRA {
 		return fmt.Errorf("wait needs token_bucket or gcra, not %s: a window has room again only when it ends, for every waiting request at once", lim.Algorithm)
-	}
-	if wait%time.Millisecond != 0 || wait > limiter.MaxWait {
-		return fmt.Errorf("wait must be whole milliseconds from 1ms to %s, got %s", limiter.MaxWait, wait)
 	}
 	held := time.Duration(float64(lim.Window) / float64(lim.Rate) * float64(cost) * float64(most))
 	if held < wait {

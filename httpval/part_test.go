@@ -1,0 +1,57 @@
+package httpval
+
+import (
+	"net/http/httptest"
+	"testing"
+)
+
+// TestValue: what each kind of part reads, as both edges read it.
+func TestValue(t *testing.T) {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.RemoteAddr = "[2001:db8:1:2:3:4:5:6]:443"
+	r.Header.Add("X-Api-Key", " first\t")
+	r.Header.Add("X-Api-Key", "second")
+	r.Header.Set("Authorization", "basic dXNlcjpwYXNz")
+	r.Header.Set("X-Forwarded-For", "192.0.2.7")
+	depth, _ := NewForwarded(1, nil)
+	cases := []struct {
+		p    Part
+		ips  *Forwarded
+		want string
+	}{
+		{Part{Kind: KindHeader, Name: "X-Api-Key"}, nil, "first"},
+		{Part{Kind: KindHeader, Name: "Authorization"}, nil, "Basic dXNlcjpwYXNz"},
+		{Part{Kind: KindHeader, Name: "X-Missing"}, nil, ""},
+		{Part{Kind: KindClient, V6: 64}, nil, "2001:db8:1:2::/64"},
+		{Part{Kind: KindClient, V6: 128}, nil, "2001:db8:1:2:3:4:5:6"},
+		{Part{Kind: KindClient, V6: 64}, depth, "192.0.2.7"},
+		{Part{Kind: KindRemote, V6: 48}, depth, "2001:db8:1::/48"},
+		{Part{Kind: KindBasicUser}, nil, "user"},
+		{Part{Kind: KindConst, Name: "all"}, nil, "all"},
+		{Part{Kind: KindEdge, Name: "X-Api-Key"}, nil, ""},
+	}
+	for _, c := range cases {
+		if got := Value(&c.p, r, c.ips); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.p, got, c.want)
+		}
+	}
+}
+
+// TestRemoteKey: the remote host, unparsed, makes the key that the
+// address parsed makes (RemoteIP, Caddy's client_ip), and an IPv4 one is
+// read without an allocation.
+func TestRemoteKey(t *testing.T) {
+	r := httptest.NewRequest("GET", "/", nil)
+	for _, addr := range []string{"192.0.2.1:80", "[::ffff:192.0.2.1]:80", "[fe80::1%eth0]:80", "[2001:db8::1]:80",
+		"[64:ff9b::c000:201]:80", "192.0.2.1", "@", ""} {
+		r.RemoteAddr = addr
+		if got, want := ClientKey(RemoteHost(r), 64), ClientKey(RemoteIP(r), 64); got != want {
+			t.Errorf("%q: %q, want %q", addr, got, want)
+		}
+	}
+	r.RemoteAddr = "192.0.2.1:80"
+	p := &Part{Kind: KindRemote, V6: 64}
+	if n := testing.AllocsPerRun(100, func() { Value(p, r, nil) }); n != 0 {
+		t.Errorf("%v allocations", n)
+	}
+}

@@ -1,0 +1,87 @@
+package httpval
+
+import (
+	"net"
+	"net/http"
+)
+
+// Part is where both edges read a key (or a tier) of a request: each edge
+// parses its own grammar into Parts (Caddy's placeholders, the Traefik
+// plugin's sources) and reads them with Value, so that the same part
+// makes the same key, and the same counter in a fleet of both.
+type Part struct {
+	Kind Kind
+	// Name is the header's name (canonical) or the constant's text; an
+	// edge's own kinds use it as they please.
+	Name string
+	// V6 is the length of the IPv6 prefix that a key of an address counts
+	// as one client (ClientKey).
+	V6 int
+}
+
+// Kind is what a Part reads. The kinds from KindEdge on are an edge's own
+// (Caddy's templates, the plugin's query, cookie and credentials): the
+// edge reads them itself, and Value reads none.
+type Kind uint8
+
+// The kinds of a Part. A bare iota or a literal only: Yaegi compares
+// against typed constant expressions wrongly.
+const (
+	_ Kind = iota
+	// KindHeader is the first value of header Name, trimmed (First).
+	KindHeader
+	// KindClient is the client's address (ClientIP), as a key (ClientKey).
+	// Caddy reads the address it found itself (its client_ip).
+	KindClient
+	// KindRemote is the address of the connection's peer, as a key.
+	KindRemote
+	// KindBasicUser is the user that Basic credentials claim (BasicUser).
+	KindBasicUser
+	// KindConst is Name: one key that every request shares.
+	KindConst
+)
+
+// KindEdge is the first of the kinds an edge reads itself.
+const KindEdge Kind = 16
+
+// Value is the part's value for r ("" when it is absent): the client's
+// address found as ips trusts X-Forwarded-For (nil: the remote address).
+// The usual parts, a header and the client's address, are read without a
+// call more (the plugin runs this in an interpreter).
+func Value(p *Part, r *http.Request, ips *Forwarded) string {
+	switch p.Kind {
+	case KindHeader:
+		return First(r.Header, p.Name)
+	case KindClient:
+		if ips == nil {
+			// ClientIP's remote address, unparsed: the same key.
+			return ClientKey(RemoteHost(r), p.V6)
+		}
+		return ClientKey(ClientIP(ips, r), p.V6)
+	}
+	return otherValue(p, r)
+}
+
+// otherValue is Value for the other kinds.
+func otherValue(p *Part, r *http.Request) string {
+	switch p.Kind {
+	case KindRemote:
+		return ClientKey(RemoteHost(r), p.V6)
+	case KindBasicUser:
+		return BasicUser(r.Header)
+	case KindConst:
+		return p.Name
+	}
+	return ""
+}
+
+// RemoteHost is the host of the remote address, as it is written (a key
+// of it, ClientKey, reads an IPv6 address; an IPv4 one is its own key, so
+// it is not parsed).
+func RemoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
