@@ -175,7 +175,7 @@ func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
 	if t >= sh.nextSweep {
-		m.sweepShard(sh, t)
+		sweepShard(m, sh, t)
 	}
 	st, ok := sh.m[h]
 	if ok && st.Expires <= t {
@@ -185,7 +185,7 @@ func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	if ok {
 		sh.m[h] = st
 	} else {
-		m.add(sh, h, &st, t)
+		add(m, sh, h, &st, t)
 	}
 	sh.mu.Unlock()
 }
@@ -222,7 +222,7 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		sh := &m.shards[s]
 		sh.mu.Lock()
 		if t >= sh.nextSweep {
-			m.sweepShard(sh, t)
+			sweepShard(m, sh, t)
 		}
 	}
 	for i := range reqs {
@@ -256,7 +256,7 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			if _, ok := sh.m[hs[i]]; ok {
 				sh.m[hs[i]] = next[i]
 			} else {
-				m.add(sh, hs[i], &next[i], t)
+				add(m, sh, hs[i], &next[i], t)
 			}
 		}
 	}
@@ -313,7 +313,7 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 // add stores the state of a new key in its locked shard. In a full store
 // (or a full shard) it takes the place of the shard's key that carries the
 // least (see makeRoom).
-func (m *Memory) add(sh *shard, h uint64, st *limiter.State, t int64) {
+func add(m *Memory, sh *shard, h uint64, st *limiter.State, t int64) {
 	if atomic.LoadInt64(&m.keys) >= m.maxKeys || len(sh.m) >= m.perShard {
 		m.makeRoom(sh, t)
 	}
@@ -355,7 +355,7 @@ func (m *Memory) makeRoom(sh *shard, t int64) {
 }
 
 // sweepShard drops a locked shard's expired keys, and sets its next sweep.
-func (m *Memory) sweepShard(sh *shard, t int64) int {
+func sweepShard(m *Memory, sh *shard, t int64) int {
 	sh.nextSweep = t + m.sweep
 	n := 0
 	for h, e := range sh.m {
@@ -388,7 +388,7 @@ func (m *Memory) Sweep(now time.Time) (removed int) {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
-		removed += m.sweepShard(sh, t)
+		removed += sweepShard(m, sh, t)
 		sh.mu.Unlock()
 	}
 	return removed
