@@ -18,8 +18,9 @@ import (
 // FirstDenials are its), and nothing is written or recorded.
 func One(p *Policy, d *Decision, m *store.Memory, t int64, hdr http.Header, l *Ledger) bool {
 	// Plan, for one limit whose key is present.
-	d.Reqs = append(d.Reqs[:0], p.requests[0][d.Parts[0]])
+	d.Reqs = d.Reqs[:1] // NewDecision's room for the policy's one limit
 	req := &d.Reqs[0]
+	*req = p.requests[0][d.Parts[0]]
 	req.Key = d.Keys[0]
 	d.Meta = d.Meta[:1] // NewDecision's: a plan of the limit is always the same
 	d.Res = d.Res[:1]

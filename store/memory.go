@@ -169,9 +169,8 @@ func Alone(r *Request) bool { return r.Mode == ModeTake && r.Limit.Ban == 0 }
 func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	// HashRequest, written out (in two statements: Yaegi assigns a tuple
 	// with a call in it only in part).
-	a := maphash.String(m.seed, r.Counter)
 	b := maphash.String(m.seed, r.Key)
-	h := (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
+	h := (maphash.String(m.seed, r.Counter) ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
 	if t >= sh.nextSweep {

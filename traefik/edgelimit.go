@@ -46,9 +46,10 @@ type middleware struct {
 	// one is the memory store of a middleware of one limit that
 	// policy.One decides (serveOne), nil otherwise.
 	one *store.Memory
-	// oneCreds: a header source of that limit is a credential
-	// (Authorization or Proxy-Authorization), which serveOne leaves to
-	// httpval.First.
+	// oneKeys are that limit's key sources; oneCreds: one of them is a
+	// credential header (Authorization or Proxy-Authorization), which
+	// serveOne leaves to httpval.First.
+	oneKeys  []httpval.Part
 	oneCreds bool
 	now      func() time.Time // the clock: time.Now, or the configured one
 	ips      *httpval.Forwarded
@@ -121,7 +122,8 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	}
 	if mem, ok := m.store.(*store.Memory); ok && m.pol.One && !m.allKeys {
 		m.one = mem
-		for _, s := range m.limits[0].keys {
+		m.oneKeys = m.limits[0].keys
+		for _, s := range m.oneKeys {
 			if s.Kind == httpval.KindHeader && (s.Name == "Authorization" || s.Name == "Proxy-Authorization") {
 				m.oneCreds = true
 			}
@@ -221,7 +223,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 // plugin's own kinds), and a header without space around it, not a
 // credential, is httpval.First's, written out: calls less.
 func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
-	keys := m.limits[0].keys
+	keys := m.oneKeys
 	v := ""
 	for j := range keys {
 		s := &keys[j]
