@@ -57,14 +57,14 @@ func (s *Forwarded) forwarded(r *http.Request) string {
 	xff := forwardedFor(r.Header)
 	if s.depth > 0 {
 		if s.depth <= len(xff) {
-			if ip := IP(xff[len(xff)-s.depth]); ip != "" {
+			if ip := forwardedIP(xff[len(xff)-s.depth]); ip != "" {
 				return ip
 			}
 		}
 		return RemoteIP(r)
 	}
 	for i := len(xff) - 1; i >= 0; i-- {
-		ip := IP(xff[i])
+		ip := forwardedIP(xff[i])
 		if ip == "" {
 			break
 		}
@@ -73,6 +73,21 @@ func (s *Forwarded) forwarded(r *http.Request) string {
 		}
 	}
 	return RemoteIP(r)
+}
+
+// forwardedIP is IP of an address of X-Forwarded-For, which a proxy may
+// write with the client's port ("192.0.2.1:51234", "[2001:db8::1]:443"), as
+// Caddy's trusted_proxies reads it: else every client of such a proxy was
+// the proxy's one counter, and Caddy counted each client alone.
+func forwardedIP(s string) string {
+	if ip := IP(s); ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(s)
+	if err != nil {
+		return ""
+	}
+	return IP(host)
 }
 
 func (s *Forwarded) isExcluded(a netip.Addr) bool {
