@@ -152,6 +152,12 @@ func TestRedisOptions(t *testing.T) {
 			t.Errorf("%+v: no error", bad)
 		}
 	}
+	// A URL written as the address is refused without its password.
+	for _, a := range []string{"redis://user:hunter2@127.0.0.1:6379", "user:hunter2@127.0.0.1:6379"} {
+		if _, err := (&RedisConfig{Address: a}).options(); err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: %v", a, err)
+		}
+	}
 	// The core's checks (store.RedisSettings) name the plugin's options.
 	for _, c := range []struct {
 		bad  RedisConfig
