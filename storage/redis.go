@@ -243,6 +243,9 @@ func (s *Redis) Take(ctx context.Context, now time.Time, reqs []store.Request, r
 	if len(reqs) == 0 {
 		return nil
 	}
+	if len(reqs) > store.MaxTakeFields {
+		return store.ErrTooManyFields
+	}
 	for i := range reqs {
 		if err := checkRequest(&reqs[i]); err != nil {
 			return err

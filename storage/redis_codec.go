@@ -125,11 +125,11 @@ func (s *Redis) script(sc *redisScratch, reqs []store.Request, idx []int, now ti
 // undo the take when another slot denies.
 func (s *Redis) takeArgs(sc *redisScratch, reqs []store.Request, idx []int, now time.Time, at int64) (keys, argv []string) {
 	k, spec, fields := s.requests(sc, reqs, idx, at)
-	head := store.AppendTakeHead(make([]byte, 0, 32+len(spec)), 1, 1)
+	head := store.AppendTakeHead(make([]byte, 0, 40+len(spec)+8*len(k)), 1, 1)
 	head = store.AppendInt(head, s.scriptNow(now))
 	head = store.AppendInt(head, int64(len(fields)))
 	head = append(head, spec...)
-	argv = store.PlanTake(new(store.TakePlan), make([]string, 1, 2+2*len(fields)), head, len(k), fields)
+	argv, head = store.PlanTake(new(store.TakePlan), make([]string, 1, 1+len(fields)), head, len(k), fields)
 	argv[0] = string(head)
 	return slices.Clone(k), argv
 }

@@ -253,7 +253,8 @@ func (p *pipe) run(w *pipeWorker) {
 }
 
 // group makes the take scripts of the live calls: up to scriptBatch
-// decisions each, and in a Cluster, one slot each.
+// decisions and store.MaxTakeFields requests each, and in a Cluster, one
+// slot each.
 func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
 	scripts := w.scripts[:0]
 	live := w.live
@@ -264,8 +265,10 @@ func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
 			// script of their own.
 			slot := live[0].slot
 			rest := live[:0]
+			nf := 0
 			for _, c := range live {
-				if c.slot == slot && len(calls) < scriptBatch {
+				if c.slot == slot && len(calls) < scriptBatch && nf+len(c.fields) <= store.MaxTakeFields {
+					nf += len(c.fields)
 					calls = append(calls, c)
 				} else {
 					rest = append(rest, c)
@@ -274,7 +277,11 @@ func (p *pipe) group(w *pipeWorker, ctx context.Context) []batchScript {
 			live = rest
 		} else {
 			// w.live stays as it is until the batch is done.
-			n := min(len(live), scriptBatch)
+			n, nf := 0, 0
+			for n < len(live) && n < scriptBatch && nf+len(live[n].fields) <= store.MaxTakeFields {
+				nf += len(live[n].fields)
+				n++
+			}
 			calls, live = live[:n:n], live[n:]
 		}
 		scripts = append(scripts, batchScript{calls: calls, cmd: w.build(ctx, calls)})
@@ -321,7 +328,7 @@ func (w *pipeWorker) build(ctx context.Context, calls []*pipeCall) onceStringCmd
 		w.flat = append(w.flat, c.fields...)
 	}
 	firstField := len(w.fields)
-	w.fields = store.PlanTake(&w.plan, w.fields, b, len(keys), w.flat)
+	w.fields, b = store.PlanTake(&w.plan, w.fields, b, len(keys), w.flat)
 	spec.b = b
 	start := len(w.args)
 	w.args = append(w.args, "evalsha", takeScript.sha, len(keys))

@@ -1102,3 +1102,59 @@ func TestRedisLocalDenials(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisReadsTheTTLMarkWhenNeeded: a client's first decision looks up
+// its hash's TTL mark ("~", apart from the HMGET of its counters), sets the
+// TTL and writes the mark as an integer (microseconds, which an instance of
+// an earlier release reads with tonumber); later decisions in the same
+// window read only the counters: no HGET, no PEXPIRE.
+func TestRedisReadsTheTTLMarkWhenNeeded(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openRedis(t, srv, storage.RedisOptions{LocalClock: true, NoLocalDenials: true})
+	c := srv.Client(t)
+	ctx := context.Background()
+	reqs := []store.Request{
+		{Counter: "minute", Key: "k", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 100, Window: time.Hour}, Cost: 1},
+		{Counter: "day", Key: "k", Limit: limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 100,
+			Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}, Cost: 1},
+	}
+	res := make([]limiter.Result, len(reqs))
+	// The first decision loads the script (NOSCRIPT, then EVAL).
+	before := commandStats(t, c)
+	if err := s.Take(ctx, storetest.Base, reqs, res); err != nil {
+		t.Fatal(err)
+	}
+	after := commandStats(t, c)
+	if got := after["hget"] - before["hget"]; got != 1 {
+		t.Errorf("%d HGET on a new client, want 1 (its mark)", got)
+	}
+	if got := after["pexpire"] - before["pexpire"]; got != 1 {
+		t.Errorf("%d PEXPIRE on a new client, want 1", got)
+	}
+	keys, err := c.Keys(ctx, "*{*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("keys %q, %v", keys, err)
+	}
+	mark, err := c.HGet(ctx, keys[0], store.TTLField).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := strconv.ParseInt(mark, 10, 64); err != nil || n <= storetest.Base.UnixMicro() {
+		t.Errorf("mark %q: want an integer time after the decision's", mark)
+	}
+	before = commandStats(t, c)
+	for i := 1; i <= 20; i++ {
+		if err := s.Take(ctx, storetest.Base.Add(time.Duration(i)*time.Second), reqs, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after = commandStats(t, c)
+	for _, cmd := range []string{"hget", "pexpire"} {
+		if got := after[cmd] - before[cmd]; got != 0 {
+			t.Errorf("%d %s in the same window, want none", got, cmd)
+		}
+	}
+	if got := after["hmget"] - before["hmget"]; got != 20 {
+		t.Errorf("%d HMGET for 20 decisions", got)
+	}
+}

@@ -8,17 +8,20 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
-// TestPlanTake: each key's fields once, "~" first, in the order of the
-// keys, and each request's code naming its field's index in ARGV, the
-// rest of the code as it was.
+// TestPlanTake: each key's fields once, in the order of the keys, each
+// request's code naming its key and its field's place among the key's, the
+// rest of the code as it was, and after the decisions each key's first
+// field's index in ARGV and the index past the last.
 func TestPlanTake(t *testing.T) {
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute, Ban: 3 * time.Second}
+	tb := limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 10, Rate: 1, Window: time.Second}
 	// Two decisions: a on k1, b on k2, a on k1 again (the same field), c
-	// on k1; then b on k2 and a on k2 (a field of another key).
+	// on k1; then b on k2 and a on k2 (a field of another key, a token
+	// bucket: k2's HMGET reads the TTL's mark first).
 	decisions := [][]Request{
 		{{Counter: "a", Key: "k1", Limit: l, Cost: 1}, {Counter: "b", Key: "k2", Limit: l, Cost: 1},
 			{Counter: "a", Key: "k1", Limit: l, Cost: 1}, {Counter: "c", Key: "k1", Limit: l, Cost: 1, Mode: ModeCharge}},
-		{{Counter: "b", Key: "k2", Limit: l, Cost: 1}, {Counter: "a", Key: "k2", Limit: l, Cost: 1}},
+		{{Counter: "b", Key: "k2", Limit: l, Cost: 1}, {Counter: "a", Key: "k2", Limit: tb, Cost: 1}},
 	}
 	b := AppendTakeHead(nil, 0, int64(len(decisions)))
 	var keys, fields []string
@@ -32,19 +35,25 @@ func TestPlanTake(t *testing.T) {
 		keys, b, fields = AppendRequests(keys, b, fields, reqs, clients, nil, 0, make([][2]int64, len(reqs)))
 	}
 	before := slices.Clone(b)
-	argv := PlanTake(new(TakePlan), []string{"spec"}, b, len(keys), fields)
-	// ARGV: 1 spec, 2 ~, 3 a, 4 c (k1), 5 ~, 6 b, 7 a (k2).
-	if want := []string{"spec", "~", "a", "c", "~", "b", "a"}; !slices.Equal(argv, want) {
+	n := len(b)
+	argv, b := PlanTake(new(TakePlan), []string{"spec"}, b, len(keys), fields)
+	// ARGV: 1 spec, 2 a, 3 c (k1), 4 ~, 5 b, 6 a (k2).
+	if want := []string{"spec", "a", "c", "~", "b", "a"}; !slices.Equal(argv, want) {
 		t.Fatalf("argv %q, want %q", argv, want)
 	}
-	want := []int{3, 6, 3, 4, 6, 7}
+	// Twice the index of each key's first entry (plus 1: it is "~").
+	if len(b) != n+16 || readInt(string(b), n) != 4 || readInt(string(b), n+8) != 9 {
+		t.Fatalf("the keys' first entries: %x, want 4 and 9", b[n:])
+	}
+	// k*4096 + s: k1's a and c, k2's b and a (after its "~").
+	want := []int{1<<12 + 1, 2<<12 + 2, 1<<12 + 1, 1<<12 + 2, 2<<12 + 2, 2<<12 + 3}
 	pos, r := 16, 0
 	for _, reqs := range decisions {
 		pos += 16
 		for range reqs {
 			code, was := readInt(string(b), pos), readInt(string(before), pos)
 			if f := int(code % (1 << 32) / 256); f != want[r] {
-				t.Errorf("request %d names ARGV[%d], want %d", r, f, want[r])
+				t.Errorf("request %d names %#x, want %#x", r, f, want[r])
 			}
 			if code%256 != was%256 || code>>32 != was>>32 {
 				t.Errorf("request %d: code %x, was %x: more than the key changed", r, code, was)
@@ -54,6 +63,44 @@ func TestPlanTake(t *testing.T) {
 			}
 			pos += 40
 			r++
+		}
+	}
+}
+
+// TestPlanTakeMarksPlainTakes: bit 6 of a code marks a take of an aligned
+// or a calendar window with no ban, no dry run, no states kept, on a
+// counter no earlier request of its decision names (the take script's
+// shorter path); nothing else.
+func TestPlanTakeMarksPlainTakes(t *testing.T) {
+	fixed := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute}
+	day := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Calendar: limiter.CalendarWindow{Period: limiter.Day}.Cached()}
+	banned := fixed
+	banned.Ban = time.Second
+	reqs := []Request{
+		{Counter: "a", Key: "k", Limit: fixed, Cost: 1},                   // plain
+		{Counter: "d", Key: "k", Limit: day, Cost: 1},                     // plain (calendar)
+		{Counter: "a", Key: "k", Limit: fixed, Cost: 1},                   // a again
+		{Counter: "b", Key: "k", Limit: fixed, Cost: 1, DryRun: true},     // dry run
+		{Counter: "c", Key: "k", Limit: fixed, Cost: 1, Mode: ModeCharge}, // charge
+		{Counter: "e", Key: "k", Limit: banned, Cost: 1},                  // ban
+		{Counter: "f", Key: "k", Limit: limiter.Limit{Algorithm: limiter.SlidingWindow, Quota: 10, Window: time.Minute}, Cost: 1},
+	}
+	want := []bool{true, true, false, false, false, false, false}
+	for _, flags := range []int64{0, 1} {
+		b := AppendTakeHead(nil, flags, 1)
+		b = AppendInt(b, 0)
+		b = AppendInt(b, int64(len(reqs)))
+		clients := make([]string, len(reqs))
+		for i := range reqs {
+			clients[i] = reqs[i].Key
+		}
+		keys, b, fields := AppendRequests(nil, b, nil, reqs, clients, nil, 0, make([][2]int64, len(reqs)))
+		_, b = PlanTake(new(TakePlan), []string{"spec"}, b, len(keys), fields)
+		for i := range reqs {
+			got := b[32+40*i]&64 != 0
+			if got != (want[i] && flags == 0) {
+				t.Errorf("flags %d, request %d: marked %v", flags, i, got)
+			}
 		}
 	}
 }

@@ -224,15 +224,29 @@ func EncodeState(st limiter.State) string {
 // clock, microseconds) until which its TTL is set (see luaCommon).
 const TTLField = "~"
 
+// MaxTakeFields bounds the requests of one take script: a request's code
+// names its client and its field's place among the client's in 12 bits
+// each (PlanTake).
+const MaxTakeFields = 4095
+
+// ErrTooManyFields is a take of more than MaxTakeFields requests.
+var ErrTooManyFields = errors.New("redis storage: more than 4095 limits in one script")
+
 // TakePlan is the scratch of PlanTake, to reuse.
 type TakePlan struct {
 	key   []int    // per distinct field: its key (1-based)
 	name  []string // per distinct field: its counter
 	place []int    // per distinct field: its place among its key's
-	req   []int    // per request: its distinct field
-	count []int    // per key: its distinct fields
-	start []int    // per key: the ARGV index of its TTLField
+	req   []int    // per request: its distinct field, plus planDup when an earlier request of its decision names it
+	count []int    // per key: its distinct fields, plus planMark when its HMGET reads TTLField first
 }
+
+// planMark and planDup are flags PlanTake keeps above the numbers it
+// counts (fewer slices and steps: the plugin runs PlanTake interpreted).
+const (
+	planMark = 1 << 20
+	planDup  = 1 << 30
+)
 
 // PlanTake plans the fields of a take script, so that the script reads
 // each client with one HMGET and writes it with one HSET without working
@@ -240,12 +254,25 @@ type TakePlan struct {
 // (AppendTakeHead, then per decision its time, its number of requests and
 // its requests, each code naming its client's key, 1-based, as
 // AppendRequests writes it) and fields[i] the counter of request i, in
-// order. PlanTake appends to argv the script's ARGV[2...] (per key, in
-// order, TTLField and then each of its counters once) and rewrites each
-// request's code to name its counter's index in ARGV instead of its key.
-func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []string) []string {
+// order, at most MaxTakeFields. PlanTake appends to argv the script's
+// ARGV[2...] (per key, in order, TTLField when a request on the key is a
+// token bucket or GCRA, and then each of its counters once), rewrites each
+// request's code to name its key k and its counter's place s among the
+// key's entries (k*4096 + s, 1-based), and appends to spec, per key, the
+// index in ARGV of its first entry, times 2, plus 1 when it is TTLField.
+//
+// A bucket's state outlives the last at every take (its expiry is when it
+// is full again), so that the script needs the TTL's mark each time: it
+// reads it with the states. A window's expiry is its end: the mark is
+// needed once a window, and read then alone.
+//
+// Bit 6 of a code marks a take (mode 0, bits 4 and 5) of an aligned or a
+// calendar window (algorithm 1 or 6, bits 1 to 3), no dry run (bit 0), no
+// ban (bits 32 to 52), no states kept (flags 0), on a counter no earlier
+// request of the decision names: the script's shorter path.
+func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []string) ([]string, []byte) {
 	p.key, p.name, p.place, p.req = p.key[:0], p.name[:0], p.place[:0], p.req[:0]
-	p.count, p.start = p.count[:0], p.start[:0]
+	p.count = p.count[:0]
 	for k := 0; k <= nkeys; k++ {
 		p.count = append(p.count, 0)
 	}
@@ -254,8 +281,13 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 	for d := 0; d < ndec; d++ {
 		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
 		pos += 16
+		r0 := r
 		for q := 0; q < n; q++ {
 			k := int(spec[pos+1]) | int(spec[pos+2])<<8 | int(spec[pos+3])<<16
+			// limiter.TokenBucket (4) or GCRA (5): bits 1 to 3 are 10x.
+			if spec[pos]&12 == 8 {
+				p.count[k] |= planMark
+			}
 			f := fields[r]
 			e := len(p.key) - 1
 			for e >= 0 && (p.key[e] != k || p.name[e] != f) {
@@ -265,38 +297,52 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 				e = len(p.key)
 				p.key = append(p.key, k)
 				p.name = append(p.name, f)
-				p.place = append(p.place, p.count[k])
+				p.place = append(p.place, p.count[k]%planMark)
 				p.count[k]++
+			} else {
+				for x := r0; x < r; x++ {
+					if p.req[x]%planDup == e {
+						e += planDup
+						break
+					}
+				}
 			}
 			p.req = append(p.req, e)
 			pos += 40
 			r++
 		}
 	}
-	// ARGV[1] is the spec: the first key's fields start at 2.
-	p.start = append(p.start, 0)
+	// Appended in order, each key's fields in their places (entries of a
+	// key come in the order of their places). ARGV[1] is the spec: the
+	// first key's fields start at 2.
 	at := 2
 	for k := 1; k <= nkeys; k++ {
-		p.start = append(p.start, at)
-		at += 1 + p.count[k]
-	}
-	// Appended in order, each key's fields in their places (entries of a
-	// key come in the order of their places).
-	for k := 1; k <= nkeys; k++ {
-		argv = append(argv, TTLField)
+		m := p.count[k] / planMark
+		spec = AppendInt(spec, int64(at*2+m))
+		at += m + p.count[k]%planMark
+		if m == 1 {
+			argv = append(argv, TTLField)
+		}
 		for e := range p.key {
 			if p.key[e] == k {
 				argv = append(argv, p.name[e])
 			}
 		}
 	}
+	keep := spec[0]
 	pos, r = 16, 0
 	for d := 0; d < ndec; d++ {
 		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
 		pos += 16
 		for q := 0; q < n; q++ {
-			e := p.req[r]
-			j := p.start[p.key[e]] + 1 + p.place[e]
+			e, low := p.req[r], spec[pos]
+			if e >= planDup {
+				e -= planDup
+			} else if (low == 2 || low == 12) && keep == 0 && spec[pos+4]|spec[pos+5]|spec[pos+6] == 0 {
+				spec[pos] = low | 64
+			}
+			k := p.key[e]
+			j := k<<12 | (p.count[k]/planMark + p.place[e] + 1)
 			spec[pos+1] = byte(j)
 			spec[pos+2] = byte(j >> 8)
 			spec[pos+3] = byte(j >> 16)
@@ -304,5 +350,5 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 			r++
 		}
 	}
-	return argv
+	return argv, spec
 }

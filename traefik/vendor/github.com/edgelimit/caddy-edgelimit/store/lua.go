@@ -85,8 +85,12 @@ end
 // state before and after, to undo a take; the number of decisions), then
 // per decision its time (0 for the server's) and its number of requests,
 // and five numbers per request (see luaCommon), whose code names, instead
-// of a key, the index in ARGV of the request's field; ARGV[2...] are each
-// client's fields, in the order of KEYS: "~" and then each field once
+// of a key, the request's client k and its field's place s among the
+// client's entries (bits 8 to 31: k * 4096 + s; bit 6 marks the takes
+// the script decides in fewer steps), and after the decisions, per
+// client, twice the index in ARGV of its first entry, plus 1 when that is
+// "~"; ARGV[2...] are each client's entries, in the order of KEYS: "~"
+// for a client with a token bucket or GCRA, then each field once
 // (store.PlanTake).
 //
 // The reply is, per decision, "R", the time decided at, and per request
@@ -100,108 +104,97 @@ end
 // again with bounds for that time. When Redis refuses the script's writes
 // (OOM: at its maxmemory, with noeviction), the whole reply is "F"
 // followed by the same decisions, none of them counted (FullReply).
-const luaTake = luaCommon + `
+//
+// The take script has a prelude of its own, and no functions (each would
+// be a closure made at every call).
+const luaTake = `
+local sunpack, spack, max, min, ceil, floor, huge = struct.unpack, struct.pack, math.max, math.min, math.ceil, math.floor, math.huge
+local rcall, rpcall = redis.call, redis.pcall
+-- Constants, not string.rep (a call at every script).
+local zero41 = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
 local A, K = ARGV, KEYS
 local spec = A[1]
-local flags, ndec = sunpack('<i8i8', spec)
+-- struct's 'l' (a C long) reads and writes the same 8 bytes as 'i8', for
+-- less (no size to parse in the format), where a long has 8 bytes.
+local L8 = struct.size('l') == 8
+local F2, F5, FS = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B'
+if L8 then F2, F5, FS = '<ll', '<lllll', '<llldlB' end
+local flags, ndec = sunpack(F2, spec)
 local keep = flags == 1
 local nk = #K
 
 -- Tables cost Redis more than the arithmetic (each one is an allocation
 -- the collector sweeps, and one that grows a value at a time is rehashed
 -- at every power of two): the script keeps a few, with room made by their
--- constructors, and the per-key and per-request values in strides.
+-- constructors (of nils: one instruction, where each false is one), and
+-- the per-key and per-request values in strides.
 --
 -- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
--- fields, in the order of KEYS, "~" first and then each field once, and a
--- request's code names its field's index in ARGV, so that a client is one
--- HMGET and one HSET however many decisions of the batch it is in. GS[k]
--- is the index of client k's "~" (GS[nk + 1] past the last), KO[j] the
--- client of ARGV[j]. KS holds per key the latest expiry it was written
--- with (0: unchanged), the time of that write (0: none) and the latest
--- expiry of the states read from Redis (the hash's TTL covers them: a
--- state no later needs no look at the mark "~").
-local got = {false, false, false, false}
-local KS = {false, false, false, false, false, false, false, false, false, false, false, false}
-local GS = {false, false, false, false, false, false, false, false}
-local KO = {false, false, false, false, false, false, false, false, false, false, false, false,
-  false, false, false, false}
-local na, k = #A, 0
-for j = 2, na do
-  if A[j] == '~' then
-    k = k + 1
-    GS[k] = j
-    KS[3 * k - 2], KS[3 * k - 1], KS[3 * k] = 0, 0, 0
-  end
-  KO[j] = k
-end
-GS[nk + 1] = na + 1
+-- fields, in the order of KEYS, each field once, and a request's code
+-- names its client and its field's place among the client's, so that a
+-- client is one HMGET and one HSET however many decisions of the batch it
+-- is in. GS[k] is the index in ARGV of client k's first entry (GS[nk + 1]
+-- past the last), got[k] what HMGET read of them. KS holds per key the
+-- latest expiry of the states a decision changed (counted when the state
+-- is decided: a decision that denies may leave it later than what is
+-- written, which costs at most a look at the mark), the time of the last write
+-- (0: none), the latest expiry of the states read from Redis (the hash's
+-- TTL covers them: a state no later needs no look at the mark "~") and 1
+-- when its first entry is the mark "~" (a token bucket's or GCRA's state
+-- outlives the last at every take: Go asks for the mark with the states),
+-- else 0 (the mark is read when needed, once a window).
+local got = {nil, nil, nil, nil, nil, nil, nil, nil}
+local KS = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+  nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+-- Each key's word (Go's plan) read with one call: GS[k] is then the word,
+-- twice the index, plus 1 for the mark, made the index below.
+local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or nk == 4 and '<i8i8i8i8'
+  or nk == 5 and '<i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8' or '<' .. string.rep('i8', nk)
+local GS = {sunpack(gf, spec, #spec - 8 * nk + 1)}
+GS[nk + 1] = 2 * #A + 2
 for k = 1, nk do
-  local g = rpcall('HMGET', K[k], unpack(A, GS[k], GS[k + 1] - 1))
-  if type(g) ~= 'table' or g.err then
+  local w0 = GS[k]
+  local m = w0 % 2
+  local j0 = (w0 - m) / 2
+  GS[k] = j0
+  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, m
+  local w1 = GS[k + 1]
+  local g = rpcall('HMGET', K[k], unpack(A, j0, (w1 - w1 % 2) / 2 - 1))
+  if g.err then
     rcall('DEL', K[k])
     g = {}
   end
   got[k] = g
 end
+GS[nk + 1] = GS[nk + 1] / 2
 
--- charge is limiter.Charge: cost units counted whatever is left, a window
--- at most MAXQ units (limiter.MaxQuota), a backlog at most MAXDEBT
--- microseconds (limiter.MaxDebt). It returns the state.
+-- A charge (below) is limiter.Charge: cost units counted whatever is
+-- left, a window at most MAXQ units (limiter.MaxQuota), a backlog at most
+-- MAXDEBT microseconds (limiter.MaxDebt).
 local MAXQ, MAXDEBT = 1099511627776, 3153600000000000
-local function charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-  if cost > MAXQ then cost = MAXQ end
-  if alg == 1 or alg == 6 then
-    local start, stop = bounds(alg, a, b, now)
-    if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-    return st, min(c + cost, MAXQ), p, d, stop, x
-  elseif alg == 2 then
-    if c == 0 or now >= st + a or now < st then
-      local dd = x and c == 0
-      st, c, p, d, e, x = now, 0, 0, 0, 0, dd
-    end
-    return st, min(c + cost, MAXQ), p, d, st + a, x
-  elseif alg == 3 then
-    local start, stop = bounds(3, a, b, now)
-    local w = a
-    if st == start then
-    elseif st == start - w then
-      st, p, c, d, e = start, c, 0, 0, 0
-    else
-      st, c, p, d, e, x = start, 0, 0, 0, 0, false
-    end
-    return st, min(c + cost, MAXQ), p, d, stop + w, x
-  end
-  local interval = a / b
-  local debt = now - st
-  if debt < 0 then debt = 0 end
-  debt = d - debt
-  if st == 0 or debt < 0 then debt = 0 end
-  local nxt = debt + cost * interval
-  if nxt > MAXDEBT then nxt = MAXDEBT end
-  return now, c, p, nxt, now + ceil(nxt), x
-end
 
 -- The reply of a decision is "R", its time and, per request, the state it
 -- was decided from (41 bytes, all zeros for none): Go decides again from
 -- those, as store.Memory would, for the results (ParseResults). The script
 -- decides only what it must write: whether each request passes, and its
 -- state after. Its time is packed once per batch on the server's clock.
-local out, nout = {false, false, false, false, false, false, false, false, false, false, false, false}, 0
--- D holds per request of a decision its state after, expiry, outcome and
--- field (its index in ARGV).
-local D = {false, false, false, false, false, false, false, false, false, false, false, false,
-  false, false, false, false}
+local out, nout = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}, 0
+-- D holds per request of a decision its state after, (unused), outcome
+-- and field (k * 4096 + s).
+local D = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+  nil, nil, nil, nil}
 local states = keep and {} or nil
 local server, serverR
 local pos = 17
 for _ = 1, ndec do
-  local now, n = sunpack('<i8i8', spec, pos)
+  local now, n = sunpack(F2, spec, pos)
   pos = pos + 16
   local head
   if now == 0 then
     if not server then
-      server = clock(0)
+      -- Strings in arithmetic are numbers (no tonumber calls).
+      local t = rcall('TIME')
+      server = t[1] * 1000000 + t[2]
       serverR = 'R' .. spack('<i8', server)
     end
     now, head = server, serverR
@@ -211,179 +204,260 @@ for _ = 1, ndec do
   local pass, bad, nst, o = true, false, 0, nout + 1
   nout = o
   for i = 1, n do
-    local code, q, cost, a, b = sunpack('<i8i8i8i8i8', spec, pos)
+    local code, q, cost, a, b = sunpack(F5, spec, pos)
     pos = pos + 40
     local low = code % 256
+    -- f = k * 4096 + s: the client, the field's place among its.
     local f = (code % 4294967296 - low) / 256
-    local k = KO[f]
-    local s, v = f - GS[k] + 1, nil
-    local dry = low % 2
-    local alg = (low % 16 - dry) / 2
-    local mode = (low - low % 16) / 16
-    local ban, wait = 0, 0
-    if code >= 4294967296 then ban = (code - code % 4294967296) / 4294967296 * 1000000 end
-    if alg == 4 or alg == 5 then
-      -- A wait's milliseconds above the rate.
-      local rate = b % 1099511627776
-      wait, b = (b - rate) / 1099511627776 * 1000, rate
-    end
-    if alg == 6 and (now < a or now >= b) then
-      -- A calendar window Go computed for another time: this decision
-      -- counts nothing, and is asked again.
-      bad = true
-    end
-    -- The same counter twice in one decision: the later sees the
-    -- earlier's result.
-    local read = KS[3 * k - 1] == 0
-    v = got[k][s]
-    for j = i - 1, 1, -1 do
-      if D[4 * j] == f then
-        v, read = D[4 * j - 3], false
-        break
-      end
-    end
-    local st, c, p, d, e, x = 0, 0, 0, 0, 0, false
-    if v and #v == 41 then
-      local xx
-      st, c, p, d, e, xx = sunpack('<i8i8i8di8B', v)
-      if e > now and d == d and d ~= huge and d ~= -huge then
-        x = xx == 1
-        -- As read from Redis (no decision of the batch wrote the client
-        -- yet): under the hash's TTL.
-        if read and e > KS[3 * k] then KS[3 * k] = e end
-      else
-        st, c, p, d, e = 0, 0, 0, 0, 0
-      end
-      out[o + i] = v
-    else
-      out[o + i] = zero41
-    end
-    if keep then
-      nst = nst + 1
-      states[nst] = e > 0 and spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0) or zero41
-    end
-    local ok, reset, retry = 1, 0, 0
-    local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
-    -- limiter.DecideBan: a banned key (count -1, start 0, until its
-    -- expiry) is denied; a charge counts nothing and passes.
-    local banned = ban > 0 and c == -1 and st == 0
-    if banned then
-      if mode ~= 2 then ok = 0 end
-    elseif mode == 2 then
-      st, c, p, d, e, x = charge(alg, q, cost, a, b, now, st, c, p, d, e, x)
-    elseif alg == 1 or alg == 6 then
-      -- takeFixed (with Bounds)
+    local s = f % 4096
+    local k = (f - s) / 4096
+    local v = got[k][s]
+    if low >= 64 then
+      -- A take of an aligned or calendar window, with no ban, no dry run,
+      -- no states kept, on a counter no earlier request of the decision
+      -- named (store.PlanTake's bit 6): takeFixed (with Bounds), as below,
+      -- in fewer steps (most requests are these).
       local start, stop = a, b
-      if alg == 1 then
+      if low < 72 then
         start = now - (now - b) % a
         stop = start + a
+      elseif now < a or now >= b then
+        bad = true
       end
-      if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
-      e = stop
+      local c, p, d, x, vst, vc, vp, vd, ve, vx = 0, 0, 0, 0
+      if v and #v == 41 then
+        vst, vc, vp, vd, ve, vx = sunpack(FS, v)
+        if ve > now and (vd == 0 or vd == vd and vd ~= huge and vd ~= -huge) then
+          if ve > KS[4 * k - 1] and KS[4 * k - 2] == 0 then KS[4 * k - 1] = ve end
+          if vst == start then c, p, d, x = vc, vp, vd, vx end
+        end
+        out[o + i] = v
+      else
+        out[o + i] = zero41
+      end
+      local ok = 1
       if c + cost <= q then
-        c = c + cost
-        x = false
+        c, x = c + cost, 0
       else
-        ok, x = 0, true
-        reset, retry = stop - now, stop - now
+        ok, x, pass = 0, 1, false
       end
-    elseif alg == 4 or alg == 5 then
-      -- takeTAT, takeShaped with a wait
-      local interval = a / b
-      local tau = interval * q
-      local debt = now - st
-      if debt < 0 then debt = 0 end
-      debt = d - debt
-      if st == 0 or debt < 0 then debt = 0 end
-      local nxt = debt + cost * interval
-      if nxt <= tau + wait + 1e-3 then
-        st, d = now, nxt
-        e = now + ceil(nxt)
-        x = false
-      else
-        -- A cost the bucket never holds waits at most MAXDEBT (takeTAT).
-        local late = nxt - tau - wait
-        if late > MAXDEBT then late = MAXDEBT end
-        ok, x = 0, true
-        e = max(e, now + ceil(late))
-        reset, retry = ceil(debt), ceil(late)
+      local nv = v
+      if c ~= vc or start ~= vst or stop ~= ve or x ~= vx or d ~= vd or p ~= vp then
+        nv = spack(FS, start, c, p, d, stop, x)
+        if stop > KS[4 * k - 3] then KS[4 * k - 3] = stop end
       end
-    elseif alg == 2 then
-      -- takeAnchored
-      local w = a
-      if c == 0 or now >= st + w or now < st then
-        local dd = x and c == 0
-        st, c, p, d, e, x = now, 0, 0, 0, 0, dd
-      end
-      local stop = st + w
-      if c + cost <= q then
-        c = c + cost
-        x = false
-      else
-        ok, x = 0, true
-        reset, retry = stop - now, stop - now
-      end
-      if c == 0 then
-        st, e = 0, now + w
-      else
-        e = stop
-      end
+      local di = 4 * i
+      D[di - 3], D[di - 1], D[di] = nv, ok, f
     else
-      -- takeSliding
-      local start = now - (now - b) % a
-      local stop = start + a
-      local w = a
-      if st == start then
-      elseif st == start - w then
-        st, p, c, d, e = start, c, 0, 0, 0
-      else
-        st, c, p, d, e, x = start, 0, 0, 0, 0, false
-      end
-      local elapsed = now - start
-      local used = p * (w - elapsed) / w + c
-      e = stop + w
-      if used + cost <= q then
-        c = c + cost
-        x = false
-      else
-        ok, x = 0, true
-        if ban > 0 then
-          -- slidingRetry
-          if cost > q then
-            retry = w - elapsed + w
-          else
-            local room = q - cost - c
-            if room >= 0 and p > 0 then
-              local ee = w - floor(room * w / p)
-              retry = ee > elapsed and ee - elapsed or 1
-            elseif room >= 0 then
-              retry = 1
-            else
-              retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
-            end
-          end
-          -- slidingReset
-          if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
+      -- The same counter twice in one decision: the later sees the
+      -- earlier's result.
+      local read = true
+      for j = 4 * i - 4, 4, -4 do
+        if D[j] == f then
+          v, read = D[j - 3], false
+          break
         end
       end
-    end
-    if ban > 0 and ok == 0 and not banned then
-      -- A denial bans the key for ban, or until the quota is whole again.
-      st, c, p, d, e, x = 0, -1, 0, 0, now + max(ban, reset, retry), true
-    end
-    local nv = v
-    if mode == 1 and ok == 1 then
-      -- check (limiter.Check): nothing counted; the state as it was, its
-      -- denial mark cleared.
-      if ox then nv = spack('<i8i8i8di8B', o1, o2, o3, o4, o5, 0) end
-    elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
-      nv = spack('<i8i8i8di8B', st, c, p, d, e, x and 1 or 0)
-    end
-    D[4 * i - 3], D[4 * i - 2], D[4 * i - 1], D[4 * i] = nv, e, ok, f
-    if ok == 0 and dry == 0 then pass = false end
-    if keep then
-      nst = nst + 1
-      states[nst] = type(nv) == 'string' and #nv == 41 and nv or zero41
+      local dry = low % 2
+      local alg = (low % 16 - dry) / 2
+      local mode = (low - low % 16) / 16
+      local ban, wait = 0, 0
+      if code >= 4294967296 then ban = (code - code % 4294967296) / 4294967296 * 1000000 end
+      if alg == 4 or alg == 5 then
+        -- A wait's milliseconds above the rate.
+        local rate = b % 1099511627776
+        wait, b = (b - rate) / 1099511627776 * 1000, rate
+      end
+      if alg == 6 and (now < a or now >= b) then
+        -- A calendar window Go computed for another time: this decision
+        -- counts nothing, and is asked again.
+        bad = true
+      end
+      local st, c, p, d, e, x
+      if v and #v == 41 then
+        local xx
+        st, c, p, d, e, xx = sunpack(FS, v)
+        if e > now and (d == 0 or d == d and d ~= huge and d ~= -huge) then
+          x = xx == 1
+          -- As read from Redis (no decision of the batch wrote the client
+          -- yet): under the hash's TTL.
+          if e > KS[4 * k - 1] and read and KS[4 * k - 2] == 0 then KS[4 * k - 1] = e end
+        else
+          st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+        end
+        out[o + i] = v
+      else
+        st, c, p, d, e, x = 0, 0, 0, 0, 0, false
+        out[o + i] = zero41
+      end
+      if keep then
+        nst = nst + 1
+        states[nst] = e > 0 and spack(FS, st, c, p, d, e, x and 1 or 0) or zero41
+      end
+      local ok, reset, retry = 1, 0, 0
+      local o1, o2, o3, o4, o5, ox = st, c, p, d, e, x
+      -- limiter.DecideBan: a banned key (count -1, start 0, until its
+      -- expiry) is denied; a charge counts nothing and passes.
+      local banned = ban > 0 and c == -1 and st == 0
+      if banned then
+        if mode ~= 2 then ok = 0 end
+      elseif mode == 2 then
+        -- limiter.Charge, written here (a function would be a closure made
+        -- at every call of the script).
+        local cc = cost
+        if cc > MAXQ then cc = MAXQ end
+        if alg == 1 or alg == 6 or alg == 3 then
+          -- limiter.Limit.Bounds
+          local start, stop = a, b
+          if alg ~= 6 then
+            local m = math.fmod(now - b, a)
+            if m < 0 then m = m + a end
+            start, stop = now - m, now - m + a
+          end
+          if alg == 3 then
+            if st == start then
+            elseif st == start - a then
+              st, p, c, d, e = start, c, 0, 0, 0
+            else
+              st, c, p, d, e, x = start, 0, 0, 0, 0, false
+            end
+            c, e = min(c + cc, MAXQ), stop + a
+          else
+            if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+            c, e = min(c + cc, MAXQ), stop
+          end
+        elseif alg == 2 then
+          if c == 0 or now >= st + a or now < st then
+            local dd = x and c == 0
+            st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+          end
+          c, e = min(c + cc, MAXQ), st + a
+        else
+          local interval = a / b
+          local debt = now - st
+          if debt < 0 then debt = 0 end
+          debt = d - debt
+          if st == 0 or debt < 0 then debt = 0 end
+          local nxt = debt + cc * interval
+          if nxt > MAXDEBT then nxt = MAXDEBT end
+          st, d, e = now, nxt, now + ceil(nxt)
+        end
+      elseif alg == 1 or alg == 6 then
+        -- takeFixed (with Bounds)
+        local start, stop = a, b
+        if alg == 1 then
+          start = now - (now - b) % a
+          stop = start + a
+        end
+        if st ~= start then st, c, p, d, x = start, 0, 0, 0, false end
+        e = stop
+        if c + cost <= q then
+          c = c + cost
+          x = false
+        else
+          ok, x = 0, true
+          reset, retry = stop - now, stop - now
+        end
+      elseif alg == 4 or alg == 5 then
+        -- takeTAT, takeShaped with a wait
+        local interval = a / b
+        local tau = interval * q
+        local debt = now - st
+        if debt < 0 then debt = 0 end
+        debt = d - debt
+        if st == 0 or debt < 0 then debt = 0 end
+        local nxt = debt + cost * interval
+        if nxt <= tau + wait + 1e-3 then
+          st, d = now, nxt
+          e = now + ceil(nxt)
+          x = false
+        else
+          -- A cost the bucket never holds waits at most MAXDEBT (takeTAT).
+          local late = nxt - tau - wait
+          if late > MAXDEBT then late = MAXDEBT end
+          ok, x = 0, true
+          e = max(e, now + ceil(late))
+          reset, retry = ceil(debt), ceil(late)
+        end
+      elseif alg == 2 then
+        -- takeAnchored
+        local w = a
+        if c == 0 or now >= st + w or now < st then
+          local dd = x and c == 0
+          st, c, p, d, e, x = now, 0, 0, 0, 0, dd
+        end
+        local stop = st + w
+        if c + cost <= q then
+          c = c + cost
+          x = false
+        else
+          ok, x = 0, true
+          reset, retry = stop - now, stop - now
+        end
+        if c == 0 then
+          st, e = 0, now + w
+        else
+          e = stop
+        end
+      else
+        -- takeSliding
+        local start = now - (now - b) % a
+        local stop = start + a
+        local w = a
+        if st == start then
+        elseif st == start - w then
+          st, p, c, d, e = start, c, 0, 0, 0
+        else
+          st, c, p, d, e, x = start, 0, 0, 0, 0, false
+        end
+        local elapsed = now - start
+        local used = p * (w - elapsed) / w + c
+        e = stop + w
+        if used + cost <= q then
+          c = c + cost
+          x = false
+        else
+          ok, x = 0, true
+          if ban > 0 then
+            -- slidingRetry
+            if cost > q then
+              retry = w - elapsed + w
+            else
+              local room = q - cost - c
+              if room >= 0 and p > 0 then
+                local ee = w - floor(room * w / p)
+                retry = ee > elapsed and ee - elapsed or 1
+              elseif room >= 0 then
+                retry = 1
+              else
+                retry = w - elapsed + max(w - floor((q - cost) * w / c), 0)
+              end
+            end
+            -- slidingReset
+            if c > 0 then reset = stop + w - now elseif p > 0 then reset = stop - now end
+          end
+        end
+      end
+      if ban > 0 and ok == 0 and not banned then
+        -- A denial bans the key for ban, or until the quota is whole again.
+        st, c, p, d, e, x = 0, -1, 0, 0, now + max(ban, reset, retry), true
+      end
+      local nv = v
+      if mode == 1 and ok == 1 then
+        -- check (limiter.Check): nothing counted; the state as it was, its
+        -- denial mark cleared.
+        if ox then nv = spack(FS, o1, o2, o3, o4, o5, 0) end
+      elseif st ~= o1 or c ~= o2 or e ~= o5 or x ~= ox or d ~= o4 or p ~= o3 then
+        nv = spack(FS, st, c, p, d, e, x and 1 or 0)
+      end
+      local di = 4 * i
+      D[di - 3], D[di - 1], D[di] = nv, ok, f
+      if nv ~= v and e > KS[4 * k - 3] then KS[4 * k - 3] = e end
+      if ok == 0 and dry == 0 then pass = false end
+      if keep then
+        nst = nst + 1
+        states[nst] = type(nv) == 'string' and #nv == 41 and nv or zero41
+      end
     end
   end
   if bad then
@@ -393,16 +467,15 @@ for _ = 1, ndec do
     -- All or nothing: when a limit that is not a dry run denies, only the
     -- denials are kept (their mark reports the first denial once). In
     -- order, so that the last state of a counter is the one kept.
-    for i = 1, n do
-      if pass or D[4 * i - 1] == 0 then
-        local f, nv = D[4 * i], D[4 * i - 3]
-        local k = KO[f]
-        local g, s = got[k], f - GS[k] + 1
+    for di = 4, 4 * n, 4 do
+      if pass or D[di - 1] == 0 then
+        local f, nv = D[di], D[di - 3]
+        local s = f % 4096
+        local k = (f - s) / 4096
+        local g = got[k]
         if g[s] ~= nv then
           g[s] = nv
-          local e = D[4 * i - 2]
-          if e > KS[3 * k - 2] then KS[3 * k - 2] = e end
-          KS[3 * k - 1] = now
+          KS[4 * k - 2] = now
         end
       end
     end
@@ -428,28 +501,46 @@ end
 -- error as "OOM command ...", Redis 6 with the script's line before it.)
 local wrote, w = false, nil
 for k = 1, nk do
-  if KS[3 * k - 1] > 0 then
-    local g, g0 = got[k], GS[k] - 1
-    local nw = 0
-    if not w then w = {false, false, false, false, false, false, false, false} end
-    for j = 2, GS[k + 1] - g0 - 1 do
-      if g[j] then
-        w[nw + 1], w[nw + 2] = A[g0 + j], g[j]
-        nw = nw + 2
-      end
-    end
-    local e, ttl = KS[3 * k - 2], false
-    if e > KS[3 * k] and e > (tonumber(g[1]) or 0) then
-      local now = KS[3 * k - 1]
+  if KS[4 * k - 2] > 0 then
+    local g, j0, m = got[k], GS[k], KS[4 * k]
+    local nf = GS[k + 1] - j0
+    local e, mark, ttl = KS[4 * k - 3], false, false
+    -- A state outlives those read: the mark says whether the TTL covers
+    -- it (read with the states, or now; written as an integer:
+    -- string.format costs less than tostring, and tonumber reads both).
+    if e > KS[4 * k - 1] and e > (tonumber(m == 1 and (g[1] or 0) or rcall('HGET', K[k], '~')) or 0) then
+      local now = KS[4 * k - 2]
       e = e + min(max((e - now) / 4, 1000000), 3600000000)
-      w[nw + 1], w[nw + 2] = '~', tostring(e)
-      nw = nw + 2
+      mark = string.format('%d', e)
       ttl = max(ceil((e - now) / 1000), 1)
     end
-    if wrote then
-      rcall('HSET', K[k], unpack(w, 1, nw))
-    else
-      local res = rpcall('HSET', K[k], unpack(w, 1, nw))
+    local hset, res = wrote and rcall or rpcall, nil
+    -- Most writes are of one to three fields, all set, and no mark: named
+    -- as they are (no table to fill, no unpack).
+    if mark or m == 1 or nf > 3 then
+    elseif nf == 3 then
+      if g[1] and g[2] and g[3] then res = hset('HSET', K[k], A[j0], g[1], A[j0 + 1], g[2], A[j0 + 2], g[3]) end
+    elseif nf == 2 then
+      if g[1] and g[2] then res = hset('HSET', K[k], A[j0], g[1], A[j0 + 1], g[2]) end
+    elseif g[1] then
+      res = hset('HSET', K[k], A[j0], g[1])
+    end
+    if res == nil then
+      local nw = 0
+      if not w then w = {nil, nil, nil, nil, nil, nil, nil, nil} end
+      for s = 1 + m, nf do
+        if g[s] then
+          w[nw + 1], w[nw + 2] = A[j0 + s - 1], g[s]
+          nw = nw + 2
+        end
+      end
+      if mark then
+        w[nw + 1], w[nw + 2] = '~', mark
+        nw = nw + 2
+      end
+      res = hset('HSET', K[k], unpack(w, 1, nw))
+    end
+    if not wrote then
       if type(res) == 'table' and res.err then
         if string.find(res.err, 'OOM command not allowed', 1, true) then
           return 'F' .. table.concat(out, '', 1, nout)
