@@ -57,12 +57,7 @@ func (s *Forwarded) forwarded(r *http.Request) string {
 	xff := forwardedFor(r.Header)
 	if s.depth > 0 {
 		if s.depth <= len(xff) {
-			x := xff[len(xff)-s.depth]
-			ip := IP(x)
-			if ip == "" {
-				ip = portIP(x)
-			}
-			if ip != "" {
+			if ip := IP(xff[len(xff)-s.depth]); ip != "" {
 				return ip
 			}
 		}
@@ -71,9 +66,6 @@ func (s *Forwarded) forwarded(r *http.Request) string {
 	for i := len(xff) - 1; i >= 0; i-- {
 		ip := IP(xff[i])
 		if ip == "" {
-			ip = portIP(xff[i])
-		}
-		if ip == "" {
 			break
 		}
 		if !s.isExcluded(netip.MustParseAddr(ip)) {
@@ -81,19 +73,6 @@ func (s *Forwarded) forwarded(r *http.Request) string {
 		}
 	}
 	return RemoteIP(r)
-}
-
-// portIP is IP of an address of X-Forwarded-For with the client's port,
-// as some proxies write it ("192.0.2.1:51234", "[2001:db8::1]:443") and
-// Caddy's trusted_proxies reads it: else every client of such a proxy was
-// the proxy's one counter, and Caddy counted each client alone. (Called
-// only when IP fails: the usual address costs no call more.)
-func portIP(s string) string {
-	host, _, err := net.SplitHostPort(s)
-	if err != nil {
-		return ""
-	}
-	return IP(host)
 }
 
 func (s *Forwarded) isExcluded(a netip.Addr) bool {
