@@ -1,7 +1,6 @@
 package edgelimit
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +21,7 @@ import (
 // return (an error whose status Caddy writes, or nothing at all: 200).
 
 // compileResponses reads a limit's response options into its spec.
-func compileResponses(l *Limit, spec *policy.Spec, cl *compiledLimit) error {
+func compileResponses(l *Limit, spec *policy.Spec) error {
 	if m := l.CountResponses; m != nil {
 		for _, code := range m.StatusCode {
 			if code < 1 || code > 5 && code < 100 || code > 599 {
@@ -30,7 +29,7 @@ func compileResponses(l *Limit, spec *policy.Spec, cl *compiledLimit) error {
 			}
 		}
 		spec.Charged = true
-		cl.responses = m
+		spec.Responses = m
 	}
 	spec.CostHeader = l.CostHeader
 	spec.KeepCostHeader = l.KeepCostHeader
@@ -38,12 +37,9 @@ func compileResponses(l *Limit, spec *policy.Spec, cl *compiledLimit) error {
 }
 
 // charging is what a handler with limits that count responses keeps for
-// its response path.
+// its response path: the throttle of its warnings.
 type charging struct {
-	// strip are the cost headers no client sees: removed from every
-	// response of the handler, charged or not.
-	strip []string
-	warn  store.Throttle
+	warn store.Throttle
 }
 
 // newCharging returns the response path of a handler's limits, nil when
@@ -52,7 +48,7 @@ func newCharging(p *policy.Policy) *charging {
 	if !p.Charges {
 		return nil
 	}
-	return &charging{strip: p.StripHeaders}
+	return &charging{}
 }
 
 // chargeWriter sees the response of a request to a handler whose limits
@@ -143,68 +139,34 @@ func (cw *chargeWriter) FlushError() error {
 // respond charges the response of status, once: its headers are final.
 func (cw *chargeWriter) respond(status int) {
 	cw.done = true
-	hdr := cw.ResponseWriter.Header()
+	h := cw.h
+	var d *policy.Decision
+	var ledger *policy.Ledger
 	if cw.sc != nil {
-		cw.h.charge(cw.r, cw.sc.Decision, status, hdr)
+		d = cw.sc.Decision
+		vars, _ := cw.r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+		ledger = ledgerOf(vars)
 	}
-	for _, name := range cw.h.charging.strip {
-		delete(hdr, name)
-	}
-}
-
-// charge counts the response of status with headers hdr to the limits of
-// d that count responses and match it, and writes the rate-limit headers
-// again with what remains. A response that an edge_limit after this one
-// denied is charged nothing: the request was denied.
-func (h *Handler) charge(r *http.Request, d *policy.Decision, status int, hdr http.Header) {
-	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	ledger := ledgerOf(vars)
-	if ledger != nil && ledger.Denied {
-		return
-	}
-	policy.ResetCharges(d)
-	for i := range d.Reqs {
-		if d.Reqs[i].Mode != store.ModeCheck {
-			continue
-		}
-		cl := h.limits[d.Meta[i].Index]
-		if cl.responses != nil && !cl.responses.Match(status, hdr) {
-			continue
-		}
-		cost, found := policy.ResponseCost(cl.Limit, hdr)
-		if found != policy.CostOK && found != policy.CostMissing {
-			h.badCost(cl, hdr.Get(cl.CostHeader), found)
-		}
-		if cost > 0 {
-			policy.AddCharge(d, i, cost)
-		}
-	}
-	if len(d.Charges) == 0 {
-		return
-	}
-	now := h.clock.Now()
-	// The client may be gone: what its request cost is charged all the
-	// same (an attacker who hangs up does not get a free guess).
-	if err := h.store.Take(context.WithoutCancel(r.Context()), now, d.Charges, d.ChargeRes); err != nil {
+	err := policy.Respond(h.pol, h.store, cw.r.Context(), h.clock.Now, d, status, cw.ResponseWriter.Header(), ledger)
+	if err != nil {
 		h.metrics.storageError()
-		if h.charging.warn.Allow(now, 5*time.Second) {
+		if h.charging.warn.Allow(h.clock.Now(), 5*time.Second) {
 			h.logger.Warn("rate-limit storage failed: a response's cost was not charged", zap.Error(err))
 		}
-		return
 	}
-	report := policy.Charged(d)
-	policy.RewriteHeaders(h.pol, hdr, d, report, ledger)
+	if d != nil {
+		for _, issue := range d.CostIssues {
+			h.badCost(issue)
+		}
+	}
 }
 
 // badCost logs, at most every 5 seconds per handler, a cost header that
 // is not a whole number of units.
-func (h *Handler) badCost(cl *compiledLimit, value string, found int) {
+func (h *Handler) badCost(issue policy.CostIssue) {
 	if !h.charging.warn.Allow(h.clock.Now(), 5*time.Second) {
 		return
 	}
-	if len(value) > 64 {
-		value = value[:64]
-	}
-	h.logger.Warn(policy.CostProblem(found), zap.String("limit", cl.Name),
-		zap.String("header", cl.CostHeader), zap.String("value", value))
+	h.logger.Warn(policy.CostProblem(issue.Found), zap.String("limit", issue.Limit.Name),
+		zap.String("header", issue.Limit.CostHeader), zap.String("value", issue.Value))
 }

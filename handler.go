@@ -392,15 +392,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if h.clock != clock.Real {
 		start = time.Now()
 	}
-	if h.pol.Waits {
-		policy.HoldWaits(d)
-	}
-	err := h.store.Take(ctx, now, d.Reqs, d.Res)
+	err := policy.Take(h.pol, h.store, ctx, now, d)
 	h.timer.observe(start)
 	if err != nil {
-		if h.pol.Waits {
-			policy.ReleaseWaits(d)
-		}
 		return h.storageFailed(w, r, next, now, err)
 	}
 	denied, report := policy.Judge(d)

@@ -180,8 +180,6 @@ type compiledLimit struct {
 	tierKey  *keyPart
 	v6       int // the IPv6 prefix of the address key parts
 	outcomes *outcomes
-	// responses is CountResponses: the responses charged (nil: all).
-	responses *caddyhttp.ResponseMatcher
 }
 
 // compileLimit checks a limit's configuration and prepares it; zone
@@ -226,7 +224,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		WaitMax:     l.WaitMax,
 		Sync:        time.Duration(l.Sync),
 	}
-	if err := compileResponses(l, spec, cl); err != nil {
+	if err := compileResponses(l, spec); err != nil {
 		return nil, err
 	}
 	if len(l.Tiers) > 0 {

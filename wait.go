@@ -1,10 +1,10 @@
 package edgelimit
 
 import (
-	"context"
 	"net/http"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/internal/clock"
@@ -18,14 +18,13 @@ import (
 func (h *Handler) hold(r *http.Request, d *policy.Decision, wait time.Duration) error {
 	err := clock.Sleep(r.Context(), h.clock, wait)
 	h.metrics.waited(d, err == nil)
-	policy.ReleaseWaits(d)
-	if err == nil {
-		return nil
+	var ledger *policy.Ledger
+	if err != nil {
+		vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+		ledger = ledgerOf(vars)
 	}
-	now := h.clock.Now()
-	if rerr := h.store.Refund(context.WithoutCancel(r.Context()), now, policy.Taken(d)); rerr != nil && h.warn.Allow(now, 5*time.Second) {
+	if rerr := policy.Held(r.Context(), h.store, h.clock.Now, d, err != nil, ledger); rerr != nil && h.warn.Allow(h.clock.Now(), 5*time.Second) {
 		h.logger.Warn("giving back the counts of a request that left while held", zap.Error(rerr))
 	}
-	h.refundEarlier(r, now)
 	return err
 }

@@ -1,11 +1,13 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/textproto"
 	"strconv"
+	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/store"
@@ -190,6 +192,76 @@ func Charged(d *Decision) int {
 		}
 	}
 	return report
+}
+
+// CostIssue is a cost header that Respond could not read as it is: the
+// limit's, what ResponseCost found (CostInvalid or CostTooLarge), and the
+// value, cut to 64 bytes for a log line.
+type CostIssue struct {
+	Limit *Limit
+	Found int
+	Value string
+}
+
+// Respond is the response path of a policy whose limits count responses
+// (p.Charges), once the response of status with headers hdr is known:
+// unless d is nil (the request checked none of them) or a handler after
+// this one denied the request (ledger.Denied: the request was denied; the
+// ledger is the request's, nil for none), it charges the response to the
+// limits of d that count responses and match it, in s at now(), and writes
+// the rate-limit headers again with what remains; then it removes the cost
+// headers that no client sees. The charges outlive the client (ctx's
+// cancellation): what a request cost is charged all the same (an attacker
+// who hangs up does not get a free guess). It returns the store's error, when nothing was
+// charged; the cost headers it could not read are in d.CostIssues, for
+// the edge to log.
+func Respond(p *Policy, s store.Store, ctx context.Context, now func() time.Time, d *Decision, status int, hdr http.Header, ledger *Ledger) error {
+	var err error
+	if d != nil && (ledger == nil || !ledger.Denied) {
+		err = charge(p, s, ctx, now, d, status, hdr, ledger)
+	}
+	for _, name := range p.StripHeaders {
+		delete(hdr, name)
+	}
+	return err
+}
+
+// charge is Respond's charging.
+func charge(p *Policy, s store.Store, ctx context.Context, now func() time.Time, d *Decision, status int, hdr http.Header, ledger *Ledger) error {
+	d.CostIssues = d.CostIssues[:0]
+	ResetCharges(d)
+	for i := range d.Reqs {
+		if d.Reqs[i].Mode != store.ModeCheck {
+			continue
+		}
+		l := d.Meta[i].Limit
+		if l.Responses != nil && !l.Responses.Match(status, hdr) {
+			continue
+		}
+		cost, found := ResponseCost(l, hdr)
+		if found != CostOK && found != CostMissing {
+			d.CostIssues = append(d.CostIssues, costIssue(l, found, hdr))
+		}
+		if cost > 0 {
+			AddCharge(d, i, cost)
+		}
+	}
+	if len(d.Charges) == 0 {
+		return nil
+	}
+	if err := store.Take(s, context.WithoutCancel(ctx), now(), d.Charges, d.ChargeRes); err != nil {
+		return err
+	}
+	RewriteHeaders(p, hdr, d, Charged(d), ledger)
+	return nil
+}
+
+func costIssue(l *Limit, found int, hdr http.Header) CostIssue {
+	v := hdr[l.CostHeader][0]
+	if len(v) > 64 {
+		v = v[:64]
+	}
+	return CostIssue{Limit: l, Found: found, Value: v}
 }
 
 // RewriteHeaders writes the rate-limit headers again after the charges:

@@ -34,6 +34,9 @@ type Policy struct {
 	StripHeaders []string
 	// Waits tells whether some limit holds requests (wait.go).
 	Waits bool
+	// One tells whether the policy is one limit that One may decide: no
+	// tiers, exemptions, waits, bans or charges.
+	One bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -130,6 +133,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.planned = append(p.planned, Planned{Limit: l, Index: i, Tier: l.BaseTier})
 		p.tiered = p.tiered || l.Tiers != nil
 	}
+	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && len(limits[0].Counters) > 0 && store.Alone(&p.requests[0][0])
 	return p, nil
 }
 
@@ -169,6 +173,9 @@ type Decision struct {
 	charged   []int
 	ietfAt    int
 	ietfLen   int
+	// CostIssues are the cost headers of the last response charged that
+	// could not be read as they are (Respond), for the edge to log.
+	CostIssues []CostIssue
 }
 
 // The request path is functions, not methods: under Yaegi a method call
@@ -185,7 +192,7 @@ type Planned struct {
 // NewDecision returns a decision with room for the policy's limits.
 func NewDecision(p *Policy) *Decision {
 	n := len(p.Limits)
-	return &Decision{
+	d := &Decision{
 		Keys:       make([]string, n),
 		Parts:      make([]int, n),
 		TierValues: make([]string, n),
@@ -193,6 +200,10 @@ func NewDecision(p *Policy) *Decision {
 		Meta:       make([]Planned, 0, n),
 		Res:        make([]limiter.Result, n),
 	}
+	if p.One {
+		d.Meta = append(d.Meta, p.planned[0]) // One's plan, always
+	}
+	return d
 }
 
 // Exemptions returns the names of the limits that do not apply to the
@@ -278,6 +289,20 @@ func Judge(d *Decision) (denied, report int) {
 		return -1, 0 // the usual case, in few values
 	}
 	return judge(d)
+}
+
+// Take has s take the requests of d at now: for a policy with waits,
+// holding the places of those that may wait (HoldWaits), given back when
+// s fails.
+func Take(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Decision) error {
+	if p.Waits {
+		HoldWaits(d)
+	}
+	err := store.Take(s, ctx, now, d.Reqs, d.Res)
+	if err != nil && p.Waits {
+		ReleaseWaits(d)
+	}
+	return err
 }
 
 func judge(d *Decision) (denied, report int) {

@@ -42,7 +42,11 @@ func WriteHeaders(p *Policy, hdr http.Header, d *Decision, report int, denied bo
 	if (p.Headers != HeaderX || p.TimeHeader || prior != nil) && !otherHeaders(p, hdr, d, report, denied, prior) {
 		return
 	}
-	r := &d.Res[report]
+	writeX(hdr, &d.Res[report])
+}
+
+// writeX writes the X-RateLimit-Limit, -Remaining and -Reset headers of r.
+func writeX(hdr http.Header, r *limiter.Result) {
 	// The values in one array, each a slice of its own (a handler that
 	// rewrites a value in place, as header replace does, rewrites only
 	// this one); the reset is ResetUnix's, written out.

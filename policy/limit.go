@@ -173,6 +173,9 @@ type Spec struct {
 	// unless KeepCostHeader.
 	CostHeader     string
 	KeepCostHeader bool
+	// Responses are the responses a charged limit counts (nil: all): the
+	// edge's condition.
+	Responses ResponseMatcher
 	// Ban denies a client every request for Ban once one was denied
 	// (limiter.Limit.Ban), in every tier.
 	Ban time.Duration
@@ -210,6 +213,9 @@ type Limit struct {
 	Charged        bool
 	CostHeader     string
 	KeepCostHeader bool
+	// Responses are the Spec's: the responses such a limit counts (nil:
+	// all).
+	Responses ResponseMatcher
 	// WaitMax is the requests of a client held at once (wait.go); waiting
 	// counts the requests held now.
 	WaitMax int
@@ -247,7 +253,7 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 			return nil, err
 		}
 	}
-	l := &Limit{Name: s.Name, Cost: cost, DryRun: s.DryRun, Status: s.Status}
+	l := &Limit{Name: s.Name, Cost: cost, DryRun: s.DryRun, Status: s.Status, Responses: s.Responses}
 	if s.Body != "" {
 		l.Body = ParseTemplate(s.Body)
 	}

@@ -135,7 +135,8 @@ func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results 
 // call less.
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if m, ok := s.(*Memory); ok {
-		if len(reqs) == 1 && len(results) != 0 && TakeOne(m, &reqs[0], &results[0], now.UnixMicro()) {
+		if len(reqs) == 1 && len(results) != 0 && Alone(&reqs[0]) {
+			TakeOne(m, &reqs[0], &results[0], now.UnixMicro())
 			return nil
 		}
 		return TakeMemory(m, now, reqs, results)
@@ -149,21 +150,23 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 		return ErrTooFewResults
 	}
 	t := now.UnixMicro()
-	if len(reqs) != 1 || !TakeOne(m, &reqs[0], &results[0], t) {
+	if len(reqs) == 1 && Alone(&reqs[0]) {
+		TakeOne(m, &reqs[0], &results[0], t)
+	} else {
 		m.takeMany(reqs, results, t)
 	}
 	return nil
 }
 
-// TakeOne decides a request alone at t, and tells whether it could: one
-// that takes, of a limit without a ban, the usual case, in one function
-// (under Yaegi every call costs for every value of its function, run or
-// not). An edge whose requests are one may call it instead of Take, a call
-// less, and Take when it could not.
-func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) bool {
-	if r.Mode != ModeTake || r.Limit.Ban != 0 {
-		return false
-	}
+// Alone tells whether TakeOne may decide request r: one that takes, of a
+// limit without a ban.
+func Alone(r *Request) bool { return r.Mode == ModeTake && r.Limit.Ban == 0 }
+
+// TakeOne decides a request alone at t, one that Alone accepts (the
+// usual case), in one function (under Yaegi every call costs for every
+// value of its function, run or not). An edge whose requests are one may
+// call it instead of Take, a call less.
+func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	// HashRequest, written out (in two statements: Yaegi assigns a tuple
 	// with a call in it only in part).
 	a := maphash.String(m.seed, r.Counter)
@@ -185,7 +188,6 @@ func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) bool {
 		m.add(sh, h, &st, t)
 	}
 	sh.mu.Unlock()
-	return true
 }
 
 func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {

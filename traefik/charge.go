@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/edgelimit/caddy-edgelimit/policy"
-	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // The response path of limits that count responses (countResponses,
@@ -20,23 +19,6 @@ func compileResponses(c *ResponseRule) (*policy.ResponseRule, error) {
 		return nil, nil
 	}
 	return policy.NewResponseRule(c.Status, c.Headers)
-}
-
-// charging is what a middleware with limits that count responses keeps
-// for its response path.
-type charging struct {
-	// strip are the cost headers no client sees: removed from every
-	// response of the middleware, charged or not.
-	strip []string
-}
-
-// newCharging returns the response path of a middleware's limits, nil
-// when none counts responses.
-func newCharging(p *policy.Policy) *charging {
-	if !p.Charges {
-		return nil
-	}
-	return &charging{strip: p.StripHeaders}
 }
 
 // chargeWriter sees the response of a request to a middleware whose limits
@@ -65,7 +47,7 @@ func serveCharging(m *middleware, w http.ResponseWriter, r *http.Request) {
 	cw.r = r
 	if policy.Checked(d) {
 		// serve records every decision it passes in the request's state.
-		st, _ := r.Context().Value(stateKey{}).(*requestState)
+		st, _ := r.Context().Value(stateCtxKey).(*requestState)
 		cw.st = st
 		cw.d = d
 	}
@@ -118,59 +100,20 @@ func (cw *chargeWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter 
 // respond charges the response of code, once: its headers are final.
 func respond(cw *chargeWriter, code int) {
 	cw.done = true
+	m := cw.m
 	hdr := cw.ResponseWriter.Header()
 	cw.stream = len(hdr["Content-Length"]) == 0
+	var ledger *policy.Ledger
 	if cw.d != nil {
-		charge(cw.m, cw.st, cw.d, code, hdr)
+		ledger = &cw.st.ledger
 	}
-	for _, name := range cw.m.charges.strip {
-		delete(hdr, name)
-	}
-}
-
-// charge counts the response of code with headers hdr to the limits of d
-// that count responses and match it, and writes the rate-limit headers
-// again with what remains. A response that an edgelimit middleware after
-// this one denied is charged nothing: the request was denied.
-func charge(m *middleware, st *requestState, d *policy.Decision, code int, hdr http.Header) {
-	if st.ledger.Denied {
-		return
-	}
-	policy.ResetCharges(d)
-	for i := range d.Reqs {
-		if d.Reqs[i].Mode != store.ModeCheck {
-			continue
-		}
-		cl := m.limits[d.Meta[i].Index]
-		if cl.responses != nil && !policy.MatchResponse(cl.responses, code, hdr) {
-			continue
-		}
-		cost, found := policy.ResponseCost(cl.Limit, hdr)
-		if found != policy.CostOK && found != policy.CostMissing {
-			m.log.warnf("%s (limit %s, header %s, value %q)", policy.CostProblem(found), cl.Name, cl.CostHeader, shortValue(hdr.Get(cl.CostHeader)))
-		}
-		if cost > 0 {
-			policy.AddCharge(d, i, cost)
-		}
-	}
-	if len(d.Charges) == 0 {
-		return
-	}
-	now := m.now()
-	// The client may be gone: what its request cost is charged all the
-	// same (an attacker who hangs up does not get a free guess).
-	if err := store.Take(m.store, context.Background(), now, d.Charges, d.ChargeRes); err != nil {
+	if err := policy.Respond(m.pol, m.store, context.Background(), m.now, cw.d, code, hdr, ledger); err != nil {
 		m.log.warnf("rate-limit storage failed: a response's cost was not charged: %v", err)
+	}
+	if cw.d == nil {
 		return
 	}
-	report := policy.Charged(d)
-	policy.RewriteHeaders(m.pol, hdr, d, report, &st.ledger)
-}
-
-// shortValue cuts a header value for a log line.
-func shortValue(v string) string {
-	if len(v) > 64 {
-		return v[:64]
+	for _, issue := range cw.d.CostIssues {
+		m.log.warnf("%s (limit %s, header %s, value %q)", policy.CostProblem(issue.Found), issue.Limit.Name, issue.Limit.CostHeader, issue.Value)
 	}
-	return v
 }

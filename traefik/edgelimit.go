@@ -43,8 +43,8 @@ type middleware struct {
 	// serve leaves to serveAll.
 	holds bool
 	store store.Store
-	// one is the memory store of a middleware of one limit: serve has it
-	// decide with store.TakeOne, a call less than store.Take.
+	// one is the memory store of a middleware of one limit that
+	// policy.One decides (serveOne), nil otherwise.
 	one    *store.Memory
 	now    func() time.Time // the clock: time.Now, or the configured one
 	ips    *httpval.Forwarded
@@ -53,9 +53,8 @@ type middleware struct {
 	log    *logger
 	// decisions are the decisions of requests served, to use again.
 	decisions sync.Pool
-	// charges is the response path of limits that count responses
-	// (charge.go), nil when none does.
-	charges *charging
+	// charges: some limit counts responses (charge.go).
+	charges bool
 }
 
 // New builds the middleware from its configuration.
@@ -103,7 +102,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if err != nil {
 		return nil, err
 	}
-	m.charges = newCharging(m.pol)
+	m.charges = m.pol.Charges
 	m.holds = m.pol.Exempts || m.pol.Waits
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
@@ -116,7 +115,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 			break
 		}
 	}
-	if mem, ok := m.store.(*store.Memory); ok && len(m.limits) == 1 {
+	if mem, ok := m.store.(*store.Memory); ok && m.pol.One && !m.allKeys {
 		m.one = mem
 	}
 	return m, nil
@@ -151,7 +150,7 @@ func (m *middleware) compileLimits(c *Config) error {
 // few plain functions, and what is rare (exemptions, tiers, a denial) is
 // in functions of its own.
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if m.charges != nil {
+	if m.charges {
 		serveCharging(m, w, r)
 		return
 	}
@@ -162,7 +161,12 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if d == nil {
 		d = policy.NewDecision(m.pol)
 	}
-	if r = serve(m, w, r, d); r != nil {
+	if m.one != nil {
+		r = serveOne(m, w, r, d)
+	} else {
+		r = serve(m, w, r, d)
+	}
+	if r != nil {
 		m.next.ServeHTTP(w, r)
 	}
 	m.decisions.Put(d)
@@ -178,7 +182,7 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return r
 	}
 	ctx := r.Context()
-	st, _ := ctx.Value(stateKey{}).(*requestState)
+	st, _ := ctx.Value(stateCtxKey).(*requestState)
 	if st != nil || m.holds {
 		return serveAll(m, w, r, d, st)
 	}
@@ -186,10 +190,8 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 		return r
 	}
 	now := m.now()
-	if m.one == nil || !store.TakeOne(m.one, &d.Reqs[0], &d.Res[0], now.UnixMicro()) {
-		if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
-			return m.storageFailed(w, r, nil, now, err)
-		}
+	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
+		return m.storageFailed(w, r, nil, now, err)
 	}
 	denied, report := policy.Judge(d)
 	if d.Denied > 0 {
@@ -198,7 +200,32 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
 	st = &requestState{}
 	policy.Record(&st.ledger, m.store, d, report)
-	return r.WithContext(context.WithValue(ctx, stateKey{}, st))
+	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
+}
+
+// serveOne is serve for a middleware of one limit in memory that
+// policy.One decides.
+func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
+	if !readKey(m, r, d) {
+		return r
+	}
+	ctx := r.Context()
+	st, _ := ctx.Value(stateCtxKey).(*requestState)
+	if st != nil {
+		return serveAll(m, w, r, d, st)
+	}
+	now := m.now()
+	st = &requestState{}
+	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
+		return judgedOne(m, w, r, d, now)
+	}
+	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
+}
+
+// judgedOne is judged for a request that policy.One did not pass.
+func judgedOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, now time.Time) *http.Request {
+	denied, report := policy.Judge(d)
+	return judged(m, w, r, d, nil, denied, report, now)
 }
 
 // serveAll is serve for a request that an earlier edgelimit middleware
@@ -213,11 +240,7 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 		return r
 	}
 	now := m.now()
-	if m.pol.Waits {
-		policy.HoldWaits(d)
-	}
-	if err := store.Take(m.store, r.Context(), now, d.Reqs, d.Res); err != nil {
-		policy.ReleaseWaits(d)
+	if err := policy.Take(m.pol, m.store, r.Context(), now, d); err != nil {
 		return m.storageFailed(w, r, st, now, err)
 	}
 	denied, report := policy.Judge(d)
@@ -228,7 +251,7 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 // what waits, reports and answers denials, writes the headers and records
 // what was counted in the request's state.
 func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, denied, report int, now time.Time) *http.Request {
-	if m.pol.Waits && !hold(m, r, d, denied) {
+	if m.pol.Waits && !hold(m, r, d, st, denied) {
 		return nil
 	}
 	if d.FirstDenials {
@@ -244,7 +267,7 @@ func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Dec
 	}
 	if st == nil {
 		st = &requestState{}
-		r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+		r = r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
 	}
 	policy.Record(&st.ledger, m.store, d, report)
 	return r
@@ -276,6 +299,29 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 		}
 	}
 	return present
+}
+
+// readKey is readKeys for a middleware of one limit whose sources are
+// all the core's (no credentials, tiers or sources of the plugin's own
+// kinds).
+func readKey(m *middleware, r *http.Request, d *policy.Decision) bool {
+	keys := m.limits[0].keys
+	for j := range keys {
+		s := &keys[j]
+		v := ""
+		if s.Kind == httpval.KindHeader {
+			v = httpval.First(r.Header, s.Name)
+		} else {
+			v = httpval.Value(s, r, m.ips)
+		}
+		if v != "" {
+			d.Keys[0] = v
+			d.Parts[0] = j
+			return true
+		}
+	}
+	d.Parts[0] = -1
+	return false
 }
 
 // readAllKeys is readKeys with credentials, tiers or sources of the
@@ -370,8 +416,12 @@ func (m *middleware) refundEarlier(r *http.Request, st *requestState, now time.T
 }
 
 // stateKey is the context key of the requestState that the edgelimit
-// middlewares of one request share.
+// middlewares of one request share; stateCtxKey is it as the context
+// functions take it (under Yaegi, a value made once rather than on every
+// request).
 type stateKey struct{}
+
+var stateCtxKey any = stateKey{}
 
 // requestState is what the edgelimit middlewares of one request share:
 // the exemptions granted so far, and what each counted (so that a denial
@@ -388,31 +438,27 @@ func withState(st *requestState, r *http.Request) (*requestState, *http.Request)
 		return st, r
 	}
 	st = &requestState{}
-	return st, r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	return st, r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
 }
 
 // hold holds a request that a limit with a wait admitted for later until
-// its turn (policy.WaitFor), on a timer; it reports false when the client
-// left meanwhile, its units given back.
-func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
+// its turn (policy.WaitFor); it reports false when the client left
+// meanwhile, its units given back (policy.Held), and those the middlewares
+// before this one counted (st's ledger, st nil for none).
+func hold(m *middleware, r *http.Request, d *policy.Decision, st *requestState, denied int) bool {
 	wait := policy.WaitFor(d, denied)
 	if wait <= 0 {
 		return true
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		policy.ReleaseWaits(d)
-		return true
-	case <-r.Context().Done():
+	left := store.Sleep(r.Context(), wait) != nil
+	var ledger *policy.Ledger
+	if left && st != nil {
+		ledger = &st.ledger
 	}
-	policy.ReleaseWaits(d)
-	now := m.now()
-	if err := m.store.Refund(context.Background(), now, policy.Taken(d)); err != nil {
+	if err := policy.Held(r.Context(), m.store, m.now, d, left, ledger); err != nil {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)
 	}
-	return false
+	return !left
 }
 
 // syncClock is the clock the merges of limits with sync wait on: real

@@ -93,6 +93,15 @@ func CheckRule(r *ResponseRule) error {
 	return nil
 }
 
+// ResponseMatcher is a condition on a response: the Traefik plugin's
+// *ResponseRule, the Caddy module's caddyhttp.ResponseMatcher.
+type ResponseMatcher interface {
+	Match(status int, hdr http.Header) bool
+}
+
+// Match is MatchResponse, as a ResponseMatcher.
+func (r *ResponseRule) Match(status int, hdr http.Header) bool { return MatchResponse(r, status, hdr) }
+
 // MatchResponse tells whether a response of status with headers hdr meets
 // the rule.
 func MatchResponse(r *ResponseRule, status int, hdr http.Header) bool {

@@ -7,6 +7,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -165,4 +166,23 @@ func Taken(d *Decision) []store.Request {
 		}
 	}
 	return d.counted
+}
+
+// Held ends the hold of a request (WaitFor), once its turn came or its
+// client left (left): it gives back the places the request held and, when
+// its client left, what it counted in s and what the handlers before this
+// one counted (ledger, nil for none), at now(). It returns the refunds'
+// error, for the edge to log.
+func Held(ctx context.Context, s store.Store, now func() time.Time, d *Decision, left bool, ledger *Ledger) error {
+	ReleaseWaits(d)
+	if !left {
+		return nil
+	}
+	t := now()
+	ctx = context.WithoutCancel(ctx)
+	err := s.Refund(ctx, t, Taken(d))
+	if ledger != nil {
+		err = errors.Join(err, ledger.Refund(ctx, t))
+	}
+	return err
 }
