@@ -170,3 +170,58 @@ func TestCaddyfileWaitErrors(t *testing.T) {
 		t.Fatalf("a wait: %v %s", err, cfg)
 	}
 }
+
+// TestHeldClientLeftGivesBackEarlier: a client that hangs up while a later
+// edge_limit handler holds its request consumes nothing at the handlers
+// before it either (policy.Held with the request's ledger), as at the
+// Traefik plugin (its test of the same name).
+func TestHeldClientLeftGivesBackEarlier(t *testing.T) {
+	clk := fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	route /both {
+		edge_limit {
+			limit outer {
+				key {header.X-Customer}
+				rate 3/1m
+				scope global
+			}
+		}
+		edge_limit {
+			limit hooks {
+				key {header.X-Customer}
+				gcra 10/1s burst 1
+				wait 300ms
+			}
+		}
+		respond "ok"
+	}
+	route /outer {
+		edge_limit {
+			limit outer {
+				key {header.X-Customer}
+				rate 3/1m
+				scope global
+			}
+		}
+		respond "ok"
+	}
+}`)
+	expect(t, s.get("/both", "X-Customer", "acme"), 200)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequestWithContext(ctx, "GET", s.base+"/both", nil)
+		req.Header.Set("X-Customer", "acme")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitSleepers(t, clk, 1)
+	cancel()
+	<-done
+	waitSleepers(t, clk, 0)
+	// outer counted the first request only.
+	expect(t, s.get("/outer", "X-Customer", "acme"), 200, "X-RateLimit-Remaining", "1")
+}

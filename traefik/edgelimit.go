@@ -147,9 +147,6 @@ func (m *middleware) compileLimits(c *Config) error {
 		if err != nil {
 			return fmt.Errorf("limit %q: %w", name, err)
 		}
-		if cl.responses != nil {
-			cl.Limit.Responses = cl.responses
-		}
 		if cl.usesCredentials() && m.creds == nil {
 			return fmt.Errorf("limit %q: the credential source needs credentials", name)
 		}
@@ -288,7 +285,7 @@ func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 // what waits, reports and answers denials, writes the headers and records
 // what was counted in the request's state.
 func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, denied, report int, now time.Time) *http.Request {
-	if m.pol.Waits && !hold(m, r, d, denied) {
+	if m.pol.Waits && !hold(m, r, d, st, denied) {
 		return nil
 	}
 	if d.FirstDenials {
@@ -457,14 +454,19 @@ func withState(st *requestState, r *http.Request) (*requestState, *http.Request)
 
 // hold holds a request that a limit with a wait admitted for later until
 // its turn (policy.WaitFor); it reports false when the client left
-// meanwhile, its units given back (policy.Held).
-func hold(m *middleware, r *http.Request, d *policy.Decision, denied int) bool {
+// meanwhile, its units given back (policy.Held), and those the middlewares
+// before this one counted (st's ledger, st nil for none).
+func hold(m *middleware, r *http.Request, d *policy.Decision, st *requestState, denied int) bool {
 	wait := policy.WaitFor(d, denied)
 	if wait <= 0 {
 		return true
 	}
 	left := store.Sleep(r.Context(), wait) != nil
-	if err := policy.Held(r.Context(), m.store, m.now, d, left, nil); err != nil {
+	var ledger *policy.Ledger
+	if left && st != nil {
+		ledger = &st.ledger
+	}
+	if err := policy.Held(r.Context(), m.store, m.now, d, left, ledger); err != nil {
 		m.log.warnf("giving back the counts of a request that left while held: %v", err)
 	}
 	return !left

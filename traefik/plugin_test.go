@@ -178,3 +178,35 @@ func TestOwnSourcesKey(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldClientLeftGivesBackEarlier: a client that leaves while a later
+// middleware holds its request (wait) consumes nothing at the middlewares
+// before it either, as at the Caddy module (policy.Held with the request's
+// ledger).
+func TestHeldClientLeftGivesBackEarlier(t *testing.T) {
+	clk := newClock()
+	inner := mustNew(t, &Config{Now: clk.Now, Limits: map[string]*Limit{
+		"hooks": {Key: []string{"header:X-Customer"}, Algorithm: "gcra", Limit: 1, Refill: 10, Window: "1s", Wait: "300ms"},
+	}}, okHandler())
+	outer := mustNew(t, &Config{Now: clk.Now, Limits: map[string]*Limit{
+		"outer": {Key: []string{"header:X-Customer"}, Limit: 3, Window: "1m"},
+	}}, inner)
+	req := func(ctx context.Context) int {
+		r := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+		r.Header.Set("X-Customer", "acme")
+		w := httptest.NewRecorder()
+		outer.ServeHTTP(w, r)
+		return w.Code
+	}
+	codes := []int{req(context.Background())}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	req(gone) // held by the inner middleware's wait: its client is gone
+	for i := 0; i < 3; i++ {
+		clk.Add(time.Second)
+		codes = append(codes, req(context.Background()))
+	}
+	if fmt.Sprint(codes) != "[200 200 200 429]" {
+		t.Errorf("codes %v, want [200 200 200 429]: the request whose client left was counted by the outer middleware", codes)
+	}
+}
