@@ -39,8 +39,10 @@ type Policy struct {
 	// tiers, exemptions, waits, bans or charges.
 	One bool
 	// oneLimit is the text of One's limit's quota, made once for its
-	// X-RateLimit-Limit.
+	// X-RateLimit-Limit; oneX tells whether those are its only headers
+	// (Headers and TimeHeader, read once).
 	oneLimit string
+	oneX     bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -140,6 +142,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && len(limits[0].Counters) > 0 && store.Alone(&p.requests[0][0])
 	if p.One {
 		p.oneLimit = strconv.FormatInt(p.requests[0][0].Limit.Quota, 10)
+		p.oneX = p.Headers == HeaderX && !p.TimeHeader
 	}
 	return p, nil
 }

@@ -162,6 +162,10 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 // limit without a ban.
 func Alone(r *Request) bool { return r.Mode == ModeTake && r.Limit.Ban == 0 }
 
+// zeroState is a new key's state (under Yaegi a variable costs TakeOne
+// less than a composite literal).
+var zeroState limiter.State
+
 // TakeOne decides a request alone at t, one that Alone accepts (the
 // usual case), in one function (under Yaegi every call costs for every
 // value of its function, run or not). An edge whose requests are one may
@@ -178,7 +182,7 @@ func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	}
 	st, ok := sh.m[h]
 	if ok && st.Expires <= t {
-		st = limiter.State{}
+		st = zeroState
 	}
 	// limiter.Decide's usual case, written out (a call less): a window
 	// aligned to the clock (fixed_window, no calendar) that passes. The
@@ -194,7 +198,8 @@ func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 			end -= w // before the epoch: % rounds towards zero
 		}
 		if st.Start != end-w {
-			st = limiter.State{Start: end - w}
+			st = zeroState
+			st.Start = end - w
 		}
 		pass = st.Count+r.Cost <= l.Quota
 	}

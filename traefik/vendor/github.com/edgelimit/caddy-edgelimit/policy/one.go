@@ -29,7 +29,7 @@ func One(p *Policy, d *Decision, m *store.Memory, t int64, hdr http.Header, l *L
 	if !res.Allowed {
 		return false
 	}
-	if p.Headers != HeaderX || p.TimeHeader {
+	if !p.oneX {
 		WriteHeaders(p, hdr, d, 0, false, nil)
 	} else {
 		// writeX, written out, with the limit's text made once (every
