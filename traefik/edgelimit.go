@@ -249,7 +249,7 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 		return serveAll(m, w, r, d, st)
 	}
 	now := m.now()
-	st = &requestState{}
+	st = new(requestState)
 	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
 		return judgedOne(m, w, r, d, now)
 	}
