@@ -239,6 +239,7 @@ type TakePlan struct {
 	place []int    // per distinct field: its place among its key's
 	req   []int    // per request: its distinct field, plus planDup when an earlier request of its decision names it
 	count []int    // per key: its distinct fields, plus planMark when its HMGET reads TTLField first
+	start []int    // the index in argv of each distinct run of entries
 }
 
 // planMark and planDup are flags PlanTake keeps above the numbers it
@@ -246,6 +247,9 @@ type TakePlan struct {
 const (
 	planMark = 1 << 20
 	planDup  = 1 << 30
+	// planEntries is the multiplier of a key's first entry's index in
+	// its word (below it, twice its number of entries, plus its mark).
+	planEntries = 16384
 )
 
 // PlanTake plans the fields of a take script, so that the script reads
@@ -256,10 +260,12 @@ const (
 // AppendRequests writes it) and fields[i] the counter of request i, in
 // order, at most MaxTakeFields. PlanTake appends to argv the script's
 // ARGV[2...] (per key, in order, TTLField when a request on the key is a
-// token bucket or GCRA, and then each of its counters once), rewrites each
-// request's code to name its key k and its counter's place s among the
-// key's entries (k*4096 + s, 1-based), and appends to spec, per key, the
-// index in ARGV of its first entry, times 2, plus 1 when it is TTLField.
+// token bucket or GCRA, and then each of its counters once; a key whose
+// entries an earlier key's begin with shares those, not sent again),
+// rewrites each request's code to name its key k and its counter's place
+// s among the key's entries (k*4096 + s, 1-based), and appends to spec,
+// per key, a word: the index in ARGV of its first entry times 16384, plus
+// twice its number of entries, plus 1 when the first is TTLField.
 //
 // A bucket's state outlives the last at every take (its expiry is when it
 // is full again), so that the script needs the TTL's mark each time: it
@@ -313,13 +319,17 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 		}
 	}
 	// Appended in order, each key's fields in their places (entries of a
-	// key come in the order of their places). ARGV[1] is the spec: the
-	// first key's fields start at 2.
-	at := 2
+	// key come in the order of their places), unless an earlier key's
+	// entries begin with the same: then the key's are those, sent once
+	// (clients of one route have the same counters, and each argument
+	// costs the script a table slot). ARGV[1] is the spec: the first
+	// key's entries start at 2.
+	first := len(argv)
+	p.start = p.start[:0]
 	for k := 1; k <= nkeys; k++ {
 		m := p.count[k] / planMark
-		spec = AppendInt(spec, int64(at*2+m))
-		at += m + p.count[k]%planMark
+		nf := m + p.count[k]%planMark
+		at := len(argv)
 		if m == 1 {
 			argv = append(argv, TTLField)
 		}
@@ -328,6 +338,21 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 				argv = append(argv, p.name[e])
 			}
 		}
+		found := false
+		for _, j := range p.start {
+			x := 0
+			for j+nf <= at && x < nf && argv[j+x] == argv[at+x] {
+				x++
+			}
+			if x == nf {
+				argv, at, found = argv[:at], j, true
+				break
+			}
+		}
+		if !found {
+			p.start = append(p.start, at)
+		}
+		spec = AppendInt(spec, int64((at-first+2)*planEntries+nf*2+m))
 	}
 	keep := spec[0]
 	pos, r = 16, 0

@@ -11,7 +11,7 @@ import (
 // TestPlanTake: each key's fields once, in the order of the keys, each
 // request's code naming its key and its field's place among the key's, the
 // rest of the code as it was, and after the decisions each key's first
-// field's index in ARGV and the index past the last.
+// entry's index in ARGV and its number of entries.
 func TestPlanTake(t *testing.T) {
 	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute, Ban: 3 * time.Second}
 	tb := limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 10, Rate: 1, Window: time.Second}
@@ -41,9 +41,10 @@ func TestPlanTake(t *testing.T) {
 	if want := []string{"spec", "a", "c", "~", "b", "a"}; !slices.Equal(argv, want) {
 		t.Fatalf("argv %q, want %q", argv, want)
 	}
-	// Twice the index of each key's first entry (plus 1: it is "~").
-	if len(b) != n+16 || readInt(string(b), n) != 4 || readInt(string(b), n+8) != 9 {
-		t.Fatalf("the keys' first entries: %x, want 4 and 9", b[n:])
+	// The index of each key's first entry * 16384, plus twice its number of
+	// entries (plus 1: the first is "~").
+	if len(b) != n+16 || readInt(string(b), n) != 2*16384+4 || readInt(string(b), n+8) != 4*16384+7 {
+		t.Fatalf("the keys' words: %x, want 2*16384+4 and 4*16384+7", b[n:])
 	}
 	// k*4096 + s: k1's a and c, k2's b and a (after its "~").
 	want := []int{1<<12 + 1, 2<<12 + 2, 1<<12 + 1, 1<<12 + 2, 2<<12 + 2, 2<<12 + 3}
@@ -101,6 +102,47 @@ func TestPlanTakeMarksPlainTakes(t *testing.T) {
 			if got != (want[i] && flags == 0) {
 				t.Errorf("flags %d, request %d: marked %v", flags, i, got)
 			}
+		}
+	}
+}
+
+// TestPlanTakeSharesRuns: a key whose entries an earlier key's begin with
+// names those, which ARGV holds once (a batch of clients of one route);
+// a key with other entries has its own.
+func TestPlanTakeSharesRuns(t *testing.T) {
+	l := limiter.Limit{Algorithm: limiter.FixedWindow, Quota: 10, Window: time.Minute}
+	tb := limiter.Limit{Algorithm: limiter.TokenBucket, Quota: 10, Rate: 1, Window: time.Second}
+	decisions := [][]Request{
+		{{Counter: "a", Key: "k1", Limit: l, Cost: 1}, {Counter: "b", Key: "k1", Limit: l, Cost: 1}},
+		{{Counter: "a", Key: "k2", Limit: l, Cost: 1}, {Counter: "b", Key: "k2", Limit: l, Cost: 1}},
+		{{Counter: "a", Key: "k3", Limit: l, Cost: 1}},
+		{{Counter: "b", Key: "k4", Limit: l, Cost: 1}},
+		{{Counter: "a", Key: "k5", Limit: tb, Cost: 1}},
+		{{Counter: "a", Key: "k6", Limit: tb, Cost: 1}},
+	}
+	b := AppendTakeHead(nil, 0, int64(len(decisions)))
+	var keys, fields []string
+	for _, reqs := range decisions {
+		clients := make([]string, len(reqs))
+		for i := range reqs {
+			clients[i] = reqs[i].Key
+		}
+		b = AppendInt(b, 0)
+		b = AppendInt(b, int64(len(reqs)))
+		keys, b, fields = AppendRequests(keys, b, fields, reqs, clients, nil, 0, make([][2]int64, len(reqs)))
+	}
+	n := len(b)
+	// Entries of another script of the batch before: not shared, and not
+	// counted in the indexes.
+	argv, b := PlanTake(new(TakePlan), []string{"x", "a", "spec"}, b, len(keys), fields)
+	if want := []string{"x", "a", "spec", "a", "b", "b", "~", "a"}; !slices.Equal(argv, want) {
+		t.Fatalf("argv %q, want %q", argv, want)
+	}
+	// k1 and k2: a b at 2; k3: a at 2; k4: its own b at 4; k5 and k6: ~ a at 5.
+	want := []int64{2*16384 + 4, 2*16384 + 4, 2*16384 + 2, 4*16384 + 2, 5*16384 + 5, 5*16384 + 5}
+	for k := range want {
+		if got := readInt(string(b), n+8*k); got != want[k] {
+			t.Errorf("key %d: word %d*16384 + %d, want %d*16384 + %d", k+1, got/16384, got%16384, want[k]/16384, want[k]%16384)
 		}
 	}
 }

@@ -88,10 +88,11 @@ end
 // of a key, the request's client k and its field's place s among the
 // client's entries (bits 8 to 31: k * 4096 + s; bit 6 marks the takes
 // the script decides in fewer steps), and after the decisions, per
-// client, twice the index in ARGV of its first entry, plus 1 when that is
-// "~"; ARGV[2...] are each client's entries, in the order of KEYS: "~"
-// for a client with a token bucket or GCRA, then each field once
-// (store.PlanTake).
+// client, the index in ARGV of its first entry times 16384, plus twice its
+// number of entries, plus 1 when the first is "~"; ARGV[2...] are the
+// clients' entries, each client's a run: "~" for a client with a token
+// bucket or GCRA, then each field once, a run shared by the clients
+// whose entries are the same (store.PlanTake).
 //
 // The reply is, per decision, "R", the time decided at, and per request
 // the stored value it was decided from (41 bytes, as stored: expired or
@@ -129,44 +130,44 @@ local nk = #K
 -- constructors (of nils: one instruction, where each false is one), and
 -- the per-key and per-request values in strides.
 --
--- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
--- fields, in the order of KEYS, each field once, and a request's code
--- names its client and its field's place among the client's, so that a
--- client is one HMGET and one HSET however many decisions of the batch it
--- is in. GS[k] is the index in ARGV of client k's first entry (GS[nk + 1]
--- past the last), got[k] what HMGET read of them. KS holds per key the
+-- The plan, which Go made (store.PlanTake): ARGV[2...] are the clients'
+-- fields, each client's in a run (a run shared by the clients whose
+-- fields are the same: each argument costs a table slot), each field once,
+-- and a request's code names its client and its field's place among the
+-- client's, so that a client is one HMGET and one HSET however many
+-- decisions of the batch it is in. GS[k] is the index in ARGV of client
+-- k's first entry, got[k] what HMGET read of them. KS holds per key the
 -- latest expiry of the states a decision changed (counted when the state
 -- is decided: a decision that denies may leave it later than what is
 -- written, which costs at most a look at the mark), the time of the last write
 -- (0: none), the latest expiry of the states read from Redis (the hash's
--- TTL covers them: a state no later needs no look at the mark "~") and 1
--- when its first entry is the mark "~" (a token bucket's or GCRA's state
--- outlives the last at every take: Go asks for the mark with the states),
--- else 0 (the mark is read when needed, once a window).
+-- TTL covers them: a state no later needs no look at the mark "~") and
+-- twice its number of entries, plus 1 when its first entry is the mark "~"
+-- (a token bucket's or GCRA's state outlives the last at every take: Go
+-- asks for the mark with the states; without it, the mark is read when
+-- needed, once a window).
 local got = {nil, nil, nil, nil, nil, nil, nil, nil}
 local KS = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
   nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
 -- Each key's word (Go's plan) read with one call: GS[k] is then the word,
--- twice the index, plus 1 for the mark, made the index below.
+-- the index * 16384 + twice the number of entries + 1 for the mark, made
+-- the index below.
 local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or nk == 4 and '<i8i8i8i8'
   or nk == 5 and '<i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8' or '<' .. string.rep('i8', nk)
 local GS = {sunpack(gf, spec, #spec - 8 * nk + 1)}
-GS[nk + 1] = 2 * #A + 2
 for k = 1, nk do
   local w0 = GS[k]
-  local m = w0 % 2
-  local j0 = (w0 - m) / 2
+  local e2 = w0 % 16384
+  local j0 = (w0 - e2) / 16384
   GS[k] = j0
-  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, m
-  local w1 = GS[k + 1]
-  local g = rpcall('HMGET', K[k], unpack(A, j0, (w1 - w1 % 2) / 2 - 1))
+  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, e2
+  local g = rpcall('HMGET', K[k], unpack(A, j0, j0 + (e2 - e2 % 2) / 2 - 1))
   if g.err then
     rcall('DEL', K[k])
     g = {}
   end
   got[k] = g
 end
-GS[nk + 1] = GS[nk + 1] / 2
 
 -- A charge (below) is limiter.Charge: cost units counted whatever is
 -- left, a window at most MAXQ units (limiter.MaxQuota), a backlog at most
@@ -502,8 +503,9 @@ end
 local wrote, w = false, nil
 for k = 1, nk do
   if KS[4 * k - 2] > 0 then
-    local g, j0, m = got[k], GS[k], KS[4 * k]
-    local nf = GS[k + 1] - j0
+    local g, j0, e2 = got[k], GS[k], KS[4 * k]
+    local m = e2 % 2
+    local nf = (e2 - m) / 2
     local e, mark, ttl = KS[4 * k - 3], false, false
     -- A state outlives those read: the mark says whether the TTL covers
     -- it (read with the states, or now; written as an integer:
