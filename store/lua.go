@@ -116,11 +116,15 @@ local zero41 = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0
 local A, K = ARGV, KEYS
 local spec = A[1]
 -- struct's 'l' (a C long) reads and writes the same 8 bytes as 'i8', for
--- less (no size to parse in the format), where a long has 8 bytes.
-local L8 = struct.size('l') == 8
-local F2, F5, FS = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B'
-if L8 then F2, F5, FS = '<ll', '<lllll', '<llldlB' end
+-- less (no size to parse in the format), where a long has 8 bytes: where
+-- it has 4, '<ll' reads the flags' two halves, and the second (0) is not
+-- the number of decisions (never 0).
+local F2, F5, FS, FR = '<ll', '<lllll', '<llldlB', '<c1l'
 local flags, ndec = sunpack(F2, spec)
+if ndec == 0 then
+  F2, F5, FS, FR = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B', '<c1i8'
+  flags, ndec = sunpack(F2, spec)
+end
 local keep = flags == 1
 local nk = #K
 
@@ -135,33 +139,41 @@ local nk = #K
 -- fields are the same: each argument costs a table slot), each field once,
 -- and a request's code names its client and its field's place among the
 -- client's, so that a client is one HMGET and one HSET however many
--- decisions of the batch it is in. GS[k] is the index in ARGV of client
--- k's first entry, got[k] what HMGET read of them. KS holds per key the
+-- decisions of the batch it is in. got[k] is what HMGET read of client k's
+-- entries. KS holds per key the
 -- latest expiry of the states a decision changed (counted when the state
 -- is decided: a decision that denies may leave it later than what is
 -- written, which costs at most a look at the mark), the time of the last write
 -- (0: none), the latest expiry of the states read from Redis (the hash's
 -- TTL covers them: a state no later needs no look at the mark "~") and
--- twice its number of entries, plus 1 when its first entry is the mark "~"
+-- its word in Go's plan: the index in ARGV of its first entry * 16384,
+-- plus twice its number of entries, plus 1 when the first is the mark "~"
 -- (a token bucket's or GCRA's state outlives the last at every take: Go
 -- asks for the mark with the states; without it, the mark is read when
 -- needed, once a window).
-local got = {nil, nil, nil, nil, nil, nil, nil, nil}
 local KS = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
   nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
--- Each key's word (Go's plan) read with one call: GS[k] is then the word,
--- the index * 16384 + twice the number of entries + 1 for the mark, made
--- the index below.
+-- Each key's word (Go's plan) read with one call, into got (one table
+-- less), where what HMGET read then takes its place.
 local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or nk == 4 and '<i8i8i8i8'
   or nk == 5 and '<i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8' or '<' .. string.rep('i8', nk)
-local GS = {sunpack(gf, spec, #spec - 8 * nk + 1)}
+local got = {sunpack(gf, spec, #spec - 8 * nk + 1)}
 for k = 1, nk do
-  local w0 = GS[k]
+  local w0 = got[k]
   local e2 = w0 % 16384
   local j0 = (w0 - e2) / 16384
-  GS[k] = j0
-  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, e2
-  local g = rpcall('HMGET', K[k], unpack(A, j0, j0 + (e2 - e2 % 2) / 2 - 1))
+  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, w0
+  -- Most clients have one to three entries: named (no unpack).
+  local g
+  if e2 == 6 then
+    g = rpcall('HMGET', K[k], A[j0], A[j0 + 1], A[j0 + 2])
+  elseif e2 == 4 then
+    g = rpcall('HMGET', K[k], A[j0], A[j0 + 1])
+  elseif e2 == 2 then
+    g = rpcall('HMGET', K[k], A[j0])
+  else
+    g = rpcall('HMGET', K[k], unpack(A, j0, j0 + (e2 - e2 % 2) / 2 - 1))
+  end
   if g.err then
     rcall('DEL', K[k])
     g = {}
@@ -196,11 +208,11 @@ for _ = 1, ndec do
       -- Strings in arithmetic are numbers (no tonumber calls).
       local t = rcall('TIME')
       server = t[1] * 1000000 + t[2]
-      serverR = 'R' .. spack('<i8', server)
+      serverR = spack(FR, 'R', server)
     end
     now, head = server, serverR
   else
-    head = 'R' .. spack('<i8', now)
+    head = spack(FR, 'R', now)
   end
   local pass, bad, nst, o = true, false, 0, nout + 1
   nout = o
@@ -503,8 +515,9 @@ end
 local wrote, w = false, nil
 for k = 1, nk do
   if KS[4 * k - 2] > 0 then
-    local g, j0, e2 = got[k], GS[k], KS[4 * k]
-    local m = e2 % 2
+    local g, w0 = got[k], KS[4 * k]
+    local e2 = w0 % 16384
+    local j0, m = (w0 - e2) / 16384, e2 % 2
     local nf = (e2 - m) / 2
     local e, mark, ttl = KS[4 * k - 3], false, false
     -- A state outlives those read: the mark says whether the TTL covers
