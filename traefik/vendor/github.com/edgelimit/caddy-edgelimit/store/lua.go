@@ -88,8 +88,8 @@ end
 // of a key, the request's client k and its field's place s among the
 // client's entries (bits 8 to 31: k * 4096 + s; bit 6 marks the takes
 // the script decides in fewer steps), and after the decisions, per
-// client, the index in ARGV of its first entry times 16384, plus twice its
-// number of entries, plus 1 when the first is "~"; ARGV[2...] are the
+// client, the index in ARGV of its first entry times 2^21, plus 2^20 when
+// it is "~", plus its number of fields; ARGV[2...] are the
 // clients' entries, each client's a run: "~" for a client with a token
 // bucket or GCRA, then each field once, a run shared by the clients
 // whose entries are the same (store.PlanTake).
@@ -146,8 +146,8 @@ local nk = #K
 -- written, which costs at most a look at the mark), the time of the last write
 -- (0: none), the latest expiry of the states read from Redis (the hash's
 -- TTL covers them: a state no later needs no look at the mark "~") and
--- its word in Go's plan: the index in ARGV of its first entry * 16384,
--- plus twice its number of entries, plus 1 when the first is the mark "~"
+-- its word in Go's plan: the index in ARGV of its first entry * 2^21,
+-- plus 2^20 when the first is the mark "~", plus its number of fields
 -- (a token bucket's or GCRA's state outlives the last at every take: Go
 -- asks for the mark with the states; without it, the mark is read when
 -- needed, once a window).
@@ -160,19 +160,21 @@ local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or 
 local got = {sunpack(gf, spec, #spec - 8 * nk + 1)}
 for k = 1, nk do
   local w0 = got[k]
-  local e2 = w0 % 16384
-  local j0 = (w0 - e2) / 16384
+  local x = w0 % 2097152
+  local j0 = (w0 - x) / 2097152
   KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, w0
-  -- Most clients have one to three entries: named (no unpack).
+  -- Most clients have one to three fields and no mark: named (no unpack).
   local g
-  if e2 == 6 then
+  if x == 3 then
     g = rpcall('HMGET', K[k], A[j0], A[j0 + 1], A[j0 + 2])
-  elseif e2 == 4 then
+  elseif x == 2 then
     g = rpcall('HMGET', K[k], A[j0], A[j0 + 1])
-  elseif e2 == 2 then
+  elseif x == 1 then
     g = rpcall('HMGET', K[k], A[j0])
   else
-    g = rpcall('HMGET', K[k], unpack(A, j0, j0 + (e2 - e2 % 2) / 2 - 1))
+    -- x is 2^20 with the mark, plus the number of fields.
+    local m = x >= 1048576 and 1 or 0
+    g = rpcall('HMGET', K[k], unpack(A, j0, j0 + x - m * 1048575 - 1))
   end
   if g.err then
     rcall('DEL', K[k])
@@ -516,9 +518,9 @@ local wrote, w = false, nil
 for k = 1, nk do
   if KS[4 * k - 2] > 0 then
     local g, w0 = got[k], KS[4 * k]
-    local e2 = w0 % 16384
-    local j0, m = (w0 - e2) / 16384, e2 % 2
-    local nf = (e2 - m) / 2
+    local x = w0 % 2097152
+    local j0, m = (w0 - x) / 2097152, x >= 1048576 and 1 or 0
+    local nf = x - m * 1048575
     local e, mark, ttl = KS[4 * k - 3], false, false
     -- A state outlives those read: the mark says whether the TTL covers
     -- it (read with the states, or now; written as an integer:
