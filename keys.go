@@ -30,7 +30,10 @@ func (k *keyPart) value(r *http.Request, repl *caddy.Replacer, vars map[string]a
 		// The usual key, a call less.
 		return httpval.First(r.Header, k.Name)
 	case httpval.KindClient:
-		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok {
+		// Caddy's server finds no address in a remote address without a
+		// port (a unix socket's "@"): the remote host then, as the
+		// plugin's ip.
+		if ip, ok := vars[caddyhttp.ClientIPVarKey].(string); ok && ip != "" {
 			return httpval.ClientKey(ip, k.V6)
 		}
 	case keyTemplate:

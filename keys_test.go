@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/internal/e2e"
 )
 
@@ -374,5 +377,28 @@ func TestForwardedAddressesWithoutStrictParsingWarn(t *testing.T) {
 				t.Fatalf("%d warnings (%d of 5 requests passed), want one:\n%s", warned, passed, strings.Join(lines, "\n"))
 			}
 		})
+	}
+}
+
+// TestClientIPWithoutAnAddress: where Caddy finds no client address (a
+// unix socket's "@" without trusted_proxies_unix: client_ip is ""), the
+// key of {client_ip} is the remote host's, as the plugin's ip is: a limit
+// keyed on it was absent, and limited nothing, at Caddy only.
+func TestClientIPWithoutAnAddress(t *testing.T) {
+	cl, err := compileLimit(&Limit{Name: "k", Key: []string{"{client_ip}"}, Numbers: Numbers{Limit: 10, Window: caddy.Duration(time.Minute)}}, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("GET", "/", nil)
+	for _, addr := range []string{"@", "192.0.2.1:80"} {
+		r.RemoteAddr = addr
+		plugin := httpval.Value(&httpval.Part{Kind: httpval.KindClient, V6: 64}, r, nil)
+		ip := httpval.RemoteIP(r)
+		if addr == "@" {
+			ip = "" // what Caddy's server sets
+		}
+		if got, _ := cl.key(r, nil, map[string]any{caddyhttp.ClientIPVarKey: ip}); got != plugin || got == "" {
+			t.Errorf("%q: key %q, the plugin's %q", addr, got, plugin)
+		}
 	}
 }

@@ -329,12 +329,11 @@ func checkAddr(a string) error {
 	if hasPlaceholder(a) {
 		return nil
 	}
-	host, port, err := net.SplitHostPort(a)
-	if err != nil || host == "" {
-		return fmt.Errorf("address %q: want host:port", a)
+	if err := store.CheckAddr(a); err != nil {
+		return err
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("address %q: bad port %q", a, port)
+	if host, _, _ := net.SplitHostPort(a); host == "" {
+		return fmt.Errorf("address %q: want host:port", a)
 	}
 	return nil
 }

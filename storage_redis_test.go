@@ -163,6 +163,21 @@ func TestRedisURLErrorsHideThePassword(t *testing.T) {
 	}
 }
 
+// A URL written where an address goes (addrs) is refused without its
+// password, in JSON and in the Caddyfile.
+func TestRedisAddressErrorsHideThePassword(t *testing.T) {
+	for _, a := range []string{"redis://user:hunter2@127.0.0.1:6379", "user:hunter2@127.0.0.1:6379", "hunter2@127.0.0.1:x"} {
+		r := RedisStorage{Addrs: []string{a}}
+		if err := r.Validate(); err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: %v", a, err)
+		}
+		_, err := adapt(t, "{\n\tedge_limit {\n\t\tstorage redis {\n\t\t\taddrs "+strconv.Quote(a)+"\n\t\t}\n\t}\n}\n:8080 {\n\trespond ok\n}\n")
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Caddyfile %s: %v", a, err)
+		}
+	}
+}
+
 func TestRedisValidateJSON(t *testing.T) {
 	for _, c := range []struct {
 		r    RedisStorage

@@ -35,6 +35,13 @@ func TestForwarded(t *testing.T) {
 		{depth, req("garbage"), "10.0.0.9"},
 		{excl, req("1.2.3.4, 10.1.1.1, 192.0.2.1"), "1.2.3.4"},
 		{excl, req("10.1.1.1"), "10.0.0.9"},
+		// A proxy that writes the client's port too (Azure's Application
+		// Gateway, some load balancers), as Caddy's trusted_proxies reads
+		// it: the client's address, not the proxy's for every client.
+		{depth, req("1.2.3.4, 5.6.7.8:51234"), "5.6.7.8"},
+		{depth, req("[2001:db8::7]:443"), "2001:db8::7"},
+		{depth, req("[::ffff:5.6.7.8]:1"), "5.6.7.8"},
+		{excl, req("1.2.3.4:80, 10.1.1.1:80"), "1.2.3.4"},
 	}
 	for i, c := range cases {
 		if got := ClientIP(c.s, c.r); got != c.want {

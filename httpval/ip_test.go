@@ -16,6 +16,11 @@ func TestIPKey(t *testing.T) {
 		{"2001:db8:1:2:aaaa::1", 48, "2001:db8:1::/48"},
 		{"2001:db8:1:2:aaaa::1", 128, "2001:db8:1:2:aaaa::1"},
 		{"fe80::1%eth0", 64, "fe80::/64"},
+		// Spellings of one address (upper-case hex, leading zeros, a
+		// zone, mapped IPv4 in capitals) are one key, even at /128.
+		{"FE80:0000::0001%eth9", 128, "fe80::1"},
+		{"2001:0DB8:0001:0002:0000:0000:0000:0001", 128, "2001:db8:1:2::1"},
+		{"::FFFF:CB00:714D", 64, "203.0.113.77"},
 		// IPv4 clients carried in IPv6 addresses count as those IPv4
 		// addresses: behind SIIT/NAT64 (64:ff9b::/96) a /64 made every
 		// IPv4 client one; 6to4 gives one IPv4 address 2^16 /64s;

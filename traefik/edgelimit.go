@@ -136,9 +136,6 @@ func (m *middleware) compileLimits(c *Config) error {
 		if err != nil {
 			return fmt.Errorf("limit %q: %w", name, err)
 		}
-		if cl.responses != nil {
-			cl.Limit.Responses = cl.responses
-		}
 		if cl.usesCredentials() && m.creds == nil {
 			return fmt.Errorf("limit %q: the credential source needs credentials", name)
 		}

@@ -20,9 +20,6 @@ type compiledLimit struct {
 	// ownSources: a key source of the plugin's own kinds (query, cookie,
 	// bearer, credential), which httpval.Value does not read.
 	ownSources bool
-	// responses are the responses a limit that counts responses counts
-	// (nil: all).
-	responses *policy.ResponseRule
 }
 
 // compileLimit checks a limit and prepares it. Its counters are named as
@@ -55,7 +52,12 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 	if err != nil {
 		return nil, fmt.Errorf("countResponses: %w", err)
 	}
-	spec.Charged = responses != nil
+	if responses != nil {
+		// Not a nil *ResponseRule in the interface: a limit without a
+		// rule counts every response.
+		spec.Charged = true
+		spec.Responses = responses
+	}
 	if spec.Ban, err = parseDuration("ban", l.Ban); err != nil {
 		return nil, err
 	}
@@ -90,7 +92,7 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 			spec.Tiers[tier] = t
 		}
 	}
-	cl := &compiledLimit{responses: responses}
+	cl := &compiledLimit{}
 	if cl.Limit, err = policy.Compile(spec, scope); err != nil {
 		return nil, err
 	}

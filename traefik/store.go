@@ -3,7 +3,6 @@ package edgelimit
 import (
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 
 	"github.com/edgelimit/caddy-edgelimit/store"
@@ -116,8 +115,8 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 	if c.Address != "" {
 		o.addr = c.Address
 	}
-	if _, _, err := net.SplitHostPort(o.addr); err != nil {
-		return nil, fmt.Errorf("redis: address %q: want host:port", o.addr)
+	if err := store.CheckAddr(o.addr); err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
 	}
 	if c.Username != "" {
 		o.username = c.Username

@@ -152,6 +152,12 @@ func TestRedisOptions(t *testing.T) {
 			t.Errorf("%+v: no error", bad)
 		}
 	}
+	// A URL written as the address is refused without its password.
+	for _, a := range []string{"redis://user:hunter2@127.0.0.1:6379", "user:hunter2@127.0.0.1:6379"} {
+		if _, err := (&RedisConfig{Address: a}).options(); err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: %v", a, err)
+		}
+	}
 	// The core's checks (store.RedisSettings) name the plugin's options.
 	for _, c := range []struct {
 		bad  RedisConfig
@@ -200,11 +206,25 @@ func TestRedisStoreRegistry(t *testing.T) {
 	if open(base) != s {
 		t.Error("the same settings, another store")
 	}
+	// The same settings written as a URL: the same store.
+	if open(RedisConfig{URL: "redis://:a@127.0.0.1:1/0", KeyPrefix: "registry:", DisableLocalDenials: true}) != s {
+		t.Error("the same settings from a URL, another store")
+	}
 	for _, other := range []RedisConfig{
 		{Address: "127.0.0.1:1", Password: "b", KeyPrefix: "registry:", DisableLocalDenials: true},
 		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry2:", DisableLocalDenials: true},
 		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, Clock: "local"},
 		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, PoolSize: 3},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, DB: 2},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, Username: "u"},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, TLS: true},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, OnError: "deny"},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true, Timeout: "1s"},
+		{Address: "127.0.0.1:1", Password: "a", KeyPrefix: "registry:"},
+		{Address: "127.0.0.2:1", Password: "a", KeyPrefix: "registry:", DisableLocalDenials: true},
+		// Parts that run together spell another store: "a" and "b" are
+		// not "ab" and "".
+		{Address: "127.0.0.1:1", Username: "a", Password: "", KeyPrefix: "registry:", DisableLocalDenials: true},
 	} {
 		if open(other) == s {
 			t.Errorf("%+v: the same store as %+v", other, base)

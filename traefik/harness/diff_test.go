@@ -197,6 +197,24 @@ var diffRows = []diffRow{
 			repeat(1, 53*time.Second, "a", "Authorization", basic("alice", "right"))),
 	},
 	{
+		// One credential however the client spells its scheme and the
+		// space around it (HTTP/2 passes the space on), and the client's
+		// address when it sends none (the plugin's ip without an
+		// ipStrategy reads the remote host unparsed, Caddy its client_ip):
+		// one counter at both edges, under the same Redis key.
+		name:    "credentials and the client's address",
+		caddy:   "limit cr {\n\tkey {header.Authorization} {client_ip}\n\trate 3/1m\n\tscope global\n}",
+		traefik: "limits:\n  cr: {key: [header:Authorization, ip], limit: 3, window: 1m}",
+		steps: seq(
+			repeat(1, 0, "a", "Authorization", "Bearer t1"),
+			repeat(1, 0, "a", "Authorization", "bearer  t1"),
+			repeat(1, 0, "a", "Authorization", " BEARER\tt1 "),
+			repeat(1, 0, "a", "Authorization", "Bearer t1"),
+			repeat(2, 0, "a", "Authorization", basic("alice", "x")),
+			repeat(2, 0, "a", "Authorization", "basic "+strings.TrimRight(basic("alice", "x")[6:], "=")),
+			repeat(4, 0, "a")),
+	},
+	{
 		// A status class, a header condition, and a plain limit beside
 		// (all or nothing: a denial by either consumes nothing).
 		name: "count responses: a class and a header, with a plain limit",

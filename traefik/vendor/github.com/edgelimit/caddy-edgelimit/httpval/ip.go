@@ -2,6 +2,7 @@ package httpval
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 )
@@ -12,9 +13,27 @@ import (
 const DefaultIPv6Prefix = 64
 
 // IP is s as an address, written one way ("" when s is none): without a
-// zone, and an IPv4 address mapped into IPv6 written as IPv4.
+// zone, and an IPv4 address mapped into IPv6 written as IPv4. An address
+// with a port is the address (see withPort).
 func IP(s string) string {
 	a, err := netip.ParseAddr(stripZone(s))
+	if err != nil {
+		return withPort(s)
+	}
+	return a.Unmap().String()
+}
+
+// withPort is IP of an address with a port ("192.0.2.1:51234",
+// "[2001:db8::1%eth0]:443"), as some proxies write the client in
+// X-Forwarded-For and Caddy's trusted_proxies reads it: the plugin's
+// ipStrategy took every client of such a proxy for the proxy, one counter
+// for all, where Caddy counted each client alone.
+func withPort(s string) string {
+	host, _, err := net.SplitHostPort(s)
+	if err != nil {
+		return ""
+	}
+	a, err := netip.ParseAddr(stripZone(host))
 	if err != nil {
 		return ""
 	}

@@ -102,6 +102,24 @@ func RedactURL(raw string) string {
 	return strconv.Quote(u.Redacted())
 }
 
+// CheckAddr checks a Redis address, host:port (the port a number from 1
+// to 65535). Its errors show the address quoted, but not one with an '@',
+// which no host has: a URL written where an address goes, its password
+// in it.
+func CheckAddr(a string) error {
+	if strings.IndexByte(a, '@') >= 0 {
+		return errors.New("address (not shown: it may hold a password; a URL goes in url): want host:port")
+	}
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("address %q: want host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("address %q: bad port %q", a, port)
+	}
+	return nil
+}
+
 // RedisSettings are the options of a Redis store that both edges take
 // alike, as configured (the Caddy module's on_error, key_prefix...; the
 // plugin's onError, keyPrefix...). Where Redis is, and how to reach it,
