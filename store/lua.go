@@ -88,10 +88,11 @@ end
 // of a key, the request's client k and its field's place s among the
 // client's entries (bits 8 to 31: k * 4096 + s; bit 6 marks the takes
 // the script decides in fewer steps), and after the decisions, per
-// client, twice the index in ARGV of its first entry, plus 1 when that is
-// "~"; ARGV[2...] are each client's entries, in the order of KEYS: "~"
-// for a client with a token bucket or GCRA, then each field once
-// (store.PlanTake).
+// client, the index in ARGV of its first entry times 2^21, plus 2^20 when
+// it is "~", plus its number of fields; ARGV[2...] are the
+// clients' entries, each client's a run: "~" for a client with a token
+// bucket or GCRA, then each field once, a run shared by the clients
+// whose entries are the same (store.PlanTake).
 //
 // The reply is, per decision, "R", the time decided at, and per request
 // the stored value it was decided from (41 bytes, as stored: expired or
@@ -115,11 +116,15 @@ local zero41 = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0
 local A, K = ARGV, KEYS
 local spec = A[1]
 -- struct's 'l' (a C long) reads and writes the same 8 bytes as 'i8', for
--- less (no size to parse in the format), where a long has 8 bytes.
-local L8 = struct.size('l') == 8
-local F2, F5, FS = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B'
-if L8 then F2, F5, FS = '<ll', '<lllll', '<llldlB' end
+-- less (no size to parse in the format), where a long has 8 bytes: where
+-- it has 4, '<ll' reads the flags' two halves, and the second (0) is not
+-- the number of decisions (never 0).
+local F2, F5, FS, FR = '<ll', '<lllll', '<llldlB', '<c1l'
 local flags, ndec = sunpack(F2, spec)
+if ndec == 0 then
+  F2, F5, FS, FR = '<i8i8', '<i8i8i8i8i8', '<i8i8i8di8B', '<c1i8'
+  flags, ndec = sunpack(F2, spec)
+end
 local keep = flags == 1
 local nk = #K
 
@@ -129,44 +134,54 @@ local nk = #K
 -- constructors (of nils: one instruction, where each false is one), and
 -- the per-key and per-request values in strides.
 --
--- The plan, which Go made (store.PlanTake): ARGV[2...] are each client's
--- fields, in the order of KEYS, each field once, and a request's code
--- names its client and its field's place among the client's, so that a
--- client is one HMGET and one HSET however many decisions of the batch it
--- is in. GS[k] is the index in ARGV of client k's first entry (GS[nk + 1]
--- past the last), got[k] what HMGET read of them. KS holds per key the
+-- The plan, which Go made (store.PlanTake): ARGV[2...] are the clients'
+-- fields, each client's in a run (a run shared by the clients whose
+-- fields are the same: each argument costs a table slot), each field once,
+-- and a request's code names its client and its field's place among the
+-- client's, so that a client is one HMGET and one HSET however many
+-- decisions of the batch it is in. got[k] is what HMGET read of client k's
+-- entries. KS holds per key the
 -- latest expiry of the states a decision changed (counted when the state
 -- is decided: a decision that denies may leave it later than what is
 -- written, which costs at most a look at the mark), the time of the last write
 -- (0: none), the latest expiry of the states read from Redis (the hash's
--- TTL covers them: a state no later needs no look at the mark "~") and 1
--- when its first entry is the mark "~" (a token bucket's or GCRA's state
--- outlives the last at every take: Go asks for the mark with the states),
--- else 0 (the mark is read when needed, once a window).
-local got = {nil, nil, nil, nil, nil, nil, nil, nil}
+-- TTL covers them: a state no later needs no look at the mark "~") and
+-- its word in Go's plan: the index in ARGV of its first entry * 2^21,
+-- plus 2^20 when the first is the mark "~", plus its number of fields
+-- (a token bucket's or GCRA's state outlives the last at every take: Go
+-- asks for the mark with the states; without it, the mark is read when
+-- needed, once a window).
 local KS = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
   nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
--- Each key's word (Go's plan) read with one call: GS[k] is then the word,
--- twice the index, plus 1 for the mark, made the index below.
+-- Each key's word (Go's plan) read with one call, into got (one table
+-- less), where what HMGET read then takes its place.
 local gf = nk == 1 and '<i8' or nk == 2 and '<i8i8' or nk == 3 and '<i8i8i8' or nk == 4 and '<i8i8i8i8'
   or nk == 5 and '<i8i8i8i8i8' or nk == 6 and '<i8i8i8i8i8i8' or '<' .. string.rep('i8', nk)
-local GS = {sunpack(gf, spec, #spec - 8 * nk + 1)}
-GS[nk + 1] = 2 * #A + 2
+local got = {sunpack(gf, spec, #spec - 8 * nk + 1)}
 for k = 1, nk do
-  local w0 = GS[k]
-  local m = w0 % 2
-  local j0 = (w0 - m) / 2
-  GS[k] = j0
-  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, m
-  local w1 = GS[k + 1]
-  local g = rpcall('HMGET', K[k], unpack(A, j0, (w1 - w1 % 2) / 2 - 1))
+  local w0 = got[k]
+  local x = w0 % 2097152
+  local j0 = (w0 - x) / 2097152
+  KS[4 * k - 3], KS[4 * k - 2], KS[4 * k - 1], KS[4 * k] = 0, 0, 0, w0
+  -- Most clients have one to three fields and no mark: named (no unpack).
+  local g
+  if x == 3 then
+    g = rpcall('HMGET', K[k], A[j0], A[j0 + 1], A[j0 + 2])
+  elseif x == 2 then
+    g = rpcall('HMGET', K[k], A[j0], A[j0 + 1])
+  elseif x == 1 then
+    g = rpcall('HMGET', K[k], A[j0])
+  else
+    -- x is 2^20 with the mark, plus the number of fields.
+    local m = x >= 1048576 and 1 or 0
+    g = rpcall('HMGET', K[k], unpack(A, j0, j0 + x - m * 1048575 - 1))
+  end
   if g.err then
     rcall('DEL', K[k])
     g = {}
   end
   got[k] = g
 end
-GS[nk + 1] = GS[nk + 1] / 2
 
 -- A charge (below) is limiter.Charge: cost units counted whatever is
 -- left, a window at most MAXQ units (limiter.MaxQuota), a backlog at most
@@ -195,11 +210,11 @@ for _ = 1, ndec do
       -- Strings in arithmetic are numbers (no tonumber calls).
       local t = rcall('TIME')
       server = t[1] * 1000000 + t[2]
-      serverR = 'R' .. spack('<i8', server)
+      serverR = spack(FR, 'R', server)
     end
     now, head = server, serverR
   else
-    head = 'R' .. spack('<i8', now)
+    head = spack(FR, 'R', now)
   end
   local pass, bad, nst, o = true, false, 0, nout + 1
   nout = o
@@ -502,8 +517,10 @@ end
 local wrote, w = false, nil
 for k = 1, nk do
   if KS[4 * k - 2] > 0 then
-    local g, j0, m = got[k], GS[k], KS[4 * k]
-    local nf = GS[k + 1] - j0
+    local g, w0 = got[k], KS[4 * k]
+    local x = w0 % 2097152
+    local j0, m = (w0 - x) / 2097152, x >= 1048576 and 1 or 0
+    local nf = x - m * 1048575
     local e, mark, ttl = KS[4 * k - 3], false, false
     -- A state outlives those read: the mark says whether the TTL covers
     -- it (read with the states, or now; written as an integer:

@@ -239,6 +239,36 @@ type TakePlan struct {
 	place []int    // per distinct field: its place among its key's
 	req   []int    // per request: its distinct field, plus planDup when an earlier request of its decision names it
 	count []int    // per key: its distinct fields, plus planMark when its HMGET reads TTLField first
+	start []int    // the index in argv of each distinct run of entries
+}
+
+// share looks for an earlier run of entries of the script that begins
+// with the entries of key k (k > 1), at the end of argv, at index at in
+// ARGV: when there is one, the key's are those (argv is cut back). It
+// returns argv and the index in ARGV of the key's first entry. Called from the second
+// key on of a batch of several decisions: a plan of one decision (the
+// plugin's) does no more work than before, and its keys rarely have the
+// same fields.
+func (p *TakePlan) share(argv []string, k, at int) ([]string, int) {
+	nf := p.count[k]/planMark + p.count[k]%planMark
+	// ARGV[2] is argv[first].
+	end := len(argv) - nf
+	first := end - at + 2
+	if k == 2 {
+		// The first key's run, not shared.
+		p.start = append(p.start[:0], first)
+	}
+	for _, j := range p.start {
+		x := 0
+		for j+nf <= end && x < nf && argv[j+x] == argv[end+x] {
+			x++
+		}
+		if x == nf {
+			return argv[:end], j - first + 2
+		}
+	}
+	p.start = append(p.start, end)
+	return argv, at
 }
 
 // planMark and planDup are flags PlanTake keeps above the numbers it
@@ -256,10 +286,13 @@ const (
 // AppendRequests writes it) and fields[i] the counter of request i, in
 // order, at most MaxTakeFields. PlanTake appends to argv the script's
 // ARGV[2...] (per key, in order, TTLField when a request on the key is a
-// token bucket or GCRA, and then each of its counters once), rewrites each
-// request's code to name its key k and its counter's place s among the
-// key's entries (k*4096 + s, 1-based), and appends to spec, per key, the
-// index in ARGV of its first entry, times 2, plus 1 when it is TTLField.
+// token bucket or GCRA, and then each of its counters once; a key whose
+// entries an earlier key's begin with shares those, not sent again),
+// rewrites each request's code to name its key k and its counter's place
+// s among the key's entries (k*4096 + s, 1-based), and appends to spec,
+// per key, a word: the index in ARGV of its first entry times 2^21, plus
+// 2^20 when the first is TTLField, plus its number of fields (without
+// TTLField).
 //
 // A bucket's state outlives the last at every take (its expiry is when it
 // is full again), so that the script needs the TTL's mark each time: it
@@ -276,14 +309,14 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 	for k := 0; k <= nkeys; k++ {
 		p.count = append(p.count, 0)
 	}
-	ndec := int(spec[8]) | int(spec[9])<<8 | int(spec[10])<<16
+	ndec := int(binary.LittleEndian.Uint32(spec[8:]))
 	pos, r := 16, 0
 	for d := 0; d < ndec; d++ {
-		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
+		n := int(binary.LittleEndian.Uint32(spec[pos+8:]))
 		pos += 16
 		r0 := r
 		for q := 0; q < n; q++ {
-			k := int(spec[pos+1]) | int(spec[pos+2])<<8 | int(spec[pos+3])<<16
+			k := int(binary.LittleEndian.Uint32(spec[pos:]) >> 8)
 			// limiter.TokenBucket (4) or GCRA (5): bits 1 to 3 are 10x.
 			if spec[pos]&12 == 8 {
 				p.count[k] |= planMark
@@ -313,13 +346,15 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 		}
 	}
 	// Appended in order, each key's fields in their places (entries of a
-	// key come in the order of their places). ARGV[1] is the spec: the
-	// first key's fields start at 2.
-	at := 2
+	// key come in the order of their places), unless an earlier key's
+	// entries begin with the same: then the key's are those, sent once
+	// (clients of one route have the same counters, and each argument
+	// costs the script a table slot). ARGV[1] is the spec: the first
+	// key's entries start at 2.
+	base := len(argv) - 2
 	for k := 1; k <= nkeys; k++ {
 		m := p.count[k] / planMark
-		spec = AppendInt(spec, int64(at*2+m))
-		at += m + p.count[k]%planMark
+		at := len(argv) - base
 		if m == 1 {
 			argv = append(argv, TTLField)
 		}
@@ -328,24 +363,26 @@ func PlanTake(p *TakePlan, argv []string, spec []byte, nkeys int, fields []strin
 				argv = append(argv, p.name[e])
 			}
 		}
+		if ndec > 1 && k > 1 {
+			argv, at = p.share(argv, k, at)
+		}
+		spec = AppendInt(spec, int64(at<<21|p.count[k]))
 	}
 	keep := spec[0]
 	pos, r = 16, 0
 	for d := 0; d < ndec; d++ {
-		n := int(spec[pos+8]) | int(spec[pos+9])<<8 | int(spec[pos+10])<<16
+		n := int(binary.LittleEndian.Uint32(spec[pos+8:]))
 		pos += 16
 		for q := 0; q < n; q++ {
 			e, low := p.req[r], spec[pos]
 			if e >= planDup {
 				e -= planDup
 			} else if (low == 2 || low == 12) && keep == 0 && spec[pos+4]|spec[pos+5]|spec[pos+6] == 0 {
-				spec[pos] = low | 64
+				low |= 64
 			}
+			// The code's low 32 bits: its low byte, then k*4096 + s.
 			k := p.key[e]
-			j := k<<12 | (p.count[k]/planMark + p.place[e] + 1)
-			spec[pos+1] = byte(j)
-			spec[pos+2] = byte(j >> 8)
-			spec[pos+3] = byte(j >> 16)
+			binary.LittleEndian.PutUint32(spec[pos:], uint32(k<<20|(p.count[k]/planMark+p.place[e]+1)<<8|int(low)))
 			pos += 40
 			r++
 		}
