@@ -297,8 +297,10 @@ func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 	}
 	// takeFixed for a window aligned to the clock, with what decide adds,
 	// here: the most common limit, in the fewest calls.
-	w := int64(l.Window / time.Microsecond)
-	end := now - (now-int64(l.Offset/time.Microsecond))%w + w
+	// (Microseconds as 1e3 rather than time.Microsecond: under Yaegi a
+	// package's constant costs as a value.)
+	w := int64(l.Window) / 1e3
+	end := now - (now-int64(l.Offset)/1e3)%w + w
 	if end > now+w {
 		end -= w // before the epoch: % rounds towards zero
 	}
@@ -306,7 +308,7 @@ func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 		*s = State{Start: end - w}
 	}
 	s.Expires = end
-	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration(end-now) * time.Microsecond, ResetAt: end}
+	*r = Result{Limit: l.Quota, Window: l.Window, Reset: time.Duration((end - now) * 1e3), ResetAt: end}
 	if s.Count+cost > l.Quota {
 		denyCount(l, s, r, end-now)
 		s.Weight = 255

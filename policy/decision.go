@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -37,6 +38,11 @@ type Policy struct {
 	// One tells whether the policy is one limit that One may decide: no
 	// tiers, exemptions, waits, bans or charges.
 	One bool
+	// oneLimit is the text of One's limit's quota, made once for its
+	// X-RateLimit-Limit; oneX tells whether those are its only headers
+	// (Headers and TimeHeader, read once).
+	oneLimit string
+	oneX     bool
 
 	// The requests of each limit and key part, and what they are for, as
 	// Plan makes them but for the client's key and tier; tiered tells
@@ -134,6 +140,10 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.tiered = p.tiered || l.Tiers != nil
 	}
 	p.One = len(limits) == 1 && !p.tiered && !p.Exempts && !p.Waits && !p.Charges && len(limits[0].Counters) > 0 && store.Alone(&p.requests[0][0])
+	if p.One {
+		p.oneLimit = strconv.FormatInt(p.requests[0][0].Limit.Quota, 10)
+		p.oneX = p.Headers == HeaderX && !p.TimeHeader
+	}
 	return p, nil
 }
 

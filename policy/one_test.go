@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,10 +13,18 @@ import (
 
 // One decides, answers and records a policy of one limit as Plan, Take,
 // Judge, WriteHeaders and Record do, passing or denying, whatever the
-// header style; a policy that One may not decide says so.
+// header style and algorithm; a policy that One may not decide says so.
 func TestOneAsTheSteps(t *testing.T) {
-	for _, style := range []string{"x-ratelimit", "both", "none"} {
-		l, err := Compile(&Spec{Name: "per_client", Numbers: Numbers{Limit: 2, Window: time.Minute}}, "z")
+	for _, style := range []string{"x-ratelimit", "both", "none", "x-ratelimit anchored_window", "x-ratelimit sliding_window", "x-ratelimit token_bucket", "x-ratelimit gcra"} {
+		algorithm := ""
+		if i := strings.IndexByte(style, ' '); i > 0 {
+			style, algorithm = style[:i], style[i+1:]
+		}
+		n := Numbers{Algorithm: algorithm, Limit: 2, Window: time.Minute}
+		if algorithm == "token_bucket" {
+			n.Refill = 2
+		}
+		l, err := Compile(&Spec{Name: "per_client", Numbers: n}, "z")
 		if err != nil {
 			t.Fatal(err)
 		}

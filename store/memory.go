@@ -162,6 +162,10 @@ func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Resu
 // limit without a ban.
 func Alone(r *Request) bool { return r.Mode == ModeTake && r.Limit.Ban == 0 }
 
+// zeroState is a new key's state (under Yaegi a variable costs TakeOne
+// less than a composite literal).
+var zeroState limiter.State
+
 // TakeOne decides a request alone at t, one that Alone accepts (the
 // usual case), in one function (under Yaegi every call costs for every
 // value of its function, run or not). An edge whose requests are one may
@@ -169,23 +173,52 @@ func Alone(r *Request) bool { return r.Mode == ModeTake && r.Limit.Ban == 0 }
 func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	// HashRequest, written out (in two statements: Yaegi assigns a tuple
 	// with a call in it only in part).
-	a := maphash.String(m.seed, r.Counter)
 	b := maphash.String(m.seed, r.Key)
-	h := (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
+	h := (maphash.String(m.seed, r.Counter) ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
 	sh := &m.shards[h>>m.shift]
 	sh.mu.Lock()
 	if t >= sh.nextSweep {
-		m.sweepShard(sh, t)
+		sweepShard(m, sh, t)
 	}
 	st, ok := sh.m[h]
 	if ok && st.Expires <= t {
-		st = limiter.State{}
+		st = zeroState
 	}
-	limiter.Decide(&r.Limit, &st, res, t, r.Cost)
+	// limiter.Decide's usual case, written out (a call less): a window
+	// aligned to the clock (fixed_window, no calendar) that passes. The
+	// rest, a denial too, is Decide's (what this did to st, it would do
+	// the same).
+	l := &r.Limit
+	var end int64
+	pass := false
+	if l.Algorithm == limiter.FixedWindow && l.Calendar == nil {
+		w := int64(l.Window) / 1e3
+		end = t - (t-int64(l.Offset)/1e3)%w + w
+		if end > t+w {
+			end -= w // before the epoch: % rounds towards zero
+		}
+		if st.Start != end-w {
+			st = zeroState
+			st.Start = end - w
+		}
+		pass = st.Count+r.Cost <= l.Quota
+	}
+	if pass {
+		st.Expires = end
+		st.Count += r.Cost
+		st.Denied = false
+		*res = limiter.Result{Allowed: true, Limit: l.Quota, Remaining: l.Quota - st.Count, Window: l.Window, Reset: time.Duration((end - t) * 1e3), ResetAt: end}
+		st.Weight = 254
+		if st.Count < 254 {
+			st.Weight = uint8(st.Count)
+		}
+	} else {
+		limiter.Decide(l, &st, res, t, r.Cost)
+	}
 	if ok {
 		sh.m[h] = st
 	} else {
-		m.add(sh, h, &st, t)
+		add(m, sh, h, &st, t)
 	}
 	sh.mu.Unlock()
 }
@@ -222,7 +255,7 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 		sh := &m.shards[s]
 		sh.mu.Lock()
 		if t >= sh.nextSweep {
-			m.sweepShard(sh, t)
+			sweepShard(m, sh, t)
 		}
 	}
 	for i := range reqs {
@@ -256,7 +289,7 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			if _, ok := sh.m[hs[i]]; ok {
 				sh.m[hs[i]] = next[i]
 			} else {
-				m.add(sh, hs[i], &next[i], t)
+				add(m, sh, hs[i], &next[i], t)
 			}
 		}
 	}
@@ -313,7 +346,7 @@ func (m *Memory) get(h uint64, t int64) (limiter.State, bool) {
 // add stores the state of a new key in its locked shard. In a full store
 // (or a full shard) it takes the place of the shard's key that carries the
 // least (see makeRoom).
-func (m *Memory) add(sh *shard, h uint64, st *limiter.State, t int64) {
+func add(m *Memory, sh *shard, h uint64, st *limiter.State, t int64) {
 	if atomic.LoadInt64(&m.keys) >= m.maxKeys || len(sh.m) >= m.perShard {
 		m.makeRoom(sh, t)
 	}
@@ -355,7 +388,7 @@ func (m *Memory) makeRoom(sh *shard, t int64) {
 }
 
 // sweepShard drops a locked shard's expired keys, and sets its next sweep.
-func (m *Memory) sweepShard(sh *shard, t int64) int {
+func sweepShard(m *Memory, sh *shard, t int64) int {
 	sh.nextSweep = t + m.sweep
 	n := 0
 	for h, e := range sh.m {
@@ -388,7 +421,7 @@ func (m *Memory) Sweep(now time.Time) (removed int) {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
-		removed += m.sweepShard(sh, t)
+		removed += sweepShard(m, sh, t)
 		sh.mu.Unlock()
 	}
 	return removed

@@ -45,12 +45,17 @@ type middleware struct {
 	store store.Store
 	// one is the memory store of a middleware of one limit that
 	// policy.One decides (serveOne), nil otherwise.
-	one    *store.Memory
-	now    func() time.Time // the clock: time.Now, or the configured one
-	ips    *httpval.Forwarded
-	creds  *credentials
-	notify *notifier
-	log    *logger
+	one *store.Memory
+	// oneKeys are that limit's key sources; oneCreds: one of them is a
+	// credential header (Authorization or Proxy-Authorization), which
+	// serveOne leaves to httpval.First.
+	oneKeys  []httpval.Part
+	oneCreds bool
+	now      func() time.Time // the clock: time.Now, or the configured one
+	ips      *httpval.Forwarded
+	creds    *credentials
+	notify   *notifier
+	log      *logger
 	// decisions are the decisions of requests served, to use again.
 	decisions sync.Pool
 	// charges: some limit counts responses (charge.go).
@@ -117,6 +122,12 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	}
 	if mem, ok := m.store.(*store.Memory); ok && m.pol.One && !m.allKeys {
 		m.one = mem
+		m.oneKeys = m.limits[0].keys
+		for _, s := range m.oneKeys {
+			if s.Kind == httpval.KindHeader && (s.Name == "Authorization" || s.Name == "Proxy-Authorization") {
+				m.oneCreds = true
+			}
+		}
 	}
 	return m, nil
 }
@@ -204,9 +215,32 @@ func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Deci
 }
 
 // serveOne is serve for a middleware of one limit in memory that
-// policy.One decides.
+// policy.One decides. Its key is read here (readKeys for one limit whose
+// sources are all the core's: no credentials, tiers or sources of the
+// plugin's own kinds), and a header without space around it, not a
+// credential, is httpval.First's, written out: calls less.
 func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
-	if !readKey(m, r, d) {
+	keys := m.oneKeys
+	v := ""
+	for j := range keys {
+		s := &keys[j]
+		if s.Kind != httpval.KindHeader {
+			v = httpval.Value(s, r, m.ips)
+		} else if vs := r.Header[s.Name]; len(vs) != 0 {
+			// v is "" here: a key read ends the loop.
+			v = vs[0]
+			if m.oneCreds || v == "" || v[0] <= ' ' || v[len(v)-1] <= ' ' {
+				v = httpval.First(r.Header, s.Name)
+			}
+		}
+		if v != "" {
+			d.Keys[0] = v
+			d.Parts[0] = j
+			break
+		}
+	}
+	if v == "" {
+		d.Parts[0] = -1
 		return r
 	}
 	ctx := r.Context()
@@ -215,7 +249,7 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 		return serveAll(m, w, r, d, st)
 	}
 	now := m.now()
-	st = &requestState{}
+	st = new(requestState)
 	if !policy.One(m.pol, d, m.one, now.UnixMicro(), w.Header(), &st.ledger) {
 		return judgedOne(m, w, r, d, now)
 	}
@@ -299,29 +333,6 @@ func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 		}
 	}
 	return present
-}
-
-// readKey is readKeys for a middleware of one limit whose sources are
-// all the core's (no credentials, tiers or sources of the plugin's own
-// kinds).
-func readKey(m *middleware, r *http.Request, d *policy.Decision) bool {
-	keys := m.limits[0].keys
-	for j := range keys {
-		s := &keys[j]
-		v := ""
-		if s.Kind == httpval.KindHeader {
-			v = httpval.First(r.Header, s.Name)
-		} else {
-			v = httpval.Value(s, r, m.ips)
-		}
-		if v != "" {
-			d.Keys[0] = v
-			d.Parts[0] = j
-			return true
-		}
-	}
-	d.Parts[0] = -1
-	return false
 }
 
 // readAllKeys is readKeys with credentials, tiers or sources of the

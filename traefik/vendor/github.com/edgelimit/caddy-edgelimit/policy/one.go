@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/http"
+	"strconv"
 
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -17,8 +18,9 @@ import (
 // FirstDenials are its), and nothing is written or recorded.
 func One(p *Policy, d *Decision, m *store.Memory, t int64, hdr http.Header, l *Ledger) bool {
 	// Plan, for one limit whose key is present.
-	d.Reqs = append(d.Reqs[:0], p.requests[0][d.Parts[0]])
+	d.Reqs = d.Reqs[:1] // NewDecision's room for the policy's one limit
 	req := &d.Reqs[0]
+	*req = p.requests[0][d.Parts[0]]
 	req.Key = d.Keys[0]
 	d.Meta = d.Meta[:1] // NewDecision's: a plan of the limit is always the same
 	d.Res = d.Res[:1]
@@ -27,10 +29,19 @@ func One(p *Policy, d *Decision, m *store.Memory, t int64, hdr http.Header, l *L
 	if !res.Allowed {
 		return false
 	}
-	if p.Headers != HeaderX || p.TimeHeader {
+	if !p.oneX {
 		WriteHeaders(p, hdr, d, 0, false, nil)
 	} else {
-		writeX(hdr, res)
+		// writeX, written out, with the limit's text made once (every
+		// result of the limit, without tiers, has its quota as Limit).
+		reset := res.ResetAt / 1e6
+		if res.ResetAt%1e6 > 0 {
+			reset++
+		}
+		vals := []string{p.oneLimit, strconv.FormatInt(res.Remaining, 10), strconv.FormatInt(reset, 10)}
+		hdr["X-Ratelimit-Limit"] = vals[0:1:1]
+		hdr["X-Ratelimit-Remaining"] = vals[1:2:2]
+		hdr["X-Ratelimit-Reset"] = vals[2:3:3]
 	}
 	// Record, for a new ledger and a request that passed.
 	l.Entries = append(l.Entries, Entry{Store: m, Reqs: d.Reqs})
