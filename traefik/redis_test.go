@@ -254,19 +254,10 @@ func TestRespIdleClose(t *testing.T) {
 
 // ageIdle makes the pool's idle connections look unused for d.
 func ageIdle(p *respPool, d time.Duration) {
-	var conns []*respConn
-	for {
-		select {
-		case c := <-p.idle:
-			c.lastUsed = c.lastUsed.Add(-d)
-			conns = append(conns, c)
-			continue
-		default:
-		}
-		break
-	}
-	for _, c := range conns {
-		p.idle <- c
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.idle {
+		c.lastUsed = c.lastUsed.Add(-d)
 	}
 }
 
@@ -513,3 +504,28 @@ func (l *lockedLog) String() string {
 }
 
 func (l *lockedLog) count(s string) int { return strings.Count(l.String(), s) }
+
+// returnsWithin fails the test when f has not returned within d.
+func returnsWithin(t *testing.T, d time.Duration, what string, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %s", what, d)
+	}
+}
+
+// TestReleaseWithoutSlot: a release without its slot (which acquire
+// cannot make) neither hangs nor frees a slot it did not take.
+func TestReleaseWithoutSlot(t *testing.T) {
+	p := newRespPool(&redisOptions{addr: "127.0.0.1:1", poolSize: 1})
+	returnsWithin(t, 30*time.Second, "release without a slot", p.release)
+	if !p.take() || p.take() {
+		t.Error("a pool of one gave no slot, or two")
+	}
+}

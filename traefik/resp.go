@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/store"
@@ -37,8 +38,17 @@ type respPool struct {
 	timeout  time.Duration
 	pingIdle time.Duration
 
-	slots chan struct{} // one token per connection in use or being made
-	idle  chan *respConn
+	size int // connections at most
+
+	// No channels and no select: Yaegi (v0.16.1) runs every execution of
+	// one select statement on one shared array of cases, so concurrent
+	// requests race on it, and one could wait on another's timer or send
+	// to another pool's channel (runs of the harness under load hung in
+	// this pool's select, or in a release of a slot never taken). The
+	// pool is a mutex, a count and a list.
+	mu   sync.Mutex
+	used int         // connections in use or being made
+	idle []*respConn // sound connections, oldest first
 }
 
 type respConn struct {
@@ -54,8 +64,7 @@ type respConn struct {
 func newRespPool(o *redisOptions) *respPool {
 	return &respPool{
 		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.Timeout, pingIdle: pingIdle,
-		slots: make(chan struct{}, o.poolSize),
-		idle:  make(chan *respConn, o.poolSize),
+		size: o.poolSize,
 	}
 }
 
@@ -106,42 +115,72 @@ func (p *respPool) put(c *respConn) {
 	}
 	watch := make(chan error, 1)
 	c.watch = watch
-	go func() {
-		_, err := c.r.Peek(1)
-		watch <- err
-	}()
-	select {
-	case p.idle <- c:
-	default:
-		c.c.Close()
-		<-watch
+	go c.watchIdle(watch)
+	p.mu.Lock()
+	if len(p.idle) < p.size {
+		p.idle = append(p.idle, c)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	c.c.Close()
+	<-watch
+}
+
+// watchIdle reads what comes on an idle connection: the end of the stream
+// when the server closes it, a timeout once alive stops it. A method, not
+// a closure: its connection and channel are evaluated at the go statement.
+func (c *respConn) watchIdle(watch chan error) {
+	_, err := c.r.Peek(1)
+	watch <- err
+}
+
+// acquire takes a connection slot, waiting at most the timeout: when the
+// pool is full, it looks again after a short sleep (0.1 to 2ms), which a
+// full pool (this instance's load) is worth, and needs no select.
+func (p *respPool) acquire(ctx context.Context) error {
+	if p.take() {
+		return nil
+	}
+	deadline := time.Now().Add(p.timeout)
+	step := 100 * time.Microsecond
+	for {
+		time.Sleep(step)
+		if p.take() {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !time.Now().Before(deadline) {
+			return errPoolBusy
+		}
+		if step < 2*time.Millisecond {
+			step *= 2
+		}
 	}
 }
 
-// acquire takes a connection slot, waiting at most the timeout.
-func (p *respPool) acquire(ctx context.Context) error {
-	select {
-	case p.slots <- struct{}{}:
-		return nil
-	default:
+// take takes a slot if one is free.
+func (p *respPool) take() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.used < p.size {
+		p.used++
+		return true
 	}
-	t := time.NewTimer(p.timeout)
-	defer t.Stop()
-	select {
-	case p.slots <- struct{}{}:
-		return nil
-	case <-t.C:
-		return errPoolBusy
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return false
 }
 
 // release gives back the slot acquire took. A method deferred rather than
-// a closure: Yaegi evaluates its receiver once, at the defer (a closure's
-// capture of p is the interpreter's to get right under concurrency, and a
-// run of TestFleetSharesRedis once hung in this release).
-func (p *respPool) release() { <-p.slots }
+// a closure: Yaegi evaluates its receiver once, at the defer.
+func (p *respPool) release() {
+	p.mu.Lock()
+	if p.used > 0 {
+		p.used--
+	}
+	p.mu.Unlock()
+}
 
 // errPoolBusy is every connection of the pool in use for the whole
 // timeout: this instance's load, not Redis failing.
@@ -157,37 +196,45 @@ var errPoolBusy = fmt.Errorf("redis: every connection of the pool stayed busy: %
 // just answered.
 func (p *respPool) idleConn() *respConn {
 	for {
-		select {
-		case c := <-p.idle:
-			idle := time.Since(c.lastUsed)
-			if idle > maxIdle || !c.alive() {
+		c := p.oldestIdle()
+		if c == nil {
+			return nil
+		}
+		idle := time.Since(c.lastUsed)
+		if idle > maxIdle || !c.alive() {
+			c.c.Close()
+			continue
+		}
+		if idle >= p.pingIdle {
+			if pong, err := c.roundTrip(time.Now().Add(p.timeout), []string{"PING"}); err != nil || pong != "PONG" {
 				c.c.Close()
 				continue
 			}
-			if idle >= p.pingIdle {
-				if pong, err := c.roundTrip(time.Now().Add(p.timeout), []string{"PING"}); err != nil || pong != "PONG" {
-					c.c.Close()
-					continue
-				}
-			}
-			return c
-		default:
-			return nil
 		}
+		return c
 	}
 }
 
-// alive stops the read that watched an idle connection and tells whether
-// the connection is still open and quiet.
-func (c *respConn) alive() bool {
-	select {
-	case <-c.watch:
-		// The watch ended by itself: the server closed the connection, or
-		// sent what nobody asked for.
-		return false
-	default:
+// oldestIdle takes the pool's oldest idle connection, nil for none.
+func (p *respPool) oldestIdle() *respConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) == 0 {
+		return nil
 	}
+	c := p.idle[0]
+	p.idle[0] = nil
+	p.idle = p.idle[1:]
+	return c
+}
+
+// alive stops the read that watched an idle connection and tells whether
+// the connection is still open and quiet: the read ends at once at its
+// deadline with a timeout; one that had ended by itself (the server closed
+// the connection, or sent what nobody asked for) ended otherwise.
+func (c *respConn) alive() bool {
 	if c.c.SetReadDeadline(time.Now()) != nil {
+		c.c.Close()
 		<-c.watch
 		return false
 	}
