@@ -108,7 +108,10 @@ type Remote struct {
 	epoch   time.Time
 	down    int32 // 1 from a failure until a probe is answered
 	probing int32 // 1 while a goroutine probes the server
-	stop    chan struct{}
+	// stop is done once Stop is called: a context, not a channel in a
+	// select (Sleep says why).
+	stop    context.Context
+	stopFn  context.CancelFunc
 	stopMu  sync.Mutex // orders the start of a probe and Stop
 	stopped bool
 	probes  sync.WaitGroup
@@ -138,7 +141,10 @@ func NewRemote(onError OnError, retry time.Duration, denials bool, maxDenials in
 	if retry <= 0 {
 		retry = DefaultRetryInterval
 	}
-	p := &Remote{OnError: onError, Retry: retry, epoch: time.Now(), stop: make(chan struct{})}
+	p := &Remote{OnError: onError, Retry: retry, epoch: time.Now()}
+	stop, stopFn := context.WithCancel(context.Background())
+	p.stop = stop
+	p.stopFn = stopFn
 	if onError == Local {
 		p.Local = NewMemory(MemoryOptions{})
 		p.Carry = NewCarry()
@@ -331,12 +337,8 @@ func (p *Remote) recover(srv Server) {
 
 func (p *Remote) probe(srv Server) {
 	for atomic.LoadInt32(&p.down) == 1 {
-		t := time.NewTimer(p.Retry)
-		select {
-		case <-p.stop:
-			t.Stop()
+		if Sleep(p.stop, p.Retry) != nil {
 			return
-		case <-t.C:
 		}
 		if err := srv.Probe(context.Background()); err != nil {
 			p.failed(err, srv)
@@ -390,20 +392,13 @@ func (p *Remote) Stop() {
 	p.stopMu.Lock()
 	if !p.stopped {
 		p.stopped = true
-		close(p.stop)
+		p.stopFn()
 	}
 	p.stopMu.Unlock()
 	p.probes.Wait()
 }
 
-func (p *Remote) isStopped() bool {
-	select {
-	case <-p.stop:
-		return true
-	default:
-		return false
-	}
-}
+func (p *Remote) isStopped() bool { return p.stop.Err() != nil }
 
 // Up marks the server as answering.
 func (p *Remote) up(srv Server) {

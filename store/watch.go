@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
@@ -63,8 +64,13 @@ func (p *Remote) Watch(subscribe func() (Subscription, error), stop <-chan struc
 		cur    Subscription
 		closed bool
 	)
+	// stopped is done once stop is closed: a context, not a channel in a
+	// select (Sleep says why).
+	stopped, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	go func() {
 		<-stop
+		cancel()
 		mu.Lock()
 		closed = true
 		if cur != nil {
@@ -87,28 +93,22 @@ func (p *Remote) Watch(subscribe func() (Subscription, error), stop <-chan struc
 	var warned Throttle
 	defer p.SetLive(false)
 	for {
-		err := p.watchOne(open, stop)
-		select {
-		case <-stop:
+		err := p.watchOne(open, stopped)
+		if stopped.Err() != nil {
 			return // Close ended the subscription: no warning
-		default:
 		}
 		p.SetLive(false)
 		if warned.Allow(time.Now(), WarnInterval) {
 			warn(err)
 		}
-		t := time.NewTimer(p.Retry)
-		select {
-		case <-stop:
-			t.Stop()
+		if Sleep(stopped, p.Retry) != nil {
 			return
-		case <-t.C:
 		}
 	}
 }
 
 // watchOne subscribes once, and reads the subscription until it fails.
-func (p *Remote) watchOne(open func() (Subscription, error), stop <-chan struct{}) error {
+func (p *Remote) watchOne(open func() (Subscription, error), stopped context.Context) error {
 	sub, err := open()
 	if err != nil {
 		return err
@@ -117,10 +117,8 @@ func (p *Remote) watchOne(open func() (Subscription, error), stop <-chan struct{
 	subscribed, pinged := false, false
 	for {
 		got, err := sub.Receive(WatchPing)
-		select {
-		case <-stop:
+		if stopped.Err() != nil {
 			return errors.New("closed")
-		default:
 		}
 		if err != nil {
 			// net.Error, not an interface of this package: under Yaegi,

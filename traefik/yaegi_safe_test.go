@@ -18,8 +18,9 @@ import (
 // function, generics (any instantiation: slices.Sort, atomic.Pointer[T],
 // sync.OnceValue...), packages Traefik does not give plugins, and three
 // Yaegi bugs: == against typed constant expressions (iota + 1), nil in a
-// tuple assignment (a, b = nil, false), and a function of the package used
-// as a value (returned as a func(string) string, it reached reflect.Set as
+// tuple assignment (a, b = nil, false), select statements (one shared
+// array of cases for every execution: concurrent ones race), and a
+// function of the package used as a value (returned as a func(string) string, it reached reflect.Set as
 // an interpreter node and panicked). The
 // harness module loads the plugin through Yaegi itself; this test says
 // why, sooner and more clearly.
@@ -129,6 +130,8 @@ func checkDir(t *testing.T, fset *token.FileSet, dir, path string, imp types.Imp
 				}
 			case *ast.AssignStmt:
 				checkTuple(t, fset, n)
+			case *ast.SelectStmt:
+				t.Errorf("%s: a select statement: Yaegi runs every execution of one select on one shared array of cases, so concurrent ones wait on each other's channels (a hang); wait on a context's Done (store.Sleep) or use a mutex", fset.Position(n.Pos()))
 			case *ast.FuncDecl:
 				if n.Type.TypeParams != nil {
 					t.Errorf("%s: generic function %s", fset.Position(n.Pos()), n.Name.Name)

@@ -69,18 +69,17 @@ type SyncClock interface {
 	Sleep(ctx context.Context, d time.Duration) error
 }
 
-// Sleep waits d on a timer, or until ctx is done (its error then): the
-// Sleep of a SyncClock on real time. (internal/clock's Sleep, which store's
-// tests import, keeps its own.)
+// Sleep waits d, or until ctx is done (its error then): the Sleep of a
+// SyncClock on real time, and the Traefik plugin's hold of a request.
+// (internal/clock's Sleep, which store's tests import, keeps its own.)
+// It waits on a context's Done, not in a select: Yaegi (v0.16.1) runs
+// every execution of one select statement on one shared array of cases,
+// so that concurrent sleeps could each wait on the other's timer.
 func Sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	wait, cancel := context.WithTimeout(ctx, d)
+	<-wait.Done()
+	cancel()
+	return ctx.Err()
 }
 
 // syncGroup is the views merged on one interval, and what they took since
