@@ -233,7 +233,7 @@ func TestRespIdleClose(t *testing.T) {
 	p := testPool(f.addr(), time.Second)
 	ctx := context.Background()
 	for i := 0; i < 3; i++ {
-		if _, err := p.do(ctx, []string{"EVALSHA"}); err != nil {
+		if _, err := p.Do(ctx, []string{"EVALSHA"}); err != nil {
 			t.Fatalf("command %d: %v", i, err)
 		}
 		// Every connection has been quiet for longer than the server
@@ -280,12 +280,12 @@ func TestRespReplies(t *testing.T) {
 	p := testPool(f.addr(), time.Second)
 	ctx := context.Background()
 	for cmd, want := range map[string]string{"BULK": "R\x00\r\n1", "NIL": "<nil>", "INT": "42", "ARR": "[OK 1 redis: ERR inner]", "PING": "OK"} {
-		got, err := p.do(ctx, []string{cmd})
+		got, err := p.Do(ctx, []string{cmd})
 		if err != nil || fmt.Sprint(got) != want {
 			t.Errorf("%s: %q %v, want %q", cmd, fmt.Sprint(got), err, want)
 		}
 	}
-	if _, err := p.do(ctx, []string{"ERR"}); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
+	if _, err := p.Do(ctx, []string{"ERR"}); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
 		t.Errorf("error reply: %v", err)
 	}
 }
@@ -296,7 +296,7 @@ func TestRespTimeout(t *testing.T) {
 	f := newFakeRedis(t, func([]string) string { return "hang" })
 	p := testPool(f.addr(), 50*time.Millisecond)
 	start := time.Now()
-	if _, err := p.do(context.Background(), []string{"PING"}); err == nil {
+	if _, err := p.Do(context.Background(), []string{"PING"}); err == nil {
 		t.Fatal("no error")
 	}
 	if d := time.Since(start); d > 900*time.Millisecond {
@@ -321,13 +321,13 @@ func TestRespStale(t *testing.T) {
 	})
 	p := testPool(f.addr(), time.Second)
 	ctx := context.Background()
-	if got, err := p.do(ctx, []string{"PING"}); err != nil || got != "OK1" {
+	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK1" {
 		t.Fatal(got, err)
 	}
-	if _, err := p.do(ctx, []string{"PING"}); err == nil {
+	if _, err := p.Do(ctx, []string{"PING"}); err == nil {
 		t.Fatal("a connection closed after the command was read must fail, not send it again")
 	}
-	if got, err := p.do(ctx, []string{"PING"}); err != nil || got != "OK3" {
+	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK3" {
 		t.Fatalf("%v %v", got, err)
 	}
 	// Close the server side of the pooled connection: the next command
@@ -337,7 +337,7 @@ func TestRespStale(t *testing.T) {
 	for f.open() > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got, err := p.do(ctx, []string{"PING"}); err != nil || got != "OK4" {
+	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK4" {
 		t.Fatalf("after the server closed the pooled connection: %v %v", got, err)
 	}
 	if n := f.connections(); n != 3 {
@@ -349,7 +349,7 @@ func TestRespStale(t *testing.T) {
 func scriptCalls(t *testing.T, addr string) int {
 	t.Helper()
 	p := testPool(addr, time.Second)
-	reply, err := p.do(context.Background(), []string{"INFO", "commandstats"})
+	reply, err := p.Do(context.Background(), []string{"INFO", "commandstats"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,14 +77,14 @@ const (
 	pingIdle = time.Second
 )
 
-// do sends one command and reads its reply. It waits for a connection of
+// Do implements store.Doer: it sends one command and reads its reply. It waits for a connection of
 // the pool at most the timeout (a full pool is this instance's load, not
 // Redis failing: store.ErrBusy), then for the reply at most the timeout,
 // counted from when the command is written. A connection that saw any
 // error is closed, never reused: its next reply could be this command's.
 // A command is sent once and never again: a script whose reply was lost
 // may have counted, and running it again would count twice.
-func (p *respPool) do(ctx context.Context, args []string) (interface{}, error) {
+func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	if err := p.acquire(ctx); err != nil {
 		return nil, err
 	}
