@@ -31,7 +31,7 @@ func newRedisStore(o *redisOptions) *redisStore {
 		opts:   o,
 	}
 	s.RedisServer = &store.RedisServer{Remote: s.Remote, Doer: s.pool,
-		Log: &redisLog{logger: newLogger("redis " + o.addr), onError: o.OnError.String()}}
+		Log: &redisLog{logger: newLogger("redis " + o.Addr), onError: o.OnError.String()}}
 	s.scripts = store.Scripts{Doer: s.pool, Prefix: o.Prefix, LocalClock: o.LocalClock}
 	if s.Denials != nil {
 		// For as long as Traefik runs: a plugin is never told it is
@@ -81,7 +81,9 @@ type redisLog struct {
 	onError string
 }
 
-func (l *redisLog) Failure(msg string, err error) { l.warnf("%s (onError %s): %v", msg, l.onError, err) }
+func (l *redisLog) Failure(msg string, err error) {
+	l.warnf("%s (onError %s): %v", msg, l.onError, err)
+}
 
 func (l *redisLog) Warn(msg string, err error) {
 	if err != nil {

@@ -203,7 +203,7 @@ func (f *fakeRedis) connections() int {
 }
 
 func testPool(addr string, timeout time.Duration) *respPool {
-	return newRespPool(&redisOptions{addr: addr, RedisPolicy: store.RedisPolicy{Timeout: timeout}, poolSize: 2})
+	return newRespPool(&redisOptions{RedisURL: store.RedisURL{Addr: addr}, RedisPolicy: store.RedisPolicy{Timeout: timeout}, poolSize: 2})
 }
 
 // TestRespIdleClose: a Redis that closes idle connections (its timeout
@@ -523,7 +523,7 @@ func returnsWithin(t *testing.T, d time.Duration, what string, f func()) {
 // TestReleaseWithoutSlot: a release without its slot (which acquire
 // cannot make) neither hangs nor frees a slot it did not take.
 func TestReleaseWithoutSlot(t *testing.T) {
-	p := newRespPool(&redisOptions{addr: "127.0.0.1:1", poolSize: 1})
+	p := newRespPool(&redisOptions{RedisURL: store.RedisURL{Addr: "127.0.0.1:1"}, poolSize: 1})
 	returnsWithin(t, 30*time.Second, "release without a slot", p.release)
 	if !p.take() || p.take() {
 		t.Error("a pool of one gave no slot, or two")

@@ -30,13 +30,9 @@ func (e respError) Error() string { return "redis: " + string(e) }
 
 // respPool is a bounded pool of connections to one server.
 type respPool struct {
-	addr     string
-	username string
-	password string
-	db       int
-	tls      bool
-	timeout  time.Duration
-	pingIdle time.Duration
+	store.RedisURL // where the server is, and who connects
+	timeout        time.Duration
+	pingIdle       time.Duration
 
 	size int // connections at most
 
@@ -63,8 +59,7 @@ type respConn struct {
 
 func newRespPool(o *redisOptions) *respPool {
 	return &respPool{
-		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.Timeout, pingIdle: pingIdle,
-		size: o.poolSize,
+		RedisURL: o.RedisURL, timeout: o.Timeout, pingIdle: pingIdle, size: o.poolSize,
 	}
 }
 
@@ -248,12 +243,12 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	d := &net.Dialer{Deadline: deadline}
 	var nc net.Conn
 	var err error
-	if p.tls {
-		host, _, _ := net.SplitHostPort(p.addr)
+	if p.TLS {
+		host, _, _ := net.SplitHostPort(p.Addr)
 		td := &tls.Dialer{NetDialer: d, Config: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}}
-		nc, err = td.Dial("tcp", p.addr)
+		nc, err = td.Dial("tcp", p.Addr)
 	} else {
-		nc, err = d.Dial("tcp", p.addr)
+		nc, err = d.Dial("tcp", p.Addr)
 	}
 	if err != nil {
 		return nil, err
@@ -261,13 +256,13 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096)}
 	var setup [][]string
 	switch {
-	case p.password != "" && p.username != "":
-		setup = append(setup, []string{"AUTH", p.username, p.password})
-	case p.password != "":
-		setup = append(setup, []string{"AUTH", p.password})
+	case p.Password != "" && p.Username != "":
+		setup = append(setup, []string{"AUTH", p.Username, p.Password})
+	case p.Password != "":
+		setup = append(setup, []string{"AUTH", p.Password})
 	}
-	if p.db != 0 {
-		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
+	if p.DB != 0 {
+		setup = append(setup, []string{"SELECT", strconv.Itoa(p.DB)})
 	}
 	for _, cmd := range setup {
 		if _, err := c.roundTrip(deadline, cmd); err != nil {
