@@ -103,9 +103,6 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
-		if u.Addr == "" {
-			u.Addr = o.Addr
-		}
 		o.RedisURL = *u
 	}
 	if c.Address != "" {

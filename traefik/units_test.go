@@ -147,7 +147,8 @@ func TestRedisOptions(t *testing.T) {
 	if o.Addr != "cache:6379" {
 		t.Errorf("default port: %s", o.Addr)
 	}
-	for _, bad := range []RedisConfig{{URL: "http://x"}, {Address: "nohost"}, {KeyPrefix: "a{b"}, {Clock: "atomic"}, {Timeout: "0s"}, {URL: "redis://h/x"}} {
+	for _, bad := range []RedisConfig{{URL: "http://x"}, {Address: "nohost"}, {KeyPrefix: "a{b"}, {Clock: "atomic"}, {Timeout: "0s"}, {URL: "redis://h/x"},
+		{Address: ":6379"}} { // no host: refused, as the Caddy module refuses it
 		if _, err := bad.options(); err == nil {
 			t.Errorf("%+v: no error", bad)
 		}
