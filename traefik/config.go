@@ -246,15 +246,18 @@ func sortedLimits(m map[string]*Limit) []string {
 }
 
 // numbers reads a limit's own numbers.
-func (l *Limit) numbers() (policy.Numbers, error) {
+func (l *Limit) numbers() (*policy.Numbers, error) {
 	n := Numbers{Algorithm: l.Algorithm, Limit: l.Limit, Window: l.Window, Refill: l.Refill,
 		Offset: l.Offset, Split: l.Split, Calendar: l.Calendar}
 	return n.spec()
 }
 
-// spec reads the numbers, their durations parsed.
-func (n *Numbers) spec() (policy.Numbers, error) {
-	out := policy.Numbers{Algorithm: n.Algorithm, Limit: n.Limit, Refill: n.Refill}
+// spec reads the numbers, their durations parsed (nil: none).
+func (n *Numbers) spec() (*policy.Numbers, error) {
+	if n == nil {
+		return nil, nil
+	}
+	out := &policy.Numbers{Algorithm: n.Algorithm, Limit: n.Limit, Refill: n.Refill}
 	var err error
 	if out.Window, err = parseDuration("window", n.Window); err != nil {
 		return out, err

@@ -600,6 +600,7 @@ func TestConfigErrors(t *testing.T) {
 		"limits:\n  l:\n    limit: 5\n    window: 1m\nipStrategy: {depth: 1, excludedIP: [10.0.0.0/8]}":                                                       `unknown option ipStrategy.excludedIP (did you mean excludedIPs?)`,
 		"limits:\n  l:\n    limit: 5\n    window: 1m\nnotify: {url: \"http://127.0.0.1:1\", timout: 1s}":                                                      `unknown option notify.timout (did you mean timeout?)`,
 		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m\ncredentials:\n  from: header:X-Key\n  clients:\n    s3cret: {id: a, teir: free}": `unknown option credentials.clients.<credential>.teir (did you mean tier?)`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    ipv6Prefix: 129":                                                                                    `limit "l": IPv6 prefix 129: want a length from 1 to 128`,
 		"limits:\n  l:\n    limit: 5\n    window: 1m\nkeySecret: short":                                                                                       "at least 16 bytes",
 		// Two spellings of carol1:secret: one credential, two clients.
 		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m\ncredentials:\n  from: header:Authorization\n  clients:\n    \"Basic Y2Fyb2wxOnNlY3JldA==\": {id: a, tier: free}\n    \"Basic Y2Fyb2wxOnNlY3JldB==\": {id: b, tier: pro}": "credentials: clients: two credentials are one credential spelled twice",
