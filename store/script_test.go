@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -47,35 +48,40 @@ func TestTakeOneScript(t *testing.T) {
 	}
 	now := time.Date(2026, 12, 7, 23, 59, 59, 0, time.UTC)
 	at := now.UnixMicro()
-	state := EncodeState(limiter.State{Start: at - 1000, Count: 4, Expires: at + 60e6})
-	for _, local := range []bool{false, true} {
-		for li := range limits {
-			for _, mode := range []Mode{ModeTake, ModeCheck, ModeCharge} {
-				for _, dry := range []bool{false, true} {
-					req := Request{Counter: "route:limit", Key: "client", Limit: limits[li], Cost: 2, Mode: mode, DryRun: dry}
-					reqs := []Request{req}
-					s := Scripts{Prefix: "edgelimit:", LocalClock: local}
-					// The general plan.
-					wantKeys, clients := s.keys(reqs)
-					wantArgv := s.argv(reqs, clients, now, at, make([][2]int64, 1), true)
-					// "R", the time, the state.
-					reply := "R" + string(AppendInt(nil, at)) + state
-					want := make([]limiter.Result, 1)
-					if _, err := ParseResults(reply, reqs, nil, want, [][2]int64{boundsOf(&req, at)}); err != nil {
-						t.Fatal(err)
-					}
-					f := &recordRunner{replies: []string{reply}}
-					s.Runner = f
-					got := make([]limiter.Result, 1)
-					if err := s.Take(context.Background(), now, reqs, got); err != nil {
-						t.Fatal(err)
-					}
-					name := limits[li].Algorithm.String()
-					if len(f.keys) != 1 || !slices.Equal(f.keys[0], wantKeys) || !slices.Equal(f.argv[0], wantArgv) {
-						t.Errorf("limit %d (%s) mode %d dry %v local %v: sent %q %q, the plan %q %q", li, name, mode, dry, local, f.keys, f.argv, wantKeys, wantArgv)
-					}
-					if got[0] != want[0] {
-						t.Errorf("limit %d (%s) mode %d dry %v: %+v, want %+v", li, name, mode, dry, got[0], want[0])
+	// A live state, an expired one, one whose debt is not a number.
+	states := []string{EncodeState(limiter.State{Start: at - 1000, Count: 4, Prev: 3, Debt: 1.5, Expires: at + 60e6, Denied: true}),
+		EncodeState(limiter.State{Start: at - 1000, Count: 4, Expires: at}),
+		EncodeState(limiter.State{Start: at - 1000, Count: 4, Debt: math.NaN(), Expires: at + 60e6})}
+	for _, state := range states {
+		for _, local := range []bool{false, true} {
+			for li := range limits {
+				for _, mode := range []Mode{ModeTake, ModeCheck, ModeCharge} {
+					for _, dry := range []bool{false, true} {
+						req := Request{Counter: "route:limit", Key: "client", Limit: limits[li], Cost: 2, Mode: mode, DryRun: dry}
+						reqs := []Request{req}
+						s := Scripts{Prefix: "edgelimit:", LocalClock: local}
+						// The general plan.
+						wantKeys, clients := s.keys(reqs)
+						wantArgv := s.argv(reqs, clients, now, at, make([][2]int64, 1), true)
+						// "R", the time, the state.
+						reply := "R" + string(AppendInt(nil, at)) + state
+						want := make([]limiter.Result, 1)
+						if _, err := ParseResults(reply, reqs, nil, want, [][2]int64{boundsOf(&req, at)}); err != nil {
+							t.Fatal(err)
+						}
+						f := &recordRunner{replies: []string{reply}}
+						s.Runner = f
+						got := make([]limiter.Result, 1)
+						if err := s.Take(context.Background(), now, reqs, got); err != nil {
+							t.Fatal(err)
+						}
+						name := limits[li].Algorithm.String()
+						if len(f.keys) != 1 || !slices.Equal(f.keys[0], wantKeys) || !slices.Equal(f.argv[0], wantArgv) {
+							t.Errorf("limit %d (%s) mode %d dry %v local %v: sent %q %q, the plan %q %q", li, name, mode, dry, local, f.keys, f.argv, wantKeys, wantArgv)
+						}
+						if got[0] != want[0] {
+							t.Errorf("limit %d (%s) mode %d dry %v state %x: %+v, want %+v", li, name, mode, dry, state, got[0], want[0])
+						}
 					}
 				}
 			}

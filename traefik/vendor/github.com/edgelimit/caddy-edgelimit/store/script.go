@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"math"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -143,8 +144,17 @@ func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, res
 		if len(reply) < 9+StateLen || reply[0] != 'R' {
 			return ErrBadReply
 		}
-		at = readInt(reply, 1)
-		st := DecodeState(reply[9:9+StateLen], at)
+		// readInt and DecodeState written out, on one conversion.
+		b := []byte(reply[1 : 9+StateLen])
+		at = int64(binary.LittleEndian.Uint64(b))
+		st := zeroState
+		if e := int64(binary.LittleEndian.Uint64(b[40:])); e > at {
+			d := math.Float64frombits(binary.LittleEndian.Uint64(b[32:]))
+			if !math.IsNaN(d) && !math.IsInf(d, 0) {
+				st = limiter.State{Start: int64(binary.LittleEndian.Uint64(b[8:])), Count: int64(binary.LittleEndian.Uint64(b[16:])),
+					Prev: int64(binary.LittleEndian.Uint64(b[24:])), Debt: d, Expires: e, Denied: b[48] == 1}
+			}
+		}
 		if r.Mode == ModeTake && l.Ban == 0 {
 			limiter.Decide(l, &st, &results[0], at, r.Cost)
 		} else {
