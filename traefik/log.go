@@ -39,6 +39,9 @@ func (l *logger) ChargeFailed(err error) { l.warnf("%s: %v", policy.ChargeFailed
 // BadCost warns of a cost header that is not a whole number of units.
 func (l *logger) BadCost(issue policy.CostIssue) { l.warnf("%s", issue.String()) }
 
+// Print writes an error, unthrottled (policy.EventLog).
+func (l *logger) Print(msg string) { log.Printf("edgelimit %s: %s", l.name, msg) }
+
 // info writes a note, unthrottled.
 func (l *logger) info(msg string) {
 	fmt.Printf("edgelimit %s: %s\n", l.name, msg)
