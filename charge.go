@@ -57,16 +57,15 @@ func newCharging(p *policy.Policy) *charging {
 // it is the charge's log (policy.ChargeLog).
 type chargeWriter struct {
 	caddyhttp.ResponseWriterWrapper
-	c  policy.Charge
-	h  *Handler
-	r  *http.Request
-	sc *scratch // the decision, while the request is served; nil: nothing to charge
+	c policy.Charge // its Decision: sc's, while the request is served
+	h *Handler
+	r *http.Request
 }
 
 // serveCharging serves a request with the response writer of the charges.
 func (h *Handler) serveCharging(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	cw := &chargeWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, r: r,
-		c: policy.Charge{Policy: h.pol, Store: h.store, Now: h.clock.Now}}
+		c: policy.Charge{Policy: h.pol, Store: h.store}}
 	cw.c.Log = cw
 	err := h.serve(cw, r, next)
 	if !cw.c.Done {
@@ -82,12 +81,12 @@ func (h *Handler) serveCharging(w http.ResponseWriter, r *http.Request, next cad
 // serve returns).
 func (h *Handler) serveCharged(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, sc *scratch) error {
 	cw := w.(*chargeWriter)
-	cw.sc = sc
+	cw.c.Decision = sc.Decision
 	err := next.ServeHTTP(cw, r)
 	if !cw.c.Done {
 		cw.finish(err)
 	}
-	cw.sc = nil
+	cw.c.Decision = nil
 	return err
 }
 
@@ -143,13 +142,11 @@ func (cw *chargeWriter) FlushError() error {
 // request's decision and ledger (a handler after this one may have
 // started it).
 func (cw *chargeWriter) respond(status int) {
-	cw.c.Decision, cw.c.Ledger = nil, nil
-	if cw.sc != nil {
-		cw.c.Decision = cw.sc.Decision
+	if cw.c.Decision != nil {
 		vars, _ := cw.r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 		cw.c.Ledger = ledgerOf(vars)
 	}
-	cw.c.Respond(cw.r.Context(), status, cw.ResponseWriter.Header())
+	cw.c.Respond(cw.r.Context(), cw.h.clock.Now, status, cw.ResponseWriter.Header())
 }
 
 // ChargeFailed counts a store's failure to charge a response, and logs it

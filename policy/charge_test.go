@@ -261,19 +261,20 @@ func TestChargeRespond(t *testing.T) {
 		return d
 	}
 	log := &chargeLog{}
-	c := &Charge{Policy: p, Store: mem, Now: func() time.Time { return now }, Log: log, Decision: checked(), Ledger: &Ledger{}}
+	clock := func() time.Time { return now }
+	c := &Charge{Policy: p, Store: mem, Log: log, Decision: checked(), Ledger: &Ledger{}}
 	hdr := http.Header{"X-Usage": {"7"}}
-	if c.Respond(context.Background(), http.StatusContinue, hdr) || c.Done || hdr.Get("X-Usage") != "7" {
+	if c.Respond(context.Background(), clock, http.StatusContinue, hdr) || c.Done || hdr.Get("X-Usage") != "7" {
 		t.Fatal("a 1xx response is charged")
 	}
-	if !c.Respond(context.Background(), http.StatusOK, hdr) || !c.Done {
+	if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || !c.Done {
 		t.Fatal("a 200 is not charged")
 	}
 	if got := hdr.Get("X-Ratelimit-Remaining"); got != "3" || hdr["X-Usage"] != nil {
 		t.Fatalf("after a charge of 7: remaining %q, %v", got, hdr)
 	}
 	hdr["X-Usage"] = []string{"7"}
-	if c.Respond(context.Background(), http.StatusOK, hdr) || hdr.Get("X-Usage") != "7" {
+	if c.Respond(context.Background(), clock, http.StatusOK, hdr) || hdr.Get("X-Usage") != "7" {
 		t.Fatal("charged twice")
 	}
 	if len(log.failed) != 0 || len(log.issues) != 0 {
@@ -281,9 +282,9 @@ func TestChargeRespond(t *testing.T) {
 	}
 
 	// 101 is final; a cost that is not a number is charged 1 and logged.
-	c = &Charge{Policy: p, Store: mem, Now: c.Now, Log: log, Decision: checked()}
+	c = &Charge{Policy: p, Store: mem, Log: log, Decision: checked()}
 	hdr = http.Header{"X-Usage": {"seven"}}
-	if !c.Respond(context.Background(), http.StatusSwitchingProtocols, hdr) || hdr.Get("X-Ratelimit-Remaining") != "2" {
+	if !c.Respond(context.Background(), clock, http.StatusSwitchingProtocols, hdr) || hdr.Get("X-Ratelimit-Remaining") != "2" {
 		t.Fatalf("101: %v", hdr)
 	}
 	if len(log.issues) != 1 || log.issues[0].Found != CostInvalid || log.issues[0].Value != "seven" {
@@ -296,11 +297,11 @@ func TestChargeRespond(t *testing.T) {
 	// A later handler denied: nothing charged, the header removed all the
 	// same; so without a decision.
 	for _, c := range []*Charge{
-		{Policy: p, Store: mem, Now: c.Now, Log: log, Decision: checked(), Ledger: &Ledger{Denied: true}},
-		{Policy: p, Store: mem, Now: c.Now, Log: log},
+		{Policy: p, Store: mem, Log: log, Decision: checked(), Ledger: &Ledger{Denied: true}},
+		{Policy: p, Store: mem, Log: log},
 	} {
 		hdr = http.Header{"X-Usage": {"5"}}
-		if !c.Respond(context.Background(), http.StatusOK, hdr) || len(hdr) != 0 {
+		if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || len(hdr) != 0 {
 			t.Fatalf("uncharged response: %v", hdr)
 		}
 	}
@@ -309,9 +310,9 @@ func TestChargeRespond(t *testing.T) {
 	}
 
 	// A store that fails: logged, the header removed.
-	c = &Charge{Policy: p, Store: failingStore{}, Now: c.Now, Log: log, Decision: checked()}
+	c = &Charge{Policy: p, Store: failingStore{}, Log: log, Decision: checked()}
 	hdr = http.Header{"X-Usage": {"1"}}
-	if !c.Respond(context.Background(), http.StatusOK, hdr) || len(log.failed) != 1 || hdr["X-Usage"] != nil {
+	if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || len(log.failed) != 1 || hdr["X-Usage"] != nil {
 		t.Fatalf("failed %v, %v", log.failed, hdr)
 	}
 }

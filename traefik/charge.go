@@ -3,6 +3,7 @@ package edgelimit
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
@@ -26,7 +27,8 @@ func compileResponses(c *ResponseRule) (*policy.ResponseRule, error) {
 // known (given the request's decision), and removes the cost headers.
 type chargeWriter struct {
 	http.ResponseWriter
-	c policy.Charge
+	c   policy.Charge
+	now func() time.Time
 	// stream: the response has no Content-Length; each write is flushed
 	// (see Write).
 	stream bool
@@ -34,7 +36,7 @@ type chargeWriter struct {
 
 // serveCharging serves a request with the response writer of the charges.
 func serveCharging(m *middleware, w http.ResponseWriter, r *http.Request) {
-	cw := &chargeWriter{ResponseWriter: w, c: policy.Charge{Policy: m.pol, Store: m.store, Now: m.now, Log: m.log}}
+	cw := &chargeWriter{ResponseWriter: w, c: policy.Charge{Policy: m.pol, Store: m.store, Log: m.log}, now: m.now}
 	d := policy.NewDecision(m.pol)
 	r = serve(m, cw, r, d)
 	if r == nil {
@@ -96,7 +98,7 @@ func (cw *chargeWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter 
 // whether it streams.
 func respond(cw *chargeWriter, code int) {
 	hdr := cw.ResponseWriter.Header()
-	if cw.c.Respond(context.Background(), code, hdr) {
+	if cw.c.Respond(context.Background(), cw.now, code, hdr) {
 		cw.stream = len(hdr["Content-Length"]) == 0
 	}
 }

@@ -219,7 +219,6 @@ func (i CostIssue) String() string {
 type Charge struct {
 	Policy *Policy
 	Store  store.Store
-	Now    func() time.Time
 	// Log is the edge's, for what Respond meets.
 	Log ChargeLog
 	// Decision is the request's once it checked a limit that counts
@@ -248,20 +247,22 @@ const ChargeFailed = "rate-limit storage failed: a response's cost was not charg
 
 // Respond charges the response of status with headers hdr, unless it was
 // charged already or is not final (1xx, but 101 is): to the limits of the
-// decision that count responses and match it, in the store at Now(), and
+// decision that count responses and match it, in the store at now() (a
+// parameter, not a field: Caddy's clock.Now would be a closure on the heap
+// per request), and
 // writes the rate-limit headers again with what remains; then it removes
 // the cost headers. The charges outlive the client (ctx's cancellation):
 // what a request cost is charged all the same (an attacker who hangs up
 // does not get a free guess). A store's failure and the cost headers it
 // could not read go to Log. It reports whether it charged (false: not
 // now).
-func (c *Charge) Respond(ctx context.Context, status int, hdr http.Header) bool {
+func (c *Charge) Respond(ctx context.Context, now func() time.Time, status int, hdr http.Header) bool {
 	if c.Done || status < 200 && status != http.StatusSwitchingProtocols {
 		return false
 	}
 	c.Done = true
 	if d := c.Decision; d != nil && (c.Ledger == nil || !c.Ledger.Denied) {
-		if err := charge(c.Policy, c.Store, ctx, c.Now, d, status, hdr, c.Ledger); err != nil {
+		if err := charge(c.Policy, c.Store, ctx, now, d, status, hdr, c.Ledger); err != nil {
 			c.Log.ChargeFailed(err)
 		}
 		for i := range d.CostIssues {
