@@ -52,21 +52,23 @@ func newCharging(p *policy.Policy) *charging {
 }
 
 // chargeWriter sees the response of a request to a handler whose limits
-// count responses: it charges them when the response is known (armed with
-// the request's decision), and removes the cost headers.
+// count responses: its policy.Charge charges them when the response is
+// known (armed with the request's decision), and removes the cost headers;
+// it is the charge's log (policy.ChargeLog).
 type chargeWriter struct {
 	caddyhttp.ResponseWriterWrapper
-	h    *Handler
-	r    *http.Request
-	sc   *scratch // the decision, while the request is served; nil: nothing to charge
-	done bool
+	c policy.Charge // its Decision: sc's, while the request is served
+	h *Handler
+	r *http.Request
 }
 
 // serveCharging serves a request with the response writer of the charges.
 func (h *Handler) serveCharging(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	cw := &chargeWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, r: r}
+	cw := &chargeWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, r: r,
+		c: policy.Charge{Policy: h.pol, Store: h.store}}
+	cw.c.Log = cw
 	err := h.serve(cw, r, next)
-	if !cw.done {
+	if !cw.c.Done {
 		// Neither served nor denied by this handler: its error's status
 		// (or 200) is written by Caddy, without the cost headers.
 		cw.finish(err)
@@ -79,12 +81,12 @@ func (h *Handler) serveCharging(w http.ResponseWriter, r *http.Request, next cad
 // serve returns).
 func (h *Handler) serveCharged(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, sc *scratch) error {
 	cw := w.(*chargeWriter)
-	cw.sc = sc
+	cw.c.Decision = sc.Decision
 	err := next.ServeHTTP(cw, r)
-	if !cw.done {
+	if !cw.c.Done {
 		cw.finish(err)
 	}
-	cw.sc = nil
+	cw.c.Decision = nil
 	return err
 }
 
@@ -103,9 +105,9 @@ func (cw *chargeWriter) finish(err error) {
 	cw.respond(status)
 }
 
-// WriteHeader charges a final response (not 1xx, but 101).
+// WriteHeader charges a final response.
 func (cw *chargeWriter) WriteHeader(status int) {
-	if !cw.done && (status >= 200 || status == http.StatusSwitchingProtocols) {
+	if !cw.c.Done {
 		cw.respond(status)
 	}
 	cw.ResponseWriterWrapper.WriteHeader(status)
@@ -113,7 +115,7 @@ func (cw *chargeWriter) WriteHeader(status int) {
 
 // Write charges a response written without WriteHeader (200).
 func (cw *chargeWriter) Write(b []byte) (int, error) {
-	if !cw.done {
+	if !cw.c.Done {
 		cw.respond(http.StatusOK)
 	}
 	return cw.ResponseWriterWrapper.Write(b)
@@ -121,7 +123,7 @@ func (cw *chargeWriter) Write(b []byte) (int, error) {
 
 // ReadFrom charges as Write does, and copies as the wrapper does.
 func (cw *chargeWriter) ReadFrom(r io.Reader) (int64, error) {
-	if !cw.done {
+	if !cw.c.Done {
 		cw.respond(http.StatusOK)
 	}
 	return cw.ResponseWriterWrapper.ReadFrom(r)
@@ -130,43 +132,42 @@ func (cw *chargeWriter) ReadFrom(r io.Reader) (int64, error) {
 // FlushError charges a response flushed before it is written (200), then
 // flushes (http.ResponseController finds it first).
 func (cw *chargeWriter) FlushError() error {
-	if !cw.done {
+	if !cw.c.Done {
 		cw.respond(http.StatusOK)
 	}
 	return http.NewResponseController(cw.ResponseWriter).Flush()
 }
 
-// respond charges the response of status, once: its headers are final.
+// respond charges the response of status when it is final, with the
+// request's decision and ledger (a handler after this one may have
+// started it).
 func (cw *chargeWriter) respond(status int) {
-	cw.done = true
-	h := cw.h
-	var d *policy.Decision
-	var ledger *policy.Ledger
-	if cw.sc != nil {
-		d = cw.sc.Decision
+	if cw.c.Decision != nil {
 		vars, _ := cw.r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-		ledger = ledgerOf(vars)
+		cw.c.Ledger = ledgerOf(vars)
 	}
-	err := policy.Respond(h.pol, h.store, cw.r.Context(), h.clock.Now, d, status, cw.ResponseWriter.Header(), ledger)
-	if err != nil {
-		h.metrics.storageError()
-		if h.charging.warn.Allow(h.clock.Now(), 5*time.Second) {
-			h.logger.Warn("rate-limit storage failed: a response's cost was not charged", zap.Error(err))
-		}
-	}
-	if d != nil {
-		for _, issue := range d.CostIssues {
-			h.badCost(issue)
-		}
+	cw.c.Respond(cw.r.Context(), cw.h.clock.Now, status, cw.ResponseWriter.Header())
+}
+
+// ChargeFailed counts a store's failure to charge a response, and logs it
+// at most every 5 seconds per handler.
+func (cw *chargeWriter) ChargeFailed(err error) {
+	h := cw.h
+	h.metrics.storageError()
+	if h.charging.warn.Allow(h.clock.Now(), 5*time.Second) {
+		h.logger.Warn(policy.ChargeFailed, zap.Error(err))
 	}
 }
 
-// badCost logs, at most every 5 seconds per handler, a cost header that
+// BadCost logs, at most every 5 seconds per handler, a cost header that
 // is not a whole number of units.
-func (h *Handler) badCost(issue policy.CostIssue) {
-	if !h.charging.warn.Allow(h.clock.Now(), 5*time.Second) {
-		return
+func (cw *chargeWriter) BadCost(issue policy.CostIssue) {
+	h := cw.h
+	if h.charging.warn.Allow(h.clock.Now(), 5*time.Second) {
+		h.logger.Warn(policy.CostProblem(issue.Found), zap.String("limit", issue.Limit.Name),
+			zap.String("header", issue.Limit.CostHeader), zap.String("value", issue.Value))
 	}
-	h.logger.Warn(policy.CostProblem(issue.Found), zap.String("limit", issue.Limit.Name),
-		zap.String("header", issue.Limit.CostHeader), zap.String("value", issue.Value))
 }
+
+// Interface guard.
+var _ policy.ChargeLog = (*chargeWriter)(nil)

@@ -46,8 +46,8 @@ func (e *emitter) exceeded(data map[string]any) {
 	if e == nil || !e.app.ShouldEmit(EventExceeded) {
 		return
 	}
-	if dropped := e.pending.Go(func() { e.app.Emit(e.ctx, EventExceeded, data) }); dropped%100 == 1 {
-		e.logger.Warn("edge_limit events dropped: subscribers too slow", zap.Uint64("dropped", dropped))
+	if dropped := e.pending.Go(func() { e.app.Emit(e.ctx, EventExceeded, data) }); dropped != 0 {
+		e.logger.Warn(policy.EventsDropped, zap.Uint64("dropped", dropped))
 	}
 }
 
@@ -69,9 +69,8 @@ type Webhook struct {
 	// Timeout bounds each delivery. Default: 5s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	client  *http.Client
-	headers http.Header
-	logger  *zap.Logger
+	hook   *policy.Webhook
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -86,28 +85,22 @@ func (Webhook) CaddyModule() caddy.ModuleInfo {
 func (wh *Webhook) Provision(ctx caddy.Context) error {
 	wh.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	u, err := policy.CheckWebhookURL(repl.ReplaceAll(wh.URL, ""))
+	headers := make(map[string]string, len(wh.Headers))
+	for k, v := range wh.Headers {
+		headers[k] = repl.ReplaceAll(v, "")
+	}
+	hook, err := policy.NewWebhook(repl.ReplaceAll(wh.URL, ""), headers, time.Duration(wh.Timeout))
 	if err != nil {
 		return fmt.Errorf("webhook %w", err)
 	}
-	wh.URL = u
-	if wh.Timeout == 0 {
-		wh.Timeout = caddy.Duration(5 * time.Second)
-	}
-	wh.client = &http.Client{Timeout: time.Duration(wh.Timeout)}
-	wh.headers = make(http.Header, len(wh.Headers))
-	for k, v := range wh.Headers {
-		wh.headers.Set(k, repl.ReplaceAll(v, ""))
-	}
+	wh.hook = hook
 	return nil
 }
 
-// Handle delivers the event; failures are logged, never returned, so a
-// broken receiver cannot abort anything.
+// Handle delivers the event (within the timeout, whatever ctx); failures
+// are logged, never returned, so a broken receiver cannot abort anything.
 func (wh *Webhook) Handle(ctx context.Context, e caddy.Event) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(wh.Timeout))
-	defer cancel()
-	if err := policy.PostEvent(ctx, wh.client, wh.URL, wh.headers, e.CloudEvent()); err != nil {
+	if err := wh.hook.Post(ctx, e.CloudEvent()); err != nil {
 		wh.logger.Warn("webhook delivery failed", zap.String("event", e.Name()), zap.Error(err))
 	}
 	return nil

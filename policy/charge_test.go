@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"net/http"
 	"reflect"
 	"strings"
@@ -219,5 +220,99 @@ func TestNewResponseRule(t *testing.T) {
 		if _, err := NewResponseRule(bad.statuses, bad.headers); err == nil {
 			t.Errorf("%v %v: accepted", bad.statuses, bad.headers)
 		}
+	}
+}
+
+// chargeLog is a ChargeLog that keeps what it is told.
+type chargeLog struct {
+	failed []error
+	issues []CostIssue
+}
+
+func (l *chargeLog) ChargeFailed(err error)  { l.failed = append(l.failed, err) }
+func (l *chargeLog) BadCost(issue CostIssue) { l.issues = append(l.issues, issue) }
+
+// failingStore fails every Take.
+type failingStore struct{ store.Store }
+
+func (failingStore) Take(context.Context, time.Time, []store.Request, []limiter.Result) error {
+	return store.ErrUnavailable
+}
+
+// TestChargeRespond: a Charge charges a response once, when it is final
+// (not 1xx, but 101), what its cost header says; it removes the cost
+// header whatever happens; a denial of a later handler is charged
+// nothing; what it meets goes to the edge's log.
+func TestChargeRespond(t *testing.T) {
+	base := Numbers{Limit: 10, Window: time.Minute}
+	p := chargedPolicy(t, &Spec{Name: "tokens", Numbers: base, CostHeader: "X-Usage"})
+	now := time.Unix(1_700_000_000, 0)
+	mem := store.NewMemory(store.MemoryOptions{})
+	checked := func() *Decision {
+		d := NewDecision(p)
+		d.Keys[0], d.Parts[0] = "client", 0
+		Plan(p, d, nil)
+		if err := store.Take(mem, context.Background(), now, d.Reqs, d.Res); err != nil {
+			t.Fatal(err)
+		}
+		if denied, _ := Judge(d); denied >= 0 || !Checked(d) {
+			t.Fatalf("denied %d", denied)
+		}
+		return d
+	}
+	log := &chargeLog{}
+	clock := func() time.Time { return now }
+	c := &Charge{Policy: p, Store: mem, Log: log, Decision: checked(), Ledger: &Ledger{}}
+	hdr := http.Header{"X-Usage": {"7"}}
+	if c.Respond(context.Background(), clock, http.StatusContinue, hdr) || c.Done || hdr.Get("X-Usage") != "7" {
+		t.Fatal("a 1xx response is charged")
+	}
+	if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || !c.Done {
+		t.Fatal("a 200 is not charged")
+	}
+	if got := hdr.Get("X-Ratelimit-Remaining"); got != "3" || hdr["X-Usage"] != nil {
+		t.Fatalf("after a charge of 7: remaining %q, %v", got, hdr)
+	}
+	hdr["X-Usage"] = []string{"7"}
+	if c.Respond(context.Background(), clock, http.StatusOK, hdr) || hdr.Get("X-Usage") != "7" {
+		t.Fatal("charged twice")
+	}
+	if len(log.failed) != 0 || len(log.issues) != 0 {
+		t.Fatalf("log %+v", log)
+	}
+
+	// 101 is final; a cost that is not a number is charged 1 and logged.
+	c = &Charge{Policy: p, Store: mem, Log: log, Decision: checked()}
+	hdr = http.Header{"X-Usage": {"seven"}}
+	if !c.Respond(context.Background(), clock, http.StatusSwitchingProtocols, hdr) || hdr.Get("X-Ratelimit-Remaining") != "2" {
+		t.Fatalf("101: %v", hdr)
+	}
+	if len(log.issues) != 1 || log.issues[0].Found != CostInvalid || log.issues[0].Value != "seven" {
+		t.Fatalf("issues %+v", log.issues)
+	}
+	if got, want := log.issues[0].String(), `(limit tokens, header X-Usage, value "seven")`; !strings.HasPrefix(got, CostProblem(CostInvalid)) || !strings.HasSuffix(got, want) {
+		t.Fatalf("issue %q", got)
+	}
+
+	// A later handler denied: nothing charged, the header removed all the
+	// same; so without a decision.
+	for _, c := range []*Charge{
+		{Policy: p, Store: mem, Log: log, Decision: checked(), Ledger: &Ledger{Denied: true}},
+		{Policy: p, Store: mem, Log: log},
+	} {
+		hdr = http.Header{"X-Usage": {"5"}}
+		if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || len(hdr) != 0 {
+			t.Fatalf("uncharged response: %v", hdr)
+		}
+	}
+	if d := checked(); d.Res[0].Remaining != 2 {
+		t.Fatalf("remaining %d, want 2: the uncharged responses were charged", d.Res[0].Remaining)
+	}
+
+	// A store that fails: logged, the header removed.
+	c = &Charge{Policy: p, Store: failingStore{}, Log: log, Decision: checked()}
+	hdr = http.Header{"X-Usage": {"1"}}
+	if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || len(log.failed) != 1 || hdr["X-Usage"] != nil {
+		t.Fatalf("failed %v, %v", log.failed, hdr)
 	}
 }

@@ -3,6 +3,7 @@ package edgelimit
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
@@ -22,15 +23,12 @@ func compileResponses(c *ResponseRule) (*policy.ResponseRule, error) {
 }
 
 // chargeWriter sees the response of a request to a middleware whose limits
-// count responses: it charges them when the response is known (given the
-// request's decision), and removes the cost headers.
+// count responses: its policy.Charge charges them when the response is
+// known (given the request's decision), and removes the cost headers.
 type chargeWriter struct {
 	http.ResponseWriter
-	m    *middleware
-	r    *http.Request
-	st   *requestState
-	d    *policy.Decision // nil: nothing to charge
-	done bool
+	c   policy.Charge
+	now func() time.Time
 	// stream: the response has no Content-Length; each write is flushed
 	// (see Write).
 	stream bool
@@ -38,28 +36,27 @@ type chargeWriter struct {
 
 // serveCharging serves a request with the response writer of the charges.
 func serveCharging(m *middleware, w http.ResponseWriter, r *http.Request) {
-	cw := &chargeWriter{ResponseWriter: w, m: m}
+	cw := &chargeWriter{ResponseWriter: w, c: policy.Charge{Policy: m.pol, Store: m.store, Log: m.log}, now: m.now}
 	d := policy.NewDecision(m.pol)
 	r = serve(m, cw, r, d)
 	if r == nil {
 		return // denied here
 	}
-	cw.r = r
 	if policy.Checked(d) {
 		// serve records every decision it passes in the request's state.
 		st, _ := r.Context().Value(stateCtxKey).(*requestState)
-		cw.st = st
-		cw.d = d
+		cw.c.Decision = d
+		cw.c.Ledger = &st.ledger
 	}
 	m.next.ServeHTTP(cw, r)
-	if !cw.done {
+	if !cw.c.Done {
 		respond(cw, http.StatusOK)
 	}
 }
 
-// WriteHeader charges a final response (not 1xx, but 101).
+// WriteHeader charges a final response.
 func (cw *chargeWriter) WriteHeader(code int) {
-	if !cw.done && (code >= 200 || code == http.StatusSwitchingProtocols) {
+	if !cw.c.Done {
 		respond(cw, code)
 	}
 	cw.ResponseWriter.WriteHeader(code)
@@ -71,7 +68,7 @@ func (cw *chargeWriter) WriteHeader(code int) {
 // this writer as a bare http.ResponseWriter, without its Flush
 // (traefik/traefik#10269), and could not flush a stream itself.
 func (cw *chargeWriter) Write(b []byte) (int, error) {
-	if !cw.done {
+	if !cw.c.Done {
 		respond(cw, http.StatusOK)
 	}
 	n, err := cw.ResponseWriter.Write(b)
@@ -86,7 +83,7 @@ func (cw *chargeWriter) Write(b []byte) (int, error) {
 // Flush charges a response flushed before it is written (200), and
 // flushes.
 func (cw *chargeWriter) Flush() {
-	if !cw.done {
+	if !cw.c.Done {
 		respond(cw, http.StatusOK)
 	}
 	if f, ok := cw.ResponseWriter.(http.Flusher); ok {
@@ -97,23 +94,11 @@ func (cw *chargeWriter) Flush() {
 // Unwrap gives http.ResponseController the writer underneath.
 func (cw *chargeWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter }
 
-// respond charges the response of code, once: its headers are final.
+// respond charges the response of code when it is final: its headers say
+// whether it streams.
 func respond(cw *chargeWriter, code int) {
-	cw.done = true
-	m := cw.m
 	hdr := cw.ResponseWriter.Header()
-	cw.stream = len(hdr["Content-Length"]) == 0
-	var ledger *policy.Ledger
-	if cw.d != nil {
-		ledger = &cw.st.ledger
-	}
-	if err := policy.Respond(m.pol, m.store, context.Background(), m.now, cw.d, code, hdr, ledger); err != nil {
-		m.log.warnf("rate-limit storage failed: a response's cost was not charged: %v", err)
-	}
-	if cw.d == nil {
-		return
-	}
-	for _, issue := range cw.d.CostIssues {
-		m.log.warnf("%s (limit %s, header %s, value %q)", policy.CostProblem(issue.Found), issue.Limit.Name, issue.Limit.CostHeader, issue.Value)
+	if cw.c.Respond(context.Background(), cw.now, code, hdr) {
+		cw.stream = len(hdr["Content-Length"]) == 0
 	}
 }

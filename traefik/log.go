@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
+	"github.com/edgelimit/caddy-edgelimit/policy"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
@@ -30,6 +31,16 @@ func (l *logger) warnf(format string, args ...interface{}) {
 		log.Printf("edgelimit %s: "+format, append([]interface{}{l.name}, args...)...)
 	}
 }
+
+// ChargeFailed warns of a store that failed to charge a response
+// (policy.ChargeLog).
+func (l *logger) ChargeFailed(err error) { l.warnf("%s: %v", policy.ChargeFailed, err) }
+
+// BadCost warns of a cost header that is not a whole number of units.
+func (l *logger) BadCost(issue policy.CostIssue) { l.warnf("%s", issue.String()) }
+
+// Print writes an error, unthrottled (policy.EventLog).
+func (l *logger) Print(msg string) { log.Printf("edgelimit %s: %s", l.name, msg) }
 
 // info writes a note, unthrottled.
 func (l *logger) info(msg string) {

@@ -1,10 +1,7 @@
 package edgelimit
 
 import (
-	"context"
 	"fmt"
-	"log"
-	"net/http"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/policy"
@@ -25,45 +22,29 @@ type Notify struct {
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-// notifier delivers events off the request path.
-type notifier struct {
-	url     string
-	headers http.Header
-	client  *http.Client
-	source  string
-	pending policy.Pending
-}
+// notifier delivers events off the request path (policy.Notifier).
+type notifier struct{ n *policy.Notifier }
 
 func compileNotify(n *Notify, middleware string) (*notifier, error) {
 	if n == nil || n.URL == "" {
 		return nil, nil
 	}
-	u, err := policy.CheckWebhookURL(n.URL)
-	if err != nil {
-		return nil, err
-	}
 	timeout := 5 * time.Second
 	if n.Timeout != "" {
+		var err error
 		if timeout, err = parseDuration("timeout", n.Timeout); err != nil || timeout <= 0 {
 			return nil, fmt.Errorf("timeout %q: want a duration such as 5s", n.Timeout)
 		}
 	}
-	nt := &notifier{url: u, headers: http.Header{}, client: &http.Client{Timeout: timeout}, source: "traefik/" + middleware}
-	for k, v := range n.Headers {
-		nt.headers.Set(k, v)
+	hook, err := policy.NewWebhook(n.URL, n.Headers, timeout)
+	if err != nil {
+		return nil, err
 	}
-	return nt, nil
+	return &notifier{&policy.Notifier{Hook: hook, Source: "traefik/" + middleware, Log: newLogger(middleware)}}, nil
 }
 
 // exceeded sends one edge_limit.exceeded event of data (policy.EventData),
 // in the background.
 func (n *notifier) exceeded(now time.Time, data map[string]interface{}) {
-	event := policy.CloudEvent(n.source, policy.EventExceeded, now, data)
-	if dropped := n.pending.Go(func() {
-		if err := policy.PostEvent(context.Background(), n.client, n.url, n.headers, event); err != nil {
-			log.Printf("edgelimit %s: %v", n.source, err)
-		}
-	}); dropped%100 == 1 {
-		log.Printf("edgelimit %s: events dropped: the receiver is too slow (%d so far)", n.source, dropped)
-	}
+	n.n.Exceeded(now, data)
 }

@@ -23,7 +23,21 @@ limits:
   daily: {key: [header:X-Api-Key], limit: 1073741824, calendar: {period: day}}
 headers: both
 `,
+	// A limit charged what the response reports (costHeader): the writer
+	// of the charges on every response (see costly).
+	"memory-cost-header": `
+limits:
+  tokens: {key: [header:X-Api-Key, ip], limit: 1073741824, window: 1h, costHeader: X-Cost}
+`,
 }
+
+// costly answers as an upstream that reports a cost: the header, the
+// status, a body.
+var costly = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header()["X-Cost"] = []string{"3"}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write([]byte("ok"))
+})
 
 type benchWriter struct{ h http.Header }
 
@@ -73,6 +87,7 @@ func BenchmarkYaegiMiddleware(b *testing.B) {
 	p := loadPlugin(b)
 	noop := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
 	b.Run("plain", func(b *testing.B) { runBench(b, noop) })
+	b.Run("memory-cost-header", func(b *testing.B) { runBench(b, p.middleware(b, benchYAML["memory-cost-header"], nil, costly)) })
 	confs := []string{"memory-1-limit", "memory-3-limits"}
 	if !testing.Short() {
 		r := startRedis(b)

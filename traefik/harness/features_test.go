@@ -675,6 +675,33 @@ func TestNotify(t *testing.T) {
 	}
 }
 
+// TestNotifyRefused: a delivery the receiver refuses is a line in
+// Traefik's error log, written from the delivery's goroutine through the
+// core's policy.EventLog.
+func TestNotifyRefused(t *testing.T) {
+	p := loadPlugin(t)
+	refused := make(chan struct{}, 1)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		refused <- struct{}{}
+	}))
+	defer recv.Close()
+	h := p.middleware(t, "limits:\n  l: {key: [ip], limit: 1, window: 1m}\nnotify: {url: "+recv.URL+"}\n", newClock().Now, &upstream{})
+	send(h, "GET", "/")
+	send(h, "GET", "/")
+	select {
+	case <-refused:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no delivery within 30s")
+	}
+	want := t.Name() + "@file: the webhook refused the event: status 503"
+	for deadline := time.Now().Add(30 * time.Second); len(errorLog.lines(want)) != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("error log lines %q, want one", errorLog.lines(want))
+		}
+	}
+}
+
 // TestRedisWarnings: a Redis that is down is a line in Traefik's error log
 // every few seconds (the store's, with the cause, and the middleware's,
 // with the decision), not one per request.

@@ -203,30 +203,80 @@ type CostIssue struct {
 	Value string
 }
 
-// Respond is the response path of a policy whose limits count responses
-// (p.Charges), once the response of status with headers hdr is known:
-// unless d is nil (the request checked none of them) or a handler after
-// this one denied the request (ledger.Denied: the request was denied; the
-// ledger is the request's, nil for none), it charges the response to the
-// limits of d that count responses and match it, in s at now(), and writes
-// the rate-limit headers again with what remains; then it removes the cost
-// headers that no client sees. The charges outlive the client (ctx's
-// cancellation): what a request cost is charged all the same (an attacker
-// who hangs up does not get a free guess). It returns the store's error, when nothing was
-// charged; the cost headers it could not read are in d.CostIssues, for
-// the edge to log.
-func Respond(p *Policy, s store.Store, ctx context.Context, now func() time.Time, d *Decision, status int, hdr http.Header, ledger *Ledger) error {
-	var err error
-	if d != nil && (ledger == nil || !ledger.Denied) {
-		err = charge(p, s, ctx, now, d, status, hdr, ledger)
-	}
-	for _, name := range p.StripHeaders {
-		delete(hdr, name)
-	}
-	return err
+// String is the issue in a line: the problem, the limit, the header and
+// its value.
+func (i CostIssue) String() string {
+	return CostProblem(i.Found) + " (limit " + i.Limit.Name + ", header " + i.Limit.CostHeader + ", value " + strconv.Quote(i.Value) + ")"
 }
 
-// charge is Respond's charging.
+// Charge is the response path of one request to a policy whose limits
+// count responses (Policy.Charges), that the response writer of each edge
+// holds: it charges the response once, when it is final, and removes the
+// cost headers that no client sees. The edge arms it with the request's
+// decision once the request passed, and calls Respond when the response
+// is known (its WriteHeader, its first Write or Flush, or when the
+// handlers after it return having written nothing).
+type Charge struct {
+	Policy *Policy
+	Store  store.Store
+	// Log is the edge's, for what Respond meets.
+	Log ChargeLog
+	// Decision is the request's once it checked a limit that counts
+	// responses (Checked); nil: nothing to charge (the cost headers are
+	// removed all the same).
+	Decision *Decision
+	// Ledger is the request's (nil for none): when a handler after this
+	// one denied the request (Ledger.Denied), its response, the denial, is
+	// charged to no limit.
+	Ledger *Ledger
+	// Done: the response is charged; its headers are final.
+	Done bool
+}
+
+// ChargeLog is where an edge logs what charging a response met: the
+// store's failure (the response's cost was not charged), and a cost
+// header that is not a whole number of units, or too large.
+type ChargeLog interface {
+	ChargeFailed(err error)
+	BadCost(issue CostIssue)
+}
+
+// ChargeFailed is the warning of a store that failed to charge a
+// response.
+const ChargeFailed = "rate-limit storage failed: a response's cost was not charged"
+
+// Respond charges the response of status with headers hdr, unless it was
+// charged already or is not final (1xx, but 101 is): to the limits of the
+// decision that count responses and match it, in the store at now() (a
+// parameter, not a field: Caddy's clock.Now would be a closure on the heap
+// per request), and
+// writes the rate-limit headers again with what remains; then it removes
+// the cost headers. The charges outlive the client (ctx's cancellation):
+// what a request cost is charged all the same (an attacker who hangs up
+// does not get a free guess). A store's failure and the cost headers it
+// could not read go to Log. It reports whether it charged (false: not
+// now).
+func (c *Charge) Respond(ctx context.Context, now func() time.Time, status int, hdr http.Header) bool {
+	if c.Done || status < 200 && status != http.StatusSwitchingProtocols {
+		return false
+	}
+	c.Done = true
+	if d := c.Decision; d != nil && (c.Ledger == nil || !c.Ledger.Denied) {
+		if err := charge(c.Policy, c.Store, ctx, now, d, status, hdr, c.Ledger); err != nil {
+			c.Log.ChargeFailed(err)
+		}
+		for i := range d.CostIssues {
+			c.Log.BadCost(d.CostIssues[i])
+		}
+	}
+	for _, name := range c.Policy.StripHeaders {
+		delete(hdr, name)
+	}
+	return true
+}
+
+// charge is Respond's charging; the cost headers it could not read are
+// in d.CostIssues.
 func charge(p *Policy, s store.Store, ctx context.Context, now func() time.Time, d *Decision, status int, hdr http.Header, ledger *Ledger) error {
 	d.CostIssues = d.CostIssues[:0]
 	ResetCharges(d)
