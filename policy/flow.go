@@ -88,9 +88,7 @@ type Flow struct {
 // wait (HoldWaits): Skip, Failed, Unavailable or Decided.
 func Decide(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Decision, f *Flow) Outcome {
 	if p.Exempts {
-		exempt, added := Exemptions(p, d, f.Exempt)
-		f.Exempt = exempt
-		f.Added = added
+		exemptions(p, d, f)
 	}
 	if !Plan(p, d, f.Exempt) {
 		return Skip
@@ -102,6 +100,14 @@ func Decide(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Dec
 		return failed(p, ctx, now, d, f, err)
 	}
 	return Decided
+}
+
+// exemptions adds the exemptions of p's limits whose key is present to
+// f's (Exemptions).
+func exemptions(p *Policy, d *Decision, f *Flow) {
+	exempt, added := Exemptions(p, d, f.Exempt)
+	f.Exempt = exempt
+	f.Added = added
 }
 
 // failed is Decide's for a store that failed with err: the places held

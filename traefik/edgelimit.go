@@ -183,15 +183,40 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.decisions.Put(d)
 }
 
-// serve decides the request in d (a new decision): it returns the request
-// to pass on (with the state later middlewares share), or nil when it
-// answered.
+// serve decides the request in d (a new decision), with the core's flow
+// (policy.Decide, policy.Settle) given the request's state: the earlier
+// edgelimit middlewares' exemptions and ledger, where this one records (a
+// new state when this one is the first). It returns the request to pass
+// on (with the state, when this one started it), or nil when it answered.
 func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
 	if !readKeys(m, r, d) {
 		return r
 	}
-	st, _ := r.Context().Value(stateCtxKey).(*requestState)
-	return decide(m, w, r, d, st)
+	ctx := r.Context()
+	st, _ := ctx.Value(stateCtxKey).(*requestState)
+	f := &policy.Flow{Clock: m.clock}
+	if st == nil {
+		st = new(requestState)
+	} else {
+		f.Exempt = st.exempt
+		f.Earlier = &st.ledger
+	}
+	f.Ledger = &st.ledger
+	now := m.now()
+	o := policy.Decide(m.pol, m.store, ctx, now, d, f)
+	if o == policy.Decided {
+		o = policy.Settle(m.pol, m.store, ctx, now, w.Header(), d, f)
+	}
+	if f.Added {
+		st.exempt = f.Exempt
+	}
+	if (o != policy.Pass || d.Denied > 0) && !answer(m, w, r, d, f, o, now) {
+		return nil
+	}
+	if f.Earlier == nil && (o == policy.Pass || f.Added) {
+		r = r.WithContext(context.WithValue(ctx, stateCtxKey, st))
+	}
+	return r
 }
 
 // serveOne is serve for a middleware of one limit in memory that
@@ -226,7 +251,9 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	ctx := r.Context()
 	st, _ := ctx.Value(stateCtxKey).(*requestState)
 	if st != nil {
-		return decide(m, w, r, d, st)
+		// A middleware before this one decided the request: serve reads
+		// the key again (rare).
+		return serve(m, w, r, d)
 	}
 	now := m.now()
 	st = new(requestState)
@@ -246,40 +273,6 @@ func judgedOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.
 		return nil
 	}
 	return r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
-}
-
-// decide has the core decide and settle the request whose keys d holds
-// (policy.Decide, policy.Settle), given its state (st; nil when no
-// edgelimit middleware before this one decided it): the earlier
-// middlewares' exemptions and ledger, where this one records. It returns
-// the request to pass on (with a new state if this one started it), or
-// nil when it answered.
-func decide(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState) *http.Request {
-	f := &policy.Flow{Clock: m.clock}
-	first := st == nil
-	if first {
-		st = new(requestState)
-	} else {
-		f.Exempt = st.exempt
-		f.Earlier = &st.ledger
-	}
-	f.Ledger = &st.ledger
-	ctx := r.Context()
-	now := m.now()
-	o := policy.Decide(m.pol, m.store, ctx, now, d, f)
-	if o == policy.Decided {
-		o = policy.Settle(m.pol, m.store, ctx, now, w.Header(), d, f)
-	}
-	if f.Added {
-		st.exempt = f.Exempt
-	}
-	if (o != policy.Pass || d.Denied > 0) && !answer(m, w, r, d, f, o, now) {
-		return nil
-	}
-	if first && (o == policy.Pass || f.Added) {
-		r = r.WithContext(context.WithValue(ctx, stateCtxKey, st))
-	}
-	return r
 }
 
 // answer acts on what the core made of a request (o, f) but a plain pass:
