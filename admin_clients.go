@@ -185,7 +185,7 @@ func (e *adminEntry) requests(req *ClientRequest, lim limiter.Limit) ([]store.Re
 	}
 	reqs := make([]store.Request, 0, len(parts))
 	for _, p := range parts {
-		reqs = append(reqs, store.Request{Counter: cl.Counters[p], Key: cl.keys[p].partKey(*req.Key, cl.v6), Limit: lim, Cost: cl.Cost})
+		reqs = append(reqs, store.Request{Counter: cl.Counters[p], Key: cl.keys[p].partKey(*req.Key, cl.IPv6Prefix), Limit: lim, Cost: cl.Cost})
 	}
 	return reqs, parts, nil
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/policy"
 )
 
@@ -178,7 +177,6 @@ type compiledLimit struct {
 	scope    string // route, global, or shared (the edge_limit app's)
 	keys     []keyPart
 	tierKey  *keyPart
-	v6       int // the IPv6 prefix of the address key parts
 	outcomes *outcomes
 }
 
@@ -189,11 +187,7 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	if len(keys) == 0 {
 		keys = []string{"{http.vars.client_ip}"}
 	}
-	v6, err := httpval.IPv6Prefix(l.IPv6Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("ipv6_prefix: %w", err)
-	}
-	cl := &compiledLimit{cfg: l, v6: v6}
+	cl := &compiledLimit{cfg: l}
 	var scope string
 	switch l.Scope {
 	case "", "route":
@@ -211,10 +205,11 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	spec := &policy.Spec{
 		Name:        l.Name,
 		Keys:        len(keys),
-		Numbers:     l.Numbers.spec(),
+		Numbers:     *l.Numbers.spec(),
 		Tiered:      l.Tier != "",
 		DefaultTier: l.DefaultTier,
 		Cost:        l.Cost,
+		IPv6Prefix:  l.IPv6Prefix,
 		Exempt:      l.Exempt,
 		Status:      l.Status,
 		Body:        l.Body,
@@ -227,17 +222,11 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 	if err := compileResponses(l, spec); err != nil {
 		return nil, err
 	}
-	if len(l.Tiers) > 0 {
-		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
-		for name, n := range l.Tiers {
-			var t *policy.Numbers
-			if n != nil {
-				s := n.spec()
-				t = &s
-			}
-			spec.Tiers[name] = t
-		}
+	spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
+	for name, n := range l.Tiers {
+		spec.Tiers[name] = n.spec()
 	}
+	var err error
 	if cl.Limit, err = policy.Compile(spec, scope); err != nil {
 		return nil, err
 	}
@@ -254,15 +243,18 @@ func compileLimit(l *Limit, zone string) (*compiledLimit, error) {
 		if err != nil {
 			return nil, fmt.Errorf("key %q: %w", k, err)
 		}
-		kp.V6 = v6
+		kp.V6 = cl.IPv6Prefix
 		cl.keys = append(cl.keys, kp)
 	}
 	return cl, nil
 }
 
-// spec is the numbers as package policy reads them.
-func (n *Numbers) spec() policy.Numbers {
-	out := policy.Numbers{
+// spec is the numbers as package policy reads them (nil: none).
+func (n *Numbers) spec() *policy.Numbers {
+	if n == nil {
+		return nil
+	}
+	out := &policy.Numbers{
 		Algorithm: n.Algorithm,
 		Limit:     n.Limit,
 		Window:    time.Duration(n.Window),

@@ -87,6 +87,7 @@ func TestProvisionRejectsBadLimits(t *testing.T) {
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec, Split: caddy.Duration(7 * time.Millisecond)}}}}, "equal parts"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Exempt: []string{"a"}}}}, "cannot exempt itself"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Status: 302}}}, "status 302"},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, IPv6Prefix: 200}}}, `limit "a": IPv6 prefix 200: want a length from 1 to 128`},
 	}
 	for _, c := range cases {
 		err := validateHandler(t, &c.h)

@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/edgelimit/caddy-edgelimit/httpval"
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
@@ -156,6 +157,9 @@ type Spec struct {
 	DefaultTier string
 	// Cost is the units each request takes (default 1).
 	Cost int64
+	// IPv6Prefix is the length of the IPv6 prefix by which a key part of
+	// the client's address counts (0: httpval.DefaultIPv6Prefix).
+	IPv6Prefix int
 	// Exempt names the limits that do not apply where this one does.
 	Exempt []string
 	// Status and Body override the policy's for this limit's denials.
@@ -223,6 +227,10 @@ type Limit struct {
 	// Sync is the Spec's: the interval of the merges of a limit counted in
 	// memory (store.Request.Sync).
 	Sync time.Duration
+	// IPv6Prefix is the Spec's, checked and its default resolved: the
+	// edge gives it to the key parts of the client's address
+	// (httpval.Part.V6).
+	IPv6Prefix int
 }
 
 // Tier is one tier's numbers.
@@ -253,7 +261,11 @@ func Compile(s *Spec, scope string) (*Limit, error) {
 			return nil, err
 		}
 	}
-	l := &Limit{Name: s.Name, Cost: cost, DryRun: s.DryRun, Status: s.Status, Responses: s.Responses}
+	v6, err := httpval.IPv6Prefix(s.IPv6Prefix)
+	if err != nil {
+		return nil, err
+	}
+	l := &Limit{Name: s.Name, Cost: cost, IPv6Prefix: v6, DryRun: s.DryRun, Status: s.Status, Responses: s.Responses}
 	if s.Body != "" {
 		l.Body = ParseTemplate(s.Body)
 	}

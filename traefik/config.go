@@ -174,125 +174,90 @@ func CreateConfig() *Config {
 // took, at every level, naming each with its path, and the option meant
 // when it is a near miss ("algoritm": algorithm).
 func (c *Config) checkUnknown() error {
-	var errs []string
-	errs = unknownOptions(errs, "", c.Unknown, reflect.TypeOf(c))
-	for _, name := range sortedLimits(c.Limits) {
-		l := c.Limits[name]
-		if l == nil {
-			continue
-		}
-		p := "limits." + name + "."
-		errs = unknownOptions(errs, p, l.Unknown, reflect.TypeOf(l))
-		if l.Calendar != nil {
-			errs = unknownOptions(errs, p+"calendar.", l.Calendar.Unknown, reflect.TypeOf(l.Calendar))
-		}
-		if l.CountResponses != nil {
-			errs = unknownOptions(errs, p+"countResponses.", l.CountResponses.Unknown, reflect.TypeOf(l.CountResponses))
-		}
-		for _, tier := range sortedTiers(l.Tiers) {
-			if n := l.Tiers[tier]; n != nil {
-				errs = unknownOptions(errs, p+"tiers."+tier+".", n.Unknown, reflect.TypeOf(n))
-				if n.Calendar != nil {
-					errs = unknownOptions(errs, p+"tiers."+tier+".calendar.", n.Calendar.Unknown, reflect.TypeOf(n.Calendar))
-				}
-			}
-		}
-	}
-	if c.IPStrategy != nil {
-		errs = unknownOptions(errs, "ipStrategy.", c.IPStrategy.Unknown, reflect.TypeOf(c.IPStrategy))
-	}
-	if c.Credentials != nil {
-		errs = unknownOptions(errs, "credentials.", c.Credentials.Unknown, reflect.TypeOf(c.Credentials))
-		for _, cl := range c.Credentials.Clients {
-			if cl != nil {
-				// The credential itself is a secret: not in the message.
-				errs = unknownOptions(errs, "credentials.clients.<credential>.", cl.Unknown, reflect.TypeOf(cl))
-			}
-		}
-	}
-	if c.Storage != nil {
-		errs = unknownOptions(errs, "storage.", c.Storage.Unknown, reflect.TypeOf(c.Storage))
-		if c.Storage.Redis != nil {
-			errs = unknownOptions(errs, "storage.redis.", c.Storage.Redis.Unknown, reflect.TypeOf(c.Storage.Redis))
-		}
-	}
-	if c.Notify != nil {
-		errs = unknownOptions(errs, "notify.", c.Notify.Unknown, reflect.TypeOf(c.Notify))
-	}
+	errs := unknownOptions(nil, "", reflect.ValueOf(c).Elem())
 	if len(errs) == 0 {
 		return nil
 	}
 	return errors.New(strings.Join(errs, "; "))
 }
 
-// unknownOptions adds to errs a message for each option of unknown, at
-// path, of a struct of type t. (The type, not the value: under Yaegi a
-// value handed on as an interface{} is reflected as the interpreter's
-// wrapper.)
-func unknownOptions(errs []string, path string, unknown map[string]interface{}, t reflect.Type) []string {
-	for _, k := range sortedKeys(unknown) {
-		msg := "unknown option " + path + k
-		if near := policy.Nearest(k, optionNames(t)); near != "" {
-			msg += " (did you mean " + near + "?)"
-		}
-		errs = append(errs, msg)
-	}
-	return errs
-}
-
-// optionNames are the names of the options of a configuration struct, as
-// documented (their json names).
-func optionNames(t reflect.Type) []string {
-	if t.Kind() == reflect.Ptr {
-		t = t.Elem()
-	}
-	var names []string
+// unknownOptions adds to errs a message for each option that the
+// configuration struct v, at path, did not take (its Unknown field, where
+// mapstructure puts the rest), then those of the structs below it, in the
+// order of its fields: pointers to structs, and maps of them by name. A
+// known credential is a secret: its name is not in the message.
+func unknownOptions(errs []string, path string, v reflect.Value) []string {
+	var options, below []string // v's options (json names), what is wrong below v
+	var unknown reflect.Value
+	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if name != "" && name != "-" {
-			names = append(names, name)
+		f := v.Field(i)
+		switch {
+		case name == "-":
+			if t.Field(i).Tag.Get("mapstructure") == ",remain" {
+				unknown = f
+			}
+			continue
+		case isStructPtr(f.Type()) && !f.IsNil():
+			below = unknownOptions(below, path+name+".", f.Elem())
+		case f.Kind() == reflect.Map && isStructPtr(f.Type().Elem()):
+			for _, k := range sortedKeys(f) {
+				e := f.MapIndex(reflect.ValueOf(k))
+				if f.Type().Elem() == reflect.TypeOf((*Client)(nil)) {
+					k = "<credential>"
+				}
+				if !e.IsNil() {
+					below = unknownOptions(below, path+name+"."+k+".", e.Elem())
+				}
+			}
+		}
+		options = append(options, name)
+	}
+	if unknown.IsValid() {
+		for _, k := range sortedKeys(unknown) {
+			msg := "unknown option " + path + k
+			if near := policy.Nearest(k, options); near != "" {
+				msg += " (did you mean " + near + "?)"
+			}
+			errs = append(errs, msg)
 		}
 	}
-	return names
+	return append(errs, below...)
 }
 
-func sortedKeys(m map[string]interface{}) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+func isStructPtr(t reflect.Type) bool {
+	return t.Kind() == reflect.Ptr && t.Elem().Kind() == reflect.Struct
+}
+
+// sortedKeys are the keys of a map of strings, sorted.
+func sortedKeys(m reflect.Value) []string {
+	keys := make([]string, 0, m.Len())
+	for _, k := range m.MapKeys() {
+		keys = append(keys, k.String())
 	}
 	sort.Strings(keys)
 	return keys
 }
 
+// sortedLimits are the names of the limits, sorted.
 func sortedLimits(m map[string]*Limit) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func sortedTiers(m map[string]*Numbers) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+	return sortedKeys(reflect.ValueOf(m))
 }
 
 // numbers reads a limit's own numbers.
-func (l *Limit) numbers() (policy.Numbers, error) {
+func (l *Limit) numbers() (*policy.Numbers, error) {
 	n := Numbers{Algorithm: l.Algorithm, Limit: l.Limit, Window: l.Window, Refill: l.Refill,
 		Offset: l.Offset, Split: l.Split, Calendar: l.Calendar}
 	return n.spec()
 }
 
-// spec reads the numbers, their durations parsed.
-func (n *Numbers) spec() (policy.Numbers, error) {
-	out := policy.Numbers{Algorithm: n.Algorithm, Limit: n.Limit, Refill: n.Refill}
+// spec reads the numbers, their durations parsed (nil: none).
+func (n *Numbers) spec() (*policy.Numbers, error) {
+	if n == nil {
+		return nil, nil
+	}
+	out := &policy.Numbers{Algorithm: n.Algorithm, Limit: n.Limit, Refill: n.Refill}
 	var err error
 	if out.Window, err = parseDuration("window", n.Window); err != nil {
 		return out, err

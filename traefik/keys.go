@@ -45,8 +45,8 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 	if err != nil {
 		return nil, err
 	}
-	spec := &policy.Spec{Name: name, Keys: len(keys), Numbers: numbers, Tiered: l.Tier != "", DefaultTier: l.DefaultTier,
-		Cost: l.Cost, Exempt: l.Exempt, Status: l.Status, Body: l.Body, DryRun: l.DryRun,
+	spec := &policy.Spec{Name: name, Keys: len(keys), Numbers: *numbers, Tiered: l.Tier != "", DefaultTier: l.DefaultTier,
+		Cost: l.Cost, IPv6Prefix: l.IPv6Prefix, Exempt: l.Exempt, Status: l.Status, Body: l.Body, DryRun: l.DryRun,
 		CostHeader: l.CostHeader, KeepCostHeader: l.KeepCostHeader}
 	responses, err := compileResponses(l.CountResponses)
 	if err != nil {
@@ -78,19 +78,13 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 	if spec.Sync, err = parseDuration("sync", l.Sync); err != nil {
 		return nil, err
 	}
-	if len(l.Tiers) > 0 {
-		spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
-		for tier, n := range l.Tiers {
-			var t *policy.Numbers
-			if n != nil {
-				v, err := n.spec()
-				if err != nil {
-					return nil, fmt.Errorf("tier %q: %w", tier, err)
-				}
-				t = &v
-			}
-			spec.Tiers[tier] = t
+	spec.Tiers = make(map[string]*policy.Numbers, len(l.Tiers))
+	for tier, n := range l.Tiers {
+		t, err := n.spec()
+		if err != nil {
+			return nil, fmt.Errorf("tier %q: %w", tier, err)
 		}
+		spec.Tiers[tier] = t
 	}
 	cl := &compiledLimit{}
 	if cl.Limit, err = policy.Compile(spec, scope); err != nil {
@@ -103,16 +97,12 @@ func compileLimit(name string, l *Limit, middleware string) (*compiledLimit, err
 		}
 		cl.tierSrc = &src
 	}
-	v6, err := httpval.IPv6Prefix(l.IPv6Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("ipv6Prefix: %w", err)
-	}
 	for _, k := range keys {
 		src, err := parseSource(k, false)
 		if err != nil {
 			return nil, fmt.Errorf("key %q: %w", k, err)
 		}
-		src.V6 = v6
+		src.V6 = cl.IPv6Prefix
 		cl.keys = append(cl.keys, src)
 		cl.ownSources = cl.ownSources || src.Kind >= httpval.KindEdge
 	}

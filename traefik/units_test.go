@@ -175,18 +175,37 @@ func TestRedisOptions(t *testing.T) {
 	}
 }
 
-// TestUnknownOptions: what mapstructure could not place is refused, with
-// its path and the option meant (the harness decodes real YAML).
+// TestUnknownOptions: what mapstructure could not place is refused, at
+// every level, with its path and the option meant (the harness decodes
+// real YAML); a credential is not named.
 func TestUnknownOptions(t *testing.T) {
+	bad := func(k string) map[string]interface{} { return map[string]interface{}{k: 1} }
 	c := &Config{
-		Limits:  map[string]*Limit{"l": {Limit: 5, Window: "1m", Unknown: map[string]interface{}{"algoritm": "gcra"}}},
-		Storage: &Storage{Redis: &RedisConfig{Unknown: map[string]interface{}{"onEror": "deny"}}},
-		Unknown: map[string]interface{}{"stauts": 503, "zzz": 1},
+		Limits: map[string]*Limit{
+			"l": {Limit: 5, Window: "1m", Unknown: map[string]interface{}{"algoritm": "gcra"}},
+			"m": {Limit: 5, Calendar: &Calendar{Period: "day", Unknown: bad("zone")}, Tier: "header:T",
+				Tiers:          map[string]*Numbers{"a": {Limit: 1, Unknown: bad("limt"), Calendar: &Calendar{Unknown: bad("att")}}, "b": nil},
+				CountResponses: &ResponseRule{Unknown: bad("statuses")}},
+		},
+		IPStrategy:  &IPStrategy{Unknown: bad("excludedIP")},
+		Credentials: &Credentials{Clients: map[string]*Client{"s3cret": {Unknown: bad("tiers")}}, Unknown: bad("form")},
+		Storage:     &Storage{Redis: &RedisConfig{Unknown: map[string]interface{}{"onEror": "deny"}}, Unknown: bad("redi")},
+		Notify:      &Notify{Unknown: bad("timout")},
+		Unknown:     map[string]interface{}{"stauts": 503, "zzz": 1},
 	}
 	_, err := New(context.Background(), okHandler(), c, "bad")
-	want := "unknown option stauts (did you mean status?); unknown option zzz; unknown option limits.l.algoritm (did you mean algorithm?); unknown option storage.redis.onEror (did you mean onError?)"
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("%v, want %s", err, want)
+	want := "unknown option stauts (did you mean status?); unknown option zzz; " +
+		"unknown option limits.l.algoritm (did you mean algorithm?); " +
+		"unknown option limits.m.calendar.zone; unknown option limits.m.tiers.a.limt (did you mean limit?); " +
+		"unknown option limits.m.tiers.a.calendar.att (did you mean at?); " +
+		"unknown option limits.m.countResponses.statuses (did you mean status?); " +
+		"unknown option ipStrategy.excludedIP (did you mean excludedIPs?); " +
+		"unknown option credentials.form (did you mean from?); " +
+		"unknown option credentials.clients.<credential>.tiers (did you mean tier?); " +
+		"unknown option storage.redi (did you mean redis?); unknown option storage.redis.onEror (did you mean onError?); " +
+		"unknown option notify.timout (did you mean timeout?)"
+	if err == nil || !strings.HasSuffix(err.Error(), want) || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("%v\nwant %s", err, want)
 	}
 }
 

@@ -592,14 +592,16 @@ func TestConfigErrors(t *testing.T) {
 		"limits:\n  l:\n    key: [header:K]\n    tier: header:T\n    defaultTier: a\n    cost: 3\n    tiers: {a: {limit: 5, window: 1m}, b: {limit: 2, window: 1m}}": `tier "b"`,
 		// Misspelled options were silently ignored: a fixed window ran, 429
 		// answered, and on_error allow applied.
-		"limits:\n  l:\n    algoritm: token_bucket\n    limit: 5\n    refill: 1\n    window: 1s":                 `unknown option limits.l.algoritm (did you mean algorithm?)`,
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nstauts: 503":                                               `unknown option stauts (did you mean status?)`,
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    onEror: deny":                      `unknown option storage.redis.onEror (did you mean onError?)`,
-		"limits:\n  l:\n    limit: 5\n    window: 1m\n    tier: header:T\n    tiers: {a: {limt: 1, window: 1m}}": `unknown option limits.l.tiers.a.limt`,
-		"limits:\n  l:\n    limit: 5\n    calendar: {period: day, timezone: UTC, reset: \"06:00\"}":              `unknown option limits.l.calendar.reset`,
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nipStrategy: {depth: 1, excludedIP: [10.0.0.0/8]}":          `unknown option ipStrategy.excludedIP (did you mean excludedIPs?)`,
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nnotify: {url: \"http://127.0.0.1:1\", timout: 1s}":         `unknown option notify.timout (did you mean timeout?)`,
-		"limits:\n  l:\n    limit: 5\n    window: 1m\nkeySecret: short":                                          "at least 16 bytes",
+		"limits:\n  l:\n    algoritm: token_bucket\n    limit: 5\n    refill: 1\n    window: 1s":                                                              `unknown option limits.l.algoritm (did you mean algorithm?)`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nstauts: 503":                                                                                            `unknown option stauts (did you mean status?)`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    onEror: deny":                                                                   `unknown option storage.redis.onEror (did you mean onError?)`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    tier: header:T\n    tiers: {a: {limt: 1, window: 1m}}":                                              `unknown option limits.l.tiers.a.limt`,
+		"limits:\n  l:\n    limit: 5\n    calendar: {period: day, timezone: UTC, reset: \"06:00\"}":                                                           `unknown option limits.l.calendar.reset`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nipStrategy: {depth: 1, excludedIP: [10.0.0.0/8]}":                                                       `unknown option ipStrategy.excludedIP (did you mean excludedIPs?)`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nnotify: {url: \"http://127.0.0.1:1\", timout: 1s}":                                                      `unknown option notify.timout (did you mean timeout?)`,
+		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m\ncredentials:\n  from: header:X-Key\n  clients:\n    s3cret: {id: a, teir: free}": `unknown option credentials.clients.<credential>.teir (did you mean tier?)`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    ipv6Prefix: 129":                                                                                    `limit "l": IPv6 prefix 129: want a length from 1 to 128`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\nkeySecret: short":                                                                                       "at least 16 bytes",
 		// Two spellings of carol1:secret: one credential, two clients.
 		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m\ncredentials:\n  from: header:Authorization\n  clients:\n    \"Basic Y2Fyb2wxOnNlY3JldA==\": {id: a, tier: free}\n    \"Basic Y2Fyb2wxOnNlY3JldB==\": {id: b, tier: pro}": "credentials: clients: two credentials are one credential spelled twice",
 	} {
