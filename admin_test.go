@@ -650,6 +650,7 @@ func TestAdminSharedLimitInTwoStores(t *testing.T) {
 			use daily
 			storage redis %s {
 				clock local
+				timeout 5s
 			}
 		}
 	}
@@ -658,6 +659,7 @@ func TestAdminSharedLimitInTwoStores(t *testing.T) {
 			use daily
 			storage redis %s {
 				clock local
+				timeout 5s
 			}
 		}
 	}

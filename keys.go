@@ -53,10 +53,8 @@ func (k *keyPart) fill(r *http.Request, repl *caddy.Replacer) string {
 	for _, seg := range k.segs {
 		var v string
 		switch {
-		case seg.header != "":
-			v = httpval.First(r.Header, seg.header)
-		case seg.placeholder == basicUserPlaceholder:
-			v = httpval.BasicUser(r.Header)
+		case seg.part.Kind != 0:
+			v = httpval.Value(&seg.part, r, nil)
 		case seg.placeholder != "":
 			if repl != nil {
 				v, _ = repl.GetString(seg.placeholder)
@@ -98,12 +96,13 @@ type keyPart struct {
 // Caddy's replacer.
 const keyTemplate = httpval.KindEdge
 
-// keySegment is a piece of a template part: text, a request header, or
-// another placeholder.
+// keySegment is a piece of a template part: text, a placeholder the core
+// reads (a header, a query parameter, a cookie, the Basic user), or
+// another placeholder, read with the replacer.
 type keySegment struct {
 	text        string
-	header      string // canonical header name
-	placeholder string // placeholder name, without braces
+	part        httpval.Part // Kind 0: none
+	placeholder string       // placeholder name, without braces
 }
 
 // basicUserPlaceholder is the user that Basic credentials claim, before
@@ -112,16 +111,36 @@ type keySegment struct {
 // the password is right).
 const basicUserPlaceholder = "edge_limit.basic_user"
 
-// headerName returns the canonical header name of a header placeholder's
-// name ("http.request.header.X-Api-Key", or "header.X-Api-Key" as some
-// Caddyfile shorthands leave it).
-func headerName(placeholder string) (string, bool) {
-	for _, p := range []string{"http.request.header.", "header."} {
-		if h, ok := strings.CutPrefix(placeholder, p); ok && h != "" {
-			return textproto.CanonicalMIMEHeaderKey(h), true
+// requestPart returns the core's part for a placeholder of what the
+// request says (without braces): a header ("http.request.header.X-Api-Key",
+// or "header.X-Api-Key" as some Caddyfile shorthands leave it), a query
+// parameter, a cookie, the user Basic credentials claim. The core reads
+// them as the plugin does: a cookie by its exact name (Caddy's cookie
+// placeholder ignores case: a client could send another spelling first,
+// new on every request, beside the cookie the upstream reads).
+func requestPart(placeholder string) (httpval.Part, bool) {
+	if placeholder == basicUserPlaceholder {
+		return httpval.Part{Kind: httpval.KindBasicUser}, true
+	}
+	for _, p := range requestPrefixes {
+		if name, ok := strings.CutPrefix(placeholder, p.prefix); ok && name != "" {
+			if p.kind == httpval.KindHeader {
+				name = textproto.CanonicalMIMEHeaderKey(name)
+			}
+			return httpval.Part{Kind: p.kind, Name: name}, true
 		}
 	}
-	return "", false
+	return httpval.Part{}, false
+}
+
+// requestPrefixes are the placeholder prefixes of requestPart.
+var requestPrefixes = []struct {
+	prefix string
+	kind   httpval.Kind
+}{
+	{"http.request.header.", httpval.KindHeader}, {"header.", httpval.KindHeader},
+	{"http.request.uri.query.", httpval.KindQuery}, {"query.", httpval.KindQuery},
+	{"http.request.cookie.", httpval.KindCookie}, {"cookie.", httpval.KindCookie},
 }
 
 func parseKeyPart(s string) (keyPart, error) {
@@ -134,16 +153,14 @@ func parseKeyPart(s string) (keyPart, error) {
 	}
 	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && strings.Count(s, "{") == 1 {
 		name := s[1 : len(s)-1]
-		if h, ok := headerName(name); ok {
-			return keyPart{Part: httpval.Part{Kind: httpval.KindHeader, Name: h}, tmpl: s}, nil
+		if p, ok := requestPart(name); ok {
+			return keyPart{Part: p, tmpl: s}, nil
 		}
 		switch name {
 		case "http.vars.client_ip", "client_ip":
 			return keyPart{Part: httpval.Part{Kind: httpval.KindClient}, tmpl: s}, nil
 		case "http.request.remote.host", "remote_host":
 			return keyPart{Part: httpval.Part{Kind: httpval.KindRemote}, tmpl: s}, nil
-		case basicUserPlaceholder:
-			return keyPart{Part: httpval.Part{Kind: httpval.KindBasicUser}, tmpl: s}, nil
 		}
 	}
 	return keyPart{Part: httpval.Part{Kind: keyTemplate}, tmpl: s, segs: splitTemplate(s)}, nil
@@ -168,8 +185,8 @@ func splitTemplate(s string) []keySegment {
 			segs = append(segs, keySegment{text: s[:open]})
 		}
 		name := s[open+1 : open+end]
-		if h, ok := headerName(name); ok {
-			segs = append(segs, keySegment{header: h})
+		if p, ok := requestPart(name); ok {
+			segs = append(segs, keySegment{part: p})
 		} else {
 			segs = append(segs, keySegment{placeholder: name})
 		}
@@ -183,21 +200,33 @@ func splitTemplate(s string) []keySegment {
 // replaced it; a cookie; the query or the path), which a client can set to
 // anything, and names it.
 func (k *keyPart) fromClient() (string, bool) {
-	if k.Kind == httpval.KindHeader {
-		return "header " + k.Name, true
-	}
-	if k.Kind == httpval.KindBasicUser {
-		return "the user Basic credentials claim, password unchecked", true
+	if what, ok := clientPart(&k.Part); ok {
+		return what, true
 	}
 	for _, seg := range k.segs {
-		if seg.header != "" {
-			return "header " + seg.header, true
+		if what, ok := clientPart(&seg.part); ok {
+			return what, true
 		}
 		for _, p := range clientPlaceholders {
 			if strings.HasPrefix(seg.placeholder, p) {
 				return seg.placeholder, true
 			}
 		}
+	}
+	return "", false
+}
+
+// clientPart names a core part whose value the client sends as it likes.
+func clientPart(p *httpval.Part) (string, bool) {
+	switch p.Kind {
+	case httpval.KindHeader:
+		return "header " + p.Name, true
+	case httpval.KindQuery:
+		return "query parameter " + p.Name, true
+	case httpval.KindCookie:
+		return "cookie " + p.Name, true
+	case httpval.KindBasicUser:
+		return "the user Basic credentials claim, password unchecked", true
 	}
 	return "", false
 }

@@ -402,3 +402,48 @@ func TestClientIPWithoutAnAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestCookieKeyCountsTheCookieTheUpstreamReads: Caddy's cookie placeholder
+// matches the name in any case and takes the first match, so a client
+// that sent its real session=<id> after SESSION=<new value> was a new
+// client on every request, while the upstream (Go's Request.Cookie, and
+// most frameworks) read session=<id>. The key is the cookie of that exact
+// name, as the Traefik plugin's cookie:<name> reads it, alone or in a
+// template.
+func TestCookieKeyCountsTheCookieTheUpstreamReads(t *testing.T) {
+	fakeClock(t)
+	s := startSite(t, `
+%ADDR% {
+	edge_limit {
+		limit per_session {
+			key {cookie.session}
+			rate 2/1h
+		}
+		limit per_session_path {
+			key "{http.request.cookie.session}/{query.page}"
+			rate 3/1h
+		}
+	}
+	respond "ok"
+}`)
+	var statuses []int
+	for i := 0; i < 4; i++ {
+		code, _ := sendWith(t, s, "/?page=1", "Cookie", fmt.Sprintf("SESSION=new%d; session=s1", i))
+		statuses = append(statuses, code)
+	}
+	if fmt.Sprint(statuses) != "[200 200 429 429]" {
+		t.Fatalf("one session, another spelling first, new each time: %v, want [200 200 429 429]", statuses)
+	}
+	// The template's cookie is the exact name's too: one counter (its
+	// third request is denied by per_session, and consumed nothing).
+	statuses = statuses[:0]
+	for i := 0; i < 4; i++ {
+		code, _ := sendWith(t, s, "/?page=2&page=x"+fmt.Sprint(i), "Cookie", fmt.Sprintf("Session=new%d; session=s2", i))
+		statuses = append(statuses, code)
+	}
+	if fmt.Sprint(statuses) != "[200 200 429 429]" {
+		t.Fatalf("session s2: %v, want [200 200 429 429]", statuses)
+	}
+	// Another session is another client.
+	expect(t, s.get("/?page=1", "Cookie", "session=s3"), 200, "X-RateLimit-Remaining", "1")
+}

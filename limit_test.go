@@ -178,7 +178,7 @@ func TestPrivilegeFromARequestHeaderWarns(t *testing.T) {
 	if e2e.Count(lines, "chooses its tier", `"limit":"tiered"`, `"from":"header X-Tier"`) != 1 {
 		t.Errorf("no warning for a tier from X-Tier:\n%s", strings.Join(lines, "\n"))
 	}
-	if e2e.Count(lines, "exempts others", `"limit":"cookie_quota"`, `"from":"http.request.cookie.plugin"`) != 1 {
+	if e2e.Count(lines, "exempts others", `"limit":"cookie_quota"`, `"from":"cookie plugin"`) != 1 {
 		t.Errorf("no warning for an exemption keyed on a cookie:\n%s", strings.Join(lines, "\n"))
 	}
 	if e2e.Count(lines, `"limit":"safe_quota"`) != 0 || e2e.Count(lines, `"limit":"api_global"`) != 0 {

@@ -7,12 +7,14 @@ import (
 
 // TestValue: what each kind of part reads, as both edges read it.
 func TestValue(t *testing.T) {
-	r := httptest.NewRequest("GET", "/", nil)
+	r := httptest.NewRequest("GET", "/?page=2&key=k1&key=k2", nil)
 	r.RemoteAddr = "[2001:db8:1:2:3:4:5:6]:443"
 	r.Header.Add("X-Api-Key", " first\t")
 	r.Header.Add("X-Api-Key", "second")
 	r.Header.Set("Authorization", "basic dXNlcjpwYXNz")
 	r.Header.Set("X-Forwarded-For", "192.0.2.7")
+	// The cookie spelled another way first: the upstream reads session.
+	r.Header.Set("Cookie", "SESSION=rotated; session=s1; session=s2")
 	depth, _ := NewForwarded(1, nil)
 	cases := []struct {
 		p    Part
@@ -28,6 +30,10 @@ func TestValue(t *testing.T) {
 		{Part{Kind: KindRemote, V6: 48}, depth, "2001:db8:1::/48"},
 		{Part{Kind: KindBasicUser}, nil, "user"},
 		{Part{Kind: KindConst, Name: "all"}, nil, "all"},
+		{Part{Kind: KindQuery, Name: "key"}, nil, "k1"},
+		{Part{Kind: KindQuery, Name: "Key"}, nil, ""},
+		{Part{Kind: KindCookie, Name: "session"}, nil, "s1"},
+		{Part{Kind: KindCookie, Name: "Session"}, nil, ""},
 		{Part{Kind: KindEdge, Name: "X-Api-Key"}, nil, ""},
 	}
 	for _, c := range cases {

@@ -17,8 +17,8 @@ type compiledLimit struct {
 	*policy.Limit
 	keys    []httpval.Part
 	tierSrc *httpval.Part
-	// ownSources: a key source of the plugin's own kinds (query, cookie,
-	// bearer, credential), which httpval.Value does not read.
+	// ownSources: a key source of the plugin's own kinds (bearer,
+	// credential), which httpval.Value does not read.
 	ownSources bool
 }
 
@@ -121,13 +121,10 @@ func (cl *compiledLimit) usesCredentials() bool {
 
 // A source is where a key, a tier or a credential is read from: the
 // core's httpval.Part, read with httpval.Value, or one of the plugin's own
-// kinds (Name: the query parameter's or the cookie's name), read with
-// value.
+// kinds, read with value.
 const (
-	srcQuery      httpval.Kind = 16 // httpval.KindEdge; literals: see TestYaegiSafe
-	srcCookie     httpval.Kind = 17
-	srcBearer     httpval.Kind = 18
-	srcCredential httpval.Kind = 19
+	srcBearer     httpval.Kind = 16 // httpval.KindEdge; literals: see TestYaegiSafe
+	srcCredential httpval.Kind = 17
 )
 
 // parseSource reads a source: header:<Name>, query:<name>, cookie:<name>,
@@ -143,9 +140,9 @@ func parseSource(s string, tier bool) (httpval.Part, error) {
 	case "header":
 		src = httpval.Part{Kind: httpval.KindHeader, Name: textproto.CanonicalMIMEHeaderKey(arg)}
 	case "query":
-		src = httpval.Part{Kind: srcQuery, Name: arg}
+		src = httpval.Part{Kind: httpval.KindQuery, Name: arg}
 	case "cookie":
-		src = httpval.Part{Kind: srcCookie, Name: arg}
+		src = httpval.Part{Kind: httpval.KindCookie, Name: arg}
 	case "const":
 		src = httpval.Part{Kind: httpval.KindConst, Name: arg}
 	case "ip":
@@ -161,7 +158,7 @@ func parseSource(s string, tier bool) (httpval.Part, error) {
 	default:
 		return src, fmt.Errorf("unknown source %q: want header:<Name>, query:<name>, cookie:<name>, ip, remote, bearer, credential, basic-user or const:<text>", s)
 	}
-	needsArg := src.Kind == httpval.KindHeader || src.Kind == srcQuery || src.Kind == srcCookie || src.Kind == httpval.KindConst
+	needsArg := src.Kind == httpval.KindHeader || src.Kind == httpval.KindQuery || src.Kind == httpval.KindCookie || src.Kind == httpval.KindConst
 	if needsArg && strings.TrimSpace(arg) == "" {
 		return src, fmt.Errorf("source %q needs a name after the colon", s)
 	}
@@ -174,20 +171,11 @@ func parseSource(s string, tier bool) (httpval.Part, error) {
 	return src, nil
 }
 
-// value is the value of a source of the plugin's own kinds for r: the
-// first value of a repeated parameter (what the upstream reads with
-// Query().Get), so that repeating it makes no new counter. The core's
-// kinds are httpval.Value's, read without this call.
+// value is the value of a source of the plugin's own kinds for r. The
+// core's kinds (a query parameter and a cookie among them) are
+// httpval.Value's, read without this call.
 func value(s *httpval.Part, r *http.Request, cred *Client) string {
 	switch s.Kind {
-	case srcQuery:
-		return r.URL.Query().Get(s.Name)
-	case srcCookie:
-		c, err := r.Cookie(s.Name)
-		if err != nil {
-			return ""
-		}
-		return c.Value
 	case srcBearer:
 		// Authorization as the key of a header reads it: trimmed, its
 		// scheme written one way.
@@ -240,7 +228,7 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 		return nil, fmt.Errorf("from: %w", err)
 	}
 	switch from.Kind {
-	case httpval.KindHeader, srcQuery, srcCookie, srcBearer:
+	case httpval.KindHeader, httpval.KindQuery, httpval.KindCookie, srcBearer:
 	default:
 		return nil, fmt.Errorf("from %q: want header:<Name>, query:<name>, cookie:<name> or bearer", c.From)
 	}
@@ -275,8 +263,8 @@ func compileCredentials(c *Credentials) (*credentials, error) {
 // lookup returns the known client of the request's credential, or nil.
 func (c *credentials) lookup(r *http.Request) *Client {
 	var v string
-	if c.from.Kind == httpval.KindHeader {
-		v = httpval.First(r.Header, c.from.Name)
+	if c.from.Kind < httpval.KindEdge {
+		v = httpval.Value(&c.from, r, nil)
 	} else {
 		v = value(&c.from, r, nil)
 	}

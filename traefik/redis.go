@@ -123,10 +123,10 @@ func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []str
 	args = append(args, "EVALSHA", sc.SHA, strconv.Itoa(len(keys)))
 	args = append(args, keys...)
 	args = append(args, argv...)
-	reply, err := s.pool.do(ctx, args)
+	reply, err := poolDo(s.pool, ctx, args)
 	if err != nil && store.IsNoScript(err) {
 		args[0], args[1] = "EVAL", sc.Src
-		reply, err = s.pool.do(ctx, args)
+		reply, err = poolDo(s.pool, ctx, args)
 	}
 	if err != nil {
 		return "", err

@@ -274,6 +274,8 @@ func TestRespReplies(t *testing.T) {
 			return "*3\r\n+OK\r\n:1\r\n-ERR inner\r\n"
 		case "ERR":
 			return "-NOSCRIPT No matching script\r\n"
+		case "ECHO":
+			return "$" + strconv.Itoa(len(cmd[1])) + "\r\n" + cmd[1] + "\r\n"
 		}
 		return "+OK\r\n"
 	})
@@ -283,6 +285,14 @@ func TestRespReplies(t *testing.T) {
 		got, err := p.do(ctx, []string{cmd})
 		if err != nil || fmt.Sprint(got) != want {
 			t.Errorf("%s: %q %v, want %q", cmd, fmt.Sprint(got), err, want)
+		}
+	}
+	// Arguments of every size the command's encoding writes apart, each
+	// sent and answered whole.
+	for _, n := range []int{0, 9, 10, 99, 100, 255, 256, 5000} {
+		arg := strings.Repeat("x", n)
+		if got, err := p.do(ctx, []string{"ECHO", arg}); err != nil || got != arg {
+			t.Errorf("ECHO of %d bytes: %d bytes back, %v", n, len(fmt.Sprint(got)), err)
 		}
 	}
 	if _, err := p.do(ctx, []string{"ERR"}); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {

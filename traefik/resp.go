@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,39 +85,78 @@ const (
 // error is closed, never reused: its next reply could be this command's.
 // A command is sent once and never again: a script whose reply was lost
 // may have counted, and running it again would count twice.
+//
+// Functions, not methods, and what runs for every command in few of
+// them: under Yaegi a method call costs about as much as four function
+// calls, and every call allocates a slot per value of its function.
 func (p *respPool) do(ctx context.Context, args []string) (interface{}, error) {
-	if err := p.acquire(ctx); err != nil {
+	return poolDo(p, ctx, args)
+}
+
+func poolDo(p *respPool, ctx context.Context, args []string) (interface{}, error) {
+	c, err := poolConn(p, ctx)
+	if err != nil {
 		return nil, err
 	}
-	defer p.release()
-	c := p.idleConn()
-	if c == nil {
-		var err error
-		if c, err = p.dial(time.Now().Add(p.timeout)); err != nil {
-			return nil, err
-		}
-	}
-	reply, err := c.roundTrip(time.Now().Add(p.timeout), args)
+	reply, err := roundTrip(c, time.Now().Add(p.timeout), args)
 	if err != nil {
 		c.c.Close()
+		p.release()
 		return nil, err
 	}
-	p.put(c)
+	poolPut(p, c)
 	return reply, nil
 }
 
-// put returns a sound connection to the pool, with a read that watches it
-// for the server closing it.
-func (p *respPool) put(c *respConn) {
+// poolConn takes a slot and a connection: the pool's oldest idle one
+// that is still sound (idleSound), else a new one.
+func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
+	p.mu.Lock()
+	if p.used < p.size {
+		p.used++
+	} else {
+		p.mu.Unlock()
+		if err := p.acquire(ctx); err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+	}
+	for len(p.idle) > 0 {
+		c := p.idle[0]
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
+		p.mu.Unlock()
+		if idleSound(p, c) {
+			return c, nil
+		}
+		c.c.Close()
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	c, err := p.dial(time.Now().Add(p.timeout))
+	if err != nil {
+		p.release()
+		return nil, err
+	}
+	return c, nil
+}
+
+// poolPut returns a sound connection to the pool, with a read that
+// watches it for the server closing it, and gives back its slot.
+func poolPut(p *respPool, c *respConn) {
 	c.lastUsed = time.Now()
 	if err := c.c.SetReadDeadline(time.Time{}); err != nil {
 		c.c.Close()
+		p.release()
 		return
 	}
-	watch := make(chan error, 1)
-	c.watch = watch
-	go c.watchIdle(watch)
+	// The channel is empty: idleSound, or the full pool's close below,
+	// received what the last watch sent.
+	go watchIdle(c.r, c.watch)
 	p.mu.Lock()
+	if p.used > 0 {
+		p.used--
+	}
 	if len(p.idle) < p.size {
 		p.idle = append(p.idle, c)
 		p.mu.Unlock()
@@ -124,15 +164,41 @@ func (p *respPool) put(c *respConn) {
 	}
 	p.mu.Unlock()
 	c.c.Close()
-	<-watch
+	<-c.watch
 }
 
 // watchIdle reads what comes on an idle connection: the end of the stream
-// when the server closes it, a timeout once alive stops it. A method, not
-// a closure: its connection and channel are evaluated at the go statement.
-func (c *respConn) watchIdle(watch chan error) {
-	_, err := c.r.Peek(1)
+// when the server closes it, a timeout once idleSound stops it. A
+// function, not a closure: its reader and channel are evaluated at the go
+// statement.
+func watchIdle(r *bufio.Reader, watch chan error) {
+	_, err := r.Peek(1)
 	watch <- err
+}
+
+// idleSound tells whether an idle connection is still open, and may be
+// used. A connection the server closed while it sat in the pool (a Redis
+// restart, CLIENT KILL, its idle timeout) is found before a command is
+// sent on it, by the read that watched it: stopped at once by a deadline,
+// it ends with the deadline's error; one that had ended by itself (the
+// server closed the connection, or sent what nobody asked for) ended
+// otherwise. Sending first and retrying after could run a script twice.
+// The server may close it while it is taken, too: a connection unused for
+// pingIdle or more is asked PING first, which may be lost without harm,
+// so that a script is sent only on a connection that just answered.
+func idleSound(p *respPool, c *respConn) bool {
+	idle := time.Since(c.lastUsed)
+	if idle > maxIdle || c.c.SetReadDeadline(time.Now()) != nil {
+		return false
+	}
+	if !errors.Is(<-c.watch, os.ErrDeadlineExceeded) || c.r.Buffered() != 0 {
+		return false
+	}
+	if idle < p.pingIdle {
+		return true
+	}
+	pong, err := roundTrip(c, time.Now().Add(p.timeout), []string{"PING"})
+	return err == nil && pong == "PONG"
 }
 
 // acquire takes a connection slot, waiting at most the timeout: when the
@@ -186,63 +252,6 @@ func (p *respPool) release() {
 // timeout: this instance's load, not Redis failing.
 var errPoolBusy = fmt.Errorf("redis: every connection of the pool stayed busy: %w", store.ErrBusy)
 
-// idleConn returns a pooled connection that is still open, or nil. A
-// connection the server closed while it sat in the pool (a Redis restart,
-// CLIENT KILL, its idle timeout) is found before a command is sent on it,
-// by the read that watched it; sending first and retrying after could run
-// a script twice. The server may close it while it is taken, too: a
-// connection unused for pingIdle or more is asked PING first, which may be
-// lost without harm, so that a script is sent only on a connection that
-// just answered.
-func (p *respPool) idleConn() *respConn {
-	for {
-		c := p.oldestIdle()
-		if c == nil {
-			return nil
-		}
-		idle := time.Since(c.lastUsed)
-		if idle > maxIdle || !c.alive() {
-			c.c.Close()
-			continue
-		}
-		if idle >= p.pingIdle {
-			if pong, err := c.roundTrip(time.Now().Add(p.timeout), []string{"PING"}); err != nil || pong != "PONG" {
-				c.c.Close()
-				continue
-			}
-		}
-		return c
-	}
-}
-
-// oldestIdle takes the pool's oldest idle connection, nil for none.
-func (p *respPool) oldestIdle() *respConn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.idle) == 0 {
-		return nil
-	}
-	c := p.idle[0]
-	p.idle[0] = nil
-	p.idle = p.idle[1:]
-	return c
-}
-
-// alive stops the read that watched an idle connection and tells whether
-// the connection is still open and quiet: the read ends at once at its
-// deadline with a timeout; one that had ended by itself (the server closed
-// the connection, or sent what nobody asked for) ended otherwise.
-func (c *respConn) alive() bool {
-	if c.c.SetReadDeadline(time.Now()) != nil {
-		c.c.Close()
-		<-c.watch
-		return false
-	}
-	err := <-c.watch
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() && c.r.Buffered() == 0
-}
-
 // dial connects, authenticates and selects the database.
 func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	d := &net.Dialer{Deadline: deadline}
@@ -258,7 +267,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096)}
+	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), watch: make(chan error, 1)}
 	var setup [][]string
 	switch {
 	case p.password != "" && p.username != "":
@@ -270,7 +279,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
 	}
 	for _, cmd := range setup {
-		if _, err := c.roundTrip(deadline, cmd); err != nil {
+		if _, err := roundTrip(c, deadline, cmd); err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("redis: %s: %w", cmd[0], err)
 		}
@@ -278,12 +287,16 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	return c, nil
 }
 
-// roundTrip writes a command and reads its reply.
-func (c *respConn) roundTrip(deadline time.Time, args []string) (interface{}, error) {
-	if err := c.send(deadline, args); err != nil {
+// roundTrip writes a command, by the deadline (which then bounds its
+// reply), and reads its reply.
+func roundTrip(c *respConn, deadline time.Time, args []string) (interface{}, error) {
+	if err := c.c.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
-	return c.read()
+	if _, err := c.c.Write(appendCommand(args)); err != nil {
+		return nil, err
+	}
+	return readResp(c.r)
 }
 
 // send writes a command, by the deadline (which then bounds its reply).
@@ -291,25 +304,66 @@ func (c *respConn) send(deadline time.Time, args []string) error {
 	if err := c.c.SetDeadline(deadline); err != nil {
 		return err
 	}
-	// One buffer, one write: under Yaegi every call into the standard
-	// library goes through reflection.
-	n := 16
-	for _, a := range args {
-		n += len(a) + 16
-	}
-	b := make([]byte, 0, n)
-	b = append(b, '*')
-	b = append(b, strconv.Itoa(len(args))...)
-	b = append(b, '\r', '\n')
-	for _, a := range args {
-		b = append(b, '$')
-		b = append(b, strconv.Itoa(len(a))...)
-		b = append(b, '\r', '\n')
-		b = append(b, a...)
-		b = append(b, '\r', '\n')
-	}
-	_, err := c.c.Write(b)
+	_, err := c.c.Write(appendCommand(args))
 	return err
+}
+
+// appendCommand writes a command in one buffer, for one write. Strings
+// added, and a table of small lengths: under Yaegi an append costs more
+// than a string's +, and every call into the standard library goes
+// through reflection.
+func appendCommand(args []string) []byte {
+	cmd := "*" + strconv.Itoa(len(args)) + "\r\n"
+	for _, a := range args {
+		if len(a) < len(lenLines) {
+			cmd += "$" + lenLines[len(a)] + a + "\r\n"
+		} else {
+			cmd += "$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n"
+		}
+	}
+	return []byte(cmd)
+}
+
+// lenLines are the lengths below 256 as a command writes them.
+var lenLines [256]string
+
+func init() {
+	for i := range lenLines {
+		lenLines[i] = strconv.Itoa(i) + "\r\n"
+	}
+}
+
+// readResp reads a reply: a bulk string (the scripts' replies) here, the
+// others with readReply.
+func readResp(r *bufio.Reader) (interface{}, error) {
+	first, err := r.ReadByte()
+	if err != nil || first != '$' {
+		if err != nil {
+			return nil, err
+		}
+		return readReply(r, first, 0)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	// The length: digits, then CRLF (readReply reads the others).
+	n, i := 0, 0
+	for i < len(line) && i < 9 && line[i] >= '0' && line[i] <= '9' {
+		n = n*10 + int(line[i]-'0')
+		i++
+	}
+	if i == 0 || i+2 != len(line) || line[i] != '\r' || n > maxBulk {
+		return replyOf(r, '$', line, 0)
+	}
+	buf := make([]byte, n+2)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, err
+	}
+	if buf[n] != '\r' || buf[n+1] != '\n' {
+		return nil, errors.New("redis: bulk string without CRLF")
+	}
+	return string(buf[:n]), nil
 }
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
@@ -319,10 +373,20 @@ const maxBulk = 64 << 20
 // or bulk string (string, nil for a null bulk), an integer (int64), an
 // error (respError, returned as the error) or an array ([]interface{}).
 func readReply(r *bufio.Reader, first byte, depth int) (interface{}, error) {
-	line, err := readLine(r)
+	line, err := r.ReadString('\n')
 	if err != nil {
 		return nil, err
 	}
+	return replyOf(r, first, line, depth)
+}
+
+// replyOf reads the rest of a reply whose first line, after its type
+// byte, is line.
+func replyOf(r *bufio.Reader, first byte, line string, depth int) (interface{}, error) {
+	if len(line) > 64<<10 {
+		return nil, errors.New("redis: reply line too long")
+	}
+	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 	switch first {
 	case '+':
 		return line, nil
@@ -377,15 +441,4 @@ func readReply(r *bufio.Reader, first byte, depth int) (interface{}, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("redis: unknown reply type %q", first)
-}
-
-func readLine(r *bufio.Reader) (string, error) {
-	line, err := r.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	if len(line) > 64<<10 {
-		return "", errors.New("redis: reply line too long")
-	}
-	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r"), nil
 }

@@ -82,7 +82,7 @@ func sourceValue(s *httpval.Part, r *http.Request) string {
 
 func TestSources(t *testing.T) {
 	// The plugin's own kinds come after the core's (httpval.KindEdge).
-	if srcQuery != httpval.KindEdge || srcCredential < srcQuery {
+	if srcBearer != httpval.KindEdge || srcCredential < srcBearer {
 		t.Fatal("the plugin's source kinds are not httpval's edge kinds")
 	}
 	r := httptest.NewRequest("GET", "/?k=q1&k=q2", nil)

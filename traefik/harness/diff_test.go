@@ -126,6 +126,22 @@ var diffRows = []diffRow{
 			repeat(1, 0, "h", "X-Tier", " GOLD\t"), repeat(5, 0, "h", "X-Tier", "GOLD ")),
 	},
 	{
+		// A cookie is read by its exact name at both edges (the name an
+		// upstream reads): another spelling sent first, new on every
+		// request, is not a new client; a query parameter's first value.
+		name:    "cookie and query keys",
+		caddy:   "limit ck {\n\tkey {cookie.session} {query.key}\n\trate 2/1m\n\tscope global\n}",
+		traefik: "limits:\n  ck: {key: [\"cookie:session\", \"query:key\"], limit: 2, window: 1m}",
+		steps: []diffStep{
+			{path: "/v1/items", headers: []string{"Cookie", "SESSION=n1; session=s1"}},
+			{path: "/v1/items", headers: []string{"Cookie", "Session=n2; session=s1"}},
+			{path: "/v1/items", headers: []string{"Cookie", "session=s1"}},
+			{path: "/v1/items?key=q1&key=n1"},
+			{path: "/v1/items?key=q1&key=n2"},
+			{path: "/v1/items?key=q1"},
+		},
+	},
+	{
 		name:    "costs",
 		caddy:   "limit c {\n\tkey {header.X-Api-Key}\n\trate 5/1m\n\tcost 2\n\tscope global\n}",
 		traefik: "limits:\n  c: {key: [header:X-Api-Key], limit: 5, window: 1m, cost: 2}",

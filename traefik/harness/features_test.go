@@ -393,7 +393,7 @@ func TestRedisRestart(t *testing.T) {
 	}
 	t.Cleanup(r.stop)
 	clk := newClock()
-	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    onError: deny\n", clk.Now, &upstream{})
+	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    onError: deny\n    timeout: 2s\n", clk.Now, &upstream{})
 	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "4" {
 		t.Fatalf("first: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
 	}
@@ -417,7 +417,7 @@ func TestLocalDenials(t *testing.T) {
 	p := loadPlugin(t)
 	r := startRedis(t)
 	clk := newClock()
-	h := p.middleware(t, "limits:\n  daily:\n    key: [header:X-Api-Key]\n    limit: 2\n    calendar: {period: day}\n  minute:\n    key: [ip]\n    limit: 100\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    keyPrefix: \"denials:\"\n    onError: deny\n", clk.Now, &upstream{})
+	h := p.middleware(t, "limits:\n  daily:\n    key: [header:X-Api-Key]\n    limit: 2\n    calendar: {period: day}\n  minute:\n    key: [ip]\n    limit: 100\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    keyPrefix: \"denials:\"\n    onError: deny\n    timeout: 2s\n", clk.Now, &upstream{})
 	for i := 0; i < 2; i++ {
 		if w := send(h, "GET", "/", "X-Api-Key", "d"); w.Code != 200 {
 			t.Fatalf("request %d: %d", i, w.Code)

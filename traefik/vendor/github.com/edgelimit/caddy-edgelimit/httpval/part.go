@@ -20,7 +20,7 @@ type Part struct {
 }
 
 // Kind is what a Part reads. The kinds from KindEdge on are an edge's own
-// (Caddy's templates, the plugin's query, cookie and credentials): the
+// (Caddy's templates, the plugin's bearer token and credentials): the
 // edge reads them itself, and Value reads none.
 type Kind uint8
 
@@ -39,6 +39,15 @@ const (
 	KindBasicUser
 	// KindConst is Name: one key that every request shares.
 	KindConst
+	// KindQuery is the first value of query parameter Name (what an
+	// upstream reads with Query().Get): repeating it makes no new key.
+	KindQuery
+	// KindCookie is the value of the first cookie named Name exactly
+	// (Request.Cookie): the cookie an upstream reads. Not Caddy's cookie
+	// placeholder, which matches the name in any case, so that a client
+	// sending SESSION=<new> before its real session=<id> would count as a
+	// new client on every request.
+	KindCookie
 )
 
 // KindEdge is the first of the kinds an edge reads itself.
@@ -71,6 +80,12 @@ func otherValue(p *Part, r *http.Request) string {
 		return BasicUser(r.Header)
 	case KindConst:
 		return p.Name
+	case KindQuery:
+		return r.URL.Query().Get(p.Name)
+	case KindCookie:
+		if c, err := r.Cookie(p.Name); err == nil {
+			return c.Value
+		}
 	}
 	return ""
 }

@@ -178,10 +178,13 @@ func (p *Remote) Live() bool { return p.Denials != nil && atomic.LoadInt32(&p.li
 func (p *Remote) mono() int64 { return int64(time.Since(p.epoch)) }
 
 // Take decides reqs: from the local denials when one of them is
-// remembered as denying, else at srv, else by OnError.
+// remembered as denying, else at srv, else by OnError. (Live and up's
+// load written out, the failures apart in decideFailed: under Yaegi a
+// method call costs about four function calls, and every call a slot per
+// value of its function, run or not.)
 func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, srv Server) error {
 	var gen uint64
-	if p.Live() {
+	if p.Denials != nil && atomic.LoadInt32(&p.live) == 1 {
 		if p.Denials.Check(now, reqs, results) {
 			atomic.AddInt64(&p.localDenials, 1)
 			return nil
@@ -192,17 +195,27 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 		return p.Fallback(ctx, now, reqs, results, nil)
 	}
 	err := srv.Decide(ctx, now, reqs, results)
-	switch {
-	case err == nil:
+	if err != nil {
+		return p.decideFailed(ctx, now, reqs, results, srv, gen, err)
+	}
+	if atomic.LoadInt32(&p.down) == 1 {
 		p.up(srv)
-		if gen != 0 && !Passes(reqs, results, nil) {
-			// Not when an invalidation came meanwhile: the server may
-			// have decided before the reset it announces.
-			p.Denials.Record(gen, now, reqs, results)
-		}
-		if p.Carry != nil && p.Carry.Len() > 0 {
-			p.carryBack(srv)
-		}
+	}
+	if gen != 0 && !Passes(reqs, results, nil) {
+		// Not when an invalidation came meanwhile: the server may have
+		// decided before the reset it announces.
+		p.Denials.Record(gen, now, reqs, results)
+	}
+	if p.Carry != nil && p.Carry.Len() > 0 {
+		p.carryBack(srv)
+	}
+	return nil
+}
+
+// decideFailed is Take after srv failed to decide with err; gen is the
+// local denials' generation before (0 without them).
+func (p *Remote) decideFailed(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, srv Server, gen uint64, err error) error {
+	switch {
 	case err == ErrFull:
 		// Redis answered, from the counts it holds, but could not count:
 		// a client it holds as exhausted is denied as exactly as ever
@@ -226,13 +239,10 @@ func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, result
 	default:
 		p.Down(err, srv)
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return p.Fallback(ctx, now, reqs, results, err)
+	if ctx.Err() != nil {
+		return err
 	}
-	return nil
+	return p.Fallback(ctx, now, reqs, results, err)
 }
 
 // Refund gives back what an earlier Take counted, at srv; while the

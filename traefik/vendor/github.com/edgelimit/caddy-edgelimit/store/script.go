@@ -3,6 +3,9 @@ package store
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"math"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -31,6 +34,15 @@ type Scripts struct {
 // loop written out: a closure costs the interpreted plugin more than the
 // loop.)
 func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(reqs) == 1 {
+		return takeOne(s, ctx, now, reqs, results)
+	}
+	return takeMany(s, ctx, now, reqs, results)
+}
+
+// takeMany is Take of several requests. (Apart from Take: under Yaegi a
+// call costs for every value of its function, run or not.)
+func takeMany(s *Scripts, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if len(reqs) > MaxTakeFields {
 		return ErrTooManyFields
 	}
@@ -54,6 +66,102 @@ func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, resul
 		AllOrNothing(reqs, results[:len(reqs)])
 		if full {
 			Unwritten(results[:len(reqs)])
+			return ErrFull
+		}
+		return nil
+	}
+	return ErrCalendarMoving
+}
+
+// takeOne is Take of one request (the plugin's usual case) written out:
+// under Yaegi every call, append and conversion allocates, and a general
+// plan (AppendRequests, PlanTake) of one request costs its every slot.
+// Its keys, ARGV and reply are those of the general path
+// (TestTakeOneScript): the client's key; ARGV[1] the take head (flags 0,
+// one decision), the time, one request, its five numbers (AppendLimit),
+// its code naming field 1, or 2 after TTLField, of key 1 (PlanTake), then
+// key 1's word (its entries at ARGV[2], TTLField's mark, one field);
+// ARGV[2...] TTLField for a bucket, and the counter.
+func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	r := &reqs[0]
+	l := &r.Limit
+	sum := sha256.Sum256([]byte(r.Key))
+	keys := []string{s.Prefix + "{" + hex.EncodeToString(sum[:HashLen]) + "}"}
+	t := int64(0)
+	if s.LocalClock {
+		t = now.UnixMicro()
+	}
+	alg := int64(l.Algorithm)
+	a, c := int64(l.Window/time.Microsecond), int64(l.Offset/time.Microsecond)
+	mark := int64(0)
+	if l.Calendar != nil {
+		alg = CalendarCode
+	} else if l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA {
+		c = l.Rate + int64(l.Wait/time.Millisecond)<<40
+		mark = 1
+	} else if l.Algorithm == limiter.AnchoredWindow {
+		c = 0
+	}
+	low := alg*2 + int64(r.Mode)<<4
+	if r.DryRun {
+		low++
+	}
+	ban := int64(l.Ban / time.Second)
+	if (low == 2 || low == 12) && ban&0xffffff == 0 {
+		low |= 64
+	}
+	argv := []string{"", r.Counter}
+	if mark == 1 {
+		argv = []string{"", TTLField, r.Counter}
+	}
+	at := now.UnixMicro()
+	for i := 0; i < 3; i++ {
+		if l.Calendar != nil {
+			a, c = l.Calendar.Bounds(at)
+		}
+		// The numbers in a loop: under Yaegi each expression of a
+		// function costs its every call.
+		nums := [10]int64{0, 1, t, 1, ban<<32 | 1<<20 | (mark+1)<<8 | low, l.Quota, r.Cost, a, c, 2<<21 | mark<<20 | 1}
+		spec := make([]byte, 80)
+		for j := range nums {
+			binary.LittleEndian.PutUint64(spec[8*j:], uint64(nums[j]))
+		}
+		argv[0] = string(spec)
+		reply, err := s.Runner.Run(ctx, TakeScript, keys, argv)
+		if err != nil {
+			return err
+		}
+		full := len(reply) > 0 && reply[0] == 'F'
+		if full {
+			reply = reply[1:]
+		}
+		if len(reply) == 9 && reply[0] == 'B' {
+			if at = readInt(reply, 1); at > 0 {
+				continue
+			}
+		}
+		// ParseResults of one request (AllOrNothing has nothing to undo).
+		if len(reply) < 9+StateLen || reply[0] != 'R' {
+			return ErrBadReply
+		}
+		// readInt and DecodeState written out, on one conversion.
+		b := []byte(reply[1 : 9+StateLen])
+		at = int64(binary.LittleEndian.Uint64(b))
+		st := zeroState
+		if e := int64(binary.LittleEndian.Uint64(b[40:])); e > at {
+			d := math.Float64frombits(binary.LittleEndian.Uint64(b[32:]))
+			if !math.IsNaN(d) && !math.IsInf(d, 0) {
+				st = limiter.State{Start: int64(binary.LittleEndian.Uint64(b[8:])), Count: int64(binary.LittleEndian.Uint64(b[16:])),
+					Prev: int64(binary.LittleEndian.Uint64(b[24:])), Debt: d, Expires: e, Denied: b[48] == 1}
+			}
+		}
+		if r.Mode == ModeTake && l.Ban == 0 {
+			limiter.Decide(l, &st, &results[0], at, r.Cost)
+		} else {
+			decideMode(r, &st, &results[0], at)
+		}
+		if full {
+			results[0].FirstDenial = false
 			return ErrFull
 		}
 		return nil
