@@ -116,6 +116,8 @@ type Handler struct {
 	warn      *store.Throttle
 	proxies   *proxyCheck
 	clock     clock.Clock
+	// waits is the clock as held requests wait on it (syncClock).
+	waits store.SyncClock
 	// synced merges the limits with sync into Redis (nil: none).
 	synced *store.Synced
 	// charging is the response path of limits that count responses
@@ -142,6 +144,7 @@ const (
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.clock = clock.ForProvision()
+	h.waits = syncClock{h.clock}
 	h.warn = new(store.Throttle)
 	appIface, err := ctx.App("edge_limit")
 	if err != nil {
@@ -305,6 +308,7 @@ func (h *Handler) Validate() error {
 type scratch struct {
 	*policy.Decision
 	ledger policy.Ledger
+	flow   policy.Flow
 }
 
 // Request variables shared by the edge_limit handlers a request meets.
@@ -378,12 +382,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		h.proxies.check(ctx, vars, h.logger)
 	}
 	prior, _ := vars[exemptVar].([]string)
-	exempt, added := policy.Exemptions(h.pol, d, prior)
-	if added && vars != nil {
-		vars[exemptVar] = exempt
-	}
-	if !policy.Plan(h.pol, d, exempt) {
-		return next.ServeHTTP(w, r)
+	ledger := ledgerOf(vars)
+	f := &sc.flow
+	*f = policy.Flow{Exempt: prior, Earlier: ledger, Ledger: ledger, Clock: h.waits}
+	if ledger == nil && vars != nil {
+		// A new ledger, for the handlers after this one.
+		sc.ledger.Entries = sc.ledger.Entries[:0]
+		sc.ledger.HasReport = false
+		sc.ledger.Denied = false
+		f.Ledger = &sc.ledger
 	}
 	now := h.clock.Now()
 	// The latency is measured from now when it is the real clock's (with
@@ -392,38 +399,64 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if h.clock != clock.Real {
 		start = time.Now()
 	}
-	err := policy.Take(h.pol, h.store, ctx, now, d)
+	o := policy.Decide(h.pol, h.store, ctx, now, d, f)
+	if f.Added && vars != nil {
+		vars[exemptVar] = f.Exempt
+	}
+	if o == policy.Skip {
+		return next.ServeHTTP(w, r)
+	}
 	h.timer.observe(start)
-	if err != nil {
-		return h.storageFailed(w, r, next, now, err)
-	}
-	denied, report := policy.Judge(d)
-	var wait time.Duration
-	if h.pol.Waits {
-		wait = policy.WaitFor(d, denied)
-	}
-	if d.FirstDenials {
-		policy.Quiet(h.pol, d, now)
-	}
-	h.report(r, d)
-	ledger := ledgerOf(vars)
-	policy.WriteHeaders(h.pol, w.Header(), d, report, denied >= 0, ledger)
-	if denied >= 0 {
-		h.refundEarlier(r, now)
-		return h.deny(w, r, d, denied)
-	}
-	if wait > 0 {
-		if err := h.hold(r, d, wait); err != nil {
-			return err
+	if o == policy.Decided {
+		o = policy.Settle(h.pol, h.store, ctx, now, w.Header(), d, f)
+		if f.Wait > 0 {
+			h.metrics.waited(d, o == policy.Pass)
 		}
+		h.report(r, d)
 	}
-	if slot := h.record(vars, sc, ledger, report); slot != nil {
+	if o != policy.Pass {
+		return h.answer(w, r, next, d, f, o, now)
+	}
+	if f.Ledger == &sc.ledger {
+		slot := h.share(vars, &sc.ledger)
 		defer slot.empty()
 	}
 	if h.charging != nil && policy.Checked(d) {
 		return h.serveCharged(w, r, next, sc)
 	}
 	return next.ServeHTTP(w, r)
+}
+
+// answer acts on what the core made of a request (o, f) but a plain pass:
+// it answers a denial, logs a storage failure and lets the request through
+// or answers 503 as the storage's policy says, or returns the error of a
+// client that left while held; and logs what could not be given back.
+func (h *Handler) answer(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *policy.Decision, f *policy.Flow, o policy.Outcome, now time.Time) error {
+	switch o {
+	case policy.Deny:
+		h.refundFailed(f, "giving back the counts of a denied request", now)
+		return h.deny(w, r, d, f.Denied)
+	case policy.Left:
+		h.refundFailed(f, "giving back the counts of a request that left while held", h.clock.Now())
+		return f.Err
+	}
+	// Failed or Unavailable: the store's failure policy.
+	h.metrics.storageError()
+	if h.warn.Allow(now, 5*time.Second) {
+		h.logger.Warn("rate-limit storage failed", zap.Error(f.Err))
+	}
+	if o == policy.Failed {
+		return next.ServeHTTP(w, r)
+	}
+	h.refundFailed(f, "giving back the counts of a denied request", now)
+	return h.unavailable(w, r, f.Err)
+}
+
+// refundFailed logs, once in a while, what the core could not give back.
+func (h *Handler) refundFailed(f *policy.Flow, msg string, now time.Time) {
+	if f.RefundErr != nil && h.warn.Allow(now, 5*time.Second) {
+		h.logger.Warn(msg, zap.Error(f.RefundErr))
+	}
 }
 
 // report counts the outcomes, notifies first denials and logs would-be
@@ -444,24 +477,13 @@ func (h *Handler) report(r *http.Request, d *policy.Decision) {
 	}
 }
 
-// record enters what this handler counted in the request's ledger; it
-// returns the slot of the ledger it started, which it must empty on the
-// way out, before its scratch goes back to the pool.
-func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, report int) *ledgerSlot {
-	// A handler that counts responses shares the ledger too (its checks
-	// are among the requests, counting nothing): it learns there that a
-	// later one denied.
-	if vars == nil || len(policy.Counted(sc.Decision)) == 0 {
-		return nil
-	}
-	if l != nil {
-		policy.Record(l, h.store, sc.Decision, report)
-		return nil
-	}
-	sc.ledger.Entries = sc.ledger.Entries[:0]
-	sc.ledger.HasReport = false
-	sc.ledger.Denied = false
-	policy.Record(&sc.ledger, h.store, sc.Decision, report)
+// share makes l, the ledger this handler started (what it counted, in
+// its scratch), the request's, for the handlers after it; it returns the
+// ledger's slot, which the handler must empty on the way out, before its
+// scratch goes back to the pool. A handler that counts responses shares
+// the ledger too (its checks are among the requests, counting nothing): it
+// learns there that a later one denied.
+func (h *Handler) share(vars map[string]any, l *policy.Ledger) *ledgerSlot {
 	// A slot emptied by a handler this request met before (its errors
 	// are now handled) is used again: the variable is written once.
 	slot, _ := vars[ledgerVar].(*ledgerSlot)
@@ -469,35 +491,8 @@ func (h *Handler) record(vars map[string]any, sc *scratch, l *policy.Ledger, rep
 		slot = new(ledgerSlot)
 		vars[ledgerVar] = slot
 	}
-	slot.l = &sc.ledger
+	slot.l = l
 	return slot
-}
-
-// refundEarlier gives back what the edge_limit handlers before this one
-// counted for a request this one denies.
-func (h *Handler) refundEarlier(r *http.Request, now time.Time) {
-	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	l := ledgerOf(vars)
-	if l == nil {
-		return
-	}
-	if err := l.Refund(r.Context(), now); err != nil && h.warn.Allow(now, 5*time.Second) {
-		h.logger.Warn("giving back the counts of a denied request", zap.Error(err))
-	}
-}
-
-// storageFailed applies the store's failure policy: ErrUnavailable denies
-// with 503; anything else lets the request through unlimited.
-func (h *Handler) storageFailed(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, now time.Time, err error) error {
-	h.metrics.storageError()
-	if h.warn.Allow(now, 5*time.Second) {
-		h.logger.Warn("rate-limit storage failed", zap.Error(err))
-	}
-	if errors.Is(err, store.ErrUnavailable) {
-		h.refundEarlier(r, now)
-		return h.unavailable(w, r, err)
-	}
-	return next.ServeHTTP(w, r)
 }
 
 func (h *Handler) logWouldDeny(r *http.Request, l *policy.Limit, res *limiter.Result) {

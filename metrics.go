@@ -122,7 +122,10 @@ func (m *metrics) waited(d *policy.Decision, served bool) {
 		outcome = "abandoned"
 	}
 	for i := range d.Reqs {
-		if d.Reqs[i].Limit.Wait != 0 {
+		// Held: allowed with a time to wait, which only a wait gives an
+		// allowed request (the hold has given its place back: its
+		// Limit.Wait is 0 again).
+		if res := &d.Res[i]; res.Allowed && res.RetryAfter > 0 {
 			name := d.Meta[i].Limit.Name
 			m.waits.WithLabelValues(name, outcome).Inc()
 			m.waitSeconds.WithLabelValues(name).Observe(d.Res[i].RetryAfter.Seconds())

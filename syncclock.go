@@ -10,8 +10,9 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
-// syncClock is the handler's clock as the merges of limits with sync
-// (store.Synced) wait on it: a fake clock in tests moves them.
+// syncClock is the handler's clock as held requests and the merges of
+// limits with sync (store.Synced) wait on it: a fake clock in tests moves
+// them.
 type syncClock struct{ c clock.Clock }
 
 func (s syncClock) Now() time.Time { return s.c.Now() }
@@ -25,7 +26,7 @@ func (s syncClock) Sleep(ctx context.Context, d time.Duration) error {
 func (h *Handler) withSync() {
 	for _, cl := range h.limits {
 		if cl.Sync > 0 {
-			h.store = store.WithSync(h.store, syncClock{h.clock})
+			h.store = store.WithSync(h.store, h.waits)
 			if s, ok := h.store.(*store.Synced); ok {
 				h.synced = s
 			}

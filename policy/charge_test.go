@@ -232,10 +232,10 @@ type chargeLog struct {
 func (l *chargeLog) ChargeFailed(err error)  { l.failed = append(l.failed, err) }
 func (l *chargeLog) BadCost(issue CostIssue) { l.issues = append(l.issues, issue) }
 
-// failingStore fails every Take.
-type failingStore struct{ store.Store }
+// failingTakes fails every Take.
+type failingTakes struct{ store.Store }
 
-func (failingStore) Take(context.Context, time.Time, []store.Request, []limiter.Result) error {
+func (failingTakes) Take(context.Context, time.Time, []store.Request, []limiter.Result) error {
 	return store.ErrUnavailable
 }
 
@@ -310,7 +310,7 @@ func TestChargeRespond(t *testing.T) {
 	}
 
 	// A store that fails: logged, the header removed.
-	c = &Charge{Policy: p, Store: failingStore{}, Log: log, Decision: checked()}
+	c = &Charge{Policy: p, Store: failingTakes{}, Log: log, Decision: checked()}
 	hdr = http.Header{"X-Usage": {"1"}}
 	if !c.Respond(context.Background(), clock, http.StatusOK, hdr) || len(log.failed) != 1 || hdr["X-Usage"] != nil {
 		t.Fatalf("failed %v, %v", log.failed, hdr)

@@ -301,20 +301,6 @@ func Judge(d *Decision) (denied, report int) {
 	return judge(d)
 }
 
-// Take has s take the requests of d at now: for a policy with waits,
-// holding the places of those that may wait (HoldWaits), given back when
-// s fails.
-func Take(p *Policy, s store.Store, ctx context.Context, now time.Time, d *Decision) error {
-	if p.Waits {
-		HoldWaits(d)
-	}
-	err := store.Take(s, ctx, now, d.Reqs, d.Res)
-	if err != nil && p.Waits {
-		ReleaseWaits(d)
-	}
-	return err
-}
-
 func judge(d *Decision) (denied, report int) {
 	denied, report = -1, 0
 	for i := range d.Res {

@@ -39,10 +39,7 @@ type middleware struct {
 	// allKeys: credentials, tiers or a source of the plugin's own kinds,
 	// which readAllKeys reads.
 	allKeys bool
-	// holds: some limit exempts others or holds requests (wait), which
-	// serve leaves to serveAll.
-	holds bool
-	store store.Store
+	store   store.Store
 	// one is the memory store of a middleware of one limit that
 	// policy.One decides (serveOne), nil otherwise.
 	one *store.Memory
@@ -52,10 +49,13 @@ type middleware struct {
 	oneKeys  []httpval.Part
 	oneCreds bool
 	now      func() time.Time // the clock: time.Now, or the configured one
-	ips      *httpval.Forwarded
-	creds    *credentials
-	notify   *notifier
-	log      *logger
+	// clock is it as held requests and the merges of limits with sync
+	// wait on it.
+	clock  store.SyncClock
+	ips    *httpval.Forwarded
+	creds  *credentials
+	notify *notifier
+	log    *logger
 	// decisions are the decisions of requests served, to use again.
 	decisions sync.Pool
 	// charges: some limit counts responses (charge.go).
@@ -82,6 +82,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 	if m.now == nil {
 		m.now = time.Now
 	}
+	m.clock = &syncClock{m.now}
 	var err error
 	if m.ips, err = compileIPStrategy(config.IPStrategy); err != nil {
 		return nil, fmt.Errorf("ipStrategy: %w", err)
@@ -108,7 +109,6 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		return nil, err
 	}
 	m.charges = m.pol.Charges
-	m.holds = m.pol.Exempts || m.pol.Waits
 	if m.store, err = openStore(config.Storage, config.Now != nil); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
@@ -116,7 +116,7 @@ func newMiddleware(next http.Handler, config *Config, name string) (*middleware,
 		if l.Sync > 0 {
 			// Its merges end once no request meets its views: a
 			// middleware Traefik replaced leaves nothing running.
-			m.store = store.WithSync(m.store, syncClock{m.now})
+			m.store = store.WithSync(m.store, m.clock)
 			break
 		}
 	}
@@ -183,35 +183,40 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.decisions.Put(d)
 }
 
-// serve decides the request in d (a new decision): it returns the request
-// to pass on (with the state later middlewares share), or nil when it
-// answered. This is the usual request, in few values: the first edgelimit
-// middleware of the request, without exemptions or waits, that no limit
-// denies. The rest is serveAll's and judged's.
+// serve decides the request in d (a new decision), with the core's flow
+// (policy.Decide, policy.Settle) given the request's state: the earlier
+// edgelimit middlewares' exemptions and ledger, where this one records (a
+// new state when this one is the first). It returns the request to pass
+// on (with the state, when this one started it), or nil when it answered.
 func serve(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision) *http.Request {
 	if !readKeys(m, r, d) {
 		return r
 	}
 	ctx := r.Context()
 	st, _ := ctx.Value(stateCtxKey).(*requestState)
-	if st != nil || m.holds {
-		return serveAll(m, w, r, d, st)
+	f := &policy.Flow{Clock: m.clock}
+	if st == nil {
+		st = new(requestState)
+	} else {
+		f.Exempt = st.exempt
+		f.Earlier = &st.ledger
 	}
-	if !policy.Plan(m.pol, d, nil) {
-		return r
-	}
+	f.Ledger = &st.ledger
 	now := m.now()
-	if err := store.Take(m.store, ctx, now, d.Reqs, d.Res); err != nil {
-		return m.storageFailed(w, r, nil, now, err)
+	o := policy.Decide(m.pol, m.store, ctx, now, d, f)
+	if o == policy.Decided {
+		o = policy.Settle(m.pol, m.store, ctx, now, w.Header(), d, f)
 	}
-	denied, report := policy.Judge(d)
-	if d.Denied > 0 {
-		return judged(m, w, r, d, nil, denied, report, now)
+	if f.Added {
+		st.exempt = f.Exempt
 	}
-	policy.WriteHeaders(m.pol, w.Header(), d, report, false, nil)
-	st = &requestState{}
-	policy.Record(&st.ledger, m.store, d, report)
-	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
+	if (o != policy.Pass || d.Denied > 0) && !answer(m, w, r, d, f, o, now) {
+		return nil
+	}
+	if f.Earlier == nil && (o == policy.Pass || f.Added) {
+		r = r.WithContext(context.WithValue(ctx, stateCtxKey, st))
+	}
+	return r
 }
 
 // serveOne is serve for a middleware of one limit in memory that
@@ -246,7 +251,9 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	ctx := r.Context()
 	st, _ := ctx.Value(stateCtxKey).(*requestState)
 	if st != nil {
-		return serveAll(m, w, r, d, st)
+		// A middleware before this one decided the request: serve reads
+		// the key again (rare).
+		return serve(m, w, r, d)
 	}
 	now := m.now()
 	st = new(requestState)
@@ -256,55 +263,45 @@ func serveOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.D
 	return r.WithContext(context.WithValue(ctx, stateCtxKey, st))
 }
 
-// judgedOne is judged for a request that policy.One did not pass.
+// judgedOne settles a request that policy.One did not pass (the first
+// edgelimit middleware of the request: no exemptions, no waits).
 func judgedOne(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, now time.Time) *http.Request {
-	denied, report := policy.Judge(d)
-	return judged(m, w, r, d, nil, denied, report, now)
-}
-
-// serveAll is serve for a request that an earlier edgelimit middleware
-// decided too (st, its state), or for a middleware with exemptions or
-// waits.
-func serveAll(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState) *http.Request {
-	var exempt []string
-	if st != nil || m.pol.Exempts {
-		st, r, exempt = exemptions(m, r, st, d)
-	}
-	if !policy.Plan(m.pol, d, exempt) {
-		return r
-	}
-	now := m.now()
-	if err := policy.Take(m.pol, m.store, r.Context(), now, d); err != nil {
-		return m.storageFailed(w, r, st, now, err)
-	}
-	denied, report := policy.Judge(d)
-	return judged(m, w, r, d, st, denied, report, now)
-}
-
-// judged finishes serve and serveAll once the decision is judged: it holds
-// what waits, reports and answers denials, writes the headers and records
-// what was counted in the request's state.
-func judged(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, st *requestState, denied, report int, now time.Time) *http.Request {
-	if m.pol.Waits && !hold(m, r, d, st, denied) {
+	st := new(requestState)
+	f := &policy.Flow{Ledger: &st.ledger}
+	o := policy.Settle(m.pol, m.store, r.Context(), now, w.Header(), d, f)
+	if !answer(m, w, r, d, f, o, now) {
 		return nil
 	}
-	if d.FirstDenials {
-		policy.Quiet(m.pol, d, now)
+	return r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
+}
+
+// answer acts on what the core made of a request (o, f) but a plain pass:
+// it logs a storage failure and what could not be given back, reports the
+// first denials, and answers a denial or a storage that cannot decide
+// (503, Retry-After: 1); it tells whether the request goes on.
+func answer(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Decision, f *policy.Flow, o policy.Outcome, now time.Time) bool {
+	if o == policy.Failed || o == policy.Unavailable {
+		m.log.warnf("rate-limit storage failed: %v", f.Err)
 	}
-	var ledger *policy.Ledger
-	if st != nil {
-		ledger = &st.ledger
+	if o > policy.Decided && d.Denied > 0 {
+		m.firstDenials(r, d, now)
 	}
-	policy.WriteHeaders(m.pol, w.Header(), d, report, denied >= 0, ledger)
-	if d.Denied > 0 && !m.denials(w, r, st, d, denied, now) {
-		return nil
+	if f.RefundErr != nil {
+		if o == policy.Left {
+			m.log.warnf("giving back the counts of a request that left while held: %v", f.RefundErr)
+		} else {
+			m.log.warnf("giving back the counts of a denied request: %v", f.RefundErr)
+		}
 	}
-	if st == nil {
-		st = &requestState{}
-		r = r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
+	switch o {
+	case policy.Deny:
+		m.pol.Denial(d, f.Denied).Write(w, r.Method, &placeholders{r: r, ips: m.ips}, nil)
+		return false
+	case policy.Unavailable:
+		m.pol.WriteUnavailable(w, r.Method)
+		return false
 	}
-	policy.Record(&st.ledger, m.store, d, report)
-	return r
+	return o != policy.Left
 }
 
 // readKeys reads each limit's key (and tier) into d, and tells whether any
@@ -366,25 +363,8 @@ func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	return present
 }
 
-// exemptions returns the request's exemptions (earlier middlewares' and
-// this one's), with its state when this one adds some.
-func exemptions(m *middleware, r *http.Request, st *requestState, d *policy.Decision) (*requestState, *http.Request, []string) {
-	var prior []string
-	if st != nil {
-		prior = st.exempt
-	}
-	exempt, added := policy.Exemptions(m.pol, d, prior)
-	if added {
-		st, r = withState(st, r)
-		st.exempt = exempt
-	}
-	return st, r, exempt
-}
-
-// denials reports the first denials of the decision, and answers the
-// request denied by request i (none when i is -1: a dry run); it tells
-// whether the request goes on.
-func (m *middleware) denials(w http.ResponseWriter, r *http.Request, st *requestState, d *policy.Decision, i int, now time.Time) bool {
+// firstDenials logs and notifies the first denials of the decision.
+func (m *middleware) firstDenials(r *http.Request, d *policy.Decision, now time.Time) {
 	for j := range d.Res {
 		if res := &d.Res[j]; res.FirstDenial {
 			key := m.pol.DisplayKey(d.Reqs[j].Key)
@@ -393,36 +373,6 @@ func (m *middleware) denials(w http.ResponseWriter, r *http.Request, st *request
 				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: httpval.ClientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
 			}
 		}
-	}
-	if i < 0 {
-		return true
-	}
-	m.refundEarlier(r, st, now)
-	m.pol.Denial(d, i).Write(w, r.Method, &placeholders{r: r, ips: m.ips}, nil)
-	return false
-}
-
-// storageFailed applies the store's failure policy: store.ErrUnavailable
-// denies with 503 and Retry-After: 1 (and returns nil); anything else lets
-// the request through.
-func (m *middleware) storageFailed(w http.ResponseWriter, r *http.Request, st *requestState, now time.Time, err error) *http.Request {
-	m.log.warnf("rate-limit storage failed: %v", err)
-	if errors.Is(err, store.ErrUnavailable) {
-		m.refundEarlier(r, st, now)
-		m.pol.WriteUnavailable(w, r.Method)
-		return nil
-	}
-	return r
-}
-
-// refundEarlier gives back what the edgelimit middlewares before this one
-// counted for a request this one denies.
-func (m *middleware) refundEarlier(r *http.Request, st *requestState, now time.Time) {
-	if st == nil {
-		return
-	}
-	if err := st.ledger.Refund(r.Context(), now); err != nil {
-		m.log.warnf("giving back the counts of a denied request: %v", err)
 	}
 }
 
@@ -442,38 +392,9 @@ type requestState struct {
 	ledger policy.Ledger
 }
 
-// withState returns the request's state, adding one (and a request that
-// carries it) when it has none.
-func withState(st *requestState, r *http.Request) (*requestState, *http.Request) {
-	if st != nil {
-		return st, r
-	}
-	st = &requestState{}
-	return st, r.WithContext(context.WithValue(r.Context(), stateCtxKey, st))
-}
-
-// hold holds a request that a limit with a wait admitted for later until
-// its turn (policy.WaitFor); it reports false when the client left
-// meanwhile, its units given back (policy.Held), and those the middlewares
-// before this one counted (st's ledger, st nil for none).
-func hold(m *middleware, r *http.Request, d *policy.Decision, st *requestState, denied int) bool {
-	wait := policy.WaitFor(d, denied)
-	if wait <= 0 {
-		return true
-	}
-	left := store.Sleep(r.Context(), wait) != nil
-	var ledger *policy.Ledger
-	if left && st != nil {
-		ledger = &st.ledger
-	}
-	if err := policy.Held(r.Context(), m.store, m.now, d, left, ledger); err != nil {
-		m.log.warnf("giving back the counts of a request that left while held: %v", err)
-	}
-	return !left
-}
-
-// syncClock is the clock the merges of limits with sync wait on: real
-// time, and the decisions' clock (a test's) for the views.
+// syncClock is the clock that held requests and the merges of limits with
+// sync wait on: real time, and the decisions' clock (a test's) for the
+// views and the refunds of held requests whose client left.
 type syncClock struct{ now func() time.Time }
 
 func (c syncClock) Now() time.Time {
