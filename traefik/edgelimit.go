@@ -54,7 +54,7 @@ type middleware struct {
 	clock  store.SyncClock
 	ips    *httpval.Forwarded
 	creds  *credentials
-	notify *notifier
+	notify *policy.Notifier
 	log    *logger
 	// decisions are the decisions of requests served, to use again.
 	decisions sync.Pool
@@ -370,7 +370,7 @@ func (m *middleware) firstDenials(r *http.Request, d *policy.Decision, now time.
 			key := m.pol.DisplayKey(d.Reqs[j].Key)
 			m.log.firstDenial(d.Meta[j].Limit.Name, key, d.Meta[j].Tier, res, d.Reqs[j].DryRun)
 			if m.notify != nil {
-				m.notify.exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: httpval.ClientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
+				m.notify.Exceeded(now, m.pol.EventData(d, j, policy.Request{ClientIP: httpval.ClientIP(m.ips, r), Host: r.Host, Path: r.URL.Path}))
 			}
 		}
 	}

@@ -22,10 +22,9 @@ type Notify struct {
 	Unknown map[string]interface{} `json:"-" mapstructure:",remain"`
 }
 
-// notifier delivers events off the request path (policy.Notifier).
-type notifier struct{ n *policy.Notifier }
-
-func compileNotify(n *Notify, middleware string) (*notifier, error) {
+// compileNotify makes the notifier that delivers the events off the
+// request path; nil without a URL.
+func compileNotify(n *Notify, middleware string) (*policy.Notifier, error) {
 	if n == nil || n.URL == "" {
 		return nil, nil
 	}
@@ -40,11 +39,5 @@ func compileNotify(n *Notify, middleware string) (*notifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &notifier{&policy.Notifier{Hook: hook, Source: "traefik/" + middleware, Log: newLogger(middleware)}}, nil
-}
-
-// exceeded sends one edge_limit.exceeded event of data (policy.EventData),
-// in the background.
-func (n *notifier) exceeded(now time.Time, data map[string]interface{}) {
-	n.n.Exceeded(now, data)
+	return &policy.Notifier{Hook: hook, Source: "traefik/" + middleware, Log: newLogger(middleware)}, nil
 }
