@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -329,13 +328,7 @@ func checkAddr(a string) error {
 	if hasPlaceholder(a) {
 		return nil
 	}
-	if err := store.CheckAddr(a); err != nil {
-		return err
-	}
-	if host, _, _ := net.SplitHostPort(a); host == "" {
-		return fmt.Errorf("address %q: want host:port", a)
-	}
-	return nil
+	return store.CheckAddr(a)
 }
 
 func hasPlaceholder(s string) bool { return strings.ContainsRune(s, '{') }

@@ -88,7 +88,9 @@ type Redis struct {
 	watchDone chan struct{}
 	serverTS  bool
 
-	health store.Health
+	// server is what the plugin's Redis store does alike: the hooks of
+	// the failure policy, the health checks, the watch of invalidations.
+	server store.RedisServer
 
 	logger   atomic.Pointer[zap.Logger]
 	undoWarn store.Throttle
@@ -136,6 +138,7 @@ func NewRedis(client redis.UniversalClient, o RedisOptions) (*Redis, error) {
 		policy:   store.NewRemote(o.OnError, o.RetryInterval, !o.NoLocalDenials, o.MaxLocalDenials),
 		serverTS: !o.LocalClock,
 	}
+	s.server = store.RedisServer{Remote: s.policy, Doer: conn{client}, Log: serverLog{s}, Timeout: o.Timeout}
 	s.SetLogger(o.Logger)
 	s.scratch.New = func() any { return new(redisScratch) }
 	s.pipe = newPipe(client, cluster)
@@ -214,25 +217,42 @@ func (s *Redis) Ping(ctx context.Context) error {
 }
 
 // Probe implements store.Server: a PING within the timeout, then Redis's
-// memory policy once (store.Health).
-func (s *Redis) Probe(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	advice, err := s.health.Probe(ctx, conn{s.client})
-	if advice != "" {
-		s.logger.Load().Warn(advice)
-	}
-	return err
-}
+// memory policy once (store.RedisServer).
+func (s *Redis) Probe(ctx context.Context) error { return s.server.Probe(ctx) }
 
-// conn is the store's client as store.Health asks it.
+// conn is the store's client as package store sends it one command
+// (store.Doer): a probe, INFO, and the scripts that are not batched.
 type conn struct{ c redis.UniversalClient }
 
-func (c conn) Ping(ctx context.Context) error { return c.c.Ping(ctx).Err() }
-
-func (c conn) MemoryInfo(ctx context.Context) (string, error) {
-	return c.c.Info(ctx, "memory").Result()
+func (c conn) Do(ctx context.Context, args []string) (any, error) {
+	a := make([]any, len(args))
+	for i := range args {
+		a[i] = args[i]
+	}
+	cmd := onceCmd{redis.NewCmd(ctx, a...)}
+	_ = c.c.Process(ctx, cmd)
+	reply, err := cmd.Val(), cmd.Err()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	return reply, err
 }
+
+// serverLog is the store's logger as package store writes to it
+// (store.RedisLog).
+type serverLog struct{ s *Redis }
+
+func (l serverLog) Failure(msg string, err error) {
+	fields := []zap.Field{zap.String("on_error", l.s.policy.OnError.String())}
+	if !store.IsOOM(err) {
+		fields = append(fields, zap.Duration("retry_interval", l.s.policy.Retry))
+	}
+	l.s.logger.Load().Warn(msg, append(fields, zap.Error(err))...)
+}
+
+func (l serverLog) Warn(msg string, err error) { l.s.logger.Load().Warn(msg, zap.Error(err)) }
+
+func (l serverLog) Info(msg string) { l.s.logger.Load().Info(msg) }
 
 // Take implements store.Store: from the local denials, else by Redis,
 // else by OnError (store.Remote).
@@ -276,18 +296,11 @@ func (s *Redis) Refund(ctx context.Context, now time.Time, reqs []store.Request)
 // once per store.WarnInterval.
 func (s *Redis) Failed(err error, warn bool) {
 	s.stats.countError(err)
-	if !warn {
-		return
-	}
-	fields := []zap.Field{zap.String("on_error", s.policy.OnError.String())}
-	if !store.IsOOM(err) {
-		fields = append(fields, zap.Duration("retry_interval", s.policy.Retry))
-	}
-	s.logger.Load().Warn(store.FailureWarning(err), append(fields, zap.Error(err))...)
+	s.server.Failed(err, warn)
 }
 
 // Answered implements store.Server.
-func (s *Redis) Answered() { s.logger.Load().Info(store.AnsweredNote) }
+func (s *Redis) Answered() { s.server.Answered() }
 
 // GiveBack implements store.Server: it runs the refund script, within the
 // timeout.
@@ -405,19 +418,20 @@ func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...str
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
-	return s.runScript(ctx, sc, keys, argv...).Text()
+	reply, err := s.runScript(ctx, sc, keys, argv...)
+	if err != nil {
+		return "", err
+	}
+	if text, ok := reply.(string); ok {
+		return text, nil
+	}
+	return "", store.ErrBadReply
 }
 
 // runScript runs sc by its SHA, and by its source when Redis does not
-// have it (NOSCRIPT); the caller reads the reply.
-func (s *Redis) runScript(ctx context.Context, sc *script, keys []string, argv ...string) onceCmd {
-	cmd := scriptCmd(ctx, sc, false, keys, argv...)
-	_ = s.client.Process(ctx, cmd)
-	if err := cmd.Err(); err != nil && isNoScript(err) {
-		cmd = scriptCmd(ctx, sc, true, keys, argv...)
-		_ = s.client.Process(ctx, cmd)
-	}
-	return cmd
+// have it (store.RunScript).
+func (s *Redis) runScript(ctx context.Context, sc *script, keys []string, argv ...string) (any, error) {
+	return store.RunScript(ctx, conn{s.client}, sc.Script, keys, argv)
 }
 
 var _ store.Store = (*Redis)(nil)

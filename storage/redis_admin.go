@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 	"github.com/edgelimit/caddy-edgelimit/store"
@@ -107,11 +106,12 @@ func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []s
 	for _, i := range idx {
 		argv = append(argv, reqs[i].Counter)
 	}
-	vals, err := s.runScript(ctx, peekScript, []string{key}, argv...).StringSlice()
+	reply, err := s.runScript(ctx, peekScript, []string{key}, argv...)
 	if err != nil {
 		return 0, nil, err
 	}
-	if len(vals) != 1+len(idx) {
+	vals, ok := stringSlice(reply)
+	if !ok || len(vals) != 1+len(idx) {
 		return 0, nil, store.ErrBadReply
 	}
 	at, err := strconv.ParseInt(vals[0], 10, 64)
@@ -119,6 +119,18 @@ func (s *Redis) peekKey(ctx context.Context, now time.Time, key string, reqs []s
 		return 0, nil, store.ErrBadReply
 	}
 	return at, vals[1:], nil
+}
+
+// stringSlice reads an array of strings.
+func stringSlice(reply any) ([]string, bool) {
+	parts, ok := reply.([]any)
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		if out[i], ok = p.(string); !ok {
+			return nil, false
+		}
+	}
+	return out, ok
 }
 
 // Peek implements Admin: it reads Redis (never the local denials), with
@@ -224,11 +236,11 @@ func (s *Redis) creditKey(ctx context.Context, now time.Time, key string, reqs [
 		if len(argv) == 0 {
 			return nil
 		}
-		ok, err := s.runScript(ctx, casScript, []string{key}, argv...).Int()
+		ok, err := s.runScript(ctx, casScript, []string{key}, argv...)
 		if err != nil {
 			return err
 		}
-		if ok == 1 {
+		if ok == int64(1) {
 			return nil
 		}
 	}
@@ -267,7 +279,7 @@ var _ store.Admin = (*Redis)(nil)
 func (s *Redis) LocalDenialsActive() bool { return s.policy.Live() }
 
 // watchInvalidations keeps the subscription to InvalidateChannel that
-// keeps the local denials honest (store.Remote.Watch), until Close.
+// keeps the local denials honest (store.RedisServer), until Close.
 func (s *Redis) watchInvalidations() {
 	defer close(s.watchDone)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -279,12 +291,17 @@ func (s *Redis) watchInvalidations() {
 		case <-ctx.Done():
 		}
 	}()
-	channel := s.InvalidateChannel()
-	s.policy.Watch(func() (store.Subscription, error) {
-		return &subscription{ctx: ctx, ps: s.client.Subscribe(ctx, channel), channel: channel}, nil
-	}, s.watchStop, func(err error) {
-		s.logger.Load().Warn(store.NoSubscriptionWarning, zap.String("channel", channel), zap.Error(err))
-	})
+	s.server.WatchInvalidations(s.prefix, subscriber{ctx: ctx, client: s.client}, s.watchStop)
+}
+
+// subscriber subscribes on go-redis (store.Subscriber).
+type subscriber struct {
+	ctx    context.Context
+	client redis.UniversalClient
+}
+
+func (g subscriber) Subscribe(channel string) (store.Subscription, error) {
+	return &subscription{ctx: g.ctx, ps: g.client.Subscribe(g.ctx, channel), channel: channel}, nil
 }
 
 // subscription is a go-redis subscription as store.Watch reads it.

@@ -32,7 +32,7 @@ func TestBatchDecidesAsOneByOne(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: opt.Addr, DB: opt.DB})
 	defer client.Close()
 	ctx := context.Background()
-	if err := client.ScriptLoad(ctx, takeScript.src).Err(); err != nil {
+	if err := client.ScriptLoad(ctx, takeScript.Src).Err(); err != nil {
 		t.Fatal(err)
 	}
 	open := func(prefix string) *Redis {

@@ -142,16 +142,17 @@ func (s *Redis) scriptNow(now time.Time) int64 {
 	return now.UnixMicro()
 }
 
-// script is one of package store's scripts for go-redis: its SHA boxed
-// once, since the hot path passes it to go-redis as is.
+// script is a script for go-redis: its SHA boxed once, since the hot path
+// passes it to go-redis as is.
 type script struct {
-	src string
+	*store.Script
 	sha any
 }
 
 func newScript(src string) *script {
 	sum := sha1.Sum([]byte(src))
-	return &script{src: src, sha: hex.EncodeToString(sum[:])}
+	sc := &store.Script{Src: src, SHA: hex.EncodeToString(sum[:])}
+	return &script{Script: sc, sha: sc.SHA}
 }
 
 var (
@@ -170,7 +171,7 @@ func (onceCmd) NoRetry() bool { return true }
 func scriptCmd(ctx context.Context, sc *script, eval bool, keys []string, argv ...string) onceCmd {
 	args := make([]any, 0, 3+len(keys)+len(argv))
 	if eval {
-		args = append(args, "eval", sc.src)
+		args = append(args, "eval", sc.Src)
 	} else {
 		args = append(args, "evalsha", sc.sha)
 	}

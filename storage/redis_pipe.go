@@ -359,7 +359,7 @@ func (s *specArg) MarshalBinary() ([]byte, error) { return s.b, nil }
 // script's source instead.
 func evalCmd(ctx context.Context, args []any) onceStringCmd {
 	args = append([]any(nil), args...)
-	args[0], args[1] = "eval", takeScript.src
+	args[0], args[1] = "eval", takeScript.Src
 	return onceStringCmd{redis.NewStringCmd(ctx, args...)}
 }
 

@@ -20,6 +20,9 @@ func TestParseRedisURLAsGoRedis(t *testing.T) {
 		"redis://user@cache/0",
 		"redis://[::1]:7000/2",
 		"redis://u:p%3Ass%25@[2001:db8::1]/15",
+		"redis://:7000",  // no host: localhost, the port kept
+		"redis:///2",     // no host, no port
+		"redis://:pw@/1", // a password, no host
 	} {
 		want, err := redis.ParseURL(raw)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,16 +12,18 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
-// recordRunner records what a script was run with and answers replies in
-// turn (the last one again once they run out).
+// recordRunner records what a script was run with (EVALSHA's keys and
+// arguments) and answers replies in turn (the last one again once they
+// run out).
 type recordRunner struct {
 	keys, argv [][]string
 	replies    []string
 }
 
-func (f *recordRunner) Run(_ context.Context, _ *Script, keys, argv []string) (string, error) {
-	f.keys = append(f.keys, slices.Clone(keys))
-	f.argv = append(f.argv, slices.Clone(argv))
+func (f *recordRunner) Do(_ context.Context, args []string) (interface{}, error) {
+	n, _ := strconv.Atoi(args[2])
+	f.keys = append(f.keys, slices.Clone(args[3:3+n]))
+	f.argv = append(f.argv, slices.Clone(args[3+n:]))
 	reply := f.replies[0]
 	if len(f.replies) > 1 {
 		f.replies = f.replies[1:]
@@ -70,7 +73,7 @@ func TestTakeOneScript(t *testing.T) {
 							t.Fatal(err)
 						}
 						f := &recordRunner{replies: []string{reply}}
-						s.Runner = f
+						s.Doer = f
 						got := make([]limiter.Result, 1)
 						if err := s.Take(context.Background(), now, reqs, got); err != nil {
 							t.Fatal(err)
@@ -91,7 +94,7 @@ func TestTakeOneScript(t *testing.T) {
 	req := Request{Counter: "c", Key: "k", Limit: limits[3], Cost: 1}
 	later := at + 3600e6
 	f := &recordRunner{replies: []string{"B" + string(AppendInt(nil, later)), "R" + string(AppendInt(nil, later)) + strings.Repeat("\x00", StateLen)}}
-	s := Scripts{Runner: f}
+	s := Scripts{Doer: f}
 	got := make([]limiter.Result, 1)
 	if err := s.Take(context.Background(), now, []Request{req}, got); err != nil || len(f.argv) != 2 {
 		t.Fatalf("%v after %d runs", err, len(f.argv))
@@ -102,16 +105,16 @@ func TestTakeOneScript(t *testing.T) {
 	}
 	// A full Redis: decided from what it holds, and ErrFull.
 	f = &recordRunner{replies: []string{"FR" + string(AppendInt(nil, at)) + strings.Repeat("\x00", StateLen)}}
-	s.Runner = f
+	s.Doer = f
 	if err := s.Take(context.Background(), now, []Request{req}, got); err != ErrFull || !got[0].Allowed || got[0].FirstDenial {
 		t.Errorf("full: %v %+v", err, got[0])
 	}
 	// A calendar that keeps moving, and a malformed reply.
-	s.Runner = &recordRunner{replies: []string{"B" + string(AppendInt(nil, later))}}
+	s.Doer = &recordRunner{replies: []string{"B" + string(AppendInt(nil, later))}}
 	if err := s.Take(context.Background(), now, []Request{req}, got); err != ErrCalendarMoving {
 		t.Errorf("a moving calendar: %v", err)
 	}
-	s.Runner = &recordRunner{replies: []string{"X"}}
+	s.Doer = &recordRunner{replies: []string{"X"}}
 	if err := s.Take(context.Background(), now, []Request{req}, got); err != ErrBadReply {
 		t.Errorf("a malformed reply: %v", err)
 	}

@@ -46,7 +46,7 @@ func ParseClock(s string) (local bool, err error) {
 
 // RedisURL is what a Redis URL says; "" and 0 for what it does not.
 type RedisURL struct {
-	Addr     string // host:port (the port 6379 when the URL has none)
+	Addr     string // host:port (localhost and 6379 when the URL has none, as go-redis)
 	Username string
 	Password string
 	DB       int
@@ -75,13 +75,14 @@ func ParseRedisURL(raw string) (*RedisURL, error) {
 		out.Username = u.User.Username()
 		out.Password, _ = u.User.Password()
 	}
-	if host := u.Hostname(); host != "" {
-		port := u.Port()
-		if port == "" {
-			port = "6379"
-		}
-		out.Addr = net.JoinHostPort(host, port)
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		host = "localhost"
 	}
+	if port == "" {
+		port = "6379"
+	}
+	out.Addr = net.JoinHostPort(host, port)
 	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
 		n, err := strconv.Atoi(db)
 		if err != nil || n < 0 {
@@ -102,16 +103,16 @@ func RedactURL(raw string) string {
 	return strconv.Quote(u.Redacted())
 }
 
-// CheckAddr checks a Redis address, host:port (the port a number from 1
-// to 65535). Its errors show the address quoted, but not one with an '@',
+// CheckAddr checks a Redis address, host:port (a host, and the port a
+// number from 1 to 65535), alike at both edges. Its errors show the address quoted, but not one with an '@',
 // which no host has: a URL written where an address goes, its password
 // in it.
 func CheckAddr(a string) error {
 	if strings.IndexByte(a, '@') >= 0 {
 		return errors.New("address (not shown: it may hold a password; a URL goes in url): want host:port")
 	}
-	_, port, err := net.SplitHostPort(a)
-	if err != nil {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" {
 		return fmt.Errorf("address %q: want host:port", a)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {

@@ -30,3 +30,23 @@ func TestParseClock(t *testing.T) {
 		t.Error("an unknown clock is accepted")
 	}
 }
+
+// TestCheckAddr: one rule for an address at both edges; a URL written
+// where an address goes never shows its password.
+func TestCheckAddr(t *testing.T) {
+	for a, want := range map[string]string{
+		"127.0.0.1:6379":          "",
+		"[::1]:7000":              "",
+		"cache:6380":              "",
+		":6379":                   `address ":6379": want host:port`,
+		"cache":                   `address "cache": want host:port`,
+		"cache:0":                 `bad port "0"`,
+		"cache:http":              `bad port "http"`,
+		"user:hunter2@cache:6379": "not shown",
+	} {
+		err := CheckAddr(a)
+		if (err == nil) != (want == "") || err != nil && (!strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "hunter2")) {
+			t.Errorf("%s: %v, want %q", a, err, want)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package edgelimit
 
 import (
 	"context"
-	"strconv"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -13,16 +12,16 @@ import (
 // (resp.go): the same scripts, keys and encoding (package store), so that
 // Traefik and Caddy instances on one Redis share their counts exactly; the
 // same failure policy and memory of denials (store.Remote), which an
-// operator's reset or credit invalidates through Redis as it does Caddy's.
-// One script per request, however many limits apply; Redis's clock unless
-// clock is local. Redis Cluster and Sentinel are not supported.
+// operator's reset or credit invalidates through Redis as it does Caddy's,
+// and the same hooks and health checks (store.RedisServer). One script per
+// request, however many limits apply; Redis's clock unless clock is local.
+// Redis Cluster and Sentinel are not supported.
 type redisStore struct {
 	*store.Remote
+	*store.RedisServer
 	scripts store.Scripts
 	pool    *respPool
 	opts    *redisOptions
-	log     *logger
-	health  store.Health
 }
 
 func newRedisStore(o *redisOptions) *redisStore {
@@ -30,41 +29,17 @@ func newRedisStore(o *redisOptions) *redisStore {
 		Remote: store.NewRemote(o.OnError, 0, !o.NoLocalDenials, 0),
 		pool:   newRespPool(o),
 		opts:   o,
-		log:    newLogger("redis " + o.addr),
 	}
-	s.scripts = store.Scripts{Runner: s, Prefix: o.Prefix, LocalClock: o.LocalClock}
+	s.RedisServer = &store.RedisServer{Remote: s.Remote, Doer: s.pool,
+		Log: &redisLog{logger: newLogger("redis " + o.Addr), onError: o.OnError.String()}}
+	s.scripts = store.Scripts{Doer: s.pool, Prefix: o.Prefix, LocalClock: o.LocalClock}
 	if s.Denials != nil {
-		go s.watchInvalidations()
+		// For as long as Traefik runs: a plugin is never told it is
+		// unloaded.
+		go s.WatchInvalidations(o.Prefix, s, nil)
 	}
-	go s.checkEviction()
+	go s.CheckEviction(context.Background())
 	return s
-}
-
-// Ping implements store.Conn.
-func (s *redisStore) Ping(ctx context.Context) error {
-	_, err := s.pool.do(ctx, []string{"PING"})
-	return err
-}
-
-// MemoryInfo implements store.Conn.
-func (s *redisStore) MemoryInfo(ctx context.Context) (string, error) {
-	reply, err := s.pool.do(ctx, []string{"INFO", "memory"})
-	if text, ok := reply.(string); ok || err != nil {
-		return text, err
-	}
-	return "", store.ErrBadReply
-}
-
-// checkEviction warns, once, when Redis's memory policy can forget the
-// counts of exhausted clients (store.Health).
-func (s *redisStore) checkEviction() {
-	s.warnEviction(s.health.CheckEviction(context.Background(), s))
-}
-
-func (s *redisStore) warnEviction(advice string) {
-	if advice != "" {
-		s.log.warnf("%s", advice)
-	}
 }
 
 // Take implements store.Store.
@@ -89,23 +64,6 @@ func (s *redisStore) Refund(ctx context.Context, now time.Time, reqs []store.Req
 // Close implements store.Store: a plugin's stores live as long as Traefik.
 func (s *redisStore) Close() error { return nil }
 
-// Failed implements store.Server.
-func (s *redisStore) Failed(err error, warn bool) {
-	if warn {
-		s.log.warnf("%s (onError %s): %v", store.FailureWarning(err), s.OnError.String(), err)
-	}
-}
-
-// Answered implements store.Server.
-func (s *redisStore) Answered() { s.log.info(store.AnsweredNote) }
-
-// Probe implements store.Server: a PING within the timeout.
-func (s *redisStore) Probe(ctx context.Context) error {
-	advice, err := s.health.Probe(ctx, s)
-	s.warnEviction(advice)
-	return err
-}
-
 // Decide implements store.Server.
 func (s *redisStore) Decide(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
 	return s.scripts.Take(ctx, now, reqs, results)
@@ -116,37 +74,26 @@ func (s *redisStore) GiveBack(ctx context.Context, now time.Time, reqs []store.R
 	return s.scripts.Refund(ctx, now, reqs)
 }
 
-// Run implements store.Runner on the pool: EVALSHA, then EVAL when Redis
-// does not have the script.
-func (s *redisStore) Run(ctx context.Context, sc *store.Script, keys, argv []string) (string, error) {
-	args := make([]string, 0, 3+len(keys)+len(argv))
-	args = append(args, "EVALSHA", sc.SHA, strconv.Itoa(len(keys)))
-	args = append(args, keys...)
-	args = append(args, argv...)
-	reply, err := poolDo(s.pool, ctx, args)
-	if err != nil && store.IsNoScript(err) {
-		args[0], args[1] = "EVAL", sc.Src
-		reply, err = poolDo(s.pool, ctx, args)
-	}
-	if err != nil {
-		return "", err
-	}
-	text, ok := reply.(string)
-	if !ok {
-		return "", store.ErrBadReply
-	}
-	return text, nil
+// redisLog is a store's log as package store writes to it
+// (store.RedisLog).
+type redisLog struct {
+	*logger
+	onError string
 }
 
-// watchInvalidations keeps the subscription that keeps the local denials
-// honest (store.Remote.Watch) as long as Traefik runs: a plugin is never
-// told it is unloaded.
-func (s *redisStore) watchInvalidations() {
-	channel := store.InvalidateChannel(s.opts.Prefix)
-	s.Watch(func() (store.Subscription, error) { return s.subscribe(channel) }, nil, func(err error) {
-		s.log.warnf("%s: %v", store.NoSubscriptionWarning, err)
-	})
+func (l *redisLog) Failure(msg string, err error) {
+	l.warnf("%s (onError %s): %v", msg, l.onError, err)
 }
+
+func (l *redisLog) Warn(msg string, err error) {
+	if err != nil {
+		l.warnf("%s: %v", msg, err)
+		return
+	}
+	l.warnf("%s", msg)
+}
+
+func (l *redisLog) Info(msg string) { l.info(msg) }
 
 // subscription is a connection of its own, subscribed to a channel.
 type subscription struct {
@@ -155,7 +102,8 @@ type subscription struct {
 	channel string
 }
 
-func (s *redisStore) subscribe(channel string) (store.Subscription, error) {
+// Subscribe implements store.Subscriber.
+func (s *redisStore) Subscribe(channel string) (store.Subscription, error) {
 	c, err := s.pool.dial(time.Now().Add(s.opts.Timeout))
 	if err != nil {
 		return nil, err

@@ -203,7 +203,7 @@ func (f *fakeRedis) connections() int {
 }
 
 func testPool(addr string, timeout time.Duration) *respPool {
-	return newRespPool(&redisOptions{addr: addr, RedisPolicy: store.RedisPolicy{Timeout: timeout}, poolSize: 2})
+	return newRespPool(&redisOptions{RedisURL: store.RedisURL{Addr: addr}, RedisPolicy: store.RedisPolicy{Timeout: timeout}, poolSize: 2})
 }
 
 // TestRespIdleClose: a Redis that closes idle connections (its timeout
@@ -233,7 +233,7 @@ func TestRespIdleClose(t *testing.T) {
 	p := testPool(f.addr(), time.Second)
 	ctx := context.Background()
 	for i := 0; i < 3; i++ {
-		if _, err := p.do(ctx, []string{"EVALSHA"}); err != nil {
+		if _, err := p.Do(ctx, []string{"EVALSHA"}); err != nil {
 			t.Fatalf("command %d: %v", i, err)
 		}
 		// Every connection has been quiet for longer than the server
@@ -282,7 +282,7 @@ func TestRespReplies(t *testing.T) {
 	p := testPool(f.addr(), time.Second)
 	ctx := context.Background()
 	for cmd, want := range map[string]string{"BULK": "R\x00\r\n1", "NIL": "<nil>", "INT": "42", "ARR": "[OK 1 redis: ERR inner]", "PING": "OK"} {
-		got, err := p.do(ctx, []string{cmd})
+		got, err := p.Do(ctx, []string{cmd})
 		if err != nil || fmt.Sprint(got) != want {
 			t.Errorf("%s: %q %v, want %q", cmd, fmt.Sprint(got), err, want)
 		}
@@ -291,11 +291,11 @@ func TestRespReplies(t *testing.T) {
 	// sent and answered whole.
 	for _, n := range []int{0, 9, 10, 99, 100, 255, 256, 5000} {
 		arg := strings.Repeat("x", n)
-		if got, err := p.do(ctx, []string{"ECHO", arg}); err != nil || got != arg {
+		if got, err := p.Do(ctx, []string{"ECHO", arg}); err != nil || got != arg {
 			t.Errorf("ECHO of %d bytes: %d bytes back, %v", n, len(fmt.Sprint(got)), err)
 		}
 	}
-	if _, err := p.do(ctx, []string{"ERR"}); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
+	if _, err := p.Do(ctx, []string{"ERR"}); err == nil || !strings.Contains(err.Error(), "NOSCRIPT") {
 		t.Errorf("error reply: %v", err)
 	}
 }
@@ -306,7 +306,7 @@ func TestRespTimeout(t *testing.T) {
 	f := newFakeRedis(t, func([]string) string { return "hang" })
 	p := testPool(f.addr(), 50*time.Millisecond)
 	start := time.Now()
-	if _, err := p.do(context.Background(), []string{"PING"}); err == nil {
+	if _, err := p.Do(context.Background(), []string{"PING"}); err == nil {
 		t.Fatal("no error")
 	}
 	if d := time.Since(start); d > 900*time.Millisecond {
@@ -331,13 +331,13 @@ func TestRespStale(t *testing.T) {
 	})
 	p := testPool(f.addr(), time.Second)
 	ctx := context.Background()
-	if got, err := p.do(ctx, []string{"PING"}); err != nil || got != "OK1" {
+	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK1" {
 		t.Fatal(got, err)
 	}
-	if _, err := p.do(ctx, []string{"PING"}); err == nil {
+	if _, err := p.Do(ctx, []string{"PING"}); err == nil {
 		t.Fatal("a connection closed after the command was read must fail, not send it again")
 	}
-	if got, err := p.do(ctx, []string{"PING"}); err != nil || got != "OK3" {
+	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK3" {
 		t.Fatalf("%v %v", got, err)
 	}
 	// Close the server side of the pooled connection: the next command
@@ -347,7 +347,7 @@ func TestRespStale(t *testing.T) {
 	for f.open() > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got, err := p.do(ctx, []string{"PING"}); err != nil || got != "OK4" {
+	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK4" {
 		t.Fatalf("after the server closed the pooled connection: %v %v", got, err)
 	}
 	if n := f.connections(); n != 3 {
@@ -359,7 +359,7 @@ func TestRespStale(t *testing.T) {
 func scriptCalls(t *testing.T, addr string) int {
 	t.Helper()
 	p := testPool(addr, time.Second)
-	reply, err := p.do(context.Background(), []string{"INFO", "commandstats"})
+	reply, err := p.Do(context.Background(), []string{"INFO", "commandstats"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +533,7 @@ func returnsWithin(t *testing.T, d time.Duration, what string, f func()) {
 // TestReleaseWithoutSlot: a release without its slot (which acquire
 // cannot make) neither hangs nor frees a slot it did not take.
 func TestReleaseWithoutSlot(t *testing.T) {
-	p := newRespPool(&redisOptions{addr: "127.0.0.1:1", poolSize: 1})
+	p := newRespPool(&redisOptions{RedisURL: store.RedisURL{Addr: "127.0.0.1:1"}, poolSize: 1})
 	returnsWithin(t, 30*time.Second, "release without a slot", p.release)
 	if !p.take() || p.take() {
 		t.Error("a pool of one gave no slot, or two")

@@ -64,7 +64,7 @@ type respConn struct {
 
 func newRespPool(o *redisOptions) *respPool {
 	return &respPool{
-		addr: o.addr, username: o.username, password: o.password, db: o.db, tls: o.tls, timeout: o.Timeout, pingIdle: pingIdle,
+		addr: o.Addr, username: o.Username, password: o.Password, db: o.DB, tls: o.TLS, timeout: o.Timeout, pingIdle: pingIdle,
 		size: o.poolSize,
 	}
 }
@@ -78,22 +78,20 @@ const (
 	pingIdle = time.Second
 )
 
-// do sends one command and reads its reply. It waits for a connection of
-// the pool at most the timeout (a full pool is this instance's load, not
-// Redis failing: store.ErrBusy), then for the reply at most the timeout,
-// counted from when the command is written. A connection that saw any
-// error is closed, never reused: its next reply could be this command's.
-// A command is sent once and never again: a script whose reply was lost
-// may have counted, and running it again would count twice.
+// Do implements store.Doer: it sends one command and reads its reply. It
+// waits for a connection of the pool at most the timeout (a full pool is
+// this instance's load, not Redis failing: store.ErrBusy), then for the
+// reply at most the timeout, counted from when the command is written. A
+// connection that saw any error is closed, never reused: its next reply
+// could be this command's. A command is sent once and never again: a
+// script whose reply was lost may have counted, and running it again
+// would count twice.
 //
-// Functions, not methods, and what runs for every command in few of
-// them: under Yaegi a method call costs about as much as four function
+// The one method of the command path (store.Doer's, called through the
+// interface), the rest functions, and what runs for every command in few
+// of them: under Yaegi a method call costs about as much as four function
 // calls, and every call allocates a slot per value of its function.
-func (p *respPool) do(ctx context.Context, args []string) (interface{}, error) {
-	return poolDo(p, ctx, args)
-}
-
-func poolDo(p *respPool, ctx context.Context, args []string) (interface{}, error) {
+func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	c, err := poolConn(p, ctx)
 	if err != nil {
 		return nil, err

@@ -85,12 +85,8 @@ func openStore(c *Storage, own bool) (store.Store, error) {
 
 // redisOptions are resolved RedisConfig settings.
 type redisOptions struct {
+	store.RedisURL // the URL's, then the options'
 	store.RedisPolicy
-	addr     string
-	username string
-	password string
-	db       int
-	tls      bool
 	poolSize int
 }
 
@@ -98,36 +94,33 @@ type redisOptions struct {
 const defaultPoolSize = 32
 
 func (c *RedisConfig) options() (*redisOptions, error) {
-	o := &redisOptions{addr: store.DefaultRedisAddr, poolSize: defaultPoolSize}
 	if c.URL != "" && c.Address != "" {
 		return nil, errors.New("redis: url and address exclude each other")
 	}
+	o := &redisOptions{RedisURL: store.RedisURL{Addr: store.DefaultRedisAddr}, poolSize: defaultPoolSize}
 	if c.URL != "" {
 		u, err := store.ParseRedisURL(c.URL)
 		if err != nil {
 			return nil, fmt.Errorf("redis: %w", err)
 		}
-		o.username, o.password, o.db, o.tls = u.Username, u.Password, u.DB, u.TLS
-		if u.Addr != "" {
-			o.addr = u.Addr
-		}
+		o.RedisURL = *u
 	}
 	if c.Address != "" {
-		o.addr = c.Address
+		o.Addr = c.Address
 	}
-	if err := store.CheckAddr(o.addr); err != nil {
+	if err := store.CheckAddr(o.Addr); err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
 	if c.Username != "" {
-		o.username = c.Username
+		o.Username = c.Username
 	}
 	if c.Password != "" {
-		o.password = c.Password
+		o.Password = c.Password
 	}
 	if c.DB != 0 {
-		o.db = c.DB
+		o.DB = c.DB
 	}
-	o.tls = o.tls || c.TLS
+	o.TLS = o.TLS || c.TLS
 	set := store.RedisSettings{DB: c.DB, OnError: c.OnError, KeyPrefix: c.KeyPrefix, Clock: c.Clock,
 		DisableLocalDenials: c.DisableLocalDenials, Camel: true}
 	if c.Timeout != "" {
@@ -152,5 +145,5 @@ func (c *RedisConfig) options() (*redisOptions, error) {
 
 // id identifies a store by everything that makes it.
 func (o *redisOptions) id() string {
-	return store.SettingsID(o.addr, o.username, o.password, o.db, o.tls, o.RedisPolicy, o.poolSize)
+	return store.SettingsID(o.RedisURL, o.RedisPolicy, o.poolSize)
 }

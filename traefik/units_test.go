@@ -136,18 +136,19 @@ func TestRedisOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.addr != "cache:6380" || o.username != "u" || o.password != "p@ss" || o.db != 3 || !o.tls || o.OnError != store.Local || o.Timeout != 250*time.Millisecond {
+	if o.Addr != "cache:6380" || o.Username != "u" || o.Password != "p@ss" || o.DB != 3 || !o.TLS || o.OnError != store.Local || o.Timeout != 250*time.Millisecond {
 		t.Errorf("%+v", o)
 	}
 	o, _ = (&RedisConfig{URL: "redis://[::1]:7000"}).options()
-	if o.addr != "[::1]:7000" {
-		t.Errorf("IPv6 address: %s", o.addr)
+	if o.Addr != "[::1]:7000" {
+		t.Errorf("IPv6 address: %s", o.Addr)
 	}
 	o, _ = (&RedisConfig{URL: "redis://cache"}).options()
-	if o.addr != "cache:6379" {
-		t.Errorf("default port: %s", o.addr)
+	if o.Addr != "cache:6379" {
+		t.Errorf("default port: %s", o.Addr)
 	}
-	for _, bad := range []RedisConfig{{URL: "http://x"}, {Address: "nohost"}, {KeyPrefix: "a{b"}, {Clock: "atomic"}, {Timeout: "0s"}, {URL: "redis://h/x"}} {
+	for _, bad := range []RedisConfig{{URL: "http://x"}, {Address: "nohost"}, {KeyPrefix: "a{b"}, {Clock: "atomic"}, {Timeout: "0s"}, {URL: "redis://h/x"},
+		{Address: ":6379"}} { // no host: refused, as the Caddy module refuses it
 		if _, err := bad.options(); err == nil {
 			t.Errorf("%+v: no error", bad)
 		}

@@ -11,21 +11,13 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/limiter"
 )
 
-// A Runner runs a script on a Redis server and returns its reply: EVALSHA,
-// and EVAL when the server does not have the script (after a restart or a
-// SCRIPT FLUSH). It must not run a script twice for one call: a script
-// whose reply was lost may have counted.
-type Runner interface {
-	Run(ctx context.Context, sc *Script, keys, argv []string) (string, error)
-}
-
 // Scripts runs the take and refund scripts of one decision at a time, for a
 // client without batching (the Traefik plugin's): the keys and arguments
 // of package store's encoding, the server's clock unless LocalClock, and
 // the calendar windows of the server's time when its clock is on the
 // other side of a boundary (AtServerTime).
 type Scripts struct {
-	Runner     Runner
+	Doer       Doer
 	Prefix     string
 	LocalClock bool
 }
@@ -51,9 +43,13 @@ func takeMany(s *Scripts, ctx context.Context, now time.Time, reqs []Request, re
 	at := now.UnixMicro()
 	for i := 0; i < 3; i++ {
 		argv := s.argv(reqs, clients, now, at, bounds, true)
-		reply, err := s.Runner.Run(ctx, TakeScript, keys, argv)
+		got, err := RunScript(ctx, s.Doer, TakeScript, keys, argv)
 		if err != nil {
 			return err
+		}
+		reply, ok := got.(string)
+		if !ok {
+			return ErrBadReply
 		}
 		reply, full := FullReply(reply)
 		if t, ok := BoundsReply(reply); ok {
@@ -127,9 +123,13 @@ func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, res
 			binary.LittleEndian.PutUint64(spec[8*j:], uint64(nums[j]))
 		}
 		argv[0] = string(spec)
-		reply, err := s.Runner.Run(ctx, TakeScript, keys, argv)
+		got, err := RunScript(ctx, s.Doer, TakeScript, keys, argv)
 		if err != nil {
 			return err
+		}
+		reply, ok := got.(string)
+		if !ok {
+			return ErrBadReply
 		}
 		full := len(reply) > 0 && reply[0] == 'F'
 		if full {
@@ -175,9 +175,13 @@ func (s *Scripts) Refund(ctx context.Context, now time.Time, reqs []Request) err
 	bounds := make([][2]int64, len(reqs))
 	at := now.UnixMicro()
 	for i := 0; i < 3; i++ {
-		reply, err := s.Runner.Run(ctx, RefundScript, keys, s.argv(reqs, clients, now, at, bounds, false))
+		got, err := RunScript(ctx, s.Doer, RefundScript, keys, s.argv(reqs, clients, now, at, bounds, false))
 		if err != nil {
 			return err
+		}
+		reply, ok := got.(string)
+		if !ok {
+			return ErrBadReply
 		}
 		if t, ok := BoundsReply(reply); ok {
 			at = t
