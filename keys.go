@@ -2,6 +2,7 @@ package edgelimit
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -154,6 +155,9 @@ func parseKeyPart(s string) (keyPart, error) {
 	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && strings.Count(s, "{") == 1 {
 		name := s[1 : len(s)-1]
 		if p, ok := requestPart(name); ok {
+			if err := httpval.CheckName(&p); err != nil {
+				return keyPart{}, fmt.Errorf("%s: %w", s, err)
+			}
 			return keyPart{Part: p, tmpl: s}, nil
 		}
 		switch name {
@@ -163,7 +167,13 @@ func parseKeyPart(s string) (keyPart, error) {
 			return keyPart{Part: httpval.Part{Kind: httpval.KindRemote}, tmpl: s}, nil
 		}
 	}
-	return keyPart{Part: httpval.Part{Kind: keyTemplate}, tmpl: s, segs: splitTemplate(s)}, nil
+	segs := splitTemplate(s)
+	for i := range segs {
+		if err := httpval.CheckName(&segs[i].part); err != nil {
+			return keyPart{}, fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	return keyPart{Part: httpval.Part{Kind: keyTemplate}, tmpl: s, segs: segs}, nil
 }
 
 // splitTemplate cuts a template into text and placeholders, as Caddy's

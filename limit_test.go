@@ -77,6 +77,9 @@ func TestProvisionRejectsBadLimits(t *testing.T) {
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Algorithm: "token_bucket", Limit: 5, Window: sec}}}}, "refill rate"},
 		{Handler{Limits: []*Limit{{Name: "", Numbers: Numbers{Limit: 5, Window: sec}}}}, "needs a name"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Key: []string{""}}}}, "empty key part"},
+		// A name no request carries: the key would never apply.
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Key: []string{"{cookie.a;b}"}}}}, `{cookie.a;b}: name "a;b": ";" is not allowed`},
+		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}, Key: []string{"{http.request.header.X Api}/{path.0}"}}}}, `name "X Api"`},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Headers: "loud"}, "headers"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, ShowKey: "plain"}, "show_key"},
 		{Handler{Limits: []*Limit{{Name: "a", Numbers: Numbers{Limit: 5, Window: sec}}}, Use: []string{"nope"}}, "no such limit"},

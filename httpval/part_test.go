@@ -64,3 +64,27 @@ func TestRemoteKey(t *testing.T) {
 		t.Errorf("%v allocations", n)
 	}
 }
+
+// TestCheckName: a header's or a cookie's name that no request carries,
+// or a query parameter without a name, is refused: its key would never
+// apply, silently.
+func TestCheckName(t *testing.T) {
+	for _, p := range []Part{
+		{Kind: KindHeader, Name: "X-Api-Key"}, {Kind: KindCookie, Name: "session_id"},
+		{Kind: KindCookie, Name: "__Host-sid"}, {Kind: KindQuery, Name: "api key"},
+		{Kind: KindConst, Name: "a b;c"}, {Kind: KindClient},
+	} {
+		if err := CheckName(&p); err != nil {
+			t.Errorf("%+v: %v", p, err)
+		}
+	}
+	for _, p := range []Part{
+		{Kind: KindCookie, Name: "a;b"}, {Kind: KindCookie, Name: " sid"}, {Kind: KindCookie, Name: "a=b"},
+		{Kind: KindHeader, Name: "X Api"}, {Kind: KindHeader, Name: "X-Api:"}, {Kind: KindHeader, Name: "é"},
+		{Kind: KindCookie}, {Kind: KindQuery},
+	} {
+		if err := CheckName(&p); err == nil {
+			t.Errorf("%+v: accepted", p)
+		}
+	}
+}

@@ -135,6 +135,10 @@ func parseSource(s string, tier bool) (httpval.Part, error) {
 	s = strings.TrimSpace(s)
 	kind, arg, hasArg := strings.Cut(s, ":")
 	kind = strings.ToLower(kind)
+	if kind != "const" {
+		// "query: key" names the parameter key.
+		arg = strings.TrimSpace(arg)
+	}
 	var src httpval.Part
 	switch kind {
 	case "header":
@@ -161,6 +165,9 @@ func parseSource(s string, tier bool) (httpval.Part, error) {
 	needsArg := src.Kind == httpval.KindHeader || src.Kind == httpval.KindQuery || src.Kind == httpval.KindCookie || src.Kind == httpval.KindConst
 	if needsArg && strings.TrimSpace(arg) == "" {
 		return src, fmt.Errorf("source %q needs a name after the colon", s)
+	}
+	if err := httpval.CheckName(&src); err != nil {
+		return src, fmt.Errorf("source %q: %w", s, err)
 	}
 	if !needsArg && hasArg {
 		return src, fmt.Errorf("source %q takes no argument", s)

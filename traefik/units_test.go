@@ -251,3 +251,24 @@ func TestRedisStoreRegistry(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceNames: a source's name is read without the space around it
+// ("query: key" is the parameter key), and a name no request carries is
+// refused (its key would never apply).
+func TestSourceNames(t *testing.T) {
+	src, err := parseSource("query: key", false)
+	if err != nil || src.Kind != httpval.KindQuery || src.Name != "key" {
+		t.Fatalf("query: key: %+v %v", src, err)
+	}
+	if src, err := parseSource("cookie:\tsid ", false); err != nil || src.Name != "sid" {
+		t.Fatalf("cookie sid: %+v %v", src, err)
+	}
+	if src, err := parseSource("const: api", false); err != nil || src.Name != " api" {
+		t.Fatalf("const: %+v %v", src, err)
+	}
+	for _, s := range []string{"cookie:a;b", "header:X Api", "cookie:a=b"} {
+		if _, err := parseSource(s, false); err == nil || !strings.Contains(err.Error(), "is not allowed") {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+}

@@ -582,6 +582,8 @@ func TestConfigErrors(t *testing.T) {
 		"limits:\n  l:\n    limit: 5": "window",
 		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [header]":                                                                                             "needs a name",
 		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [x-api]":                                                                                              "unknown source",
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [\"cookie:a;b\"]":                                                                                     `source "cookie:a;b": name "a;b": ";" is not allowed`,
+		"limits:\n  l:\n    limit: 5\n    window: 1m\n    key: [\"header:X Api\"]":                                                                                   `name "X Api"`,
 		"limits:\n  l:\n    limit: 5\n    window: 1m\nstatus: 200":                                                                                                   "4xx or 5xx",
 		"limits:\n  l:\n    limit: 5\n    window: 1m\n    tier: query:t\n    tiers: {a: {limit: 1, window: 1m}}":                                                     "privilege",
 		"limits:\n  l:\n    key: [credential]\n    limit: 5\n    window: 1m":                                                                                         "needs credentials",

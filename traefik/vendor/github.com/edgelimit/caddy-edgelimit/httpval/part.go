@@ -1,8 +1,11 @@
 package httpval
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"strings"
 )
 
 // Part is where both edges read a key (or a tier) of a request: each edge
@@ -88,6 +91,30 @@ func otherValue(p *Part, r *http.Request) string {
 		}
 	}
 	return ""
+}
+
+// CheckName refuses a part whose name no request can carry, which would
+// make a key that never applies, silently: a header's or a cookie's name
+// that is not a token (RFC 9110: no space, no separator such as ';', '='
+// or ',', no control byte), an empty query parameter's name.
+func CheckName(p *Part) error {
+	switch p.Kind {
+	case KindHeader, KindCookie:
+		if p.Name == "" {
+			return errors.New("no name")
+		}
+		for i := 0; i < len(p.Name); i++ {
+			c := p.Name[i]
+			if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+				return fmt.Errorf("name %q: %q is not allowed in a header's or a cookie's name", p.Name, string(c))
+			}
+		}
+	case KindQuery:
+		if p.Name == "" {
+			return errors.New("no name")
+		}
+	}
+	return nil
 }
 
 // RemoteHost is the host of the remote address, as it is written (a key
