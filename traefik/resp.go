@@ -96,7 +96,13 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	reply, err := roundTrip(c, time.Now().Add(p.timeout), args)
+	// roundTrip written out.
+	var reply interface{}
+	if err = c.c.SetDeadline(time.Now().Add(p.timeout)); err == nil {
+		if _, err = c.c.Write(appendCommand(args)); err == nil {
+			reply, err = readResp(c.r)
+		}
+	}
 	if err != nil {
 		c.c.Close()
 		p.release()
@@ -199,13 +205,10 @@ func idleSound(p *respPool, c *respConn) bool {
 	return err == nil && pong == "PONG"
 }
 
-// acquire takes a connection slot, waiting at most the timeout: when the
-// pool is full, it looks again after a short sleep (0.1 to 2ms), which a
-// full pool (this instance's load) is worth, and needs no select.
+// acquire takes a slot when poolConn found the pool full, waiting at
+// most the timeout: it looks again after a short sleep (0.1 to 2ms),
+// which a full pool (this instance's load) is worth, and needs no select.
 func (p *respPool) acquire(ctx context.Context) error {
-	if p.take() {
-		return nil
-	}
 	deadline := time.Now().Add(p.timeout)
 	step := 100 * time.Microsecond
 	for {
@@ -288,10 +291,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 // roundTrip writes a command, by the deadline (which then bounds its
 // reply), and reads its reply.
 func roundTrip(c *respConn, deadline time.Time, args []string) (interface{}, error) {
-	if err := c.c.SetDeadline(deadline); err != nil {
-		return nil, err
-	}
-	if _, err := c.c.Write(appendCommand(args)); err != nil {
+	if err := c.send(deadline, args); err != nil {
 		return nil, err
 	}
 	return readResp(c.r)
