@@ -180,19 +180,19 @@ func watchIdle(r *bufio.Reader, watch chan error) {
 	watch <- err
 }
 
-// idleSound tells whether an idle connection is still open, and may be
-// used. A connection the server closed while it sat in the pool (a Redis
-// restart, CLIENT KILL, its idle timeout) is found before a command is
-// sent on it, by the read that watched it: stopped at once by a deadline,
-// it ends with the deadline's error; one that had ended by itself (the
+// idleSound tells whether an idle connection is still open, and may be used.
+// A connection the server closed while it sat in the pool (a Redis restart,
+// CLIENT KILL, its idle timeout) is found before a command is sent on it, by
+// the read that watched it: stopped at once by a past deadline (its last
+// use), it ends with the deadline's error; one that had ended by itself (the
 // server closed the connection, or sent what nobody asked for) ended
-// otherwise. Sending first and retrying after could run a script twice.
-// The server may close it while it is taken, too: a connection unused for
-// pingIdle or more is asked PING first, which may be lost without harm,
-// so that a script is sent only on a connection that just answered.
+// otherwise. Sending first and retrying after could run a script twice. The
+// server may close it while it is taken, too: a connection unused for
+// pingIdle or more is asked PING first, which may be lost without harm, so
+// that a script is sent only on a connection that just answered.
 func idleSound(p *respPool, c *respConn) bool {
 	idle := time.Since(c.lastUsed)
-	if idle > maxIdle || c.c.SetReadDeadline(time.Now()) != nil {
+	if idle > maxIdle || c.c.SetReadDeadline(c.lastUsed) != nil {
 		return false
 	}
 	if !errors.Is(<-c.watch, os.ErrDeadlineExceeded) || c.r.Buffered() != 0 {
