@@ -306,28 +306,28 @@ func (c *respConn) send(deadline time.Time, args []string) error {
 	return err
 }
 
-// appendCommand writes a command in one buffer, for one write. Strings
-// added, and a table of small lengths: under Yaegi an append costs more
-// than a string's +, and every call into the standard library goes
-// through reflection.
+// appendCommand writes a command in one buffer, for one write: strings
+// added, each argument after the end of the line before (under Yaegi an
+// append costs more than a +, each + allocates, and every call into the
+// standard library goes through reflection), and a table of small lengths.
 func appendCommand(args []string) []byte {
-	cmd := "*" + strconv.Itoa(len(args)) + "\r\n"
+	cmd := "*" + strconv.Itoa(len(args))
 	for _, a := range args {
 		if len(a) < len(lenLines) {
-			cmd += "$" + lenLines[len(a)] + a + "\r\n"
+			cmd += lenLines[len(a)] + a
 		} else {
-			cmd += "$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n"
+			cmd += "\r\n$" + strconv.Itoa(len(a)) + "\r\n" + a
 		}
 	}
-	return []byte(cmd)
+	return []byte(cmd + "\r\n")
 }
 
-// lenLines are the lengths below 256 as a command writes them.
+// lenLines are the lengths below 256 as appendCommand writes them.
 var lenLines [256]string
 
 func init() {
 	for i := range lenLines {
-		lenLines[i] = strconv.Itoa(i) + "\r\n"
+		lenLines[i] = "\r\n$" + strconv.Itoa(i) + "\r\n"
 	}
 }
 
