@@ -146,7 +146,9 @@ func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, res
 	st := zeroState
 	if e := int64(binary.LittleEndian.Uint64(b[40:])); e > at {
 		d := math.Float64frombits(binary.LittleEndian.Uint64(b[32:]))
-		if !math.IsNaN(d) && !math.IsInf(d, 0) {
+		// Not NaN nor infinite, as math's IsNaN and IsInf test (each
+		// call into the standard library costs the plugin more).
+		if d == d && d <= math.MaxFloat64 && d >= -math.MaxFloat64 {
 			st = limiter.State{Start: int64(binary.LittleEndian.Uint64(b[8:])), Count: int64(binary.LittleEndian.Uint64(b[16:])),
 				Prev: int64(binary.LittleEndian.Uint64(b[24:])), Debt: d, Expires: e, Denied: b[48] == 1}
 		}
