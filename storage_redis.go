@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -313,15 +312,7 @@ func parseRedisURL(raw string) (*redis.Options, error) {
 	if err == nil {
 		return o, nil
 	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-		var ee url.EscapeError
-		if errors.As(err, &ee) {
-			err = errors.New("invalid %-escape")
-		}
-	}
-	return nil, fmt.Errorf("url %s: %v", store.RedactURL(raw), err)
+	return nil, store.RedisURLError(raw, err)
 }
 
 func checkAddr(a string) error {

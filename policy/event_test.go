@@ -131,3 +131,27 @@ func TestPendingDrops(t *testing.T) {
 		t.Fatalf("reported %v", reported)
 	}
 }
+
+// A webhook's URL often holds its secret (Slack's path, a token in the
+// query, a password): no error shows it, neither a bad URL's nor a failed
+// delivery's; a receiver that hangs is given up at the timeout.
+func TestWebhookErrorsHideURL(t *testing.T) {
+	for _, raw := range []string{"ftp://u:s3cret@example.com/x", "http://[::1/s3cret", "https:///s3cret"} {
+		if _, err := NewWebhook(raw, nil, 0); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%q: %v", raw, err)
+		}
+	}
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
+	defer srv.Close()
+	defer close(release)
+	hook, err := NewWebhook(srv.URL+"/services/T0/B0/s3cret?token=s3cret", nil, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = hook.Post(context.Background(), map[string]any{"type": "x"})
+	if err == nil || strings.Contains(err.Error(), "s3cret") || time.Since(start) > 2*time.Second {
+		t.Fatalf("after %s: %v", time.Since(start), err)
+	}
+}

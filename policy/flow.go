@@ -31,7 +31,8 @@ const (
 	// limits whose key is are exempt): it goes on, counted nowhere.
 	Skip Outcome = iota
 	// Failed: the store failed (Flow.Err) and its failure policy lets
-	// the request through, unlimited.
+	// the request through, unlimited (the decision has no requests left:
+	// its response is charged nothing).
 	Failed
 	// Unavailable: the store cannot decide and its policy denies
 	// (store.ErrUnavailable, in Flow.Err): the edge answers 503 with
@@ -112,11 +113,15 @@ func exemptions(p *Policy, d *Decision, f *Flow) {
 
 // failed is Decide's for a store that failed with err: the places held
 // for waits are given back and, when the store's policy denies
-// (store.ErrUnavailable), what earlier handlers counted.
+// (store.ErrUnavailable), what earlier handlers counted. The decision is
+// left with no requests: nothing was decided, so nothing was checked
+// (Checked) and a response let through unlimited is charged nothing.
 func failed(p *Policy, ctx context.Context, now time.Time, d *Decision, f *Flow, err error) Outcome {
 	if p.Waits {
 		ReleaseWaits(d)
 	}
+	d.Reqs = d.Reqs[:0]
+	d.Res = d.Res[:0]
 	f.Err = err
 	if !errors.Is(err, store.ErrUnavailable) {
 		return Failed

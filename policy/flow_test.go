@@ -213,3 +213,20 @@ func flowRunHeld(p *Policy, s store.Store, clk *flowClock) (Outcome, *Flow) {
 	o, _ := flowRun(p, s, clk.now, "k", f)
 	return o, f
 }
+
+// A store that fails with a policy that lets requests through (Failed)
+// decided nothing: the decision checked no limit that counts responses,
+// so that the edge charges the response nothing (the plugin charged it,
+// and crashed on the request state it had not made).
+func TestFlowFailedChecksNothing(t *testing.T) {
+	p := flowPolicy(t, &Spec{Name: "tokens", Numbers: Numbers{Limit: 100, Window: time.Minute}, CostHeader: "X-Cost"})
+	f := &Flow{}
+	d := NewDecision(p)
+	d.Keys[0], d.Parts[0] = "k", 0
+	if o := Decide(p, failingStore{errors.New("timeout")}, context.Background(), time.Unix(1_700_000_000, 0), d, f); o != Failed {
+		t.Fatalf("%v", o)
+	}
+	if Checked(d) || len(d.Reqs) != 0 || len(d.Res) != 0 {
+		t.Fatalf("a failed decision checked %d requests (results %d)", len(d.Reqs), len(d.Res))
+	}
+}

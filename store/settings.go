@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +62,7 @@ type RedisURL struct {
 func ParseRedisURL(raw string) (*RedisURL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("url %s: %v", RedactURL(raw), errors.Unwrap(err))
+		return nil, RedisURLError(raw, err)
 	}
 	out := &RedisURL{}
 	switch u.Scheme {
@@ -90,15 +91,76 @@ func ParseRedisURL(raw string) (*RedisURL, error) {
 		}
 		out.DB = n
 	}
+	// The query: go-redis reads db there (over the path's) and refuses
+	// what it does not know; of its options, this edge reads db only.
+	// One silently left out would make another server or database.
+	q := u.Query()
+	if db := q.Get("db"); db != "" {
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("url %s: database %q is not a number", RedactURL(raw), db)
+		}
+		out.DB = n
+	}
+	delete(q, "db")
+	if len(q) > 0 {
+		names := make([]string, 0, len(q))
+		for name := range q {
+			names = append(names, strconv.Quote(name))
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("url %s: option %s: of the query, only db is read (give the others as settings)", RedactURL(raw), strings.Join(names, ", "))
+	}
 	return out, nil
 }
 
-// RedactURL shows a URL quoted and without its password, or not at all
-// when it does not parse (it may hold a password where none is expected).
+// RedisURLError is the error of a Redis URL that does not parse (err, as
+// url.Parse or go-redis's ParseURL returns it), without the password: not
+// the URL, nor url.Parse's detail when it may quote a piece of it (a bad
+// %-escape; the "port" before a '/', '?' or '#' that ends the host early,
+// in a password not percent-encoded).
+func RedisURLError(raw string, err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return fmt.Errorf("url %s: %v", RedactURL(raw), err)
+	}
+	var ee url.EscapeError
+	if errors.As(ue.Err, &ee) || !userinfoWhole(raw) {
+		return fmt.Errorf("url %s: does not parse as a URL (a password with '/', '?', '#', '@' or '%%' in it is written percent-encoded)", RedactURL(raw))
+	}
+	return fmt.Errorf("url %s: %v", RedactURL(raw), ue.Err)
+}
+
+// userinfoWhole tells whether raw's user and password, if any, end before
+// its host, where url.Parse reads them (no '/', '?' or '#' before the
+// '@'): its errors then quote none of them.
+func userinfoWhole(raw string) bool {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		rest = raw
+	}
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return true
+	}
+	end := strings.IndexAny(rest, "/?#")
+	return end < 0 || end > at
+}
+
+// RedactURL shows a URL quoted and without its password, nor the values
+// of its query (?password=...), or not at all when it does not parse (it
+// may hold a password where none is expected).
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(malformed, not shown: it may hold a password)"
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for name := range q {
+			q[name] = []string{"xxxxx"}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return strconv.Quote(u.Redacted())
 }

@@ -147,6 +147,7 @@ func (m *middleware) compileLimits(c *Config) error {
 		if err != nil {
 			return fmt.Errorf("limit %q: %w", name, err)
 		}
+		warnPrivileges(m.log, cl)
 		if cl.usesCredentials() && m.creds == nil {
 			return fmt.Errorf("limit %q: the credential source needs credentials", name)
 		}

@@ -171,6 +171,36 @@ func parseSource(s string, tier bool) (httpval.Part, error) {
 	return src, nil
 }
 
+// warnPrivileges warns, as the Caddy module does, of a limit that exempts
+// others keyed on what a client sends as it likes: any client could skip
+// those limits with a made-up value (a tier from such a source is refused
+// outright, parseSource).
+func warnPrivileges(log *logger, l *compiledLimit) {
+	if len(l.Exempt) == 0 {
+		return
+	}
+	for _, s := range l.keys {
+		from := ""
+		switch s.Kind {
+		case httpval.KindHeader:
+			from = "header " + s.Name
+		case httpval.KindQuery:
+			from = "query parameter " + s.Name
+		case httpval.KindCookie:
+			from = "cookie " + s.Name
+		case httpval.KindBasicUser:
+			from = "basic-user, its password unchecked"
+		case srcBearer:
+			from = "bearer, unchecked"
+		default:
+			continue
+		}
+		log.Print(fmt.Sprintf("limit %q exempts %v but is keyed on what a client sends (%s): any client could skip those limits with a made-up value; key it on credentials, or a header forwardAuth sets",
+			l.Name, l.Exempt, from))
+		return
+	}
+}
+
 // value is the value of a source of the plugin's own kinds for r. The
 // core's kinds (a query parameter and a cookie among them) are
 // httpval.Value's, read without this call.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -208,5 +210,22 @@ func TestHeldClientLeftGivesBackEarlier(t *testing.T) {
 	}
 	if fmt.Sprint(codes) != "[200 200 200 429]" {
 		t.Errorf("codes %v, want [200 200 200 429]: the request whose client left was counted by the outer middleware", codes)
+	}
+}
+
+// A limit that exempts others keyed on what a client sends as it likes
+// (a query parameter here) lets any client skip them with a made-up
+// value: the plugin warns of it as the Caddy module does; keyed on a
+// credential it does not.
+func TestExemptFromClientWarns(t *testing.T) {
+	var out lockedLog
+	log.SetOutput(&out)
+	defer log.SetOutput(os.Stderr)
+	mustNew(t, &Config{Now: newClock().Now, Limits: map[string]*Limit{
+		"plugin": {Limit: 5, Window: "1m", Key: []string{"query:plugin"}, Exempt: []string{"route"}},
+		"route":  {Limit: 1, Window: "1m"},
+	}}, okHandler())
+	if got := out.String(); !strings.Contains(got, `limit "plugin" exempts [route]`) || !strings.Contains(got, "query parameter plugin") {
+		t.Fatalf("log: %q", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/edgelimit/caddy-edgelimit/store"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -537,5 +538,24 @@ func TestReleaseWithoutSlot(t *testing.T) {
 	returnsWithin(t, 30*time.Second, "release without a slot", p.release)
 	if !p.take() || p.take() {
 		t.Error("a pool of one gave no slot, or two")
+	}
+}
+
+// A limit that counts responses on a Redis that cannot be reached, with
+// onError allow (the default): the request goes on, unlimited and charged
+// nothing, as Caddy's handler lets it through (the plugin dereferenced the
+// request state it had not made: a panic per request while Redis was down).
+func TestRedisDownChargedAllow(t *testing.T) {
+	clk := newClock()
+	h := mustNew(t, &Config{Now: clk.Now, Storage: &Storage{Redis: &RedisConfig{Address: "127.0.0.1:1", Timeout: "50ms"}},
+		Limits: map[string]*Limit{"tokens": {Limit: 100, Window: "1m", Key: []string{"header:X-Key"}, CostHeader: "X-Cost"}}},
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Cost", "5")
+			w.WriteHeader(http.StatusOK)
+		}))
+	for i := 0; i < 2; i++ {
+		if w := send(h, "X-Key", "a"); w.Code != http.StatusOK || w.Header().Get("X-Cost") != "" {
+			t.Fatalf("request %d: %d %v", i, w.Code, w.Header())
+		}
 	}
 }

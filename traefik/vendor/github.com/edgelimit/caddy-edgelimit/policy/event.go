@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -80,7 +81,9 @@ type Webhook struct {
 func NewWebhook(rawURL string, headers map[string]string, timeout time.Duration) (*Webhook, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("url %q: want an http or https URL", rawURL)
+		// Not shown: a webhook's URL often holds its secret (a password,
+		// a token in the path or the query).
+		return nil, errors.New("url (not shown: it may hold a secret): want an http or https URL with a host")
 	}
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -111,6 +114,12 @@ func (w *Webhook) Post(ctx context.Context, event any) error {
 	req.Header.Set("Content-Type", "application/cloudevents+json")
 	resp, err := w.Client.Do(req)
 	if err != nil {
+		// Without the URL, which url.Error quotes (its password only
+		// redacted): its path or query may be the hook's secret.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("webhook delivery failed: %w", err)
 	}
 	resp.Body.Close()
