@@ -77,28 +77,29 @@ func takeMany(s *Scripts, ctx context.Context, now time.Time, reqs []Request, re
 // one decision), the time, one request, its five numbers (AppendLimit),
 // its code naming field 1, or 2 after TTLField, of key 1 (PlanTake), then
 // key 1's word (its entries at ARGV[2], TTLField's mark, one field);
-// ARGV[2...] TTLField for a bucket, and the counter.
+// ARGV[2...] TTLField for a bucket, and the counter. A calendar window
+// (which the server's clock may put in another window, asked again) takes
+// the general path: kept out of this function, whose every value costs
+// each call under Yaegi.
 func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	r := &reqs[0]
 	l := &r.Limit
-	sum := sha256.Sum256([]byte(r.Key))
-	keys := []string{s.Prefix + "{" + hex.EncodeToString(sum[:HashLen]) + "}"}
+	if l.Calendar != nil {
+		return takeMany(s, ctx, now, reqs, results)
+	}
 	t := int64(0)
 	if s.LocalClock {
 		t = now.UnixMicro()
 	}
-	alg := int64(l.Algorithm)
 	a, c := int64(l.Window/time.Microsecond), int64(l.Offset/time.Microsecond)
 	mark := int64(0)
-	if l.Calendar != nil {
-		alg = CalendarCode
-	} else if l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA {
+	if l.Algorithm == limiter.TokenBucket || l.Algorithm == limiter.GCRA {
 		c = l.Rate + int64(l.Wait/time.Millisecond)<<40
 		mark = 1
 	} else if l.Algorithm == limiter.AnchoredWindow {
 		c = 0
 	}
-	low := alg*2 + int64(r.Mode)<<4
+	low := int64(l.Algorithm)*2 + int64(r.Mode)<<4
 	if r.DryRun {
 		low++
 	}
@@ -106,67 +107,62 @@ func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, res
 	if (low == 2 || low == 12) && ban&0xffffff == 0 {
 		low |= 64
 	}
-	argv := []string{"", r.Counter}
-	if mark == 1 {
-		argv = []string{"", TTLField, r.Counter}
-	}
-	at := now.UnixMicro()
-	for i := 0; i < 3; i++ {
-		if l.Calendar != nil {
-			a, c = l.Calendar.Bounds(at)
-		}
-		// The numbers in a loop: under Yaegi each expression of a
-		// function costs its every call.
-		nums := [10]int64{0, 1, t, 1, ban<<32 | 1<<20 | (mark+1)<<8 | low, l.Quota, r.Cost, a, c, 2<<21 | mark<<20 | 1}
-		spec := make([]byte, 80)
-		for j := range nums {
+	// The numbers in a loop: under Yaegi each expression of a function
+	// costs its every call, and each call into the standard library more
+	// (the zeros, often three, are made so).
+	nums := [10]int64{0, 1, t, 1, ban<<32 | 1<<20 | (mark+1)<<8 | low, l.Quota, r.Cost, a, c, 2<<21 | mark<<20 | 1}
+	spec := make([]byte, 80)
+	for j := range nums {
+		if nums[j] != 0 {
 			binary.LittleEndian.PutUint64(spec[8*j:], uint64(nums[j]))
 		}
-		argv[0] = string(spec)
-		got, err := RunScript(ctx, s.Doer, TakeScript, keys, argv)
-		if err != nil {
-			return err
-		}
-		reply, ok := got.(string)
-		if !ok {
-			return ErrBadReply
-		}
-		full := len(reply) > 0 && reply[0] == 'F'
-		if full {
-			reply = reply[1:]
-		}
-		if len(reply) == 9 && reply[0] == 'B' {
-			if at = readInt(reply, 1); at > 0 {
-				continue
-			}
-		}
-		// ParseResults of one request (AllOrNothing has nothing to undo).
-		if len(reply) < 9+StateLen || reply[0] != 'R' {
-			return ErrBadReply
-		}
-		// readInt and DecodeState written out, on one conversion.
-		b := []byte(reply[1 : 9+StateLen])
-		at = int64(binary.LittleEndian.Uint64(b))
-		st := zeroState
-		if e := int64(binary.LittleEndian.Uint64(b[40:])); e > at {
-			d := math.Float64frombits(binary.LittleEndian.Uint64(b[32:]))
-			if !math.IsNaN(d) && !math.IsInf(d, 0) {
-				st = limiter.State{Start: int64(binary.LittleEndian.Uint64(b[8:])), Count: int64(binary.LittleEndian.Uint64(b[16:])),
-					Prev: int64(binary.LittleEndian.Uint64(b[24:])), Debt: d, Expires: e, Denied: b[48] == 1}
-			}
-		}
-		if r.Mode == ModeTake && l.Ban == 0 {
-			limiter.Decide(l, &st, &results[0], at, r.Cost)
-		} else {
-			decideMode(r, &st, &results[0], at)
-		}
-		if full {
-			results[0].FirstDenial = false
-			return ErrFull
-		}
-		return nil
 	}
-	return ErrCalendarMoving
+	sum := sha256.Sum256([]byte(r.Key))
+	// RunScript's command, KEYS and ARGV, written out.
+	args := []string{"EVALSHA", TakeScript.SHA, "1", s.Prefix + "{" + hex.EncodeToString(sum[:HashLen]) + "}", string(spec), TTLField, r.Counter}
+	if mark == 0 {
+		args[5] = r.Counter
+		args = args[:6]
+	}
+	got, err := doScript(ctx, s.Doer, TakeScript, args)
+	if err != nil {
+		return err
+	}
+	reply, ok := got.(string)
+	if !ok {
+		return ErrBadReply
+	}
+	full := len(reply) > 0 && reply[0] == 'F'
+	if full {
+		reply = reply[1:]
+	}
+	// ParseResults of one request (AllOrNothing has nothing to undo).
+	if len(reply) < 9+StateLen || reply[0] != 'R' {
+		return ErrBadReply
+	}
+	// readInt and DecodeState written out, on one conversion.
+	b := []byte(reply[1 : 9+StateLen])
+	at := int64(binary.LittleEndian.Uint64(b))
+	st := zeroState
+	if e := int64(binary.LittleEndian.Uint64(b[40:])); e > at {
+		d := math.Float64frombits(binary.LittleEndian.Uint64(b[32:]))
+		// Not NaN nor infinite, as math's IsNaN and IsInf test (each
+		// call into the standard library costs the plugin more).
+		if d == d && d <= math.MaxFloat64 && d >= -math.MaxFloat64 {
+			st = limiter.State{Start: int64(binary.LittleEndian.Uint64(b[8:])), Count: int64(binary.LittleEndian.Uint64(b[16:])),
+				Prev: int64(binary.LittleEndian.Uint64(b[24:])), Debt: d, Expires: e, Denied: b[48] == 1}
+		}
+	}
+	if r.Mode == ModeTake && l.Ban == 0 {
+		limiter.Decide(l, &st, &results[0], at, r.Cost)
+	} else {
+		decideMode(r, &st, &results[0], at)
+	}
+	if full {
+		results[0].FirstDenial = false
+		return ErrFull
+	}
+	return nil
 }
 
 // Refund gives back what a take of reqs counted, with the refund script.

@@ -27,6 +27,12 @@ func RunScript(ctx context.Context, d Doer, sc *Script, keys, argv []string) (in
 	args = append(args, "EVALSHA", sc.SHA, strconv.Itoa(len(keys)))
 	args = append(args, keys...)
 	args = append(args, argv...)
+	return doScript(ctx, d, sc, args)
+}
+
+// doScript runs RunScript's command args: EVALSHA of sc, then EVAL when
+// the server does not hold the script.
+func doScript(ctx context.Context, d Doer, sc *Script, args []string) (interface{}, error) {
 	reply, err := d.Do(ctx, args)
 	if err != nil && IsNoScript(err) {
 		args[0] = "EVAL"

@@ -96,7 +96,13 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	reply, err := roundTrip(c, time.Now().Add(p.timeout), args)
+	// roundTrip written out.
+	var reply interface{}
+	if err = c.c.SetDeadline(time.Now().Add(p.timeout)); err == nil {
+		if _, err = c.c.Write(appendCommand(args)); err == nil {
+			reply, err = readResp(c.r)
+		}
+	}
 	if err != nil {
 		c.c.Close()
 		p.release()
@@ -174,19 +180,19 @@ func watchIdle(r *bufio.Reader, watch chan error) {
 	watch <- err
 }
 
-// idleSound tells whether an idle connection is still open, and may be
-// used. A connection the server closed while it sat in the pool (a Redis
-// restart, CLIENT KILL, its idle timeout) is found before a command is
-// sent on it, by the read that watched it: stopped at once by a deadline,
-// it ends with the deadline's error; one that had ended by itself (the
+// idleSound tells whether an idle connection is still open, and may be used.
+// A connection the server closed while it sat in the pool (a Redis restart,
+// CLIENT KILL, its idle timeout) is found before a command is sent on it, by
+// the read that watched it: stopped at once by a past deadline (its last
+// use), it ends with the deadline's error; one that had ended by itself (the
 // server closed the connection, or sent what nobody asked for) ended
-// otherwise. Sending first and retrying after could run a script twice.
-// The server may close it while it is taken, too: a connection unused for
-// pingIdle or more is asked PING first, which may be lost without harm,
-// so that a script is sent only on a connection that just answered.
+// otherwise. Sending first and retrying after could run a script twice. The
+// server may close it while it is taken, too: a connection unused for
+// pingIdle or more is asked PING first, which may be lost without harm, so
+// that a script is sent only on a connection that just answered.
 func idleSound(p *respPool, c *respConn) bool {
 	idle := time.Since(c.lastUsed)
-	if idle > maxIdle || c.c.SetReadDeadline(time.Now()) != nil {
+	if idle > maxIdle || c.c.SetReadDeadline(c.lastUsed) != nil {
 		return false
 	}
 	if !errors.Is(<-c.watch, os.ErrDeadlineExceeded) || c.r.Buffered() != 0 {
@@ -199,13 +205,10 @@ func idleSound(p *respPool, c *respConn) bool {
 	return err == nil && pong == "PONG"
 }
 
-// acquire takes a connection slot, waiting at most the timeout: when the
-// pool is full, it looks again after a short sleep (0.1 to 2ms), which a
-// full pool (this instance's load) is worth, and needs no select.
+// acquire takes a slot when poolConn found the pool full, waiting at
+// most the timeout: it looks again after a short sleep (0.1 to 2ms),
+// which a full pool (this instance's load) is worth, and needs no select.
 func (p *respPool) acquire(ctx context.Context) error {
-	if p.take() {
-		return nil
-	}
 	deadline := time.Now().Add(p.timeout)
 	step := 100 * time.Microsecond
 	for {
@@ -288,10 +291,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 // roundTrip writes a command, by the deadline (which then bounds its
 // reply), and reads its reply.
 func roundTrip(c *respConn, deadline time.Time, args []string) (interface{}, error) {
-	if err := c.c.SetDeadline(deadline); err != nil {
-		return nil, err
-	}
-	if _, err := c.c.Write(appendCommand(args)); err != nil {
+	if err := c.send(deadline, args); err != nil {
 		return nil, err
 	}
 	return readResp(c.r)
@@ -306,28 +306,28 @@ func (c *respConn) send(deadline time.Time, args []string) error {
 	return err
 }
 
-// appendCommand writes a command in one buffer, for one write. Strings
-// added, and a table of small lengths: under Yaegi an append costs more
-// than a string's +, and every call into the standard library goes
-// through reflection.
+// appendCommand writes a command in one buffer, for one write: strings
+// added, each argument after the end of the line before (under Yaegi an
+// append costs more than a +, each + allocates, and every call into the
+// standard library goes through reflection), and a table of small lengths.
 func appendCommand(args []string) []byte {
-	cmd := "*" + strconv.Itoa(len(args)) + "\r\n"
+	cmd := "*" + strconv.Itoa(len(args))
 	for _, a := range args {
 		if len(a) < len(lenLines) {
-			cmd += "$" + lenLines[len(a)] + a + "\r\n"
+			cmd += lenLines[len(a)] + a
 		} else {
-			cmd += "$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n"
+			cmd += "\r\n$" + strconv.Itoa(len(a)) + "\r\n" + a
 		}
 	}
-	return []byte(cmd)
+	return []byte(cmd + "\r\n")
 }
 
-// lenLines are the lengths below 256 as a command writes them.
+// lenLines are the lengths below 256 as appendCommand writes them.
 var lenLines [256]string
 
 func init() {
 	for i := range lenLines {
-		lenLines[i] = strconv.Itoa(i) + "\r\n"
+		lenLines[i] = "\r\n$" + strconv.Itoa(i) + "\r\n"
 	}
 }
 
