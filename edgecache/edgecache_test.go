@@ -365,21 +365,42 @@ func TestCacheWaiterFetchesAfterCoalesceWait(t *testing.T) {
 	}
 }
 
+// takeEveryBackgroundSlot takes every background slot, waiting for those
+// the fetches of earlier tests still hold (a fetch lands its flight, which
+// serves its waiters and ends their test, before its goroutine gives its
+// slot back), and returns what gives back the slots it took, no more.
+// Taking them at once and failing on a slot still held made this test
+// fail, and its release of every slot gave back that fetch's too: the
+// count went wrong for every later test of the package.
+func takeEveryBackgroundSlot(t *testing.T) (free func()) {
+	t.Helper()
+	taken := 0
+	free = func() {
+		for ; taken > 0; taken-- {
+			releaseBackground()
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for taken < MaxBackgroundFetches {
+		if acquireBackground() {
+			taken++
+			continue
+		}
+		if time.Now().After(deadline) {
+			free()
+			t.Fatal("a background slot is still taken 30s after the tests before this one")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return free
+}
+
 // TestCacheReliefInTheForegroundWhenBusy: with every background slot
 // taken, the waiter that gives up on a hung leader fetches for all in the
 // foreground, as the relief's leader.
 func TestCacheReliefInTheForegroundWhenBusy(t *testing.T) {
 	e2e.FakeClock(t)
-	for range MaxBackgroundFetches {
-		if !acquireBackground() {
-			t.Fatal("a background slot is taken before the test")
-		}
-	}
-	defer func() {
-		for range MaxBackgroundFetches {
-			releaseBackground()
-		}
-	}()
+	defer takeEveryBackgroundSlot(t)()
 	c := newTestCache(t, &Handler{Zone: "busy", CoalesceWait: caddy.Duration(50 * time.Millisecond)})
 	release := make(chan struct{})
 	var calls atomic.Int32
@@ -424,16 +445,10 @@ func TestCacheRevalidationBounded(t *testing.T) {
 	})
 	serveCache(t, c, next, "GET", "http://example/swr")
 	clk.Add(15 * time.Second)
-	for range MaxBackgroundFetches {
-		if !acquireBackground() {
-			t.Fatal("a background slot is taken before the test")
-		}
-	}
+	free := takeEveryBackgroundSlot(t)
 	busy := counterValue(t, revalidations[revalidateBusy])
 	w := serveCache(t, c, next, "GET", "http://example/swr")
-	for range MaxBackgroundFetches {
-		releaseBackground()
-	}
+	free()
 	if w.Header().Get("Cache-Status") != "edgelimit; hit; ttl=-5" || calls.Load() != 1 {
 		t.Fatalf("busy: %v, %d upstream calls", w.Header(), calls.Load())
 	}
