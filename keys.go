@@ -210,11 +210,11 @@ func splitTemplate(s string) []keySegment {
 // replaced it; a cookie; the query or the path), which a client can set to
 // anything, and names it.
 func (k *keyPart) fromClient() (string, bool) {
-	if what, ok := clientPart(&k.Part); ok {
+	if what, ok := httpval.FromClient(&k.Part); ok {
 		return what, true
 	}
 	for _, seg := range k.segs {
-		if what, ok := clientPart(&seg.part); ok {
+		if what, ok := httpval.FromClient(&seg.part); ok {
 			return what, true
 		}
 		for _, p := range clientPlaceholders {
@@ -222,21 +222,6 @@ func (k *keyPart) fromClient() (string, bool) {
 				return seg.placeholder, true
 			}
 		}
-	}
-	return "", false
-}
-
-// clientPart names a core part whose value the client sends as it likes.
-func clientPart(p *httpval.Part) (string, bool) {
-	switch p.Kind {
-	case httpval.KindHeader:
-		return "header " + p.Name, true
-	case httpval.KindQuery:
-		return "query parameter " + p.Name, true
-	case httpval.KindCookie:
-		return "cookie " + p.Name, true
-	case httpval.KindBasicUser:
-		return "the user Basic credentials claim, password unchecked", true
 	}
 	return "", false
 }

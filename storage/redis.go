@@ -418,14 +418,7 @@ func (s *Redis) eval(ctx context.Context, sc *script, keys []string, argv ...str
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
-	reply, err := s.runScript(ctx, sc, keys, argv...)
-	if err != nil {
-		return "", err
-	}
-	if text, ok := reply.(string); ok {
-		return text, nil
-	}
-	return "", store.ErrBadReply
+	return store.ScriptText(ctx, conn{s.client}, sc.Script, keys, argv)
 }
 
 // runScript runs sc by its SHA, and by its source when Redis does not

@@ -30,6 +30,19 @@ func RunScript(ctx context.Context, d Doer, sc *Script, keys, argv []string) (in
 	return doScript(ctx, d, sc, args)
 }
 
+// ScriptText is RunScript of a script that replies with a string (the
+// take and refund scripts): any other reply is ErrBadReply.
+func ScriptText(ctx context.Context, d Doer, sc *Script, keys, argv []string) (string, error) {
+	reply, err := RunScript(ctx, d, sc, keys, argv)
+	if err != nil {
+		return "", err
+	}
+	if text, ok := reply.(string); ok {
+		return text, nil
+	}
+	return "", ErrBadReply
+}
+
 // doScript runs RunScript's command args: EVALSHA of sc, then EVAL when
 // the server does not hold the script.
 func doScript(ctx context.Context, d Doer, sc *Script, args []string) (interface{}, error) {

@@ -186,20 +186,13 @@ func warnPrivileges(log *logger, l *compiledLimit) {
 	if len(l.Exempt) == 0 {
 		return
 	}
-	for _, s := range l.keys {
-		from := ""
-		switch s.Kind {
-		case httpval.KindHeader:
-			from = "header " + s.Name
-		case httpval.KindQuery:
-			from = "query parameter " + s.Name
-		case httpval.KindCookie:
-			from = "cookie " + s.Name
-		case httpval.KindBasicUser:
-			from = "basic-user, its password unchecked"
-		case srcBearer:
-			from = "bearer, unchecked"
-		default:
+	for i := range l.keys {
+		s := &l.keys[i]
+		from, ok := httpval.FromClient(s)
+		if s.Kind == srcBearer {
+			from, ok = "bearer, unchecked", true
+		}
+		if !ok {
 			continue
 		}
 		log.Print(fmt.Sprintf("limit %q exempts %v but is keyed on what a client sends (%s): any client could skip those limits with a made-up value; key it on credentials, or a header forwardAuth sets",

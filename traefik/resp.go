@@ -354,6 +354,11 @@ func readResp(r *bufio.Reader) (interface{}, error) {
 	if i == 0 || i+2 != len(line) || line[i] != '\r' || n > maxBulk {
 		return replyOf(r, '$', line, 0)
 	}
+	return readBulk(r, n)
+}
+
+// readBulk reads a bulk string's n bytes and its CRLF.
+func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 	buf := make([]byte, n+2)
 	if _, err := io.ReadFull(r, buf); err != nil {
 		return nil, err
@@ -404,14 +409,7 @@ func replyOf(r *bufio.Reader, first byte, line string, depth int) (interface{}, 
 		if n == -1 {
 			return nil, nil
 		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return nil, err
-		}
-		if buf[n] != '\r' || buf[n+1] != '\n' {
-			return nil, errors.New("redis: bulk string without CRLF")
-		}
-		return string(buf[:n]), nil
+		return readBulk(r, n)
 	case '*':
 		n, err := strconv.Atoi(line)
 		if err != nil || n < -1 || n > 1<<20 || depth > 8 {

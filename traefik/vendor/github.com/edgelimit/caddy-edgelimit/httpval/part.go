@@ -93,6 +93,25 @@ func otherValue(p *Part, r *http.Request) string {
 	return ""
 }
 
+// FromClient names a part whose value the client sends as it likes (a
+// header, a query parameter, a cookie, the user Basic credentials claim
+// before the password is checked): a key that any client can make up, no
+// ground for a privilege. Both edges warn of a limit that exempts others
+// keyed so.
+func FromClient(p *Part) (string, bool) {
+	switch p.Kind {
+	case KindHeader:
+		return "header " + p.Name, true
+	case KindQuery:
+		return "query parameter " + p.Name, true
+	case KindCookie:
+		return "cookie " + p.Name, true
+	case KindBasicUser:
+		return "the user Basic credentials claim, password unchecked", true
+	}
+	return "", false
+}
+
 // CheckName refuses a part whose name no request can carry, which would
 // make a key that never applies, silently: a header's or a cookie's name
 // that is not a token (RFC 9110: no space, no separator such as ';', '='

@@ -43,13 +43,9 @@ func takeMany(s *Scripts, ctx context.Context, now time.Time, reqs []Request, re
 	at := now.UnixMicro()
 	for i := 0; i < 3; i++ {
 		argv := s.argv(reqs, clients, now, at, bounds, true)
-		got, err := RunScript(ctx, s.Doer, TakeScript, keys, argv)
+		reply, err := ScriptText(ctx, s.Doer, TakeScript, keys, argv)
 		if err != nil {
 			return err
-		}
-		reply, ok := got.(string)
-		if !ok {
-			return ErrBadReply
 		}
 		reply, full := FullReply(reply)
 		if t, ok := BoundsReply(reply); ok {
@@ -171,13 +167,9 @@ func (s *Scripts) Refund(ctx context.Context, now time.Time, reqs []Request) err
 	bounds := make([][2]int64, len(reqs))
 	at := now.UnixMicro()
 	for i := 0; i < 3; i++ {
-		got, err := RunScript(ctx, s.Doer, RefundScript, keys, s.argv(reqs, clients, now, at, bounds, false))
+		reply, err := ScriptText(ctx, s.Doer, RefundScript, keys, s.argv(reqs, clients, now, at, bounds, false))
 		if err != nil {
 			return err
-		}
-		reply, ok := got.(string)
-		if !ok {
-			return ErrBadReply
 		}
 		if t, ok := BoundsReply(reply); ok {
 			at = t
