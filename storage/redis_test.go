@@ -870,7 +870,9 @@ func TestRedisBlackHole(t *testing.T) {
 	var accepted atomic.Int64
 	var conns sync.WaitGroup
 	done := make(chan struct{})
+	acceptEnded := make(chan struct{})
 	go func() {
+		defer close(acceptEnded)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -886,7 +888,9 @@ func TestRedisBlackHole(t *testing.T) {
 		}
 	}()
 	defer func() {
+		// The accept loop ends before the wait: no conns.Add during it.
 		ln.Close()
+		<-acceptEnded
 		close(done)
 		conns.Wait()
 	}()

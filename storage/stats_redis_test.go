@@ -77,8 +77,10 @@ func TestRedisStatsTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
+	accepted := make(chan struct{})
 	var conns sync.WaitGroup
 	go func() {
+		defer close(accepted)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -93,7 +95,11 @@ func TestRedisStatsTimeout(t *testing.T) {
 		}
 	}()
 	defer func() {
+		// The accept loop ends before the wait: a connection it took as
+		// the listener closed must not be added while conns.Wait runs
+		// (the race detector saw it).
 		ln.Close()
+		<-accepted
 		close(done)
 		conns.Wait()
 	}()
