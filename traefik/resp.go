@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,11 +54,10 @@ type respPool struct {
 type respConn struct {
 	c        net.Conn
 	r        *bufio.Reader
-	lastUsed time.Time
-	// watch receives what the read that watches an idle connection got:
-	// the end of the stream if the server closed it, a timeout once the
-	// connection is taken again.
-	watch chan error
+	lastUsed time.Time // when its last command was sent
+	// replies are what the connection's reader (readLoop) read: each
+	// reply, or the error that ended it, then closed.
+	replies chan interface{}
 }
 
 func newRespPool(o *redisOptions) *respPool {
@@ -96,24 +94,69 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	// roundTrip written out.
-	var reply interface{}
-	if err = c.c.SetDeadline(time.Now().Add(p.timeout)); err == nil {
-		if _, err = c.c.Write(appendCommand(args)); err == nil {
-			reply, err = readResp(c.r)
-		}
+	c.lastUsed = time.Now()
+	reply, err := exchange(c, c.lastUsed.Add(p.timeout), args)
+	if err == nil {
+		// Back to the pool, its reader's read without a deadline.
+		err = c.c.SetReadDeadline(time.Time{})
 	}
-	if err != nil {
-		c.c.Close()
-		p.release()
+	p.mu.Lock()
+	if p.used > 0 {
+		p.used--
+	}
+	if err == nil && len(p.idle) < p.size {
+		p.idle = append(p.idle, c)
+		p.mu.Unlock()
+		return reply, nil
+	}
+	p.mu.Unlock()
+	discard(c)
+	return reply, err
+}
+
+// exchange sends a command on a pooled connection, by the deadline (which
+// then bounds its reply, which the connection's reader reads).
+func exchange(c *respConn, deadline time.Time, args []string) (interface{}, error) {
+	if err := c.c.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
-	poolPut(p, c)
+	if _, err := c.c.Write(appendCommand(args)); err != nil {
+		return nil, err
+	}
+	reply := <-c.replies
+	if err, ok := reply.(error); ok {
+		return nil, err
+	}
 	return reply, nil
 }
 
+// readLoop reads a pooled connection's replies, for as long as it is
+// open: one per command, and while the connection is idle in the pool the
+// end of the stream when the server closes it. A connection is used only
+// when its reader has nothing for it (idleSound). Its read has the
+// deadline of the last command sent: a reply not read by then is the
+// command's error, and ends the connection.
+func readLoop(c *respConn) {
+	for {
+		reply, err := readResp(c.r)
+		if err != nil {
+			c.replies <- err
+			close(c.replies)
+			return
+		}
+		c.replies <- reply
+	}
+}
+
+// discard closes a connection and waits for its reader to end.
+func discard(c *respConn) {
+	c.c.Close()
+	for range c.replies {
+	}
+}
+
 // poolConn takes a slot and a connection: the pool's oldest idle one
-// that is still sound (idleSound), else a new one.
+// that is still sound (idleSound), else a new one, with its reader.
 func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
 	p.mu.Lock()
 	if p.used < p.size {
@@ -133,7 +176,7 @@ func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
 		if idleSound(p, c) {
 			return c, nil
 		}
-		c.c.Close()
+		discard(c)
 		p.mu.Lock()
 	}
 	p.mu.Unlock()
@@ -142,66 +185,28 @@ func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
 		p.release()
 		return nil, err
 	}
+	go readLoop(c)
 	return c, nil
 }
 
-// poolPut returns a sound connection to the pool, with a read that
-// watches it for the server closing it, and gives back its slot.
-func poolPut(p *respPool, c *respConn) {
-	c.lastUsed = time.Now()
-	if err := c.c.SetReadDeadline(time.Time{}); err != nil {
-		c.c.Close()
-		p.release()
-		return
-	}
-	// The channel is empty: idleSound, or the full pool's close below,
-	// received what the last watch sent.
-	go watchIdle(c.r, c.watch)
-	p.mu.Lock()
-	if p.used > 0 {
-		p.used--
-	}
-	if len(p.idle) < p.size {
-		p.idle = append(p.idle, c)
-		p.mu.Unlock()
-		return
-	}
-	p.mu.Unlock()
-	c.c.Close()
-	<-c.watch
-}
-
-// watchIdle reads what comes on an idle connection: the end of the stream
-// when the server closes it, a timeout once idleSound stops it. A
-// function, not a closure: its reader and channel are evaluated at the go
-// statement.
-func watchIdle(r *bufio.Reader, watch chan error) {
-	_, err := r.Peek(1)
-	watch <- err
-}
-
-// idleSound tells whether an idle connection is still open, and may be used.
-// A connection the server closed while it sat in the pool (a Redis restart,
-// CLIENT KILL, its idle timeout) is found before a command is sent on it, by
-// the read that watched it: stopped at once by a past deadline (its last
-// use), it ends with the deadline's error; one that had ended by itself (the
-// server closed the connection, or sent what nobody asked for) ended
-// otherwise. Sending first and retrying after could run a script twice. The
-// server may close it while it is taken, too: a connection unused for
-// pingIdle or more is asked PING first, which may be lost without harm, so
-// that a script is sent only on a connection that just answered.
+// idleSound tells whether an idle connection is still open, and may be
+// used. A connection the server closed while it sat in the pool (a Redis
+// restart, CLIENT KILL, its idle timeout) is found before a command is
+// sent on it: its reader read the end of the stream (or what nobody asked
+// for) as soon as the runtime saw it. Sending first and retrying after
+// could run a script twice. The server may close it while it is taken,
+// too: a connection unused for pingIdle or more is asked PING first,
+// which may be lost without harm, so that a script is sent only on a
+// connection that just answered.
 func idleSound(p *respPool, c *respConn) bool {
 	idle := time.Since(c.lastUsed)
-	if idle > maxIdle || c.c.SetReadDeadline(c.lastUsed) != nil {
-		return false
-	}
-	if !errors.Is(<-c.watch, os.ErrDeadlineExceeded) || c.r.Buffered() != 0 {
+	if idle > maxIdle || len(c.replies) != 0 {
 		return false
 	}
 	if idle < p.pingIdle {
 		return true
 	}
-	pong, err := roundTrip(c, time.Now().Add(p.timeout), []string{"PING"})
+	pong, err := exchange(c, time.Now().Add(p.timeout), []string{"PING"})
 	return err == nil && pong == "PONG"
 }
 
@@ -268,7 +273,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), watch: make(chan error, 1)}
+	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), replies: make(chan interface{}, 1)}
 	var setup [][]string
 	switch {
 	case p.password != "" && p.username != "":
