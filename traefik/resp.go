@@ -94,11 +94,19 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	// exchange written out.
 	c.lastUsed = time.Now()
-	reply, err := exchange(c, c.lastUsed.Add(p.timeout), args)
-	if err == nil {
-		// Back to the pool, its reader's read without a deadline.
-		err = c.c.SetReadDeadline(time.Time{})
+	var reply interface{}
+	if err = c.c.SetDeadline(c.lastUsed.Add(p.timeout)); err == nil {
+		if _, err = c.c.Write(appendCommand(args)); err == nil {
+			reply = <-c.replies
+			if e, ok := reply.(error); ok {
+				err = e
+			} else {
+				// Back to the pool, its reader's read without a deadline.
+				err = c.c.SetReadDeadline(time.Time{})
+			}
+		}
 	}
 	p.mu.Lock()
 	if p.used > 0 {
@@ -111,7 +119,10 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	}
 	p.mu.Unlock()
 	discard(c)
-	return reply, err
+	if err != nil {
+		return nil, err
+	}
+	return reply, nil
 }
 
 // exchange sends a command on a pooled connection, by the deadline (which
@@ -135,10 +146,31 @@ func exchange(c *respConn, deadline time.Time, args []string) (interface{}, erro
 // end of the stream when the server closes it. A connection is used only
 // when its reader has nothing for it (idleSound). Its read has the
 // deadline of the last command sent: a reply not read by then is the
-// command's error, and ends the connection.
+// command's error, and ends the connection. A bulk string (the scripts'
+// replies) is read here, the others by replyOf: under Yaegi a call costs
+// a slot per value of its function, and this one is called once.
 func readLoop(c *respConn) {
 	for {
-		reply, err := readResp(c.r)
+		var reply interface{}
+		line, err := c.r.ReadString('\n')
+		// A bulk string's length: digits, then CRLF.
+		n, i := 0, 1
+		for err == nil && i < len(line) && i < 10 && line[i] >= '0' && line[i] <= '9' {
+			n = n*10 + int(line[i]-'0')
+			i++
+		}
+		switch {
+		case err != nil:
+		case line[0] != '$' || i == 1 || i+2 != len(line) || line[i] != '\r' || n > maxBulk:
+			reply, err = replyOf(c.r, line[0], line[1:], 0)
+		default:
+			// readBulk written out.
+			buf := make([]byte, n+2)
+			if _, err = io.ReadFull(c.r, buf); err == nil && (buf[n] != '\r' || buf[n+1] != '\n') {
+				err = errBulkCRLF
+			}
+			reply = string(buf[:n])
+		}
 		if err != nil {
 			c.replies <- err
 			close(c.replies)
@@ -173,7 +205,7 @@ func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
 		p.mu.Unlock()
-		if idleSound(p, c) {
+		if len(c.replies) == 0 && time.Since(c.lastUsed) < p.pingIdle || idleSound(p, c) {
 			return c, nil
 		}
 		discard(c)
@@ -299,7 +331,7 @@ func roundTrip(c *respConn, deadline time.Time, args []string) (interface{}, err
 	if err := c.send(deadline, args); err != nil {
 		return nil, err
 	}
-	return readResp(c.r)
+	return c.read()
 }
 
 // send writes a command, by the deadline (which then bounds its reply).
@@ -336,32 +368,6 @@ func init() {
 	}
 }
 
-// readResp reads a reply: a bulk string (the scripts' replies) here, the
-// others with readReply.
-func readResp(r *bufio.Reader) (interface{}, error) {
-	first, err := r.ReadByte()
-	if err != nil || first != '$' {
-		if err != nil {
-			return nil, err
-		}
-		return readReply(r, first, 0)
-	}
-	line, err := r.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	// The length: digits, then CRLF (readReply reads the others).
-	n, i := 0, 0
-	for i < len(line) && i < 9 && line[i] >= '0' && line[i] <= '9' {
-		n = n*10 + int(line[i]-'0')
-		i++
-	}
-	if i == 0 || i+2 != len(line) || line[i] != '\r' || n > maxBulk {
-		return replyOf(r, '$', line, 0)
-	}
-	return readBulk(r, n)
-}
-
 // readBulk reads a bulk string's n bytes and its CRLF.
 func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 	buf := make([]byte, n+2)
@@ -369,10 +375,12 @@ func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 		return nil, err
 	}
 	if buf[n] != '\r' || buf[n+1] != '\n' {
-		return nil, errors.New("redis: bulk string without CRLF")
+		return nil, errBulkCRLF
 	}
 	return string(buf[:n]), nil
 }
+
+var errBulkCRLF = errors.New("redis: bulk string without CRLF")
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
 const maxBulk = 64 << 20
