@@ -85,14 +85,44 @@ const (
 // script whose reply was lost may have counted, and running it again
 // would count twice.
 //
-// The one method of the command path (store.Doer's, called through the
-// interface), the rest functions, and what runs for every command in few
-// of them: under Yaegi a method call costs about as much as four function
-// calls, and every call allocates a slot per value of its function.
+// The command path in one method (store.Doer's, called through the
+// interface), the rarer cases in functions: under Yaegi a method call
+// costs about as much as four function calls, and every call allocates a
+// slot per value of its function.
 func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
-	c, err := poolConn(p, ctx)
-	if err != nil {
-		return nil, err
+	// A slot, then the pool's oldest idle connection that is still sound,
+	// else a new one, with its reader.
+	p.mu.Lock()
+	if p.used < p.size {
+		p.used++
+	} else {
+		p.mu.Unlock()
+		if err := p.acquire(ctx); err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+	}
+	var c *respConn
+	for len(p.idle) > 0 {
+		c = p.idle[0]
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
+		p.mu.Unlock()
+		if len(c.replies) == 0 && time.Since(c.lastUsed) < p.pingIdle || idleSound(p, c) {
+			break
+		}
+		discard(c)
+		c = nil
+		p.mu.Lock()
+	}
+	var err error
+	if c == nil { // the pool's lock still held
+		p.mu.Unlock()
+		if c, err = p.dial(time.Now().Add(p.timeout)); err != nil {
+			p.release()
+			return nil, err
+		}
+		go readLoop(c)
 	}
 	// exchange written out.
 	c.lastUsed = time.Now()
@@ -185,40 +215,6 @@ func discard(c *respConn) {
 	c.c.Close()
 	for range c.replies {
 	}
-}
-
-// poolConn takes a slot and a connection: the pool's oldest idle one
-// that is still sound (idleSound), else a new one, with its reader.
-func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
-	p.mu.Lock()
-	if p.used < p.size {
-		p.used++
-	} else {
-		p.mu.Unlock()
-		if err := p.acquire(ctx); err != nil {
-			return nil, err
-		}
-		p.mu.Lock()
-	}
-	for len(p.idle) > 0 {
-		c := p.idle[0]
-		p.idle[0] = nil
-		p.idle = p.idle[1:]
-		p.mu.Unlock()
-		if len(c.replies) == 0 && time.Since(c.lastUsed) < p.pingIdle || idleSound(p, c) {
-			return c, nil
-		}
-		discard(c)
-		p.mu.Lock()
-	}
-	p.mu.Unlock()
-	c, err := p.dial(time.Now().Add(p.timeout))
-	if err != nil {
-		p.release()
-		return nil, err
-	}
-	go readLoop(c)
-	return c, nil
 }
 
 // idleSound tells whether an idle connection is still open, and may be
