@@ -107,7 +107,13 @@ func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, resul
 		args[5] = r.Counter
 		args = args[:6]
 	}
-	got, err := doScript(ctx, s.Doer, TakeScript, args)
+	// doScript written out.
+	got, err := s.Doer.Do(ctx, args)
+	if err != nil && IsNoScript(err) {
+		args[0] = "EVAL"
+		args[1] = TakeScript.Src
+		got, err = s.Doer.Do(ctx, args)
+	}
 	if err != nil {
 		return err
 	}
