@@ -124,7 +124,8 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 		}
 		go readLoop(c)
 	}
-	// exchange written out.
+	// The command, by the deadline, which then bounds its reply (which
+	// the connection's reader reads).
 	c.lastUsed = time.Now()
 	var reply interface{}
 	if err = c.c.SetDeadline(c.lastUsed.Add(p.timeout)); err == nil {
@@ -150,22 +151,6 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	p.mu.Unlock()
 	discard(c)
 	if err != nil {
-		return nil, err
-	}
-	return reply, nil
-}
-
-// exchange sends a command on a pooled connection, by the deadline (which
-// then bounds its reply, which the connection's reader reads).
-func exchange(c *respConn, deadline time.Time, args []string) (interface{}, error) {
-	if err := c.c.SetDeadline(deadline); err != nil {
-		return nil, err
-	}
-	if _, err := c.c.Write(appendCommand(args)); err != nil {
-		return nil, err
-	}
-	reply := <-c.replies
-	if err, ok := reply.(error); ok {
 		return nil, err
 	}
 	return reply, nil
@@ -234,11 +219,14 @@ func idleSound(p *respPool, c *respConn) bool {
 	if idle < p.pingIdle {
 		return true
 	}
-	pong, err := exchange(c, time.Now().Add(p.timeout), []string{"PING"})
-	return err == nil && pong == "PONG"
+	if c.c.SetDeadline(time.Now().Add(p.timeout)) != nil {
+		return false
+	}
+	_, err := c.c.Write([]byte("*1\r\n$4\r\nPING\r\n"))
+	return err == nil && <-c.replies == "PONG"
 }
 
-// acquire takes a slot when poolConn found the pool full, waiting at
+// acquire takes a slot when Do found the pool full, waiting at
 // most the timeout: it looks again after a short sleep (0.1 to 2ms),
 // which a full pool (this instance's load) is worth, and needs no select.
 func (p *respPool) acquire(ctx context.Context) error {
