@@ -31,7 +31,7 @@ func (f *recordRunner) Do(_ context.Context, args []string) (interface{}, error)
 	return reply, nil
 }
 
-// TestTakeOneScript: the take of one request written out (Scripts.Take) sends
+// TestTakeOneScript: the take of one request written out (takeOne) sends
 // the keys and ARGV the general plan sends (keys, argv), and reads its
 // reply as Take does, for every algorithm, mode, dry run, ban, wait,
 // calendar and clock; a reply of another window ("B") is asked again at

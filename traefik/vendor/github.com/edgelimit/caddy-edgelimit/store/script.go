@@ -23,7 +23,17 @@ type Scripts struct {
 	LocalClock bool
 }
 
-// takeMany is Take of several requests, or of a calendar window. (Apart from Take: under Yaegi a
+// Take decides reqs, all or nothing, with the take script. (AtServerTime's
+// loop written out: a closure costs the interpreted plugin more than the
+// loop.)
+func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	if len(reqs) == 1 {
+		return takeOne(s, ctx, now, reqs, results)
+	}
+	return takeMany(s, ctx, now, reqs, results)
+}
+
+// takeMany is Take of several requests. (Apart from Take: under Yaegi a
 // call costs for every value of its function, run or not.)
 func takeMany(s *Scripts, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if len(reqs) > MaxTakeFields {
@@ -56,24 +66,24 @@ func takeMany(s *Scripts, ctx context.Context, now time.Time, reqs []Request, re
 	return ErrCalendarMoving
 }
 
-// Take decides reqs, all or nothing, with the take script: several
-// requests, or a calendar window (which the server's clock may put in
-// another window, asked again), by takeMany; one request (the plugin's
-// usual case) written out here: under Yaegi every call, append and
-// conversion allocates, and a general plan (AppendRequests, PlanTake) of
-// one request costs its every slot. Its keys, ARGV and reply are those
-// of the general path (TestTakeOneScript): the client's key; ARGV[1] the
-// take head (flags 0, one decision), the time, one request, its five
-// numbers (AppendLimit), its code naming field 1, or 2 after TTLField,
-// of key 1 (PlanTake), then key 1's word (its entries at ARGV[2],
-// TTLField's mark, one field); ARGV[2...] TTLField for a bucket, and the
-// counter.
-func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
-	if len(reqs) != 1 || reqs[0].Limit.Calendar != nil {
-		return takeMany(s, ctx, now, reqs, results)
-	}
+// takeOne is Take of one request (the plugin's usual case) written out:
+// under Yaegi every call, append and conversion allocates, and a general
+// plan (AppendRequests, PlanTake) of one request costs its every slot.
+// Its keys, ARGV and reply are those of the general path
+// (TestTakeOneScript): the client's key; ARGV[1] the take head (flags 0,
+// one decision), the time, one request, its five numbers (AppendLimit),
+// its code naming field 1, or 2 after TTLField, of key 1 (PlanTake), then
+// key 1's word (its entries at ARGV[2], TTLField's mark, one field);
+// ARGV[2...] TTLField for a bucket, and the counter. A calendar window
+// (which the server's clock may put in another window, asked again) takes
+// the general path: kept out of this function, whose every value costs
+// each call under Yaegi.
+func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	r := &reqs[0]
 	l := &r.Limit
+	if l.Calendar != nil {
+		return takeMany(s, ctx, now, reqs, results)
+	}
 	t := int64(0)
 	if s.LocalClock {
 		t = now.UnixMicro()
@@ -150,7 +160,7 @@ func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, resul
 }
 
 // wireState is a take script's time and stored state (StateLen), as
-// Scripts.Take reads them.
+// takeOne reads them.
 type wireState struct {
 	At, Start, Count, Prev int64
 	Debt                   float64
