@@ -66,7 +66,7 @@ func (s *redisStore) Close() error { return nil }
 
 // Decide implements store.Server.
 func (s *redisStore) Decide(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
-	return s.scripts.Take(ctx, now, reqs, results)
+	return store.TakeScripts(&s.scripts, ctx, now, reqs, results)
 }
 
 // GiveBack implements store.Server.
