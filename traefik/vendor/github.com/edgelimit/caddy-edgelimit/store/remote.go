@@ -185,11 +185,11 @@ func (p *Remote) mono() int64 { return int64(time.Since(p.epoch)) }
 func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, srv Server) error {
 	var gen uint64
 	if p.Denials != nil && atomic.LoadInt32(&p.live) == 1 {
-		if p.Denials.Check(now, reqs, results) {
+		if checkDenials(p.Denials, now, reqs, results) {
 			atomic.AddInt64(&p.localDenials, 1)
 			return nil
 		}
-		gen = p.Denials.Generation()
+		gen = atomic.LoadUint64(&p.Denials.gen) // Generation written out
 	}
 	if atomic.LoadInt32(&p.down) == 1 {
 		return p.Fallback(ctx, now, reqs, results, nil)
