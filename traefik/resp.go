@@ -40,12 +40,13 @@ type respPool struct {
 
 	size int // connections at most
 
-	// No channels and no select: Yaegi (v0.16.1) runs every execution of
-	// one select statement on one shared array of cases, so concurrent
-	// requests race on it, and one could wait on another's timer or send
-	// to another pool's channel (runs of the harness under load hung in
-	// this pool's select, or in a release of a slot never taken). The
-	// pool is a mutex, a count and a list.
+	// No select: Yaegi (v0.16.1) runs every execution of one select
+	// statement on one shared array of cases, so concurrent requests race
+	// on it, and one could wait on another's timer or send to another
+	// pool's channel (runs of the harness under load hung in this pool's
+	// select, or in a release of a slot never taken). The pool is a
+	// mutex, a count and a list; a connection's replies come on a channel
+	// of its own, with a plain send and receive.
 	mu   sync.Mutex
 	used int         // connections in use or being made
 	idle []*respConn // sound connections, oldest first
