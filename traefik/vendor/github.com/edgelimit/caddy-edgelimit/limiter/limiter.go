@@ -292,7 +292,7 @@ func (l *Limit) Take(s *State, r *Result, now, cost int64) { Decide(l, s, r, now
 // written out rather than called.
 func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 	if l.Algorithm != FixedWindow || l.Calendar != nil {
-		decide(l, s, r, now, cost)
+		DecideAny(l, s, r, now, cost)
 		return
 	}
 	// takeFixed for a window aligned to the clock, with what decide adds,
@@ -324,7 +324,11 @@ func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 	}
 }
 
-func decide(l *Limit, s *State, r *Result, now, cost int64) {
+// DecideAny is Decide without its fixed window aligned to the clock, which
+// it decides as the others: a store that knows a limit is not one calls it
+// rather than Decide (under Yaegi a call costs for every value of its
+// function, run or not).
+func DecideAny(l *Limit, s *State, r *Result, now, cost int64) {
 	switch l.Algorithm {
 	case AnchoredWindow:
 		takeAnchored(l, s, r, now, cost)
