@@ -131,8 +131,8 @@ func (m *Memory) Take(ctx context.Context, now time.Time, reqs []Request, result
 // Take is s.Take, as a function: the memory store's Take is decided here,
 // as functions, which under Yaegi cost a quarter of a method call (the
 // Traefik plugin calls it on every request it keeps in memory). One
-// request that takes (the usual case) is decided by TakeOne, others by
-// takeAll.
+// request that takes (the usual case) is decided by TakeOne, another one
+// by takeSingle, several by takeAll.
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	m, ok := s.(*Memory)
 	if !ok {
@@ -141,12 +141,39 @@ func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results [
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
-	if len(reqs) == 1 && Alone(&reqs[0]) {
-		TakeOne(m, &reqs[0], &results[0], now.UnixMicro())
-	} else {
+	if len(reqs) != 1 {
 		takeAll(m, reqs, results, now.UnixMicro())
+	} else if r := &reqs[0]; r.Mode == ModeTake && r.Limit.Ban == 0 { // Alone(r)
+		TakeOne(m, r, &results[0], now.UnixMicro())
+	} else {
+		takeSingle(m, r, &results[0], now.UnixMicro())
 	}
 	return nil
+}
+
+// takeSingle decides at t a request alone that Alone does not accept (a
+// check, a charge, a limit with a ban): takeAll's decision, for one (which
+// passes, or denies nothing else).
+func takeSingle(m *Memory, r *Request, res *limiter.Result, t int64) {
+	b := maphash.String(m.seed, r.Key)
+	h := (maphash.String(m.seed, r.Counter) ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
+	sh := &m.shards[h>>m.shift]
+	sh.mu.Lock()
+	if t >= sh.nextSweep {
+		sweepShard(m, sh, t)
+	}
+	st, ok := sh.m[h]
+	if !ok || st.Expires <= t {
+		st = zeroState
+	}
+	decideMode(r, &st, res, t)
+	// A key only checked is never stored (see takeAll).
+	if ok {
+		sh.m[h] = st
+	} else if st.Expires != 0 {
+		add(m, sh, h, &st, t)
+	}
+	sh.mu.Unlock()
 }
 
 // Alone tells whether TakeOne may decide request r: one that takes, of a
