@@ -335,11 +335,13 @@ func DecideAny(l *Limit, s *State, r *Result, now, cost int64) {
 	case SlidingWindow:
 		takeSliding(l, s, r, now, cost)
 	case TokenBucket, GCRA:
-		if l.Wait != 0 {
-			takeShaped(l, s, r, now, cost)
-		} else {
+		if l.Wait == 0 {
+			// takeTAT weighs the state itself, knowing its backlog.
 			takeTAT(l, s, r, now, cost)
+			r.ResetAt = now + int64(r.Reset/time.Microsecond)
+			return
 		}
+		takeShaped(l, s, r, now, cost)
 	default:
 		takeFixed(l, s, r, now, cost)
 	}
