@@ -296,10 +296,15 @@ func tier(r *store.Request, m *Planned, value string) {
 func Judge(d *Decision) (denied, report int) {
 	d.Denied = 0
 	d.FirstDenials = false
-	if len(d.Res) == 1 && d.Res[0].Allowed {
-		return -1, 0 // the usual case, in few values
+	if len(d.Res) != 1 {
+		return judge(d)
 	}
-	return judge(d)
+	// One result, the usual case, in few values.
+	denied = -1
+	if !d.Res[0].Allowed {
+		judgeDenial(d, 0, &denied)
+	}
+	return denied, 0
 }
 
 func judge(d *Decision) (denied, report int) {

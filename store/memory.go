@@ -124,29 +124,33 @@ func (m *Memory) shardOf(h uint64) *shard {
 const maxBatch = 16
 
 // Take implements Store.
-func (m *Memory) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
-	return Take(m, ctx, now, reqs, results)
+func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	return takeMemory(m, now, reqs, results)
 }
 
-// Take is s.Take, as a function: the memory store's Take is decided here,
-// as functions, which under Yaegi cost a quarter of a method call (the
-// Traefik plugin calls it on every request it keeps in memory). One
-// request that takes (the usual case) is decided by TakeOne, another one
-// by takeSingle, several by takeAll.
+// Take is s.Take, as a function: the memory store's Take is decided by
+// functions (takeMemory), which under Yaegi cost a quarter of a method
+// call (the Traefik plugin calls it on every request it keeps in memory).
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
-	m, ok := s.(*Memory)
-	if !ok {
-		return s.Take(ctx, now, reqs, results)
+	if m, ok := s.(*Memory); ok {
+		return takeMemory(m, now, reqs, results)
 	}
+	return s.Take(ctx, now, reqs, results)
+}
+
+// takeMemory is m.Take: one request that takes (the usual case) is
+// decided by TakeOne, another one by takeSingle, several by takeAll.
+func takeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Result) error {
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
+	t := now.UnixMicro()
 	if len(reqs) != 1 {
-		takeAll(m, reqs, results, now.UnixMicro())
+		takeAll(m, reqs, results, t)
 	} else if r := &reqs[0]; r.Mode == ModeTake && r.Limit.Ban == 0 { // Alone(r)
-		TakeOne(m, r, &results[0], now.UnixMicro())
+		TakeOne(m, r, &results[0], t)
 	} else {
-		takeSingle(m, r, &results[0], now.UnixMicro())
+		takeSingle(m, r, &results[0], t)
 	}
 	return nil
 }
