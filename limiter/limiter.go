@@ -328,25 +328,26 @@ func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 // it decides as the others: a store that knows a limit is not one calls it
 // rather than Decide (under Yaegi a call costs for every value of its
 // function, run or not).
+// The fixed and anchored windows (count) and takeTAT weigh the state
+// themselves (State.Weight), the others weight.
 func DecideAny(l *Limit, s *State, r *Result, now, cost int64) {
 	switch l.Algorithm {
 	case AnchoredWindow:
 		takeAnchored(l, s, r, now, cost)
 	case SlidingWindow:
 		takeSliding(l, s, r, now, cost)
+		s.Weight = weight(l, s, now)
 	case TokenBucket, GCRA:
 		if l.Wait == 0 {
-			// takeTAT weighs the state itself, knowing its backlog.
 			takeTAT(l, s, r, now, cost)
-			r.ResetAt = now + int64(r.Reset/time.Microsecond)
-			return
+		} else {
+			takeShaped(l, s, r, now, cost)
+			s.Weight = weight(l, s, now)
 		}
-		takeShaped(l, s, r, now, cost)
 	default:
 		takeFixed(l, s, r, now, cost)
 	}
 	r.ResetAt = now + int64(r.Reset/time.Microsecond)
-	s.Weight = weight(l, s, now)
 }
 
 // weight computes State.Weight. (Under Yaegi a call costs for every value

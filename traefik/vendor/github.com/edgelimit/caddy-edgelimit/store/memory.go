@@ -292,28 +292,29 @@ func takeAll(m *Memory, reqs []Request, results []limiter.Result, t int64) {
 	for i := range reqs {
 		r := &reqs[i]
 		h := hs[i]
-		st, ok := m.shards[h>>m.shift].m[h]
-		if !ok || st.Expires <= t {
-			st = zeroState
+		// A key not stored reads as a state that has expired.
+		next = append(next, m.shards[h>>m.shift].m[h])
+		st := &next[i]
+		if st.Expires <= t {
+			*st = zeroState
 		}
 		// The same counter and key twice in one request: the later sees
 		// the earlier's result.
 		for j := i - 1; j >= 0; j-- {
 			if hs[j] == h {
-				st = next[j]
+				*st = next[j]
 				break
 			}
 		}
-		next = append(next, st)
 		// Decide's fixed window aligned to the clock is Decide's,
 		// the others DecideAny's: Decide's values less.
 		l := &r.Limit
 		if r.Mode != ModeTake || l.Ban != 0 {
-			decideMode(r, &next[i], &results[i], t)
+			decideMode(r, st, &results[i], t)
 		} else if l.Algorithm == limiter.FixedWindow && l.Calendar == nil {
-			limiter.Decide(l, &next[i], &results[i], t, r.Cost)
+			limiter.Decide(l, st, &results[i], t, r.Cost)
 		} else {
-			limiter.DecideAny(l, &next[i], &results[i], t, r.Cost)
+			limiter.DecideAny(l, st, &results[i], t, r.Cost)
 		}
 		pass = pass && (results[i].Allowed || r.DryRun)
 	}
