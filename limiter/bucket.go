@@ -34,7 +34,11 @@ func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
 		s.Expires = now + ceil
 		s.Denied = false
 		r.Allowed = true
-		r.Remaining = whole((tau - next) / interval)
+		// whole((tau - next) / interval), written out.
+		r.Remaining = int64(math.Floor((tau-next)/interval + 1e-6))
+		if r.Remaining < 0 {
+			r.Remaining = 0
+		}
 		r.Reset = time.Duration(ceil) * time.Microsecond
 		// weight(l, s, now), written out: the backlog is next.
 		s.Weight = 254
