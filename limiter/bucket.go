@@ -34,10 +34,25 @@ func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
 		s.Expires = now + ceil
 		s.Denied = false
 		r.Allowed = true
-		r.Remaining = whole((tau - next) / interval)
+		// whole((tau - next) / interval), written out.
+		r.Remaining = int64(math.Floor((tau-next)/interval + 1e-6))
+		if r.Remaining < 0 {
+			r.Remaining = 0
+		}
 		r.Reset = time.Duration(ceil) * time.Microsecond
+		// weight(l, s, now), written out: the backlog is next.
+		s.Weight = 254
+		if units := int64(math.Ceil(next / interval)); units < 254 {
+			s.Weight = uint8(units)
+		}
 		return
 	}
+	denyTAT(s, r, now, interval, tau, debt, next)
+}
+
+// denyTAT finishes a takeTAT that denies (a function of its own: under
+// Yaegi a call costs for every value of its function, run or not).
+func denyTAT(s *State, r *Result, now int64, interval, tau, debt, next float64) {
 	r.Remaining = whole((tau - debt) / interval)
 	r.Reset = us(int64(math.Ceil(debt)))
 	// A cost the bucket can never hold (more than its quota) would wait
@@ -56,6 +71,7 @@ func takeTAT(l *Limit, s *State, r *Result, now, cost int64) {
 	if s.Expires < now+wait {
 		s.Expires = now + wait
 	}
+	s.Weight = 255 // weight's for a denial
 }
 
 // backlog is a bucket's emission interval, its tolerance (Quota

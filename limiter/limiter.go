@@ -292,7 +292,7 @@ func (l *Limit) Take(s *State, r *Result, now, cost int64) { Decide(l, s, r, now
 // written out rather than called.
 func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 	if l.Algorithm != FixedWindow || l.Calendar != nil {
-		decide(l, s, r, now, cost)
+		DecideAny(l, s, r, now, cost)
 		return
 	}
 	// takeFixed for a window aligned to the clock, with what decide adds,
@@ -324,23 +324,30 @@ func Decide(l *Limit, s *State, r *Result, now, cost int64) {
 	}
 }
 
-func decide(l *Limit, s *State, r *Result, now, cost int64) {
+// DecideAny is Decide without its fixed window aligned to the clock, which
+// it decides as the others: a store that knows a limit is not one calls it
+// rather than Decide (under Yaegi a call costs for every value of its
+// function, run or not).
+// The fixed and anchored windows (count) and takeTAT weigh the state
+// themselves (State.Weight), the others weight.
+func DecideAny(l *Limit, s *State, r *Result, now, cost int64) {
 	switch l.Algorithm {
 	case AnchoredWindow:
 		takeAnchored(l, s, r, now, cost)
 	case SlidingWindow:
 		takeSliding(l, s, r, now, cost)
+		s.Weight = weight(l, s, now)
 	case TokenBucket, GCRA:
-		if l.Wait != 0 {
-			takeShaped(l, s, r, now, cost)
-		} else {
+		if l.Wait == 0 {
 			takeTAT(l, s, r, now, cost)
+		} else {
+			takeShaped(l, s, r, now, cost)
+			s.Weight = weight(l, s, now)
 		}
 	default:
 		takeFixed(l, s, r, now, cost)
 	}
 	r.ResetAt = now + int64(r.Reset/time.Microsecond)
-	s.Weight = weight(l, s, now)
 }
 
 // weight computes State.Weight. (Under Yaegi a call costs for every value

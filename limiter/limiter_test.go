@@ -403,3 +403,31 @@ func TestBucketRetryOfAnImpossibleCost(t *testing.T) {
 		}
 	}
 }
+
+// Every decision leaves the state's Weight as weight computes it from the
+// state, whichever function weighed it (count, takeTAT, Decide's fixed
+// window, weight).
+func TestDecideWeighs(t *testing.T) {
+	limits := map[string]*Limit{
+		"fixed":    {Algorithm: FixedWindow, Quota: 300, Window: time.Minute},
+		"calendar": {Algorithm: FixedWindow, Quota: 300, Calendar: &CalendarWindow{Period: Day}},
+		"anchored": {Algorithm: AnchoredWindow, Quota: 300, Window: time.Minute},
+		"sliding":  {Algorithm: SlidingWindow, Quota: 300, Window: time.Minute},
+		"bucket":   {Algorithm: TokenBucket, Quota: 300, Rate: 5, Window: time.Second},
+		"gcra":     {Algorithm: GCRA, Quota: 300, Rate: 5, Window: time.Second},
+		"shaped":   {Algorithm: TokenBucket, Quota: 300, Rate: 5, Window: time.Second, Wait: time.Second},
+	}
+	for name, l := range limits {
+		var s State
+		now := base
+		for i := 0; i < 400; i++ {
+			var r Result
+			cost := int64(1 + i%3)
+			Decide(l, &s, &r, now, cost)
+			if want := weight(l, &s, now); s.Weight != want {
+				t.Fatalf("%s, decision %d (%+v): weight %d, want %d", name, i, s, s.Weight, want)
+			}
+			now += int64(i%7) * 40 * ms
+		}
+	}
+}

@@ -49,16 +49,22 @@ func takeAnchored(l *Limit, s *State, r *Result, now, cost int64) {
 	}
 }
 
-// count finishes a fixed or anchored decision.
+// count finishes a fixed or anchored decision, and weighs the state
+// (weight's, written out).
 func count(l *Limit, s *State, r *Result, cost, untilEnd int64) {
 	if s.Count+cost <= l.Quota {
 		s.Count += cost
 		s.Denied = false
 		r.Allowed = true
 		r.Remaining = l.Quota - s.Count
+		s.Weight = 254
+		if s.Count < 254 {
+			s.Weight = uint8(s.Count)
+		}
 		return
 	}
 	denyCount(l, s, r, untilEnd)
+	s.Weight = 255
 }
 
 // denyCount finishes a fixed or anchored decision that denies.

@@ -84,49 +84,43 @@ func keepPrior(prior *Ledger, r *limiter.Result) bool {
 }
 
 // writeIETF writes the RateLimit-Policy and RateLimit fields, an item per
-// limit, after those of earlier handlers.
+// limit, after those of earlier handlers. Each item is appended with the
+// ", " that parts it from the one before (its limit's ietfQ, ietfR), cut
+// from a field's first (cut). What it calls is written out: calls less.
 func writeIETF(hdr http.Header, d *Decision) {
-	b := appendPrior(d.Buf[:0], hdr, "Ratelimit-Policy")
+	b := d.Buf[:0]
+	cut := 2
+	if v := hdr["Ratelimit-Policy"]; len(v) == 1 && v[0] != "" {
+		b = append(b, v[0]...)
+		cut = 0
+	}
 	for i := range d.Res {
-		if i > 0 {
-			b = append(b, ", "...)
-		}
-		b = append(b, '"')
-		b = append(b, d.Meta[i].Limit.Name...)
-		b = append(b, `";q=`...)
-		b = strconv.AppendInt(b, d.Res[i].Limit, 10)
-		if w := SecondsCeil(d.Res[i].Window); w > 0 {
+		r := &d.Res[i]
+		b = append(b, d.Meta[i].Limit.ietfQ...)
+		b = strconv.AppendInt(b, r.Limit, 10)
+		if w := int64((r.Window + time.Second - 1) / time.Second); w > 0 {
 			b = append(b, ";w="...)
 			b = strconv.AppendInt(b, w, 10)
 		}
 	}
-	hdr["Ratelimit-Policy"] = []string{string(b)}
-	b = appendPrior(b[:0], hdr, "Ratelimit")
-	d.ietfAt = len(b)
-	for i := range d.Res {
-		if i > 0 {
-			b = append(b, ", "...)
-		}
-		b = append(b, '"')
-		b = append(b, d.Meta[i].Limit.Name...)
-		b = append(b, `";r=`...)
-		b = strconv.AppendInt(b, d.Res[i].Remaining, 10)
-		b = append(b, ";t="...)
-		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)
-	}
-	d.ietfLen = len(b) - d.ietfAt
-	hdr["Ratelimit"] = []string{string(b)}
-	d.Buf = b[:0]
-}
-
-// appendPrior starts a structured field list with the items an earlier
-// handler wrote; the caller then appends its own after ", ".
-func appendPrior(b []byte, hdr http.Header, name string) []byte {
-	if v := hdr[name]; len(v) == 1 && v[0] != "" {
+	hdr["Ratelimit-Policy"] = []string{string(b[cut:])}
+	b = b[:0]
+	cut = 2
+	if v := hdr["Ratelimit"]; len(v) == 1 && v[0] != "" {
 		b = append(b, v[0]...)
-		b = append(b, ", "...)
+		cut = 0
 	}
-	return b
+	d.ietfAt = len(b) + 2 - cut
+	for i := range d.Res {
+		r := &d.Res[i]
+		b = append(b, d.Meta[i].Limit.ietfR...)
+		b = strconv.AppendInt(b, r.Remaining, 10)
+		b = append(b, ";t="...)
+		b = strconv.AppendInt(b, int64((r.Reset+time.Second-1)/time.Second), 10)
+	}
+	d.ietfLen = len(b) - cut - d.ietfAt
+	hdr["Ratelimit"] = []string{string(b[cut:])}
+	d.Buf = b[:0]
 }
 
 // SecondsCeil is d in whole seconds, rounded up.

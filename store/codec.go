@@ -178,10 +178,14 @@ func ParseResults(reply string, reqs []Request, idx []int, results []limiter.Res
 		o := 9 + StateLen*j
 		st := DecodeState(reply[o:o+StateLen], at)
 		r := &reqs[i]
-		if r.Mode == ModeTake && r.Limit.Ban == 0 {
-			limiter.Decide(&r.Limit, &st, &results[i], at, r.Cost)
-		} else {
+		// As takeAll decides: a fixed window aligned to the clock is
+		// Decide's, the others DecideAny's.
+		if l := &r.Limit; r.Mode != ModeTake || l.Ban != 0 {
 			decideMode(r, &st, &results[i], at)
+		} else if l.Algorithm == limiter.FixedWindow && l.Calendar == nil {
+			limiter.Decide(l, &st, &results[i], at, r.Cost)
+		} else {
+			limiter.DecideAny(l, &st, &results[i], at, r.Cost)
 		}
 	}
 	return reply[ReplyLen(n):], nil

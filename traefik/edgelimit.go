@@ -37,7 +37,7 @@ type middleware struct {
 	pol    *policy.Policy
 	limits []*compiledLimit // the policy's, with their key sources
 	// allKeys: credentials, tiers or a source of the plugin's own kinds,
-	// which readAllKeys reads.
+	// which serveOne does not read.
 	allKeys bool
 	store   store.Store
 	// one is the memory store of a middleware of one limit that
@@ -306,36 +306,10 @@ func answer(m *middleware, w http.ResponseWriter, r *http.Request, d *policy.Dec
 }
 
 // readKeys reads each limit's key (and tier) into d, and tells whether any
-// key is present: the first present source of each limit. A header, the
-// usual key, is read here, a call less.
+// key is present: the first present source of each limit. A header without
+// space around it, not a credential, is httpval.First's, written out: calls
+// less.
 func readKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
-	if m.allKeys {
-		return readAllKeys(m, r, d)
-	}
-	present := false
-	for i, l := range m.limits {
-		d.Parts[i] = -1
-		for j := range l.keys {
-			s := &l.keys[j]
-			var v string
-			if s.Kind == httpval.KindHeader {
-				v = httpval.First(r.Header, s.Name)
-			} else {
-				v = httpval.Value(s, r, m.ips)
-			}
-			if v != "" {
-				d.Keys[i], d.Parts[i] = v, j
-				present = true
-				break
-			}
-		}
-	}
-	return present
-}
-
-// readAllKeys is readKeys with credentials, tiers or sources of the
-// plugin's own kinds.
-func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 	var cred *Client
 	if m.creds != nil {
 		cred = m.creds.lookup(r)
@@ -345,14 +319,20 @@ func readAllKeys(m *middleware, r *http.Request, d *policy.Decision) bool {
 		d.Parts[i] = -1
 		for j := range l.keys {
 			s := &l.keys[j]
-			var v string
-			if s.Kind < httpval.KindEdge {
-				v = httpval.Value(s, r, m.ips)
-			} else {
+			v := ""
+			if s.Kind >= httpval.KindEdge {
 				v = value(s, r, cred)
+			} else if s.Kind != httpval.KindHeader {
+				v = httpval.Value(s, r, m.ips)
+			} else if vs := r.Header[s.Name]; len(vs) != 0 {
+				v = vs[0]
+				if v == "" || v[0] <= ' ' || v[len(v)-1] <= ' ' || s.Name[0] == 'A' || s.Name[0] == 'P' {
+					v = httpval.First(r.Header, s.Name)
+				}
 			}
 			if v != "" {
-				d.Keys[i], d.Parts[i] = v, j
+				d.Keys[i] = v
+				d.Parts[i] = j
 				present = true
 				break
 			}

@@ -81,8 +81,12 @@ type redisLog struct {
 	onError string
 }
 
+// Failure is written as it comes: the core writes it at most once per
+// store.WarnInterval and outage (store.Remote). Through the logger's
+// throttle, which the subscription's warnings share, it was lost when Redis
+// died: the subscription noticed first, and the failure is warned of once.
 func (l *redisLog) Failure(msg string, err error) {
-	l.warnf("%s (onError %s): %v", msg, l.onError, err)
+	l.Print(msg + " (onError " + l.onError + "): " + err.Error())
 }
 
 func (l *redisLog) Warn(msg string, err error) {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgelimit/caddy-edgelimit/store"
 )
 
 // TestOutageChargedBack: under Yaegi, onError local through an outage of
@@ -65,4 +67,49 @@ func answersAgain(addr string) bool {
 		}
 	}
 	return false
+}
+
+// TestOutageWarned: Redis dies under a running middleware with local
+// denials (the default) and onError local. Its subscription to the
+// invalidations notices first and warns; the plugin's store log then
+// swallowed the failure's own warning ("unavailable; on_error applies",
+// with onError and the cause), which the core writes once per outage, so
+// that a real Traefik's log said only that local denials were off, every
+// five seconds, for as long as Redis stayed down. The failure's warning is
+// throttled by the core, not again by the plugin.
+func TestOutageWarned(t *testing.T) {
+	p := loadPlugin(t)
+	r := privateRedis(t)
+	h := p.middleware(t, "limits:\n  l:\n    key: [header:X-Key]\n    limit: 10000\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+
+		"\n    timeout: 200ms\n    onError: local\n", newClock().Now, &upstream{})
+	if w := send(h, "GET", "/", "X-Key", "k"); w.Code != 200 {
+		t.Fatalf("before the outage: %d", w.Code)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if out, err := r.command("PUBSUB", "NUMSUB", "edgelimit:invalidate"); err == nil && strings.HasSuffix(out, ":1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the plugin did not subscribe to the invalidations within 20s")
+		}
+	}
+	_ = r.cmd.Process.Kill()
+	_, _ = r.cmd.Process.Wait()
+	r.cmd = nil
+	name := "redis " + r.Addr + ":"
+	for deadline := time.Now().Add(20 * time.Second); len(errorLog.lines(name+" "+store.NoSubscriptionWarning)) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no warning of the lost subscription within 20s")
+		}
+	}
+	// Requests for up to two warning intervals and a half: the failure's
+	// warning comes with the first of them.
+	for deadline := time.Now().Add(store.WarnInterval * 5 / 2); len(errorLog.lines(name+" "+store.UnavailableWarning+" (onError local)")) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Redis down for %s, and no warning of its failure; the log about it:\n%s", store.WarnInterval*5/2, strings.Join(errorLog.lines(r.Addr), "\n"))
+		}
+		if w := send(h, "GET", "/", "X-Key", "k"); w.Code != 200 {
+			t.Fatalf("during the outage (onError local, 10000 a minute): %d", w.Code)
+		}
+	}
 }

@@ -352,12 +352,11 @@ func spliceRateLimit(hdr http.Header, d *Decision) {
 	b := append(d.Buf[:0], v[:d.ietfAt]...)
 	// The items as writeIETF writes them.
 	for i := range d.Res {
-		if i > 0 {
-			b = append(b, ", "...)
+		item := d.Meta[i].Limit.ietfR
+		if i == 0 {
+			item = item[2:]
 		}
-		b = append(b, '"')
-		b = append(b, d.Meta[i].Limit.Name...)
-		b = append(b, `";r=`...)
+		b = append(b, item...)
 		b = strconv.AppendInt(b, d.Res[i].Remaining, 10)
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, SecondsCeil(d.Res[i].Reset), 10)

@@ -121,6 +121,7 @@ func New(limits []*Limit, r *Responses) (*Policy, error) {
 		p.KeyMAC = []byte(r.KeySecret)
 	}
 	for i, l := range limits {
+		l.ietfQ, l.ietfR = `, "`+l.Name+`";q=`, `, "`+l.Name+`";r=`
 		p.Exempts = p.Exempts || len(l.Exempt) > 0
 		reqs := make([]store.Request, len(l.Counters))
 		for part, counter := range l.Counters {
@@ -295,20 +296,27 @@ func tier(r *store.Request, m *Planned, value string) {
 func Judge(d *Decision) (denied, report int) {
 	d.Denied = 0
 	d.FirstDenials = false
-	if len(d.Res) == 1 && d.Res[0].Allowed {
-		return -1, 0 // the usual case, in few values
+	if len(d.Res) != 1 {
+		return judge(d)
 	}
-	return judge(d)
+	// One result, the usual case, in few values.
+	denied = -1
+	if !d.Res[0].Allowed {
+		judgeDenial(d, 0, &denied)
+	}
+	return denied, 0
 }
 
 func judge(d *Decision) (denied, report int) {
 	denied, report = -1, 0
 	for i := range d.Res {
-		r := &d.Res[i]
-		if !r.Allowed {
+		a := &d.Res[i]
+		if !a.Allowed {
 			judgeDenial(d, i, &denied)
 		}
-		if i > 0 && reportFirst(d, i, report) {
+		// reportFirst(d, i, report), written out: calls less.
+		b := &d.Res[report]
+		if a.Remaining < b.Remaining || a.Remaining == b.Remaining && (a.Reset > b.Reset || a.Reset == b.Reset && d.Meta[i].Limit.Name < d.Meta[report].Limit.Name) {
 			report = i
 		}
 	}
@@ -338,10 +346,7 @@ func judgeDenial(d *Decision, i int, denied *int) {
 // in (a Caddyfile's, or a Traefik map's).
 func reportFirst(d *Decision, i, j int) bool {
 	a, b := &d.Res[i], &d.Res[j]
-	if Tighter(a, b) {
-		return true
-	}
-	return !Tighter(b, a) && d.Meta[i].Limit.Name < d.Meta[j].Limit.Name
+	return a.Remaining < b.Remaining || a.Remaining == b.Remaining && (a.Reset > b.Reset || a.Reset == b.Reset && d.Meta[i].Limit.Name < d.Meta[j].Limit.Name)
 }
 
 // Counted returns the requests that were counted: all of them, less those

@@ -231,6 +231,10 @@ type Limit struct {
 	// edge gives it to the key parts of the client's address
 	// (httpval.Part.V6).
 	IPv6Prefix int
+	// ietfQ and ietfR begin the limit's items of the RateLimit-Policy and
+	// RateLimit fields, after the ", " that parts them from the one before
+	// (writeIETF): set by New.
+	ietfQ, ietfR string
 }
 
 // Tier is one tier's numbers.

@@ -125,37 +125,59 @@ const maxBatch = 16
 
 // Take implements Store.
 func (m *Memory) Take(_ context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
-	return TakeMemory(m, now, reqs, results)
+	return takeMemory(m, now, reqs, results)
 }
 
-// Take is s.Take, as a function: the memory store's Take is called as a
-// function, which under Yaegi costs a quarter of a method call (the
-// Traefik plugin calls it on every request it keeps in memory). One
-// request that takes (the usual case) is decided by TakeOne from here, a
-// call less.
+// Take is s.Take, as a function: the memory store's Take is decided by
+// functions (takeMemory), which under Yaegi cost a quarter of a method
+// call (the Traefik plugin calls it on every request it keeps in memory).
 func Take(s Store, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if m, ok := s.(*Memory); ok {
-		if len(reqs) == 1 && len(results) != 0 && Alone(&reqs[0]) {
-			TakeOne(m, &reqs[0], &results[0], now.UnixMicro())
-			return nil
-		}
-		return TakeMemory(m, now, reqs, results)
+		return takeMemory(m, now, reqs, results)
 	}
 	return s.Take(ctx, now, reqs, results)
 }
 
-// TakeMemory is m.Take, as a function.
-func TakeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Result) error {
+// takeMemory is m.Take: one request that takes (the usual case) is
+// decided by TakeOne, another one by takeSingle, several by takeAll.
+func takeMemory(m *Memory, now time.Time, reqs []Request, results []limiter.Result) error {
 	if len(results) < len(reqs) {
 		return ErrTooFewResults
 	}
 	t := now.UnixMicro()
-	if len(reqs) == 1 && Alone(&reqs[0]) {
-		TakeOne(m, &reqs[0], &results[0], t)
+	if len(reqs) != 1 {
+		takeAll(m, reqs, results, t)
+	} else if r := &reqs[0]; r.Mode == ModeTake && r.Limit.Ban == 0 { // Alone(r)
+		TakeOne(m, r, &results[0], t)
 	} else {
-		m.takeMany(reqs, results, t)
+		takeSingle(m, r, &results[0], t)
 	}
 	return nil
+}
+
+// takeSingle decides at t a request alone that Alone does not accept (a
+// check, a charge, a limit with a ban): takeAll's decision, for one (which
+// passes, or denies nothing else).
+func takeSingle(m *Memory, r *Request, res *limiter.Result, t int64) {
+	b := maphash.String(m.seed, r.Key)
+	h := (maphash.String(m.seed, r.Counter) ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
+	sh := &m.shards[h>>m.shift]
+	sh.mu.Lock()
+	if t >= sh.nextSweep {
+		sweepShard(m, sh, t)
+	}
+	st, ok := sh.m[h]
+	if !ok || st.Expires <= t {
+		st = zeroState
+	}
+	decideMode(r, &st, res, t)
+	// A key only checked is never stored (see takeAll).
+	if ok {
+		sh.m[h] = st
+	} else if st.Expires != 0 {
+		add(m, sh, h, &st, t)
+	}
+	sh.mu.Unlock()
 }
 
 // Alone tells whether TakeOne may decide request r: one that takes, of a
@@ -223,31 +245,39 @@ func TakeOne(m *Memory, r *Request, res *limiter.Result, t int64) {
 	sh.mu.Unlock()
 }
 
-func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
-	if len(reqs) == 0 {
-		return
-	}
+// takeAll decides requests at t, all or nothing (Take). HashRequest, a
+// sorted insert, get, put and AllOrNothing's usual case are written out:
+// under Yaegi a call costs more than what they do.
+func takeAll(m *Memory, reqs []Request, results []limiter.Result, t int64) {
 	var (
-		hbuf  [maxBatch]uint64
-		sbuf  [maxBatch]limiter.State
-		lbuf  [maxBatch]uint16
-		hs    = hbuf[:0]
-		next  = sbuf[:0]
-		locks = lbuf[:0]
+		hbuf [maxBatch]uint64
+		sbuf [maxBatch]limiter.State
+		lbuf [maxBatch]uint16
 	)
+	hs := hbuf[:0]
+	next := sbuf[:0]
+	locks := lbuf[:0]
 	if len(reqs) > maxBatch {
 		hs = make([]uint64, 0, len(reqs))
 		next = make([]limiter.State, 0, len(reqs))
 		locks = make([]uint16, 0, len(reqs))
 	}
-	// HashRequest, get and put are written out below: under Yaegi a call
-	// costs more than what they do.
 	for i := range reqs {
 		a := maphash.String(m.seed, reqs[i].Counter)
 		b := maphash.String(m.seed, reqs[i].Key)
 		h := (a ^ b>>29 ^ b<<35) * 0x9e3779b97f4a7c15
 		hs = append(hs, h)
-		locks = insertSorted(locks, uint16(h>>m.shift))
+		// The shards to lock, sorted, each once.
+		v := uint16(h >> m.shift)
+		k := len(locks)
+		for k > 0 && locks[k-1] > v {
+			k--
+		}
+		if k == 0 || locks[k-1] != v {
+			locks = append(locks, 0)
+			copy(locks[k+1:], locks[k:])
+			locks[k] = v
+		}
 	}
 	// Lock every shard involved, in index order so that two requests never
 	// wait on each other.
@@ -258,38 +288,50 @@ func (m *Memory) takeMany(reqs []Request, results []limiter.Result, t int64) {
 			sweepShard(m, sh, t)
 		}
 	}
+	pass := true
 	for i := range reqs {
 		r := &reqs[i]
-		st, ok := m.shards[hs[i]>>m.shift].m[hs[i]]
-		if !ok || st.Expires <= t {
-			st = limiter.State{}
+		h := hs[i]
+		// A key not stored reads as a state that has expired.
+		next = append(next, m.shards[h>>m.shift].m[h])
+		st := &next[i]
+		if st.Expires <= t {
+			*st = zeroState
 		}
 		// The same counter and key twice in one request: the later sees
 		// the earlier's result.
 		for j := i - 1; j >= 0; j-- {
-			if hs[j] == hs[i] {
-				st = next[j]
+			if hs[j] == h {
+				*st = next[j]
 				break
 			}
 		}
-		next = append(next, st)
-		if r.Mode == ModeTake && r.Limit.Ban == 0 {
-			limiter.Decide(&r.Limit, &next[i], &results[i], t, r.Cost)
+		// Decide's fixed window aligned to the clock is Decide's,
+		// the others DecideAny's: Decide's values less.
+		l := &r.Limit
+		if r.Mode != ModeTake || l.Ban != 0 {
+			decideMode(r, st, &results[i], t)
+		} else if l.Algorithm == limiter.FixedWindow && l.Calendar == nil {
+			limiter.Decide(l, st, &results[i], t, r.Cost)
 		} else {
-			decideMode(r, &next[i], &results[i], t)
+			limiter.DecideAny(l, st, &results[i], t, r.Cost)
 		}
+		pass = pass && (results[i].Allowed || r.DryRun)
 	}
-	pass := AllOrNothing(reqs, results)
+	if !pass {
+		AllOrNothing(reqs, results)
+	}
 	for i := range reqs {
 		// A denial keeps its mark (for FirstDenial), even when nothing is
 		// counted. A state that never expires is a key never seen that a
 		// check left as it was: a key only checked is never stored.
 		if (pass || !results[i].Allowed) && next[i].Expires != 0 {
-			sh := &m.shards[hs[i]>>m.shift]
-			if _, ok := sh.m[hs[i]]; ok {
-				sh.m[hs[i]] = next[i]
+			h := hs[i]
+			sh := &m.shards[h>>m.shift]
+			if _, ok := sh.m[h]; ok {
+				sh.m[h] = next[i]
 			} else {
-				add(m, sh, hs[i], &next[i], t)
+				add(m, sh, h, &next[i], t)
 			}
 		}
 	}
@@ -399,20 +441,6 @@ func sweepShard(m *Memory, sh *shard, t int64) int {
 	}
 	atomic.AddInt64(&m.keys, -int64(n))
 	return n
-}
-
-func insertSorted(s []uint16, v uint16) []uint16 {
-	i := len(s)
-	for i > 0 && s[i-1] >= v {
-		if s[i-1] == v {
-			return s
-		}
-		i--
-	}
-	s = append(s, 0)
-	copy(s[i+1:], s[i:])
-	s[i] = v
-	return s
 }
 
 // Sweep removes every expired key at now, in every shard.
