@@ -50,7 +50,7 @@ func (s *redisStore) Take(ctx context.Context, now time.Time, reqs []store.Reque
 	// The limits were validated when the middleware was built: validating
 	// them again here, as the Caddy module's store does, would cost much
 	// under Yaegi.
-	return s.Remote.Take(ctx, now, reqs, results, s)
+	return store.TakeRemote(s.Remote, ctx, now, reqs, results, s)
 }
 
 // Refund implements store.Store.
@@ -66,7 +66,7 @@ func (s *redisStore) Close() error { return nil }
 
 // Decide implements store.Server.
 func (s *redisStore) Decide(ctx context.Context, now time.Time, reqs []store.Request, results []limiter.Result) error {
-	return s.scripts.Take(ctx, now, reqs, results)
+	return store.TakeScripts(&s.scripts, ctx, now, reqs, results)
 }
 
 // GiveBack implements store.Server.

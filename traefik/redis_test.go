@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -353,6 +354,39 @@ func TestRespStale(t *testing.T) {
 	}
 	if n := f.connections(); n != 3 {
 		t.Errorf("%d connections, want 3", n)
+	}
+}
+
+// TestRespReaders: each pooled connection has one reader, which ends
+// with it: connections the server closes, again and again, leave no
+// goroutine behind, and each next command goes on a new connection.
+func TestRespReaders(t *testing.T) {
+	f := newFakeRedis(t, func([]string) string { return "+OK\r\n" })
+	p := testPool(f.addr(), time.Second)
+	ctx := context.Background()
+	if _, err := p.Do(ctx, []string{"PING"}); err != nil {
+		t.Fatal(err)
+	}
+	base := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		f.closeAll()
+		deadline := time.Now().Add(5 * time.Second)
+		for f.open() > 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if _, err := p.Do(ctx, []string{"PING"}); err != nil {
+			t.Fatalf("command %d after the server closed the pooled connection: %v", i, err)
+		}
+	}
+	if n := f.connections(); n != 21 {
+		t.Errorf("%d connections, want 21", n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		t.Errorf("%d goroutines, %d after the first command: readers left behind", n, base)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,12 +40,13 @@ type respPool struct {
 
 	size int // connections at most
 
-	// No channels and no select: Yaegi (v0.16.1) runs every execution of
-	// one select statement on one shared array of cases, so concurrent
-	// requests race on it, and one could wait on another's timer or send
-	// to another pool's channel (runs of the harness under load hung in
-	// this pool's select, or in a release of a slot never taken). The
-	// pool is a mutex, a count and a list.
+	// No select: Yaegi (v0.16.1) runs every execution of one select
+	// statement on one shared array of cases, so concurrent requests race
+	// on it, and one could wait on another's timer or send to another
+	// pool's channel (runs of the harness under load hung in this pool's
+	// select, or in a release of a slot never taken). The pool is a
+	// mutex, a count and a list; a connection's replies come on a channel
+	// of its own, with a plain send and receive.
 	mu   sync.Mutex
 	used int         // connections in use or being made
 	idle []*respConn // sound connections, oldest first
@@ -55,11 +55,10 @@ type respPool struct {
 type respConn struct {
 	c        net.Conn
 	r        *bufio.Reader
-	lastUsed time.Time
-	// watch receives what the read that watches an idle connection got:
-	// the end of the stream if the server closed it, a timeout once the
-	// connection is taken again.
-	watch chan error
+	lastUsed time.Time // when its last command was sent
+	// replies are what the connection's reader (readLoop) read: each
+	// reply, or the error that ended it, then closed.
+	replies chan interface{}
 }
 
 func newRespPool(o *redisOptions) *respPool {
@@ -87,34 +86,13 @@ const (
 // script whose reply was lost may have counted, and running it again
 // would count twice.
 //
-// The one method of the command path (store.Doer's, called through the
-// interface), the rest functions, and what runs for every command in few
-// of them: under Yaegi a method call costs about as much as four function
-// calls, and every call allocates a slot per value of its function.
+// The command path in one method (store.Doer's, called through the
+// interface), the rarer cases in functions: under Yaegi a method call
+// costs about as much as four function calls, and every call allocates a
+// slot per value of its function.
 func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
-	c, err := poolConn(p, ctx)
-	if err != nil {
-		return nil, err
-	}
-	// roundTrip written out.
-	var reply interface{}
-	if err = c.c.SetDeadline(time.Now().Add(p.timeout)); err == nil {
-		if _, err = c.c.Write(appendCommand(args)); err == nil {
-			reply, err = readResp(c.r)
-		}
-	}
-	if err != nil {
-		c.c.Close()
-		p.release()
-		return nil, err
-	}
-	poolPut(p, c)
-	return reply, nil
-}
-
-// poolConn takes a slot and a connection: the pool's oldest idle one
-// that is still sound (idleSound), else a new one.
-func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
+	// A slot, then the pool's oldest idle connection that is still sound,
+	// else a new one, with its reader.
 	p.mu.Lock()
 	if p.used < p.size {
 		p.used++
@@ -125,87 +103,131 @@ func poolConn(p *respPool, ctx context.Context) (*respConn, error) {
 		}
 		p.mu.Lock()
 	}
+	var c *respConn
 	for len(p.idle) > 0 {
-		c := p.idle[0]
+		c = p.idle[0]
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
 		p.mu.Unlock()
-		if idleSound(p, c) {
-			return c, nil
+		if len(c.replies) == 0 && time.Since(c.lastUsed) < p.pingIdle || idleSound(p, c) {
+			break
 		}
-		c.c.Close()
+		discard(c)
+		c = nil
 		p.mu.Lock()
 	}
-	p.mu.Unlock()
-	c, err := p.dial(time.Now().Add(p.timeout))
-	if err != nil {
-		p.release()
-		return nil, err
+	var err error
+	if c == nil { // the pool's lock still held
+		p.mu.Unlock()
+		if c, err = p.dial(time.Now().Add(p.timeout)); err != nil {
+			p.release()
+			return nil, err
+		}
+		go readLoop(c)
 	}
-	return c, nil
-}
-
-// poolPut returns a sound connection to the pool, with a read that
-// watches it for the server closing it, and gives back its slot.
-func poolPut(p *respPool, c *respConn) {
+	// The command, by the deadline, which then bounds its reply (which
+	// the connection's reader reads).
 	c.lastUsed = time.Now()
-	if err := c.c.SetReadDeadline(time.Time{}); err != nil {
-		c.c.Close()
-		p.release()
-		return
+	var reply interface{}
+	if err = c.c.SetDeadline(c.lastUsed.Add(p.timeout)); err == nil {
+		if _, err = c.c.Write(appendCommand(args)); err == nil {
+			reply = <-c.replies
+			if e, ok := reply.(error); ok {
+				err = e
+			} else {
+				// Back to the pool, its reader's read without a deadline.
+				err = c.c.SetReadDeadline(time.Time{})
+			}
+		}
 	}
-	// The channel is empty: idleSound, or the full pool's close below,
-	// received what the last watch sent.
-	go watchIdle(c.r, c.watch)
 	p.mu.Lock()
 	if p.used > 0 {
 		p.used--
 	}
-	if len(p.idle) < p.size {
+	if err == nil && len(p.idle) < p.size {
 		p.idle = append(p.idle, c)
 		p.mu.Unlock()
-		return
+		return reply, nil
 	}
 	p.mu.Unlock()
+	discard(c)
+	if err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
+
+// readLoop reads a pooled connection's replies, for as long as it is
+// open: one per command, and while the connection is idle in the pool the
+// end of the stream when the server closes it. A connection is used only
+// when its reader has nothing for it (idleSound). Its read has the
+// deadline of the last command sent: a reply not read by then is the
+// command's error, and ends the connection. A bulk string (the scripts'
+// replies) is read here, the others by replyOf: under Yaegi a call costs
+// a slot per value of its function, and this one is called once.
+func readLoop(c *respConn) {
+	for {
+		var reply interface{}
+		line, err := c.r.ReadString('\n')
+		// A bulk string's length: digits, then CRLF.
+		n, i := 0, 1
+		for err == nil && i < len(line) && i < 10 && line[i] >= '0' && line[i] <= '9' {
+			n = n*10 + int(line[i]-'0')
+			i++
+		}
+		switch {
+		case err != nil:
+		case line[0] != '$' || i == 1 || i+2 != len(line) || line[i] != '\r' || n > maxBulk:
+			reply, err = replyOf(c.r, line[0], line[1:], 0)
+		default:
+			// readBulk written out.
+			buf := make([]byte, n+2)
+			if _, err = io.ReadFull(c.r, buf); err == nil && (buf[n] != '\r' || buf[n+1] != '\n') {
+				err = errBulkCRLF
+			}
+			reply = string(buf[:n])
+		}
+		if err != nil {
+			c.replies <- err
+			close(c.replies)
+			return
+		}
+		c.replies <- reply
+	}
+}
+
+// discard closes a connection and waits for its reader to end.
+func discard(c *respConn) {
 	c.c.Close()
-	<-c.watch
+	for range c.replies {
+	}
 }
 
-// watchIdle reads what comes on an idle connection: the end of the stream
-// when the server closes it, a timeout once idleSound stops it. A
-// function, not a closure: its reader and channel are evaluated at the go
-// statement.
-func watchIdle(r *bufio.Reader, watch chan error) {
-	_, err := r.Peek(1)
-	watch <- err
-}
-
-// idleSound tells whether an idle connection is still open, and may be used.
-// A connection the server closed while it sat in the pool (a Redis restart,
-// CLIENT KILL, its idle timeout) is found before a command is sent on it, by
-// the read that watched it: stopped at once by a past deadline (its last
-// use), it ends with the deadline's error; one that had ended by itself (the
-// server closed the connection, or sent what nobody asked for) ended
-// otherwise. Sending first and retrying after could run a script twice. The
-// server may close it while it is taken, too: a connection unused for
-// pingIdle or more is asked PING first, which may be lost without harm, so
-// that a script is sent only on a connection that just answered.
+// idleSound tells whether an idle connection is still open, and may be
+// used. A connection the server closed while it sat in the pool (a Redis
+// restart, CLIENT KILL, its idle timeout) is found before a command is
+// sent on it: its reader read the end of the stream (or what nobody asked
+// for) as soon as the runtime saw it. Sending first and retrying after
+// could run a script twice. The server may close it while it is taken,
+// too: a connection unused for pingIdle or more is asked PING first,
+// which may be lost without harm, so that a script is sent only on a
+// connection that just answered.
 func idleSound(p *respPool, c *respConn) bool {
 	idle := time.Since(c.lastUsed)
-	if idle > maxIdle || c.c.SetReadDeadline(c.lastUsed) != nil {
-		return false
-	}
-	if !errors.Is(<-c.watch, os.ErrDeadlineExceeded) || c.r.Buffered() != 0 {
+	if idle > maxIdle || len(c.replies) != 0 {
 		return false
 	}
 	if idle < p.pingIdle {
 		return true
 	}
-	pong, err := roundTrip(c, time.Now().Add(p.timeout), []string{"PING"})
-	return err == nil && pong == "PONG"
+	if c.c.SetDeadline(time.Now().Add(p.timeout)) != nil {
+		return false
+	}
+	_, err := c.c.Write([]byte("*1\r\n$4\r\nPING\r\n"))
+	return err == nil && <-c.replies == "PONG"
 }
 
-// acquire takes a slot when poolConn found the pool full, waiting at
+// acquire takes a slot when Do found the pool full, waiting at
 // most the timeout: it looks again after a short sleep (0.1 to 2ms),
 // which a full pool (this instance's load) is worth, and needs no select.
 func (p *respPool) acquire(ctx context.Context) error {
@@ -268,7 +290,7 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), watch: make(chan error, 1)}
+	c := &respConn{c: nc, r: bufio.NewReaderSize(nc, 4096), replies: make(chan interface{}, 1)}
 	var setup [][]string
 	switch {
 	case p.password != "" && p.username != "":
@@ -294,7 +316,7 @@ func roundTrip(c *respConn, deadline time.Time, args []string) (interface{}, err
 	if err := c.send(deadline, args); err != nil {
 		return nil, err
 	}
-	return readResp(c.r)
+	return c.read()
 }
 
 // send writes a command, by the deadline (which then bounds its reply).
@@ -331,32 +353,6 @@ func init() {
 	}
 }
 
-// readResp reads a reply: a bulk string (the scripts' replies) here, the
-// others with readReply.
-func readResp(r *bufio.Reader) (interface{}, error) {
-	first, err := r.ReadByte()
-	if err != nil || first != '$' {
-		if err != nil {
-			return nil, err
-		}
-		return readReply(r, first, 0)
-	}
-	line, err := r.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	// The length: digits, then CRLF (readReply reads the others).
-	n, i := 0, 0
-	for i < len(line) && i < 9 && line[i] >= '0' && line[i] <= '9' {
-		n = n*10 + int(line[i]-'0')
-		i++
-	}
-	if i == 0 || i+2 != len(line) || line[i] != '\r' || n > maxBulk {
-		return replyOf(r, '$', line, 0)
-	}
-	return readBulk(r, n)
-}
-
 // readBulk reads a bulk string's n bytes and its CRLF.
 func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 	buf := make([]byte, n+2)
@@ -364,10 +360,12 @@ func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 		return nil, err
 	}
 	if buf[n] != '\r' || buf[n+1] != '\n' {
-		return nil, errors.New("redis: bulk string without CRLF")
+		return nil, errBulkCRLF
 	}
 	return string(buf[:n]), nil
 }
+
+var errBulkCRLF = errors.New("redis: bulk string without CRLF")
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
 const maxBulk = 64 << 20

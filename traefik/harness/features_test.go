@@ -411,6 +411,55 @@ func TestRedisRestart(t *testing.T) {
 	}
 }
 
+// TestRedisIdlePing: under Yaegi, a pooled connection idle for a second
+// or more is asked PING before a script goes out on it, and used again
+// when it answers (no new connection).
+func TestRedisIdlePing(t *testing.T) {
+	p := loadPlugin(t)
+	startRedis(t) // skips without redis-server
+	r, err := launchRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stop)
+	clk := newClock()
+	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    onError: deny\n    timeout: 2s\n    disableLocalDenials: true\n", clk.Now, &upstream{})
+	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "4" {
+		t.Fatalf("first: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+	}
+	connections := func() string {
+		info, err := r.command("INFO", "stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_connections_received:"); ok {
+				return v
+			}
+		}
+		t.Fatalf("INFO stats: %q", info)
+		return ""
+	}
+	before := connections()
+	time.Sleep(1100 * time.Millisecond) // the idleness under test, not a wait for an event
+	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "3" {
+		t.Fatalf("after a second idle: %d remaining %s, want 200 and 3", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
+	}
+	// One connection more: this INFO's own.
+	if after := connections(); itoa(mustAtoi(t, before)+1) != after {
+		t.Errorf("total_connections_received %s then %s: the idle connection was not used again", before, after)
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestLocalDenials: under Yaegi, a client Redis denied (here by a daily
 // quota, whose limit holds a calendar) is denied until its Retry-After
 // without a script, with the headers Redis's denial had; another client

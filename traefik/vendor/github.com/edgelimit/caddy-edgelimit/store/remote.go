@@ -183,13 +183,19 @@ func (p *Remote) mono() int64 { return int64(time.Since(p.epoch)) }
 // method call costs about four function calls, and every call a slot per
 // value of its function, run or not.)
 func (p *Remote) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, srv Server) error {
+	return TakeRemote(p, ctx, now, reqs, results, srv)
+}
+
+// TakeRemote is p.Take as a function, which the plugin calls on every
+// request.
+func TakeRemote(p *Remote, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result, srv Server) error {
 	var gen uint64
 	if p.Denials != nil && atomic.LoadInt32(&p.live) == 1 {
-		if p.Denials.Check(now, reqs, results) {
+		if checkDenials(p.Denials, now, reqs, results) {
 			atomic.AddInt64(&p.localDenials, 1)
 			return nil
 		}
-		gen = p.Denials.Generation()
+		gen = atomic.LoadUint64(&p.Denials.gen) // Generation written out
 	}
 	if atomic.LoadInt32(&p.down) == 1 {
 		return p.Fallback(ctx, now, reqs, results, nil)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/limiter"
@@ -26,6 +27,12 @@ type Scripts struct {
 // loop written out: a closure costs the interpreted plugin more than the
 // loop.)
 func (s *Scripts) Take(ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
+	return TakeScripts(s, ctx, now, reqs, results)
+}
+
+// TakeScripts is s.Take as a function: the plugin calls it on every
+// request, and under Yaegi a method call costs about four function calls.
+func TakeScripts(s *Scripts, ctx context.Context, now time.Time, reqs []Request, results []limiter.Result) error {
 	if len(reqs) == 1 {
 		return takeOne(s, ctx, now, reqs, results)
 	}
@@ -103,24 +110,26 @@ func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, res
 	if (low == 2 || low == 12) && ban&0xffffff == 0 {
 		low |= 64
 	}
-	// The numbers in a loop: under Yaegi each expression of a function
-	// costs its every call, and each call into the standard library more
-	// (the zeros, often three, are made so).
+	// The numbers in one call, and the reply's in another: under Yaegi
+	// each expression of a function costs its every call, and each call
+	// into the standard library more.
 	nums := [10]int64{0, 1, t, 1, ban<<32 | 1<<20 | (mark+1)<<8 | low, l.Quota, r.Cost, a, c, 2<<21 | mark<<20 | 1}
-	spec := make([]byte, 80)
-	for j := range nums {
-		if nums[j] != 0 {
-			binary.LittleEndian.PutUint64(spec[8*j:], uint64(nums[j]))
-		}
-	}
+	var spec strings.Builder
+	_ = binary.Write(&spec, binary.LittleEndian, nums[:])
 	sum := sha256.Sum256([]byte(r.Key))
 	// RunScript's command, KEYS and ARGV, written out.
-	args := []string{"EVALSHA", TakeScript.SHA, "1", s.Prefix + "{" + hex.EncodeToString(sum[:HashLen]) + "}", string(spec), TTLField, r.Counter}
+	args := []string{"EVALSHA", TakeScript.SHA, "1", s.Prefix + "{" + hex.EncodeToString(sum[:HashLen]) + "}", spec.String(), TTLField, r.Counter}
 	if mark == 0 {
 		args[5] = r.Counter
 		args = args[:6]
 	}
-	got, err := doScript(ctx, s.Doer, TakeScript, args)
+	// doScript written out.
+	got, err := s.Doer.Do(ctx, args)
+	if err != nil && IsNoScript(err) {
+		args[0] = "EVAL"
+		args[1] = TakeScript.Src
+		got, err = s.Doer.Do(ctx, args)
+	}
 	if err != nil {
 		return err
 	}
@@ -132,33 +141,37 @@ func takeOne(s *Scripts, ctx context.Context, now time.Time, reqs []Request, res
 	if full {
 		reply = reply[1:]
 	}
-	// ParseResults of one request (AllOrNothing has nothing to undo).
-	if len(reply) < 9+StateLen || reply[0] != 'R' {
+	// ParseResults of one request (AllOrNothing has nothing to undo),
+	// readInt and DecodeState written out.
+	var w wireState
+	if len(reply) < 9+StateLen || reply[0] != 'R' || binary.Read(strings.NewReader(reply[1:9+StateLen]), binary.LittleEndian, &w) != nil {
 		return ErrBadReply
 	}
-	// readInt and DecodeState written out, on one conversion.
-	b := []byte(reply[1 : 9+StateLen])
-	at := int64(binary.LittleEndian.Uint64(b))
 	st := zeroState
-	if e := int64(binary.LittleEndian.Uint64(b[40:])); e > at {
-		d := math.Float64frombits(binary.LittleEndian.Uint64(b[32:]))
-		// Not NaN nor infinite, as math's IsNaN and IsInf test (each
-		// call into the standard library costs the plugin more).
-		if d == d && d <= math.MaxFloat64 && d >= -math.MaxFloat64 {
-			st = limiter.State{Start: int64(binary.LittleEndian.Uint64(b[8:])), Count: int64(binary.LittleEndian.Uint64(b[16:])),
-				Prev: int64(binary.LittleEndian.Uint64(b[24:])), Debt: d, Expires: e, Denied: b[48] == 1}
-		}
+	// Not NaN nor infinite, as math's IsNaN and IsInf test (each call
+	// into the standard library costs the plugin more).
+	if w.Expires > w.At && w.Debt == w.Debt && w.Debt <= math.MaxFloat64 && w.Debt >= -math.MaxFloat64 {
+		st = limiter.State{Start: w.Start, Count: w.Count, Prev: w.Prev, Debt: w.Debt, Expires: w.Expires, Denied: w.Denied == 1}
 	}
 	if r.Mode == ModeTake && l.Ban == 0 {
-		limiter.Decide(l, &st, &results[0], at, r.Cost)
+		limiter.Decide(l, &st, &results[0], w.At, r.Cost)
 	} else {
-		decideMode(r, &st, &results[0], at)
+		decideMode(r, &st, &results[0], w.At)
 	}
 	if full {
 		results[0].FirstDenial = false
 		return ErrFull
 	}
 	return nil
+}
+
+// wireState is a take script's time and stored state (StateLen), as
+// takeOne reads them.
+type wireState struct {
+	At, Start, Count, Prev int64
+	Debt                   float64
+	Expires                int64
+	Denied                 uint8
 }
 
 // Refund gives back what a take of reqs counted, with the refund script.
