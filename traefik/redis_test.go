@@ -349,6 +349,7 @@ func TestRespStale(t *testing.T) {
 	for f.open() > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
+	waitFor(t, "the close seen", func() bool { return idleSeen(p) })
 	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK4" {
 		t.Fatalf("after the server closed the pooled connection: %v %v", got, err)
 	}
@@ -374,6 +375,10 @@ func TestRespReaders(t *testing.T) {
 		for f.open() > 0 && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
+		// The server closed it; the connection's reader, which may run a
+		// little later, has to have seen it (a command sent before is an
+		// error, never sent twice: TestRespStale).
+		waitFor(t, "the close seen", func() bool { return idleSeen(p) })
 		if _, err := p.Do(ctx, []string{"PING"}); err != nil {
 			t.Fatalf("command %d after the server closed the pooled connection: %v", i, err)
 		}

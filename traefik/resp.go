@@ -187,6 +187,12 @@ func readLoop(c *respConn) {
 			}
 			reply = string(buf[:n])
 		}
+		// Bytes after a reply, which nobody asked for (one command at a
+		// time): the stream is out of step, and the next command, sent
+		// before the reader parsed them, would take them as its reply.
+		if err == nil && c.r.Buffered() != 0 {
+			err = errUnsolicited
+		}
 		if err != nil {
 			c.replies <- err
 			close(c.replies)
@@ -302,7 +308,11 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
 	}
 	for _, cmd := range setup {
-		if _, err := roundTrip(c, deadline, cmd); err != nil {
+		_, err := roundTrip(c, deadline, cmd)
+		if err == nil && c.r.Buffered() != 0 {
+			err = errUnsolicited // the first command's reply, else
+		}
+		if err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("redis: %s: %w", cmd[0], err)
 		}
@@ -366,6 +376,9 @@ func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 }
 
 var errBulkCRLF = errors.New("redis: bulk string without CRLF")
+
+// errUnsolicited is a reply followed by bytes no command asked for.
+var errUnsolicited = errors.New("redis: data after a reply, unasked for")
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
 const maxBulk = 64 << 20
