@@ -584,3 +584,64 @@ func TestRespExtraAfterSetup(t *testing.T) {
 		}
 	}
 }
+
+// TestRespStalledIdle: a Redis that stops answering (a long-running
+// script, a paused process) while the pool holds size connections idle
+// for pingIdle or more. A command asks one of them PING, which times out,
+// and then each of the others in turn: size times the timeout, before a
+// dial and the command's own wait.
+func TestRespStalledIdle(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	var mu sync.Mutex
+	stalled := false
+	f := newFakeRedis(t, nil)
+	f.replyConn = func(c net.Conn, cmd []string) string {
+		mu.Lock()
+		s := stalled
+		mu.Unlock()
+		if s {
+			_, _ = io.Copy(io.Discard, c)
+			return ""
+		}
+		return echoID(cmd)
+	}
+	t.Cleanup(f.closeAll)
+	p := probePool(t, f.addr(), timeout, 8)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, _ = p.Do(ctx, []string{"ECHO", "x"})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := idleCount(p); n < 6 {
+		t.Skipf("%d idle connections only", n)
+	}
+	mu.Lock()
+	stalled = true
+	mu.Unlock()
+	ageIdle(p, 2*pingIdle)
+	t0 := time.Now()
+	_, err := p.Do(ctx, []string{"ECHO", "y"})
+	d := time.Since(t0)
+	if err == nil {
+		t.Fatal("a stalled server answered")
+	}
+	// The connection (PINGs, a dial) within the timeout, then the reply
+	// within the timeout: generous slack for a loaded machine.
+	if d > 2*timeout+500*time.Millisecond {
+		t.Errorf("a command on a stalled server took %s (timeout %s)", d, timeout)
+	}
+}
+
+func idleCount(p *respPool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
