@@ -345,16 +345,36 @@ func TestRespStale(t *testing.T) {
 	// Close the server side of the pooled connection: the next command
 	// goes on a new one.
 	f.closeAll()
-	deadline := time.Now().Add(5 * time.Second)
-	for f.open() > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	waitFor(t, "the close seen", func() bool { return idleSeen(p) })
+	waitReaderEnded(t, p)
 	if got, err := p.Do(ctx, []string{"PING"}); err != nil || got != "OK4" {
 		t.Fatalf("after the server closed the pooled connection: %v %v", got, err)
 	}
 	if n := f.connections(); n != 3 {
 		t.Errorf("%d connections, want 3", n)
+	}
+}
+
+// waitReaderEnded waits until the reader of the pool's one idle
+// connection has read the end of the stream that the server's close
+// sent. The client's runtime sees it soon after the server closed the
+// connection, not at once: a command sent in between goes out on the
+// closed connection and fails, as one does on a connection the server
+// closes while it is taken; what the pool promises is that it never uses
+// a connection whose end its reader has read.
+func waitReaderEnded(t *testing.T, p *respPool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		ended := len(p.idle) == 1 && len(p.idle[0].replies) != 0
+		p.mu.Unlock()
+		if ended {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pooled connection's reader did not see the server's close within 5s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -371,14 +391,7 @@ func TestRespReaders(t *testing.T) {
 	base := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
 		f.closeAll()
-		deadline := time.Now().Add(5 * time.Second)
-		for f.open() > 0 && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
-		// The server closed it; the connection's reader, which may run a
-		// little later, has to have seen it (a command sent before is an
-		// error, never sent twice: TestRespStale).
-		waitFor(t, "the close seen", func() bool { return idleSeen(p) })
+		waitReaderEnded(t, p)
 		if _, err := p.Do(ctx, []string{"PING"}); err != nil {
 			t.Fatalf("command %d after the server closed the pooled connection: %v", i, err)
 		}
