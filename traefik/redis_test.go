@@ -192,12 +192,6 @@ func (f *fakeRedis) closeAll() {
 	}
 }
 
-func (f *fakeRedis) open() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.live)
-}
-
 func (f *fakeRedis) connections() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

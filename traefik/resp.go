@@ -78,9 +78,10 @@ const (
 )
 
 // Do implements store.Doer: it sends one command and reads its reply. It
-// waits for a connection of the pool at most the timeout (a full pool is
-// this instance's load, not Redis failing: store.ErrBusy), then for the
-// reply at most the timeout, counted from when the command is written. A
+// waits for a slot of the pool at most the timeout (a full pool is this
+// instance's load, not Redis failing: store.ErrBusy), for a sound
+// connection (PINGs of idle ones, a dial) at most the timeout, then for
+// the reply at most the timeout, counted from when the command is written. A
 // connection that saw any error is closed, never reused: its next reply
 // could be this command's. A command is sent once and never again: a
 // script whose reply was lost may have counted, and running it again
@@ -104,12 +105,13 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 		p.mu.Lock()
 	}
 	var c *respConn
+	var deadline time.Time // of the PINGs and a dial: set by the first
 	for len(p.idle) > 0 {
 		c = p.idle[0]
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
 		p.mu.Unlock()
-		if len(c.replies) == 0 && time.Since(c.lastUsed) < p.pingIdle || idleSound(p, c) {
+		if len(c.replies) == 0 && time.Since(c.lastUsed) < p.pingIdle || idleSound(p, c, &deadline) {
 			break
 		}
 		discard(c)
@@ -119,7 +121,7 @@ func (p *respPool) Do(ctx context.Context, args []string) (interface{}, error) {
 	var err error
 	if c == nil { // the pool's lock still held
 		p.mu.Unlock()
-		if c, err = p.dial(time.Now().Add(p.timeout)); err != nil {
+		if c, err = p.dial(deadline); err != nil {
 			p.release()
 			return nil, err
 		}
@@ -187,6 +189,12 @@ func readLoop(c *respConn) {
 			}
 			reply = string(buf[:n])
 		}
+		// Bytes after a reply, which nobody asked for (one command at a
+		// time): the stream is out of step, and the next command, sent
+		// before the reader parsed them, would take them as its reply.
+		if err == nil && c.r.Buffered() != 0 {
+			err = errUnsolicited
+		}
 		if err != nil {
 			c.replies <- err
 			close(c.replies)
@@ -212,7 +220,11 @@ func discard(c *respConn) {
 // too: a connection unused for pingIdle or more is asked PING first,
 // which may be lost without harm, so that a script is sent only on a
 // connection that just answered.
-func idleSound(p *respPool, c *respConn) bool {
+//
+// The PINGs of one command, and its dial, share one deadline (*deadline,
+// set by the first): a Redis that stopped answering held a command for
+// the timeout once per idle connection, the pool's size times.
+func idleSound(p *respPool, c *respConn, deadline *time.Time) bool {
 	idle := time.Since(c.lastUsed)
 	if idle > maxIdle || len(c.replies) != 0 {
 		return false
@@ -220,7 +232,10 @@ func idleSound(p *respPool, c *respConn) bool {
 	if idle < p.pingIdle {
 		return true
 	}
-	if c.c.SetDeadline(time.Now().Add(p.timeout)) != nil {
+	if deadline.IsZero() {
+		*deadline = time.Now().Add(p.timeout)
+	}
+	if c.c.SetDeadline(*deadline) != nil {
 		return false
 	}
 	_, err := c.c.Write([]byte("*1\r\n$4\r\nPING\r\n"))
@@ -275,8 +290,12 @@ func (p *respPool) release() {
 // timeout: this instance's load, not Redis failing.
 var errPoolBusy = fmt.Errorf("redis: every connection of the pool stayed busy: %w", store.ErrBusy)
 
-// dial connects, authenticates and selects the database.
+// dial connects, authenticates and selects the database, by the deadline
+// (zero: the timeout from now).
 func (p *respPool) dial(deadline time.Time) (*respConn, error) {
+	if deadline.IsZero() {
+		deadline = time.Now().Add(p.timeout)
+	}
 	d := &net.Dialer{Deadline: deadline}
 	var nc net.Conn
 	var err error
@@ -302,7 +321,11 @@ func (p *respPool) dial(deadline time.Time) (*respConn, error) {
 		setup = append(setup, []string{"SELECT", strconv.Itoa(p.db)})
 	}
 	for _, cmd := range setup {
-		if _, err := roundTrip(c, deadline, cmd); err != nil {
+		_, err := roundTrip(c, deadline, cmd)
+		if err == nil && c.r.Buffered() != 0 {
+			err = errUnsolicited // the first command's reply, else
+		}
+		if err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("redis: %s: %w", cmd[0], err)
 		}
@@ -366,6 +389,9 @@ func readBulk(r *bufio.Reader, n int) (interface{}, error) {
 }
 
 var errBulkCRLF = errors.New("redis: bulk string without CRLF")
+
+// errUnsolicited is a reply followed by bytes no command asked for.
+var errUnsolicited = errors.New("redis: data after a reply, unasked for")
 
 // maxBulk bounds a reply's strings: the scripts' replies are small.
 const maxBulk = 64 << 20
