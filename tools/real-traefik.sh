@@ -9,6 +9,7 @@
 #   tools/real-traefik.sh                      # the check: docs/traefik.md's first example, and a misspelled option
 #   tools/real-traefik.sh dynamic.yml          # your configuration, for EDGELIMIT_TRAEFIK_SECONDS (600)
 #   tools/real-traefik.sh dynamic.yml -- cmd   # runs cmd against it (600 s at most), then stops
+#   tools/real-traefik.sh cost [flags]         # what a request costs: tools/traefikcost (about 15 minutes)
 #
 # cmd gets TRAEFIK_URL (the entry point), TRAEFIK_API (the API, to read a
 # middleware's status and error: $TRAEFIK_API/api/http/middlewares) and
@@ -93,6 +94,11 @@ build() {
 build
 WORK=$(mktemp -d /tmp/edgelimit-real-traefik.XXXXXX)
 (cd "$ROOT/traefik/harness" && go run ./cmd/release -out "$WORK/plugins-local/src/$MODULE" -module "$MODULE" >/dev/null)
+if [ "${1:-}" = cost ]; then
+	shift
+	cd "$ROOT/tools" && go build -o "$WORK/traefikcost" ./traefikcost
+	exec timeout 3600 "$WORK/traefikcost" -traefik "$CACHE/traefik" -work "$WORK" "$@"
+fi
 
 CHECK=""
 if [ $# -eq 0 ]; then
