@@ -121,10 +121,26 @@ func (c subscriber) Subscribe(channel string) (Subscription, error) {
 	return nil, errors.New("NOPERM")
 }
 
+// warnLog is a store's log that hands each warning to the test.
+type warnLog chan string
+
+func (l warnLog) Warn(msg string, err error) {
+	if err != nil {
+		msg += ": " + err.Error()
+	}
+	l <- msg
+}
+
+func (l warnLog) Failure(msg string, err error) { l.Warn("failure: "+msg, err) }
+
+func (l warnLog) Info(string) {}
+
 // TestWatchInvalidations: the subscription to the store's channel, its
-// failures warned with the channel.
+// failures warned with the channel. The test waits for the warning before
+// it stops the watch: a watch stopped while its subscription fails ends
+// without warning.
 func TestWatchInvalidations(t *testing.T) {
-	log := &fakeLog{}
+	log := make(warnLog, 4)
 	s := &RedisServer{Remote: NewRemote(Allow, time.Millisecond, true, 0), Log: log}
 	stop := make(chan struct{})
 	asked := make(chan string, 1)
@@ -136,9 +152,14 @@ func TestWatchInvalidations(t *testing.T) {
 	if got := <-asked; got != InvalidateChannel("p:") {
 		t.Fatalf("subscribed to %q", got)
 	}
+	select {
+	case w := <-log:
+		if want := NoSubscriptionWarning + " (channel " + InvalidateChannel("p:") + "): NOPERM"; w != want {
+			t.Errorf("warned %q, want %q", w, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no warning within 10s of a refused subscription")
+	}
 	close(stop)
 	<-done
-	if len(log.warns) != 1 || !strings.HasPrefix(log.warns[0], NoSubscriptionWarning+" (channel "+InvalidateChannel("p:")+"): NOPERM") {
-		t.Fatalf("warned %q", log.warns)
-	}
 }
