@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/edgelimit/caddy-edgelimit/tools/bench/callgrind"
@@ -200,30 +199,9 @@ func (e *env) count(ctx context.Context, c *config, redis *benchRedis, caddy boo
 // keys (as the wrk script names them), and checks each status as c
 // expects it.
 func drive(ctx context.Context, c *config, urls []string, from, n int) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, countConns)
-	for g := 0; g < countConns; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// One connection per goroutine; under valgrind a request
-			// may take a second.
-			tr := &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1, DisableCompression: true}
-			defer tr.CloseIdleConnections()
-			cl := &http.Client{Transport: tr, Timeout: time.Minute}
-			url := urls[g%len(urls)]
-			for i := g; i < n; i += countConns {
-				key := fmt.Sprintf("client-%05d", (from+i)%c.Keys+1)
-				if err := send(ctx, cl, c, url, key); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return callgrind.Drive(countConns, n, func(cl *http.Client, g, i int) error {
+		return send(ctx, cl, c, urls[g%len(urls)], fmt.Sprintf("client-%05d", (from+i)%c.Keys+1))
+	})
 }
 
 func send(ctx context.Context, cl *http.Client, c *config, url, key string) error {

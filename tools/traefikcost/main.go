@@ -29,7 +29,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -339,38 +338,23 @@ func memStats(api string) (mem, error) {
 // drive sends n requests over conns keep-alive connections, request i
 // with client key from+i, and wants 200 for each.
 func drive(ctx context.Context, url string, from, n int) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for g := 0; g < conns; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tr := &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1, DisableCompression: true}
-			defer tr.CloseIdleConnections()
-			cl := &http.Client{Transport: tr, Timeout: time.Minute}
-			for i := g; i < n; i += conns {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				req.Header.Set("X-Api-Key", fmt.Sprintf("client-%05d", (from+i)%clients+1))
-				r, err := cl.Do(req)
-				if err != nil {
-					errs <- err
-					return
-				}
-				_, err = io.Copy(io.Discard, r.Body)
-				r.Body.Close()
-				if err == nil && r.StatusCode != 200 {
-					err = fmt.Errorf("status %d", r.StatusCode)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return callgrind.Drive(conns, n, func(cl *http.Client, _, i int) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("X-Api-Key", fmt.Sprintf("client-%05d", (from+i)%clients+1))
+		r, err := cl.Do(req)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+		if err == nil && r.StatusCode != 200 {
+			err = fmt.Errorf("status %d", r.StatusCode)
+		}
+		return err
+	})
 }
 
 var wrkLine = regexp.MustCompile(`Requests/sec:\s+([\d.]+)|Non-2xx or 3xx responses: \d+|Socket errors: .*`)
