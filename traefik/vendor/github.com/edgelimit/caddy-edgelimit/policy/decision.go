@@ -314,7 +314,9 @@ func judge(d *Decision) (denied, report int) {
 		if !a.Allowed {
 			judgeDenial(d, i, &denied)
 		}
-		// reportFirst(d, i, report), written out: calls less.
+		// reportFirst(d, i, report), Tighter's rule written out: calls
+		// less on every request (reportFirst keeps the rule's one
+		// definition for the response path's Charged).
 		b := &d.Res[report]
 		if a.Remaining < b.Remaining || a.Remaining == b.Remaining && (a.Reset > b.Reset || a.Reset == b.Reset && d.Meta[i].Limit.Name < d.Meta[report].Limit.Name) {
 			report = i
@@ -346,7 +348,10 @@ func judgeDenial(d *Decision, i int, denied *int) {
 // in (a Caddyfile's, or a Traefik map's).
 func reportFirst(d *Decision, i, j int) bool {
 	a, b := &d.Res[i], &d.Res[j]
-	return a.Remaining < b.Remaining || a.Remaining == b.Remaining && (a.Reset > b.Reset || a.Reset == b.Reset && d.Meta[i].Limit.Name < d.Meta[j].Limit.Name)
+	if Tighter(a, b) {
+		return true
+	}
+	return !Tighter(b, a) && d.Meta[i].Limit.Name < d.Meta[j].Limit.Name
 }
 
 // Counted returns the requests that were counted: all of them, less those
