@@ -382,11 +382,11 @@ func TestRedisDown(t *testing.T) {
 	}
 }
 
-// TestRedisRestart: a Redis that restarted (its scripts and the pooled
-// connections gone) is used again without a failure: a pooled connection
-// the server closed is replaced before a command is sent on it, and EVAL
-// loads the script again.
-func TestRedisRestart(t *testing.T) {
+// ownRedisLimit loads the plugin with one limit of 5 a minute per client
+// on a redis-server of the test's own (which it may restart or ask), extra
+// added to the storage's options, and sends its first request.
+func ownRedisLimit(t *testing.T, extra string) (*redisServer, http.Handler) {
+	t.Helper()
 	p := loadPlugin(t)
 	startRedis(t) // skips without redis-server
 	r, err := launchRedis()
@@ -395,10 +395,19 @@ func TestRedisRestart(t *testing.T) {
 	}
 	t.Cleanup(r.stop)
 	clk := newClock()
-	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    onError: deny\n    timeout: 2s\n", clk.Now, &upstream{})
+	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    onError: deny\n    timeout: 2s\n"+extra, clk.Now, &upstream{})
 	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "4" {
 		t.Fatalf("first: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
 	}
+	return r, h
+}
+
+// TestRedisRestart: a Redis that restarted (its scripts and the pooled
+// connections gone) is used again without a failure: a pooled connection
+// the server closed is replaced before a command is sent on it, and EVAL
+// loads the script again.
+func TestRedisRestart(t *testing.T) {
+	r, h := ownRedisLimit(t, "")
 	if err := r.restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -415,18 +424,7 @@ func TestRedisRestart(t *testing.T) {
 // or more is asked PING before a script goes out on it, and used again
 // when it answers (no new connection).
 func TestRedisIdlePing(t *testing.T) {
-	p := loadPlugin(t)
-	startRedis(t) // skips without redis-server
-	r, err := launchRedis()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.stop)
-	clk := newClock()
-	h := p.middleware(t, "limits:\n  l:\n    key: [ip]\n    limit: 5\n    window: 1m\nstorage:\n  redis:\n    address: "+r.Addr+"\n    clock: local\n    onError: deny\n    timeout: 2s\n    disableLocalDenials: true\n", clk.Now, &upstream{})
-	if w := send(h, "GET", "/"); w.Code != 200 || w.Header().Get("X-Ratelimit-Remaining") != "4" {
-		t.Fatalf("first: %d remaining %s", w.Code, w.Header().Get("X-Ratelimit-Remaining"))
-	}
+	r, h := ownRedisLimit(t, "    disableLocalDenials: true\n")
 	connections := func() string {
 		info, err := r.command("INFO", "stats")
 		if err != nil {
